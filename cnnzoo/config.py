@@ -1,0 +1,370 @@
+"""Config files: the schema, YAML loading, ``--set`` overrides and validation.
+
+A config is plain YAML with the sections ``model``, ``data`` and ``train`` plus the
+optional top-level ``name`` and ``seed``. The schema is the dataclasses below: every
+field's type hint is checked, every unknown key is refused with the closest known key,
+and errors name the file and the dotted key. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    layers: list[Any] = field(default_factory=list)
+    input: Optional[list[int]] = None  # [C, H, W]; taken from `data` when absent
+    num_classes: Optional[int] = None  # taken from the data's class folders when absent
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, all off by default (ML Zoomcamp lesson 8.9's set)."""
+
+    hflip: Union[bool, float] = 0.0  # probability; `true` means 0.5
+    vflip: Union[bool, float] = 0.0
+    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
+    translate: Union[float, list[float]] = 0.0  # fraction of width (and height)
+    shear: float = 0.0  # degrees
+    zoom: float = 0.0  # scale uniform in [1 - zoom, 1 + zoom]
+    random_resized_crop: Optional[list[float]] = None  # [min_area, max_area], e.g. [0.6, 1.0]
+    color_jitter: Optional[dict[str, float]] = None  # brightness, contrast, saturation, hue
+
+
+@dataclass
+class DataConfig:
+    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10"] = "folder"
+    root: Optional[str] = None
+    download: bool = False
+    val_fraction: float = 0.2  # used when `root` has no validation split
+    image_size: Optional[Union[int, list[int]]] = None  # int or [H, W]
+    channels: Optional[int] = None  # 1 or 3
+    normalize: Union[Literal["auto", "imagenet", "none"], dict[str, list[float]]] = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampler: Literal["none", "balanced"] = "none"
+    cache: Literal["auto", "ram", "disk", "none"] = "auto"
+    cache_dir: Optional[str] = None
+    workers: Union[Literal["auto"], int] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: Literal["none", "step", "cosine", "one-cycle", "reduce-on-plateau"] = "none"
+    step_size: int = 10  # epochs between decays, for `step`
+    gamma: float = 0.1  # decay factor for `step` and `reduce-on-plateau`
+    plateau_patience: int = 2
+    warmup_epochs: float = 0.0  # linear warm-up, counted in (fractions of) epochs
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None  # max gradient norm
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # picks best.pt and drives early stopping
+    patience: Optional[int] = None  # early stopping after this many epochs without progress
+    min_delta: float = 0.0
+    loss: Literal["auto", "cross_entropy", "bce"] = "auto"
+    class_weights: Union[Literal["none", "balanced"], dict[str, float]] = "none"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # CUDA only; auto = bf16 where supported
+    channels_last: Union[Literal["auto"], bool] = "auto"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: Optional[str] = None
+    seed: int = 0
+    source_path: Optional[str] = field(default=None, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-safe) without internal fields."""
+        out = dataclasses.asdict(self)
+        out.pop("source_path", None)
+        return out
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.source_path:
+            return Path(self.source_path).stem
+        return "run"
+
+
+# Keys people write in the wrong place; the hint beats a bare "unknown key".
+_MOVED_KEYS = {
+    "train.seed": "seed is a top-level key: write `seed: N` at the top of the file",
+    "data.num_classes": "write model.num_classes (or leave it out to count the class folders)",
+    "train.sampler": "the sampler is a data setting: data.sampler",
+    "train.augment": "augmentation is a data setting: data.augment",
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " | ".join(repr(a) if not isinstance(a, str) else a for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(item)}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return ``value`` checked (and gently converted) against type hint ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if value is None:  # a section whose keys are all commented out: all defaults
+            value = {}
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return _build_dataclass(tp, value, key, where)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, where)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value is False and "none" in allowed:  # YAML reads `none` as a string, `no`/`false` as False
+            return "none"
+        if value in allowed and type(value) is type(allowed[0]):
+            return value
+        raise _Mismatch
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise _Mismatch
+        return [_coerce(v, item, f"{key}.{i}", where) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    raise TypeError(f"config schema uses an unsupported type {tp!r}")
+
+
+def _build_dataclass(cls: type, raw: dict, prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            if dotted in _MOVED_KEYS:
+                raise ConfigError(f"{where}{dotted}: unknown key; {_MOVED_KEYS[dotted]}")
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else (
+                f"; known keys{' of ' + prefix if prefix else ''}: {', '.join(fields)}")
+            raise ConfigError(f"{where}{dotted}: unknown key{hint}")
+        tp = hints[key]
+        try:
+            kwargs[key] = _coerce(value, tp, dotted, where)
+        except _Mismatch:
+            raise ConfigError(
+                f"{where}{dotted}: got {value!r} ({_yaml_type(value)}), expected {_type_name(tp)}"
+            ) from None
+    return cls(**kwargs)
+
+
+def _yaml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_values(cfg: Config, where: str) -> None:
+    """Checks that types alone cannot express."""
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}{key}: {msg}")
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if m.input is not None and (len(m.input) != 3 or min(m.input) < 1):
+        raise bad("model.input", f"got {m.input}, expected [channels, height, width] of positive integers")
+    if m.num_classes is not None and m.num_classes < 1:
+        raise bad("model.num_classes", f"got {m.num_classes}, expected a positive integer")
+    if d.channels is not None and d.channels not in (1, 3):
+        raise bad("data.channels", f"got {d.channels}, expected 1 (grey) or 3 (RGB)")
+    if isinstance(d.image_size, list) and (len(d.image_size) != 2 or min(d.image_size) < 1):
+        raise bad("data.image_size", f"got {d.image_size}, expected an integer or [height, width]")
+    if isinstance(d.image_size, int) and d.image_size < 1:
+        raise bad("data.image_size", f"got {d.image_size}, expected a positive integer")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise bad("data.val_fraction", f"got {d.val_fraction}, expected a number between 0 and 1")
+    if isinstance(d.normalize, dict):
+        if set(d.normalize) != {"mean", "std"}:
+            raise bad("data.normalize", "a mapping needs exactly the keys mean and std")
+        if any(s <= 0 for s in d.normalize["std"]):
+            raise bad("data.normalize.std", "every std must be positive")
+    if isinstance(d.workers, int) and d.workers < 0:
+        raise bad("data.workers", f"got {d.workers}, expected auto or a number >= 0")
+    for key in ("epochs", "batch_size", "step_size"):
+        if getattr(t, key) < 1:
+            raise bad(f"train.{key}", f"got {getattr(t, key)}, expected a positive integer")
+    for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "min_delta"):
+        value = getattr(t, key)
+        if not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
+            raise bad(f"train.{key}", f"got {value}, expected a {'positive' if key == 'lr' else 'non-negative'} number")
+    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+        raise bad("train.grad_clip", f"got {t.grad_clip}, expected a positive number or null (off)")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise bad("train.label_smoothing", f"got {t.label_smoothing}, expected a number in [0, 1)")
+    if t.patience is not None and t.patience < 1:
+        raise bad("train.patience", f"got {t.patience}, expected a positive integer or null (off)")
+    if cfg.data.source == "folder" and not d.root:
+        pass  # checked when data is needed: `summary` works without a data folder
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b.c=value``; the value is read as YAML (``3`` is an int, ``[1, 2]`` a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected dotted.key=value, e.g. --set train.epochs=5")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def apply_override(raw: dict, key: str, value: Any) -> None:
+    """Set ``key`` (dotted; list items by index) in the raw config mapping, in place."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit():
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a list; use an index, e.g. .0")
+            idx = int(part)
+            if not -len(node) <= idx < len(node):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} has {len(node)} items, no index {idx}")
+            if last:
+                node[idx] = value
+                return
+            if isinstance(node[idx], str) and not parts[i + 1].isdigit():
+                # a bare layer name (`- ReLU`) becomes a mapping so that arguments can be set
+                node[idx] = {node[idx]: {}} if parts[i + 1] == node[idx] else node[idx]
+            node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a single value, not a section")
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: {here} is a single value ({node!r}), it has no key "
+                              f"{parts[i + 1]!r}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, turning syntax errors into one line with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train sections, got {_yaml_type(raw)}")
+    return raw
+
+
+def from_dict(raw: dict, overrides: list[str] | None = None, source: str | None = None) -> Config:
+    """Validate a raw mapping (plus ``key=value`` overrides) into a :class:`Config`."""
+    raw = copy.deepcopy(raw)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(raw, key, value)
+    where = f"{source}: " if source else ""
+    cfg = _build_dataclass(Config, raw, "", where)
+    _check_values(cfg, where)
+    cfg.source_path = source
+    return cfg
+
+
+def load_config(source: str | Path | dict | Config, overrides: list[str] | None = None) -> Config:
+    """Load a config from a YAML path, a mapping or a Config, then apply overrides."""
+    if isinstance(source, Config):
+        return from_dict(source.to_dict(), overrides, source.source_path)
+    if isinstance(source, dict):
+        return from_dict(source, overrides)
+    return from_dict(read_yaml(source), overrides, str(source))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,577 @@
+"""Data: finding images and classes, splitting, caching decoded pixels, and batching.
+
+What this module owns, in the order training meets it:
+
+* **Sources** (``data.source``): a folder in ImageFolder layout (``train/`` +
+  ``validation/`` or ``val/``, optional ``test/``; or one folder of class folders split
+  by ``data.val_fraction``), the built-in ``shapes`` generator, or torchvision's MNIST,
+  Fashion-MNIST and CIFAR-10. Each split becomes a :class:`Samples` list.
+* **The cache** (``data.cache``): every image is decoded and resized once
+  (:func:`cnnzoo.preprocess.load_image`) into a uint8 ``[N, C, H, W]`` tensor in RAM or
+  in a memory-mapped ``.npy`` file on disk, keyed by the files' paths, sizes and
+  modification times and by the image size and channels, so a changed image or setting
+  rebuilds it. Later epochs never touch a JPEG again.
+* **Batches**: :class:`ImageDataset` returns whole uint8 batches (``__getitems__``) with
+  augmentations from ``torchvision.transforms.v2`` applied per image, seeded per batch,
+  so a run is reproducible whatever the worker count, and a resumed run sees exactly
+  the batches the uninterrupted one saw. Normalisation to float happens on the device
+  (:func:`to_model_input`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from . import preprocess
+from .config import AugmentConfig, Config, DataConfig
+from .errors import ConfigError, DataError
+
+CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+NATIVE_SIZES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "shapes": (3, 64)}
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def cache_home() -> Path:
+    """Where generated data sets and disk caches live: $CNNZOO_HOME or ~/.cache/cnnzoo."""
+    return Path(os.environ.get("CNNZOO_HOME") or Path.home() / ".cache" / "cnnzoo")
+
+
+# ----------------------------------------------------------------------------- samples
+
+@dataclass
+class Samples:
+    """One split: where each image comes from (file paths or an in-memory array) and its label."""
+
+    name: str
+    labels: list[int]
+    paths: Optional[list[str]] = None
+    array: Optional[np.ndarray] = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
+    origin: str = ""  # names an array source in messages and cache keys
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self, i: int) -> str:
+        return self.paths[i] if self.paths is not None else f"{self.origin}[{i}]"
+
+    def read(self, i: int, size: tuple[int, int], channels: int) -> np.ndarray:
+        source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
+        return preprocess.load_image(source, size, channels)
+
+    def subset(self, keep: list[int]) -> "Samples":
+        return Samples(self.name, [self.labels[i] for i in keep],
+                       [self.paths[i] for i in keep] if self.paths is not None else None,
+                       self.array[keep] if self.array is not None else None, self.origin)
+
+    def fingerprint(self) -> str:
+        """Changes when any file's path, size or modification time changes."""
+        h = hashlib.sha1()
+        if self.paths is not None:
+            for path, label in zip(self.paths, self.labels):
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        else:
+            h.update(self.origin.encode())
+            h.update(np.ascontiguousarray(self.array).tobytes())
+            h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+@dataclass
+class DataSpec:
+    """What a config's ``data`` section resolves to."""
+
+    classes: list[str]
+    train: Samples
+    val: Samples
+    test: Optional[Samples]
+    channels: int
+    image_size: tuple[int, int]  # (H, W)
+    mean: list[float]
+    std: list[float]
+    root: Optional[str] = None
+    skipped_files: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        """Plain data a checkpoint carries so that a model can predict on its own."""
+        return {"classes": list(self.classes), "channels": self.channels,
+                "image_size": list(self.image_size), "mean": list(self.mean),
+                "std": list(self.std), "resize": "bilinear", "data_root": self.root}
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_under(folder: Path) -> tuple[list[str], int]:
+    images, others = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if preprocess.is_image_file(name):
+                images.append(os.path.join(dirpath, name))
+            elif not name.startswith("."):
+                others += 1
+    return images, others
+
+
+def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None) -> tuple[Samples, list[str], int]:
+    """Read one ImageFolder split; ``classes`` (from training) fixes label order for the others."""
+    dirs = _class_dirs(folder)
+    if not dirs:
+        raise DataError(f"{folder}: no class folders; put each class's images in a folder "
+                        f"named after the class (e.g. {folder}/cat/001.jpg)")
+    names = [d.name for d in dirs]
+    if classes is not None:
+        extra = [n for n in names if n not in classes]
+        if extra:
+            raise DataError(f"{folder}: class folder{'s' if len(extra) > 1 else ''} "
+                            f"{', '.join(extra)} not in the training classes ({', '.join(classes)}); "
+                            f"rename or remove {'them' if len(extra) > 1 else 'it'}")
+    else:
+        classes = names
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped = 0
+    for d in dirs:
+        images, others = _images_under(d)
+        skipped += others
+        if not images:
+            raise DataError(f"{d}: empty class folder (no .jpg/.png images); add images or remove it")
+        paths.extend(images)
+        labels.extend([classes.index(d.name)] * len(images))
+    return Samples(split, labels, paths=paths), classes, skipped
+
+
+def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """Hold out ``fraction`` of every class (at least one image where a class has two)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(samples.labels)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label in sorted(set(samples.labels)):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * fraction))) if len(idx) > 1 else 0
+        val_idx.extend(idx[:n_val].tolist())
+        train_idx.extend(idx[n_val:].tolist())
+    train, val = samples.subset(sorted(train_idx)), samples.subset(sorted(val_idx))
+    train.name, val.name = "train", "validation"
+    return train, val
+
+
+def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
+    if not root.is_dir():
+        raise DataError(f"data.root: folder not found: {root.resolve()}")
+    train_dir = root / "train"
+    if train_dir.is_dir():
+        val_dir = next((root / n for n in ("validation", "val") if (root / n).is_dir()), None)
+        if val_dir is None:
+            raise DataError(f"{root}: has train/ but no validation/ (or val/) split; add one, or set "
+                            f"data.root to {train_dir} to hold out data.val_fraction of it")
+        train, classes, skipped = scan_folder(train_dir, "train")
+        val, _, skipped_val = scan_folder(val_dir, "validation", classes)
+        test = None
+        if (root / "test").is_dir():
+            test, _, skipped_test = scan_folder(root / "test", "test", classes)
+            skipped += skipped_test
+        return classes, train, val, test, skipped + skipped_val
+    everything, classes, skipped = scan_folder(root, "all")
+    train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
+    return classes, train, val, None, skipped
+
+
+def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
+    from torchvision import datasets
+
+    name = cfg.data.source
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+    root = Path(cfg.data.root) if cfg.data.root else cache_home() / "datasets"
+    try:
+        train = cls(str(root), train=True, download=cfg.data.download)
+        test = cls(str(root), train=False, download=cfg.data.download)
+    except RuntimeError as exc:
+        hint = "" if cfg.data.download else "; set data.download: true to fetch it (needs internet)"
+        raise DataError(f"data.source {name}: not found in {root} ({str(exc).strip()}){hint}") from None
+    except OSError as exc:
+        raise DataError(f"data.source {name}: could not download to {root}: {exc}") from None
+    samples = []
+    for split, ds in (("train", train), ("validation", test)):
+        array = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        labels = [int(t) for t in ds.targets]
+        samples.append(Samples(split, labels, array=array, origin=f"{name}/{split}"))
+    return list(train.classes), samples[0], samples[1], str(root)
+
+
+def resolve_input(cfg: Config) -> tuple[int, tuple[int, int]]:
+    """Channels and (H, W) from ``data`` and ``model.input``, which must agree where both are set."""
+    d, m = cfg.data, cfg.model
+    native = NATIVE_SIZES.get(d.source)
+    channels = d.channels or (m.input[0] if m.input else None) or (native[0] if native else 3)
+    if d.image_size is not None:
+        size = (d.image_size, d.image_size) if isinstance(d.image_size, int) else tuple(d.image_size)
+    elif m.input:
+        size = (m.input[1], m.input[2])
+    elif native:
+        size = (native[1], native[1])
+    else:
+        raise ConfigError("data.image_size: not set; give the size images are resized to, "
+                          "e.g. data.image_size: 128 (or model.input: [3, 128, 128])")
+    if m.input and list(m.input) != [channels, size[0], size[1]]:
+        raise ConfigError(f"model.input: {m.input} disagrees with data (channels {channels}, "
+                          f"image_size {list(size)}); set one of them, or make them match")
+    return channels, (int(size[0]), int(size[1]))
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The classes a config's data has, cheaply (no image is decoded)."""
+    d = cfg.data
+    if d.source == "shapes":
+        from . import shapes
+
+        return list(shapes.CLASSES)
+    if d.source in ("mnist", "fashion_mnist"):
+        from torchvision import datasets
+
+        return list((datasets.MNIST if d.source == "mnist" else datasets.FashionMNIST).classes)
+    if d.source == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if not d.root:
+        raise ConfigError("data.root: not set; point it at a folder of class folders "
+                          "(or set model.num_classes)")
+    root = Path(d.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: folder not found: {root.resolve()}")
+    base = root / "train" if (root / "train").is_dir() else root
+    return [p.name for p in _class_dirs(base)]
+
+
+def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
+    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
+    d = cfg.data
+    skipped = 0
+    test = None
+    if d.source in ("folder", "shapes"):
+        if d.source == "shapes":
+            from . import shapes
+
+            root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
+            shapes.ensure_shapes(root, log)
+        elif not d.root:
+            raise ConfigError("data.root: not set; point it at your image folder "
+                              "(class folders, or train/ and validation/ splits)")
+        else:
+            root = Path(d.root)
+        classes, train, val, test, skipped = _folder_splits(root, cfg)
+        root_text = str(root.resolve())
+    else:
+        classes, train, val, root_text = _torchvision_splits(cfg)
+    if skipped:
+        warn(f"skipped {skipped} file{'s' if skipped > 1 else ''} that are not images "
+             f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) under {root_text}")
+    if len(val) == 0:
+        raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
+    channels, size = resolve_input(cfg)
+    mean, std = preprocess.resolve_normalization(d.normalize, channels)
+    return DataSpec(classes, train, val, test, channels, size, mean, std, root_text, skipped)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+@dataclass
+class DecodedImages:
+    """A split's pixels, decoded once: uint8 ``[N, C, H, W]`` and the images that failed."""
+
+    pixels: torch.Tensor
+    failed: list[int] = field(default_factory=list)
+    location: str = "ram"
+
+
+class _DecodeOne(torch.utils.data.Dataset):
+    def __init__(self, samples: Samples, size: tuple[int, int], channels: int):
+        self.samples, self.size, self.channels = samples, size, channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[int, Optional[np.ndarray], str]:
+        try:
+            return i, self.samples.read(i, self.size, self.channels), ""
+        except Exception as exc:  # a corrupt file must never stop the run
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate_decoded(batch: list) -> list:
+    return batch
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_cache(kind: str, nbytes: int) -> str:
+    """``auto`` keeps the cache in RAM when it takes under a third of the free memory."""
+    if kind != "auto":
+        return kind
+    return "ram" if nbytes < _available_memory() / 3 else "disk"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
+               cache_dir: Optional[Path], workers: int, progress: bool) -> DecodedImages:
+    """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
+    from tqdm import tqdm
+
+    n = len(samples)
+    shape = (n, channels, size[0], size[1])
+    kind = choose_cache(kind, math.prod(shape))
+    path = None
+    if kind == "disk":
+        key = hashlib.sha1(f"{CACHE_FORMAT}|{shape}|{samples.fingerprint()}".encode()).hexdigest()[:20]
+        folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
+        path = folder / f"{samples.name}-{key}.npy"
+        failed_path = path.with_suffix(".failed.txt")
+        if path.exists() and failed_path.exists():
+            pixels = torch.from_numpy(np.load(path, mmap_mode="r+"))
+            failed = [int(x) for x in failed_path.read_text().split()]
+            return DecodedImages(pixels, failed, str(path))
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        pixels = torch.from_numpy(array)
+    else:
+        pixels = torch.empty(shape, dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(
+        _DecodeOne(samples, size, channels), batch_size=32, num_workers=workers,
+        collate_fn=_collate_decoded, multiprocessing_context="fork" if workers else None)
+    failed: list[int] = []
+    bar = tqdm(total=n, desc=f"caching {samples.name}", unit="img", disable=not progress or None,
+               leave=False, file=sys.stderr)
+    for batch in loader:
+        for i, image, error in batch:
+            if image is None:
+                failed.append(i)
+                warn(f"skipped unreadable image {samples.describe(i)} ({error})")
+            else:
+                pixels[i] = torch.from_numpy(image).permute(2, 0, 1)
+        bar.update(len(batch))
+    bar.close()
+    if path is not None:
+        array.flush()
+        del array, pixels
+        os.replace(tmp, path)
+        path.with_suffix(".failed.txt").write_text(" ".join(map(str, failed)))
+        pixels = torch.from_numpy(np.load(path, mmap_mode="r+"))
+    return DecodedImages(pixels, failed, str(path) if path else "ram")
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+_JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """torchvision.transforms.v2 pipeline on uint8 CxHxW tensors; None when nothing is on."""
+    from torchvision.transforms import v2
+
+    steps: list[Any] = []
+    if aug.random_resized_crop:
+        scale = aug.random_resized_crop
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"data.augment.random_resized_crop: got {scale}, expected "
+                              f"[min_area, max_area] within (0, 1], e.g. [0.6, 1.0]")
+        steps.append(v2.RandomResizedCrop(list(size), scale=tuple(scale), antialias=True))
+    hflip = 0.5 if aug.hflip is True else float(aug.hflip)
+    vflip = 0.5 if aug.vflip is True else float(aug.vflip)
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if vflip:
+        steps.append(v2.RandomVerticalFlip(vflip))
+    translate = aug.translate if isinstance(aug.translate, list) else [aug.translate, aug.translate]
+    if aug.rotation or aug.shear or aug.zoom or any(translate):
+        if not 0 <= aug.zoom < 1:
+            raise ConfigError(f"data.augment.zoom: got {aug.zoom}, expected a fraction in [0, 1)")
+        steps.append(v2.RandomAffine(
+            degrees=aug.rotation, translate=tuple(translate) if any(translate) else None,
+            scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+            shear=aug.shear or None, interpolation=v2.InterpolationMode.BILINEAR))
+    if aug.color_jitter:
+        unknown = sorted(set(aug.color_jitter) - set(_JITTER_KEYS))
+        if unknown:
+            raise ConfigError(f"data.augment.color_jitter.{unknown[0]}: unknown key; "
+                              f"known keys: {', '.join(_JITTER_KEYS)}")
+        steps.append(v2.ColorJitter(**aug.color_jitter))
+    return v2.Compose(steps) if steps else None
+
+
+# ----------------------------------------------------------------------------- batches
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A split as uint8 batches; reads the cache when there is one, else decodes files.
+
+    ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
+    returns ``(images uint8 [B, C, H, W], labels int64 [B])``.
+    """
+
+    def __init__(self, samples: Samples, size: tuple[int, int], channels: int,
+                 decoded: Optional[DecodedImages] = None,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.samples, self.size, self.channels = samples, size, channels
+        self.pixels = decoded.pixels if decoded is not None else None
+        self.augment = augment
+        failed = set(decoded.failed) if decoded is not None else set()
+        self.indices = [i for i in range(len(samples)) if i not in failed]
+        self.labels = torch.tensor([samples.labels[i] for i in self.indices], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, positions: list[int]) -> tuple[torch.Tensor, list[int]]:
+        if self.pixels is not None:
+            rows = torch.tensor([self.indices[p] for p in positions])
+            return self.pixels[rows], positions
+        images, kept = [], []
+        for p in positions:
+            i = self.indices[p]
+            try:
+                images.append(torch.from_numpy(self.samples.read(i, self.size, self.channels)).permute(2, 0, 1))
+                kept.append(p)
+            except Exception as exc:
+                warn(f"skipped unreadable image {self.samples.describe(i)} ({type(exc).__name__}: {exc})")
+        if not images:
+            return torch.empty((0, self.channels, *self.size), dtype=torch.uint8), kept
+        return torch.stack(images), kept
+
+    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = [p for p, _ in pairs]
+        images, kept = self._read(positions)
+        if self.augment is not None and len(kept):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(pairs[0][1])
+                images = torch.stack([self.augment(img) for img in images])
+        return images.contiguous(), self.labels[kept]
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.__getitems__([(position, 0)])
+        return images[0], int(labels[0])
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+def mix_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (epoch, batch, ...)."""
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of ``(index, batch_seed)``; the order depends only on (seed, epoch)."""
+
+    def __init__(self, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+                 balanced: bool = False):
+        self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
+        self.seed, self.balanced, self.epoch = seed, balanced, 0
+        counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
+        self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        n = len(self.labels)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
+        if self.balanced:  # each class drawn equally often, with replacement
+            return torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
+        return torch.randperm(n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self._order()
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            chunk = order[start:start + self.batch_size]
+            if self.shuffle and len(chunk) == 1 and start > 0:
+                break  # a lone last image would break BatchNorm's batch statistics
+            seed = mix_seed(self.seed, self.epoch, b, 2)
+            yield [(i, seed) for i in chunk]
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and (full == 0 or not self.shuffle)) else 0)
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> int:
+    """Loader processes: none when batches are slices of a cache, else cores spare from the model."""
+    if setting != "auto":
+        return int(setting)
+    cores = cpu_count()
+    if cached and not augmented:
+        return 0  # a slice of a tensor costs less than handing it between processes
+    if cuda:
+        return min(8, cores)
+    return max(1, min(4, cores - 1)) if cores > 1 else 0
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int, workers: int,
+                balanced: bool = False, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    sampler = EpochBatches(dataset.labels, batch_size, shuffle, seed, balanced)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_passthrough, num_workers=workers,
+        pin_memory=pin_memory, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None)
+
+
+def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> normalised float32 on ``device`` (the copy overlaps when pinned)."""
+    x = images.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def norm_tensors(mean: list[float], std: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
+def class_counts_text(classes: list[str], counts: list[int]) -> str:
+    width = max(len(c) for c in classes)
+    total = sum(counts) or 1
+    return "\n".join(f"  {c:<{width}}  {n:>6}  {100 * n / total:5.1f}%" for c, n in zip(classes, counts))
+
+
+def describe_counts(samples: Samples, classes: list[str]) -> Counter:
+    return Counter(classes[label] for label in samples.labels)

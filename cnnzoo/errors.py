@@ -1,0 +1,21 @@
+"""The one exception type that means "the user gave us something we cannot use".
+
+The CLI turns a :class:`UserError` into one line on stderr and exit code 2; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input (config, file, network description) explained in one sentence."""
+
+
+class ConfigError(UserError):
+    """A config file or ``--set`` override that does not validate."""
+
+
+class ShapeError(UserError):
+    """A layer list that cannot be built or cannot carry the input shape through."""
+
+
+class DataError(UserError):
+    """A data folder, image or source that cannot be used as asked."""

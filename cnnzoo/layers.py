@@ -1,0 +1,325 @@
+"""The model builder: a YAML layer list in, a checked ``torch.nn.Sequential`` out.
+
+Each entry of ``model.layers`` is a bare name (``ReLU``) or a one-key mapping from a
+name to keyword arguments (``Conv2d: {out_channels: 32, kernel_size: 3}``). A name is
+any ``torch.nn`` module class, one of cnnzoo's short aliases (``conv``, ``pool``,
+``dense``, ``gap`` ...), or ``repeat: {times: N, layers: [...]}`` for VGG-style stages.
+
+The builder walks the running shape through the list first on the ``meta`` device (no
+memory, no compute), filling in ``in_channels``/``in_features``/``num_features`` and
+the value ``num_classes``, and refuses, in words, any layer that cannot take its
+input. Only then are real modules made. The result is flat: ``model[i]`` is layer
+``i`` of ``cnnzoo summary``, which is how forward hooks (``explain``) address layers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .errors import ShapeError
+
+
+class GlobalAvgPool(nn.Module):
+    """Average every channel over height and width: ``[B, C, H, W] -> [B, C]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+# alias -> (torch.nn class name, default arguments)
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "conv": ("Conv2d", {}),
+    "relu": ("ReLU", {}),
+    "maxpool": ("MaxPool2d", {"kernel_size": 2}),
+    "pool": ("MaxPool2d", {"kernel_size": 2}),
+    "avgpool": ("AvgPool2d", {"kernel_size": 2}),
+    "gap": ("GlobalAvgPool", {}),
+    "flatten": ("Flatten", {}),
+    "dense": ("Linear", {}),
+    "dropout": ("Dropout", {}),
+    "batchnorm": ("BatchNorm", {}),  # BatchNorm2d or BatchNorm1d by the input's rank
+}
+_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool}
+_SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _torch_layer_names() -> list[str]:
+    return sorted(n for n, obj in vars(nn).items()
+                  if inspect.isclass(obj) and issubclass(obj, nn.Module) and not n.startswith("_"))
+
+
+def _known_names() -> list[str]:
+    return _torch_layer_names() + list(_OWN_LAYERS) + list(ALIASES) + ["repeat"]
+
+
+def _suggest(name: str) -> str:
+    by_lower = {n.lower(): n for n in _known_names()}
+    if name.lower() in by_lower:
+        return f"; did you mean {by_lower[name.lower()]}?"
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]}?" if close else ""
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+@dataclass
+class LayerInfo:
+    """One built layer: what ``summary`` prints and what the real module is made from."""
+
+    index: int
+    type: str
+    kwargs: dict[str, Any]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int = 0
+    trainable_params: int = 0
+    macs: int = 0
+    where: str = ""  # the YAML position, e.g. model.layers.3.repeat.layers.0
+    cls: Optional[type] = field(default=None, repr=False)
+
+
+@dataclass
+class _Entry:
+    name: str
+    kwargs: dict[str, Any]
+    where: str
+
+
+def _flatten_spec(layers: Any, where: str = "model.layers") -> list[_Entry]:
+    if not isinstance(layers, list):
+        raise ShapeError(f"{where}: expected a list of layers, got {type(layers).__name__}")
+    entries: list[_Entry] = []
+    for pos, item in enumerate(layers):
+        here = f"{where}.{pos}"
+        if isinstance(item, str):
+            name, args = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, args = next(iter(item.items()))
+            args = {} if args is None else args
+        else:
+            raise ShapeError(f"{here}: a layer is a name (`- ReLU`) or a one-key mapping "
+                             f"(`- Conv2d: {{out_channels: 32, kernel_size: 3}}`), got {item!r}")
+        if not isinstance(name, str):
+            raise ShapeError(f"{here}: layer name must be text, got {name!r}")
+        if name == "repeat":
+            if not isinstance(args, dict) or set(args) != {"times", "layers"}:
+                raise ShapeError(f"{here} (repeat): write `repeat: {{times: N, layers: [...]}}`")
+            times = args["times"]
+            if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+                raise ShapeError(f"{here} (repeat): times must be a positive integer, got {times!r}")
+            for _ in range(times):
+                entries.extend(_flatten_spec(args["layers"], f"{here}.repeat.layers"))
+            continue
+        if not isinstance(args, dict):
+            raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. "
+                             f"`{name}: {{...}}`; got {args!r}")
+        entries.append(_Entry(name, dict(args), here))
+    return entries
+
+
+def _resolve_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
+    defaults: dict[str, Any] = {}
+    if name in ALIASES:
+        name, defaults = ALIASES[name]
+        if name == "BatchNorm":
+            name = "BatchNorm2d" if len(shape) == 3 else "BatchNorm1d"
+    if name in _OWN_LAYERS:
+        return name, _OWN_LAYERS[name], dict(defaults)
+    cls = getattr(nn, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)) or name.startswith("_"):
+        raise ShapeError(f"{label}: unknown layer '{name}'{_suggest(name)}")
+    return name, cls, dict(defaults)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
+    """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
+    if len(shape) != 3:
+        raise ShapeError(f"{label}: needs a feature map CxHxW, got {_shape_str(shape)}; "
+                         f"{type_name} cannot follow Flatten/Linear")
+    if "kernel_size" not in kwargs:
+        return  # torch's own message about the missing argument is clear enough
+    k = _pair(kwargs["kernel_size"])
+    is_conv = type_name == "Conv2d"
+    s = _pair(kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"]) or kwargs["kernel_size"])
+    d = _pair(kwargs.get("dilation", 1))
+    padding = kwargs.get("padding", 0)
+    if isinstance(padding, str):
+        if padding == "same":
+            return
+        padding = 0
+    p = _pair(padding)
+    for axis, (w, ki, si, pi, di) in enumerate(zip(shape[1:], k, s, p, d)):
+        k_eff = di * (ki - 1) + 1
+        rounding = math.ceil if kwargs.get("ceil_mode") else math.floor
+        out = rounding((w - k_eff + 2 * pi) / si) + 1
+        if out < 1:
+            dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
+            raise ShapeError(
+                f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: "
+                f"({w} − {k_eff} + 2·{pi})/{si} + 1 = {out}")
+
+
+def _describe(type_name: str, kwargs: dict) -> str:
+    shown = {k: v for k, v in kwargs.items() if k in ("kernel_size", "stride", "padding", "dilation")}
+    args = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{type_name}, {args}" if args else type_name
+
+
+def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...],
+                    num_classes: Optional[int], label: str) -> dict:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key, value in list(kwargs.items()):
+        if key not in params and not accepts_any:
+            names = [n for n in params if n not in ("self", "device", "dtype")]
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; it takes: {', '.join(names) or 'no arguments'}"
+            raise ShapeError(f"{label}: unknown argument '{key}'{hint}")
+        if value == "num_classes":
+            if num_classes is None:
+                raise ShapeError(f"{label}: {key}: num_classes, but the number of classes is unknown; "
+                                 f"set model.num_classes or point data at class folders")
+            kwargs[key] = num_classes
+        elif isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-5 as text
+            kwargs[key] = float(value)
+    inferred = {"self", "in_channels", "in_features", "num_features"}
+    missing = [n for n, p in params.items() if n not in inferred and n not in kwargs
+               and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise ShapeError(f"{label}: missing argument{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)}; write e.g. `{type_name}: {{"
+                         + ", ".join(f"{m}: ..." for m in missing) + "}`")
+    rank = len(shape)
+    if "in_channels" in params:
+        if rank < 2:
+            raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
+                             f"(a {type_name} cannot follow Flatten/Linear)")
+        given = kwargs.setdefault("in_channels", shape[0])
+        if given != shape[0]:
+            raise ShapeError(f"{label}: in_channels={given} but the input {_shape_str(shape)} has "
+                             f"{shape[0]} channels; leave in_channels out to infer it")
+    if "in_features" in params:
+        if rank != 1:
+            raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
+                             f"flatten (or gap) before it to make a vector of "
+                             f"{math.prod(shape)} features")
+        given = kwargs.setdefault("in_features", shape[0])
+        if given != shape[0]:
+            raise ShapeError(f"{label}: in_features={given} but the input has {shape[0]} features; "
+                             f"leave in_features out to infer it")
+    if "num_features" in params:
+        given = kwargs.setdefault("num_features", shape[0])
+        if given != shape[0]:
+            raise ShapeError(f"{label}: num_features={given} but the input {_shape_str(shape)} has "
+                             f"{shape[0]} channels; leave num_features out to infer it")
+    return kwargs
+
+
+def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
+                 num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+    """Resolve and check every layer on the meta device; return what each one produces.
+
+    ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
+    costs about a second the first time it runs, so only ``summary`` asks for it).
+    """
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = tuple(int(s) for s in input_shape)
+    infos: list[LayerInfo] = []
+    entries = _flatten_spec(layers)
+    if not entries:
+        raise ShapeError("model.layers: the network is empty; list at least one layer")
+    for index, entry in enumerate(entries):
+        label = f"layer {index} ({entry.name})"
+        type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
+        kwargs.update(entry.kwargs)
+        label = f"layer {index} ({_describe(type_name, kwargs)})"
+        kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
+        if type_name in _SPATIAL_2D:
+            _check_spatial(type_name, kwargs, shape, label)
+        try:
+            with torch.device("meta"):
+                module = cls(**kwargs)
+        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+            raise ShapeError(f"{label}: {str(exc).strip() or type(exc).__name__}") from exc
+        module.eval()
+        x = torch.empty((2, *shape), device="meta")
+        try:
+            counter = FlopCounterMode(display=False) if count_macs else None
+            with counter or contextlib.nullcontext():
+                y = module(x)
+        except Exception as exc:  # any torch complaint about the input becomes a sentence
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+        if not isinstance(y, torch.Tensor):
+            raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
+                             f"used in a sequential network")
+        out_shape = tuple(y.shape[1:])
+        if len(out_shape) == 0 or min(out_shape) < 1:
+            raise ShapeError(f"{label}: turns input {_shape_str(shape)} into an empty output "
+                             f"{_shape_str(out_shape) or 'scalar'}")
+        params = sum(p.numel() for p in module.parameters())
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        infos.append(LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable,
+                               counter.get_total_flops() // 4 if counter else 0,  # 2 images, 2 flops/MAC
+                               entry.where, cls))
+        shape = out_shape
+    if len(shape) != 1:
+        raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
+                         f"must end with one score per class; end with flatten (or gap) and "
+                         f"dense: {{out_features: num_classes}}")
+    if num_classes is not None and shape[0] != num_classes and not (num_classes == 2 and shape[0] == 1):
+        raise ShapeError(f"layer {len(infos) - 1} ({infos[-1].type}): the network ends with "
+                         f"{shape[0]} outputs but there are {num_classes} classes; use "
+                         f"out_features: num_classes")
+    return infos
+
+
+def build_from_infos(infos: list[LayerInfo]) -> nn.Sequential:
+    return nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
+
+
+def layer_records(infos: list[LayerInfo]) -> list[dict[str, Any]]:
+    """The resolved layers as plain data (kept in checkpoints to rebuild without tracing)."""
+    return [{"type": i.type, "kwargs": _plain(i.kwargs)} for i in infos]
+
+
+def _plain(kwargs: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+def build_from_records(records: list[dict[str, Any]]) -> nn.Sequential:
+    """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint)."""
+    modules = []
+    for rec in records:
+        cls = _OWN_LAYERS.get(rec["type"]) or getattr(nn, rec["type"])
+        modules.append(cls(**rec["kwargs"]))
+    return nn.Sequential(*modules)
+
+
+def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
+                num_classes: Optional[int] = None) -> nn.Sequential:
+    """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits."""
+    return build_from_infos(trace_layers(layers, input_shape, num_classes))

@@ -1,0 +1,77 @@
+"""Turning logits into probabilities and predictions, and scoring them.
+
+One rule for both kinds of head: a one-logit head (binary, trained with
+``BCEWithLogitsLoss``) gives ``[1 - sigmoid, sigmoid]``; a wider head gives softmax.
+The scores (confusion matrix, per-class precision/recall/F1, top-k) work on plain
+integer label lists so that ``evaluate`` and tests share them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """[B, K] logits -> [B, K] probabilities; [B, 1] (binary) -> [B, 2]."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+def plain_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unweighted, unsmoothed loss summed over the batch: the validation/evaluation loss."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, 0], labels.float(), reduction="sum")
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
+def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
+    """matrix[true][predicted] = count."""
+    matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+    if len(labels):
+        index = torch.as_tensor(labels) * num_classes + torch.as_tensor(predicted)
+        matrix = torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return matrix.tolist()
+
+
+def per_class_scores(matrix: list[list[int]], classes: Sequence[str]) -> dict[str, Any]:
+    """Precision, recall, F1 and support per class, with macro and weighted averages."""
+    per_class = {}
+    n = len(classes)
+    for k, name in enumerate(classes):
+        tp = matrix[k][k]
+        predicted = sum(matrix[i][k] for i in range(n))
+        support = sum(matrix[k])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    total = sum(v["support"] for v in per_class.values()) or 1
+    averages = {}
+    for avg in ("macro", "weighted"):
+        averages[avg] = {}
+        for metric in ("precision", "recall", "f1"):
+            if avg == "macro":
+                value = sum(v[metric] for v in per_class.values()) / max(1, n)
+            else:
+                value = sum(v[metric] * v["support"] for v in per_class.values()) / total
+            averages[avg][metric] = value
+    return {"per_class": per_class, "averages": averages}
+
+
+def top_k_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, probs.shape[1])
+    top = probs.topk(k, dim=1).indices
+    return int((top == labels.view(-1, 1)).any(dim=1).sum())
