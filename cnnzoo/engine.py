@@ -430,7 +430,8 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
 
     dev = pick_device(t.device)
     autocast_dtype = amp_dtype(t.amp, dev)
-    channels_last = dev.type == "cuda" if t.channels_last == "auto" else bool(t.channels_last)
+    # channels_last measured faster for conv nets on CPU (oneDNN) and CUDA (tensor cores) alike
+    channels_last = dev.type in ("cpu", "cuda") if t.channels_last == "auto" else bool(t.channels_last)
     seed_everything(cfg.seed)
 
     progress = not quiet

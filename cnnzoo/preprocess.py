@@ -61,7 +61,7 @@ def load_image(source: ImageSource, size: Sequence[int], channels: int) -> np.nd
     img = _to_mode(img, channels)
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr

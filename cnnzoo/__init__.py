@@ -1,0 +1,39 @@
+"""cnnzoo: convolutional image classifiers described in YAML.
+
+The Python API (the CLI is a thin layer over it)::
+
+    import cnnzoo
+    run_dir = cnnzoo.train("configs/quickstart.yaml", train__epochs=5)
+    model = cnnzoo.load(run_dir / "best.pt")
+    model.predict(["a.jpg", pil_image, tensor], top_k=3)
+    report = cnnzoo.evaluate(run_dir / "best.pt")
+
+Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
+not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "train": ("engine", "train"),
+    "load": ("predict", "load"),
+    "evaluate": ("evaluate", "evaluate"),
+    "load_config": ("config", "load_config"),
+    "build_model": ("layers", "build_model"),
+    "summarize": ("summary", "summarize"),
+    "UserError": ("errors", "UserError"),
+}
+__all__ = list(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        module, attr = _API[name]
+        return getattr(importlib.import_module(f"cnnzoo.{module}"), attr)
+    raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")

@@ -1,0 +1,210 @@
+"""The ``cnnzoo`` command line: a thin Typer layer over the Python API.
+
+Every command imports its heavy parts (torch, the engine) inside the function, so
+``cnnzoo --help`` answers at once. A :class:`cnnzoo.errors.UserError` becomes one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="cnnzoo",
+    help="Train, evaluate and predict with convolutional image classifiers described in YAML.\n\n"
+         "Start with:  cnnzoo train --config configs/quickstart.yaml",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+CONFIG_HELP = "YAML config file (see configs/ for examples)."
+SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
+            "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"cnnzoo: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(action):
+    """Run ``action``; user errors become one line and exit 2 (unless --debug)."""
+    try:
+        return action()
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("cnnzoo: interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"cnnzoo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (overrides train.device)."),
+    out: Path = typer.Option(Path("runs"), help="Folder that holds run folders (<out>/<name>/<N>, <out>/latest)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+) -> None:
+    """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
+
+    Example:  cnnzoo train --config configs/quickstart.yaml --set train.epochs=5
+    Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
+    """
+    def action():
+        from .engine import TrainingInterrupted, train as run_training
+
+        if config is None and resume is None:
+            raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
+        try:
+            run_dir = run_training(config, set_, device=device, out=out, quiet=quiet, resume=resume)
+        except TrainingInterrupted as exc:
+            typer.echo(f"\ncnnzoo: {exc}", err=True)
+            raise typer.Exit(130)
+        if quiet:
+            typer.echo(str(run_dir))
+
+    _guard(action)
+
+
+@app.command()
+def summary(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+) -> None:
+    """Show every layer's output shape and parameters, the totals, MACs and memory.
+
+    Like Keras' model.summary(); shapes are checked with out = floor((W - K + 2P) / S) + 1.
+    """
+    def action():
+        from .config import load_config
+        from .summary import format_summary, summarize
+
+        cfg = load_config(config, set_)
+        result = summarize(cfg)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            typer.echo(format_summary(result, cfg.run_name))
+
+    _guard(action)
+
+
+@app.command()
+def predict(
+    images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
+                                              help="Checkpoint to use (default: runs/latest's best.pt)."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows, one per image."),
+    batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Predict the class of images with a trained checkpoint.
+
+    Exit code 0 when every image was predicted, 1 when some could not be read, 2 when none.
+    """
+    def action():
+        from . import checkpoint as ckpt_io
+        from .predict import expand_inputs, load, records_to_csv
+
+        if as_json and as_csv:
+            raise UserError("choose one of --json and --csv")
+        path = checkpoint or ckpt_io.default_checkpoint(runs)
+        if checkpoint is None:
+            typer.echo(f"cnnzoo: using {path}", err=True)
+        model = load(path, device)
+        paths, failures = expand_inputs(images)
+        errors: list = list(failures)
+        records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
+        for name, reason in errors:
+            typer.echo(f"cnnzoo: cannot read {name}: {reason}", err=True)
+        if as_json:
+            typer.echo(json.dumps(records, indent=1))
+        elif as_csv:
+            typer.echo(records_to_csv(records, min(top_k, len(model.classes))), nl=False)
+        else:
+            width = max((len(r["image"]) for r in records), default=0)
+            for r in records:
+                ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
+                typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
+        if errors:
+            raise typer.Exit(2 if not records else 1)
+
+    _guard(action)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (default: runs/latest's best.pt)."),
+    data: Optional[Path] = typer.Option(None, help="Labelled folder: a data root with test/ or validation/, "
+                                                   "or a folder of class folders. Default: the training data."),
+    split: Optional[str] = typer.Option(None, help="test or validation (default: test if there is one)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k for top-k accuracy."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    out: Optional[Path] = typer.Option(None, help="Where to write eval.json and confusion_matrix.png "
+                                                  "(default: the checkpoint's folder)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per forward pass."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
+    def action():
+        from .evaluate import evaluate as run_evaluation, format_report
+
+        report = run_evaluation(checkpoint, data, split, top_k, batch_size, out, device, runs,
+                                progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            typer.echo(format_report(report))
+            typer.echo(f"\nwrote {', '.join(report['outputs'])}")
+
+    _guard(action)
+
+
+def main() -> None:
+    try:
+        app()
+    except Exception as exc:  # a failure cnnzoo did not foresee: still one line unless --debug
+        if _state["debug"]:
+            raise
+        typer.echo(f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``cnnzoo summary``: a Keras-style table of a config's network, or the same as JSON.
+
+Shapes come from the builder's trace on the meta device, so even VGG-16 is summarised
+without allocating its 138 M parameters; multiply-accumulates are counted by torch's
+``FlopCounterMode`` (2 FLOPs per MAC).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .config import Config
+from .layers import LayerInfo, trace_layers
+
+
+def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
+    """Input [C, H, W] and class count: from ``model`` where set, else from ``data``."""
+    from . import data
+
+    if cfg.model.input and cfg.model.num_classes:
+        return list(cfg.model.input), cfg.model.num_classes
+    channels, size = data.resolve_input(cfg)
+    num_classes = cfg.model.num_classes or len(data.class_names(cfg))
+    return [channels, *size], num_classes
+
+
+def summarize(cfg: Config) -> dict[str, Any]:
+    input_shape, num_classes = resolve_model_shape(cfg)
+    infos = trace_layers(cfg.model.layers, input_shape, num_classes, count_macs=True)
+    return _as_dict(infos, input_shape, num_classes)
+
+
+def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Optional[int]) -> dict[str, Any]:
+    total = sum(i.params for i in infos)
+    trainable = sum(i.trainable_params for i in infos)
+    activations = sum(_numel(i.output_shape) for i in infos)
+    return {
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "layers": [{"index": i.index, "type": i.type, "output_shape": list(i.output_shape),
+                    "params": i.params, "macs": i.macs, "args": _short_args(i)} for i in infos],
+        "total_params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        "macs": sum(i.macs for i in infos),
+        "param_bytes": 4 * total,
+        "activation_bytes": 4 * activations,
+    }
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _short_args(info: LayerInfo) -> str:
+    skip = {"in_channels", "in_features", "num_features"}
+    return ", ".join(f"{k}={_compact(v)}" for k, v in info.kwargs.items() if k not in skip)
+
+
+def _compact(v: Any) -> str:
+    if isinstance(v, (list, tuple)) and len(set(v)) == 1:
+        return str(v[0])
+    return str(v)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(int(n))
+
+
+def format_summary(s: dict[str, Any], title: str = "") -> str:
+    rows = [("#", "Layer (type)", "Output shape", "Param #", "MACs")]
+    rows.append(("", "Input", "x".join(map(str, s["input_shape"])), "", ""))
+    for layer in s["layers"]:
+        name = f"{layer['type']}({layer['args']})" if layer["args"] else layer["type"]
+        rows.append((str(layer["index"]), name, "x".join(map(str, layer["output_shape"])),
+                     f"{layer['params']:,}", human_count(layer["macs"]) if layer["macs"] else ""))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    widths[1] = min(widths[1], 52)
+
+    def line(r: tuple[str, ...]) -> str:
+        name = r[1] if len(r[1]) <= widths[1] else r[1][: widths[1] - 1] + "…"
+        return (f"{r[0]:>{widths[0]}}  {name:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+                f"{r[3]:>{widths[3]}}  {r[4]:>{widths[4]}}").rstrip()
+
+    rule = "─" * len(line(rows[0]).ljust(sum(widths) + 8))
+    out = [f'Model: "{title}"' if title else "Model", rule, line(rows[0]), rule.replace("─", "═")]
+    out += [line(r) for r in rows[1:]]
+    out.append(rule)
+    out.append(f"Total params:         {s['total_params']:,} ({human_bytes(s['param_bytes'])})")
+    out.append(f"Trainable params:     {s['trainable_params']:,}")
+    out.append(f"Non-trainable params: {s['non_trainable_params']:,}")
+    out.append(f"MACs per image:       {human_count(s['macs'])} ({s['macs']:,})")
+    out.append(f"Activations per image (forward, float32): {human_bytes(s['activation_bytes'])}")
+    out.append(f"Classes: {s['num_classes']}")
+    out.append(rule)
+    return "\n".join(out)
