@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _API = {
     "train": ("engine", "train"),
     "load": ("predict", "load"),
-    "evaluate": ("evaluate", "evaluate"),
+    "evaluate": ("evaluation", "evaluate"),
     "load_config": ("config", "load_config"),
     "build_model": ("layers", "build_model"),
     "summarize": ("summary", "summarize"),

@@ -182,7 +182,7 @@ def evaluate(
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     def action():
-        from .evaluate import evaluate as run_evaluation, format_report
+        from .evaluation import evaluate as run_evaluation, format_report
 
         report = run_evaluation(checkpoint, data, split, top_k, batch_size, out, device, runs,
                                 progress=not as_json)

@@ -310,6 +310,12 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
                 node[idx] = {node[idx]: {}} if parts[i + 1] == node[idx] else node[idx]
             node = node[idx]
         elif isinstance(node, dict):
+            if (part not in node and len(node) == 1 and i >= 2 and parts[i - 1].lstrip("-").isdigit()
+                    and parts[i - 2] == "layers"):
+                written = next(iter(node))
+                fixed = ".".join(parts[:i] + [str(written)] + parts[i + 1:])
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is written `{written}`; "
+                                  f"use --set {fixed}=...")
             if last:
                 node[part] = value
                 return

@@ -298,7 +298,16 @@ class DecodedImages:
 
     pixels: torch.Tensor
     failed: list[int] = field(default_factory=list)
-    location: str = "ram"
+    location: str = "ram"  # or the path of the memory-mapped file
+    seconds: float = 0.0  # time spent decoding; 0 when an existing disk cache was reused
+
+    def describe(self) -> str:
+        size = self.pixels.numel() / 2**20
+        where = "in RAM" if self.location == "ram" else f"on disk ({self.location})"
+        if not self.seconds:
+            return f"{len(self.pixels)} images, {size:.0f} MB, reused {where}"
+        return (f"{len(self.pixels)} images decoded in {self.seconds:.1f}s "
+                f"({len(self.pixels) / self.seconds:.0f} img/s), {size:.0f} MB {where}")
 
 
 class _DecodeOne(torch.utils.data.Dataset):
@@ -347,8 +356,11 @@ def cpu_count() -> int:
 def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
                cache_dir: Optional[Path], workers: int, progress: bool) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
+    import time
+
     from tqdm import tqdm
 
+    start = time.perf_counter()
     n = len(samples)
     shape = (n, channels, size[0], size[1])
     kind = choose_cache(kind, math.prod(shape))
@@ -389,7 +401,7 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
         os.replace(tmp, path)
         path.with_suffix(".failed.txt").write_text(" ".join(map(str, failed)))
         pixels = torch.from_numpy(np.load(path, mmap_mode="r+"))
-    return DecodedImages(pixels, failed, str(path) if path else "ram")
+    return DecodedImages(pixels, failed, str(path) if path else "ram", time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -518,7 +530,7 @@ class EpochBatches(torch.utils.data.Sampler):
         order = self._order()
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             chunk = order[start:start + self.batch_size]
-            if self.shuffle and len(chunk) == 1 and start > 0:
+            if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
                 break  # a lone last image would break BatchNorm's batch statistics
             seed = mix_seed(self.seed, self.epoch, b, 2)
             yield [(i, seed) for i in chunk]

@@ -153,7 +153,9 @@ class LRSchedule:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"step_count": self.step_count}
         if self.torch_schedule is not None:
-            state["torch"] = {k: v for k, v in self.torch_schedule.state_dict().items() if k != "lr_lambdas"}
+            state["torch"] = self.torch_schedule.state_dict()
+            if "lr_lambdas" in state["torch"]:  # our factor is a method: rebuilt from the config
+                state["torch"]["lr_lambdas"] = [None] * len(state["torch"]["lr_lambdas"])
         if self.plateau is not None:
             state["plateau"] = self.plateau.state_dict()
         return state
@@ -161,7 +163,12 @@ class LRSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = state["step_count"]
         if self.torch_schedule is not None and "torch" in state:
-            self.torch_schedule.load_state_dict(state["torch"])
+            saved = dict(state["torch"])
+            # the plan (length, phases) comes from the current config, so that a resume with
+            # more epochs re-plans the schedule instead of running off its end
+            for key in ("total_steps", "_schedule_phases"):
+                saved.pop(key, None)
+            self.torch_schedule.load_state_dict(saved)
         if self.plateau is not None and "plateau" in state:
             self.plateau.load_state_dict(state["plateau"])
 
@@ -437,12 +444,17 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     progress = not quiet
     logger = print if not quiet else (lambda *_: None)
     spec = data_mod.load_data(cfg, logger)
+    cfg.name = cfg.run_name
     if cfg.data.source == "folder" and cfg.data.root:
         cfg.data.root = spec.root  # the saved config works from any folder
     infos, model = build_for_data(cfg, spec)
     if state is not None:
         model.load_state_dict(state["model_state"])
     kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
+    # settings that can still be wrong are checked before a run folder exists
+    augment = data_mod.build_augment(cfg.data.augment, spec.image_size)
+    class_weight_vector(t.class_weights, spec.classes,
+                        [spec.train.labels.count(k) for k in range(len(spec.classes))])
 
     runs_root = Path(out)
     if run_dir is None:
@@ -454,7 +466,6 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     run.write_config(cfg)
 
     # data: decode once into the cache, then batches from it
-    augment = data_mod.build_augment(cfg.data.augment, spec.image_size)
     cached = cfg.data.cache != "none"
     splits = {}
     for split in (spec.train, spec.val):
@@ -463,6 +474,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
             decoded = data_mod.decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
                                           Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                                           data_mod.cpu_count(), progress)
+            logger(f"cache {split.name}: {decoded.describe()}")
         splits[split.name] = data_mod.ImageDataset(split, spec.image_size, spec.channels, decoded,
                                                    augment if split is spec.train else None)
     train_set, val_set = splits["train"], splits["validation"]
@@ -526,6 +538,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
         run.save("last.pt", snapshot(0, None, True))  # Ctrl-C in epoch 1 can resume from here
     maximize = t.monitor == "val_acc"
     epoch = start_epoch
+    saved_epoch = start_epoch - 1  # what last.pt holds
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             seed_everything(data_mod.mix_seed(cfg.seed, epoch, 0))
@@ -552,6 +565,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
             if improved:
                 run.save("best.pt", snapshot(epoch, row, False))
             run.save("last.pt", snapshot(epoch, row, True))
+            saved_epoch = epoch
             run.plot(rows)
             best_text = (f"{100 * trainer['best_value']:.1f}%" if maximize else f"{trainer['best_value']:.4f}")
             run.log(f"epoch {epoch:>3}/{t.epochs}  train loss {row['train_loss']:.4f} acc "
@@ -563,9 +577,8 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
                 run.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
                 break
     except KeyboardInterrupt:
-        done = epoch - 1
         raise TrainingInterrupted(
-            f"interrupted during epoch {epoch}; {run_dir / 'last.pt'} holds epoch {done}. "
+            f"interrupted during epoch {epoch}; {run_dir / 'last.pt'} holds epoch {saved_epoch}. "
             f"Resume with: cnnzoo train --resume {run_dir / 'last.pt'}", run_dir) from None
     best_text = (f"{100 * trainer['best_value']:.2f}%" if maximize else f"{trainer['best_value']:.4f}") \
         if trainer["best_value"] is not None else "n/a"

@@ -96,6 +96,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
 
     path = Path(checkpoint) if checkpoint else ckpt_io.default_checkpoint(runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
+    path = Path(ckpt["path"])  # a run folder stands for its best.pt
     meta = ckpt["meta"]
     classes = list(meta["classes"])
     size, channels = tuple(meta["image_size"]), int(meta["channels"])

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Prediction speed: CLI cold start against importing torch, batch throughput against compute.
+
+    python scripts/bench_predict.py [--checkpoint runs/latest/best.pt] [--images DIR] [--repeat 5]
+
+In one invocation, alternating so that both see the same machine state:
+  * cold start: wall time of ``cnnzoo predict ONE.jpg --checkpoint C`` (a new process,
+    loading the checkpoint and printing the answer) against
+    ``python -c "import torch, torchvision"``; medians of --repeat runs and their ratio;
+  * batch throughput: ``Model.predict`` over every image in --images (decode, resize,
+    normalise, forward) against the same model's forward alone on random tensors of the
+    same batch size (inference mode), in images/s and as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="default: runs/latest's best.pt")
+    parser.add_argument("--images", default=None, help="folder of images (default: the checkpoint's validation split)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    import torch
+
+    from cnnzoo import checkpoint as ckpt_io
+    from cnnzoo.predict import expand_inputs, load
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
+    model = load(checkpoint, device="cpu")
+    if args.images:
+        folder = Path(args.images)
+    else:
+        root = Path(model.meta["data_root"])
+        folder = next((root / n for n in ("validation", "val", "test") if (root / n).is_dir()), root)
+    images, _ = expand_inputs([str(folder)])
+    if not images:
+        sys.exit(f"no images under {folder}")
+    print(f"bench_predict: {checkpoint}, {len(images)} images from {folder}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    cnnzoo_bin = Path(sys.executable).with_name("cnnzoo")
+    predict_cmd = [str(cnnzoo_bin) if cnnzoo_bin.exists() else sys.executable, *(
+        [] if cnnzoo_bin.exists() else ["-m", "cnnzoo.cli"]), "predict", images[0], "--checkpoint", str(checkpoint)]
+    import_cmd = [sys.executable, "-c", "import torch, torchvision"]
+    wall(import_cmd), wall(predict_cmd)  # warm the file cache for both
+    imports, predicts = [], []
+    for _ in range(args.repeat):
+        imports.append(wall(import_cmd))
+        predicts.append(wall(predict_cmd))
+    t_import, t_predict = statistics.median(imports), statistics.median(predicts)
+    print(f"cold start: cnnzoo predict one image {t_predict:.2f}s, import torch+torchvision {t_import:.2f}s, "
+          f"ratio {t_predict / t_import:.2f} (medians of {args.repeat})")
+
+    model.predict(images[: args.batch_size], batch_size=args.batch_size)  # warm-up
+    start = time.perf_counter()
+    records = model.predict(images, batch_size=args.batch_size)
+    predict_rate = len(records) / (time.perf_counter() - start)
+
+    x = torch.randn(args.batch_size, model.channels, *model.image_size)
+    with torch.inference_mode():
+        model.module(x)
+        batches = max(3, len(images) // args.batch_size)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model.module(x)
+        compute_rate = batches * args.batch_size / (time.perf_counter() - start)
+    print(f"batch prediction: {predict_rate:.0f} img/s end to end, {compute_rate:.0f} img/s forward only, "
+          f"ratio {predict_rate / compute_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Training throughput of cnnzoo against a course-style loop and the compute-only limit.
+
+    python scripts/bench_train.py --config configs/clothing.yaml [--epochs 3] [--set k=v ...]
+
+One invocation measures, each phase in its own child process (so peak memory is its own):
+
+  cache      decoding every training image once into cnnzoo's uint8 cache (images/s)
+  cnnzoo     cnnzoo's training loop, steady state: mean images/s of epochs 2..N
+             (epoch 1 warms up; the cache is built before epoch 1)
+  reference  the loop the course teaches: torchvision ImageFolder + PIL transforms
+             (Resize, the config's augmentations, ToTensor, Normalize) + DataLoader,
+             same model, optimizer and batch size
+  limit      the same model and optimizer stepping on random tensors already in memory
+
+and prints images/s, the ratios cnnzoo/limit and cnnzoo/reference, and peak RSS.
+Validation time is excluded everywhere: all figures are training steps only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def setup(args):
+    import torch
+
+    from cnnzoo import data as data_mod
+    from cnnzoo.config import load_config
+    from cnnzoo.engine import build_for_data, make_optimizer
+
+    cfg = load_config(args.config, args.set)
+    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    infos, model = build_for_data(cfg, spec)
+    torch.manual_seed(cfg.seed)
+    return cfg, spec, model, make_optimizer
+
+
+def phase_cache(args) -> dict:
+    from cnnzoo import data as data_mod
+
+    cfg, spec, _, _ = setup(args)
+    decoded = data_mod.decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
+                                  data_mod.cpu_count(), progress=False)
+    n = len(spec.train)
+    return {"images_per_s": n / decoded.seconds, "seconds": decoded.seconds,
+            "cache_bytes": decoded.pixels.numel(),
+            "uint8_bytes": n * spec.channels * spec.image_size[0] * spec.image_size[1]}
+
+
+def phase_cnnzoo(args) -> dict:
+    import csv
+
+    from cnnzoo.engine import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train(args.config, list(args.set) + [f"train.epochs={args.epochs}"], out=tmp, quiet=True)
+        with open(run / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+    steady = rows[1:] if len(rows) > 1 else rows
+    return {"images_per_s": sum(float(r["images_per_s"]) for r in steady) / len(steady),
+            "first_epoch_images_per_s": float(rows[0]["images_per_s"]),
+            "data_wait": sum(float(r["data_wait"]) for r in steady) / len(steady)}
+
+
+def _step(model, optimizer, x, y):
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def phase_reference(args) -> dict:
+    import torch
+    from torchvision import datasets, transforms
+
+    cfg, spec, model, make_optimizer = setup(args)
+    optimizer = make_optimizer(model, cfg.train)
+    aug = cfg.data.augment
+    steps = [transforms.Resize(spec.image_size)]
+    if aug.random_resized_crop:
+        steps = [transforms.RandomResizedCrop(spec.image_size, scale=tuple(aug.random_resized_crop))]
+    if aug.hflip:
+        steps.append(transforms.RandomHorizontalFlip(0.5 if aug.hflip is True else aug.hflip))
+    if aug.rotation:
+        steps.append(transforms.RandomRotation(aug.rotation))
+    steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
+    train_dir = Path(spec.root) / "train" if (Path(spec.root) / "train").is_dir() else Path(spec.root)
+    dataset = datasets.ImageFolder(str(train_dir), transform=transforms.Compose(steps))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    model.train()
+    rates = []
+    for epoch in range(args.epochs):
+        seen, start = 0, time.perf_counter()
+        for x, y in loader:
+            _step(model, optimizer, x, y)
+            seen += len(y)
+        rates.append(seen / (time.perf_counter() - start))
+    steady = rates[1:] if len(rates) > 1 else rates
+    return {"images_per_s": sum(steady) / len(steady)}
+
+
+def phase_limit(args) -> dict:
+    import torch
+
+    cfg, spec, model, make_optimizer = setup(args)
+    optimizer = make_optimizer(model, cfg.train)
+    batch = cfg.train.batch_size
+    x = torch.randn(batch, spec.channels, *spec.image_size)
+    y = torch.randint(0, len(spec.classes), (batch,))
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    steps = max(1, len(spec.train) // batch)
+    for _ in range(5):
+        _step(model, optimizer, x, y)
+    rates = []
+    for _ in range(max(1, args.epochs - 1)):
+        start = time.perf_counter()
+        for _ in range(steps):
+            _step(model, optimizer, x, y)
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return {"images_per_s": sum(rates) / len(rates)}
+
+
+PHASES = {"cache": phase_cache, "cnnzoo": phase_cnnzoo, "reference": phase_reference, "limit": phase_limit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop (the first is warm-up)")
+    parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
+    parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", choices=list(PHASES), help="run only these phases")
+    args = parser.parse_args()
+
+    if args.phase:  # child process: one phase, one JSON line
+        result = PHASES[args.phase](args)
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    import torch
+
+    print(f"bench_train: {args.config} {' '.join(args.set)}, {args.epochs} epochs per loop, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    results = {}
+    for phase in args.only or list(PHASES):
+        cmd = [sys.executable, __file__, "--config", args.config, "--epochs", str(args.epochs), "--phase", phase]
+        for s in args.set:
+            cmd += ["--set", s]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
+        results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[phase]
+        print(f"  {phase:<10} {r['images_per_s']:8.1f} img/s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)
+    if "cache" in results:
+        c = results["cache"]
+        print(f"cache: {c['images_per_s']:.0f} img/s to build; {c['cache_bytes'] / 2**20:.1f} MB "
+              f"= {c['cache_bytes'] / c['uint8_bytes']:.2f}x the uint8 size of the images")
+    if "cnnzoo" in results:
+        z = results["cnnzoo"]
+        print(f"cnnzoo: first epoch {z['first_epoch_images_per_s']:.1f} img/s, steady data wait "
+              f"{100 * z['data_wait']:.1f}% of step time")
+        for other in ("limit", "reference"):
+            if other in results:
+                print(f"ratio cnnzoo/{other}: {z['images_per_s'] / results[other]['images_per_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

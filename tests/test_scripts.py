@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end on tiny data (figures are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_train_prints_every_phase_and_ratio(image_root, tmp_path):
+    cfg = tiny_config(image_root)
+    cfg["data"]["augment"] = {"hflip": True}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_script([str(ROOT / "scripts" / "bench_train.py"), "--config", str(path), "--epochs", "2"], tmp_path)
+    for phase in ("cache", "cnnzoo", "reference", "limit"):
+        assert f"  {phase}" in out
+    assert "ratio cnnzoo/limit:" in out and "ratio cnnzoo/reference:" in out
+    assert "1.00x the uint8 size" in out  # the RAM cache holds exactly N*C*H*W bytes
+
+
+def test_bench_train_phase_reports_json(image_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(image_root)))
+    out = run_script([str(ROOT / "scripts" / "bench_train.py"), "--config", str(path), "--epochs", "2",
+                      "--phase", "cache"], tmp_path)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["cache_bytes"] == 24 * 3 * 16 * 16  # 24 training images at 3x16x16
+    assert result["images_per_s"] > 0
+
+
+def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
+    from cnnzoo.engine import train
+
+    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
+    out = run_script([str(ROOT / "scripts" / "bench_predict.py"), "--checkpoint", str(run / "best.pt"),
+                      "--images", str(image_root / "validation"), "--repeat", "1", "--batch-size", "4"], tmp_path)
+    assert "cold start:" in out and "batch prediction:" in out and "ratio" in out
