@@ -24,7 +24,6 @@ import hashlib
 import math
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from . import preprocess
-from .config import AugmentConfig, Config, DataConfig
+from .config import AugmentConfig, Config
 from .errors import ConfigError, DataError
 
 CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
@@ -371,8 +370,10 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
         path = folder / f"{samples.name}-{key}.npy"
         failed_path = path.with_suffix(".failed.txt")
         if path.exists() and failed_path.exists():
-            pixels = torch.from_numpy(np.load(path, mmap_mode="r+"))
+            pixels = torch.from_numpy(np.load(path, mmap_mode="c"))
             failed = [int(x) for x in failed_path.read_text().split()]
+            for i in failed:
+                warn(f"skipped unreadable image {samples.describe(i)} (found when the cache was built)")
             return DecodedImages(pixels, failed, str(path))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
@@ -400,7 +401,7 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
         del array, pixels
         os.replace(tmp, path)
         path.with_suffix(".failed.txt").write_text(" ".join(map(str, failed)))
-        pixels = torch.from_numpy(np.load(path, mmap_mode="r+"))
+        pixels = torch.from_numpy(np.load(path, mmap_mode="c"))
     return DecodedImages(pixels, failed, str(path) if path else "ram", time.perf_counter() - start)
 
 
@@ -546,14 +547,23 @@ def _passthrough(batch: Any) -> Any:
 
 
 def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> int:
-    """Loader processes: none when batches are slices of a cache, else cores spare from the model."""
+    """Loader processes for ``data.workers: auto``.
+
+    * cached, no augmentation: none, a slice of a tensor costs less than handing it over;
+    * training on the CPU from the cache: the model's threads already use every core, and
+      on 2 cores a worker doing augmentation made steps ~15% slower than augmenting
+      in the main process (scripts/bench_train.py), so workers only where cores abound;
+    * on CUDA, or decoding JPEGs every epoch (no cache): up to one per spare core.
+    """
     if setting != "auto":
         return int(setting)
     cores = cpu_count()
     if cached and not augmented:
-        return 0  # a slice of a tensor costs less than handing it between processes
+        return 0
     if cuda:
         return min(8, cores)
+    if cached:
+        return 0 if cores <= 4 else min(4, cores // 4)
     return max(1, min(4, cores - 1)) if cores > 1 else 0
 
 
@@ -583,7 +593,3 @@ def class_counts_text(classes: list[str], counts: list[int]) -> str:
     width = max(len(c) for c in classes)
     total = sum(counts) or 1
     return "\n".join(f"  {c:<{width}}  {n:>6}  {100 * n / total:5.1f}%" for c, n in zip(classes, counts))
-
-
-def describe_counts(samples: Samples, classes: list[str]) -> Counter:
-    return Counter(classes[label] for label in samples.labels)

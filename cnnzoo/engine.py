@@ -236,9 +236,12 @@ def rng_state() -> dict[str, Any]:
 class Run:
     """A run folder and the console: the only place a training run prints or writes files."""
 
+    plot_interval = 10.0  # seconds between redraws of history.png (a plot costs ~0.5 s)
+
     def __init__(self, run_dir: Path, quiet: bool = False):
         self.dir, self.quiet = run_dir, quiet
         self.metrics_path = run_dir / "metrics.csv"
+        self._plotted_at = -math.inf
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -274,9 +277,13 @@ class Run:
     def save(self, name: str, state: dict[str, Any]) -> None:
         ckpt_io.save_atomic(state, self.dir / name)
 
-    def plot(self, rows: list[dict[str, Any]]) -> None:
+    def plot(self, rows: list[dict[str, Any]], final: bool = False) -> None:
+        """Redraw history.png: at most every ``plot_interval`` seconds while training, and at the end."""
         from .plots import plot_history
 
+        if not rows or (not final and time.monotonic() - self._plotted_at < self.plot_interval):
+            return
+        self._plotted_at = time.monotonic()
         try:
             plot_history(rows, self.dir / "history.png")
         except Exception as exc:  # a plot must never end a training run
@@ -408,6 +415,29 @@ def build_for_data(cfg: Config, spec: data_mod.DataSpec):
     return infos, build_from_infos(infos)
 
 
+def build_loaders(cfg: Config, spec: data_mod.DataSpec, augment, dev: torch.device, run: Run):
+    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them."""
+    cached = cfg.data.cache != "none"
+    datasets = []
+    for split in (spec.train, spec.val):
+        decoded = None
+        if cached:
+            decoded = data_mod.decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
+                                          Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                                          data_mod.cpu_count(), not run.quiet)
+            run.log(f"cache {split.name}: {decoded.describe()}")
+        datasets.append(data_mod.ImageDataset(split, spec.image_size, spec.channels, decoded,
+                                              augment if split is spec.train else None))
+    train_set, val_set = datasets
+    workers = data_mod.choose_workers(cfg.data.workers, cached, augment is not None, dev.type == "cuda")
+    pin = dev.type == "cuda"
+    train_loader = data_mod.make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
+                                        cfg.data.sampler == "balanced", pin)
+    val_loader = data_mod.make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed,
+                                      0 if cached else workers, False, pin)
+    return train_set, val_set, train_loader, val_loader, workers
+
+
 def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
           out: str | Path = "runs", quiet: bool = False, resume: Optional[str | Path] = None,
           **settings: Any) -> Path:
@@ -441,9 +471,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     channels_last = dev.type in ("cpu", "cuda") if t.channels_last == "auto" else bool(t.channels_last)
     seed_everything(cfg.seed)
 
-    progress = not quiet
-    logger = print if not quiet else (lambda *_: None)
-    spec = data_mod.load_data(cfg, logger)
+    spec = data_mod.load_data(cfg, print if not quiet else (lambda *_: None))
     cfg.name = cfg.run_name
     if cfg.data.source == "folder" and cfg.data.root:
         cfg.data.root = spec.root  # the saved config works from any folder
@@ -465,25 +493,10 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     ckpt_io.point_latest(runs_root, run_dir)
     run.write_config(cfg)
 
-    # data: decode once into the cache, then batches from it
-    cached = cfg.data.cache != "none"
-    splits = {}
-    for split in (spec.train, spec.val):
-        decoded = None
-        if cached:
-            decoded = data_mod.decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
-                                          Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                                          data_mod.cpu_count(), progress)
-            logger(f"cache {split.name}: {decoded.describe()}")
-        splits[split.name] = data_mod.ImageDataset(split, spec.image_size, spec.channels, decoded,
-                                                   augment if split is spec.train else None)
-    train_set, val_set = splits["train"], splits["validation"]
-    workers = data_mod.choose_workers(cfg.data.workers, cached, augment is not None, dev.type == "cuda")
-    pin = dev.type == "cuda"
-    train_loader = data_mod.make_loader(train_set, t.batch_size, True, cfg.seed, workers,
-                                        cfg.data.sampler == "balanced", pin)
-    val_loader = data_mod.make_loader(val_set, t.batch_size * 2, False, cfg.seed,
-                                      0 if cached else workers, False, pin)
+    run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
+            f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
+            f" -> {run_dir}")
+    train_set, val_set, train_loader, val_loader, workers = build_loaders(cfg, spec, augment, dev, run)
     counts = train_set.class_counts(len(spec.classes))
 
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -508,9 +521,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
         run.write_metrics(rows)
 
     total_params = sum(p.numel() for p in model.parameters())
-    run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
-            f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
-            f" -> {run_dir}")
+    cached = cfg.data.cache != "none"
     run.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
             f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
             f"cache {'off' if not cached else 'on'}, {workers} loader workers")
@@ -576,7 +587,12 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
             if t.patience is not None and trainer["bad_epochs"] >= t.patience:
                 run.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
                 break
+        run.plot(rows, final=True)
     except KeyboardInterrupt:
+        try:
+            run.plot(rows, final=True)
+        except KeyboardInterrupt:
+            pass
         raise TrainingInterrupted(
             f"interrupted during epoch {epoch}; {run_dir / 'last.pt'} holds epoch {saved_epoch}. "
             f"Resume with: cnnzoo train --resume {run_dir / 'last.pt'}", run_dir) from None

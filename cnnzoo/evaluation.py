@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from . import checkpoint as ckpt_io
 from . import data as data_mod

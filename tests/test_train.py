@@ -486,6 +486,7 @@ def test_interrupt_message_names_the_epoch_last_pt_holds(image_root, tmp_path, m
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    monkeypatch.setattr(Run, "plot_interval", 0.0)  # draw after every epoch
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny_config(image_root, epochs=4), out=tmp_path / "runs", quiet=True)
     held = torch.load(info.value.run_dir / "last.pt", weights_only=True)["epoch"]
