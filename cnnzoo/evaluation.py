@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 
 from . import checkpoint as ckpt_io
 from . import data as data_mod
@@ -114,7 +116,8 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
     dev = pick_device(device or "auto")
     model = build_from_records(ckpt["layers"])
     model.load_state_dict(ckpt["model_state"])
-    model.to(dev)
+    channels_last = dev.type in ("cpu", "cuda")  # as in training, for the same numbers
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     dataset = data_mod.ImageDataset(samples, size, channels)
     workers = data_mod.choose_workers("auto", False, False, dev.type == "cuda")
     loader = data_mod.make_loader(dataset, batch_size or cfg.train.batch_size * 2, False, 0, workers,
@@ -126,7 +129,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         import sys
 
         bar = tqdm(total=len(loader), desc="evaluate", unit="batch", leave=False, file=sys.stderr, disable=None)
-    logits, labels = predict_loader(model, loader, dev, norm, bar=bar)
+    logits, labels = predict_loader(model, loader, dev, norm, channels_last=channels_last, bar=bar)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     probs = metrics.probabilities(logits)

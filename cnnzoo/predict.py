@@ -59,7 +59,10 @@ class Model:
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.module.to(self.device)
+        # the memory format training used: faster convolutions on CPU (oneDNN) and CUDA
+        self.channels_last = self.device.type in ("cpu", "cuda")
+        self.module.to(self.device, memory_format=torch.channels_last if self.channels_last
+                       else torch.contiguous_format)
         self._mean = torch.tensor(self.meta["mean"], device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(self.meta["std"], device=self.device).view(1, -1, 1, 1)
 
@@ -74,6 +77,8 @@ class Model:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs] on the CPU."""
         x = torch.from_numpy(pixels_hwc).to(self.device).permute(0, 3, 1, 2).float()
         x = x.div_(255.0).sub_(self._mean).div_(self._std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.module(x).float().cpu()
 
     def _records(self, names: list[str], probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
@@ -104,10 +109,17 @@ class Model:
 
             bar = tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr, leave=False)
         workers = min(8, os.cpu_count() or 1)
+        starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes outside the GIL
-            for start in range(0, len(images), batch_size):
+            def submit(start: int) -> list:
+                return [pool.submit(self._try_preprocess, item) for item in images[start:start + batch_size]]
+
+            pending = submit(starts[0]) if starts else []
+            for n, start in enumerate(starts):
                 chunk = list(images[start:start + batch_size])
-                decoded = list(pool.map(self._try_preprocess, chunk))
+                decoded = [future.result() for future in pending]
+                if n + 1 < len(starts):  # decode the next batch while this one runs forward
+                    pending = submit(starts[n + 1])
                 names, arrays = [], []
                 for offset, (item, (array, reason)) in enumerate(zip(chunk, decoded)):
                     name = _image_label(item, start + offset)
