@@ -58,10 +58,10 @@ def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -
 
 
 def _table(matrix: list[list[int]], classes: list[str]) -> str:
-    width = max(4, max(len(c) for c in classes))
+    corner = "true \\ pred"
+    width = max(len(corner), max(len(c) for c in classes))
     cell = max(5, max(len(str(v)) for row in matrix for v in row) + 1)
     abbreviations = [c[: cell - 1] for c in classes]
-    corner = "true \\ pred"
     lines = [f"{corner:<{width}}" + "".join(f"{a:>{cell}}" for a in abbreviations)]
     for name, row in zip(classes, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
