@@ -224,6 +224,9 @@ def train_with_real_ctrl_c(config: dict, out: Path) -> Path:
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
+    # a shell that starts jobs in the background (as CI may) hands them SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt: restore the terminal's Ctrl-C behaviour
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher.start()
     try:
         with pytest.raises(TrainingInterrupted) as info:
@@ -231,6 +234,7 @@ def train_with_real_ctrl_c(config: dict, out: Path) -> Path:
     finally:
         stop.set()
         watcher.join()
+        signal.signal(signal.SIGINT, previous)
     message = str(info.value)
     assert "--resume" in message and "last.pt" in message
     return info.value.run_dir
@@ -436,7 +440,6 @@ def _cnnzoo_command() -> list[str]:
 
 
 def test_ctrl_c_saves_last_pt_and_resume_finishes(image_root, tmp_path, isolated_home):
-    # reduce-on-plateau: resuming runs with LambdaLR schedules hits the lr_lambdas bug above
     config = tiny_config(image_root, epochs=500, scheduler="reduce-on-plateau")
     config["name"] = "long"
     config_path = tmp_path / "long.yaml"
@@ -444,7 +447,9 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes(image_root, tmp_path, isolated
     runs = tmp_path / "runs"
     env = {**os.environ, "CNNZOO_HOME": str(isolated_home)}
     proc = subprocess.Popen([*_cnnzoo_command(), "train", "--config", str(config_path), "--out", str(runs), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # as from a terminal, even when this test runs in a background job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = runs / "long" / "1"
     try:
         deadline = time.monotonic() + 180

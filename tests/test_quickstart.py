@@ -1,0 +1,41 @@
+"""The README's main job, end to end as a user runs it: train the quickstart, then predict and
+evaluate with no other arguments (the newest run's best.pt is the default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CNNZOO = [sys.executable, "-m", "cnnzoo.cli"]
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(CNNZOO + args, cwd=cwd, capture_output=True, text=True, env={**os.environ},
+                          timeout=900)
+
+
+def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_arguments(tmp_path):
+    trained = run(["train", "--config", str(ROOT / "configs" / "quickstart.yaml")], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "Generating the shapes data set" in trained.stdout
+    assert (tmp_path / "runs" / "latest" / "best.pt").is_file()
+    rows = (tmp_path / "runs" / "latest" / "metrics.csv").read_text().splitlines()
+    best = max(float(row.split(",")[5]) for row in rows[1:])
+    assert best >= 0.95, f"quickstart reached only {best:.3f} validation accuracy"
+
+    evaluated = run(["evaluate", "--json"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout)
+    assert abs(report["accuracy"] - best) < 1e-6  # evaluate rebuilds exactly the validation split
+
+    stars = Path(os.environ["CNNZOO_HOME"]) / "shapes-v1" / "validation" / "star"
+    predicted = run(["predict", str(stars), "--json"], tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "best.pt" in predicted.stderr  # it says which checkpoint it used
+    records = json.loads(predicted.stdout)
+    assert len(records) == 60
+    assert sum(r["label"] == "star" for r in records) >= 0.9 * len(records)
