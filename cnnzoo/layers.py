@@ -210,28 +210,20 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
                          f"{', '.join(missing)}; write e.g. `{type_name}: {{"
                          + ", ".join(f"{m}: ..." for m in missing) + "}`")
     rank = len(shape)
-    if "in_channels" in params:
-        if rank < 2:
-            raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
-                             f"(a {type_name} cannot follow Flatten/Linear)")
-        given = kwargs.setdefault("in_channels", shape[0])
-        if given != shape[0]:
-            raise ShapeError(f"{label}: in_channels={given} but the input {_shape_str(shape)} has "
-                             f"{shape[0]} channels; leave in_channels out to infer it")
-    if "in_features" in params:
-        if rank != 1:
-            raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
-                             f"flatten (or gap) before it to make a vector of "
-                             f"{math.prod(shape)} features")
-        given = kwargs.setdefault("in_features", shape[0])
-        if given != shape[0]:
-            raise ShapeError(f"{label}: in_features={given} but the input has {shape[0]} features; "
-                             f"leave in_features out to infer it")
-    if "num_features" in params:
-        given = kwargs.setdefault("num_features", shape[0])
-        if given != shape[0]:
-            raise ShapeError(f"{label}: num_features={given} but the input {_shape_str(shape)} has "
-                             f"{shape[0]} channels; leave num_features out to infer it")
+    if "in_channels" in params and rank < 2:
+        raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
+                         f"(a {type_name} cannot follow Flatten/Linear)")
+    if "in_features" in params and rank != 1:
+        raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
+                         f"flatten (or gap) before it to make a vector of {math.prod(shape)} features")
+    # the sizes the running shape fixes; a value the user wrote must agree with it
+    for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
+        if name in params:
+            given = kwargs.setdefault(name, shape[0])
+            if given != shape[0]:
+                seen = f"the input {_shape_str(shape)}" if rank > 1 else "the input"
+                raise ShapeError(f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; "
+                                 f"leave {name} out to infer it")
     return kwargs
 
 
