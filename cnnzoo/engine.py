@@ -536,8 +536,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
                   "meta": meta}
 
     def snapshot(epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
-        raw_model = model
-        snap = {**base_state, "model_state": {k: v.detach().cpu() for k, v in raw_model.state_dict().items()},
+        snap = {**base_state, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "config": cfg.to_dict(), "epoch": epoch, "metrics": row or {}}
         if full:
             snap.update(optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),

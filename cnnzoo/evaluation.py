@@ -108,7 +108,11 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         samples = _split_from_folder(Path(data), split, classes)
         where = str(Path(data))
     else:
-        spec = data_mod.load_data(cfg, log=lambda *_: None)
+        try:
+            spec = data_mod.load_data(cfg, log=lambda *_: None)
+        except DataError as exc:
+            raise DataError(f"{exc} (the data this checkpoint was trained on); "
+                            f"pass --data DIR to evaluate on another folder") from None
         if split == "test" and spec.test is None:
             raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
         samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val

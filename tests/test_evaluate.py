@@ -330,3 +330,18 @@ def test_plain_loss_sum_for_both_heads():
     two = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
     expected = -(torch.log_softmax(two, 1)[0, 1] + torch.log_softmax(two, 1)[1, 0])
     assert metrics.plain_loss_sum(two, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_moved_training_data_says_to_pass_data(tmp_path):
+    from cnnzoo.engine import train
+    from conftest import tiny_config
+
+    root = tmp_path / "images"
+    write_class_folders(root / "train", {"a": 6, "b": 6}, seed=1)
+    write_class_folders(root / "validation", {"a": 2, "b": 2}, seed=2)
+    run = train(tiny_config(root, epochs=1), out=tmp_path / "runs", quiet=True)
+    shutil.move(str(root), str(tmp_path / "moved"))
+    with pytest.raises(DataError, match="pass --data DIR"):
+        run_evaluation(run / "best.pt", progress=False)
+    report = run_evaluation(run / "best.pt", data=tmp_path / "moved", progress=False)
+    assert report["num_images"] == 4 and report["split"] == "validation"
