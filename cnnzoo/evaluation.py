@@ -9,10 +9,10 @@ training recorded for the same checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 
 from . import checkpoint as ckpt_io
@@ -20,7 +20,6 @@ from . import data as data_mod
 from . import metrics
 from .config import load_config
 from .errors import DataError, UserError
-from .layers import build_from_records
 
 SPLIT_FOLDERS = {"test": ("test",), "validation": ("validation", "val")}
 
@@ -93,7 +92,8 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
              out: Optional[str | Path] = None, device: Optional[str] = None,
              runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
-    from .engine import pick_device, predict_loader
+    from .engine import predict_loader
+    from .predict import Model
 
     path = Path(checkpoint) if checkpoint else ckpt_io.default_checkpoint(runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
@@ -117,23 +117,19 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
             raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
         samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
         where = spec.root or cfg.data.source
-    dev = pick_device(device or "auto")
-    model = build_from_records(ckpt["layers"])
-    model.load_state_dict(ckpt["model_state"])
-    channels_last = dev.type in ("cpu", "cuda")  # as in training, for the same numbers
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = Model(ckpt, device)  # the memory format training used, for the same numbers
+    dev = model.device
     dataset = data_mod.ImageDataset(samples, size, channels)
     workers = data_mod.choose_workers("auto", False, False, dev.type == "cuda")
     loader = data_mod.make_loader(dataset, batch_size or cfg.train.batch_size * 2, False, 0, workers,
                                   pin_memory=dev.type == "cuda")
-    norm = data_mod.norm_tensors(meta["mean"], meta["std"], dev)
     bar = None
     if progress:
         from tqdm import tqdm
-        import sys
 
         bar = tqdm(total=len(loader), desc="evaluate", unit="batch", leave=False, file=sys.stderr, disable=None)
-    logits, labels = predict_loader(model, loader, dev, norm, channels_last=channels_last, bar=bar)
+    logits, labels = predict_loader(model.module, loader, dev, model.norm, channels_last=model.channels_last,
+                                    bar=bar)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     probs = metrics.probabilities(logits)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
-from . import preprocess
+from . import data, preprocess
+from .engine import pick_device, prefers_channels_last
 from .errors import UserError
 from .layers import build_from_records
 from .metrics import probabilities
@@ -56,15 +57,11 @@ class Model:
         self.module = build_from_records(ckpt["layers"])
         self.module.load_state_dict(ckpt["model_state"])
         self.module.eval()
-        if device in (None, "auto"):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        # the memory format training used: faster convolutions on CPU (oneDNN) and CUDA
-        self.channels_last = self.device.type in ("cpu", "cuda")
+        self.device = pick_device(device or "auto", key="--device")
+        self.channels_last = prefers_channels_last(self.device)  # the memory format training used
         self.module.to(self.device, memory_format=torch.channels_last if self.channels_last
                        else torch.contiguous_format)
-        self._mean = torch.tensor(self.meta["mean"], device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.meta["std"], device=self.device).view(1, -1, 1, 1)
+        self.norm = data.norm_tensors(self.meta["mean"], self.meta["std"], self.device)
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, NumPy HxWxC array or [C, H, W] tensor) -> uint8 HxWxC."""
@@ -75,10 +72,8 @@ class Model:
     @torch.inference_mode()
     def logits(self, pixels_hwc: np.ndarray) -> torch.Tensor:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs] on the CPU."""
-        x = torch.from_numpy(pixels_hwc).to(self.device).permute(0, 3, 1, 2).float()
-        x = x.div_(255.0).sub_(self._mean).div_(self._std)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        images = torch.from_numpy(pixels_hwc).permute(0, 3, 1, 2)
+        x = data.to_model_input(images, *self.norm, self.device, self.channels_last)
         return self.module(x).float().cpu()
 
     def _records(self, names: list[str], probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
