@@ -37,6 +37,7 @@ from .errors import ConfigError, DataError
 
 CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SPLIT_FOLDERS = {"validation": ("validation", "val"), "test": ("test",)}  # accepted folder names
 NATIVE_SIZES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "shapes": (3, 64)}
 
 
@@ -178,7 +179,7 @@ def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples
         raise DataError(f"data.root: folder not found: {root.resolve()}")
     train_dir = root / "train"
     if train_dir.is_dir():
-        val_dir = next((root / n for n in ("validation", "val") if (root / n).is_dir()), None)
+        val_dir = next((root / n for n in SPLIT_FOLDERS["validation"] if (root / n).is_dir()), None)
         if val_dir is None:
             raise DataError(f"{root}: has train/ but no validation/ (or val/) split; add one, or set "
                             f"data.root to {train_dir} to hold out data.val_fraction of it")

@@ -441,7 +441,10 @@ def build_loaders(cfg: Config, spec: data_mod.DataSpec, augment, dev: torch.devi
                                         cfg.data.sampler == "balanced", pin)
     val_loader = data_mod.make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed,
                                       0 if cached else workers, False, pin)
-    return train_set, val_set, train_loader, val_loader, workers
+    run.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+            f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+            f"cache {'on' if cached else 'off'}, {workers} loader workers")
+    return train_set, train_loader, val_loader
 
 
 def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
@@ -501,7 +504,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
             f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
             f" -> {run_dir}")
-    train_set, val_set, train_loader, val_loader, workers = build_loaders(cfg, spec, augment, dev, run)
+    train_set, train_loader, val_loader = build_loaders(cfg, spec, augment, dev, run)
     counts = train_set.class_counts(len(spec.classes))
 
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -526,10 +529,6 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
         run.write_metrics(rows)
 
     total_params = sum(p.numel() for p in model.parameters())
-    cached = cfg.data.cache != "none"
-    run.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-            f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
-            f"cache {'off' if not cached else 'on'}, {workers} loader workers")
     run.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
     run.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
             f"optimizer {t.optimizer} lr {t.lr:g}; scheduler {t.scheduler}")

@@ -21,16 +21,13 @@ from . import metrics
 from .config import load_config
 from .errors import DataError, UserError
 
-SPLIT_FOLDERS = {"test": ("test",), "validation": ("validation", "val")}
-
-
 def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -> data_mod.Samples:
     """``folder`` is a data root with split folders, or itself a folder of class folders."""
     if not folder.is_dir():
         raise DataError(f"--data: folder not found: {folder}")
     wanted = [split] if split else ["test", "validation"]
     for name in wanted:
-        for candidate in SPLIT_FOLDERS[name]:
+        for candidate in data_mod.SPLIT_FOLDERS[name]:
             if (folder / candidate).is_dir():
                 folder = folder / candidate
                 break
@@ -38,7 +35,7 @@ def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -
             continue
         break
     else:
-        if split and any((folder / n).is_dir() for names in SPLIT_FOLDERS.values() for n in names):
+        if split and any((folder / n).is_dir() for names in data_mod.SPLIT_FOLDERS.values() for n in names):
             raise DataError(f"--data {folder}: has no {split}/ split")
     present = [p.name for p in data_mod._class_dirs(folder)] if folder.is_dir() else []
     missing = [c for c in classes if c not in present]
