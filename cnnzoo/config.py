@@ -57,6 +57,7 @@ class DataConfig:
     sampler: Literal["none", "balanced"] = "none"
     cache: Literal["auto", "ram", "disk", "none"] = "auto"
     cache_dir: Optional[str] = None
+    feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"  # frozen backbone outputs, computed once
     workers: Union[Literal["auto"], int] = "auto"
 
 
@@ -84,6 +85,18 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # CUDA only; auto = bf16 where supported
     channels_last: Union[Literal["auto"], bool] = "auto"
+    # transfer learning (a `backbone` layer): stage two starts at this epoch and trains the
+    # last `unfreeze_stages` stages of the backbone at `backbone_lr` (a number, or "0.1x" of lr)
+    unfreeze_at_epoch: Optional[int] = None
+    unfreeze_stages: Union[Literal["all"], int] = "all"
+    backbone_lr: Optional[Union[float, str]] = None  # default: lr / 10
+
+    def backbone_learning_rate(self) -> float:
+        if self.backbone_lr is None:
+            return self.lr / 10
+        if isinstance(self.backbone_lr, str):  # "0.1x": a multiple of lr (checked in _check_values)
+            return self.lr * float(self.backbone_lr[:-1])
+        return self.backbone_lr
 
 
 @dataclass
@@ -270,6 +283,22 @@ def _check_values(cfg: Config, where: str) -> None:
         raise bad("train.label_smoothing", f"got {t.label_smoothing}, expected a number in [0, 1)")
     if t.patience is not None and t.patience < 1:
         raise bad("train.patience", f"got {t.patience}, expected a positive integer or null (off)")
+    if t.unfreeze_at_epoch is not None and t.unfreeze_at_epoch < 2:
+        raise bad("train.unfreeze_at_epoch", f"got {t.unfreeze_at_epoch}, expected an epoch from 2 on "
+                                             f"(stage 1 needs at least one epoch), or null (never)")
+    if isinstance(t.unfreeze_stages, int) and t.unfreeze_stages < 0:
+        raise bad("train.unfreeze_stages", f"got {t.unfreeze_stages}, expected all or a number >= 0")
+    if isinstance(t.backbone_lr, str):
+        scale = t.backbone_lr[:-1] if t.backbone_lr.endswith("x") else ""
+        try:
+            ok = math.isfinite(float(scale)) and float(scale) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad("train.backbone_lr", f"got {t.backbone_lr!r}, expected a learning rate (1e-4) or a "
+                                           f"multiple of train.lr written like 0.1x")
+    elif t.backbone_lr is not None and not (math.isfinite(t.backbone_lr) and t.backbone_lr > 0):
+        raise bad("train.backbone_lr", f"got {t.backbone_lr}, expected a positive number")
     if cfg.data.source == "folder" and not d.root:
         pass  # checked when data is needed: `summary` works without a data folder
 

@@ -15,7 +15,7 @@ What this module owns, in the order training meets it:
   augmentations from ``torchvision.transforms.v2`` applied per image, seeded per batch,
   so a run is reproducible whatever the worker count, and a resumed run sees exactly
   the batches the uninterrupted one saw. Normalisation to float happens on the device
-  (:func:`to_model_input`).
+  (:func:`cnnzoo.device.to_model_input`). :func:`build_loaders` makes both splits' loaders.
 """
 
 from __future__ import annotations
@@ -217,15 +217,29 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
     return list(train.classes), samples[0], samples[1], str(root)
 
 
+def backbone_preprocessing(cfg: Config) -> Optional["backbones.Preprocessing"]:
+    """What a ``backbone`` layer's weights expect, when the network has one."""
+    from . import backbones
+
+    entry = backbones.backbone_entry(cfg.model.layers)
+    return backbones.preprocessing(*entry) if entry is not None else None
+
+
 def resolve_input(cfg: Config) -> tuple[int, tuple[int, int]]:
-    """Channels and (H, W) from ``data`` and ``model.input``, which must agree where both are set."""
+    """Channels and (H, W) from ``data`` and ``model.input``, which must agree where both are set.
+
+    Unset, they follow a backbone's weights (RGB at their input size), else the source's native size.
+    """
     d, m = cfg.data, cfg.model
     native = NATIVE_SIZES.get(d.source)
+    pretrained = backbone_preprocessing(cfg) if d.image_size is None and not m.input else None
     channels = d.channels or (m.input[0] if m.input else None) or (native[0] if native else 3)
     if d.image_size is not None:
         size = (d.image_size, d.image_size) if isinstance(d.image_size, int) else tuple(d.image_size)
     elif m.input:
         size = (m.input[1], m.input[2])
+    elif pretrained is not None:
+        size = pretrained.image_size
     elif native:
         size = (native[1], native[1])
     else:
@@ -286,8 +300,18 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
     if len(val) == 0:
         raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
     channels, size = resolve_input(cfg)
-    mean, std = preprocess.resolve_normalization(d.normalize, channels)
+    pretrained = backbone_preprocessing(cfg) if d.normalize == "auto" else None
+    if pretrained is not None and channels == 3:
+        mean, std = pretrained.mean, pretrained.std
+        log(f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, "
+            f"{size[0]}x{size[1]}")
+    else:
+        mean, std = preprocess.resolve_normalization(d.normalize, channels)
     return DataSpec(classes, train, val, test, channels, size, mean, std, root_text, skipped)
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -578,16 +602,39 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int
         multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None)
 
 
-def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> normalised float32 on ``device`` (the copy overlaps when pinned)."""
-    x = images.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+@dataclass
+class Loaders:
+    """Both splits as datasets (decoded once unless ``data.cache: none``) and loaders over them."""
+
+    train_set: ImageDataset
+    val_set: ImageDataset
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
 
 
-def norm_tensors(mean: list[float], std: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(std, device=device).view(1, -1, 1, 1))
+def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool, log: Callable[[str], None],
+                  progress: bool = True) -> Loaders:
+    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them."""
+    cached = cfg.data.cache != "none"
+    datasets = []
+    for split in (spec.train, spec.val):
+        decoded = None
+        if cached:
+            decoded = decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
+                                 Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count(), progress)
+            log(f"cache {split.name}: {decoded.describe()}")
+        datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded,
+                                     augment if split is spec.train else None))
+    train_set, val_set = datasets
+    workers = choose_workers(cfg.data.workers, cached, augment is not None, cuda)
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
+                               cfg.data.sampler == "balanced", cuda)
+    val_loader = make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed, 0 if cached else workers,
+                             False, cuda)
+    log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+            f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+            f"cache {'on' if cached else 'off'}, {workers} loader workers")
+    return Loaders(train_set, val_set, train_loader, val_loader)
 
 
 def class_counts_text(classes: list[str], counts: list[int]) -> str:

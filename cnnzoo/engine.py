@@ -18,9 +18,9 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,12 +29,15 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import data as data_mod
 from . import metrics
+from .backbones import backbone_of
 from .config import Config, TrainConfig, dump_config, load_config
+from .device import Feed, amp_dtype, norm_tensors, pick_device, predict_loader, prefers_channels_last
 from .errors import ConfigError, UserError
 from .layers import build_from_infos, layer_records, trace_layers
+from .transfer import TransferStages, stage_plan
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-                  "images_per_s", "data_wait"]
+                  "images_per_s", "data_wait", "stage", "trainable_params", "backbone_lr"]
 TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait")
 
 
@@ -48,47 +51,19 @@ class TrainingInterrupted(Exception):
 
 # ----------------------------------------------------------------------------- recipe pieces
 
-def pick_device(setting: str, key: str = "train.device") -> torch.device:
-    """``auto`` | cpu | cuda | cuda:N | mps -> a device that exists here; ``key`` names the setting in errors."""
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise ConfigError(f"{key}: unknown device {setting!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}: {setting} asked for, but this machine/torch build has no "
-                              f"usable CUDA GPU; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {setting} asked for, but there are only "
-                              f"{torch.cuda.device_count()} GPUs")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"{key}: mps asked for, but it is not available here; use --device cpu")
-    return device
-
-
-def prefers_channels_last(device: torch.device) -> bool:
-    """channels_last measured faster for conv nets on CPU (oneDNN) and CUDA (tensor cores) alike."""
-    return device.type in ("cpu", "cuda")
-
-
-def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
-    if device.type != "cuda":
-        if setting in ("bf16", "fp16"):
-            data_mod.warn(f"train.amp: {setting} applies on CUDA only; training in float32 on {device}")
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
+    """The head at ``lr``; a backbone, frozen parts included (they may thaw later), at ``backbone_lr``."""
+    backbone = backbone_of(model)
+    if backbone is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
+    inside = {id(p) for p in backbone.parameters()}
+    head = [p for p in model.parameters() if id(p) not in inside and p.requires_grad]
+    return [{"params": head, "lr": t.lr},
+            {"params": list(backbone.parameters()), "lr": t.backbone_learning_rate()}]
 
 
 def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(model, t)
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
                                weight_decay=t.weight_decay)
@@ -109,10 +84,12 @@ class LRSchedule:
         self.warmup = round(t.warmup_epochs * steps_per_epoch)
         self.step_count = 0
         self.plateau = None
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # head, then backbone
         if t.scheduler == "one-cycle":
             pct = self.warmup / self.total if self.warmup else 0.3
             self.torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=t.lr, total_steps=self.total, pct_start=min(max(pct, 0.01), 0.99))
+                optimizer, max_lr=list(self.base_lrs), total_steps=self.total,
+                pct_start=min(max(pct, 0.01), 0.99))
         elif t.scheduler == "reduce-on-plateau":
             mode = "max" if t.monitor == "val_acc" else "min"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -134,11 +111,11 @@ class LRSchedule:
 
     def _warm(self, step: int) -> None:
         if step < self.warmup:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.t.lr * (step + 1) / self.warmup
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * (step + 1) / self.warmup
         elif step == self.warmup and self.warmup:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.t.lr
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base
 
     def step_batch(self) -> None:
         self.step_count += 1
@@ -155,6 +132,11 @@ class LRSchedule:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def backbone_lr(self) -> Optional[float]:
+        groups = self.optimizer.param_groups
+        return float(groups[1]["lr"]) if len(groups) > 1 else None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"step_count": self.step_count}
@@ -300,17 +282,47 @@ def _format_row(row: dict[str, Any]) -> dict[str, str]:
     out = {}
     for key in METRIC_COLUMNS:
         value = row[key]
-        out[key] = str(value) if isinstance(value, int) else f"{value:.6g}" if key in TIMING_COLUMNS + ("lr",) else f"{value:.6f}"
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, int):
+            out[key] = str(value)
+        else:
+            out[key] = f"{value:.6g}" if key in TIMING_COLUMNS + ("lr", "backbone_lr") else f"{value:.6f}"
     return out
 
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, schedule: LRSchedule,
-                    scaler, device: torch.device, norm: tuple[torch.Tensor, torch.Tensor],
-                    autocast_dtype, channels_last: bool, grad_clip: Optional[float], run: Run,
-                    desc: str) -> dict[str, float]:
-    model.train()
+class Stepper:
+    """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                 scaler=None, grad_clip: Optional[float] = None):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.scaler, self.grad_clip = scaler, grad_clip
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        self.schedule.step_batch()
+
+
+def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepper, feed: Feed,
+                    run: "Run", desc: str) -> dict[str, float]:
+    """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features."""
+    net.train()
+    device = feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -328,25 +340,12 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
         wait += time.perf_counter() - t_wait
         if len(labels) == 0:
             continue
-        x = data_mod.to_model_input(images, *norm, device, channels_last)
+        x = feed.inputs(images)
         y = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-            logits = model(x)
+        with feed.autocast():
+            logits = net(x)
             loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        schedule.step_batch()
+        stepper.step(loss)
         n = len(y)
         loss_sum += loss.detach() * n
         correct += (metrics.predictions(logits.detach()) == y).sum()
@@ -364,30 +363,8 @@ def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer, s
             "data_wait": wait / seconds if seconds else 0.0}
 
 
-@torch.inference_mode()
-def predict_loader(model: nn.Module, loader, device: torch.device, norm: tuple[torch.Tensor, torch.Tensor],
-                   autocast_dtype=None, channels_last: bool = False, bar=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All logits (float32, CPU) and labels of a loader, in loader order."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for images, labels in loader:
-        if len(labels):
-            x = data_mod.to_model_input(images, *norm, device, channels_last)
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                all_logits.append(model(x).float().cpu())
-            all_labels.append(labels)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not all_logits:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.int64)
-    return torch.cat(all_logits), torch.cat(all_labels)
-
-
-def validate(model, loader, device, norm, autocast_dtype, channels_last, run: Run) -> dict[str, float]:
-    logits, labels = predict_loader(model, loader, device, norm, autocast_dtype, channels_last,
-                                    run.bar(len(loader), "  validate"))
+def validate(net: nn.Module, loader, feed: Feed, run: "Run") -> dict[str, float]:
+    logits, labels = predict_loader(net, loader, feed, run.bar(len(loader), "  validate"))
     n = max(1, len(labels))
     return {"val_loss": metrics.plain_loss_sum(logits, labels).item() / n,
             "val_acc": (metrics.predictions(logits) == labels).sum().item() / n}
@@ -409,8 +386,13 @@ def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
     return items
 
 
-def build_for_data(cfg: Config, spec: data_mod.DataSpec):
-    """Fill model.input and model.num_classes from the data, then trace and build."""
+def build_for_data(cfg: Config, spec: data_mod.DataSpec, pretrained: bool = False,
+                   log: Callable[[str], None] = print):
+    """Fill model.input and model.num_classes from the data, then trace and build.
+
+    ``pretrained`` loads the weights a ``backbone`` layer names (a new run does; a resumed
+    run and a benchmark do not need them).
+    """
     num_classes = len(spec.classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} "
@@ -418,33 +400,214 @@ def build_for_data(cfg: Config, spec: data_mod.DataSpec):
     cfg.model.num_classes = num_classes
     cfg.model.input = [spec.channels, *spec.image_size]
     infos = trace_layers(cfg.model.layers, cfg.model.input, num_classes)
-    return infos, build_from_infos(infos)
+    return infos, build_from_infos(infos, pretrained, log)
 
 
-def build_loaders(cfg: Config, spec: data_mod.DataSpec, augment, dev: torch.device, run: Run):
-    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them."""
-    cached = cfg.data.cache != "none"
-    datasets = []
-    for split in (spec.train, spec.val):
-        decoded = None
-        if cached:
-            decoded = data_mod.decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
-                                          Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                                          data_mod.cpu_count(), not run.quiet)
-            run.log(f"cache {split.name}: {decoded.describe()}")
-        datasets.append(data_mod.ImageDataset(split, spec.image_size, spec.channels, decoded,
-                                              augment if split is spec.train else None))
-    train_set, val_set = datasets
-    workers = data_mod.choose_workers(cfg.data.workers, cached, augment is not None, dev.type == "cuda")
-    pin = dev.type == "cuda"
-    train_loader = data_mod.make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
-                                        cfg.data.sampler == "balanced", pin)
-    val_loader = data_mod.make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed,
-                                      0 if cached else workers, False, pin)
-    run.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-            f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
-            f"cache {'on' if cached else 'off'}, {workers} loader workers")
-    return train_set, train_loader, val_loader
+class BestEpoch:
+    """The monitored metric's best value and epoch, and early stopping's count of bad epochs."""
+
+    def __init__(self, t: TrainConfig, saved: Optional[dict[str, Any]] = None):
+        self.monitor, self.maximize = t.monitor, t.monitor == "val_acc"
+        self.min_delta, self.patience = t.min_delta, t.patience
+        saved = saved or {}
+        self.value = saved.get("best_value")
+        self.epoch = saved.get("best_epoch", 0)
+        self.bad_epochs = saved.get("bad_epochs", 0)
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True when it is the best so far."""
+        improved = self.value is None or (value > self.value + self.min_delta if self.maximize
+                                          else value < self.value - self.min_delta)
+        if improved:
+            self.value, self.epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def text(self, digits: int = 1) -> str:
+        if self.value is None:
+            return "n/a"
+        return f"{100 * self.value:.{digits}f}%" if self.maximize else f"{self.value:.4f}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.value, "best_epoch": self.epoch, "bad_epochs": self.bad_epochs}
+
+
+@dataclass
+class Job:
+    """Everything a training run holds while it fits: built by :func:`prepare`, run by :func:`fit`."""
+
+    cfg: Config
+    run: "Run"
+    model: nn.Sequential
+    criterion: Criterion
+    stepper: Stepper
+    feed: Feed
+    stages: TransferStages
+    best: BestEpoch
+    base_state: dict[str, Any]
+    rows: list[dict[str, Any]]
+    start_epoch: int = 1
+
+    def snapshot(self, epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
+        """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs."""
+        snap = {**self.base_state,
+                "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "config": self.cfg.to_dict(), "epoch": epoch, "metrics": row or {}}
+        if full:
+            st = self.stepper
+            snap.update(optimizer=st.optimizer.state_dict(), scheduler=st.schedule.state_dict(),
+                        scaler=st.scaler.state_dict() if st.scaler is not None else {},
+                        rng=rng_state(), trainer=self.best.state_dict())
+        return snap
+
+
+def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | Path]):
+    """The config of a new run, or of the run a ``last.pt`` belongs to (with its saved state)."""
+    if resume is None:
+        if config is None:
+            raise UserError("no config given; use --config FILE (e.g. configs/quickstart.yaml)")
+        return load_config(config, overrides), None, None
+    state = ckpt_io.load_checkpoint(resume)
+    if "optimizer" not in state:
+        raise UserError(f"{resume}: has no optimizer state (best.pt?); resume from last.pt")
+    cfg = load_config(state["config"], overrides)
+    cfg.source_path = str(Path(resume).parent / "config.yaml")
+    return cfg, state, Path(resume).resolve().parent
+
+
+def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
+            resume: Optional[str | Path]) -> Job:
+    """Resolve the config and data, build the model and recipe, open the run folder, apply a resume."""
+    cfg, state, run_dir = _load_run_config(config, overrides, resume)
+    t = cfg.train
+    dev = pick_device(t.device)
+    autocast_dtype = amp_dtype(t.amp, dev)
+    channels_last = prefers_channels_last(dev) if t.channels_last == "auto" else bool(t.channels_last)
+    seed_everything(cfg.seed)
+    say = print if not quiet else (lambda *_: None)
+
+    spec = data_mod.load_data(cfg, say)
+    cfg.name = cfg.run_name
+    if cfg.data.source == "folder" and cfg.data.root:
+        cfg.data.root = spec.root  # the saved config works from any folder
+    infos, model = build_for_data(cfg, spec, pretrained=state is None, log=say)
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+    kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
+    # settings that can still be wrong are checked before a run folder exists
+    augment = data_mod.build_augment(cfg.data.augment, spec.image_size)
+    class_weight_vector(t.class_weights, spec.classes,
+                        [spec.train.labels.count(k) for k in range(len(spec.classes))])
+    stages_plan = stage_plan(model, t)
+
+    runs_root = Path(out)
+    if run_dir is None:
+        run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
+    else:
+        runs_root = run_dir.parent.parent
+    run = Run(run_dir, quiet)
+    ckpt_io.point_latest(runs_root, run_dir)
+    run.write_config(cfg)
+
+    run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
+            f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
+            f" -> {run_dir}")
+    loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda", run.log, not quiet)
+    counts = loaders.train_set.class_counts(len(spec.classes))
+
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
+    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
+                          t.label_smoothing).to(dev)
+    optimizer = make_optimizer(model, t)
+    schedule = LRSchedule(optimizer, t, len(loaders.train))
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    stepper = Stepper(model, optimizer, schedule, scaler, t.grad_clip)
+    stages = TransferStages(model, cfg, stages_plan, loaders, feed, run.log, not quiet)
+
+    meta = {**spec.meta(), "loss": kind, "outputs": infos[-1].output_shape[0]}
+    base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
+                  "meta": meta}
+    job = Job(cfg, run, model, criterion, stepper, feed, stages, BestEpoch(t), base_state, [])
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        job.best = BestEpoch(t, state["trainer"])
+        job.start_epoch = state["epoch"] + 1
+        job.rows = run.read_metrics(state["epoch"])
+        run.write_metrics(job.rows)
+
+    total_params = sum(p.numel() for p in model.parameters())
+    run.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
+    run.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
+            f"optimizer {t.optimizer} lr {t.lr:g}"
+            f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; scheduler {t.scheduler}")
+    if job.start_epoch > 1:
+        run.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
+    else:
+        run.save("last.pt", job.snapshot(0, None, True))  # Ctrl-C in epoch 1 can resume from here
+    return job
+
+
+def _epoch_line(row: dict[str, Any], t: TrainConfig, best: BestEpoch) -> str:
+    return (f"epoch {row['epoch']:>3}/{t.epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.4f} acc "
+            f"{100 * row['val_acc']:5.1f}%  lr {row['lr']:.2g}  {row['images_per_s']:.0f} img/s  "
+            f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
+            f"best {t.monitor} {best.text()} (epoch {best.epoch})")
+
+
+def fit(job: Job) -> Path:
+    """The epoch loop: train, validate, record, checkpoint; Ctrl-C keeps a resumable last.pt."""
+    cfg, run, t, schedule = job.cfg, job.run, job.cfg.train, job.stepper.schedule
+    epoch = job.start_epoch
+    saved_epoch = job.start_epoch - 1  # what last.pt holds
+    try:
+        for epoch in range(job.start_epoch, t.epochs + 1):
+            job.stages.enter(epoch)
+            seed_everything(data_mod.mix_seed(cfg.seed, epoch, 0))
+            job.stages.train_loader.batch_sampler.set_epoch(epoch)
+            lr, backbone_lr = schedule.lr, schedule.backbone_lr
+            stats = train_one_epoch(job.stages.net, job.stages.train_loader, job.criterion, job.stepper,
+                                    job.feed, run, f"epoch {epoch}/{t.epochs}")
+            val = validate(job.stages.net, job.stages.val_loader, job.feed, run)
+            row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+                   **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
+                   "data_wait": stats["data_wait"], "stage": job.stages.stage_at(epoch),
+                   "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+                   "backbone_lr": backbone_lr}
+            schedule.step_epoch(val[t.monitor])
+            improved = job.best.update(val[t.monitor], epoch)
+            job.rows.append(_format_row(row))
+            run.write_metrics(job.rows)
+            if improved:
+                run.save("best.pt", job.snapshot(epoch, row, False))
+            run.save("last.pt", job.snapshot(epoch, row, True))
+            saved_epoch = epoch
+            run.plot(job.rows)
+            run.log(_epoch_line(row, t, job.best))
+            if job.best.should_stop:
+                run.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
+                break
+        run.plot(job.rows, final=True)
+    except KeyboardInterrupt:
+        try:
+            run.plot(job.rows, final=True)
+        except KeyboardInterrupt:
+            pass
+        raise TrainingInterrupted(
+            f"interrupted during epoch {epoch}; {run.dir / 'last.pt'} holds epoch {saved_epoch}. "
+            f"Resume with: cnnzoo train --resume {run.dir / 'last.pt'}", run.dir) from None
+    run.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {run.dir}")
+    run.log(f"next: cnnzoo evaluate {run.dir / 'best.pt'}   or   cnnzoo predict IMAGE")
+    return run.dir
 
 
 def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
@@ -459,148 +622,4 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     override_list = _overrides_from(overrides, settings)
     if device:
         override_list.append(f"train.device={device}")
-    state = None
-    if resume is not None:
-        state = ckpt_io.load_checkpoint(resume)
-        if "optimizer" not in state:
-            raise UserError(f"{resume}: has no optimizer state (best.pt?); resume from last.pt")
-        cfg = load_config(state["config"], override_list)
-        cfg.source_path = str(Path(resume).parent / "config.yaml")
-        run_dir = Path(resume).resolve().parent
-    else:
-        if config is None:
-            raise UserError("no config given; use --config FILE (e.g. configs/quickstart.yaml)")
-        cfg = load_config(config, override_list)
-        run_dir = None
-    t = cfg.train
-
-    dev = pick_device(t.device)
-    autocast_dtype = amp_dtype(t.amp, dev)
-    channels_last = prefers_channels_last(dev) if t.channels_last == "auto" else bool(t.channels_last)
-    seed_everything(cfg.seed)
-
-    spec = data_mod.load_data(cfg, print if not quiet else (lambda *_: None))
-    cfg.name = cfg.run_name
-    if cfg.data.source == "folder" and cfg.data.root:
-        cfg.data.root = spec.root  # the saved config works from any folder
-    infos, model = build_for_data(cfg, spec)
-    if state is not None:
-        model.load_state_dict(state["model_state"])
-    kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
-    # settings that can still be wrong are checked before a run folder exists
-    augment = data_mod.build_augment(cfg.data.augment, spec.image_size)
-    class_weight_vector(t.class_weights, spec.classes,
-                        [spec.train.labels.count(k) for k in range(len(spec.classes))])
-
-    runs_root = Path(out)
-    if run_dir is None:
-        run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
-    else:
-        runs_root = run_dir.parent.parent
-    run = Run(run_dir, quiet)
-    ckpt_io.point_latest(runs_root, run_dir)
-    run.write_config(cfg)
-
-    run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
-            f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
-            f" -> {run_dir}")
-    train_set, train_loader, val_loader = build_loaders(cfg, spec, augment, dev, run)
-    counts = train_set.class_counts(len(spec.classes))
-
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
-                          t.label_smoothing).to(dev)
-    optimizer = make_optimizer(model, t)
-    schedule = LRSchedule(optimizer, t, len(train_loader))
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    norm = data_mod.norm_tensors(spec.mean, spec.std, dev)
-
-    trainer = {"best_value": None, "best_epoch": 0, "bad_epochs": 0}
-    start_epoch = 1
-    rows: list[dict[str, Any]] = []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        trainer = dict(state["trainer"])
-        start_epoch = state["epoch"] + 1
-        rows = run.read_metrics(state["epoch"])
-        run.write_metrics(rows)
-
-    total_params = sum(p.numel() for p in model.parameters())
-    run.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
-    run.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
-            f"optimizer {t.optimizer} lr {t.lr:g}; scheduler {t.scheduler}")
-    if start_epoch > 1:
-        run.log(f"resuming at epoch {start_epoch} of {t.epochs}")
-
-    meta = {**spec.meta(), "loss": kind, "outputs": infos[-1].output_shape[0]}
-    base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
-                  "meta": meta}
-
-    def snapshot(epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
-        snap = {**base_state, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "config": cfg.to_dict(), "epoch": epoch, "metrics": row or {}}
-        if full:
-            snap.update(optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
-                        scaler=scaler.state_dict() if scaler is not None else {},
-                        rng=rng_state(), trainer=dict(trainer))
-        return snap
-
-    if state is None:
-        run.save("last.pt", snapshot(0, None, True))  # Ctrl-C in epoch 1 can resume from here
-    maximize = t.monitor == "val_acc"
-    epoch = start_epoch
-    saved_epoch = start_epoch - 1  # what last.pt holds
-    try:
-        for epoch in range(start_epoch, t.epochs + 1):
-            seed_everything(data_mod.mix_seed(cfg.seed, epoch, 0))
-            train_loader.batch_sampler.set_epoch(epoch)
-            lr = schedule.lr
-            stats = train_one_epoch(model, train_loader, criterion, optimizer, schedule, scaler, dev,
-                                    norm, autocast_dtype, channels_last, t.grad_clip, run,
-                                    f"epoch {epoch}/{t.epochs}")
-            val = validate(model, val_loader, dev, norm, autocast_dtype, channels_last, run)
-            row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                   **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
-                   "data_wait": stats["data_wait"]}
-            monitored = val[t.monitor]
-            schedule.step_epoch(monitored)
-            best = trainer["best_value"]
-            improved = best is None or (monitored > best + t.min_delta if maximize
-                                        else monitored < best - t.min_delta)
-            if improved:
-                trainer.update(best_value=monitored, best_epoch=epoch, bad_epochs=0)
-            else:
-                trainer["bad_epochs"] += 1
-            rows.append(_format_row(row))
-            run.write_metrics(rows)
-            if improved:
-                run.save("best.pt", snapshot(epoch, row, False))
-            run.save("last.pt", snapshot(epoch, row, True))
-            saved_epoch = epoch
-            run.plot(rows)
-            best_text = (f"{100 * trainer['best_value']:.1f}%" if maximize else f"{trainer['best_value']:.4f}")
-            run.log(f"epoch {epoch:>3}/{t.epochs}  train loss {row['train_loss']:.4f} acc "
-                    f"{100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.4f} acc "
-                    f"{100 * row['val_acc']:5.1f}%  lr {lr:.2g}  {row['images_per_s']:.0f} img/s  "
-                    f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
-                    f"best {t.monitor} {best_text} (epoch {trainer['best_epoch']})")
-            if t.patience is not None and trainer["bad_epochs"] >= t.patience:
-                run.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
-                break
-        run.plot(rows, final=True)
-    except KeyboardInterrupt:
-        try:
-            run.plot(rows, final=True)
-        except KeyboardInterrupt:
-            pass
-        raise TrainingInterrupted(
-            f"interrupted during epoch {epoch}; {run_dir / 'last.pt'} holds epoch {saved_epoch}. "
-            f"Resume with: cnnzoo train --resume {run_dir / 'last.pt'}", run_dir) from None
-    best_text = (f"{100 * trainer['best_value']:.2f}%" if maximize else f"{trainer['best_value']:.4f}") \
-        if trainer["best_value"] is not None else "n/a"
-    run.log(f"done: best {t.monitor} {best_text} at epoch {trainer['best_epoch']}; run folder {run_dir}")
-    run.log(f"next: cnnzoo evaluate {run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
-    return run_dir
+    return fit(prepare(config, override_list, out, quiet, resume))

@@ -89,7 +89,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
              out: Optional[str | Path] = None, device: Optional[str] = None,
              runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
-    from .engine import predict_loader
+    from .device import Feed, predict_loader
     from .predict import Model
 
     path = Path(checkpoint) if checkpoint else ckpt_io.default_checkpoint(runs_root)
@@ -125,8 +125,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         from tqdm import tqdm
 
         bar = tqdm(total=len(loader), desc="evaluate", unit="batch", leave=False, file=sys.stderr, disable=None)
-    logits, labels = predict_loader(model.module, loader, dev, model.norm, channels_last=model.channels_last,
-                                    bar=bar)
+    logits, labels = predict_loader(model.module, loader, Feed(dev, model.norm, model.channels_last), bar)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     probs = metrics.probabilities(logits)

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .backbones import Backbone
 from .errors import ShapeError
 
 
@@ -46,8 +47,9 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "dense": ("Linear", {}),
     "dropout": ("Dropout", {}),
     "batchnorm": ("BatchNorm", {}),  # BatchNorm2d or BatchNorm1d by the input's rank
+    "backbone": ("Backbone", {}),  # a pretrained feature extractor (cnnzoo.backbones)
 }
-_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool}
+_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone}
 _SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 
@@ -251,6 +253,9 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
         kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
         if type_name in _SPATIAL_2D:
             _check_spatial(type_name, kwargs, shape, label)
+        if type_name == "Backbone" and (len(shape) != 3 or shape[0] != 3):
+            raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
+                             f"{_shape_str(shape)}; put it first and set data.channels: 3")
         try:
             with torch.device("meta"):
                 module = cls(**kwargs)
@@ -289,8 +294,15 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     return infos
 
 
-def build_from_infos(infos: list[LayerInfo]) -> nn.Sequential:
-    return nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
+def build_from_infos(infos: list[LayerInfo], pretrained: bool = False,
+                     log: Any = print) -> nn.Sequential:
+    """Make the real modules; ``pretrained`` also loads each backbone's ``weights``."""
+    model = nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
+    if pretrained:
+        for module in model:
+            if isinstance(module, Backbone):
+                module.load_pretrained(log)
+    return model
 
 
 def layer_records(infos: list[LayerInfo]) -> list[dict[str, Any]]:
@@ -312,6 +324,9 @@ def build_from_records(records: list[dict[str, Any]]) -> nn.Sequential:
 
 
 def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
-                num_classes: Optional[int] = None) -> nn.Sequential:
-    """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits."""
-    return build_from_infos(trace_layers(layers, input_shape, num_classes))
+                num_classes: Optional[int] = None, pretrained: bool = True) -> nn.Sequential:
+    """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits.
+
+    ``pretrained`` loads the weights a ``backbone`` layer names (downloading them if needed).
+    """
+    return build_from_infos(trace_layers(layers, input_shape, num_classes), pretrained)

@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import data, preprocess
-from .engine import pick_device, prefers_channels_last
+from .device import norm_tensors, pick_device, prefers_channels_last, to_model_input
 from .errors import UserError
 from .layers import build_from_records
 from .metrics import probabilities
@@ -61,7 +61,7 @@ class Model:
         self.channels_last = prefers_channels_last(self.device)  # the memory format training used
         self.module.to(self.device, memory_format=torch.channels_last if self.channels_last
                        else torch.contiguous_format)
-        self.norm = data.norm_tensors(self.meta["mean"], self.meta["std"], self.device)
+        self.norm = norm_tensors(self.meta["mean"], self.meta["std"], self.device)
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, NumPy HxWxC array or [C, H, W] tensor) -> uint8 HxWxC."""
@@ -73,7 +73,7 @@ class Model:
     def logits(self, pixels_hwc: np.ndarray) -> torch.Tensor:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs] on the CPU."""
         images = torch.from_numpy(pixels_hwc).permute(0, 3, 1, 2)
-        x = data.to_model_input(images, *self.norm, self.device, self.channels_last)
+        x = to_model_input(images, *self.norm, self.device, self.channels_last)
         return self.module(x).float().cpu()
 
     def _records(self, names: list[str], probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:

@@ -24,10 +24,37 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
     return [channels, *size], num_classes
 
 
-def summarize(cfg: Config) -> dict[str, Any]:
+def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
+    """The summary as plain data; ``expand`` adds each backbone's stages."""
     input_shape, num_classes = resolve_model_shape(cfg)
     infos = trace_layers(cfg.model.layers, input_shape, num_classes, count_macs=True)
-    return _as_dict(infos, input_shape, num_classes)
+    result = _as_dict(infos, input_shape, num_classes)
+    if expand:
+        for info, layer in zip(infos, result["layers"]):
+            if info.type == "Backbone":
+                layer["stages"] = _backbone_stages(info)
+    return result
+
+
+def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
+    """Each stage of a backbone: its modules, output shape and parameters (traced on the meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        backbone = info.cls(**info.kwargs)
+    x: Any = torch.empty((1, *info.input_shape), device="meta")
+    stages = []
+    for index, units in enumerate(backbone.stages):
+        params = [p for u in units for p in backbone.body.get_submodule(u).parameters()]
+        try:
+            x = backbone.run(x, index, index + 1) if x is not None else None
+        except Exception:  # a timm model whose forward is not a plain chain: no per-stage shapes
+            x = None
+        stages.append({"index": index, "modules": units,
+                       "output_shape": list(x.shape[1:]) if x is not None else None,
+                       "params": sum(p.numel() for p in params),
+                       "trainable_params": sum(p.numel() for p in params if p.requires_grad)})
+    return stages
 
 
 def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Optional[int]) -> dict[str, Any]:
@@ -38,7 +65,8 @@ def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Option
         "input_shape": list(input_shape),
         "num_classes": num_classes,
         "layers": [{"index": i.index, "type": i.type, "output_shape": list(i.output_shape),
-                    "params": i.params, "macs": i.macs, "args": _short_args(i)} for i in infos],
+                    "params": i.params, "trainable_params": i.trainable_params, "macs": i.macs,
+                    "args": _short_args(i)} for i in infos],
         "total_params": total,
         "trainable_params": trainable,
         "non_trainable_params": total - trainable,
@@ -81,13 +109,24 @@ def human_count(n: float) -> str:
     return str(int(n))
 
 
+def _params_text(entry: dict[str, Any]) -> str:
+    frozen = entry["params"] - entry["trainable_params"]
+    if not frozen:
+        return f"{entry['params']:,}"
+    return f"{entry['params']:,} (frozen)" if frozen == entry["params"] else f"{entry['params']:,} ({frozen:,} frozen)"
+
+
 def format_summary(s: dict[str, Any], title: str = "") -> str:
     rows = [("#", "Layer (type)", "Output shape", "Param #", "MACs")]
     rows.append(("", "Input", "x".join(map(str, s["input_shape"])), "", ""))
     for layer in s["layers"]:
         name = f"{layer['type']}({layer['args']})" if layer["args"] else layer["type"]
         rows.append((str(layer["index"]), name, "x".join(map(str, layer["output_shape"])),
-                     f"{layer['params']:,}", human_count(layer["macs"]) if layer["macs"] else ""))
+                     _params_text(layer), human_count(layer["macs"]) if layer["macs"] else ""))
+        for stage in layer.get("stages", []):
+            shape = "x".join(map(str, stage["output_shape"])) if stage["output_shape"] else "?"
+            rows.append(("", f"  stage {stage['index']}: {', '.join(stage['modules'])}", shape,
+                         _params_text(stage), ""))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     widths[1] = min(widths[1], 52)
 

@@ -1,7 +1,8 @@
 """Shared fixtures: small real image folders written to tmp_path, and a tiny trainable config.
 
-Nothing here downloads anything; CNNZOO_HOME points into tmp_path so tests never touch
-the user's cache.
+Nothing here downloads anything: CNNZOO_HOME and TORCH_HOME point into tmp_path so tests
+never touch the user's caches, and CNNZOO_OFFLINE / HF_HUB_OFFLINE forbid downloading
+pretrained weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ CLOTHING = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / 
 def isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("cnnzoo-home")
     monkeypatch.setenv("CNNZOO_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("CNNZOO_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
 

@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 
 TIMING = ("seconds", "images_per_s", "data_wait")
-HEADER = "epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait"
+HEADER = ("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait,stage,"
+          "trainable_params,backbone_lr")
 
 
 def metric_rows(run_dir: Path, timing: bool = False) -> list[dict[str, str]]:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 import cnnzoo
 from cnnzoo import checkpoint as ckpt_io
 from cnnzoo.cli import app
-from cnnzoo.data import norm_tensors, to_model_input
+from cnnzoo.device import norm_tensors, to_model_input
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation import evaluate as run_evaluation
 from cnnzoo.layers import build_from_records

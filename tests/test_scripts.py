@@ -51,3 +51,19 @@ def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
     out = run_script([str(ROOT / "scripts" / "bench_predict.py"), "--checkpoint", str(run / "best.pt"),
                       "--images", str(image_root / "validation"), "--repeat", "1", "--batch-size", "4"], tmp_path)
     assert "cold start:" in out and "batch prediction:" in out and "ratio" in out
+
+
+def test_bench_transfer_compares_cached_features_with_the_whole_network(image_root, tmp_path):
+    cfg = tiny_config(image_root, unfreeze_at_epoch=2, unfreeze_stages=1)
+    cfg["data"]["image_size"] = 32
+    cfg["data"]["augment"] = {"hflip": True}
+    cfg["model"]["layers"] = [{"backbone": {"name": "resnet18", "weights": None}}, "gap",
+                              {"dense": {"out_features": "num_classes"}}]
+    path = tmp_path / "transfer.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_script([str(ROOT / "scripts" / "bench_transfer.py"), "--config", str(path), "--images", "16"],
+                     tmp_path)
+    assert "1 of 5 stages trainable, 4 cached, 2 versions per image, 16 images at 32x32" in out
+    for phase in ("whole", "features", "cached"):
+        assert f"  {phase}" in out
+    assert "ratio cached/whole:" in out

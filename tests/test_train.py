@@ -24,8 +24,10 @@ from PIL import Image
 import cnnzoo
 from cnnzoo import checkpoint as ckpt_io
 from cnnzoo import data as data_mod
+from cnnzoo import device as device_mod
 from cnnzoo.config import load_config
-from cnnzoo.engine import (Criterion, LRSchedule, Run, TrainingInterrupted, loss_kind, make_optimizer,
+from cnnzoo.device import Feed
+from cnnzoo.engine import (Criterion, LRSchedule, Run, Stepper, TrainingInterrupted, loss_kind, make_optimizer,
                            train, train_one_epoch)
 from cnnzoo.errors import ConfigError, UserError
 from cnnzoo.layers import build_from_infos, build_from_records, trace_layers
@@ -301,7 +303,7 @@ def one_batch_loader(small_root):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_scheduler_and_loss_trains(one_batch_loader, tmp_path, optimizer, scheduler):
     loader, spec = one_batch_loader
-    norm = data_mod.norm_tensors(spec.mean, spec.std, torch.device("cpu"))
+    norm = device_mod.norm_tensors(spec.mean, spec.std, torch.device("cpu"))
     for loss, outputs in (("cross_entropy", "num_classes"), ("bce", 1)):
         t = load_config({"train": {
             "optimizer": optimizer, "scheduler": scheduler, "loss": loss, "epochs": 2, "lr": 0.01,
@@ -319,8 +321,8 @@ def test_every_optimizer_scheduler_and_loss_trains(one_batch_loader, tmp_path, o
         before = [p.detach().clone() for p in model.parameters()]
         for epoch in range(1, t.epochs + 1):
             loader.batch_sampler.set_epoch(epoch)
-            stats = train_one_epoch(model, loader, criterion, opt, schedule, None, torch.device("cpu"), norm,
-                                    None, False, None, Run(tmp_path, quiet=True), "test")
+            stats = train_one_epoch(model, loader, criterion, Stepper(model, opt, schedule),
+                                    Feed(torch.device("cpu"), norm), Run(tmp_path, quiet=True), "test")
             assert math.isfinite(stats["train_loss"]) and stats["train_loss"] > 0, (loss, epoch)
             schedule.step_epoch(stats["train_loss"])
         assert schedule.step_count == t.epochs * len(loader)

@@ -1,0 +1,403 @@
+"""Pretrained feature extractors as one layer: ``- backbone: {name: resnet18, weights: DEFAULT}``.
+
+What this module owns:
+
+* **Architectures.** A torchvision classification model (``resnet18``, ``mobilenet_v2``,
+  ``efficientnet_b0``, ``convnext_tiny``, ``vgg16`` ...) or, with the optional ``timm``
+  package, any timm model (``timm/tf_efficientnet_lite0``), cut before its pooling and
+  classifier, so it maps ``[B, 3, H, W]`` to a feature map ``[B, C, h, w]`` that the YAML
+  head (``gap``, ``dropout``, ``dense`` ...) continues from.
+* **Stages.** The extractor is an ordered list of stages (stem, the resolution stages,
+  the last conv), each a few named sub-modules. ``freeze: true | false | N`` leaves the
+  last N stages trainable; frozen stages keep ``requires_grad=False`` and stay in eval
+  mode (BatchNorm statistics and dropout untouched) even while the model trains.
+  :meth:`Backbone.run` applies a range of stages, which is how the frozen-feature cache
+  (:mod:`cnnzoo.features`) splits the network.
+* **Weights**, loaded only on request (:meth:`Backbone.load_pretrained`), never when a
+  checkpoint is rebuilt: a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) read
+  from the torch hub cache or downloaded into it, timm's default pretrained weights
+  (Hugging Face cache), or a local state-dict file read with ``weights_only=True``.
+  ``CNNZOO_OFFLINE=1`` forbids downloads; a missing file is then one line saying where
+  to put it.
+* **Preprocessing** that the weights expect (mean, std, input size), used by ``data``
+  when the config leaves ``normalize: auto`` and ``image_size`` unset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, UserError
+
+TIMM_PREFIX = "timm/"
+# torchvision families cut at a known place; the value says how
+_RESNET_LIKE = ("resnet", "resnext", "wide_resnet")
+_FEATURES_LIKE = ("vgg", "alexnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "convnext", "squeezenet")
+_REGNET = ("regnet",)
+FreezeSetting = Union[bool, int]
+
+
+def offline() -> bool:
+    """``CNNZOO_OFFLINE=1`` (tests set it): never download weights, say where the file goes."""
+    return os.environ.get("CNNZOO_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Preprocessing:
+    """What a backbone's weights expect: RGB, this mean and std, this input size (H, W)."""
+
+    mean: list[float]
+    std: list[float]
+    image_size: tuple[int, int]
+    source: str  # e.g. "ResNet18_Weights.IMAGENET1K_V1" or "timm tf_efficientnet_lite0.in1k"
+
+
+# ----------------------------------------------------------------------------- building the body
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise UserError("backbone timm/...: the timm package is not installed; "
+                        "pip install 'cnnzoo[timm]' (or pip install timm)") from None
+    return timm
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _family(name: str) -> Optional[str]:
+    for family, prefixes in (("resnet", _RESNET_LIKE), ("features", _FEATURES_LIKE), ("regnet", _REGNET)):
+        if name.startswith(prefixes):
+            return family
+    return None
+
+
+def _torchvision_family(name: str) -> str:
+    """The family of a usable torchvision model; ValueError in words for any other name."""
+    known = _torchvision_names()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; e.g. resnet18, mobilenet_v3_small, efficientnet_b0"
+        raise ValueError(f"unknown torchvision model {name!r}{hint} (timm models: name: timm/<model>)")
+    family = _family(name)
+    if family is None:
+        supported = ", ".join(p + "*" for p in _RESNET_LIKE + _FEATURES_LIKE + _REGNET)
+        raise ValueError(f"torchvision model {name!r} cannot be used as a backbone yet; supported: {supported}")
+    return family
+
+
+def _torchvision_body(name: str) -> tuple[nn.Module, list[list[str]]]:
+    import torchvision
+
+    family = _torchvision_family(name)
+    full = torchvision.models.get_model(name, weights=None)
+    if family == "resnet":
+        stem = ["conv1", "bn1", "relu", "maxpool"]
+        units = OrderedDict((n, getattr(full, n)) for n in stem + ["layer1", "layer2", "layer3", "layer4"])
+        return nn.Sequential(units), [stem, ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
+    if family == "regnet":
+        blocks = [f"trunk_output.{n}" for n, _ in full.trunk_output.named_children()]
+        body = nn.Sequential(OrderedDict(stem=full.stem, trunk_output=full.trunk_output))
+        return body, [["stem"]] + [[b] for b in blocks]
+    # the state-dict keys keep torchvision's names ("features.0.0.weight"), so a whole-model
+    # state dict loads into the body as it is
+    body = nn.Sequential(OrderedDict(features=full.features))
+    stages: list[list[str]] = []
+    current: list[str] = []
+    by_pool = name.startswith(("vgg", "alexnet"))  # one stage per resolution, ending at a pool
+    for child, module in full.features.named_children():
+        current.append(f"features.{child}")
+        if not by_pool or isinstance(module, nn.MaxPool2d):
+            stages.append(current)
+            current = []
+    if current:
+        stages.append(current)
+    return body, stages
+
+
+def _covering_units(names: list[str], owner: dict[str, int], group: int) -> list[str]:
+    """The shortest module paths that hold ``names`` and nothing of another group."""
+    units: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            inside = [g for n, g in owner.items() if n == prefix or n.startswith(prefix + ".")]
+            if all(g == group for g in inside):
+                if prefix not in units:
+                    units.append(prefix)
+                break
+    return units
+
+
+def _unknown_timm(arch: str) -> str:
+    close = difflib.get_close_matches(arch, _timm().list_models(), n=1, cutoff=0.6)
+    return f"timm has no model {arch!r}" + (f"; did you mean timm/{close[0]}?" if close else "")
+
+
+def _timm_body(name: str) -> tuple[nn.Module, list[list[str]]]:
+    timm = _timm()
+    from timm.models import group_modules
+
+    arch = name[len(TIMM_PREFIX):]
+    try:
+        body = timm.create_model(arch, pretrained=False, num_classes=0)
+    except RuntimeError:  # timm: "Unknown model (...)"
+        raise ValueError(_unknown_timm(arch)) from None
+    groups = group_modules(body, body.group_matcher(coarse=True))
+    owner = {n: g for g, names in groups.items() for n in names}
+    stages = [_covering_units(names, owner, g) for g, names in sorted(groups.items())]
+    return body, [s for s in stages if s]
+
+
+# ----------------------------------------------------------------------------- the layer
+
+class Backbone(nn.Module):
+    """A pretrained network's feature extractor: ``[B, 3, H, W] -> [B, C, h, w]``.
+
+    ``weights`` is only recorded here; :meth:`load_pretrained` reads it. That keeps a
+    model rebuilt from a checkpoint (which carries the trained weights) free of downloads.
+    """
+
+    def __init__(self, name: str, weights: Any = "DEFAULT", freeze: FreezeSetting = True):
+        super().__init__()
+        if not isinstance(name, str) or not name:
+            raise ValueError("name: give a model name, e.g. resnet18 or timm/tf_efficientnet_lite0")
+        self.name, self.weights = name, weights
+        self.is_timm = name.startswith(TIMM_PREFIX)
+        self.body, self.stages = _timm_body(name) if self.is_timm else _torchvision_body(name)
+        self.freeze = freeze
+        self.set_trainable(trainable_stages(freeze, len(self.stages), "freeze"))
+
+    # -- stages and freezing
+
+    def set_trainable(self, count: int) -> None:
+        """Leave the last ``count`` stages trainable and freeze the others."""
+        self.trainable = count
+        frozen = len(self.stages) - count
+        for index, stage in enumerate(self.stages):
+            for unit in stage:
+                for p in self.body.get_submodule(unit).parameters():
+                    p.requires_grad_(index >= frozen)
+        self.train(self.training)
+
+    @property
+    def frozen_stages(self) -> int:
+        return len(self.stages) - self.trainable
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if mode:  # frozen stages never update BatchNorm statistics or drop activations
+            for stage in self.stages[: self.frozen_stages]:
+                for unit in stage:
+                    self.body.get_submodule(unit).eval()
+        return self
+
+    def run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Apply stages ``start`` to ``stop - 1`` (the whole extractor is ``run(x, 0, len(stages))``)."""
+        for stage in self.stages[start:stop]:
+            for unit in stage:
+                x = self.body.get_submodule(unit)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_features(x) if self.is_timm else self.body(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weights={self.weights!r}, stages={len(self.stages)}, trainable={self.trainable}"
+
+    # -- weights
+
+    def load_pretrained(self, log: Callable[[str], None] = print) -> None:
+        """Load ``weights`` (a torchvision weights name, DEFAULT for timm, or a file) into the body."""
+        spec = self.weights
+        if spec is None or spec is False:
+            log(f"backbone {self.name}: random initialisation (weights: null)")
+            return
+        if _is_path(spec):
+            state, origin = _read_state_file(Path(spec).expanduser(), self.name), spec
+        elif self.is_timm:
+            state, origin = _timm_pretrained(self.name, spec), f"timm {self.name[len(TIMM_PREFIX):]} ({spec})"
+        else:
+            state, origin = _torchvision_pretrained(self.name, spec)
+        ignored = _load_matching(self.body, state, self.name, origin)
+        note = f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)" if ignored else ""
+        log(f"backbone {self.name}: loaded {origin}{note}")
+
+
+def _is_path(spec: Any) -> bool:
+    return isinstance(spec, str) and (os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".safetensors"))
+                                      or Path(spec).expanduser().is_file())
+
+
+def backbone_of(model: nn.Module) -> Optional["Backbone"]:
+    """The first backbone layer inside ``model``, if any."""
+    return next((m for m in model.modules() if isinstance(m, Backbone)), None)
+
+
+def trainable_stages(setting: Any, total: int, key: str) -> int:
+    """``freeze``/``unfreeze_stages`` value -> how many last stages train (of ``total``)."""
+    if setting is True:
+        return 0
+    if setting is False or setting == "all":
+        return total
+    if isinstance(setting, int) and not isinstance(setting, bool) and 0 <= setting <= total:
+        return setting
+    raise ValueError(f"{key}: got {setting!r}; use true (all frozen), false (all trainable) or the number "
+                     f"of last stages to train, 0 to {total}")
+
+
+def _load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> list[str]:
+    """Load the keys the body has; every body key must be there with its shape."""
+    own = body.state_dict()
+    if not any(k in own for k in state):  # "module." (DataParallel) or "model." prefixes
+        for prefix in ("module.", "model.", "backbone.", "body."):
+            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if any(k in own for k in stripped):
+                state = stripped
+                break
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise UserError(f"backbone {name}: {origin} lacks {len(missing)} of the backbone's {len(own)} tensors "
+                        f"(first: {missing[0]}); is it a state dict of {name}?")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"backbone {name}: {origin}: {key} has shape {list(state[key].shape)}, the model "
+                            f"needs {list(value.shape)}; is it a state dict of {name}?")
+    body.load_state_dict({k: state[k] for k in own})
+    return [k for k in state if k not in own]
+
+
+def _read_state_file(path: Path, name: str) -> dict[str, torch.Tensor]:
+    import pickle
+
+    if not path.is_file():
+        raise UserError(f"backbone {name}: weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"backbone {name}: {path}: not a readable state dict ({first[:160]})") from None
+    for key in ("state_dict", "model_state", "model"):  # common wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"backbone {name}: {path}: expected a state dict (names -> tensors)")
+    return state
+
+
+def _torchvision_weights(name: str, spec: Any):
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    label = str(spec).split(".")[-1]
+    if label not in enum.__members__:
+        choices = ", ".join(["DEFAULT", *[m for m in enum.__members__ if m != "DEFAULT"]])
+        raise UserError(f"backbone {name}: weights {spec!r} unknown; use one of {choices}, "
+                        f"a path to a state dict file, or null")
+    return enum[label]
+
+
+def _torchvision_pretrained(name: str, spec: Any) -> tuple[dict[str, torch.Tensor], str]:
+    from urllib.parse import urlparse
+
+    weights = _torchvision_weights(name, spec)
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    origin = f"{type(weights).__name__}.{weights.name}"
+    where = (f"put {file.name} (from {weights.url}) in {file.parent} (TORCH_HOME moves it), "
+             f"or set weights: /path/to/state_dict.pth")
+    if not file.is_file() and offline():
+        raise UserError(f"backbone {name}: {origin} is not in the torch hub cache and downloads are off "
+                        f"(CNNZOO_OFFLINE); {where}")
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as exc:  # URLError, timeouts, a bad hash: all mean "get the file another way"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"backbone {name}: could not download {origin} ({first[:120]}); {where}") from None
+    return state, f"{origin} from {file}"
+
+
+def _timm_pretrained(name: str, spec: Any) -> dict[str, torch.Tensor]:
+    timm = _timm()
+    arch = name[len(TIMM_PREFIX):]
+    if spec not in ("DEFAULT", True):
+        raise UserError(f"backbone {name}: weights {spec!r}: timm backbones take DEFAULT (timm's "
+                        f"pretrained weights), a path to a state dict file, or null")
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    if offline():
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=0).state_dict()
+    except Exception as exc:  # hub errors come in many types; all mean "get the file another way"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"backbone {name}: timm's pretrained weights could not be loaded ({first[:160]}); "
+                        f"download them where there is a network (they land in the Hugging Face cache, "
+                        f"HF_HOME), or set weights: /path/to/state_dict.pth") from None
+    finally:
+        if offline():
+            if saved is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = saved
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
+    """Where the first top-level ``backbone`` layer is (``model.layers.N.backbone``) and its arguments."""
+    for index, item in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(item, dict) and len(item) == 1:
+            key, args = next(iter(item.items()))
+            if isinstance(key, str) and key.lower() == "backbone" and isinstance(args, dict):
+                return f"model.layers.{index}.{key}", args
+    return None
+
+
+def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
+    """The mean, std and input size the backbone's weights were trained with (no download)."""
+    name = args.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.name: missing; name the network, e.g. backbone: {{name: resnet18}}")
+    if name.startswith(TIMM_PREFIX):
+        _timm()
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        if cfg is None:
+            raise ConfigError(f"{where}.name: {_unknown_timm(name[len(TIMM_PREFIX):])}")
+        return Preprocessing([float(v) for v in cfg.mean], [float(v) for v in cfg.std],
+                             (int(cfg.input_size[1]), int(cfg.input_size[2])), f"timm {cfg.architecture}")
+    try:
+        _torchvision_family(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    from torchvision.models import get_model_weights
+
+    weights = args.get("weights", "DEFAULT")
+    try:  # a file of weights of unknown origin: the architecture's usual preprocessing
+        chosen = get_model_weights(name).DEFAULT if _is_path(weights) or weights is None \
+            else _torchvision_weights(name, weights)
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
+    transform = chosen.transforms()
+    crop = transform.crop_size
+    size = (int(crop[0]), int(crop[-1])) if isinstance(crop, (list, tuple)) else (int(crop), int(crop))
+    return Preprocessing([float(v) for v in transform.mean], [float(v) for v in transform.std], size,
+                         f"{type(chosen).__name__}.{chosen.name}")
