@@ -12,6 +12,7 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,31 +60,99 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        asked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+        wanted = f" (it asks for {asked.group(1)})" if asked else ""
+        raise UserError(f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
+                        f"checkpoints as plain data only (weights_only=True) and never runs their code") from None
+    except (RuntimeError, EOFError, ValueError, OSError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable cnnzoo checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a cnnzoo checkpoint (made by another tool?); "
                         f"use a best.pt or last.pt from a cnnzoo run folder")
-    if ckpt.get("version", 0) > VERSION:
-        raise UserError(f"{path}: written by a newer cnnzoo (format {ckpt['version']}); upgrade cnnzoo")
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path}: written by a newer cnnzoo (format {version!r}); upgrade cnnzoo")
+    check_contents(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def check_contents(ckpt: dict[str, Any], path: Path) -> None:
+    """Every field predict, evaluate and resume read, checked like a config: types and ranges.
+
+    The layer list itself is checked by rebuilding it (:func:`cnnzoo.layers.build_from_records`).
+    """
+    from .config import MAX_IMAGE_SIDE
+
+    def bad(field: str, expected: str) -> UserError:
+        return UserError(f"{path}: damaged or foreign checkpoint: {field} {expected}")
+
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict):
+        raise bad("meta", "is missing")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and 1 <= len(classes) <= 1_000_000
+            and all(isinstance(c, str) for c in classes)):
+        raise bad("meta.classes", "should be a list of class names")
+    channels = meta.get("channels")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise bad("meta.channels", "should be 1 or 3")
+    size = meta.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
+        raise bad("meta.image_size", f"should be [height, width], each 1 to {MAX_IMAGE_SIDE}")
+    for key in ("mean", "std"):
+        values = meta.get(key)
+        if not (isinstance(values, list) and len(values) == channels and all(_is_number(v) for v in values)):
+            raise bad(f"meta.{key}", f"should be {channels} numbers")
+    if any(v <= 0 for v in meta["std"]):
+        raise bad("meta.std", "should be positive")
+    layers = ckpt.get("layers")
+    if not (isinstance(layers, list) and layers and all(
+            isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("kwargs"), dict)
+            for r in layers)):
+        raise bad("layers", "should be a list of {type, kwargs} records")
+    state = ckpt.get("model_state")
+    if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+        raise bad("model_state", "should map parameter names to tensors")
+    if not isinstance(ckpt.get("config", {}), dict):
+        raise bad("config", "should be a mapping")
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def next_run_dir(runs_root: Path, name: str) -> Path:
     """``runs/<name>/<N>`` with N one more than the largest there; created here."""
     parent = runs_root / name
-    parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-    n = max(taken, default=0) + 1
-    while True:
-        run = parent / str(n)
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:  # another run started at the same moment
-            n += 1
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
+        n = max(taken, default=0) + 1
+        while True:
+            run = parent / str(n)
+            try:
+                run.mkdir()
+                return run
+            except FileExistsError:  # another run started at the same moment
+                n += 1
+    except OSError as exc:
+        raise UserError(f"--out {runs_root}: cannot make a run folder in {parent} "
+                        f"({exc.strerror or exc}); choose a folder you can write with --out") from None
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Remove what a killed :func:`save_atomic` or metrics write left behind in a run folder."""
+    for stale in [*run_dir.glob(".*.pt.*.tmp"), run_dir / "metrics.tmp"]:
+        stale.unlink(missing_ok=True)
 
 
 def point_latest(runs_root: Path, run_dir: Path) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class Config:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        if self.source_path:
+        if self.source_path and _RUN_NAME.match(Path(self.source_path).stem):
             return Path(self.source_path).stem
         return "run"
 
@@ -245,14 +246,26 @@ def _yaml_type(value: Any) -> str:
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+MAX_IMAGE_SIDE = 4096  # pixels; far above what a CNN here trains on, far below what exhausts memory
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
+
+
 def _check_values(cfg: Config, where: str) -> None:
     """Checks that types alone cannot express."""
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}{key}: {msg}")
 
     m, d, t = cfg.model, cfg.data, cfg.train
+    if cfg.name is not None and (not _RUN_NAME.match(cfg.name) or ".." in cfg.name):
+        raise bad("name", f"got {cfg.name!r}; a run name is one folder name (letters, digits, _ . + -), "
+                          f"no slashes or '..', e.g. clothing_v2")
     if m.input is not None and (len(m.input) != 3 or min(m.input) < 1):
         raise bad("model.input", f"got {m.input}, expected [channels, height, width] of positive integers")
+    if m.input is not None and max(m.input[1:]) > MAX_IMAGE_SIDE:
+        raise bad("model.input", f"got {m.input}; height and width may be at most {MAX_IMAGE_SIDE}")
+    sides = [d.image_size] if isinstance(d.image_size, int) else d.image_size or []
+    if sides and max(sides) > MAX_IMAGE_SIDE:
+        raise bad("data.image_size", f"got {d.image_size}; at most {MAX_IMAGE_SIDE} pixels a side")
     if m.num_classes is not None and m.num_classes < 1:
         raise bad("model.num_classes", f"got {m.num_classes}, expected a positive integer")
     if d.channels is not None and d.channels not in (1, 3):
@@ -314,7 +327,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: the value is not valid YAML ({exc.problem})") from None
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply") from None
     return key, value
 
 
@@ -372,6 +387,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

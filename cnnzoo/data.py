@@ -117,20 +117,44 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_under(folder: Path) -> tuple[list[str], int]:
+def _images_under(folder: Path, seen: set[str], fences: set[str]) -> tuple[list[str], int]:
+    """Image files under ``folder`` (links followed, each folder and file read once), and the
+    count of other files. ``seen`` holds the real paths read so far across splits, so a
+    link loop or a folder linked twice cannot multiply the data or leak it into two splits;
+    ``fences`` are the split and class folders, which a link may not lead back into.
+    """
     images, others = [], 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = os.path.realpath(dirpath) + os.sep
+        if real_dir in seen or (dirpath != str(folder) and real_dir in fences):
+            warn(f"skipped {dirpath}: a link to a folder that was already read")
+            dirnames[:] = []
+            continue
+        seen.add(real_dir)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if preprocess.is_image_file(name):
-                images.append(os.path.join(dirpath, name))
-            elif not name.startswith("."):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not preprocess.is_image_file(name):
                 others += 1
+            elif not os.path.isfile(path):  # a FIFO would block the reader; a dangling link fails
+                warn(f"skipped {path}: not a regular file")
+            elif os.path.realpath(path) in seen:
+                warn(f"skipped {path}: the same file was already read (through a link)")
+            else:
+                seen.add(os.path.realpath(path))
+                images.append(path)
     return images, others
 
 
-def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None) -> tuple[Samples, list[str], int]:
-    """Read one ImageFolder split; ``classes`` (from training) fixes label order for the others."""
+def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
+                seen: Optional[set[str]] = None) -> tuple[Samples, list[str], int]:
+    """Read one ImageFolder split; ``classes`` (from training) fixes label order for the others.
+
+    ``seen`` carries the files already read by other splits (see :func:`_images_under`).
+    """
+    seen = set() if seen is None else seen
     dirs = _class_dirs(folder)
     if not dirs:
         raise DataError(f"{folder}: no class folders; put each class's images in a folder "
@@ -143,15 +167,20 @@ def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None) -
                             f"{', '.join(extra)} not in the training classes ({', '.join(classes)}); "
                             f"rename or remove {'them' if len(extra) > 1 else 'it'}")
     else:
+        if len(names) < 2:
+            raise DataError(f"{folder}: only one class folder ({names[0]}); a classifier needs at least "
+                            f"two classes, one folder each")
         classes = names
     paths: list[str] = []
     labels: list[int] = []
     skipped = 0
+    fences = {os.path.realpath(p) + os.sep for p in [folder, *dirs]}
     for d in dirs:
-        images, others = _images_under(d)
+        images, others = _images_under(d, seen, fences)
         skipped += others
         if not images:
-            raise DataError(f"{d}: empty class folder (no .jpg/.png images); add images or remove it")
+            raise DataError(f"{d}: empty class folder (no images: {', '.join(preprocess.IMAGE_EXTENSIONS)}, "
+                            f"any case); add images or remove it")
         paths.extend(images)
         labels.extend([classes.index(d.name)] * len(images))
     return Samples(split, labels, paths=paths), classes, skipped
@@ -174,7 +203,8 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return train, val
 
 
-def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
+def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
+                   ) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
     train_dir = root / "train"
@@ -183,15 +213,18 @@ def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples
         if val_dir is None:
             raise DataError(f"{root}: has train/ but no validation/ (or val/) split; add one, or set "
                             f"data.root to {train_dir} to hold out data.val_fraction of it")
-        train, classes, skipped = scan_folder(train_dir, "train")
-        val, _, skipped_val = scan_folder(val_dir, "validation", classes)
+        seen: set[str] = set()
+        train, classes, skipped = scan_folder(train_dir, "train", seen=seen)
+        val, _, skipped_val = scan_folder(val_dir, "validation", classes, seen)
         test = None
         if (root / "test").is_dir():
-            test, _, skipped_test = scan_folder(root / "test", "test", classes)
+            test, _, skipped_test = scan_folder(root / "test", "test", classes, seen)
             skipped += skipped_test
         return classes, train, val, test, skipped + skipped_val
     everything, classes, skipped = scan_folder(root, "all")
     train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
+    log(f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
+        f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction)")
     return classes, train, val, None, skipped
 
 
@@ -290,12 +323,12 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
                               "(class folders, or train/ and validation/ splits)")
         else:
             root = Path(d.root)
-        classes, train, val, test, skipped = _folder_splits(root, cfg)
+        classes, train, val, test, skipped = _folder_splits(root, cfg, log)
         root_text = str(root.resolve())
     else:
         classes, train, val, root_text = _torchvision_splits(cfg)
     if skipped:
-        warn(f"skipped {skipped} file{'s' if skipped > 1 else ''} that are not images "
+        warn(f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
              f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) under {root_text}")
     if len(val) == 0:
         raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
@@ -400,11 +433,15 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
             for i in failed:
                 warn(f"skipped unreadable image {samples.describe(i)} (found when the cache was built)")
             return DecodedImages(pixels, failed, str(path))
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        pixels = torch.from_numpy(array)
-    else:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            pixels = torch.from_numpy(array)
+        except OSError as exc:
+            warn(f"data.cache: cannot write {folder} ({exc.strerror or exc}); decoding into RAM instead")
+            path = None
+    if path is None:
         pixels = torch.empty(shape, dtype=torch.uint8)
     loader = torch.utils.data.DataLoader(
         _DecodeOne(samples, size, channels), batch_size=32, num_workers=workers,

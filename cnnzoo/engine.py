@@ -230,6 +230,7 @@ class Run:
         self.dir, self.quiet = run_dir, quiet
         self.metrics_path = run_dir / "metrics.csv"
         self._plotted_at = -math.inf
+        ckpt_io.clean_stale_temporaries(run_dir)  # only this process writes here
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -480,6 +481,23 @@ def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | P
     return cfg, state, Path(resume).resolve().parent
 
 
+def _open_run(runs_root: Path, cfg: Config, run_dir: Optional[Path], quiet: bool) -> "Run":
+    """Make the run folder (or reopen a resumed one), point ``latest`` at it, write config.yaml."""
+    if run_dir is None:
+        run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
+    else:
+        runs_root = run_dir.parent.parent
+    try:
+        run = Run(run_dir, quiet)
+        ckpt_io.point_latest(runs_root, run_dir)
+        run.write_config(cfg)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
+                        f"choose a folder you can write with --out") from None
+    run.log(f"run folder: {run_dir}")
+    return run
+
+
 def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
             resume: Optional[str | Path]) -> Job:
     """Resolve the config and data, build the model and recipe, open the run folder, apply a resume."""
@@ -505,21 +523,10 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
                         [spec.train.labels.count(k) for k in range(len(spec.classes))])
     stages_plan = stage_plan(model, t)
 
-    runs_root = Path(out)
-    if run_dir is None:
-        run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
-    else:
-        runs_root = run_dir.parent.parent
-    run = Run(run_dir, quiet)
-    ckpt_io.point_latest(runs_root, run_dir)
-    run.write_config(cfg)
-
-    run.log(f"cnnzoo: training {cfg.run_name} on {dev}"
-            f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}"
-            f" -> {run_dir}")
-    loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda", run.log, not quiet)
+    say(f"cnnzoo: training {cfg.run_name} on {dev}"
+        f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}")
+    loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda", say, not quiet)
     counts = loaders.train_set.class_counts(len(spec.classes))
-
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
@@ -528,6 +535,8 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
     schedule = LRSchedule(optimizer, t, len(loaders.train))
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     stepper = Stepper(model, optimizer, schedule, scaler, t.grad_clip)
+
+    run = _open_run(Path(out), cfg, run_dir, quiet)  # last: nothing above may leave a half-made folder
     stages = TransferStages(model, cfg, stages_plan, loaders, feed, run.log, not quiet)
 
     meta = {**spec.meta(), "loss": kind, "outputs": infos[-1].output_shape[0]}

@@ -144,11 +144,15 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         "confusion_matrix": matrix,
     }
     out_dir = Path(out) if out else path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     from .plots import plot_confusion
 
-    plot_confusion(matrix, classes, out_dir / "confusion_matrix.png",
-                   f"{samples.name}: accuracy {100 * report['accuracy']:.1f}% ({n} images)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_confusion(matrix, classes, out_dir / "confusion_matrix.png",
+                       f"{samples.name}: accuracy {100 * report['accuracy']:.1f}% ({n} images)")
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); "
+                        f"choose another folder with --out") from None
     report["outputs"] = [str(out_dir / "eval.json"), str(out_dir / "confusion_matrix.png")]
     return report

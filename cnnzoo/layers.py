@@ -51,6 +51,12 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 _OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone}
 _SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
+# What a config or checkpoint may ask for: far above any real network, far below what would
+# exhaust memory or hang while the network is merely being checked.
+MAX_LAYERS = 5_000
+MAX_ARGUMENT = 2**24  # any integer argument (channels, features, kernel ...)
+MAX_LAYER_PARAMS = 2_000_000_000
+MAX_ACTIVATION = 2**30  # values in one layer's output for one image
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 
 
@@ -98,7 +104,8 @@ class _Entry:
     where: str
 
 
-def _flatten_spec(layers: Any, where: str = "model.layers") -> list[_Entry]:
+def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LAYERS) -> list[_Entry]:
+    """The layer list with ``repeat`` blocks written out; refuses more than ``budget`` layers."""
     if not isinstance(layers, list):
         raise ShapeError(f"{where}: expected a list of layers, got {type(layers).__name__}")
     entries: list[_Entry] = []
@@ -120,13 +127,22 @@ def _flatten_spec(layers: Any, where: str = "model.layers") -> list[_Entry]:
             times = args["times"]
             if not isinstance(times, int) or isinstance(times, bool) or times < 1:
                 raise ShapeError(f"{here} (repeat): times must be a positive integer, got {times!r}")
-            for _ in range(times):
-                entries.extend(_flatten_spec(args["layers"], f"{here}.repeat.layers"))
+            left = budget - len(entries)
+            block = _flatten_spec(args["layers"], f"{here}.repeat.layers", left)
+            if len(block) * times > left:
+                raise ShapeError(f"{here} (repeat): {times} x {len(block)} layers is more than a network "
+                                 f"may have ({MAX_LAYERS:,} layers)")
+            entries.extend(block * times)
             continue
         if not isinstance(args, dict):
             raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. "
                              f"`{name}: {{...}}`; got {args!r}")
+        if any(not isinstance(k, str) for k in args):
+            raise ShapeError(f"{here} ({name}): argument names are words, e.g. `{name}: {{p: 0.5}}`; "
+                             f"got {next(k for k in args if not isinstance(k, str))!r}")
         entries.append(_Entry(name, dict(args), here))
+        if len(entries) > budget:
+            raise ShapeError(f"{where}: more layers than a network may have ({MAX_LAYERS:,})")
     return entries
 
 
@@ -144,10 +160,11 @@ def _resolve_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, 
     return name, cls, dict(defaults)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        return (int(v[0]), int(v[-1]))
-    return (int(v), int(v))
+def _pair(v: Any, key: str, label: str) -> tuple[int, int]:
+    items = list(v) if isinstance(v, (list, tuple)) else [v]
+    if not 1 <= len(items) <= 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ShapeError(f"{label}: {key} must be an integer or [height, width] integers, got {v!r}")
+    return (items[0], items[-1])
 
 
 def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
@@ -157,16 +174,20 @@ def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: 
                          f"{type_name} cannot follow Flatten/Linear")
     if "kernel_size" not in kwargs:
         return  # torch's own message about the missing argument is clear enough
-    k = _pair(kwargs["kernel_size"])
+    k = _pair(kwargs["kernel_size"], "kernel_size", label)
     is_conv = type_name == "Conv2d"
-    s = _pair(kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"]) or kwargs["kernel_size"])
-    d = _pair(kwargs.get("dilation", 1))
+    stride = kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"])
+    s = _pair(kwargs["kernel_size"] if stride is None and not is_conv else stride, "stride", label)
+    d = _pair(kwargs.get("dilation", 1), "dilation", label)
     padding = kwargs.get("padding", 0)
     if isinstance(padding, str):
         if padding == "same":
             return
         padding = 0
-    p = _pair(padding)
+    p = _pair(padding, "padding", label)
+    if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
+        raise ShapeError(f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
+                         f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}")
     for axis, (w, ki, si, pi, di) in enumerate(zip(shape[1:], k, s, p, d)):
         k_eff = di * (ki - 1) + 1
         rounding = math.ceil if kwargs.get("ceil_mode") else math.floor
@@ -229,6 +250,67 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
     return kwargs
 
 
+def _check_sizes(kwargs: dict, label: str) -> None:
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ShapeError(f"{label}: {key}={v} is not a finite number")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_ARGUMENT:
+                raise ShapeError(f"{label}: {key}={v:,} is larger than cnnzoo allows ({MAX_ARGUMENT:,})")
+
+
+def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
+               count_macs: bool, label: str) -> LayerInfo:
+    """Resolve, check and run one layer on the meta device."""
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
+    kwargs.update(entry.kwargs)
+    label = f"layer {index} ({_describe(type_name, kwargs)})"
+    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
+    _check_sizes(kwargs, label)
+    if type_name in _SPATIAL_2D:
+        _check_spatial(type_name, kwargs, shape, label)
+    if type_name == "Backbone" and (len(shape) != 3 or shape[0] != 3):
+        raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
+                         f"{_shape_str(shape)}; put it first and set data.channels: 3")
+    try:
+        with torch.device("meta"):
+            module = cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise ShapeError(f"{label}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+    params = sum(p.numel() for p in module.parameters())
+    if params > MAX_LAYER_PARAMS:
+        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
+                         f"({MAX_LAYER_PARAMS:,})")
+    module.eval()
+    x = torch.empty((2, *shape), device="meta")
+    try:
+        counter = FlopCounterMode(display=False) if count_macs else None
+        with counter or contextlib.nullcontext():
+            y = module(x)
+    except Exception as exc:  # any torch complaint about the input becomes a sentence
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+    if not isinstance(y, torch.Tensor):
+        raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
+                         f"used in a sequential network")
+    out_shape = tuple(y.shape[1:])
+    if len(out_shape) == 0 or min(out_shape) < 1:
+        raise ShapeError(f"{label}: turns input {_shape_str(shape)} into an empty output "
+                         f"{_shape_str(out_shape) or 'scalar'}")
+    if math.prod(out_shape) > MAX_ACTIVATION:
+        raise ShapeError(f"{label}: its output {_shape_str(out_shape)} holds {math.prod(out_shape):,} values "
+                         f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})")
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable,
+                     counter.get_total_flops() // 4 if counter else 0,  # 2 images, 2 flops/MAC
+                     entry.where, cls)
+
+
 def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
                  num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
     """Resolve and check every layer on the meta device; return what each one produces.
@@ -236,10 +318,6 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
     costs about a second the first time it runs, so only ``summary`` asks for it).
     """
-    import contextlib
-
-    from torch.utils.flop_counter import FlopCounterMode
-
     shape = tuple(int(s) for s in input_shape)
     infos: list[LayerInfo] = []
     entries = _flatten_spec(layers)
@@ -247,42 +325,16 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
         raise ShapeError("model.layers: the network is empty; list at least one layer")
     for index, entry in enumerate(entries):
         label = f"layer {index} ({entry.name})"
-        type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
-        kwargs.update(entry.kwargs)
-        label = f"layer {index} ({_describe(type_name, kwargs)})"
-        kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
-        if type_name in _SPATIAL_2D:
-            _check_spatial(type_name, kwargs, shape, label)
-        if type_name == "Backbone" and (len(shape) != 3 or shape[0] != 3):
-            raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
-                             f"{_shape_str(shape)}; put it first and set data.channels: 3")
         try:
-            with torch.device("meta"):
-                module = cls(**kwargs)
-        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-            raise ShapeError(f"{label}: {str(exc).strip() or type(exc).__name__}") from exc
-        module.eval()
-        x = torch.empty((2, *shape), device="meta")
-        try:
-            counter = FlopCounterMode(display=False) if count_macs else None
-            with counter or contextlib.nullcontext():
-                y = module(x)
-        except Exception as exc:  # any torch complaint about the input becomes a sentence
+            info = _trace_one(index, entry, shape, num_classes, count_macs, label)
+        except ShapeError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
+            # whatever a strange value makes torch or Python say, it is still this layer's fault
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
-        if not isinstance(y, torch.Tensor):
-            raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
-                             f"used in a sequential network")
-        out_shape = tuple(y.shape[1:])
-        if len(out_shape) == 0 or min(out_shape) < 1:
-            raise ShapeError(f"{label}: turns input {_shape_str(shape)} into an empty output "
-                             f"{_shape_str(out_shape) or 'scalar'}")
-        params = sum(p.numel() for p in module.parameters())
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        infos.append(LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable,
-                               counter.get_total_flops() // 4 if counter else 0,  # 2 images, 2 flops/MAC
-                               entry.where, cls))
-        shape = out_shape
+            raise ShapeError(f"{label}: {msg[:200]}") from exc
+        infos.append(info)
+        shape = info.output_shape
     if len(shape) != 1:
         raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
                          f"must end with one score per class; end with flatten (or gap) and "
@@ -314,11 +366,19 @@ def _plain(kwargs: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
-def build_from_records(records: list[dict[str, Any]]) -> nn.Sequential:
-    """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint)."""
+def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tuple[int, ...] | list[int]] = None,
+                       num_classes: Optional[int] = None) -> nn.Sequential:
+    """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint).
+
+    With ``input_shape`` the records are traced first, exactly like a config's layers, so
+    a damaged or hostile checkpoint fails in words before anything is allocated.
+    """
+    if input_shape is not None:
+        spec = [{rec["type"]: dict(rec["kwargs"])} for rec in records]
+        return build_from_infos(trace_layers(spec, input_shape, num_classes))
     modules = []
-    for rec in records:
-        cls = _OWN_LAYERS.get(rec["type"]) or getattr(nn, rec["type"])
+    for index, rec in enumerate(records):
+        _, cls, _ = _resolve_class(rec["type"], (), f"layer {index} ({rec['type']})")
         modules.append(cls(**rec["kwargs"]))
     return nn.Sequential(*modules)
 

@@ -54,8 +54,14 @@ class Model:
         self.epoch = ckpt.get("epoch")
         self.metrics = ckpt.get("metrics", {})
         self.config = ckpt.get("config", {})
-        self.module = build_from_records(ckpt["layers"])
-        self.module.load_state_dict(ckpt["model_state"])
+        try:
+            self.module = build_from_records(ckpt["layers"], [self.channels, *self.image_size], len(self.classes))
+            self.module.load_state_dict(ckpt["model_state"])
+        except UserError as exc:
+            raise UserError(f"{self.path}: its layers cannot be rebuilt: {exc}") from None
+        except (RuntimeError, ValueError, TypeError) as exc:  # missing, extra or mis-shaped tensors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.path}: its weights do not fit its layers ({first[:160]})") from None
         self.module.eval()
         self.device = pick_device(device or "auto", key="--device")
         self.channels_last = prefers_channels_last(self.device)  # the memory format training used
@@ -153,18 +159,33 @@ def load(path: str | Path | None = None, device: Optional[str] = None, runs_root
     return Model(ckpt_io.load_checkpoint(path), device)
 
 
+def _unreadable_reason(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken link"
+    return "not a regular file"
+
+
 def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files, folders (recursively) and glob patterns -> image paths, plus what matched nothing."""
+    """Files, folders (recursively) and glob patterns -> image paths, plus what cannot be read.
+
+    Every image-named file met is either returned or named with a reason: FIFOs and other
+    special files are never opened (they would block), dangling links are named too.
+    """
     paths: list[str] = []
     missing: list[tuple[str, str]] = []
     for arg in arguments:
         if os.path.isdir(arg):
-            found = sorted(str(p) for p in Path(arg).rglob("*") if p.is_file() and preprocess.is_image_file(p))
-            if not found:
+            named = sorted(str(p) for p in Path(arg).rglob("*") if preprocess.is_image_file(p))
+            found = [p for p in named if os.path.isfile(p)]
+            missing.extend((p, _unreadable_reason(p)) for p in named if not os.path.isfile(p))
+            if not named:
                 missing.append((arg, "folder holds no images"))
             paths.extend(found)
-        elif os.path.exists(arg):
-            paths.append(arg)
+        elif os.path.lexists(arg):
+            if os.path.isfile(arg):
+                paths.append(arg)
+            else:
+                missing.append((arg, _unreadable_reason(arg)))
         elif glob.has_magic(arg):
             found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
             if not found:

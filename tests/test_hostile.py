@@ -1,0 +1,326 @@
+"""Hostile and careless input (issue #9): each reproduction from the issue, and a seeded fuzz test.
+
+Every bad input must end as a :class:`cnnzoo.errors.UserError` (the CLI's one line and
+exit code 2), never another exception, a hang or a huge allocation. The fuzz test runs
+``CNNZOO_FUZZ_CASES`` cases (300 by default; the closing note reports a longer run).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import cnnzoo
+from cnnzoo import checkpoint as ckpt_io
+from cnnzoo import data as data_mod
+from cnnzoo.cli import app
+from cnnzoo.config import load_config
+from cnnzoo.engine import train
+from cnnzoo.errors import UserError
+from cnnzoo.layers import trace_layers
+from cnnzoo.predict import expand_inputs
+from conftest import tiny_config, write_class_folders
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_exit_2(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnzoo: error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    root = write_class_folders(folder / "images" / "train", {"a": 6, "b": 6}, seed=1).parent
+    write_class_folders(root / "validation", {"a": 2, "b": 2}, seed=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNZOO_HOME", str(folder / "home"))
+        run = train(tiny_config(root, epochs=1), out=folder / "runs", quiet=True)
+    return run
+
+
+# ============================================================================ paths and names
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b", "..", ".hidden"])
+def test_a_run_name_cannot_leave_the_output_folder(image_root, tmp_path, name):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root)))
+    out = tmp_path / "out" / "runs"
+    line = one_line_exit_2(cli("train", "-c", str(config), "--set", f"name={name}", "--out", str(out)))
+    assert "name: got" in line and "no slashes" in line
+    assert not (tmp_path / "out").exists() and not Path("/abs/path").exists()
+
+
+def test_out_that_is_a_file_is_one_line(image_root, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root)))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line_exit_2(cli("train", "-c", str(config), "--out", str(blocker)))
+    assert f"--out {blocker}: cannot make a run folder" in line
+
+
+def test_evaluate_out_that_cannot_be_written_is_one_line(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line_exit_2(cli("evaluate", str(trained / "best.pt"), "--out", str(blocker / "sub")))
+    assert f"--out {blocker / 'sub'}: cannot write the report there" in line
+
+
+def test_unwritable_cache_dir_falls_back_to_ram(image_root, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = tiny_config(image_root, epochs=1)
+    config["data"].update(cache="disk", cache_dir=str(blocker / "cache"))
+    run = train(config, out=tmp_path / "runs")
+    assert f"data.cache: cannot write {blocker / 'cache'}" in capsys.readouterr().err
+    assert (run / "best.pt").is_file()
+
+
+def test_stale_temporary_files_are_cleaned_on_resume(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy" / "tiny" / "1"
+    shutil.copytree(trained, run)
+    for stale in (".last.pt.k1ll3d.tmp", "metrics.tmp"):
+        (run / stale).write_bytes(b"half written")
+    train(resume=run / "last.pt", overrides=["train.epochs=2"], quiet=True)
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+# ============================================================================ data folders
+
+
+def test_fifo_in_a_data_folder_is_skipped_and_named(image_root, tmp_path, capsys):
+    fifo = image_root / "train" / "a" / "x.jpg"
+    os.mkfifo(fifo)
+    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    assert len(spec.train) == 24
+    assert f"skipped {fifo}: not a regular file" in capsys.readouterr().err
+    paths, missing = expand_inputs([str(fifo), str(image_root / "train" / "a")])
+    assert str(fifo) not in paths and (str(fifo), "not a regular file") in missing
+    assert len(paths) == 12
+
+
+def test_a_link_loop_does_not_multiply_the_data_or_cross_splits(image_root, capsys):
+    os.symlink("..", image_root / "train" / "a" / "loop")
+    os.symlink(image_root / "train" / "b" / "b_000.png", image_root / "validation" / "b" / "dup.png")
+    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    err = capsys.readouterr().err
+    assert (len(spec.train), len(spec.val)) == (24, 8)
+    assert "a link to a folder that was already read" in err and "the same file was already read" in err
+    assert not set(map(os.path.realpath, spec.train.paths)) & set(map(os.path.realpath, spec.val.paths))
+
+
+def test_predict_names_every_file_it_cannot_read(image_root):
+    folder = image_root / "validation" / "a"
+    os.symlink(folder / "nowhere.png", folder / "dangling.png")
+    paths, missing = expand_inputs([str(folder)])
+    assert len(paths) == 4 and (str(folder / "dangling.png"), "broken link") in missing
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    root = write_class_folders(tmp_path / "one", {"only": 10})
+    with pytest.raises(UserError, match="only one class folder .*at least two classes"):
+        data_mod.load_data(load_config(tiny_config(root)), log=lambda *_: None)
+
+
+def test_an_automatic_split_is_announced(tmp_path):
+    root = write_class_folders(tmp_path / "flat", {"a": 10, "b": 10})
+    said: list[str] = []
+    data_mod.load_data(load_config(tiny_config(root)), log=said.append)
+    assert any("held out 0.2 of each class for validation (4 of 20 images" in s for s in said)
+
+
+# ============================================================================ layers and configs
+
+
+STRANGE = [float("nan"), float("inf"), "", "abc", None, [], [[1]], {"a": 1}, 0, -1, True]
+
+
+@pytest.mark.parametrize("key, value", [(k, v) for k in ("kernel_size", "stride", "padding", "dilation")
+                                        for v in STRANGE if not (k == "padding" and v == 0)])  # padding 0 is fine
+def test_strange_conv_arguments_are_shape_errors(key, value):
+    args = {"out_channels": 4, "kernel_size": 3, key: value}
+    with pytest.raises(UserError, match=r"layer 0 \("):
+        trace_layers([{"conv": args}, "flatten", {"dense": {"out_features": 2}}], (3, 16, 16), 2)
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ([{"relu": {1: 2}}], "argument names are words"),
+    ([{"conv": {"out_channels": 2**64, "kernel_size": 3}}], "is larger than cnnzoo allows"),
+    (["flatten", {"dense": {"out_features": 1_000_000}}, {"dense": {"out_features": 1_000_000}}],
+     "parameters, more than cnnzoo allows"),
+    ([{"repeat": {"times": 10**12, "layers": ["relu"]}}], "more than a network may have"),
+    ([{"repeat": {"times": 10, "layers": [{"repeat": {"times": 10, "layers": [{"repeat": {
+        "times": 10, "layers": [{"repeat": {"times": 10, "layers": ["relu"]}}]}}]}}]}}], "more than a network"),
+])
+def test_layer_lists_that_would_exhaust_the_machine_are_refused(layers, expected):
+    with pytest.raises(UserError, match=expected):
+        trace_layers(layers, (3, 16, 16), 2)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.image_size=1099511627776", "at most 4096"),
+    ("model.input=[3, 1099511627776, 8]", "at most 4096"),
+])
+def test_huge_images_are_config_errors(image_root, override, expected):
+    with pytest.raises(UserError, match=expected):
+        load_config(tiny_config(image_root), [override])
+
+
+def test_deeply_nested_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_config(path)
+
+
+# ============================================================================ checkpoints
+
+
+def hostile(trained: Path, tmp_path: Path, change) -> Path:
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    change(ckpt)
+    path = tmp_path / "hostile.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+HOSTILE_CHECKPOINTS = [
+    (lambda c: c["meta"].update(image_size=[100000, 100000]), "meta.image_size"),
+    (lambda c: c.update(layers=[{"type": "utils", "kwargs": {}}]), "unknown layer 'utils'"),
+    (lambda c: [c.pop(k) for k in list(c) if k not in ("format", "version")], "meta is missing"),
+    (lambda c: c.update(layers=[{"type": "Flatten", "kwargs": {}},
+                                {"type": "Linear", "kwargs": {"in_features": 10**6, "out_features": 10**6}}]),
+     "larger than cnnzoo allows|more than cnnzoo allows|in_features"),
+    (lambda c: c.update(config="rm -rf /"), "config should be a mapping"),
+    (lambda c: c["meta"].update(std=[0.0, 1.0, 1.0]), "meta.std"),
+    (lambda c: c["meta"].update(classes="ab"), "meta.classes"),
+    (lambda c: c.update(model_state={"0.weight": torch.zeros(1)}), "weights do not fit its layers"),
+]
+
+
+@pytest.mark.parametrize("change, expected", HOSTILE_CHECKPOINTS)
+def test_hostile_but_loadable_checkpoints_are_refused_in_words(trained, tmp_path, change, expected):
+    path = hostile(trained, tmp_path, change)
+    with pytest.raises(UserError, match=expected):
+        cnnzoo.load(path)
+    line = one_line_exit_2(cli("predict", str(trained.parent), "--checkpoint", str(path)))
+    assert str(path) in line
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/cnnzoo-pwned",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "cnnzoo-checkpoint", "payload": _RunsCode()}, path, pickle_protocol=2)
+    line = one_line_exit_2(cli("predict", str(tmp_path), "--checkpoint", str(path)))
+    assert "refused: this file would run code when loaded (it asks for posix.system)" in line
+    assert "weights_only set to False" not in line and not Path("/tmp/cnnzoo-pwned").exists()
+
+
+# ============================================================================ fuzz
+
+
+FUZZ_VALUES = [None, True, 0, -1, 1, 3, 2**31, 2**64, 1e-9, float("nan"), float("inf"), "", "abc", "num_classes",
+               [], [0], [1, 2, 3], [[1]], {}, {"a": 1}, {1: 2}, "1e-3", "../x", "/tmp/x"]
+FUZZ_KEYS = ["kernel_size", "stride", "padding", "dilation", "out_channels", "out_features", "p", "times",
+             "layers", "name", "weights", "freeze", "in_channels", "in_features"]
+
+
+def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
+    """One random change to a config: a layer argument, a layer, or a top-level setting."""
+    layers = config["model"]["layers"]
+    choice = rng.random()
+    if choice < 0.5:
+        index = rng.randrange(len(layers))
+        entry = layers[index]
+        name, args = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        args = dict(args or {})
+        args[rng.choice(FUZZ_KEYS)] = rng.choice(FUZZ_VALUES)
+        layers[index] = {name: args}
+        return config, []
+    if choice < 0.75:
+        layers.insert(rng.randrange(len(layers) + 1), rng.choice([
+            "relu", "pool", "gap", "flatten", "bogus", {"conv": {"out_channels": rng.choice(FUZZ_VALUES)}},
+            {"repeat": {"times": rng.choice(FUZZ_VALUES), "layers": ["relu"]}},
+            {"backbone": {"name": rng.choice(["resnet18", "nothing", "timm/nothing", 7])}},
+            {"dense": {"out_features": rng.choice(FUZZ_VALUES)}}, {rng.choice(FUZZ_VALUES[:3]): {}}]))
+        return config, []
+    key = rng.choice(["name", "seed", "data.image_size", "data.channels", "model.input", "model.num_classes",
+                      "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
+                      "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages"])
+    return config, [f"{key}={yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split(chr(10))[0]}"]
+
+
+def test_fuzzed_configs_give_user_errors_or_valid_networks(image_root):
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300"))
+    rng = random.Random(20261127)
+    outcomes = {"ok": 0, "user error": 0}
+    for case in range(cases):
+        config, overrides = mutate(tiny_config(image_root), rng)
+        try:
+            cfg = load_config(config, overrides)
+            channels, size = data_mod.resolve_input(cfg)
+            trace_layers(cfg.model.layers, (channels, *size), 2)
+            outcomes["ok"] += 1
+        except UserError as exc:
+            assert "\n" not in str(exc).strip(), (case, config, overrides, str(exc))
+            outcomes["user error"] += 1
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+            pytest.fail(f"case {case}: {type(exc).__name__}: {exc}\nconfig {config}\noverrides {overrides}")
+    print(f"fuzz: {cases} cases: {outcomes}")
+    assert outcomes["user error"] > cases // 4 and outcomes["ok"] > 0
+
+
+def test_fuzzed_checkpoints_load_or_are_refused_in_words(trained, tmp_path):
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(7)
+    original = torch.load(trained / "best.pt", weights_only=True)
+    fields = [("meta", k) for k in original["meta"]] + [("layers", i) for i in range(len(original["layers"]))] \
+        + [(k, None) for k in original]
+    refused = 0
+    for case in range(cases):
+        ckpt = pickle.loads(pickle.dumps(original))
+        section, key = rng.choice(fields)
+        value = rng.choice(FUZZ_VALUES)
+        if key is None:
+            ckpt[section] = value
+        elif isinstance(ckpt[section], list):
+            ckpt[section][key] = rng.choice([value, {"type": rng.choice(["Linear", "os", "Conv2d"]), "kwargs": {}}])
+        else:
+            ckpt[section][key] = value
+        path = tmp_path / f"case{case}.pt"
+        torch.save(ckpt, path)
+        try:
+            cnnzoo.load(path)
+        except UserError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc).strip()
+            refused += 1
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"case {case}: {section}.{key} = {value!r}: {type(exc).__name__}: {exc}")
+    assert refused > cases // 3
+
+
+def test_checkpoint_refusal_reaches_the_checkpoint_module(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION}, path)
+    with pytest.raises(UserError, match="meta is missing"):
+        ckpt_io.load_checkpoint(path)
