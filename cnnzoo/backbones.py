@@ -370,6 +370,13 @@ def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
     return None
 
 
+def absolute_weight_paths(layers: Any) -> None:
+    """Make a backbone's ``weights`` file path absolute (in place), as data.root is in a run's config."""
+    entry = backbone_entry(layers)
+    if entry is not None and _is_path(entry[1].get("weights")):
+        entry[1]["weights"] = str(Path(entry[1]["weights"]).expanduser().resolve())
+
+
 def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
     """The mean, std and input size the backbone's weights were trained with (no download)."""
     name = args.get("name")

@@ -60,7 +60,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
     _state["debug"] = debug
@@ -70,23 +70,40 @@ def main_options(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Image folder (sets data.root)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Sets train.epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Sets data.image_size."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (overrides train.device)."),
-    out: Path = typer.Option(Path("runs"), help="Folder that holds run folders (<out>/<name>/<N>, <out>/latest)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", "--out",
+                              help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."),
     resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
 
-    Example:  cnnzoo train --config configs/quickstart.yaml --set train.epochs=5
+    Example:  cnnzoo train --config configs/quickstart.yaml --epochs 5
+    Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
     """
     def action():
-        from .engine import TrainingInterrupted, train as run_training
+        from .config import load_config
 
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
+        shortcuts = {"data.root": json.dumps(data) if data else None, "train.epochs": epochs, "train.batch_size": batch_size,
+                     "data.image_size": image_size}
+        overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+        overrides += [f"{key}!" for key in unset]  # "key!" removes the key (config.apply_override)
+        source = config
+        if resume is None:  # config errors come back before torch is imported
+            source = load_config(config, overrides)
+            overrides = []
+        from .engine import TrainingInterrupted, train as run_training
+
         try:
-            run_dir = run_training(config, set_, device=device, out=out, quiet=quiet, resume=resume)
+            run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
         except TrainingInterrupted as exc:
             typer.echo(f"\ncnnzoo: {exc}", err=True)
             raise typer.Exit(130)
@@ -110,9 +127,10 @@ def summary(
     """
     def action():
         from .config import load_config
+
+        cfg = load_config(config, set_)  # config errors come back before torch is imported
         from .summary import format_summary, summarize
 
-        cfg = load_config(config, set_)
         result = summarize(cfg, expand)
         if as_json:
             typer.echo(json.dumps(result))
@@ -127,7 +145,7 @@ def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
                                               help="Checkpoint to use (default: runs/latest's best.pt)."),
-    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows, one per image."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
@@ -170,7 +188,10 @@ def predict(
 
 @app.command()
 def evaluate(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (default: runs/latest's best.pt)."),
+    checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
+                                                    help="Checkpoint (default: runs/latest's best.pt)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
+                                              help="Checkpoint, as in predict (same as the argument)."),
     data: Optional[Path] = typer.Option(None, help="Labelled folder: a data root with test/ or validation/, "
                                                    "or a folder of class folders. Default: the training data."),
     split: Optional[str] = typer.Option(None, help="test or validation (default: test if there is one)."),
@@ -186,7 +207,9 @@ def evaluate(
     def action():
         from .evaluation import evaluate as run_evaluation, format_report
 
-        report = run_evaluation(checkpoint, data, split, top_k, batch_size, out, device, runs,
+        if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
+            raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
+        report = run_evaluation(checkpoint or checkpoint_arg, data, split, top_k, batch_size, out, device, runs,
                                 progress=not as_json)
         if as_json:
             typer.echo(json.dumps(report))
@@ -198,6 +221,10 @@ def evaluate(
 
 
 def main() -> None:
+    if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
+        sys.argv.remove("--debug")
+        _state["debug"] = True
+        sys.argv.insert(1, "--debug")
     try:
         app()
     except Exception as exc:  # a failure cnnzoo did not foresee: still one line unless --debug

@@ -318,6 +318,8 @@ def _check_values(cfg: Config, where: str) -> None:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``a.b.c=value``; the value is read as YAML (``3`` is an int, ``[1, 2]`` a list)."""
+    if text.endswith("!") and "=" not in text:  # --unset
+        return text, None
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected dotted.key=value, e.g. --set train.epochs=5")
     key, _, raw = text.partition("=")
@@ -334,7 +336,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(raw: dict, key: str, value: Any) -> None:
-    """Set ``key`` (dotted; list items by index) in the raw config mapping, in place."""
+    """Set ``key`` (dotted; list items by index) in the raw config mapping, in place.
+
+    ``key!`` (what ``--unset key`` sends) removes the key instead, back to its default.
+    """
+    if key.endswith("!"):
+        _remove_key(raw, key[:-1])
+        return
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts):
@@ -371,6 +379,16 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"--set {key}: {here} is a single value ({node!r}), it has no key "
                               f"{parts[i + 1]!r}")
+
+
+def _remove_key(raw: dict, key: str) -> None:
+    node: Any = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"--unset {key}: the config has no such key")
+    del node[parts[-1]]
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -418,5 +436,26 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | None 
     return from_dict(read_yaml(source), overrides, str(source))
 
 
+class _ReadableDumper(yaml.SafeDumper):
+    """Block style for sections; one line for short lists and a layer's few arguments."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> Any:
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> Any:
+    flow = len(data) <= 4 and all(not isinstance(v, (list, dict)) for v in data.values())
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
+
+
+_ReadableDumper.add_representer(list, _represent_list)
+_ReadableDumper.add_representer(dict, _represent_dict)
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    """The config as a person would write it: name and seed first, then data, model, train."""
+    raw = cfg.to_dict()
+    ordered = {key: raw[key] for key in ("name", "seed", "data", "model", "train")}
+    return yaml.dump(ordered, Dumper=_ReadableDumper, sort_keys=False, width=100)

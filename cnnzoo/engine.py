@@ -29,7 +29,7 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import data as data_mod
 from . import metrics
-from .backbones import backbone_of
+from .backbones import absolute_weight_paths, backbone_of
 from .config import Config, TrainConfig, dump_config, load_config
 from .device import Feed, amp_dtype, norm_tensors, pick_device, predict_loader, prefers_channels_last
 from .errors import ConfigError, UserError
@@ -510,9 +510,12 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
     say = print if not quiet else (lambda *_: None)
 
     spec = data_mod.load_data(cfg, say)
+    # the saved config records what was used, and works from any folder
     cfg.name = cfg.run_name
     if cfg.data.source == "folder" and cfg.data.root:
-        cfg.data.root = spec.root  # the saved config works from any folder
+        cfg.data.root = spec.root
+    cfg.data.channels, cfg.data.image_size = spec.channels, list(spec.image_size)
+    absolute_weight_paths(cfg.model.layers)
     infos, model = build_for_data(cfg, spec, pretrained=state is None, log=say)
     if state is not None:
         model.load_state_dict(state["model_state"])

@@ -258,6 +258,8 @@ def _check_sizes(kwargs: dict, label: str) -> None:
                 raise ShapeError(f"{label}: {key}={v} is not a finite number")
             if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_ARGUMENT:
                 raise ShapeError(f"{label}: {key}={v:,} is larger than cnnzoo allows ({MAX_ARGUMENT:,})")
+            if key.endswith(("_channels", "_features")) and isinstance(v, int) and v < 1:
+                raise ShapeError(f"{label}: {key}={v}; a layer needs at least 1")
 
 
 def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],

@@ -26,7 +26,14 @@ def plot_history(rows: list[dict], path: str | Path) -> None:
         ax_acc.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", label=label)
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    ax_acc.scatter([int(best["epoch"])], [100 * float(best["val_acc"])], s=160, facecolors="none",
+                   edgecolors="black", zorder=3, label=f"best: {100 * float(best['val_acc']):.1f}% "
+                                                        f"(epoch {best['epoch']})")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .config import Config
+from .errors import UserError
 from .layers import LayerInfo, trace_layers
 
 
@@ -20,7 +21,13 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
     if cfg.model.input and cfg.model.num_classes:
         return list(cfg.model.input), cfg.model.num_classes
     channels, size = data.resolve_input(cfg)
-    num_classes = cfg.model.num_classes or len(data.class_names(cfg))
+    if cfg.model.num_classes:
+        return [channels, *size], cfg.model.num_classes
+    try:
+        num_classes = len(data.class_names(cfg))
+    except UserError as exc:  # no data here: the class count is all a summary needs from it
+        raise UserError(f"{exc}; a summary only needs the number of classes: "
+                        f"--set model.num_classes=N") from None
     return [channels, *size], num_classes
 
 

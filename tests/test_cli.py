@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import cnnzoo
@@ -211,3 +212,45 @@ def test_more_set_mistakes_in_process(bad_configs, monkeypatch):
         line = one_error_line(runner.invoke(app, args))
         for word in words:
             assert word in line, (args, line)
+
+
+# ============================================================================ shortcuts and conventions (issue #9)
+
+
+def test_train_shortcut_flags_and_unset(image_root, tmp_path):
+    from conftest import tiny_config
+
+    config = tmp_path / "c.yaml"
+    raw = tiny_config(tmp_path / "elsewhere")
+    raw["train"]["patience"] = 1
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["train", "-c", str(config), "--data", str(image_root), "--epochs", "1",
+                                      "--batch-size", "4", "--image-size", "12", "--unset", "train.patience",
+                                      "--runs", str(tmp_path / "runs"), "-q"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "runs" / "latest" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(image_root) and saved["data"]["image_size"] == [12, 12]
+    assert (saved["train"]["epochs"], saved["train"]["batch_size"], saved["train"]["patience"]) == (1, 4, None)
+    assert list(saved)[:2] == ["name", "seed"] and saved["data"]["channels"] == 3
+    bad = CliRunner().invoke(app, ["train", "-c", str(config), "--unset", "train.nothing"])
+    assert bad.exit_code == 2 and "--unset train.nothing: the config has no such key" in bad.stderr
+
+
+def test_version_short_flag_and_debug_anywhere(tmp_path):
+    import subprocess
+
+    assert CliRunner().invoke(app, ["-V"]).output.startswith("cnnzoo ")
+    config = tmp_path / "typo.yaml"
+    config.write_text("train: {epoch: 3}\n")
+    result = subprocess.run([sys.executable, "-m", "cnnzoo.cli", "train", "-c", str(config), "--debug"],
+                            capture_output=True, text=True)
+    assert "Traceback" in result.stderr and "train.epoch: unknown key" in result.stderr
+
+
+def test_summary_without_data_says_how_to_give_the_class_count(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "missing"), "image_size": 16},
+                                      "model": {"layers": ["flatten", {"dense": {"out_features": "num_classes"}}]}}))
+    result = CliRunner().invoke(app, ["summary", "-c", str(config)])
+    assert result.exit_code == 2 and "--set model.num_classes=N" in result.stderr
+    assert CliRunner().invoke(app, ["summary", "-c", str(config), "--set", "model.num_classes=3"]).exit_code == 0

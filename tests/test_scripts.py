@@ -67,3 +67,8 @@ def test_bench_transfer_compares_cached_features_with_the_whole_network(image_ro
     for phase in ("whole", "features", "cached"):
         assert f"  {phase}" in out
     assert "ratio cached/whole:" in out
+
+
+def test_bench_errors_times_a_config_typo_against_importing_torch(tmp_path):
+    out = run_script([str(ROOT / "scripts" / "bench_errors.py"), "--repeat", "1"], tmp_path)
+    assert "ratio typo/torch:" in out and "ratio summary/torch:" in out
