@@ -233,7 +233,8 @@ class Backbone(nn.Module):
         else:
             state, origin = _torchvision_pretrained(self.name, spec)
         ignored = _load_matching(self.body, state, self.name, origin)
-        note = f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)" if ignored else ""
+        note = (f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)"
+                if ignored else "")
         log(f"backbone {self.name}: loaded {origin}{note}")
 
 

@@ -92,7 +92,8 @@ def train(
 
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-        shortcuts = {"data.root": json.dumps(data) if data else None, "train.epochs": epochs, "train.batch_size": batch_size,
+        shortcuts = {"data.root": json.dumps(data) if data else None, "train.epochs": epochs,
+                     "train.batch_size": batch_size,
                      "data.image_size": image_size}
         overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
         overrides += [f"{key}!" for key in unset]  # "key!" removes the key (config.apply_override)

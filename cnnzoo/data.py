@@ -410,6 +410,40 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+class NpyWriter:
+    """A new array to fill, memory-mapped to a temporary ``.npy`` beside ``path`` and renamed into
+    place by :meth:`finish`, so a killed run never leaves a half-written cache that a later run
+    would trust. In RAM when ``path`` is None or its folder cannot be written (a warning names
+    ``key``, the setting that asked for the file).
+    """
+
+    def __init__(self, path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: str):
+        self.path, self.tmp, self._mapped = path, None, None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+                self._mapped = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
+            except OSError as exc:
+                warn(f"{key}: cannot write {path.parent} ({exc.strerror or exc}); keeping it in RAM instead")
+                self.path = self.tmp = None
+        self.tensor = torch.from_numpy(self._mapped if self._mapped is not None else np.empty(shape, dtype=dtype))
+
+    def finish(self) -> torch.Tensor:
+        """The filled array: the same tensor in RAM, or the renamed file mapped copy-on-write."""
+        if self._mapped is None:
+            return self.tensor
+        self._mapped.flush()
+        self._mapped = self.tensor = None
+        os.replace(self.tmp, self.path)
+        return torch.from_numpy(np.load(self.path, mmap_mode="c"))
+
+    def discard(self) -> None:
+        self._mapped = self.tensor = None
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
 def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
                cache_dir: Optional[Path], workers: int, progress: bool) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
@@ -433,38 +467,32 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
             for i in failed:
                 warn(f"skipped unreadable image {samples.describe(i)} (found when the cache was built)")
             return DecodedImages(pixels, failed, str(path))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            pixels = torch.from_numpy(array)
-        except OSError as exc:
-            warn(f"data.cache: cannot write {folder} ({exc.strerror or exc}); decoding into RAM instead")
-            path = None
-    if path is None:
-        pixels = torch.empty(shape, dtype=torch.uint8)
+    writer = NpyWriter(path, shape, np.uint8, "data.cache")
+    pixels = writer.tensor
     loader = torch.utils.data.DataLoader(
         _DecodeOne(samples, size, channels), batch_size=32, num_workers=workers,
         collate_fn=_collate_decoded, multiprocessing_context="fork" if workers else None)
     failed: list[int] = []
     bar = tqdm(total=n, desc=f"caching {samples.name}", unit="img", disable=not progress or None,
                leave=False, file=sys.stderr)
-    for batch in loader:
-        for i, image, error in batch:
-            if image is None:
-                failed.append(i)
-                warn(f"skipped unreadable image {samples.describe(i)} ({error})")
-            else:
-                pixels[i] = torch.from_numpy(image).permute(2, 0, 1)
-        bar.update(len(batch))
-    bar.close()
-    if path is not None:
-        array.flush()
-        del array, pixels
-        os.replace(tmp, path)
-        path.with_suffix(".failed.txt").write_text(" ".join(map(str, failed)))
-        pixels = torch.from_numpy(np.load(path, mmap_mode="c"))
-    return DecodedImages(pixels, failed, str(path) if path else "ram", time.perf_counter() - start)
+    try:
+        for batch in loader:
+            for i, image, error in batch:
+                if image is None:
+                    failed.append(i)
+                    warn(f"skipped unreadable image {samples.describe(i)} ({error})")
+                else:
+                    pixels[i] = torch.from_numpy(image).permute(2, 0, 1)
+            bar.update(len(batch))
+    except BaseException:  # Ctrl-C or a failure: no half-written cache file stays behind
+        writer.discard()
+        raise
+    finally:
+        bar.close()
+    pixels = writer.finish()
+    if writer.path is not None:
+        writer.path.with_suffix(".failed.txt").write_text(" ".join(map(str, failed)))
+    return DecodedImages(pixels, failed, str(writer.path or "ram"), time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- augmentation

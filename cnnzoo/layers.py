@@ -283,7 +283,8 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
         with torch.device("meta"):
             module = cls(**kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        raise ShapeError(f"{label}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(f"{label}: {first}") from exc
     params = sum(p.numel() for p in module.parameters())
     if params > MAX_LAYER_PARAMS:
         raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "

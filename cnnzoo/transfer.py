@@ -22,7 +22,6 @@ off (the log says so); so does a trainable layer before the backbone.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +186,7 @@ def build(p: Plan, dataset: data_mod.ImageDataset, split: str, feed: Feed, *, fl
     if not _chain_matches(p, probe):
         return None
     shape = (n, len(flips), *p.prefix(probe).shape[1:])
-    path = tmp = None
+    path = None
     if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
         images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}"
         key = hashlib.sha1(f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|"
@@ -196,34 +195,17 @@ def build(p: Plan, dataset: data_mod.ImageDataset, split: str, feed: Feed, *, fl
         path = folder / f"features-{split}-{key}.npy"
         if path.exists():
             return FeatureStore(torch.from_numpy(np.load(path, mmap_mode="c")), str(path))
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            store = torch.from_numpy(array)
-        except OSError as exc:
-            data_mod.warn(f"data.feature_cache: cannot write {folder} ({exc.strerror or exc}); "
-                          f"keeping the features in RAM")
-            path = None
-    if path is None:
-        store = torch.empty(shape, dtype=torch.float32)
+    writer = data_mod.NpyWriter(path, shape, np.float32, "data.feature_cache")
     bar = tqdm(total=n * len(flips), desc=f"features {split}", unit="img", leave=False,
                disable=not progress or None)
     try:
-        _fill(p, dataset, rows, flips, feed, store, bar)
-    except BaseException:  # Ctrl-C or a failure: leave no half-written file behind
-        if path is not None:
-            del array, store
-            tmp.unlink(missing_ok=True)
+        _fill(p, dataset, rows, flips, feed, writer.tensor, bar)
+    except BaseException:  # Ctrl-C or a failure: no half-written cache file stays behind
+        writer.discard()
         raise
     finally:
         bar.close()
-    if path is not None:
-        array.flush()
-        del array, store
-        os.replace(tmp, path)
-        store = torch.from_numpy(np.load(path, mmap_mode="c"))
-    return FeatureStore(store, str(path) if path else "ram", time.perf_counter() - start)
+    return FeatureStore(writer.finish(), str(writer.path or "ram"), time.perf_counter() - start)
 
 
 def _fill(p: Plan, dataset: data_mod.ImageDataset, rows: torch.Tensor, flips: list[tuple[bool, bool]],
@@ -295,12 +277,12 @@ class TransferStages:
 
     Stage 1 trains what ``freeze`` leaves trainable; from ``train.unfreeze_at_epoch`` on,
     stage 2 trains the last ``train.unfreeze_stages``. Whatever stays frozen during a
-    stage is computed once per image (:mod:`cnnzoo.features`) when augmentation allows.
+    stage is computed once per image (the cache above) when augmentation allows.
     A model without a backbone has one stage: the whole model on images.
     """
 
-    def __init__(self, model: nn.Sequential, cfg: Config, plan: Optional[tuple[int, int]], loaders: data_mod.Loaders,
-                 feed: Feed, log: Callable[[str], None], progress: bool = True):
+    def __init__(self, model: nn.Sequential, cfg: Config, plan: Optional[tuple[int, int]],
+                 loaders: data_mod.Loaders, feed: Feed, log: Callable[[str], None], progress: bool = True):
         self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
         self.log, self.progress = log, progress
         self.backbone = backbone_of(model)

@@ -267,7 +267,8 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
     key = rng.choice(["name", "seed", "data.image_size", "data.channels", "model.input", "model.num_classes",
                       "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
                       "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages"])
-    return config, [f"{key}={yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split(chr(10))[0]}"]
+    value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
+    return config, [f"{key}={value}"]
 
 
 def test_fuzzed_configs_give_user_errors_or_valid_networks(image_root):

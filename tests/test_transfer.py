@@ -306,13 +306,15 @@ def test_a_state_dict_of_another_model_is_refused(image_root, tmp_path):
     other = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), other)
     config = transfer_config(image_root, {"name": "resnet18", "weights": str(other)})
-    with pytest.raises(UserError, match=r"mobilenet.pth lacks 120 of the backbone's 120 tensors .*state dict of resnet18"):
+    expected = r"mobilenet.pth lacks 120 of the backbone's 120 tensors .*state dict of resnet18"
+    with pytest.raises(UserError, match=expected):
         train(config, out=tmp_path / "runs", quiet=True)
 
 
 @pytest.mark.parametrize("layers, expected", [
     (["flatten", {"backbone": {"name": "resnet18"}}], "takes RGB images 3xHxW, got 3072"),
-    ([{"backbone": {"name": "resnet18"}}, {"dense": {"out_features": 2}}], r"layer 1 \(Linear\): input is 512x1x1, a 4-D batch; put flatten \(or gap\)"),
+    ([{"backbone": {"name": "resnet18"}}, {"dense": {"out_features": 2}}],
+     r"layer 1 \(Linear\): input is 512x1x1, a 4-D batch; put flatten \(or gap\)"),
 ])
 def test_backbone_shape_errors_name_the_layer(layers, expected):
     with pytest.raises(UserError, match=expected):
