@@ -610,6 +610,8 @@ def fit(job: Job) -> Path:
                 break
         run.plot(job.rows, final=True)
     except KeyboardInterrupt:
+        # Ctrl-C can land between a temporary file's creation and save_atomic's own clean-up
+        ckpt_io.clean_stale_temporaries(run.dir)
         try:
             run.plot(job.rows, final=True)
         except KeyboardInterrupt:

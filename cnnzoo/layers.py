@@ -95,6 +95,7 @@ class LayerInfo:
     macs: int = 0
     where: str = ""  # the YAML position, e.g. model.layers.3.repeat.layers.0
     cls: Optional[type] = field(default=None, repr=False)
+    activations: int = 0  # values the layer produces per image, inner layers of a block included
 
 
 @dataclass
@@ -291,6 +292,14 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
                          f"({MAX_LAYER_PARAMS:,})")
     module.eval()
     x = torch.empty((2, *shape), device="meta")
+    inner: list[int] = []  # what a backbone's own layers produce, for the summary's memory figure
+
+    def count(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() > 0:
+            inner.append(out[0].numel())  # one image of the two
+
+    hooks = [m.register_forward_hook(count) for m in module.modules()
+             if not list(m.children())] if type_name == "Backbone" else []
     try:
         counter = FlopCounterMode(display=False) if count_macs else None
         with counter or contextlib.nullcontext():
@@ -298,6 +307,9 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
     except Exception as exc:  # any torch complaint about the input becomes a sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
     if not isinstance(y, torch.Tensor):
         raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
                          f"used in a sequential network")
@@ -311,7 +323,7 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable,
                      counter.get_total_flops() // 4 if counter else 0,  # 2 images, 2 flops/MAC
-                     entry.where, cls)
+                     entry.where, cls, sum(inner) or math.prod(out_shape))
 
 
 def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
@@ -326,6 +338,10 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     entries = _flatten_spec(layers)
     if not entries:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
+    backbones = [e.where for e in entries if e.name.lower() == "backbone"]
+    if len(backbones) > 1 or any(".repeat." in w for w in backbones):
+        raise ShapeError(f"{backbones[-1]}: a network has at most one backbone layer, outside repeat; "
+                         f"found it at {', '.join(backbones)}")
     for index, entry in enumerate(entries):
         label = f"layer {index} ({entry.name})"
         try:

@@ -3,7 +3,8 @@
 A checkpoint carries its classes, input size, channels and normalisation (plain data in
 ``meta``), so no config or data folder is needed. Images go through the same
 :func:`cnnzoo.preprocess.load_image` as validation did in training. This module does
-not import torchvision, which keeps ``cnnzoo predict`` quick to start.
+not import torchvision (a torchvision backbone's architecture does, a timm one needs timm),
+which keeps ``cnnzoo predict`` quick to start.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
 def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Optional[int]) -> dict[str, Any]:
     total = sum(i.params for i in infos)
     trainable = sum(i.trainable_params for i in infos)
-    activations = sum(_numel(i.output_shape) for i in infos)
+    activations = sum(i.activations for i in infos)
     return {
         "input_shape": list(input_shape),
         "num_classes": num_classes,
@@ -81,13 +81,6 @@ def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Option
         "param_bytes": 4 * total,
         "activation_bytes": 4 * activations,
     }
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _short_args(info: LayerInfo) -> str:

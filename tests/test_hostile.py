@@ -325,3 +325,75 @@ def test_checkpoint_refusal_reaches_the_checkpoint_module(tmp_path):
     torch.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION}, path)
     with pytest.raises(UserError, match="meta is missing"):
         ckpt_io.load_checkpoint(path)
+
+
+def test_out_under_proc_is_one_line(image_root, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root)))
+    line = one_line_exit_2(cli("train", "-c", str(config), "--runs", "/proc/cnnzoo-runs"))
+    assert "--out /proc/cnnzoo-runs: cannot make a run folder" in line
+
+
+def broken_files(folder: Path, rng: random.Random, count: int) -> list[Path]:
+    """Files named like images that are not: truncated, random, empty, text, a FIFO, links, a folder."""
+    from PIL import Image
+
+    good = folder / "good.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(good)
+    jpeg = folder / "source.jpg"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(jpeg)
+    made = []
+    for i in range(count):
+        kind = rng.choice(["truncated", "random", "empty", "text", "fifo", "dangling", "loop", "folder", "png-as-jpg"])
+        path = folder / f"bad_{i:03d}_{kind}.{rng.choice(['jpg', 'png', 'JPEG', 'webp'])}"
+        if kind == "truncated":
+            path.write_bytes(jpeg.read_bytes()[: rng.randrange(1, 200)])
+        elif kind == "random":
+            path.write_bytes(rng.randbytes(rng.randrange(1, 2000)))
+        elif kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "text":
+            path.write_text("not an image\n")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dangling":
+            os.symlink(folder / "nowhere", path)
+        elif kind == "loop":
+            os.symlink(path.name, path)
+        elif kind == "folder":
+            path.mkdir()
+            continue  # a folder is searched, not predicted
+        else:  # a PNG under a JPEG name still decodes: it must be predicted
+            path.write_bytes(good.read_bytes())
+        made.append(path)
+    return made
+
+
+def test_fuzzed_broken_files_are_each_predicted_or_named(trained, tmp_path):
+    rng = random.Random(11)
+    files = broken_files(tmp_path, rng, int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 5)
+    model = cnnzoo.load(trained / "best.pt")
+    paths, missing = expand_inputs([str(tmp_path)])
+    errors: list = list(missing)
+    records = model.predict(paths, errors=errors)
+    accounted = {r["image"] for r in records} | {name for name, _ in errors}
+    assert {str(p) for p in files} <= accounted
+    assert all(reason for _, reason in errors)
+    predicted = {r["image"] for r in records}
+    assert {str(p) for p in files if "png-as-jpg" in p.name} | {str(tmp_path / "good.png")} <= predicted
+
+
+def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_loads(tmp_path, capsys):
+    rng = random.Random(12)
+    root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5})
+    broken = broken_files(root / "a", rng, 40)
+    cfg = load_config(tiny_config(root))
+    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    decoded = [data_mod.decode_all(split, (16, 16), 3, "ram", None, 0, False) for split in (spec.train, spec.val)]
+    scanned = len(spec.train) + len(spec.val)
+    unreadable = sum(len(d.failed) for d in decoded)
+    readable = 10 + 2 + sum("png-as-jpg" in p.name for p in broken)  # good class images, good.png, source.jpg
+    assert scanned - unreadable == readable
+    err = capsys.readouterr().err
+    fifos = [p for p in broken if "_fifo." in p.name]
+    assert fifos and all(f"skipped {p}: not a regular file" in err for p in fifos)

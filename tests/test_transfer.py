@@ -270,6 +270,8 @@ def test_summary_shows_the_backbone_as_one_row_with_frozen_parameters(tmp_path):
     layer4 = sum(p.numel() for p in Backbone("resnet18", None).body.layer4.parameters())
     assert first["params"] == 11_176_512 and first["trainable_params"] == layer4
     assert summary["trainable_params"] == layer4 + 512 * 3 + 3
+    # inner activations count: resnet18's stem alone gives 64x32x32 values per image at 64 px
+    assert summary["activation_bytes"] > 4 * 64 * 32 * 32 * 4
     table = CliRunner().invoke(app, ["summary", "-c", str(config), "--expand"]).output
     assert f"{11_176_512:,} ({11_176_512 - layer4:,} frozen)" in table
     assert "layer4" in table and "512x2x2" in table
@@ -318,6 +320,15 @@ def test_a_state_dict_of_another_model_is_refused(image_root, tmp_path):
 ])
 def test_backbone_shape_errors_name_the_layer(layers, expected):
     with pytest.raises(UserError, match=expected):
+        cnnzoo.build_model(layers, (3, 32, 32), 2, pretrained=False)
+
+
+@pytest.mark.parametrize("layers", [
+    [{"backbone": {"name": "resnet18"}}, {"backbone": {"name": "resnet18"}}, "gap", {"dense": {"out_features": 2}}],
+    [{"repeat": {"times": 1, "layers": [{"backbone": {"name": "resnet18"}}]}}, "gap", {"dense": {"out_features": 2}}],
+])
+def test_one_backbone_per_network_outside_repeat(layers):
+    with pytest.raises(UserError, match="at most one backbone layer, outside repeat"):
         cnnzoo.build_model(layers, (3, 32, 32), 2, pretrained=False)
 
 
