@@ -317,6 +317,7 @@ def test_fuzzed_checkpoints_load_or_are_refused_in_words(trained, tmp_path):
             refused += 1
         except Exception as exc:  # noqa: BLE001
             pytest.fail(f"case {case}: {section}.{key} = {value!r}: {type(exc).__name__}: {exc}")
+    print(f"fuzz: {cases} checkpoints: {refused} refused in one line, {cases - refused} loaded")
     assert refused > cases // 3
 
 
@@ -380,6 +381,7 @@ def test_fuzzed_broken_files_are_each_predicted_or_named(trained, tmp_path):
     assert {str(p) for p in files} <= accounted
     assert all(reason for _, reason in errors)
     predicted = {r["image"] for r in records}
+    print(f"fuzz: {len(files)} broken files: {len(records)} predicted, {len(errors)} named")
     assert {str(p) for p in files if "png-as-jpg" in p.name} | {str(tmp_path / "good.png")} <= predicted
 
 
