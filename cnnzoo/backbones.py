@@ -12,7 +12,7 @@ What this module owns:
   last N stages trainable; frozen stages keep ``requires_grad=False`` and stay in eval
   mode (BatchNorm statistics and dropout untouched) even while the model trains.
   :meth:`Backbone.run` applies a range of stages, which is how the frozen-feature cache
-  (:mod:`cnnzoo.features`) splits the network.
+  (:mod:`cnnzoo.transfer`) splits the network.
 * **Weights**, loaded only on request (:meth:`Backbone.load_pretrained`), never when a
   checkpoint is rebuilt: a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V1``) read
   from the torch hub cache or downloaded into it, timm's default pretrained weights
@@ -187,10 +187,15 @@ class Backbone(nn.Module):
         """Leave the last ``count`` stages trainable and freeze the others."""
         self.trainable = count
         frozen = len(self.stages) - count
+        covered = set()
         for index, stage in enumerate(self.stages):
             for unit in stage:
                 for p in self.body.get_submodule(unit).parameters():
                     p.requires_grad_(index >= frozen)
+                    covered.add(id(p))
+        for p in self.body.parameters():  # outside every stage (a position embedding ...): with the first
+            if id(p) not in covered:
+                p.requires_grad_(frozen == 0)
         self.train(self.training)
 
     @property
