@@ -7,7 +7,7 @@ everywhere, and inference code does not import the training engine.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -91,6 +91,11 @@ class Feed:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def without_autocast(self) -> "Feed":
+        """The same feed in float32: what validation uses, so that ``cnnzoo evaluate`` (float32)
+        reproduces the figures training recorded, on CUDA too."""
+        return replace(self, autocast_dtype=None)
 
     def describe(self) -> str:
         mean, std = (t.flatten().tolist() for t in self.norm)

@@ -589,7 +589,7 @@ def fit(job: Job) -> Path:
             lr, backbone_lr = schedule.lr, schedule.backbone_lr
             stats = train_one_epoch(job.stages.net, job.stages.train_loader, job.criterion, job.stepper,
                                     job.feed, run, f"epoch {epoch}/{t.epochs}")
-            val = validate(job.stages.net, job.stages.val_loader, job.feed, run)
+            val = validate(job.stages.net, job.stages.val_loader, job.feed.without_autocast(), run)
             row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                    **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
                    "data_wait": stats["data_wait"], "stage": job.stages.stage_at(epoch),

@@ -325,9 +325,10 @@ class TransferStages:
             self.log(f"feature cache: off ({reason})")
             return plain
         stores = []
-        for dataset, name, flips in ((self.loaders.train_set, "train", cache_plan.flips),
-                                     (self.loaders.val_set, "validation", [(False, False)])):
-            store = build(cache_plan, dataset, name, self.feed, flips=flips, setting=d.feature_cache,
+        for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
+                                           (self.loaders.val_set, "validation", [(False, False)],
+                                            self.feed.without_autocast())):
+            store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
                           cache_dir=Path(d.cache_dir) if d.cache_dir else None, progress=self.progress)
             if store is None:
                 self.cut = 0
