@@ -3,7 +3,9 @@
 Each entry of ``model.layers`` is a bare name (``ReLU``) or a one-key mapping from a
 name to keyword arguments (``Conv2d: {out_channels: 32, kernel_size: 3}``). A name is
 any ``torch.nn`` module class, one of cnnzoo's short aliases (``conv``, ``pool``,
-``dense``, ``gap`` ...), or ``repeat: {times: N, layers: [...]}`` for VGG-style stages.
+``dense``, ``gap`` ...), ``repeat: {times: N, layers: [...]}`` for VGG-style stages, a
+block with layer lists of its own (``residual``, ``branches``, ``squeeze_excite``:
+:mod:`cnnzoo.blocks`) or a pretrained ``backbone`` (:mod:`cnnzoo.backbones`).
 
 The builder walks the running shape through the list first on the ``meta`` device (no
 memory, no compute), filling in ``in_channels``/``in_features``/``num_features`` and
@@ -14,6 +16,7 @@ input. Only then are real modules made. The result is flat: ``model[i]`` is laye
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import inspect
 import math
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
+from .blocks import BLOCKS
 from .errors import ShapeError
 
 
@@ -48,8 +52,12 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "dropout": ("Dropout", {}),
     "batchnorm": ("BatchNorm", {}),  # BatchNorm2d or BatchNorm1d by the input's rank
     "backbone": ("Backbone", {}),  # a pretrained feature extractor (cnnzoo.backbones)
+    "residual": ("Residual", {}),  # blocks with their own layer lists (cnnzoo.blocks)
+    "branches": ("Branches", {}),
+    "squeeze_excite": ("SqueezeExcite", {}),
 }
-_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone}
+_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone, **BLOCKS}
+_LAYER_COUNT: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("layer_count", default=None)
 _SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
 # What a config or checkpoint may ask for: far above any real network, far below what would
 # exhaust memory or hang while the network is merely being checked.
@@ -147,6 +155,11 @@ def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LA
     return entries
 
 
+def resolve_layer_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
+    """A layer name or alias -> (class name, class, default arguments); ShapeError for unknown names."""
+    return _resolve_class(name, shape, label)
+
+
 def _resolve_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
     defaults: dict[str, Any] = {}
     if name in ALIASES:
@@ -219,14 +232,16 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
             close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else f"; it takes: {', '.join(names) or 'no arguments'}"
             raise ShapeError(f"{label}: unknown argument '{key}'{hint}")
-        if value == "num_classes":
+        if value == "in_channels" and key != "in_channels" and len(shape) > 1:  # depthwise: groups = channels
+            kwargs[key] = shape[0]
+        elif value == "num_classes":
             if num_classes is None:
                 raise ShapeError(f"{label}: {key}: num_classes, but the number of classes is unknown; "
                                  f"set model.num_classes or point data at class folders")
             kwargs[key] = num_classes
         elif isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-5 as text
             kwargs[key] = float(value)
-    inferred = {"self", "in_channels", "in_features", "num_features"}
+    inferred = {"self", "in_channels", "in_features", "num_features", "input_shape"}
     missing = [n for n, p in params.items() if n not in inferred and n not in kwargs
                and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if missing:
@@ -240,6 +255,10 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
     if "in_features" in params and rank != 1:
         raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
                          f"flatten (or gap) before it to make a vector of {math.prod(shape)} features")
+    if "input_shape" in params:  # blocks trace their inner layers from it
+        if kwargs.setdefault("input_shape", list(shape)) != list(shape):
+            raise ShapeError(f"{label}: input_shape={kwargs['input_shape']} but the input is {_shape_str(shape)}; "
+                             f"leave input_shape out to infer it")
     # the sizes the running shape fixes; a value the user wrote must agree with it
     for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
         if name in params:
@@ -263,47 +282,42 @@ def _check_sizes(kwargs: dict, label: str) -> None:
                 raise ShapeError(f"{label}: {key}={v}; a layer needs at least 1")
 
 
-def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
-               count_macs: bool, label: str) -> LayerInfo:
-    """Resolve, check and run one layer on the meta device."""
+def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: str) -> None:
+    """One more layer in the network being traced: the layer cap, and the one-backbone rule."""
+    counts = _LAYER_COUNT.get()  # [layers, backbones], shared by the blocks' inner traces
+    counts[0] += 1
+    if counts[0] > MAX_LAYERS:
+        raise ShapeError(f"{label}: more layers than a network may have ({MAX_LAYERS:,}), blocks included")
+    if type_name != "Backbone":
+        return
+    counts[1] += 1
+    if counts[1] > 1 or ".repeat." in entry.where or not entry.where.startswith("model.layers"):
+        raise ShapeError(f"{label}: a network has at most one backbone layer, outside repeat and blocks")
+    if len(shape) != 3 or shape[0] != 3:
+        raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
+                         f"{_shape_str(shape)}; put it first and set data.channels: 3")
+
+
+def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count_inner: bool,
+              label: str) -> tuple[tuple[int, ...], int, int]:
+    """Run a layer on a meta batch of two: (output shape, MACs per image, activations per image)."""
     import contextlib
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
-    kwargs.update(entry.kwargs)
-    label = f"layer {index} ({_describe(type_name, kwargs)})"
-    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
-    _check_sizes(kwargs, label)
-    if type_name in _SPATIAL_2D:
-        _check_spatial(type_name, kwargs, shape, label)
-    if type_name == "Backbone" and (len(shape) != 3 or shape[0] != 3):
-        raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
-                         f"{_shape_str(shape)}; put it first and set data.channels: 3")
-    try:
-        with torch.device("meta"):
-            module = cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeError(f"{label}: {first}") from exc
-    params = sum(p.numel() for p in module.parameters())
-    if params > MAX_LAYER_PARAMS:
-        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
-                         f"({MAX_LAYER_PARAMS:,})")
     module.eval()
-    x = torch.empty((2, *shape), device="meta")
-    inner: list[int] = []  # what a backbone's own layers produce, for the summary's memory figure
+    inner: list[int] = []  # what a backbone's or block's own layers produce: the summary's memory figure
 
     def count(_module: nn.Module, _inputs: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.dim() > 0:
             inner.append(out[0].numel())  # one image of the two
 
-    hooks = [m.register_forward_hook(count) for m in module.modules()
-             if not list(m.children())] if type_name == "Backbone" else []
+    hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())] \
+        if count_inner else []
+    counter = FlopCounterMode(display=False) if count_macs else None
     try:
-        counter = FlopCounterMode(display=False) if count_macs else None
         with counter or contextlib.nullcontext():
-            y = module(x)
+            y = module(torch.empty((2, *shape), device="meta"))
     except Exception as exc:  # any torch complaint about the input becomes a sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
@@ -320,10 +334,71 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
     if math.prod(out_shape) > MAX_ACTIVATION:
         raise ShapeError(f"{label}: its output {_shape_str(out_shape)} holds {math.prod(out_shape):,} values "
                          f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})")
+    macs = counter.get_total_flops() // 4 if counter else 0  # 2 images, 2 flops per MAC
+    return out_shape, macs, sum(inner) or math.prod(out_shape)
+
+
+def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
+               count_macs: bool, label: str) -> LayerInfo:
+    """Resolve, check, make (on the meta device) and run one layer."""
+    type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
+    kwargs.update(entry.kwargs)
+    label = f"layer {index} ({_describe(type_name, kwargs)})"
+    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
+    _check_sizes(kwargs, label)
+    if type_name in _SPATIAL_2D:
+        _check_spatial(type_name, kwargs, shape, label)
+    _count_layer(type_name, entry, shape, label)
+    try:
+        with torch.device("meta"):
+            module = cls(**kwargs)
+    except ShapeError as exc:  # inside a block: say which block
+        raise ShapeError(f"{label}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(f"{label}: {first}") from exc
+    params = sum(p.numel() for p in module.parameters())
+    if params > MAX_LAYER_PARAMS:
+        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
+                         f"({MAX_LAYER_PARAMS:,})")
+    out_shape, macs, activations = _run_meta(module, shape, count_macs,
+                                             type_name == "Backbone" or type_name in BLOCKS, label)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable,
-                     counter.get_total_flops() // 4 if counter else 0,  # 2 images, 2 flops/MAC
-                     entry.where, cls, sum(inner) or math.prod(out_shape))
+    return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable, macs, entry.where, cls,
+                     activations)
+
+
+def trace_chain(layers: Any, input_shape: tuple[int, ...], where: str = "model.layers",
+                num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+    """Trace a layer list from ``input_shape``: the shapes and checks, no classifier rules.
+
+    Blocks call it for their inner lists; one count of layers (:data:`MAX_LAYERS`) covers
+    the whole network, blocks included.
+    """
+    box = _LAYER_COUNT.get()
+    token = _LAYER_COUNT.set([0, 0]) if box is None else None  # layers, backbones
+    try:
+        shape = tuple(int(s) for s in input_shape)
+        infos: list[LayerInfo] = []
+        entries = _flatten_spec(layers, where)
+        if not entries:
+            raise ShapeError(f"{where}: the list is empty; list at least one layer")
+        for index, entry in enumerate(entries):
+            label = f"layer {index} ({entry.name})"
+            try:
+                info = _trace_one(index, entry, shape, num_classes, count_macs, label)
+            except ShapeError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
+                # whatever a strange value makes torch or Python say, it is still this layer's fault
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ShapeError(f"{label}: {msg[:200]}") from exc
+            infos.append(info)
+            shape = info.output_shape
+        return infos
+    finally:
+        if token is not None:
+            _LAYER_COUNT.reset(token)
 
 
 def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
@@ -333,27 +408,10 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
     costs about a second the first time it runs, so only ``summary`` asks for it).
     """
-    shape = tuple(int(s) for s in input_shape)
-    infos: list[LayerInfo] = []
-    entries = _flatten_spec(layers)
-    if not entries:
+    if isinstance(layers, list) and not layers:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
-    backbones = [e.where for e in entries if e.name.lower() == "backbone"]
-    if len(backbones) > 1 or any(".repeat." in w for w in backbones):
-        raise ShapeError(f"{backbones[-1]}: a network has at most one backbone layer, outside repeat; "
-                         f"found it at {', '.join(backbones)}")
-    for index, entry in enumerate(entries):
-        label = f"layer {index} ({entry.name})"
-        try:
-            info = _trace_one(index, entry, shape, num_classes, count_macs, label)
-        except ShapeError:
-            raise
-        except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
-            # whatever a strange value makes torch or Python say, it is still this layer's fault
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ShapeError(f"{label}: {msg[:200]}") from exc
-        infos.append(info)
-        shape = info.output_shape
+    infos = trace_chain(layers, tuple(input_shape), "model.layers", num_classes, count_macs)
+    shape = infos[-1].output_shape
     if len(shape) != 1:
         raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
                          f"must end with one score per class; end with flatten (or gap) and "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .blocks import BLOCKS
 from .config import Config
 from .errors import UserError
 from .layers import LayerInfo, trace_layers
@@ -32,7 +33,7 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
 
 
 def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
-    """The summary as plain data; ``expand`` adds each backbone's stages."""
+    """The summary as plain data; ``expand`` adds each backbone's stages and each block's layers."""
     input_shape, num_classes = resolve_model_shape(cfg)
     infos = trace_layers(cfg.model.layers, input_shape, num_classes, count_macs=True)
     result = _as_dict(infos, input_shape, num_classes)
@@ -40,7 +41,20 @@ def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
         for info, layer in zip(infos, result["layers"]):
             if info.type == "Backbone":
                 layer["stages"] = _backbone_stages(info)
+            elif info.type in BLOCKS:
+                layer["inner"] = _block_layers(info)
     return result
+
+
+def _block_layers(info: LayerInfo) -> list[dict[str, Any]]:
+    """A block's inner layers, part by part (``layers``, ``shortcut``, ``path 0`` ...)."""
+    import torch
+
+    with torch.device("meta"):
+        block = info.cls(**info.kwargs)
+    return [{"part": part, "index": i.index, "type": i.type, "args": _short_args(i),
+             "output_shape": list(i.output_shape), "params": i.params, "trainable_params": i.trainable_params}
+            for part, inner in block.inner.items() for i in inner]
 
 
 def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
@@ -84,12 +98,16 @@ def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Option
 
 
 def _short_args(info: LayerInfo) -> str:
-    skip = {"in_channels", "in_features", "num_features"}
+    skip = {"in_channels", "in_features", "num_features", "input_shape"}
     return ", ".join(f"{k}={_compact(v)}" for k, v in info.kwargs.items() if k not in skip)
 
 
 def _compact(v: Any) -> str:
-    if isinstance(v, (list, tuple)) and len(set(v)) == 1:
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (list, dict)) for x in v):
+        return f"[{len(v)} paths]"  # a block's list of layer lists
+    if isinstance(v, (list, tuple)) and any(isinstance(x, (list, dict, str)) for x in v):
+        return f"[{len(v)} layers]"  # a block's layer list
+    if isinstance(v, (list, tuple)) and v and len(set(v)) == 1:
         return str(v[0])
     return str(v)
 
@@ -123,6 +141,10 @@ def format_summary(s: dict[str, Any], title: str = "") -> str:
         name = f"{layer['type']}({layer['args']})" if layer["args"] else layer["type"]
         rows.append((str(layer["index"]), name, "x".join(map(str, layer["output_shape"])),
                      _params_text(layer), human_count(layer["macs"]) if layer["macs"] else ""))
+        for inner in layer.get("inner", []):
+            name = f"{inner['type']}({inner['args']})" if inner["args"] else inner["type"]
+            rows.append(("", f"  {inner['part']}.{inner['index']}: {name}", "x".join(map(str, inner["output_shape"])),
+                         _params_text(inner), ""))
         for stage in layer.get("stages", []):
             shape = "x".join(map(str, stage["output_shape"])) if stage["output_shape"] else "?"
             rows.append(("", f"  stage {stage['index']}: {', '.join(stage['modules'])}", shape,

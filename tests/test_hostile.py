@@ -262,6 +262,11 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
             "relu", "pool", "gap", "flatten", "bogus", {"conv": {"out_channels": rng.choice(FUZZ_VALUES)}},
             {"repeat": {"times": rng.choice(FUZZ_VALUES), "layers": ["relu"]}},
             {"backbone": {"name": rng.choice(["resnet18", "nothing", "timm/nothing", 7])}},
+            {"residual": {"layers": rng.choice([["relu"], [], "relu", [{"conv": {"out_channels": 3}}]]),
+                          "shortcut": rng.choice(["auto", "identity", [], ["pool"], 3])}},
+            {"branches": {"paths": rng.choice([[["relu"], ["relu"]], [["relu"], ["pool"]], [], "x"]),
+                          "merge": rng.choice(["concat", "add", "max"])}},
+            {"squeeze_excite": {"reduction": rng.choice(FUZZ_VALUES)}},
             {"dense": {"out_features": rng.choice(FUZZ_VALUES)}}, {rng.choice(FUZZ_VALUES[:3]): {}}]))
         return config, []
     key = rng.choice(["name", "seed", "data.image_size", "data.channels", "model.input", "model.num_classes",

@@ -328,7 +328,7 @@ def test_backbone_shape_errors_name_the_layer(layers, expected):
     [{"repeat": {"times": 1, "layers": [{"backbone": {"name": "resnet18"}}]}}, "gap", {"dense": {"out_features": 2}}],
 ])
 def test_one_backbone_per_network_outside_repeat(layers):
-    with pytest.raises(UserError, match="at most one backbone layer, outside repeat"):
+    with pytest.raises(UserError, match="at most one backbone layer, outside repeat and blocks"):
         cnnzoo.build_model(layers, (3, 32, 32), 2, pretrained=False)
 
 
