@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -129,3 +131,14 @@ def test_summary_shows_a_block_as_one_row_and_expand_shows_its_layers(tmp_path):
         ("Conv2d", "out_channels=16, kernel_size=1, stride=2, bias=False", [16, 8, 8]), ("BatchNorm2d", "", [16, 8, 8])]
     table = CliRunner().invoke(app, ["summary", "-c", str(config), "--expand"]).output
     assert "  shortcut.0: Conv2d(out_channels=16" in table and "  path 1.0: Conv2d(kernel_size=3, out_channels=6" in table
+
+
+def test_a_zoo_config_trains_on_a_folder_and_evaluates(image_root, tmp_path):
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "resnet18.yaml")
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["train", "-c", config, "--data", str(image_root), "--unset", "model.num_classes",
+                                      "--unset", "model.input", "--image-size", "32", "--epochs", "1",
+                                      "--runs", str(runs), "-q"])
+    assert result.exit_code == 0, result.output
+    report = cnnzoo.evaluate(runs / "latest" / "best.pt", progress=False)
+    assert report["num_images"] == 8 and report["classes"] == ["a", "b"]
