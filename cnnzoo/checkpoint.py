@@ -145,8 +145,8 @@ def next_run_dir(runs_root: Path, name: str) -> Path:
             except FileExistsError:  # another run started at the same moment
                 n += 1
     except OSError as exc:
-        raise UserError(f"--out {runs_root}: cannot make a run folder in {parent} "
-                        f"({exc.strerror or exc}); choose a folder you can write with --out") from None
+        raise UserError(f"--runs {runs_root}: cannot make a run folder in {parent} "
+                        f"({exc.strerror or exc}); choose a folder you can write with --runs") from None
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:

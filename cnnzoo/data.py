@@ -140,10 +140,10 @@ def _images_under(folder: Path, seen: set[str], fences: set[str]) -> tuple[list[
                 others += 1
             elif not os.path.isfile(path):  # a FIFO would block the reader; a dangling link fails
                 warn(f"skipped {path}: not a regular file")
-            elif os.path.realpath(path) in seen:
+            elif (real := os.path.realpath(path)) in seen:
                 warn(f"skipped {path}: the same file was already read (through a link)")
             else:
-                seen.add(os.path.realpath(path))
+                seen.add(real)
                 images.append(path)
     return images, others
 

@@ -493,7 +493,7 @@ def _open_run(runs_root: Path, cfg: Config, run_dir: Optional[Path], quiet: bool
         run.write_config(cfg)
     except OSError as exc:
         raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
-                        f"choose a folder you can write with --out") from None
+                        f"choose a folder you can write with --runs") from None
     run.log(f"run folder: {run_dir}")
     return run
 

@@ -157,10 +157,6 @@ def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LA
 
 def resolve_layer_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
     """A layer name or alias -> (class name, class, default arguments); ShapeError for unknown names."""
-    return _resolve_class(name, shape, label)
-
-
-def _resolve_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
     defaults: dict[str, Any] = {}
     if name in ALIASES:
         name, defaults = ALIASES[name]
@@ -341,7 +337,7 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count
 def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
                count_macs: bool, label: str) -> LayerInfo:
     """Resolve, check, make (on the meta device) and run one layer."""
-    type_name, cls, kwargs = _resolve_class(entry.name, shape, label)
+    type_name, cls, kwargs = resolve_layer_class(entry.name, shape, label)
     kwargs.update(entry.kwargs)
     label = f"layer {index} ({_describe(type_name, kwargs)})"
     kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
@@ -455,7 +451,7 @@ def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tupl
         return build_from_infos(trace_layers(spec, input_shape, num_classes))
     modules = []
     for index, rec in enumerate(records):
-        _, cls, _ = _resolve_class(rec["type"], (), f"layer {index} ({rec['type']})")
+        _, cls, _ = resolve_layer_class(rec["type"], (), f"layer {index} ({rec['type']})")
         modules.append(cls(**rec["kwargs"]))
     return nn.Sequential(*modules)
 

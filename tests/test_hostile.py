@@ -70,7 +70,7 @@ def test_out_that_is_a_file_is_one_line(image_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     line = one_line_exit_2(cli("train", "-c", str(config), "--out", str(blocker)))
-    assert f"--out {blocker}: cannot make a run folder" in line
+    assert f"--runs {blocker}: cannot make a run folder" in line
 
 
 def test_evaluate_out_that_cannot_be_written_is_one_line(trained, tmp_path):
@@ -338,7 +338,7 @@ def test_out_under_proc_is_one_line(image_root, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root)))
     line = one_line_exit_2(cli("train", "-c", str(config), "--runs", "/proc/cnnzoo-runs"))
-    assert "--out /proc/cnnzoo-runs: cannot make a run folder" in line
+    assert "--runs /proc/cnnzoo-runs: cannot make a run folder" in line
 
 
 def broken_files(folder: Path, rng: random.Random, count: int) -> list[Path]:
