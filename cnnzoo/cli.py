@@ -8,6 +8,7 @@ on stderr and exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -31,8 +32,14 @@ SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
             "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
 
 
+def _rank0() -> bool:
+    """In a torchrun job every process runs the command; only rank 0 reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"cnnzoo: error: {message}", err=True)
+    if _rank0():
+        typer.echo(f"cnnzoo: error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -45,7 +52,8 @@ def _guard(action):
             raise
         _fail(str(exc))
     except KeyboardInterrupt:
-        typer.echo("cnnzoo: interrupted", err=True)
+        if _rank0():
+            typer.echo("cnnzoo: interrupted", err=True)
         raise typer.Exit(130)
 
 
@@ -80,12 +88,17 @@ def train(
                               help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."),
     resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="Processes on this machine, one per GPU (or sharing the CPU cores), "
+                                   "trained together with DDP; runs torchrun for you."),
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
 
     Example:  cnnzoo train --config configs/quickstart.yaml --epochs 5
     Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
+    4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
+              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
     """
     def action():
         from .config import load_config
@@ -97,18 +110,32 @@ def train(
                      "data.image_size": image_size}
         overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
         overrides += [f"{key}!" for key in unset]  # "key!" removes the key (config.apply_override)
-        source = config
+        passed, source = list(overrides), config
         if resume is None:  # config errors come back before torch is imported
             source = load_config(config, overrides)
             overrides = []
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from .distributed import launch
+
+            argv = ["train", *(["--config", str(config)] if config else []),
+                    *(["--resume", str(resume)] if resume else []),
+                    *(f"--set={item}" for item in passed if not item.endswith("!")),
+                    *(f"--unset={item[:-1]}" for item in passed if item.endswith("!")),
+                    *(["--device", device] if device else []), "--runs", str(runs),
+                    *(["--quiet"] if quiet else []), *(["--debug"] if _state["debug"] else [])]
+            code = launch(nproc, argv, runs / "latest" / "last.pt")
+            if code:
+                raise typer.Exit(code)
+            return
         from .engine import TrainingInterrupted, train as run_training
 
         try:
             run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
         except TrainingInterrupted as exc:
-            typer.echo(f"\ncnnzoo: {exc}", err=True)
+            if _rank0():
+                typer.echo(f"\ncnnzoo: {exc}", err=True)
             raise typer.Exit(130)
-        if quiet:
+        if quiet and _rank0():
             typer.echo(str(run_dir))
 
     _guard(action)
@@ -221,6 +248,15 @@ def evaluate(
     _guard(action)
 
 
+def _is_collective_failure(exc: Exception) -> bool:
+    """A DDP collective that failed because another process died or stopped answering."""
+    dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
+    text = str(exc)
+    return isinstance(exc, dist_error) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                  "Timed out", "timed out", "NCCL"))
+
+
 def main() -> None:
     if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
         sys.argv.remove("--debug")
@@ -231,6 +267,10 @@ def main() -> None:
     except Exception as exc:  # a failure cnnzoo did not foresee: still one line unless --debug
         if _state["debug"]:
             raise
+        if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
+            typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
+                       f"stopped answering ({str(exc).splitlines()[0][:160]})", err=True)
+            sys.exit(1)
         typer.echo(f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                    err=True)
         sys.exit(1)

@@ -91,6 +91,12 @@ class TrainConfig:
     unfreeze_at_epoch: Optional[int] = None
     unfreeze_stages: Union[Literal["all"], int] = "all"
     backbone_lr: Optional[Union[float, str]] = None  # default: lr / 10
+    # what records each epoch besides metrics.csv, history.png and the console
+    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    # several processes (torchrun / --nproc): BatchNorm statistics shared across GPUs, and how
+    # long (seconds) a process waits for the others before the job ends with an error
+    sync_bn: bool = False
+    ddp_timeout: float = 1800.0
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
@@ -294,6 +300,8 @@ def _check_values(cfg: Config, where: str) -> None:
         raise bad("train.grad_clip", f"got {t.grad_clip}, expected a positive number or null (off)")
     if not 0.0 <= t.label_smoothing < 1.0:
         raise bad("train.label_smoothing", f"got {t.label_smoothing}, expected a number in [0, 1)")
+    if not (math.isfinite(t.ddp_timeout) and t.ddp_timeout > 0):
+        raise bad("train.ddp_timeout", f"got {t.ddp_timeout}, expected a positive number of seconds")
     if t.patience is not None and t.patience < 1:
         raise bad("train.patience", f"got {t.patience}, expected a positive integer or null (off)")
     if t.unfreeze_at_epoch is not None and t.unfreeze_at_epoch < 2:

@@ -33,16 +33,13 @@ import torch
 
 from . import preprocess
 from .config import AugmentConfig, Config
+from .console import console, warn
 from .errors import ConfigError, DataError
 
 CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SPLIT_FOLDERS = {"validation": ("validation", "val"), "test": ("test",)}  # accepted folder names
 NATIVE_SIZES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "shapes": (3, 64)}
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def cache_home() -> Path:
@@ -445,11 +442,9 @@ class NpyWriter:
 
 
 def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
-               cache_dir: Optional[Path], workers: int, progress: bool) -> DecodedImages:
+               cache_dir: Optional[Path], workers: int) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
     import time
-
-    from tqdm import tqdm
 
     start = time.perf_counter()
     n = len(samples)
@@ -473,8 +468,7 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
         _DecodeOne(samples, size, channels), batch_size=32, num_workers=workers,
         collate_fn=_collate_decoded, multiprocessing_context="fork" if workers else None)
     failed: list[int] = []
-    bar = tqdm(total=n, desc=f"caching {samples.name}", unit="img", disable=not progress or None,
-               leave=False, file=sys.stderr)
+    bar = console.bar(n, f"caching {samples.name}", unit="img")
     try:
         for batch in loader:
             for i, image, error in batch:
@@ -596,12 +590,19 @@ def mix_seed(*parts: int) -> int:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Batches of ``(index, batch_seed)``; the order depends only on (seed, epoch)."""
+    """Batches of ``(index, batch_seed)``; the order depends only on (seed, epoch).
+
+    With ``shard=(rank, world)`` each of ``world`` processes takes every world-th image of
+    the same order. Training (``shuffle``) repeats images from the start of the order so
+    that every process takes the same number of steps, as DDP needs; validation does
+    not, so that every image counts once.
+    """
 
     def __init__(self, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
-                 balanced: bool = False):
+                 balanced: bool = False, shard: tuple[int, int] = (0, 1)):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
+        self.rank, self.world = shard
         counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
         self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
 
@@ -611,11 +612,27 @@ class EpochBatches(torch.utils.data.Sampler):
     def _order(self) -> list[int]:
         n = len(self.labels)
         if not self.shuffle:
-            return list(range(n))
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
-        if self.balanced:  # each class drawn equally often, with replacement
-            return torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
-        return torch.randperm(n, generator=g).tolist()
+            order = list(range(n))
+        else:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
+            if self.balanced:  # each class drawn equally often, with replacement
+                order = torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
+            else:
+                order = torch.randperm(n, generator=g).tolist()
+        if self.world == 1:
+            return order
+        if self.shuffle and n:
+            padded = -(-n // self.world) * self.world
+            order = (order * -(-padded // n))[:padded]
+        return order[self.rank::self.world]
+
+    def _share(self) -> int:
+        n = len(self.labels)
+        if self.world == 1:
+            return n
+        if self.shuffle:
+            return -(-n // self.world) if n else 0
+        return len(range(self.rank, n, self.world))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self._order()
@@ -623,11 +640,13 @@ class EpochBatches(torch.utils.data.Sampler):
             chunk = order[start:start + self.batch_size]
             if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
                 break  # a lone last image would break BatchNorm's batch statistics
-            seed = mix_seed(self.seed, self.epoch, b, 2)
+            # each process draws its own augmentations; one process keeps its seeds of old
+            seed = mix_seed(self.seed, self.epoch, b, 2) if self.world == 1 else \
+                mix_seed(self.seed, self.epoch, b, 2, self.rank)
             yield [(i, seed) for i in chunk]
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self._share()
         full, rest = divmod(n, self.batch_size)
         return full + (1 if rest > 1 or (rest == 1 and (full == 0 or not self.shuffle)) else 0)
 
@@ -658,8 +677,10 @@ def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> i
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int, workers: int,
-                balanced: bool = False, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    sampler = EpochBatches(dataset.labels, batch_size, shuffle, seed, balanced)
+                balanced: bool = False, pin_memory: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
+    """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
+    sampler = EpochBatches(dataset.labels, batch_size, shuffle, seed, balanced, shard)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=_passthrough, num_workers=workers,
         pin_memory=pin_memory, persistent_workers=workers > 0,
@@ -677,28 +698,48 @@ class Loaders:
     val: torch.utils.data.DataLoader
 
 
-def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool, log: Callable[[str], None],
-                  progress: bool = True) -> Loaders:
-    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them."""
+def shared_cache_kind(setting: str, key: str) -> str:
+    """A cache setting for this process: in a DDP run ``auto`` means a file on disk, which
+    local rank 0 writes once and every process maps (the OS keeps one copy in memory)."""
+    from . import distributed
+
+    if distributed.context().enabled and setting == "auto":
+        console.log(f"{key}: auto -> disk, shared by the processes of this run")
+        return "disk"
+    return setting
+
+
+def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
+    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
+
+    In a DDP run the loaders shard every epoch between the processes, and the cache on
+    disk is built by local rank 0 before the others read it.
+    """
+    from . import distributed
+
     cached = cfg.data.cache != "none"
+    kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
     datasets = []
     for split in (spec.train, spec.val):
         decoded = None
         if cached:
-            decoded = decode_all(split, spec.image_size, spec.channels, cfg.data.cache,
-                                 Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count(), progress)
-            log(f"cache {split.name}: {decoded.describe()}")
+            with distributed.main_first():
+                decoded = decode_all(split, spec.image_size, spec.channels, kind,
+                                     Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count())
+            console.log(f"cache {split.name}: {decoded.describe()}")
         datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded,
                                      augment if split is spec.train else None))
     train_set, val_set = datasets
     workers = choose_workers(cfg.data.workers, cached, augment is not None, cuda)
+    shard = distributed.shard()
     train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
-                               cfg.data.sampler == "balanced", cuda)
+                               cfg.data.sampler == "balanced", cuda, shard)
     val_loader = make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed, 0 if cached else workers,
-                             False, cuda)
-    log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-            f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
-            f"cache {'on' if cached else 'off'}, {workers} loader workers")
+                             False, cuda, shard)
+    per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
+    console.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+                f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+                f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}")
     return Loaders(train_set, val_set, train_loader, val_loader)
 
 

@@ -1,9 +1,11 @@
-"""Training: the loop, the recipe pieces (optimizer, schedule, loss) and the run folder.
+"""Training: the loop, the recipe pieces (optimizer, schedule, loss) and the parts of a run.
 
-Read :func:`train` from top to bottom: it resolves the config and data, builds the
-model, then runs epochs of :func:`train_one_epoch` and :func:`validate`, writing
-through :class:`Run`, the one object that prints and writes files (so that in a
-multi-process run only rank 0 will own one).
+Read it from :func:`train` down: :func:`prepare` resolves the config and data, builds the
+model and the recipe and opens the run folder into a :class:`Job`; :func:`fit` runs
+epochs of :func:`train_one_epoch` and :func:`validate` and hands each epoch to the
+callbacks of :mod:`cnnzoo.loggers` (checkpoints, metrics.csv, plots, TensorBoard).
+Under torchrun the same code runs in every process; :mod:`cnnzoo.distributed` holds
+what differs (sharded data, reduced metrics, rank 0 alone writing).
 
 Reproducibility: every epoch reseeds torch/NumPy/Python from ``(seed, epoch)`` and the
 data order and augmentation depend only on ``(seed, epoch, batch)``, so on CPU the same
@@ -13,12 +15,10 @@ uninterrupted one would have been.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,17 +28,16 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import data as data_mod
-from . import metrics
+from . import distributed, loggers, metrics
 from .backbones import absolute_weight_paths, backbone_of
 from .config import Config, TrainConfig, dump_config, load_config
-from .device import Feed, amp_dtype, norm_tensors, pick_device, predict_loader, prefers_channels_last
+from .console import console
+from .device import (Feed, amp_dtype, choose_amp, measure_amp, norm_tensors, pick_device, predict_loader,
+                     prefers_channels_last)
 from .errors import ConfigError, UserError
 from .layers import build_from_infos, layer_records, trace_layers
+from .loggers import Callback, EpochEnd, require_tensorboard
 from .transfer import TransferStages, stage_plan
-
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-                  "images_per_s", "data_wait", "stage", "trainable_params", "backbone_lr"]
-TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait")
 
 
 class TrainingInterrupted(Exception):
@@ -139,7 +138,7 @@ class LRSchedule:
         return float(groups[1]["lr"]) if len(groups) > 1 else None
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"step_count": self.step_count}
+        state: dict[str, Any] = {"step_count": self.step_count, "steps_per_epoch": self.steps_per_epoch}
         if self.torch_schedule is not None:
             state["torch"] = self.torch_schedule.state_dict()
             if "lr_lambdas" in state["torch"]:  # our factor is a method: rebuilt from the config
@@ -150,6 +149,12 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = state["step_count"]
+        saved_steps = state.get("steps_per_epoch", self.steps_per_epoch)
+        # resumed with another number of processes (or batch size): the same point of the
+        # schedule, counted in this run's steps
+        rescaled = saved_steps != self.steps_per_epoch
+        if rescaled:
+            self.step_count = round(self.step_count * self.steps_per_epoch / saved_steps)
         if self.torch_schedule is not None and "torch" in state:
             saved = dict(state["torch"])
             # the plan (length, phases) comes from the current config, so that a resume with
@@ -157,6 +162,8 @@ class LRSchedule:
             for key in ("total_steps", "_schedule_phases"):
                 saved.pop(key, None)
             self.torch_schedule.load_state_dict(saved)
+            if rescaled:
+                self.torch_schedule.last_epoch = self.step_count
         if self.plateau is not None and "plateau" in state:
             self.plateau.load_state_dict(state["plateau"])
 
@@ -219,79 +226,6 @@ def rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-# ----------------------------------------------------------------------------- the run folder
-
-class Run:
-    """A run folder and the console: the only place a training run prints or writes files."""
-
-    plot_interval = 10.0  # seconds between redraws of history.png (a plot costs ~0.5 s)
-
-    def __init__(self, run_dir: Path, quiet: bool = False):
-        self.dir, self.quiet = run_dir, quiet
-        self.metrics_path = run_dir / "metrics.csv"
-        self._plotted_at = -math.inf
-        ckpt_io.clean_stale_temporaries(run_dir)  # only this process writes here
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            from tqdm import tqdm
-
-            tqdm.write(message, file=sys.stdout)
-            sys.stdout.flush()
-
-    def bar(self, total: int, desc: str):
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                    disable=True if self.quiet else None, dynamic_ncols=True)
-
-    def write_config(self, cfg: Config) -> None:
-        (self.dir / "config.yaml").write_text(dump_config(cfg))
-
-    def read_metrics(self, up_to_epoch: Optional[int] = None) -> list[dict[str, str]]:
-        if not self.metrics_path.exists():
-            return []
-        with open(self.metrics_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return [r for r in rows if up_to_epoch is None or int(r["epoch"]) <= up_to_epoch]
-
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.metrics_path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.metrics_path)
-
-    def save(self, name: str, state: dict[str, Any]) -> None:
-        ckpt_io.save_atomic(state, self.dir / name)
-
-    def plot(self, rows: list[dict[str, Any]], final: bool = False) -> None:
-        """Redraw history.png: at most every ``plot_interval`` seconds while training, and at the end."""
-        from .plots import plot_history
-
-        if not rows or (not final and time.monotonic() - self._plotted_at < self.plot_interval):
-            return
-        self._plotted_at = time.monotonic()
-        try:
-            plot_history(rows, self.dir / "history.png")
-        except Exception as exc:  # a plot must never end a training run
-            data_mod.warn(f"could not draw history.png: {exc}")
-
-
-def _format_row(row: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for key in METRIC_COLUMNS:
-        value = row[key]
-        if value is None:
-            out[key] = ""
-        elif isinstance(value, int):
-            out[key] = str(value)
-        else:
-            out[key] = f"{value:.6g}" if key in TIMING_COLUMNS + ("lr", "backbone_lr") else f"{value:.6f}"
-    return out
-
-
 # ----------------------------------------------------------------------------- the loop
 
 class Stepper:
@@ -320,15 +254,16 @@ class Stepper:
 
 
 def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepper, feed: Feed,
-                    run: "Run", desc: str) -> dict[str, float]:
-    """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features."""
+                    desc: str) -> dict[str, float]:
+    """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
+    (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
     net.train()
     device = feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     wait = 0.0
-    bar = run.bar(len(loader), desc)
+    bar = console.bar(len(loader), desc)
     start = time.perf_counter()
     iterator = iter(loader)
     step = 0
@@ -358,17 +293,24 @@ def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepp
                             img_s=f"{seen / elapsed:.0f}", refresh=False)
         bar.update(1)
     bar.close()
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum.item() / max(1, seen), "train_acc": correct.item() / max(1, seen),
+    seconds = distributed.all_max(time.perf_counter() - start, device)
+    loss_total, correct_total, seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], device)
+    return {"train_loss": loss_total / max(1, seen), "train_acc": correct_total / max(1, seen),
             "train_seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0,
             "data_wait": wait / seconds if seconds else 0.0}
 
 
-def validate(net: nn.Module, loader, feed: Feed, run: "Run") -> dict[str, float]:
-    logits, labels = predict_loader(net, loader, feed, run.bar(len(loader), "  validate"))
-    n = max(1, len(labels))
-    return {"val_loss": metrics.plain_loss_sum(logits, labels).item() / n,
-            "val_acc": (metrics.predictions(logits) == labels).sum().item() / n}
+def validate(net: nn.Module, loader, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
+    """Loss, accuracy and the confusion matrix; in DDP each process scores its share and the
+    sums are reduced, so the figures equal one process's over the whole split."""
+    logits, labels = predict_loader(net, loader, feed, console.bar(len(loader), "  validate"))
+    predicted = metrics.predictions(logits) if len(labels) else labels
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu().view(num_classes, num_classes)
+    loss_sum = metrics.plain_loss_sum(logits, labels).item() if len(labels) else 0.0
+    loss_sum, n = distributed.all_sum([loss_sum, len(labels)], feed.device)
+    n = max(1.0, n)
+    return {"val_loss": loss_sum / n, "val_acc": confusion.diagonal().sum().item() / n}, confusion
 
 
 def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
@@ -443,7 +385,7 @@ class Job:
     """Everything a training run holds while it fits: built by :func:`prepare`, run by :func:`fit`."""
 
     cfg: Config
-    run: "Run"
+    run_dir: Path
     model: nn.Sequential
     criterion: Criterion
     stepper: Stepper
@@ -451,8 +393,12 @@ class Job:
     stages: TransferStages
     best: BestEpoch
     base_state: dict[str, Any]
-    rows: list[dict[str, Any]]
     start_epoch: int = 1
+    callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.base_state["meta"]["classes"])
 
     def snapshot(self, epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
         """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs."""
@@ -481,42 +427,72 @@ def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | P
     return cfg, state, Path(resume).resolve().parent
 
 
-def _open_run(runs_root: Path, cfg: Config, run_dir: Optional[Path], quiet: bool) -> "Run":
+def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path:
     """Make the run folder (or reopen a resumed one), point ``latest`` at it, write config.yaml."""
     if run_dir is None:
         run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
     else:
         runs_root = run_dir.parent.parent
     try:
-        run = Run(run_dir, quiet)
+        ckpt_io.clean_stale_temporaries(run_dir)  # only this process writes here
         ckpt_io.point_latest(runs_root, run_dir)
-        run.write_config(cfg)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     except OSError as exc:
         raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
                         f"choose a folder you can write with --runs") from None
-    run.log(f"run folder: {run_dir}")
-    return run
+    console.log(f"run folder: {run_dir}")
+    return run_dir
 
 
-def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
-            resume: Optional[str | Path]) -> Job:
-    """Resolve the config and data, build the model and recipe, open the run folder, apply a resume."""
-    cfg, state, run_dir = _load_run_config(config, overrides, resume)
-    t = cfg.train
-    dev = pick_device(t.device)
-    autocast_dtype = amp_dtype(t.amp, dev)
-    channels_last = prefers_channels_last(dev) if t.channels_last == "auto" else bool(t.channels_last)
-    seed_everything(cfg.seed)
-    say = print if not quiet else (lambda *_: None)
-
-    spec = data_mod.load_data(cfg, say)
-    # the saved config records what was used, and works from any folder
+def _record_data(cfg: Config, spec: data_mod.DataSpec) -> None:
+    """The saved config records what was used, and works from any folder."""
     cfg.name = cfg.run_name
     if cfg.data.source == "folder" and cfg.data.root:
         cfg.data.root = spec.root
     cfg.data.channels, cfg.data.image_size = spec.channels, list(spec.image_size)
     absolute_weight_paths(cfg.model.layers)
-    infos, model = build_for_data(cfg, spec, pretrained=state is None, log=say)
+
+
+def _place(model: nn.Sequential, t: TrainConfig, dev: torch.device) -> tuple[nn.Sequential, bool]:
+    """The model on its device and memory format (BatchNorm synchronised when asked); channels_last?"""
+    channels_last = prefers_channels_last(dev) if t.channels_last == "auto" else bool(t.channels_last)
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if t.sync_bn:
+        model, what = distributed.sync_batchnorm(model, dev)
+        console.log(what)
+    return model, channels_last
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return f"{str(dtype).replace('torch.', '')} autocast" if dtype is not None else "float32"
+
+
+def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], outputs: int, dev: torch.device,
+                  candidate: torch.dtype, channels_last: bool) -> Optional[torch.dtype]:
+    """``train.amp: auto`` on CUDA: autocast only where a probe measures it faster (rank 0 decides)."""
+    rates = measure_amp(model, batch_shape, outputs, dev, candidate, channels_last) if distributed.is_main() else None
+    rates = distributed.broadcast_object(rates)
+    chosen = choose_amp(rates, candidate)
+    console.log(f"precision: {_dtype_name(chosen)} (train.amp auto; a forward+backward probe ran "
+                f"{', '.join(f'{k} {v:,.0f}' for k, v in rates.items())} img/s)")
+    return chosen
+
+
+def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
+    """Resolve the config and data, build the model and recipe, open the run folder, apply a resume.
+
+    In a DDP run every process prepares the same job; only rank 0 opens the run folder.
+    """
+    cfg, state, run_dir = _load_run_config(config, overrides, resume)
+    t = cfg.train
+    ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
+    autocast_dtype = amp_dtype(t.amp, dev)
+    seed_everything(cfg.seed)
+
+    with distributed.main_first():  # a built-in data set is generated once
+        spec = data_mod.load_data(cfg, console.log)
+    _record_data(cfg, spec)
+    infos, model = build_for_data(cfg, spec, pretrained=state is None, log=console.log)
     if state is not None:
         model.load_state_dict(state["model_state"])
     kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
@@ -525,12 +501,18 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
     class_weight_vector(t.class_weights, spec.classes,
                         [spec.train.labels.count(k) for k in range(len(spec.classes))])
     stages_plan = stage_plan(model, t)
+    require_tensorboard(t.loggers)
 
-    say(f"cnnzoo: training {cfg.run_name} on {dev}"
-        f"{' with ' + str(autocast_dtype).replace('torch.', '') + ' autocast' if autocast_dtype else ''}")
-    loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda", say, not quiet)
+    console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
+                f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
+    loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model, channels_last = _place(model, t, dev)
+    if t.amp == "auto" and autocast_dtype is not None:
+        autocast_dtype = _measured_amp(model, (t.batch_size, *cfg.model.input), infos[-1].output_shape[0],
+                                       dev, autocast_dtype, channels_last)
+    elif dev.type == "cuda":
+        console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
     feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
                           t.label_smoothing).to(dev)
@@ -539,13 +521,14 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     stepper = Stepper(model, optimizer, schedule, scaler, t.grad_clip)
 
-    run = _open_run(Path(out), cfg, run_dir, quiet)  # last: nothing above may leave a half-made folder
-    stages = TransferStages(model, cfg, stages_plan, loaders, feed, run.log, not quiet)
+    # last: nothing above may leave a half-made folder
+    run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
+    stages = TransferStages(model, cfg, stages_plan, loaders, feed, console.log)
 
     meta = {**spec.meta(), "loss": kind, "outputs": infos[-1].output_shape[0]}
     base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
                   "meta": meta}
-    job = Job(cfg, run, model, criterion, stepper, feed, stages, BestEpoch(t), base_state, [])
+    job = Job(cfg, run_dir, model, criterion, stepper, feed, stages, BestEpoch(t), base_state)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
@@ -553,75 +536,79 @@ def prepare(config: Any, overrides: list[str], out: str | Path, quiet: bool,
             scaler.load_state_dict(state["scaler"])
         job.best = BestEpoch(t, state["trainer"])
         job.start_epoch = state["epoch"] + 1
-        job.rows = run.read_metrics(state["epoch"])
-        run.write_metrics(job.rows)
+    if ctx.rank == 0:
+        job.callbacks = loggers.callbacks(
+            t.loggers, run_dir, spec.classes, t.epochs, t.monitor,
+            loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
+            job.start_epoch - 1 if state is not None else None)
 
     total_params = sum(p.numel() for p in model.parameters())
-    run.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
-    run.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
-            f"optimizer {t.optimizer} lr {t.lr:g}"
-            f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; scheduler {t.scheduler}")
+    console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
+    console.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
+                f"optimizer {t.optimizer} lr {t.lr:g}"
+                f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
+                f"scheduler {t.scheduler}")
     if job.start_epoch > 1:
-        run.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
-    else:
-        run.save("last.pt", job.snapshot(0, None, True))  # Ctrl-C in epoch 1 can resume from here
+        console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
+    elif ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
+        ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
     return job
 
 
-def _epoch_line(row: dict[str, Any], t: TrainConfig, best: BestEpoch) -> str:
-    return (f"epoch {row['epoch']:>3}/{t.epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.4f} acc "
-            f"{100 * row['val_acc']:5.1f}%  lr {row['lr']:.2g}  {row['images_per_s']:.0f} img/s  "
-            f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
-            f"best {t.monitor} {best.text()} (epoch {best.epoch})")
+def _checkpoints(job: Job) -> Optional[loggers.Checkpoints]:
+    return next((c for c in job.callbacks if isinstance(c, loggers.Checkpoints)), None)
+
+
+def _close(job: Job) -> None:
+    for callback in job.callbacks:
+        callback.close()
 
 
 def fit(job: Job) -> Path:
-    """The epoch loop: train, validate, record, checkpoint; Ctrl-C keeps a resumable last.pt."""
-    cfg, run, t, schedule = job.cfg, job.run, job.cfg.train, job.stepper.schedule
+    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt."""
+    cfg, t, schedule, stages = job.cfg, job.cfg.train, job.stepper.schedule, job.stages
     epoch = job.start_epoch
-    saved_epoch = job.start_epoch - 1  # what last.pt holds
+    wrapped, wrapped_key = None, None
     try:
         for epoch in range(job.start_epoch, t.epochs + 1):
-            job.stages.enter(epoch)
+            stages.enter(epoch)
             seed_everything(data_mod.mix_seed(cfg.seed, epoch, 0))
-            job.stages.train_loader.batch_sampler.set_epoch(epoch)
+            stages.train_loader.batch_sampler.set_epoch(epoch)
+            if wrapped_key != (id(stages.net), stages.trainable):  # DDP tracks a fixed set of trainable parameters
+                wrapped = None
+                wrapped, wrapped_key = distributed.wrap(stages.net, job.feed.device), (id(stages.net), stages.trainable)
             lr, backbone_lr = schedule.lr, schedule.backbone_lr
-            stats = train_one_epoch(job.stages.net, job.stages.train_loader, job.criterion, job.stepper,
-                                    job.feed, run, f"epoch {epoch}/{t.epochs}")
-            val = validate(job.stages.net, job.stages.val_loader, job.feed.without_autocast(), run)
+            stats = train_one_epoch(wrapped, stages.train_loader, job.criterion, job.stepper, job.feed,
+                                    f"epoch {epoch}/{t.epochs}")
+            distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
+            val, confusion = validate(stages.net, stages.val_loader, job.feed.without_autocast(), job.num_classes)
             row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                    **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
-                   "data_wait": stats["data_wait"], "stage": job.stages.stage_at(epoch),
+                   "data_wait": stats["data_wait"], "stage": stages.stage_at(epoch),
                    "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
                    "backbone_lr": backbone_lr}
             schedule.step_epoch(val[t.monitor])
             improved = job.best.update(val[t.monitor], epoch)
-            job.rows.append(_format_row(row))
-            run.write_metrics(job.rows)
-            if improved:
-                run.save("best.pt", job.snapshot(epoch, row, False))
-            run.save("last.pt", job.snapshot(epoch, row, True))
-            saved_epoch = epoch
-            run.plot(job.rows)
-            run.log(_epoch_line(row, t, job.best))
+            end = EpochEnd(epoch, row, improved, f"{job.best.text()} (epoch {job.best.epoch})", confusion)
+            for callback in job.callbacks:
+                callback.epoch_end(end)
             if job.best.should_stop:
-                run.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
+                console.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
                 break
-        run.plot(job.rows, final=True)
     except KeyboardInterrupt:
-        # Ctrl-C can land between a temporary file's creation and save_atomic's own clean-up
-        ckpt_io.clean_stale_temporaries(run.dir)
         try:
-            run.plot(job.rows, final=True)
+            _close(job)
         except KeyboardInterrupt:
             pass
+        saved = _checkpoints(job)
+        held = f"; {job.run_dir / 'last.pt'} holds epoch {saved.saved_epoch}" if saved else ""
         raise TrainingInterrupted(
-            f"interrupted during epoch {epoch}; {run.dir / 'last.pt'} holds epoch {saved_epoch}. "
-            f"Resume with: cnnzoo train --resume {run.dir / 'last.pt'}", run.dir) from None
-    run.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {run.dir}")
-    run.log(f"next: cnnzoo evaluate {run.dir / 'best.pt'}   or   cnnzoo predict IMAGE")
-    return run.dir
+            f"interrupted during epoch {epoch}{held}. "
+            f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}", job.run_dir) from None
+    _close(job)
+    console.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
+    console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
+    return job.run_dir
 
 
 def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
@@ -632,8 +619,15 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
     ``overrides`` are ``"dotted.key=value"`` strings (or a mapping); keyword arguments
     are overrides too, with ``__`` for dots: ``train("c.yaml", train__epochs=3)``.
     ``resume`` continues from a ``last.pt``: its run folder, config and states.
+    Started by torchrun, each process trains its share (see :mod:`cnnzoo.distributed`).
     """
     override_list = _overrides_from(overrides, settings)
     if device:
         override_list.append(f"train.device={device}")
-    return fit(prepare(config, override_list, out, quiet, resume))
+    with console.scoped(quiet):
+        try:
+            run_dir = fit(prepare(config, override_list, out, resume))
+            distributed.barrier()  # no process leaves the group while another still uses it
+            return run_dir
+        finally:
+            distributed.teardown()

@@ -9,7 +9,6 @@ training recorded for the same checkpoint.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ from . import checkpoint as ckpt_io
 from . import data as data_mod
 from . import metrics
 from .config import load_config
+from .console import console
 from .errors import DataError, UserError
 
 def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -> data_mod.Samples:
@@ -49,7 +49,7 @@ def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -
         raise DataError(f"--data {folder}: {'; '.join(parts)}; the model's classes are {', '.join(classes)}")
     samples, _, skipped = data_mod.scan_folder(folder, split or folder.name, classes)
     if skipped:
-        data_mod.warn(f"skipped {skipped} files that are not images under {folder}")
+        console.warn(f"skipped {skipped} files that are not images under {folder}")
     return samples
 
 
@@ -120,11 +120,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
     workers = data_mod.choose_workers("auto", False, False, dev.type == "cuda")
     loader = data_mod.make_loader(dataset, batch_size or cfg.train.batch_size * 2, False, 0, workers,
                                   pin_memory=dev.type == "cuda")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(loader), desc="evaluate", unit="batch", leave=False, file=sys.stderr, disable=None)
+    bar = console.bar(len(loader), "evaluate") if progress else None
     logits, labels = predict_loader(model.module, loader, Feed(dev, model.norm, model.channels_last), bar)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")

@@ -44,6 +44,13 @@ def plot_history(rows: list[dict], path: str | Path) -> None:
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
                    title: str = "confusion matrix") -> None:
     """Counts in cells, true class down the side, predicted class along the bottom."""
+    fig = confusion_figure(matrix, classes, title)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
+    """The matplotlib figure of :func:`plot_confusion` (TensorBoard takes figures)."""
     plt = _pyplot()
     n = len(classes)
     size = max(4.0, 0.6 * n + 2)
@@ -60,5 +67,4 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
             ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                     color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
-from . import data, preprocess
+from . import preprocess
+from .console import console
 from .device import norm_tensors, pick_device, prefers_channels_last, to_model_input
 from .errors import UserError
 from .layers import build_from_records
@@ -105,11 +105,7 @@ class Model:
         if not isinstance(images, (list, tuple)):
             images = [images]
         records: list[dict[str, Any]] = []
-        bar = None
-        if progress and len(images) > batch_size:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(images), unit="img", desc="predict", file=sys.stderr, leave=False)
+        bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
         workers = min(8, os.cpu_count() or 1)
         starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes outside the GIL

@@ -25,15 +25,17 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import data as data_mod
+from . import distributed
 from .backbones import Backbone, backbone_of, trainable_stages
 from .config import AugmentConfig, Config, TrainConfig
+from .console import console
 from .device import Feed
 from .errors import ConfigError
 
@@ -169,15 +171,13 @@ def _chain_matches(p: Plan, x: torch.Tensor) -> bool:
 
 @torch.inference_mode()
 def build(p: Plan, dataset: data_mod.ImageDataset, split: str, feed: Feed, *, flips: list[tuple[bool, bool]],
-          setting: str = "ram", cache_dir: Optional[Path] = None, progress: bool = False) -> Optional[FeatureStore]:
+          setting: str = "ram", cache_dir: Optional[Path] = None) -> Optional[FeatureStore]:
     """Run the frozen prefix over every image of ``dataset`` in each version of ``flips``.
 
     ``setting`` is ``data.feature_cache``: ``ram``, or ``disk``/``auto`` for a memory-mapped
     file that later runs reuse (RAM when the folder cannot be written). Returns None when
     a timm model turns out not to be a plain chain of its stages.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     p.model.eval()
     n = len(dataset)
@@ -196,8 +196,7 @@ def build(p: Plan, dataset: data_mod.ImageDataset, split: str, feed: Feed, *, fl
         if path.exists():
             return FeatureStore(torch.from_numpy(np.load(path, mmap_mode="c")), str(path))
     writer = data_mod.NpyWriter(path, shape, np.float32, "data.feature_cache")
-    bar = tqdm(total=n * len(flips), desc=f"features {split}", unit="img", leave=False,
-               disable=not progress or None)
+    bar = console.bar(n * len(flips), f"features {split}", unit="img")
     try:
         _fill(p, dataset, rows, flips, feed, writer.tensor, bar)
     except BaseException:  # Ctrl-C or a failure: no half-written cache file stays behind
@@ -267,7 +266,7 @@ def stage_plan(model: nn.Module, t: TrainConfig) -> Optional[tuple[int, int]]:
                           f"(freeze leaves {first} of {total} trainable); unfreeze more, or drop "
                           f"train.unfreeze_at_epoch")
     if t.unfreeze_at_epoch > t.epochs:
-        data_mod.warn(f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
+        console.warn(f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
                       f"({t.epochs}); stage 2 starts only if the run is resumed with more epochs")
     return first, second
 
@@ -282,9 +281,9 @@ class TransferStages:
     """
 
     def __init__(self, model: nn.Sequential, cfg: Config, plan: Optional[tuple[int, int]],
-                 loaders: data_mod.Loaders, feed: Feed, log: Callable[[str], None], progress: bool = True):
+                 loaders: data_mod.Loaders, feed: Feed, log: Callable[[str], None]):
         self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
-        self.log, self.progress = log, progress
+        self.log = log
         self.backbone = backbone_of(model)
         self.first, self.second = plan or (0, 0)
         self.trainable: Optional[int] = None
@@ -328,8 +327,9 @@ class TransferStages:
         for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
                                            (self.loaders.val_set, "validation", [(False, False)],
                                             self.feed.without_autocast())):
-            store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
-                          cache_dir=Path(d.cache_dir) if d.cache_dir else None, progress=self.progress)
+            with distributed.main_first():  # local rank 0 writes a file on disk, the others map it
+                store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
+                              cache_dir=Path(d.cache_dir) if d.cache_dir else None)
             if store is None:
                 self.cut = 0
                 self.log(f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
@@ -337,10 +337,10 @@ class TransferStages:
                 return plain
             self.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
             stores.append(store)
-        t, pin = self.cfg.train, self.feed.device.type == "cuda"
+        t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
         train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, cache_plan.flip_p)
         val_set = FeatureDataset(stores[1], self.loaders.val_set.labels, [(False, False)])
         return (cache_plan.suffix(),
                 data_mod.make_loader(train_set, t.batch_size, True, self.cfg.seed, 0,
-                                     self.cfg.data.sampler == "balanced", pin),
-                data_mod.make_loader(val_set, t.batch_size * 2, False, self.cfg.seed, 0, False, pin))
+                                     self.cfg.data.sampler == "balanced", pin, shard),
+                data_mod.make_loader(val_set, t.batch_size * 2, False, self.cfg.seed, 0, False, pin, shard))

@@ -15,6 +15,10 @@ One invocation measures, each phase in its own child process (so peak memory is 
 
 and prints images/s, the ratios cnnzoo/limit and cnnzoo/reference, and peak RSS.
 Validation time is excluded everywhere: all figures are training steps only.
+
+Every phase runs on the config's device (``--set train.device=cuda``) in the same
+precision: with ``train.amp: auto`` a first child process makes the choice cnnzoo
+makes (a float32 vs autocast probe) and every phase is then pinned to it.
 """
 
 from __future__ import annotations
@@ -36,26 +40,64 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def setup(args):
-    import torch
+class Setup:
+    """The config's data, model and optimizer, on the config's device, in its precision."""
 
-    from cnnzoo import data as data_mod
-    from cnnzoo.config import load_config
-    from cnnzoo.engine import build_for_data, make_optimizer
+    def __init__(self, args):
+        import torch
 
-    cfg = load_config(args.config, args.set)
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
-    infos, model = build_for_data(cfg, spec)
-    torch.manual_seed(cfg.seed)
-    return cfg, spec, model, make_optimizer
+        from cnnzoo import data as data_mod
+        from cnnzoo.config import load_config
+        from cnnzoo.device import amp_dtype, pick_device, prefers_channels_last
+        from cnnzoo.engine import build_for_data, make_optimizer
+
+        self.cfg = load_config(args.config, args.set)
+        self.spec = data_mod.load_data(self.cfg, log=lambda *_: None)
+        self.infos, model = build_for_data(self.cfg, self.spec)
+        torch.manual_seed(self.cfg.seed)
+        t = self.cfg.train
+        self.device = pick_device(t.device)
+        self.dtype = amp_dtype(t.amp, self.device)
+        self.channels_last = prefers_channels_last(self.device) if t.channels_last == "auto" else bool(t.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last
+                               else torch.contiguous_format)
+        self.optimizer = make_optimizer(self.model, t)
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device.type, dtype=self.dtype)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def phase_precision(args) -> dict:
+    """What ``train.amp: auto`` resolves to here, measured as cnnzoo measures it."""
+    from cnnzoo.device import choose_amp, measure_amp
+
+    s = Setup(args)
+    if s.cfg.train.amp != "auto" or s.dtype is None:
+        return {"amp": s.cfg.train.amp if s.dtype is not None else "none", "images_per_s": 0.0}
+    rates = measure_amp(s.model, (s.cfg.train.batch_size, *s.cfg.model.input), s.infos[-1].output_shape[0],
+                        s.device, s.dtype, s.channels_last)
+    chosen = choose_amp(rates, s.dtype)
+    return {"amp": {None: "none", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(chosen) if chosen else None],
+            "rates": rates, "images_per_s": 0.0}
 
 
 def phase_cache(args) -> dict:
     from cnnzoo import data as data_mod
 
-    cfg, spec, _, _ = setup(args)
+    s = Setup(args)
+    spec = s.spec
     decoded = data_mod.decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
-                                  data_mod.cpu_count(), progress=False)
+                                  data_mod.cpu_count())
     n = len(spec.train)
     return {"images_per_s": n / decoded.seconds, "seconds": decoded.seconds,
             "cache_bytes": decoded.pixels.numel(),
@@ -77,21 +119,22 @@ def phase_cnnzoo(args) -> dict:
             "data_wait": sum(float(r["data_wait"]) for r in steady) / len(steady)}
 
 
-def _step(model, optimizer, x, y):
+def _step(s: Setup, x, y):
     import torch.nn.functional as F
 
-    loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
+    with s.autocast():
+        loss = F.cross_entropy(s.model(x), y)
+    s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    s.optimizer.step()
 
 
 def phase_reference(args) -> dict:
     import torch
     from torchvision import datasets, transforms
 
-    cfg, spec, model, make_optimizer = setup(args)
-    optimizer = make_optimizer(model, cfg.train)
+    s = Setup(args)
+    cfg, spec = s.cfg, s.spec
     aug = cfg.data.augment
     steps = [transforms.Resize(spec.image_size)]
     if aug.random_resized_crop:
@@ -103,14 +146,19 @@ def phase_reference(args) -> dict:
     steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     train_dir = Path(spec.root) / "train" if (Path(spec.root) / "train").is_dir() else Path(spec.root)
     dataset = datasets.ImageFolder(str(train_dir), transform=transforms.Compose(steps))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
-    model.train()
+    cuda = s.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, pin_memory=cuda)
+    s.model.train()
     rates = []
     for epoch in range(args.epochs):
         seen, start = 0, time.perf_counter()
         for x, y in loader:
-            _step(model, optimizer, x, y)
+            x = x.to(s.device, non_blocking=True)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            _step(s, x, y.to(s.device, non_blocking=True))
             seen += len(y)
+        s.sync()
         rates.append(seen / (time.perf_counter() - start))
     steady = rates[1:] if len(rates) > 1 else rates
     return {"images_per_s": sum(steady) / len(steady)}
@@ -119,28 +167,29 @@ def phase_reference(args) -> dict:
 def phase_limit(args) -> dict:
     import torch
 
-    cfg, spec, model, make_optimizer = setup(args)
-    optimizer = make_optimizer(model, cfg.train)
-    batch = cfg.train.batch_size
-    x = torch.randn(batch, spec.channels, *spec.image_size)
-    y = torch.randint(0, len(spec.classes), (batch,))
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    s = Setup(args)
+    spec, batch = s.spec, s.cfg.train.batch_size
+    x = torch.randn(batch, spec.channels, *spec.image_size, device=s.device)
+    y = torch.randint(0, len(spec.classes), (batch,), device=s.device)
+    if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
+    s.model.train()
     steps = max(1, len(spec.train) // batch)
     for _ in range(5):
-        _step(model, optimizer, x, y)
+        _step(s, x, y)
     rates = []
     for _ in range(max(1, args.epochs - 1)):
+        s.sync()
         start = time.perf_counter()
         for _ in range(steps):
-            _step(model, optimizer, x, y)
+            _step(s, x, y)
+        s.sync()
         rates.append(steps * batch / (time.perf_counter() - start))
     return {"images_per_s": sum(rates) / len(rates)}
 
 
 PHASES = {"cache": phase_cache, "cnnzoo": phase_cnnzoo, "reference": phase_reference, "limit": phase_limit}
+INTERNAL = {"precision": phase_precision}
 
 
 def main() -> None:
@@ -148,13 +197,12 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per loop (the first is warm-up)")
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
-    parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
-    parser.add_argument("--channels-last", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=list(PHASES) + list(INTERNAL), help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="*", choices=list(PHASES), help="run only these phases")
     args = parser.parse_args()
 
     if args.phase:  # child process: one phase, one JSON line
-        result = PHASES[args.phase](args)
+        result = {**PHASES, **INTERNAL}[args.phase](args)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -163,16 +211,23 @@ def main() -> None:
 
     print(f"bench_train: {args.config} {' '.join(args.set)}, {args.epochs} epochs per loop, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
-    results = {}
-    for phase in args.only or list(PHASES):
+    def child(phase: str) -> dict:
         cmd = [sys.executable, __file__, "--config", args.config, "--epochs", str(args.epochs), "--phase", phase]
         for s in args.set:
             cmd += ["--set", s]
-        start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
-        results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    precision = child("precision")
+    args.set.append(f"train.amp={precision['amp']}")  # every phase in the same precision
+    print(f"precision: train.amp={precision['amp']}"
+          + (f" (auto: probe {precision['rates']})" if "rates" in precision else ""))
+    results = {}
+    for phase in args.only or list(PHASES):
+        start = time.perf_counter()
+        results[phase] = child(phase)
         r = results[phase]
         print(f"  {phase:<10} {r['images_per_s']:8.1f} img/s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
               f"({time.perf_counter() - start:.0f}s)", flush=True)

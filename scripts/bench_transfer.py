@@ -40,7 +40,7 @@ def main() -> None:
     from cnnzoo.backbones import backbone_of
     from cnnzoo.config import load_config
     from cnnzoo.device import Feed, norm_tensors, prefers_channels_last
-    from cnnzoo.engine import (Criterion, LRSchedule, Run, Stepper, build_for_data, make_optimizer,
+    from cnnzoo.engine import (Criterion, LRSchedule, Stepper, build_for_data, make_optimizer,
                                train_one_epoch)
 
     cfg = load_config(args.config, args.set)
@@ -58,10 +58,9 @@ def main() -> None:
     model.to(memory_format=torch.channels_last)
     feed = Feed(device, norm_tensors(spec.mean, spec.std, device), channels_last)
     decoded = data_mod.decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
-                                  data_mod.cpu_count(), progress=False)
+                                  data_mod.cpu_count())
     images = data_mod.ImageDataset(spec.train, spec.image_size, spec.channels, decoded)
     batch = cfg.train.batch_size
-    run = Run(Path("."), quiet=True)
 
     def epoch_rate(net, loader) -> float:
         criterion = Criterion("cross_entropy", None, cfg.train.label_smoothing)
@@ -70,7 +69,7 @@ def main() -> None:
         best = 0.0
         for attempt in range(2):
             loader.batch_sampler.set_epoch(attempt + 1)
-            stats = train_one_epoch(net, loader, criterion, stepper, feed, run, "bench")
+            stats = train_one_epoch(net, loader, criterion, stepper, feed, "bench")
             best = max(best, stats["images_per_s"])
         return best
 

@@ -208,7 +208,7 @@ def test_every_format_goes_through_load_data_and_the_cache(tmp_path, capsys):
     assert spec.skipped_files == 0
     assert len(spec.train) == len(paths) + 3
     for channels in (1, 3):
-        decoded = data_mod.decode_all(spec.train, (8, 8), channels, "ram", None, 0, False)
+        decoded = data_mod.decode_all(spec.train, (8, 8), channels, "ram", None, 0)
         assert decoded.failed == []
         assert decoded.pixels.shape == (len(spec.train), channels, 8, 8)
     assert "warning" not in capsys.readouterr().err
@@ -242,7 +242,7 @@ def test_channels_setting_gives_grey_or_rgb(image_root):
         spec = load(image_root, channels=channels)
         assert spec.channels == (channels or 3)
         assert len(spec.mean) == len(spec.std) == mean_len
-        decoded = data_mod.decode_all(spec.val, spec.image_size, spec.channels, "ram", None, 0, False)
+        decoded = data_mod.decode_all(spec.val, spec.image_size, spec.channels, "ram", None, 0)
         assert decoded.pixels.shape == (8, spec.channels, 16, 16)
         assert decoded.pixels.dtype == torch.uint8
     red = Image.new("RGB", (4, 4), (255, 0, 0))
@@ -298,7 +298,7 @@ def test_corrupt_images_are_named_and_skipped_while_training_completes(image_roo
 def test_decode_all_reports_failures_by_index(image_root, capsys):
     garbage, truncated = _add_broken_images(image_root)
     spec = load(image_root)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0, False)
+    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     failed = sorted(spec.train.paths[i] for i in decoded.failed)
     assert failed == sorted([str(garbage), str(truncated)])
     dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
@@ -367,9 +367,9 @@ def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_path):
     spec = load(image_root)
     size = (16, 16)
-    ram = data_mod.decode_all(spec.train, size, 3, "ram", None, 0, False)
-    forked = data_mod.decode_all(spec.train, size, 3, "ram", None, 2, False)  # worker processes
-    disk = data_mod.decode_all(spec.train, size, 3, "disk", tmp_path / "cache", 0, False)
+    ram = data_mod.decode_all(spec.train, size, 3, "ram", None, 0)
+    forked = data_mod.decode_all(spec.train, size, 3, "ram", None, 2)  # worker processes
+    disk = data_mod.decode_all(spec.train, size, 3, "disk", tmp_path / "cache", 0)
     assert disk.location.startswith(str(tmp_path / "cache"))
     sets = [data_mod.ImageDataset(spec.train, size, 3, d) for d in (ram, forked, disk, None)]
     reference_images, reference_labels = _all_items(sets[-1])  # uncached: decodes the files
@@ -385,12 +385,12 @@ def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_p
 
 def test_disk_cache_is_reused(image_root):
     spec = load(image_root)
-    first = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0, False)
+    first = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0)
     path = Path(first.location)
     assert path.is_file() and path.parent == data_mod.cache_home() / "cache"
     stamp = path.stat().st_mtime_ns
     time.sleep(0.05)
-    second = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0, False)
+    second = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0)
     assert second.location == first.location
     assert path.stat().st_mtime_ns == stamp  # read, not rewritten
     assert torch.equal(first.pixels, second.pixels)
@@ -401,14 +401,14 @@ def test_disk_cache_is_rebuilt_when_an_image_changes(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     spec = load(image_root)
     index = 3
-    before = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0, False)
+    before = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     assert before.pixels[index].float().mean() < 200
 
     target = Path(spec.train.paths[index])
     Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
     later = target.stat().st_mtime + 10
     os.utime(target, (later, later))
-    after = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0, False)
+    after = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     assert after.location != before.location
     assert bool((after.pixels[index] == 255).all())
     others = [i for i in range(len(spec.train)) if i != index]
@@ -420,7 +420,7 @@ def test_disk_cache_key_includes_image_size_and_channels(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     made = {}
     for size, channels in (((16, 16), 3), ((12, 12), 3), ((16, 16), 1), ((12, 16), 1)):
-        decoded = data_mod.decode_all(spec.val, size, channels, "disk", cache_dir, 0, False)
+        decoded = data_mod.decode_all(spec.val, size, channels, "disk", cache_dir, 0)
         assert tuple(decoded.pixels.shape) == (8, channels, *size)
         made[(size, channels)] = decoded.location
     assert len(set(made.values())) == 4
@@ -488,7 +488,7 @@ def test_bad_augmentation_fails_training_with_config_error(image_root, tmp_path)
 
 def test_augmentation_is_seeded_per_batch(image_root):
     spec = load(image_root)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0, False)
+    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
                "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
     augment = data_mod.build_augment(AugmentConfig(**options), (16, 16))
@@ -655,10 +655,10 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
     assert spec.mean == [0.5] and spec.std == [0.5]
     assert (len(spec.train), len(spec.val)) == (40, 10)
     assert spec.train.labels == written["train_labels"].tolist()
-    decoded = data_mod.decode_all(spec.train, spec.image_size, 1, "ram", None, 0, False)
+    decoded = data_mod.decode_all(spec.train, spec.image_size, 1, "ram", None, 0)
     assert decoded.failed == []
     assert torch.equal(decoded.pixels[:, 0], torch.from_numpy(written["train_images"]))
-    resized = data_mod.decode_all(spec.val, (14, 14), 3, "ram", None, 0, False)
+    resized = data_mod.decode_all(spec.val, (14, 14), 3, "ram", None, 0)
     assert resized.pixels.shape == (10, 3, 14, 14)
 
 

@@ -397,7 +397,7 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     broken = broken_files(root / "a", rng, 40)
     cfg = load_config(tiny_config(root))
     spec = data_mod.load_data(cfg, log=lambda *_: None)
-    decoded = [data_mod.decode_all(split, (16, 16), 3, "ram", None, 0, False) for split in (spec.train, spec.val)]
+    decoded = [data_mod.decode_all(split, (16, 16), 3, "ram", None, 0) for split in (spec.train, spec.val)]
     scanned = len(spec.train) + len(spec.val)
     unreadable = sum(len(d.failed) for d in decoded)
     readable = 10 + 2 + sum("png-as-jpg" in p.name for p in broken)  # good class images, good.png, source.jpg

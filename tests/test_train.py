@@ -27,7 +27,8 @@ from cnnzoo import data as data_mod
 from cnnzoo import device as device_mod
 from cnnzoo.config import load_config
 from cnnzoo.device import Feed
-from cnnzoo.engine import (Criterion, LRSchedule, Run, Stepper, TrainingInterrupted, loss_kind, make_optimizer,
+from cnnzoo.loggers import HistoryPlot
+from cnnzoo.engine import (Criterion, LRSchedule, Stepper, TrainingInterrupted, loss_kind, make_optimizer,
                            train, train_one_epoch)
 from cnnzoo.errors import ConfigError, UserError
 from cnnzoo.layers import build_from_infos, build_from_records, trace_layers
@@ -294,7 +295,7 @@ def one_batch_loader(small_root):
     """12 cached training images, one batch per epoch, through the real dataset and sampler."""
     spec = data_mod.load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}),
                               log=lambda *_: None)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0, False)
+    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
     return data_mod.make_loader(dataset, 12, True, 0, 0), spec
 
@@ -322,7 +323,7 @@ def test_every_optimizer_scheduler_and_loss_trains(one_batch_loader, tmp_path, o
         for epoch in range(1, t.epochs + 1):
             loader.batch_sampler.set_epoch(epoch)
             stats = train_one_epoch(model, loader, criterion, Stepper(model, opt, schedule),
-                                    Feed(torch.device("cpu"), norm), Run(tmp_path, quiet=True), "test")
+                                    Feed(torch.device("cpu"), norm), "test")
             assert math.isfinite(stats["train_loss"]) and stats["train_loss"] > 0, (loss, epoch)
             schedule.step_epoch(stats["train_loss"])
         assert schedule.step_count == t.epochs * len(loader)
@@ -493,7 +494,7 @@ def test_interrupt_message_names_the_epoch_last_pt_holds(image_root, tmp_path, m
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    monkeypatch.setattr(Run, "plot_interval", 0.0)  # draw after every epoch
+    monkeypatch.setattr(HistoryPlot, "interval", 0.0)  # draw after every epoch
     with pytest.raises(TrainingInterrupted) as info:
         train(tiny_config(image_root, epochs=4), out=tmp_path / "runs", quiet=True)
     held = torch.load(info.value.run_dir / "last.pt", weights_only=True)["epoch"]

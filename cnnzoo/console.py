@@ -1,0 +1,59 @@
+"""The console: the one place cnnzoo prints while it works.
+
+Log lines go to stdout, warnings and progress bars to stderr. ``--quiet`` silences log
+lines and bars but never warnings; in a multi-process (DDP) run only rank 0 prints,
+so N processes do not print every line N times. Log lines go through ``tqdm.write``
+so that they never tear a progress bar.
+
+There is one console per process (:data:`console`); training scopes its quiet setting
+with :meth:`Console.scoped`, and :mod:`cnnzoo.distributed` tells it the rank.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Console:
+    def __init__(self) -> None:
+        self.quiet = False
+        self.rank = 0
+
+    @property
+    def speaks(self) -> bool:
+        """Whether log lines and bars show (warnings show unless this is not rank 0)."""
+        return not self.quiet and self.rank == 0
+
+    def log(self, message: str) -> None:
+        if self.speaks:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def warn(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def bar(self, total: int, desc: str, unit: str = "batch"):
+        """A tqdm bar that vanishes when done; disabled when quiet, off rank 0, or not on a terminal."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
+                    disable=True if not self.speaks else None, dynamic_ncols=True)
+
+    @contextmanager
+    def scoped(self, quiet: bool) -> Iterator["Console"]:
+        """``quiet`` for the length of a ``with`` block (a training run), then as before."""
+        saved = self.quiet
+        self.quiet = quiet or saved
+        try:
+            yield self
+        finally:
+            self.quiet = saved
+
+
+console = Console()
+log, warn = console.log, console.warn
