@@ -666,7 +666,9 @@ def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> i
     """
     if setting != "auto":
         return int(setting)
-    cores = cpu_count()
+    from . import distributed
+
+    cores = max(1, cpu_count() // distributed.local_world())  # the machine's processes share its cores
     if cached and not augmented:
         return 0
     if cuda:
@@ -723,7 +725,7 @@ def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
     for split in (spec.train, spec.val):
         decoded = None
         if cached:
-            with distributed.main_first():
+            with distributed.main_first(shared=kind != "ram"):
                 decoded = decode_all(split, spec.image_size, spec.channels, kind,
                                      Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count())
             console.log(f"cache {split.name}: {decoded.describe()}")

@@ -103,10 +103,12 @@ def barrier() -> None:
 
 
 @contextmanager
-def main_first() -> Iterator[None]:
+def main_first(shared: bool = True) -> Iterator[None]:
     """Local rank 0 runs the block first (building a cache on disk); the others run it after,
-    finding the cache done."""
+    finding the cache done. ``shared=False`` (a cache each process keeps in RAM): all at once."""
     ctx = context()
+    if not shared:
+        ctx = Context()
     if ctx.enabled and ctx.local_rank != 0:
         torch.distributed.barrier()
     try:
@@ -114,6 +116,11 @@ def main_first() -> Iterator[None]:
     finally:
         if ctx.enabled and ctx.local_rank == 0:
             torch.distributed.barrier()
+
+
+def local_world() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return max(1, _env_int("LOCAL_WORLD_SIZE", 1)) if context().enabled else 1
 
 
 def shard() -> tuple[int, int]:

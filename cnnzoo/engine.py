@@ -530,22 +530,15 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
                   "meta": meta}
     job = Job(cfg, run_dir, model, criterion, stepper, feed, stages, BestEpoch(t), base_state)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        job.best = BestEpoch(t, state["trainer"])
-        job.start_epoch = state["epoch"] + 1
+        _resume(job, state)
     if ctx.rank == 0:
-        job.callbacks = loggers.callbacks(
-            t.loggers, run_dir, spec.classes, t.epochs, t.monitor,
-            loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
-            job.start_epoch - 1 if state is not None else None)
+        job.callbacks = loggers.callbacks(t, run_dir, spec.classes,
+                                          loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
+                                          job.start_epoch - 1 if state is not None else None)
 
-    total_params = sum(p.numel() for p in model.parameters())
     console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
-    console.log(f"model: {len(infos)} layers, {total_params:,} parameters; loss {kind}; "
-                f"optimizer {t.optimizer} lr {t.lr:g}"
+    console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
+                f"loss {kind}; optimizer {t.optimizer} lr {t.lr:g}"
                 f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
                 f"scheduler {t.scheduler}")
     if job.start_epoch > 1:
@@ -553,6 +546,17 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     elif ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
         ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
     return job
+
+
+def _resume(job: Job, state: dict[str, Any]) -> None:
+    """Continue from a ``last.pt``: optimizer, schedule, scaler, best epoch (the weights are in already)."""
+    st = job.stepper
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.schedule.load_state_dict(state["scheduler"])
+    if st.scaler is not None and state.get("scaler"):
+        st.scaler.load_state_dict(state["scaler"])
+    job.best = BestEpoch(job.cfg.train, state["trainer"])
+    job.start_epoch = state["epoch"] + 1
 
 
 def _checkpoints(job: Job) -> Optional[loggers.Checkpoints]:
@@ -575,7 +579,7 @@ def fit(job: Job) -> Path:
             seed_everything(data_mod.mix_seed(cfg.seed, epoch, 0))
             stages.train_loader.batch_sampler.set_epoch(epoch)
             if wrapped_key != (id(stages.net), stages.trainable):  # DDP tracks a fixed set of trainable parameters
-                wrapped = None
+                wrapped = None  # the old wrapper lets go of the parameters before a new one takes them
                 wrapped, wrapped_key = distributed.wrap(stages.net, job.feed.device), (id(stages.net), stages.trainable)
             lr, backbone_lr = schedule.lr, schedule.backbone_lr
             stats = train_one_epoch(wrapped, stages.train_loader, job.criterion, job.stepper, job.feed,

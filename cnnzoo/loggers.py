@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 
 from . import checkpoint as ckpt_io
+from .config import TrainConfig
 from .console import console
 from .errors import ConfigError
 
@@ -162,8 +163,10 @@ class TensorBoard:
         from .plots import confusion_figure
 
         row, step, w = end.row, end.epoch, self.writer
-        w.add_scalars("loss", {"train": row["train_loss"], "validation": row["val_loss"]}, step)
-        w.add_scalars("accuracy", {"train": row["train_acc"], "validation": row["val_acc"]}, step)
+        # one event file per run (add_scalars would make a TensorBoard "run" of every curve)
+        for name, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
+                          ("accuracy/train", "train_acc"), ("accuracy/validation", "val_acc")):
+            w.add_scalar(name, row[key], step)
         w.add_scalar("lr/head", row["lr"], step)
         if row["backbone_lr"] is not None:
             w.add_scalar("lr/backbone", row["backbone_lr"], step)
@@ -191,14 +194,14 @@ def require_tensorboard(loggers: list[str]) -> None:
                           "pip install 'cnnzoo[tensorboard]' (or remove it from the list)") from None
 
 
-def callbacks(loggers: list[str], run_dir: Path, classes: list[str], epochs: int, monitor: str,
-              checkpoints: Checkpoints, resumed_at: Optional[int]) -> list[Callback]:
+def callbacks(t: TrainConfig, run_dir: Path, classes: list[str], checkpoints: Checkpoints,
+              resumed_at: Optional[int]) -> list[Callback]:
     """The callbacks of a run, in order: checkpoints first, so a crash in a logger loses nothing.
 
-    metrics.csv is always kept (resuming and plots read it); ``loggers`` adds TensorBoard.
+    metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard.
     """
     metrics = MetricsCSV(run_dir, resumed_at)
-    out: list[Callback] = [checkpoints, metrics, HistoryPlot(run_dir, metrics), EpochLine(epochs, monitor)]
-    if "tensorboard" in loggers:
+    out: list[Callback] = [checkpoints, metrics, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
+    if "tensorboard" in t.loggers:
         out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))
     return out

@@ -327,7 +327,8 @@ class TransferStages:
         for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
                                            (self.loaders.val_set, "validation", [(False, False)],
                                             self.feed.without_autocast())):
-            with distributed.main_first():  # local rank 0 writes a file on disk, the others map it
+            # local rank 0 writes a file on disk, the others map it
+            with distributed.main_first(shared=d.feature_cache != "ram"):
                 store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
                               cache_dir=Path(d.cache_dir) if d.cache_dir else None)
             if store is None:

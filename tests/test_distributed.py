@@ -246,10 +246,9 @@ def test_tensorboard_logger_writes_scalars_and_the_confusion_matrix(ddp_folder, 
     rows = metric_rows(run)
     assert "lr/head" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("lr/head")] == [1, 2, 3]
-    # add_scalars keeps each curve in its own folder under the run
-    val = EventAccumulator(str(run / "tensorboard" / "accuracy_validation"))
-    val.Reload()
-    assert [round(e.value, 6) for e in val.Scalars("accuracy")] == [float(r["val_acc"]) for r in rows]
+    assert [round(e.value, 6) for e in events.Scalars("accuracy/validation")] == [float(r["val_acc"]) for r in rows]
+    assert [round(e.value, 6) for e in events.Scalars("loss/train")] == [float(r["train_loss"]) for r in rows]
+    assert [p.name for p in (run / "tensorboard").iterdir() if p.is_dir()] == []  # one TensorBoard run per run
     images = events.Images("validation/confusion_matrix")
     assert [e.step for e in images] == [1, 2, 3]
     assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
