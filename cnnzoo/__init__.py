@@ -4,7 +4,7 @@ The Python API (the CLI is a thin layer over it)::
 
     import cnnzoo
     run_dir = cnnzoo.train("configs/quickstart.yaml", train__epochs=5)
-    model = cnnzoo.load(run_dir / "best.pt")
+    model = cnnzoo.load(run_dir / "best.pt")   # or an export: "best.onnx"
     model.predict(["a.jpg", pil_image, tensor], top_k=3)
     report = cnnzoo.evaluate(run_dir / "best.pt")
 
@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 _API = {
     "train": ("engine", "train"),
-    "load": ("predict", "load"),
+    "load": ("inference", "load"),
+    "export": ("exporting", "export"),
+    "explain": ("explanation", "explain"),
     "evaluate": ("evaluation", "evaluate"),
     "load_config": ("config", "load_config"),
     "build_model": ("layers", "build_model"),

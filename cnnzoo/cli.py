@@ -171,8 +171,9 @@ def summary(
 @app.command()
 def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
-                                              help="Checkpoint to use (default: runs/latest's best.pt)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "--model", "-m",
+                                              help="Checkpoint, or an export (.onnx runs without torch; "
+                                                   "TorchScript). Default: runs/latest's best.pt."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows, one per image."),
@@ -180,13 +181,14 @@ def predict(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
-    """Predict the class of images with a trained checkpoint.
+    """Predict the class of images with a trained checkpoint or an exported model.
 
     Exit code 0 when every image was predicted, 1 when some could not be read, 2 when none.
+    Without torch:  cnnzoo predict --model runs/latest/best.onnx photo.jpg
     """
     def action():
         from . import checkpoint as ckpt_io
-        from .predict import expand_inputs, load, records_to_csv
+        from .inference import expand_inputs, load, records_to_csv
 
         if as_json and as_csv:
             raise UserError("choose one of --json and --csv")
@@ -244,6 +246,100 @@ def evaluate(
         else:
             typer.echo(format_report(report))
             typer.echo(f"\nwrote {', '.join(report['outputs'])}")
+
+    _guard(action)
+
+
+@app.command()
+def export(
+    checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
+                                                    help="Checkpoint (default: runs/latest's best.pt)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (runs without torch) or torchscript."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="File or folder to write (default: beside the checkpoint, "
+                                            "best.onnx / best.torchscript.pt)."),
+    opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0,
+                                    help="Largest probability difference from the checkpoint that passes."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Export a checkpoint to ONNX or TorchScript, then check it gives the checkpoint's probabilities.
+
+    The file holds the classes, input size and normalisation, so it is used alone:
+      cnnzoo export                       (runs/latest/best.pt -> runs/latest/best.onnx)
+      cnnzoo predict --model runs/latest/best.onnx photo.jpg
+      cnnzoo serve runs/latest/best.onnx
+    Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance.
+    """
+    def action():
+        from .exporting import export as run_export
+
+        result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs)
+        size = result.path.stat().st_size
+        verdict = "ok" if result.ok else "FAILED"
+        typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
+        typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
+                   f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
+        if not result.ok:
+            _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
+                  f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
+                  f"--opset or --format)", code=1)
+
+    _guard(action)
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Argument(None, metavar="[MODEL]",
+                                           help="Checkpoint or export (.onnx runs without torch). "
+                                                "Default: runs/latest's best.pt."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
+    max_bytes: int = typer.Option(10 * 2**20, "--max-bytes", min=1, help="Largest image upload accepted."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Serve a model over HTTP, with a page to try it: open http://127.0.0.1:8000/ in a browser.
+
+    POST /predict takes an image as the body or as multipart files (?top_k=N) and answers the
+    records of predict --json; GET /info and GET /health describe the service.
+      curl --data-binary @photo.jpg http://127.0.0.1:8000/predict
+      curl -F file=@a.jpg -F file=@b.jpg 'http://127.0.0.1:8000/predict?top_k=3'
+    """
+    def action():
+        from .serve import serve as run_server
+
+        run_server(model, host, port, workers, max_bytes, top_k, device, runs)
+
+    _guard(action)
+
+
+@app.command()
+def explain(
+    image: Path = typer.Argument(..., help="The image to explain."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
+                                              help="Checkpoint (default: runs/latest's best.pt)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="The HTML file (default: <run>/explain/<image>.html)."),
+    target: Optional[str] = typer.Option(None, help="Class for Grad-CAM (default: the predicted one)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write every picture as a PNG into this folder."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Show what the network does to one image: every layer's output, filters, Grad-CAM, in one HTML page.
+
+    Example:  cnnzoo explain ~/.cache/cnnzoo/shapes-v1/validation/star/star_0000.jpg
+    The page embeds its pictures and opens in any browser without a network.
+    """
+    def action():
+        from .explanation import explain as run_explain
+
+        path, report = run_explain(checkpoint, image, out, target, png, runs)
+        chosen = report.classes[report.target]
+        typer.echo(f"{image}: {report.classes[int(report.probabilities.argmax())]} "
+                   f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}")
+        typer.echo(f"wrote {path}" + (f" and the pictures in {png}" if png else ""))
 
     _guard(action)
 

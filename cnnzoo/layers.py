@@ -177,13 +177,11 @@ def _pair(v: Any, key: str, label: str) -> tuple[int, int]:
     return (items[0], items[-1])
 
 
-def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
-    """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
-    if len(shape) != 3:
-        raise ShapeError(f"{label}: needs a feature map CxHxW, got {_shape_str(shape)}; "
-                         f"{type_name} cannot follow Flatten/Linear")
+def _spatial_terms(type_name: str, kwargs: dict, label: str):
+    """(kernel, stride, dilation, padding, rounding) per axis of a conv or pool layer; None
+    when its output size does not follow from them (no kernel_size, or padding='same')."""
     if "kernel_size" not in kwargs:
-        return  # torch's own message about the missing argument is clear enough
+        return None  # torch's own message about the missing argument is clear enough
     k = _pair(kwargs["kernel_size"], "kernel_size", label)
     is_conv = type_name == "Conv2d"
     stride = kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"])
@@ -192,21 +190,49 @@ def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: 
     padding = kwargs.get("padding", 0)
     if isinstance(padding, str):
         if padding == "same":
-            return
+            return None
         padding = 0
     p = _pair(padding, "padding", label)
+    return k, s, d, p, math.ceil if kwargs.get("ceil_mode") else math.floor
+
+
+def _axis_size(w: int, k: int, s: int, p: int, d: int, rounding) -> tuple[int, str]:
+    """The output-size rule on one axis, and its arithmetic in words."""
+    k_eff = d * (k - 1) + 1
+    out = rounding((w - k_eff + 2 * p) / s) + 1
+    return out, f"({w} − {k_eff} + 2·{p})/{s} + 1 = {out}"
+
+
+def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) -> Optional[str]:
+    """``H: (32 − 3 + 2·1)/1 + 1 = 32, W: ...`` for a conv or pool layer; None for other layers."""
+    if len(input_shape) != 3 or type_name not in _SPATIAL_2D:
+        return None
+    terms = _spatial_terms(type_name, kwargs, type_name)
+    if terms is None:
+        return None
+    k, s, d, p, rounding = terms
+    steps = [_axis_size(w, *axis, rounding)[1] for w, axis in zip(input_shape[1:], zip(k, s, p, d))]
+    return steps[0] if steps[0] == steps[1] else f"H: {steps[0]}; W: {steps[1]}"
+
+
+def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
+    """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
+    if len(shape) != 3:
+        raise ShapeError(f"{label}: needs a feature map CxHxW, got {_shape_str(shape)}; "
+                         f"{type_name} cannot follow Flatten/Linear")
+    terms = _spatial_terms(type_name, kwargs, label)
+    if terms is None:
+        return
+    k, s, d, p, rounding = terms
     if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
         raise ShapeError(f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
                          f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}")
-    for axis, (w, ki, si, pi, di) in enumerate(zip(shape[1:], k, s, p, d)):
-        k_eff = di * (ki - 1) + 1
-        rounding = math.ceil if kwargs.get("ceil_mode") else math.floor
-        out = rounding((w - k_eff + 2 * pi) / si) + 1
+    for w, ki, si, pi, di in zip(shape[1:], k, s, p, d):
+        out, arithmetic = _axis_size(w, ki, si, pi, di, rounding)
         if out < 1:
+            k_eff = di * (ki - 1) + 1
             dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
-            raise ShapeError(
-                f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: "
-                f"({w} − {k_eff} + 2·{pi})/{si} + 1 = {out}")
+            raise ShapeError(f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: {arithmetic}")
 
 
 def _describe(type_name: str, kwargs: dict) -> str:

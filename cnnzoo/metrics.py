@@ -14,12 +14,11 @@ import torch
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """[B, K] logits -> [B, K] probabilities; [B, 1] (binary) -> [B, 2]."""
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
+    """[B, K] logits -> [B, K] probabilities; [B, 1] (binary) -> [B, 2]: the rule of
+    :func:`cnnzoo.inference.probabilities`, which every model format uses."""
+    from .inference import probabilities as rule
+
+    return torch.from_numpy(rule(logits.detach().float().cpu().numpy()))
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:

@@ -46,29 +46,50 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     raise ValueError(kind)
 
 
-def draw_shape(kind: str, seed: int, size: int = IMAGE_SIZE) -> Image.Image:
-    """One image of ``kind``: random colours, size, position, rotation and pixel noise."""
+def _layout(kind: str, seed: int, size: int):
+    """The random draw behind one image: colours, geometry, and the generator (for the noise)."""
     rng = np.random.default_rng(seed)
     background = rng.integers(0, 256, size=3)
     foreground = rng.integers(0, 256, size=3)
     while np.abs(foreground.astype(int) - background.astype(int)).sum() < 200:
         foreground = rng.integers(0, 256, size=3)
-    scale = 4  # draw large and shrink: antialiased edges
-    canvas = Image.new("RGB", (size * scale, size * scale), tuple(int(v) for v in background))
-    draw = ImageDraw.Draw(canvas)
-    r = rng.uniform(0.18, 0.40) * size * scale
-    cx = rng.uniform(r, size * scale - r)
-    cy = rng.uniform(r, size * scale - r)
+    big = size * _SCALE
+    r = rng.uniform(0.18, 0.40) * big
+    cx = rng.uniform(r, big - r)
+    cy = rng.uniform(r, big - r)
     angle = rng.uniform(0, 2 * math.pi)
-    fill = tuple(int(v) for v in foreground)
+    return rng, background, foreground, (cx, cy, r, angle)
+
+
+_SCALE = 4  # draw large and shrink: antialiased edges
+
+
+def _draw(canvas: Image.Image, kind: str, geometry: tuple, fill) -> None:
+    cx, cy, r, angle = geometry
+    draw = ImageDraw.Draw(canvas)
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
         draw.polygon(_polygon(kind, cx, cy, r, angle), fill=fill)
+
+
+def draw_shape(kind: str, seed: int, size: int = IMAGE_SIZE) -> Image.Image:
+    """One image of ``kind``: random colours, size, position, rotation and pixel noise."""
+    rng, background, foreground, geometry = _layout(kind, seed, size)
+    canvas = Image.new("RGB", (size * _SCALE, size * _SCALE), tuple(int(v) for v in background))
+    _draw(canvas, kind, geometry, tuple(int(v) for v in foreground))
     img = canvas.resize((size, size), Image.LANCZOS)
     noise = rng.normal(0, rng.uniform(2, 14), size=(size, size, 3))
     pixels = np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
+
+
+def shape_mask(kind: str, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Where :func:`draw_shape` drew the shape: a [size, size] boolean mask (for checking explanations)."""
+    _, _, _, geometry = _layout(kind, seed, size)
+    canvas = Image.new("L", (size * _SCALE, size * _SCALE), 0)
+    _draw(canvas, kind, geometry, 255)
+    return np.asarray(canvas.resize((size, size), Image.BILINEAR)) >= 128
 
 
 def ensure_shapes(root: Path, log=print) -> Path:

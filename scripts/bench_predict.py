@@ -42,7 +42,8 @@ def main() -> None:
     import torch
 
     from cnnzoo import checkpoint as ckpt_io
-    from cnnzoo.predict import expand_inputs, load
+    from cnnzoo.inference import expand_inputs
+    from cnnzoo.predict import load
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
     model = load(checkpoint, device="cpu")

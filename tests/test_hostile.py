@@ -25,7 +25,7 @@ from cnnzoo.config import load_config
 from cnnzoo.engine import train
 from cnnzoo.errors import UserError
 from cnnzoo.layers import trace_layers
-from cnnzoo.predict import expand_inputs
+from cnnzoo.inference import expand_inputs
 from conftest import tiny_config, write_class_folders
 
 

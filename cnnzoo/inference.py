@@ -1,0 +1,251 @@
+"""Prediction without torch: the predict loop every model format shares, and the ONNX model.
+
+:class:`Classifier` owns what a prediction is, whatever runs the network: preprocessing
+(:func:`cnnzoo.preprocess.load_image`), batching with decoding in threads, the rule
+from logits to probabilities, and the records ``predict --json`` prints. A format
+supplies only ``logits``: :class:`OnnxModel` here (onnxruntime + NumPy, no torch
+imported), :class:`cnnzoo.predict.Model` for checkpoints and TorchScript files.
+:func:`load` picks by the file. ``cnnzoo serve`` and ``cnnzoo predict`` use these alone.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from . import preprocess
+from .console import console
+from .errors import UserError
+
+METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
+META_FIELDS = ("classes", "image_size", "channels", "mean", "std")
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """[B, K] logits -> [B, K] softmax probabilities; a one-logit (binary) head [B, 1] -> [B, 2]
+    as ``[1 - sigmoid, sigmoid]``. The one rule, for every format and for evaluation."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.shape[1] == 1:
+        with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
+            p = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return np.concatenate([1.0 - p, p], axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _image_label(item: Any, position: int) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"<{type(item).__name__} {position}>"
+
+
+class Classifier:
+    """A trained classifier with its preprocessing; subclasses supply :meth:`logits`."""
+
+    format = "?"
+
+    def __init__(self, meta: dict[str, Any], path: Optional[str | Path]):
+        missing = [k for k in META_FIELDS if k not in meta]
+        if missing:
+            raise UserError(f"{path}: its cnnzoo metadata lacks {', '.join(missing)}; export it again "
+                            f"with cnnzoo export")
+        self.meta = dict(meta)
+        self.classes: list[str] = list(meta["classes"])
+        self.image_size = tuple(int(v) for v in meta["image_size"])
+        self.channels = int(meta["channels"])
+        self.mean, self.std = list(meta["mean"]), list(meta["std"])
+        self.path = str(path) if path is not None else None
+
+    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
+        raise NotImplementedError
+
+    def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        return probabilities(self.logits(pixels_hwc))
+
+    def preprocess(self, item: Any) -> np.ndarray:
+        """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
+        return preprocess.load_image(item, self.image_size, self.channels)
+
+    def info(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.path, "classes": self.classes,
+                "input": [self.channels, *self.image_size], "mean": self.mean, "std": self.std}
+
+    def records(self, names: list[str], pixels_hwc: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        """``predict --json`` records for a batch of preprocessed images."""
+        probs = self.probabilities(pixels_hwc)
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for name, row, idx in zip(names, probs, order):
+            ranked = [{"label": self.classes[i], "probability": float(row[i])} for i in idx]
+            out.append({"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"],
+                        "top_k": ranked})
+        return out
+
+    def predict(self, images: Any, top_k: int = 5, batch_size: int = 64, errors: Optional[list] = None,
+                progress: bool = False) -> list[dict[str, Any]]:
+        """Predict one image or a list; returns one record per readable image.
+
+        Each record is ``{"image", "label", "probability", "top_k": [{"label",
+        "probability"}]}`` with probabilities over all classes. Unreadable images are
+        skipped; when ``errors`` is a list, ``(image, reason)`` pairs are appended to it,
+        otherwise the first failure raises :class:`cnnzoo.errors.UserError`.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        results: list[dict[str, Any]] = []
+        bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
+        starts = list(range(0, len(images), batch_size))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
+            def submit(start: int) -> list:
+                return [pool.submit(self.try_preprocess, item) for item in images[start:start + batch_size]]
+
+            pending = submit(starts[0]) if starts else []
+            for n, start in enumerate(starts):
+                chunk = list(images[start:start + batch_size])
+                decoded = [future.result() for future in pending]
+                if n + 1 < len(starts):  # decode the next batch while this one runs forward
+                    pending = submit(starts[n + 1])
+                names, arrays = [], []
+                for offset, (item, (array, reason)) in enumerate(zip(chunk, decoded)):
+                    name = _image_label(item, start + offset)
+                    if array is None:
+                        if errors is None:
+                            raise UserError(f"{name}: cannot read image ({reason})")
+                        errors.append((name, reason))
+                    else:
+                        names.append(name)
+                        arrays.append(array)
+                if arrays:
+                    results.extend(self.records(names, np.stack(arrays), top_k))
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return results
+
+    def try_preprocess(self, item: Any) -> tuple[Optional[np.ndarray], str]:
+        try:
+            return self.preprocess(item), ""
+        except FileNotFoundError:
+            return None, "file not found"
+        except Exception as exc:  # PIL raises many types for broken files
+            return None, f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}"
+
+    def __repr__(self) -> str:
+        return (f"cnnzoo.{type(self).__name__}({self.path!r}, classes={len(self.classes)}, "
+                f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]})")
+
+
+class OnnxModel(Classifier):
+    """An exported ``.onnx`` file run by onnxruntime on the CPU; torch is never imported."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError(f"{path}: running an ONNX model needs onnxruntime; "
+                            f"pip install 'cnnzoo[onnx]'") from None
+        if not Path(path).is_file():
+            raise UserError(f"{path}: file not found")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: a user reads our line, not runtime chatter
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: not a readable ONNX model ({first})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise UserError(f"{path}: an ONNX model without cnnzoo's metadata (classes, input size, "
+                            f"normalisation); make it with cnnzoo export")
+        super().__init__(json.loads(raw), path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        x = preprocess.normalize_array(pixels_hwc, self.mean, self.std)
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def is_onnx(path: str | Path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def load(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs") -> Classifier:
+    """A model from a checkpoint (default: the newest run's best.pt), a TorchScript export or an
+    ``.onnx`` export; only the ONNX path leaves torch unimported."""
+    if path is not None and is_onnx(path):
+        if device not in (None, "auto", "cpu"):
+            raise UserError(f"--device {device}: an ONNX model runs on the CPU here (onnxruntime)")
+        return OnnxModel(path)
+    from .predict import load as load_torch
+
+    return load_torch(path, device, runs_root)
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+def _unreadable_reason(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken link"
+    return "not a regular file"
+
+
+def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursively) and glob patterns -> image paths, plus what cannot be read.
+
+    Every image-named file met is either returned or named with a reason: FIFOs and other
+    special files are never opened (they would block), dangling links are named too.
+    """
+    paths: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for arg in arguments:
+        if os.path.isdir(arg):
+            named = sorted(str(p) for p in Path(arg).rglob("*") if preprocess.is_image_file(p))
+            found = [p for p in named if os.path.isfile(p)]
+            missing.extend((p, _unreadable_reason(p)) for p in named if not os.path.isfile(p))
+            if not named:
+                missing.append((arg, "folder holds no images"))
+            paths.extend(found)
+        elif os.path.lexists(arg):
+            if os.path.isfile(arg):
+                paths.append(arg)
+            else:
+                missing.append((arg, _unreadable_reason(arg)))
+        elif glob.has_magic(arg):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            if not found:
+                missing.append((arg, "pattern matched no files"))
+            paths.extend(found)
+        else:
+            missing.append((arg, "file not found"))
+    return paths, missing
+
+
+def records_to_csv(records: Iterable[dict[str, Any]], top_k: int) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["image", "label", "probability"]
+    for i in range(1, top_k + 1):
+        header += [f"top{i}_label", f"top{i}_probability"]
+    writer.writerow(header)
+    for r in records:
+        row = [r["image"], r["label"], f"{r['probability']:.6f}"]
+        for entry in r["top_k"]:
+            row += [entry["label"], f"{entry['probability']:.6f}"]
+        row += [""] * (len(header) - len(row))
+        writer.writerow(row)
+    return buffer.getvalue()

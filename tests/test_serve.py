@@ -1,0 +1,262 @@
+"""``cnnzoo serve`` (issue #11): the real server on a free loopback port, called over HTTP.
+
+The server runs as a subprocess (``cnnzoo serve``), once on an ONNX export and once on
+the checkpoint; requests go through urllib. The page is driven in headless Chromium
+(Debian's ``chromium`` + ``chromium-driver`` through Selenium) when they are installed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import cnnzoo
+from conftest import write_class_folders
+from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("onnxruntime")
+
+
+def _images(base: Path) -> Path:
+    root = base / "images"
+    write_class_folders(root / "train", {"a": 16, "b": 16, "c": 16}, size=32, seed=1, ext="jpg")
+    write_class_folders(root / "validation", {"a": 6, "b": 6, "c": 6}, size=32, seed=2, ext="jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("serve-run"), _images, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained):
+    from cnnzoo.exporting import export
+
+    return export(trained.best, "onnx").path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, cwd: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(self.port), *extra],
+            cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {self.process.communicate()}")
+            time.sleep(0.1)
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
+                method: str | None = None) -> tuple[int, object]:
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+    def get(self, path: str):
+        return self.request(path)
+
+    def post_image(self, path: str, data: bytes, query: str = ""):
+        return self.request(f"/predict{query}", data, {"Content-Type": "application/octet-stream"})
+
+    def post_files(self, files: list[tuple[str, bytes]], query: str = ""):
+        boundary = uuid.uuid4().hex
+        body = b""
+        for name, data in files:
+            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+                     f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        return self.request(f"/predict{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module", params=["onnx", "checkpoint"])
+def server(request, trained, onnx_file):
+    model = onnx_file if request.param == "onnx" else trained.best
+    srv = Server(model, trained.base, "--max-bytes", "200000")
+    srv.kind = request.param
+    yield srv
+    srv.stop()
+
+
+def validation_files(trained) -> list[Path]:
+    return sorted((trained.root / "validation").rglob("*.jpg"))
+
+
+def expected(trained, paths) -> list[dict]:
+    return cnnzoo.load(trained.best).predict([str(p) for p in paths], top_k=3)
+
+
+def test_health_and_info(server, trained):
+    assert server.get("/health") == (200, {"status": "ok"})
+    status, info = server.get("/info")
+    assert status == 200
+    assert info["classes"] == ["a", "b", "c"] and info["input"] == [3, 16, 16]
+    assert info["format"] == server.kind and info["max_bytes"] == 200000
+
+
+def test_an_image_body_gets_the_records_of_predict_json(server, trained):
+    path = validation_files(trained)[0]
+    status, records = server.post_image("/predict", path.read_bytes(), "?top_k=3")
+    assert status == 200 and len(records) == 1
+    want = expected(trained, [path])[0]
+    assert records[0]["image"] == "upload" and records[0]["label"] == want["label"]
+    assert [e["label"] for e in records[0]["top_k"]] == [e["label"] for e in want["top_k"]]
+    assert records[0]["probability"] == pytest.approx(want["probability"], abs=1e-4)
+
+
+def test_multipart_upload_of_several_files(server, trained):
+    paths = validation_files(trained)[:3]
+    status, records = server.post_files([(p.name, p.read_bytes()) for p in paths], "?top_k=1")
+    assert status == 200
+    assert [r["image"] for r in records] == [p.name for p in paths]
+    assert [r["label"] for r in records] == [r["label"] for r in expected(trained, paths)]
+    assert all(len(r["top_k"]) == 1 for r in records)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_requests_get_a_4xx_with_a_json_error(server, trained):
+    good = validation_files(trained)[0].read_bytes()
+    cases = [
+        (server.post_image("/predict", b"this is not an image"), 415, "not an image cnnzoo can read"),
+        (server.post_image("/predict", b""), 400, "empty upload"),
+        (server.post_image("/predict", os.urandom(300_000)), 413, "the limit is 200,000"),
+        (server.post_image("/predict", _png(8100, 8100)), 413, "pixels; the limit is 64,000,000"),
+        (server.post_image("/predict", good, "?top_k=0"), 400, "top_k='0'"),
+        (server.post_files([("big.jpg", os.urandom(250_000))]), 413, "big.jpg: 250,000 bytes"),
+        (server.post_files([("ok.jpg", good), ("text.jpg", b"hello")]), 415, "text.jpg: not an image"),
+        (server.request("/predict", b"--x--\r\n", {"Content-Type": "multipart/form-data; boundary=x"}), 400,
+         "the form holds no file"),
+        (server.get("/predict"), 405, "Method Not Allowed"),
+        (server.get("/nothing-here"), 404, "Not Found"),
+    ]
+    for (status, answer), want_status, fragment in cases:
+        assert status == want_status, (fragment, status, answer)
+        assert isinstance(answer, dict) and fragment in answer["error"], (fragment, answer)
+    assert server.get("/health")[0] == 200 and server.process.poll() is None  # still up
+
+
+def test_fifty_concurrent_requests_are_answered_correctly(server, trained):
+    paths = validation_files(trained)
+    jobs = [paths[i % len(paths)] for i in range(50)]
+    want = {p: r["label"] for p, r in zip(paths, expected(trained, paths))}
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda p: server.post_image("/predict", p.read_bytes()), jobs))
+    assert all(status == 200 for status, _ in answers)
+    assert [records[0]["label"] for _, records in answers] == [want[p] for p in jobs]
+
+
+def test_the_onnx_server_runs_without_torch(trained, onnx_file):
+    srv = Server(onnx_file, trained.base)
+    try:
+        maps = Path(f"/proc/{srv.process.pid}/maps")
+        if not maps.exists():
+            pytest.skip("needs Linux /proc to list the server's libraries")
+        libraries = maps.read_text()
+        assert "onnxruntime" in libraries
+        assert "libtorch" not in libraries
+    finally:
+        srv.stop()
+
+
+def test_a_port_in_use_and_a_missing_model_are_one_line(trained):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cnnzoo(["serve", trained.best, "--port", port], trained.base)
+    assert f"--port {port}: cannot listen there" in one_error_line(done)
+    assert "file not found" in one_error_line(run_cnnzoo(["serve", "missing.onnx"], trained.base))
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium download a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1000,800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+def test_the_page_shows_the_predicted_class_as_bars(trained, onnx_file, tmp_path):
+    browser = _browser()
+    srv = Server(onnx_file, trained.base)
+    try:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ready
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        image = validation_files(trained)[-1]
+        want = expected(trained, [image])[0]
+        browser.get(srv.url + "/")
+        WebDriverWait(browser, 20).until(lambda b: "3 classes" in b.find_element(By.ID, "about").text)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, 20).until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#rows .row")))
+        assert browser.find_element(By.ID, "label").text == want["label"]
+        rows = browser.find_elements(By.CSS_SELECTOR, "#rows .row")
+        assert [r.find_element(By.CLASS_NAME, "name").text for r in rows] == [e["label"] for e in want["top_k"]]
+        widths = [r.find_element(By.CLASS_NAME, "bar").size["width"] for r in rows]
+        assert widths == sorted(widths, reverse=True) and widths[0] > 0
+        assert browser.find_element(By.ID, "preview").size["width"] > 0
+        shot = tmp_path / "serve-page.png"
+        browser.save_screenshot(str(shot))
+        picture = Image.open(shot).convert("L")
+        assert picture.size[0] > 500 and len(picture.histogram()) - picture.histogram().count(0) > 10  # not blank
+        if os.environ.get("CNNZOO_SCREENSHOT_DIR"):  # to look at it
+            shutil.copy(shot, Path(os.environ["CNNZOO_SCREENSHOT_DIR"]) / shot.name)
+    finally:
+        browser.quit()
+        srv.stop()
