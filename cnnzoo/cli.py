@@ -344,6 +344,75 @@ def explain(
     _guard(action)
 
 
+@app.command("lr-find")
+def lr_find(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    steps: int = typer.Option(200, min=10, help="Training steps while the rate grows."),
+    start: float = typer.Option(1e-7, help="First learning rate."),
+    end: float = typer.Option(1.0, help="Last learning rate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The plot (default: runs/lr-find/<name>.png)."),
+    apply: bool = typer.Option(False, "--apply", help="Write a copy of the config with the suggested train.lr "
+                                                      "(<config>.lr.yaml beside it)."),
+) -> None:
+    """Find a learning rate: train briefly while the rate grows exponentially, plot the loss, suggest one.
+
+    Example:  cnnzoo lr-find -c configs/quickstart.yaml --apply
+    Nothing is saved but the plot (and, with --apply, the config copy).
+    """
+    def action():
+        cfg = load_config_early(config, set_)
+        from .tuning import apply_lr, lr_find as run_lr_find
+
+        result = run_lr_find(cfg, [], steps, start, end, out)
+        typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
+                   f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
+        if apply:
+            typer.echo(f"wrote {apply_lr(config, result.suggestion)}")
+
+    _guard(action)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    grid: List[str] = typer.Option(..., "--grid", "-g",
+                                   help="A key and its values, e.g. --grid train.lr=0.01,0.003 (repeatable)."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Run this many random combinations, not all."),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+) -> None:
+    """Train every combination of --grid values as its own run, then compare them (table and plot).
+
+    Example:  cnnzoo sweep -c configs/quickstart.yaml --grid train.lr=0.01,0.003,0.001 \\
+                  --grid model.layers.13.dense.out_features=32,64
+    Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
+    """
+    def action():
+        load_config_early(config, set_)
+        from .engine import TrainingInterrupted
+        from .tuning import markdown_table, sweep as run_sweep
+
+        try:
+            result = run_sweep(config, grid, trials, set_, runs, quiet)
+        except TrainingInterrupted as exc:
+            typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
+                       err=True)
+            raise typer.Exit(130)
+        typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
+        typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
+
+    _guard(action)
+
+
+def load_config_early(config: Path, overrides: List[str]):
+    """The config, checked before torch is imported (a mistake costs a tenth of a second)."""
+    from .config import load_config
+
+    return load_config(config, overrides)
+
+
 def _is_collective_failure(exc: Exception) -> bool:
     """A DDP collective that failed because another process died or stopped answering."""
     dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())

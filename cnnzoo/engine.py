@@ -478,17 +478,30 @@ def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], outputs: int, 
     return chosen
 
 
-def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
-    """Resolve the config and data, build the model and recipe, open the run folder, apply a resume.
+@dataclass
+class Parts:
+    """What training and the learning-rate range test both start from: the data, the model on
+    its device, and the recipe (loss, optimizer), built from one config."""
 
-    In a DDP run every process prepares the same job; only rank 0 opens the run folder.
+    spec: data_mod.DataSpec
+    infos: list
+    model: nn.Sequential
+    loss_kind: str
+    loaders: data_mod.Loaders
+    feed: Feed
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    counts: list[int]
+    stages_plan: Optional[tuple[int, int]]
+
+
+def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] = None) -> Parts:
+    """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
+
+    Every setting that can still be wrong is checked here, before a caller makes a run folder.
     """
-    cfg, state, run_dir = _load_run_config(config, overrides, resume)
     t = cfg.train
-    ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
     autocast_dtype = amp_dtype(t.amp, dev)
-    seed_everything(cfg.seed)
-
     with distributed.main_first():  # a built-in data set is generated once
         spec = data_mod.load_data(cfg, console.log)
     _record_data(cfg, spec)
@@ -496,15 +509,12 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     if state is not None:
         model.load_state_dict(state["model_state"])
     kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
-    # settings that can still be wrong are checked before a run folder exists
     augment = data_mod.build_augment(cfg.data.augment, spec.image_size)
     class_weight_vector(t.class_weights, spec.classes,
                         [spec.train.labels.count(k) for k in range(len(spec.classes))])
     stages_plan = stage_plan(model, t)
     require_tensorboard(t.loggers)
 
-    console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
-                f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
     loaders = data_mod.build_loaders(cfg, spec, augment, dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
@@ -516,19 +526,34 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
                           t.label_smoothing).to(dev)
-    optimizer = make_optimizer(model, t)
-    schedule = LRSchedule(optimizer, t, len(loaders.train))
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    stepper = Stepper(model, optimizer, schedule, scaler, t.grad_clip)
+    return Parts(spec, infos, model, kind, loaders, feed, criterion, make_optimizer(model, t), counts, stages_plan)
+
+
+def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
+    """Resolve the config, build the parts and the schedule, open the run folder, apply a resume.
+
+    In a DDP run every process prepares the same job; only rank 0 opens the run folder.
+    """
+    cfg, state, run_dir = _load_run_config(config, overrides, resume)
+    t = cfg.train
+    ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
+    seed_everything(cfg.seed)
+    console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
+                f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
+    parts = build_parts(cfg, dev, state)
+    model, spec, infos = parts.model, parts.spec, parts.infos
+    schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
+    scaler = torch.amp.GradScaler("cuda") if parts.feed.autocast_dtype == torch.float16 else None
+    stepper = Stepper(model, parts.optimizer, schedule, scaler, t.grad_clip)
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
-    stages = TransferStages(model, cfg, stages_plan, loaders, feed, console.log)
+    stages = TransferStages(model, cfg, parts.stages_plan, parts.loaders, parts.feed, console.log)
 
-    meta = {**spec.meta(), "loss": kind, "outputs": infos[-1].output_shape[0]}
+    meta = {**spec.meta(), "loss": parts.loss_kind, "outputs": infos[-1].output_shape[0]}
     base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
                   "meta": meta}
-    job = Job(cfg, run_dir, model, criterion, stepper, feed, stages, BestEpoch(t), base_state)
+    job = Job(cfg, run_dir, model, parts.criterion, stepper, parts.feed, stages, BestEpoch(t), base_state)
     if state is not None:
         _resume(job, state)
     if ctx.rank == 0:
@@ -536,9 +561,9 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
                                           loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
                                           job.start_epoch - 1 if state is not None else None)
 
-    console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, counts))
+    console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, parts.counts))
     console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
-                f"loss {kind}; optimizer {t.optimizer} lr {t.lr:g}"
+                f"loss {parts.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
                 f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
                 f"scheduler {t.scheduler}")
     if job.start_epoch > 1:

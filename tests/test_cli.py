@@ -58,7 +58,8 @@ def probe(args: list[str], cwd: Path = PROJECT, importtime: bool = True) -> tupl
 
 
 HELP_ARGS = [["--help"], ["-h"], ["train", "--help"], ["summary", "--help"], ["predict", "--help"],
-             ["evaluate", "--help"], ["--version"]]
+             ["evaluate", "--help"], ["export", "--help"], ["serve", "--help"], ["explain", "--help"],
+             ["lr-find", "--help"], ["sweep", "--help"], ["--version"]]
 
 
 @pytest.mark.parametrize("args", HELP_ARGS, ids=[" ".join(a) for a in HELP_ARGS])
@@ -92,7 +93,7 @@ def test_the_probe_does_see_torch_and_summary_prints_the_table():
 def test_real_script_help_and_version():
     result = run_cnnzoo(["--help"], cwd=PROJECT)
     assert result.returncode == 0, result.stderr
-    for command in ("train", "summary", "predict", "evaluate"):
+    for command in ("train", "summary", "predict", "evaluate", "export", "serve", "explain", "lr-find", "sweep"):
         assert command in result.stdout
     version = run_cnnzoo(["--version"], cwd=PROJECT)
     assert version.returncode == 0
