@@ -432,6 +432,11 @@ def main() -> None:
     except Exception as exc:  # a failure cnnzoo did not foresee: still one line unless --debug
         if _state["debug"]:
             raise
+        if isinstance(exc, ModuleNotFoundError) and exc.name in ("torch", "torchvision"):
+            # a deployment installed with --no-deps: exports run without torch, the rest needs it
+            typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
+                       f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
+            sys.exit(2)
         if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
             typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
                        f"stopped answering ({str(exc).splitlines()[0][:160]})", err=True)

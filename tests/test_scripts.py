@@ -72,3 +72,26 @@ def test_bench_transfer_compares_cached_features_with_the_whole_network(image_ro
 def test_bench_errors_times_a_config_typo_against_importing_torch(tmp_path):
     out = run_script([str(ROOT / "scripts" / "bench_errors.py"), "--repeat", "1"], tmp_path)
     assert "ratio typo/torch:" in out and "ratio summary/torch:" in out
+
+
+def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image_root, tmp_path):
+    from cnnzoo.engine import train
+
+    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
+    out = run_script([str(ROOT / "scripts" / "bench_onnx.py"), "--checkpoint", str(run / "best.pt"),
+                      "--images", str(image_root / "validation"), "--repeat", "1", "--batch-size", "4"], tmp_path)
+    for line in ("cold start, one image:", "peak RSS, one image:", "throughput, batch 4:"):
+        assert line in out and "ratio" in out.split(line)[1].splitlines()[0]
+    out = run_script([str(ROOT / "scripts" / "bench_serve.py"), "--checkpoint", str(run / "best.pt"),
+                      "--requests", "20", "--clients", "4"], tmp_path)
+    for backend in ("checkpoint", "onnx"):
+        assert f"  {backend}" in out and "server p50 / in-process p50 =" in out.split(f"  {backend}")[1]
+
+
+def test_bench_ddp_compares_one_and_two_processes(image_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(image_root)))
+    out = run_script([str(ROOT / "scripts" / "bench_ddp.py"), "--config", str(path), "--epochs", "2",
+                      "--rounds", "1"], tmp_path)
+    assert "round 1: 1 process" in out and "round 1: 2 processes" in out
+    assert "speed-up 2/1:" in out and "scaling efficiency:" in out
