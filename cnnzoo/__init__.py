@@ -7,6 +7,8 @@ The Python API (the CLI is a thin layer over it)::
     model = cnnzoo.load(run_dir / "best.pt")   # or an export: "best.onnx"
     model.predict(["a.jpg", pil_image, tensor], top_k=3)
     report = cnnzoo.evaluate(run_dir / "best.pt")
+    cnnzoo.export(run_dir / "best.pt", "onnx")          # best.onnx: cnnzoo.load() runs it without torch
+    path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")
 
 Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
 not import torch.

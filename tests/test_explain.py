@@ -47,7 +47,7 @@ def drawn(folder: Path, kind: str, seed: int) -> tuple[Path, np.ndarray]:
 @pytest.mark.slow
 def test_gradcam_heat_lies_on_the_shape(shapes_run, tmp_path):
     ratios = []
-    for n, kind in enumerate(CLASSES * 3):
+    for n, kind in enumerate(CLASSES * 6):  # 30 drawings: a median that one odd image cannot move
         path, mask = drawn(tmp_path, kind, 900_000 + n)
         _, report = explain(shapes_run / "best.pt", path, out=tmp_path / f"{n}.html")
         cam = report.cam
