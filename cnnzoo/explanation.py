@@ -243,12 +243,14 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
             view.pictures, view.note = feature_maps(output, stem, cap)
         else:
             view.pictures, view.note = vector_strip(output, stem)
+        inner = []  # a backbone's stages, in the order they run, before its final output
         for s, stage in enumerate(stage_outputs.get(index, [])):
             if stage.ndim == 3:
-                pictures, note = feature_maps(stage, f"{stem}-stage{s}", min(cap, 8))
+                pictures, _ = feature_maps(stage, f"{stem}-stage{s}", min(cap, 8))
                 for p in pictures:
                     p.caption = f"stage {s} {tuple(stage.shape)}: " + p.caption
-                view.pictures += pictures
+                inner += pictures
+        view.pictures = inner + view.pictures
         views.append(view)
 
     first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)  # a backbone's too
