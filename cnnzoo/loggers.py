@@ -1,4 +1,4 @@
-"""What happens when an epoch ends: checkpoints, metrics.csv, history.png, the console line, TensorBoard.
+"""What happens when an epoch ends: metrics.csv, checkpoints, history.png, the console line, TensorBoard.
 
 :func:`cnnzoo.engine.fit` validates, then hands one :class:`EpochEnd` to each callback
 in turn; :func:`callbacks` makes the list a run asks for (``train.loggers``). Only rank 0
@@ -196,12 +196,14 @@ def require_tensorboard(loggers: list[str]) -> None:
 
 def callbacks(t: TrainConfig, run_dir: Path, classes: list[str], checkpoints: Checkpoints,
               resumed_at: Optional[int]) -> list[Callback]:
-    """The callbacks of a run, in order: checkpoints first, so a crash in a logger loses nothing.
+    """The callbacks of a run, in order. metrics.csv comes before the checkpoints: Ctrl-C between
+    the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the
+    other order would leave last.pt ahead of metrics.csv, and the resumed run without that row.
 
     metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard.
     """
     metrics = MetricsCSV(run_dir, resumed_at)
-    out: list[Callback] = [checkpoints, metrics, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
+    out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
     if "tensorboard" in t.loggers:
         out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))
     return out

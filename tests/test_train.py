@@ -481,6 +481,29 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes(image_root, tmp_path, isolated
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == held + 1
 
 
+@pytest.mark.parametrize("at", ["metrics", "checkpoints"])
+def test_ctrl_c_at_any_epoch_end_step_resumes_with_every_metrics_row(image_root, tmp_path, monkeypatch, at):
+    """Ctrl-C pressed as epoch 2's metrics.csv or its checkpoints are written: the resumed run
+    still has one row per epoch, equal to an uninterrupted run's."""
+    from cnnzoo import loggers
+
+    whole = train(tiny_config(image_root, epochs=3), out=tmp_path / "whole", quiet=True)
+    target = loggers.MetricsCSV if at == "metrics" else loggers.Checkpoints
+    original = target.epoch_end
+
+    def epoch_end(self, end):
+        if end.epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, end)
+
+    monkeypatch.setattr(target, "epoch_end", epoch_end)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tiny_config(image_root, epochs=3), out=tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(target, "epoch_end", original)
+    run = train(resume=info.value.run_dir / "last.pt", quiet=True)
+    assert metric_rows(run) == metric_rows(whole)
+
+
 def test_interrupt_message_names_the_epoch_last_pt_holds(image_root, tmp_path, monkeypatch):
     import matplotlib.figure
 
