@@ -59,19 +59,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
-    from cnnzoo import checkpoint as ckpt_io
+    from benchlib import checkpoint_and_images
     from cnnzoo.exporting import export
-    from cnnzoo.inference import expand_inputs, load
+    from cnnzoo.inference import load
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
+    checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)
     with tempfile.TemporaryDirectory() as tmp:
         exported = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx")
         reference = load(checkpoint, device="cpu")
-        root = Path(args.images) if args.images else Path(reference.meta["data_root"])
-        folder = next((root / n for n in ("validation", "val", "test") if (root / n).is_dir()), root)
-        images, _ = expand_inputs([str(folder)])
-        if not images:
-            sys.exit(f"no images under {folder}")
         print(f"bench_onnx: {checkpoint} ({len(reference.classes)} classes, input "
               f"{reference.channels}x{reference.image_size[0]}x{reference.image_size[1]}), {len(images)} images "
               f"from {folder}; export parity {exported.max_difference:.1e}")

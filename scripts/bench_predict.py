@@ -41,20 +41,11 @@ def main() -> None:
 
     import torch
 
-    from cnnzoo import checkpoint as ckpt_io
-    from cnnzoo.inference import expand_inputs
+    from benchlib import checkpoint_and_images
     from cnnzoo.predict import load
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
+    checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)
     model = load(checkpoint, device="cpu")
-    if args.images:
-        folder = Path(args.images)
-    else:
-        root = Path(model.meta["data_root"])
-        folder = next((root / n for n in ("validation", "val", "test") if (root / n).is_dir()), root)
-    images, _ = expand_inputs([str(folder)])
-    if not images:
-        sys.exit(f"no images under {folder}")
     print(f"bench_predict: {checkpoint}, {len(images)} images from {folder}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 

@@ -86,19 +86,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="default: runs/latest's best.pt")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--images", help="folder of images (default: the checkpoint's validation images)")
     args = parser.parse_args()
 
-    from cnnzoo import checkpoint as ckpt_io
+    from benchlib import checkpoint_and_images
     from cnnzoo.exporting import export
-    from cnnzoo.inference import expand_inputs, load
+    from cnnzoo.inference import load
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
+    checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)
+    images = images[:50]
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx").path
-        reference = load(checkpoint, device="cpu")
-        root = Path(reference.meta["data_root"])
-        folder = next((root / n for n in ("validation", "val", "test") if (root / n).is_dir()), root)
-        images = expand_inputs([str(folder)])[0][:50]
         payloads = [Path(p).read_bytes() for p in images]
         print(f"bench_serve: {checkpoint}, {len(images)} distinct images of {folder}, {args.requests} requests, "
               f"{args.clients} concurrent clients, {os.cpu_count()} cores")
