@@ -229,9 +229,10 @@ def rng_state() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the loop
 
 class Stepper:
-    """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule."""
+    """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule
+    (none when the caller sets the rate itself, as lr-find does)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Optional[LRSchedule],
                  scaler=None, grad_clip: Optional[float] = None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.scaler, self.grad_clip = scaler, grad_clip
@@ -250,7 +251,8 @@ class Stepper:
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
-        self.schedule.step_batch()
+        if self.schedule is not None:
+            self.schedule.step_batch()
 
 
 def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepper, feed: Feed,
@@ -305,8 +307,8 @@ def validate(net: nn.Module, loader, feed: Feed, num_classes: int) -> tuple[dict
     sums are reduced, so the figures equal one process's over the whole split."""
     logits, labels = predict_loader(net, loader, feed, console.bar(len(loader), "  validate"))
     predicted = metrics.predictions(logits) if len(labels) else labels
-    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
-    confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu().view(num_classes, num_classes)
+    confusion = metrics.confusion_counts(labels, predicted, num_classes)
+    confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu()
     loss_sum = metrics.plain_loss_sum(logits, labels).item() if len(labels) else 0.0
     loss_sum, n = distributed.all_sum([loss_sum, len(labels)], feed.device)
     n = max(1.0, n)
@@ -491,6 +493,7 @@ class Parts:
     feed: Feed
     criterion: Criterion
     optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]  # fp16 autocast only
     counts: list[int]
     stages_plan: Optional[tuple[int, int]]
 
@@ -526,7 +529,9 @@ def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] 
     feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
                           t.label_smoothing).to(dev)
-    return Parts(spec, infos, model, kind, loaders, feed, criterion, make_optimizer(model, t), counts, stages_plan)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    return Parts(spec, infos, model, kind, loaders, feed, criterion, make_optimizer(model, t), scaler, counts,
+                 stages_plan)
 
 
 def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
@@ -543,8 +548,7 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     parts = build_parts(cfg, dev, state)
     model, spec, infos = parts.model, parts.spec, parts.infos
     schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
-    scaler = torch.amp.GradScaler("cuda") if parts.feed.autocast_dtype == torch.float16 else None
-    stepper = Stepper(model, parts.optimizer, schedule, scaler, t.grad_clip)
+    stepper = Stepper(model, parts.optimizer, schedule, parts.scaler, t.grad_clip)
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)

@@ -36,13 +36,18 @@ def plain_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
 
+def confusion_counts(labels: Sequence[int] | torch.Tensor, predicted: Sequence[int] | torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """int64 [num_classes, num_classes]: counts[true][predicted]."""
+    if not len(labels):
+        return torch.zeros((num_classes, num_classes), dtype=torch.int64)
+    index = torch.as_tensor(labels) * num_classes + torch.as_tensor(predicted)
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
 def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
-    """matrix[true][predicted] = count."""
-    matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64)
-    if len(labels):
-        index = torch.as_tensor(labels) * num_classes + torch.as_tensor(predicted)
-        matrix = torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
-    return matrix.tolist()
+    """matrix[true][predicted] = count, as plain lists (for reports)."""
+    return confusion_counts(labels, predicted, num_classes).tolist()
 
 
 def per_class_scores(matrix: list[list[int]], classes: Sequence[str]) -> dict[str, Any]:

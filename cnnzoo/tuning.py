@@ -79,7 +79,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
             end: float = 1.0, out: Optional[str | Path] = None) -> LRFind:
     """The learning-rate range test on ``config``'s data and model; see the module docstring."""
     from .device import pick_device
-    from .engine import build_parts, seed_everything
+    from .engine import Stepper, build_parts, seed_everything
 
     if not (0 < start < end) or steps < 10:
         raise UserError(f"lr-find: needs 0 < --start ({start:g}) < --end ({end:g}) and --steps >= 10 ({steps})")
@@ -88,6 +88,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
     seed_everything(cfg.seed)
     parts = build_parts(cfg, dev)
     model, feed, optimizer, loader = parts.model, parts.feed, parts.optimizer, parts.loaders.train
+    stepper = Stepper(model, optimizer, None, parts.scaler, cfg.train.grad_clip)  # the rate is set here
     ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]  # a backbone keeps its share
     console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(parts.loaders.train_set)} "
                 f"training images, batch {cfg.train.batch_size}")
@@ -108,9 +109,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
             images, labels = next(batches)
         with feed.autocast():
             loss = parts.criterion(model(feed.inputs(images)), labels.to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        stepper.step(loss)
         value = float(loss.detach())
         average = 0.98 * average + 0.02 * value
         debiased = average / (1 - 0.98 ** (step + 1))
