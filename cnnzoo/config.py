@@ -44,6 +44,22 @@ class AugmentConfig:
     random_resized_crop: Optional[list[float]] = None  # [min_area, max_area], e.g. [0.6, 1.0]
     color_jitter: Optional[dict[str, float]] = None  # brightness, contrast, saturation, hue
 
+    @property
+    def flip_probabilities(self) -> tuple[float, float]:
+        """(horizontal, vertical); ``true`` means 0.5."""
+        return (0.5 if self.hflip is True else float(self.hflip),
+                0.5 if self.vflip is True else float(self.vflip))
+
+    def pixel_changing(self) -> list[str]:
+        """The keys that are on, flips aside: augmentations that make new pixels every epoch."""
+        on = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("hflip", "vflip") and (any(value) if f.name == "translate" and
+                                                     isinstance(value, list) else value):
+                on.append(f.name)
+        return on
+
 
 @dataclass
 class DataConfig:

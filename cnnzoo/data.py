@@ -255,14 +255,21 @@ def backbone_preprocessing(cfg: Config) -> Optional["backbones.Preprocessing"]:
     return backbones.preprocessing(*entry) if entry is not None else None
 
 
-def resolve_input(cfg: Config) -> tuple[int, tuple[int, int]]:
+_LOOK_UP = object()  # resolve_input's default: find the backbone's preprocessing itself
+
+
+def resolve_input(cfg: Config, pretrained: Any = _LOOK_UP) -> tuple[int, tuple[int, int]]:
     """Channels and (H, W) from ``data`` and ``model.input``, which must agree where both are set.
 
-    Unset, they follow a backbone's weights (RGB at their input size), else the source's native size.
+    Unset, they follow a backbone's weights (RGB at their input size), else the source's native
+    size. ``pretrained`` is :func:`backbone_preprocessing`'s answer when the caller has it already.
     """
     d, m = cfg.data, cfg.model
     native = NATIVE_SIZES.get(d.source)
-    pretrained = backbone_preprocessing(cfg) if d.image_size is None and not m.input else None
+    if d.image_size is not None or m.input:
+        pretrained = None  # not needed
+    elif pretrained is _LOOK_UP:
+        pretrained = backbone_preprocessing(cfg)
     channels = d.channels or (m.input[0] if m.input else None) or (native[0] if native else 3)
     if d.image_size is not None:
         size = (d.image_size, d.image_size) if isinstance(d.image_size, int) else tuple(d.image_size)
@@ -329,9 +336,11 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
              f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) under {root_text}")
     if len(val) == 0:
         raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
-    channels, size = resolve_input(cfg)
-    pretrained = backbone_preprocessing(cfg) if d.normalize == "auto" else None
-    if pretrained is not None and channels == 3:
+    # looked up once: a backbone's weights size the input (when nothing else does) and normalise it (auto)
+    size_unset = d.image_size is None and not cfg.model.input
+    pretrained = backbone_preprocessing(cfg) if d.normalize == "auto" or size_unset else None
+    channels, size = resolve_input(cfg, pretrained)
+    if pretrained is not None and d.normalize == "auto" and channels == 3:
         mean, std = pretrained.mean, pretrained.std
         log(f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, "
             f"{size[0]}x{size[1]}")
@@ -505,8 +514,7 @@ def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callabl
             raise ConfigError(f"data.augment.random_resized_crop: got {scale}, expected "
                               f"[min_area, max_area] within (0, 1], e.g. [0.6, 1.0]")
         steps.append(v2.RandomResizedCrop(list(size), scale=tuple(scale), antialias=True))
-    hflip = 0.5 if aug.hflip is True else float(aug.hflip)
-    vflip = 0.5 if aug.vflip is True else float(aug.vflip)
+    hflip, vflip = aug.flip_probabilities
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
     if vflip:

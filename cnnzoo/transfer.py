@@ -82,19 +82,11 @@ class Suffix(nn.Module):
 
 def _flip_plan(aug: AugmentConfig) -> tuple[Optional[str], list[tuple[bool, bool]], tuple[float, float]]:
     """(why the cache cannot apply or None, the versions to compute, the flip probabilities)."""
-    other = [name for name in ("rotation", "shear", "zoom") if getattr(aug, name)]
-    translate = aug.translate if isinstance(aug.translate, list) else [aug.translate]
-    if any(translate):
-        other.append("translate")
-    if aug.random_resized_crop:
-        other.append("random_resized_crop")
-    if aug.color_jitter:
-        other.append("color_jitter")
+    other = aug.pixel_changing()
     if other:
         return (f"data.augment.{other[0]} changes the pixels every epoch, so the frozen stages run "
                 f"on every batch (flips alone would keep the cache)"), [], (0.0, 0.0)
-    h = 0.5 if aug.hflip is True else float(aug.hflip)
-    v = 0.5 if aug.vflip is True else float(aug.vflip)
+    h, v = aug.flip_probabilities
     flips = [(fh, fv) for fh in ((False, True) if h else (False,)) for fv in ((False, True) if v else (False,))]
     return None, flips, (h, v)
 

@@ -357,3 +357,16 @@ def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written
     assert f"data.feature_cache: cannot write {blocker / 'cache'}" in log
     assert "24 images x 1 versions of 512x1x1" in log and "MB in RAM" in log
     assert len(metric_rows(run)) == 1
+
+
+@pytest.mark.parametrize("key, value", [("rotation", 10), ("translate", 0.1), ("translate", [0.0, 0.1]),
+                                        ("shear", 5), ("zoom", 0.1), ("random_resized_crop", [0.6, 1.0]),
+                                        ("color_jitter", {"brightness": 0.2})])
+def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
+    from cnnzoo.transfer import _flip_plan
+
+    aug = load_config({"data": {"augment": {key: value, "hflip": True}}}).data.augment
+    reason, flips, _ = _flip_plan(aug)
+    assert reason.startswith(f"data.augment.{key} changes the pixels every epoch") and flips == []
+    still = load_config({"data": {"augment": {"hflip": 0.3, "vflip": True, "translate": [0.0, 0.0]}}}).data.augment
+    assert _flip_plan(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
