@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import UserError
 from .inference import probabilities
-from .layers import LayerInfo, size_arithmetic, trace_layers
+from .layers import LayerInfo, size_arithmetic
 
 MAX_MAPS = 32  # feature maps shown per layer, most active first
 POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -230,8 +230,7 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
             raise UserError(f"--target {target}: not a class of this model; its classes: {', '.join(model.classes)}")
     module = model.module.to("cpu", memory_format=torch.contiguous_format).eval()
     x = torch.from_numpy(normalize_array(array[None], model.mean, model.std))
-    spec = [{rec["type"]: dict(rec["kwargs"])} for rec in model.layers]
-    infos = trace_layers(spec, [model.channels, *model.image_size], len(model.classes))
+    infos = model.infos
     cam_index = _cam_layer(module, infos)
     outputs, stage_outputs, logits, chosen, cam = run_layers(module, x, cam_index, target_index)
 

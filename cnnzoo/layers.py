@@ -465,6 +465,12 @@ def _plain(kwargs: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
+def trace_records(records: list[dict[str, Any]], input_shape: tuple[int, ...] | list[int],
+                  num_classes: Optional[int] = None) -> list[LayerInfo]:
+    """:func:`layer_records` output traced again, like a config's layers (shapes, parameters)."""
+    return trace_layers([{rec["type"]: dict(rec["kwargs"])} for rec in records], input_shape, num_classes)
+
+
 def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tuple[int, ...] | list[int]] = None,
                        num_classes: Optional[int] = None) -> nn.Sequential:
     """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint).
@@ -473,8 +479,7 @@ def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tupl
     a damaged or hostile checkpoint fails in words before anything is allocated.
     """
     if input_shape is not None:
-        spec = [{rec["type"]: dict(rec["kwargs"])} for rec in records]
-        return build_from_infos(trace_layers(spec, input_shape, num_classes))
+        return build_from_infos(trace_records(records, input_shape, num_classes))
     modules = []
     for index, rec in enumerate(records):
         _, cls, _ = resolve_layer_class(rec["type"], (), f"layer {index} ({rec['type']})")

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt_io
 from .device import norm_tensors, pick_device, prefers_channels_last, to_model_input
 from .errors import UserError
 from .inference import METADATA_KEY, Classifier
-from .layers import build_from_records
+from .layers import build_from_infos, trace_records
 
 
 def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
@@ -72,9 +72,9 @@ class Model(_TorchClassifier):
         self.epoch = ckpt.get("epoch")
         self.metrics = ckpt.get("metrics", {})
         self.config = ckpt.get("config", {})
-        self.layers = ckpt["layers"]
         try:
-            module = build_from_records(ckpt["layers"], [self.channels, *self.image_size], len(self.classes))
+            self.infos = trace_records(ckpt["layers"], [self.channels, *self.image_size], len(self.classes))
+            module = build_from_infos(self.infos)
             module.load_state_dict(ckpt["model_state"])
         except UserError as exc:
             raise UserError(f"{self.path}: its layers cannot be rebuilt: {exc}") from None
