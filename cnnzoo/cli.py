@@ -361,7 +361,9 @@ def lr_find(
     Nothing is saved but the plot (and, with --apply, the config copy).
     """
     def action():
-        cfg = load_config_early(config, set_)
+        from .config import load_config
+
+        cfg = load_config(config, set_)  # config errors come back before torch is imported
         from .tuning import apply_lr, lr_find as run_lr_find
 
         result = run_lr_find(cfg, [], steps, start, end, out)
@@ -390,7 +392,9 @@ def sweep(
     Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
     """
     def action():
-        load_config_early(config, set_)
+        from .config import load_config
+
+        load_config(config, set_)  # config errors come back before torch is imported
         from .engine import TrainingInterrupted
         from .tuning import markdown_table, sweep as run_sweep
 
@@ -404,13 +408,6 @@ def sweep(
         typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
 
     _guard(action)
-
-
-def load_config_early(config: Path, overrides: List[str]):
-    """The config, checked before torch is imported (a mistake costs a tenth of a second)."""
-    from .config import load_config
-
-    return load_config(config, overrides)
 
 
 def _is_collective_failure(exc: Exception) -> bool:

@@ -128,7 +128,7 @@ def heat_overlay(pixels_hwc: np.ndarray, cam: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------- running the network
 
-def _cam_layer(module: nn.Sequential, infos: list[LayerInfo]) -> Optional[int]:
+def _cam_layer(infos: list[LayerInfo]) -> Optional[int]:
     """The layer whose output Grad-CAM weighs: the last one with feature maps, or the layer
     before a pooling layer there (the same features on a finer grid)."""
     spatial = [i for i, info in enumerate(infos) if len(info.output_shape) == 3 and min(info.output_shape[1:]) >= 2]
@@ -231,7 +231,7 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
     module = model.module.to("cpu", memory_format=torch.contiguous_format).eval()
     x = torch.from_numpy(normalize_array(array[None], model.mean, model.std))
     infos = model.infos
-    cam_index = _cam_layer(module, infos)
+    cam_index = _cam_layer(infos)
     outputs, stage_outputs, logits, chosen, cam = run_layers(module, x, cam_index, target_index)
 
     views = []
