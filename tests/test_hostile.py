@@ -272,7 +272,8 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
     key = rng.choice(["name", "seed", "data.image_size", "data.channels", "model.input", "model.num_classes",
                       "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
                       "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages",
-                      "data.feature_cache"])
+                      "data.feature_cache", "train.loggers", "train.sync_bn", "train.ddp_timeout",
+                      "data.augment.translate", "data.augment.hflip"])
     value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
     return config, [f"{key}={value}"]
 
