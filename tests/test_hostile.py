@@ -406,3 +406,91 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     err = capsys.readouterr().err
     fifos = [p for p in broken if "_fifo." in p.name]
     assert fifos and all(f"skipped {p}: not a regular file" in err for p in fifos)
+
+
+# ============================================================================ model files that are not checkpoints
+
+
+class _WritesOnLoad(torch.nn.Module):
+    """A scripted module whose ``__setstate__`` (run by ``torch.jit.load``) overwrites 8 bytes of a file."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.written = 0
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, int]:
+        return (self.target, self.written)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, int]) -> None:
+        self.target = state[0]
+        self.training = False
+        mapped = torch.from_file(state[0], shared=True, size=8, dtype=torch.uint8)
+        mapped.fill_(33)
+        self.written = int(mapped.sum().item())  # kept, so the write is not optimised away
+
+
+VICTIM = b"untouched-file-content\n"
+
+
+@pytest.fixture
+def scripted_attack(tmp_path):
+    """A TorchScript archive named like a checkpoint, in a run folder that runs/latest points at."""
+    import warnings
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(VICTIM)
+    run = tmp_path / "runs" / "evil" / "1"
+    run.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        torch.jit.save(torch.jit.script(_WritesOnLoad(str(victim))), run / "best.pt")
+    os.symlink("evil/1", tmp_path / "runs" / "latest")
+    return run / "best.pt", victim
+
+
+def test_a_torchscript_archive_is_refused_before_its_code_runs(scripted_attack, trained, tmp_path, monkeypatch):
+    archive, victim = scripted_attack
+    image = str(trained.parents[2] / "images" / "validation" / "a" / "a_000.png")
+    commands = [("predict", image, "-m", str(archive)), ("export", str(archive)),
+                ("explain", image, "-m", str(archive)), ("evaluate", str(archive)), ("serve", str(archive)),
+                ("train", "--resume", str(archive))]
+    monkeypatch.chdir(tmp_path)  # runs/latest/best.pt is the archive: the default of every command
+    commands += [("predict", image), ("export",), ("explain", image), ("evaluate",), ("serve",)]
+    for command in commands:
+        result = cli(*command)
+        assert victim.read_bytes() == VICTIM, command
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, (command, result.output)
+        line = result.stderr.strip().splitlines()[-1]  # predict says first which checkpoint it uses
+        assert line.startswith("cnnzoo: error: ") and "a TorchScript archive: it holds code that runs when " \
+                                                       "it is loaded" in line, (command, line)
+    for api in (lambda: cnnzoo.load(archive), lambda: cnnzoo.load(), lambda: cnnzoo.evaluate(archive),
+                lambda: cnnzoo.export(archive), lambda: cnnzoo.explain(archive, image)):
+        with pytest.raises(UserError, match="TorchScript archive"):
+            api()
+    assert victim.read_bytes() == VICTIM
+    # the control: asked to trust the file, cnnzoo opens it, and its code does run
+    with pytest.raises(UserError, match="without cnnzoo's metadata"):
+        cnnzoo.load(archive, trust_torchscript=True)
+    assert victim.read_bytes() == b"!" * 8 + VICTIM[8:]
+
+
+def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_path):
+    truncated = tmp_path / "best.pt"
+    truncated.write_bytes((trained / "best.pt").read_bytes()[:3000])
+    cases = {
+        trained / "metrics.csv": f"a run's metrics table (CSV), not a checkpoint; the run's checkpoint is "
+                                 f"{trained / 'best.pt'}",
+        trained / "config.yaml": f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train "
+                                 f"--config {trained / 'config.yaml'}) and use the best.pt of that run",
+        truncated: "a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
+                   "directory) is missing (3,000 bytes; a copy cut short?); copy it again, or use the run's last.pt",
+    }
+    for path, what in cases.items():
+        for command in (("predict", str(trained), "-m", str(path)), ("evaluate", str(path))):
+            assert one_line_exit_2(cli(*command)) == f"cnnzoo: error: {path}: {what}"
