@@ -31,8 +31,9 @@ _ROWS_PER_BLOCK_PIXELS = 2**20
 
 
 def _wide_grey_to_l(img: Image.Image) -> Image.Image:
-    """16/32-bit grey -> 8-bit L, scaled to its range. Works a band of rows at a time: a float64
-    copy of a whole 64-megapixel image would cost 0.5 GB (three of them 1.5 GB)."""
+    """16/32-bit grey -> 8-bit L (scaled by 255/65535, unless a 32-bit image holds 8-bit values).
+    Works a band of rows at a time: a float64 copy of a whole 64-megapixel image would cost
+    0.5 GB (three of them 1.5 GB)."""
     arr = np.asarray(img)
     peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
     out = np.empty(arr.shape, dtype=np.uint8)

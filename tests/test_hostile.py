@@ -494,3 +494,159 @@ def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_
     for path, what in cases.items():
         for command in (("predict", str(trained), "-m", str(path)), ("evaluate", str(path))):
             assert one_line_exit_2(cli(*command)) == f"cnnzoo: error: {path}: {what}"
+
+
+# ============================================================================ fuzz: exports and served requests
+
+
+FUZZ_META_VALUES = FUZZ_VALUES + [[20000, 20000], [100000, 16], [0, 16], [-5, -5], [16], ["a"], ["a", "b", "c"],
+                                  [0.0], [1.0, 1.0, 1.0], [float("nan")] * 3, "x" * 1000]
+FUZZ_DIMS = [1, 2, 0, 3, 16, 99, "batch", "h"]
+
+
+def _fuzzed_onnx(proto, meta: dict, rng: random.Random):
+    """A copy of an ONNX export with one random change to its metadata text or its graph's sizes."""
+    import json
+
+    from cnnzoo.inference import METADATA_KEY
+
+    proto = type(proto).FromString(proto.SerializeToString())
+    entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
+    choice = rng.random()
+    if choice < 0.6:
+        changed = dict(meta)
+        changed[rng.choice(["classes", "image_size", "channels", "mean", "std", "epoch"])] = rng.choice(FUZZ_META_VALUES)
+        entry.value = json.dumps(changed)
+        return proto, f"metadata {entry.value[:80]}"
+    if choice < 0.75:
+        entry.value = rng.choice(["", "{", "null", "[]", "1e999", '"text"', "[" * 50000, '{"classes": 7}'])
+        return proto, f"metadata text {entry.value[:20]!r}"
+    value = rng.choice([proto.graph.input[0], proto.graph.output[0]])
+    dims = value.type.tensor_type.shape.dim
+    for _ in range(rng.randrange(1, 3)):
+        if rng.random() < 0.2 and len(dims) > 1:
+            del dims[rng.randrange(len(dims))]
+            continue
+        dim = dims[rng.randrange(len(dims))]
+        new = rng.choice(FUZZ_DIMS)
+        if isinstance(new, int):
+            dim.dim_value = new
+        else:
+            dim.dim_param = new
+    return proto, f"{value.name} dims {[d.dim_value or d.dim_param for d in dims]}"
+
+
+def test_fuzzed_onnx_exports_load_or_are_refused_in_words(trained, tmp_path):
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.exporting import export
+    from cnnzoo.inference import METADATA_KEY, load
+
+    source = onnx.load(str(export(trained / "best.pt", "onnx", out=tmp_path / "source.onnx").path))
+    meta = json.loads(next(e.value for e in source.metadata_props if e.key == METADATA_KEY))
+    images = [str(p) for p in sorted((trained.parents[2] / "images" / "validation").rglob("*.png"))][:3]
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(23)
+    refused = 0
+    for case in range(cases):
+        proto, change = _fuzzed_onnx(source, meta, rng)
+        path = tmp_path / f"case{case}.onnx"
+        onnx.save(proto, str(path))
+        try:
+            records = load(path).predict(images, batch_size=2)
+            assert len(records) == len(images) and all(0 <= r["probability"] <= 1 for r in records)
+        except UserError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc).strip(), (case, change, str(exc))
+            refused += 1
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+            pytest.fail(f"case {case}: {change}: {type(exc).__name__}: {exc}")
+    print(f"fuzz: {cases} ONNX exports: {refused} refused in one line, {cases - refused} predicted")
+    assert refused > cases // 3
+
+
+def _png_claiming(width: int, height: int, mode: str = "L") -> bytes:
+    """A small PNG whose header claims another size: what a decompression bomb's header says."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (4, 4)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _fuzzed_request(rng: random.Random, image: bytes) -> tuple[str, str, bytes, dict]:
+    """One random request: method, path and query, body, headers."""
+    import io
+    from urllib.parse import quote
+
+    from PIL import Image
+
+    deep = io.BytesIO()
+    Image.fromarray(np_random(rng).integers(0, 65536, (40, 30), dtype="uint16")).save(deep, format="PNG")
+    bodies = [image, image[: rng.randrange(1, len(image))], rng.randbytes(rng.randrange(0, 3000)), b"",
+              _png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
+              _png_claiming(100, 100), deep.getvalue(),
+              "é".encode() * 100]
+    top_k = rng.choice(["1", "3", "0", "-1", "²", "٣", "9" * 5000, "1e3", " 2", "", "%00", "abc", "99999999999",
+                        "3&top_k=x"])
+    path = rng.choice(["/predict"] * 8 + ["/info", "/", "/health", "/nothing", "/predict/"])
+    name = rng.choice(["a.jpg", "é" * 300, "../../etc/passwd"])
+    query = rng.choice(["", f"?top_k={quote(top_k, safe='%&=')}", f"?name={quote(name)}"])
+    kind = rng.random()
+    if kind < 0.45:
+        return rng.choice(["POST"] * 5 + ["GET", "PUT"]), path + query, rng.choice(bodies), \
+            {"Content-Type": rng.choice(["application/octet-stream", "image/png", "text/plain", "", "x/y; q=\x7f"])}
+    boundary = rng.choice(["b0undary", "", "x" * 80, "é"])
+    parts = b""
+    for n in range(rng.randrange(0, 4)):
+        name = rng.choice([f'name="file"; filename="f{n}.png"', 'name="file"; filename=""', 'name="note"',
+                           'filename="nameless.png"', 'name="file"; filename="' + "ü" * 300 + '"', ""])
+        parts += (f"--{boundary}\r\nContent-Disposition: form-data; {name}\r\n\r\n".encode()
+                  + rng.choice(bodies) + b"\r\n")
+    body = parts + rng.choice([f"--{boundary}--\r\n".encode(), b"", b"--", rng.randbytes(20)])
+    content_type = rng.choice([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
+                               "multipart/form-data; boundary=other"])
+    return "POST", path + query, body, {"Content-Type": content_type}
+
+
+def np_random(rng: random.Random):
+    import numpy as np
+
+    return np.random.default_rng(rng.randrange(2**32))
+
+
+def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained, tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.exporting import export
+    from helpers_predict import Server
+
+    model = export(trained / "best.pt", "onnx", out=tmp_path / "served.onnx").path
+    image = (trained.parents[2] / "images" / "validation" / "a" / "a_000.png").read_bytes()
+    server = Server(model, tmp_path, "--max-bytes", "100000")
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(424242)
+    statuses: dict[int, int] = {}
+    try:
+        for case in range(cases):
+            method, path, body, headers = _fuzzed_request(rng, image)
+            status, answer = server.request(path, body if method != "GET" else None, headers, method)
+            statuses[status] = statuses.get(status, 0) + 1
+            where = (case, method, path[:80], headers, body[:60])
+            assert status in (200, 307, 400, 404, 405, 413, 415), (where, status, answer)  # 307: /predict/
+            if path.startswith("/predict") and status >= 400:
+                assert isinstance(answer, dict) and isinstance(answer.get("error"), str), (where, answer)
+            assert server.process.poll() is None, where
+        assert server.get("/health") == (200, {"status": "ok"})
+    finally:
+        server.stop()
+    print(f"fuzz: {cases} requests: {dict(sorted(statuses.items()))}")
+    assert statuses.get(200, 0) > 0 and len(statuses) >= 4
