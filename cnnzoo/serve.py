@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from PIL import Image
+
 from . import preprocess
 from .errors import UserError
 from .inference import Classifier
@@ -108,33 +110,48 @@ class Service:
         self.decode_threads: Any = None  # an anyio CapacityLimiter, made inside the event loop
 
     def decode(self, name: str, data: bytes):
-        """Bytes -> the model's uint8 input; BadUpload for what is not a usable image."""
+        """Bytes -> the model's uint8 input; BadUpload for what is not a usable image. The pixels
+        are decoded only once the header's size fits the limits and the shared budget has room."""
         if not data:
             raise BadUpload(400, f"{name}: empty upload; send an image file")
         try:
             img = preprocess.open_image(io.BytesIO(data), self.model.image_size, self.model.channels)  # header
+        except Image.DecompressionBombError:  # PIL refuses to open it at all: its header says that many
+            raise BadUpload(413, f"{name}: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                                 f"bomb?); the limit is {MAX_PIXELS:,} pixels") from None
         except Exception as exc:  # PIL raises many types for what is not an image
             raise BadUpload(415, f"{name}: not an image cnnzoo can read ({type(exc).__name__})") from None
-        with img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:  # below PIL's own bomb limits, so they never fire
-                raise BadUpload(413, f"{name}: {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels")
-            need = preprocess.decode_bytes(img)
-            if need > self.budget.total:
-                raise BadUpload(413, f"{name}: {width}x{height} pixels of mode {img.mode} take about "
-                                     f"{need / 2**20:,.0f} MiB to decode; the limit is "
-                                     f"{self.budget.total / 2**20:,.0f} MiB; send it smaller")
-            try:
-                with self.budget.hold(need):
+        need = 0
+        try:
+            need = self._decode_cost(name, img)
+            with self.budget.hold(need):
+                try:
                     return preprocess.load_image(img, self.model.image_size, self.model.channels)
-            except MemoryError:
-                raise BadUpload(503, f"{name}: the server has not enough memory to decode it now; "
-                                     f"try again later") from None
-            except Exception as exc:
-                raise BadUpload(415, f"{name}: not an image cnnzoo can read ({type(exc).__name__})") from None
-            finally:
-                if need >= GIVE_BACK_AFTER:
-                    _give_back_memory()
+                finally:
+                    img.close()  # its pixels go before its share of the budget does
+        except MemoryError:
+            raise BadUpload(503, f"{name}: the server has not enough memory to decode it now; "
+                                 f"try again later") from None
+        except BadUpload:
+            raise
+        except Exception as exc:
+            raise BadUpload(415, f"{name}: not an image cnnzoo can read ({type(exc).__name__})") from None
+        finally:
+            img.close()
+            if need >= GIVE_BACK_AFTER:
+                _give_back_memory()
+
+    def _decode_cost(self, name: str, img) -> int:
+        """Bytes decoding ``img`` will take at its peak, from its header; 413 past the limits."""
+        width, height = img.size
+        if width * height > MAX_PIXELS:  # below PIL's bomb warning (89 MP); its error is caught at open
+            raise BadUpload(413, f"{name}: {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels")
+        need = preprocess.decode_bytes(img)
+        if need > self.budget.total:
+            raise BadUpload(413, f"{name}: {width}x{height} pixels of mode {img.mode} take about "
+                                 f"{need / 2**20:,.0f} MiB to decode; the limit is "
+                                 f"{self.budget.total / 2**20:,.0f} MiB; send it smaller")
+        return need
 
     def predict(self, names: list[str], arrays: list, top_k: int) -> list[dict[str, Any]]:
         import numpy as np

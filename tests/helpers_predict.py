@@ -7,21 +7,25 @@
 * :func:`one_error_line` checks the CLI's contract for user errors: exactly one line on
   stderr, starting ``cnnzoo: error:``, and no traceback.
 * :class:`Server` runs ``cnnzoo serve`` as a real subprocess on a free loopback port and
-  talks to it over HTTP (test_serve.py, and the request fuzz in test_hostile.py).
+  talks to it over HTTP (test_serve.py, the request fuzz in test_hostile.py, and
+  scripts/bench_serve_hostile.py); :func:`png_claiming` makes a decompression bomb's header.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -199,3 +203,15 @@ def _read_response(conn: socket.socket, answer: bytes) -> tuple[int, Any]:
             break
         body += more
     return int(head.split()[1]), json.loads(body)
+
+
+def png_claiming(width: int, height: int, mode: str = "L") -> bytes:
+    """A 4x4 PNG whose header claims ``width`` x ``height``: what a decompression bomb's header says."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (4, 4)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)

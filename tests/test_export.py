@@ -368,3 +368,25 @@ def test_torchscript_metadata_is_checked_like_a_checkpoint(trained, exported, tm
             copy.writestr(entry, data)
     with pytest.raises(cnnzoo.UserError, match=r"damaged or foreign torchscript export: metadata image_size"):
         inference.load(hostile, trust_torchscript=True)
+
+
+def test_onnx_external_data_outside_the_model_folder_is_refused(exported, tmp_path):
+    """What held (issue 23): an initializer stored "../outside.bin" is not read; the loading fails in one line."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    proto = onnx.load(str(exported["onnx"].path))
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(proto, str(folder / "inside.onnx"))
+    assert inference.load(folder / "inside.onnx").classes == ["a", "b", "c"]  # the control: beside it, it loads
+    (folder / "weights.bin").rename(tmp_path / "outside.bin")
+    proto = onnx.load(str(folder / "inside.onnx"), load_external_data=False)
+    for initializer in proto.graph.initializer:
+        for entry in initializer.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    onnx.save(proto, str(folder / "escapes.onnx"))
+    with pytest.raises(cnnzoo.UserError, match=r"escapes\.onnx: not a readable ONNX model \(.*External data path"):
+        inference.load(folder / "escapes.onnx")

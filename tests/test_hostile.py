@@ -27,6 +27,7 @@ from cnnzoo.errors import UserError
 from cnnzoo.layers import trace_layers
 from cnnzoo.inference import expand_inputs
 from conftest import tiny_config, write_class_folders
+from helpers_predict import png_claiming
 
 
 def cli(*args: str):
@@ -566,22 +567,6 @@ def test_fuzzed_onnx_exports_load_or_are_refused_in_words(trained, tmp_path):
     assert refused > cases // 3
 
 
-def _png_claiming(width: int, height: int, mode: str = "L") -> bytes:
-    """A small PNG whose header claims another size: what a decompression bomb's header says."""
-    import io
-    import struct
-    import zlib
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new(mode, (4, 4)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def _fuzzed_request(rng: random.Random, image: bytes) -> tuple[str, str, bytes, dict]:
     """One random request: method, path and query, body, headers."""
     import io
@@ -592,8 +577,8 @@ def _fuzzed_request(rng: random.Random, image: bytes) -> tuple[str, str, bytes, 
     deep = io.BytesIO()
     Image.fromarray(np_random(rng).integers(0, 65536, (40, 30), dtype="uint16")).save(deep, format="PNG")
     bodies = [image, image[: rng.randrange(1, len(image))], rng.randbytes(rng.randrange(0, 3000)), b"",
-              _png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
-              _png_claiming(100, 100), deep.getvalue(),
+              png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
+              png_claiming(100, 100), deep.getvalue(),
               "é".encode() * 100]
     top_k = rng.choice(["1", "3", "0", "-1", "²", "٣", "9" * 5000, "1e3", " 2", "", "%00", "abc", "99999999999",
                         "3&top_k=x"])
