@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_sentence
 
 FORMAT = "cnnzoo-checkpoint"
 VERSION = 1
@@ -47,8 +47,19 @@ def _umask() -> int:
     return mask
 
 
+class TorchScriptRefused(UserError):
+    """A TorchScript archive handed in where a checkpoint was expected: it was not opened."""
+
+
+TORCHSCRIPT_RUNS_CODE = "a TorchScript archive: it holds code that runs when it is loaded"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load with ``weights_only=True`` (never arbitrary pickles) and check it is ours."""
+    """Load with ``weights_only=True`` (never arbitrary pickles) and check it is ours.
+
+    The file is identified from its bytes first (:func:`identify`): a TorchScript archive,
+    or anything else that is not a plain torch checkpoint, is refused before torch reads it.
+    """
     import pickle
 
     import torch
@@ -58,6 +69,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "best.pt"
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if identify(path) == "torchscript":
+        raise TorchScriptRefused(f"{path}: {TORCHSCRIPT_RUNS_CODE}, so cnnzoo does not open it, and it is not "
+                                 f"a checkpoint; give the best.pt it was exported from")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -66,8 +80,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
                         f"checkpoints as plain data only (weights_only=True) and never runs their code") from None
     except (RuntimeError, EOFError, ValueError, OSError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable cnnzoo checkpoint ({first[:200]})") from None
+        raise UserError(f"{path}: a damaged checkpoint: torch cannot read it ({first_sentence(exc)}); "
+                        f"copy it again, or use the run's last.pt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a cnnzoo checkpoint (made by another tool?); "
                         f"use a best.pt or last.pt from a cnnzoo run folder")
@@ -79,35 +93,124 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+# What torch.save writes into its zip archive besides the pickled structure (data.pkl) and
+# one record per tensor storage (data/N); every entry sits under one top-level folder.
+_CHECKPOINT_RECORD = re.compile(r"data\.pkl|data/\d+|version|byteorder|\.format_version|\.storage_alignment"
+                                r"|\.data/serialization_id|\.data/version")
+_TORCHSCRIPT_RECORD = re.compile(r"code/.*|constants\.pkl|bytecode\.pkl|extra/.*|attributes\.pkl|.*\.debug_pkl")
+
+
+def identify(path: Path) -> str:
+    """``"checkpoint"`` (a torch.save archive of plain data) or ``"torchscript"`` (an archive with
+    code), told from the file's bytes and zip listing alone: nothing is unpickled or run.
+    Anything else is a :class:`UserError` saying what the file is and what was expected."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise UserError(f"{path}: {_describe(path, head)}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    prefix = names[0].split("/", 1)[0] + "/" if names else ""
+    records = [n[len(prefix):] if n.startswith(prefix) else None for n in names]
+    if any(r is not None and _TORCHSCRIPT_RECORD.fullmatch(r) for r in records):
+        return "torchscript"
+    if records and "data.pkl" in records and all(r is not None and _CHECKPOINT_RECORD.fullmatch(r) for r in records):
+        return "checkpoint"
+    stranger = next((n for n, r in zip(names, records) if r is None or not _CHECKPOINT_RECORD.fullmatch(r)), None)
+    held = f"it holds {stranger!r}" if stranger else "it holds no data.pkl"
+    raise UserError(f"{path}: a zip archive that is not a torch checkpoint ({held}); "
+                    f"give a best.pt or last.pt from a cnnzoo run folder")
+
+
+def _describe(path: Path, head: bytes) -> str:
+    """What a file that is not a zip archive is, and what to give instead (one clause)."""
+    wanted = "give a best.pt or last.pt from a cnnzoo run folder"
+    if not head:
+        return f"an empty file (0 bytes), not a checkpoint; {wanted}"
+    if head.startswith(b"PK\x03\x04"):
+        return (f"a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
+                f"directory) is missing ({path.stat().st_size:,} bytes; a copy cut short?); copy it again, "
+                f"or use the run's last.pt")
+    if head[:1] == b"\x80":
+        return f"a raw Python pickle (torch's pre-1.6 format, or another tool's), not a cnnzoo checkpoint; {wanted}"
+    if len(head) > 10 and head[8:10] == b'{"':
+        return ("a safetensors weights file (tensors only, without cnnzoo's layers and classes), not a "
+                "checkpoint; pretrained weights go in a backbone layer's weights key")
+    if head[:1] == b"\x08" and any(mark in head[:256] for mark in (b"cnnzoo", b"pytorch", b"onnx")):
+        return f"an ONNX model whose name does not end in .onnx; rename it to {path.stem}.onnx"
+    image = _image_format(path)
+    if image:
+        return f"an image ({image}), not a checkpoint; give images as arguments and the checkpoint with -m"
+    text = _text_kind(path, head)
+    if text:
+        return text
+    return f"not a cnnzoo checkpoint (neither a torch archive nor a file cnnzoo knows: it starts {head[:8].hex(' ')}); {wanted}"
+
+
+def _image_format(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
+                return f"{img.format} {img.size[0]}x{img.size[1]}"
+    except Exception:  # PIL raises many types for what is not an image
+        pass
+    return ""
+
+
+def _text_kind(path: Path, head: bytes) -> str:
+    """A text file: a cnnzoo config, a run's metrics.csv, JSON, or plain text."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the 4096 bytes read may end inside a character
+        if exc.start < len(head) - 4:
+            return ""
+        text = head[:exc.start].decode("utf-8")
+    if "\x00" in text:
+        return ""
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    if first.startswith("epoch,"):
+        beside = path.with_name("best.pt")
+        where = f"{beside}" if beside.is_file() else "the best.pt beside it"
+        return f"a run's metrics table (CSV), not a checkpoint; the run's checkpoint is {where}"
+    if text.lstrip()[:1] in ("{", "["):
+        return "a JSON file, not a checkpoint; give a best.pt or last.pt from a cnnzoo run folder"
+    if _is_config(path):
+        return (f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train --config {path}) "
+                f"and use the best.pt of that run")
+    return "a text file, not a checkpoint; give a best.pt or last.pt from a cnnzoo run folder"
+
+
+def _is_config(path: Path) -> bool:
+    import yaml
+
+    if path.stat().st_size > 2**20:
+        return False
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(loaded, dict) and bool({"model", "data", "train"} & set(map(str, loaded)))
+
+
 def check_contents(ckpt: dict[str, Any], path: Path) -> None:
     """Every field predict, evaluate and resume read, checked like a config: types and ranges.
 
     The layer list itself is checked by rebuilding it (:func:`cnnzoo.layers.build_from_records`).
     """
-    from .config import MAX_IMAGE_SIDE
-
     def bad(field: str, expected: str) -> UserError:
         return UserError(f"{path}: damaged or foreign checkpoint: {field} {expected}")
 
     meta = ckpt.get("meta")
     if not isinstance(meta, dict):
         raise bad("meta", "is missing")
-    classes = meta.get("classes")
-    if not (isinstance(classes, list) and 1 <= len(classes) <= 1_000_000
-            and all(isinstance(c, str) for c in classes)):
-        raise bad("meta.classes", "should be a list of class names")
-    channels = meta.get("channels")
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise bad("meta.channels", "should be 1 or 3")
-    size = meta.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
-        raise bad("meta.image_size", f"should be [height, width], each 1 to {MAX_IMAGE_SIDE}")
-    for key in ("mean", "std"):
-        values = meta.get(key)
-        if not (isinstance(values, list) and len(values) == channels and all(_is_number(v) for v in values)):
-            raise bad(f"meta.{key}", f"should be {channels} numbers")
-    if any(v <= 0 for v in meta["std"]):
-        raise bad("meta.std", "should be positive")
+    check_meta(meta, path, "checkpoint", "meta.")
     layers = ckpt.get("layers")
     if not (isinstance(layers, list) and layers and all(
             isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("kwargs"), dict)
@@ -118,6 +221,44 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("model_state", "should map parameter names to tensors")
     if not isinstance(ckpt.get("config", {}), dict):
         raise bad("config", "should be a mapping")
+
+
+MAX_CLASSES = 1_000_000
+
+
+def check_meta(meta: dict[str, Any], path: str | Path, kind: str, prefix: str = "") -> None:
+    """What predicting needs (classes, channels, image size, normalisation), checked with the same
+    types and caps wherever it comes from: a checkpoint's ``meta``, an ONNX model's metadata, a
+    TorchScript archive's extra file. ``kind`` names the file in the error."""
+    from .config import MAX_IMAGE_SIDE
+
+    def bad(field: str, expected: str) -> UserError:
+        return UserError(f"{path}: damaged or foreign {kind}: {prefix}{field} {expected}")
+
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
+            and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", f"should be a list of 1 to {MAX_CLASSES:,} class names")
+    channels = meta.get("channels")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise bad("channels", "should be 1 or 3")
+    size = meta.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
+        raise bad("image_size", f"should be [height, width], each 1 to {MAX_IMAGE_SIDE}")
+    for key in ("mean", "std"):
+        values = meta.get(key)
+        if not (isinstance(values, list) and len(values) == channels and all(_is_number(v) for v in values)):
+            raise bad(key, f"should be {channels} numbers")
+    if any(v <= 0 for v in meta["std"]):
+        raise bad("std", "should be positive")
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the tensors in a state dict that hold NaN or infinite values."""
+    import torch
+
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:

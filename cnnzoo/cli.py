@@ -28,6 +28,8 @@ app = typer.Typer(
 _state = {"debug": False}
 
 CONFIG_HELP = "YAML config file (see configs/ for examples)."
+TRUST_TORCHSCRIPT_HELP = ("Open a TorchScript file: it holds code that runs when loaded, so only one you "
+                          "made (cnnzoo export) or otherwise trust. Without it, TorchScript is refused unopened.")
 SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
             "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
 
@@ -172,8 +174,9 @@ def summary(
 def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "--model", "-m",
-                                              help="Checkpoint, or an export (.onnx runs without torch; "
-                                                   "TorchScript). Default: runs/latest's best.pt."),
+                                              help="Checkpoint, or an .onnx export (runs without torch). "
+                                                   "Default: runs/latest's best.pt."),
+    trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows, one per image."),
@@ -195,7 +198,7 @@ def predict(
         path = checkpoint or ckpt_io.default_checkpoint(runs)
         if checkpoint is None:
             typer.echo(f"cnnzoo: using {path}", err=True)
-        model = load(path, device)
+        model = load(path, device, trust_torchscript=trust_torchscript)
         paths, failures = expand_inputs(images)
         errors: list = list(failures)
         records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
@@ -261,6 +264,8 @@ def export(
     opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
     tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0,
                                     help="Largest probability difference from the checkpoint that passes."),
+    force: bool = typer.Option(False, "--force", help="Replace a file at --out that is not an export of this "
+                                                      "format (never the checkpoint itself)."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, then check it gives the checkpoint's probabilities.
@@ -269,17 +274,22 @@ def export(
       cnnzoo export                       (runs/latest/best.pt -> runs/latest/best.onnx)
       cnnzoo predict --model runs/latest/best.onnx photo.jpg
       cnnzoo serve runs/latest/best.onnx
-    Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance.
+    Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
+    NaN or infinite probabilities. TorchScript is code: cnnzoo writes it for LibTorch (C++) and
+    opens one only with predict/serve --trust-torchscript.
     """
     def action():
         from .exporting import export as run_export
 
-        result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs)
+        result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs, force=force)
         size = result.path.stat().st_size
         verdict = "ok" if result.ok else "FAILED"
         typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
         typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
                    f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
+        if result.not_finite:
+            _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it",
+                  code=1)
         if not result.ok:
             _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
                   f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
@@ -291,12 +301,15 @@ def export(
 @app.command()
 def serve(
     model: Optional[Path] = typer.Argument(None, metavar="[MODEL]",
-                                           help="Checkpoint or export (.onnx runs without torch). "
+                                           help="Checkpoint or .onnx export (runs without torch). "
                                                 "Default: runs/latest's best.pt."),
+    trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
-    max_bytes: int = typer.Option(10 * 2**20, "--max-bytes", min=1, help="Largest image upload accepted."),
+    max_bytes: int = typer.Option(10 * 2**20, "--max-bytes", min=1,
+                                  help="Largest request body accepted: one image, or all files of a multipart "
+                                       "upload together (counted as it arrives; never spooled to disk)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
@@ -307,11 +320,13 @@ def serve(
     records of predict --json; GET /info and GET /health describe the service.
       curl --data-binary @photo.jpg http://127.0.0.1:8000/predict
       curl -F file=@a.jpg -F file=@b.jpg 'http://127.0.0.1:8000/predict?top_k=3'
+    Bounds: --max-bytes per request, 64 megapixels and 1 GiB of decoding memory at once (larger
+    images get 413). On a public network put a reverse proxy in front (docs/security.md).
     """
     def action():
         from .serve import serve as run_server
 
-        run_server(model, host, port, workers, max_bytes, top_k, device, runs)
+        run_server(model, host, port, workers, max_bytes, top_k, device, runs, trust_torchscript=trust_torchscript)
 
     _guard(action)
 

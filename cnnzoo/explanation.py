@@ -362,13 +362,14 @@ def explain(checkpoint: Optional[str | Path], image: str | Path, out: Optional[s
             runs_root: str | Path = "runs") -> tuple[Path, Report]:
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
     from . import checkpoint as ckpt_io
-    from .inference import load
+    from .inference import is_onnx
     from .predict import Model
 
     source = Path(checkpoint) if checkpoint else ckpt_io.default_checkpoint(runs_root)
-    model = load(source, device="cpu")
-    if not isinstance(model, Model):
+    if is_onnx(source):
         raise UserError(f"{source}: explain needs a checkpoint (.pt with weights), not an export")
+    model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
+    source = Path(model.path)  # a run folder stands for its best.pt
     report = build_report(model, image, target)
     path = Path(out) if out else source.parent / "explain" / f"{_safe(Path(str(image)).stem)}.html"
     try:

@@ -21,10 +21,10 @@ import numpy as np
 
 from . import preprocess
 from .console import console
-from .errors import UserError
+from .checkpoint import check_meta
+from .errors import UserError, first_sentence
 
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
-META_FIELDS = ("classes", "image_size", "channels", "mean", "std")
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -52,10 +52,7 @@ class Classifier:
     format = "?"
 
     def __init__(self, meta: dict[str, Any], path: Optional[str | Path]):
-        missing = [k for k in META_FIELDS if k not in meta]
-        if missing:
-            raise UserError(f"{path}: its cnnzoo metadata lacks {', '.join(missing)}; export it again "
-                            f"with cnnzoo export")
+        check_meta(meta, path, self.kind, "meta." if self.format == "checkpoint" else "metadata ")
         self.meta = dict(meta)
         self.classes: list[str] = list(meta["classes"])
         self.image_size = tuple(int(v) for v in meta["image_size"])
@@ -63,12 +60,32 @@ class Classifier:
         self.mean, self.std = list(meta["mean"]), list(meta["std"])
         self.path = str(path) if path is not None else None
 
+    @property
+    def kind(self) -> str:
+        """What the file is, in words, for error lines."""
+        return "checkpoint" if self.format == "checkpoint" else f"{self.format} export".replace("onnx", "ONNX")
+
+    def outputs_fit(self, outputs: int) -> bool:
+        """A network output per class, or one logit for two classes (a binary head)."""
+        return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2)
+
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
         raise NotImplementedError
 
     def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        return probabilities(self.logits(pixels_hwc))
+        """Class probabilities [B, classes]; a network whose output does not fit its classes, or
+        is not finite, is a :class:`UserError` naming the file (JSON has no NaN to answer with)."""
+        logits = np.asarray(self.logits(pixels_hwc))
+        if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
+            raise UserError(f"{self.path}: the network answers shape {list(logits.shape)} for "
+                            f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
+                            f"a damaged or foreign {self.kind}")
+        probs = probabilities(logits)
+        if not np.isfinite(probs).all():
+            raise UserError(f"{self.path}: the network's output is not finite (NaN or infinite); "
+                            f"its weights or the {self.kind} are broken")
+        return probs
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
@@ -163,34 +180,76 @@ class OnnxModel(Classifier):
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{path}: not a readable ONNX model ({first})") from None
+            raise UserError(f"{path}: not a readable ONNX model ({first_sentence(exc)})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise UserError(f"{path}: an ONNX model without cnnzoo's metadata (classes, input size, "
                             f"normalisation); make it with cnnzoo export")
-        super().__init__(json.loads(raw), path)
+        super().__init__(parse_metadata(raw, path, "ONNX export"), path)
+        self._check_graph()
         self.input_name = self.session.get_inputs()[0].name
+
+    def _check_graph(self) -> None:
+        """The graph's input and output agree with the metadata: one float input [batch, C, H, W]
+        with a free batch, one output [batch, classes] (static sizes checked, others at run time)."""
+        def bad(what: str) -> UserError:
+            return UserError(f"{self.path}: damaged or foreign ONNX export: {what}; make it with cnnzoo export")
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise bad(f"it takes {len(inputs)} inputs, not one batch of images")
+        image, shape = inputs[0], list(inputs[0].shape)
+        if image.type != "tensor(float)" or len(shape) != 4:
+            raise bad(f"its input is {image.type} {shape}, not float [batch, channels, height, width]")
+        if isinstance(shape[0], int):
+            raise bad(f"its input takes a fixed batch of {shape[0]} (a cnnzoo export takes any batch size)")
+        expected = [self.channels, *self.image_size]
+        if any(isinstance(got, int) and got != want for got, want in zip(shape[1:], expected)):
+            raise bad(f"its input is {shape[1:]} but its metadata says {expected}")
+        answer = list(outputs[0].shape) if outputs else []
+        if len(answer) != 2:
+            raise bad(f"its output is {answer or 'missing'}, not [batch, classes]")
+        if isinstance(answer[1], int) and not self.outputs_fit(answer[1]):
+            raise bad(f"it gives {answer[1]} outputs but its metadata names {len(self.classes)} classes")
 
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
         x = preprocess.normalize_array(pixels_hwc, self.mean, self.std)
-        return self.session.run(None, {self.input_name: x})[0]
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own error types: a graph that cannot run this input
+            raise UserError(f"{self.path}: onnxruntime cannot run this model ({first_sentence(exc)}); "
+                            f"a damaged or foreign ONNX export") from None
 
 
 def is_onnx(path: str | Path) -> bool:
     return str(path).lower().endswith(".onnx")
 
 
-def load(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs") -> Classifier:
-    """A model from a checkpoint (default: the newest run's best.pt), a TorchScript export or an
-    ``.onnx`` export; only the ONNX path leaves torch unimported."""
+def load(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs", *,
+         trust_torchscript: bool = False) -> Classifier:
+    """A model from a checkpoint (default: the newest run's best.pt) or an ``.onnx`` export; only
+    the ONNX path leaves torch unimported. A TorchScript archive runs the code it holds when
+    loaded, so it is refused unless ``trust_torchscript`` says the file is trusted."""
     if path is not None and is_onnx(path):
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: an ONNX model runs on the CPU here (onnxruntime)")
         return OnnxModel(path)
     from .predict import load as load_torch
 
-    return load_torch(path, device, runs_root)
+    return load_torch(path, device, runs_root, trust_torchscript=trust_torchscript)
+
+
+def parse_metadata(raw: str, path: str | Path, kind: str) -> dict[str, Any]:
+    """The JSON metadata an export carries -> a dict (checked further by :class:`Classifier`)."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata is not JSON "
+                        f"({first_sentence(exc)})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata should be a JSON object, "
+                        f"not {type(meta).__name__}")
+    return meta
 
 
 # ----------------------------------------------------------------------------- inputs and outputs

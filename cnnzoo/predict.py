@@ -10,7 +10,6 @@ torchvision backbone's architecture does, a timm one needs timm), which keeps
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +19,8 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .device import norm_tensors, pick_device, prefers_channels_last, to_model_input
-from .errors import UserError
-from .inference import METADATA_KEY, Classifier
+from .errors import UserError, first_sentence
+from .inference import METADATA_KEY, Classifier, parse_metadata
 from .layers import build_from_infos, trace_records
 
 
@@ -79,8 +78,12 @@ class Model(_TorchClassifier):
         except UserError as exc:
             raise UserError(f"{self.path}: its layers cannot be rebuilt: {exc}") from None
         except (RuntimeError, ValueError, TypeError) as exc:  # missing, extra or mis-shaped tensors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{self.path}: its weights do not fit its layers ({first[:160]})") from None
+            raise UserError(f"{self.path}: its weights do not fit its layers ({first_sentence(exc)})") from None
+        broken = ckpt_io.nonfinite_tensors(ckpt["model_state"])
+        if broken:  # every output would be NaN: a prediction, an export or a served answer means nothing
+            raise UserError(f"{self.path}: its weights hold NaN or infinite values ({len(broken)} of "
+                            f"{len(ckpt['model_state'])} tensors, the first {broken[0]}); training diverged? "
+                            f"use an earlier checkpoint, or train again with a lower train.lr")
         self._place(module, device)
 
     def __repr__(self) -> str:
@@ -89,7 +92,11 @@ class Model(_TorchClassifier):
 
 
 class TorchScriptModel(_TorchClassifier):
-    """A ``cnnzoo export --format torchscript`` file: the traced network with its metadata inside."""
+    """A ``cnnzoo export --format torchscript`` file: the traced network with its metadata inside.
+
+    Loading one runs the code it holds, whatever it does: only for files the caller trusts
+    (``load(..., trust_torchscript=True)``, ``--trust-torchscript``, or the file export just wrote).
+    """
 
     format = "torchscript"
 
@@ -100,30 +107,24 @@ class TorchScriptModel(_TorchClassifier):
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{path}: not a readable TorchScript file ({first})") from None
+            raise UserError(f"{path}: not a readable TorchScript file ({first_sentence(exc)})") from None
         if not extra[METADATA_KEY]:
             raise UserError(f"{path}: a TorchScript file without cnnzoo's metadata; make it with cnnzoo export")
-        super().__init__(json.loads(extra[METADATA_KEY]), path)
+        super().__init__(parse_metadata(extra[METADATA_KEY], path, "TorchScript export"), path)
         self._place(module, device)
 
 
-def is_torchscript(path: str | Path) -> bool:
-    """TorchScript files are zip archives holding ``*/code/``; checkpoints hold ``*/data.pkl`` only."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist()[:200])
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def load(path: str | Path | None = None, device: Optional[str] = None,
-         runs_root: str | Path = "runs") -> _TorchClassifier:
-    """Load a checkpoint (default: the newest run's best.pt) as a :class:`Model`, or a
-    TorchScript export as a :class:`TorchScriptModel` (``.onnx``: :func:`cnnzoo.inference.load`)."""
+def load(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs", *,
+         trust_torchscript: bool = False) -> _TorchClassifier:
+    """Load a checkpoint (default: the newest run's best.pt) as a :class:`Model` (``.onnx``:
+    :func:`cnnzoo.inference.load`). A TorchScript archive is refused before it is opened, as
+    its code would run, unless ``trust_torchscript`` says the file is trusted."""
     path = Path(path) if path else ckpt_io.default_checkpoint(runs_root)
-    if path.is_file() and is_torchscript(path):
-        return TorchScriptModel(path, device)
-    return Model(ckpt_io.load_checkpoint(path), device)
+    try:
+        return Model(ckpt_io.load_checkpoint(path), device)
+    except ckpt_io.TorchScriptRefused:
+        if not trust_torchscript:
+            raise UserError(f"{path}: {ckpt_io.TORCHSCRIPT_RUNS_CODE} (any code, not only a network), so cnnzoo "
+                            f"opens one only when told the file is trusted (--trust-torchscript; "
+                            f"trust_torchscript=True in Python); or use its checkpoint or an .onnx export") from None
+    return TorchScriptModel(path, device)

@@ -9,10 +9,10 @@ ONNX-runtime ``predict`` can run it without importing torch. Normalisation is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,27 +26,74 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")  # 16- and 32-bit grey
+_ROWS_PER_BLOCK_PIXELS = 2**20
+
+
+def _wide_grey_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit grey -> 8-bit L (scaled by 255/65535, unless a 32-bit image holds 8-bit values).
+    Works a band of rows at a time: a float64 copy of a whole 64-megapixel image would cost
+    0.5 GB (three of them 1.5 GB)."""
+    arr = np.asarray(img)
+    peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    out = np.empty(arr.shape, dtype=np.uint8)
+    rows = max(1, _ROWS_PER_BLOCK_PIXELS // max(1, arr.shape[1]))
+    for top in range(0, arr.shape[0], rows):
+        band = arr[top:top + rows].astype(np.float64)
+        out[top:top + rows] = np.clip(band * (255.0 / peak), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any PIL mode (palette, alpha, CMYK, 16-bit grey ...) to L or RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if img.mode in _WIDE_GREY:
+        img = _wide_grey_to_l(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA"):
         # transparent pixels often hold arbitrary colours; show them as white paper
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
-    return img.convert("L" if channels == 1 else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)  # convert() to the same mode copies
+
+
+def open_image(source: str | Path | BinaryIO, size: Sequence[int], channels: int) -> Image.Image:
+    """Open an image file lazily (its header only) and set up a JPEG to decode at a reduced DCT
+    scale when it is much larger than ``size`` = (H, W) (``Image.draft``: several times faster,
+    the same result quality; ``img.size`` is then the reduced size)."""
+    img = Image.open(source)
+    if img.format == "JPEG":
+        img.draft("L" if channels == 1 else "RGB", (int(size[1]) * 2, int(size[0]) * 2))
+    return img
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """Memory :func:`load_image` needs at its peak for an opened, not yet decoded image, from its
+    header: PIL holds 1 byte a pixel for 1, L and P, 2 for 16-bit grey and 4 for every other
+    mode; WebP decodes through RGBA; the conversions to L or RGB add their copies. The factors
+    are peaks measured on 8000x8000 PNG, TIFF and WebP files, rounded up."""
+    width, height = img.size
+    if img.format == "WEBP" or img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            img.mode == "P" and "transparency" in img.info):
+        per_pixel = 17  # stored, the RGBA copy, the white background, the composite, the result
+    elif img.mode == "I":
+        per_pixel = 13  # stored, the array, the L band result and its RGB copy
+    elif img.mode in _WIDE_GREY:
+        per_pixel = 9
+    elif img.mode in ("1", "L", "P", "RGB"):
+        per_pixel = 6  # stored, and the RGB (or L) result
+    else:
+        per_pixel = 10  # CMYK, F, YCbCr ...: stored and the converted copy
+    return width * height * per_pixel
 
 
 def load_image(source: ImageSource, size: Sequence[int], channels: int) -> np.ndarray:
     """Decode, orient (EXIF), convert and resize to ``size`` = (H, W); returns uint8 HxWxC.
 
-    JPEGs are decoded at a reduced DCT scale when much larger than the target
-    (``Image.draft``), which makes decoding several times faster for the same result
-    quality; the bilinear resize that follows is antialiased.
+    A file is opened with :func:`open_image` (JPEGs decode at a reduced scale); an
+    already opened image is used as it is and never changed. The bilinear resize is
+    antialiased.
     """
     height, width = int(size[0]), int(size[1])
     if isinstance(source, np.ndarray):
@@ -54,10 +101,10 @@ def load_image(source: ImageSource, size: Sequence[int], channels: int) -> np.nd
     elif isinstance(source, Image.Image):
         img = source
     else:
-        img = Image.open(source)
-        if img.format == "JPEG":
-            img.draft("L" if channels == 1 else "RGB", (width * 2, height * 2))
-    img = ImageOps.exif_transpose(img)
+        img = open_image(source, size, channels)
+    img.load()  # a PNG may carry its EXIF after the pixels
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even when upright
+        img = ImageOps.exif_transpose(img)
     img = _to_mode(img, channels)
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)

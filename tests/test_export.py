@@ -8,6 +8,8 @@ runs in a subprocess whose ``sys.modules`` is inspected for torch.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +58,7 @@ def test_export_writes_a_self_contained_file_that_matches_the_checkpoint(trained
     assert result.ok and result.max_difference <= 1e-4
     assert result.path == trained.best.with_name("best" + (".onnx" if fmt == "onnx" else ".torchscript.pt"))
     reference = cnnzoo.load(trained.best)
-    model = inference.load(result.path)
+    model = inference.load(result.path, trust_torchscript=fmt == "torchscript")  # our own file: trusted
     assert model.format == fmt and model.classes == ["a", "b", "c"]
     assert model.image_size == reference.image_size and model.mean == reference.mean
     images = validation_jpegs(trained)
@@ -184,5 +186,207 @@ def test_bad_model_files_are_one_line(trained, tmp_path):
     onnx.save(proto, str(foreign))
     assert "without cnnzoo's metadata" in one_error_line(run_cnnzoo(["predict", "--model", foreign, image], tmp_path))
     scripted = export(trained.best, "torchscript", out=tmp_path / "model.torchscript.pt").path
-    for made in (scripted, foreign.with_name("plain.onnx")):
-        assert "already an export" in one_error_line(run_cnnzoo(["export", made], trained.base))
+    assert "already an export" in one_error_line(run_cnnzoo(["export", foreign.with_name("plain.onnx")], trained.base))
+    assert "a TorchScript archive: it holds code" in one_error_line(run_cnnzoo(["export", scripted], trained.base))
+    refused = one_error_line(run_cnnzoo(["predict", "--model", scripted, image], tmp_path))
+    assert "cnnzoo opens one only when told the file is trusted (--trust-torchscript" in refused
+    trusted = run_cnnzoo(["predict", "--model", scripted, "--trust-torchscript", "--json", image], tmp_path)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)[0]["image"] == image
+
+
+# ============================================================================ what export may write over
+
+
+def _state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_export_out_never_replaces_its_checkpoint_or_files_that_are_not_exports(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained.run_dir, run)
+    os.symlink(run / "best.pt", tmp_path / "link.pt")
+    before = _state(run)
+    for out, extra in [(run / "best.pt", []), (run / "best.pt", ["--force"]), (tmp_path / "link.pt", ["--force"])]:
+        line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", out, *extra], tmp_path))
+        assert line.startswith(f"cnnzoo: error: --out {out}: that is the checkpoint being exported; writing "
+                               f"there would replace it"), line
+    for name in ("last.pt", "metrics.csv", "config.yaml"):
+        line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", run / name], tmp_path))
+        assert line == (f"cnnzoo: error: --out {run / name}: a file that is not an ONNX export is there already "
+                        f"and would be replaced; choose another --out, or add --force")
+    assert _state(run) == before and not list(run.glob(".*.tmp"))
+    scripted = export(run / "best.pt", "torchscript").path
+    line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", scripted], tmp_path))
+    assert "a file that is not an ONNX export is there already" in line  # another format's export
+    done = run_cnnzoo(["export", run / "best.pt", "--out", run / "metrics.csv", "--force"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    from cnnzoo.exporting import is_export
+
+    assert is_export(run / "metrics.csv", "onnx") and (run / "best.pt").read_bytes() == before["best.pt"]
+
+
+def test_export_replaces_an_earlier_export_of_the_same_format(trained, tmp_path):
+    out = tmp_path / "model.onnx"
+    first = export(trained.best, "onnx", out=out)
+    out.write_bytes(out.read_bytes())  # the same export, a new inode
+    again = run_cnnzoo(["export", trained.best, "--out", out], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"wrote {out}" in again.stdout and first.ok
+
+
+# ============================================================================ parity must see NaN
+
+
+def _onnx_with_a_nan_weight(source: Path, out: Path) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(source))
+    for initializer in proto.graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        if values.dtype == np.float32 and values.ndim >= 2:
+            initializer.CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), initializer.name))
+            break
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_parity_check_fails_when_the_export_gives_nan(trained, exported, tmp_path):
+    from cnnzoo.exporting import _parity_images, max_difference
+
+    broken = inference.load(_onnx_with_a_nan_weight(exported["onnx"].path, tmp_path / "nan.onnx"))
+    reference = cnnzoo.load(trained.best)
+    worst = max_difference(reference, broken, _parity_images(reference))
+    assert not worst <= 1e-4, worst  # NaN (or inf) never passes; the old max() kept 0.0
+    image = validation_jpegs(trained)[0]
+    line = one_error_line(run_cnnzoo(["predict", "--model", tmp_path / "nan.onnx", image], tmp_path))
+    assert line.endswith("the network's output is not finite (NaN or infinite); its weights or the ONNX export "
+                         "are broken")
+
+
+def _checkpoint_with(trained, tmp_path: Path, value: float, name: str) -> Path:
+    ckpt = torch.load(trained.best, weights_only=True)
+    key = next(k for k, t in ckpt["model_state"].items() if k.endswith("weight") and t.ndim == 2)
+    ckpt["model_state"][key] = torch.full_like(ckpt["model_state"][key], value)
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_named_as_such(trained, tmp_path):
+    path = _checkpoint_with(trained, tmp_path, float("nan"), "nan.pt")
+    image = validation_jpegs(trained)[0]
+    for command in (["export", path], ["predict", "-m", path, image], ["evaluate", path]):
+        line = one_error_line(run_cnnzoo(command, trained.base))
+        assert f"{path}: its weights hold NaN or infinite values (1 of" in line and "training diverged?" in line
+    assert not (tmp_path / "nan.onnx").exists()
+
+
+def test_outputs_that_overflow_fail_the_parity_check_with_exit_1(trained, tmp_path):
+    path = _checkpoint_with(trained, tmp_path, 3e38, "huge.pt")  # finite weights, infinite logits
+    done = run_cnnzoo(["export", path], trained.base)
+    assert one_error_line(done, code=1) == (f"cnnzoo: error: {tmp_path / 'huge.onnx'}: the checkpoint's "
+                                            f"probabilities are NaN or infinite; do not deploy it")
+    assert "FAILED" in done.stdout
+
+
+# ============================================================================ export metadata, checked like a checkpoint's
+
+
+def onnx_variant(source: Path, out: Path, *, metadata: str | None = None, input_dims: list | None = None,
+                 output_dims: list | None = None) -> Path:
+    """A copy of a real export with its metadata text or its graph's input/output sizes replaced."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    if metadata is not None:
+        next(e for e in proto.metadata_props if e.key == inference.METADATA_KEY).value = metadata
+    for value, dims in ((proto.graph.input[0], input_dims), (proto.graph.output[0], output_dims)):
+        if dims is not None:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in dims:
+                entry = shape.dim.add()
+                if isinstance(d, int):
+                    entry.dim_value = d
+                else:
+                    entry.dim_param = d
+    onnx.save(proto, str(out))
+    return out
+
+
+HOSTILE_ONNX = [
+    ({"metadata": "{not json"}, "damaged or foreign ONNX export: its cnnzoo metadata is not JSON"),
+    ({"metadata": "[1, 2]"}, "its cnnzoo metadata should be a JSON object, not list"),
+    ({"meta": {"classes": ["a", "b"]}}, "it gives 3 outputs but its metadata names 2 classes"),
+    ({"meta": {"classes": ["a", "b", "c", "d"]}}, "it gives 3 outputs but its metadata names 4 classes"),
+    ({"meta": {"classes": [1, 2, 3]}}, "metadata classes should be a list of 1 to 1,000,000 class names"),
+    ({"meta": {"image_size": [20000, 20000]}}, "metadata image_size should be [height, width], each 1 to 4096"),
+    ({"meta": {"image_size": [100000, 16]}}, "metadata image_size should be"),
+    ({"meta": {"image_size": [0, 16]}}, "metadata image_size should be"),
+    ({"meta": {"image_size": [-4, -4]}}, "metadata image_size should be"),
+    ({"meta": {"image_size": 16}}, "metadata image_size should be"),
+    ({"meta": {"channels": 2}}, "metadata channels should be 1 or 3"),
+    ({"meta": {"std": [0.0, 1.0, 1.0]}}, "metadata std should be positive"),
+    ({"meta": {"mean": [float("nan"), 0.0, 0.0]}}, "metadata mean should be 3 numbers"),
+    ({"input_dims": [1, 3, 16, 16]}, "its input takes a fixed batch of 1"),
+    ({"input_dims": [2, 3, 16, 16]}, "its input takes a fixed batch of 2"),
+    ({"input_dims": ["batch", 1, 16, 16]}, "its input is [1, 16, 16] but its metadata says [3, 16, 16]"),
+    ({"input_dims": ["batch", 3, 99, 99]}, "not a readable ONNX model"),  # onnxruntime's own shape check
+]
+
+
+@pytest.mark.parametrize("change, expected", HOSTILE_ONNX)
+def test_onnx_metadata_and_shapes_are_checked_like_a_checkpoint(trained, exported, tmp_path, change, expected):
+    metadata = change.get("metadata")
+    if "meta" in change:
+        meta = dict(inference.load(exported["onnx"].path).meta)
+        meta.update(change["meta"])
+        metadata = json.dumps(meta)
+    path = onnx_variant(exported["onnx"].path, tmp_path / "hostile.onnx", metadata=metadata,
+                        input_dims=change.get("input_dims"), output_dims=change.get("output_dims"))
+    with pytest.raises(cnnzoo.UserError) as refused:
+        inference.load(path).predict(validation_jpegs(trained)[:9], batch_size=8)
+    assert str(path) in str(refused.value) and expected in str(refused.value), str(refused.value)
+    line = one_error_line(run_cnnzoo(["predict", "--model", path, validation_jpegs(trained)[0]], tmp_path))
+    assert expected in line
+
+
+def test_torchscript_metadata_is_checked_like_a_checkpoint(trained, exported, tmp_path):
+    import zipfile
+
+    source = exported["torchscript"].path
+    hostile = tmp_path / "hostile.torchscript.pt"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(hostile, "w") as copy:
+        for entry in original.infolist():
+            data = original.read(entry)
+            if entry.filename.endswith(f"/extra/{inference.METADATA_KEY}"):
+                meta = json.loads(data)
+                meta["image_size"] = [20000, 20000]
+                data = json.dumps(meta).encode()
+            copy.writestr(entry, data)
+    with pytest.raises(cnnzoo.UserError, match=r"damaged or foreign torchscript export: metadata image_size"):
+        inference.load(hostile, trust_torchscript=True)
+
+
+def test_onnx_external_data_outside_the_model_folder_is_refused(exported, tmp_path):
+    """What held (issue 23): an initializer stored "../outside.bin" is not read; the loading fails in one line."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    proto = onnx.load(str(exported["onnx"].path))
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(proto, str(folder / "inside.onnx"))
+    assert inference.load(folder / "inside.onnx").classes == ["a", "b", "c"]  # the control: beside it, it loads
+    (folder / "weights.bin").rename(tmp_path / "outside.bin")
+    proto = onnx.load(str(folder / "inside.onnx"), load_external_data=False)
+    for initializer in proto.graph.initializer:
+        for entry in initializer.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    onnx.save(proto, str(folder / "escapes.onnx"))
+    with pytest.raises(cnnzoo.UserError, match=r"escapes\.onnx: not a readable ONNX model \(.*External data path"):
+        inference.load(folder / "escapes.onnx")

@@ -27,6 +27,7 @@ from cnnzoo.errors import UserError
 from cnnzoo.layers import trace_layers
 from cnnzoo.inference import expand_inputs
 from conftest import tiny_config, write_class_folders
+from helpers_predict import png_claiming
 
 
 def cli(*args: str):
@@ -406,3 +407,231 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     err = capsys.readouterr().err
     fifos = [p for p in broken if "_fifo." in p.name]
     assert fifos and all(f"skipped {p}: not a regular file" in err for p in fifos)
+
+
+# ============================================================================ model files that are not checkpoints
+
+
+class _WritesOnLoad(torch.nn.Module):
+    """A scripted module whose ``__setstate__`` (run by ``torch.jit.load``) overwrites 8 bytes of a file."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.written = 0
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, int]:
+        return (self.target, self.written)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, int]) -> None:
+        self.target = state[0]
+        self.training = False
+        mapped = torch.from_file(state[0], shared=True, size=8, dtype=torch.uint8)
+        mapped.fill_(33)
+        self.written = int(mapped.sum().item())  # kept, so the write is not optimised away
+
+
+VICTIM = b"untouched-file-content\n"
+
+
+@pytest.fixture
+def scripted_attack(tmp_path):
+    """A TorchScript archive named like a checkpoint, in a run folder that runs/latest points at."""
+    import warnings
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(VICTIM)
+    run = tmp_path / "runs" / "evil" / "1"
+    run.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        torch.jit.save(torch.jit.script(_WritesOnLoad(str(victim))), run / "best.pt")
+    os.symlink("evil/1", tmp_path / "runs" / "latest")
+    return run / "best.pt", victim
+
+
+def test_a_torchscript_archive_is_refused_before_its_code_runs(scripted_attack, trained, tmp_path, monkeypatch):
+    archive, victim = scripted_attack
+    image = str(trained.parents[2] / "images" / "validation" / "a" / "a_000.png")
+    commands = [("predict", image, "-m", str(archive)), ("export", str(archive)),
+                ("explain", image, "-m", str(archive)), ("evaluate", str(archive)), ("serve", str(archive)),
+                ("train", "--resume", str(archive))]
+    monkeypatch.chdir(tmp_path)  # runs/latest/best.pt is the archive: the default of every command
+    commands += [("predict", image), ("export",), ("explain", image), ("evaluate",), ("serve",)]
+    for command in commands:
+        result = cli(*command)
+        assert victim.read_bytes() == VICTIM, command
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, (command, result.output)
+        line = result.stderr.strip().splitlines()[-1]  # predict says first which checkpoint it uses
+        assert line.startswith("cnnzoo: error: ") and "a TorchScript archive: it holds code that runs when " \
+                                                       "it is loaded" in line, (command, line)
+    for api in (lambda: cnnzoo.load(archive), lambda: cnnzoo.load(), lambda: cnnzoo.evaluate(archive),
+                lambda: cnnzoo.export(archive), lambda: cnnzoo.explain(archive, image)):
+        with pytest.raises(UserError, match="TorchScript archive"):
+            api()
+    assert victim.read_bytes() == VICTIM
+    # the control: asked to trust the file, cnnzoo opens it, and its code does run
+    with pytest.raises(UserError, match="without cnnzoo's metadata"):
+        cnnzoo.load(archive, trust_torchscript=True)
+    assert victim.read_bytes() == b"!" * 8 + VICTIM[8:]
+
+
+def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_path):
+    truncated = tmp_path / "best.pt"
+    truncated.write_bytes((trained / "best.pt").read_bytes()[:3000])
+    cases = {
+        trained / "metrics.csv": f"a run's metrics table (CSV), not a checkpoint; the run's checkpoint is "
+                                 f"{trained / 'best.pt'}",
+        trained / "config.yaml": f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train "
+                                 f"--config {trained / 'config.yaml'}) and use the best.pt of that run",
+        truncated: "a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
+                   "directory) is missing (3,000 bytes; a copy cut short?); copy it again, or use the run's last.pt",
+    }
+    for path, what in cases.items():
+        for command in (("predict", str(trained), "-m", str(path)), ("evaluate", str(path))):
+            assert one_line_exit_2(cli(*command)) == f"cnnzoo: error: {path}: {what}"
+
+
+# ============================================================================ fuzz: exports and served requests
+
+
+FUZZ_META_VALUES = FUZZ_VALUES + [[20000, 20000], [100000, 16], [0, 16], [-5, -5], [16], ["a"], ["a", "b", "c"],
+                                  [0.0], [1.0, 1.0, 1.0], [float("nan")] * 3, "x" * 1000]
+FUZZ_DIMS = [1, 2, 0, 3, 16, 99, "batch", "h"]
+
+
+def _fuzzed_onnx(proto, meta: dict, rng: random.Random):
+    """A copy of an ONNX export with one random change to its metadata text or its graph's sizes."""
+    import json
+
+    from cnnzoo.inference import METADATA_KEY
+
+    proto = type(proto).FromString(proto.SerializeToString())
+    entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
+    choice = rng.random()
+    if choice < 0.6:
+        changed = dict(meta)
+        changed[rng.choice(["classes", "image_size", "channels", "mean", "std", "epoch"])] = rng.choice(FUZZ_META_VALUES)
+        entry.value = json.dumps(changed)
+        return proto, f"metadata {entry.value[:80]}"
+    if choice < 0.75:
+        entry.value = rng.choice(["", "{", "null", "[]", "1e999", '"text"', "[" * 50000, '{"classes": 7}'])
+        return proto, f"metadata text {entry.value[:20]!r}"
+    value = rng.choice([proto.graph.input[0], proto.graph.output[0]])
+    dims = value.type.tensor_type.shape.dim
+    for _ in range(rng.randrange(1, 3)):
+        if rng.random() < 0.2 and len(dims) > 1:
+            del dims[rng.randrange(len(dims))]
+            continue
+        dim = dims[rng.randrange(len(dims))]
+        new = rng.choice(FUZZ_DIMS)
+        if isinstance(new, int):
+            dim.dim_value = new
+        else:
+            dim.dim_param = new
+    return proto, f"{value.name} dims {[d.dim_value or d.dim_param for d in dims]}"
+
+
+def test_fuzzed_onnx_exports_load_or_are_refused_in_words(trained, tmp_path):
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.exporting import export
+    from cnnzoo.inference import METADATA_KEY, load
+
+    source = onnx.load(str(export(trained / "best.pt", "onnx", out=tmp_path / "source.onnx").path))
+    meta = json.loads(next(e.value for e in source.metadata_props if e.key == METADATA_KEY))
+    images = [str(p) for p in sorted((trained.parents[2] / "images" / "validation").rglob("*.png"))][:3]
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(23)
+    refused = 0
+    for case in range(cases):
+        proto, change = _fuzzed_onnx(source, meta, rng)
+        path = tmp_path / f"case{case}.onnx"
+        onnx.save(proto, str(path))
+        try:
+            records = load(path).predict(images, batch_size=2)
+            assert len(records) == len(images) and all(0 <= r["probability"] <= 1 for r in records)
+        except UserError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc).strip(), (case, change, str(exc))
+            refused += 1
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+            pytest.fail(f"case {case}: {change}: {type(exc).__name__}: {exc}")
+    print(f"fuzz: {cases} ONNX exports: {refused} refused in one line, {cases - refused} predicted")
+    assert refused > cases // 3
+
+
+def _fuzzed_request(rng: random.Random, image: bytes) -> tuple[str, str, bytes, dict]:
+    """One random request: method, path and query, body, headers."""
+    import io
+    from urllib.parse import quote
+
+    from PIL import Image
+
+    deep = io.BytesIO()
+    Image.fromarray(np_random(rng).integers(0, 65536, (40, 30), dtype="uint16")).save(deep, format="PNG")
+    bodies = [image, image[: rng.randrange(1, len(image))], rng.randbytes(rng.randrange(0, 3000)), b"",
+              png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
+              png_claiming(100, 100), deep.getvalue(),
+              "é".encode() * 100]
+    top_k = rng.choice(["1", "3", "0", "-1", "²", "٣", "9" * 5000, "1e3", " 2", "", "%00", "abc", "99999999999",
+                        "3&top_k=x"])
+    path = rng.choice(["/predict"] * 8 + ["/info", "/", "/health", "/nothing", "/predict/"])
+    name = rng.choice(["a.jpg", "é" * 300, "../../etc/passwd"])
+    query = rng.choice(["", f"?top_k={quote(top_k, safe='%&=')}", f"?name={quote(name)}"])
+    kind = rng.random()
+    if kind < 0.45:
+        return rng.choice(["POST"] * 5 + ["GET", "PUT"]), path + query, rng.choice(bodies), \
+            {"Content-Type": rng.choice(["application/octet-stream", "image/png", "text/plain", "", "x/y; q=\x7f"])}
+    boundary = rng.choice(["b0undary", "", "x" * 80, "é"])
+    parts = b""
+    for n in range(rng.randrange(0, 4)):
+        name = rng.choice([f'name="file"; filename="f{n}.png"', 'name="file"; filename=""', 'name="note"',
+                           'filename="nameless.png"', 'name="file"; filename="' + "ü" * 300 + '"', ""])
+        parts += (f"--{boundary}\r\nContent-Disposition: form-data; {name}\r\n\r\n".encode()
+                  + rng.choice(bodies) + b"\r\n")
+    body = parts + rng.choice([f"--{boundary}--\r\n".encode(), b"", b"--", rng.randbytes(20)])
+    content_type = rng.choice([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
+                               "multipart/form-data; boundary=other"])
+    return "POST", path + query, body, {"Content-Type": content_type}
+
+
+def np_random(rng: random.Random):
+    import numpy as np
+
+    return np.random.default_rng(rng.randrange(2**32))
+
+
+def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained, tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.exporting import export
+    from helpers_predict import Server
+
+    model = export(trained / "best.pt", "onnx", out=tmp_path / "served.onnx").path
+    image = (trained.parents[2] / "images" / "validation" / "a" / "a_000.png").read_bytes()
+    server = Server(model, tmp_path, "--max-bytes", "100000")
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(424242)
+    statuses: dict[int, int] = {}
+    try:
+        for case in range(cases):
+            method, path, body, headers = _fuzzed_request(rng, image)
+            status, answer = server.request(path, body if method != "GET" else None, headers, method)
+            statuses[status] = statuses.get(status, 0) + 1
+            where = (case, method, path[:80], headers, body[:60])
+            assert status in (200, 307, 400, 404, 405, 413, 415), (where, status, answer)  # 307: /predict/
+            if path.startswith("/predict") and status >= 400:
+                assert isinstance(answer, dict) and isinstance(answer.get("error"), str), (where, answer)
+            assert server.process.poll() is None, where
+        assert server.get("/health") == (200, {"status": "ok"})
+    finally:
+        server.stop()
+    print(f"fuzz: {cases} requests: {dict(sorted(statuses.items()))}")
+    assert statuses.get(200, 0) > 0 and len(statuses) >= 4

@@ -167,6 +167,29 @@ def test_numpy_normalize_matches_the_torch_training_path():
         assert ours[1, c, 3, 5] == pytest.approx(by_hand, abs=1e-5)
 
 
+def test_wide_grey_and_upright_images_decode_to_the_same_pixels_as_the_plain_rule(tmp_path):
+    """16-bit grey is scaled by 255/65535 (32-bit too, unless it holds 8-bit values) in bands of rows now; an
+    upright image is no longer copied first: the pixels must equal the one-piece rule."""
+    rng = np.random.default_rng(3)
+    deep = rng.integers(0, 65536, (600, 1900), dtype=np.uint16)  # more rows than one band
+    wide = rng.integers(0, 1000, (300, 257)).astype(np.int32)
+    for array, peak, fmt in ((deep, 65535.0, "PNG"), (wide, 65535.0, "TIFF"), (wide // 4, 255.0, "TIFF")):
+        path = tmp_path / f"grey.{fmt.lower()}"
+        Image.fromarray(array).save(path, format=fmt)
+        rule = Image.fromarray(np.clip(array.astype(np.float64) * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        for channels, size in ((1, (40, 50)), (3, (600, 1900))):
+            expected = np.asarray(rule.convert("RGB" if channels == 3 else "L").resize(size[::-1], Image.BILINEAR))
+            got = load_image(path, size, channels)
+            assert np.array_equal(got.reshape(expected.shape), expected), (fmt, channels)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 270 on display
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(turned, exif=exif.tobytes())
+    opened = Image.open(turned)
+    assert load_image(turned, (40, 30), 3).shape == (40, 30, 3)  # turned upright: 40 high, 30 wide
+    assert load_image(opened, (40, 30), 3).shape == (40, 30, 3) and opened.size == (40, 30)  # caller's untouched
+
+
 def test_predictions_match_evaluate(model, trained, tmp_path):
     images = validation_images(trained)
     records = model.predict([str(p) for p in images])

@@ -8,16 +8,9 @@ the checkpoint; requests go through urllib. The page is driven in headless Chrom
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +19,7 @@ from PIL import Image
 
 import cnnzoo
 from conftest import write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
+from helpers_predict import Server, one_error_line, png_claiming, run_cnnzoo, train_run
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -50,66 +43,6 @@ def onnx_file(trained):
     from cnnzoo.exporting import export
 
     return export(trained.best, "onnx").path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: Path, cwd: Path, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(self.port), *extra],
-            cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {self.process.communicate()}")
-            time.sleep(0.1)
-
-    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
-                method: str | None = None) -> tuple[int, object]:
-        req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as response:
-                status, body = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, body = error.code, error.read()
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode(errors="replace")
-
-    def get(self, path: str):
-        return self.request(path)
-
-    def post_image(self, path: str, data: bytes, query: str = ""):
-        return self.request(f"/predict{query}", data, {"Content-Type": "application/octet-stream"})
-
-    def post_files(self, files: list[tuple[str, bytes]], query: str = ""):
-        boundary = uuid.uuid4().hex
-        body = b""
-        for name, data in files:
-            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                     f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
-        body += f"--{boundary}--\r\n".encode()
-        return self.request(f"/predict{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 @pytest.fixture(scope="module", params=["onnx", "checkpoint"])
@@ -169,8 +102,16 @@ def test_bad_requests_get_a_4xx_with_a_json_error(server, trained):
         (server.post_image("/predict", b""), 400, "empty upload"),
         (server.post_image("/predict", os.urandom(300_000)), 413, "the limit is 200,000"),
         (server.post_image("/predict", _png(8100, 8100)), 413, "pixels; the limit is 64,000,000"),
+        (server.post_image("/predict", png_claiming(20000, 20000)), 413,  # PIL's bomb error, was 415
+         "upload: more than 178,956,970 pixels (a decompression bomb?); the limit is 64,000,000 pixels"),
         (server.post_image("/predict", good, "?top_k=0"), 400, "top_k='0'"),
-        (server.post_files([("big.jpg", os.urandom(250_000))]), 413, "big.jpg: 250,000 bytes"),
+        (server.post_image("/predict", good, "?top_k=%C2%B2"), 400, "top_k='²': expected a positive whole number"),
+        (server.post_image("/predict", good, "?top_k=" + "9" * 5000), 400, "top_k='999999999999999999999999...'"),
+        (server.post_image("/predict", good, "?top_k=-1"), 400, "top_k='-1'"),
+        (server.post_image("/predict", good, "?top_k=1.5"), 400, "top_k='1.5'"),
+        (server.post_files([("big.jpg", os.urandom(250_000))]), 413, "big.jpg: more bytes than the limit"),
+        (server.post_files([("a.jpg", good), ("b.jpg", os.urandom(110_000)), ("c.jpg", os.urandom(110_000))]), 413,
+         "c.jpg: more bytes than the limit; the limit is 200,000 per request (serve --max-bytes), several files"),
         (server.post_files([("ok.jpg", good), ("text.jpg", b"hello")]), 415, "text.jpg: not an image"),
         (server.request("/predict", b"--x--\r\n", {"Content-Type": "multipart/form-data; boundary=x"}), 400,
          "the form holds no file"),
@@ -259,4 +200,53 @@ def test_the_page_shows_the_predicted_class_as_bars(trained, onnx_file, tmp_path
             shutil.copy(shot, Path(os.environ["CNNZOO_SCREENSHOT_DIR"]) / shot.name)
     finally:
         browser.quit()
+        srv.stop()
+
+
+# ============================================================================ what one request may cost
+
+
+def test_a_chunked_upload_is_counted_as_it_streams_and_never_spooled(server):
+    """No Content-Length: the server must stop reading at --max-bytes (200,000 here), not take
+    the 300 MB offered into a temporary file first (the old multipart parser did)."""
+    multipart_head = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
+                      b"Content-Type: image/png\r\n\r\n")
+    for head, content_type, named in [(multipart_head, "multipart/form-data; boundary=XyZ", "huge.png"),
+                                      (b"", "application/octet-stream", "upload")]:
+        written = server.proc("wchar")
+        sent, (status, answer) = server.stream(head, 300, content_type)
+        assert sent < 64 * 2**20, f"the server read {sent:,} bytes before answering"  # socket buffers, not 300 MB
+        assert server.proc("wchar") - written < 2**20  # nothing spooled to a file
+        assert status == 413 and answer["error"].startswith(f"{named}: more bytes than the limit"), answer
+    assert server.get("/health")[0] == 200
+
+
+def _png_bytes(mode: str, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+DECODE_MEMORY = 2**30  # cnnzoo.serve.DECODE_MEMORY, which /info reports
+
+
+def test_decoding_memory_is_bounded_and_given_back(trained, onnx_file):
+    """A 124 KB 16-bit 8000x8000 PNG used to cost 1.6 GB to decode, four at once 5.8 GB that
+    stayed; now the decodes share one 1 GiB budget, and one that would pass it alone is 413."""
+    deep = _png_bytes("I;16", (8000, 8000))
+    srv = Server(onnx_file, trained.base, "--max-bytes", str(2**20))
+    try:
+        srv.post_image("/predict", validation_files(trained)[0].read_bytes())  # warm up: arenas, the session
+        rss, peak = srv.proc("VmRSS"), srv.proc("VmHWM")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(lambda _: srv.post_image("/predict", deep), range(4)))
+        assert [status for status, _ in answers] == [200] * 4, answers
+        grown_peak = srv.proc("VmHWM") - max(peak, rss)
+        assert grown_peak * 1024 < DECODE_MEMORY, f"peak grew by {grown_peak / 1024:.0f} MB"
+        assert (srv.proc("VmRSS") - rss) * 1024 < 128 * 2**20, "decoding memory was not given back"
+        status, answer = srv.post_image("/predict", _png_bytes("RGBA", (8000, 7999)))
+        assert status == 413 and answer["error"] == ("upload: 8000x7999 pixels of mode RGBA take about 1,037 MiB "
+                                                     "to decode; the limit is 1,024 MiB; send it smaller"), answer
+        assert srv.get("/info")[1]["decode_memory"] == DECODE_MEMORY
+    finally:
         srv.stop()
