@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from .config import backbone_entry, looks_like_path  # noqa: F401 (backbone_entry: data and scripts import it from here)
 from .errors import ConfigError, UserError
 
 TIMM_PREFIX = "timm/"
@@ -244,8 +245,7 @@ class Backbone(nn.Module):
 
 
 def _is_path(spec: Any) -> bool:
-    return isinstance(spec, str) and (os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".safetensors"))
-                                      or Path(spec).expanduser().is_file())
+    return looks_like_path(spec) or (isinstance(spec, str) and Path(spec).expanduser().is_file())
 
 
 def backbone_of(model: nn.Module) -> Optional["Backbone"]:
@@ -365,16 +365,6 @@ def _timm_pretrained(name: str, spec: Any) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- preprocessing
-
-def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
-    """Where the first top-level ``backbone`` layer is (``model.layers.N.backbone``) and its arguments."""
-    for index, item in enumerate(layers if isinstance(layers, list) else []):
-        if isinstance(item, dict) and len(item) == 1:
-            key, args = next(iter(item.items()))
-            if isinstance(key, str) and key.lower() == "backbone" and isinstance(args, dict):
-                return f"model.layers.{index}.{key}", args
-    return None
-
 
 def absolute_weight_paths(layers: Any) -> None:
     """Make a backbone's ``weights`` file path absolute (in place), as data.root is in a run's config."""
