@@ -47,6 +47,12 @@ def _umask() -> int:
     return mask
 
 
+def refused_global(exc: BaseException) -> str | None:
+    """The Python name (``posix.system``) that made ``torch.load(weights_only=True)`` refuse a file."""
+    asked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+    return asked.group(1) if asked else None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with ``weights_only=True`` (never arbitrary pickles) and check it is ours."""
     import pickle
@@ -61,8 +67,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        asked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        wanted = f" (it asks for {asked.group(1)})" if asked else ""
+        asked = refused_global(exc)
+        wanted = f" (it asks for {asked})" if asked else ""
         raise UserError(f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
                         f"checkpoints as plain data only (weights_only=True) and never runs their code") from None
     except (RuntimeError, EOFError, ValueError, OSError, TypeError) as exc:

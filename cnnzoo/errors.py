@@ -19,3 +19,21 @@ class ShapeError(UserError):
 
 class DataError(UserError):
     """A data folder, image or source that cannot be used as asked."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """What a library's exception says, as one complete clause for a one-line message.
+
+    The first line, cut where a clause ends (``, `` ``; `` ``. `` ``: ``) when longer than
+    ``limit``, never in the middle of a word: torch and huggingface_hub put their advice
+    after the reason, and a cut at a fixed width left "try aga".
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(first) <= limit:
+        return first
+    head = first[:limit]
+    cut = max(head.rfind(mark) for mark in (", ", "; ", ". ", ": "))
+    if cut < limit // 3:
+        cut = head.rfind(" ")
+    return head[:cut if cut > 0 else limit].rstrip(" ,;:.") + " ..."

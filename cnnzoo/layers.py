@@ -450,9 +450,9 @@ def build_from_infos(infos: list[LayerInfo], pretrained: bool = False,
     """Make the real modules; ``pretrained`` also loads each backbone's ``weights``."""
     model = nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
     if pretrained:
-        for module in model:
+        for info, module in zip(infos, model):
             if isinstance(module, Backbone):
-                module.load_pretrained(log)
+                module.load_pretrained(log, key=f"{info.where}.backbone.weights")
     return model
 
 
