@@ -37,6 +37,9 @@ from torch import nn
 
 from .config import backbone_entry, looks_like_path  # noqa: F401 (backbone_entry: data and scripts import it from here)
 from .errors import ConfigError, UserError, short_reason
+from .versions import check as check_torch_pair
+
+check_torch_pair()  # this module imports torchvision (timm too) when it runs: a mismatched pair gets one line first
 
 TIMM_PREFIX = "timm/"
 # torchvision families cut at a known place; the value says how

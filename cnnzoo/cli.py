@@ -434,6 +434,11 @@ def main() -> None:
             typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
                        f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
             sys.exit(2)
+        from .versions import describe_failure
+
+        if (mismatch := describe_failure(exc)) is not None:  # "operator torchvision::nms does not exist"
+            typer.echo(f"cnnzoo: error: {mismatch}", err=True)
+            sys.exit(2)
         if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
             typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
                        f"stopped answering ({str(exc).splitlines()[0][:160]})", err=True)

@@ -35,6 +35,9 @@ from . import preprocess
 from .config import AugmentConfig, Config
 from .console import console, warn
 from .errors import ConfigError, DataError
+from .versions import check as check_torch_pair
+
+check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 
 CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
