@@ -581,7 +581,6 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
                 f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
     parts = build_parts(cfg, dev, state)
     model, spec, infos = parts.model, parts.spec, parts.infos
-    warn_small_validation(len(spec.val), t.monitor)
     schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
     stepper = Stepper(model, parts.optimizer, schedule, parts.scaler, t.grad_clip)
 
@@ -600,6 +599,7 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
                                           loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
                                           job.start_epoch - 1 if state is not None else None)
 
+    warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
     console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, parts.counts))
     console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
                 f"loss {parts.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"

@@ -130,7 +130,8 @@ def test_torchvision_weights_name_reads_the_torch_hub_cache(image_root, isolated
     with pytest.raises(UserError) as missing:
         train(config, out=tmp_path / "runs", quiet=True)
     message = str(missing.value)
-    assert hub_file.name in message and str(hub_file.parent) in message and "weights:" in message
+    assert hub_file.name in message and str(hub_file.parent) in message
+    assert message.endswith("or give a state dict file with --set model.layers.0.backbone.weights=PATH")
     assert not (tmp_path / "runs").exists()  # refused before a run folder was made
 
     torch.manual_seed(7)
