@@ -35,7 +35,11 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from .errors import ConfigError, UserError
+from .config import backbone_entry, looks_like_path  # noqa: F401 (backbone_entry: data and scripts import it from here)
+from .errors import ConfigError, UserError, short_reason
+from .versions import check as check_torch_pair
+
+check_torch_pair()  # this module imports torchvision (timm too) when it runs: a mismatched pair gets one line first
 
 TIMM_PREFIX = "timm/"
 # torchvision families cut at a known place; the value says how
@@ -225,18 +229,21 @@ class Backbone(nn.Module):
 
     # -- weights
 
-    def load_pretrained(self, log: Callable[[str], None] = print) -> None:
-        """Load ``weights`` (a torchvision weights name, DEFAULT for timm, or a file) into the body."""
+    def load_pretrained(self, log: Callable[[str], None] = print, key: str = "weights") -> None:
+        """Load ``weights`` (a torchvision weights name, DEFAULT for timm, or a file) into the body.
+
+        ``key`` is where the config sets them (``model.layers.0.backbone.weights``), for messages.
+        """
         spec = self.weights
         if spec is None or spec is False:
             log(f"backbone {self.name}: random initialisation (weights: null)")
             return
         if _is_path(spec):
-            state, origin = _read_state_file(Path(spec).expanduser(), self.name), spec
+            state, origin = _read_state_file(Path(spec).expanduser(), self.name, key), spec
         elif self.is_timm:
-            state, origin = _timm_pretrained(self.name, spec), f"timm {self.name[len(TIMM_PREFIX):]} ({spec})"
+            state, origin = _timm_pretrained(self.name, spec, key)
         else:
-            state, origin = _torchvision_pretrained(self.name, spec)
+            state, origin = _torchvision_pretrained(self.name, spec, key)
         ignored = _load_matching(self.body, state, self.name, origin)
         note = (f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)"
                 if ignored else "")
@@ -244,8 +251,7 @@ class Backbone(nn.Module):
 
 
 def _is_path(spec: Any) -> bool:
-    return isinstance(spec, str) and (os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".safetensors"))
-                                      or Path(spec).expanduser().is_file())
+    return looks_like_path(spec) or (isinstance(spec, str) and Path(spec).expanduser().is_file())
 
 
 def backbone_of(model: nn.Module) -> Optional["Backbone"]:
@@ -286,11 +292,19 @@ def _load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, o
     return [k for k in state if k not in own]
 
 
-def _read_state_file(path: Path, name: str) -> dict[str, torch.Tensor]:
+def _read_state_file(path: Path, name: str, key: str = "weights") -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file, or a torch file read as plain data only."""
     import pickle
 
+    from .checkpoint import refused_global
+
     if not path.is_file():
-        raise UserError(f"backbone {name}: weights file not found: {path}")
+        raise UserError(f"backbone {name}: weights file not found: {path}; give the file with "
+                        f"--set {key}=PATH (a relative path in a config file is read from the file's folder)")
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        SafetensorError = ()  # catches nothing: without the package no .safetensors file is read
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -298,12 +312,19 @@ def _read_state_file(path: Path, name: str) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"backbone {name}: {path}: not a readable state dict ({first[:160]})") from None
-    for key in ("state_dict", "model_state", "model"):  # common wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    except SafetensorError as exc:  # a damaged or hostile header: too large, an unknown dtype ...
+        raise UserError(f"backbone {name}: {path}: not a readable safetensors file "
+                        f"({short_reason(exc, 100)})") from None
+    except pickle.UnpicklingError as exc:
+        asked = refused_global(exc)
+        raise UserError(f"backbone {name}: {path}: refused: loading it would call {asked or 'Python code'}, "
+                        f"which is neither a tensor nor plain data; cnnzoo reads weights as data only "
+                        f"(weights_only=True): save them with torch.save(model.state_dict(), PATH)") from None
+    except (RuntimeError, EOFError, ValueError, OSError, ImportError, TypeError, KeyError) as exc:
+        raise UserError(f"backbone {name}: {path}: not a readable state dict ({short_reason(exc)})") from None
+    for wrapper in ("state_dict", "model_state", "model"):  # common wrappers
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"backbone {name}: {path}: expected a state dict (names -> tensors)")
     return state
@@ -321,60 +342,100 @@ def _torchvision_weights(name: str, spec: Any):
     return enum[label]
 
 
-def _torchvision_pretrained(name: str, spec: Any) -> tuple[dict[str, torch.Tensor], str]:
+def _torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Tensor], str]:
     from urllib.parse import urlparse
 
     weights = _torchvision_weights(name, spec)
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     origin = f"{type(weights).__name__}.{weights.name}"
     where = (f"put {file.name} (from {weights.url}) in {file.parent} (TORCH_HOME moves it), "
-             f"or set weights: /path/to/state_dict.pth")
+             f"or give a state dict file with --set {key}=PATH")
     if not file.is_file() and offline():
         raise UserError(f"backbone {name}: {origin} is not in the torch hub cache and downloads are off "
                         f"(CNNZOO_OFFLINE); {where}")
     try:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as exc:  # URLError, timeouts, a bad hash: all mean "get the file another way"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"backbone {name}: could not download {origin} ({first[:120]}); {where}") from None
+        raise UserError(f"backbone {name}: could not download {origin} ({short_reason(exc, 120)}); {where}") from None
     return state, f"{origin} from {file}"
 
 
-def _timm_pretrained(name: str, spec: Any) -> dict[str, torch.Tensor]:
+@dataclass
+class TimmWeights:
+    """Where timm's default pretrained weights for one model come from and where cnnzoo looks."""
+
+    repo: str  # the Hugging Face repository, e.g. timm/tf_efficientnet_lite0.in1k
+    file: str  # e.g. model.safetensors
+    url: str
+    folder: Path  # cnnzoo's own place for the file: $CNNZOO_HOME/weights/<repo>
+
+    def local_file(self) -> Optional[Path]:
+        """The file in cnnzoo's folder or in the Hugging Face cache, without touching the network."""
+        if (self.folder / self.file).is_file():
+            return self.folder / self.file
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        for candidate in dict.fromkeys([self.file, "model.safetensors", "pytorch_model.bin"]):
+            found = try_to_load_from_cache(self.repo, candidate)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+        return None
+
+
+def timm_weights(arch: str) -> TimmWeights:
+    """timm's default pretrained weights for ``arch``: repository, file, URL, cnnzoo's folder for them."""
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    from .data import cache_home
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is not None and cfg.hf_hub_id:
+        repo, file = cfg.hf_hub_id.split("@")[0], cfg.hf_hub_filename or "model.safetensors"
+        url = f"https://huggingface.co/{repo}/resolve/main/{file}"
+    elif cfg is not None and cfg.url:
+        repo, url = f"timm/{arch}", cfg.url
+        file = Path(urlparse(url).path).name
+    else:
+        raise UserError(f"backbone timm/{arch}: timm has no pretrained weights for it; "
+                        f"use weights: null (random initialisation) or a state dict file")
+    return TimmWeights(repo, file, url, cache_home() / "weights" / repo)
+
+
+def _timm_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Tensor], str]:
+    """timm's pretrained weights, from cnnzoo's folder or the Hugging Face cache, else downloaded.
+
+    Offline (CNNZOO_OFFLINE or HF_HUB_OFFLINE) nothing reaches for the network: a missing file is
+    one line at once, not huggingface_hub's retries.
+    """
     timm = _timm()
     arch = name[len(TIMM_PREFIX):]
     if spec not in ("DEFAULT", True):
         raise UserError(f"backbone {name}: weights {spec!r}: timm backbones take DEFAULT (timm's "
                         f"pretrained weights), a path to a state dict file, or null")
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    if offline():
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    source = timm_weights(arch)
+    where = (f"put {source.file} (from {source.url}) in {source.folder} (CNNZOO_HOME moves it), "
+             f"or give a state dict file with --set {key}=PATH")
+    local = source.local_file()
+    hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    if local is None and (offline() or hub_offline):
+        raise UserError(f"backbone {name}: timm's pretrained weights ({source.repo}) are not on this machine "
+                        f"and downloads are off ({'CNNZOO_OFFLINE' if offline() else 'HF_HUB_OFFLINE'}); {where}")
+    # timm adapts its own file (key renames, the classifier dropped) whether read here or downloaded
+    overlay = {"state_dict": _read_state_file(local, name, key), "source": None} if local else None
     try:
-        return timm.create_model(arch, pretrained=True, num_classes=0).state_dict()
+        state = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay).state_dict()
     except Exception as exc:  # hub errors come in many types; all mean "get the file another way"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"backbone {name}: timm's pretrained weights could not be loaded ({first[:160]}); "
-                        f"download them where there is a network (they land in the Hugging Face cache, "
-                        f"HF_HOME), or set weights: /path/to/state_dict.pth") from None
-    finally:
-        if offline():
-            if saved is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = saved
+        raise UserError(f"backbone {name}: timm's pretrained weights could not be "
+                        f"{'loaded from ' + str(local) if local else 'downloaded'} ({short_reason(exc, 120)}); "
+                        f"{where}") from None
+    return state, f"timm {arch} ({local or source.repo})"
 
 
 # ----------------------------------------------------------------------------- preprocessing
-
-def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
-    """Where the first top-level ``backbone`` layer is (``model.layers.N.backbone``) and its arguments."""
-    for index, item in enumerate(layers if isinstance(layers, list) else []):
-        if isinstance(item, dict) and len(item) == 1:
-            key, args = next(iter(item.items()))
-            if isinstance(key, str) and key.lower() == "backbone" and isinstance(args, dict):
-                return f"model.layers.{index}.{key}", args
-    return None
-
 
 def absolute_weight_paths(layers: Any) -> None:
     """Make a backbone's ``weights`` file path absolute (in place), as data.root is in a run's config."""

@@ -37,7 +37,7 @@ def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequentia
     try:
         infos = trace_chain(layers, tuple(input_shape), part)
     except ShapeError as exc:
-        raise ShapeError(f"{part}: {exc}") from None
+        raise type(exc)(f"{part}: {exc}") from None  # InputTooSmall stays itself
     return build_from_infos(infos), infos[-1].output_shape, infos
 
 

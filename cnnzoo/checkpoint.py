@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, first_sentence
+from .errors import UserError, short_reason
 
 FORMAT = "cnnzoo-checkpoint"
 VERSION = 1
@@ -54,6 +54,12 @@ class TorchScriptRefused(UserError):
 TORCHSCRIPT_RUNS_CODE = "a TorchScript archive: it holds code that runs when it is loaded"
 
 
+def refused_global(exc: BaseException) -> str | None:
+    """The Python name (``posix.system``) that made ``torch.load(weights_only=True)`` refuse a file."""
+    asked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
+    return asked.group(1) if asked else None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with ``weights_only=True`` (never arbitrary pickles) and check it is ours.
 
@@ -75,12 +81,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        asked = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        wanted = f" (it asks for {asked.group(1)})" if asked else ""
+        asked = refused_global(exc)
+        wanted = f" (it asks for {asked})" if asked else ""
         raise UserError(f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
                         f"checkpoints as plain data only (weights_only=True) and never runs their code") from None
     except (RuntimeError, EOFError, ValueError, OSError, TypeError) as exc:
-        raise UserError(f"{path}: a damaged checkpoint: torch cannot read it ({first_sentence(exc)}); "
+        raise UserError(f"{path}: a damaged checkpoint: torch cannot read it ({short_reason(exc)}); "
                         f"copy it again, or use the run's last.pt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a cnnzoo checkpoint (made by another tool?); "

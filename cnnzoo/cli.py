@@ -82,6 +82,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     unset: List[str] = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable)."),
     data: Optional[str] = typer.Option(None, "--data", help="Image folder (sets data.root)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n",
+                                       help="Run name: the run folder is <runs>/<name>/<N> (sets name)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Sets train.epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size."),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Sets data.image_size."),
@@ -97,7 +99,7 @@ def train(
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
 
     Example:  cnnzoo train --config configs/quickstart.yaml --epochs 5
-    Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96
+    Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96 --name photos
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
     4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
               (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
@@ -107,7 +109,8 @@ def train(
 
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-        shortcuts = {"data.root": json.dumps(data) if data else None, "train.epochs": epochs,
+        shortcuts = {"data.root": json.dumps(data) if data else None, "name": json.dumps(name) if name else None,
+                     "train.epochs": epochs,
                      "train.batch_size": batch_size,
                      "data.image_size": image_size}
         overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
@@ -448,6 +451,11 @@ def main() -> None:
             # a deployment installed with --no-deps: exports run without torch, the rest needs it
             typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
                        f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
+            sys.exit(2)
+        from .versions import describe_failure
+
+        if (mismatch := describe_failure(exc)) is not None:  # "operator torchvision::nms does not exist"
+            typer.echo(f"cnnzoo: error: {mismatch}", err=True)
             sys.exit(2)
         if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
             typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -447,17 +448,74 @@ def from_dict(raw: dict, overrides: list[str] | None = None, source: str | None 
     where = f"{source}: " if source else ""
     cfg = _build_dataclass(Config, raw, "", where)
     _check_values(cfg, where)
+    for key in ("root", "cache_dir"):  # `~/photos` means the home folder, wherever it was written
+        value = getattr(cfg.data, key)
+        if value and value.startswith("~"):
+            setattr(cfg.data, key, os.path.expanduser(value))
     cfg.source_path = source
     return cfg
 
 
 def load_config(source: str | Path | dict | Config, overrides: list[str] | None = None) -> Config:
-    """Load a config from a YAML path, a mapping or a Config, then apply overrides."""
+    """Load a config from a YAML path, a mapping or a Config, then apply overrides.
+
+    A file's relative paths are read from the file's folder (:func:`rebase_paths`); paths in
+    overrides and mappings from the working directory.
+    """
     if isinstance(source, Config):
         return from_dict(source.to_dict(), overrides, source.source_path)
     if isinstance(source, dict):
         return from_dict(source, overrides)
-    return from_dict(read_yaml(source), overrides, str(source))
+    raw = read_yaml(source)
+    rebase_paths(raw, Path(source).parent)
+    return from_dict(raw, overrides, str(source))
+
+
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def looks_like_path(value: Any) -> bool:
+    """A backbone ``weights`` value that names a file rather than a weights name like DEFAULT."""
+    return isinstance(value, str) and (os.sep in value or "/" in value or value.startswith("~")
+                                       or value.endswith(WEIGHT_FILE_SUFFIXES))
+
+
+def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
+    """Where the first top-level ``backbone`` layer is (``model.layers.N.backbone``) and its arguments."""
+    for index, item in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(item, dict) and len(item) == 1:
+            key, args = next(iter(item.items()))
+            if isinstance(key, str) and key.lower() == "backbone" and isinstance(args, dict):
+                return f"model.layers.{index}.{key}", args
+    return None
+
+
+def _from_folder(value: str, folder: Path) -> str:
+    """``value`` read from ``folder``, unless only the working directory has it (older configs)."""
+    if value.startswith("~"):
+        return os.path.expanduser(value)
+    if os.path.isabs(value):
+        return value
+    beside = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+    return value if not os.path.exists(beside) and os.path.exists(value) else beside
+
+
+def rebase_paths(raw: dict, folder: Path) -> None:
+    """Make a config file's relative paths (data.root, data.cache_dir, a backbone's weights file)
+    relative to the file's own folder, in place, so that the file works from any working directory.
+
+    A path that exists only relative to the working directory is kept as it is: configs written
+    before this rule still work from where they used to.
+    """
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("root", "cache_dir"):
+            if isinstance(data.get(key), str) and data[key]:
+                data[key] = _from_folder(data[key], folder)
+    model = raw.get("model")
+    entry = backbone_entry(model.get("layers")) if isinstance(model, dict) else None
+    if entry is not None and looks_like_path(entry[1].get("weights")):
+        entry[1]["weights"] = _from_folder(entry[1]["weights"], folder)
 
 
 class _ReadableDumper(yaml.SafeDumper):

@@ -35,6 +35,9 @@ from . import preprocess
 from .config import AugmentConfig, Config
 from .console import console, warn
 from .errors import ConfigError, DataError
+from .versions import check as check_torch_pair
+
+check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 
 CACHE_FORMAT = 1  # bump when preprocessing changes, so old caches are not reused
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -112,6 +115,46 @@ class DataSpec:
 
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_splits(folder: Path) -> bool:
+    return (folder / "train").is_dir() and any((folder / n).is_dir() for n in SPLIT_FOLDERS["validation"])
+
+
+def check_layout(root: Path) -> None:
+    """Refuse, with a did-you-mean, the usual wrong data.root of a folder without ``train/``:
+    one or two levels above the data set (``downloads/`` holding ``clothing/train``), or a
+    folder whose only folder holds the class folders. Read before any image is scanned.
+    """
+    if (root / "train").is_dir():
+        return
+    dirs = _class_dirs(root)
+    nested = [d for d in dirs if _has_splits(d)]
+    if not nested and len(dirs) <= 5:  # an unpacked archive often repeats its folder name
+        nested = [g for d in dirs for g in _class_dirs(d) if _has_splits(g)]
+    real: dict[Path, Path] = {}  # a data set and a link to it are one data set: name the real folder
+    for d in sorted(nested, key=lambda d: d.resolve() != d.absolute()):  # not through a link first
+        real.setdefault(d.resolve(), d)
+    nested = sorted(real.values())
+    if nested:
+        where = nested[0] if len(nested) == 1 else None
+        raise DataError(f"{root}: no train/ or class folders of images here, but "
+                        + (f"{where} holds train/ and validation/; did you mean --data {where} (data.root: {where})?"
+                           if where else f"these hold train/ and validation/: {', '.join(map(str, nested))}; "
+                                         f"point --data (data.root) at one of them"))
+    if len(dirs) == 1 and len(inner := _class_dirs(dirs[0])) >= 2 and not any(
+            preprocess.is_image_file(p.name) for p in dirs[0].iterdir()):
+        raise DataError(f"{root}: only one class folder ({dirs[0].name}), which holds class folders itself "
+                        f"({', '.join(d.name for d in inner[:5])}{', ...' if len(inner) > 5 else ''}); "
+                        f"did you mean --data {dirs[0]} (data.root: {dirs[0]})?")
+
+
+def _split_hint(root: Path) -> str:
+    """For a data.root that is a data set's train/ folder: the folder that has the splits."""
+    parent = root.resolve().parent
+    if root.resolve().name == "train" and _has_splits(parent):
+        return f"; did you mean data.root: {parent}? It holds train/ and validation/"
+    return ""
 
 
 def _images_under(folder: Path, seen: set[str], fences: set[str]) -> tuple[list[str], int]:
@@ -218,10 +261,11 @@ def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
             test, _, skipped_test = scan_folder(root / "test", "test", classes, seen)
             skipped += skipped_test
         return classes, train, val, test, skipped + skipped_val
+    check_layout(root)
     everything, classes, skipped = scan_folder(root, "all")
     train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
     log(f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
-        f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction)")
+        f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction){_split_hint(root)}")
     return classes, train, val, None, skipped
 
 
@@ -307,6 +351,7 @@ def class_names(cfg: Config) -> list[str]:
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
+    check_layout(root)
     base = root / "train" if (root / "train").is_dir() else root
     return [p.name for p in _class_dirs(base)]
 

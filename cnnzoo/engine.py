@@ -349,25 +349,44 @@ def build_for_data(cfg: Config, spec: data_mod.DataSpec, pretrained: bool = Fals
 
 
 class BestEpoch:
-    """The monitored metric's best value and epoch, and early stopping's count of bad epochs."""
+    """The epoch ``best.pt`` holds, and early stopping's count of epochs without progress.
+
+    Progress is the monitored metric beating its best so far by more than ``min_delta``; such
+    an epoch takes best.pt. So does one that is no worse on the monitored metric and no worse
+    on the other validation figure (val_loss when monitoring val_acc, val_acc when monitoring
+    val_loss): on a small validation split accuracy ties often, and the later epoch with the
+    lower loss is the better checkpoint. Only progress resets the patience count.
+    """
 
     def __init__(self, t: TrainConfig, saved: Optional[dict[str, Any]] = None):
         self.monitor, self.maximize = t.monitor, t.monitor == "val_acc"
+        self.other = "val_loss" if self.maximize else "val_acc"
         self.min_delta, self.patience = t.min_delta, t.patience
         saved = saved or {}
-        self.value = saved.get("best_value")
+        self.value = saved.get("best_value")  # the monitored figure of the epoch best.pt holds
+        self.other_value = saved.get("best_other")  # None in a last.pt from before ties were broken
+        self.reference = saved.get("progress_value", self.value)  # what progress has to beat
         self.epoch = saved.get("best_epoch", 0)
         self.bad_epochs = saved.get("bad_epochs", 0)
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's value; True when it is the best so far."""
-        improved = self.value is None or (value > self.value + self.min_delta if self.maximize
-                                          else value < self.value - self.min_delta)
-        if improved:
-            self.value, self.epoch, self.bad_epochs = value, epoch, 0
+    def _at_least(self, a: float, b: float, maximize: bool) -> bool:
+        return a >= b if maximize else a <= b
+
+    def update(self, val: dict[str, float], epoch: int) -> bool:
+        """Record an epoch's validation figures; True when best.pt should now hold this epoch."""
+        value, other = val[self.monitor], val[self.other]
+        progress = self.reference is None or (value > self.reference + self.min_delta if self.maximize
+                                              else value < self.reference - self.min_delta)
+        no_worse = (self.value is not None and self.other_value is not None
+                    and self._at_least(value, self.value, self.maximize)
+                    and self._at_least(other, self.other_value, not self.maximize))
+        if progress:
+            self.reference, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
-        return improved
+        if progress or no_worse:
+            self.value, self.other_value, self.epoch = value, other, epoch
+        return progress or no_worse
 
     @property
     def should_stop(self) -> bool:
@@ -379,7 +398,22 @@ class BestEpoch:
         return f"{100 * self.value:.{digits}f}%" if self.maximize else f"{self.value:.4f}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.value, "best_epoch": self.epoch, "bad_epochs": self.bad_epochs}
+        return {"best_value": self.value, "best_other": self.other_value, "progress_value": self.reference,
+                "best_epoch": self.epoch, "bad_epochs": self.bad_epochs}
+
+
+SMALL_VALIDATION = 100  # images; below it one image moves val_acc by more than a point
+
+
+def warn_small_validation(images: int, monitor: str) -> None:
+    """Say when one validation image moves val_acc by more than a point: epochs then tie often."""
+    if images >= SMALL_VALIDATION:
+        return
+    how = ("ties go to the lower val_loss" if monitor == "val_acc"
+           else "best.pt follows val_loss (train.monitor)")
+    console.warn(f"the validation split has {images} images: one image moves val_acc by "
+                 f"{100 / images:.1f} points, so epochs often tie ({how}); more validation images "
+                 f"(data.val_fraction, or a larger validation/ folder) make the choice of best.pt steadier")
 
 
 @dataclass
@@ -565,6 +599,7 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
                                           loggers.Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
                                           job.start_epoch - 1 if state is not None else None)
 
+    warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
     console.log("training images per class:\n" + data_mod.class_counts_text(spec.classes, parts.counts))
     console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
                 f"loss {parts.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
@@ -621,8 +656,9 @@ def fit(job: Job) -> Path:
                    "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
                    "backbone_lr": backbone_lr}
             schedule.step_epoch(val[t.monitor])
-            improved = job.best.update(val[t.monitor], epoch)
-            end = EpochEnd(epoch, row, improved, f"{job.best.text()} (epoch {job.best.epoch})", confusion)
+            improved = job.best.update(val, epoch)
+            end = EpochEnd(epoch, row, improved, f"{job.best.text()} (epoch {job.best.epoch})", confusion,
+                           job.best.epoch)
             for callback in job.callbacks:
                 callback.epoch_end(end)
             if job.best.should_stop:

@@ -21,11 +21,19 @@ class DataError(UserError):
     """A data folder, image or source that cannot be used as asked."""
 
 
-def first_sentence(exc: BaseException, limit: int = 160) -> str:
-    """A library exception's first sentence, whole, for a one-line message: torch's and
-    onnxruntime's run on for lines of advice, and a cut in mid-word reads as a bug."""
-    import re
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """What a library's exception says, as one complete clause for a one-line message.
 
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
-    return sentence if len(sentence) <= limit else sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    The first line, cut where a clause ends (``, `` ``; `` ``. `` ``: ``) when longer than
+    ``limit``, never in the middle of a word: torch and huggingface_hub put their advice
+    after the reason, and a cut at a fixed width left "try aga".
+    """
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(first) <= limit:
+        return first
+    head = first[:limit]
+    cut = max(head.rfind(mark) for mark in (", ", "; ", ". ", ": "))
+    if cut < limit // 3:
+        cut = head.rfind(" ")
+    return head[:cut if cut > 0 else limit].rstrip(" ,;:.") + " ..."

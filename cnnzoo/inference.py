@@ -22,7 +22,7 @@ import numpy as np
 from . import preprocess
 from .console import console
 from .checkpoint import check_meta
-from .errors import UserError, first_sentence
+from .errors import UserError, short_reason
 
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
 
@@ -180,7 +180,7 @@ class OnnxModel(Classifier):
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise UserError(f"{path}: not a readable ONNX model ({first_sentence(exc)})") from None
+            raise UserError(f"{path}: not a readable ONNX model ({short_reason(exc)})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise UserError(f"{path}: an ONNX model without cnnzoo's metadata (classes, input size, "
@@ -217,7 +217,7 @@ class OnnxModel(Classifier):
         try:
             return self.session.run(None, {self.input_name: x})[0]
         except Exception as exc:  # onnxruntime's own error types: a graph that cannot run this input
-            raise UserError(f"{self.path}: onnxruntime cannot run this model ({first_sentence(exc)}); "
+            raise UserError(f"{self.path}: onnxruntime cannot run this model ({short_reason(exc)}); "
                             f"a damaged or foreign ONNX export") from None
 
 
@@ -245,7 +245,7 @@ def parse_metadata(raw: str, path: str | Path, kind: str) -> dict[str, Any]:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata is not JSON "
-                        f"({first_sentence(exc)})") from None
+                        f"({short_reason(exc)})") from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata should be a JSON object, "
                         f"not {type(meta).__name__}")

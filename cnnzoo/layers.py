@@ -68,6 +68,14 @@ MAX_ACTIVATION = 2**30  # values in one layer's output for one image
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 
 
+class InputTooSmall(ShapeError):
+    """A layer that would make an empty feature map: a larger input would get through."""
+
+
+# what torch says inside a layer (a backbone's pools, a block's convs) when the map is too small
+_TORCH_TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
 def _torch_layer_names() -> list[str]:
     return sorted(n for n, obj in vars(nn).items()
                   if inspect.isclass(obj) and issubclass(obj, nn.Module) and not n.startswith("_"))
@@ -232,7 +240,7 @@ def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: 
         if out < 1:
             k_eff = di * (ki - 1) + 1
             dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
-            raise ShapeError(f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: {arithmetic}")
+            raise InputTooSmall(f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: {arithmetic}")
 
 
 def _describe(type_name: str, kwargs: dict) -> str:
@@ -342,7 +350,8 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count
             y = module(torch.empty((2, *shape), device="meta"))
     except Exception as exc:  # any torch complaint about the input becomes a sentence
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeError(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+        error = InputTooSmall if any(sign in str(exc) for sign in _TORCH_TOO_SMALL) else ShapeError
+        raise error(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -351,7 +360,7 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count
                          f"used in a sequential network")
     out_shape = tuple(y.shape[1:])
     if len(out_shape) == 0 or min(out_shape) < 1:
-        raise ShapeError(f"{label}: turns input {_shape_str(shape)} into an empty output "
+        raise InputTooSmall(f"{label}: turns input {_shape_str(shape)} into an empty output "
                          f"{_shape_str(out_shape) or 'scalar'}")
     if math.prod(out_shape) > MAX_ACTIVATION:
         raise ShapeError(f"{label}: its output {_shape_str(out_shape)} holds {math.prod(out_shape):,} values "
@@ -375,7 +384,7 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
         with torch.device("meta"):
             module = cls(**kwargs)
     except ShapeError as exc:  # inside a block: say which block
-        raise ShapeError(f"{label}: {exc}") from None
+        raise type(exc)(f"{label}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShapeError(f"{label}: {first}") from exc
@@ -432,7 +441,13 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     """
     if isinstance(layers, list) and not layers:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
-    infos = trace_chain(layers, tuple(input_shape), "model.layers", num_classes, count_macs)
+    try:
+        infos = trace_chain(layers, tuple(input_shape), "model.layers", num_classes, count_macs)
+    except InputTooSmall as exc:
+        smallest = smallest_input(layers, tuple(input_shape), num_classes)
+        if smallest is None:
+            raise
+        raise InputTooSmall(f"{exc}; the smallest input that works is {_shape_str(smallest)}") from exc
     shape = infos[-1].output_shape
     if len(shape) != 1:
         raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
@@ -445,14 +460,49 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     return infos
 
 
+def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: Optional[int] = None
+                   ) -> Optional[tuple[int, ...]]:
+    """The input with the smallest sides (each raised to at least S) that no layer finds too small.
+
+    Each conv and pool's output grows with its input (floor((W - K + 2P)/S) + 1), so whether a
+    side of S gets through is monotone in S: a binary search over the builder's own tracing
+    (on the meta device) finds it. None when even the largest allowed side does not.
+    """
+    from .config import MAX_IMAGE_SIDE
+
+    if len(input_shape) != 3:
+        return None
+    channels, height, width = input_shape
+
+    def grown(side: int) -> tuple[int, int, int]:
+        return channels, max(height, side), max(width, side)
+
+    def gets_through(side: int) -> bool:
+        try:
+            trace_chain(layers, grown(side), "model.layers", num_classes)
+        except InputTooSmall:
+            return False
+        except ShapeError:
+            pass  # another complaint, once the input is large enough: not this question
+        return True
+
+    low, high = min(height, width), MAX_IMAGE_SIDE  # low is too small; high is the last hope
+    if low >= high or not gets_through(high):
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if gets_through(middle) else (middle, high)
+    return grown(high)
+
+
 def build_from_infos(infos: list[LayerInfo], pretrained: bool = False,
                      log: Any = print) -> nn.Sequential:
     """Make the real modules; ``pretrained`` also loads each backbone's ``weights``."""
     model = nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
     if pretrained:
-        for module in model:
+        for info, module in zip(infos, model):
             if isinstance(module, Backbone):
-                module.load_pretrained(log)
+                module.load_pretrained(log, key=f"{info.where}.backbone.weights")
     return model
 
 

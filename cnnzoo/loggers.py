@@ -36,6 +36,7 @@ class EpochEnd:
     improved: bool  # the monitored metric is the best so far
     best_text: str  # the best value so far and its epoch, for people
     confusion: torch.Tensor  # validation counts [true class, predicted class]
+    best_epoch: int = 0  # the epoch best.pt holds now
 
 
 class Callback(Protocol):
@@ -110,8 +111,10 @@ class HistoryPlot:
     def __init__(self, run_dir: Path, metrics: MetricsCSV):
         self.path, self.metrics = run_dir / "history.png", metrics
         self._drawn_at = -math.inf
+        self.best_epoch: Optional[int] = None  # the epoch best.pt holds, marked on the plot
 
     def epoch_end(self, end: EpochEnd) -> None:
+        self.best_epoch = end.best_epoch
         if time.monotonic() - self._drawn_at >= self.interval:
             self._draw()
 
@@ -122,7 +125,7 @@ class HistoryPlot:
             return
         self._drawn_at = time.monotonic()
         try:
-            plot_history(self.metrics.rows, self.path)
+            plot_history(self.metrics.rows, self.path, self.best_epoch)
         except Exception as exc:  # a plot must never end a training run
             console.warn(f"could not draw history.png: {exc}")
 

@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 
 def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a screen
+    # class names, run names and grid values are text: `cost_$1_$2` is not a formula (mathtext
+    # would refuse to draw it), in every plot cnnzoo makes
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def plot_history(rows: list[dict], path: str | Path) -> None:
-    """Loss and accuracy per epoch, training and validation, side by side."""
+def _stage_two_start(rows: list[dict]) -> Optional[int]:
+    """The first epoch of stage 2 (the backbone unfrozen), if the run has one."""
+    for row in rows:
+        if str(row.get("stage", "")).strip() == "2":
+            return int(row["epoch"])
+    return None
+
+
+def plot_history(rows: list[dict], path: str | Path, best_epoch: Optional[int] = None) -> None:
+    """history.png: :func:`history_figure`, written to ``path``."""
+    fig = history_figure(rows, best_epoch)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
+    """Loss and accuracy per epoch, training and validation, side by side.
+
+    ``best_epoch`` is the epoch best.pt holds (ties on accuracy go to a lower loss); without it
+    the first epoch with the highest validation accuracy is marked. A dashed line marks where
+    stage 2 (the unfrozen backbone) starts.
+    """
     plt = _pyplot()
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -26,10 +49,16 @@ def plot_history(rows: list[dict], path: str | Path) -> None:
         ax_acc.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", label=label)
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
-    best = max(rows, key=lambda r: float(r["val_acc"]))
+    best = next((r for r in rows if int(r["epoch"]) == best_epoch), None) or \
+        max(rows, key=lambda r: float(r["val_acc"]))
     ax_acc.scatter([int(best["epoch"])], [100 * float(best["val_acc"])], s=160, facecolors="none",
-                   edgecolors="black", zorder=3, label=f"best: {100 * float(best['val_acc']):.1f}% "
+                   edgecolors="black", zorder=3, label=f"best.pt: {100 * float(best['val_acc']):.1f}% "
                                                         f"(epoch {best['epoch']})")
+    stage_two = _stage_two_start(rows)
+    if stage_two is not None and stage_two > epochs[0]:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(stage_two - 0.5, color="gray", linestyle="--", linewidth=1,
+                       label=f"stage 2 (backbone unfrozen) from epoch {stage_two}")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_acc):
@@ -37,34 +66,47 @@ def plot_history(rows: list[dict], path: str | Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
                    title: str = "confusion matrix") -> None:
-    """Counts in cells, true class down the side, predicted class along the bottom."""
+    """Counts, and each true class's row as shares, true class down the side, predicted along the bottom."""
     fig = confusion_figure(matrix, classes, title)
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
 
 
-def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
-    """The matplotlib figure of :func:`plot_confusion` (TensorBoard takes figures)."""
-    plt = _pyplot()
+def row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Each row divided by its sum (a class without images stays all zero): the recall view."""
+    return [[v / sum(row) if sum(row) else 0.0 for v in row] for row in matrix]
+
+
+def _matrix_panel(fig, ax, values: Sequence[Sequence[float]], classes: Sequence[str], title: str,
+                  peak: float, text: Callable[[float], str]) -> None:
     n = len(classes)
-    size = max(4.0, 0.6 * n + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=peak)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    peak = max((max(row) for row in matrix), default=0) or 1
     for i in range(n):
         for j in range(n):
-            value = matrix[i][j]
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > peak / 2 else "black")
+            ax.text(j, i, text(values[i][j]), ha="center", va="center", fontsize=8,
+                    color="white" if values[i][j] > peak / 2 else "black")
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
+    """The matplotlib figure of :func:`plot_confusion` (TensorBoard takes figures): counts on the
+    left; on the right each row as shares of its true class, so a rare class's errors show as
+    clearly as the largest class's."""
+    plt = _pyplot()
+    size = max(4.0, 0.6 * len(classes) + 2)
+    fig, (ax_counts, ax_shares) = plt.subplots(1, 2, figsize=(2 * (size + 1), size))
+    peak = max((max(row) for row in matrix), default=0) or 1
+    _matrix_panel(fig, ax_counts, matrix, classes, "counts", peak, lambda v: str(int(v)))
+    _matrix_panel(fig, ax_shares, row_shares(matrix), classes, "share of each true class (rows sum to 100%)",
+                  1.0, lambda v: f"{100 * v:.0f}%")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

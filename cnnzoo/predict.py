@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .device import norm_tensors, pick_device, prefers_channels_last, to_model_input
-from .errors import UserError, first_sentence
+from .errors import UserError, short_reason
 from .inference import METADATA_KEY, Classifier, parse_metadata
 from .layers import build_from_infos, trace_records
 
@@ -78,7 +78,7 @@ class Model(_TorchClassifier):
         except UserError as exc:
             raise UserError(f"{self.path}: its layers cannot be rebuilt: {exc}") from None
         except (RuntimeError, ValueError, TypeError) as exc:  # missing, extra or mis-shaped tensors
-            raise UserError(f"{self.path}: its weights do not fit its layers ({first_sentence(exc)})") from None
+            raise UserError(f"{self.path}: its weights do not fit its layers ({short_reason(exc)})") from None
         broken = ckpt_io.nonfinite_tensors(ckpt["model_state"])
         if broken:  # every output would be NaN: a prediction, an export or a served answer means nothing
             raise UserError(f"{self.path}: its weights hold NaN or infinite values ({len(broken)} of "
@@ -107,7 +107,7 @@ class TorchScriptModel(_TorchClassifier):
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:
-            raise UserError(f"{path}: not a readable TorchScript file ({first_sentence(exc)})") from None
+            raise UserError(f"{path}: not a readable TorchScript file ({short_reason(exc)})") from None
         if not extra[METADATA_KEY]:
             raise UserError(f"{path}: a TorchScript file without cnnzoo's metadata; make it with cnnzoo export")
         super().__init__(parse_metadata(extra[METADATA_KEY], path, "TorchScript export"), path)

@@ -27,7 +27,7 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
     try:
         num_classes = len(data.class_names(cfg))
     except UserError as exc:  # no data here: the class count is all a summary needs from it
-        raise UserError(f"{exc}; a summary only needs the number of classes: "
+        raise type(exc)(f"{exc}; a summary only needs the number of classes: "
                         f"--set model.num_classes=N") from None
     return [channels, *size], num_classes
 

@@ -3,17 +3,46 @@
 Nothing here downloads anything: CNNZOO_HOME and TORCH_HOME point into tmp_path so tests
 never touch the user's caches, and CNNZOO_OFFLINE / HF_HUB_OFFLINE forbid downloading
 pretrained weights.
+
+Data and weights beside the project (``../shared``) are optional: a fresh clone has none.
+A test reaches them only through :func:`shared_path` (or the ``clothing_root`` fixture),
+which skips when they are absent; such tests carry the ``needs_shared`` marker (added
+here for the fixtures), and ``.ci/run`` runs ``pytest -m needs_shared`` again from a copy
+of the project with no ``../shared`` beside it.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-CLOTHING = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "clothing-small"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT_ROOT.parent / "shared"  # beside the project; absent in a fresh clone
+CLOTHING = SHARED / "datasets" / "clothing-small"
+SHARED_FIXTURES = {"clothing_root"}  # fixtures that read SHARED: their tests get the marker
+
+
+def shared_path(relative: str) -> Path:
+    """A file or folder under ../shared, or a clean skip when this checkout has none."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{relative} is not present beside the project (../shared)")
+    return path
+
+
+def reads_shared(text: str) -> bool:
+    """Whether a config (or any text) names a path into ../shared."""
+    return re.search(r"(^|[\s'\"/])shared/", text) is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.needs_shared)
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +107,4 @@ def tiny_config(root: Path, **train) -> dict:
 
 @pytest.fixture
 def clothing_root() -> Path:
-    if not (CLOTHING / "train").is_dir():
-        pytest.skip("clothing-small data set not present beside the project")
-    return CLOTHING
+    return shared_path("datasets/clothing-small/train").parent

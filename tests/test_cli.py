@@ -237,6 +237,21 @@ def test_train_shortcut_flags_and_unset(image_root, tmp_path):
     assert bad.exit_code == 2 and "--unset train.nothing: the config has no such key" in bad.stderr
 
 
+def test_train_name_flag_names_the_run_folder(image_root, tmp_path):
+    from conftest import tiny_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root, epochs=1)))
+    result = CliRunner().invoke(app, ["train", "-c", str(config), "--name", "photos_v2", "--runs",
+                                      str(tmp_path / "runs"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "runs" / "photos_v2" / "1")
+    assert yaml.safe_load((tmp_path / "runs" / "latest" / "config.yaml").read_text())["name"] == "photos_v2"
+    bad = CliRunner().invoke(app, ["train", "-c", str(config), "--name", "../up", "--runs", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "name: got '../up'; a run name is one folder name" in bad.stderr
+    assert not (tmp_path / "r2").exists()
+
+
 def test_version_short_flag_and_debug_anywhere(tmp_path):
     import subprocess
 

@@ -408,3 +408,61 @@ def test_empty_section_means_defaults(tmp_path):
 def test_non_finite_lr_is_refused(value):
     msg = error_of({}, [f"train.lr={value}"])
     assert re.match(r"train\.lr: got (nan|inf), expected a positive number", msg)
+
+
+# --------------------------------------------------------------------------- paths in a config
+
+
+def test_tilde_in_data_root_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    written = write(tmp_path, "data: {root: ~/photos, cache_dir: ~/cache}\n")
+    cfg = load_config(written)
+    assert cfg.data.root == str(tmp_path / "photos") and cfg.data.cache_dir == str(tmp_path / "cache")
+    assert load_config({}, ["data.root=~/photos"]).data.root == str(tmp_path / "photos")  # --set, --data=~/...
+    assert load_config({"data": {"root": "~/x"}}).data.root == str(tmp_path / "x")  # the Python API's mappings
+
+
+def test_relative_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    (project / "images").mkdir()
+    (project / "weights.pth").write_bytes(b"")
+    config = write(project / "configs", """\
+        data: {root: ../images}
+        model:
+          layers:
+            - backbone: {name: resnet18, weights: ../weights.pth}
+            - gap
+        """)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(config)
+    assert cfg.data.root == str(project / "images")
+    assert cfg.model.layers[0]["backbone"]["weights"] == str(project / "weights.pth")
+    assert cfg.model.layers[0]["backbone"]["name"] == "resnet18"  # names are not paths
+    # what the command line gives is read from the working directory, as a shell user expects
+    assert load_config(config, ["data.root=mine"]).data.root == "mine"
+
+
+def test_a_path_found_only_from_the_working_directory_still_works(tmp_path, monkeypatch):
+    # configs written when relative paths were read from the working directory keep working there
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "data").mkdir()
+    config = write(tmp_path / "configs", "data: {root: data}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config).data.root == "data"
+    (tmp_path / "configs" / "data").mkdir()  # the file's own folder has it: that one wins
+    assert load_config(config).data.root == str(tmp_path / "configs" / "data")
+
+
+@pytest.mark.needs_shared
+def test_shipped_transfer_config_finds_its_data_and_weights_from_any_folder(tmp_path, monkeypatch):
+    from conftest import PROJECT_ROOT, shared_path
+
+    shared_path("weights/tf_efficientnet_lite0.imagenet.pth")
+    shared_path("datasets/clothing-small/train")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PROJECT_ROOT / "configs" / "clothing_transfer.yaml")
+    assert Path(cfg.data.root, "train").is_dir()
+    assert Path(cfg.model.layers[0]["backbone"]["weights"]).is_file()

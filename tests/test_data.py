@@ -357,6 +357,42 @@ def test_error_no_class_folders(tmp_path):
     assert "no class folders" in message and str(tmp_path / "empty" / "train") in message
 
 
+def _dataset_in(folder: Path) -> Path:
+    write_class_folders(folder / "train", {"a": 3, "b": 3}, size=8)
+    write_class_folders(folder / "validation", {"a": 1, "b": 1}, size=8, seed=1)
+    return folder
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_data_root_one_or_two_levels_too_high_says_did_you_mean(tmp_path, capsys, depth):
+    up = tmp_path / "downloads"
+    dataset = _dataset_in(up / "clothing" if depth == 1 else up / "clothing" / "clothing")
+    (up / "clothing.zip").write_bytes(b"PK")
+    (up / "again").symlink_to(up / "clothing")  # the same images twice: a warning for each, before
+    for ask in (lambda: load(up), lambda: data_mod.class_names(load_config({"data": {"root": str(up)}}))):
+        with pytest.raises(DataError) as info:
+            ask()
+        assert str(info.value) == (f"{up}: no train/ or class folders of images here, but {dataset} holds "
+                                   f"train/ and validation/; did you mean --data {dataset} "
+                                   f"(data.root: {dataset})?")
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_folder_holding_one_folder_of_class_folders_says_did_you_mean(tmp_path):
+    up = tmp_path / "photos"
+    write_class_folders(up / "images", {"cat": 2, "dog": 2}, size=8)
+    assert _error(up) == (f"{up}: only one class folder (images), which holds class folders itself "
+                          f"(cat, dog); did you mean --data {up / 'images'} (data.root: {up / 'images'})?")
+
+
+def test_the_train_folder_itself_is_split_and_the_log_names_the_data_root(tmp_path):
+    root = _dataset_in(tmp_path / "clothing")
+    lines = []
+    spec = data_mod.load_data(load_config({"data": {"root": str(root / "train"), "image_size": 8}}), log=lines.append)
+    assert len(spec.train) + len(spec.val) == 6  # what was asked: train/ alone, split by val_fraction
+    assert any(f"did you mean data.root: {root}? It holds train/ and validation/" in line for line in lines), lines
+
+
 # ============================================================================ the cache
 
 

@@ -33,26 +33,28 @@ def test_kernel_bigger_than_input_shows_the_arithmetic():
               {"conv": {"out_channels": 16, "kernel_size": 5}}, "flatten"]
     msg = shape_error(layers, (1, 8, 8))  # 8 -> 4, then a 5x5 kernel on 4x4
     assert msg == ("layer 2 (Conv2d, kernel_size=5): input 6x4x4 is smaller than the kernel: "
-                   "(4 − 5 + 2·0)/1 + 1 = 0")
+                   "(4 − 5 + 2·0)/1 + 1 = 0; the smallest input that works is 1x9x9")
 
 
 def test_kernel_arithmetic_with_padding_and_stride():
     msg = shape_error([{"Conv2d": {"out_channels": 4, "kernel_size": 7, "stride": 2, "padding": 1}},
                        "flatten"], (3, 4, 4))
     assert msg == ("layer 0 (Conv2d, kernel_size=7, stride=2, padding=1): input 3x4x4 is smaller "
-                   "than the kernel: (4 − 7 + 2·1)/2 + 1 = 0")
+                   "than the kernel: (4 − 7 + 2·1)/2 + 1 = 0; the smallest input that works is 3x5x5")
 
 
 def test_kernel_arithmetic_with_dilation():
     msg = shape_error([{"Conv2d": {"out_channels": 4, "kernel_size": 3, "dilation": 3}}, "flatten"],
                       (3, 5, 5))
     assert msg == ("layer 0 (Conv2d, kernel_size=3, dilation=3): input 3x5x5 is smaller than the "
-                   "kernel (kernel 3 with dilation 3 spans 7): (5 − 7 + 2·0)/1 + 1 = -1")
+                   "kernel (kernel 3 with dilation 3 spans 7): (5 − 7 + 2·0)/1 + 1 = -1; "
+                   "the smallest input that works is 3x7x7")
 
 
 def test_kernel_check_per_axis_for_rectangular_inputs():
     msg = shape_error([{"Conv2d": {"out_channels": 4, "kernel_size": [1, 5]}}, "flatten"], (3, 8, 3))
-    assert "input 3x8x3 is smaller than the kernel: (3 − 5 + 2·0)/1 + 1 = -1" in msg
+    assert msg.endswith("input 3x8x3 is smaller than the kernel: (3 − 5 + 2·0)/1 + 1 = -1; "
+                        "the smallest input that works is 3x8x5")
 
 
 def test_pool_stride_defaults_to_its_kernel_in_the_check():
@@ -61,7 +63,46 @@ def test_pool_stride_defaults_to_its_kernel_in_the_check():
     assert infos[0].output_shape == (4, 1, 1)
     msg = shape_error(["maxpool", "maxpool", "flatten"], (4, 3, 3))
     assert msg == ("layer 1 (MaxPool2d, kernel_size=2): input 4x1x1 is smaller than the kernel: "
-                   "(1 − 2 + 2·0)/2 + 1 = 0")
+                   "(1 − 2 + 2·0)/2 + 1 = 0; the smallest input that works is 4x4x4")
+
+
+def _smallest_by_trying(layers, channels: int) -> int:
+    """The smallest square side that traces, found the slow way: every side from 1 up."""
+    for side in range(1, 300):
+        try:
+            trace_layers(layers, (channels, side, side))
+            return side
+        except ShapeError:
+            continue
+    raise AssertionError("no side up to 300 works")
+
+
+LENET_LIKE = [{"conv": {"out_channels": 6, "kernel_size": 5}}, "relu", "pool",
+              {"conv": {"out_channels": 16, "kernel_size": 5, "stride": 2}}, "relu", "pool",
+              {"avgpool": {"kernel_size": 3, "ceil_mode": True}}, "flatten"]
+BLOCKS_LIKE = [{"conv": {"out_channels": 8, "kernel_size": 3, "stride": 2}},
+               {"residual": {"layers": [{"conv": {"out_channels": 16, "kernel_size": 3, "stride": 2}}, "relu",
+                                        {"conv": {"out_channels": 16, "kernel_size": 3}}]}},
+               {"branches": {"paths": [[{"conv": {"out_channels": 4, "kernel_size": 5}}],
+                                       [{"maxpool": {"kernel_size": 5, "stride": 1}}]]}}, "gap"]
+
+
+@pytest.mark.parametrize("layers", [LENET_LIKE, BLOCKS_LIKE], ids=["conv-pool", "blocks"])
+def test_too_small_input_names_the_smallest_that_works(layers):
+    side = _smallest_by_trying(layers, 3)
+    msg = shape_error(layers, (3, side - 1, side - 1))
+    assert msg.endswith(f"; the smallest input that works is 3x{side}x{side}"), msg
+
+
+def test_a_backbone_too_small_for_its_input_names_the_smallest_that_works():
+    msg = shape_error([{"backbone": {"name": "vgg11", "weights": None}}, "gap"], (3, 16, 16))
+    assert msg.startswith("layer 0 (Backbone): cannot take input 3x16x16") and \
+        msg.endswith("; the smallest input that works is 3x32x32")  # five 2x2 pools
+
+
+def test_no_size_hint_where_no_size_works():
+    msg = shape_error([{"AdaptiveAvgPool2d": {"output_size": 0}}, "flatten"], (1, 4, 4))
+    assert "smallest input" not in msg
 
 
 def test_same_padding_is_not_refused():

@@ -203,6 +203,8 @@ def test_resume_continues_exactly(small_root, tmp_path, recipe, augment, epochs,
     assert len(metric_rows(whole)) == expected_rows
     assert metric_rows(resumed) == metric_rows(whole)
     assert torch.load(resumed / "last.pt", weights_only=True)["epoch"] == expected_rows
+    assert torch.load(resumed / "best.pt", weights_only=True)["epoch"] == \
+        torch.load(whole / "best.pt", weights_only=True)["epoch"]  # ties are broken the same way
     assert yaml.safe_load((resumed / "config.yaml").read_text())["train"]["epochs"] == epochs
 
 
@@ -391,10 +393,45 @@ def test_early_stopping_stops_and_says_so(image_root, tmp_path, capsys):
     config = tiny_config(image_root, epochs=5, patience=1, min_delta=1.0)
     run = train(config, out=tmp_path / "runs", quiet=False)
     out = capsys.readouterr().out
-    assert [r["epoch"] for r in metric_rows(run)] == ["1", "2"]
+    rows = metric_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     assert "early stopping" in out and "not improved for 1 epochs" in out
-    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 1
+    # epoch 2 ties epoch 1's accuracy with a lower loss: it takes best.pt, but is no progress
+    assert rows[0]["val_acc"] == rows[1]["val_acc"] and float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == 2
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def _best_after(monitor: str, epochs: list[tuple[float, float]], min_delta: float = 0.0) -> tuple[int, list[bool]]:
+    from cnnzoo.engine import BestEpoch
+
+    best = BestEpoch(load_config({"train": {"monitor": monitor, "min_delta": min_delta}}).train)
+    moved = [best.update({"val_acc": acc, "val_loss": loss}, epoch) for epoch, (acc, loss) in enumerate(epochs, 1)]
+    return best.epoch, moved
+
+
+def test_best_epoch_breaks_ties_by_the_other_figure_and_prefers_the_later_epoch():
+    # (val_acc, val_loss): 36 validation images, accuracy stuck at 35/36 from epoch 2 on
+    epochs = [(0.90, 0.50), (0.972, 0.40), (0.972, 0.30), (0.972, 0.35), (0.95, 0.10), (0.972, 0.30)]
+    assert _best_after("val_acc", epochs) == (6, [True, True, True, False, False, True])
+    # monitoring the loss, an equal loss goes to the higher accuracy, then the later epoch
+    assert _best_after("val_loss", [(0.8, 0.3), (0.9, 0.3), (0.85, 0.3), (0.9, 0.3), (0.5, 0.2)])[0] == 5
+    assert _best_after("val_loss", [(0.8, 0.3), (0.9, 0.3), (0.85, 0.3), (0.9, 0.3)])[0] == 4
+    # a gain within min_delta is no progress, but with a lower loss it is the better checkpoint
+    assert _best_after("val_acc", [(0.90, 0.5), (0.905, 0.4), (0.905, 0.45)], min_delta=0.01)[0] == 2
+
+
+def test_best_pt_on_a_tied_accuracy_is_the_epoch_with_the_lower_loss(image_root, tmp_path, capsys):
+    run = train(tiny_config(image_root, epochs=6), out=tmp_path / "runs", quiet=True)
+    rows = metric_rows(run)
+    top = max(float(r["val_acc"]) for r in rows)
+    tied = [r for r in rows if float(r["val_acc"]) == top]
+    assert len(tied) >= 2  # 8 validation images: the tiny network reaches 100% and stays there
+    expected = min(tied, key=lambda r: (float(r["val_loss"]), -int(r["epoch"])))
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["epoch"] == int(expected["epoch"]) and best["epoch"] != int(tied[0]["epoch"])
+    assert ("warning: the validation split has 8 images: one image moves val_acc by 12.5 points, so epochs "
+            "often tie (ties go to the lower val_loss)") in capsys.readouterr().err
 
 
 def test_cuda_device_on_a_cpu_machine_is_a_config_error(image_root, tmp_path):

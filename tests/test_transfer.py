@@ -130,7 +130,8 @@ def test_torchvision_weights_name_reads_the_torch_hub_cache(image_root, isolated
     with pytest.raises(UserError) as missing:
         train(config, out=tmp_path / "runs", quiet=True)
     message = str(missing.value)
-    assert hub_file.name in message and str(hub_file.parent) in message and "weights:" in message
+    assert hub_file.name in message and str(hub_file.parent) in message
+    assert message.endswith("or give a state dict file with --set model.layers.0.backbone.weights=PATH")
     assert not (tmp_path / "runs").exists()  # refused before a run folder was made
 
     torch.manual_seed(7)
@@ -252,6 +253,131 @@ def test_timm_preprocessing_comes_from_the_pretrained_config(image_root, lite0_f
     assert spec.image_size == (224, 224) and spec.mean == [0.5] * 3 and spec.std == [0.5] * 3
 
 
+class NetworkAttempts:
+    """Records every socket connection and name lookup this process tries (a Python audit hook)."""
+
+    def __init__(self):
+        import sys
+
+        self.on, self.seen = False, []
+        sys.addaudithook(self._hook)  # cannot be removed; it records only while `on`
+
+    def _hook(self, event: str, args) -> None:
+        if self.on and event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname"):
+            self.seen.append((event, str(args)[:80]))
+
+
+@pytest.fixture(scope="module")
+def network_attempts() -> NetworkAttempts:
+    return NetworkAttempts()
+
+
+def timm_default_config(root: Path) -> dict:
+    return transfer_config(root, {"name": "timm/tf_efficientnet_lite0", "weights": "DEFAULT"}, epochs=1)
+
+
+def test_timm_default_weights_offline_fail_at_once_saying_which_file_goes_where(
+        image_root, isolated_home, tmp_path, monkeypatch, network_attempts):
+    pytest.importorskip("timm")
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # CNNZOO_OFFLINE alone must keep timm off the network
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(timm_default_config(image_root)))
+    network_attempts.on = True
+    try:
+        result = CliRunner().invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "runs")])
+    finally:
+        network_attempts.on = False
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    line = result.stderr.strip()
+    folder = isolated_home / "weights" / "timm" / "tf_efficientnet_lite0.in1k"
+    assert (f"put model.safetensors (from https://huggingface.co/timm/tf_efficientnet_lite0.in1k/resolve/main/"
+            f"model.safetensors) in {folder}") in line
+    assert "downloads are off (CNNZOO_OFFLINE)" in line
+    assert line.endswith("or give a state dict file with --set model.layers.0.backbone.weights=PATH")
+    assert network_attempts.seen == []
+
+
+def test_timm_default_weights_are_read_from_cnnzoo_weights_folder(image_root, isolated_home, tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(11)
+    whole = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()  # classifier included
+    folder = isolated_home / "weights" / "timm" / "tf_efficientnet_lite0.in1k"
+    folder.mkdir(parents=True)
+    save_file(whole, str(folder / "model.safetensors"))
+    run = train(timm_default_config(image_root), out=tmp_path / "runs")
+    assert f"loaded timm tf_efficientnet_lite0 ({folder / 'model.safetensors'})" in run_log(capsys)
+    first = torch.load(run / "best.pt", weights_only=True)["model_state"]["0.body.conv_stem.weight"]
+    assert torch.equal(first, whole["conv_stem.weight"])  # stage 1 of 7 is frozen: still the file's
+
+
+def test_timm_default_weights_are_read_from_the_hugging_face_cache_offline(image_root, tmp_path, monkeypatch,
+                                                                            network_attempts):
+    timm = pytest.importorskip("timm")
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from cnnzoo.backbones import Backbone
+
+    # the Hugging Face cache's own layout, as a download with a network leaves it
+    repo = tmp_path / "hub" / "models--timm--tf_efficientnet_lite0.in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    torch.manual_seed(12)
+    whole = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    save_file(whole, str(repo / "snapshots" / "0123abcd" / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # what HF_HOME sets at import
+    backbone = Backbone("timm/tf_efficientnet_lite0", "DEFAULT")
+    network_attempts.on = True
+    try:
+        backbone.load_pretrained(log=lambda *_: None)
+    finally:
+        network_attempts.on = False
+    assert torch.equal(backbone.body.conv_stem.weight, whole["conv_stem.weight"])
+    assert network_attempts.seen == []
+
+
+def hostile_weight_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a weights file a stranger could hand over, what the one line must say)."""
+    import json
+    import os
+    import struct
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /tmp/cnnzoo-weights-pwned",))
+
+    files = {}
+    pickled = folder / "evil.pth"
+    torch.save({"conv1.weight": RunsCode()}, pickled)
+    files["pickle"] = (pickled, f"{pickled}: refused: loading it would call posix.system, which is neither")
+    huge = folder / "huge_header.safetensors"
+    huge.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    files["huge header"] = (huge, f"{huge}: not a readable safetensors file (Error while deserializing header: "
+                                  f"header too large)")
+    header = json.dumps({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    dtype = folder / "bad_dtype.safetensors"
+    dtype.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    files["bad dtype"] = (dtype, f"{dtype}: not a readable safetensors file (Error while deserializing header: "
+                                 f"invalid JSON in header: unknown variant `Q99` ...)")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["pickle", "huge header", "bad dtype"])
+def test_hostile_weight_files_are_one_complete_line(image_root, tmp_path, kind):
+    path, expected = hostile_weight_files(tmp_path)[kind]
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(transfer_config(image_root, {"name": "resnet18", "weights": str(path)})))
+    result = CliRunner().invoke(app, ["train", "-c", str(config), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and expected in line, line
+    assert "Re-running" not in line and "internal error" not in line
+    assert not Path("/tmp/cnnzoo-weights-pwned").exists()
+
+
 # ============================================================================ summary and errors
 
 
@@ -279,7 +405,8 @@ def test_summary_shows_the_backbone_as_one_row_with_frozen_parameters(tmp_path):
 
 ERROR_CASES = [
     ({"name": "resnet19"}, {}, "did you mean resnet18"),
-    ({"name": "resnet18", "weights": "/nowhere/r18.pth"}, {}, "weights file not found: /nowhere/r18.pth"),
+    ({"name": "resnet18", "weights": "/nowhere/r18.pth"}, {},
+     "weights file not found: /nowhere/r18.pth; give the file with --set model.layers.0.backbone.weights=PATH"),
     ({"name": "resnet18", "weights": "IMAGENET9K"}, {}, "weights 'IMAGENET9K' unknown; use one of DEFAULT"),
     ({"name": "resnet18", "freeze": 9}, {}, "freeze: got 9"),
     ({"name": "resnet18", "weights": None}, {"unfreeze_at_epoch": 2, "unfreeze_stages": 0},
