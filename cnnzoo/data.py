@@ -20,6 +20,7 @@ What this module owns, in the order training meets it:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -500,20 +501,16 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
 
 # ----------------------------------------------------------------------------- augmentation
 
-_JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
-
-
 def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """torchvision.transforms.v2 pipeline on uint8 CxHxW tensors; None when nothing is on."""
+    """torchvision.transforms.v2 pipeline on uint8 CxHxW tensors; None when nothing is on.
+
+    Every value was range-checked with the config (:class:`cnnzoo.config.Bounds`).
+    """
     from torchvision.transforms import v2
 
     steps: list[Any] = []
     if aug.random_resized_crop:
-        scale = aug.random_resized_crop
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ConfigError(f"data.augment.random_resized_crop: got {scale}, expected "
-                              f"[min_area, max_area] within (0, 1], e.g. [0.6, 1.0]")
-        steps.append(v2.RandomResizedCrop(list(size), scale=tuple(scale), antialias=True))
+        steps.append(v2.RandomResizedCrop(list(size), scale=tuple(aug.random_resized_crop), antialias=True))
     hflip, vflip = aug.flip_probabilities
     if hflip:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -521,18 +518,12 @@ def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callabl
         steps.append(v2.RandomVerticalFlip(vflip))
     translate = aug.translate if isinstance(aug.translate, list) else [aug.translate, aug.translate]
     if aug.rotation or aug.shear or aug.zoom or any(translate):
-        if not 0 <= aug.zoom < 1:
-            raise ConfigError(f"data.augment.zoom: got {aug.zoom}, expected a fraction in [0, 1)")
         steps.append(v2.RandomAffine(
             degrees=aug.rotation, translate=tuple(translate) if any(translate) else None,
             scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
             shear=aug.shear or None, interpolation=v2.InterpolationMode.BILINEAR))
     if aug.color_jitter:
-        unknown = sorted(set(aug.color_jitter) - set(_JITTER_KEYS))
-        if unknown:
-            raise ConfigError(f"data.augment.color_jitter.{unknown[0]}: unknown key; "
-                              f"known keys: {', '.join(_JITTER_KEYS)}")
-        steps.append(v2.ColorJitter(**aug.color_jitter))
+        steps.append(v2.ColorJitter(**dataclasses.asdict(aug.color_jitter)))
     return v2.Compose(steps) if steps else None
 
 

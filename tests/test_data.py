@@ -25,6 +25,11 @@ from conftest import tiny_config, write_class_folders
 from helpers_train import metric_rows, tiny_layers, write_mnist_raw
 
 
+def augment_config(options: dict) -> AugmentConfig:
+    """``data.augment`` as a config file would give it (validated)."""
+    return load_config({"data": {"augment": options}}).data.augment
+
+
 def cfg_for(root, **data):
     return load_config({"data": {"root": str(root), "image_size": 16, **data}})
 
@@ -451,7 +456,7 @@ AUGMENT_OPTIONS = {
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("name", list(AUGMENT_OPTIONS))
 def test_each_augmentation_keeps_uint8_and_shape(name, channels):
-    augment = data_mod.build_augment(AugmentConfig(**AUGMENT_OPTIONS[name]), (16, 12))
+    augment = data_mod.build_augment(augment_config(AUGMENT_OPTIONS[name]), (16, 12))
     assert augment is not None
     torch.manual_seed(0)
     image = torch.randint(0, 256, (channels, 16, 12), dtype=torch.uint8)
@@ -475,7 +480,7 @@ def test_no_augmentation_is_none():
 ])
 def test_bad_augmentation_values_are_config_errors(options, key):
     with pytest.raises(ConfigError) as info:
-        data_mod.build_augment(AugmentConfig(**options), (16, 16))
+        augment_config(options)
     assert key in str(info.value)
 
 
@@ -491,7 +496,7 @@ def test_augmentation_is_seeded_per_batch(image_root):
     decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
                "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
-    augment = data_mod.build_augment(AugmentConfig(**options), (16, 16))
+    augment = data_mod.build_augment(augment_config(options), (16, 16))
     dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded, augment)
     plain = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
     batch = list(range(8))

@@ -182,6 +182,19 @@ def test_huge_images_are_config_errors(image_root, override, expected):
         load_config(tiny_config(image_root), [override])
 
 
+def test_a_config_at_the_edge_of_every_range_trains(image_root, tmp_path):
+    """What the schema admits, train runs (issue 23, item 7: summary and train agree)."""
+    config = tiny_config(image_root, epochs=2, lr=1e6, momentum=1.0, weight_decay=1e6, scheduler="step",
+                         step_size=1, gamma=0.999, label_smoothing=0.999, ddp_timeout=604800, optimizer="sgd")
+    config["seed"] = 2**64 - 1
+    config["data"]["augment"] = {
+        "hflip": 1.0, "vflip": True, "rotation": 180, "translate": [1.0, 1.0], "shear": 89.99, "zoom": 0.999,
+        "random_resized_crop": [1e-6, 1.0],
+        "color_jitter": {"brightness": 10, "contrast": 10, "saturation": 10, "hue": 0.5}}
+    run = train(config, out=tmp_path / "runs", quiet=True)
+    assert (run / "last.pt").is_file()
+
+
 def test_deeply_nested_yaml_is_a_config_error(tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
