@@ -8,9 +8,11 @@ What this module owns, in the order training meets it:
   Fashion-MNIST and CIFAR-10. Each split becomes a :class:`Samples` list.
 * **The cache** (``data.cache``): every image is decoded and resized once
   (:func:`cnnzoo.preprocess.load_image`) into a uint8 ``[N, C, H, W]`` tensor in RAM or
-  in a memory-mapped ``.npy`` file on disk, keyed by the files' paths, sizes and
-  modification times and by the image size and channels, so a changed image or setting
-  rebuilds it. Later epochs never touch a JPEG again.
+  in a memory-mapped ``.npy`` file on disk, keyed by the files' paths and contents and
+  by the image size and channels, so a changed image or setting rebuilds it. A file on
+  disk is checked when opened (:func:`open_cached`: size, header, checksum) and rebuilt
+  when it is not what was written (:func:`cached_array`, which the feature cache of
+  :mod:`cnnzoo.transfer` uses too). Later epochs never touch a JPEG again.
 * **Batches**: :class:`ImageDataset` returns whole uint8 batches (``__getitems__``) with
   augmentations from ``torchvision.transforms.v2`` applied per image, seeded per batch,
   so a run is reproducible whatever the worker count, and a resumed run sees exactly

@@ -486,3 +486,9 @@ def test_every_range_admits_its_edges_and_refuses_past_them(key, bounds, integer
     for value in outside:
         assert error_of({}, [f"{key}={'.nan' if value != value else value}"]).startswith(f"{key}: got ")
 
+
+
+def test_the_ranges_page_lists_every_ranged_key():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config-ranges.md").read_text()
+    missing = [key for key, _, _ in bounded_fields() if key.rsplit(".", 1)[-1] not in page]
+    assert not missing, f"docs/config-ranges.md does not list {missing}"
