@@ -602,13 +602,16 @@ def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: 
             elif os.path.lexists(path):
                 warn(f"{key}: rebuilding {path}: {stale}")
     writer = NpyWriter(path, shape, dtype, key)
+    location = str(writer.path or "ram")
     try:
         record = fill(writer.tensor)
-    except BaseException:  # Ctrl-C or a failure: no half-written cache file stays behind
+        return CachedArray(writer.finish(record), location, record, False)
+    except BaseException as exc:  # Ctrl-C or a failure: no half-written cache file stays behind
         writer.discard()
+        if isinstance(exc, OSError) and ckpt_io.is_disk_full(exc):
+            raise DataError(f"{key}: the disk under {location} filled up while the cache was written; "
+                            f"free some space, or set {key}: ram") from None
         raise
-    location = str(writer.path or "ram")
-    return CachedArray(writer.finish(record), location, record, False)
 
 
 def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,

@@ -371,7 +371,8 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
                       "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
                       "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages",
                       "data.feature_cache", "train.loggers", "train.sync_bn", "train.ddp_timeout",
-                      "data.augment.translate", "data.augment.hflip"])
+                      "data.augment.translate", "data.augment.hflip", "data.augment.rotation", "data.augment.shear",
+                      "data.augment.color_jitter", "data.augment.color_jitter.hue", "train.gamma", "train.momentum"])
     value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
     return config, [f"{key}={value}"]
 
