@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,7 +221,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     import logging
     import sys
     import tempfile
-    import threading
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -253,7 +253,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     return 0
 
 
-def _kill_stopped_workers(done: "threading.Event") -> None:
+def _kill_stopped_workers(done: threading.Event) -> None:
     """Once a worker has ended, SIGKILL those left stopped (SIGSTOP) after :data:`SHUTDOWN_GRACE_S`.
 
     Why: torchrun ends a failed job's other processes with SIGTERM and waits 30 s before SIGKILL

@@ -148,7 +148,7 @@ def test_bad_grids_are_one_line_before_anything_runs(image_root, tmp_path, grid,
 # ============================================================================ issue 22 (items 2, 7, 10) and 23 (13, 14)
 
 
-def cli(*args) -> "object":
+def cli(*args):
     from typer.testing import CliRunner
 
     from cnnzoo.cli import app
