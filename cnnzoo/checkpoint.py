@@ -11,11 +11,12 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import UserError, short_reason
 
@@ -24,14 +25,25 @@ VERSION = 1
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """torch.save ``obj`` whole into memory, then write it to a temporary file in the same folder
+    with its space reserved first (:func:`reserve_space`), fsync, and rename over ``path``.
+
+    A failure (a full disk included: ``OSError`` ENOSPC, see :func:`is_disk_full`) leaves
+    ``path`` as it was and no temporary file behind.
+    """
+    import io
+
     import torch
 
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # in memory first: the size is known, and torch's writer never meets ENOSPC
+    data = buffer.getbuffer()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            reserve_space(f.fileno(), len(data))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
@@ -39,6 +51,43 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        data.release()
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_space(fd: int, nbytes: int) -> None:
+    """Give the file open as ``fd`` its first ``nbytes`` of blocks now, so that a full disk (or
+    quota) fails here, before anything is written, with ``OSError`` ENOSPC: not half way
+    through a write, nor as SIGBUS when a memory-mapped page finds no block. On a file
+    system without fallocate the free space is compared instead."""
+    if nbytes <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        return
+    except AttributeError:  # not on this platform (macOS)
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    stats = os.fstatvfs(fd)
+    if stats.f_bavail * stats.f_frsize < nbytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def is_disk_full(exc: Optional[BaseException]) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, is a write refused for
+    want of space (ENOSPC, or EDQUOT for a quota)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _umask() -> int:
@@ -300,6 +349,11 @@ def clean_stale_temporaries(run_dir: Path) -> None:
     """Remove what a killed :func:`save_atomic` or metrics write left behind in a run folder."""
     for stale in [*run_dir.glob(".*.pt.*.tmp"), run_dir / "metrics.tmp"]:
         stale.unlink(missing_ok=True)
+
+
+def runs_root_of(run_dir: Path) -> Path:
+    """The folder that holds ``latest`` for a run folder ``<runs>/<name>/<N>``."""
+    return Path(run_dir).parent.parent
 
 
 def point_latest(runs_root: Path, run_dir: Path) -> None:

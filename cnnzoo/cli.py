@@ -34,6 +34,28 @@ SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
             "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
 
 
+# The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
+UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
+DATA_OPTION = typer.Option(None, "--data", help="Image folder (sets data.root).")
+EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Sets train.epochs.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size.")
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, help="Sets data.image_size.")
+DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device).")
+
+
+def _training_overrides(set_: list[str], unset: list[str], data: Optional[str], epochs: Optional[int],
+                        batch_size: Optional[int], image_size: Optional[int],
+                        device: Optional[str] = None, *, name: Optional[str] = None) -> list[str]:
+    """``--set`` items, then the shortcuts as ``key=value``, then ``--unset`` items as ``key!``
+    (what :func:`cnnzoo.config.apply_override` removes)."""
+    shortcuts = {"data.root": json.dumps(data) if data else None, "name": json.dumps(name) if name else None,
+                 "train.epochs": epochs,
+                 "train.batch_size": batch_size, "data.image_size": image_size,
+                 "train.device": json.dumps(device) if device else None}
+    overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    return overrides + [f"{key}!" for key in unset]
+
+
 def _rank0() -> bool:
     """In a torchrun job every process runs the command; only rank 0 reports."""
     return os.environ.get("RANK", "0") == "0"
@@ -80,14 +102,14 @@ def main_options(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    unset: List[str] = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Image folder (sets data.root)."),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
     name: Optional[str] = typer.Option(None, "--name", "-n",
                                        help="Run name: the run folder is <runs>/<name>/<N> (sets name)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Sets train.epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=1, help="Sets data.image_size."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (overrides train.device)."),
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     runs: Path = typer.Option(Path("runs"), "--runs", "--out",
                               help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."),
     resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
@@ -109,12 +131,7 @@ def train(
 
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-        shortcuts = {"data.root": json.dumps(data) if data else None, "name": json.dumps(name) if name else None,
-                     "train.epochs": epochs,
-                     "train.batch_size": batch_size,
-                     "data.image_size": image_size}
-        overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-        overrides += [f"{key}!" for key in unset]  # "key!" removes the key (config.apply_override)
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, name=name)
         passed, source = list(overrides), config
         if resume is None:  # config errors come back before torch is imported
             source = load_config(config, overrides)
@@ -128,7 +145,7 @@ def train(
                     *(f"--unset={item[:-1]}" for item in passed if item.endswith("!")),
                     *(["--device", device] if device else []), "--runs", str(runs),
                     *(["--quiet"] if quiet else []), *(["--debug"] if _state["debug"] else [])]
-            code = launch(nproc, argv, runs / "latest" / "last.pt")
+            code = launch(nproc, argv)
             if code:
                 raise typer.Exit(code)
             return
@@ -366,29 +383,42 @@ def explain(
 def lr_find(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     steps: int = typer.Option(200, min=10, help="Training steps while the rate grows."),
     start: float = typer.Option(1e-7, help="First learning rate."),
     end: float = typer.Option(1.0, help="Last learning rate."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The plot (default: runs/lr-find/<name>.png)."),
-    apply: bool = typer.Option(False, "--apply", help="Write a copy of the config with the suggested train.lr "
-                                                      "(<config>.lr.yaml beside it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="The plot: a .png/.svg/.pdf file, or a folder for <name>.png "
+                                            "(default: <runs>/lr-find/<name>.png)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders (and lr-find/)."),
+    apply: bool = typer.Option(False, "--apply", help="Also write the config with the suggested train.lr and "
+                                                      "this line's --set/shortcuts, beside the plot "
+                                                      "(<plot folder>/<config>.lr.yaml)."),
 ) -> None:
     """Find a learning rate: train briefly while the rate grows exponentially, plot the loss, suggest one.
 
     Example:  cnnzoo lr-find -c configs/quickstart.yaml --apply
-    Nothing is saved but the plot (and, with --apply, the config copy).
+              (writes runs/lr-find/quickstart.png and runs/lr-find/quickstart.lr.yaml)
+    Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
     """
     def action():
         from .config import load_config
 
-        cfg = load_config(config, set_)  # config errors come back before torch is imported
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        cfg = load_config(config, overrides)  # config errors come back before torch is imported
         from .tuning import apply_lr, lr_find as run_lr_find
 
-        result = run_lr_find(cfg, [], steps, start, end, out)
+        result = run_lr_find(cfg, [], steps, start, end, out, runs_root=runs)
         typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
                    f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
         if apply:
-            typer.echo(f"wrote {apply_lr(config, result.suggestion)}")
+            written = apply_lr(config, result.suggestion, overrides, result.plot.parent)
+            typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
 
     _guard(action)
 
@@ -400,7 +430,15 @@ def sweep(
                                    help="A key and its values, e.g. --grid train.lr=0.01,0.003 (repeatable)."),
     trials: Optional[int] = typer.Option(None, min=1, help="Run this many random combinations, not all."),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders."),
+    restart: bool = typer.Option(False, "--restart", help="Start the sweep over: forget its saved state "
+                                                          "(finished run folders stay)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
 ) -> None:
     """Train every combination of --grid values as its own run, then compare them (table and plot).
@@ -408,22 +446,25 @@ def sweep(
     Example:  cnnzoo sweep -c configs/quickstart.yaml --grid train.lr=0.01,0.003,0.001 \\
                   --grid model.layers.13.dense.out_features=32,64
     Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
+    At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
     def action():
         from .config import load_config
 
-        load_config(config, set_)  # config errors come back before torch is imported
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        load_config(config, overrides)  # config errors come back before torch is imported
         from .engine import TrainingInterrupted
         from .tuning import markdown_table, sweep as run_sweep
 
         try:
-            result = run_sweep(config, grid, trials, set_, runs, quiet)
+            result = run_sweep(config, grid, trials, overrides, runs, quiet, restart=restart)
         except TrainingInterrupted as exc:
             typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
                        err=True)
             raise typer.Exit(130)
         typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
         typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
+        typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")
 
     _guard(action)
 

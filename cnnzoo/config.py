@@ -25,25 +25,105 @@ import yaml
 from .errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number may take, kept next to its field (``field(metadata={"bounds": ...})``,
+    see :func:`bounded`). It applies to every number of a list or mapping too; booleans,
+    strings and null are left to the type check. ``words`` replaces the generated description
+    in messages where a field also takes a word (``auto``) or null.
+    """
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False  # low itself is out of range
+    open_high: bool = False
+    length: Optional[int] = None  # a list holds exactly this many numbers
+    words: str = ""
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, list):
+            return (self.length is None or len(value) == self.length) and all(map(self._admits_number, value))
+        return self._admits_number(value)
+
+    def _admits_number(self, x: Any) -> bool:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return True
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        if self.low is not None and (x < self.low or (self.open_low and x == self.low)):
+            return False
+        return self.high is None or not (x > self.high or (self.open_high and x == self.high))
+
+    def describe(self, integer: bool) -> str:
+        if self.words:
+            return self.words
+        kind = "integer" if integer else "number"
+        if self.high is None:
+            if self.low == 0:
+                return f"a positive {kind}" if self.open_low else f"a non-negative {kind}"
+            if self.low == 1 and integer and not self.open_low:
+                return "a positive integer"
+            return f"a {kind} {'>' if self.open_low else '>='} {self.low:g}"
+        if self.low == 0 and self.open_low and not self.open_high:
+            return f"a positive {kind} up to {self.high:g}"
+        if integer and not (self.open_low or self.open_high):
+            return f"an integer from {self.low} to {self.high}"
+        return (f"a {kind} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.open_high else ']'}")
+
+
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            **bounds: Any) -> Any:
+    """A dataclass field whose numbers must lie within :class:`Bounds` (checked on load)."""
+    return field(default=default, default_factory=default_factory, metadata={"bounds": Bounds(**bounds)})
+
+
+_FRACTION = {"low": 0, "high": 1}  # a probability, or a share of the image size
+
+
+MAX_EPOCHS = 1_000_000  # a bound for counts of epochs that far exceeds any run
+MAX_RATE = 1e6  # learning rates and weight decay: far past any useful value, far below float32's overflow
+MAX_DDP_TIMEOUT = 7 * 24 * 3600  # seconds: longer is a hang, not a wait (a timedelta overflows at 8.6e13)
+
+
 @dataclass
 class ModelConfig:
     layers: list[Any] = field(default_factory=list)
     input: Optional[list[int]] = None  # [C, H, W]; taken from `data` when absent
-    num_classes: Optional[int] = None  # taken from the data's class folders when absent
+    num_classes: Optional[int] = bounded(None, low=1)  # taken from the data's class folders when absent
+
+
+@dataclass
+class ColorJitterConfig:
+    """How far brightness, contrast and saturation vary (factor uniform in [1 - x, 1 + x]) and hue
+    shifts (a fraction of the colour circle, uniform in [-hue, hue]); all off by default."""
+
+    brightness: float = bounded(0.0, low=0, high=10)
+    contrast: float = bounded(0.0, low=0, high=10)
+    saturation: float = bounded(0.0, low=0, high=10)
+    hue: float = bounded(0.0, low=0, high=0.5)
+
+    def __bool__(self) -> bool:
+        return any(dataclasses.astuple(self))
 
 
 @dataclass
 class AugmentConfig:
     """Training-time augmentation, all off by default (ML Zoomcamp lesson 8.9's set)."""
 
-    hflip: Union[bool, float] = 0.0  # probability; `true` means 0.5
-    vflip: Union[bool, float] = 0.0
-    rotation: float = 0.0  # degrees, uniform in [-rotation, rotation]
-    translate: Union[float, list[float]] = 0.0  # fraction of width (and height)
-    shear: float = 0.0  # degrees
-    zoom: float = 0.0  # scale uniform in [1 - zoom, 1 + zoom]
-    random_resized_crop: Optional[list[float]] = None  # [min_area, max_area], e.g. [0.6, 1.0]
-    color_jitter: Optional[dict[str, float]] = None  # brightness, contrast, saturation, hue
+    hflip: Union[bool, float] = bounded(0.0, **_FRACTION, words="a probability in [0, 1] or true (0.5)")
+    vflip: Union[bool, float] = bounded(0.0, **_FRACTION, words="a probability in [0, 1] or true (0.5)")
+    rotation: float = bounded(0.0, low=0, high=180)  # degrees, uniform in [-rotation, rotation]
+    # fraction of width (and height): a number, or [horizontal, vertical]
+    translate: Union[float, list[float]] = bounded(
+        0.0, **_FRACTION, length=2, words="a fraction in [0, 1], or [horizontal, vertical] fractions")
+    shear: float = bounded(0.0, low=0, high=90, open_high=True)  # degrees
+    zoom: float = bounded(0.0, low=0, high=1, open_high=True)  # scale uniform in [1 - zoom, 1 + zoom]
+    # [min_area, max_area], e.g. [0.6, 1.0]
+    random_resized_crop: Optional[list[float]] = bounded(
+        None, low=0, high=1, open_low=True, length=2,
+        words="[min_area, max_area] within (0, 1], e.g. [0.6, 1.0], or null (off)")
+    color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
 
     @property
     def flip_probabilities(self) -> tuple[float, float]:
@@ -67,7 +147,8 @@ class DataConfig:
     source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10"] = "folder"
     root: Optional[str] = None
     download: bool = False
-    val_fraction: float = 0.2  # used when `root` has no validation split
+    val_fraction: float = bounded(0.2, low=0, high=1, open_low=True, open_high=True,
+                                  words="a number between 0 and 1")  # used when `root` has no validation split
     image_size: Optional[Union[int, list[int]]] = None  # int or [H, W]
     channels: Optional[int] = None  # 1 or 3
     normalize: Union[Literal["auto", "imagenet", "none"], dict[str, list[float]]] = "auto"
@@ -76,28 +157,31 @@ class DataConfig:
     cache: Literal["auto", "ram", "disk", "none"] = "auto"
     cache_dir: Optional[str] = None
     feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"  # frozen backbone outputs, computed once
-    workers: Union[Literal["auto"], int] = "auto"
+    workers: Union[Literal["auto"], int] = bounded("auto", low=0, words="auto or a number >= 0")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = bounded(10, low=1)
+    batch_size: int = bounded(32, low=1)
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd and rmsprop
+    lr: float = bounded(1e-3, low=0, high=MAX_RATE, open_low=True)
+    momentum: float = bounded(0.9, low=0, high=1)  # sgd and rmsprop
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, low=0, high=MAX_RATE)
     scheduler: Literal["none", "step", "cosine", "one-cycle", "reduce-on-plateau"] = "none"
-    step_size: int = 10  # epochs between decays, for `step`
-    gamma: float = 0.1  # decay factor for `step` and `reduce-on-plateau`
-    plateau_patience: int = 2
-    warmup_epochs: float = 0.0  # linear warm-up, counted in (fractions of) epochs
-    label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None  # max gradient norm
+    step_size: int = bounded(10, low=1)  # epochs between decays, for `step`
+    gamma: float = bounded(0.1, low=0, high=1, open_high=True)  # decay factor for `step` and `reduce-on-plateau`
+    plateau_patience: int = bounded(2, low=0)
+    # linear warm-up, counted in (fractions of) epochs
+    warmup_epochs: float = bounded(0.0, low=0, high=MAX_EPOCHS)
+    label_smoothing: float = bounded(0.0, low=0, high=1, open_high=True)
+    grad_clip: Optional[float] = bounded(None, low=0, open_low=True,
+                                         words="a positive number or null (off)")  # max gradient norm
     monitor: Literal["val_acc", "val_loss"] = "val_acc"  # picks best.pt and drives early stopping
-    patience: Optional[int] = None  # early stopping after this many epochs without progress
-    min_delta: float = 0.0
+    # early stopping after this many epochs without progress
+    patience: Optional[int] = bounded(None, low=1, words="a positive integer or null (off)")
+    min_delta: float = bounded(0.0, low=0)
     loss: Literal["auto", "cross_entropy", "bce"] = "auto"
     class_weights: Union[Literal["none", "balanced"], dict[str, float]] = "none"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -105,15 +189,18 @@ class TrainConfig:
     channels_last: Union[Literal["auto"], bool] = "auto"
     # transfer learning (a `backbone` layer): stage two starts at this epoch and trains the
     # last `unfreeze_stages` stages of the backbone at `backbone_lr` (a number, or "0.1x" of lr)
-    unfreeze_at_epoch: Optional[int] = None
-    unfreeze_stages: Union[Literal["all"], int] = "all"
-    backbone_lr: Optional[Union[float, str]] = None  # default: lr / 10
+    unfreeze_at_epoch: Optional[int] = bounded(
+        None, low=2, words="an epoch from 2 on (stage 1 needs at least one epoch), or null (never)")
+    unfreeze_stages: Union[Literal["all"], int] = bounded("all", low=0, words="all or a number >= 0")
+    # default: lr / 10
+    backbone_lr: Optional[Union[float, str]] = bounded(None, low=0, high=MAX_RATE, open_low=True)
     # what records each epoch besides metrics.csv, history.png and the console
     loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
     # several processes (torchrun / --nproc): BatchNorm statistics shared across GPUs, and how
     # long (seconds) a process waits for the others before the job ends with an error
     sync_bn: bool = False
-    ddp_timeout: float = 1800.0
+    ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
+                                 words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
@@ -129,7 +216,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: Optional[str] = None
-    seed: int = 0
+    seed: int = bounded(0, low=0, high=2**64 - 1)  # what torch.manual_seed takes
     source_path: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +348,10 @@ def _build_dataclass(cls: type, raw: dict, prefix: str, where: str) -> Any:
             raise ConfigError(
                 f"{where}{dotted}: got {value!r} ({_yaml_type(value)}), expected {_type_name(tp)}"
             ) from None
+        bounds = fields[key].metadata.get("bounds")
+        if bounds is not None and not bounds.admits(kwargs[key]):
+            integer = "int" in _type_name(tp).split(" or ")
+            raise ConfigError(f"{where}{dotted}: got {kwargs[key]!r}, expected {bounds.describe(integer)}")
     return cls(**kwargs)
 
 
@@ -274,7 +365,8 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 
 
 def _check_values(cfg: Config, where: str) -> None:
-    """Checks that types alone cannot express."""
+    """Checks that a field's type and :class:`Bounds` cannot express: shapes of lists, choices,
+    and rules between fields."""
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}{key}: {msg}")
 
@@ -289,56 +381,30 @@ def _check_values(cfg: Config, where: str) -> None:
     sides = [d.image_size] if isinstance(d.image_size, int) else d.image_size or []
     if sides and max(sides) > MAX_IMAGE_SIDE:
         raise bad("data.image_size", f"got {d.image_size}; at most {MAX_IMAGE_SIDE} pixels a side")
-    if m.num_classes is not None and m.num_classes < 1:
-        raise bad("model.num_classes", f"got {m.num_classes}, expected a positive integer")
     if d.channels is not None and d.channels not in (1, 3):
         raise bad("data.channels", f"got {d.channels}, expected 1 (grey) or 3 (RGB)")
     if isinstance(d.image_size, list) and (len(d.image_size) != 2 or min(d.image_size) < 1):
         raise bad("data.image_size", f"got {d.image_size}, expected an integer or [height, width]")
     if isinstance(d.image_size, int) and d.image_size < 1:
         raise bad("data.image_size", f"got {d.image_size}, expected a positive integer")
-    if not 0.0 < d.val_fraction < 1.0:
-        raise bad("data.val_fraction", f"got {d.val_fraction}, expected a number between 0 and 1")
     if isinstance(d.normalize, dict):
         if set(d.normalize) != {"mean", "std"}:
             raise bad("data.normalize", "a mapping needs exactly the keys mean and std")
         if any(s <= 0 for s in d.normalize["std"]):
             raise bad("data.normalize.std", "every std must be positive")
-    if isinstance(d.workers, int) and d.workers < 0:
-        raise bad("data.workers", f"got {d.workers}, expected auto or a number >= 0")
-    for key in ("epochs", "batch_size", "step_size"):
-        if getattr(t, key) < 1:
-            raise bad(f"train.{key}", f"got {getattr(t, key)}, expected a positive integer")
-    for key in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "min_delta"):
-        value = getattr(t, key)
-        if not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):
-            raise bad(f"train.{key}", f"got {value}, expected a {'positive' if key == 'lr' else 'non-negative'} number")
-    if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
-        raise bad("train.grad_clip", f"got {t.grad_clip}, expected a positive number or null (off)")
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise bad("train.label_smoothing", f"got {t.label_smoothing}, expected a number in [0, 1)")
-    if not (math.isfinite(t.ddp_timeout) and t.ddp_timeout > 0):
-        raise bad("train.ddp_timeout", f"got {t.ddp_timeout}, expected a positive number of seconds")
-    if t.patience is not None and t.patience < 1:
-        raise bad("train.patience", f"got {t.patience}, expected a positive integer or null (off)")
-    if t.unfreeze_at_epoch is not None and t.unfreeze_at_epoch < 2:
-        raise bad("train.unfreeze_at_epoch", f"got {t.unfreeze_at_epoch}, expected an epoch from 2 on "
-                                             f"(stage 1 needs at least one epoch), or null (never)")
-    if isinstance(t.unfreeze_stages, int) and t.unfreeze_stages < 0:
-        raise bad("train.unfreeze_stages", f"got {t.unfreeze_stages}, expected all or a number >= 0")
+    crop = d.augment.random_resized_crop
+    if crop and crop[0] > crop[1]:
+        raise bad("data.augment.random_resized_crop", f"got {crop}, expected [min_area, max_area] with "
+                                                      f"min_area <= max_area, e.g. [0.6, 1.0]")
     if isinstance(t.backbone_lr, str):
         scale = t.backbone_lr[:-1] if t.backbone_lr.endswith("x") else ""
         try:
-            ok = math.isfinite(float(scale)) and float(scale) > 0
+            ok = 0 < float(scale) and t.lr * float(scale) <= MAX_RATE
         except ValueError:
             ok = False
         if not ok:
             raise bad("train.backbone_lr", f"got {t.backbone_lr!r}, expected a learning rate (1e-4) or a "
                                            f"multiple of train.lr written like 0.1x")
-    elif t.backbone_lr is not None and not (math.isfinite(t.backbone_lr) and t.backbone_lr > 0):
-        raise bad("train.backbone_lr", f"got {t.backbone_lr}, expected a positive number")
-    if cfg.data.source == "folder" and not d.root:
-        pass  # checked when data is needed: `summary` works without a data folder
 
 
 def parse_override(text: str) -> tuple[str, Any]:

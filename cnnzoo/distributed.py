@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,16 +195,32 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, s
     return convert_sync_batchnorm(model), "BatchNorm synchronised across processes (train.sync_bn)"
 
 
-def launch(nproc: int, argv: list[str], last_checkpoint: Optional[Path] = None) -> int:
+RUN_RECORD_ENV = "CNNZOO_RUN_RECORD"  # a file where rank 0 names the run folder for the launcher
+SHUTDOWN_GRACE_S = 5.0  # after a process has ended, how long one left stopped (SIGSTOP) may stay
+
+
+def record_run_dir(run_dir: Path) -> None:
+    """Tell :func:`launch` which run folder this job writes (for its resume hint); nothing
+    outside a launch."""
+    record = os.environ.get(RUN_RECORD_ENV)
+    if record:
+        try:
+            Path(record).write_text(str(Path(run_dir).resolve()))
+        except OSError:
+            pass  # the hint is lost, the run is not
+
+
+def launch(nproc: int, argv: list[str]) -> int:
     """Run ``python -m cnnzoo <argv>`` as ``nproc`` processes on this machine through torchrun.
 
     Returns the exit code: 0, 2 (a user error, already reported by rank 0) or 1. CPU
     threads are split between the processes unless ``OMP_NUM_THREADS`` says otherwise.
-    When a process fails, the message names ``last_checkpoint`` (``runs/latest/last.pt``)
-    for resuming.
+    When a process fails after the job made its run folder, the message names that run's
+    ``last.pt`` for resuming; a job that failed before has no run to resume.
     """
     import logging
     import sys
+    import tempfile
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -212,18 +231,72 @@ def launch(nproc: int, argv: list[str], last_checkpoint: Optional[Path] = None) 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--module", "cnnzoo", *argv])
-    try:
-        run(args)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        code = failure.exitcode
-        how = (f"was killed by signal {failure.signal_name()}" if code < 0
-               else f"exited with code {code}")
-        if code != 2:  # 2: a user error, which rank 0 has already printed in one line
-            resume = ""
-            if last_checkpoint is not None and last_checkpoint.exists():
-                resume = f"; resume with: cnnzoo train --resume {last_checkpoint.resolve()}"
-            print(f"cnnzoo: error: process {rank} of {nproc} {how}; torchrun stopped the others{resume}",
-                  file=sys.stderr, flush=True)
-        return 2 if code == 2 else 1
+    done = threading.Event()
+    threading.Thread(target=_kill_stopped_workers, args=(done,), daemon=True).start()
+    with tempfile.TemporaryDirectory(prefix="cnnzoo-launch-") as folder:
+        record = Path(folder) / "run_dir"
+        os.environ[RUN_RECORD_ENV] = str(record)
+        try:
+            run(args)
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = failure.exitcode
+            if code != 2:  # 2: a user error, which rank 0 has already printed in one line
+                how = (f"was killed by signal {failure.signal_name()}" if code < 0
+                       else f"exited with code {code}")
+                print(f"cnnzoo: error: process {rank} of {nproc} {how}; torchrun stopped the others"
+                      f"{_resume_hint(record)}", file=sys.stderr, flush=True)
+            return 2 if code == 2 else 1
+        finally:
+            done.set()
+            os.environ.pop(RUN_RECORD_ENV, None)
     return 0
+
+
+def _kill_stopped_workers(done: threading.Event) -> None:
+    """Once a worker has ended, SIGKILL those left stopped (SIGSTOP) after :data:`SHUTDOWN_GRACE_S`.
+
+    Why: torchrun ends a failed job's other processes with SIGTERM and waits 30 s before SIGKILL
+    (its worker-failure path ignores ``--shutdown-timeout``). A stopped process cannot act on
+    SIGTERM, so a job with one took ``train.ddp_timeout`` + 30 s to end. A running process
+    ends on SIGTERM at once and is left to torchrun. Linux only (it reads /proc).
+    """
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")  # torchrun's workers
+    seen: set[int] = set()
+    ended_at: Optional[float] = None
+    while not done.wait(0.2):
+        try:
+            alive = {int(pid) for pid in children.read_text().split()}
+        except OSError:
+            return
+        if ended_at is None:
+            if seen - alive:
+                ended_at = time.monotonic()
+            seen |= alive
+        elif time.monotonic() - ended_at >= SHUTDOWN_GRACE_S:
+            for pid in alive:
+                if _process_state(pid) == "T":
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of a process from /proc (T: stopped), or "" when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[0]  # the name in parentheses may hold spaces
+
+
+def _resume_hint(record: Path) -> str:
+    """How to continue the run this job made, if it made one and saved a ``last.pt``."""
+    try:
+        last = Path(record.read_text().strip()) / "last.pt"
+    except OSError:
+        return " before this job made its run folder (nothing to resume)"
+    if not last.is_file():
+        return f" before {last} was written (nothing to resume)"
+    return f"; resume with: cnnzoo train --resume {last}"

@@ -464,20 +464,36 @@ def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | P
 
 
 def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path:
-    """Make the run folder (or reopen a resumed one), point ``latest`` at it, write config.yaml."""
+    """Make the run folder (or reopen a resumed one) and write config.yaml. ``latest`` moves
+    to a new run once it has a ``best.pt`` (:class:`cnnzoo.loggers.Checkpoints`); a resumed run
+    that has one already takes it now."""
     if run_dir is None:
         run_dir = ckpt_io.next_run_dir(runs_root, cfg.run_name)
-    else:
-        runs_root = run_dir.parent.parent
+    distributed.record_run_dir(run_dir)
     try:
         ckpt_io.clean_stale_temporaries(run_dir)  # only this process writes here
-        ckpt_io.point_latest(runs_root, run_dir)
+        if (run_dir / "best.pt").is_file():
+            ckpt_io.point_latest(ckpt_io.runs_root_of(run_dir), run_dir)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     except OSError as exc:
+        if ckpt_io.is_disk_full(exc):
+            raise disk_full_error(run_dir, None) from None
         raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
                         f"choose a folder you can write with --runs") from None
     console.log(f"run folder: {run_dir}")
     return run_dir
+
+
+def disk_full_error(run_dir: Path, saved_epoch: Optional[int]) -> UserError:
+    """The one line for a full disk (or quota) under a run folder: what ``last.pt`` still holds
+    (checkpoints are replaced atomically, so it is whole) and how to go on."""
+    ckpt_io.clean_stale_temporaries(run_dir)
+    last = run_dir / "last.pt"
+    if saved_epoch is None or not last.is_file():
+        return UserError(f"disk full at {run_dir}; nothing was saved; free some space or choose "
+                         f"another folder with --runs")
+    return UserError(f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
+                     f"resume with: cnnzoo train --resume {last}")
 
 
 def _record_data(cfg: Config, spec: data_mod.DataSpec) -> None:
@@ -608,7 +624,12 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     if job.start_epoch > 1:
         console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
     elif ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
-        ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
+        try:
+            ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
+        except OSError as exc:
+            if ckpt_io.is_disk_full(exc):
+                raise disk_full_error(run_dir, None) from None
+            raise
     return job
 
 
@@ -664,6 +685,7 @@ def fit(job: Job) -> Path:
             if job.best.should_stop:
                 console.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
                 break
+        _close(job)
     except KeyboardInterrupt:
         try:
             _close(job)
@@ -674,7 +696,11 @@ def fit(job: Job) -> Path:
         raise TrainingInterrupted(
             f"interrupted during epoch {epoch}{held}. "
             f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}", job.run_dir) from None
-    _close(job)
+    except Exception as exc:  # a write of metrics.csv, a checkpoint or a plot found the disk full
+        saved = _checkpoints(job)
+        if saved is None or not ckpt_io.is_disk_full(exc):
+            raise
+        raise disk_full_error(job.run_dir, saved.saved_epoch) from None
     console.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
     console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
     return job.run_dir

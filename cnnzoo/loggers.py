@@ -59,15 +59,21 @@ def format_row(row: dict[str, Any]) -> dict[str, str]:
 
 
 class Checkpoints:
-    """``best.pt`` when the monitored metric improves, ``last.pt`` (resumable) every epoch."""
+    """``best.pt`` when the monitored metric improves, ``last.pt`` (resumable) every epoch, and
+    ``runs/latest`` pointed at the run once it has a ``best.pt`` (so a run that fails first
+    leaves ``latest`` at the last run that predict and evaluate can use)."""
 
     def __init__(self, run_dir: Path, snapshot: Callable[[int, Optional[dict], bool], dict], saved_epoch: int):
         self.dir, self.snapshot = run_dir, snapshot
         self.saved_epoch = saved_epoch  # what last.pt holds, for the Ctrl-C message
+        self.pointed_latest = False
 
     def epoch_end(self, end: EpochEnd) -> None:
         if end.improved:
             ckpt_io.save_atomic(self.snapshot(end.epoch, end.row, False), self.dir / "best.pt")
+            if not self.pointed_latest:
+                ckpt_io.point_latest(ckpt_io.runs_root_of(self.dir), self.dir)
+                self.pointed_latest = True
         ckpt_io.save_atomic(self.snapshot(end.epoch, end.row, True), self.dir / "last.pt")
         self.saved_epoch = end.epoch
 
@@ -126,7 +132,9 @@ class HistoryPlot:
         self._drawn_at = time.monotonic()
         try:
             plot_history(self.metrics.rows, self.path, self.best_epoch)
-        except Exception as exc:  # a plot must never end a training run
+        except Exception as exc:  # a plot must never end a training run, unless the disk is full
+            if ckpt_io.is_disk_full(exc):
+                raise  # the checkpoints cannot be written either: the run ends in one line
             console.warn(f"could not draw history.png: {exc}")
 
     def close(self) -> None:

@@ -37,9 +37,9 @@ from .backbones import Backbone, backbone_of, trainable_stages
 from .config import AugmentConfig, Config, TrainConfig
 from .console import console
 from .device import Feed
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
-FEATURE_FORMAT = 1  # bump when the way features are computed changes
+FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
 
 
 @dataclass
@@ -185,18 +185,28 @@ def build(p: Plan, dataset: data_mod.ImageDataset, split: str, feed: Feed, *, fl
                            f"{_weights_digest(p)}".encode()).hexdigest()[:20]
         folder = Path(cache_dir) if cache_dir else data_mod.cache_home() / "cache"
         path = folder / f"features-{split}-{key}.npy"
-        if path.exists():
-            return FeatureStore(torch.from_numpy(np.load(path, mmap_mode="c")), str(path))
-    writer = data_mod.NpyWriter(path, shape, np.float32, "data.feature_cache")
-    bar = console.bar(n * len(flips), f"features {split}", unit="img")
-    try:
-        _fill(p, dataset, rows, flips, feed, writer.tensor, bar)
-    except BaseException:  # Ctrl-C or a failure: no half-written cache file stays behind
-        writer.discard()
-        raise
-    finally:
-        bar.close()
-    return FeatureStore(writer.finish(), str(writer.path or "ram"), time.perf_counter() - start)
+
+    def fill(store: torch.Tensor) -> dict:
+        bar = console.bar(n * len(flips), f"features {split}", unit="img")
+        try:
+            _fill(p, dataset, rows, flips, feed, store, bar)
+        finally:
+            bar.close()
+        _check_finite(store, dataset)
+        return {}
+
+    cached = data_mod.cached_array(path, shape, np.float32, "data.feature_cache", fill)
+    return FeatureStore(cached.tensor, cached.location, 0.0 if cached.reused else time.perf_counter() - start)
+
+
+def _check_finite(store: torch.Tensor, dataset: data_mod.ImageDataset) -> None:
+    """Features that are NaN or infinite would train a NaN model without a word: refuse them."""
+    bad = (~torch.isfinite(store.flatten(1))).any(1)
+    if bool(bad.any()):
+        first = dataset.samples.describe(dataset.indices[int(bad.nonzero()[0])])
+        raise DataError(f"data.feature_cache: the frozen layers give NaN or infinite values for "
+                        f"{int(bad.sum())} image(s), first {first}; the backbone's weights are damaged "
+                        f"(or train.amp overflows: try train.amp: none)")
 
 
 def _fill(p: Plan, dataset: data_mod.ImageDataset, rows: torch.Tensor, flips: list[tuple[bool, bool]],

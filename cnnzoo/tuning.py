@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import itertools
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -75,15 +75,36 @@ def suggest_lr(lrs: list[float], losses: list[float], current: float) -> tuple[f
     return float(lrs_a[low] / 10), "a tenth of the rate at the lowest loss (no long falling stretch)"
 
 
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_path(out: Optional[str | Path], name: str, runs_root: str | Path = "runs") -> Path:
+    """Where lr-find's plot goes: ``out`` when it names a .png/.svg/.pdf file, ``out/<name>.png``
+    when it names a folder (an existing one, or a path without a suffix), by default
+    ``<runs>/lr-find/<name>.png``."""
+    if out is None:
+        return Path(runs_root) / "lr-find" / f"{name}.png"
+    path = Path(out)
+    if path.is_dir() or not path.suffix or str(out).endswith(("/", "\\")):
+        return path / f"{name}.png"
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise UserError(f"--out {out}: a plot is written as {', '.join(PLOT_FORMATS)} (or give a folder)")
+    return path
+
+
 def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200, start: float = 1e-7,
-            end: float = 1.0, out: Optional[str | Path] = None) -> LRFind:
-    """The learning-rate range test on ``config``'s data and model; see the module docstring."""
+            end: float = 1.0, out: Optional[str | Path] = None, *, runs_root: str | Path = "runs") -> LRFind:
+    """The learning-rate range test on ``config``'s data and model; see the module docstring.
+
+    The plot goes to :func:`plot_path`; :attr:`LRFind.plot` says where it went.
+    """
     from .device import pick_device
     from .engine import Stepper, build_parts, seed_everything
 
     if not (0 < start < end) or steps < 10:
         raise UserError(f"lr-find: needs 0 < --start ({start:g}) < --end ({end:g}) and --steps >= 10 ({steps})")
     cfg = load_config(config, list(overrides or []))
+    path = plot_path(out, cfg.run_name, runs_root)  # a bad --out is refused before training
     dev = pick_device(cfg.train.device)
     seed_everything(cfg.seed)
     parts = build_parts(cfg, dev)
@@ -123,7 +144,6 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
     if len(lrs) < 10:
         raise UserError(f"lr-find: the loss diverged within {len(lrs)} steps from {start:g}; lower --start")
     suggestion, how = suggest_lr(lrs, smoothed, cfg.train.lr)
-    path = Path(out) if out else Path("runs") / "lr-find" / f"{cfg.run_name}.png"
     _plot_lr(lrs, smoothed, suggestion, path, cfg.run_name)
     return LRFind(lrs, smoothed, suggestion, how, path)
 
@@ -146,16 +166,29 @@ def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Pat
         raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
 
 
-def apply_lr(config_path: str | Path, lr: float) -> Path:
-    """A copy of the config file with ``train.lr`` set: ``<stem>.lr.yaml`` beside it (the original is untouched)."""
+def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] = None,
+             folder: str | Path = Path("runs") / "lr-find") -> Path:
+    """The config file with ``overrides`` (``--set`` and the shortcuts, as lr-find ran it) and
+    ``train.lr`` set, written as ``<folder>/<stem>.lr.yaml``; the original is untouched, and
+    nothing is written next to it (a shipped ``configs/`` folder stays as shipped)."""
     import yaml
 
+    from .config import apply_override, parse_override, read_yaml
+
     source = Path(config_path)
-    raw = yaml.safe_load(source.read_text()) or {}
-    raw.setdefault("train", {})["lr"] = float(f"{lr:.3g}")
-    target = source.with_name(f"{source.stem}.lr{source.suffix or '.yaml'}")
-    header = f"# {source.name} with train.lr from cnnzoo lr-find ({lr:.3g})\n"
+    raw = read_yaml(source)
+    for text in overrides or []:
+        apply_override(raw, *parse_override(text))
+    if not isinstance(raw.get("train"), dict):  # `train:` with nothing under it reads as null
+        raw["train"] = {}
+    raw["train"]["lr"] = float(f"{lr:.3g}")
+    load_config(raw)  # what is written must load
+    target = Path(folder) / f"{source.stem}.lr{source.suffix or '.yaml'}"
+    changes = "".join(f"\n#   --set {text}" if not text.endswith("!") else f"\n#   --unset {text[:-1]}"
+                      for text in overrides or [])
+    header = f"# {source} with train.lr from cnnzoo lr-find ({lr:.3g}){changes}\n"
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(header + yaml.safe_dump(raw, sort_keys=False))
     except OSError as exc:
         raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
@@ -184,7 +217,14 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             else:
                 current += ch
         parts.append(current)
-        values = [_number(yaml.safe_load(p)) for p in parts if p.strip()]
+        try:
+            values = [_number(yaml.safe_load(p)) for p in parts if p.strip()]
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"--grid {key}: a value is not valid YAML ({problem}); write values like "
+                            f"0.01,0.003 or [16, 16],[24, 24]") from None
+        except RecursionError:
+            raise UserError(f"--grid {key}: a value is nested too deeply") from None
         if not values:
             raise UserError(f"--grid {item}: no values after '='")
         if key in grid:
@@ -212,11 +252,31 @@ class SweepResult:
     plot: Path
 
 
+MAX_COMBINATIONS = 1000  # runs one sweep makes; a bigger grid is sampled with --trials
+
+
 def _combinations(grid: dict[str, list[Any]], trials: Optional[int], seed: int) -> list[dict[str, Any]]:
-    every = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    if trials is not None and trials < len(every):
-        every = random.Random(seed).sample(every, trials)
-    return every
+    """The combinations to run: all of them, or ``trials`` drawn at random. They are counted
+    before any is made, so a huge grid is refused at once instead of being listed."""
+    sizes = [len(values) for values in grid.values()]
+    total = math.prod(sizes)
+    if trials is None and total > MAX_COMBINATIONS:
+        raise UserError(f"--grid: {' x '.join(map(str, sizes))} = {total:,} combinations, more than the "
+                        f"{MAX_COMBINATIONS:,} a sweep runs; sample some with --trials K")
+    if trials is not None and trials > MAX_COMBINATIONS:
+        raise UserError(f"--trials {trials}: a sweep runs at most {MAX_COMBINATIONS:,} combinations")
+    # random.sample picks the same positions from range(total) as from the listed combinations
+    picked = range(total) if trials is None or trials >= total else random.Random(seed).sample(range(total), trials)
+    return [_combination(grid, index) for index in picked]
+
+
+def _combination(grid: dict[str, list[Any]], index: int) -> dict[str, Any]:
+    """The ``index``-th combination in itertools.product's order (the last key changes fastest)."""
+    picks = {}
+    for key in reversed(list(grid)):
+        index, pick = divmod(index, len(grid[key]))
+        picks[key] = grid[key][pick]
+    return {key: picks[key] for key in grid}
 
 
 def _override(key: str, value: Any) -> str:
@@ -224,8 +284,14 @@ def _override(key: str, value: Any) -> str:
 
 
 def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = None,
-          overrides: Optional[list[str]] = None, runs_root: str | Path = "runs", quiet: bool = True) -> SweepResult:
-    """Run every combination (see the module docstring); returns the comparison, best first."""
+          overrides: Optional[list[str]] = None, runs_root: str | Path = "runs", quiet: bool = True,
+          *, restart: bool = False) -> SweepResult:
+    """Run every combination (see the module docstring); returns the comparison, best first.
+
+    ``restart`` forgets the saved state of an earlier, unfinished or damaged, identical sweep.
+    At the end ``<runs>/latest`` points at the best run.
+    """
+    from . import checkpoint as ckpt_io
     from .engine import TrainingInterrupted, train
 
     grid = parse_grid(grid_items)
@@ -239,9 +305,10 @@ def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = Non
     key = hashlib.sha1(json.dumps([str(Path(config).resolve()), base, grid, trials], sort_keys=True,
                                   default=str).encode()).hexdigest()[:8]
     state_path = folder / f"sweep-{key}.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {
-        "config": str(config), "grid": grid, "trials": trials, "overrides": base,
-        "runs": [{"values": c, "run": None, "done": False, "seconds": 0.0} for c in combos]}
+    state = None if restart else read_state(state_path, combos, folder)
+    if state is None:
+        state = {"config": str(config), "grid": grid, "trials": trials, "overrides": base,
+                 "runs": [{"values": c, "run": None, "done": False, "seconds": 0.0} for c in combos]}
     folder.mkdir(parents=True, exist_ok=True)
     todo = [r for r in state["runs"] if not r["done"]]
     if len(todo) < len(state["runs"]):
@@ -266,7 +333,70 @@ def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = Non
             raise
         entry.update(run=str(run_dir), done=True, seconds=entry["seconds"] + time.perf_counter() - start)
         _write_json(state_path, state)
-    return _compare(state, folder, key)
+    result = _compare(state["runs"], list(grid), folder, key)
+    ckpt_io.point_latest(Path(runs_root), Path(result.rows[0]["run"]))
+    return result
+
+
+MAX_STATE_BYTES = 16 * 2**20  # a state of MAX_COMBINATIONS runs takes well under 1 MB
+
+
+def read_state(path: Path, combos: list[dict[str, Any]], folder: Path) -> Optional[dict]:
+    """The saved state of this sweep, or None when there is none yet. A state that is not what
+    this sweep wrote (not JSON, another shape, other combinations, a run outside ``folder``) is
+    refused in one line that offers ``--restart``; a finished run whose folder has gone is run again.
+    """
+    def damaged(why: str) -> UserError:
+        return UserError(f"{path}: damaged sweep state ({why}); start the sweep over with --restart "
+                         f"(run folders already made stay where they are)")
+
+    if not os.path.lexists(path):
+        return None
+    if not path.is_file():  # a FIFO would block the read, a folder cannot be read
+        raise damaged("not a regular file")
+    if path.stat().st_size > MAX_STATE_BYTES:
+        raise damaged(f"larger than {MAX_STATE_BYTES // 2**20} MB")
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise damaged(f"not JSON: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}") from None
+    except OSError as exc:
+        raise damaged(f"unreadable: {exc.strerror or exc}") from None
+    runs = state.get("runs") if isinstance(state, dict) else None
+    if not isinstance(runs, list) or len(runs) != len(combos):
+        raise damaged(f"expected a list of {len(combos)} runs under 'runs'")
+    for number, (entry, combo) in enumerate(zip(runs, combos), 1):
+        why = _entry_problem(entry, combo, folder)
+        if why:
+            raise damaged(f"run {number}: {why}")
+        if entry["done"] and not (Path(entry["run"]) / "metrics.csv").is_file():
+            console.warn(f"sweep run {number}: {entry['run']} has no metrics.csv any more; running it again")
+            entry.update(run=None, done=False, seconds=0.0)
+    return state
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _entry_problem(entry: Any, combo: dict[str, Any], folder: Path) -> str:
+    """Why one run's record cannot be this sweep's, or "" when it can."""
+    if not isinstance(entry, dict) or set(entry) != {"values", "run", "done", "seconds"}:
+        return "expected the keys values, run, done and seconds"
+    if json.dumps(entry["values"], sort_keys=True) != json.dumps(combo, sort_keys=True):
+        return f"its values are not this sweep's ({json.dumps(combo)[:80]})"
+    if not isinstance(entry["done"], bool):
+        return "done should be true or false"
+    seconds = entry["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e9:
+        return "seconds should be a number of seconds"
+    run = entry["run"]
+    if run is None:
+        return "done without a run folder" if entry["done"] else ""
+    if not isinstance(run, str) or not run or "\0" in run:
+        return "run should be a run folder's path or null"
+    inside = os.path.realpath(run).startswith(os.path.realpath(folder) + os.sep)
+    return "" if inside else f"its run folder {run[:80]} is not inside {folder}"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -275,37 +405,61 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _compare(state: dict, folder: Path, key: str) -> SweepResult:
+def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str) -> SweepResult:
     rows = []
     curves = []
-    for entry in state["runs"]:
+    for entry in runs:
         run = Path(entry["run"])
-        with open(run / "metrics.csv", newline="") as f:
-            metrics = list(csv.DictReader(f))
-        accs = [float(m["val_acc"]) for m in metrics]
+        epochs, accs = _validation_curve(run / "metrics.csv")
         best = int(np.argmax(accs))
-        rows.append({**entry["values"], "best_val_acc": accs[best], "best_epoch": int(metrics[best]["epoch"]),
+        rows.append({**entry["values"], "best_val_acc": accs[best], "best_epoch": epochs[best],
                      "seconds": round(entry["seconds"], 1), "run": str(run)})
-        curves.append(([int(m["epoch"]) for m in metrics], accs))
+        curves.append((epochs, accs))
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["best_val_acc"])
     rows = [rows[i] for i in order]
     curves = [curves[i] for i in order]
     columns = list(rows[0])
     table_csv, table_md, plot = folder / f"sweep-{key}.csv", folder / f"sweep-{key}.md", folder / f"sweep-{key}.png"
     with open(table_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(f)
+        writer.writerow([spreadsheet_safe(c) for c in columns])
+        writer.writerows([[spreadsheet_safe(row[c]) for c in columns] for row in rows])
     table_md.write_text(markdown_table(rows, columns))
-    _plot_sweep(rows, curves, list(state["grid"]), plot)
+    _plot_sweep(rows, curves, keys, plot)
     return SweepResult(folder, rows, table_csv, table_md, plot)
+
+
+def _validation_curve(path: Path) -> tuple[list[int], list[float]]:
+    """(epochs, validation accuracies) of a run's metrics.csv."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        epochs, accs = [int(r["epoch"]) for r in rows], [float(r["val_acc"]) for r in rows]
+    except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read the run's validation accuracy ({exc}); "
+                        f"start the sweep over with --restart") from None
+    if not accs or not all(map(math.isfinite, accs)):
+        raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
+    return epochs, accs
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a
+    leading apostrophe (OWASP's advice against CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(key: str, value: Any) -> str:
-        return f"{100 * value:.2f}%" if key == "best_val_acc" else str(value)
+        text = f"{100 * value:.2f}%" if key == "best_val_acc" else str(value)
+        return " ".join(text.split()).replace("|", "\\|")  # one line, no column break
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(cell("", c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(c, r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -108,3 +108,17 @@ def tiny_config(root: Path, **train) -> dict:
 @pytest.fixture
 def clothing_root() -> Path:
     return shared_path("datasets/clothing-small/train").parent
+
+
+def private_tmpfs_works(folder: Path) -> bool:
+    """Whether a small tmpfs can be mounted at ``folder`` inside a private namespace (``unshare -rm``):
+    a real full disk for tests, without root on the machine and without touching its mounts."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    folder.mkdir(exist_ok=True)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{folder}'"],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0

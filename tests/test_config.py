@@ -466,3 +466,87 @@ def test_shipped_transfer_config_finds_its_data_and_weights_from_any_folder(tmp_
     cfg = load_config(PROJECT_ROOT / "configs" / "clothing_transfer.yaml")
     assert Path(cfg.data.root, "train").is_dir()
     assert Path(cfg.model.layers[0]["backbone"]["weights"]).is_file()
+
+
+# --------------------------------------------------------------------------- ranges next to their fields (issue 23, item 7)
+
+# Each passed validation and `summary`, then crashed `train` with an internal error.
+CRASHED_TRAINING = [
+    ("seed=-1", "seed: got -1, expected an integer from 0 to 18446744073709551615"),
+    ("seed=18446744073709551616", "seed: got 18446744073709551616, expected an integer from 0"),
+    ("data.augment.hflip=1.5", "data.augment.hflip: got 1.5, expected a probability in [0, 1] or true"),
+    ("data.augment.vflip=-0.5", "data.augment.vflip: got -0.5, expected a probability"),
+    ("data.augment.translate=[0.1, 0.1, 0.1]", "data.augment.translate: got [0.1, 0.1, 0.1], expected a fraction"),
+    ("data.augment.translate=-0.1", "data.augment.translate: got -0.1, expected a fraction in [0, 1]"),
+    ("data.augment.translate=[0.1, -0.1]", "data.augment.translate: got [0.1, -0.1]"),
+    ("data.augment.rotation=-5", "data.augment.rotation: got -5.0, expected a number in [0, 180]"),
+    ("data.augment.rotation=1e300", "data.augment.rotation: got 1e+300"),
+    ("data.augment.color_jitter.brightness=-1", "data.augment.color_jitter.brightness: got -1.0, expected a number in [0, 10]"),
+    ("data.augment.color_jitter.saturation=1e300", "data.augment.color_jitter.saturation: got 1e+300"),
+    ("data.augment.color_jitter.hue=0.9", "data.augment.color_jitter.hue: got 0.9, expected a number in [0, 0.5]"),
+    ("data.augment.shear=1e300", "data.augment.shear: got 1e+300, expected a number in [0, 90)"),
+    ("data.augment.shear=-1", "data.augment.shear: got -1.0"),
+    ("train.ddp_timeout=1e300", "train.ddp_timeout: got 1e+300, expected a number of seconds from 1 to 604800"),
+    ("train.lr=1e300", "train.lr: got 1e+300, expected a positive number up to 1e+06"),
+    ("train.weight_decay=1e300", "train.weight_decay: got 1e+300, expected a number in [0, 1e+06]"),
+    ("train.gamma=2", "train.gamma: got 2.0, expected a number in [0, 1)"),
+    ("train.backbone_lr=1e300x", "train.backbone_lr: got '1e300x', expected a learning rate"),
+]
+
+
+@pytest.mark.parametrize("override, expected", CRASHED_TRAINING)
+def test_values_that_crashed_training_are_refused_by_summary(tmp_path, override, expected):
+    from typer.testing import CliRunner
+
+    from cnnzoo.cli import app
+
+    path = write(tmp_path, SMALL_MODEL)
+    assert error_of(path, [override]).startswith(f"{path}: {expected}")
+    done = CliRunner().invoke(app, ["summary", "-c", str(path), "--set", override])
+    assert done.exit_code == 2 and done.stderr.strip().splitlines() == [f"cnnzoo: error: {error_of(path, [override])}"]
+
+
+def bounded_fields(cls=Config, prefix=""):
+    """(dotted key, Bounds, integer?) of every field that carries a range, however deep."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from bounded_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif "bounds" in f.metadata:
+            yield f"{prefix}{f.name}", f.metadata["bounds"], "float" not in str(hints[f.name])
+
+
+def edges(bounds, integer: bool) -> tuple[list, list]:
+    """Numbers at the very edges of a range (inside, outside), as the field takes them."""
+    step = 1 if integer else 1e-9
+    inside, outside = [], [float("nan")] if not integer else []
+    if bounds.low is not None:
+        inside.append(bounds.low + step if bounds.open_low else bounds.low)
+        outside.append(bounds.low if bounds.open_low else bounds.low - step)
+    if bounds.high is not None:
+        inside.append(bounds.high - step if bounds.open_high else bounds.high)
+        outside.append(bounds.high if bounds.open_high else bounds.high + step)
+    if bounds.length:
+        inside = [[v] * bounds.length for v in inside]
+        outside = [[v] * bounds.length for v in outside] + [[inside[0][0]] * (bounds.length + 1)]
+    return inside, outside
+
+
+@pytest.mark.parametrize("key, bounds, integer", list(bounded_fields()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_range_admits_its_edges_and_refuses_past_them(key, bounds, integer):
+    inside, outside = edges(bounds, integer)
+    assert inside and outside
+    for value in inside:
+        load_config({}, [f"{key}={value}"])
+    for value in outside:
+        assert error_of({}, [f"{key}={'.nan' if value != value else value}"]).startswith(f"{key}: got ")
+
+
+
+def test_the_ranges_page_lists_every_ranged_key():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config-ranges.md").read_text()
+    missing = [key for key, _, _ in bounded_fields() if key.rsplit(".", 1)[-1] not in page]
+    assert not missing, f"docs/config-ranges.md does not list {missing}"

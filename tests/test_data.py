@@ -6,6 +6,7 @@ Everything runs on small real image files written to tmp_path; nothing is downlo
 from __future__ import annotations
 
 from collections import Counter
+import json
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,11 @@ from cnnzoo.engine import train
 from cnnzoo.errors import ConfigError, DataError
 from conftest import tiny_config, write_class_folders
 from helpers_train import metric_rows, tiny_layers, write_mnist_raw
+
+
+def augment_config(options: dict) -> AugmentConfig:
+    """``data.augment`` as a config file would give it (validated)."""
+    return load_config({"data": {"augment": options}}).data.augment
 
 
 def cfg_for(root, **data):
@@ -463,6 +469,169 @@ def test_disk_cache_key_includes_image_size_and_channels(image_root, tmp_path):
     assert len(list(cache_dir.glob("*.npy"))) == 4
 
 
+def _damage_cache(path: Path, how: str) -> None:
+    """One way a cache file on disk goes wrong (issue 23, item 5)."""
+    sidecar = path.with_suffix(".json")
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "zero bytes":
+        path.write_bytes(b"")
+    elif how == "reshaped":
+        np.save(path, np.zeros((4, 3, 16, 16), dtype=np.uint8))
+    elif how == "another dtype":
+        np.save(path, np.zeros((24, 3, 16, 32), dtype=np.uint8).view(np.float16))
+    elif how == "garbage values":
+        data = bytearray(path.read_bytes())
+        data[-300:] = bytes(range(256)) + bytes(44)
+        path.write_bytes(bytes(data))
+    elif how == "garbage header":
+        path.write_bytes(b"\x93NUMPY\x01\x00" + os.urandom(200) + path.read_bytes()[208:])
+    elif how == "a FIFO":
+        path.unlink()
+        os.mkfifo(path)
+    elif how == "record missing":
+        sidecar.unlink()
+    elif how == "record garbage":
+        sidecar.write_bytes(os.urandom(64))
+    elif how == "record a FIFO":
+        sidecar.unlink()
+        os.mkfifo(sidecar)
+    elif how == "record lists another split's images":
+        record = json.loads(sidecar.read_text())
+        record["record"]["failed"] = [10**9]
+        sidecar.write_text(json.dumps(record))
+    else:
+        raise AssertionError(how)
+
+
+CACHE_DAMAGE = {
+    "truncated": "it is truncated", "zero bytes": "its header is unreadable", "reshaped": "its header says uint8[4, 3, 16, 16]",
+    "another dtype": "its header says float16", "garbage values": "its contents changed since it was written",
+    "garbage header": "its header is unreadable", "a FIFO": "its data (.npy) is not a regular file",
+    "record missing": "its record (.json) is missing", "record garbage": "its record (.json) is damaged",
+    "record a FIFO": "its record (.json) is not a regular file",
+    "record lists another split's images": "lists unreadable images that this split does not have",
+}
+
+
+@pytest.fixture
+def no_hang():
+    """Fail a test that blocks (a FIFO opened for reading) instead of hanging the suite."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("blocked for 60 s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("how", list(CACHE_DAMAGE))
+def test_a_damaged_disk_cache_is_rebuilt_with_one_line_saying_why(image_root, tmp_path, capsys, how, no_hang):
+    spec = load(image_root)
+    cache_dir = tmp_path / "cache"
+    first = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    reference = first.pixels.clone()
+    path = Path(first.location)
+    del first
+    capsys.readouterr()
+    _damage_cache(path, how)
+    again = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: data.cache: rebuilding {path}: " + err[0].split(f"{path}: ", 1)[1]], err
+    assert CACHE_DAMAGE[how] in err[0]
+    assert again.seconds > 0 and torch.equal(again.pixels, reference)
+    reused = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)  # whole again: reused quietly
+    assert reused.seconds == 0 and torch.equal(reused.pixels, reference) and not capsys.readouterr().err
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
+
+
+def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_path, capsys):
+    spec = load(image_root)
+    first = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    path = Path(first.location)
+    path.unlink()
+    path.mkdir()
+    again = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    assert again.location == "ram" and torch.equal(again.pixels, first.pixels)
+    assert capsys.readouterr().err.strip() == (f"warning: data.cache: {path} is a folder, not a cache file; "
+                                               f"keeping the cache in RAM instead")
+
+
+def test_the_cache_is_keyed_on_content_when_size_and_mtime_stay(tmp_path):
+    root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5}, ext="bmp")  # uncompressed: a fixed size
+    spec = load(root)
+    before = data_mod.decode_all(spec.train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    target = Path(spec.train.paths[0])
+    stamp = target.stat()
+    Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (stamp.st_size, stamp.st_mtime_ns)
+    after = data_mod.decode_all(load(root).train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    assert after.location != before.location and bool((after.pixels[0] == 255).all())
+
+
+FULL_CACHE_DISK = r"""
+mount -t tmpfs -o size=64k tmpfs "$1" || exit 97
+"$2" - "$1" "$3" <<'EOF'
+import os, sys
+from pathlib import Path
+from cnnzoo import data as data_mod
+from cnnzoo.config import load_config
+folder, root = Path(sys.argv[1]), sys.argv[2]
+spec = data_mod.load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
+decoded = data_mod.decode_all(spec.train, (64, 64), 3, "disk", folder, 0)
+print("location=" + decoded.location)
+print("mean=%.3f" % decoded.pixels.float().mean().item())
+print("left=" + ",".join(sorted(os.listdir(folder))))
+EOF
+"""
+
+
+def test_a_cache_on_a_full_disk_stays_in_ram_without_sigbus(image_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import private_tmpfs_works
+
+    disk = tmp_path / "disk"
+    if not private_tmpfs_works(disk):
+        pytest.skip("no private tmpfs here (unshare -rm and mount are not allowed)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", FULL_CACHE_DISK, "full", str(disk), sys.executable,
+                           str(image_root)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr)  # 135 was SIGBUS
+    facts = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    assert facts["location"] == "ram" and facts["left"] == ""  # no temporary left on the full disk
+    assert float(facts["mean"]) > 0
+    assert done.stderr.strip().splitlines() == [f"warning: data.cache: no room for 0.3 MB in {disk}; "
+                                                f"keeping it in RAM instead"]
+
+
+def test_cached_array_rebuilds_a_float_cache_with_nan_written_into_it(tmp_path, capsys):
+    path = tmp_path / "features.npy"
+    values = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+
+    def fill(out: torch.Tensor) -> dict:
+        out.copy_(values)
+        return {"note": "made here"}
+
+    built = data_mod.cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    assert not built.reused and built.record == {"note": "made here"}
+    del built
+    array = np.load(path, mmap_mode="r+")
+    array[2, 3] = np.nan
+    array.flush()
+    del array
+    again = data_mod.cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    assert torch.equal(again.tensor, values) and not again.reused
+    assert capsys.readouterr().err.strip() == (f"warning: data.feature_cache: rebuilding {path}: its contents "
+                                               f"changed since it was written (checksum)")
+
+
 def test_auto_cache_keeps_small_data_in_ram():
     assert data_mod.choose_cache("auto", 1000) == "ram"
     assert data_mod.choose_cache("disk", 1000) == "disk"
@@ -487,7 +656,7 @@ AUGMENT_OPTIONS = {
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("name", list(AUGMENT_OPTIONS))
 def test_each_augmentation_keeps_uint8_and_shape(name, channels):
-    augment = data_mod.build_augment(AugmentConfig(**AUGMENT_OPTIONS[name]), (16, 12))
+    augment = data_mod.build_augment(augment_config(AUGMENT_OPTIONS[name]), (16, 12))
     assert augment is not None
     torch.manual_seed(0)
     image = torch.randint(0, 256, (channels, 16, 12), dtype=torch.uint8)
@@ -511,7 +680,7 @@ def test_no_augmentation_is_none():
 ])
 def test_bad_augmentation_values_are_config_errors(options, key):
     with pytest.raises(ConfigError) as info:
-        data_mod.build_augment(AugmentConfig(**options), (16, 16))
+        augment_config(options)
     assert key in str(info.value)
 
 
@@ -527,7 +696,7 @@ def test_augmentation_is_seeded_per_batch(image_root):
     decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
                "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
-    augment = data_mod.build_augment(AugmentConfig(**options), (16, 16))
+    augment = data_mod.build_augment(augment_config(options), (16, 16))
     dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded, augment)
     plain = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
     batch = list(range(8))

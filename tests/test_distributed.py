@@ -232,6 +232,68 @@ def test_a_process_that_dies_ends_the_job_with_a_clear_message(ddp_folder):
     assert held["epoch"] >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_a_job_that_fails_before_its_run_folder_offers_no_older_run(ddp_folder, tmp_path):
+    runs = tmp_path / "runs"
+    older = run_cli(ddp_folder, "train", "-c", "ddp.yaml", "--runs", str(runs), "--set", "train.epochs=1")
+    assert older.returncode == 0 and (runs / "latest" / "last.pt").is_file(), older.stderr
+    env = {**os.environ, "CNNZOO_HOME": str(ddp_folder / "home")}
+    launcher = subprocess.Popen(cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", str(runs)),
+                                cwd=ddp_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(launcher.pid)) < 2:  # killed while they still import torch
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+            time.sleep(0.02)
+        os.kill(max(workers), signal.SIGKILL)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1, err
+    assert "was killed by signal SIGKILL" in err and "before this job made its run folder (nothing to resume)" in err
+    assert "--resume" not in err and "Traceback" not in err
+    assert [p.name for p in (runs / "ddp").iterdir()] == ["1"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_a_stopped_process_ends_the_job_soon_after_ddp_timeout(ddp_folder):
+    """A process that stops answering (SIGSTOP) fails the others' collectives after train.ddp_timeout;
+    torchrun then waits distributed.SHUTDOWN_GRACE_S, not its default 30 s, before SIGKILL (41.5 s in
+    all before, for a 10 s timeout)."""
+    env = {**os.environ, "CNNZOO_HOME": str(ddp_folder / "home")}
+    launcher = subprocess.Popen(cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", "stopping",
+                                           "--set", "train.epochs=500", "--set", "train.ddp_timeout=10"),
+                                cwd=ddp_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = None
+    try:
+        metrics = ddp_folder / "stopping" / "latest" / "metrics.csv"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # one epoch done
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+            time.sleep(0.2)
+        stopped = max(_children(launcher.pid))
+        os.kill(stopped, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        out, err = launcher.communicate(timeout=120)
+        waited = time.monotonic() - stopped_at
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if stopped is not None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(stopped, sig)
+                except ProcessLookupError:
+                    pass
+    print(f"a stopped process: the job ended {waited:.1f} s after SIGSTOP (train.ddp_timeout 10 s)")
+    assert launcher.returncode == 1, err
+    assert "another process of this run stopped answering" in err and "Traceback" not in err
+    assert waited < 10 + 30  # not the timeout plus torchrun's default grace of 30 s
+
+
 # ============================================================================ TensorBoard
 
 @pytest.mark.slow

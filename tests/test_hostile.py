@@ -26,7 +26,7 @@ from cnnzoo.engine import train
 from cnnzoo.errors import UserError
 from cnnzoo.layers import trace_layers
 from cnnzoo.inference import expand_inputs
-from conftest import tiny_config, write_class_folders
+from conftest import private_tmpfs_works, tiny_config, write_class_folders
 from helpers_predict import png_claiming
 
 
@@ -100,6 +100,91 @@ def test_stale_temporary_files_are_cleaned_on_resume(trained, tmp_path):
         (run / stale).write_bytes(b"half written")
     train(resume=run / "last.pt", overrides=["train.epochs=2"], quiet=True)
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+# ============================================================================ a full disk (issue 23, items 9 and 10)
+
+# Run inside a private mount namespace (unshare -rm) on a 4 MB tmpfs: a real full disk, without
+# root on the machine. Run 1 finishes; run 2 trains until the disk is filled under it; run 3 starts
+# on the full disk; then the disk is freed and run 2 resumes. The logs live outside the tmpfs.
+FULL_DISK_SCRIPT = r"""
+set -u
+D=$1; CFG=$2; LOG=$3; shift 3
+mount -t tmpfs -o size=4m tmpfs "$D" || exit 97
+"$@" -m cnnzoo train -c "$CFG" --runs "$D/runs" -q --epochs 2 >/dev/null 2>"$LOG/first.err"; echo "first=$?"
+"$@" -m cnnzoo train -c "$CFG" --runs "$D/runs" -q --epochs 500 >/dev/null 2>"$LOG/second.err" &
+pid=$!
+while ! { [ -f "$D/runs/tiny/2/metrics.csv" ] && [ "$(wc -l < "$D/runs/tiny/2/metrics.csv")" -ge 3 ]; }; do
+  kill -0 $pid 2>/dev/null || break; sleep 0.1
+done
+dd if=/dev/zero of="$D/filler" bs=4k 2>/dev/null
+wait $pid; echo "second=$?"
+"$@" -m cnnzoo train -c "$CFG" --runs "$D/runs" -q --epochs 2 >/dev/null 2>"$LOG/third.err"; echo "third=$?"
+echo "latest=$(readlink "$D/runs/latest")"
+echo "files=$(ls -A "$D/runs/tiny/2" | tr '\n' ' ')"
+"$@" -c "
+import torch
+for n in ('best', 'last'):
+    print(n + '=' + str(torch.load('$D/runs/tiny/2/' + n + '.pt', weights_only=True)['epoch']))
+"
+rm -f "$D/filler"
+held=$("$@" -c "import torch; print(torch.load('$D/runs/tiny/2/last.pt', weights_only=True)['epoch'])")
+"$@" -m cnnzoo train --resume "$D/runs/tiny/2/last.pt" --set train.epochs=$((held + 1)) -q >/dev/null \
+  2>"$LOG/resume.err"; echo "resume=$?"
+"$@" -c "import torch; print('resumed=' + str(torch.load('$D/runs/tiny/2/last.pt', weights_only=True)['epoch']))"
+"""
+
+
+def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_latest(image_root, tmp_path, isolated_home):
+    import subprocess
+    import sys
+
+    mount = tmp_path / "disk"
+    if not private_tmpfs_works(mount):
+        pytest.skip("no private tmpfs here (unshare -rm and mount are not allowed)")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root)))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**os.environ, "CNNZOO_HOME": str(isolated_home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", FULL_DISK_SCRIPT, "full-disk", str(mount), str(config),
+                           str(logs), sys.executable], capture_output=True, text=True, env=env, timeout=600)
+    facts = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert facts.get("first") == "0", (done.stdout, done.stderr)
+    run = mount / "runs" / "tiny" / "2"
+    second = (logs / "second.err").read_text()
+    assert facts["second"] == "2" and second.splitlines() == [
+        f"cnnzoo: error: disk full at {run}; last.pt holds epoch {facts['last']}; free some space, then resume "
+        f"with: cnnzoo train --resume {run / 'last.pt'}"], second
+    assert facts["files"].split() == ["best.pt", "config.yaml", "history.png", "last.pt", "metrics.csv"]  # no temporaries
+    assert 1 <= int(facts["best"]) <= int(facts["last"])  # both whole: torch.load read them
+    third = (logs / "third.err").read_text()
+    assert facts["third"] == "2" and third.splitlines() == [
+        f"cnnzoo: error: disk full at {mount / 'runs' / 'tiny' / '3'}; nothing was saved; free some space or "
+        f"choose another folder with --runs"], third
+    assert facts["latest"] == "tiny/2"  # the run that failed before a best.pt did not take runs/latest
+    assert facts["resume"] == "0" and int(facts["resumed"]) == int(facts["last"]) + 1, (logs / "resume.err").read_text()
+
+
+def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, tmp_path, monkeypatch):
+    from cnnzoo import loggers
+    from cnnzoo.engine import TrainingInterrupted
+
+    first = train(tiny_config(image_root, epochs=1), out=tmp_path / "runs", quiet=True)
+    assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
+
+    def epoch_end(self, end):  # Ctrl-C pressed as epoch 1's checkpoints are about to be written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loggers.Checkpoints, "epoch_end", epoch_end)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tiny_config(image_root, epochs=3), out=tmp_path / "runs", quiet=True)
+    assert (info.value.run_dir / "last.pt").is_file() and not (info.value.run_dir / "best.pt").exists()
+    assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
+    assert ckpt_io.default_checkpoint(tmp_path / "runs") == first.resolve() / "best.pt"
+    monkeypatch.undo()
+    resumed = train(resume=info.value.run_dir / "last.pt", quiet=True)  # resumed, it earns latest
+    assert (tmp_path / "runs" / "latest").resolve() == resumed.resolve()
 
 
 # ============================================================================ data folders
@@ -181,6 +266,19 @@ def test_layer_lists_that_would_exhaust_the_machine_are_refused(layers, expected
 def test_huge_images_are_config_errors(image_root, override, expected):
     with pytest.raises(UserError, match=expected):
         load_config(tiny_config(image_root), [override])
+
+
+def test_a_config_at_the_edge_of_every_range_trains(image_root, tmp_path):
+    """What the schema admits, train runs (issue 23, item 7: summary and train agree)."""
+    config = tiny_config(image_root, epochs=2, lr=1e6, momentum=1.0, weight_decay=1e6, scheduler="step",
+                         step_size=1, gamma=0.999, label_smoothing=0.999, ddp_timeout=604800, optimizer="sgd")
+    config["seed"] = 2**64 - 1
+    config["data"]["augment"] = {
+        "hflip": 1.0, "vflip": True, "rotation": 180, "translate": [1.0, 1.0], "shear": 89.99, "zoom": 0.999,
+        "random_resized_crop": [1e-6, 1.0],
+        "color_jitter": {"brightness": 10, "contrast": 10, "saturation": 10, "hue": 0.5}}
+    run = train(config, out=tmp_path / "runs", quiet=True)
+    assert (run / "last.pt").is_file()
 
 
 def test_deeply_nested_yaml_is_a_config_error(tmp_path):
@@ -274,7 +372,8 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
                       "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
                       "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages",
                       "data.feature_cache", "train.loggers", "train.sync_bn", "train.ddp_timeout",
-                      "data.augment.translate", "data.augment.hflip"])
+                      "data.augment.translate", "data.augment.hflip", "data.augment.rotation", "data.augment.shear",
+                      "data.augment.color_jitter", "data.augment.color_jitter.hue", "train.gamma", "train.momentum"])
     value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
     return config, [f"{key}={value}"]
 
@@ -635,3 +734,135 @@ def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained,
         server.stop()
     print(f"fuzz: {cases} requests: {dict(sorted(statuses.items()))}")
     assert statuses.get(200, 0) > 0 and len(statuses) >= 4
+
+
+def _mutate_file(path: Path, pristine: bytes, rng: random.Random) -> str:
+    """One random way a file goes wrong; returns its name."""
+    kind = rng.choice(["truncate", "overwrite", "append", "replace", "empty", "fifo", "dev-zero link", "delete",
+                       "flip one byte"])
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    data = bytearray(pristine)
+    if kind == "truncate":
+        data = data[: rng.randrange(len(data))]
+    elif kind == "overwrite":
+        at = rng.randrange(len(data))
+        data[at:at + rng.randrange(1, 64)] = rng.randbytes(rng.randrange(1, 64))
+    elif kind == "append":
+        data += rng.randbytes(rng.randrange(1, 4096))
+    elif kind == "replace":
+        data = bytearray(rng.randbytes(rng.randrange(0, 2 * len(pristine))))
+    elif kind == "empty":
+        data = bytearray()
+    elif kind == "flip one byte":
+        at = rng.randrange(len(data))
+        data[at] ^= 1 << rng.randrange(8)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero link":
+        os.symlink("/dev/zero", path)
+    elif kind != "delete":
+        path.write_bytes(bytes(data))
+    return kind
+
+
+def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, capsys):
+    """Issue 23, item 5: whatever happens to a cache file or its record, the pixels that come back
+    are the images' own (reused when still whole, else rebuilt with one line), and nothing hangs."""
+    import signal
+
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
+    rng = random.Random(23)
+    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    first = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    reference, npy = first.pixels.clone(), Path(first.location)
+    del first
+    files = {npy: npy.read_bytes(), npy.with_suffix(".json"): npy.with_suffix(".json").read_bytes()}
+    capsys.readouterr()
+    outcomes: dict[str, int] = {}
+
+    def stop(*_):
+        raise TimeoutError("decode_all blocked")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        for case in range(cases):
+            for path, pristine in files.items():  # each case starts from a whole cache
+                if path.is_symlink() or path.exists():
+                    path.unlink()
+                path.write_bytes(pristine)
+            target = rng.choice(list(files))
+            kind = _mutate_file(target, files[target], rng)
+            signal.alarm(30)
+            decoded = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+            signal.alarm(0)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert torch.equal(decoded.pixels, reference), (case, target.name, kind)
+            assert len(err) <= 1 and all(line.startswith("warning: data.cache: ") for line in err), (case, kind, err)
+            outcome = "reused" if decoded.seconds == 0 else "rebuilt"
+            assert outcome == "rebuilt" or not err, (case, kind, err)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            del decoded
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    print(f"fuzz: {cases} damaged caches: {outcomes}")
+    assert outcomes.get("rebuilt", 0) > cases // 2
+
+
+def test_fuzzed_sweep_states_are_read_or_refused_in_one_line(tmp_path):
+    """Issue 23, item 13: a sweep's state file, damaged at random, is either a state the sweep can
+    run from or one line that names it and offers --restart."""
+    import json
+
+    from cnnzoo.tuning import _combinations, read_state
+
+    cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300"))
+    rng = random.Random(13)
+    folder = tmp_path / "tiny-sweep"
+    combos = _combinations({"train.lr": [0.1, 0.01], "train.optimizer": ["sgd", "adam"]}, None, 0)
+    runs = []
+    for number, combo in enumerate(combos, 1):
+        (folder / str(number)).mkdir(parents=True)
+        (folder / str(number) / "metrics.csv").write_text("epoch,val_acc\n1,0.5\n")
+        runs.append({"values": combo, "run": str(folder / str(number)), "done": number < 3, "seconds": 1.5})
+    pristine = {"config": "tiny.yaml", "grid": {}, "trials": None, "overrides": [], "runs": runs}
+    path = folder / "sweep-0.json"
+    outcomes = {"read": 0, "refused": 0}
+    for case in range(cases):
+        state = json.loads(json.dumps(pristine))
+        if rng.random() < 0.6:  # a JSON-level change
+            entry = rng.choice(state["runs"])
+            key = rng.choice(["values", "run", "done", "seconds", "extra"])
+            value = rng.choice(FUZZ_VALUES + ["/etc", str(tmp_path), str(folder / "9"), "../x", {"train.lr": 0.1}])
+            if rng.random() < 0.2:
+                entry.pop(key, None)
+            elif rng.random() < 0.2:
+                state["runs"] = rng.choice([None, [], state["runs"][:2], state["runs"] * 2, "runs", 5])
+            else:
+                entry[key] = value
+            text = json.dumps(state, default=str)
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            path.write_text(text)
+            kind = f"{key}={value!r}"
+        else:
+            kind = _mutate_file(path, json.dumps(pristine).encode(), rng)
+        try:
+            got = read_state(path, combos, folder)
+        except UserError as exc:
+            assert str(exc).startswith(f"{path}: damaged sweep state") and "--restart" in str(exc), (case, kind)
+            assert "\n" not in str(exc), (case, kind)
+            outcomes["refused"] += 1
+            continue
+        except Exception as exc:  # noqa: BLE001 - the point: nothing else may escape
+            pytest.fail(f"case {case} ({kind}): {type(exc).__name__}: {exc}")
+        if got is None:  # the file was deleted: a fresh sweep
+            outcomes["read"] += 1
+            continue
+        for entry, combo in zip(got["runs"], combos):
+            assert entry["values"] == combo and isinstance(entry["done"], bool), (case, kind)
+            assert entry["run"] is None or str(entry["run"]).startswith(str(folder) + os.sep), (case, kind)
+        outcomes["read"] += 1
+    print(f"fuzz: {cases} damaged sweep states: {outcomes}")
+    assert outcomes["refused"] > cases // 4 and outcomes["read"] > 0

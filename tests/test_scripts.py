@@ -95,3 +95,9 @@ def test_bench_ddp_compares_one_and_two_processes(image_root, tmp_path):
                       "--rounds", "1"], tmp_path)
     assert "round 1: 1 process" in out and "round 1: 2 processes" in out
     assert "speed-up 2/1:" in out and "scaling efficiency:" in out
+
+
+def test_bench_cache_prints_both_ratios(image_root, tmp_path):
+    out = run_script([str(ROOT / "scripts" / "bench_cache.py"), "--folder", str(image_root), "--size", "16",
+                      "--rounds", "1"], tmp_path)
+    assert "ratio content/stat:" in out and "ratio checked/bare:" in out

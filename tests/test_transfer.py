@@ -214,6 +214,11 @@ def test_disk_feature_cache_is_reused_by_the_next_run(image_root, resnet18_file,
     second = train(config, out=tmp_path / "runs")
     assert run_log(capsys).count("reused on disk") == 2
     assert metric_rows(first) == metric_rows(second)
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # a truncated cache is rebuilt, not trusted
+    third = train(config, out=tmp_path / "runs")
+    log = run_log(capsys)
+    assert f"data.feature_cache: rebuilding {files[0]}: it is truncated (1,000 of " in log
+    assert log.count("reused on disk") == 1 and metric_rows(third) == metric_rows(first)
 
 
 # ============================================================================ timm

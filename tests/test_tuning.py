@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import threading
 import time
@@ -142,3 +143,184 @@ def test_bad_grids_are_one_line_before_anything_runs(image_root, tmp_path, grid,
     done = run_cnnzoo(args, tmp_path)
     assert expected in one_error_line(done)
     assert not (tmp_path / "runs").exists()
+
+
+# ============================================================================ issue 22 (items 2, 7, 10) and 23 (13, 14)
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from cnnzoo.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def config_without_data_root(tmp_path: Path, train_section: str = "") -> Path:
+    """The tiny network with no data.root (the --data shortcut gives it) and the given `train:` text."""
+    config = tiny_config(Path("unused"))
+    del config["data"]["root"]
+    del config["train"]
+    path = tmp_path / "configs" / "tiny.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(config, sort_keys=False) + "train:\n" + train_section)
+    return path
+
+
+FAST_LR_FIND = ["--steps", "12", "--end", "0.01"]
+
+
+def test_lr_find_takes_the_shortcuts_and_apply_writes_beside_the_plot_not_into_configs(image_root, tmp_path):
+    config = config_without_data_root(tmp_path)  # `train:` with nothing under it
+    shipped = sorted(p.name for p in config.parent.iterdir())
+    done = cli("lr-find", "-c", config, "--data", image_root, "--batch-size", 4, "--epochs", 3,
+               "--set", "train.optimizer=sgd", "--unset", "data.workers", "--runs", tmp_path / "runs",
+               "--apply", *FAST_LR_FIND)
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    assert sorted(p.name for p in config.parent.iterdir()) == shipped  # nothing lands in configs/
+    applied = tmp_path / "runs" / "lr-find" / "tiny.lr.yaml"
+    assert f"wrote {applied}; train with it: cnnzoo train -c {applied}" in done.stdout
+    assert (tmp_path / "runs" / "lr-find" / "tiny.png").is_file()
+    raw = yaml.safe_load(applied.read_text())
+    suggested = float(next(l for l in done.stdout.splitlines() if l.startswith("suggested")).split()[3])
+    assert raw["train"] == {"lr": pytest.approx(suggested, rel=1e-2), "batch_size": 4, "epochs": 3,
+                            "optimizer": "sgd"} and raw["data"]["root"] == str(image_root)
+    assert "workers" not in raw["data"]
+    cfg = cnnzoo.load_config(applied)  # the copy is a config that trains as lr-find ran it
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.root) == (4, 3, str(image_root))
+
+
+def test_lr_find_out_names_the_file_it_writes(image_root, tmp_path):
+    config = config_without_data_root(tmp_path, "  batch_size: 4\n")
+    folder = tmp_path / "plots"  # no suffix: a folder
+    done = cli("lr-find", "-c", config, "--data", image_root, "--out", folder, *FAST_LR_FIND)
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    assert (folder / "tiny.png").is_file() and not (tmp_path / "plots.png").exists()
+    assert done.stdout.rstrip().endswith(f"loss curve: {folder / 'tiny.png'}")
+    line = one_error_line(cli("lr-find", "-c", config, "--data", image_root, "--out", tmp_path / "curve.txt"))
+    assert "--out" in line and ".png" in line
+
+
+def test_sweep_takes_the_shortcuts_escapes_formulas_and_latest_is_the_best_run(image_root, tmp_path):
+    config = config_without_data_root(tmp_path, "  epochs: 5\n  batch_size: 8\n")
+    runs = tmp_path / "runs"
+    done = cli("sweep", "-c", config, "--data", image_root, "--epochs", 1, "--runs", runs, "-q",
+               "--grid", "train.lr=0.0001,0.05", "--grid", "data.cache_dir==1+1,+SUM(1)")
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    table = next((runs / "tiny-sweep").glob("sweep-*.csv"))
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["data.cache_dir"] for r in rows} == {"'=1+1", "'+SUM(1)"}
+    assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows for cell in r.values())
+    best = Path(rows[0]["run"])
+    assert (runs / "latest").resolve() == best.resolve() and (best / "best.pt").is_file()
+    assert f"{runs / 'latest'} -> the best run, {best}" in done.stdout
+    saved = yaml.safe_load((best / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["data"]["root"] == str(image_root.resolve())
+
+
+def test_a_huge_grid_is_refused_at_once_and_trials_sample_it_without_listing_it():
+    from cnnzoo.tuning import _combinations
+
+    grid = {f"k{i}": list(range(10)) for i in range(6)}  # 10^6 combinations
+    with pytest.raises(cnnzoo.UserError, match=r"10 x 10 x 10 x 10 x 10 x 10 = 1,000,000 combinations.*--trials K"):
+        _combinations(grid, None, 0)
+    picked = _combinations(grid, 3, seed=7)
+    assert len(picked) == 3 and picked == _combinations(grid, 3, seed=7)
+    small = {"a": [1, 2, 3], "b": ["x", "y"], "c": [0.1, 0.2]}  # the same draw as from the listed grid
+    import itertools
+    import random
+
+    listed = [dict(zip(small, v)) for v in itertools.product(*small.values())]
+    assert _combinations(small, None, 0) == listed
+    assert _combinations(small, 5, seed=3) == random.Random(3).sample(listed, 5)
+
+
+@pytest.mark.parametrize("value", ["[0.1", "{a: 1", "&a [*a", "'open", "@x"])
+def test_a_bad_grid_value_is_one_line(image_root, tmp_path, value):
+    config = sweep_config(tmp_path, image_root)
+    line = one_error_line(cli("sweep", "-c", config, "--grid", f"train.lr=0.1,{value}", "--runs", tmp_path / "r"))
+    assert "--grid train.lr: a value is not valid YAML" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_csv_cells_are_safe_in_a_spreadsheet_and_markdown_cells_stay_in_their_column():
+    from cnnzoo.tuning import markdown_table, spreadsheet_safe
+
+    assert [spreadsheet_safe(v) for v in ["=1+1", "+1", "-x", "@A1", "\tx", "plain", -0.5, 3]] == \
+        ["'=1+1", "'+1", "'-x", "'@A1", "'\tx", "plain", -0.5, 3]
+    table = markdown_table([{"k": "a|b\nc", "best_val_acc": 0.5}], ["k", "best_val_acc"])
+    assert table.splitlines()[2] == "| a\\|b c | 50.00% |"
+
+
+def _damage(state_path: Path, how: str) -> None:
+    state = json.loads(state_path.read_text())
+    if how == "truncated":
+        state_path.write_text(state_path.read_text()[:40])
+    elif how == "not utf-8":
+        state_path.write_bytes(b"\xff\xfe{}")
+    elif how == "a list":
+        state_path.write_text("[]")
+    elif how == "runs is a number":
+        state_path.write_text(json.dumps({**state, "runs": 5}))
+    elif how == "one run too many":
+        state_path.write_text(json.dumps({**state, "runs": state["runs"] + state["runs"][:1]}))
+    elif how == "other values":
+        state["runs"][0]["values"] = {"train.lr": "=cmd"}
+        state_path.write_text(json.dumps(state))
+    elif how == "run outside the sweep":
+        state["runs"][1].update(run="/etc", done=False)
+        state_path.write_text(json.dumps(state))
+    elif how == "NaN seconds":
+        state_path.write_text(json.dumps(state).replace('"seconds": ', '"seconds": NaN, "x": ', 1))
+    elif how == "done is a string":
+        state["runs"][0]["done"] = "yes"
+        state_path.write_text(json.dumps(state))
+    elif how == "a FIFO":
+        state_path.unlink()
+        os.mkfifo(state_path)
+    elif how == "a folder":
+        state_path.unlink()
+        state_path.mkdir()
+    elif how == "deep nesting":
+        state_path.write_text("[" * 100_000 + "]" * 100_000)
+
+
+DAMAGE = ["truncated", "not utf-8", "a list", "runs is a number", "one run too many", "other values",
+          "run outside the sweep", "NaN seconds", "done is a string", "a FIFO", "a folder", "deep nesting"]
+
+
+@pytest.mark.slow
+def test_a_damaged_sweep_state_is_one_line_and_restart_starts_over(image_root, tmp_path):
+    config = sweep_config(tmp_path, image_root, epochs=1)
+    runs = tmp_path / "runs"
+    grid = ["--grid", "train.lr=0.02,0.005"]
+    assert cli("sweep", "-c", config, *grid, "--runs", runs, "-q").exit_code == 0
+    state_path = next((runs / "tiny-sweep").glob("sweep-*.json"))
+    pristine = state_path.read_bytes()
+    for how in DAMAGE:
+        if state_path.is_dir():
+            state_path.rmdir()
+        else:
+            state_path.unlink()
+        state_path.write_bytes(pristine)
+        _damage(state_path, how)
+        line = one_error_line(cli("sweep", "-c", config, *grid, "--runs", runs, "-q"))
+        assert f"{state_path}: damaged sweep state" in line and "--restart" in line, (how, line)
+    assert sorted(p.name for p in (runs / "tiny-sweep").iterdir() if p.is_dir() and p.name.isdigit()) == ["1", "2"]
+    done = cli("sweep", "-c", config, *grid, "--runs", runs, "-q", "--restart")
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    assert sorted(p.name for p in (runs / "tiny-sweep").iterdir() if p.name.isdigit()) == ["1", "2", "3", "4"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_whose_folder_is_gone_is_run_again(image_root, tmp_path, capsys):
+    import shutil
+
+    config = sweep_config(tmp_path, image_root, epochs=1)
+    first = sweep(config, ["train.lr=0.02,0.005"], runs_root=tmp_path / "runs")
+    gone = Path(first.rows[0]["run"])
+    shutil.rmtree(gone)
+    again = sweep(config, ["train.lr=0.02,0.005"], runs_root=tmp_path / "runs")
+    assert "has no metrics.csv any more; running it again" in capsys.readouterr().err
+    assert len(again.rows) == 2 and all((Path(r["run"]) / "metrics.csv").is_file() for r in again.rows)
