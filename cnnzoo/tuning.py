@@ -173,12 +173,14 @@ def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] 
     nothing is written next to it (a shipped ``configs/`` folder stays as shipped)."""
     import yaml
 
-    from .config import apply_override, parse_override, read_yaml
+    from .config import apply_override, parse_override, read_yaml, rebase_paths
 
     source = Path(config_path)
     raw = read_yaml(source)
+    rebase_paths(raw, source.parent)  # the copy lives in another folder: its paths must not move
     for text in overrides or []:
         apply_override(raw, *parse_override(text))
+    rebase_paths(raw, Path.cwd())  # paths given on the command line were read from here
     if not isinstance(raw.get("train"), dict):  # `train:` with nothing under it reads as null
         raw["train"] = {}
     raw["train"]["lr"] = float(f"{lr:.3g}")

@@ -190,6 +190,23 @@ def test_lr_find_takes_the_shortcuts_and_apply_writes_beside_the_plot_not_into_c
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.root) == (4, 3, str(image_root))
 
 
+def test_apply_keeps_paths_that_were_relative_to_the_config_file(image_root, tmp_path, monkeypatch):
+    # a config file's relative paths are read from its folder; the copy lives under runs/lr-find/,
+    # so it must carry them in a form that still finds the data from there and from anywhere
+    config = config_without_data_root(tmp_path, "  batch_size: 4\n")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["root"] = os.path.relpath(image_root, config.parent)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    done = cli("lr-find", "-c", config, "--apply", *FAST_LR_FIND)
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    applied = tmp_path / "runs" / "lr-find" / "tiny.lr.yaml"
+    assert cnnzoo.load_config(applied).data.root == str(image_root)
+
+
 def test_lr_find_out_names_the_file_it_writes(image_root, tmp_path):
     config = config_without_data_root(tmp_path, "  batch_size: 4\n")
     folder = tmp_path / "plots"  # no suffix: a folder
