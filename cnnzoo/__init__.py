@@ -21,14 +21,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "train": ("engine", "train"),
+    "train": ("training.run", "train"),
     "load": ("inference", "load"),
-    "export": ("exporting", "export"),
-    "explain": ("explanation", "explain"),
-    "evaluate": ("evaluation", "evaluate"),
+    "export": ("deploy.export", "export"),
+    "explain": ("explanation.page", "explain"),
+    "evaluate": ("evaluation.evaluate", "evaluate"),
     "load_config": ("config", "load_config"),
-    "build_model": ("layers", "build_model"),
-    "summarize": ("summary", "summarize"),
+    "build_model": ("model.layers", "build_model"),
+    "summarize": ("model.summary", "summarize"),
     "UserError": ("errors", "UserError"),
 }
 __all__ = list(_API) + ["__version__"]

@@ -1,4 +1,4 @@
-"""Checkpoints and run folders: atomic writes, safe loading, finding ``runs/latest``.
+"""Checkpoints: the format, atomic writes, safe loading and the checks of what a file holds.
 
 A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 ``torch.load(..., weights_only=True)`` can read it without unpickling code:
@@ -7,11 +7,13 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 * ``meta``: classes, channels, image_size, mean, std, loss (everything ``predict`` needs),
 * ``config`` (fully resolved), ``epoch``, ``metrics``,
 * in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``trainer``.
+
+Importing this module does not import torch (the CLI checks files before torch loads);
+the functions that read or write tensors import it when called.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import tempfile
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UserError, short_reason
+from .files import reserve_space
+
 
 FORMAT = "cnnzoo-checkpoint"
 VERSION = 1
@@ -53,41 +57,6 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
     finally:
         data.release()
-
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def reserve_space(fd: int, nbytes: int) -> None:
-    """Give the file open as ``fd`` its first ``nbytes`` of blocks now, so that a full disk (or
-    quota) fails here, before anything is written, with ``OSError`` ENOSPC: not half way
-    through a write, nor as SIGBUS when a memory-mapped page finds no block. On a file
-    system without fallocate the free space is compared instead."""
-    if nbytes <= 0:
-        return
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-        return
-    except AttributeError:  # not on this platform (macOS)
-        pass
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-    stats = os.fstatvfs(fd)
-    if stats.f_bavail * stats.f_frsize < nbytes:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def is_disk_full(exc: Optional[BaseException]) -> bool:
-    """Whether ``exc``, or an error it was raised from or while handling, is a write refused for
-    want of space (ENOSPC, or EDQUOT for a quota)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _umask() -> int:
@@ -152,6 +121,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # one record per tensor storage (data/N); every entry sits under one top-level folder.
 _CHECKPOINT_RECORD = re.compile(r"data\.pkl|data/\d+|version|byteorder|\.format_version|\.storage_alignment"
                                 r"|\.data/serialization_id|\.data/version")
+
+
 _TORCHSCRIPT_RECORD = re.compile(r"code/.*|constants\.pkl|bytecode\.pkl|extra/.*|attributes\.pkl|.*\.debug_pkl")
 
 
@@ -257,7 +228,7 @@ def _is_config(path: Path) -> bool:
 def check_contents(ckpt: dict[str, Any], path: Path) -> None:
     """Every field predict, evaluate and resume read, checked like a config: types and ranges.
 
-    The layer list itself is checked by rebuilding it (:func:`cnnzoo.layers.build_from_records`).
+    The layer list itself is checked by rebuilding it (:func:`cnnzoo.model.layers.build_from_records`).
     """
     def bad(field: str, expected: str) -> UserError:
         return UserError(f"{path}: damaged or foreign checkpoint: {field} {expected}")
@@ -324,69 +295,3 @@ def _is_number(value: Any) -> bool:
     import math
 
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def next_run_dir(runs_root: Path, name: str) -> Path:
-    """``runs/<name>/<N>`` with N one more than the largest there; created here."""
-    parent = runs_root / name
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-        n = max(taken, default=0) + 1
-        while True:
-            run = parent / str(n)
-            try:
-                run.mkdir()
-                return run
-            except FileExistsError:  # another run started at the same moment
-                n += 1
-    except OSError as exc:
-        raise UserError(f"--runs {runs_root}: cannot make a run folder in {parent} "
-                        f"({exc.strerror or exc}); choose a folder you can write with --runs") from None
-
-
-def clean_stale_temporaries(run_dir: Path) -> None:
-    """Remove what a killed :func:`save_atomic` or metrics write left behind in a run folder."""
-    for stale in [*run_dir.glob(".*.pt.*.tmp"), run_dir / "metrics.tmp"]:
-        stale.unlink(missing_ok=True)
-
-
-def runs_root_of(run_dir: Path) -> Path:
-    """The folder that holds ``latest`` for a run folder ``<runs>/<name>/<N>``."""
-    return Path(run_dir).parent.parent
-
-
-def point_latest(runs_root: Path, run_dir: Path) -> None:
-    """Make ``runs/latest`` a relative link to ``run_dir`` (replaced atomically)."""
-    link = runs_root / "latest"
-    target = os.path.relpath(run_dir, runs_root)
-    tmp = runs_root / f".latest.{os.getpid()}"
-    try:
-        tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError:  # file systems without links: a text file naming the run
-        tmp.unlink(missing_ok=True)
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        if not link.exists():
-            link.write_text(target + "\n")
-
-
-def latest_run(runs_root: str | Path = "runs") -> Path:
-    """The folder ``runs/latest`` points at, or a clear error when there is none."""
-    link = Path(runs_root) / "latest"
-    if link.is_dir():
-        return link.resolve()
-    if link.is_file():
-        return (Path(runs_root) / link.read_text().strip()).resolve()
-    raise UserError(f"{link}: no training run found; train one first (cnnzoo train --config ...) "
-                    f"or name a checkpoint with --checkpoint")
-
-
-def default_checkpoint(runs_root: str | Path = "runs") -> Path:
-    run = latest_run(runs_root)
-    for name in ("best.pt", "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise UserError(f"{run}: the latest run has no best.pt or last.pt yet")

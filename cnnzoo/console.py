@@ -6,7 +6,7 @@ so N processes do not print every line N times. Log lines go through ``tqdm.writ
 so that they never tear a progress bar.
 
 There is one console per process (:data:`console`); training scopes its quiet setting
-with :meth:`Console.scoped`, and :mod:`cnnzoo.distributed` tells it the rank.
+with :meth:`Console.scoped`, and :mod:`cnnzoo.runtime.distributed` tells it the rank.
 """
 
 from __future__ import annotations

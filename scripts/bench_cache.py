@@ -42,16 +42,18 @@ def main() -> None:
 
     import numpy as np
 
-    from cnnzoo import data as data_mod
+    from cnnzoo.data.cache import decode_all, open_cached
+    from cnnzoo.data.sources import load_data
+    from cnnzoo.runtime.device import cpu_count
     from cnnzoo.config import load_config
 
-    spec = data_mod.load_data(load_config({"data": {"root": args.folder, "image_size": args.size}}),
+    spec = load_data(load_config({"data": {"root": args.folder, "image_size": args.size}}),
                               log=lambda *_: None)
     split, shape = spec.train, (len(spec.train), spec.channels, args.size, args.size)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        built = data_mod.decode_all(split, (args.size, args.size), spec.channels, "disk", Path(folder),
-                                    data_mod.cpu_count())
+        built = decode_all(split, (args.size, args.size), spec.channels, "disk", Path(folder),
+                                    cpu_count())
         build = time.perf_counter() - start
         path = Path(built.location)
         del built
@@ -68,7 +70,7 @@ def main() -> None:
 
         stat_s, content_s = best_of(args.rounds, stat_key), best_of(args.rounds, content_key)
         bare_s = best_of(args.rounds, lambda: np.load(path, mmap_mode="c"))
-        checked_s = best_of(args.rounds, lambda: data_mod.open_cached(path, shape, np.uint8))
+        checked_s = best_of(args.rounds, lambda: open_cached(path, shape, np.uint8))
     size_mb = np.prod(shape) / 2**20
     print(f"{len(split)} images, {size_mb:.0f} MB cache at {args.size}x{args.size}; build (decode) {build:.2f} s")
     print(f"  key    stat-only {stat_s:.3f} s   content {content_s:.3f} s   ratio content/stat: "

@@ -32,7 +32,7 @@ def main() -> None:
     from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.transforms.v2 import functional as F
 
-    from cnnzoo.preprocess import load_image
+    from cnnzoo.data.preprocess import load_image
 
     torch.set_num_threads(1)
     files = sorted(str(p) for p in Path(args.folder).rglob("*.jpg"))[: args.count]

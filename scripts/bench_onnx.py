@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchlib import checkpoint_and_images
-    from cnnzoo.exporting import export
+    from cnnzoo.deploy.export import export
     from cnnzoo.inference import load
 
     checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)

@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     from benchlib import checkpoint_and_images
-    from cnnzoo.predict import load
+    from cnnzoo.inference.torch_models import load_torch as load
 
     checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)
     model = load(checkpoint, device="cpu")

@@ -46,11 +46,11 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=2**20, help="serve --max-bytes")
     args = parser.parse_args()
 
-    from cnnzoo import checkpoint as ckpt_io
-    from cnnzoo.exporting import export
+    from cnnzoo.runs import default_checkpoint
+    from cnnzoo.deploy.export import export
     from helpers_predict import Server, png_claiming
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ckpt_io.default_checkpoint("runs")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint("runs")
     with tempfile.TemporaryDirectory() as tmp:
         model = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx").path
         ordinary = png("RGB", (64, 64))

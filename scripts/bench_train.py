@@ -46,13 +46,14 @@ class Setup:
     def __init__(self, args):
         import torch
 
-        from cnnzoo import data as data_mod
         from cnnzoo.config import load_config
-        from cnnzoo.device import amp_dtype, pick_device, prefers_channels_last
-        from cnnzoo.engine import build_for_data, make_optimizer
+        from cnnzoo.data.sources import load_data
+        from cnnzoo.runtime.device import amp_dtype, pick_device, prefers_channels_last
+        from cnnzoo.training.recipe import make_optimizer
+        from cnnzoo.training.setup import build_for_data
 
         self.cfg = load_config(args.config, args.set)
-        self.spec = data_mod.load_data(self.cfg, log=lambda *_: None)
+        self.spec = load_data(self.cfg, log=lambda *_: None)
         self.infos, model = build_for_data(self.cfg, self.spec)
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.train
@@ -79,7 +80,7 @@ class Setup:
 
 def phase_precision(args) -> dict:
     """What ``train.amp: auto`` resolves to here, measured as cnnzoo measures it."""
-    from cnnzoo.device import choose_amp, measure_amp
+    from cnnzoo.runtime.device import choose_amp, measure_amp
 
     s = Setup(args)
     if s.cfg.train.amp != "auto" or s.dtype is None:
@@ -92,12 +93,12 @@ def phase_precision(args) -> dict:
 
 
 def phase_cache(args) -> dict:
-    from cnnzoo import data as data_mod
+    from cnnzoo.data.cache import decode_all
+    from cnnzoo.runtime.device import cpu_count
 
     s = Setup(args)
     spec = s.spec
-    decoded = data_mod.decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
-                                  data_mod.cpu_count())
+    decoded = decode_all(spec.train, spec.image_size, spec.channels, "ram", None, cpu_count())
     n = len(spec.train)
     return {"images_per_s": n / decoded.seconds, "seconds": decoded.seconds,
             "cache_bytes": decoded.pixels.numel(),
@@ -107,7 +108,7 @@ def phase_cache(args) -> dict:
 def phase_cnnzoo(args) -> dict:
     import csv
 
-    from cnnzoo.engine import train
+    from cnnzoo.training.run import train
 
     with tempfile.TemporaryDirectory() as tmp:
         run = train(args.config, list(args.set) + [f"train.epochs={args.epochs}"], out=tmp, quiet=True)

@@ -35,16 +35,20 @@ def main() -> None:
 
     import torch
 
-    from cnnzoo import data as data_mod
-    from cnnzoo import transfer
-    from cnnzoo.backbones import backbone_of
+    from cnnzoo.data.cache import decode_all
+    from cnnzoo.data.loaders import ImageDataset, make_loader
+    from cnnzoo.data.sources import load_data
+    from cnnzoo.runtime.device import cpu_count
+    from cnnzoo.training import transfer
+    from cnnzoo.model.backbones import backbone_of
     from cnnzoo.config import load_config
-    from cnnzoo.device import Feed, norm_tensors, prefers_channels_last
-    from cnnzoo.engine import (Criterion, LRSchedule, Stepper, build_for_data, make_optimizer,
-                               train_one_epoch)
+    from cnnzoo.runtime.device import Feed, norm_tensors, prefers_channels_last
+    from cnnzoo.training.loop import Stepper, train_one_epoch
+    from cnnzoo.training.recipe import Criterion, LRSchedule, make_optimizer
+    from cnnzoo.training.setup import build_for_data
 
     cfg = load_config(args.config, args.set)
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg, log=lambda *_: None)
     keep = list(range(min(args.images, len(spec.train))))
     spec.train = spec.train.subset(keep)
     weights = Path(str(backbone_weights(cfg))).expanduser()
@@ -57,9 +61,9 @@ def main() -> None:
     channels_last = prefers_channels_last(device)
     model.to(memory_format=torch.channels_last)
     feed = Feed(device, norm_tensors(spec.mean, spec.std, device), channels_last)
-    decoded = data_mod.decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
-                                  data_mod.cpu_count())
-    images = data_mod.ImageDataset(spec.train, spec.image_size, spec.channels, decoded)
+    decoded = decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
+                                  cpu_count())
+    images = ImageDataset(spec.train, spec.image_size, spec.channels, decoded)
     batch = cfg.train.batch_size
 
     def epoch_rate(net, loader) -> float:
@@ -76,15 +80,15 @@ def main() -> None:
     plan, reason = transfer.plan(model, cfg.data.augment, "ram", "ram")
     if plan is None:
         sys.exit(f"the feature cache does not apply to this config: {reason}")
-    whole = epoch_rate(model, data_mod.make_loader(images, batch, True, cfg.seed, 0))
+    whole = epoch_rate(model, make_loader(images, batch, True, cfg.seed, 0))
     start = time.perf_counter()
     store = transfer.build(plan, images, "bench", feed, flips=plan.flips)
     build_seconds = time.perf_counter() - start
     feature_rate = len(images) * len(plan.flips) / build_seconds
     cached_set = transfer.FeatureDataset(store, images.labels, plan.flips, plan.flip_p)
-    cached = epoch_rate(plan.suffix(), data_mod.make_loader(cached_set, batch, True, cfg.seed, 0))
+    cached = epoch_rate(plan.suffix(), make_loader(cached_set, batch, True, cfg.seed, 0))
 
-    n_all = len(data_mod.load_data(cfg, log=lambda *_: None).train)
+    n_all = len(load_data(cfg, log=lambda *_: None).train)
     per_epoch_saved = n_all / whole - n_all / cached
     print(f"config {args.config}: backbone {backbone.name}, {backbone.trainable} of {len(backbone.stages)} "
           f"stages trainable, {plan.cut} cached, {len(plan.flips)} versions per image, "
@@ -101,7 +105,7 @@ def main() -> None:
 
 
 def backbone_weights(cfg) -> str:
-    from cnnzoo.backbones import backbone_entry
+    from cnnzoo.config import backbone_entry
 
     entry = backbone_entry(cfg.model.layers)
     return entry[1].get("weights") or "" if entry else ""

@@ -12,15 +12,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def checkpoint_and_images(checkpoint: Optional[str], images: Optional[str]) -> tuple[Path, Path, list[str]]:
     """(checkpoint, image folder, image paths): ``checkpoint`` or runs/latest's; ``images`` or the
     checkpoint's own validation (else test, else whole) folder."""
-    from cnnzoo import checkpoint as ckpt_io
-    from cnnzoo.data import SPLIT_FOLDERS
-    from cnnzoo.inference import expand_inputs
+    from cnnzoo.checkpoint import load_checkpoint
+    from cnnzoo.runs import default_checkpoint
+    from cnnzoo.data.sources import SPLIT_FOLDERS
+    from cnnzoo.inference.inputs import expand_inputs
 
-    path = Path(checkpoint) if checkpoint else ckpt_io.default_checkpoint("runs")
+    path = Path(checkpoint) if checkpoint else default_checkpoint("runs")
     if images:
         folder = Path(images)
     else:
-        root = Path(ckpt_io.load_checkpoint(path)["meta"]["data_root"])
+        root = Path(load_checkpoint(path)["meta"]["data_root"])
         names = [*SPLIT_FOLDERS["validation"], *SPLIT_FOLDERS["test"]]
         folder = next((root / n for n in names if (root / n).is_dir()), root)
     found, _ = expand_inputs([str(folder)])

@@ -54,7 +54,7 @@ class TrainedRun:
 def train_run(base: Path, make_data: Callable[[Path], Path], edit: Optional[Callable[[dict], None]] = None,
               **train: Any) -> TrainedRun:
     """Write data with ``make_data(base)``, train tiny_config on it into ``base/runs``."""
-    from cnnzoo.engine import train as run_training
+    from cnnzoo.training.run import train as run_training
 
     root = make_data(base)
     cfg = tiny_config(root, **train)

@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnzoo.config import load_config
 from conftest import reads_shared
-from cnnzoo.layers import build_model, trace_layers
+from cnnzoo.model.layers import build_model, trace_layers
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -187,7 +187,7 @@ def shipped_params() -> list:
 
 @pytest.mark.parametrize("path", shipped_params())
 def test_shipped_config_loads_traces_and_header_count_matches(path, tmp_path, monkeypatch):
-    from cnnzoo.summary import resolve_model_shape
+    from cnnzoo.model.summary import resolve_model_shape
 
     monkeypatch.chdir(tmp_path)  # a config file's relative paths are read from its own folder
     text = path.read_text(encoding="utf-8")

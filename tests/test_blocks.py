@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 import cnnzoo
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.engine import train
+from cnnzoo.training.run import train
 from cnnzoo.errors import UserError
-from cnnzoo.layers import build_model, trace_layers
+from cnnzoo.model.layers import build_model, trace_layers
 from conftest import tiny_config
 from helpers_train import metric_rows
 

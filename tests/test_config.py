@@ -268,7 +268,7 @@ def test_override_does_not_touch_the_callers_mapping():
 
 def test_nested_layer_override_changes_the_built_model(tmp_path):
     torch = pytest.importorskip("torch")
-    from cnnzoo.layers import build_model
+    from cnnzoo.model.layers import build_model
 
     path = write(tmp_path, SMALL_MODEL)
     before = load_config(path)

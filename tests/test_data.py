@@ -17,10 +17,15 @@ import torch
 import yaml
 from PIL import Image
 
-from cnnzoo import data as data_mod
-from cnnzoo import preprocess, shapes
+from cnnzoo.data.augment import build_augment
+from cnnzoo.data.cache import cached_array, choose_cache, decode_all
+from cnnzoo.data.loaders import EpochBatches, ImageDataset
+from cnnzoo.data.sources import class_names, load_data
+from cnnzoo.files import cache_home
+from cnnzoo.data import preprocess
+from cnnzoo.data import shapes
 from cnnzoo.config import AugmentConfig, load_config
-from cnnzoo.engine import train
+from cnnzoo.training.run import train
 from cnnzoo.errors import ConfigError, DataError
 from conftest import tiny_config, write_class_folders
 from helpers_train import metric_rows, tiny_layers, write_mnist_raw
@@ -36,7 +41,7 @@ def cfg_for(root, **data):
 
 
 def load(root, **data):
-    return data_mod.load_data(cfg_for(root, **data), log=lambda *_: None)
+    return load_data(cfg_for(root, **data), log=lambda *_: None)
 
 
 def class_of(path: str) -> str:
@@ -95,7 +100,7 @@ def test_single_folder_split_is_seeded(tmp_path):
 
     def val_paths(seed):
         cfg = load_config({"seed": seed, "data": {"root": str(root), "image_size": 16}})
-        return data_mod.load_data(cfg, log=lambda *_: None).val.paths
+        return load_data(cfg, log=lambda *_: None).val.paths
 
     assert val_paths(0) == val_paths(0)
     assert val_paths(5) == val_paths(5)
@@ -108,9 +113,9 @@ def test_class_names_are_sorted_folder_names(tmp_path):
     write_class_folders(root / "train", {n: 2 for n in names}, size=8, seed=1)
     write_class_folders(root / "validation", {n: 1 for n in reversed(names)}, size=8, seed=2)
     cfg = cfg_for(root)
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg, log=lambda *_: None)
     assert spec.classes == sorted(names)
-    assert data_mod.class_names(cfg) == sorted(names)
+    assert class_names(cfg) == sorted(names)
     for split in (spec.train, spec.val):
         assert all(spec.classes[label] == class_of(p) for p, label in zip(split.paths, split.labels))
 
@@ -214,7 +219,7 @@ def test_every_format_goes_through_load_data_and_the_cache(tmp_path, capsys):
     assert spec.skipped_files == 0
     assert len(spec.train) == len(paths) + 3
     for channels in (1, 3):
-        decoded = data_mod.decode_all(spec.train, (8, 8), channels, "ram", None, 0)
+        decoded = decode_all(spec.train, (8, 8), channels, "ram", None, 0)
         assert decoded.failed == []
         assert decoded.pixels.shape == (len(spec.train), channels, 8, 8)
     assert "warning" not in capsys.readouterr().err
@@ -248,7 +253,7 @@ def test_channels_setting_gives_grey_or_rgb(image_root):
         spec = load(image_root, channels=channels)
         assert spec.channels == (channels or 3)
         assert len(spec.mean) == len(spec.std) == mean_len
-        decoded = data_mod.decode_all(spec.val, spec.image_size, spec.channels, "ram", None, 0)
+        decoded = decode_all(spec.val, spec.image_size, spec.channels, "ram", None, 0)
         assert decoded.pixels.shape == (8, spec.channels, 16, 16)
         assert decoded.pixels.dtype == torch.uint8
     red = Image.new("RGB", (4, 4), (255, 0, 0))
@@ -304,10 +309,10 @@ def test_corrupt_images_are_named_and_skipped_while_training_completes(image_roo
 def test_decode_all_reports_failures_by_index(image_root, capsys):
     garbage, truncated = _add_broken_images(image_root)
     spec = load(image_root)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
+    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     failed = sorted(spec.train.paths[i] for i in decoded.failed)
     assert failed == sorted([str(garbage), str(truncated)])
-    dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded)
     assert len(dataset) == 24
     err = capsys.readouterr().err
     assert err.count("skipped unreadable image") == 2
@@ -348,7 +353,7 @@ def test_error_missing_or_unset_root(tmp_path):
     message = _error(tmp_path / "nope")
     assert "data.root" in message and str(tmp_path / "nope") in message
     with pytest.raises(ConfigError, match="data.root"):
-        data_mod.load_data(load_config({"data": {"image_size": 16}}), log=lambda *_: None)
+        load_data(load_config({"data": {"image_size": 16}}), log=lambda *_: None)
 
 
 def test_error_no_class_folders(tmp_path):
@@ -375,7 +380,7 @@ def test_data_root_one_or_two_levels_too_high_says_did_you_mean(tmp_path, capsys
     dataset = _dataset_in(up / "clothing" if depth == 1 else up / "clothing" / "clothing")
     (up / "clothing.zip").write_bytes(b"PK")
     (up / "again").symlink_to(up / "clothing")  # the same images twice: a warning for each, before
-    for ask in (lambda: load(up), lambda: data_mod.class_names(load_config({"data": {"root": str(up)}}))):
+    for ask in (lambda: load(up), lambda: class_names(load_config({"data": {"root": str(up)}}))):
         with pytest.raises(DataError) as info:
             ask()
         assert str(info.value) == (f"{up}: no train/ or class folders of images here, but {dataset} holds "
@@ -394,7 +399,7 @@ def test_a_folder_holding_one_folder_of_class_folders_says_did_you_mean(tmp_path
 def test_the_train_folder_itself_is_split_and_the_log_names_the_data_root(tmp_path):
     root = _dataset_in(tmp_path / "clothing")
     lines = []
-    spec = data_mod.load_data(load_config({"data": {"root": str(root / "train"), "image_size": 8}}), log=lines.append)
+    spec = load_data(load_config({"data": {"root": str(root / "train"), "image_size": 8}}), log=lines.append)
     assert len(spec.train) + len(spec.val) == 6  # what was asked: train/ alone, split by val_fraction
     assert any(f"did you mean data.root: {root}? It holds train/ and validation/" in line for line in lines), lines
 
@@ -409,11 +414,11 @@ def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_path):
     spec = load(image_root)
     size = (16, 16)
-    ram = data_mod.decode_all(spec.train, size, 3, "ram", None, 0)
-    forked = data_mod.decode_all(spec.train, size, 3, "ram", None, 2)  # worker processes
-    disk = data_mod.decode_all(spec.train, size, 3, "disk", tmp_path / "cache", 0)
+    ram = decode_all(spec.train, size, 3, "ram", None, 0)
+    forked = decode_all(spec.train, size, 3, "ram", None, 2)  # worker processes
+    disk = decode_all(spec.train, size, 3, "disk", tmp_path / "cache", 0)
     assert disk.location.startswith(str(tmp_path / "cache"))
-    sets = [data_mod.ImageDataset(spec.train, size, 3, d) for d in (ram, forked, disk, None)]
+    sets = [ImageDataset(spec.train, size, 3, d) for d in (ram, forked, disk, None)]
     reference_images, reference_labels = _all_items(sets[-1])  # uncached: decodes the files
     assert reference_images.dtype == torch.uint8 and reference_images.shape == (24, 3, 16, 16)
     for dataset in sets[:-1]:
@@ -427,12 +432,12 @@ def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_p
 
 def test_disk_cache_is_reused(image_root):
     spec = load(image_root)
-    first = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0)
+    first = decode_all(spec.train, (16, 16), 3, "disk", None, 0)
     path = Path(first.location)
-    assert path.is_file() and path.parent == data_mod.cache_home() / "cache"
+    assert path.is_file() and path.parent == cache_home() / "cache"
     stamp = path.stat().st_mtime_ns
     time.sleep(0.05)
-    second = data_mod.decode_all(spec.train, (16, 16), 3, "disk", None, 0)
+    second = decode_all(spec.train, (16, 16), 3, "disk", None, 0)
     assert second.location == first.location
     assert path.stat().st_mtime_ns == stamp  # read, not rewritten
     assert torch.equal(first.pixels, second.pixels)
@@ -443,14 +448,14 @@ def test_disk_cache_is_rebuilt_when_an_image_changes(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     spec = load(image_root)
     index = 3
-    before = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    before = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     assert before.pixels[index].float().mean() < 200
 
     target = Path(spec.train.paths[index])
     Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
     later = target.stat().st_mtime + 10
     os.utime(target, (later, later))
-    after = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    after = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     assert after.location != before.location
     assert bool((after.pixels[index] == 255).all())
     others = [i for i in range(len(spec.train)) if i != index]
@@ -462,7 +467,7 @@ def test_disk_cache_key_includes_image_size_and_channels(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     made = {}
     for size, channels in (((16, 16), 3), ((12, 12), 3), ((16, 16), 1), ((12, 16), 1)):
-        decoded = data_mod.decode_all(spec.val, size, channels, "disk", cache_dir, 0)
+        decoded = decode_all(spec.val, size, channels, "disk", cache_dir, 0)
         assert tuple(decoded.pixels.shape) == (8, channels, *size)
         made[(size, channels)] = decoded.location
     assert len(set(made.values())) == 4
@@ -533,29 +538,29 @@ def no_hang():
 def test_a_damaged_disk_cache_is_rebuilt_with_one_line_saying_why(image_root, tmp_path, capsys, how, no_hang):
     spec = load(image_root)
     cache_dir = tmp_path / "cache"
-    first = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    first = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     reference = first.pixels.clone()
     path = Path(first.location)
     del first
     capsys.readouterr()
     _damage_cache(path, how)
-    again = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    again = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"warning: data.cache: rebuilding {path}: " + err[0].split(f"{path}: ", 1)[1]], err
     assert CACHE_DAMAGE[how] in err[0]
     assert again.seconds > 0 and torch.equal(again.pixels, reference)
-    reused = data_mod.decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)  # whole again: reused quietly
+    reused = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)  # whole again: reused quietly
     assert reused.seconds == 0 and torch.equal(reused.pixels, reference) and not capsys.readouterr().err
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
 
 
 def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_path, capsys):
     spec = load(image_root)
-    first = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    first = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
     path = Path(first.location)
     path.unlink()
     path.mkdir()
-    again = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    again = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
     assert again.location == "ram" and torch.equal(again.pixels, first.pixels)
     assert capsys.readouterr().err.strip() == (f"warning: data.cache: {path} is a folder, not a cache file; "
                                                f"keeping the cache in RAM instead")
@@ -564,13 +569,13 @@ def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_pa
 def test_the_cache_is_keyed_on_content_when_size_and_mtime_stay(tmp_path):
     root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5}, ext="bmp")  # uncompressed: a fixed size
     spec = load(root)
-    before = data_mod.decode_all(spec.train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    before = decode_all(spec.train, (16, 16), 3, "disk", tmp_path / "cache", 0)
     target = Path(spec.train.paths[0])
     stamp = target.stat()
     Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
     os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert (target.stat().st_size, target.stat().st_mtime_ns) == (stamp.st_size, stamp.st_mtime_ns)
-    after = data_mod.decode_all(load(root).train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    after = decode_all(load(root).train, (16, 16), 3, "disk", tmp_path / "cache", 0)
     assert after.location != before.location and bool((after.pixels[0] == 255).all())
 
 
@@ -582,8 +587,8 @@ from pathlib import Path
 from cnnzoo import data as data_mod
 from cnnzoo.config import load_config
 folder, root = Path(sys.argv[1]), sys.argv[2]
-spec = data_mod.load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
-decoded = data_mod.decode_all(spec.train, (64, 64), 3, "disk", folder, 0)
+spec = load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
+decoded = decode_all(spec.train, (64, 64), 3, "disk", folder, 0)
 print("location=" + decoded.location)
 print("mean=%.3f" % decoded.pixels.float().mean().item())
 print("left=" + ",".join(sorted(os.listdir(folder))))
@@ -619,22 +624,22 @@ def test_cached_array_rebuilds_a_float_cache_with_nan_written_into_it(tmp_path, 
         out.copy_(values)
         return {"note": "made here"}
 
-    built = data_mod.cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    built = cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
     assert not built.reused and built.record == {"note": "made here"}
     del built
     array = np.load(path, mmap_mode="r+")
     array[2, 3] = np.nan
     array.flush()
     del array
-    again = data_mod.cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    again = cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
     assert torch.equal(again.tensor, values) and not again.reused
     assert capsys.readouterr().err.strip() == (f"warning: data.feature_cache: rebuilding {path}: its contents "
                                                f"changed since it was written (checksum)")
 
 
 def test_auto_cache_keeps_small_data_in_ram():
-    assert data_mod.choose_cache("auto", 1000) == "ram"
-    assert data_mod.choose_cache("disk", 1000) == "disk"
+    assert choose_cache("auto", 1000) == "ram"
+    assert choose_cache("disk", 1000) == "disk"
 
 
 # ============================================================================ augmentation
@@ -656,7 +661,7 @@ AUGMENT_OPTIONS = {
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("name", list(AUGMENT_OPTIONS))
 def test_each_augmentation_keeps_uint8_and_shape(name, channels):
-    augment = data_mod.build_augment(augment_config(AUGMENT_OPTIONS[name]), (16, 12))
+    augment = build_augment(augment_config(AUGMENT_OPTIONS[name]), (16, 12))
     assert augment is not None
     torch.manual_seed(0)
     image = torch.randint(0, 256, (channels, 16, 12), dtype=torch.uint8)
@@ -668,7 +673,7 @@ def test_each_augmentation_keeps_uint8_and_shape(name, channels):
 
 
 def test_no_augmentation_is_none():
-    assert data_mod.build_augment(AugmentConfig(), (16, 16)) is None
+    assert build_augment(AugmentConfig(), (16, 16)) is None
 
 
 @pytest.mark.parametrize("options, key", [
@@ -693,12 +698,12 @@ def test_bad_augmentation_fails_training_with_config_error(image_root, tmp_path)
 
 def test_augmentation_is_seeded_per_batch(image_root):
     spec = load(image_root)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
+    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
     options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
                "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
-    augment = data_mod.build_augment(augment_config(options), (16, 16))
-    dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded, augment)
-    plain = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
+    augment = build_augment(augment_config(options), (16, 16))
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded, augment)
+    plain = ImageDataset(spec.train, (16, 16), 3, decoded)
     batch = list(range(8))
 
     rng_before = torch.get_rng_state()
@@ -722,7 +727,7 @@ def test_augmentation_is_seeded_per_batch(image_root):
                                            (17, 8), (33, 16), (7, 2)])
 def test_epoch_batches_len_matches_iteration(n, batch_size, shuffle, balanced):
     labels = torch.tensor([i % 3 for i in range(n)])
-    sampler = data_mod.EpochBatches(labels, batch_size, shuffle, seed=3, balanced=balanced)
+    sampler = EpochBatches(labels, batch_size, shuffle, seed=3, balanced=balanced)
     for epoch in (1, 2):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -740,7 +745,7 @@ def test_epoch_batches_len_matches_iteration(n, batch_size, shuffle, balanced):
 
 def test_epoch_batches_batch_size_one():
     labels = torch.tensor([0, 1, 0, 1, 0])
-    sampler = data_mod.EpochBatches(labels, 1, True, seed=0)
+    sampler = EpochBatches(labels, 1, True, seed=0)
     batches = list(sampler)
     assert len(sampler) == 5
     assert len(batches) == len(sampler)
@@ -750,7 +755,7 @@ def test_epoch_batches_order_depends_only_on_seed_and_epoch():
     labels = torch.tensor([i % 4 for i in range(30)])
 
     def batches(seed, epoch, warm_up_epochs=()):
-        sampler = data_mod.EpochBatches(labels, 4, True, seed)
+        sampler = EpochBatches(labels, 4, True, seed)
         for e in warm_up_epochs:  # iterating other epochs first must not matter
             sampler.set_epoch(e)
             list(sampler)
@@ -768,8 +773,8 @@ def test_epoch_batches_order_depends_only_on_seed_and_epoch():
 
 def test_balanced_sampler_draws_rare_class_as_often():
     labels = torch.tensor([0] * 90 + [1] * 10)
-    balanced = data_mod.EpochBatches(labels, 10, True, seed=0, balanced=True)
-    plain = data_mod.EpochBatches(labels, 10, True, seed=0, balanced=False)
+    balanced = EpochBatches(labels, 10, True, seed=0, balanced=True)
+    plain = EpochBatches(labels, 10, True, seed=0, balanced=False)
     drawn_balanced, drawn_plain = [], []
     for epoch in range(1, 11):
         for sampler, out in ((balanced, drawn_balanced), (plain, drawn_plain)):
@@ -790,7 +795,7 @@ def shapes_home(tmp_path_factory):
     messages: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNZOO_HOME", str(home))
-        spec = data_mod.load_data(load_config({"data": {"source": "shapes"}}), log=messages.append)
+        spec = load_data(load_config({"data": {"source": "shapes"}}), log=messages.append)
     return home, spec, messages
 
 
@@ -819,13 +824,13 @@ def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch):
     monkeypatch.setenv("CNNZOO_HOME", str(home))
     messages: list[str] = []
     cfg = load_config({"data": {"source": "shapes", "image_size": 32}})
-    spec = data_mod.load_data(cfg, log=messages.append)
+    spec = load_data(cfg, log=messages.append)
     assert messages == []
     assert (marker.stat().st_mtime_ns, Path(spec.train.paths[0]).stat().st_mtime_ns,
             Path(spec.val.paths[-1]).stat().st_mtime_ns) == stamps
     assert spec.train.paths == first.train.paths
     assert spec.image_size == (32, 32)
-    assert data_mod.class_names(cfg) == list(shapes.CLASSES)
+    assert class_names(cfg) == list(shapes.CLASSES)
 
 
 def test_shapes_with_explicit_root_uses_that_folder(shapes_home, tmp_path):
@@ -836,7 +841,7 @@ def test_shapes_with_explicit_root_uses_that_folder(shapes_home, tmp_path):
     target = tmp_path / "myshapes"
     shutil.copytree(home / f"shapes-v{shapes.VERSION}", target)
     messages: list[str] = []
-    spec = data_mod.load_data(load_config({"data": {"source": "shapes", "root": str(target)}}),
+    spec = load_data(load_config({"data": {"source": "shapes", "root": str(target)}}),
                               log=messages.append)
     assert messages == []
     assert spec.root == str(target.resolve())
@@ -852,18 +857,18 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
 
     written = write_mnist_raw(tmp_path / "tv", folder)
     cfg = load_config({"data": {"source": source, "root": str(tmp_path / "tv")}})
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg, log=lambda *_: None)
     expected = (datasets.MNIST if source == "mnist" else datasets.FashionMNIST).classes
     assert spec.classes == list(expected) and len(spec.classes) == 10
-    assert data_mod.class_names(cfg) == list(expected)
+    assert class_names(cfg) == list(expected)
     assert spec.channels == 1 and spec.image_size == (28, 28)
     assert spec.mean == [0.5] and spec.std == [0.5]
     assert (len(spec.train), len(spec.val)) == (40, 10)
     assert spec.train.labels == written["train_labels"].tolist()
-    decoded = data_mod.decode_all(spec.train, spec.image_size, 1, "ram", None, 0)
+    decoded = decode_all(spec.train, spec.image_size, 1, "ram", None, 0)
     assert decoded.failed == []
     assert torch.equal(decoded.pixels[:, 0], torch.from_numpy(written["train_images"]))
-    resized = data_mod.decode_all(spec.val, (14, 14), 3, "ram", None, 0)
+    resized = decode_all(spec.val, (14, 14), 3, "ram", None, 0)
     assert resized.pixels.shape == (10, 3, 14, 14)
 
 
@@ -886,7 +891,7 @@ def test_torchvision_source_missing_without_download(tmp_path):
     cfg = load_config({"data": {"source": "mnist", "root": str(empty)}})
     assert cfg.data.download is False
     with pytest.raises(DataError) as info:
-        data_mod.load_data(cfg, log=lambda *_: None)
+        load_data(cfg, log=lambda *_: None)
     message = str(info.value)
     assert "data.download" in message and "mnist" in message and str(empty) in message
     assert list(empty.iterdir()) == []  # nothing fetched or created

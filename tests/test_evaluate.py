@@ -1,5 +1,5 @@
 """``cnnzoo evaluate``: the same numbers training recorded, a report that adds up, and the
-split/--data rules; plus unit tests of cnnzoo.metrics."""
+split/--data rules; plus unit tests of cnnzoo.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo import metrics
+from cnnzoo.evaluation import metrics
 from cnnzoo.cli import app
-from cnnzoo.data import stratified_split, scan_folder
+from cnnzoo.data.sources import stratified_split, scan_folder
 from cnnzoo.errors import DataError
-from cnnzoo.evaluation import evaluate as run_evaluation
+from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
 from conftest import write_class_folders
 from helpers_predict import one_error_line, run_cnnzoo, train_run
 
@@ -257,7 +257,7 @@ def test_data_folder_not_found_exits_2(folder_run, tmp_path):
 
 def test_package_level_evaluate_stays_callable():
     """The docstring's API, ``cnnzoo.evaluate(path)``, after the submodule has been imported."""
-    importlib.import_module("cnnzoo.evaluation")  # what `cnnzoo evaluate` and any first call do
+    importlib.import_module("cnnzoo.evaluation.evaluate")  # what `cnnzoo evaluate` and any first call do
     assert callable(cnnzoo.evaluate)
     assert cnnzoo.evaluate is run_evaluation
 
@@ -333,7 +333,7 @@ def test_plain_loss_sum_for_both_heads():
 
 
 def test_moved_training_data_says_to_pass_data(tmp_path):
-    from cnnzoo.engine import train
+    from cnnzoo.training.run import train
     from conftest import tiny_config
 
     root = tmp_path / "images"

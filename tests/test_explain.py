@@ -1,7 +1,7 @@
 """``cnnzoo explain`` (issue #12): the report for real trained models.
 
 A model trained on the built-in shapes data is explained on freshly drawn shapes whose
-masks are known (:func:`cnnzoo.shapes.shape_mask`): Grad-CAM must put clearly more heat
+masks are known (:func:`cnnzoo.data.shapes.shape_mask`): Grad-CAM must put clearly more heat
 inside the shape than outside. The HTML is rendered in headless Chromium when it is
 installed: not blank, one section per layer.
 """
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 import cnnzoo
-from cnnzoo.explanation import explain
-from cnnzoo.shapes import CLASSES, draw_shape, shape_mask
+from cnnzoo.explanation.page import explain
+from cnnzoo.data.shapes import CLASSES, draw_shape, shape_mask
 from conftest import tiny_config
 from helpers_predict import one_error_line, run_cnnzoo
 

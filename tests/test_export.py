@@ -19,7 +19,7 @@ import torch
 
 import cnnzoo
 from cnnzoo import inference
-from cnnzoo.exporting import export
+from cnnzoo.deploy.export import export
 from conftest import tiny_config, write_class_folders
 from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
 
@@ -221,7 +221,7 @@ def test_export_out_never_replaces_its_checkpoint_or_files_that_are_not_exports(
     assert "a file that is not an ONNX export is there already" in line  # another format's export
     done = run_cnnzoo(["export", run / "best.pt", "--out", run / "metrics.csv", "--force"], tmp_path)
     assert done.returncode == 0, done.stderr
-    from cnnzoo.exporting import is_export
+    from cnnzoo.deploy.export import is_export
 
     assert is_export(run / "metrics.csv", "onnx") and (run / "best.pt").read_bytes() == before["best.pt"]
 
@@ -254,7 +254,7 @@ def _onnx_with_a_nan_weight(source: Path, out: Path) -> Path:
 
 
 def test_parity_check_fails_when_the_export_gives_nan(trained, exported, tmp_path):
-    from cnnzoo.exporting import _parity_images, max_difference
+    from cnnzoo.deploy.export import _parity_images, max_difference
 
     broken = inference.load(_onnx_with_a_nan_weight(exported["onnx"].path, tmp_path / "nan.onnx"))
     reference = cnnzoo.load(trained.best)

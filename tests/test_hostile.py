@@ -18,14 +18,16 @@ import yaml
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo import checkpoint as ckpt_io
-from cnnzoo import data as data_mod
+from cnnzoo.checkpoint import FORMAT, VERSION, load_checkpoint
+from cnnzoo.runs import default_checkpoint
+from cnnzoo.data.cache import decode_all
+from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.engine import train
+from cnnzoo.training.run import train
 from cnnzoo.errors import UserError
-from cnnzoo.layers import trace_layers
-from cnnzoo.inference import expand_inputs
+from cnnzoo.model.layers import trace_layers
+from cnnzoo.inference.inputs import expand_inputs
 from conftest import private_tmpfs_works, tiny_config, write_class_folders
 from helpers_predict import png_claiming
 
@@ -170,8 +172,8 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_latest(image_root, tm
 
 
 def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, tmp_path, monkeypatch):
-    from cnnzoo import loggers
-    from cnnzoo.engine import TrainingInterrupted
+    from cnnzoo.training import callbacks as loggers
+    from cnnzoo.training.run import TrainingInterrupted
 
     first = train(tiny_config(image_root, epochs=1), out=tmp_path / "runs", quiet=True)
     assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
@@ -184,7 +186,7 @@ def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, 
         train(tiny_config(image_root, epochs=3), out=tmp_path / "runs", quiet=True)
     assert (info.value.run_dir / "last.pt").is_file() and not (info.value.run_dir / "best.pt").exists()
     assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
-    assert ckpt_io.default_checkpoint(tmp_path / "runs") == first.resolve() / "best.pt"
+    assert default_checkpoint(tmp_path / "runs") == first.resolve() / "best.pt"
     monkeypatch.undo()
     resumed = train(resume=info.value.run_dir / "last.pt", quiet=True)  # resumed, it earns latest
     assert (tmp_path / "runs" / "latest").resolve() == resumed.resolve()
@@ -196,7 +198,7 @@ def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, 
 def test_fifo_in_a_data_folder_is_skipped_and_named(image_root, tmp_path, capsys):
     fifo = image_root / "train" / "a" / "x.jpg"
     os.mkfifo(fifo)
-    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
     assert len(spec.train) == 24
     assert f"skipped {fifo}: not a regular file" in capsys.readouterr().err
     paths, missing = expand_inputs([str(fifo), str(image_root / "train" / "a")])
@@ -207,7 +209,7 @@ def test_fifo_in_a_data_folder_is_skipped_and_named(image_root, tmp_path, capsys
 def test_a_link_loop_does_not_multiply_the_data_or_cross_splits(image_root, capsys):
     os.symlink("..", image_root / "train" / "a" / "loop")
     os.symlink(image_root / "train" / "b" / "b_000.png", image_root / "validation" / "b" / "dup.png")
-    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
     err = capsys.readouterr().err
     assert (len(spec.train), len(spec.val)) == (24, 8)
     assert "a link to a folder that was already read" in err and "the same file was already read" in err
@@ -224,13 +226,13 @@ def test_predict_names_every_file_it_cannot_read(image_root):
 def test_one_class_folder_is_refused(tmp_path):
     root = write_class_folders(tmp_path / "one", {"only": 10})
     with pytest.raises(UserError, match="only one class folder .*at least two classes"):
-        data_mod.load_data(load_config(tiny_config(root)), log=lambda *_: None)
+        load_data(load_config(tiny_config(root)), log=lambda *_: None)
 
 
 def test_an_automatic_split_is_announced(tmp_path):
     root = write_class_folders(tmp_path / "flat", {"a": 10, "b": 10})
     said: list[str] = []
-    data_mod.load_data(load_config(tiny_config(root)), log=said.append)
+    load_data(load_config(tiny_config(root)), log=said.append)
     assert any("held out 0.2 of each class for validation (4 of 20 images" in s for s in said)
 
 
@@ -389,7 +391,7 @@ def test_fuzzed_configs_give_user_errors_or_valid_networks(image_root):
         config, overrides = mutate(tiny_config(image_root), rng)
         try:
             cfg = load_config(config, overrides)
-            channels, size = data_mod.resolve_input(cfg)
+            channels, size = resolve_input(cfg)
             trace_layers(cfg.model.layers, (channels, *size), 2)
             outcomes["ok"] += 1
         except UserError as exc:
@@ -433,9 +435,9 @@ def test_fuzzed_checkpoints_load_or_are_refused_in_words(trained, tmp_path):
 
 def test_checkpoint_refusal_reaches_the_checkpoint_module(tmp_path):
     path = tmp_path / "x.pt"
-    torch.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION}, path)
+    torch.save({"format": FORMAT, "version": VERSION}, path)
     with pytest.raises(UserError, match="meta is missing"):
-        ckpt_io.load_checkpoint(path)
+        load_checkpoint(path)
 
 
 def test_out_under_proc_is_one_line(image_root, tmp_path):
@@ -500,8 +502,8 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5})
     broken = broken_files(root / "a", rng, 40)
     cfg = load_config(tiny_config(root))
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
-    decoded = [data_mod.decode_all(split, (16, 16), 3, "ram", None, 0) for split in (spec.train, spec.val)]
+    spec = load_data(cfg, log=lambda *_: None)
+    decoded = [decode_all(split, (16, 16), 3, "ram", None, 0) for split in (spec.train, spec.val)]
     scanned = len(spec.train) + len(spec.val)
     unreadable = sum(len(d.failed) for d in decoded)
     readable = 10 + 2 + sum("png-as-jpg" in p.name for p in broken)  # good class images, good.png, source.jpg
@@ -611,7 +613,7 @@ def _fuzzed_onnx(proto, meta: dict, rng: random.Random):
     """A copy of an ONNX export with one random change to its metadata text or its graph's sizes."""
     import json
 
-    from cnnzoo.inference import METADATA_KEY
+    from cnnzoo.inference.classifier import METADATA_KEY
 
     proto = type(proto).FromString(proto.SerializeToString())
     entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
@@ -644,8 +646,9 @@ def test_fuzzed_onnx_exports_load_or_are_refused_in_words(trained, tmp_path):
 
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cnnzoo.exporting import export
-    from cnnzoo.inference import METADATA_KEY, load
+    from cnnzoo.deploy.export import export
+    from cnnzoo.inference import load
+    from cnnzoo.inference.classifier import METADATA_KEY
 
     source = onnx.load(str(export(trained / "best.pt", "onnx", out=tmp_path / "source.onnx").path))
     meta = json.loads(next(e.value for e in source.metadata_props if e.key == METADATA_KEY))
@@ -713,7 +716,7 @@ def np_random(rng: random.Random):
 def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained, tmp_path):
     pytest.importorskip("starlette")
     pytest.importorskip("onnxruntime")
-    from cnnzoo.exporting import export
+    from cnnzoo.deploy.export import export
     from helpers_predict import Server
 
     model = export(trained / "best.pt", "onnx", out=tmp_path / "served.onnx").path
@@ -776,8 +779,8 @@ def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, ca
 
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
     rng = random.Random(23)
-    spec = data_mod.load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
-    first = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    first = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
     reference, npy = first.pixels.clone(), Path(first.location)
     del first
     files = {npy: npy.read_bytes(), npy.with_suffix(".json"): npy.with_suffix(".json").read_bytes()}
@@ -797,7 +800,7 @@ def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, ca
             target = rng.choice(list(files))
             kind = _mutate_file(target, files[target], rng)
             signal.alarm(30)
-            decoded = data_mod.decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+            decoded = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
             signal.alarm(0)
             err = capsys.readouterr().err.strip().splitlines()
             assert torch.equal(decoded.pixels, reference), (case, target.name, kind)
@@ -818,7 +821,7 @@ def test_fuzzed_sweep_states_are_read_or_refused_in_one_line(tmp_path):
     run from or one line that names it and offers --restart."""
     import json
 
-    from cnnzoo.tuning import _combinations, read_state
+    from cnnzoo.training.tuning import _combinations, read_state
 
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300"))
     rng = random.Random(13)

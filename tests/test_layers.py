@@ -1,4 +1,4 @@
-"""The model builder (cnnzoo.layers): every refusal, and the layers it builds."""
+"""The model builder (cnnzoo.model.layers): every refusal, and the layers it builds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import ShapeError, UserError
-from cnnzoo.layers import (GlobalAvgPool, build_from_records, build_model, layer_records,
-                           trace_layers)
+from cnnzoo.model.layers import GlobalAvgPool, build_from_records, build_model, layer_records, trace_layers
 
 CONV = {"Conv2d": {"out_channels": 8, "kernel_size": 3}}
 

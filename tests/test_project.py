@@ -46,7 +46,7 @@ def test_ci_runs_the_shared_tests_again_without_shared():
 # --------------------------------------------------------------------------- torch and torchvision
 
 def test_pair_rules_on_the_versions_pip_installs():
-    from cnnzoo.versions import pair_problem
+    from cnnzoo.runtime.versions import pair_problem
 
     # what a CPU wheel index for torch next to PyPI's torchvision gave (issue 22): operator torchvision::nms
     line = pair_problem("2.13.0+cpu", None, "0.28.0+cu130")
@@ -83,7 +83,7 @@ def _cnnzoo_with(site: Path, args: list, cwd: Path):
 
 
 def test_a_mismatched_torchvision_is_named_before_it_is_imported(tmp_path):
-    from cnnzoo.versions import installed
+    from cnnzoo.runtime.versions import installed
 
     torch_version, cuda, _ = installed()
     minor = int(torch_version.split(".")[1])
@@ -101,7 +101,7 @@ def test_a_mismatched_torchvision_is_named_before_it_is_imported(tmp_path):
 def test_torchvision_that_cannot_load_its_operators_is_one_line(image_root, tmp_path):
     import yaml
 
-    from cnnzoo.versions import installed
+    from cnnzoo.runtime.versions import installed
 
     torch_version, _, vision_version = installed()
     # what torchvision's own import raises when its compiled operators do not fit torch
@@ -198,8 +198,8 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     _link_installed(needed, tmp_path / "deps")
     (site / "readme-deps.pth").write_text(str(tmp_path / "deps") + "\n")
 
-    from cnnzoo.engine import train
-    from cnnzoo.exporting import export
+    from cnnzoo.training.run import train
+    from cnnzoo.deploy.export import export
 
     onnx_file = export(train(tiny_config(image_root), out=tmp_path / "runs", quiet=True) / "best.pt", "onnx").path
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

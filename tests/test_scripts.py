@@ -45,7 +45,7 @@ def test_bench_train_phase_reports_json(image_root, tmp_path):
 
 
 def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
-    from cnnzoo.engine import train
+    from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
     out = run_script([str(ROOT / "scripts" / "bench_predict.py"), "--checkpoint", str(run / "best.pt"),
@@ -75,7 +75,7 @@ def test_bench_errors_times_a_config_typo_against_importing_torch(tmp_path):
 
 
 def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image_root, tmp_path):
-    from cnnzoo.engine import train
+    from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
     out = run_script([str(ROOT / "scripts" / "bench_onnx.py"), "--checkpoint", str(run / "best.pt"),

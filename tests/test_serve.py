@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_file(trained):
-    from cnnzoo.exporting import export
+    from cnnzoo.deploy.export import export
 
     return export(trained.best, "onnx").path
 
@@ -227,7 +227,7 @@ def _png_bytes(mode: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-DECODE_MEMORY = 2**30  # cnnzoo.serve.DECODE_MEMORY, which /info reports
+DECODE_MEMORY = 2**30  # cnnzoo.deploy.serve.DECODE_MEMORY, which /info reports
 
 
 def test_decoding_memory_is_bounded_and_given_back(trained, onnx_file):

@@ -1,7 +1,7 @@
 """Training end to end (issue #3): run folders, checkpoints, determinism, resume, recipes, Ctrl-C.
 
 Every run here trains for real (tiny CNN, 16x16 generated images, 1-4 epochs) through
-``cnnzoo.engine.train``; nothing in cnnzoo is mocked.
+``cnnzoo.training.run.train``; nothing in cnnzoo is mocked.
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ import yaml
 from PIL import Image
 
 import cnnzoo
-from cnnzoo import checkpoint as ckpt_io
-from cnnzoo import data as data_mod
-from cnnzoo import device as device_mod
+from cnnzoo.checkpoint import FORMAT, load_checkpoint, save_atomic
+from cnnzoo.data.cache import decode_all
+from cnnzoo.data.loaders import ImageDataset, make_loader
+from cnnzoo.data.sources import load_data
+from cnnzoo.runtime import device as device_mod
 from cnnzoo.config import load_config
-from cnnzoo.device import Feed
-from cnnzoo.loggers import HistoryPlot
-from cnnzoo.engine import (Criterion, LRSchedule, Stepper, TrainingInterrupted, loss_kind, make_optimizer,
-                           train, train_one_epoch)
+from cnnzoo.runtime.device import Feed
+from cnnzoo.training.callbacks import HistoryPlot
+from cnnzoo.training.loop import Stepper, train_one_epoch
+from cnnzoo.training.recipe import Criterion, LRSchedule, loss_kind, make_optimizer
+from cnnzoo.training.run import TrainingInterrupted, train
 from cnnzoo.errors import ConfigError, UserError
-from cnnzoo.layers import build_from_infos, build_from_records, trace_layers
+from cnnzoo.model.layers import build_from_infos, build_from_records, trace_layers
 from conftest import tiny_config, write_class_folders
 from helpers_train import HEADER, TIMING, files_under, metric_rows, tiny_layers
 
@@ -120,7 +123,7 @@ def test_checkpoints_load_safely_and_hold_everything(base):
         assert meta["classes"] == ["a", "b"]
         assert meta["image_size"] == [16, 16] and meta["channels"] == 3
         assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
-        assert ckpt["format"] == ckpt_io.FORMAT
+        assert ckpt["format"] == FORMAT
         assert ckpt["config"]["model"]["num_classes"] == 2
         assert isinstance(ckpt["layers"], list) and ckpt["layers"]
         model = build_from_records(ckpt["layers"])
@@ -132,7 +135,7 @@ def test_checkpoints_load_safely_and_hold_everything(base):
     assert last["trainer"]["best_epoch"] == best["epoch"]
     assert last["optimizer"]["state"]  # Adam moments were saved
     assert float(best["metrics"]["val_acc"]) == pytest.approx(last["trainer"]["best_value"])
-    assert ckpt_io.load_checkpoint(base.first)["epoch"] == best["epoch"]  # a folder means its best.pt
+    assert load_checkpoint(base.first)["epoch"] == best["epoch"]  # a folder means its best.pt
 
 
 # ============================================================================ determinism
@@ -295,11 +298,11 @@ SCHEDULERS = ["none", "step", "cosine", "one-cycle", "reduce-on-plateau"]
 @pytest.fixture(scope="module")
 def one_batch_loader(small_root):
     """12 cached training images, one batch per epoch, through the real dataset and sampler."""
-    spec = data_mod.load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}),
+    spec = load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}),
                               log=lambda *_: None)
-    decoded = data_mod.decode_all(spec.train, (16, 16), 3, "ram", None, 0)
-    dataset = data_mod.ImageDataset(spec.train, (16, 16), 3, decoded)
-    return data_mod.make_loader(dataset, 12, True, 0, 0), spec
+    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded)
+    return make_loader(dataset, 12, True, 0, 0), spec
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -403,7 +406,7 @@ def test_early_stopping_stops_and_says_so(image_root, tmp_path, capsys):
 
 
 def _best_after(monitor: str, epochs: list[tuple[float, float]], min_delta: float = 0.0) -> tuple[int, list[bool]]:
-    from cnnzoo.engine import BestEpoch
+    from cnnzoo.training.loop import BestEpoch
 
     best = BestEpoch(load_config({"train": {"monitor": monitor, "min_delta": min_delta}}).train)
     moved = [best.update({"val_acc": acc, "val_loss": loss}, epoch) for epoch, (acc, loss) in enumerate(epochs, 1)]
@@ -449,8 +452,8 @@ def test_cuda_device_on_a_cpu_machine_is_a_config_error(image_root, tmp_path):
 
 def test_save_atomic_leaves_no_temporary_files(tmp_path):
     path = tmp_path / "ckpt.pt"
-    ckpt_io.save_atomic({"w": torch.arange(5)}, path)
-    ckpt_io.save_atomic({"w": torch.arange(7)}, path)
+    save_atomic({"w": torch.arange(5)}, path)
+    save_atomic({"w": torch.arange(7)}, path)
     assert files_under(tmp_path) == ["ckpt.pt"]
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(7))
     umask = os.umask(0)
@@ -460,14 +463,14 @@ def test_save_atomic_leaves_no_temporary_files(tmp_path):
 
 def test_save_atomic_failure_keeps_the_old_file(tmp_path):
     path = tmp_path / "ckpt.pt"
-    ckpt_io.save_atomic({"w": torch.arange(5)}, path)
+    save_atomic({"w": torch.arange(5)}, path)
     before = path.read_bytes()
     with pytest.raises(Exception):
-        ckpt_io.save_atomic({"w": torch.zeros(1000), "bad": lambda: 0}, path)  # cannot pickle a lambda
+        save_atomic({"w": torch.zeros(1000), "bad": lambda: 0}, path)  # cannot pickle a lambda
     assert path.read_bytes() == before
     assert files_under(tmp_path) == ["ckpt.pt"]
     with pytest.raises(Exception):
-        ckpt_io.save_atomic({"bad": lambda: 0}, tmp_path / "new.pt")
+        save_atomic({"bad": lambda: 0}, tmp_path / "new.pt")
     assert files_under(tmp_path) == ["ckpt.pt"]
 
 
@@ -522,7 +525,7 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes(image_root, tmp_path, isolated
 def test_ctrl_c_at_any_epoch_end_step_resumes_with_every_metrics_row(image_root, tmp_path, monkeypatch, at):
     """Ctrl-C pressed as epoch 2's metrics.csv or its checkpoints are written: the resumed run
     still has one row per epoch, equal to an uninterrupted run's."""
-    from cnnzoo import loggers
+    from cnnzoo.training import callbacks as loggers
 
     whole = train(tiny_config(image_root, epochs=3), out=tmp_path / "whole", quiet=True)
     target = loggers.MetricsCSV if at == "metrics" else loggers.Checkpoints
@@ -567,7 +570,7 @@ def test_interrupt_message_names_the_epoch_last_pt_holds(image_root, tmp_path, m
 
 def test_clothing_data_loads(clothing_root):
     cfg = load_config({"data": {"root": str(clothing_root), "image_size": 64}})
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg, log=lambda *_: None)
     assert len(spec.classes) == 10
     assert spec.classes == sorted(spec.classes)
     assert (len(spec.train), len(spec.val)) == (3068, 341)

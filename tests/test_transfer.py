@@ -15,11 +15,11 @@ import yaml
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo import data as data_mod
-from cnnzoo.backbones import Backbone
+from cnnzoo.data.sources import load_data, resolve_input
+from cnnzoo.model.backbones import Backbone
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.engine import train
+from cnnzoo.training.run import train
 from cnnzoo.errors import UserError
 from helpers_train import metric_rows
 
@@ -149,11 +149,11 @@ def test_input_size_and_normalisation_follow_the_weights_unless_set(image_root):
     config = transfer_config(image_root, {"name": "mobilenet_v3_small", "weights": "IMAGENET1K_V1"})
     del config["data"]["image_size"]
     cfg = load_config(config)
-    assert data_mod.resolve_input(cfg) == (3, (224, 224))
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    assert resolve_input(cfg) == (3, (224, 224))
+    spec = load_data(cfg, log=lambda *_: None)
     assert spec.mean == pytest.approx([0.485, 0.456, 0.406])
     cfg = load_config(config, ["data.image_size=96", "data.normalize={mean: [0.5], std: [0.25]}"])
-    spec = data_mod.load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg, log=lambda *_: None)
     assert spec.image_size == (96, 96) and spec.mean == [0.5] * 3 and spec.std == [0.25] * 3
 
 
@@ -254,7 +254,7 @@ def test_timm_backbone_trains_with_a_cut_feature_cache_and_predicts(image_root, 
 def test_timm_preprocessing_comes_from_the_pretrained_config(image_root, lite0_file):
     config = transfer_config(image_root, {"name": "timm/tf_efficientnet_lite0", "weights": str(lite0_file)})
     del config["data"]["image_size"]
-    spec = data_mod.load_data(load_config(config), log=lambda *_: None)
+    spec = load_data(load_config(config), log=lambda *_: None)
     assert spec.image_size == (224, 224) and spec.mean == [0.5] * 3 and spec.std == [0.5] * 3
 
 
@@ -323,7 +323,7 @@ def test_timm_default_weights_are_read_from_the_hugging_face_cache_offline(image
     from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    from cnnzoo.backbones import Backbone
+    from cnnzoo.model.backbones import Backbone
 
     # the Hugging Face cache's own layout, as a download with a network leaves it
     repo = tmp_path / "hub" / "models--timm--tf_efficientnet_lite0.in1k"
@@ -495,7 +495,7 @@ def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written
                                         ("shear", 5), ("zoom", 0.1), ("random_resized_crop", [0.6, 1.0]),
                                         ("color_jitter", {"brightness": 0.2})])
 def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
-    from cnnzoo.transfer import _flip_plan
+    from cnnzoo.training.transfer import _flip_plan
 
     aug = load_config({"data": {"augment": {key: value, "hflip": True}}}).data.augment
     reason, flips, _ = _flip_plan(aug)

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 import cnnzoo
-from cnnzoo.engine import TrainingInterrupted
-from cnnzoo.tuning import parse_grid, suggest_lr, sweep
+from cnnzoo.training.run import TrainingInterrupted
+from cnnzoo.training.tuning import parse_grid, suggest_lr, sweep
 from conftest import tiny_config
 from helpers_predict import one_error_line, run_cnnzoo
 from helpers_train import metric_rows
@@ -237,7 +237,7 @@ def test_sweep_takes_the_shortcuts_escapes_formulas_and_latest_is_the_best_run(i
 
 
 def test_a_huge_grid_is_refused_at_once_and_trials_sample_it_without_listing_it():
-    from cnnzoo.tuning import _combinations
+    from cnnzoo.training.tuning import _combinations
 
     grid = {f"k{i}": list(range(10)) for i in range(6)}  # 10^6 combinations
     with pytest.raises(cnnzoo.UserError, match=r"10 x 10 x 10 x 10 x 10 x 10 = 1,000,000 combinations.*--trials K"):
@@ -262,7 +262,7 @@ def test_a_bad_grid_value_is_one_line(image_root, tmp_path, value):
 
 
 def test_csv_cells_are_safe_in_a_spreadsheet_and_markdown_cells_stay_in_their_column():
-    from cnnzoo.tuning import markdown_table, spreadsheet_safe
+    from cnnzoo.training.tuning import markdown_table, spreadsheet_safe
 
     assert [spreadsheet_safe(v) for v in ["=1+1", "+1", "-x", "@A1", "\tx", "plain", -0.5, 3]] == \
         ["'=1+1", "'+1", "'-x", "'@A1", "'\tx", "plain", -0.5, 3]

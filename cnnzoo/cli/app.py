@@ -1,0 +1,116 @@
+"""The Typer app every command registers on, the error contract, and :func:`main`.
+
+Every command imports its heavy parts (torch, the engine) inside the function, so
+``cnnzoo --help`` answers at once. A :class:`cnnzoo.errors.UserError` becomes one line
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import UserError
+
+
+app = typer.Typer(
+    name="cnnzoo",
+    help="Train, evaluate and predict with convolutional image classifiers described in YAML.\n\n"
+         "Start with:  cnnzoo train --config configs/quickstart.yaml",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+_state = {"debug": False}
+CONFIG_HELP = "YAML config file (see configs/ for examples)."
+
+
+TRUST_TORCHSCRIPT_HELP = ("Open a TorchScript file: it holds code that runs when loaded, so only one you "
+                          "made (cnnzoo export) or otherwise trust. Without it, TorchScript is refused unopened.")
+
+
+SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
+            "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
+
+
+def _rank0() -> bool:
+    """In a torchrun job every process runs the command; only rank 0 reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    if _rank0():
+        typer.echo(f"cnnzoo: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(action):
+    """Run ``action``; user errors become one line and exit 2 (unless --debug)."""
+    try:
+        return action()
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        if _rank0():
+            typer.echo("cnnzoo: interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"cnnzoo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _is_collective_failure(exc: Exception) -> bool:
+    """A DDP collective that failed because another process died or stopped answering."""
+    dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
+    text = str(exc)
+    return isinstance(exc, dist_error) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                  "Timed out", "timed out", "NCCL"))
+
+
+def main() -> None:
+    if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
+        sys.argv.remove("--debug")
+        _state["debug"] = True
+        sys.argv.insert(1, "--debug")
+    try:
+        app()
+    except Exception as exc:  # a failure cnnzoo did not foresee: still one line unless --debug
+        if _state["debug"]:
+            raise
+        if isinstance(exc, ModuleNotFoundError) and exc.name in ("torch", "torchvision"):
+            # a deployment installed with --no-deps: exports run without torch, the rest needs it
+            typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
+                       f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
+            sys.exit(2)
+        from ..runtime.versions import describe_failure
+
+        if (mismatch := describe_failure(exc)) is not None:  # "operator torchvision::nms does not exist"
+            typer.echo(f"cnnzoo: error: {mismatch}", err=True)
+            sys.exit(2)
+        if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
+            typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
+                       f"stopped answering ({str(exc).splitlines()[0][:160]})", err=True)
+            sys.exit(1)
+        typer.echo(f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
+        sys.exit(1)

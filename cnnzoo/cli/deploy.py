@@ -1,0 +1,88 @@
+"""``cnnzoo export`` and ``cnnzoo serve``: a trained model taken elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import TRUST_TORCHSCRIPT_HELP, _fail, _guard, app
+
+
+@app.command()
+def export(
+    checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
+                                                    help="Checkpoint (default: runs/latest's best.pt)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (runs without torch) or torchscript."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="File or folder to write (default: beside the checkpoint, "
+                                            "best.onnx / best.torchscript.pt)."),
+    opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0,
+                                    help="Largest probability difference from the checkpoint that passes."),
+    force: bool = typer.Option(False, "--force", help="Replace a file at --out that is not an export of this "
+                                                      "format (never the checkpoint itself)."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Export a checkpoint to ONNX or TorchScript, then check it gives the checkpoint's probabilities.
+
+    The file holds the classes, input size and normalisation, so it is used alone:
+      cnnzoo export                       (runs/latest/best.pt -> runs/latest/best.onnx)
+      cnnzoo predict --model runs/latest/best.onnx photo.jpg
+      cnnzoo serve runs/latest/best.onnx
+    Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
+    NaN or infinite probabilities. TorchScript is code: cnnzoo writes it for LibTorch (C++) and
+    opens one only with predict/serve --trust-torchscript.
+    """
+    def action():
+        from ..deploy.export import export as run_export
+
+        result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs, force=force)
+        size = result.path.stat().st_size
+        verdict = "ok" if result.ok else "FAILED"
+        typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
+        typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
+                   f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
+        if result.not_finite:
+            _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it",
+                  code=1)
+        if not result.ok:
+            _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
+                  f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
+                  f"--opset or --format)", code=1)
+
+    _guard(action)
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Argument(None, metavar="[MODEL]",
+                                           help="Checkpoint or .onnx export (runs without torch). "
+                                                "Default: runs/latest's best.pt."),
+    trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
+    max_bytes: int = typer.Option(10 * 2**20, "--max-bytes", min=1,
+                                  help="Largest request body accepted: one image, or all files of a multipart "
+                                       "upload together (counted as it arrives; never spooled to disk)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Serve a model over HTTP, with a page to try it: open http://127.0.0.1:8000/ in a browser.
+
+    POST /predict takes an image as the body or as multipart files (?top_k=N) and answers the
+    records of predict --json; GET /info and GET /health describe the service.
+      curl --data-binary @photo.jpg http://127.0.0.1:8000/predict
+      curl -F file=@a.jpg -F file=@b.jpg 'http://127.0.0.1:8000/predict?top_k=3'
+    Bounds: --max-bytes per request, 64 megapixels and 1 GiB of decoding memory at once (larger
+    images get 413). On a public network put a reverse proxy in front (docs/security.md).
+    """
+    def action():
+        from ..deploy.serve import serve as run_server
+
+        run_server(model, host, port, workers, max_bytes, top_k, device, runs, trust_torchscript=trust_torchscript)
+
+    _guard(action)

@@ -1,0 +1,38 @@
+"""``cnnzoo summary``: a config's network, layer by layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import typer
+
+from .app import CONFIG_HELP, SET_HELP, _guard, app
+
+
+@app.command()
+def summary(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    expand: bool = typer.Option(False, "--expand", help="Also list the stages inside a backbone layer."),
+) -> None:
+    """Show every layer's output shape and parameters, the totals, MACs and memory.
+
+    Like Keras' model.summary(); shapes are checked with out = floor((W - K + 2P) / S) + 1.
+    A pretrained backbone is one row; its frozen parameters are counted apart.
+    """
+    def action():
+        from ..config import load_config
+
+        cfg = load_config(config, set_)  # config errors come back before torch is imported
+        from ..model.summary import format_summary, summarize
+
+        result = summarize(cfg, expand)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            typer.echo(format_summary(result, cfg.run_name))
+
+    _guard(action)

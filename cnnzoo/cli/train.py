@@ -1,0 +1,102 @@
+"""``cnnzoo train``, and the shortcuts every command that trains takes (train, lr-find, sweep)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+from .app import CONFIG_HELP, SET_HELP, _guard, _rank0, _state, app
+
+
+# The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
+UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
+
+
+DATA_OPTION = typer.Option(None, "--data", help="Image folder (sets data.root).")
+EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Sets train.epochs.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size.")
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, help="Sets data.image_size.")
+DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device).")
+
+
+def _training_overrides(set_: list[str], unset: list[str], data: Optional[str], epochs: Optional[int],
+                        batch_size: Optional[int], image_size: Optional[int],
+                        device: Optional[str] = None, *, name: Optional[str] = None) -> list[str]:
+    """``--set`` items, then the shortcuts as ``key=value``, then ``--unset`` items as ``key!``
+    (what :func:`cnnzoo.config.apply_override` removes)."""
+    shortcuts = {"data.root": json.dumps(data) if data else None, "name": json.dumps(name) if name else None,
+                 "train.epochs": epochs,
+                 "train.batch_size": batch_size, "data.image_size": image_size,
+                 "train.device": json.dumps(device) if device else None}
+    overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    return overrides + [f"{key}!" for key in unset]
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    name: Optional[str] = typer.Option(None, "--name", "-n",
+                                       help="Run name: the run folder is <runs>/<name>/<N> (sets name)."),
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    runs: Path = typer.Option(Path("runs"), "--runs", "--out",
+                              help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="Processes on this machine, one per GPU (or sharing the CPU cores), "
+                                   "trained together with DDP; runs torchrun for you."),
+) -> None:
+    """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
+
+    Example:  cnnzoo train --config configs/quickstart.yaml --epochs 5
+    Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96 --name photos
+    Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
+    4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
+              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
+    """
+    def action():
+        from ..config import load_config
+
+        if config is None and resume is None:
+            raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, name=name)
+        passed, source = list(overrides), config
+        if resume is None:  # config errors come back before torch is imported
+            source = load_config(config, overrides)
+            overrides = []
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from ..runtime.distributed import launch
+
+            argv = ["train", *(["--config", str(config)] if config else []),
+                    *(["--resume", str(resume)] if resume else []),
+                    *(f"--set={item}" for item in passed if not item.endswith("!")),
+                    *(f"--unset={item[:-1]}" for item in passed if item.endswith("!")),
+                    *(["--device", device] if device else []), "--runs", str(runs),
+                    *(["--quiet"] if quiet else []), *(["--debug"] if _state["debug"] else [])]
+            code = launch(nproc, argv)
+            if code:
+                raise typer.Exit(code)
+            return
+        from ..training.run import TrainingInterrupted, train as run_training
+
+        try:
+            run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
+        except TrainingInterrupted as exc:
+            if _rank0():
+                typer.echo(f"\ncnnzoo: {exc}", err=True)
+            raise typer.Exit(130)
+        if quiet and _rank0():
+            typer.echo(str(run_dir))
+
+    _guard(action)

@@ -1,0 +1,102 @@
+"""``cnnzoo lr-find`` and ``cnnzoo sweep``: tuning a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import CONFIG_HELP, SET_HELP, _guard, app
+from .train import (BATCH_SIZE_OPTION, DATA_OPTION, DEVICE_OPTION, EPOCHS_OPTION, IMAGE_SIZE_OPTION, UNSET_OPTION,
+                    _training_overrides)
+
+
+@app.command("lr-find")
+def lr_find(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    steps: int = typer.Option(200, min=10, help="Training steps while the rate grows."),
+    start: float = typer.Option(1e-7, help="First learning rate."),
+    end: float = typer.Option(1.0, help="Last learning rate."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="The plot: a .png/.svg/.pdf file, or a folder for <name>.png "
+                                            "(default: <runs>/lr-find/<name>.png)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders (and lr-find/)."),
+    apply: bool = typer.Option(False, "--apply", help="Also write the config with the suggested train.lr and "
+                                                      "this line's --set/shortcuts, beside the plot "
+                                                      "(<plot folder>/<config>.lr.yaml)."),
+) -> None:
+    """Find a learning rate: train briefly while the rate grows exponentially, plot the loss, suggest one.
+
+    Example:  cnnzoo lr-find -c configs/quickstart.yaml --apply
+              (writes runs/lr-find/quickstart.png and runs/lr-find/quickstart.lr.yaml)
+    Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
+    """
+    def action():
+        from ..config import load_config
+
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        cfg = load_config(config, overrides)  # config errors come back before torch is imported
+        from ..training.tuning import apply_lr, lr_find as run_lr_find
+
+        result = run_lr_find(cfg, [], steps, start, end, out, runs_root=runs)
+        typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
+                   f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
+        if apply:
+            written = apply_lr(config, result.suggestion, overrides, result.plot.parent)
+            typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
+
+    _guard(action)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    grid: List[str] = typer.Option(..., "--grid", "-g",
+                                   help="A key and its values, e.g. --grid train.lr=0.01,0.003 (repeatable)."),
+    trials: Optional[int] = typer.Option(None, min=1, help="Run this many random combinations, not all."),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: List[str] = UNSET_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders."),
+    restart: bool = typer.Option(False, "--restart", help="Start the sweep over: forget its saved state "
+                                                          "(finished run folders stay)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+) -> None:
+    """Train every combination of --grid values as its own run, then compare them (table and plot).
+
+    Example:  cnnzoo sweep -c configs/quickstart.yaml --grid train.lr=0.01,0.003,0.001 \\
+                  --grid model.layers.13.dense.out_features=32,64
+    Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
+    At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
+    """
+    def action():
+        from ..config import load_config
+
+        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        load_config(config, overrides)  # config errors come back before torch is imported
+        from ..training.run import TrainingInterrupted
+        from ..training.tuning import markdown_table, sweep as run_sweep
+
+        try:
+            result = run_sweep(config, grid, trials, overrides, runs, quiet, restart=restart)
+        except TrainingInterrupted as exc:
+            typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
+                       err=True)
+            raise typer.Exit(130)
+        typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
+        typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
+        typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")
+
+    _guard(action)

@@ -1,0 +1,25 @@
+"""Config files: the schema, YAML loading, ``--set``/``--unset`` overrides, value checks and dumping.
+
+A config is plain YAML with the sections ``model``, ``data`` and ``train`` plus the
+optional top-level ``name`` and ``seed``. The schema is the dataclasses of
+:mod:`~cnnzoo.config.schema`: every field's type hint is checked, every unknown key is refused
+with the closest known key, and errors name the file and the dotted key.
+
+* :mod:`~cnnzoo.config.schema`: the dataclasses (``Config`` and its sections) and their ranges;
+* :mod:`~cnnzoo.config.checks`: :class:`Bounds` (a field's range) and the rules between fields;
+* :mod:`~cnnzoo.config.loading`: YAML in, overrides applied, types coerced, did-you-mean;
+* :mod:`~cnnzoo.config.dumping`: a config written back as a person would write it.
+
+The package is torch-free and imports only :mod:`cnnzoo.errors` (floor 1): the CLI reads and
+checks a config before torch is imported.
+"""
+
+from .checks import MAX_IMAGE_SIDE, Bounds, bounded
+from .dumping import dump_config
+from .loading import (apply_override, backbone_entry, from_dict, load_config, looks_like_path, parse_override,
+                      read_yaml, rebase_paths)
+from .schema import AugmentConfig, ColorJitterConfig, Config, DataConfig, ModelConfig, TrainConfig
+
+__all__ = ["MAX_IMAGE_SIDE", "AugmentConfig", "Bounds", "ColorJitterConfig", "Config", "DataConfig", "ModelConfig",
+           "TrainConfig", "apply_override", "backbone_entry", "bounded", "dump_config", "from_dict", "load_config",
+           "looks_like_path", "parse_override", "read_yaml", "rebase_paths"]

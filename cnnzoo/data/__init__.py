@@ -1,0 +1,23 @@
+"""Data: where images and classes come from, what the model sees, the decoded-pixel cache, batches.
+
+In the order training meets them:
+
+* :mod:`~cnnzoo.data.sources` (``data.source``): a folder in ImageFolder layout (``train/`` +
+  ``validation/`` or ``val/``, optional ``test/``; or one folder of class folders split by
+  ``data.val_fraction``), the built-in ``shapes`` set (:mod:`~cnnzoo.data.shapes`), or
+  torchvision's MNIST, Fashion-MNIST and CIFAR-10; each split becomes a ``Samples`` list, and
+  the whole section a ``DataSpec``.
+* :mod:`~cnnzoo.data.preprocess` (torch-free): decoding, orientation, mode and resizing, the one
+  definition of "what the model sees", shared by training, evaluation and every model format.
+* :mod:`~cnnzoo.data.cache` (``data.cache``): every image decoded and resized once into a uint8
+  ``[N, C, H, W]`` array in RAM or in a checked, memory-mapped ``.npy`` file (the feature cache
+  of :mod:`cnnzoo.training.transfer` is built the same way).
+* :mod:`~cnnzoo.data.augment`: per-image ``torchvision.transforms.v2`` augmentation.
+* :mod:`~cnnzoo.data.loaders`: datasets that return whole uint8 batches, and batch orders that
+  depend only on (seed, epoch, batch), so a run is reproducible whatever the worker count.
+
+Floor 5: data may import floors 0-4 (errors, console, files; config; checkpoint, runs;
+runtime; model, for a backbone's preprocessing). :mod:`~cnnzoo.data.preprocess` is torch-free
+and imports floors 0-2 only; this ``__init__`` imports nothing, so importing the preprocessing
+does not import torch.
+"""

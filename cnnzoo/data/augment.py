@@ -1,0 +1,40 @@
+"""Training-time augmentation (``data.augment``): a ``torchvision.transforms.v2`` pipeline applied
+to each uint8 image of a batch, seeded per batch by :class:`cnnzoo.data.loaders.ImageDataset`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..config import AugmentConfig
+from ..runtime.versions import check as check_torch_pair
+
+check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
+
+
+def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """torchvision.transforms.v2 pipeline on uint8 CxHxW tensors; None when nothing is on.
+
+    Every value was range-checked with the config (:class:`cnnzoo.config.Bounds`).
+    """
+    from torchvision.transforms import v2
+
+    steps: list[Any] = []
+    if aug.random_resized_crop:
+        steps.append(v2.RandomResizedCrop(list(size), scale=tuple(aug.random_resized_crop), antialias=True))
+    hflip, vflip = aug.flip_probabilities
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if vflip:
+        steps.append(v2.RandomVerticalFlip(vflip))
+    translate = aug.translate if isinstance(aug.translate, list) else [aug.translate, aug.translate]
+    if aug.rotation or aug.shear or aug.zoom or any(translate):
+        steps.append(v2.RandomAffine(
+            degrees=aug.rotation, translate=tuple(translate) if any(translate) else None,
+            scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+            shear=aug.shear or None, interpolation=v2.InterpolationMode.BILINEAR))
+    if aug.color_jitter:
+        steps.append(v2.ColorJitter(**dataclasses.asdict(aug.color_jitter)))
+    return v2.Compose(steps) if steps else None

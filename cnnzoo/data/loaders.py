@@ -1,0 +1,228 @@
+"""Batches: datasets that return whole uint8 batches, and batch orders that depend only on
+(seed, epoch, batch).
+
+:class:`ImageDataset` returns whole uint8 batches (``__getitems__``) with augmentations applied
+per image, seeded per batch, so a run is reproducible whatever the worker count, and a resumed
+run sees exactly the batches the uninterrupted one saw. Normalisation to float happens on the
+device (:func:`cnnzoo.runtime.device.to_model_input`). :func:`build_loaders` makes both splits' loaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from ..config import Config
+from ..console import console, warn
+from ..runtime.device import cpu_count
+from .cache import DecodedImages, decode_all, shared_cache_kind
+from .sources import DataSpec, Samples
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A split as uint8 batches; reads the cache when there is one, else decodes files.
+
+    ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
+    returns ``(images uint8 [B, C, H, W], labels int64 [B])``.
+    """
+
+    def __init__(self, samples: Samples, size: tuple[int, int], channels: int,
+                 decoded: Optional[DecodedImages] = None,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.samples, self.size, self.channels = samples, size, channels
+        self.pixels = decoded.pixels if decoded is not None else None
+        self.augment = augment
+        failed = set(decoded.failed) if decoded is not None else set()
+        self.indices = [i for i in range(len(samples)) if i not in failed]
+        self.labels = torch.tensor([samples.labels[i] for i in self.indices], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, positions: list[int]) -> tuple[torch.Tensor, list[int]]:
+        if self.pixels is not None:
+            rows = torch.tensor([self.indices[p] for p in positions])
+            return self.pixels[rows], positions
+        images, kept = [], []
+        for p in positions:
+            i = self.indices[p]
+            try:
+                images.append(torch.from_numpy(self.samples.read(i, self.size, self.channels)).permute(2, 0, 1))
+                kept.append(p)
+            except Exception as exc:
+                warn(f"skipped unreadable image {self.samples.describe(i)} ({type(exc).__name__}: {exc})")
+        if not images:
+            return torch.empty((0, self.channels, *self.size), dtype=torch.uint8), kept
+        return torch.stack(images), kept
+
+    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = [p for p, _ in pairs]
+        images, kept = self._read(positions)
+        if self.augment is not None and len(kept):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(pairs[0][1])
+                images = torch.stack([self.augment(img) for img in images])
+        return images.contiguous(), self.labels[kept]
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        images, labels = self.__getitems__([(position, 0)])
+        return images[0], int(labels[0])
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+def mix_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (epoch, batch, ...)."""
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of ``(index, batch_seed)``; the order depends only on (seed, epoch).
+
+    With ``shard=(rank, world)`` each of ``world`` processes takes every world-th image of
+    the same order. Training (``shuffle``) repeats images from the start of the order so
+    that every process takes the same number of steps, as DDP needs; validation does
+    not, so that every image counts once.
+    """
+
+    def __init__(self, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+                 balanced: bool = False, shard: tuple[int, int] = (0, 1)):
+        self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
+        self.seed, self.balanced, self.epoch = seed, balanced, 0
+        self.rank, self.world = shard
+        counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
+        self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        n = len(self.labels)
+        if not self.shuffle:
+            order = list(range(n))
+        else:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
+            if self.balanced:  # each class drawn equally often, with replacement
+                order = torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
+            else:
+                order = torch.randperm(n, generator=g).tolist()
+        if self.world == 1:
+            return order
+        if self.shuffle and n:
+            padded = -(-n // self.world) * self.world
+            order = (order * -(-padded // n))[:padded]
+        return order[self.rank::self.world]
+
+    def _share(self) -> int:
+        n = len(self.labels)
+        if self.world == 1:
+            return n
+        if self.shuffle:
+            return -(-n // self.world) if n else 0
+        return len(range(self.rank, n, self.world))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self._order()
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            chunk = order[start:start + self.batch_size]
+            if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
+                break  # a lone last image would break BatchNorm's batch statistics
+            # each process draws its own augmentations; one process keeps its seeds of old
+            seed = mix_seed(self.seed, self.epoch, b, 2) if self.world == 1 else \
+                mix_seed(self.seed, self.epoch, b, 2, self.rank)
+            yield [(i, seed) for i in chunk]
+
+    def __len__(self) -> int:
+        n = self._share()
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and (full == 0 or not self.shuffle)) else 0)
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> int:
+    """Loader processes for ``data.workers: auto``.
+
+    * cached, no augmentation: none, a slice of a tensor costs less than handing it over;
+    * training on the CPU from the cache: the model's threads already use every core, and
+      on 2 cores a worker doing augmentation made steps ~15% slower than augmenting
+      in the main process (scripts/bench_train.py), so workers only where cores abound;
+    * on CUDA, or decoding JPEGs every epoch (no cache): up to one per spare core.
+    """
+    if setting != "auto":
+        return int(setting)
+    from ..runtime import distributed
+
+    cores = max(1, cpu_count() // distributed.local_world())  # the machine's processes share its cores
+    if cached and not augmented:
+        return 0
+    if cuda:
+        return min(8, cores)
+    if cached:
+        return 0 if cores <= 4 else min(4, cores // 4)
+    return max(1, min(4, cores - 1)) if cores > 1 else 0
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int, workers: int,
+                balanced: bool = False, pin_memory: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
+    """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
+    sampler = EpochBatches(dataset.labels, batch_size, shuffle, seed, balanced, shard)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_passthrough, num_workers=workers,
+        pin_memory=pin_memory, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None)
+
+
+@dataclass
+class Loaders:
+    """Both splits as datasets (decoded once unless ``data.cache: none``) and loaders over them."""
+
+    train_set: ImageDataset
+    val_set: ImageDataset
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+
+
+def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
+    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
+
+    In a DDP run the loaders shard every epoch between the processes, and the cache on
+    disk is built by local rank 0 before the others read it.
+    """
+    from ..runtime import distributed
+
+    cached = cfg.data.cache != "none"
+    kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
+    datasets = []
+    for split in (spec.train, spec.val):
+        decoded = None
+        if cached:
+            with distributed.main_first(shared=kind != "ram"):
+                decoded = decode_all(split, spec.image_size, spec.channels, kind,
+                                     Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count())
+            console.log(f"cache {split.name}: {decoded.describe()}")
+        datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded,
+                                     augment if split is spec.train else None))
+    train_set, val_set = datasets
+    workers = choose_workers(cfg.data.workers, cached, augment is not None, cuda)
+    shard = distributed.shard()
+    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
+                               cfg.data.sampler == "balanced", cuda, shard)
+    val_loader = make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed, 0 if cached else workers,
+                             False, cuda, shard)
+    per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
+    console.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
+                f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+                f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}")
+    return Loaders(train_set, val_set, train_loader, val_loader)

@@ -1,0 +1,251 @@
+"""What ``explain`` shows, computed: every layer's output for one image, the pictures made from them
+(feature maps, vectors, the first layer's filters, the input's channels) and a Grad-CAM map."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..inference.classifier import probabilities
+from ..model.layers import LayerInfo
+
+
+MAX_MAPS = 32  # feature maps shown per layer, most active first
+POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
+
+
+@dataclass
+class Picture:
+    name: str  # file name stem for --png
+    png: bytes
+    caption: str = ""
+    size: str = "map"  # how wide the page shows it: map, strip or large
+
+
+@dataclass
+class LayerView:
+    info: LayerInfo
+    output: torch.Tensor  # one image's output, [C, H, W] or [N]
+    pictures: list[Picture] = field(default_factory=list)
+    note: str = ""
+
+
+def _png(rgb: np.ndarray, min_side: int = 64, scale: Optional[int] = None) -> bytes:
+    """uint8 HxWx3 (or HxW) -> PNG bytes, enlarged with square pixels to at least ``min_side``
+    (or by ``scale``)."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    scale = scale or max(1, -(-min_side // max(1, min(image.size))))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _colour(values: np.ndarray, cmap: str = "viridis", low: Optional[float] = None,
+            high: Optional[float] = None) -> np.ndarray:
+    """Values -> uint8 RGB through a matplotlib colour map, scaled to [low, high] (default min, max)."""
+    import matplotlib
+
+    low = float(values.min()) if low is None else low
+    high = float(values.max()) if high is None else high
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return (matplotlib.colormaps[cmap](np.clip(scaled, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def feature_maps(output: torch.Tensor, stem: str, cap: int = MAX_MAPS) -> tuple[list[Picture], str]:
+    """A [C, H, W] output as one picture per map, the most active (mean value) first."""
+    maps = output.detach().float().cpu().numpy()
+    order = np.argsort(-maps.mean(axis=(1, 2)), kind="stable")[:cap]
+    pictures = [Picture(f"{stem}-map{int(c):03d}", _png(_colour(maps[c])),
+                        f"map {int(c)}: mean {maps[c].mean():.2f}, max {maps[c].max():.2f}") for c in order]
+    note = (f"{len(order)} of {len(maps)} maps, the most active first" if len(order) < len(maps)
+            else f"{len(maps)} maps, the most active first")
+    return pictures, note
+
+
+def vector_strip(output: torch.Tensor, stem: str) -> tuple[list[Picture], str]:
+    """A [N] output as a heat strip, 64 values a row."""
+    values = output.detach().float().cpu().numpy().ravel()
+    width = min(64, len(values))
+    rows = -(-len(values) // width)
+    padded = np.full(rows * width, np.nan)
+    padded[: len(values)] = values
+    grid = padded.reshape(rows, width)
+    rgb = _colour(np.nan_to_num(grid, nan=float(values.min())), "magma")
+    rgb[np.isnan(grid)] = 255
+    top = np.argsort(-values)[:5]
+    note = (f"{len(values)} values, min {values.min():.2f}, max {values.max():.2f}; "
+            f"largest at {', '.join(str(int(i)) for i in top)}")
+    return [Picture(f"{stem}-values", _png(rgb, scale=6), "", "strip")], note
+
+
+def conv_filters(weight: torch.Tensor, stem: str) -> list[Picture]:
+    """First-layer filters [O, I, k, k]: in colour for RGB input, else the mean over inputs."""
+    w = weight.detach().float().cpu().numpy()
+    pictures = []
+    for o in range(min(len(w), 64)):
+        f = w[o]
+        if f.shape[0] == 3:
+            rgb = ((f - f.min()) / (f.max() - f.min() + 1e-12) * 255).astype(np.uint8).transpose(1, 2, 0)
+        else:
+            rgb = _colour(f.mean(axis=0), "gray")
+        pictures.append(Picture(f"{stem}-filter{o:03d}", _png(np.ascontiguousarray(rgb), 48), f"filter {o}"))
+    return pictures
+
+
+def heat_overlay(pixels_hwc: np.ndarray, cam: np.ndarray) -> bytes:
+    """The input with a Grad-CAM map ([H, W] in [0, 1]) laid over it."""
+    base = pixels_hwc if pixels_hwc.shape[2] == 3 else np.repeat(pixels_hwc, 3, axis=2)
+    heat = _colour(cam, "jet", 0.0, 1.0).astype(np.float32)
+    blended = (0.55 * base.astype(np.float32) + 0.45 * heat).clip(0, 255).astype(np.uint8)
+    return _png(blended, 224)
+
+
+def _cam_layer(infos: list[LayerInfo]) -> Optional[int]:
+    """The layer whose output Grad-CAM weighs: the last one with feature maps, or the layer
+    before a pooling layer there (the same features on a finer grid)."""
+    spatial = [i for i, info in enumerate(infos) if len(info.output_shape) == 3 and min(info.output_shape[1:]) >= 2]
+    if not spatial:
+        return None
+    index = spatial[-1]
+    while infos[index].type in POOLS and index - 1 in spatial:
+        index -= 1
+    return index
+
+
+def _score(logits: torch.Tensor, target: int) -> torch.Tensor:
+    if logits.shape[1] == 1:  # one-logit head: class 1 is the logit, class 0 its negative
+        return logits[0, 0] if target == 1 else -logits[0, 0]
+    return logits[0, target]
+
+
+def run_layers(module: nn.Sequential, x: torch.Tensor, cam_index: Optional[int], target: Optional[int]):
+    """Outputs of every layer (and of a backbone's stages), the logits, and the Grad-CAM map.
+
+    The network runs once, layer by layer, with gradients on; the output of layer
+    ``cam_index`` is cut from the graph before it so its gradient can be taken.
+    """
+    from ..model.backbones import Backbone
+
+    outputs: list[torch.Tensor] = []
+    stage_outputs: dict[int, list[torch.Tensor]] = {}
+    cam_input: Optional[torch.Tensor] = None
+    hooks = []
+    for index, layer in enumerate(module):
+        if isinstance(layer, Backbone):
+            stage_outputs[index] = []
+            for stage in layer.stages:
+                unit = layer.body.get_submodule(stage[-1])
+                hooks.append(unit.register_forward_hook(
+                    lambda _m, _i, out, store=stage_outputs[index]: store.append(out[0].detach().clone())))
+    try:
+        with torch.enable_grad():
+            for index, layer in enumerate(module):
+                x = layer(x)
+                outputs.append(x[0].detach().clone())
+                if index == cam_index:
+                    cam_input = x.detach().requires_grad_(True)
+                    x = cam_input.clone()  # an in-place layer after this one must not touch the leaf
+            logits = x
+            chosen = int(probabilities(logits.detach().numpy()).argmax(1)[0]) if target is None else target
+            cam = None
+            if cam_input is not None:
+                (grad,) = torch.autograd.grad(_score(logits, chosen), cam_input)
+                weights = grad[0].mean(dim=(1, 2))
+                cam = torch.relu((weights[:, None, None] * cam_input[0]).sum(0)).detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs, stage_outputs, logits.detach(), chosen, cam
+
+
+@dataclass
+class Report:
+    image: str
+    classes: list[str]
+    probabilities: np.ndarray
+    target: int
+    input_pictures: list[Picture]
+    layers: list[LayerView]
+    filters: list[Picture]
+    gradcam: Optional[Picture]
+    cam_layer: Optional[str]
+    cam: Optional[np.ndarray]  # Grad-CAM heat [H, W] in [0, 1] at the input size: what the overlay shows
+
+
+def _input_pictures(pixels_hwc: np.ndarray, x: torch.Tensor, mean: list[float], std: list[float]) -> list[Picture]:
+    pictures = [Picture("input", _png(pixels_hwc[:, :, 0] if pixels_hwc.shape[2] == 1 else pixels_hwc, 128),
+                        f"resized to {pixels_hwc.shape[0]}x{pixels_hwc.shape[1]}", "large")]
+    for c, channel in enumerate(x[0].numpy()):
+        pictures.append(Picture(f"input-channel{c}", _png(_colour(channel, "gray"), 128),
+                                f"channel {c}: (x/255 − {mean[c]:.3f})/{std[c]:.3f}, "
+                                f"{channel.min():.2f} to {channel.max():.2f}", "large"))
+    return pictures
+
+
+def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX_MAPS) -> Report:
+    """Run ``model`` (a checkpoint :class:`cnnzoo.inference.torch_models.Model`) on ``image`` and collect every picture."""
+    from ..data.preprocess import normalize_array
+
+    name = str(image)
+    array, reason = model.try_preprocess(image)
+    if array is None:
+        raise UserError(f"{name}: cannot read image ({reason})")
+    target_index = None
+    if target is not None:
+        if target in model.classes:
+            target_index = model.classes.index(target)
+        elif target.isdigit() and int(target) < len(model.classes):
+            target_index = int(target)
+        else:
+            raise UserError(f"--target {target}: not a class of this model; its classes: {', '.join(model.classes)}")
+    module = model.module.to("cpu", memory_format=torch.contiguous_format).eval()
+    x = torch.from_numpy(normalize_array(array[None], model.mean, model.std))
+    infos = model.infos
+    cam_index = _cam_layer(infos)
+    outputs, stage_outputs, logits, chosen, cam = run_layers(module, x, cam_index, target_index)
+
+    views = []
+    for index, (info, output) in enumerate(zip(infos, outputs)):
+        stem = f"layer{index:02d}-{info.type}"
+        view = LayerView(info, output)
+        if output.ndim == 3:
+            view.pictures, view.note = feature_maps(output, stem, cap)
+        else:
+            view.pictures, view.note = vector_strip(output, stem)
+        inner = []  # a backbone's stages, in the order they run, before its final output
+        for s, stage in enumerate(stage_outputs.get(index, [])):
+            if stage.ndim == 3:
+                pictures, _ = feature_maps(stage, f"{stem}-stage{s}", min(cap, 8))
+                for p in pictures:
+                    p.caption = f"stage {s} {tuple(stage.shape)}: " + p.caption
+                inner += pictures
+        view.pictures = inner + view.pictures
+        views.append(view)
+
+    first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)  # a backbone's too
+    filters = conv_filters(first_conv.weight, "filters") if first_conv is not None else []
+    gradcam, full = None, None
+    if cam is not None:
+        from PIL import Image
+
+        peak = float(cam.max())
+        small = (cam / peak).numpy() if peak > 0 else cam.numpy()
+        full = np.asarray(Image.fromarray(small.astype(np.float32), mode="F").resize(
+            (array.shape[1], array.shape[0]), Image.BILINEAR))
+        gradcam = Picture("gradcam", heat_overlay(array, np.clip(full, 0, 1)),
+                          f"Grad-CAM for {model.classes[chosen]} at layer {cam_index} ({infos[cam_index].type})",
+                          "large")
+    return Report(name, model.classes, probabilities(logits.numpy())[0], chosen,
+                  _input_pictures(array, x, model.mean, model.std), views, filters, gradcam,
+                  f"{cam_index} ({infos[cam_index].type})" if cam_index is not None else None,
+                  np.clip(full, 0, 1) if full is not None else None)

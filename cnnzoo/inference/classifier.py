@@ -1,0 +1,174 @@
+"""What a prediction is, whatever runs the network (torch-free).
+
+:class:`Classifier` owns preprocessing (:func:`cnnzoo.data.preprocess.load_image`), batching
+with decoding in threads, the rule from logits to probabilities, and the records
+``predict --json`` prints. A format supplies only ``logits``: :class:`cnnzoo.inference.onnx.OnnxModel`
+(onnxruntime + NumPy, no torch imported), :class:`cnnzoo.inference.torch_models.Model` for
+checkpoints and TorchScript files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..checkpoint import check_meta
+from ..console import console
+from ..data import preprocess
+from ..errors import UserError, short_reason
+
+
+METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """[B, K] logits -> [B, K] softmax probabilities; a one-logit (binary) head [B, 1] -> [B, 2]
+    as ``[1 - sigmoid, sigmoid]``. The one rule, for every format and for evaluation."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.shape[1] == 1:
+        with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
+            p = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return np.concatenate([1.0 - p, p], axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _image_label(item: Any, position: int) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"<{type(item).__name__} {position}>"
+
+
+class Classifier:
+    """A trained classifier with its preprocessing; subclasses supply :meth:`logits`."""
+
+    format = "?"
+
+    def __init__(self, meta: dict[str, Any], path: Optional[str | Path]):
+        check_meta(meta, path, self.kind, "meta." if self.format == "checkpoint" else "metadata ")
+        self.meta = dict(meta)
+        self.classes: list[str] = list(meta["classes"])
+        self.image_size = tuple(int(v) for v in meta["image_size"])
+        self.channels = int(meta["channels"])
+        self.mean, self.std = list(meta["mean"]), list(meta["std"])
+        self.path = str(path) if path is not None else None
+
+    @property
+    def kind(self) -> str:
+        """What the file is, in words, for error lines."""
+        return "checkpoint" if self.format == "checkpoint" else f"{self.format} export".replace("onnx", "ONNX")
+
+    def outputs_fit(self, outputs: int) -> bool:
+        """A network output per class, or one logit for two classes (a binary head)."""
+        return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2)
+
+    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
+        raise NotImplementedError
+
+    def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        """Class probabilities [B, classes]; a network whose output does not fit its classes, or
+        is not finite, is a :class:`UserError` naming the file (JSON has no NaN to answer with)."""
+        logits = np.asarray(self.logits(pixels_hwc))
+        if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
+            raise UserError(f"{self.path}: the network answers shape {list(logits.shape)} for "
+                            f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
+                            f"a damaged or foreign {self.kind}")
+        probs = probabilities(logits)
+        if not np.isfinite(probs).all():
+            raise UserError(f"{self.path}: the network's output is not finite (NaN or infinite); "
+                            f"its weights or the {self.kind} are broken")
+        return probs
+
+    def preprocess(self, item: Any) -> np.ndarray:
+        """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
+        return preprocess.load_image(item, self.image_size, self.channels)
+
+    def info(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.path, "classes": self.classes,
+                "input": [self.channels, *self.image_size], "mean": self.mean, "std": self.std}
+
+    def records(self, names: list[str], pixels_hwc: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        """``predict --json`` records for a batch of preprocessed images."""
+        probs = self.probabilities(pixels_hwc)
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for name, row, idx in zip(names, probs, order):
+            ranked = [{"label": self.classes[i], "probability": float(row[i])} for i in idx]
+            out.append({"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"],
+                        "top_k": ranked})
+        return out
+
+    def predict(self, images: Any, top_k: int = 5, batch_size: int = 64, errors: Optional[list] = None,
+                progress: bool = False) -> list[dict[str, Any]]:
+        """Predict one image or a list; returns one record per readable image.
+
+        Each record is ``{"image", "label", "probability", "top_k": [{"label",
+        "probability"}]}`` with probabilities over all classes. Unreadable images are
+        skipped; when ``errors`` is a list, ``(image, reason)`` pairs are appended to it,
+        otherwise the first failure raises :class:`cnnzoo.errors.UserError`.
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        results: list[dict[str, Any]] = []
+        bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
+        starts = list(range(0, len(images), batch_size))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
+            def submit(start: int) -> list:
+                return [pool.submit(self.try_preprocess, item) for item in images[start:start + batch_size]]
+
+            pending = submit(starts[0]) if starts else []
+            for n, start in enumerate(starts):
+                chunk = list(images[start:start + batch_size])
+                decoded = [future.result() for future in pending]
+                if n + 1 < len(starts):  # decode the next batch while this one runs forward
+                    pending = submit(starts[n + 1])
+                names, arrays = [], []
+                for offset, (item, (array, reason)) in enumerate(zip(chunk, decoded)):
+                    name = _image_label(item, start + offset)
+                    if array is None:
+                        if errors is None:
+                            raise UserError(f"{name}: cannot read image ({reason})")
+                        errors.append((name, reason))
+                    else:
+                        names.append(name)
+                        arrays.append(array)
+                if arrays:
+                    results.extend(self.records(names, np.stack(arrays), top_k))
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return results
+
+    def try_preprocess(self, item: Any) -> tuple[Optional[np.ndarray], str]:
+        try:
+            return self.preprocess(item), ""
+        except FileNotFoundError:
+            return None, "file not found"
+        except Exception as exc:  # PIL raises many types for broken files
+            return None, f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}"
+
+    def __repr__(self) -> str:
+        return (f"cnnzoo.{type(self).__name__}({self.path!r}, classes={len(self.classes)}, "
+                f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]})")
+
+
+def parse_metadata(raw: str, path: str | Path, kind: str) -> dict[str, Any]:
+    """The JSON metadata an export carries -> a dict (checked further by :class:`Classifier`)."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata is not JSON "
+                        f"({short_reason(exc)})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata should be a JSON object, "
+                        f"not {type(meta).__name__}")
+    return meta

@@ -1,0 +1,66 @@
+"""What ``cnnzoo predict`` reads and writes: image arguments expanded into files, records as CSV (torch-free)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..data import preprocess
+
+
+def _unreadable_reason(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken link"
+    return "not a regular file"
+
+
+def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursively) and glob patterns -> image paths, plus what cannot be read.
+
+    Every image-named file met is either returned or named with a reason: FIFOs and other
+    special files are never opened (they would block), dangling links are named too.
+    """
+    paths: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for arg in arguments:
+        if os.path.isdir(arg):
+            named = sorted(str(p) for p in Path(arg).rglob("*") if preprocess.is_image_file(p))
+            found = [p for p in named if os.path.isfile(p)]
+            missing.extend((p, _unreadable_reason(p)) for p in named if not os.path.isfile(p))
+            if not named:
+                missing.append((arg, "folder holds no images"))
+            paths.extend(found)
+        elif os.path.lexists(arg):
+            if os.path.isfile(arg):
+                paths.append(arg)
+            else:
+                missing.append((arg, _unreadable_reason(arg)))
+        elif glob.has_magic(arg):
+            found = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
+            if not found:
+                missing.append((arg, "pattern matched no files"))
+            paths.extend(found)
+        else:
+            missing.append((arg, "file not found"))
+    return paths, missing
+
+
+def records_to_csv(records: Iterable[dict[str, Any]], top_k: int) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["image", "label", "probability"]
+    for i in range(1, top_k + 1):
+        header += [f"top{i}_label", f"top{i}_probability"]
+    writer.writerow(header)
+    for r in records:
+        row = [r["image"], r["label"], f"{r['probability']:.6f}"]
+        for entry in r["top_k"]:
+            row += [entry["label"], f"{entry['probability']:.6f}"]
+        row += [""] * (len(header) - len(row))
+        writer.writerow(row)
+    return buffer.getvalue()

@@ -1,0 +1,546 @@
+"""The model builder: a YAML layer list in, a checked ``torch.nn.Sequential`` out.
+
+Each entry of ``model.layers`` is a bare name (``ReLU``) or a one-key mapping from a
+name to keyword arguments (``Conv2d: {out_channels: 32, kernel_size: 3}``). A name is
+any ``torch.nn`` module class, one of cnnzoo's short aliases (``conv``, ``pool``,
+``dense``, ``gap`` ...), ``repeat: {times: N, layers: [...]}`` for VGG-style stages, a
+block with layer lists of its own (``residual``, ``branches``, ``squeeze_excite``:
+:mod:`cnnzoo.model.blocks`) or a pretrained ``backbone`` (:mod:`cnnzoo.model.backbones`).
+
+The builder walks the running shape through the list first on the ``meta`` device (no
+memory, no compute), filling in ``in_channels``/``in_features``/``num_features`` and
+the value ``num_classes``, and refuses, in words, any layer that cannot take its
+input. Only then are real modules made. The result is flat: ``model[i]`` is layer
+``i`` of ``cnnzoo summary``, which is how forward hooks (``explain``) address layers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .backbones import Backbone
+from .blocks import BLOCKS
+from ..errors import ShapeError
+
+
+class GlobalAvgPool(nn.Module):
+    """Average every channel over height and width: ``[B, C, H, W] -> [B, C]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+# alias -> (torch.nn class name, default arguments)
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "conv": ("Conv2d", {}),
+    "relu": ("ReLU", {}),
+    "maxpool": ("MaxPool2d", {"kernel_size": 2}),
+    "pool": ("MaxPool2d", {"kernel_size": 2}),
+    "avgpool": ("AvgPool2d", {"kernel_size": 2}),
+    "gap": ("GlobalAvgPool", {}),
+    "flatten": ("Flatten", {}),
+    "dense": ("Linear", {}),
+    "dropout": ("Dropout", {}),
+    "batchnorm": ("BatchNorm", {}),  # BatchNorm2d or BatchNorm1d by the input's rank
+    "backbone": ("Backbone", {}),  # a pretrained feature extractor (cnnzoo.model.backbones)
+    "residual": ("Residual", {}),  # blocks with their own layer lists (cnnzoo.model.blocks)
+    "branches": ("Branches", {}),
+    "squeeze_excite": ("SqueezeExcite", {}),
+}
+_OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone, **BLOCKS}
+_LAYER_COUNT: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("layer_count", default=None)
+_SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
+# What a config or checkpoint may ask for: far above any real network, far below what would
+# exhaust memory or hang while the network is merely being checked.
+MAX_LAYERS = 5_000
+MAX_ARGUMENT = 2**24  # any integer argument (channels, features, kernel ...)
+MAX_LAYER_PARAMS = 2_000_000_000
+MAX_ACTIVATION = 2**30  # values in one layer's output for one image
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+class InputTooSmall(ShapeError):
+    """A layer that would make an empty feature map: a larger input would get through."""
+
+
+# what torch says inside a layer (a backbone's pools, a block's convs) when the map is too small
+_TORCH_TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
+def _torch_layer_names() -> list[str]:
+    return sorted(n for n, obj in vars(nn).items()
+                  if inspect.isclass(obj) and issubclass(obj, nn.Module) and not n.startswith("_"))
+
+
+def _known_names() -> list[str]:
+    return _torch_layer_names() + list(_OWN_LAYERS) + list(ALIASES) + ["repeat"]
+
+
+def _suggest(name: str) -> str:
+    by_lower = {n.lower(): n for n in _known_names()}
+    if name.lower() in by_lower:
+        return f"; did you mean {by_lower[name.lower()]}?"
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean {by_lower[close[0]]}?" if close else ""
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+@dataclass
+class LayerInfo:
+    """One built layer: what ``summary`` prints and what the real module is made from."""
+
+    index: int
+    type: str
+    kwargs: dict[str, Any]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int = 0
+    trainable_params: int = 0
+    macs: int = 0
+    where: str = ""  # the YAML position, e.g. model.layers.3.repeat.layers.0
+    cls: Optional[type] = field(default=None, repr=False)
+    activations: int = 0  # values the layer produces per image, inner layers of a block included
+
+
+@dataclass
+class _Entry:
+    name: str
+    kwargs: dict[str, Any]
+    where: str
+
+
+def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LAYERS) -> list[_Entry]:
+    """The layer list with ``repeat`` blocks written out; refuses more than ``budget`` layers."""
+    if not isinstance(layers, list):
+        raise ShapeError(f"{where}: expected a list of layers, got {type(layers).__name__}")
+    entries: list[_Entry] = []
+    for pos, item in enumerate(layers):
+        here = f"{where}.{pos}"
+        if isinstance(item, str):
+            name, args = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, args = next(iter(item.items()))
+            args = {} if args is None else args
+        else:
+            raise ShapeError(f"{here}: a layer is a name (`- ReLU`) or a one-key mapping "
+                             f"(`- Conv2d: {{out_channels: 32, kernel_size: 3}}`), got {item!r}")
+        if not isinstance(name, str):
+            raise ShapeError(f"{here}: layer name must be text, got {name!r}")
+        if name == "repeat":
+            if not isinstance(args, dict) or set(args) != {"times", "layers"}:
+                raise ShapeError(f"{here} (repeat): write `repeat: {{times: N, layers: [...]}}`")
+            times = args["times"]
+            if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+                raise ShapeError(f"{here} (repeat): times must be a positive integer, got {times!r}")
+            left = budget - len(entries)
+            block = _flatten_spec(args["layers"], f"{here}.repeat.layers", left)
+            if len(block) * times > left:
+                raise ShapeError(f"{here} (repeat): {times} x {len(block)} layers is more than a network "
+                                 f"may have ({MAX_LAYERS:,} layers)")
+            entries.extend(block * times)
+            continue
+        if not isinstance(args, dict):
+            raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. "
+                             f"`{name}: {{...}}`; got {args!r}")
+        if any(not isinstance(k, str) for k in args):
+            raise ShapeError(f"{here} ({name}): argument names are words, e.g. `{name}: {{p: 0.5}}`; "
+                             f"got {next(k for k in args if not isinstance(k, str))!r}")
+        entries.append(_Entry(name, dict(args), here))
+        if len(entries) > budget:
+            raise ShapeError(f"{where}: more layers than a network may have ({MAX_LAYERS:,})")
+    return entries
+
+
+def resolve_layer_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
+    """A layer name or alias -> (class name, class, default arguments); ShapeError for unknown names."""
+    defaults: dict[str, Any] = {}
+    if name in ALIASES:
+        name, defaults = ALIASES[name]
+        if name == "BatchNorm":
+            name = "BatchNorm2d" if len(shape) == 3 else "BatchNorm1d"
+    if name in _OWN_LAYERS:
+        return name, _OWN_LAYERS[name], dict(defaults)
+    cls = getattr(nn, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)) or name.startswith("_"):
+        raise ShapeError(f"{label}: unknown layer '{name}'{_suggest(name)}")
+    return name, cls, dict(defaults)
+
+
+def _pair(v: Any, key: str, label: str) -> tuple[int, int]:
+    items = list(v) if isinstance(v, (list, tuple)) else [v]
+    if not 1 <= len(items) <= 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ShapeError(f"{label}: {key} must be an integer or [height, width] integers, got {v!r}")
+    return (items[0], items[-1])
+
+
+def _spatial_terms(type_name: str, kwargs: dict, label: str):
+    """(kernel, stride, dilation, padding, rounding) per axis of a conv or pool layer; None
+    when its output size does not follow from them (no kernel_size, or padding='same')."""
+    if "kernel_size" not in kwargs:
+        return None  # torch's own message about the missing argument is clear enough
+    k = _pair(kwargs["kernel_size"], "kernel_size", label)
+    is_conv = type_name == "Conv2d"
+    stride = kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"])
+    s = _pair(kwargs["kernel_size"] if stride is None and not is_conv else stride, "stride", label)
+    d = _pair(kwargs.get("dilation", 1), "dilation", label)
+    padding = kwargs.get("padding", 0)
+    if isinstance(padding, str):
+        if padding == "same":
+            return None
+        padding = 0
+    p = _pair(padding, "padding", label)
+    return k, s, d, p, math.ceil if kwargs.get("ceil_mode") else math.floor
+
+
+def _axis_size(w: int, k: int, s: int, p: int, d: int, rounding) -> tuple[int, str]:
+    """The output-size rule on one axis, and its arithmetic in words."""
+    k_eff = d * (k - 1) + 1
+    out = rounding((w - k_eff + 2 * p) / s) + 1
+    return out, f"({w} − {k_eff} + 2·{p})/{s} + 1 = {out}"
+
+
+def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) -> Optional[str]:
+    """``H: (32 − 3 + 2·1)/1 + 1 = 32, W: ...`` for a conv or pool layer; None for other layers."""
+    if len(input_shape) != 3 or type_name not in _SPATIAL_2D:
+        return None
+    terms = _spatial_terms(type_name, kwargs, type_name)
+    if terms is None:
+        return None
+    k, s, d, p, rounding = terms
+    steps = [_axis_size(w, *axis, rounding)[1] for w, axis in zip(input_shape[1:], zip(k, s, p, d))]
+    return steps[0] if steps[0] == steps[1] else f"H: {steps[0]}; W: {steps[1]}"
+
+
+def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
+    """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
+    if len(shape) != 3:
+        raise ShapeError(f"{label}: needs a feature map CxHxW, got {_shape_str(shape)}; "
+                         f"{type_name} cannot follow Flatten/Linear")
+    terms = _spatial_terms(type_name, kwargs, label)
+    if terms is None:
+        return
+    k, s, d, p, rounding = terms
+    if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
+        raise ShapeError(f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
+                         f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}")
+    for w, ki, si, pi, di in zip(shape[1:], k, s, p, d):
+        out, arithmetic = _axis_size(w, ki, si, pi, di, rounding)
+        if out < 1:
+            k_eff = di * (ki - 1) + 1
+            dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
+            raise InputTooSmall(f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: {arithmetic}")
+
+
+def _describe(type_name: str, kwargs: dict) -> str:
+    shown = {k: v for k, v in kwargs.items() if k in ("kernel_size", "stride", "padding", "dilation")}
+    args = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return f"{type_name}, {args}" if args else type_name
+
+
+def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...],
+                    num_classes: Optional[int], label: str) -> dict:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key, value in list(kwargs.items()):
+        if key not in params and not accepts_any:
+            names = [n for n in params if n not in ("self", "device", "dtype")]
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; it takes: {', '.join(names) or 'no arguments'}"
+            raise ShapeError(f"{label}: unknown argument '{key}'{hint}")
+        if value == "in_channels" and key != "in_channels" and len(shape) > 1:  # depthwise: groups = channels
+            kwargs[key] = shape[0]
+        elif value == "num_classes":
+            if num_classes is None:
+                raise ShapeError(f"{label}: {key}: num_classes, but the number of classes is unknown; "
+                                 f"set model.num_classes or point data at class folders")
+            kwargs[key] = num_classes
+        elif isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-5 as text
+            kwargs[key] = float(value)
+    inferred = {"self", "in_channels", "in_features", "num_features", "input_shape"}
+    missing = [n for n, p in params.items() if n not in inferred and n not in kwargs
+               and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise ShapeError(f"{label}: missing argument{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)}; write e.g. `{type_name}: {{"
+                         + ", ".join(f"{m}: ..." for m in missing) + "}`")
+    rank = len(shape)
+    if "in_channels" in params and rank < 2:
+        raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
+                         f"(a {type_name} cannot follow Flatten/Linear)")
+    if "in_features" in params and rank != 1:
+        raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
+                         f"flatten (or gap) before it to make a vector of {math.prod(shape)} features")
+    if "input_shape" in params:  # blocks trace their inner layers from it
+        if kwargs.setdefault("input_shape", list(shape)) != list(shape):
+            raise ShapeError(f"{label}: input_shape={kwargs['input_shape']} but the input is {_shape_str(shape)}; "
+                             f"leave input_shape out to infer it")
+    # the sizes the running shape fixes; a value the user wrote must agree with it
+    for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
+        if name in params:
+            given = kwargs.setdefault(name, shape[0])
+            if given != shape[0]:
+                seen = f"the input {_shape_str(shape)}" if rank > 1 else "the input"
+                raise ShapeError(f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; "
+                                 f"leave {name} out to infer it")
+    return kwargs
+
+
+def _check_sizes(kwargs: dict, label: str) -> None:
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ShapeError(f"{label}: {key}={v} is not a finite number")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_ARGUMENT:
+                raise ShapeError(f"{label}: {key}={v:,} is larger than cnnzoo allows ({MAX_ARGUMENT:,})")
+            if key.endswith(("_channels", "_features")) and isinstance(v, int) and v < 1:
+                raise ShapeError(f"{label}: {key}={v}; a layer needs at least 1")
+
+
+def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: str) -> None:
+    """One more layer in the network being traced: the layer cap, and the one-backbone rule."""
+    counts = _LAYER_COUNT.get()  # [layers, backbones], shared by the blocks' inner traces
+    counts[0] += 1
+    if counts[0] > MAX_LAYERS:
+        raise ShapeError(f"{label}: more layers than a network may have ({MAX_LAYERS:,}), blocks included")
+    if type_name != "Backbone":
+        return
+    counts[1] += 1
+    if counts[1] > 1 or ".repeat." in entry.where or not entry.where.startswith("model.layers"):
+        raise ShapeError(f"{label}: a network has at most one backbone layer, outside repeat and blocks")
+    if len(shape) != 3 or shape[0] != 3:
+        raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
+                         f"{_shape_str(shape)}; put it first and set data.channels: 3")
+
+
+def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count_inner: bool,
+              label: str) -> tuple[tuple[int, ...], int, int]:
+    """Run a layer on a meta batch of two: (output shape, MACs per image, activations per image)."""
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module.eval()
+    inner: list[int] = []  # what a backbone's or block's own layers produce: the summary's memory figure
+
+    def count(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() > 0:
+            inner.append(out[0].numel())  # one image of the two
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())] \
+        if count_inner else []
+    counter = FlopCounterMode(display=False) if count_macs else None
+    try:
+        with counter or contextlib.nullcontext():
+            y = module(torch.empty((2, *shape), device="meta"))
+    except Exception as exc:  # any torch complaint about the input becomes a sentence
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        error = InputTooSmall if any(sign in str(exc) for sign in _TORCH_TOO_SMALL) else ShapeError
+        raise error(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not isinstance(y, torch.Tensor):
+        raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
+                         f"used in a sequential network")
+    out_shape = tuple(y.shape[1:])
+    if len(out_shape) == 0 or min(out_shape) < 1:
+        raise InputTooSmall(f"{label}: turns input {_shape_str(shape)} into an empty output "
+                         f"{_shape_str(out_shape) or 'scalar'}")
+    if math.prod(out_shape) > MAX_ACTIVATION:
+        raise ShapeError(f"{label}: its output {_shape_str(out_shape)} holds {math.prod(out_shape):,} values "
+                         f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})")
+    macs = counter.get_total_flops() // 4 if counter else 0  # 2 images, 2 flops per MAC
+    return out_shape, macs, sum(inner) or math.prod(out_shape)
+
+
+def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
+               count_macs: bool, label: str) -> LayerInfo:
+    """Resolve, check, make (on the meta device) and run one layer."""
+    type_name, cls, kwargs = resolve_layer_class(entry.name, shape, label)
+    kwargs.update(entry.kwargs)
+    label = f"layer {index} ({_describe(type_name, kwargs)})"
+    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
+    _check_sizes(kwargs, label)
+    if type_name in _SPATIAL_2D:
+        _check_spatial(type_name, kwargs, shape, label)
+    _count_layer(type_name, entry, shape, label)
+    try:
+        with torch.device("meta"):
+            module = cls(**kwargs)
+    except ShapeError as exc:  # inside a block: say which block
+        raise type(exc)(f"{label}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShapeError(f"{label}: {first}") from exc
+    params = sum(p.numel() for p in module.parameters())
+    if params > MAX_LAYER_PARAMS:
+        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
+                         f"({MAX_LAYER_PARAMS:,})")
+    out_shape, macs, activations = _run_meta(module, shape, count_macs,
+                                             type_name == "Backbone" or type_name in BLOCKS, label)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable, macs, entry.where, cls,
+                     activations)
+
+
+def trace_chain(layers: Any, input_shape: tuple[int, ...], where: str = "model.layers",
+                num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+    """Trace a layer list from ``input_shape``: the shapes and checks, no classifier rules.
+
+    Blocks call it for their inner lists; one count of layers (:data:`MAX_LAYERS`) covers
+    the whole network, blocks included.
+    """
+    box = _LAYER_COUNT.get()
+    token = _LAYER_COUNT.set([0, 0]) if box is None else None  # layers, backbones
+    try:
+        shape = tuple(int(s) for s in input_shape)
+        infos: list[LayerInfo] = []
+        entries = _flatten_spec(layers, where)
+        if not entries:
+            raise ShapeError(f"{where}: the list is empty; list at least one layer")
+        for index, entry in enumerate(entries):
+            label = f"layer {index} ({entry.name})"
+            try:
+                info = _trace_one(index, entry, shape, num_classes, count_macs, label)
+            except ShapeError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
+                # whatever a strange value makes torch or Python say, it is still this layer's fault
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ShapeError(f"{label}: {msg[:200]}") from exc
+            infos.append(info)
+            shape = info.output_shape
+        return infos
+    finally:
+        if token is not None:
+            _LAYER_COUNT.reset(token)
+
+
+def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
+                 num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+    """Resolve and check every layer on the meta device; return what each one produces.
+
+    ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
+    costs about a second the first time it runs, so only ``summary`` asks for it).
+    """
+    if isinstance(layers, list) and not layers:
+        raise ShapeError("model.layers: the network is empty; list at least one layer")
+    try:
+        infos = trace_chain(layers, tuple(input_shape), "model.layers", num_classes, count_macs)
+    except InputTooSmall as exc:
+        smallest = smallest_input(layers, tuple(input_shape), num_classes)
+        if smallest is None:
+            raise
+        raise InputTooSmall(f"{exc}; the smallest input that works is {_shape_str(smallest)}") from exc
+    shape = infos[-1].output_shape
+    if len(shape) != 1:
+        raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
+                         f"must end with one score per class; end with flatten (or gap) and "
+                         f"dense: {{out_features: num_classes}}")
+    if num_classes is not None and shape[0] != num_classes and not (num_classes == 2 and shape[0] == 1):
+        raise ShapeError(f"layer {len(infos) - 1} ({infos[-1].type}): the network ends with "
+                         f"{shape[0]} outputs but there are {num_classes} classes; use "
+                         f"out_features: num_classes")
+    return infos
+
+
+def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: Optional[int] = None
+                   ) -> Optional[tuple[int, ...]]:
+    """The input with the smallest sides (each raised to at least S) that no layer finds too small.
+
+    Each conv and pool's output grows with its input (floor((W - K + 2P)/S) + 1), so whether a
+    side of S gets through is monotone in S: a binary search over the builder's own tracing
+    (on the meta device) finds it. None when even the largest allowed side does not.
+    """
+    from ..config import MAX_IMAGE_SIDE
+
+    if len(input_shape) != 3:
+        return None
+    channels, height, width = input_shape
+
+    def grown(side: int) -> tuple[int, int, int]:
+        return channels, max(height, side), max(width, side)
+
+    def gets_through(side: int) -> bool:
+        try:
+            trace_chain(layers, grown(side), "model.layers", num_classes)
+        except InputTooSmall:
+            return False
+        except ShapeError:
+            pass  # another complaint, once the input is large enough: not this question
+        return True
+
+    low, high = min(height, width), MAX_IMAGE_SIDE  # low is too small; high is the last hope
+    if low >= high or not gets_through(high):
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if gets_through(middle) else (middle, high)
+    return grown(high)
+
+
+def build_from_infos(infos: list[LayerInfo], pretrained: bool = False,
+                     log: Any = print) -> nn.Sequential:
+    """Make the real modules; ``pretrained`` also loads each backbone's ``weights``."""
+    model = nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
+    if pretrained:
+        for info, module in zip(infos, model):
+            if isinstance(module, Backbone):
+                module.load_pretrained(log, key=f"{info.where}.backbone.weights")
+    return model
+
+
+def layer_records(infos: list[LayerInfo]) -> list[dict[str, Any]]:
+    """The resolved layers as plain data (kept in checkpoints to rebuild without tracing)."""
+    return [{"type": i.type, "kwargs": _plain(i.kwargs)} for i in infos]
+
+
+def _plain(kwargs: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+def trace_records(records: list[dict[str, Any]], input_shape: tuple[int, ...] | list[int],
+                  num_classes: Optional[int] = None) -> list[LayerInfo]:
+    """:func:`layer_records` output traced again, like a config's layers (shapes, parameters)."""
+    return trace_layers([{rec["type"]: dict(rec["kwargs"])} for rec in records], input_shape, num_classes)
+
+
+def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tuple[int, ...] | list[int]] = None,
+                       num_classes: Optional[int] = None) -> nn.Sequential:
+    """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint).
+
+    With ``input_shape`` the records are traced first, exactly like a config's layers, so
+    a damaged or hostile checkpoint fails in words before anything is allocated.
+    """
+    if input_shape is not None:
+        return build_from_infos(trace_records(records, input_shape, num_classes))
+    modules = []
+    for index, rec in enumerate(records):
+        _, cls, _ = resolve_layer_class(rec["type"], (), f"layer {index} ({rec['type']})")
+        modules.append(cls(**rec["kwargs"]))
+    return nn.Sequential(*modules)
+
+
+def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
+                num_classes: Optional[int] = None, pretrained: bool = True) -> nn.Sequential:
+    """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits.
+
+    ``pretrained`` loads the weights a ``backbone`` layer names (downloading them if needed).
+    """
+    return build_from_infos(trace_layers(layers, input_shape, num_classes), pretrained)

@@ -1,0 +1,78 @@
+"""Run folders: ``<runs>/<name>/<N>``, the ``<runs>/latest`` link, and the checkpoint a command
+uses when it is given none (the latest run's ``best.pt``).
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+
+def next_run_dir(runs_root: Path, name: str) -> Path:
+    """``runs/<name>/<N>`` with N one more than the largest there; created here."""
+    parent = runs_root / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
+        n = max(taken, default=0) + 1
+        while True:
+            run = parent / str(n)
+            try:
+                run.mkdir()
+                return run
+            except FileExistsError:  # another run started at the same moment
+                n += 1
+    except OSError as exc:
+        raise UserError(f"--runs {runs_root}: cannot make a run folder in {parent} "
+                        f"({exc.strerror or exc}); choose a folder you can write with --runs") from None
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Remove what a killed :func:`save_atomic` or metrics write left behind in a run folder."""
+    for stale in [*run_dir.glob(".*.pt.*.tmp"), run_dir / "metrics.tmp"]:
+        stale.unlink(missing_ok=True)
+
+
+def runs_root_of(run_dir: Path) -> Path:
+    """The folder that holds ``latest`` for a run folder ``<runs>/<name>/<N>``."""
+    return Path(run_dir).parent.parent
+
+
+def point_latest(runs_root: Path, run_dir: Path) -> None:
+    """Make ``runs/latest`` a relative link to ``run_dir`` (replaced atomically)."""
+    link = runs_root / "latest"
+    target = os.path.relpath(run_dir, runs_root)
+    tmp = runs_root / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError:  # file systems without links: a text file naming the run
+        tmp.unlink(missing_ok=True)
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        if not link.exists():
+            link.write_text(target + "\n")
+
+
+def latest_run(runs_root: str | Path = "runs") -> Path:
+    """The folder ``runs/latest`` points at, or a clear error when there is none."""
+    link = Path(runs_root) / "latest"
+    if link.is_dir():
+        return link.resolve()
+    if link.is_file():
+        return (Path(runs_root) / link.read_text().strip()).resolve()
+    raise UserError(f"{link}: no training run found; train one first (cnnzoo train --config ...) "
+                    f"or name a checkpoint with --checkpoint")
+
+
+def default_checkpoint(runs_root: str | Path = "runs") -> Path:
+    run = latest_run(runs_root)
+    for name in ("best.pt", "last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise UserError(f"{run}: the latest run has no best.pt or last.pt yet")

@@ -1,0 +1,25 @@
+"""Training: from a config to a run folder.
+
+Read it from :func:`cnnzoo.training.run.train` down:
+
+* :mod:`~cnnzoo.training.run`: :func:`~cnnzoo.training.run.prepare` resolves the config, builds
+  the parts and opens the run folder into a ``Job``; :func:`~cnnzoo.training.run.fit` runs the
+  epochs and hands each one to the callbacks; resuming from a ``last.pt``.
+* :mod:`~cnnzoo.training.setup`: what training and lr-find start from (data, model on its
+  device, loss, optimizer), built from one config.
+* :mod:`~cnnzoo.training.recipe`: optimizer, learning-rate schedule, class weights, loss.
+* :mod:`~cnnzoo.training.loop`: one optimizer step, one epoch, validation, the best epoch.
+* :mod:`~cnnzoo.training.callbacks`: what happens when an epoch ends (metrics.csv,
+  checkpoints, history.png, the console line, TensorBoard).
+* :mod:`~cnnzoo.training.transfer`: two training stages and the frozen-feature cache.
+* :mod:`~cnnzoo.training.tuning`: ``lr-find`` and ``sweep``.
+
+Under torchrun the same code runs in every process; :mod:`cnnzoo.runtime.distributed` holds
+what differs (sharded data, reduced metrics, rank 0 alone writing).
+
+Reproducibility: every epoch reseeds torch/NumPy/Python from ``(seed, epoch)`` and the data
+order and augmentation depend only on ``(seed, epoch, batch)``, so on CPU the same config gives
+the same metrics, and a resumed run continues exactly where the uninterrupted one would have been.
+
+Floor 7: may import floors 0-6; only deploy, explanation and the CLI are above it.
+"""

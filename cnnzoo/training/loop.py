@@ -1,0 +1,173 @@
+"""The loop's pieces: one optimizer step (:class:`Stepper`), one epoch (:func:`train_one_epoch`),
+validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..console import console
+from ..evaluation import metrics
+from ..evaluation.metrics import predict_loader
+from ..runtime import distributed
+from ..runtime.device import Feed
+from .recipe import LRSchedule
+
+
+class Stepper:
+    """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule
+    (none when the caller sets the rate itself, as lr-find does)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Optional[LRSchedule],
+                 scaler=None, grad_clip: Optional[float] = None):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.scaler, self.grad_clip = scaler, grad_clip
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step_batch()
+
+
+def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepper, feed: Feed,
+                    desc: str) -> dict[str, float]:
+    """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
+    (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
+    net.train()
+    device = feed.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    wait = 0.0
+    bar = console.bar(len(loader), desc)
+    start = time.perf_counter()
+    iterator = iter(loader)
+    step = 0
+    while True:
+        t_wait = time.perf_counter()
+        try:
+            images, labels = next(iterator)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t_wait
+        if len(labels) == 0:
+            continue
+        x = feed.inputs(images)
+        y = labels.to(device, non_blocking=True)
+        with feed.autocast():
+            logits = net(x)
+            loss = criterion(logits, y)
+        stepper.step(loss)
+        n = len(y)
+        loss_sum += loss.detach() * n
+        correct += (metrics.predictions(logits.detach()) == y).sum()
+        seen += n
+        step += 1
+        if bar.disable is False and (step % 5 == 0 or step == len(loader)):
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
+                            img_s=f"{seen / elapsed:.0f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    seconds = distributed.all_max(time.perf_counter() - start, device)
+    loss_total, correct_total, seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], device)
+    return {"train_loss": loss_total / max(1, seen), "train_acc": correct_total / max(1, seen),
+            "train_seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0,
+            "data_wait": wait / seconds if seconds else 0.0}
+
+
+def validate(net: nn.Module, loader, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
+    """Loss, accuracy and the confusion matrix; in DDP each process scores its share and the
+    sums are reduced, so the figures equal one process's over the whole split."""
+    logits, labels = predict_loader(net, loader, feed, console.bar(len(loader), "  validate"))
+    predicted = metrics.predictions(logits) if len(labels) else labels
+    confusion = metrics.confusion_counts(labels, predicted, num_classes)
+    confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu()
+    loss_sum = metrics.plain_loss_sum(logits, labels).item() if len(labels) else 0.0
+    loss_sum, n = distributed.all_sum([loss_sum, len(labels)], feed.device)
+    n = max(1.0, n)
+    return {"val_loss": loss_sum / n, "val_acc": confusion.diagonal().sum().item() / n}, confusion
+
+
+class BestEpoch:
+    """The epoch ``best.pt`` holds, and early stopping's count of epochs without progress.
+
+    Progress is the monitored metric beating its best so far by more than ``min_delta``; such
+    an epoch takes best.pt. So does one that is no worse on the monitored metric and no worse
+    on the other validation figure (val_loss when monitoring val_acc, val_acc when monitoring
+    val_loss): on a small validation split accuracy ties often, and the later epoch with the
+    lower loss is the better checkpoint. Only progress resets the patience count.
+    """
+
+    def __init__(self, t: TrainConfig, saved: Optional[dict[str, Any]] = None):
+        self.monitor, self.maximize = t.monitor, t.monitor == "val_acc"
+        self.other = "val_loss" if self.maximize else "val_acc"
+        self.min_delta, self.patience = t.min_delta, t.patience
+        saved = saved or {}
+        self.value = saved.get("best_value")  # the monitored figure of the epoch best.pt holds
+        self.other_value = saved.get("best_other")  # None in a last.pt from before ties were broken
+        self.reference = saved.get("progress_value", self.value)  # what progress has to beat
+        self.epoch = saved.get("best_epoch", 0)
+        self.bad_epochs = saved.get("bad_epochs", 0)
+
+    def _at_least(self, a: float, b: float, maximize: bool) -> bool:
+        return a >= b if maximize else a <= b
+
+    def update(self, val: dict[str, float], epoch: int) -> bool:
+        """Record an epoch's validation figures; True when best.pt should now hold this epoch."""
+        value, other = val[self.monitor], val[self.other]
+        progress = self.reference is None or (value > self.reference + self.min_delta if self.maximize
+                                              else value < self.reference - self.min_delta)
+        no_worse = (self.value is not None and self.other_value is not None
+                    and self._at_least(value, self.value, self.maximize)
+                    and self._at_least(other, self.other_value, not self.maximize))
+        if progress:
+            self.reference, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if progress or no_worse:
+            self.value, self.other_value, self.epoch = value, other, epoch
+        return progress or no_worse
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def text(self, digits: int = 1) -> str:
+        if self.value is None:
+            return "n/a"
+        return f"{100 * self.value:.{digits}f}%" if self.maximize else f"{self.value:.4f}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_value": self.value, "best_other": self.other_value, "progress_value": self.reference,
+                "best_epoch": self.epoch, "bad_epochs": self.bad_epochs}
+
+
+SMALL_VALIDATION = 100  # images; below it one image moves val_acc by more than a point
+
+
+def warn_small_validation(images: int, monitor: str) -> None:
+    """Say when one validation image moves val_acc by more than a point: epochs then tie often."""
+    if images >= SMALL_VALIDATION:
+        return
+    how = ("ties go to the lower val_loss" if monitor == "val_acc"
+           else "best.pt follows val_loss (train.monitor)")
+    console.warn(f"the validation split has {images} images: one image moves val_acc by "
+                 f"{100 / images:.1f} points, so epochs often tie ({how}); more validation images "
+                 f"(data.val_fraction, or a larger validation/ folder) make the choice of best.pt steadier")

@@ -1,0 +1,191 @@
+"""The recipe: optimizer (and its parameter groups), learning-rate schedule, class weights, loss, seeds."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..model.backbones import backbone_of
+
+
+def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
+    """The head at ``lr``; a backbone, frozen parts included (they may thaw later), at ``backbone_lr``."""
+    backbone = backbone_of(model)
+    if backbone is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
+    inside = {id(p) for p in backbone.parameters()}
+    head = [p for p in model.parameters() if id(p) not in inside and p.requires_grad]
+    return [{"params": head, "lr": t.lr},
+            {"params": list(backbone.parameters()), "lr": t.backbone_learning_rate()}]
+
+
+def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    params = param_groups(model, t)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+                               weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+class LRSchedule:
+    """Per-step learning rate: linear warm-up, then none/step/cosine/one-cycle; or plateau per epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int):
+        self.optimizer, self.t = optimizer, t
+        self.steps_per_epoch = steps_per_epoch
+        self.total = t.epochs * steps_per_epoch
+        self.warmup = round(t.warmup_epochs * steps_per_epoch)
+        self.step_count = 0
+        self.plateau = None
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # head, then backbone
+        if t.scheduler == "one-cycle":
+            pct = self.warmup / self.total if self.warmup else 0.3
+            self.torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=list(self.base_lrs), total_steps=self.total,
+                pct_start=min(max(pct, 0.01), 0.99))
+        elif t.scheduler == "reduce-on-plateau":
+            mode = "max" if t.monitor == "val_acc" else "min"
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience)
+            self.torch_schedule = None
+            self._warm(0)
+        else:
+            self.torch_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.t.scheduler == "step":
+            return self.t.gamma ** ((step // self.steps_per_epoch) // self.t.step_size)
+        if self.t.scheduler == "cosine":
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    def _warm(self, step: int) -> None:
+        if step < self.warmup:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base * (step + 1) / self.warmup
+        elif step == self.warmup and self.warmup:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = base
+
+    def step_batch(self) -> None:
+        self.step_count += 1
+        if self.torch_schedule is not None:
+            if self.step_count < self.total or self.t.scheduler != "one-cycle":
+                self.torch_schedule.step()
+        else:
+            self._warm(self.step_count)
+
+    def step_epoch(self, monitored: float) -> None:
+        if self.plateau is not None and self.step_count >= self.warmup:
+            self.plateau.step(monitored)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def backbone_lr(self) -> Optional[float]:
+        groups = self.optimizer.param_groups
+        return float(groups[1]["lr"]) if len(groups) > 1 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"step_count": self.step_count, "steps_per_epoch": self.steps_per_epoch}
+        if self.torch_schedule is not None:
+            state["torch"] = self.torch_schedule.state_dict()
+            if "lr_lambdas" in state["torch"]:  # our factor is a method: rebuilt from the config
+                state["torch"]["lr_lambdas"] = [None] * len(state["torch"]["lr_lambdas"])
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = state["step_count"]
+        saved_steps = state.get("steps_per_epoch", self.steps_per_epoch)
+        # resumed with another number of processes (or batch size): the same point of the
+        # schedule, counted in this run's steps
+        rescaled = saved_steps != self.steps_per_epoch
+        if rescaled:
+            self.step_count = round(self.step_count * self.steps_per_epoch / saved_steps)
+        if self.torch_schedule is not None and "torch" in state:
+            saved = dict(state["torch"])
+            # the plan (length, phases) comes from the current config, so that a resume with
+            # more epochs re-plans the schedule instead of running off its end
+            for key in ("total_steps", "_schedule_phases"):
+                saved.pop(key, None)
+            self.torch_schedule.load_state_dict(saved)
+            if rescaled:
+                self.torch_schedule.last_epoch = self.step_count
+        if self.plateau is not None and "plateau" in state:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> Optional[torch.Tensor]:
+    """``balanced`` gives N / (K * n_c) (scikit-learn's rule); a mapping names classes."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        total, k = sum(counts), len(classes)
+        return torch.tensor([total / (k * max(1, n)) for n in counts], dtype=torch.float32)
+    unknown = [c for c in setting if c not in classes]
+    if unknown:
+        raise ConfigError(f"train.class_weights.{unknown[0]}: no such class; classes are {', '.join(classes)}")
+    return torch.tensor([float(setting.get(c, 1.0)) for c in classes], dtype=torch.float32)
+
+
+class Criterion(nn.Module):
+    """The training loss: cross-entropy over K logits, or BCE over one logit for two classes."""
+
+    def __init__(self, kind: str, weights: Optional[torch.Tensor], label_smoothing: float):
+        super().__init__()
+        self.kind, self.label_smoothing = kind, label_smoothing
+        if kind == "bce":
+            pos_weight = None if weights is None else (weights[1] / weights[0]).view(1)
+            self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        else:
+            self.loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bce":
+            target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return self.loss(logits[:, 0].float(), target)
+        return self.loss(logits.float(), labels)
+
+
+def loss_kind(setting: str, outputs: int, num_classes: int) -> str:
+    if setting == "auto":
+        return "bce" if outputs == 1 else "cross_entropy"
+    if setting == "bce" and (outputs != 1 or num_classes != 2):
+        raise ConfigError(f"train.loss: bce needs a one-output head over 2 classes; this network has "
+                          f"{outputs} outputs for {num_classes} classes (use cross_entropy or dense: "
+                          f"{{out_features: 1}})")
+    if setting == "cross_entropy" and outputs == 1:
+        raise ConfigError("train.loss: cross_entropy needs one output per class, the network has one "
+                          "output; use bce (or auto) or out_features: num_classes")
+    return setting
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -1,0 +1,280 @@
+"""A training run: :func:`train` -> :func:`prepare` (config, parts, run folder, resume) -> :func:`fit`
+(the epochs, each handed to the callbacks of :mod:`cnnzoo.training.callbacks`).
+
+Reproducibility: every epoch reseeds torch/NumPy/Python from ``(seed, epoch)``, and the data
+order and augmentation depend only on ``(seed, epoch, batch)``, so on CPU the same config gives
+the same metrics, and a resumed run continues exactly where the uninterrupted one would have been.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+
+from .. import checkpoint as ckpt_io
+from .. import runs
+from ..config import Config, dump_config, load_config
+from ..console import console
+from ..data import loaders as loaders_mod
+from ..data import sources
+from ..errors import UserError
+from ..files import is_disk_full
+from ..model.layers import layer_records
+from ..runtime import distributed
+from ..runtime.device import Feed, pick_device
+from .callbacks import Callback, Checkpoints, EpochEnd, make_callbacks
+from .loop import BestEpoch, Stepper, train_one_epoch, validate, warn_small_validation
+from .recipe import Criterion, LRSchedule, rng_state, seed_everything
+from .setup import build_parts
+from .transfer import TransferStages
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; ``last.pt`` has been saved."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
+    import yaml
+
+    items: list[str] = []
+    if isinstance(overrides, dict):
+        extra = {**overrides, **extra}
+    elif overrides:
+        items.extend(overrides)
+    for key, value in extra.items():
+        dumped = yaml.safe_dump(value, default_flow_style=True).strip()
+        if dumped.endswith("\n...") or dumped.endswith("..."):
+            dumped = dumped.rsplit("\n", 1)[0]
+        items.append(f"{key.replace('__', '.')}={dumped}")
+    return items
+
+
+@dataclass
+class Job:
+    """Everything a training run holds while it fits: built by :func:`prepare`, run by :func:`fit`."""
+
+    cfg: Config
+    run_dir: Path
+    model: nn.Sequential
+    criterion: Criterion
+    stepper: Stepper
+    feed: Feed
+    stages: TransferStages
+    best: BestEpoch
+    base_state: dict[str, Any]
+    start_epoch: int = 1
+    callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.base_state["meta"]["classes"])
+
+    def snapshot(self, epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
+        """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs."""
+        snap = {**self.base_state,
+                "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "config": self.cfg.to_dict(), "epoch": epoch, "metrics": row or {}}
+        if full:
+            st = self.stepper
+            snap.update(optimizer=st.optimizer.state_dict(), scheduler=st.schedule.state_dict(),
+                        scaler=st.scaler.state_dict() if st.scaler is not None else {},
+                        rng=rng_state(), trainer=self.best.state_dict())
+        return snap
+
+
+def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | Path]):
+    """The config of a new run, or of the run a ``last.pt`` belongs to (with its saved state)."""
+    if resume is None:
+        if config is None:
+            raise UserError("no config given; use --config FILE (e.g. configs/quickstart.yaml)")
+        return load_config(config, overrides), None, None
+    state = ckpt_io.load_checkpoint(resume)
+    if "optimizer" not in state:
+        raise UserError(f"{resume}: has no optimizer state (best.pt?); resume from last.pt")
+    cfg = load_config(state["config"], overrides)
+    cfg.source_path = str(Path(resume).parent / "config.yaml")
+    return cfg, state, Path(resume).resolve().parent
+
+
+def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path:
+    """Make the run folder (or reopen a resumed one) and write config.yaml. ``latest`` moves
+    to a new run once it has a ``best.pt`` (:class:`cnnzoo.training.callbacks.Checkpoints`); a resumed run
+    that has one already takes it now."""
+    if run_dir is None:
+        run_dir = runs.next_run_dir(runs_root, cfg.run_name)
+    distributed.record_run_dir(run_dir)
+    try:
+        runs.clean_stale_temporaries(run_dir)  # only this process writes here
+        if (run_dir / "best.pt").is_file():
+            runs.point_latest(runs.runs_root_of(run_dir), run_dir)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(run_dir, None) from None
+        raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
+                        f"choose a folder you can write with --runs") from None
+    console.log(f"run folder: {run_dir}")
+    return run_dir
+
+
+def disk_full_error(run_dir: Path, saved_epoch: Optional[int]) -> UserError:
+    """The one line for a full disk (or quota) under a run folder: what ``last.pt`` still holds
+    (checkpoints are replaced atomically, so it is whole) and how to go on."""
+    runs.clean_stale_temporaries(run_dir)
+    last = run_dir / "last.pt"
+    if saved_epoch is None or not last.is_file():
+        return UserError(f"disk full at {run_dir}; nothing was saved; free some space or choose "
+                         f"another folder with --runs")
+    return UserError(f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
+                     f"resume with: cnnzoo train --resume {last}")
+
+
+def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
+    """Resolve the config, build the parts and the schedule, open the run folder, apply a resume.
+
+    In a DDP run every process prepares the same job; only rank 0 opens the run folder.
+    """
+    cfg, state, run_dir = _load_run_config(config, overrides, resume)
+    t = cfg.train
+    ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
+    seed_everything(cfg.seed)
+    console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
+                f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
+    parts = build_parts(cfg, dev, state)
+    model, spec, infos = parts.model, parts.spec, parts.infos
+    schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
+    stepper = Stepper(model, parts.optimizer, schedule, parts.scaler, t.grad_clip)
+
+    # last: nothing above may leave a half-made folder
+    run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
+    stages = TransferStages(model, cfg, parts.stages_plan, parts.loaders, parts.feed, console.log)
+
+    meta = {**spec.meta(), "loss": parts.loss_kind, "outputs": infos[-1].output_shape[0]}
+    base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
+                  "meta": meta}
+    job = Job(cfg, run_dir, model, parts.criterion, stepper, parts.feed, stages, BestEpoch(t), base_state)
+    if state is not None:
+        _resume(job, state)
+    if ctx.rank == 0:
+        job.callbacks = make_callbacks(t, run_dir, spec.classes,
+                                       Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
+                                       job.start_epoch - 1 if state is not None else None)
+
+    warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
+    console.log("training images per class:\n" + sources.class_counts_text(spec.classes, parts.counts))
+    console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
+                f"loss {parts.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
+                f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
+                f"scheduler {t.scheduler}")
+    if job.start_epoch > 1:
+        console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
+    elif ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
+        try:
+            ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(run_dir, None) from None
+            raise
+    return job
+
+
+def _resume(job: Job, state: dict[str, Any]) -> None:
+    """Continue from a ``last.pt``: optimizer, schedule, scaler, best epoch (the weights are in already)."""
+    st = job.stepper
+    st.optimizer.load_state_dict(state["optimizer"])
+    st.schedule.load_state_dict(state["scheduler"])
+    if st.scaler is not None and state.get("scaler"):
+        st.scaler.load_state_dict(state["scaler"])
+    job.best = BestEpoch(job.cfg.train, state["trainer"])
+    job.start_epoch = state["epoch"] + 1
+
+
+def _checkpoints(job: Job) -> Optional[Checkpoints]:
+    return next((c for c in job.callbacks if isinstance(c, Checkpoints)), None)
+
+
+def _close(job: Job) -> None:
+    for callback in job.callbacks:
+        callback.close()
+
+
+def fit(job: Job) -> Path:
+    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt."""
+    cfg, t, schedule, stages = job.cfg, job.cfg.train, job.stepper.schedule, job.stages
+    epoch = job.start_epoch
+    wrapped, wrapped_key = None, None
+    try:
+        for epoch in range(job.start_epoch, t.epochs + 1):
+            stages.enter(epoch)
+            seed_everything(loaders_mod.mix_seed(cfg.seed, epoch, 0))
+            stages.train_loader.batch_sampler.set_epoch(epoch)
+            if wrapped_key != (id(stages.net), stages.trainable):  # DDP tracks a fixed set of trainable parameters
+                wrapped = None  # the old wrapper lets go of the parameters before a new one takes them
+                wrapped, wrapped_key = distributed.wrap(stages.net, job.feed.device), (id(stages.net), stages.trainable)
+            lr, backbone_lr = schedule.lr, schedule.backbone_lr
+            stats = train_one_epoch(wrapped, stages.train_loader, job.criterion, job.stepper, job.feed,
+                                    f"epoch {epoch}/{t.epochs}")
+            distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
+            val, confusion = validate(stages.net, stages.val_loader, job.feed.without_autocast(), job.num_classes)
+            row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+                   **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
+                   "data_wait": stats["data_wait"], "stage": stages.stage_at(epoch),
+                   "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+                   "backbone_lr": backbone_lr}
+            schedule.step_epoch(val[t.monitor])
+            improved = job.best.update(val, epoch)
+            end = EpochEnd(epoch, row, improved, f"{job.best.text()} (epoch {job.best.epoch})", confusion,
+                           job.best.epoch)
+            for callback in job.callbacks:
+                callback.epoch_end(end)
+            if job.best.should_stop:
+                console.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
+                break
+        _close(job)
+    except KeyboardInterrupt:
+        try:
+            _close(job)
+        except KeyboardInterrupt:
+            pass
+        saved = _checkpoints(job)
+        held = f"; {job.run_dir / 'last.pt'} holds epoch {saved.saved_epoch}" if saved else ""
+        raise TrainingInterrupted(
+            f"interrupted during epoch {epoch}{held}. "
+            f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}", job.run_dir) from None
+    except Exception as exc:  # a write of metrics.csv, a checkpoint or a plot found the disk full
+        saved = _checkpoints(job)
+        if saved is None or not is_disk_full(exc):
+            raise
+        raise disk_full_error(job.run_dir, saved.saved_epoch) from None
+    console.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
+    console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
+    return job.run_dir
+
+
+def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
+          out: str | Path = "runs", quiet: bool = False, resume: Optional[str | Path] = None,
+          **settings: Any) -> Path:
+    """Train from a YAML path, mapping or Config; return the run folder.
+
+    ``overrides`` are ``"dotted.key=value"`` strings (or a mapping); keyword arguments
+    are overrides too, with ``__`` for dots: ``train("c.yaml", train__epochs=3)``.
+    ``resume`` continues from a ``last.pt``: its run folder, config and states.
+    Started by torchrun, each process trains its share (see :mod:`cnnzoo.runtime.distributed`).
+    """
+    override_list = _overrides_from(overrides, settings)
+    if device:
+        override_list.append(f"train.device={device}")
+    with console.scoped(quiet):
+        try:
+            run_dir = fit(prepare(config, override_list, out, resume))
+            distributed.barrier()  # no process leaves the group while another still uses it
+            return run_dir
+        finally:
+            distributed.teardown()

@@ -1,0 +1,130 @@
+"""What training and the learning-rate range test both start from: the data (its cache built),
+the model on its device and in its precision, the loss and the optimizer, built from one config.
+Every setting that can still be wrong is checked here, before a run folder is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..config import Config, TrainConfig
+from ..console import console
+from ..data import augment as augment_mod
+from ..data import loaders as loaders_mod
+from ..data import sources
+from ..errors import ConfigError
+from ..model.backbones import absolute_weight_paths
+from ..model.layers import build_from_infos, trace_layers
+from ..runtime import distributed
+from ..runtime.device import Feed, amp_dtype, choose_amp, measure_amp, norm_tensors, prefers_channels_last
+from .callbacks import require_tensorboard
+from .recipe import Criterion, class_weight_vector, loss_kind, make_optimizer
+from .transfer import stage_plan
+
+
+def build_for_data(cfg: Config, spec: sources.DataSpec, pretrained: bool = False,
+                   log: Callable[[str], None] = print):
+    """Fill model.input and model.num_classes from the data, then trace and build.
+
+    ``pretrained`` loads the weights a ``backbone`` layer names (a new run does; a resumed
+    run and a benchmark do not need them).
+    """
+    num_classes = len(spec.classes)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} "
+                          f"classes ({', '.join(spec.classes)}); remove model.num_classes to use the data's")
+    cfg.model.num_classes = num_classes
+    cfg.model.input = [spec.channels, *spec.image_size]
+    infos = trace_layers(cfg.model.layers, cfg.model.input, num_classes)
+    return infos, build_from_infos(infos, pretrained, log)
+
+
+def _record_data(cfg: Config, spec: sources.DataSpec) -> None:
+    """The saved config records what was used, and works from any folder."""
+    cfg.name = cfg.run_name
+    if cfg.data.source == "folder" and cfg.data.root:
+        cfg.data.root = spec.root
+    cfg.data.channels, cfg.data.image_size = spec.channels, list(spec.image_size)
+    absolute_weight_paths(cfg.model.layers)
+
+
+def _place(model: nn.Sequential, t: TrainConfig, dev: torch.device) -> tuple[nn.Sequential, bool]:
+    """The model on its device and memory format (BatchNorm synchronised when asked); channels_last?"""
+    channels_last = prefers_channels_last(dev) if t.channels_last == "auto" else bool(t.channels_last)
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if t.sync_bn:
+        model, what = distributed.sync_batchnorm(model, dev)
+        console.log(what)
+    return model, channels_last
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return f"{str(dtype).replace('torch.', '')} autocast" if dtype is not None else "float32"
+
+
+def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], outputs: int, dev: torch.device,
+                  candidate: torch.dtype, channels_last: bool) -> Optional[torch.dtype]:
+    """``train.amp: auto`` on CUDA: autocast only where a probe measures it faster (rank 0 decides)."""
+    rates = measure_amp(model, batch_shape, outputs, dev, candidate, channels_last) if distributed.is_main() else None
+    rates = distributed.broadcast_object(rates)
+    chosen = choose_amp(rates, candidate)
+    console.log(f"precision: {_dtype_name(chosen)} (train.amp auto; a forward+backward probe ran "
+                f"{', '.join(f'{k} {v:,.0f}' for k, v in rates.items())} img/s)")
+    return chosen
+
+
+@dataclass
+class Parts:
+    """What training and the learning-rate range test both start from: the data, the model on
+    its device, and the recipe (loss, optimizer), built from one config."""
+
+    spec: sources.DataSpec
+    infos: list
+    model: nn.Sequential
+    loss_kind: str
+    loaders: loaders_mod.Loaders
+    feed: Feed
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]  # fp16 autocast only
+    counts: list[int]
+    stages_plan: Optional[tuple[int, int]]
+
+
+def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] = None) -> Parts:
+    """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
+
+    Every setting that can still be wrong is checked here, before a caller makes a run folder.
+    """
+    t = cfg.train
+    autocast_dtype = amp_dtype(t.amp, dev)
+    with distributed.main_first():  # a built-in data set is generated once
+        spec = sources.load_data(cfg, console.log)
+    _record_data(cfg, spec)
+    infos, model = build_for_data(cfg, spec, pretrained=state is None, log=console.log)
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+    kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
+    augment = augment_mod.build_augment(cfg.data.augment, spec.image_size)
+    class_weight_vector(t.class_weights, spec.classes,
+                        [spec.train.labels.count(k) for k in range(len(spec.classes))])
+    stages_plan = stage_plan(model, t)
+    require_tensorboard(t.loggers)
+
+    loaders = loaders_mod.build_loaders(cfg, spec, augment, dev.type == "cuda")
+    counts = loaders.train_set.class_counts(len(spec.classes))
+    model, channels_last = _place(model, t, dev)
+    if t.amp == "auto" and autocast_dtype is not None:
+        autocast_dtype = _measured_amp(model, (t.batch_size, *cfg.model.input), infos[-1].output_shape[0],
+                                       dev, autocast_dtype, channels_last)
+    elif dev.type == "cuda":
+        console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
+    feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
+    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
+                          t.label_smoothing).to(dev)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    return Parts(spec, infos, model, kind, loaders, feed, criterion, make_optimizer(model, t), scaler, counts,
+                 stages_plan)

@@ -1,0 +1,351 @@
+"""Transfer learning's training side: two training stages, and the frozen-feature cache.
+
+**Stages.** Stage 1 trains the head and the backbone stages that ``freeze`` leaves
+trainable; from ``train.unfreeze_at_epoch`` on, stage 2 trains the last
+``train.unfreeze_stages`` too (:func:`stage_plan`, :class:`TransferStages`).
+
+**The cache.**
+While the first stages of a ``backbone`` are frozen (and in eval mode), their output
+for an image never changes, so recomputing it every epoch is wasted work: on a CPU it is
+most of the work. :func:`plan` decides whether the cache applies (and says why not),
+:func:`build` runs the frozen prefix once over every decoded image, in each flipped
+version that augmentation can produce, and keeps the results in RAM or in a
+memory-mapped ``.npy`` file keyed by the images, the preprocessing and the frozen
+weights (so a second run reuses it). Training then runs only :class:`Suffix`, the
+trainable rest of the network, on batches of cached features; each epoch picks a
+flipped or unflipped version per image, seeded like the image augmentation.
+
+Augmentations other than flips change the pixels every epoch, so they turn the cache
+off (the log says so); so does a trainable layer before the backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import AugmentConfig, Config, TrainConfig
+from ..console import console
+from ..data import loaders as loaders_mod
+from ..data.cache import cached_array
+from ..errors import ConfigError, DataError
+from ..files import cache_home
+from ..model.backbones import Backbone, backbone_of, trainable_stages
+from ..runtime import distributed
+from ..runtime.device import Feed
+
+FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
+
+
+@dataclass
+class Plan:
+    """Where to cut the model and which flipped versions of each image to precompute."""
+
+    model: nn.Sequential
+    index: int  # position of the backbone in the model
+    cut: int  # backbone stages 0..cut-1 are frozen and cached
+    flips: list[tuple[bool, bool]]  # (horizontal, vertical) versions
+    flip_p: tuple[float, float]  # probability of each flip at training time
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.model[self.index]
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part: layers before the backbone and its first ``cut`` stages."""
+        for layer in self.model[: self.index]:
+            x = layer(x)
+        bb = self.backbone
+        return bb(x) if self.cut == len(bb.stages) else bb.run(x, 0, self.cut)
+
+    def suffix(self) -> "Suffix":
+        return Suffix(self.backbone, self.cut, list(self.model[self.index + 1:]))
+
+
+class Suffix(nn.Module):
+    """The trainable rest: backbone stages from ``cut`` on, then the head layers."""
+
+    def __init__(self, backbone: Backbone, cut: int, head: list[nn.Module]):
+        super().__init__()
+        self.backbone, self.cut, self.head = backbone, cut, nn.Sequential(*head)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features if self.cut == len(self.backbone.stages) else \
+            self.backbone.run(features, self.cut, len(self.backbone.stages))
+        return self.head(x)
+
+
+def _flip_plan(aug: AugmentConfig) -> tuple[Optional[str], list[tuple[bool, bool]], tuple[float, float]]:
+    """(why the cache cannot apply or None, the versions to compute, the flip probabilities)."""
+    other = aug.pixel_changing()
+    if other:
+        return (f"data.augment.{other[0]} changes the pixels every epoch, so the frozen stages run "
+                f"on every batch (flips alone would keep the cache)"), [], (0.0, 0.0)
+    h, v = aug.flip_probabilities
+    flips = [(fh, fv) for fh in ((False, True) if h else (False,)) for fv in ((False, True) if v else (False,))]
+    return None, flips, (h, v)
+
+
+def plan(model: nn.Sequential, aug: AugmentConfig, setting: str, pixel_cache: str,
+         cut: Optional[int] = None) -> tuple[Optional[Plan], str]:
+    """A :class:`Plan` when the frozen-feature cache applies, else None and the reason.
+
+    ``cut`` caches fewer stages than are frozen now (those that stay frozen in a later
+    training stage too, so one cache serves both); by default every frozen stage.
+    """
+    found = [i for i, m in enumerate(model) if isinstance(m, Backbone)]
+    if not found:
+        return None, "no backbone layer"
+    index = found[0]
+    backbone = model[index]
+    if setting == "none":
+        return None, "data.feature_cache: none"
+    if pixel_cache == "none":
+        return None, "data.cache: none (the feature cache is built from the decoded-image cache)"
+    if backbone.frozen_stages == 0 or cut == 0:
+        return None, "every backbone stage is trainable now"
+    if any(p.requires_grad for layer in model[:index] for p in layer.parameters()):
+        return None, "a layer before the backbone has trainable parameters"
+    reason, flips, flip_p = _flip_plan(aug)
+    if reason:
+        return None, reason
+    cut = backbone.frozen_stages if cut is None else min(cut, backbone.frozen_stages)
+    return Plan(model, index, cut, flips, flip_p), ""
+
+
+# ----------------------------------------------------------------------------- building
+
+@dataclass
+class FeatureStore:
+    """A split's cached features: float32 ``[N, versions, *shape]`` and where they live."""
+
+    features: torch.Tensor
+    location: str
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        size = self.features.numel() * 4 / 2**20
+        where = "in RAM" if self.location == "ram" else f"on disk ({self.location})"
+        n, versions = self.features.shape[:2]
+        shape = "x".join(map(str, self.features.shape[2:]))
+        if not self.seconds:
+            return f"{n} images x {versions} versions of {shape}, {size:.0f} MB, reused {where}"
+        return (f"{n} images x {versions} versions of {shape} in {self.seconds:.1f}s "
+                f"({n * versions / self.seconds:.0f} img/s), {size:.0f} MB {where}")
+
+
+def _weights_digest(p: Plan) -> str:
+    h = hashlib.sha1()
+    h.update(f"{p.backbone.name}|{p.cut}|{len(p.backbone.stages)}".encode())
+    modules = list(p.model[: p.index]) + [p.backbone.body.get_submodule(u)
+                                           for stage in p.backbone.stages[: p.cut] for u in stage]
+    for module in modules:
+        for key, tensor in module.state_dict().items():
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _chain_matches(p: Plan, x: torch.Tensor) -> bool:
+    """A timm model's forward is checked once to be the chain of its stages before cutting it."""
+    bb = p.backbone
+    if p.cut == len(bb.stages) or not bb.is_timm:
+        return True
+    whole = bb(x)
+    chained = bb.run(bb.run(x, 0, p.cut), p.cut, len(bb.stages))
+    return whole.shape == chained.shape and torch.allclose(whole, chained, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, feed: Feed, *, flips: list[tuple[bool, bool]],
+          setting: str = "ram", cache_dir: Optional[Path] = None) -> Optional[FeatureStore]:
+    """Run the frozen prefix over every image of ``dataset`` in each version of ``flips``.
+
+    ``setting`` is ``data.feature_cache``: ``ram``, or ``disk``/``auto`` for a memory-mapped
+    file that later runs reuse (RAM when the folder cannot be written). Returns None when
+    a timm model turns out not to be a plain chain of its stages.
+    """
+    start = time.perf_counter()
+    p.model.eval()
+    n = len(dataset)
+    rows = torch.tensor(dataset.indices, dtype=torch.int64)
+    probe = feed.inputs(dataset.pixels[rows[:2]])
+    if not _chain_matches(p, probe):
+        return None
+    shape = (n, len(flips), *p.prefix(probe).shape[1:])
+    path = None
+    if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
+        images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}"
+        key = hashlib.sha1(f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|"
+                           f"{_weights_digest(p)}".encode()).hexdigest()[:20]
+        folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
+        path = folder / f"features-{split}-{key}.npy"
+
+    def fill(store: torch.Tensor) -> dict:
+        bar = console.bar(n * len(flips), f"features {split}", unit="img")
+        try:
+            _fill(p, dataset, rows, flips, feed, store, bar)
+        finally:
+            bar.close()
+        _check_finite(store, dataset)
+        return {}
+
+    cached = cached_array(path, shape, np.float32, "data.feature_cache", fill)
+    return FeatureStore(cached.tensor, cached.location, 0.0 if cached.reused else time.perf_counter() - start)
+
+
+def _check_finite(store: torch.Tensor, dataset: loaders_mod.ImageDataset) -> None:
+    """Features that are NaN or infinite would train a NaN model without a word: refuse them."""
+    bad = (~torch.isfinite(store.flatten(1))).any(1)
+    if bool(bad.any()):
+        first = dataset.samples.describe(dataset.indices[int(bad.nonzero()[0])])
+        raise DataError(f"data.feature_cache: the frozen layers give NaN or infinite values for "
+                        f"{int(bad.sum())} image(s), first {first}; the backbone's weights are damaged "
+                        f"(or train.amp overflows: try train.amp: none)")
+
+
+def _fill(p: Plan, dataset: loaders_mod.ImageDataset, rows: torch.Tensor, flips: list[tuple[bool, bool]],
+          feed: Feed, store: torch.Tensor, bar, batch: int = 64) -> None:
+    for begin in range(0, len(rows), batch):
+        x = feed.inputs(dataset.pixels[rows[begin:begin + batch]])
+        for v, (fh, fv) in enumerate(flips):
+            dims = [d for d, on in ((-1, fh), (-2, fv)) if on]
+            flipped = x.flip(dims) if dims else x
+            with feed.autocast():
+                store[begin:begin + len(flipped), v] = p.prefix(flipped).float().cpu()
+            bar.update(len(flipped))
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached features as batches, like :class:`cnnzoo.data.loaders.ImageDataset` returns images.
+
+    Each image's version (flipped or not) is drawn per epoch from the batch seed that
+    :class:`cnnzoo.data.loaders.EpochBatches` hands out, so runs and resumes repeat exactly.
+    """
+
+    def __init__(self, store: FeatureStore, labels: torch.Tensor, flips: list[tuple[bool, bool]],
+                 flip_p: tuple[float, float] = (0.0, 0.0)):
+        self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.tensor([i for i, _ in pairs], dtype=torch.int64)
+        versions = torch.zeros(len(pairs), dtype=torch.int64)
+        if len(self.flips) > 1:
+            g = torch.Generator().manual_seed(pairs[0][1])
+            draws = torch.rand(len(pairs), 2, generator=g) < torch.tensor(self.flip_p)
+            lookup = {flip: k for k, flip in enumerate(self.flips)}  # holds every flip whose p > 0
+            versions = torch.tensor([lookup[(bool(h), bool(v))] for h, v in draws.tolist()], dtype=torch.int64)
+        return self.features[positions, versions].contiguous(), self.labels[positions]
+
+
+# ----------------------------------------------------------------------------- training stages
+
+def stage_plan(model: nn.Module, t: TrainConfig) -> Optional[tuple[int, int]]:
+    """How many backbone stages train in stage 1 and in stage 2; None without a backbone."""
+    backbone = backbone_of(model)
+    if backbone is None:
+        if t.unfreeze_at_epoch is not None:
+            raise ConfigError("train.unfreeze_at_epoch: the model has no backbone layer to unfreeze")
+        return None
+    total = len(backbone.stages)
+    first = trainable_stages(backbone.freeze, total, "freeze")
+    if t.unfreeze_at_epoch is None:
+        return first, first
+    try:
+        second = trainable_stages(t.unfreeze_stages, total, "train.unfreeze_stages")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (the backbone {backbone.name} has {total} stages)") from None
+    if second <= first:
+        raise ConfigError(f"train.unfreeze_stages: {t.unfreeze_stages} stages train already in stage 1 "
+                          f"(freeze leaves {first} of {total} trainable); unfreeze more, or drop "
+                          f"train.unfreeze_at_epoch")
+    if t.unfreeze_at_epoch > t.epochs:
+        console.warn(f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
+                      f"({t.epochs}); stage 2 starts only if the run is resumed with more epochs")
+    return first, second
+
+
+class TransferStages:
+    """Which backbone stages train at each epoch, and the network and loaders that run them.
+
+    Stage 1 trains what ``freeze`` leaves trainable; from ``train.unfreeze_at_epoch`` on,
+    stage 2 trains the last ``train.unfreeze_stages``. Whatever stays frozen during a
+    stage is computed once per image (the cache above) when augmentation allows.
+    A model without a backbone has one stage: the whole model on images.
+    """
+
+    def __init__(self, model: nn.Sequential, cfg: Config, plan: Optional[tuple[int, int]],
+                 loaders: loaders_mod.Loaders, feed: Feed, log: Callable[[str], None]):
+        self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
+        self.log = log
+        self.backbone = backbone_of(model)
+        self.first, self.second = plan or (0, 0)
+        self.trainable: Optional[int] = None
+        self.cut: Optional[int] = None  # backbone stages the current net reads from the cache
+        self.net: nn.Module = model
+        self.train_loader, self.val_loader = loaders.train, loaders.val
+
+    def stage_at(self, epoch: int) -> int:
+        k = self.cfg.train.unfreeze_at_epoch
+        return 2 if k is not None and epoch >= k else 1
+
+    def enter(self, epoch: int) -> None:
+        """Make ``net`` and the loaders right for ``epoch`` (rebuilt when the stage changes)."""
+        if self.backbone is None:
+            return
+        count = self.first if self.stage_at(epoch) == 1 else self.second
+        if count == self.trainable:
+            return
+        self.trainable = count
+        bb = self.backbone
+        bb.set_trainable(count)
+        frozen = sum(p.numel() for p in bb.parameters() if not p.requires_grad)
+        what = (f"frozen (all {len(bb.stages)} stages, {frozen:,} parameters); only the head trains" if count == 0
+                else f"trains its last {count} of {len(bb.stages)} stages ({frozen:,} parameters stay frozen)")
+        self.log(f"stage {self.stage_at(epoch)} from epoch {epoch}: backbone {bb.name} {what}")
+        # cache only what stays frozen in stage 2 as well, so that one cache serves both stages
+        later_frozen = len(bb.stages) - self.second
+        cut = later_frozen if later_frozen > 0 else bb.frozen_stages
+        if cut != self.cut:
+            self.net, self.train_loader, self.val_loader = self._with_feature_cache(cut)
+
+    def _with_feature_cache(self, cut: int):
+        plain = (self.model, self.loaders.train, self.loaders.val)
+        d = self.cfg.data
+        cache_plan, reason = plan(self.model, d.augment, d.feature_cache, d.cache, cut)
+        self.cut = cache_plan.cut if cache_plan is not None else 0
+        if cache_plan is None:
+            self.log(f"feature cache: off ({reason})")
+            return plain
+        stores = []
+        for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
+                                           (self.loaders.val_set, "validation", [(False, False)],
+                                            self.feed.without_autocast())):
+            # local rank 0 writes a file on disk, the others map it
+            with distributed.main_first(shared=d.feature_cache != "ram"):
+                store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
+                              cache_dir=Path(d.cache_dir) if d.cache_dir else None)
+            if store is None:
+                self.cut = 0
+                self.log(f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
+                         f"its stages, so it cannot be cut there)")
+                return plain
+            self.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
+            stores.append(store)
+        t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
+        train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, cache_plan.flip_p)
+        val_set = FeatureDataset(stores[1], self.loaders.val_set.labels, [(False, False)])
+        return (cache_plan.suffix(),
+                loaders_mod.make_loader(train_set, t.batch_size, True, self.cfg.seed, 0,
+                                     self.cfg.data.sampler == "balanced", pin, shard),
+                loaders_mod.make_loader(val_set, t.batch_size * 2, False, self.cfg.seed, 0, False, pin, shard))

@@ -1,0 +1,483 @@
+"""Tuning a recipe: the learning-rate range test (``cnnzoo lr-find``) and grid or random sweeps (``cnnzoo sweep``).
+
+**lr-find** trains the config's model for a few hundred steps on its real training data
+while the learning rate grows exponentially from ``start`` to ``end``, records the
+smoothed loss, and suggests the rate where the loss falls fastest (the steepest descent
+of the smoothed curve against log(lr)), or a tenth of the rate at the lowest loss when
+the curve has no clear descent. The model is thrown away; nothing trains for real.
+
+**sweep** runs every combination of ``--grid key=v1,v2`` values (or ``--trials K`` random
+ones) as a normal run under ``<runs>/<name>-sweep/<N>/``, one after another, then writes a
+comparison table (CSV and Markdown) and one plot of the validation curves, best first.
+The sweep's state is a JSON file beside them: run it again and it resumes the run that
+was interrupted and runs the combinations it has not finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..config import load_config
+from ..console import console
+from ..errors import UserError
+
+
+# ----------------------------------------------------------------------------- lr-find
+
+@dataclass
+class LRFind:
+    lrs: list[float]
+    losses: list[float]  # smoothed (debiased exponential average, as fastai's)
+    suggestion: float
+    how: str  # "steepest descent" or the fallback used
+    plot: Optional[Path]
+
+
+def suggest_lr(lrs: list[float], losses: list[float], current: float) -> tuple[float, str]:
+    """Where the loss falls fastest: the steepest slope of the (further smoothed) loss against
+    log10(lr), looked for only inside the valley, the longest falling stretch of the curve
+    (fastai's ``valley`` rule); early noise and the climb after the minimum are outside it.
+    Falls back to a tenth of the rate at the lowest loss when there is no such stretch, and
+    to ``current`` (the config's rate) when the loss never fell at all."""
+    lrs_a, losses_a = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    n = len(losses_a)
+    width = max(3, n // 20)
+    padded = np.pad(losses_a, (width // 2, width - 1 - width // 2), mode="edge")
+    smooth = np.convolve(padded, np.ones(width) / width, mode="valid")
+    longest = [1] * n  # longest decreasing run (not necessarily contiguous) ending at i
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if smooth[i] < smooth[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[end] < longest[i]:
+            end, start = i, i - longest[i]
+    start = max(start, 0)
+    falls = smooth[end] < 0.995 * smooth[start]  # by 0.5% at least: more than a ripple of noise
+    if end - start >= max(5, n // 10) and falls:
+        slopes = np.gradient(smooth, np.log10(lrs_a))[start:end + 1]
+        if slopes.min() < 0:
+            return float(lrs_a[start + int(np.argmin(slopes))]), "steepest descent of the loss"
+    low = int(np.argmin(smooth))
+    if smooth[low] > 0.995 * smooth[0]:
+        return current, "the config's own rate: the loss never fell over the range; try more --steps"
+    return float(lrs_a[low] / 10), "a tenth of the rate at the lowest loss (no long falling stretch)"
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_path(out: Optional[str | Path], name: str, runs_root: str | Path = "runs") -> Path:
+    """Where lr-find's plot goes: ``out`` when it names a .png/.svg/.pdf file, ``out/<name>.png``
+    when it names a folder (an existing one, or a path without a suffix), by default
+    ``<runs>/lr-find/<name>.png``."""
+    if out is None:
+        return Path(runs_root) / "lr-find" / f"{name}.png"
+    path = Path(out)
+    if path.is_dir() or not path.suffix or str(out).endswith(("/", "\\")):
+        return path / f"{name}.png"
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise UserError(f"--out {out}: a plot is written as {', '.join(PLOT_FORMATS)} (or give a folder)")
+    return path
+
+
+def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200, start: float = 1e-7,
+            end: float = 1.0, out: Optional[str | Path] = None, *, runs_root: str | Path = "runs") -> LRFind:
+    """The learning-rate range test on ``config``'s data and model; see the module docstring.
+
+    The plot goes to :func:`plot_path`; :attr:`LRFind.plot` says where it went.
+    """
+    from ..runtime.device import pick_device
+    from .loop import Stepper
+    from .recipe import seed_everything
+    from .setup import build_parts
+
+    if not (0 < start < end) or steps < 10:
+        raise UserError(f"lr-find: needs 0 < --start ({start:g}) < --end ({end:g}) and --steps >= 10 ({steps})")
+    cfg = load_config(config, list(overrides or []))
+    path = plot_path(out, cfg.run_name, runs_root)  # a bad --out is refused before training
+    dev = pick_device(cfg.train.device)
+    seed_everything(cfg.seed)
+    parts = build_parts(cfg, dev)
+    model, feed, optimizer, loader = parts.model, parts.feed, parts.optimizer, parts.loaders.train
+    stepper = Stepper(model, optimizer, None, parts.scaler, cfg.train.grad_clip)  # the rate is set here
+    ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]  # a backbone keeps its share
+    console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(parts.loaders.train_set)} "
+                f"training images, batch {cfg.train.batch_size}")
+    lrs, smoothed, average, best = [], [], 0.0, math.inf
+    bar = console.bar(steps, "lr-find")
+    model.train()
+    epoch, batches = 0, iter(())
+    for step in range(steps):
+        lr = start * (end / start) ** (step / (steps - 1))
+        for group, ratio in zip(optimizer.param_groups, ratios):
+            group["lr"] = lr * ratio
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            epoch += 1
+            loader.batch_sampler.set_epoch(epoch)
+            batches = iter(loader)
+            images, labels = next(batches)
+        with feed.autocast():
+            loss = parts.criterion(model(feed.inputs(images)), labels.to(dev))
+        stepper.step(loss)
+        value = float(loss.detach())
+        average = 0.98 * average + 0.02 * value
+        debiased = average / (1 - 0.98 ** (step + 1))
+        bar.update(1)
+        if not math.isfinite(debiased) or (step > steps // 10 and debiased > 4 * best):
+            break  # diverged: the rest of the range says nothing new
+        best = min(best, debiased)
+        lrs.append(lr)
+        smoothed.append(debiased)
+    bar.close()
+    if len(lrs) < 10:
+        raise UserError(f"lr-find: the loss diverged within {len(lrs)} steps from {start:g}; lower --start")
+    suggestion, how = suggest_lr(lrs, smoothed, cfg.train.lr)
+    _plot_lr(lrs, smoothed, suggestion, path, cfg.run_name)
+    return LRFind(lrs, smoothed, suggestion, how, path)
+
+
+def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Path, name: str) -> None:
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(lrs, losses)
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title=f"lr-find: {name}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+
+
+def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] = None,
+             folder: str | Path = Path("runs") / "lr-find") -> Path:
+    """The config file with ``overrides`` (``--set`` and the shortcuts, as lr-find ran it) and
+    ``train.lr`` set, written as ``<folder>/<stem>.lr.yaml``; the original is untouched, and
+    nothing is written next to it (a shipped ``configs/`` folder stays as shipped)."""
+    import yaml
+
+    from ..config import apply_override, parse_override, read_yaml, rebase_paths
+
+    source = Path(config_path)
+    raw = read_yaml(source)
+    rebase_paths(raw, source.parent)  # the copy lives in another folder: its paths must not move
+    for text in overrides or []:
+        apply_override(raw, *parse_override(text))
+    rebase_paths(raw, Path.cwd())  # paths given on the command line were read from here
+    if not isinstance(raw.get("train"), dict):  # `train:` with nothing under it reads as null
+        raw["train"] = {}
+    raw["train"]["lr"] = float(f"{lr:.3g}")
+    load_config(raw)  # what is written must load
+    target = Path(folder) / f"{source.stem}.lr{source.suffix or '.yaml'}"
+    changes = "".join(f"\n#   --set {text}" if not text.endswith("!") else f"\n#   --unset {text[:-1]}"
+                      for text in overrides or [])
+    header = f"# {source} with train.lr from cnnzoo lr-find ({lr:.3g}){changes}\n"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    return target
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["train.lr=0.01,0.003", ...]`` -> {key: [values]}; each value read as YAML."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key or not _:
+            raise UserError(f"--grid {item}: expected key=v1,v2,... e.g. --grid train.lr=0.01,0.003")
+        parts, depth, current = [], 0, ""
+        for ch in raw:  # split on commas outside brackets: [1, 2] stays one value
+            depth += ch in "[{"
+            depth -= ch in "]}"
+            if ch == "," and depth == 0:
+                parts.append(current)
+                current = ""
+            else:
+                current += ch
+        parts.append(current)
+        try:
+            values = [_number(yaml.safe_load(p)) for p in parts if p.strip()]
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"--grid {key}: a value is not valid YAML ({problem}); write values like "
+                            f"0.01,0.003 or [16, 16],[24, 24]") from None
+        except RecursionError:
+            raise UserError(f"--grid {key}: a value is nested too deeply") from None
+        if not values:
+            raise UserError(f"--grid {item}: no values after '='")
+        if key in grid:
+            raise UserError(f"--grid {key}: given twice; list all its values in one --grid")
+        grid[key] = values
+    return grid
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-3`` as a string; a sweep table wants the number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+@dataclass
+class SweepResult:
+    folder: Path
+    rows: list[dict[str, Any]]  # best first
+    table_csv: Path
+    table_md: Path
+    plot: Path
+
+
+MAX_COMBINATIONS = 1000  # runs one sweep makes; a bigger grid is sampled with --trials
+
+
+def _combinations(grid: dict[str, list[Any]], trials: Optional[int], seed: int) -> list[dict[str, Any]]:
+    """The combinations to run: all of them, or ``trials`` drawn at random. They are counted
+    before any is made, so a huge grid is refused at once instead of being listed."""
+    sizes = [len(values) for values in grid.values()]
+    total = math.prod(sizes)
+    if trials is None and total > MAX_COMBINATIONS:
+        raise UserError(f"--grid: {' x '.join(map(str, sizes))} = {total:,} combinations, more than the "
+                        f"{MAX_COMBINATIONS:,} a sweep runs; sample some with --trials K")
+    if trials is not None and trials > MAX_COMBINATIONS:
+        raise UserError(f"--trials {trials}: a sweep runs at most {MAX_COMBINATIONS:,} combinations")
+    # random.sample picks the same positions from range(total) as from the listed combinations
+    picked = range(total) if trials is None or trials >= total else random.Random(seed).sample(range(total), trials)
+    return [_combination(grid, index) for index in picked]
+
+
+def _combination(grid: dict[str, list[Any]], index: int) -> dict[str, Any]:
+    """The ``index``-th combination in itertools.product's order (the last key changes fastest)."""
+    picks = {}
+    for key in reversed(list(grid)):
+        index, pick = divmod(index, len(grid[key]))
+        picks[key] = grid[key][pick]
+    return {key: picks[key] for key in grid}
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"
+
+
+def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = None,
+          overrides: Optional[list[str]] = None, runs_root: str | Path = "runs", quiet: bool = True,
+          *, restart: bool = False) -> SweepResult:
+    """Run every combination (see the module docstring); returns the comparison, best first.
+
+    ``restart`` forgets the saved state of an earlier, unfinished or damaged, identical sweep.
+    At the end ``<runs>/latest`` points at the best run.
+    """
+    from .. import runs
+    from .run import TrainingInterrupted, train
+
+    grid = parse_grid(grid_items)
+    base = list(overrides or [])
+    cfg = load_config(config, base)  # every combination is checked before the first one runs
+    combos = _combinations(grid, trials, cfg.seed)
+    for combo in combos:
+        load_config(config, base + [_override(k, v) for k, v in combo.items()])
+    name = f"{cfg.run_name}-sweep"
+    folder = Path(runs_root) / name
+    key = hashlib.sha1(json.dumps([str(Path(config).resolve()), base, grid, trials], sort_keys=True,
+                                  default=str).encode()).hexdigest()[:8]
+    state_path = folder / f"sweep-{key}.json"
+    state = None if restart else read_state(state_path, combos, folder)
+    if state is None:
+        state = {"config": str(config), "grid": grid, "trials": trials, "overrides": base,
+                 "runs": [{"values": c, "run": None, "done": False, "seconds": 0.0} for c in combos]}
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in state["runs"] if not r["done"]]
+    if len(todo) < len(state["runs"]):
+        console.log(f"sweep {state_path.name}: {len(state['runs']) - len(todo)} of {len(state['runs'])} "
+                    f"runs already done; continuing")
+    for number, entry in enumerate(state["runs"], 1):
+        if entry["done"]:
+            continue
+        values = ", ".join(f"{k}={v}" for k, v in entry["values"].items())
+        console.log(f"sweep run {number}/{len(state['runs'])}: {values}")
+        start = time.perf_counter()
+        last = Path(entry["run"]) / "last.pt" if entry["run"] else None
+        try:
+            if last is not None and last.exists():
+                run_dir = train(resume=last, out=runs_root, quiet=quiet)
+            else:
+                run_dir = train(str(config), base + [f"name={name}"] +
+                                [_override(k, v) for k, v in entry["values"].items()], out=runs_root, quiet=quiet)
+        except TrainingInterrupted as exc:
+            entry["run"], entry["seconds"] = str(exc.run_dir), entry["seconds"] + time.perf_counter() - start
+            _write_json(state_path, state)
+            raise
+        entry.update(run=str(run_dir), done=True, seconds=entry["seconds"] + time.perf_counter() - start)
+        _write_json(state_path, state)
+    result = _compare(state["runs"], list(grid), folder, key)
+    runs.point_latest(Path(runs_root), Path(result.rows[0]["run"]))
+    return result
+
+
+MAX_STATE_BYTES = 16 * 2**20  # a state of MAX_COMBINATIONS runs takes well under 1 MB
+
+
+def read_state(path: Path, combos: list[dict[str, Any]], folder: Path) -> Optional[dict]:
+    """The saved state of this sweep, or None when there is none yet. A state that is not what
+    this sweep wrote (not JSON, another shape, other combinations, a run outside ``folder``) is
+    refused in one line that offers ``--restart``; a finished run whose folder has gone is run again.
+    """
+    def damaged(why: str) -> UserError:
+        return UserError(f"{path}: damaged sweep state ({why}); start the sweep over with --restart "
+                         f"(run folders already made stay where they are)")
+
+    if not os.path.lexists(path):
+        return None
+    if not path.is_file():  # a FIFO would block the read, a folder cannot be read
+        raise damaged("not a regular file")
+    if path.stat().st_size > MAX_STATE_BYTES:
+        raise damaged(f"larger than {MAX_STATE_BYTES // 2**20} MB")
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise damaged(f"not JSON: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}") from None
+    except OSError as exc:
+        raise damaged(f"unreadable: {exc.strerror or exc}") from None
+    runs = state.get("runs") if isinstance(state, dict) else None
+    if not isinstance(runs, list) or len(runs) != len(combos):
+        raise damaged(f"expected a list of {len(combos)} runs under 'runs'")
+    for number, (entry, combo) in enumerate(zip(runs, combos), 1):
+        why = _entry_problem(entry, combo, folder)
+        if why:
+            raise damaged(f"run {number}: {why}")
+        if entry["done"] and not (Path(entry["run"]) / "metrics.csv").is_file():
+            console.warn(f"sweep run {number}: {entry['run']} has no metrics.csv any more; running it again")
+            entry.update(run=None, done=False, seconds=0.0)
+    return state
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _entry_problem(entry: Any, combo: dict[str, Any], folder: Path) -> str:
+    """Why one run's record cannot be this sweep's, or "" when it can."""
+    if not isinstance(entry, dict) or set(entry) != {"values", "run", "done", "seconds"}:
+        return "expected the keys values, run, done and seconds"
+    if json.dumps(entry["values"], sort_keys=True) != json.dumps(combo, sort_keys=True):
+        return f"its values are not this sweep's ({json.dumps(combo)[:80]})"
+    if not isinstance(entry["done"], bool):
+        return "done should be true or false"
+    seconds = entry["seconds"]
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e9:
+        return "seconds should be a number of seconds"
+    run = entry["run"]
+    if run is None:
+        return "done without a run folder" if entry["done"] else ""
+    if not isinstance(run, str) or not run or "\0" in run:
+        return "run should be a run folder's path or null"
+    inside = os.path.realpath(run).startswith(os.path.realpath(folder) + os.sep)
+    return "" if inside else f"its run folder {run[:80]} is not inside {folder}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str) -> SweepResult:
+    rows = []
+    curves = []
+    for entry in runs:
+        run = Path(entry["run"])
+        epochs, accs = _validation_curve(run / "metrics.csv")
+        best = int(np.argmax(accs))
+        rows.append({**entry["values"], "best_val_acc": accs[best], "best_epoch": epochs[best],
+                     "seconds": round(entry["seconds"], 1), "run": str(run)})
+        curves.append((epochs, accs))
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["best_val_acc"])
+    rows = [rows[i] for i in order]
+    curves = [curves[i] for i in order]
+    columns = list(rows[0])
+    table_csv, table_md, plot = folder / f"sweep-{key}.csv", folder / f"sweep-{key}.md", folder / f"sweep-{key}.png"
+    with open(table_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([spreadsheet_safe(c) for c in columns])
+        writer.writerows([[spreadsheet_safe(row[c]) for c in columns] for row in rows])
+    table_md.write_text(markdown_table(rows, columns))
+    _plot_sweep(rows, curves, keys, plot)
+    return SweepResult(folder, rows, table_csv, table_md, plot)
+
+
+def _validation_curve(path: Path) -> tuple[list[int], list[float]]:
+    """(epochs, validation accuracies) of a run's metrics.csv."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        epochs, accs = [int(r["epoch"]) for r in rows], [float(r["val_acc"]) for r in rows]
+    except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read the run's validation accuracy ({exc}); "
+                        f"start the sweep over with --restart") from None
+    if not accs or not all(map(math.isfinite, accs)):
+        raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
+    return epochs, accs
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a
+    leading apostrophe (OWASP's advice against CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(key: str, value: Any) -> str:
+        text = f"{100 * value:.2f}%" if key == "best_val_acc" else str(value)
+        return " ".join(text.split()).replace("|", "\\|")  # one line, no column break
+
+    lines = ["| " + " | ".join(cell("", c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_sweep(rows: list[dict], curves: list[tuple[list[int], list[float]]], keys: list[str], path: Path) -> None:
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for rank, (row, (epochs, accs)) in enumerate(zip(rows, curves)):
+        label = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) + f" ({100 * row['best_val_acc']:.1f}%)"
+        ax.plot(epochs, [100 * a for a in accs], marker="o", linewidth=2.5 if rank == 0 else 1.2, label=label)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="sweep, best first")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
