@@ -16,6 +16,7 @@ not import torch.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -36,8 +37,6 @@ __all__ = list(_API) + ["__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        import importlib
-
         module, attr = _API[name]
         return getattr(importlib.import_module(f"cnnzoo.{module}"), attr)
     raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")

@@ -14,15 +14,22 @@ the functions that read or write tensors import it when called.
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import yaml
+from PIL import Image
+
+from .config import MAX_IMAGE_SIDE
 from .errors import UserError, short_reason
 from .files import reserve_space
-
 
 FORMAT = "cnnzoo-checkpoint"
 VERSION = 1
@@ -35,9 +42,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     A failure (a full disk included: ``OSError`` ENOSPC, see :func:`is_disk_full`) leaves
     ``path`` as it was and no temporary file behind.
     """
-    import io
 
-    import torch
+    import torch  # lazy: this module stays torch-free at import (files are checked before torch loads)
 
     path = Path(path)
     buffer = io.BytesIO()
@@ -84,9 +90,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     The file is identified from its bytes first (:func:`identify`): a TorchScript archive,
     or anything else that is not a plain torch checkpoint, is refused before torch reads it.
     """
-    import pickle
 
-    import torch
+    import torch  # lazy: this module stays torch-free at import (files are checked before torch loads)
 
     path = Path(path)
     if path.is_dir():
@@ -130,7 +135,6 @@ def identify(path: Path) -> str:
     """``"checkpoint"`` (a torch.save archive of plain data) or ``"torchscript"`` (an archive with
     code), told from the file's bytes and zip listing alone: nothing is unpickled or run.
     Anything else is a :class:`UserError` saying what the file is and what was expected."""
-    import zipfile
 
     try:
         with open(path, "rb") as f:
@@ -179,8 +183,6 @@ def _describe(path: Path, head: bytes) -> str:
 
 
 def _image_format(path: Path) -> str:
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             if img.format in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
@@ -214,8 +216,6 @@ def _text_kind(path: Path, head: bytes) -> str:
 
 
 def _is_config(path: Path) -> bool:
-    import yaml
-
     if path.stat().st_size > 2**20:
         return False
     try:
@@ -256,7 +256,6 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, prefix: str = 
     """What predicting needs (classes, channels, image size, normalisation), checked with the same
     types and caps wherever it comes from: a checkpoint's ``meta``, an ONNX model's metadata, a
     TorchScript archive's extra file. ``kind`` names the file in the error."""
-    from .config import MAX_IMAGE_SIDE
 
     def bad(field: str, expected: str) -> UserError:
         return UserError(f"{path}: damaged or foreign {kind}: {prefix}{field} {expected}")
@@ -281,7 +280,7 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, prefix: str = 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     """Names of the tensors in a state dict that hold NaN or infinite values."""
-    import torch
+    import torch  # lazy: this module stays torch-free at import (files are checked before torch loads)
 
     return [name for name, t in state.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
@@ -292,6 +291,4 @@ def _is_int(value: Any, low: int, high: int) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    import math
-
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -15,6 +15,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from tqdm import tqdm
+
 
 class Console:
     def __init__(self) -> None:
@@ -28,8 +30,6 @@ class Console:
 
     def log(self, message: str) -> None:
         if self.speaks:
-            from tqdm import tqdm
-
             tqdm.write(message, file=sys.stdout)
             sys.stdout.flush()
 
@@ -39,8 +39,6 @@ class Console:
 
     def bar(self, total: int, desc: str, unit: str = "batch"):
         """A tqdm bar that vanishes when done; disabled when quiet, off rank 0, or not on a terminal."""
-        from tqdm import tqdm
-
         return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
                     disable=True if not self.speaks else None, dynamic_ncols=True)
 

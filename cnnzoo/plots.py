@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing into files (no screen), with ``$`` read as text: every plot cnnzoo makes."""
+    # lazy: pyplot costs ~0.5 s to import; nothing that only predicts or reads configs needs it
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a screen
     # class names, run names and grid values are text: `cost_$1_$2` is not a formula (mathtext
     # would refuse to draw it), in every plot cnnzoo makes
     matplotlib.rcParams["text.parse_math"] = False
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above; after use("Agg")
 
     return plt
 
@@ -30,7 +32,7 @@ def plot_history(rows: list[dict], path: str | Path, best_epoch: Optional[int] =
     """history.png: :func:`history_figure`, written to ``path``."""
     fig = history_figure(rows, best_epoch)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
@@ -40,7 +42,7 @@ def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
     the first epoch with the highest validation accuracy is marked. A dashed line marks where
     stage 2 (the unfrozen backbone) starts.
     """
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
@@ -59,10 +61,8 @@ def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
         for ax in (ax_loss, ax_acc):
             ax.axvline(stage_two - 0.5, color="gray", linestyle="--", linewidth=1,
                        label=f"stage 2 (backbone unfrozen) from epoch {stage_two}")
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -74,7 +74,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     """Counts, and each true class's row as shares, true class down the side, predicted along the bottom."""
     fig = confusion_figure(matrix, classes, title)
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -100,7 +100,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     """The matplotlib figure of :func:`plot_confusion` (TensorBoard takes figures): counts on the
     left; on the right each row as shares of its true class, so a rare class's errors show as
     clearly as the largest class's."""
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.6 * len(classes) + 2)
     fig, (ax_counts, ax_shares) = plt.subplots(1, 2, figsize=(2 * (size + 1), size))
     peak = max((max(row) for row in matrix), default=0) or 1

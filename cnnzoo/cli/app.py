@@ -12,8 +12,9 @@ import sys
 
 import typer
 
+from .. import __version__
 from ..errors import UserError
-
+from ..runtime.versions import describe_failure
 
 app = typer.Typer(
     name="cnnzoo",
@@ -63,8 +64,6 @@ def _guard(action):
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
-
         typer.echo(f"cnnzoo {__version__}")
         raise typer.Exit()
 
@@ -102,7 +101,6 @@ def main() -> None:
             typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
                        f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
             sys.exit(2)
-        from ..runtime.versions import describe_failure
 
         if (mismatch := describe_failure(exc)) is not None:  # "operator torchvision::nms does not exist"
             typer.echo(f"cnnzoo: error: {mismatch}", err=True)

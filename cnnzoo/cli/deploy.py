@@ -36,6 +36,7 @@ def export(
     opens one only with predict/serve --trust-torchscript.
     """
     def action():
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..deploy.export import export as run_export
 
         result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs, force=force)
@@ -81,6 +82,7 @@ def serve(
     images get 413). On a public network put a reverse proxy in front (docs/security.md).
     """
     def action():
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..deploy.serve import serve as run_server
 
         run_server(model, host, port, workers, max_bytes, top_k, device, runs, trust_torchscript=trust_torchscript)

@@ -27,6 +27,7 @@ def explain(
     The page embeds its pictures and opens in any browser without a network.
     """
     def action():
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..explanation.page import explain as run_explain
 
         path, report = run_explain(checkpoint, image, out, target, png, runs)

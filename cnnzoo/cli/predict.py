@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from ..runs import default_checkpoint
 from .app import TRUST_TORCHSCRIPT_HELP, _guard, app
 
 
@@ -32,9 +33,9 @@ def predict(
     Without torch:  cnnzoo predict --model runs/latest/best.onnx photo.jpg
     """
     def action():
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..inference import load
         from ..inference.inputs import expand_inputs, records_to_csv
-        from ..runs import default_checkpoint
 
         if as_json and as_csv:
             raise UserError("choose one of --json and --csv")
@@ -81,7 +82,9 @@ def evaluate(
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     def action():
-        from ..evaluation.evaluate import evaluate as run_evaluation, format_report
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+        from ..evaluation.evaluate import evaluate as run_evaluation
+        from ..evaluation.evaluate import format_report
 
         if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
             raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")

@@ -8,6 +8,7 @@ from typing import List
 
 import typer
 
+from ..config import load_config
 from .app import CONFIG_HELP, SET_HELP, _guard, app
 
 
@@ -24,9 +25,8 @@ def summary(
     A pretrained backbone is one row; its frozen parameters are counted apart.
     """
     def action():
-        from ..config import load_config
-
         cfg = load_config(config, set_)  # config errors come back before torch is imported
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..model.summary import format_summary, summarize
 
         result = summarize(cfg, expand)

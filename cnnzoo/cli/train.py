@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
+from ..config import load_config
 from ..errors import UserError
 from .app import CONFIG_HELP, SET_HELP, _guard, _rank0, _state, app
-
 
 # The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
 UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
@@ -66,8 +66,6 @@ def train(
               (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
     """
     def action():
-        from ..config import load_config
-
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
         overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, name=name)
@@ -76,6 +74,7 @@ def train(
             source = load_config(config, overrides)
             overrides = []
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
             from ..runtime.distributed import launch
 
             argv = ["train", *(["--config", str(config)] if config else []),
@@ -88,7 +87,9 @@ def train(
             if code:
                 raise typer.Exit(code)
             return
-        from ..training.run import TrainingInterrupted, train as run_training
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+        from ..training.run import TrainingInterrupted
+        from ..training.run import train as run_training
 
         try:
             run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..config import load_config
 from .app import CONFIG_HELP, SET_HELP, _guard, app
 from .train import (BATCH_SIZE_OPTION, DATA_OPTION, DEVICE_OPTION, EPOCHS_OPTION, IMAGE_SIZE_OPTION, UNSET_OPTION,
                     _training_overrides)
@@ -40,11 +41,11 @@ def lr_find(
     Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
     """
     def action():
-        from ..config import load_config
-
         overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
         cfg = load_config(config, overrides)  # config errors come back before torch is imported
-        from ..training.tuning import apply_lr, lr_find as run_lr_find
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+        from ..training.tuning import apply_lr
+        from ..training.tuning import lr_find as run_lr_find
 
         result = run_lr_find(cfg, [], steps, start, end, out, runs_root=runs)
         typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
@@ -82,12 +83,12 @@ def sweep(
     At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
     def action():
-        from ..config import load_config
-
         overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
         load_config(config, overrides)  # config errors come back before torch is imported
+        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..training.run import TrainingInterrupted
-        from ..training.tuning import markdown_table, sweep as run_sweep
+        from ..training.tuning import markdown_table
+        from ..training.tuning import sweep as run_sweep
 
         try:
             result = run_sweep(config, grid, trials, overrides, runs, quiet, restart=restart)

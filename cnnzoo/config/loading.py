@@ -19,7 +19,6 @@ from ..errors import ConfigError
 from .checks import check_values
 from .schema import Config
 
-
 # Keys people write in the wrong place; the hint beats a bare "unknown key".
 _MOVED_KEYS = {
     "train.seed": "seed is a top-level key: write `seed: N` at the top of the file",

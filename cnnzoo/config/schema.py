@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from .checks import FRACTION, RUN_NAME, MAX_DDP_TIMEOUT, MAX_EPOCHS, MAX_RATE, bounded
+from .checks import FRACTION, MAX_DDP_TIMEOUT, MAX_EPOCHS, MAX_RATE, RUN_NAME, bounded
 
 
 @dataclass

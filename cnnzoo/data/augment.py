@@ -11,7 +11,8 @@ import torch
 from ..config import AugmentConfig
 from ..runtime.versions import check as check_torch_pair
 
-check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
+check_torch_pair()  # a mismatched torch/torchvision pair gets one line before torchvision is imported
+from torchvision.transforms import v2  # noqa: E402  (after the pair check)
 
 
 def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
@@ -19,8 +20,6 @@ def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callabl
 
     Every value was range-checked with the config (:class:`cnnzoo.config.Bounds`).
     """
-    from torchvision.transforms import v2
-
     steps: list[Any] = []
     if aug.random_resized_crop:
         steps.append(v2.RandomResizedCrop(list(size), scale=tuple(aug.random_resized_crop), antialias=True))

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,8 +26,8 @@ import torch
 from ..console import console, warn
 from ..errors import DataError
 from ..files import cache_home, is_disk_full, reserve_space
+from ..runtime import distributed
 from .sources import Samples
-
 
 CACHE_FORMAT = 2  # bump when preprocessing or the cache files change, so old caches are not reused
 
@@ -267,7 +268,6 @@ def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: 
 def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
                cache_dir: Optional[Path], workers: int) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
-    import time
 
     start = time.perf_counter()
     n = len(samples)
@@ -319,7 +319,6 @@ def _decode_into(pixels: torch.Tensor, samples: Samples, size: tuple[int, int], 
 def shared_cache_kind(setting: str, key: str) -> str:
     """A cache setting for this process: in a DDP run ``auto`` means a file on disk, which
     local rank 0 writes once and every process maps (the OS keeps one copy in memory)."""
-    from ..runtime import distributed
 
     if distributed.context().enabled and setting == "auto":
         console.log(f"{key}: auto -> disk, shared by the processes of this run")

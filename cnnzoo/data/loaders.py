@@ -19,6 +19,7 @@ import torch
 
 from ..config import Config
 from ..console import console, warn
+from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .cache import DecodedImages, decode_all, shared_cache_kind
 from .sources import DataSpec, Samples
@@ -160,7 +161,6 @@ def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> i
     """
     if setting != "auto":
         return int(setting)
-    from ..runtime import distributed
 
     cores = max(1, cpu_count() // distributed.local_world())  # the machine's processes share its cores
     if cached and not augmented:
@@ -200,7 +200,6 @@ def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
     In a DDP run the loaders shard every epoch between the processes, and the cache on
     disk is built by local rank 0 before the others read it.
     """
-    from ..runtime import distributed
 
     cached = cfg.data.cache != "none"
     kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"

@@ -14,6 +14,8 @@ from typing import BinaryIO, Sequence, Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from ..errors import ConfigError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,8 +139,6 @@ def resolve_normalization(normalize: object, channels: int) -> tuple[list[float]
     if len(std) == 1:
         std = std * channels
     if len(mean) != channels or len(std) != channels:
-        from ..errors import ConfigError
-
         raise ConfigError(f"data.normalize: mean and std need {channels} values (one per channel) "
                           f"or one value, got {len(mean)} and {len(std)}")
     return [float(m) for m in mean], [float(s) for s in std]

@@ -22,9 +22,9 @@ from ..config import Config
 from ..console import warn
 from ..errors import ConfigError, DataError
 from ..files import cache_home
+from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
-from . import preprocess
-
+from . import preprocess, shapes
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -262,9 +262,15 @@ def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
     return classes, train, val, None, skipped
 
 
-def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
-    from torchvision import datasets
+def _torchvision_datasets():
+    """``torchvision.datasets``, imported when a torchvision source is first asked for."""
+    from torchvision import datasets  # lazy: seconds to import; folders (and evaluate on them) never need it
 
+    return datasets
+
+
+def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
+    datasets = _torchvision_datasets()
     name = cfg.data.source
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
     root = Path(cfg.data.root) if cfg.data.root else cache_home() / "datasets"
@@ -286,7 +292,6 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
 
 def backbone_preprocessing(cfg: Config) -> Optional["backbones.Preprocessing"]:
     """What a ``backbone`` layer's weights expect, when the network has one."""
-    from ..model import backbones
 
     entry = backbones.backbone_entry(cfg.model.layers)
     return backbones.preprocessing(*entry) if entry is not None else None
@@ -329,12 +334,9 @@ def class_names(cfg: Config) -> list[str]:
     """The classes a config's data has, cheaply (no image is decoded)."""
     d = cfg.data
     if d.source == "shapes":
-        from . import shapes
-
         return list(shapes.CLASSES)
     if d.source in ("mnist", "fashion_mnist"):
-        from torchvision import datasets
-
+        datasets = _torchvision_datasets()
         return list((datasets.MNIST if d.source == "mnist" else datasets.FashionMNIST).classes)
     if d.source == "cifar10":
         return list(CIFAR10_CLASSES)
@@ -356,8 +358,6 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
     test = None
     if d.source in ("folder", "shapes"):
         if d.source == "shapes":
-            from . import shapes
-
             root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
             shapes.ensure_shapes(root, log)
         elif not d.root:

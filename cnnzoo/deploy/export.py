@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,9 +29,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, runs
 from .. import checkpoint as ckpt_io
-from .. import runs
 from ..errors import UserError
 from ..inference import is_onnx
 from ..inference.classifier import METADATA_KEY, Classifier, probabilities
@@ -86,7 +86,7 @@ def _not_finite(reference: Classifier, images: np.ndarray) -> str:
 
 def _write_onnx(model: Model, example: torch.Tensor, path: Path, opset: int) -> None:
     try:
-        import onnx
+        import onnx  # lazy: an optional extra (cnnzoo[onnx]); a missing one is a clear error
     except ImportError:
         raise UserError("--format onnx needs the onnx and onnxruntime packages; pip install 'cnnzoo[onnx]'") from None
     with warnings.catch_warnings():  # the exporter's notes on tracing and deprecations are not the user's
@@ -179,13 +179,12 @@ def is_export(path: Path, fmt: str) -> bool:
     metadata, a TorchScript archive's file listing)."""
     if fmt == "onnx":
         try:
-            import onnx
+            import onnx  # lazy: an optional extra, as in _write_onnx
 
             proto = onnx.load(str(path), load_external_data=False)
         except Exception:  # protobuf's decode errors, a folder, an unreadable file
             return False
         return any(entry.key == METADATA_KEY for entry in proto.metadata_props)
-    import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:

@@ -20,6 +20,8 @@ time, which keeps every core on one forward pass instead of splitting them.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
 import re
@@ -30,10 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 from PIL import Image
 
+from .. import __version__, runs
 from ..data import preprocess
 from ..errors import UserError
+from ..inference import load
 from ..inference.classifier import Classifier
 
 DEFAULT_MAX_BYTES = 10 * 2**20
@@ -53,9 +58,6 @@ def _give_back_memory() -> None:
     decoding thread's arena otherwise, and the process stays at its peak size for good."""
     global _malloc_trim
     if _malloc_trim is None:
-        import ctypes
-        import ctypes.util
-
         try:
             _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
         except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to call
@@ -154,8 +156,6 @@ class Service:
         return need
 
     def predict(self, names: list[str], arrays: list, top_k: int) -> list[dict[str, Any]]:
-        import numpy as np
-
         with self._forward:
             try:
                 return self.model.records(names, np.stack(arrays), top_k)
@@ -229,7 +229,7 @@ class _Form:
                 "on_part_end": self._part_end}
 
     def _headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
+        from python_multipart.multipart import parse_options_header  # lazy: the serve extra
 
         _, options = parse_options_header(self.disposition)
         if b"filename" in options:
@@ -258,6 +258,7 @@ class _Form:
 
 
 async def _multipart_files(request, service: Service) -> list[tuple[str, bytes]]:
+    # lazy: the serve extra (cnnzoo[serve]) loads only when serving; without it serve() says what to install
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -283,14 +284,13 @@ async def _multipart_files(request, service: Service) -> list[tuple[str, bytes]]
 
 def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5):
     """The Starlette application for ``model``."""
+    # lazy: the serve extra (cnnzoo[serve]) loads only when serving; without it serve() says what to install
     import anyio
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
-
-    from .. import __version__
 
     service = Service(model, max_bytes, top_k)
 
@@ -328,7 +328,6 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
 
 def app_from_env():
     """The application for uvicorn's worker processes (``--workers N``), from CNNZOO_SERVE_* variables."""
-    from ..inference import load
 
     model = load(os.environ["CNNZOO_SERVE_MODEL"], os.environ.get("CNNZOO_SERVE_DEVICE") or None,
                  trust_torchscript=os.environ.get("CNNZOO_SERVE_TRUST_TORCHSCRIPT") == "1")
@@ -352,12 +351,10 @@ def serve(model_path: Optional[str | Path], host: str = "127.0.0.1", port: int =
     """Serve until Ctrl-C. The model is loaded before the port opens, so a bad file is one error line.
     A TorchScript file is refused unopened unless ``trust_torchscript`` (its code runs when loaded)."""
     try:
-        import uvicorn
+        import uvicorn  # lazy: the serve extra, checked here first
     except ImportError:
         raise UserError("cnnzoo serve needs starlette, uvicorn and python-multipart; "
                         "pip install 'cnnzoo[serve]'") from None
-    from .. import runs
-    from ..inference import load
 
     path = Path(model_path) if model_path else runs.default_checkpoint(runs_root)
     model = load(path, device, trust_torchscript=trust_torchscript)

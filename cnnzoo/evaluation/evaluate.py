@@ -18,7 +18,11 @@ from ..config import load_config
 from ..console import console
 from ..data import loaders, sources
 from ..errors import DataError, UserError
+from ..inference.torch_models import Model
+from ..plots import plot_confusion
+from ..runtime.device import Feed
 from . import metrics
+from .metrics import predict_loader
 
 
 def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -> sources.Samples:
@@ -89,9 +93,6 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
              out: Optional[str | Path] = None, device: Optional[str] = None,
              runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
-    from ..inference.torch_models import Model
-    from ..runtime.device import Feed
-    from .metrics import predict_loader
 
     path = Path(checkpoint) if checkpoint else runs.default_checkpoint(runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
@@ -141,7 +142,6 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         "confusion_matrix": matrix,
     }
     out_dir = Path(out) if out else path.parent
-    from ..plots import plot_confusion
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

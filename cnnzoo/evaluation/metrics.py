@@ -12,15 +12,15 @@ from typing import Any, Sequence
 
 import torch
 
+from ..inference.classifier import probabilities as probability_rule
 from ..runtime.device import Feed
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """[B, K] logits -> [B, K] probabilities; [B, 1] (binary) -> [B, 2]: the rule of
     :func:`cnnzoo.inference.classifier.probabilities`, which every model format uses."""
-    from ..inference.classifier import probabilities as rule
 
-    return torch.from_numpy(rule(logits.detach().float().cpu().numpy()))
+    return torch.from_numpy(probability_rule(logits.detach().float().cpu().numpy()))
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,11 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from .. import checkpoint as ckpt_io
+from .. import runs
 from ..errors import UserError
+from ..inference import is_onnx
+from ..inference.torch_models import Model
 from ..model.layers import size_arithmetic
 from .report import LayerView, Picture, Report, build_report
 
@@ -107,10 +111,6 @@ def explain(checkpoint: Optional[str | Path], image: str | Path, out: Optional[s
             target: Optional[str] = None, png_dir: Optional[str | Path] = None,
             runs_root: str | Path = "runs") -> tuple[Path, Report]:
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
-    from .. import checkpoint as ckpt_io
-    from .. import runs
-    from ..inference import is_onnx
-    from ..inference.torch_models import Model
 
     source = Path(checkpoint) if checkpoint else runs.default_checkpoint(runs_root)
     if is_onnx(source):

@@ -7,14 +7,17 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import matplotlib
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from ..data.preprocess import normalize_array
 from ..errors import UserError
 from ..inference.classifier import probabilities
+from ..model.backbones import Backbone
 from ..model.layers import LayerInfo
-
 
 MAX_MAPS = 32  # feature maps shown per layer, most active first
 POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -39,7 +42,6 @@ class LayerView:
 def _png(rgb: np.ndarray, min_side: int = 64, scale: Optional[int] = None) -> bytes:
     """uint8 HxWx3 (or HxW) -> PNG bytes, enlarged with square pixels to at least ``min_side``
     (or by ``scale``)."""
-    from PIL import Image
 
     image = Image.fromarray(rgb)
     scale = scale or max(1, -(-min_side // max(1, min(image.size))))
@@ -53,7 +55,6 @@ def _png(rgb: np.ndarray, min_side: int = 64, scale: Optional[int] = None) -> by
 def _colour(values: np.ndarray, cmap: str = "viridis", low: Optional[float] = None,
             high: Optional[float] = None) -> np.ndarray:
     """Values -> uint8 RGB through a matplotlib colour map, scaled to [low, high] (default min, max)."""
-    import matplotlib
 
     low = float(values.min()) if low is None else low
     high = float(values.max()) if high is None else high
@@ -134,7 +135,6 @@ def run_layers(module: nn.Sequential, x: torch.Tensor, cam_index: Optional[int],
     The network runs once, layer by layer, with gradients on; the output of layer
     ``cam_index`` is cut from the graph before it so its gradient can be taken.
     """
-    from ..model.backbones import Backbone
 
     outputs: list[torch.Tensor] = []
     stage_outputs: dict[int, list[torch.Tensor]] = {}
@@ -194,7 +194,6 @@ def _input_pictures(pixels_hwc: np.ndarray, x: torch.Tensor, mean: list[float], 
 
 def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX_MAPS) -> Report:
     """Run ``model`` (a checkpoint :class:`cnnzoo.inference.torch_models.Model`) on ``image`` and collect every picture."""
-    from ..data.preprocess import normalize_array
 
     name = str(image)
     array, reason = model.try_preprocess(image)
@@ -236,8 +235,6 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
     filters = conv_filters(first_conv.weight, "filters") if first_conv is not None else []
     gradcam, full = None, None
     if cam is not None:
-        from PIL import Image
-
         peak = float(cam.max())
         small = (cam / peak).numpy() if peak > 0 else cam.numpy()
         full = np.asarray(Image.fromarray(small.astype(np.float32), mode="F").resize(

@@ -36,6 +36,6 @@ def load(path: str | Path | None = None, device: Optional[str] = None, runs_root
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: an ONNX model runs on the CPU here (onnxruntime)")
         return OnnxModel(path)
-    from .torch_models import load_torch
+    from .torch_models import load_torch  # lazy: the torch-free boundary: only a non-ONNX file imports torch
 
     return load_torch(path, device, runs_root, trust_torchscript=trust_torchscript)

@@ -22,7 +22,6 @@ from ..console import console
 from ..data import preprocess
 from ..errors import UserError, short_reason
 
-
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
 
 

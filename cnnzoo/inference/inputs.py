@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -48,9 +50,6 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, 
 
 
 def records_to_csv(records: Iterable[dict[str, Any]], top_k: int) -> str:
-    import csv
-    import io
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["image", "label", "probability"]

@@ -18,7 +18,7 @@ class OnnxModel(Classifier):
 
     def __init__(self, path: str | Path):
         try:
-            import onnxruntime
+            import onnxruntime  # lazy: an optional extra (cnnzoo[onnx]); a missing one is a clear error
         except ImportError:
             raise UserError(f"{path}: running an ONNX model needs onnxruntime; "
                             f"pip install 'cnnzoo[onnx]'") from None

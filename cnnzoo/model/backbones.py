@@ -27,16 +27,20 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from ..checkpoint import refused_global
 from ..config import backbone_entry, looks_like_path
 from ..errors import ConfigError, UserError, short_reason
+from ..files import cache_home
 from ..runtime.versions import check as check_torch_pair
 
 check_torch_pair()  # this module imports torchvision (timm too) when it runs: a mismatched pair gets one line first
@@ -68,17 +72,23 @@ class Preprocessing:
 
 def _timm():
     try:
-        import timm
+        import timm  # lazy: an optional extra (pip install 'cnnzoo[timm]'), needed by timm/ backbones only
     except ImportError:
         raise UserError("backbone timm/...: the timm package is not installed; "
                         "pip install 'cnnzoo[timm]' (or pip install timm)") from None
     return timm
 
 
-def _torchvision_names() -> list[str]:
-    import torchvision
+def _vision_models():
+    """``torchvision.models``, imported when a torchvision backbone is first asked for."""
+    import torchvision.models  # lazy: seconds to import; a plain CNN (and predict with one) never needs it
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return torchvision.models
+
+
+def _torchvision_names() -> list[str]:
+    models = _vision_models()
+    return sorted(models.list_models(module=models))
 
 
 def _family(name: str) -> Optional[str]:
@@ -103,10 +113,8 @@ def _torchvision_family(name: str) -> str:
 
 
 def _torchvision_body(name: str) -> tuple[nn.Module, list[list[str]]]:
-    import torchvision
-
     family = _torchvision_family(name)
-    full = torchvision.models.get_model(name, weights=None)
+    full = _vision_models().get_model(name, weights=None)
     if family == "resnet":
         stem = ["conv1", "bn1", "relu", "maxpool"]
         units = OrderedDict((n, getattr(full, n)) for n in stem + ["layer1", "layer2", "layer3", "layer4"])
@@ -153,14 +161,12 @@ def _unknown_timm(arch: str) -> str:
 
 def _timm_body(name: str) -> tuple[nn.Module, list[list[str]]]:
     timm = _timm()
-    from timm.models import group_modules
-
     arch = name[len(TIMM_PREFIX):]
     try:
         body = timm.create_model(arch, pretrained=False, num_classes=0)
     except RuntimeError:  # timm: "Unknown model (...)"
         raise ValueError(_unknown_timm(arch)) from None
-    groups = group_modules(body, body.group_matcher(coarse=True))
+    groups = timm.models.group_modules(body, body.group_matcher(coarse=True))
     owner = {n: g for g, names in groups.items() for n in names}
     stages = [_covering_units(names, owner, g) for g, names in sorted(groups.items())]
     return body, [s for s in stages if s]
@@ -294,20 +300,17 @@ def _load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, o
 
 def _read_state_file(path: Path, name: str, key: str = "weights") -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file, or a torch file read as plain data only."""
-    import pickle
-
-    from ..checkpoint import refused_global
 
     if not path.is_file():
         raise UserError(f"backbone {name}: weights file not found: {path}; give the file with "
                         f"--set {key}=PATH (a relative path in a config file is read from the file's folder)")
     try:
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError  # lazy: optional (timm brings it); without it no .safetensors is read
     except ImportError:
         SafetensorError = ()  # catches nothing: without the package no .safetensors file is read
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # lazy: optional, as above
 
             state = load_file(str(path))
         else:
@@ -331,9 +334,7 @@ def _read_state_file(path: Path, name: str, key: str = "weights") -> dict[str, t
 
 
 def _torchvision_weights(name: str, spec: Any):
-    from torchvision.models import get_model_weights
-
-    enum = get_model_weights(name)
+    enum = _vision_models().get_model_weights(name)
     label = str(spec).split(".")[-1]
     if label not in enum.__members__:
         choices = ", ".join(["DEFAULT", *[m for m in enum.__members__ if m != "DEFAULT"]])
@@ -343,8 +344,6 @@ def _torchvision_weights(name: str, spec: Any):
 
 
 def _torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Tensor], str]:
-    from urllib.parse import urlparse
-
     weights = _torchvision_weights(name, spec)
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     origin = f"{type(weights).__name__}.{weights.name}"
@@ -374,7 +373,7 @@ class TimmWeights:
         if (self.folder / self.file).is_file():
             return self.folder / self.file
         try:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache  # lazy: comes with timm, an optional extra
         except ImportError:
             return None
         for candidate in dict.fromkeys([self.file, "model.safetensors", "pytorch_model.bin"]):
@@ -386,13 +385,7 @@ class TimmWeights:
 
 def timm_weights(arch: str) -> TimmWeights:
     """timm's default pretrained weights for ``arch``: repository, file, URL, cnnzoo's folder for them."""
-    from urllib.parse import urlparse
-
-    from timm.models import get_pretrained_cfg
-
-    from ..files import cache_home
-
-    cfg = get_pretrained_cfg(arch)
+    cfg = _timm().models.get_pretrained_cfg(arch)
     if cfg is not None and cfg.hf_hub_id:
         repo, file = cfg.hf_hub_id.split("@")[0], cfg.hf_hub_filename or "model.safetensors"
         url = f"https://huggingface.co/{repo}/resolve/main/{file}"
@@ -450,10 +443,7 @@ def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name: missing; name the network, e.g. backbone: {{name: resnet18}}")
     if name.startswith(TIMM_PREFIX):
-        _timm()
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX):])
         if cfg is None:
             raise ConfigError(f"{where}.name: {_unknown_timm(name[len(TIMM_PREFIX):])}")
         return Preprocessing([float(v) for v in cfg.mean], [float(v) for v in cfg.std],
@@ -462,11 +452,9 @@ def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
         _torchvision_family(name)
     except ValueError as exc:
         raise ConfigError(f"{where}.name: {exc}") from None
-    from torchvision.models import get_model_weights
-
     weights = args.get("weights", "DEFAULT")
     try:  # a file of weights of unknown origin: the architecture's usual preprocessing
-        chosen = get_model_weights(name).DEFAULT if _is_path(weights) or weights is None \
+        chosen = _vision_models().get_model_weights(name).DEFAULT if _is_path(weights) or weights is None \
             else _torchvision_weights(name, weights)
     except UserError as exc:
         raise ConfigError(str(exc)) from None

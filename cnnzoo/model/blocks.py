@@ -32,6 +32,7 @@ def _shape(shape: Any) -> str:
 
 def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequential, tuple[int, ...], list]:
     """Trace and build an inner layer list; errors say which part of the block failed."""
+    # lazy: the documented cycle; layers imports this module, and a block traces its lists with layers' tracer
     from .layers import build_from_infos, trace_chain
 
     try:
@@ -44,7 +45,7 @@ def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequentia
 def _activation(name: Optional[str]) -> nn.Module:
     if name is None:
         return nn.Identity()
-    from .layers import resolve_layer_class
+    from .layers import resolve_layer_class  # lazy: the documented cycle (see _chain)
 
     _, cls, defaults = resolve_layer_class(str(name), (), f"activation {name}")
     return cls(**defaults)

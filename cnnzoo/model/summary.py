@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .blocks import BLOCKS
+import torch
+
 from ..config import Config
+from ..data.sources import class_names, resolve_input
 from ..errors import UserError
+from .blocks import BLOCKS
 from .layers import LayerInfo, trace_layers
 
 
 def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
     """Input [C, H, W] and class count: from ``model`` where set, else from ``data``."""
-    from ..data import sources as data
 
     if cfg.model.input and cfg.model.num_classes:
         return list(cfg.model.input), cfg.model.num_classes
-    channels, size = data.resolve_input(cfg)
+    channels, size = resolve_input(cfg)
     if cfg.model.num_classes:
         return [channels, *size], cfg.model.num_classes
     try:
-        num_classes = len(data.class_names(cfg))
+        num_classes = len(class_names(cfg))
     except UserError as exc:  # no data here: the class count is all a summary needs from it
         raise type(exc)(f"{exc}; a summary only needs the number of classes: "
                         f"--set model.num_classes=N") from None
@@ -48,7 +50,6 @@ def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
 
 def _block_layers(info: LayerInfo) -> list[dict[str, Any]]:
     """A block's inner layers, part by part (``layers``, ``shortcut``, ``path 0`` ...)."""
-    import torch
 
     with torch.device("meta"):
         block = info.cls(**info.kwargs)
@@ -59,7 +60,6 @@ def _block_layers(info: LayerInfo) -> list[dict[str, Any]]:
 
 def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
     """Each stage of a backbone: its modules, output shape and parameters (traced on the meta device)."""
-    import torch
 
     with torch.device("meta"):
         backbone = info.cls(**info.kwargs)

@@ -6,7 +6,9 @@ everywhere, and inference code does not import the training engine.
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -70,8 +72,6 @@ def measure_amp(model: torch.nn.Module, batch_shape: tuple[int, ...], num_output
     """Images/s of forward + backward in float32 and under ``candidate`` autocast, on a copy of
     ``model`` with a random batch: small networks can run faster in float32 even on tensor
     cores (measured on an H100: the clothing CNN at 64 px, batch 32, 7,034 vs 6,457 img/s)."""
-    import copy
-    import time
 
     probe = copy.deepcopy(model).train()
     x = torch.randn(batch_shape, device=device)

@@ -19,8 +19,11 @@ What the engine relies on:
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from ..console import console
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,6 @@ def setup(device: torch.device, timeout_s: float) -> tuple[Context, torch.device
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        from ..errors import ConfigError
-
         raise ConfigError(f"train.device: {device.type} cannot train with several processes; use cuda or cpu")
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
@@ -189,7 +191,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, s
         return model, ("train.sync_bn: torch synchronises BatchNorm on GPUs only; on CPU each process "
                        "keeps its own batch statistics")
     try:  # timm's converter also handles its BatchNorm+activation layers, which torch's would break
-        from timm.layers import convert_sync_batchnorm
+        from timm.layers import convert_sync_batchnorm  # lazy: timm is an optional extra
     except ImportError:
         convert_sync_batchnorm = nn.SyncBatchNorm.convert_sync_batchnorm
     return convert_sync_batchnorm(model), "BatchNorm synchronised across processes (train.sync_bn)"
@@ -218,10 +220,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     When a process fails after the job made its run folder, the message names that run's
     ``last.pt`` for resuming; a job that failed before has no run to resume.
     """
-    import logging
-    import sys
-    import tempfile
 
+    # lazy: torchrun's machinery, for the launching process only (torch builds without distributed lack it)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 

@@ -23,6 +23,7 @@ from ..config import TrainConfig
 from ..console import console
 from ..errors import ConfigError
 from ..files import is_disk_full
+from ..plots import confusion_figure, plot_history
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
                   "images_per_s", "data_wait", "stage", "trainable_params", "backbone_lr"]
@@ -127,8 +128,6 @@ class HistoryPlot:
             self._draw()
 
     def _draw(self) -> None:
-        from ..plots import plot_history
-
         if not self.metrics.rows:
             return
         self._drawn_at = time.monotonic()
@@ -166,15 +165,14 @@ class TensorBoard:
     epoch, in ``<run>/tensorboard``: ``tensorboard --logdir runs``."""
 
     def __init__(self, run_dir: Path, classes: list[str], first_epoch: int):
-        from torch.utils.tensorboard import SummaryWriter  # checked by require_tensorboard
+        # lazy: tensorboard is an optional extra, checked by require_tensorboard before training starts
+        from torch.utils.tensorboard import SummaryWriter
 
         self.classes = classes
         # a resumed run drops whatever an interrupted attempt logged after its checkpoint
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
 
     def epoch_end(self, end: EpochEnd) -> None:
-        from ..plots import confusion_figure
-
         row, step, w = end.row, end.epoch, self.writer
         # one event file per run (add_scalars would make a TensorBoard "run" of every curve)
         for name, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
@@ -201,7 +199,7 @@ def require_tensorboard(loggers: list[str]) -> None:
     if "tensorboard" not in loggers:
         return
     try:
-        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        import tensorboard  # noqa: F401  # lazy: an optional extra; torch.utils.tensorboard needs it
     except ImportError:
         raise ConfigError("train.loggers: tensorboard needs the tensorboard package; "
                           "pip install 'cnnzoo[tensorboard]' (or remove it from the list)") from None

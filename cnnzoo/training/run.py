@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from torch import nn
 
 from .. import checkpoint as ckpt_io
@@ -41,8 +42,6 @@ class TrainingInterrupted(Exception):
 
 
 def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
-    import yaml
-
     items: list[str] = []
     if isinstance(overrides, dict):
         extra = {**overrides, **extra}

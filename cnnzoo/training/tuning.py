@@ -27,11 +27,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import yaml
 
-from ..config import load_config
+from .. import runs
+from ..config import apply_override, load_config, parse_override, read_yaml, rebase_paths
 from ..console import console
 from ..errors import UserError
-
+from ..plots import pyplot
+from ..runtime.device import pick_device
+from .loop import Stepper
+from .recipe import seed_everything
+from .run import TrainingInterrupted, train
+from .setup import build_parts
 
 # ----------------------------------------------------------------------------- lr-find
 
@@ -98,10 +105,6 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
 
     The plot goes to :func:`plot_path`; :attr:`LRFind.plot` says where it went.
     """
-    from ..runtime.device import pick_device
-    from .loop import Stepper
-    from .recipe import seed_everything
-    from .setup import build_parts
 
     if not (0 < start < end) or steps < 10:
         raise UserError(f"lr-find: needs 0 < --start ({start:g}) < --end ({end:g}) and --steps >= 10 ({steps})")
@@ -151,9 +154,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
 
 
 def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Path, name: str) -> None:
-    from ..plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -173,9 +174,6 @@ def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] 
     """The config file with ``overrides`` (``--set`` and the shortcuts, as lr-find ran it) and
     ``train.lr`` set, written as ``<folder>/<stem>.lr.yaml``; the original is untouched, and
     nothing is written next to it (a shipped ``configs/`` folder stays as shipped)."""
-    import yaml
-
-    from ..config import apply_override, parse_override, read_yaml, rebase_paths
 
     source = Path(config_path)
     raw = read_yaml(source)
@@ -203,7 +201,6 @@ def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["train.lr=0.01,0.003", ...]`` -> {key: [values]}; each value read as YAML."""
-    import yaml
 
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -295,8 +292,6 @@ def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = Non
     ``restart`` forgets the saved state of an earlier, unfinished or damaged, identical sweep.
     At the end ``<runs>/latest`` points at the best run.
     """
-    from .. import runs
-    from .run import TrainingInterrupted, train
 
     grid = parse_grid(grid_items)
     base = list(overrides or [])
@@ -469,9 +464,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _plot_sweep(rows: list[dict], curves: list[tuple[list[int], list[float]]], keys: list[str], path: Path) -> None:
-    from ..plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for rank, (row, (epochs, accs)) in enumerate(zip(rows, curves)):
         label = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) + f" ({100 * row['best_val_acc']:.1f}%)"
