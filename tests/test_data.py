@@ -584,8 +584,9 @@ mount -t tmpfs -o size=64k tmpfs "$1" || exit 97
 "$2" - "$1" "$3" <<'EOF'
 import os, sys
 from pathlib import Path
-from cnnzoo import data as data_mod
 from cnnzoo.config import load_config
+from cnnzoo.data.cache import decode_all
+from cnnzoo.data.sources import load_data
 folder, root = Path(sys.argv[1]), sys.argv[2]
 spec = load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
 decoded = decode_all(spec.train, (64, 64), 3, "disk", folder, 0)
