@@ -19,6 +19,7 @@ import torch
 
 import cnnzoo
 from cnnzoo import inference
+from cnnzoo.inference.classifier import METADATA_KEY
 from cnnzoo.deploy.export import export
 from conftest import tiny_config, write_class_folders
 from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
@@ -301,7 +302,7 @@ def onnx_variant(source: Path, out: Path, *, metadata: str | None = None, input_
 
     proto = onnx.load(str(source))
     if metadata is not None:
-        next(e for e in proto.metadata_props if e.key == inference.METADATA_KEY).value = metadata
+        next(e for e in proto.metadata_props if e.key == METADATA_KEY).value = metadata
     for value, dims in ((proto.graph.input[0], input_dims), (proto.graph.output[0], output_dims)):
         if dims is not None:
             shape = value.type.tensor_type.shape
@@ -361,7 +362,7 @@ def test_torchscript_metadata_is_checked_like_a_checkpoint(trained, exported, tm
     with zipfile.ZipFile(source) as original, zipfile.ZipFile(hostile, "w") as copy:
         for entry in original.infolist():
             data = original.read(entry)
-            if entry.filename.endswith(f"/extra/{inference.METADATA_KEY}"):
+            if entry.filename.endswith(f"/extra/{METADATA_KEY}"):
                 meta = json.loads(data)
                 meta["image_size"] = [20000, 20000]
                 data = json.dumps(meta).encode()
