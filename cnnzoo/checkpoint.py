@@ -236,7 +236,7 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
     meta = ckpt.get("meta")
     if not isinstance(meta, dict):
         raise bad("meta", "is missing")
-    check_meta(meta, path, "checkpoint", "meta.")
+    check_meta(meta, path, "checkpoint", prefix="meta.")
     layers = ckpt.get("layers")
     if not (isinstance(layers, list) and layers and all(
             isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("kwargs"), dict)
@@ -252,7 +252,7 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
 MAX_CLASSES = 1_000_000
 
 
-def check_meta(meta: dict[str, Any], path: str | Path, kind: str, prefix: str = "") -> None:
+def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str = "") -> None:
     """What predicting needs (classes, channels, image size, normalisation), checked with the same
     types and caps wherever it comes from: a checkpoint's ``meta``, an ONNX model's metadata, a
     TorchScript archive's extra file. ``kind`` names the file in the error."""

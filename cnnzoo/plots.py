@@ -70,7 +70,7 @@ def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
-                   title: str = "confusion matrix") -> None:
+                   *, title: str = "confusion matrix") -> None:
     """Counts, and each true class's row as shares, true class down the side, predicted along the bottom."""
     fig = confusion_figure(matrix, classes, title)
     fig.savefig(path, dpi=100)
@@ -82,7 +82,7 @@ def row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
     return [[v / sum(row) if sum(row) else 0.0 for v in row] for row in matrix]
 
 
-def _matrix_panel(fig, ax, values: Sequence[Sequence[float]], classes: Sequence[str], title: str,
+def _matrix_panel(fig, ax, values: Sequence[Sequence[float]], *, classes: Sequence[str], title: str,
                   peak: float, text: Callable[[float], str]) -> None:
     n = len(classes)
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=peak)
@@ -104,9 +104,9 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     size = max(4.0, 0.6 * len(classes) + 2)
     fig, (ax_counts, ax_shares) = plt.subplots(1, 2, figsize=(2 * (size + 1), size))
     peak = max((max(row) for row in matrix), default=0) or 1
-    _matrix_panel(fig, ax_counts, matrix, classes, "counts", peak, lambda v: str(int(v)))
-    _matrix_panel(fig, ax_shares, row_shares(matrix), classes, "share of each true class (rows sum to 100%)",
-                  1.0, lambda v: f"{100 * v:.0f}%")
+    _matrix_panel(fig, ax_counts, matrix, classes=classes, title="counts", peak=peak, text=lambda v: str(int(v)))
+    _matrix_panel(fig, ax_shares, row_shares(matrix), classes=classes,
+                  title="share of each true class (rows sum to 100%)", peak=1.0, text=lambda v: f"{100 * v:.0f}%")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

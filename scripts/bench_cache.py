@@ -52,8 +52,8 @@ def main() -> None:
     split, shape = spec.train, (len(spec.train), spec.channels, args.size, args.size)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        built = decode_all(split, (args.size, args.size), spec.channels, "disk", Path(folder),
-                                    cpu_count())
+        built = decode_all(split, (args.size, args.size), spec.channels, kind="disk", cache_dir=Path(folder),
+                           workers=cpu_count())
         build = time.perf_counter() - start
         path = Path(built.location)
         del built

@@ -85,8 +85,8 @@ def phase_precision(args) -> dict:
     s = Setup(args)
     if s.cfg.train.amp != "auto" or s.dtype is None:
         return {"amp": s.cfg.train.amp if s.dtype is not None else "none", "images_per_s": 0.0}
-    rates = measure_amp(s.model, (s.cfg.train.batch_size, *s.cfg.model.input), s.infos[-1].output_shape[0],
-                        s.device, s.dtype, s.channels_last)
+    rates = measure_amp(s.model, (s.cfg.train.batch_size, *s.cfg.model.input), num_outputs=s.infos[-1].output_shape[0],
+                        device=s.device, candidate=s.dtype, channels_last=s.channels_last)
     chosen = choose_amp(rates, s.dtype)
     return {"amp": {None: "none", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(chosen) if chosen else None],
             "rates": rates, "images_per_s": 0.0}
@@ -98,7 +98,7 @@ def phase_cache(args) -> dict:
 
     s = Setup(args)
     spec = s.spec
-    decoded = decode_all(spec.train, spec.image_size, spec.channels, "ram", None, cpu_count())
+    decoded = decode_all(spec.train, spec.image_size, spec.channels, kind="ram", cache_dir=None, workers=cpu_count())
     n = len(spec.train)
     return {"images_per_s": n / decoded.seconds, "seconds": decoded.seconds,
             "cache_bytes": decoded.pixels.numel(),

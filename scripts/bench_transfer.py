@@ -60,10 +60,9 @@ def main() -> None:
     device = torch.device("cpu")
     channels_last = prefers_channels_last(device)
     model.to(memory_format=torch.channels_last)
-    feed = Feed(device, norm_tensors(spec.mean, spec.std, device), channels_last)
-    decoded = decode_all(spec.train, spec.image_size, spec.channels, "ram", None,
-                                  cpu_count())
-    images = ImageDataset(spec.train, spec.image_size, spec.channels, decoded)
+    feed = Feed(device=device, norm=norm_tensors(spec.mean, spec.std, device), channels_last=channels_last)
+    decoded = decode_all(spec.train, spec.image_size, spec.channels, kind="ram", cache_dir=None, workers=cpu_count())
+    images = ImageDataset(spec.train, spec.image_size, spec.channels, decoded=decoded)
     batch = cfg.train.batch_size
 
     def epoch_rate(net, loader) -> float:
@@ -73,20 +72,20 @@ def main() -> None:
         best = 0.0
         for attempt in range(2):
             loader.batch_sampler.set_epoch(attempt + 1)
-            stats = train_one_epoch(net, loader, criterion, stepper, feed, "bench")
+            stats = train_one_epoch(net, loader, criterion=criterion, stepper=stepper, feed=feed, desc="bench")
             best = max(best, stats["images_per_s"])
         return best
 
-    plan, reason = transfer.plan(model, cfg.data.augment, "ram", "ram")
+    plan, reason = transfer.plan(model, cfg.data.augment, setting="ram", pixel_cache="ram")
     if plan is None:
         sys.exit(f"the feature cache does not apply to this config: {reason}")
-    whole = epoch_rate(model, make_loader(images, batch, True, cfg.seed, 0))
+    whole = epoch_rate(model, make_loader(images, batch, shuffle=True, seed=cfg.seed, workers=0))
     start = time.perf_counter()
-    store = transfer.build(plan, images, "bench", feed, flips=plan.flips)
+    store = transfer.build(plan, images, "bench", feed=feed, flips=plan.flips)
     build_seconds = time.perf_counter() - start
     feature_rate = len(images) * len(plan.flips) / build_seconds
-    cached_set = transfer.FeatureDataset(store, images.labels, plan.flips, plan.flip_p)
-    cached = epoch_rate(plan.suffix(), make_loader(cached_set, batch, True, cfg.seed, 0))
+    cached_set = transfer.FeatureDataset(store, images.labels, plan.flips, flip_p=plan.flip_p)
+    cached = epoch_rate(plan.suffix(), make_loader(cached_set, batch, shuffle=True, seed=cfg.seed, workers=0))
 
     n_all = len(load_data(cfg, log=lambda *_: None).train)
     per_epoch_saved = n_all / whole - n_all / cached

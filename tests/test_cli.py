@@ -270,3 +270,14 @@ def test_summary_without_data_says_how_to_give_the_class_count(tmp_path):
     result = CliRunner().invoke(app, ["summary", "-c", str(config)])
     assert result.exit_code == 2 and "--set model.num_classes=N" in result.stderr
     assert CliRunner().invoke(app, ["summary", "-c", str(config), "--set", "model.num_classes=3"]).exit_code == 0
+
+
+def test_nproc_forwards_the_command_line_as_typed_without_nproc():
+    """``--nproc N`` starts each process with the user's own arguments, so an option added to
+    ``train`` later cannot be dropped on the way; only ``--nproc`` itself is taken out."""
+    from cnnzoo.cli.train import forwarded_argv
+
+    typed = ["--debug", "train", "-c", "a b.yaml", "--nproc", "2", "--set", "train.lr=0.1", "--epochs", "1",
+             "-n", "x", "--nproc=3", "--unset", "data.augment", "--runs", "r", "-q"]
+    assert forwarded_argv(typed) == ["--debug", "train", "-c", "a b.yaml", "--set", "train.lr=0.1", "--epochs", "1",
+                                     "-n", "x", "--unset", "data.augment", "--runs", "r", "-q"]

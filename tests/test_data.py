@@ -219,7 +219,7 @@ def test_every_format_goes_through_load_data_and_the_cache(tmp_path, capsys):
     assert spec.skipped_files == 0
     assert len(spec.train) == len(paths) + 3
     for channels in (1, 3):
-        decoded = decode_all(spec.train, (8, 8), channels, "ram", None, 0)
+        decoded = decode_all(spec.train, (8, 8), channels, kind="ram", cache_dir=None, workers=0)
         assert decoded.failed == []
         assert decoded.pixels.shape == (len(spec.train), channels, 8, 8)
     assert "warning" not in capsys.readouterr().err
@@ -253,7 +253,7 @@ def test_channels_setting_gives_grey_or_rgb(image_root):
         spec = load(image_root, channels=channels)
         assert spec.channels == (channels or 3)
         assert len(spec.mean) == len(spec.std) == mean_len
-        decoded = decode_all(spec.val, spec.image_size, spec.channels, "ram", None, 0)
+        decoded = decode_all(spec.val, spec.image_size, spec.channels, kind="ram", cache_dir=None, workers=0)
         assert decoded.pixels.shape == (8, spec.channels, 16, 16)
         assert decoded.pixels.dtype == torch.uint8
     red = Image.new("RGB", (4, 4), (255, 0, 0))
@@ -309,10 +309,10 @@ def test_corrupt_images_are_named_and_skipped_while_training_completes(image_roo
 def test_decode_all_reports_failures_by_index(image_root, capsys):
     garbage, truncated = _add_broken_images(image_root)
     spec = load(image_root)
-    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
+    decoded = decode_all(spec.train, (16, 16), 3, kind="ram", cache_dir=None, workers=0)
     failed = sorted(spec.train.paths[i] for i in decoded.failed)
     assert failed == sorted([str(garbage), str(truncated)])
-    dataset = ImageDataset(spec.train, (16, 16), 3, decoded)
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded=decoded)
     assert len(dataset) == 24
     err = capsys.readouterr().err
     assert err.count("skipped unreadable image") == 2
@@ -414,11 +414,11 @@ def _all_items(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_path):
     spec = load(image_root)
     size = (16, 16)
-    ram = decode_all(spec.train, size, 3, "ram", None, 0)
-    forked = decode_all(spec.train, size, 3, "ram", None, 2)  # worker processes
-    disk = decode_all(spec.train, size, 3, "disk", tmp_path / "cache", 0)
+    ram = decode_all(spec.train, size, 3, kind="ram", cache_dir=None, workers=0)
+    forked = decode_all(spec.train, size, 3, kind="ram", cache_dir=None, workers=2)  # worker processes
+    disk = decode_all(spec.train, size, 3, kind="disk", cache_dir=tmp_path / "cache", workers=0)
     assert disk.location.startswith(str(tmp_path / "cache"))
-    sets = [ImageDataset(spec.train, size, 3, d) for d in (ram, forked, disk, None)]
+    sets = [ImageDataset(spec.train, size, 3, decoded=d) for d in (ram, forked, disk, None)]
     reference_images, reference_labels = _all_items(sets[-1])  # uncached: decodes the files
     assert reference_images.dtype == torch.uint8 and reference_images.shape == (24, 3, 16, 16)
     for dataset in sets[:-1]:
@@ -432,12 +432,12 @@ def test_ram_disk_and_uncached_pipelines_give_identical_pixels(image_root, tmp_p
 
 def test_disk_cache_is_reused(image_root):
     spec = load(image_root)
-    first = decode_all(spec.train, (16, 16), 3, "disk", None, 0)
+    first = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=None, workers=0)
     path = Path(first.location)
     assert path.is_file() and path.parent == cache_home() / "cache"
     stamp = path.stat().st_mtime_ns
     time.sleep(0.05)
-    second = decode_all(spec.train, (16, 16), 3, "disk", None, 0)
+    second = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=None, workers=0)
     assert second.location == first.location
     assert path.stat().st_mtime_ns == stamp  # read, not rewritten
     assert torch.equal(first.pixels, second.pixels)
@@ -448,14 +448,14 @@ def test_disk_cache_is_rebuilt_when_an_image_changes(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     spec = load(image_root)
     index = 3
-    before = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    before = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)
     assert before.pixels[index].float().mean() < 200
 
     target = Path(spec.train.paths[index])
     Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
     later = target.stat().st_mtime + 10
     os.utime(target, (later, later))
-    after = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    after = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)
     assert after.location != before.location
     assert bool((after.pixels[index] == 255).all())
     others = [i for i in range(len(spec.train)) if i != index]
@@ -467,7 +467,7 @@ def test_disk_cache_key_includes_image_size_and_channels(image_root, tmp_path):
     cache_dir = tmp_path / "cache"
     made = {}
     for size, channels in (((16, 16), 3), ((12, 12), 3), ((16, 16), 1), ((12, 16), 1)):
-        decoded = decode_all(spec.val, size, channels, "disk", cache_dir, 0)
+        decoded = decode_all(spec.val, size, channels, kind="disk", cache_dir=cache_dir, workers=0)
         assert tuple(decoded.pixels.shape) == (8, channels, *size)
         made[(size, channels)] = decoded.location
     assert len(set(made.values())) == 4
@@ -538,29 +538,29 @@ def no_hang():
 def test_a_damaged_disk_cache_is_rebuilt_with_one_line_saying_why(image_root, tmp_path, capsys, how, no_hang):
     spec = load(image_root)
     cache_dir = tmp_path / "cache"
-    first = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    first = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)
     reference = first.pixels.clone()
     path = Path(first.location)
     del first
     capsys.readouterr()
     _damage_cache(path, how)
-    again = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)
+    again = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"warning: data.cache: rebuilding {path}: " + err[0].split(f"{path}: ", 1)[1]], err
     assert CACHE_DAMAGE[how] in err[0]
     assert again.seconds > 0 and torch.equal(again.pixels, reference)
-    reused = decode_all(spec.train, (16, 16), 3, "disk", cache_dir, 0)  # whole again: reused quietly
+    reused = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)  # whole again: reused quietly
     assert reused.seconds == 0 and torch.equal(reused.pixels, reference) and not capsys.readouterr().err
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
 
 
 def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_path, capsys):
     spec = load(image_root)
-    first = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    first = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
     path = Path(first.location)
     path.unlink()
     path.mkdir()
-    again = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    again = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
     assert again.location == "ram" and torch.equal(again.pixels, first.pixels)
     assert capsys.readouterr().err.strip() == (f"warning: data.cache: {path} is a folder, not a cache file; "
                                                f"keeping the cache in RAM instead")
@@ -569,13 +569,13 @@ def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_pa
 def test_the_cache_is_keyed_on_content_when_size_and_mtime_stay(tmp_path):
     root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5}, ext="bmp")  # uncompressed: a fixed size
     spec = load(root)
-    before = decode_all(spec.train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    before = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=tmp_path / "cache", workers=0)
     target = Path(spec.train.paths[0])
     stamp = target.stat()
     Image.new("RGB", (24, 24), (255, 255, 255)).save(target)
     os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert (target.stat().st_size, target.stat().st_mtime_ns) == (stamp.st_size, stamp.st_mtime_ns)
-    after = decode_all(load(root).train, (16, 16), 3, "disk", tmp_path / "cache", 0)
+    after = decode_all(load(root).train, (16, 16), 3, kind="disk", cache_dir=tmp_path / "cache", workers=0)
     assert after.location != before.location and bool((after.pixels[0] == 255).all())
 
 
@@ -589,7 +589,7 @@ from cnnzoo.data.cache import decode_all
 from cnnzoo.data.sources import load_data
 folder, root = Path(sys.argv[1]), sys.argv[2]
 spec = load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
-decoded = decode_all(spec.train, (64, 64), 3, "disk", folder, 0)
+decoded = decode_all(spec.train, (64, 64), 3, kind="disk", cache_dir=folder, workers=0)
 print("location=" + decoded.location)
 print("mean=%.3f" % decoded.pixels.float().mean().item())
 print("left=" + ",".join(sorted(os.listdir(folder))))
@@ -625,14 +625,14 @@ def test_cached_array_rebuilds_a_float_cache_with_nan_written_into_it(tmp_path, 
         out.copy_(values)
         return {"note": "made here"}
 
-    built = cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    built = cached_array(path, (4, 6), np.float32, key="data.feature_cache", fill=fill)
     assert not built.reused and built.record == {"note": "made here"}
     del built
     array = np.load(path, mmap_mode="r+")
     array[2, 3] = np.nan
     array.flush()
     del array
-    again = cached_array(path, (4, 6), np.float32, "data.feature_cache", fill)
+    again = cached_array(path, (4, 6), np.float32, key="data.feature_cache", fill=fill)
     assert torch.equal(again.tensor, values) and not again.reused
     assert capsys.readouterr().err.strip() == (f"warning: data.feature_cache: rebuilding {path}: its contents "
                                                f"changed since it was written (checksum)")
@@ -699,12 +699,12 @@ def test_bad_augmentation_fails_training_with_config_error(image_root, tmp_path)
 
 def test_augmentation_is_seeded_per_batch(image_root):
     spec = load(image_root)
-    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
+    decoded = decode_all(spec.train, (16, 16), 3, kind="ram", cache_dir=None, workers=0)
     options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
                "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
     augment = build_augment(augment_config(options), (16, 16))
-    dataset = ImageDataset(spec.train, (16, 16), 3, decoded, augment)
-    plain = ImageDataset(spec.train, (16, 16), 3, decoded)
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded=decoded, augment=augment)
+    plain = ImageDataset(spec.train, (16, 16), 3, decoded=decoded)
     batch = list(range(8))
 
     rng_before = torch.get_rng_state()
@@ -728,7 +728,7 @@ def test_augmentation_is_seeded_per_batch(image_root):
                                            (17, 8), (33, 16), (7, 2)])
 def test_epoch_batches_len_matches_iteration(n, batch_size, shuffle, balanced):
     labels = torch.tensor([i % 3 for i in range(n)])
-    sampler = EpochBatches(labels, batch_size, shuffle, seed=3, balanced=balanced)
+    sampler = EpochBatches(labels, batch_size, shuffle=shuffle, seed=3, balanced=balanced)
     for epoch in (1, 2):
         sampler.set_epoch(epoch)
         batches = list(sampler)
@@ -746,7 +746,7 @@ def test_epoch_batches_len_matches_iteration(n, batch_size, shuffle, balanced):
 
 def test_epoch_batches_batch_size_one():
     labels = torch.tensor([0, 1, 0, 1, 0])
-    sampler = EpochBatches(labels, 1, True, seed=0)
+    sampler = EpochBatches(labels, 1, shuffle=True, seed=0)
     batches = list(sampler)
     assert len(sampler) == 5
     assert len(batches) == len(sampler)
@@ -756,7 +756,7 @@ def test_epoch_batches_order_depends_only_on_seed_and_epoch():
     labels = torch.tensor([i % 4 for i in range(30)])
 
     def batches(seed, epoch, warm_up_epochs=()):
-        sampler = EpochBatches(labels, 4, True, seed)
+        sampler = EpochBatches(labels, 4, shuffle=True, seed=seed)
         for e in warm_up_epochs:  # iterating other epochs first must not matter
             sampler.set_epoch(e)
             list(sampler)
@@ -774,8 +774,8 @@ def test_epoch_batches_order_depends_only_on_seed_and_epoch():
 
 def test_balanced_sampler_draws_rare_class_as_often():
     labels = torch.tensor([0] * 90 + [1] * 10)
-    balanced = EpochBatches(labels, 10, True, seed=0, balanced=True)
-    plain = EpochBatches(labels, 10, True, seed=0, balanced=False)
+    balanced = EpochBatches(labels, 10, shuffle=True, seed=0, balanced=True)
+    plain = EpochBatches(labels, 10, shuffle=True, seed=0, balanced=False)
     drawn_balanced, drawn_plain = [], []
     for epoch in range(1, 11):
         for sampler, out in ((balanced, drawn_balanced), (plain, drawn_plain)):
@@ -866,10 +866,10 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
     assert spec.mean == [0.5] and spec.std == [0.5]
     assert (len(spec.train), len(spec.val)) == (40, 10)
     assert spec.train.labels == written["train_labels"].tolist()
-    decoded = decode_all(spec.train, spec.image_size, 1, "ram", None, 0)
+    decoded = decode_all(spec.train, spec.image_size, 1, kind="ram", cache_dir=None, workers=0)
     assert decoded.failed == []
     assert torch.equal(decoded.pixels[:, 0], torch.from_numpy(written["train_images"]))
-    resized = decode_all(spec.val, (14, 14), 3, "ram", None, 0)
+    resized = decode_all(spec.val, (14, 14), 3, kind="ram", cache_dir=None, workers=0)
     assert resized.pixels.shape == (10, 3, 14, 14)
 
 

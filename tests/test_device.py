@@ -22,7 +22,8 @@ def small_model() -> torch.nn.Module:
 def test_the_probe_measures_both_precisions_and_leaves_the_model_alone():
     model = small_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rates = measure_amp(model, (8, 3, 16, 16), 4, torch.device("cpu"), torch.bfloat16, channels_last=True, steps=2)
+    rates = measure_amp(model, (8, 3, 16, 16), num_outputs=4, device=torch.device("cpu"), candidate=torch.bfloat16,
+                        channels_last=True, steps=2)
     assert set(rates) == {"float32", "bfloat16"}
     assert all(rate > 0 for rate in rates.values())
     after = model.state_dict()  # BatchNorm statistics and weights: the probe trained a copy

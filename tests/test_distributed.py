@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 @pytest.mark.parametrize("n, world, batch", [(23, 2, 4), (10, 3, 2), (2, 3, 4), (64, 4, 8)])
 def test_training_shards_take_equal_steps_and_cover_every_image(n, world, batch):
     labels = torch.arange(n) % 3
-    shards = [EpochBatches(labels, batch, True, seed=5, shard=(rank, world)) for rank in range(world)]
+    shards = [EpochBatches(labels, batch, shuffle=True, seed=5, shard=(rank, world)) for rank in range(world)]
     for s in shards:
         s.set_epoch(7)
     batches = [list(s) for s in shards]
@@ -45,7 +45,7 @@ def test_training_shards_take_equal_steps_and_cover_every_image(n, world, batch)
     assert [len(s) for s in shards] == [len(b) for b in batches]
     taken = [i for b in batches for chunk in b for i, _ in chunk]
     assert set(taken) == set(range(n))
-    single = EpochBatches(labels, batch, True, seed=5)
+    single = EpochBatches(labels, batch, shuffle=True, seed=5)
     single.set_epoch(7)
     order = [i for chunk in single for i, _ in chunk]
     # every rank reads every world-th image of the single process's order
@@ -56,7 +56,7 @@ def test_validation_shards_count_every_image_once():
     labels = torch.arange(11) % 2
     seen = []
     for rank in range(3):
-        sampler = EpochBatches(labels, 2, False, seed=0, shard=(rank, 3))
+        sampler = EpochBatches(labels, 2, shuffle=False, seed=0, shard=(rank, 3))
         chunks = list(sampler)
         assert len(chunks) == len(sampler)
         seen += [i for chunk in chunks for i, _ in chunk]
@@ -67,7 +67,7 @@ def test_shard_order_depends_on_seed_and_epoch_only():
     labels = torch.arange(40) % 4
 
     def order(seed, epoch, rank):
-        s = EpochBatches(labels, 8, True, seed=seed, shard=(rank, 2))
+        s = EpochBatches(labels, 8, shuffle=True, seed=seed, shard=(rank, 2))
         s.set_epoch(epoch)
         return [i for chunk in s for i, _ in chunk]
 

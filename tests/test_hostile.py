@@ -503,7 +503,7 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     broken = broken_files(root / "a", rng, 40)
     cfg = load_config(tiny_config(root))
     spec = load_data(cfg, log=lambda *_: None)
-    decoded = [decode_all(split, (16, 16), 3, "ram", None, 0) for split in (spec.train, spec.val)]
+    decoded = [decode_all(split, (16, 16), 3, kind="ram", cache_dir=None, workers=0) for split in (spec.train, spec.val)]
     scanned = len(spec.train) + len(spec.val)
     unreadable = sum(len(d.failed) for d in decoded)
     readable = 10 + 2 + sum("png-as-jpg" in p.name for p in broken)  # good class images, good.png, source.jpg
@@ -780,7 +780,7 @@ def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, ca
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
     rng = random.Random(23)
     spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
-    first = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+    first = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
     reference, npy = first.pixels.clone(), Path(first.location)
     del first
     files = {npy: npy.read_bytes(), npy.with_suffix(".json"): npy.with_suffix(".json").read_bytes()}
@@ -800,7 +800,7 @@ def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, ca
             target = rng.choice(list(files))
             kind = _mutate_file(target, files[target], rng)
             signal.alarm(30)
-            decoded = decode_all(spec.val, (16, 16), 3, "disk", tmp_path, 0)
+            decoded = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
             signal.alarm(0)
             err = capsys.readouterr().err.strip().splitlines()
             assert torch.equal(decoded.pixels, reference), (case, target.name, kind)

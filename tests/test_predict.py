@@ -159,7 +159,7 @@ def test_numpy_normalize_matches_the_torch_training_path():
         assert ours.dtype == np.float32 and ours.shape == (4, channels, 10, 12)
         device = torch.device("cpu")
         theirs = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2), *norm_tensors(mean, std, device),
-                                device)
+                                device=device)
         torch.testing.assert_close(torch.from_numpy(ours), theirs, atol=1e-6, rtol=1e-6)
         # and both are (x / 255 - mean) / std, channel by channel
         c = channels - 1

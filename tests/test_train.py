@@ -300,9 +300,9 @@ def one_batch_loader(small_root):
     """12 cached training images, one batch per epoch, through the real dataset and sampler."""
     spec = load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}),
                               log=lambda *_: None)
-    decoded = decode_all(spec.train, (16, 16), 3, "ram", None, 0)
-    dataset = ImageDataset(spec.train, (16, 16), 3, decoded)
-    return make_loader(dataset, 12, True, 0, 0), spec
+    decoded = decode_all(spec.train, (16, 16), 3, kind="ram", cache_dir=None, workers=0)
+    dataset = ImageDataset(spec.train, (16, 16), 3, decoded=decoded)
+    return make_loader(dataset, 12, shuffle=True, seed=0, workers=0), spec
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -327,8 +327,8 @@ def test_every_optimizer_scheduler_and_loss_trains(one_batch_loader, tmp_path, o
         before = [p.detach().clone() for p in model.parameters()]
         for epoch in range(1, t.epochs + 1):
             loader.batch_sampler.set_epoch(epoch)
-            stats = train_one_epoch(model, loader, criterion, Stepper(model, opt, schedule),
-                                    Feed(torch.device("cpu"), norm), "test")
+            stats = train_one_epoch(model, loader, criterion=criterion, stepper=Stepper(model, opt, schedule),
+                                    feed=Feed(device=torch.device("cpu"), norm=norm), desc="test")
             assert math.isfinite(stats["train_loss"]) and stats["train_loss"] > 0, (loss, epoch)
             schedule.step_epoch(stats["train_loss"])
         assert schedule.step_count == t.epochs * len(loader)

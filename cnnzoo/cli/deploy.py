@@ -39,7 +39,7 @@ def export(
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..deploy.export import export as run_export
 
-        result = run_export(checkpoint_arg, fmt, out, opset, tolerance, runs, force=force)
+        result = run_export(checkpoint_arg, fmt, out=out, opset=opset, tolerance=tolerance, runs_root=runs, force=force)
         size = result.path.stat().st_size
         verdict = "ok" if result.ok else "FAILED"
         typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
@@ -85,6 +85,7 @@ def serve(
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..deploy.serve import serve as run_server
 
-        run_server(model, host, port, workers, max_bytes, top_k, device, runs, trust_torchscript=trust_torchscript)
+        run_server(model, host=host, port=port, workers=workers, max_bytes=max_bytes, top_k=top_k, device=device,
+                   runs_root=runs, trust_torchscript=trust_torchscript)
 
     _guard(action)

@@ -30,7 +30,7 @@ def explain(
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..explanation.page import explain as run_explain
 
-        path, report = run_explain(checkpoint, image, out, target, png, runs)
+        path, report = run_explain(checkpoint, image, out=out, target=target, png_dir=png, runs_root=runs)
         chosen = report.classes[report.target]
         typer.echo(f"{image}: {report.classes[int(report.probabilities.argmax())]} "
                    f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}")

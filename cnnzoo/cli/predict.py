@@ -88,8 +88,8 @@ def evaluate(
 
         if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
             raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
-        report = run_evaluation(checkpoint or checkpoint_arg, data, split, top_k, batch_size, out, device, runs,
-                                progress=not as_json)
+        report = run_evaluation(checkpoint or checkpoint_arg, data, split=split, top_k=top_k, batch_size=batch_size,
+                                out=out, device=device, runs_root=runs, progress=not as_json)
         if as_json:
             typer.echo(json.dumps(report))
         else:

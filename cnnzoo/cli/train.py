@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,12 +13,10 @@ import typer
 
 from ..config import load_config
 from ..errors import UserError
-from .app import CONFIG_HELP, SET_HELP, _guard, _rank0, _state, app
+from .app import CONFIG_HELP, SET_HELP, _guard, _rank0, app
 
 # The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
 UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
-
-
 DATA_OPTION = typer.Option(None, "--data", help="Image folder (sets data.root).")
 EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Sets train.epochs.")
 BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size.")
@@ -24,17 +24,40 @@ IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, help="Sets data.im
 DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (sets train.device).")
 
 
-def _training_overrides(set_: list[str], unset: list[str], data: Optional[str], epochs: Optional[int],
-                        batch_size: Optional[int], image_size: Optional[int],
-                        device: Optional[str] = None, *, name: Optional[str] = None) -> list[str]:
-    """``--set`` items, then the shortcuts as ``key=value``, then ``--unset`` items as ``key!``
-    (what :func:`cnnzoo.config.apply_override` removes)."""
-    shortcuts = {"data.root": json.dumps(data) if data else None, "name": json.dumps(name) if name else None,
-                 "train.epochs": epochs,
-                 "train.batch_size": batch_size, "data.image_size": image_size,
-                 "train.device": json.dumps(device) if device else None}
-    overrides = list(set_) + [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    return overrides + [f"{key}!" for key in unset]
+@dataclass(kw_only=True)
+class Shortcuts:
+    """What the shortcut options of a training command (train, lr-find, sweep) were given."""
+
+    data: Optional[str] = None
+    name: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    image_size: Optional[int] = None
+    device: Optional[str] = None
+
+    def overrides(self, set_: list[str], unset: list[str]) -> list[str]:
+        """``--set`` items, then the shortcuts as ``key=value``, then ``--unset`` items as ``key!``
+        (what :func:`cnnzoo.config.apply_override` removes)."""
+        values = {"data.root": json.dumps(self.data) if self.data else None,
+                  "name": json.dumps(self.name) if self.name else None,
+                  "train.epochs": self.epochs, "train.batch_size": self.batch_size, "data.image_size": self.image_size,
+                  "train.device": json.dumps(self.device) if self.device else None}
+        return ([*set_, *(f"{key}={value}" for key, value in values.items() if value is not None)]
+                + [f"{key}!" for key in unset])
+
+
+def forwarded_argv(argv: list[str]) -> list[str]:
+    """The command line as the user typed it (``sys.argv[1:]``) without ``--nproc N``: what each
+    process of a ``--nproc`` run is started with, so every option reaches the processes as given."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        if not skip:
+            kept.append(arg)
+    return kept
 
 
 @app.command()
@@ -68,8 +91,9 @@ def train(
     def action():
         if config is None and resume is None:
             raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, name=name)
-        passed, source = list(overrides), config
+        overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size,
+                              image_size=image_size).overrides(set_, unset)
+        source = config
         if resume is None:  # config errors come back before torch is imported
             source = load_config(config, overrides)
             overrides = []
@@ -77,13 +101,7 @@ def train(
             # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
             from ..runtime.distributed import launch
 
-            argv = ["train", *(["--config", str(config)] if config else []),
-                    *(["--resume", str(resume)] if resume else []),
-                    *(f"--set={item}" for item in passed if not item.endswith("!")),
-                    *(f"--unset={item[:-1]}" for item in passed if item.endswith("!")),
-                    *(["--device", device] if device else []), "--runs", str(runs),
-                    *(["--quiet"] if quiet else []), *(["--debug"] if _state["debug"] else [])]
-            code = launch(nproc, argv)
+            code = launch(nproc, forwarded_argv(sys.argv[1:]))
             if code:
                 raise typer.Exit(code)
             return

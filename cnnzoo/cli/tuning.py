@@ -10,7 +10,7 @@ import typer
 from ..config import load_config
 from .app import CONFIG_HELP, SET_HELP, _guard, app
 from .train import (BATCH_SIZE_OPTION, DATA_OPTION, DEVICE_OPTION, EPOCHS_OPTION, IMAGE_SIZE_OPTION, UNSET_OPTION,
-                    _training_overrides)
+                    Shortcuts)
 
 
 @app.command("lr-find")
@@ -41,17 +41,18 @@ def lr_find(
     Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
     """
     def action():
-        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                              device=device).overrides(set_, unset)
         cfg = load_config(config, overrides)  # config errors come back before torch is imported
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..training.tuning import apply_lr
         from ..training.tuning import lr_find as run_lr_find
 
-        result = run_lr_find(cfg, [], steps, start, end, out, runs_root=runs)
+        result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
         typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
                    f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
         if apply:
-            written = apply_lr(config, result.suggestion, overrides, result.plot.parent)
+            written = apply_lr(config, result.suggestion, overrides=overrides, folder=result.plot.parent)
             typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
 
     _guard(action)
@@ -83,7 +84,8 @@ def sweep(
     At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
     def action():
-        overrides = _training_overrides(set_, unset, data, epochs, batch_size, image_size, device)
+        overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                              device=device).overrides(set_, unset)
         load_config(config, overrides)  # config errors come back before torch is imported
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
         from ..training.run import TrainingInterrupted
@@ -91,7 +93,8 @@ def sweep(
         from ..training.tuning import sweep as run_sweep
 
         try:
-            result = run_sweep(config, grid, trials, overrides, runs, quiet, restart=restart)
+            result = run_sweep(config, grid, trials=trials, overrides=overrides, runs_root=runs, quiet=quiet,
+                               restart=restart)
         except TrainingInterrupted as exc:
             typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
                        err=True)

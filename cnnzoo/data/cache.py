@@ -32,7 +32,7 @@ from .sources import Samples
 CACHE_FORMAT = 2  # bump when preprocessing or the cache files change, so old caches are not reused
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DecodedImages:
     """A split's pixels, decoded once: uint8 ``[N, C, H, W]`` and the images that failed."""
 
@@ -95,7 +95,7 @@ class NpyWriter:
     array fits in memory (a warning names ``key``, the setting that asked for the file).
     """
 
-    def __init__(self, path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: str):
+    def __init__(self, path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, key: str):
         self.path, self.tmp, self._mapped = path, None, None
         if path is not None:
             try:
@@ -219,7 +219,7 @@ def open_cached(path: Path, shape: tuple[int, ...], dtype: Any) -> tuple[torch.T
     return torch.from_numpy(array), sidecar["record"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CachedArray:
     """What :func:`cached_array` hands back: the array, where it lives, the record kept with it."""
 
@@ -229,8 +229,8 @@ class CachedArray:
     reused: bool
 
 
-def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: str,
-                 fill: Callable[[torch.Tensor], dict[str, Any]], *,
+def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, key: str,
+                 fill: Callable[[torch.Tensor], dict[str, Any]],
                  record_problem: Callable[[dict[str, Any]], str] = lambda record: "") -> CachedArray:
     """The one way a cache is reused or built (the decoded pixels, the frozen features).
 
@@ -245,18 +245,18 @@ def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: 
             problem = record_problem(record)
             if problem:
                 raise StaleCache(f"its record (.json) {problem}")
-            return CachedArray(tensor, str(path), record, True)
+            return CachedArray(tensor=tensor, location=str(path), record=record, reused=True)
         except StaleCache as stale:
             if os.path.isdir(path):
                 warn(f"{key}: {path} is a folder, not a cache file; keeping the cache in RAM instead")
                 path = None
             elif os.path.lexists(path):
                 warn(f"{key}: rebuilding {path}: {stale}")
-    writer = NpyWriter(path, shape, dtype, key)
+    writer = NpyWriter(path, shape, dtype, key=key)
     location = str(writer.path or "ram")
     try:
         record = fill(writer.tensor)
-        return CachedArray(writer.finish(record), location, record, False)
+        return CachedArray(tensor=writer.finish(record), location=location, record=record, reused=False)
     except BaseException as exc:  # Ctrl-C or a failure: no half-written cache file stays behind
         writer.discard()
         if isinstance(exc, OSError) and is_disk_full(exc):
@@ -265,7 +265,7 @@ def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, key: 
         raise
 
 
-def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str,
+def decode_all(samples: Samples, size: tuple[int, int], channels: int, *, kind: str,
                cache_dir: Optional[Path], workers: int) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
 
@@ -283,15 +283,15 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, kind: str
         ok = isinstance(failed, list) and all(type(i) is int and 0 <= i < n for i in failed)
         return "" if ok else "lists unreadable images that this split does not have"
 
-    cached = cached_array(path, shape, np.uint8, "data.cache",
-                          lambda pixels: {"failed": _decode_into(pixels, samples, size, channels, workers)},
+    cached = cached_array(path, shape, np.uint8, key="data.cache",
+                          fill=lambda pixels: {"failed": _decode_into(pixels, samples, size, channels, workers)},
                           record_problem=failed_problem)
     failed = cached.record["failed"]
     if cached.reused:
         for i in failed:
             warn(f"skipped unreadable image {samples.describe(i)} (found when the cache was built)")
-    return DecodedImages(cached.tensor, failed, cached.location, 0.0 if cached.reused else
-                         time.perf_counter() - start)
+    return DecodedImages(pixels=cached.tensor, failed=failed, location=cached.location,
+                         seconds=0.0 if cached.reused else time.perf_counter() - start)
 
 
 def _decode_into(pixels: torch.Tensor, samples: Samples, size: tuple[int, int], channels: int,

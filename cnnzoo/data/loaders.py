@@ -33,7 +33,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: Samples, size: tuple[int, int], channels: int,
-                 decoded: Optional[DecodedImages] = None,
+                 *, decoded: Optional[DecodedImages] = None,
                  augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.samples, self.size, self.channels = samples, size, channels
         self.pixels = decoded.pixels if decoded is not None else None
@@ -93,7 +93,7 @@ class EpochBatches(torch.utils.data.Sampler):
     not, so that every image counts once.
     """
 
-    def __init__(self, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+    def __init__(self, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int,
                  balanced: bool = False, shard: tuple[int, int] = (0, 1)):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
@@ -150,7 +150,7 @@ def _passthrough(batch: Any) -> Any:
     return batch
 
 
-def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> int:
+def choose_workers(setting: Any, *, cached: bool, augmented: bool, cuda: bool) -> int:
     """Loader processes for ``data.workers: auto``.
 
     * cached, no augmentation: none, a slice of a tensor costs less than handing it over;
@@ -172,11 +172,11 @@ def choose_workers(setting: Any, cached: bool, augmented: bool, cuda: bool) -> i
     return max(1, min(4, cores - 1)) if cores > 1 else 0
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int, workers: int,
+def make_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
                 balanced: bool = False, pin_memory: bool = False,
                 shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
     """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
-    sampler = EpochBatches(dataset.labels, batch_size, shuffle, seed, balanced, shard)
+    sampler = EpochBatches(dataset.labels, batch_size, shuffle=shuffle, seed=seed, balanced=balanced, shard=shard)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=_passthrough, num_workers=workers,
         pin_memory=pin_memory, persistent_workers=workers > 0,
@@ -184,7 +184,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int
         multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Loaders:
     """Both splits as datasets (decoded once unless ``data.cache: none``) and loaders over them."""
 
@@ -194,7 +194,7 @@ class Loaders:
     val: torch.utils.data.DataLoader
 
 
-def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
+def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loaders:
     """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
 
     In a DDP run the loaders shard every epoch between the processes, and the cache on
@@ -208,20 +208,21 @@ def build_loaders(cfg: Config, spec: DataSpec, augment, cuda: bool) -> Loaders:
         decoded = None
         if cached:
             with distributed.main_first(shared=kind != "ram"):
-                decoded = decode_all(split, spec.image_size, spec.channels, kind,
-                                     Path(cfg.data.cache_dir) if cfg.data.cache_dir else None, cpu_count())
+                decoded = decode_all(split, spec.image_size, spec.channels, kind=kind,
+                                     cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                                     workers=cpu_count())
             console.log(f"cache {split.name}: {decoded.describe()}")
-        datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded,
-                                     augment if split is spec.train else None))
+        datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded=decoded,
+                                     augment=augment if split is spec.train else None))
     train_set, val_set = datasets
-    workers = choose_workers(cfg.data.workers, cached, augment is not None, cuda)
+    workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
-    train_loader = make_loader(train_set, cfg.train.batch_size, True, cfg.seed, workers,
-                               cfg.data.sampler == "balanced", cuda, shard)
-    val_loader = make_loader(val_set, cfg.train.batch_size * 2, False, cfg.seed, 0 if cached else workers,
-                             False, cuda, shard)
+    train_loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
+                               balanced=cfg.data.sampler == "balanced", pin_memory=cuda, shard=shard)
+    val_loader = make_loader(val_set, cfg.train.batch_size * 2, shuffle=False, seed=cfg.seed,
+                             workers=0 if cached else workers, balanced=False, pin_memory=cuda, shard=shard)
     per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
     console.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
                 f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
                 f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}")
-    return Loaders(train_set, val_set, train_loader, val_loader)
+    return Loaders(train_set=train_set, val_set=val_set, train=train_loader, val=val_loader)

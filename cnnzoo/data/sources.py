@@ -32,7 +32,7 @@ SPLIT_FOLDERS = {"validation": ("validation", "val"), "test": ("test",)}  # acce
 NATIVE_SIZES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "shapes": (3, 64)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Samples:
     """One split: where each image comes from (file paths or an in-memory array) and its label."""
 
@@ -54,9 +54,9 @@ class Samples:
         return preprocess.load_image(source, size, channels)
 
     def subset(self, keep: list[int]) -> "Samples":
-        return Samples(self.name, [self.labels[i] for i in keep],
-                       [self.paths[i] for i in keep] if self.paths is not None else None,
-                       self.array[keep] if self.array is not None else None, self.origin)
+        return Samples(name=self.name, labels=[self.labels[i] for i in keep],
+                       paths=[self.paths[i] for i in keep] if self.paths is not None else None,
+                       array=self.array[keep] if self.array is not None else None, origin=self.origin)
 
     def fingerprint(self) -> str:
         """Changes when any image's path, label or content changes: the bytes are hashed, since a
@@ -84,7 +84,7 @@ class Samples:
         return self._fingerprint[1]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataSpec:
     """What a config's ``data`` section resolves to."""
 
@@ -182,7 +182,7 @@ def _images_under(folder: Path, seen: set[str], fences: set[str]) -> tuple[list[
 
 
 def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
-                seen: Optional[set[str]] = None) -> tuple[Samples, list[str], int]:
+                *, seen: Optional[set[str]] = None) -> tuple[Samples, list[str], int]:
     """Read one ImageFolder split; ``classes`` (from training) fixes label order for the others.
 
     ``seen`` carries the files already read by other splits (see :func:`_images_under`).
@@ -216,7 +216,7 @@ def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
                             f"any case); add images or remove it")
         paths.extend(images)
         labels.extend([classes.index(d.name)] * len(images))
-    return Samples(split, labels, paths=paths), classes, skipped
+    return Samples(name=split, labels=labels, paths=paths), classes, skipped
 
 
 def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
@@ -248,10 +248,10 @@ def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
                             f"data.root to {train_dir} to hold out data.val_fraction of it")
         seen: set[str] = set()
         train, classes, skipped = scan_folder(train_dir, "train", seen=seen)
-        val, _, skipped_val = scan_folder(val_dir, "validation", classes, seen)
+        val, _, skipped_val = scan_folder(val_dir, "validation", classes, seen=seen)
         test = None
         if (root / "test").is_dir():
-            test, _, skipped_test = scan_folder(root / "test", "test", classes, seen)
+            test, _, skipped_test = scan_folder(root / "test", "test", classes, seen=seen)
             skipped += skipped_test
         return classes, train, val, test, skipped + skipped_val
     check_layout(root)
@@ -286,7 +286,7 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
     for split, ds in (("train", train), ("validation", test)):
         array = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         labels = [int(t) for t in ds.targets]
-        samples.append(Samples(split, labels, array=array, origin=f"{name}/{split}"))
+        samples.append(Samples(name=split, labels=labels, array=array, origin=f"{name}/{split}"))
     return list(train.classes), samples[0], samples[1], str(root)
 
 
@@ -384,7 +384,8 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
             f"{size[0]}x{size[1]}")
     else:
         mean, std = preprocess.resolve_normalization(d.normalize, channels)
-    return DataSpec(classes, train, val, test, channels, size, mean, std, root_text, skipped)
+    return DataSpec(classes=classes, train=train, val=val, test=test, channels=channels, image_size=size, mean=mean,
+                    std=std, root=root_text, skipped_files=skipped)
 
 
 def _short(values: list[float]) -> str:

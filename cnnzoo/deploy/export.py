@@ -42,7 +42,7 @@ DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Exported:
     path: Path
     format: str
@@ -118,9 +118,9 @@ def default_path(checkpoint: Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 
-def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", out: Optional[str | Path] = None,
+def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: Optional[str | Path] = None,
            opset: int = DEFAULT_OPSET, tolerance: float = PARITY_TOLERANCE,
-           runs_root: str | Path = "runs", *, force: bool = False) -> Exported:
+           runs_root: str | Path = "runs", force: bool = False) -> Exported:
     """Write ``checkpoint`` (default: the newest run's best.pt) as ``fmt`` and check it against the
     checkpoint. ``out`` never replaces the checkpoint; an existing file there that is not an
     export of the same format is replaced only with ``force``."""
@@ -158,7 +158,8 @@ def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", out: Opti
     finally:
         tmp.unlink(missing_ok=True)
     not_finite = _not_finite(model, images) if math.isnan(worst) else ""
-    return Exported(path, fmt, worst, tolerance, len(images), not_finite)
+    return Exported(path=path, format=fmt, max_difference=worst, tolerance=tolerance, images=len(images),
+                    not_finite=not_finite)
 
 
 def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:

@@ -104,7 +104,7 @@ class MemoryBudget:
 class Service:
     """The model and the limits behind the routes."""
 
-    def __init__(self, model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
+    def __init__(self, model: Classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
                  decode_memory: int = DECODE_MEMORY):
         self.model, self.max_bytes, self.top_k = model, max_bytes, top_k
         self.budget = MemoryBudget(decode_memory)
@@ -292,7 +292,7 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    service = Service(model, max_bytes, top_k)
+    service = Service(model, max_bytes=max_bytes, top_k=top_k)
 
     async def predict(request):
         if service.decode_threads is None:
@@ -345,9 +345,9 @@ def _check_port(host: str, port: int) -> None:
                             f"choose another --port") from None
 
 
-def serve(model_path: Optional[str | Path], host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+def serve(model_path: Optional[str | Path], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5, device: Optional[str] = None,
-          runs_root: str | Path = "runs", *, trust_torchscript: bool = False) -> None:
+          runs_root: str | Path = "runs", trust_torchscript: bool = False) -> None:
     """Serve until Ctrl-C. The model is loaded before the port opens, so a bad file is one error line.
     A TorchScript file is refused unopened unless ``trust_torchscript`` (its code runs when loaded)."""
     try:

@@ -89,7 +89,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path] = None,
-             split: Optional[str] = None, top_k: int = 5, batch_size: Optional[int] = None,
+             *, split: Optional[str] = None, top_k: int = 5, batch_size: Optional[int] = None,
              out: Optional[str | Path] = None, device: Optional[str] = None,
              runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
@@ -119,11 +119,12 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
     dev = model.device
     dataset = loaders.ImageDataset(samples, size, channels)
-    workers = loaders.choose_workers("auto", False, False, dev.type == "cuda")
-    loader = loaders.make_loader(dataset, batch_size or cfg.train.batch_size * 2, False, 0, workers,
-                                  pin_memory=dev.type == "cuda")
+    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=dev.type == "cuda")
+    loader = loaders.make_loader(dataset, batch_size or cfg.train.batch_size * 2, shuffle=False, seed=0,
+                                 workers=workers, pin_memory=dev.type == "cuda")
     bar = console.bar(len(loader), "evaluate") if progress else None
-    logits, labels = predict_loader(model.module, loader, Feed(dev, model.norm, model.channels_last), bar)
+    logits, labels = predict_loader(model.module, loader, Feed(device=dev, norm=model.norm,
+                                                               channels_last=model.channels_last), bar=bar)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     probs = metrics.probabilities(logits)
@@ -147,7 +148,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_confusion(matrix, classes, out_dir / "confusion_matrix.png",
-                       f"{samples.name}: accuracy {100 * report['accuracy']:.1f}% ({n} images)")
+                       title=f"{samples.name}: accuracy {100 * report['accuracy']:.1f}% ({n} images)")
     except OSError as exc:
         raise UserError(f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); "
                         f"choose another folder with --out") from None

@@ -84,7 +84,7 @@ def top_k_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 @torch.inference_mode()
-def predict_loader(model: torch.nn.Module, loader, feed: Feed, bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_loader(model: torch.nn.Module, loader, feed: Feed, *, bar=None) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (float32, CPU) and labels of a loader, in loader order."""
     model.eval()
     all_logits, all_labels = [], []

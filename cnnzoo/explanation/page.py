@@ -107,7 +107,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def explain(checkpoint: Optional[str | Path], image: str | Path, out: Optional[str | Path] = None,
+def explain(checkpoint: Optional[str | Path], image: str | Path, *, out: Optional[str | Path] = None,
             target: Optional[str] = None, png_dir: Optional[str | Path] = None,
             runs_root: str | Path = "runs") -> tuple[Path, Report]:
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
@@ -117,7 +117,7 @@ def explain(checkpoint: Optional[str | Path], image: str | Path, out: Optional[s
         raise UserError(f"{source}: explain needs a checkpoint (.pt with weights), not an export")
     model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
     source = Path(model.path)  # a run folder stands for its best.pt
-    report = build_report(model, image, target)
+    report = build_report(model, image, target=target)
     path = Path(out) if out else source.parent / "explain" / f"{_safe(Path(str(image)).stem)}.html"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ MAX_MAPS = 32  # feature maps shown per layer, most active first
 POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Picture:
     name: str  # file name stem for --png
     png: bytes
@@ -31,7 +31,7 @@ class Picture:
     size: str = "map"  # how wide the page shows it: map, strip or large
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerView:
     info: LayerInfo
     output: torch.Tensor  # one image's output, [C, H, W] or [N]
@@ -66,8 +66,8 @@ def feature_maps(output: torch.Tensor, stem: str, cap: int = MAX_MAPS) -> tuple[
     """A [C, H, W] output as one picture per map, the most active (mean value) first."""
     maps = output.detach().float().cpu().numpy()
     order = np.argsort(-maps.mean(axis=(1, 2)), kind="stable")[:cap]
-    pictures = [Picture(f"{stem}-map{int(c):03d}", _png(_colour(maps[c])),
-                        f"map {int(c)}: mean {maps[c].mean():.2f}, max {maps[c].max():.2f}") for c in order]
+    pictures = [Picture(name=f"{stem}-map{int(c):03d}", png=_png(_colour(maps[c])),
+                        caption=f"map {int(c)}: mean {maps[c].mean():.2f}, max {maps[c].max():.2f}") for c in order]
     note = (f"{len(order)} of {len(maps)} maps, the most active first" if len(order) < len(maps)
             else f"{len(maps)} maps, the most active first")
     return pictures, note
@@ -86,7 +86,7 @@ def vector_strip(output: torch.Tensor, stem: str) -> tuple[list[Picture], str]:
     top = np.argsort(-values)[:5]
     note = (f"{len(values)} values, min {values.min():.2f}, max {values.max():.2f}; "
             f"largest at {', '.join(str(int(i)) for i in top)}")
-    return [Picture(f"{stem}-values", _png(rgb, scale=6), "", "strip")], note
+    return [Picture(name=f"{stem}-values", png=_png(rgb, scale=6), caption="", size="strip")], note
 
 
 def conv_filters(weight: torch.Tensor, stem: str) -> list[Picture]:
@@ -99,7 +99,8 @@ def conv_filters(weight: torch.Tensor, stem: str) -> list[Picture]:
             rgb = ((f - f.min()) / (f.max() - f.min() + 1e-12) * 255).astype(np.uint8).transpose(1, 2, 0)
         else:
             rgb = _colour(f.mean(axis=0), "gray")
-        pictures.append(Picture(f"{stem}-filter{o:03d}", _png(np.ascontiguousarray(rgb), 48), f"filter {o}"))
+        pictures.append(Picture(name=f"{stem}-filter{o:03d}", png=_png(np.ascontiguousarray(rgb), 48),
+                                caption=f"filter {o}"))
     return pictures
 
 
@@ -129,7 +130,7 @@ def _score(logits: torch.Tensor, target: int) -> torch.Tensor:
     return logits[0, target]
 
 
-def run_layers(module: nn.Sequential, x: torch.Tensor, cam_index: Optional[int], target: Optional[int]):
+def run_layers(module: nn.Sequential, x: torch.Tensor, *, cam_index: Optional[int], target: Optional[int]):
     """Outputs of every layer (and of a backbone's stages), the logits, and the Grad-CAM map.
 
     The network runs once, layer by layer, with gradients on; the output of layer
@@ -168,7 +169,7 @@ def run_layers(module: nn.Sequential, x: torch.Tensor, cam_index: Optional[int],
     return outputs, stage_outputs, logits.detach(), chosen, cam
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report:
     image: str
     classes: list[str]
@@ -183,16 +184,16 @@ class Report:
 
 
 def _input_pictures(pixels_hwc: np.ndarray, x: torch.Tensor, mean: list[float], std: list[float]) -> list[Picture]:
-    pictures = [Picture("input", _png(pixels_hwc[:, :, 0] if pixels_hwc.shape[2] == 1 else pixels_hwc, 128),
-                        f"resized to {pixels_hwc.shape[0]}x{pixels_hwc.shape[1]}", "large")]
+    pictures = [Picture(name="input", png=_png(pixels_hwc[:, :, 0] if pixels_hwc.shape[2] == 1 else pixels_hwc, 128),
+                        caption=f"resized to {pixels_hwc.shape[0]}x{pixels_hwc.shape[1]}", size="large")]
     for c, channel in enumerate(x[0].numpy()):
-        pictures.append(Picture(f"input-channel{c}", _png(_colour(channel, "gray"), 128),
-                                f"channel {c}: (x/255 − {mean[c]:.3f})/{std[c]:.3f}, "
-                                f"{channel.min():.2f} to {channel.max():.2f}", "large"))
+        pictures.append(Picture(name=f"input-channel{c}", png=_png(_colour(channel, "gray"), 128),
+                                caption=f"channel {c}: (x/255 − {mean[c]:.3f})/{std[c]:.3f}, "
+                                        f"{channel.min():.2f} to {channel.max():.2f}", size="large"))
     return pictures
 
 
-def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX_MAPS) -> Report:
+def build_report(model, image: Any, *, target: Optional[str] = None, cap: int = MAX_MAPS) -> Report:
     """Run ``model`` (a checkpoint :class:`cnnzoo.inference.torch_models.Model`) on ``image`` and collect every picture."""
 
     name = str(image)
@@ -211,12 +212,12 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
     x = torch.from_numpy(normalize_array(array[None], model.mean, model.std))
     infos = model.infos
     cam_index = _cam_layer(infos)
-    outputs, stage_outputs, logits, chosen, cam = run_layers(module, x, cam_index, target_index)
+    outputs, stage_outputs, logits, chosen, cam = run_layers(module, x, cam_index=cam_index, target=target_index)
 
     views = []
     for index, (info, output) in enumerate(zip(infos, outputs)):
         stem = f"layer{index:02d}-{info.type}"
-        view = LayerView(info, output)
+        view = LayerView(info=info, output=output)
         if output.ndim == 3:
             view.pictures, view.note = feature_maps(output, stem, cap)
         else:
@@ -239,10 +240,11 @@ def build_report(model, image: Any, target: Optional[str] = None, cap: int = MAX
         small = (cam / peak).numpy() if peak > 0 else cam.numpy()
         full = np.asarray(Image.fromarray(small.astype(np.float32), mode="F").resize(
             (array.shape[1], array.shape[0]), Image.BILINEAR))
-        gradcam = Picture("gradcam", heat_overlay(array, np.clip(full, 0, 1)),
-                          f"Grad-CAM for {model.classes[chosen]} at layer {cam_index} ({infos[cam_index].type})",
-                          "large")
-    return Report(name, model.classes, probabilities(logits.numpy())[0], chosen,
-                  _input_pictures(array, x, model.mean, model.std), views, filters, gradcam,
-                  f"{cam_index} ({infos[cam_index].type})" if cam_index is not None else None,
-                  np.clip(full, 0, 1) if full is not None else None)
+        gradcam = Picture(name="gradcam", png=heat_overlay(array, np.clip(full, 0, 1)),
+                          caption=f"Grad-CAM for {model.classes[chosen]} at layer {cam_index} ({infos[cam_index].type})",
+                          size="large")
+    return Report(image=name, classes=model.classes, probabilities=probabilities(logits.numpy())[0], target=chosen,
+                  input_pictures=_input_pictures(array, x, model.mean, model.std), layers=views, filters=filters,
+                  gradcam=gradcam,
+                  cam_layer=f"{cam_index} ({infos[cam_index].type})" if cam_index is not None else None,
+                  cam=np.clip(full, 0, 1) if full is not None else None)

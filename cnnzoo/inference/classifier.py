@@ -50,7 +50,7 @@ class Classifier:
     format = "?"
 
     def __init__(self, meta: dict[str, Any], path: Optional[str | Path]):
-        check_meta(meta, path, self.kind, "meta." if self.format == "checkpoint" else "metadata ")
+        check_meta(meta, path, self.kind, prefix="meta." if self.format == "checkpoint" else "metadata ")
         self.meta = dict(meta)
         self.classes: list[str] = list(meta["classes"])
         self.image_size = tuple(int(v) for v in meta["image_size"])
@@ -105,7 +105,7 @@ class Classifier:
                         "top_k": ranked})
         return out
 
-    def predict(self, images: Any, top_k: int = 5, batch_size: int = 64, errors: Optional[list] = None,
+    def predict(self, images: Any, top_k: int = 5, *, batch_size: int = 64, errors: Optional[list] = None,
                 progress: bool = False) -> list[dict[str, Any]]:
         """Predict one image or a list; returns one record per readable image.
 

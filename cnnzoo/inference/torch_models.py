@@ -55,7 +55,7 @@ class _TorchClassifier(Classifier):
     @torch.inference_mode()
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(pixels_hwc).permute(0, 3, 1, 2)
-        x = to_model_input(images, *self.norm, self.device, self.channels_last)
+        x = to_model_input(images, *self.norm, device=self.device, channels_last=self.channels_last)
         return self.module(x).float().cpu().numpy()
 
     def info(self) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def offline() -> bool:
     return os.environ.get("CNNZOO_OFFLINE", "").strip().lower() in ("1", "true", "yes")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Preprocessing:
     """What a backbone's weights expect: RGB, this mean and std, this input size (H, W)."""
 
@@ -359,7 +359,7 @@ def _torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, t
     return state, f"{origin} from {file}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TimmWeights:
     """Where timm's default pretrained weights for one model come from and where cnnzoo looks."""
 
@@ -395,7 +395,7 @@ def timm_weights(arch: str) -> TimmWeights:
     else:
         raise UserError(f"backbone timm/{arch}: timm has no pretrained weights for it; "
                         f"use weights: null (random initialisation) or a state dict file")
-    return TimmWeights(repo, file, url, cache_home() / "weights" / repo)
+    return TimmWeights(repo=repo, file=file, url=url, folder=cache_home() / "weights" / repo)
 
 
 def _timm_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -446,8 +446,9 @@ def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
         cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX):])
         if cfg is None:
             raise ConfigError(f"{where}.name: {_unknown_timm(name[len(TIMM_PREFIX):])}")
-        return Preprocessing([float(v) for v in cfg.mean], [float(v) for v in cfg.std],
-                             (int(cfg.input_size[1]), int(cfg.input_size[2])), f"timm {cfg.architecture}")
+        return Preprocessing(mean=[float(v) for v in cfg.mean], std=[float(v) for v in cfg.std],
+                             image_size=(int(cfg.input_size[1]), int(cfg.input_size[2])),
+                             source=f"timm {cfg.architecture}")
     try:
         _torchvision_family(name)
     except ValueError as exc:
@@ -461,5 +462,5 @@ def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
     transform = chosen.transforms()
     crop = transform.crop_size
     size = (int(crop[0]), int(crop[-1])) if isinstance(crop, (list, tuple)) else (int(crop), int(crop))
-    return Preprocessing([float(v) for v in transform.mean], [float(v) for v in transform.std], size,
-                         f"{type(chosen).__name__}.{chosen.name}")
+    return Preprocessing(mean=[float(v) for v in transform.mean], std=[float(v) for v in transform.std],
+                         image_size=size, source=f"{type(chosen).__name__}.{chosen.name}")

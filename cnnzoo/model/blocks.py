@@ -36,7 +36,7 @@ def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequentia
     from .layers import build_from_infos, trace_chain
 
     try:
-        infos = trace_chain(layers, tuple(input_shape), part)
+        infos = trace_chain(layers, tuple(input_shape), where=part)
     except ShapeError as exc:
         raise type(exc)(f"{part}: {exc}") from None  # InputTooSmall stays itself
     return build_from_infos(infos), infos[-1].output_shape, infos
@@ -54,7 +54,7 @@ def _activation(name: Optional[str]) -> nn.Module:
 class Residual(nn.Module):
     """``activation(layers(x) + shortcut(x))``, with the shortcut inferred when omitted."""
 
-    def __init__(self, layers: list, input_shape: list[int], shortcut: Any = "auto",
+    def __init__(self, layers: list, input_shape: list[int], *, shortcut: Any = "auto",
                  activation: Optional[str] = "relu"):
         super().__init__()
         self.body, out_shape, body_infos = _chain(layers, input_shape, "layers")

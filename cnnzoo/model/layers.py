@@ -99,7 +99,7 @@ def _shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerInfo:
     """One built layer: what ``summary`` prints and what the real module is made from."""
 
@@ -206,8 +206,9 @@ def _spatial_terms(type_name: str, kwargs: dict, label: str):
     return k, s, d, p, math.ceil if kwargs.get("ceil_mode") else math.floor
 
 
-def _axis_size(w: int, k: int, s: int, p: int, d: int, rounding) -> tuple[int, str]:
-    """The output-size rule on one axis, and its arithmetic in words."""
+def _axis_size(w: int, axis: tuple[int, int, int, int], rounding) -> tuple[int, str]:
+    """The output-size rule on one axis (kernel, stride, padding, dilation), and its arithmetic in words."""
+    k, s, p, d = axis
     k_eff = d * (k - 1) + 1
     out = rounding((w - k_eff + 2 * p) / s) + 1
     return out, f"({w} − {k_eff} + 2·{p})/{s} + 1 = {out}"
@@ -221,7 +222,7 @@ def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) 
     if terms is None:
         return None
     k, s, d, p, rounding = terms
-    steps = [_axis_size(w, *axis, rounding)[1] for w, axis in zip(input_shape[1:], zip(k, s, p, d))]
+    steps = [_axis_size(w, axis, rounding)[1] for w, axis in zip(input_shape[1:], zip(k, s, p, d))]
     return steps[0] if steps[0] == steps[1] else f"H: {steps[0]}; W: {steps[1]}"
 
 
@@ -238,7 +239,7 @@ def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: 
         raise ShapeError(f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
                          f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}")
     for w, ki, si, pi, di in zip(shape[1:], k, s, p, d):
-        out, arithmetic = _axis_size(w, ki, si, pi, di, rounding)
+        out, arithmetic = _axis_size(w, (ki, si, pi, di), rounding)
         if out < 1:
             k_eff = di * (ki - 1) + 1
             dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
@@ -252,7 +253,7 @@ def _describe(type_name: str, kwargs: dict) -> str:
 
 
 def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...],
-                    num_classes: Optional[int], label: str) -> dict:
+                    *, num_classes: Optional[int], label: str) -> dict:
     try:
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):
@@ -330,7 +331,7 @@ def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: s
                          f"{_shape_str(shape)}; put it first and set data.channels: 3")
 
 
-def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count_inner: bool,
+def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, count_inner: bool,
               label: str) -> tuple[tuple[int, ...], int, int]:
     """Run a layer on a meta batch of two: (output shape, MACs per image, activations per image)."""
 
@@ -370,13 +371,13 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], count_macs: bool, count
     return out_shape, macs, sum(inner) or math.prod(out_shape)
 
 
-def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: Optional[int],
+def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes: Optional[int],
                count_macs: bool, label: str) -> LayerInfo:
     """Resolve, check, make (on the meta device) and run one layer."""
     type_name, cls, kwargs = resolve_layer_class(entry.name, shape, label)
     kwargs.update(entry.kwargs)
     label = f"layer {index} ({_describe(type_name, kwargs)})"
-    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes, label)
+    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes=num_classes, label=label)
     _check_sizes(kwargs, label)
     if type_name in _SPATIAL_2D:
         _check_spatial(type_name, kwargs, shape, label)
@@ -393,14 +394,15 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], num_classes: O
     if params > MAX_LAYER_PARAMS:
         raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
                          f"({MAX_LAYER_PARAMS:,})")
-    out_shape, macs, activations = _run_meta(module, shape, count_macs,
-                                             type_name == "Backbone" or type_name in BLOCKS, label)
+    out_shape, macs, activations = _run_meta(module, shape, count_macs=count_macs,
+                                             count_inner=type_name == "Backbone" or type_name in BLOCKS, label=label)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return LayerInfo(index, type_name, kwargs, shape, out_shape, params, trainable, macs, entry.where, cls,
-                     activations)
+    return LayerInfo(index=index, type=type_name, kwargs=kwargs, input_shape=shape, output_shape=out_shape,
+                     params=params, trainable_params=trainable, macs=macs, where=entry.where, cls=cls,
+                     activations=activations)
 
 
-def trace_chain(layers: Any, input_shape: tuple[int, ...], where: str = "model.layers",
+def trace_chain(layers: Any, input_shape: tuple[int, ...], *, where: str = "model.layers",
                 num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
     """Trace a layer list from ``input_shape``: the shapes and checks, no classifier rules.
 
@@ -418,7 +420,7 @@ def trace_chain(layers: Any, input_shape: tuple[int, ...], where: str = "model.l
         for index, entry in enumerate(entries):
             label = f"layer {index} ({entry.name})"
             try:
-                info = _trace_one(index, entry, shape, num_classes, count_macs, label)
+                info = _trace_one(index, entry, shape, num_classes=num_classes, count_macs=count_macs, label=label)
             except ShapeError:
                 raise
             except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
@@ -434,7 +436,7 @@ def trace_chain(layers: Any, input_shape: tuple[int, ...], where: str = "model.l
 
 
 def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
-                 num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+                 num_classes: Optional[int] = None, *, count_macs: bool = False) -> list[LayerInfo]:
     """Resolve and check every layer on the meta device; return what each one produces.
 
     ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
@@ -443,7 +445,8 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     if isinstance(layers, list) and not layers:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
     try:
-        infos = trace_chain(layers, tuple(input_shape), "model.layers", num_classes, count_macs)
+        infos = trace_chain(layers, tuple(input_shape), where="model.layers", num_classes=num_classes,
+                            count_macs=count_macs)
     except InputTooSmall as exc:
         smallest = smallest_input(layers, tuple(input_shape), num_classes)
         if smallest is None:
@@ -479,7 +482,7 @@ def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: Optio
 
     def gets_through(side: int) -> bool:
         try:
-            trace_chain(layers, grown(side), "model.layers", num_classes)
+            trace_chain(layers, grown(side), where="model.layers", num_classes=num_classes)
         except InputTooSmall:
             return False
         except ShapeError:
@@ -538,7 +541,7 @@ def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tupl
 
 
 def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
-                num_classes: Optional[int] = None, pretrained: bool = True) -> nn.Sequential:
+                num_classes: Optional[int] = None, *, pretrained: bool = True) -> nn.Sequential:
     """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits.
 
     ``pretrained`` loads the weights a ``backbone`` layer names (downloading them if needed).

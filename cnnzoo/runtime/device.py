@@ -67,7 +67,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_amp(model: torch.nn.Module, batch_shape: tuple[int, ...], num_outputs: int, device: torch.device,
+def measure_amp(model: torch.nn.Module, batch_shape: tuple[int, ...], *, num_outputs: int, device: torch.device,
                 candidate: Optional[torch.dtype], channels_last: bool, steps: int = 8) -> dict[str, float]:
     """Images/s of forward + backward in float32 and under ``candidate`` autocast, on a copy of
     ``model`` with a random batch: small networks can run faster in float32 even on tensor
@@ -114,13 +114,13 @@ def norm_tensors(mean: list[float], std: list[float], device: torch.device) -> t
 
 
 def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   device: torch.device, channels_last: bool = False) -> torch.Tensor:
+                   *, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """uint8 [B, C, H, W] -> normalised float32 on ``device`` (the copy overlaps when pinned)."""
     x = images.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Feed:
     """How a loader's batch reaches the network: device, normalisation, memory format, autocast.
 
@@ -136,7 +136,7 @@ class Feed:
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.dtype == torch.uint8:
-            return to_model_input(batch, *self.norm, self.device, self.channels_last)
+            return to_model_input(batch, *self.norm, device=self.device, channels_last=self.channels_last)
         x = batch.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 

@@ -30,7 +30,7 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
 _TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait", "lr", "backbone_lr")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochEnd:
     """One epoch's record, as every callback sees it."""
 
@@ -205,7 +205,7 @@ def require_tensorboard(loggers: list[str]) -> None:
                           "pip install 'cnnzoo[tensorboard]' (or remove it from the list)") from None
 
 
-def make_callbacks(t: TrainConfig, run_dir: Path, classes: list[str], checkpoints: Checkpoints,
+def make_callbacks(t: TrainConfig, run_dir: Path, classes: list[str], *, checkpoints: Checkpoints,
               resumed_at: Optional[int]) -> list[Callback]:
     """The callbacks of a run, in order. metrics.csv comes before the checkpoints: Ctrl-C between
     the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the

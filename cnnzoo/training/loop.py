@@ -23,7 +23,7 @@ class Stepper:
     (none when the caller sets the rate itself, as lr-find does)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Optional[LRSchedule],
-                 scaler=None, grad_clip: Optional[float] = None):
+                 *, scaler=None, grad_clip: Optional[float] = None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.scaler, self.grad_clip = scaler, grad_clip
 
@@ -45,7 +45,7 @@ class Stepper:
             self.schedule.step_batch()
 
 
-def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepper, feed: Feed,
+def train_one_epoch(net: nn.Module, loader, *, criterion: nn.Module, stepper: Stepper, feed: Feed,
                     desc: str) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
@@ -92,10 +92,10 @@ def train_one_epoch(net: nn.Module, loader, criterion: nn.Module, stepper: Stepp
             "data_wait": wait / seconds if seconds else 0.0}
 
 
-def validate(net: nn.Module, loader, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
+def validate(net: nn.Module, loader, *, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
     """Loss, accuracy and the confusion matrix; in DDP each process scores its share and the
     sums are reduced, so the figures equal one process's over the whole split."""
-    logits, labels = predict_loader(net, loader, feed, console.bar(len(loader), "  validate"))
+    logits, labels = predict_loader(net, loader, feed, bar=console.bar(len(loader), " validate"))
     predicted = metrics.predictions(logits) if len(labels) else labels
     confusion = metrics.confusion_counts(labels, predicted, num_classes)
     confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu()

@@ -55,7 +55,7 @@ def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
     return items
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Job:
     """Everything a training run holds while it fits: built by :func:`prepare`, run by :func:`fit`."""
 
@@ -135,7 +135,7 @@ def disk_full_error(run_dir: Path, saved_epoch: Optional[int]) -> UserError:
                      f"resume with: cnnzoo train --resume {last}")
 
 
-def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional[str | Path]) -> Job:
+def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optional[str | Path]) -> Job:
     """Resolve the config, build the parts and the schedule, open the run folder, apply a resume.
 
     In a DDP run every process prepares the same job; only rank 0 opens the run folder.
@@ -149,22 +149,23 @@ def prepare(config: Any, overrides: list[str], out: str | Path, resume: Optional
     parts = build_parts(cfg, dev, state)
     model, spec, infos = parts.model, parts.spec, parts.infos
     schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
-    stepper = Stepper(model, parts.optimizer, schedule, parts.scaler, t.grad_clip)
+    stepper = Stepper(model, parts.optimizer, schedule, scaler=parts.scaler, grad_clip=t.grad_clip)
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
-    stages = TransferStages(model, cfg, parts.stages_plan, parts.loaders, parts.feed, console.log)
+    stages = TransferStages(model, cfg, plan=parts.stages_plan, loaders=parts.loaders, feed=parts.feed, log=console.log)
 
     meta = {**spec.meta(), "loss": parts.loss_kind, "outputs": infos[-1].output_shape[0]}
     base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
                   "meta": meta}
-    job = Job(cfg, run_dir, model, parts.criterion, stepper, parts.feed, stages, BestEpoch(t), base_state)
+    job = Job(cfg=cfg, run_dir=run_dir, model=model, criterion=parts.criterion, stepper=stepper, feed=parts.feed,
+              stages=stages, best=BestEpoch(t), base_state=base_state)
     if state is not None:
         _resume(job, state)
     if ctx.rank == 0:
         job.callbacks = make_callbacks(t, run_dir, spec.classes,
-                                       Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
-                                       job.start_epoch - 1 if state is not None else None)
+                                       checkpoints=Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
+                                       resumed_at=job.start_epoch - 1 if state is not None else None)
 
     warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
     console.log("training images per class:\n" + sources.class_counts_text(spec.classes, parts.counts))
@@ -218,10 +219,11 @@ def fit(job: Job) -> Path:
                 wrapped = None  # the old wrapper lets go of the parameters before a new one takes them
                 wrapped, wrapped_key = distributed.wrap(stages.net, job.feed.device), (id(stages.net), stages.trainable)
             lr, backbone_lr = schedule.lr, schedule.backbone_lr
-            stats = train_one_epoch(wrapped, stages.train_loader, job.criterion, job.stepper, job.feed,
-                                    f"epoch {epoch}/{t.epochs}")
+            stats = train_one_epoch(wrapped, stages.train_loader, criterion=job.criterion, stepper=job.stepper,
+                                    feed=job.feed, desc=f"epoch {epoch}/{t.epochs}")
             distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
-            val, confusion = validate(stages.net, stages.val_loader, job.feed.without_autocast(), job.num_classes)
+            val, confusion = validate(stages.net, stages.val_loader, feed=job.feed.without_autocast(),
+                                      num_classes=job.num_classes)
             row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                    **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
                    "data_wait": stats["data_wait"], "stage": stages.stage_at(epoch),
@@ -229,8 +231,9 @@ def fit(job: Job) -> Path:
                    "backbone_lr": backbone_lr}
             schedule.step_epoch(val[t.monitor])
             improved = job.best.update(val, epoch)
-            end = EpochEnd(epoch, row, improved, f"{job.best.text()} (epoch {job.best.epoch})", confusion,
-                           job.best.epoch)
+            end = EpochEnd(epoch=epoch, row=row, improved=improved,
+                           best_text=f"{job.best.text()} (epoch {job.best.epoch})", confusion=confusion,
+                           best_epoch=job.best.epoch)
             for callback in job.callbacks:
                 callback.epoch_end(end)
             if job.best.should_stop:
@@ -272,7 +275,7 @@ def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = 
         override_list.append(f"train.device={device}")
     with console.scoped(quiet):
         try:
-            run_dir = fit(prepare(config, override_list, out, resume))
+            run_dir = fit(prepare(config, override_list, out=out, resume=resume))
             distributed.barrier()  # no process leaves the group while another still uses it
             return run_dir
         finally:

@@ -25,7 +25,7 @@ from .recipe import Criterion, class_weight_vector, loss_kind, make_optimizer
 from .transfer import stage_plan
 
 
-def build_for_data(cfg: Config, spec: sources.DataSpec, pretrained: bool = False,
+def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = False,
                    log: Callable[[str], None] = print):
     """Fill model.input and model.num_classes from the data, then trace and build.
 
@@ -65,10 +65,11 @@ def _dtype_name(dtype: Optional[torch.dtype]) -> str:
     return f"{str(dtype).replace('torch.', '')} autocast" if dtype is not None else "float32"
 
 
-def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], outputs: int, dev: torch.device,
+def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], *, outputs: int, dev: torch.device,
                   candidate: torch.dtype, channels_last: bool) -> Optional[torch.dtype]:
     """``train.amp: auto`` on CUDA: autocast only where a probe measures it faster (rank 0 decides)."""
-    rates = measure_amp(model, batch_shape, outputs, dev, candidate, channels_last) if distributed.is_main() else None
+    rates = measure_amp(model, batch_shape, num_outputs=outputs, device=dev, candidate=candidate,
+                        channels_last=channels_last) if distributed.is_main() else None
     rates = distributed.broadcast_object(rates)
     chosen = choose_amp(rates, candidate)
     console.log(f"precision: {_dtype_name(chosen)} (train.amp auto; a forward+backward probe ran "
@@ -76,7 +77,7 @@ def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], outputs: int, 
     return chosen
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Parts:
     """What training and the learning-rate range test both start from: the data, the model on
     its device, and the recipe (loss, optimizer), built from one config."""
@@ -114,17 +115,18 @@ def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] 
     stages_plan = stage_plan(model, t)
     require_tensorboard(t.loggers)
 
-    loaders = loaders_mod.build_loaders(cfg, spec, augment, dev.type == "cuda")
+    loaders = loaders_mod.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     if t.amp == "auto" and autocast_dtype is not None:
-        autocast_dtype = _measured_amp(model, (t.batch_size, *cfg.model.input), infos[-1].output_shape[0],
-                                       dev, autocast_dtype, channels_last)
+        autocast_dtype = _measured_amp(model, (t.batch_size, *cfg.model.input), outputs=infos[-1].output_shape[0],
+                                       dev=dev, candidate=autocast_dtype, channels_last=channels_last)
     elif dev.type == "cuda":
         console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
-    feed = Feed(dev, norm_tensors(spec.mean, spec.std, dev), channels_last, autocast_dtype)
+    feed = Feed(device=dev, norm=norm_tensors(spec.mean, spec.std, dev), channels_last=channels_last,
+                autocast_dtype=autocast_dtype)
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
                           t.label_smoothing).to(dev)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    return Parts(spec, infos, model, kind, loaders, feed, criterion, make_optimizer(model, t), scaler, counts,
-                 stages_plan)
+    return Parts(spec=spec, infos=infos, model=model, loss_kind=kind, loaders=loaders, feed=feed, criterion=criterion,
+                 optimizer=make_optimizer(model, t), scaler=scaler, counts=counts, stages_plan=stages_plan)

@@ -44,7 +44,7 @@ from ..runtime.device import Feed
 FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     """Where to cut the model and which flipped versions of each image to precompute."""
 
@@ -93,7 +93,7 @@ def _flip_plan(aug: AugmentConfig) -> tuple[Optional[str], list[tuple[bool, bool
     return None, flips, (h, v)
 
 
-def plan(model: nn.Sequential, aug: AugmentConfig, setting: str, pixel_cache: str,
+def plan(model: nn.Sequential, aug: AugmentConfig, *, setting: str, pixel_cache: str,
          cut: Optional[int] = None) -> tuple[Optional[Plan], str]:
     """A :class:`Plan` when the frozen-feature cache applies, else None and the reason.
 
@@ -117,7 +117,7 @@ def plan(model: nn.Sequential, aug: AugmentConfig, setting: str, pixel_cache: st
     if reason:
         return None, reason
     cut = backbone.frozen_stages if cut is None else min(cut, backbone.frozen_stages)
-    return Plan(model, index, cut, flips, flip_p), ""
+    return Plan(model=model, index=index, cut=cut, flips=flips, flip_p=flip_p), ""
 
 
 # ----------------------------------------------------------------------------- building
@@ -164,7 +164,7 @@ def _chain_matches(p: Plan, x: torch.Tensor) -> bool:
 
 
 @torch.inference_mode()
-def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, feed: Feed, *, flips: list[tuple[bool, bool]],
+def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, *, feed: Feed, flips: list[tuple[bool, bool]],
           setting: str = "ram", cache_dir: Optional[Path] = None) -> Optional[FeatureStore]:
     """Run the frozen prefix over every image of ``dataset`` in each version of ``flips``.
 
@@ -191,13 +191,13 @@ def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, feed: Feed, *,
     def fill(store: torch.Tensor) -> dict:
         bar = console.bar(n * len(flips), f"features {split}", unit="img")
         try:
-            _fill(p, dataset, rows, flips, feed, store, bar)
+            _fill(p, dataset, rows, flips=flips, feed=feed, store=store, bar=bar)
         finally:
             bar.close()
         _check_finite(store, dataset)
         return {}
 
-    cached = cached_array(path, shape, np.float32, "data.feature_cache", fill)
+    cached = cached_array(path, shape, np.float32, key="data.feature_cache", fill=fill)
     return FeatureStore(cached.tensor, cached.location, 0.0 if cached.reused else time.perf_counter() - start)
 
 
@@ -211,7 +211,7 @@ def _check_finite(store: torch.Tensor, dataset: loaders_mod.ImageDataset) -> Non
                         f"(or train.amp overflows: try train.amp: none)")
 
 
-def _fill(p: Plan, dataset: loaders_mod.ImageDataset, rows: torch.Tensor, flips: list[tuple[bool, bool]],
+def _fill(p: Plan, dataset: loaders_mod.ImageDataset, rows: torch.Tensor, *, flips: list[tuple[bool, bool]],
           feed: Feed, store: torch.Tensor, bar, batch: int = 64) -> None:
     for begin in range(0, len(rows), batch):
         x = feed.inputs(dataset.pixels[rows[begin:begin + batch]])
@@ -231,7 +231,7 @@ class FeatureDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: FeatureStore, labels: torch.Tensor, flips: list[tuple[bool, bool]],
-                 flip_p: tuple[float, float] = (0.0, 0.0)):
+                 *, flip_p: tuple[float, float] = (0.0, 0.0)):
         self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
 
     def __len__(self) -> int:
@@ -284,7 +284,7 @@ class TransferStages:
     A model without a backbone has one stage: the whole model on images.
     """
 
-    def __init__(self, model: nn.Sequential, cfg: Config, plan: Optional[tuple[int, int]],
+    def __init__(self, model: nn.Sequential, cfg: Config, *, plan: Optional[tuple[int, int]],
                  loaders: loaders_mod.Loaders, feed: Feed, log: Callable[[str], None]):
         self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
         self.log = log
@@ -322,7 +322,7 @@ class TransferStages:
     def _with_feature_cache(self, cut: int):
         plain = (self.model, self.loaders.train, self.loaders.val)
         d = self.cfg.data
-        cache_plan, reason = plan(self.model, d.augment, d.feature_cache, d.cache, cut)
+        cache_plan, reason = plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=d.cache, cut=cut)
         self.cut = cache_plan.cut if cache_plan is not None else 0
         if cache_plan is None:
             self.log(f"feature cache: off ({reason})")
@@ -333,7 +333,7 @@ class TransferStages:
                                             self.feed.without_autocast())):
             # local rank 0 writes a file on disk, the others map it
             with distributed.main_first(shared=d.feature_cache != "ram"):
-                store = build(cache_plan, dataset, name, feed, flips=flips, setting=d.feature_cache,
+                store = build(cache_plan, dataset, name, feed=feed, flips=flips, setting=d.feature_cache,
                               cache_dir=Path(d.cache_dir) if d.cache_dir else None)
             if store is None:
                 self.cut = 0
@@ -343,9 +343,10 @@ class TransferStages:
             self.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
             stores.append(store)
         t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
-        train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, cache_plan.flip_p)
+        train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, flip_p=cache_plan.flip_p)
         val_set = FeatureDataset(stores[1], self.loaders.val_set.labels, [(False, False)])
         return (cache_plan.suffix(),
-                loaders_mod.make_loader(train_set, t.batch_size, True, self.cfg.seed, 0,
-                                     self.cfg.data.sampler == "balanced", pin, shard),
-                loaders_mod.make_loader(val_set, t.batch_size * 2, False, self.cfg.seed, 0, False, pin, shard))
+                loaders_mod.make_loader(train_set, t.batch_size, shuffle=True, seed=self.cfg.seed, workers=0,
+                                        balanced=self.cfg.data.sampler == "balanced", pin_memory=pin, shard=shard),
+                loaders_mod.make_loader(val_set, t.batch_size * 2, shuffle=False, seed=self.cfg.seed, workers=0,
+                                        balanced=False, pin_memory=pin, shard=shard))

@@ -42,7 +42,7 @@ from .setup import build_parts
 
 # ----------------------------------------------------------------------------- lr-find
 
-@dataclass
+@dataclass(kw_only=True)
 class LRFind:
     lrs: list[float]
     losses: list[float]  # smoothed (debiased exponential average, as fastai's)
@@ -99,8 +99,8 @@ def plot_path(out: Optional[str | Path], name: str, runs_root: str | Path = "run
     return path
 
 
-def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200, start: float = 1e-7,
-            end: float = 1.0, out: Optional[str | Path] = None, *, runs_root: str | Path = "runs") -> LRFind:
+def lr_find(config: Any, overrides: Optional[list[str]] = None, *, steps: int = 200, start: float = 1e-7,
+            end: float = 1.0, out: Optional[str | Path] = None, runs_root: str | Path = "runs") -> LRFind:
     """The learning-rate range test on ``config``'s data and model; see the module docstring.
 
     The plot goes to :func:`plot_path`; :attr:`LRFind.plot` says where it went.
@@ -114,7 +114,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
     seed_everything(cfg.seed)
     parts = build_parts(cfg, dev)
     model, feed, optimizer, loader = parts.model, parts.feed, parts.optimizer, parts.loaders.train
-    stepper = Stepper(model, optimizer, None, parts.scaler, cfg.train.grad_clip)  # the rate is set here
+    stepper = Stepper(model, optimizer, None, scaler=parts.scaler, grad_clip=cfg.train.grad_clip)  # the rate is set here
     ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]  # a backbone keeps its share
     console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(parts.loaders.train_set)} "
                 f"training images, batch {cfg.train.batch_size}")
@@ -150,7 +150,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, steps: int = 200
         raise UserError(f"lr-find: the loss diverged within {len(lrs)} steps from {start:g}; lower --start")
     suggestion, how = suggest_lr(lrs, smoothed, cfg.train.lr)
     _plot_lr(lrs, smoothed, suggestion, path, cfg.run_name)
-    return LRFind(lrs, smoothed, suggestion, how, path)
+    return LRFind(lrs=lrs, losses=smoothed, suggestion=suggestion, how=how, plot=path)
 
 
 def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Path, name: str) -> None:
@@ -169,7 +169,7 @@ def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Pat
         raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
 
 
-def apply_lr(config_path: str | Path, lr: float, overrides: Optional[list[str]] = None,
+def apply_lr(config_path: str | Path, lr: float, *, overrides: Optional[list[str]] = None,
              folder: str | Path = Path("runs") / "lr-find") -> Path:
     """The config file with ``overrides`` (``--set`` and the shortcuts, as lr-find ran it) and
     ``train.lr`` set, written as ``<folder>/<stem>.lr.yaml``; the original is untouched, and
@@ -244,7 +244,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SweepResult:
     folder: Path
     rows: list[dict[str, Any]]  # best first
@@ -284,9 +284,9 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def sweep(config: str | Path, grid_items: list[str], trials: Optional[int] = None,
+def sweep(config: str | Path, grid_items: list[str], *, trials: Optional[int] = None,
           overrides: Optional[list[str]] = None, runs_root: str | Path = "runs", quiet: bool = True,
-          *, restart: bool = False) -> SweepResult:
+          restart: bool = False) -> SweepResult:
     """Run every combination (see the module docstring); returns the comparison, best first.
 
     ``restart`` forgets the saved state of an earlier, unfinished or damaged, identical sweep.
@@ -425,7 +425,7 @@ def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str
         writer.writerows([[spreadsheet_safe(row[c]) for c in columns] for row in rows])
     table_md.write_text(markdown_table(rows, columns))
     _plot_sweep(rows, curves, keys, plot)
-    return SweepResult(folder, rows, table_csv, table_md, plot)
+    return SweepResult(folder=folder, rows=rows, table_csv=table_csv, table_md=table_md, plot=plot)
 
 
 def _validation_curve(path: Path) -> tuple[list[int], list[float]]:
