@@ -6,7 +6,8 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 * ``model_state``, ``layers`` (the resolved layer list, to rebuild without tracing),
 * ``meta``: classes, channels, image_size, mean, std, loss (everything ``predict`` needs),
 * ``config`` (fully resolved), ``epoch``, ``metrics``,
-* in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``trainer``.
+* in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``trainer`` (earlier versions also
+  saved ``rng``, which nothing reads: every epoch reseeds from (seed, epoch); such files still load).
 
 Importing this module does not import torch (the CLI checks files before torch loads);
 the functions that read or write tensors import it when called.
@@ -16,10 +17,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,46 +28,28 @@ from PIL import Image
 
 from .config import MAX_IMAGE_SIDE
 from .errors import UserError, short_reason
-from .files import reserve_space
+from .files import write_bytes
 
 FORMAT = "cnnzoo-checkpoint"
 VERSION = 1
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save ``obj`` whole into memory, then write it to a temporary file in the same folder
-    with its space reserved first (:func:`reserve_space`), fsync, and rename over ``path``.
+    """torch.save ``obj`` whole into memory, then write it with :func:`cnnzoo.files.write_bytes`
+    (space reserved first, a temporary file, fsync, rename over ``path``).
 
-    A failure (a full disk included: ``OSError`` ENOSPC, see :func:`is_disk_full`) leaves
-    ``path`` as it was and no temporary file behind.
+    A failure (a full disk included: ``OSError`` ENOSPC, see :func:`cnnzoo.files.is_disk_full`)
+    leaves ``path`` as it was and no temporary file behind.
     """
-
     import torch  # lazy: this module stays torch-free at import (files are checked before torch loads)
 
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # in memory first: the size is known, and torch's writer never meets ENOSPC
     data = buffer.getbuffer()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            reserve_space(f.fileno(), len(data))
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_bytes(path, data)
     finally:
         data.release()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class TorchScriptRefused(UserError):

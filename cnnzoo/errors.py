@@ -21,6 +21,11 @@ class DataError(UserError):
     """A data folder, image or source that cannot be used as asked."""
 
 
+def shape_text(shape) -> str:
+    """A tensor shape as people read it in messages and tables: ``3x32x32`` (an image's C, H, W)."""
+    return "x".join(str(s) for s in shape)
+
+
 def short_reason(exc: BaseException, limit: int = 160) -> str:
     """What a library's exception says, as one complete clause for a one-line message.
 

@@ -1,4 +1,11 @@
-"""Files on disk: where cnnzoo keeps its own (:func:`cache_home`) and how a write meets a full disk.
+"""Files on disk: where cnnzoo keeps its own (:func:`cache_home`), the one way it replaces a file
+(:class:`Replacement`), and how a write meets a full disk.
+
+Every file cnnzoo writes for a user to keep (checkpoints, exports, metrics.csv, config.yaml,
+eval.json, cache records, sweep state) goes through :class:`Replacement`: written to a temporary
+file in the same folder (``.<name>.<random>.tmp``), flushed to disk, given an ordinary file's
+permissions and renamed over the name, so a reader (or a crash, a kill, a full disk) sees the old
+file or the new one, never half of one. :func:`remove_temporaries` clears what a killed write left.
 
 Torch-free, and imports nothing of cnnzoo: every floor may use it.
 """
@@ -7,8 +14,11 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
+
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def cache_home() -> Path:
@@ -49,3 +59,64 @@ def is_disk_full(exc: Optional[BaseException]) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Replacement:
+    """A new version of ``path`` being written: :attr:`temporary` is a file beside it to fill, in
+    any way (a file object, torch.save, onnx.save, a memory map); :meth:`commit` flushes it to disk
+    and renames it over ``path``; :meth:`discard` removes it, leaving ``path`` as it was. Also a
+    context manager that commits on success and discards on any failure (Ctrl-C included)."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMPORARY_SUFFIX, dir=self.path.parent)
+        os.close(fd)
+        self.temporary = Path(name)
+
+    def commit(self) -> None:
+        fd = os.open(self.temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(self.temporary, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+        os.replace(self.temporary, self.path)
+
+    def discard(self) -> None:
+        self.temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> Path:
+        return self.temporary
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            self.discard()  # nothing left after a commit; the partial file after a failure
+
+
+def write_bytes(path: Union[str, Path], data: Union[bytes, bytearray, memoryview]) -> None:
+    """``data`` as the new contents of ``path`` (:class:`Replacement`), its blocks reserved before
+    the first byte is written (:func:`reserve_space`): a full disk fails at once, ``path`` untouched."""
+    with Replacement(path) as temporary, open(temporary, "r+b") as f:
+        reserve_space(f.fileno(), len(data))
+        f.write(data)
+
+
+def write_text(path: Union[str, Path], text: str) -> None:
+    """``text`` (UTF-8) as the new contents of ``path``, as :func:`write_bytes` writes bytes."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files a killed :class:`Replacement` left in ``folder``."""
+    for stale in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
+from .files import remove_temporaries
 
 
 def next_run_dir(runs_root: Path, name: str) -> Path:
@@ -32,9 +33,9 @@ def next_run_dir(runs_root: Path, name: str) -> Path:
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
-    """Remove what a killed :func:`save_atomic` or metrics write left behind in a run folder."""
-    for stale in [*run_dir.glob(".*.pt.*.tmp"), run_dir / "metrics.tmp"]:
-        stale.unlink(missing_ok=True)
+    """Remove what a killed write left behind in a run folder (this process is its only writer)."""
+    remove_temporaries(run_dir)
+    (run_dir / "metrics.tmp").unlink(missing_ok=True)  # the temporary name earlier versions wrote metrics.csv through
 
 
 def runs_root_of(run_dir: Path) -> Path:
@@ -70,7 +71,11 @@ def latest_run(runs_root: str | Path = "runs") -> Path:
                     f"or name a checkpoint with --checkpoint")
 
 
-def default_checkpoint(runs_root: str | Path = "runs") -> Path:
+def resolve_checkpoint(path: str | Path | None = None, runs_root: str | Path = "runs") -> Path:
+    """The model file a command uses: ``path`` when one is given, else the latest run's ``best.pt``
+    (its ``last.pt`` while it has no ``best.pt`` yet)."""
+    if path:
+        return Path(path)
     run = latest_run(runs_root)
     for name in ("best.pt", "last.pt"):
         if (run / name).is_file():

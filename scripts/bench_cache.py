@@ -42,13 +42,14 @@ def main() -> None:
 
     import numpy as np
 
+    from cnnzoo.config import load_config
+    from cnnzoo.console import console
     from cnnzoo.data.cache import decode_all, open_cached
     from cnnzoo.data.sources import load_data
     from cnnzoo.runtime.device import cpu_count
-    from cnnzoo.config import load_config
 
-    spec = load_data(load_config({"data": {"root": args.folder, "image_size": args.size}}),
-                              log=lambda *_: None)
+    with console.scoped(True):  # the data's own lines are training's, not this benchmark's
+        spec = load_data(load_config({"data": {"root": args.folder, "image_size": args.size}}))
     split, shape = spec.train, (len(spec.train), spec.channels, args.size, args.size)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

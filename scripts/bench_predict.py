@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from benchlib import checkpoint_and_images
+
     from cnnzoo.inference.torch_models import load_torch as load
 
     checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)

@@ -90,6 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchlib import checkpoint_and_images
+
     from cnnzoo.deploy.export import export
     from cnnzoo.inference import load
 

@@ -46,11 +46,12 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=2**20, help="serve --max-bytes")
     args = parser.parse_args()
 
-    from cnnzoo.runs import default_checkpoint
-    from cnnzoo.deploy.export import export
     from helpers_predict import Server, png_claiming
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint("runs")
+    from cnnzoo.deploy.export import export
+    from cnnzoo.runs import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint, "runs")
     with tempfile.TemporaryDirectory() as tmp:
         model = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx").path
         ordinary = png("RGB", (64, 64))

@@ -47,14 +47,16 @@ class Setup:
         import torch
 
         from cnnzoo.config import load_config
+        from cnnzoo.console import console
         from cnnzoo.data.sources import load_data
         from cnnzoo.runtime.device import amp_dtype, pick_device, prefers_channels_last
         from cnnzoo.training.recipe import make_optimizer
         from cnnzoo.training.setup import build_for_data
 
         self.cfg = load_config(args.config, args.set)
-        self.spec = load_data(self.cfg, log=lambda *_: None)
-        self.infos, model = build_for_data(self.cfg, self.spec)
+        with console.scoped(True):  # the data's own lines are training's, not this benchmark's
+            self.spec = load_data(self.cfg)
+            self.infos, model = build_for_data(self.cfg, self.spec)
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.train
         self.device = pick_device(t.device)

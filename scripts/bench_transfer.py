@@ -35,24 +35,24 @@ def main() -> None:
 
     import torch
 
+    from cnnzoo.config import load_config
+    from cnnzoo.console import console
     from cnnzoo.data.cache import decode_all
     from cnnzoo.data.loaders import ImageDataset, make_loader
     from cnnzoo.data.sources import load_data
-    from cnnzoo.runtime.device import cpu_count
-    from cnnzoo.training import transfer
     from cnnzoo.model.backbones import backbone_of
-    from cnnzoo.config import load_config
-    from cnnzoo.runtime.device import Feed, norm_tensors, prefers_channels_last
+    from cnnzoo.runtime.device import Feed, cpu_count, norm_tensors, prefers_channels_last
+    from cnnzoo.training import transfer
     from cnnzoo.training.loop import Stepper, train_one_epoch
     from cnnzoo.training.recipe import Criterion, LRSchedule, make_optimizer
     from cnnzoo.training.setup import build_for_data
 
     cfg = load_config(args.config, args.set)
-    spec = load_data(cfg, log=lambda *_: None)
-    keep = list(range(min(args.images, len(spec.train))))
-    spec.train = spec.train.subset(keep)
     weights = Path(str(backbone_weights(cfg))).expanduser()
-    _, model = build_for_data(cfg, spec, pretrained=weights.is_file(), log=lambda *_: None)
+    with console.scoped(True):  # the data's and the weights' lines are training's, not this benchmark's
+        spec = load_data(cfg)
+        spec.train = spec.train.subset(list(range(min(args.images, len(spec.train)))))
+        _, model = build_for_data(cfg, spec, pretrained=weights.is_file())
     backbone = backbone_of(model)
     if backbone is None:
         sys.exit(f"{args.config}: the model has no backbone layer; nothing to cache")
@@ -87,7 +87,8 @@ def main() -> None:
     cached_set = transfer.FeatureDataset(store, images.labels, plan.flips, flip_p=plan.flip_p)
     cached = epoch_rate(plan.suffix(), make_loader(cached_set, batch, shuffle=True, seed=cfg.seed, workers=0))
 
-    n_all = len(load_data(cfg, log=lambda *_: None).train)
+    with console.scoped(True):
+        n_all = len(load_data(cfg).train)
     per_epoch_saved = n_all / whole - n_all / cached
     print(f"config {args.config}: backbone {backbone.name}, {backbone.trainable} of {len(backbone.stages)} "
           f"stages trainable, {plan.cut} cached, {len(plan.flips)} versions per image, "

@@ -13,11 +13,11 @@ def checkpoint_and_images(checkpoint: Optional[str], images: Optional[str]) -> t
     """(checkpoint, image folder, image paths): ``checkpoint`` or runs/latest's; ``images`` or the
     checkpoint's own validation (else test, else whole) folder."""
     from cnnzoo.checkpoint import load_checkpoint
-    from cnnzoo.runs import default_checkpoint
     from cnnzoo.data.sources import SPLIT_FOLDERS
     from cnnzoo.inference.inputs import expand_inputs
+    from cnnzoo.runs import resolve_checkpoint
 
-    path = Path(checkpoint) if checkpoint else default_checkpoint("runs")
+    path = resolve_checkpoint(checkpoint, "runs")
     if images:
         folder = Path(images)
     else:

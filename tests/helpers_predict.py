@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import pytest
-
 from conftest import tiny_config
 
 _BIN = Path(sys.executable).with_name("cnnzoo")

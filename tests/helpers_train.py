@@ -70,7 +70,8 @@ def files_under(folder: Path) -> list[str]:
 
 def tiny_layers(outputs: Optional[object] = "num_classes", dropout: float = 0.0) -> list:
     """The tiny network of conftest.tiny_config with a chosen head width (and optional dropout,
-    which draws from the global torch RNG: the test that resuming restores the RNG)."""
+    which draws from the global torch RNG: the test that a resumed run draws what the
+    uninterrupted one drew, since every epoch reseeds from (seed, epoch))."""
     head = [{"dropout": {"p": dropout}}] if dropout else []
     return [{"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "relu", "pool",
             "flatten", *head, {"dense": {"out_features": outputs}}]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import reads_shared
 from torch import nn
 
 from cnnzoo.config import load_config
-from conftest import reads_shared
 from cnnzoo.model.layers import build_model, trace_layers
 
 torchvision = pytest.importorskip("torchvision")

@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
+from helpers_train import metric_rows
 from torch import nn
 from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.training.run import train
 from cnnzoo.errors import UserError
 from cnnzoo.model.layers import build_model, trace_layers
-from conftest import tiny_config
-from helpers_train import metric_rows
+from cnnzoo.training.run import train
 
 BASIC = [{"conv": {"out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False}}, "batchnorm", "relu",
          {"conv": {"out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False}}, "batchnorm"]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers_predict import CONFIGS, PROJECT, one_error_line, run_cnnzoo, subprocess_env
 from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo.cli import app
-from helpers_predict import CONFIGS, PROJECT, one_error_line, run_cnnzoo, subprocess_env
 
 HOMEWORK = CONFIGS / "zoomcamp_homework.yaml"
 

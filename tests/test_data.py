@@ -5,30 +5,31 @@ Everything runs on small real image files written to tmp_path; nothing is downlo
 
 from __future__ import annotations
 
-from collections import Counter
+import contextlib
+import io
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config, write_class_folders
+from helpers_train import metric_rows, tiny_layers, write_mnist_raw
 from PIL import Image
 
+from cnnzoo.config import AugmentConfig, load_config
+from cnnzoo.data import preprocess, shapes
 from cnnzoo.data.augment import build_augment
 from cnnzoo.data.cache import cached_array, choose_cache, decode_all
 from cnnzoo.data.loaders import EpochBatches, ImageDataset
 from cnnzoo.data.sources import class_names, load_data
-from cnnzoo.files import cache_home
-from cnnzoo.data import preprocess
-from cnnzoo.data import shapes
-from cnnzoo.config import AugmentConfig, load_config
-from cnnzoo.training.run import train
 from cnnzoo.errors import ConfigError, DataError
-from conftest import tiny_config, write_class_folders
-from helpers_train import metric_rows, tiny_layers, write_mnist_raw
+from cnnzoo.files import cache_home
+from cnnzoo.training.run import train
 
 
 def augment_config(options: dict) -> AugmentConfig:
@@ -41,7 +42,7 @@ def cfg_for(root, **data):
 
 
 def load(root, **data):
-    return load_data(cfg_for(root, **data), log=lambda *_: None)
+    return load_data(cfg_for(root, **data))
 
 
 def class_of(path: str) -> str:
@@ -100,7 +101,7 @@ def test_single_folder_split_is_seeded(tmp_path):
 
     def val_paths(seed):
         cfg = load_config({"seed": seed, "data": {"root": str(root), "image_size": 16}})
-        return load_data(cfg, log=lambda *_: None).val.paths
+        return load_data(cfg).val.paths
 
     assert val_paths(0) == val_paths(0)
     assert val_paths(5) == val_paths(5)
@@ -113,7 +114,7 @@ def test_class_names_are_sorted_folder_names(tmp_path):
     write_class_folders(root / "train", {n: 2 for n in names}, size=8, seed=1)
     write_class_folders(root / "validation", {n: 1 for n in reversed(names)}, size=8, seed=2)
     cfg = cfg_for(root)
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     assert spec.classes == sorted(names)
     assert class_names(cfg) == sorted(names)
     for split in (spec.train, spec.val):
@@ -353,7 +354,7 @@ def test_error_missing_or_unset_root(tmp_path):
     message = _error(tmp_path / "nope")
     assert "data.root" in message and str(tmp_path / "nope") in message
     with pytest.raises(ConfigError, match="data.root"):
-        load_data(load_config({"data": {"image_size": 16}}), log=lambda *_: None)
+        load_data(load_config({"data": {"image_size": 16}}))
 
 
 def test_error_no_class_folders(tmp_path):
@@ -396,10 +397,10 @@ def test_a_folder_holding_one_folder_of_class_folders_says_did_you_mean(tmp_path
                           f"(cat, dog); did you mean --data {up / 'images'} (data.root: {up / 'images'})?")
 
 
-def test_the_train_folder_itself_is_split_and_the_log_names_the_data_root(tmp_path):
+def test_the_train_folder_itself_is_split_and_the_log_names_the_data_root(tmp_path, capsys):
     root = _dataset_in(tmp_path / "clothing")
-    lines = []
-    spec = load_data(load_config({"data": {"root": str(root / "train"), "image_size": 8}}), log=lines.append)
+    spec = load_data(load_config({"data": {"root": str(root / "train"), "image_size": 8}}))
+    lines = capsys.readouterr().out.splitlines()
     assert len(spec.train) + len(spec.val) == 6  # what was asked: train/ alone, split by val_fraction
     assert any(f"did you mean data.root: {root}? It holds train/ and validation/" in line for line in lines), lines
 
@@ -588,7 +589,7 @@ from cnnzoo.config import load_config
 from cnnzoo.data.cache import decode_all
 from cnnzoo.data.sources import load_data
 folder, root = Path(sys.argv[1]), sys.argv[2]
-spec = load_data(load_config({"data": {"root": root, "image_size": 64}}), log=lambda *_: None)
+spec = load_data(load_config({"data": {"root": root, "image_size": 64}}))
 decoded = decode_all(spec.train, (64, 64), 3, kind="disk", cache_dir=folder, workers=0)
 print("location=" + decoded.location)
 print("mean=%.3f" % decoded.pixels.float().mean().item())
@@ -793,11 +794,10 @@ def test_balanced_sampler_draws_rare_class_as_often():
 def shapes_home(tmp_path_factory):
     """Generate the shapes set once for this module, in its own CNNZOO_HOME."""
     home = tmp_path_factory.mktemp("shapes-home")
-    messages: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as said:
         mp.setenv("CNNZOO_HOME", str(home))
-        spec = load_data(load_config({"data": {"source": "shapes"}}), log=messages.append)
-    return home, spec, messages
+        spec = load_data(load_config({"data": {"source": "shapes"}}))
+    return home, spec, said.getvalue().splitlines()
 
 
 def test_shapes_generates_real_jpegs_once(shapes_home):
@@ -816,17 +816,16 @@ def test_shapes_generates_real_jpegs_once(shapes_home):
     assert not list(home.glob(".shapes-*"))  # no half-written temporary folder left
 
 
-def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch):
+def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch, capsys):
     home, first, _ = shapes_home
     root = home / f"shapes-v{shapes.VERSION}"
     marker = root / ".complete"
     stamps = (marker.stat().st_mtime_ns, Path(first.train.paths[0]).stat().st_mtime_ns,
               Path(first.val.paths[-1]).stat().st_mtime_ns)
     monkeypatch.setenv("CNNZOO_HOME", str(home))
-    messages: list[str] = []
     cfg = load_config({"data": {"source": "shapes", "image_size": 32}})
-    spec = load_data(cfg, log=messages.append)
-    assert messages == []
+    spec = load_data(cfg)
+    assert capsys.readouterr().out == ""
     assert (marker.stat().st_mtime_ns, Path(spec.train.paths[0]).stat().st_mtime_ns,
             Path(spec.val.paths[-1]).stat().st_mtime_ns) == stamps
     assert spec.train.paths == first.train.paths
@@ -834,17 +833,15 @@ def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch):
     assert class_names(cfg) == list(shapes.CLASSES)
 
 
-def test_shapes_with_explicit_root_uses_that_folder(shapes_home, tmp_path):
+def test_shapes_with_explicit_root_uses_that_folder(shapes_home, tmp_path, capsys):
     """data.root for shapes: the generator writes there (here: a copy of the module's set, reused)."""
     import shutil
 
     home, first, _ = shapes_home
     target = tmp_path / "myshapes"
     shutil.copytree(home / f"shapes-v{shapes.VERSION}", target)
-    messages: list[str] = []
-    spec = load_data(load_config({"data": {"source": "shapes", "root": str(target)}}),
-                              log=messages.append)
-    assert messages == []
+    spec = load_data(load_config({"data": {"source": "shapes", "root": str(target)}}))
+    assert capsys.readouterr().out == ""
     assert spec.root == str(target.resolve())
     assert all(p.startswith(str(target)) for p in spec.train.paths)
 
@@ -858,7 +855,7 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
 
     written = write_mnist_raw(tmp_path / "tv", folder)
     cfg = load_config({"data": {"source": source, "root": str(tmp_path / "tv")}})
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     expected = (datasets.MNIST if source == "mnist" else datasets.FashionMNIST).classes
     assert spec.classes == list(expected) and len(spec.classes) == 10
     assert class_names(cfg) == list(expected)
@@ -892,7 +889,7 @@ def test_torchvision_source_missing_without_download(tmp_path):
     cfg = load_config({"data": {"source": "mnist", "root": str(empty)}})
     assert cfg.data.download is False
     with pytest.raises(DataError) as info:
-        load_data(cfg, log=lambda *_: None)
+        load_data(cfg)
     message = str(info.value)
     assert "data.download" in message and "mnist" in message and str(empty) in message
     assert list(empty.iterdir()) == []  # nothing fetched or created

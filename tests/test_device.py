@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from cnnzoo.runtime.device import AMP_MARGIN, choose_amp, measure_amp
 from cnnzoo.model.layers import build_from_infos, trace_layers
+from cnnzoo.runtime.device import AMP_MARGIN, choose_amp, measure_amp
 
 
 def small_model() -> torch.nn.Module:

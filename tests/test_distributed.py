@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-import cnnzoo
-from cnnzoo.data.loaders import EpochBatches
-from cnnzoo.config import load_config
-from cnnzoo.console import Console
-from cnnzoo.training.recipe import LRSchedule, make_optimizer
 from conftest import write_class_folders
 from helpers_train import metric_rows
+
+import cnnzoo
+from cnnzoo.config import load_config
+from cnnzoo.console import Console
+from cnnzoo.data.loaders import EpochBatches
+from cnnzoo.training.recipe import LRSchedule, make_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_class_folders
+from helpers_predict import one_error_line, run_cnnzoo, train_run
 from PIL import Image
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo.evaluation import metrics
 from cnnzoo.cli import app
-from cnnzoo.data.sources import stratified_split, scan_folder
+from cnnzoo.data.sources import scan_folder, stratified_split
 from cnnzoo.errors import DataError
+from cnnzoo.evaluation import metrics
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
-from conftest import write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -333,8 +333,9 @@ def test_plain_loss_sum_for_both_heads():
 
 
 def test_moved_training_data_says_to_pass_data(tmp_path):
-    from cnnzoo.training.run import train
     from conftest import tiny_config
+
+    from cnnzoo.training.run import train
 
     root = tmp_path / "images"
     write_class_folders(root / "train", {"a": 6, "b": 6}, seed=1)

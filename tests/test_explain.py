@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
+from helpers_predict import one_error_line, run_cnnzoo
 from PIL import Image
 
 import cnnzoo
-from cnnzoo.explanation.page import explain
 from cnnzoo.data.shapes import CLASSES, draw_shape, shape_mask
-from conftest import tiny_config
-from helpers_predict import one_error_line, run_cnnzoo
+from cnnzoo.explanation.page import explain
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config, write_class_folders
+from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
 
 import cnnzoo
 from cnnzoo import inference
-from cnnzoo.inference.classifier import METADATA_KEY
 from cnnzoo.deploy.export import export
-from conftest import tiny_config, write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
+from cnnzoo.inference.classifier import METADATA_KEY
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

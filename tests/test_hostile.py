@@ -15,21 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import private_tmpfs_works, tiny_config, write_class_folders
+from helpers_predict import png_claiming
 from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo.checkpoint import FORMAT, VERSION, load_checkpoint
-from cnnzoo.runs import default_checkpoint
-from cnnzoo.data.cache import decode_all
-from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.training.run import train
+from cnnzoo.data.cache import decode_all
+from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
-from cnnzoo.model.layers import trace_layers
 from cnnzoo.inference.inputs import expand_inputs
-from conftest import private_tmpfs_works, tiny_config, write_class_folders
-from helpers_predict import png_claiming
+from cnnzoo.model.layers import trace_layers
+from cnnzoo.runs import resolve_checkpoint
+from cnnzoo.training.run import train
 
 
 def cli(*args: str):
@@ -186,7 +186,7 @@ def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, 
         train(tiny_config(image_root, epochs=3), out=tmp_path / "runs", quiet=True)
     assert (info.value.run_dir / "last.pt").is_file() and not (info.value.run_dir / "best.pt").exists()
     assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
-    assert default_checkpoint(tmp_path / "runs") == first.resolve() / "best.pt"
+    assert resolve_checkpoint(None, tmp_path / "runs") == first.resolve() / "best.pt"
     monkeypatch.undo()
     resumed = train(resume=info.value.run_dir / "last.pt", quiet=True)  # resumed, it earns latest
     assert (tmp_path / "runs" / "latest").resolve() == resumed.resolve()
@@ -198,7 +198,7 @@ def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, 
 def test_fifo_in_a_data_folder_is_skipped_and_named(image_root, tmp_path, capsys):
     fifo = image_root / "train" / "a" / "x.jpg"
     os.mkfifo(fifo)
-    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    spec = load_data(load_config(tiny_config(image_root)))
     assert len(spec.train) == 24
     assert f"skipped {fifo}: not a regular file" in capsys.readouterr().err
     paths, missing = expand_inputs([str(fifo), str(image_root / "train" / "a")])
@@ -209,7 +209,7 @@ def test_fifo_in_a_data_folder_is_skipped_and_named(image_root, tmp_path, capsys
 def test_a_link_loop_does_not_multiply_the_data_or_cross_splits(image_root, capsys):
     os.symlink("..", image_root / "train" / "a" / "loop")
     os.symlink(image_root / "train" / "b" / "b_000.png", image_root / "validation" / "b" / "dup.png")
-    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    spec = load_data(load_config(tiny_config(image_root)))
     err = capsys.readouterr().err
     assert (len(spec.train), len(spec.val)) == (24, 8)
     assert "a link to a folder that was already read" in err and "the same file was already read" in err
@@ -226,14 +226,13 @@ def test_predict_names_every_file_it_cannot_read(image_root):
 def test_one_class_folder_is_refused(tmp_path):
     root = write_class_folders(tmp_path / "one", {"only": 10})
     with pytest.raises(UserError, match="only one class folder .*at least two classes"):
-        load_data(load_config(tiny_config(root)), log=lambda *_: None)
+        load_data(load_config(tiny_config(root)))
 
 
-def test_an_automatic_split_is_announced(tmp_path):
+def test_an_automatic_split_is_announced(tmp_path, capsys):
     root = write_class_folders(tmp_path / "flat", {"a": 10, "b": 10})
-    said: list[str] = []
-    load_data(load_config(tiny_config(root)), log=said.append)
-    assert any("held out 0.2 of each class for validation (4 of 20 images" in s for s in said)
+    load_data(load_config(tiny_config(root)))
+    assert "held out 0.2 of each class for validation (4 of 20 images" in capsys.readouterr().out
 
 
 # ============================================================================ layers and configs
@@ -502,7 +501,7 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     root = write_class_folders(tmp_path / "data", {"a": 5, "b": 5})
     broken = broken_files(root / "a", rng, 40)
     cfg = load_config(tiny_config(root))
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     decoded = [decode_all(split, (16, 16), 3, kind="ram", cache_dir=None, workers=0) for split in (spec.train, spec.val)]
     scanned = len(spec.train) + len(spec.val)
     unreadable = sum(len(d.failed) for d in decoded)
@@ -716,8 +715,9 @@ def np_random(rng: random.Random):
 def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained, tmp_path):
     pytest.importorskip("starlette")
     pytest.importorskip("onnxruntime")
-    from cnnzoo.deploy.export import export
     from helpers_predict import Server
+
+    from cnnzoo.deploy.export import export
 
     model = export(trained / "best.pt", "onnx", out=tmp_path / "served.onnx").path
     image = (trained.parents[2] / "images" / "validation" / "a" / "a_000.png").read_bytes()
@@ -779,7 +779,7 @@ def test_fuzzed_cache_files_are_reused_whole_or_rebuilt(image_root, tmp_path, ca
 
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
     rng = random.Random(23)
-    spec = load_data(load_config(tiny_config(image_root)), log=lambda *_: None)
+    spec = load_data(load_config(tiny_config(image_root)))
     first = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
     reference, npy = first.pixels.clone(), Path(first.location)
     del first

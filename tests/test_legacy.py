@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_class_folders
 
 import cnnzoo
-from conftest import write_class_folders
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())

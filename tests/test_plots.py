@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config, write_class_folders
 
 import cnnzoo
 from cnnzoo.plots import confusion_figure, history_figure, plot_confusion
-from conftest import tiny_config, write_class_folders
 
 
 def _row(epoch: int, acc: float, loss: float, stage: int) -> dict:

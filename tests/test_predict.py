@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_folders
+from helpers_predict import one_error_line, run_cnnzoo, train_run
 from PIL import Image
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo.runs import default_checkpoint
 from cnnzoo.cli import app
-from cnnzoo.runtime.device import norm_tensors, to_model_input
+from cnnzoo.data.preprocess import load_image, normalize_array
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
-from cnnzoo.model.layers import build_from_records
 from cnnzoo.evaluation.metrics import confusion_matrix
-from cnnzoo.data.preprocess import load_image, normalize_array
-from conftest import write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, train_run
+from cnnzoo.model.layers import build_from_records
+from cnnzoo.runs import resolve_checkpoint
+from cnnzoo.runtime.device import norm_tensors, to_model_input
 
 RECORD_KEYS = {"image", "label", "probability", "top_k"}
 
@@ -269,7 +269,7 @@ def test_load_accepts_a_run_folder_and_defaults_to_runs_latest(trained, monkeypa
     monkeypatch.chdir(trained.base)
     default = cnnzoo.load()
     assert Path(default.path).resolve() == trained.best.resolve()
-    assert default_checkpoint("runs").resolve() == trained.best.resolve()
+    assert resolve_checkpoint(None, "runs").resolve() == trained.best.resolve()
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT, tiny_config
 
 TESTS = PROJECT_ROOT / "tests"
@@ -198,8 +197,8 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     _link_installed(needed, tmp_path / "deps")
     (site / "readme-deps.pth").write_text(str(tmp_path / "deps") + "\n")
 
-    from cnnzoo.training.run import train
     from cnnzoo.deploy.export import export
+    from cnnzoo.training.run import train
 
     onnx_file = export(train(tiny_config(image_root), out=tmp_path / "runs", quiet=True) / "best.pt", "onnx").path
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

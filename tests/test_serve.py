@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import write_class_folders
+from helpers_predict import Server, one_error_line, png_claiming, run_cnnzoo, train_run
 from PIL import Image
 
 import cnnzoo
-from conftest import write_class_folders
-from helpers_predict import Server, one_error_line, png_claiming, run_cnnzoo, train_run
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")

@@ -19,24 +19,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import tiny_config, write_class_folders
+from helpers_train import HEADER, TIMING, files_under, metric_rows, tiny_layers
 from PIL import Image
 
 import cnnzoo
 from cnnzoo.checkpoint import FORMAT, load_checkpoint, save_atomic
+from cnnzoo.config import load_config
 from cnnzoo.data.cache import decode_all
 from cnnzoo.data.loaders import ImageDataset, make_loader
 from cnnzoo.data.sources import load_data
+from cnnzoo.errors import ConfigError, UserError
+from cnnzoo.model.layers import build_from_infos, build_from_records, trace_layers
 from cnnzoo.runtime import device as device_mod
-from cnnzoo.config import load_config
 from cnnzoo.runtime.device import Feed
 from cnnzoo.training.callbacks import HistoryPlot
 from cnnzoo.training.loop import Stepper, train_one_epoch
 from cnnzoo.training.recipe import Criterion, LRSchedule, loss_kind, make_optimizer
 from cnnzoo.training.run import TrainingInterrupted, train
-from cnnzoo.errors import ConfigError, UserError
-from cnnzoo.model.layers import build_from_infos, build_from_records, trace_layers
-from conftest import tiny_config, write_class_folders
-from helpers_train import HEADER, TIMING, files_under, metric_rows, tiny_layers
 
 
 def write_images(root: Path, train_per_class: int = 12, val_per_class: int = 4) -> Path:
@@ -130,8 +130,9 @@ def test_checkpoints_load_safely_and_hold_everything(base):
         model.load_state_dict(ckpt["model_state"])  # rebuilds without the config
     assert last["epoch"] == 2
     assert best["epoch"] in (1, 2)
-    for key in ("optimizer", "scheduler", "rng", "trainer"):
+    for key in ("optimizer", "scheduler", "trainer"):
         assert key in last and key not in best
+    assert "rng" not in last  # every epoch reseeds from (seed, epoch): a saved RNG state would never be read
     assert last["trainer"]["best_epoch"] == best["epoch"]
     assert last["optimizer"]["state"]  # Adam moments were saved
     assert float(best["metrics"]["val_acc"]) == pytest.approx(last["trainer"]["best_value"])
@@ -298,8 +299,7 @@ SCHEDULERS = ["none", "step", "cosine", "one-cycle", "reduce-on-plateau"]
 @pytest.fixture(scope="module")
 def one_batch_loader(small_root):
     """12 cached training images, one batch per epoch, through the real dataset and sampler."""
-    spec = load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}),
-                              log=lambda *_: None)
+    spec = load_data(load_config({"data": {"root": str(small_root), "image_size": 16}}))
     decoded = decode_all(spec.train, (16, 16), 3, kind="ram", cache_dir=None, workers=0)
     dataset = ImageDataset(spec.train, (16, 16), 3, decoded=decoded)
     return make_loader(dataset, 12, shuffle=True, seed=0, workers=0), spec
@@ -570,7 +570,7 @@ def test_interrupt_message_names_the_epoch_last_pt_holds(image_root, tmp_path, m
 
 def test_clothing_data_loads(clothing_root):
     cfg = load_config({"data": {"root": str(clothing_root), "image_size": 64}})
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     assert len(spec.classes) == 10
     assert spec.classes == sorted(spec.classes)
     assert (len(spec.train), len(spec.val)) == (3068, 341)

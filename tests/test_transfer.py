@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers_train import metric_rows
 from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo.data.sources import load_data, resolve_input
-from cnnzoo.model.backbones import Backbone
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.training.run import train
+from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
-from helpers_train import metric_rows
+from cnnzoo.model.backbones import Backbone
+from cnnzoo.training.run import train
 
 RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
@@ -150,10 +150,10 @@ def test_input_size_and_normalisation_follow_the_weights_unless_set(image_root):
     del config["data"]["image_size"]
     cfg = load_config(config)
     assert resolve_input(cfg) == (3, (224, 224))
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     assert spec.mean == pytest.approx([0.485, 0.456, 0.406])
     cfg = load_config(config, ["data.image_size=96", "data.normalize={mean: [0.5], std: [0.25]}"])
-    spec = load_data(cfg, log=lambda *_: None)
+    spec = load_data(cfg)
     assert spec.image_size == (96, 96) and spec.mean == [0.5] * 3 and spec.std == [0.25] * 3
 
 
@@ -254,7 +254,7 @@ def test_timm_backbone_trains_with_a_cut_feature_cache_and_predicts(image_root, 
 def test_timm_preprocessing_comes_from_the_pretrained_config(image_root, lite0_file):
     config = transfer_config(image_root, {"name": "timm/tf_efficientnet_lite0", "weights": str(lite0_file)})
     del config["data"]["image_size"]
-    spec = load_data(load_config(config), log=lambda *_: None)
+    spec = load_data(load_config(config))
     assert spec.image_size == (224, 224) and spec.mean == [0.5] * 3 and spec.std == [0.5] * 3
 
 
@@ -337,7 +337,7 @@ def test_timm_default_weights_are_read_from_the_hugging_face_cache_offline(image
     backbone = Backbone("timm/tf_efficientnet_lite0", "DEFAULT")
     network_attempts.on = True
     try:
-        backbone.load_pretrained(log=lambda *_: None)
+        backbone.load_pretrained()
     finally:
         network_attempts.on = False
     assert torch.equal(backbone.body.conv_stem.weight, whole["conv_stem.weight"])

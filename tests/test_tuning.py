@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_config
+from helpers_predict import one_error_line, run_cnnzoo
+from helpers_train import metric_rows
 
 import cnnzoo
 from cnnzoo.training.run import TrainingInterrupted
 from cnnzoo.training.tuning import parse_grid, suggest_lr, sweep
-from conftest import tiny_config
-from helpers_predict import one_error_line, run_cnnzoo
-from helpers_train import metric_rows
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -341,3 +341,20 @@ def test_a_finished_run_whose_folder_is_gone_is_run_again(image_root, tmp_path, 
     again = sweep(config, ["train.lr=0.02,0.005"], runs_root=tmp_path / "runs")
     assert "has no metrics.csv any more; running it again" in capsys.readouterr().err
     assert len(again.rows) == 2 and all((Path(r["run"]) / "metrics.csv").is_file() for r in again.rows)
+
+
+@pytest.mark.slow
+def test_the_sweep_table_names_the_epoch_best_pt_holds(image_root, tmp_path):
+    """The table's best epoch is the one best.pt holds, by training's own rule (an epoch that ties on
+    val_acc with a lower val_loss takes over), not the first epoch with the highest accuracy."""
+    from cnnzoo.checkpoint import load_checkpoint
+
+    config = sweep_config(tmp_path, image_root, epochs=6)
+    result = sweep(config, ["train.lr=0.03,0.02"], runs_root=tmp_path / "runs")
+    first_highest = []
+    for row in result.rows:
+        best = load_checkpoint(Path(row["run"]) / "best.pt")
+        assert (row["best_epoch"], row["best_val_acc"]) == (best["epoch"], pytest.approx(best["metrics"]["val_acc"]))
+        accs = [float(r["val_acc"]) for r in metric_rows(row["run"])]
+        first_highest.append(accs.index(max(accs)) + 1)
+    assert first_highest != [row["best_epoch"] for row in result.rows]  # a tie was broken: the case that disagreed

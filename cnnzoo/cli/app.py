@@ -7,13 +7,15 @@ on stderr and exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from typing import Any, Callable
 
 import typer
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from ..runtime.versions import describe_failure
 
 app = typer.Typer(
@@ -48,18 +50,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _guard(action):
-    """Run ``action``; user errors become one line and exit 2 (unless --debug)."""
-    try:
-        return action()
-    except UserError as exc:
-        if _state["debug"]:
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        if _rank0():
-            typer.echo("cnnzoo: interrupted", err=True)
-        raise typer.Exit(130)
+def guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """A command whose :class:`UserError` becomes one line and exit 2 (the traceback with --debug),
+    and whose Ctrl-C is one line and exit 130. Typer reads the command's own signature (``wraps``)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except UserError as exc:
+            if _state["debug"]:
+                raise
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            if _rank0():
+                typer.echo("cnnzoo: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return run
 
 
 def _version(value: bool) -> None:
@@ -107,7 +115,7 @@ def main() -> None:
             sys.exit(2)
         if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
             typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
-                       f"stopped answering ({str(exc).splitlines()[0][:160]})", err=True)
+                       f"stopped answering ({short_reason(exc)})", err=True)
             sys.exit(1)
         typer.echo(f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                    err=True)

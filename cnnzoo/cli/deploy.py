@@ -7,10 +7,12 @@ from typing import Optional
 
 import typer
 
-from .app import TRUST_TORCHSCRIPT_HELP, _fail, _guard, app
+from ..deploy import DEFAULT_MAX_BYTES, DEFAULT_OPSET, PARITY_TOLERANCE
+from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded
 
 
 @app.command()
+@guarded
 def export(
     checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
                                                     help="Checkpoint (default: runs/latest's best.pt)."),
@@ -18,8 +20,8 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="File or folder to write (default: beside the checkpoint, "
                                             "best.onnx / best.torchscript.pt)."),
-    opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0,
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", min=7, help="ONNX opset version."),
+    tolerance: float = typer.Option(PARITY_TOLERANCE, "--tolerance", min=0.0,
                                     help="Largest probability difference from the checkpoint that passes."),
     force: bool = typer.Option(False, "--force", help="Replace a file at --out that is not an export of this "
                                                       "format (never the checkpoint itself)."),
@@ -35,28 +37,26 @@ def export(
     NaN or infinite probabilities. TorchScript is code: cnnzoo writes it for LibTorch (C++) and
     opens one only with predict/serve --trust-torchscript.
     """
-    def action():
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..deploy.export import export as run_export
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..deploy.export import export as run_export
 
-        result = run_export(checkpoint_arg, fmt, out=out, opset=opset, tolerance=tolerance, runs_root=runs, force=force)
-        size = result.path.stat().st_size
-        verdict = "ok" if result.ok else "FAILED"
-        typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
-        typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
-                   f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
-        if result.not_finite:
-            _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it",
-                  code=1)
-        if not result.ok:
-            _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
-                  f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
-                  f"--opset or --format)", code=1)
-
-    _guard(action)
+    result = run_export(checkpoint_arg, fmt, out=out, opset=opset, tolerance=tolerance, runs_root=runs, force=force)
+    size = result.path.stat().st_size
+    verdict = "ok" if result.ok else "FAILED"
+    typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
+    typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
+               f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
+    if result.not_finite:
+        _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it",
+              code=1)
+    if not result.ok:
+        _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
+              f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
+              f"--opset or --format)", code=1)
 
 
 @app.command()
+@guarded
 def serve(
     model: Optional[Path] = typer.Argument(None, metavar="[MODEL]",
                                            help="Checkpoint or .onnx export (runs without torch). "
@@ -65,7 +65,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
-    max_bytes: int = typer.Option(10 * 2**20, "--max-bytes", min=1,
+    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1,
                                   help="Largest request body accepted: one image, or all files of a multipart "
                                        "upload together (counted as it arrives; never spooled to disk)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
@@ -81,11 +81,8 @@ def serve(
     Bounds: --max-bytes per request, 64 megapixels and 1 GiB of decoding memory at once (larger
     images get 413). On a public network put a reverse proxy in front (docs/security.md).
     """
-    def action():
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..deploy.serve import serve as run_server
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..deploy.serve import serve as run_server
 
-        run_server(model, host=host, port=port, workers=workers, max_bytes=max_bytes, top_k=top_k, device=device,
-                   runs_root=runs, trust_torchscript=trust_torchscript)
-
-    _guard(action)
+    run_server(model, host=host, port=port, workers=workers, max_bytes=max_bytes, top_k=top_k, device=device,
+               runs_root=runs, trust_torchscript=trust_torchscript)

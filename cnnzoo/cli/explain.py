@@ -7,10 +7,11 @@ from typing import Optional
 
 import typer
 
-from .app import _guard, app
+from .app import app, guarded
 
 
 @app.command()
+@guarded
 def explain(
     image: Path = typer.Argument(..., help="The image to explain."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
@@ -26,14 +27,11 @@ def explain(
     Example:  cnnzoo explain ~/.cache/cnnzoo/shapes-v1/validation/star/star_0000.jpg
     The page embeds its pictures and opens in any browser without a network.
     """
-    def action():
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..explanation.page import explain as run_explain
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..explanation.page import explain as run_explain
 
-        path, report = run_explain(checkpoint, image, out=out, target=target, png_dir=png, runs_root=runs)
-        chosen = report.classes[report.target]
-        typer.echo(f"{image}: {report.classes[int(report.probabilities.argmax())]} "
-                   f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}")
-        typer.echo(f"wrote {path}" + (f" and the pictures in {png}" if png else ""))
-
-    _guard(action)
+    path, report = run_explain(checkpoint, image, out=out, target=target, png_dir=png, runs_root=runs)
+    chosen = report.classes[report.target]
+    typer.echo(f"{image}: {report.classes[int(report.probabilities.argmax())]} "
+               f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}")
+    typer.echo(f"wrote {path}" + (f" and the pictures in {png}" if png else ""))

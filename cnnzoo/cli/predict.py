@@ -9,11 +9,12 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from ..runs import default_checkpoint
-from .app import TRUST_TORCHSCRIPT_HELP, _guard, app
+from ..runs import resolve_checkpoint
+from .app import TRUST_TORCHSCRIPT_HELP, app, guarded
 
 
 @app.command()
+@guarded
 def predict(
     images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "--model", "-m",
@@ -32,38 +33,36 @@ def predict(
     Exit code 0 when every image was predicted, 1 when some could not be read, 2 when none.
     Without torch:  cnnzoo predict --model runs/latest/best.onnx photo.jpg
     """
-    def action():
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..inference import load
-        from ..inference.inputs import expand_inputs, records_to_csv
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..inference import load
+    from ..inference.inputs import expand_inputs, records_to_csv
 
-        if as_json and as_csv:
-            raise UserError("choose one of --json and --csv")
-        path = checkpoint or default_checkpoint(runs)
-        if checkpoint is None:
-            typer.echo(f"cnnzoo: using {path}", err=True)
-        model = load(path, device, trust_torchscript=trust_torchscript)
-        paths, failures = expand_inputs(images)
-        errors: list = list(failures)
-        records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
-        for name, reason in errors:
-            typer.echo(f"cnnzoo: cannot read {name}: {reason}", err=True)
-        if as_json:
-            typer.echo(json.dumps(records, indent=1))
-        elif as_csv:
-            typer.echo(records_to_csv(records, min(top_k, len(model.classes))), nl=False)
-        else:
-            width = max((len(r["image"]) for r in records), default=0)
-            for r in records:
-                ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
-                typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
-        if errors:
-            raise typer.Exit(2 if not records else 1)
-
-    _guard(action)
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv")
+    path = resolve_checkpoint(checkpoint, runs)
+    if checkpoint is None:
+        typer.echo(f"cnnzoo: using {path}", err=True)
+    model = load(path, device, trust_torchscript=trust_torchscript)
+    paths, failures = expand_inputs(images)
+    errors: list = list(failures)
+    records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
+    for name, reason in errors:
+        typer.echo(f"cnnzoo: cannot read {name}: {reason}", err=True)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+    elif as_csv:
+        typer.echo(records_to_csv(records, min(top_k, len(model.classes))), nl=False)
+    else:
+        width = max((len(r["image"]) for r in records), default=0)
+        for r in records:
+            ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
+            typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
+    if errors:
+        raise typer.Exit(2 if not records else 1)
 
 
 @app.command()
+@guarded
 def evaluate(
     checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
                                                     help="Checkpoint (default: runs/latest's best.pt)."),
@@ -81,19 +80,16 @@ def evaluate(
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
-    def action():
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..evaluation.evaluate import evaluate as run_evaluation
-        from ..evaluation.evaluate import format_report
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..evaluation.evaluate import evaluate as run_evaluation
+    from ..evaluation.evaluate import format_report
 
-        if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
-            raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
-        report = run_evaluation(checkpoint or checkpoint_arg, data, split=split, top_k=top_k, batch_size=batch_size,
-                                out=out, device=device, runs_root=runs, progress=not as_json)
-        if as_json:
-            typer.echo(json.dumps(report))
-        else:
-            typer.echo(format_report(report))
-            typer.echo(f"\nwrote {', '.join(report['outputs'])}")
-
-    _guard(action)
+    if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
+        raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
+    report = run_evaluation(checkpoint or checkpoint_arg, data, split=split, top_k=top_k, batch_size=batch_size,
+                            out=out, device=device, runs_root=runs, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(format_report(report))
+        typer.echo(f"\nwrote {', '.join(report['outputs'])}")

@@ -9,10 +9,11 @@ from typing import List
 import typer
 
 from ..config import load_config
-from .app import CONFIG_HELP, SET_HELP, _guard, app
+from .app import CONFIG_HELP, SET_HELP, app, guarded
 
 
 @app.command()
+@guarded
 def summary(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -24,15 +25,12 @@ def summary(
     Like Keras' model.summary(); shapes are checked with out = floor((W - K + 2P) / S) + 1.
     A pretrained backbone is one row; its frozen parameters are counted apart.
     """
-    def action():
-        cfg = load_config(config, set_)  # config errors come back before torch is imported
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..model.summary import format_summary, summarize
+    cfg = load_config(config, set_)  # config errors come back before torch is imported
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..model.summary import format_summary, summarize
 
-        result = summarize(cfg, expand)
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            typer.echo(format_summary(result, cfg.run_name))
-
-    _guard(action)
+    result = summarize(cfg, expand)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(format_summary(result, cfg.run_name))

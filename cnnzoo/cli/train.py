@@ -13,7 +13,7 @@ import typer
 
 from ..config import load_config
 from ..errors import UserError
-from .app import CONFIG_HELP, SET_HELP, _guard, _rank0, app
+from .app import CONFIG_HELP, SET_HELP, _rank0, app, guarded
 
 # The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
 UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
@@ -61,6 +61,7 @@ def forwarded_argv(argv: list[str]) -> list[str]:
 
 
 @app.command()
+@guarded
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -88,34 +89,31 @@ def train(
     4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
               (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
     """
-    def action():
-        if config is None and resume is None:
-            raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-        overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size,
-                              image_size=image_size).overrides(set_, unset)
-        source = config
-        if resume is None:  # config errors come back before torch is imported
-            source = load_config(config, overrides)
-            overrides = []
-        if nproc > 1 and "WORLD_SIZE" not in os.environ:
-            # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-            from ..runtime.distributed import launch
-
-            code = launch(nproc, forwarded_argv(sys.argv[1:]))
-            if code:
-                raise typer.Exit(code)
-            return
+    if config is None and resume is None:
+        raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
+    overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size,
+                          image_size=image_size).overrides(set_, unset)
+    source = config
+    if resume is None:  # config errors come back before torch is imported
+        source = load_config(config, overrides)
+        overrides = []
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
         # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..training.run import TrainingInterrupted
-        from ..training.run import train as run_training
+        from ..runtime.distributed import launch
 
-        try:
-            run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
-        except TrainingInterrupted as exc:
-            if _rank0():
-                typer.echo(f"\ncnnzoo: {exc}", err=True)
-            raise typer.Exit(130)
-        if quiet and _rank0():
-            typer.echo(str(run_dir))
+        code = launch(nproc, forwarded_argv(sys.argv[1:]))
+        if code:
+            raise typer.Exit(code)
+        return
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..training.run import TrainingInterrupted
+    from ..training.run import train as run_training
 
-    _guard(action)
+    try:
+        run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
+    except TrainingInterrupted as exc:
+        if _rank0():
+            typer.echo(f"\ncnnzoo: {exc}", err=True)
+        raise typer.Exit(130)
+    if quiet and _rank0():
+        typer.echo(str(run_dir))

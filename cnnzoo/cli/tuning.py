@@ -8,12 +8,20 @@ from typing import List, Optional
 import typer
 
 from ..config import load_config
-from .app import CONFIG_HELP, SET_HELP, _guard, app
-from .train import (BATCH_SIZE_OPTION, DATA_OPTION, DEVICE_OPTION, EPOCHS_OPTION, IMAGE_SIZE_OPTION, UNSET_OPTION,
-                    Shortcuts)
+from .app import CONFIG_HELP, SET_HELP, app, guarded
+from .train import (
+    BATCH_SIZE_OPTION,
+    DATA_OPTION,
+    DEVICE_OPTION,
+    EPOCHS_OPTION,
+    IMAGE_SIZE_OPTION,
+    UNSET_OPTION,
+    Shortcuts,
+)
 
 
 @app.command("lr-find")
+@guarded
 def lr_find(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -40,25 +48,23 @@ def lr_find(
               (writes runs/lr-find/quickstart.png and runs/lr-find/quickstart.lr.yaml)
     Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
     """
-    def action():
-        overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                              device=device).overrides(set_, unset)
-        cfg = load_config(config, overrides)  # config errors come back before torch is imported
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..training.tuning import apply_lr
-        from ..training.tuning import lr_find as run_lr_find
+    overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                          device=device).overrides(set_, unset)
+    cfg = load_config(config, overrides)  # config errors come back before torch is imported
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..training.tuning import apply_lr
+    from ..training.tuning import lr_find as run_lr_find
 
-        result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
-        typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
-                   f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
-        if apply:
-            written = apply_lr(config, result.suggestion, overrides=overrides, folder=result.plot.parent)
-            typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
-
-    _guard(action)
+    result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
+    typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
+               f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
+    if apply:
+        written = apply_lr(config, result.suggestion, overrides=overrides, folder=result.plot.parent)
+        typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
 
 
 @app.command()
+@guarded
 def sweep(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
     grid: List[str] = typer.Option(..., "--grid", "-g",
@@ -83,24 +89,21 @@ def sweep(
     Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
     At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
-    def action():
-        overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                              device=device).overrides(set_, unset)
-        load_config(config, overrides)  # config errors come back before torch is imported
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..training.run import TrainingInterrupted
-        from ..training.tuning import markdown_table
-        from ..training.tuning import sweep as run_sweep
+    overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
+                          device=device).overrides(set_, unset)
+    load_config(config, overrides)  # config errors come back before torch is imported
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..training.run import TrainingInterrupted
+    from ..training.tuning import markdown_table
+    from ..training.tuning import sweep as run_sweep
 
-        try:
-            result = run_sweep(config, grid, trials=trials, overrides=overrides, runs_root=runs, quiet=quiet,
-                               restart=restart)
-        except TrainingInterrupted as exc:
-            typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
-                       err=True)
-            raise typer.Exit(130)
-        typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
-        typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
-        typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")
-
-    _guard(action)
+    try:
+        result = run_sweep(config, grid, trials=trials, overrides=overrides, runs_root=runs, quiet=quiet,
+                           restart=restart)
+    except TrainingInterrupted as exc:
+        typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
+                   err=True)
+        raise typer.Exit(130)
+    typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
+    typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
+    typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")

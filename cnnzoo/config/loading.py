@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_reason
 from .checks import check_values
 from .schema import Config
 
@@ -89,26 +89,25 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise _Mismatch
         return {str(k): _coerce(v, val_tp, f"{key}.{k}", where) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return _coerce_scalar(value, tp)
+
+
+def _coerce_scalar(value: Any, tp: Any) -> Any:
+    """``value`` checked against ``bool``, ``int``, ``float`` (a YAML 1.1 string like ``1e-3`` too) or ``str``."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+        try:
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
+        except ValueError:
+            raise _Mismatch from None
+    if tp is str and isinstance(value, str):
+        return value
+    if tp in (bool, int, float, str):
         raise _Mismatch
     raise TypeError(f"config schema uses an unsupported type {tp!r}")
 
@@ -145,6 +144,11 @@ def _yaml_type(value: Any) -> str:
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML error says is wrong, in one clause (a caller reports where apart)."""
+    return getattr(exc, "problem", None) or short_reason(exc)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``a.b.c=value``; the value is read as YAML (``3`` is an int, ``[1, 2]`` a list)."""
     if text.endswith("!") and "=" not in text:  # --unset
@@ -158,7 +162,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({yaml_problem(exc)})") from None
     except RecursionError:
         raise ConfigError(f"--set {key}: the value is nested too deeply") from None
     return key, value
@@ -230,8 +234,7 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+        raise ConfigError(f"{where}: YAML syntax error: {yaml_problem(exc)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
     except RecursionError:

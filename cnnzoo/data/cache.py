@@ -25,7 +25,7 @@ import torch
 
 from ..console import console, warn
 from ..errors import DataError
-from ..files import cache_home, is_disk_full, reserve_space
+from ..files import Replacement, cache_home, is_disk_full, reserve_space, write_text
 from ..runtime import distributed
 from .sources import Samples
 
@@ -96,13 +96,14 @@ class NpyWriter:
     """
 
     def __init__(self, path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, key: str):
-        self.path, self.tmp, self._mapped = path, None, None
+        self.path, self.replacement, self._mapped = path, None, None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-                self._mapped = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
-                with open(self.tmp, "r+b") as f:
+                self.replacement = Replacement(path)
+                self._mapped = np.lib.format.open_memmap(self.replacement.temporary, mode="w+", dtype=dtype,
+                                                         shape=shape)
+                with open(self.replacement.temporary, "r+b") as f:
                     reserve_space(f.fileno(), os.fstat(f.fileno()).st_size)
             except OSError as exc:
                 self.discard()
@@ -132,14 +133,14 @@ class NpyWriter:
         self._mapped = self.tensor = None
         # the record first: a cache file in place always has its record (a kill between the two
         # leaves a record alone, which the next run overwrites)
-        _write_text_atomic(_sidecar(self.path), json.dumps(sidecar))
-        os.replace(self.tmp, self.path)
+        write_text(_sidecar(self.path), json.dumps(sidecar))
+        self.replacement.commit()
         return torch.from_numpy(np.load(self.path, mmap_mode="c"))
 
     def discard(self) -> None:
         self._mapped = self.tensor = None
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+        if self.replacement is not None:
+            self.replacement.discard()
 
 
 SIDECAR_FORMAT = 1
@@ -156,15 +157,6 @@ def _sidecar(path: Path) -> Path:
 
 def _checksum(array: np.ndarray) -> str:
     return hashlib.sha1(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _regular_file(path: Path, what: str) -> int:

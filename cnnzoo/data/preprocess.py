@@ -1,8 +1,8 @@
 """Image preprocessing in PIL and NumPy only: the one definition of "what the model sees".
 
 Training (cache building and the uncached loader), evaluation and prediction all call
-:func:`load_image`, so a model sees the same pixels everywhere, and a future
-ONNX-runtime ``predict`` can run it without importing torch. Normalisation is
+:func:`load_image`, so a model sees the same pixels everywhere, and the ONNX model
+(:mod:`cnnzoo.inference.onnx`) runs it without importing torch. Normalisation is
 ``(x / 255 - mean) / std`` per channel, also expressed here in NumPy.
 """
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..console import console
+
 CLASSES = ("circle", "cross", "square", "star", "triangle")
 VERSION = 1  # bump when the drawing changes, so caches of the old images are not reused
 IMAGE_SIZE = 64
@@ -92,7 +94,7 @@ def shape_mask(kind: str, seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(canvas.resize((size, size), Image.BILINEAR)) >= 128
 
 
-def ensure_shapes(root: Path, log=print) -> Path:
+def ensure_shapes(root: Path) -> Path:
     """Generate the data set under ``root`` once; later calls return at once."""
     root = Path(root)
     done = root / ".complete"
@@ -100,7 +102,7 @@ def ensure_shapes(root: Path, log=print) -> Path:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     total = sum(PER_CLASS.values()) * len(CLASSES)
-    log(f"Generating the shapes data set ({total} JPEGs) in {root} ...")
+    console.log(f"Generating the shapes data set ({total} JPEGs) in {root} ...")
     # write into a temporary sibling and rename: a crash never leaves half a data set
     tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root.parent))
     for split_index, (split, count) in enumerate(PER_CLASS.items()):

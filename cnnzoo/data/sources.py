@@ -13,13 +13,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..config import Config
-from ..console import warn
+from ..console import console, warn
 from ..errors import ConfigError, DataError
 from ..files import cache_home
 from ..model import backbones
@@ -236,8 +236,7 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return train, val
 
 
-def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
-                   ) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
+def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
     train_dir = root / "train"
@@ -257,7 +256,7 @@ def _folder_splits(root: Path, cfg: Config, log: Callable[[str], None]
     check_layout(root)
     everything, classes, skipped = scan_folder(root, "all")
     train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
-    log(f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
+    console.log(f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
         f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction){_split_hint(root)}")
     return classes, train, val, None, skipped
 
@@ -351,7 +350,7 @@ def class_names(cfg: Config) -> list[str]:
     return [p.name for p in class_dirs(base)]
 
 
-def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
+def load_data(cfg: Config) -> DataSpec:
     """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
     d = cfg.data
     skipped = 0
@@ -359,13 +358,13 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
     if d.source in ("folder", "shapes"):
         if d.source == "shapes":
             root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
-            shapes.ensure_shapes(root, log)
+            shapes.ensure_shapes(root)
         elif not d.root:
             raise ConfigError("data.root: not set; point it at your image folder "
                               "(class folders, or train/ and validation/ splits)")
         else:
             root = Path(d.root)
-        classes, train, val, test, skipped = _folder_splits(root, cfg, log)
+        classes, train, val, test, skipped = _folder_splits(root, cfg)
         root_text = str(root.resolve())
     else:
         classes, train, val, root_text = _torchvision_splits(cfg)
@@ -380,7 +379,7 @@ def load_data(cfg: Config, log: Callable[[str], None] = print) -> DataSpec:
     channels, size = resolve_input(cfg, pretrained)
     if pretrained is not None and d.normalize == "auto" and channels == 3:
         mean, std = pretrained.mean, pretrained.std
-        log(f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, "
+        console.log(f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, "
             f"{size[0]}x{size[1]}")
     else:
         mean, std = preprocess.resolve_normalization(d.normalize, channels)

@@ -3,5 +3,9 @@ and a model served over HTTP with a page to try it (:mod:`~cnnzoo.deploy.serve`,
 ONNX model).
 
 Floor 8: may import floors 0-7 (in practice inference, data.preprocess, checkpoint, runs);
-only the CLI is above it.
+only the CLI is above it. This ``__init__`` holds the defaults the CLI shows (torch-free).
 """
+
+DEFAULT_OPSET = 17  # ONNX opset of an export
+PARITY_TOLERANCE = 1e-4  # largest probability difference from the checkpoint an export may show
+DEFAULT_MAX_BYTES = 10 * 2**20  # largest request body serve accepts

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -31,15 +30,15 @@ import torch
 
 from .. import __version__, runs
 from .. import checkpoint as ckpt_io
-from ..errors import UserError
+from ..errors import UserError, short_reason
+from ..files import Replacement
 from ..inference import is_onnx
 from ..inference.classifier import METADATA_KEY, Classifier, probabilities
 from ..inference.onnx import OnnxModel
 from ..inference.torch_models import Model, TorchScriptModel
+from . import DEFAULT_OPSET, PARITY_TOLERANCE
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-DEFAULT_OPSET = 17
-PARITY_TOLERANCE = 1e-4
 
 
 @dataclass(kw_only=True)
@@ -96,8 +95,7 @@ def _write_onnx(model: Model, example: torch.Tensor, path: Path, opset: int) -> 
                               input_names=["images"], output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{model.path}: cannot export to ONNX opset {opset} ({first}); "
+            raise UserError(f"{model.path}: cannot export to ONNX opset {opset} ({short_reason(exc, 200)}); "
                             f"try --opset 18, or --format torchscript") from None
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -126,7 +124,7 @@ def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: O
     export of the same format is replaced only with ``force``."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    source = Path(checkpoint) if checkpoint else runs.default_checkpoint(runs_root)
+    source = runs.resolve_checkpoint(checkpoint, runs_root)
     if is_onnx(source):
         raise UserError(f"{source}: already an export; export from a checkpoint (.pt with weights)")
     model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
@@ -139,11 +137,10 @@ def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: O
     _check_output(path, source, fmt, force)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
+        replacement = Replacement(path)
     except OSError as exc:
         raise UserError(f"{path}: cannot write there ({exc.strerror or exc}); choose another --out") from None
-    tmp = Path(tmp_name)
+    tmp = replacement.temporary
     example = torch.zeros(2, model.channels, *model.image_size)
     try:
         if fmt == "onnx":
@@ -154,9 +151,9 @@ def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: O
             exported = TorchScriptModel(tmp, device="cpu")  # the code just traced here, not a file handed in
         images = _parity_images(model)
         worst = max_difference(model, exported, images)
-        tmp.replace(path)  # only a finished file takes the name
+        replacement.commit()  # only a finished file takes the name
     finally:
-        tmp.unlink(missing_ok=True)
+        replacement.discard()
     not_finite = _not_finite(model, images) if math.isnan(worst) else ""
     return Exported(path=path, format=fmt, max_difference=worst, tolerance=tolerance, images=len(images),
                     not_finite=not_finite)

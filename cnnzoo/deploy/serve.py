@@ -37,11 +37,11 @@ from PIL import Image
 
 from .. import __version__, runs
 from ..data import preprocess
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from ..inference import load
 from ..inference.classifier import Classifier
+from . import DEFAULT_MAX_BYTES
 
-DEFAULT_MAX_BYTES = 10 * 2**20
 MAX_FILES = 32
 MAX_FIELD_BYTES = 2**16  # a form's text fields; images come as files
 FORM_OVERHEAD = 2**16  # a multipart body's boundaries and part headers, beyond --max-bytes of files
@@ -276,7 +276,7 @@ async def _multipart_files(request, service: Service) -> list[tuple[str, bytes]]
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
-        raise BadUpload(400, f"unreadable multipart form ({str(exc)[:120] or type(exc).__name__})") from None
+        raise BadUpload(400, f"unreadable multipart form ({short_reason(exc, 120)})") from None
     if not form.files:
         raise BadUpload(400, "the form holds no file; send the image as a file field (e.g. -F file=@photo.jpg)")
     return form.files
@@ -356,7 +356,7 @@ def serve(model_path: Optional[str | Path], *, host: str = "127.0.0.1", port: in
         raise UserError("cnnzoo serve needs starlette, uvicorn and python-multipart; "
                         "pip install 'cnnzoo[serve]'") from None
 
-    path = Path(model_path) if model_path else runs.default_checkpoint(runs_root)
+    path = runs.resolve_checkpoint(model_path, runs_root)
     model = load(path, device, trust_torchscript=trust_torchscript)
     _check_port(host, port)
     print(f"cnnzoo serve: {path} ({model.format}, {len(model.classes)} classes) at http://{host}:{port}/ "

@@ -12,12 +12,15 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from .. import checkpoint as ckpt_io
 from .. import runs
-from ..config import load_config
+from ..config import Config, load_config
 from ..console import console
 from ..data import loaders, sources
 from ..errors import DataError, UserError
+from ..files import write_text
 from ..inference.torch_models import Model
 from ..plots import plot_confusion
 from ..runtime.device import Feed
@@ -93,64 +96,72 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
              out: Optional[str | Path] = None, device: Optional[str] = None,
              runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
-
-    path = Path(checkpoint) if checkpoint else runs.default_checkpoint(runs_root)
+    path = runs.resolve_checkpoint(checkpoint, runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
-    meta = ckpt["meta"]
-    classes = list(meta["classes"])
-    size, channels = tuple(meta["image_size"]), int(meta["channels"])
     cfg = load_config(ckpt["config"])
     if split not in (None, "test", "validation"):
         raise UserError(f"--split {split}: use test or validation")
-    if data is not None:
-        samples = _split_from_folder(Path(data), split, classes)
-        where = str(Path(data))
-    else:
-        try:
-            spec = sources.load_data(cfg, log=lambda *_: None)
-        except DataError as exc:
-            raise DataError(f"{exc} (the data this checkpoint was trained on); "
-                            f"pass --data DIR to evaluate on another folder") from None
-        if split == "test" and spec.test is None:
-            raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
-        samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
-        where = spec.root or cfg.data.source
+    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
-    dev = model.device
-    dataset = loaders.ImageDataset(samples, size, channels)
-    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=dev.type == "cuda")
-    loader = loaders.make_loader(dataset, batch_size or cfg.train.batch_size * 2, shuffle=False, seed=0,
-                                 workers=workers, pin_memory=dev.type == "cuda")
-    bar = console.bar(len(loader), "evaluate") if progress else None
-    logits, labels = predict_loader(model.module, loader, Feed(device=dev, norm=model.norm,
-                                                               channels_last=model.channels_last), bar=bar)
+    logits, labels = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
-    probs = metrics.probabilities(logits)
+    report = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "data": where, "split": samples.name,
+              **_scores(logits, labels, model.classes, top_k)}
+    report["outputs"] = _write_report(report, Path(out) if out else path.parent)
+    return report
+
+
+def _samples_for(cfg: Config, classes: list[str], *, data: Optional[str | Path],
+                 split: Optional[str]) -> tuple[sources.Samples, str]:
+    """The images to score and where they come from: ``data``'s, or the split training built."""
+    if data is not None:
+        return _split_from_folder(Path(data), split, classes), str(Path(data))
+    try:
+        with console.scoped(True):  # the data's own lines are training's, not this report's
+            spec = sources.load_data(cfg)
+    except DataError as exc:
+        raise DataError(f"{exc} (the data this checkpoint was trained on); "
+                        f"pass --data DIR to evaluate on another folder") from None
+    if split == "test" and spec.test is None:
+        raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
+    samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
+    return samples, spec.root or cfg.data.source
+
+
+def _logits(model: Model, samples: sources.Samples, *, batch_size: int,
+            progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits and the labels of every readable image, run as training validated."""
+    cuda = model.device.type == "cuda"
+    dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
+    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
+    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
+    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
+    return predict_loader(model.module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
+
+
+def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:
+    """Loss, accuracy, top-k accuracy, per-class scores and the confusion matrix, as report fields."""
     predicted = metrics.predictions(logits)
     matrix = metrics.confusion_matrix(labels.tolist(), predicted.tolist(), len(classes))
     scores = metrics.per_class_scores(matrix, classes)
-    n = len(labels)
-    k = min(top_k, len(classes))
-    report = {
-        "checkpoint": str(path), "epoch": ckpt.get("epoch"), "data": where,
-        "split": samples.name, "classes": classes, "num_images": n,
-        "loss": metrics.plain_loss_sum(logits, labels).item() / n,
-        "accuracy": (predicted == labels).sum().item() / n,
-        "top_k": k, "top_k_accuracy": metrics.top_k_correct(probs, labels, k) / n,
-        "per_class": scores["per_class"], "averages": scores["averages"],
-        "confusion_matrix": matrix,
-    }
-    out_dir = Path(out) if out else path.parent
+    n, k = len(labels), min(top_k, len(classes))
+    return {"classes": classes, "num_images": n, "loss": metrics.plain_loss_sum(logits, labels).item() / n,
+            "accuracy": (predicted == labels).sum().item() / n, "top_k": k,
+            "top_k_accuracy": metrics.top_k_correct(metrics.probabilities(logits), labels, k) / n,
+            "per_class": scores["per_class"], "averages": scores["averages"], "confusion_matrix": matrix}
 
+
+def _write_report(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """eval.json and confusion_matrix.png in ``out_dir``; their paths."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_confusion(matrix, classes, out_dir / "confusion_matrix.png",
-                       title=f"{samples.name}: accuracy {100 * report['accuracy']:.1f}% ({n} images)")
+        write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+        plot_confusion(report["confusion_matrix"], report["classes"], out_dir / "confusion_matrix.png",
+                       title=f"{report['split']}: accuracy {100 * report['accuracy']:.1f}% "
+                             f"({report['num_images']} images)")
     except OSError as exc:
         raise UserError(f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); "
                         f"choose another folder with --out") from None
-    report["outputs"] = [str(out_dir / "eval.json"), str(out_dir / "confusion_matrix.png")]
-    return report
+    return [str(out_dir / "eval.json"), str(out_dir / "confusion_matrix.png")]

@@ -14,7 +14,8 @@ from typing import Optional
 
 from .. import checkpoint as ckpt_io
 from .. import runs
-from ..errors import UserError
+from ..errors import UserError, shape_text
+from ..files import write_text
 from ..inference import is_onnx
 from ..inference.torch_models import Model
 from ..model.layers import size_arithmetic
@@ -33,10 +34,10 @@ def _layer_section(index: int, view: LayerView) -> str:
     args = ", ".join(f"{k}={v}" for k, v in info.kwargs.items() if k not in ("in_channels", "in_features"))
     arithmetic = size_arithmetic(info.type, info.kwargs, info.input_shape)
     rule = f'<p class="rule">{html.escape(arithmetic)}</p>' if arithmetic else ""
-    shape = "x".join(map(str, info.output_shape))
+    shape = shape_text(info.output_shape)
     return (f'<section class="layer" id="layer-{index}"><h3>{index}. {html.escape(info.type)}</h3>'
             f'<p class="args">{html.escape(args) or "&nbsp;"}</p>'
-            f'<p class="shape">{html.escape("x".join(map(str, info.input_shape)))} → {shape}; '
+            f'<p class="shape">{html.escape(shape_text(info.input_shape))} → {shape}; '
             f'{info.params:,} parameters</p>{rule}<p class="note">{html.escape(view.note)}</p>'
             f'<div class="grid">{"".join(_img(p) for p in view.pictures)}</div></section>')
 
@@ -112,7 +113,7 @@ def explain(checkpoint: Optional[str | Path], image: str | Path, *, out: Optiona
             runs_root: str | Path = "runs") -> tuple[Path, Report]:
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
 
-    source = Path(checkpoint) if checkpoint else runs.default_checkpoint(runs_root)
+    source = runs.resolve_checkpoint(checkpoint, runs_root)
     if is_onnx(source):
         raise UserError(f"{source}: explain needs a checkpoint (.pt with weights), not an export")
     model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
@@ -121,7 +122,7 @@ def explain(checkpoint: Optional[str | Path], image: str | Path, *, out: Optiona
     path = Path(out) if out else source.parent / "explain" / f"{_safe(Path(str(image)).stem)}.html"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_html(report), encoding="utf-8")
+        write_text(path, render_html(report))
         if png_dir is not None:
             folder = Path(png_dir)
             folder.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ def load_torch(path: str | Path | None = None, device: Optional[str] = None, run
     """Load a checkpoint (default: the newest run's best.pt) as a :class:`Model` (``.onnx``:
     :func:`cnnzoo.inference.load`). A TorchScript archive is refused before it is opened, as
     its code would run, unless ``trust_torchscript`` says the file is trusted."""
-    path = Path(path) if path else runs.default_checkpoint(runs_root)
+    path = runs.resolve_checkpoint(path, runs_root)
     try:
         return Model(ckpt_io.load_checkpoint(path), device)
     except ckpt_io.TorchScriptRefused:

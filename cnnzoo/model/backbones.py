@@ -31,7 +31,7 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -39,6 +39,7 @@ from torch import nn
 
 from ..checkpoint import refused_global
 from ..config import backbone_entry, looks_like_path
+from ..console import console
 from ..errors import ConfigError, UserError, short_reason
 from ..files import cache_home
 from ..runtime.versions import check as check_torch_pair
@@ -235,14 +236,14 @@ class Backbone(nn.Module):
 
     # -- weights
 
-    def load_pretrained(self, log: Callable[[str], None] = print, key: str = "weights") -> None:
+    def load_pretrained(self, key: str = "weights") -> None:
         """Load ``weights`` (a torchvision weights name, DEFAULT for timm, or a file) into the body.
 
         ``key`` is where the config sets them (``model.layers.0.backbone.weights``), for messages.
         """
         spec = self.weights
         if spec is None or spec is False:
-            log(f"backbone {self.name}: random initialisation (weights: null)")
+            console.log(f"backbone {self.name}: random initialisation (weights: null)")
             return
         if _is_path(spec):
             state, origin = _read_state_file(Path(spec).expanduser(), self.name, key), spec
@@ -253,7 +254,7 @@ class Backbone(nn.Module):
         ignored = _load_matching(self.body, state, self.name, origin)
         note = (f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)"
                 if ignored else "")
-        log(f"backbone {self.name}: loaded {origin}{note}")
+        console.log(f"backbone {self.name}: loaded {origin}{note}")
 
 
 def _is_path(spec: Any) -> bool:

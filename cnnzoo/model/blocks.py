@@ -23,11 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import ShapeError
-
-
-def _shape(shape: Any) -> str:
-    return "x".join(str(s) for s in shape)
+from ..errors import ShapeError, shape_text
 
 
 def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequential, tuple[int, ...], list]:
@@ -64,14 +60,14 @@ class Residual(nn.Module):
             shortcut = "identity" if out_shape == in_shape else _projection(in_shape, out_shape)
         if shortcut == "identity":
             if out_shape != in_shape:
-                raise ShapeError(f"shortcut identity: the layers turn {_shape(in_shape)} into "
-                                 f"{_shape(out_shape)}, so x cannot be added; leave shortcut out to infer one")
+                raise ShapeError(f"shortcut identity: the layers turn {shape_text(in_shape)} into "
+                                 f"{shape_text(out_shape)}, so x cannot be added; leave shortcut out to infer one")
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut, short_shape, short_infos = _chain(shortcut, input_shape, "shortcut")
             self.inner["shortcut"] = short_infos
             if short_shape != out_shape:
-                raise ShapeError(f"shortcut: gives {_shape(short_shape)} but the layers give {_shape(out_shape)}; "
+                raise ShapeError(f"shortcut: gives {shape_text(short_shape)} but the layers give {shape_text(out_shape)}; "
                                  f"both must agree to be added")
         self.activation = _activation(activation)
 
@@ -86,8 +82,8 @@ def _projection(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list:
             if all((w - 1) // stride + 1 == o for w, o in zip(in_shape[1:], out_shape[1:])):
                 return [{"conv": {"out_channels": out_shape[0], "kernel_size": 1, "stride": stride,
                                   "bias": False}}, "batchnorm"]
-    raise ShapeError(f"cannot infer a shortcut from {_shape(in_shape)} to {_shape(out_shape)}; "
-                     f"write shortcut: [...] with layers that make {_shape(out_shape)}")
+    raise ShapeError(f"cannot infer a shortcut from {shape_text(in_shape)} to {shape_text(out_shape)}; "
+                     f"write shortcut: [...] with layers that make {shape_text(out_shape)}")
 
 
 class Branches(nn.Module):
@@ -107,7 +103,7 @@ class Branches(nn.Module):
         rule = (lambda s: s) if merge == "add" else (lambda s: s[1:])
         if any(rule(s) != rule(shapes[0]) for s in shapes):
             need = "the same shape" if merge == "add" else "the same height and width"
-            raise ShapeError(f"merge {merge}: the paths give {', '.join(_shape(s) for s in shapes)}; "
+            raise ShapeError(f"merge {merge}: the paths give {', '.join(shape_text(s) for s in shapes)}; "
                              f"they need {need}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +117,7 @@ class SqueezeExcite(nn.Module):
     def __init__(self, input_shape: list[int], reduction: int = 4):
         super().__init__()
         if len(input_shape) != 3:
-            raise ShapeError(f"needs a feature map CxHxW, got {_shape(input_shape)}")
+            raise ShapeError(f"needs a feature map CxHxW, got {shape_text(input_shape)}")
         if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
             raise ShapeError(f"reduction: got {reduction!r}, expected a positive integer")
         channels = input_shape[0]

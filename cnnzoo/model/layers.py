@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import MAX_IMAGE_SIDE
-from ..errors import ShapeError
+from ..errors import ShapeError, shape_text, short_reason
 from .backbones import Backbone
 from .blocks import BLOCKS
 
@@ -93,10 +93,6 @@ def _suggest(name: str) -> str:
         return f"; did you mean {by_lower[name.lower()]}?"
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
     return f"; did you mean {by_lower[close[0]]}?" if close else ""
-
-
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "x".join(str(s) for s in shape)
 
 
 @dataclass(kw_only=True)
@@ -229,7 +225,7 @@ def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) 
 def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
     """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
     if len(shape) != 3:
-        raise ShapeError(f"{label}: needs a feature map CxHxW, got {_shape_str(shape)}; "
+        raise ShapeError(f"{label}: needs a feature map CxHxW, got {shape_text(shape)}; "
                          f"{type_name} cannot follow Flatten/Linear")
     terms = _spatial_terms(type_name, kwargs, label)
     if terms is None:
@@ -243,7 +239,7 @@ def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: 
         if out < 1:
             k_eff = di * (ki - 1) + 1
             dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
-            raise InputTooSmall(f"{label}: input {_shape_str(shape)} is smaller than the kernel{dil}: {arithmetic}")
+            raise InputTooSmall(f"{label}: input {shape_text(shape)} is smaller than the kernel{dil}: {arithmetic}")
 
 
 def _describe(type_name: str, kwargs: dict) -> str:
@@ -286,18 +282,18 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
         raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
                          f"(a {type_name} cannot follow Flatten/Linear)")
     if "in_features" in params and rank != 1:
-        raise ShapeError(f"{label}: input is {_shape_str(shape)}, a {rank + 1}-D batch; put "
+        raise ShapeError(f"{label}: input is {shape_text(shape)}, a {rank + 1}-D batch; put "
                          f"flatten (or gap) before it to make a vector of {math.prod(shape)} features")
     if "input_shape" in params:  # blocks trace their inner layers from it
         if kwargs.setdefault("input_shape", list(shape)) != list(shape):
-            raise ShapeError(f"{label}: input_shape={kwargs['input_shape']} but the input is {_shape_str(shape)}; "
+            raise ShapeError(f"{label}: input_shape={kwargs['input_shape']} but the input is {shape_text(shape)}; "
                              f"leave input_shape out to infer it")
     # the sizes the running shape fixes; a value the user wrote must agree with it
     for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
         if name in params:
             given = kwargs.setdefault(name, shape[0])
             if given != shape[0]:
-                seen = f"the input {_shape_str(shape)}" if rank > 1 else "the input"
+                seen = f"the input {shape_text(shape)}" if rank > 1 else "the input"
                 raise ShapeError(f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; "
                                  f"leave {name} out to infer it")
     return kwargs
@@ -328,7 +324,7 @@ def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: s
         raise ShapeError(f"{label}: a network has at most one backbone layer, outside repeat and blocks")
     if len(shape) != 3 or shape[0] != 3:
         raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
-                         f"{_shape_str(shape)}; put it first and set data.channels: 3")
+                         f"{shape_text(shape)}; put it first and set data.channels: 3")
 
 
 def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, count_inner: bool,
@@ -351,9 +347,9 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, co
         with counter or contextlib.nullcontext():
             y = module(torch.empty((2, *shape), device="meta"))
     except Exception as exc:  # any torch complaint about the input becomes a sentence
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = short_reason(exc, 200)
         error = InputTooSmall if any(sign in str(exc) for sign in _TORCH_TOO_SMALL) else ShapeError
-        raise error(f"{label}: cannot take input {_shape_str(shape)}: {msg}") from exc
+        raise error(f"{label}: cannot take input {shape_text(shape)}: {msg}") from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -362,10 +358,10 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, co
                          f"used in a sequential network")
     out_shape = tuple(y.shape[1:])
     if len(out_shape) == 0 or min(out_shape) < 1:
-        raise InputTooSmall(f"{label}: turns input {_shape_str(shape)} into an empty output "
-                         f"{_shape_str(out_shape) or 'scalar'}")
+        raise InputTooSmall(f"{label}: turns input {shape_text(shape)} into an empty output "
+                         f"{shape_text(out_shape) or 'scalar'}")
     if math.prod(out_shape) > MAX_ACTIVATION:
-        raise ShapeError(f"{label}: its output {_shape_str(out_shape)} holds {math.prod(out_shape):,} values "
+        raise ShapeError(f"{label}: its output {shape_text(out_shape)} holds {math.prod(out_shape):,} values "
                          f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})")
     macs = counter.get_total_flops() // 4 if counter else 0  # 2 images, 2 flops per MAC
     return out_shape, macs, sum(inner) or math.prod(out_shape)
@@ -388,8 +384,7 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes
     except ShapeError as exc:  # inside a block: say which block
         raise type(exc)(f"{label}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShapeError(f"{label}: {first}") from exc
+        raise ShapeError(f"{label}: {short_reason(exc, 200)}") from exc
     params = sum(p.numel() for p in module.parameters())
     if params > MAX_LAYER_PARAMS:
         raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
@@ -425,8 +420,7 @@ def trace_chain(layers: Any, input_shape: tuple[int, ...], *, where: str = "mode
                 raise
             except (TypeError, ValueError, ArithmeticError, RuntimeError, AssertionError) as exc:
                 # whatever a strange value makes torch or Python say, it is still this layer's fault
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ShapeError(f"{label}: {msg[:200]}") from exc
+                raise ShapeError(f"{label}: {short_reason(exc, 200)}") from exc
             infos.append(info)
             shape = info.output_shape
         return infos
@@ -451,10 +445,10 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
         smallest = smallest_input(layers, tuple(input_shape), num_classes)
         if smallest is None:
             raise
-        raise InputTooSmall(f"{exc}; the smallest input that works is {_shape_str(smallest)}") from exc
+        raise InputTooSmall(f"{exc}; the smallest input that works is {shape_text(smallest)}") from exc
     shape = infos[-1].output_shape
     if len(shape) != 1:
-        raise ShapeError(f"the network ends with a {_shape_str(shape)} feature map, but a classifier "
+        raise ShapeError(f"the network ends with a {shape_text(shape)} feature map, but a classifier "
                          f"must end with one score per class; end with flatten (or gap) and "
                          f"dense: {{out_features: num_classes}}")
     if num_classes is not None and shape[0] != num_classes and not (num_classes == 2 and shape[0] == 1):
@@ -498,14 +492,13 @@ def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: Optio
     return grown(high)
 
 
-def build_from_infos(infos: list[LayerInfo], pretrained: bool = False,
-                     log: Any = print) -> nn.Sequential:
+def build_from_infos(infos: list[LayerInfo], *, pretrained: bool = False) -> nn.Sequential:
     """Make the real modules; ``pretrained`` also loads each backbone's ``weights``."""
     model = nn.Sequential(*(info.cls(**info.kwargs) for info in infos))
     if pretrained:
         for info, module in zip(infos, model):
             if isinstance(module, Backbone):
-                module.load_pretrained(log, key=f"{info.where}.backbone.weights")
+                module.load_pretrained(key=f"{info.where}.backbone.weights")
     return model
 
 
@@ -546,4 +539,4 @@ def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
 
     ``pretrained`` loads the weights a ``backbone`` layer names (downloading them if needed).
     """
-    return build_from_infos(trace_layers(layers, input_shape, num_classes), pretrained)
+    return build_from_infos(trace_layers(layers, input_shape, num_classes), pretrained=pretrained)

@@ -13,7 +13,7 @@ import torch
 
 from ..config import Config
 from ..data.sources import class_names, resolve_input
-from ..errors import UserError
+from ..errors import UserError, shape_text
 from .blocks import BLOCKS
 from .layers import LayerInfo, trace_layers
 
@@ -136,17 +136,17 @@ def _params_text(entry: dict[str, Any]) -> str:
 
 def format_summary(s: dict[str, Any], title: str = "") -> str:
     rows = [("#", "Layer (type)", "Output shape", "Param #", "MACs")]
-    rows.append(("", "Input", "x".join(map(str, s["input_shape"])), "", ""))
+    rows.append(("", "Input", shape_text(s["input_shape"]), "", ""))
     for layer in s["layers"]:
         name = f"{layer['type']}({layer['args']})" if layer["args"] else layer["type"]
-        rows.append((str(layer["index"]), name, "x".join(map(str, layer["output_shape"])),
+        rows.append((str(layer["index"]), name, shape_text(layer["output_shape"]),
                      _params_text(layer), human_count(layer["macs"]) if layer["macs"] else ""))
         for inner in layer.get("inner", []):
             name = f"{inner['type']}({inner['args']})" if inner["args"] else inner["type"]
-            rows.append(("", f"  {inner['part']}.{inner['index']}: {name}", "x".join(map(str, inner["output_shape"])),
+            rows.append(("", f"  {inner['part']}.{inner['index']}: {name}", shape_text(inner["output_shape"]),
                          _params_text(inner), ""))
         for stage in layer.get("stages", []):
-            shape = "x".join(map(str, stage["output_shape"])) if stage["output_shape"] else "?"
+            shape = shape_text(stage["output_shape"]) if stage["output_shape"] else "?"
             rows.append(("", f"  stage {stage['index']}: {', '.join(stage['modules'])}", shape,
                          _params_text(stage), ""))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]

@@ -156,6 +156,7 @@ class Feed:
 
 
 def cpu_count() -> int:
+    """The cores this process may run on (its CPU affinity), which can be fewer than the machine has."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..console import console
 from ..errors import ConfigError
+from .device import cpu_count
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // nproc)))
     # torchrun's agent logs each step of a failure; the one line below says what matters
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(

@@ -9,6 +9,7 @@ logger (Weights & Biases, MLflow) is one more class with ``epoch_end`` and ``clo
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..console import console
 from ..errors import ConfigError
-from ..files import is_disk_full
+from ..files import is_disk_full, write_text
 from ..plots import confusion_figure, plot_history
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
@@ -101,12 +102,11 @@ class MetricsCSV:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, table.getvalue())
 
     def close(self) -> None:
         pass

@@ -133,16 +133,22 @@ class LRSchedule:
             self.plateau.load_state_dict(state["plateau"])
 
 
+def check_class_weights(setting: Any, classes: list[str]) -> None:
+    """A ``train.class_weights`` mapping names only classes the data has (checked before the cache is built)."""
+    unknown = [c for c in setting if c not in classes] if isinstance(setting, dict) else []
+    if unknown:
+        raise ConfigError(f"train.class_weights.{unknown[0]}: no such class; classes are {', '.join(classes)}")
+
+
 def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> Optional[torch.Tensor]:
-    """``balanced`` gives N / (K * n_c) (scikit-learn's rule); a mapping names classes."""
+    """``balanced`` gives N / (K * n_c) (scikit-learn's rule) from the images training reads; a
+    mapping names classes (:func:`check_class_weights`)."""
+    check_class_weights(setting, classes)
     if setting == "none":
         return None
     if setting == "balanced":
         total, k = sum(counts), len(classes)
         return torch.tensor([total / (k * max(1, n)) for n in counts], dtype=torch.float32)
-    unknown = [c for c in setting if c not in classes]
-    if unknown:
-        raise ConfigError(f"train.class_weights.{unknown[0]}: no such class; classes are {', '.join(classes)}")
     return torch.tensor([float(setting.get(c, 1.0)) for c in classes], dtype=torch.float32)
 
 
@@ -182,10 +188,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

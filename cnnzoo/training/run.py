@@ -22,14 +22,14 @@ from ..console import console
 from ..data import loaders as loaders_mod
 from ..data import sources
 from ..errors import UserError
-from ..files import is_disk_full
+from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
 from .callbacks import Callback, Checkpoints, EpochEnd, make_callbacks
 from .loop import BestEpoch, Stepper, train_one_epoch, validate, warn_small_validation
-from .recipe import Criterion, LRSchedule, rng_state, seed_everything
-from .setup import build_parts
+from .recipe import Criterion, LRSchedule, seed_everything
+from .setup import build_setup
 from .transfer import TransferStages
 
 
@@ -84,7 +84,7 @@ class Job:
             st = self.stepper
             snap.update(optimizer=st.optimizer.state_dict(), scheduler=st.schedule.state_dict(),
                         scaler=st.scaler.state_dict() if st.scaler is not None else {},
-                        rng=rng_state(), trainer=self.best.state_dict())
+                        trainer=self.best.state_dict())
         return snap
 
 
@@ -113,7 +113,7 @@ def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path
         runs.clean_stale_temporaries(run_dir)  # only this process writes here
         if (run_dir / "best.pt").is_file():
             runs.point_latest(runs.runs_root_of(run_dir), run_dir)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        write_text(run_dir / "config.yaml", dump_config(cfg))
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_error(run_dir, None) from None
@@ -146,19 +146,19 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optio
     seed_everything(cfg.seed)
     console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
                 f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
-    parts = build_parts(cfg, dev, state)
-    model, spec, infos = parts.model, parts.spec, parts.infos
-    schedule = LRSchedule(parts.optimizer, t, len(parts.loaders.train))
-    stepper = Stepper(model, parts.optimizer, schedule, scaler=parts.scaler, grad_clip=t.grad_clip)
+    setup = build_setup(cfg, dev, state)
+    model, spec, infos = setup.model, setup.spec, setup.infos
+    schedule = LRSchedule(setup.optimizer, t, len(setup.loaders.train))
+    stepper = Stepper(model, setup.optimizer, schedule, scaler=setup.scaler, grad_clip=t.grad_clip)
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
-    stages = TransferStages(model, cfg, plan=parts.stages_plan, loaders=parts.loaders, feed=parts.feed, log=console.log)
+    stages = TransferStages(model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed)
 
-    meta = {**spec.meta(), "loss": parts.loss_kind, "outputs": infos[-1].output_shape[0]}
+    meta = {**spec.meta(), "loss": setup.loss_kind, "outputs": infos[-1].output_shape[0]}
     base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
                   "meta": meta}
-    job = Job(cfg=cfg, run_dir=run_dir, model=model, criterion=parts.criterion, stepper=stepper, feed=parts.feed,
+    job = Job(cfg=cfg, run_dir=run_dir, model=model, criterion=setup.criterion, stepper=stepper, feed=setup.feed,
               stages=stages, best=BestEpoch(t), base_state=base_state)
     if state is not None:
         _resume(job, state)
@@ -168,9 +168,9 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optio
                                        resumed_at=job.start_epoch - 1 if state is not None else None)
 
     warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
-    console.log("training images per class:\n" + sources.class_counts_text(spec.classes, parts.counts))
+    console.log("training images per class:\n" + sources.class_counts_text(spec.classes, setup.counts))
     console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
-                f"loss {parts.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
+                f"loss {setup.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
                 f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
                 f"scheduler {t.scheduler}")
     if job.start_epoch > 1:

@@ -5,7 +5,7 @@ Every setting that can still be wrong is checked here, before a run folder is ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -21,12 +21,11 @@ from ..model.layers import build_from_infos, trace_layers
 from ..runtime import distributed
 from ..runtime.device import Feed, amp_dtype, choose_amp, measure_amp, norm_tensors, prefers_channels_last
 from .callbacks import require_tensorboard
-from .recipe import Criterion, class_weight_vector, loss_kind, make_optimizer
+from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer
 from .transfer import stage_plan
 
 
-def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = False,
-                   log: Callable[[str], None] = print):
+def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = False):
     """Fill model.input and model.num_classes from the data, then trace and build.
 
     ``pretrained`` loads the weights a ``backbone`` layer names (a new run does; a resumed
@@ -39,7 +38,7 @@ def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = Fa
     cfg.model.num_classes = num_classes
     cfg.model.input = [spec.channels, *spec.image_size]
     infos = trace_layers(cfg.model.layers, cfg.model.input, num_classes)
-    return infos, build_from_infos(infos, pretrained, log)
+    return infos, build_from_infos(infos, pretrained=pretrained)
 
 
 def _record_data(cfg: Config, spec: sources.DataSpec) -> None:
@@ -78,7 +77,7 @@ def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], *, outputs: in
 
 
 @dataclass(kw_only=True)
-class Parts:
+class TrainingSetup:
     """What training and the learning-rate range test both start from: the data, the model on
     its device, and the recipe (loss, optimizer), built from one config."""
 
@@ -95,7 +94,7 @@ class Parts:
     stages_plan: Optional[tuple[int, int]]
 
 
-def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] = None) -> Parts:
+def build_setup(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] = None) -> TrainingSetup:
     """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
 
     Every setting that can still be wrong is checked here, before a caller makes a run folder.
@@ -103,15 +102,14 @@ def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] 
     t = cfg.train
     autocast_dtype = amp_dtype(t.amp, dev)
     with distributed.main_first():  # a built-in data set is generated once
-        spec = sources.load_data(cfg, console.log)
+        spec = sources.load_data(cfg)
     _record_data(cfg, spec)
-    infos, model = build_for_data(cfg, spec, pretrained=state is None, log=console.log)
+    infos, model = build_for_data(cfg, spec, pretrained=state is None)
     if state is not None:
         model.load_state_dict(state["model_state"])
     kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
     augment = augment_mod.build_augment(cfg.data.augment, spec.image_size)
-    class_weight_vector(t.class_weights, spec.classes,
-                        [spec.train.labels.count(k) for k in range(len(spec.classes))])
+    check_class_weights(t.class_weights, spec.classes)
     stages_plan = stage_plan(model, t)
     require_tensorboard(t.loggers)
 
@@ -128,5 +126,5 @@ def build_parts(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] 
     criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
                           t.label_smoothing).to(dev)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    return Parts(spec=spec, infos=infos, model=model, loss_kind=kind, loaders=loaders, feed=feed, criterion=criterion,
-                 optimizer=make_optimizer(model, t), scaler=scaler, counts=counts, stages_plan=stages_plan)
+    return TrainingSetup(spec=spec, infos=infos, model=model, loss_kind=kind, loaders=loaders, feed=feed, criterion=criterion,
+                         optimizer=make_optimizer(model, t), scaler=scaler, counts=counts, stages_plan=stages_plan)

@@ -25,7 +25,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..config import AugmentConfig, Config, TrainConfig
 from ..console import console
 from ..data import loaders as loaders_mod
 from ..data.cache import cached_array
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, shape_text
 from ..files import cache_home
 from ..model.backbones import Backbone, backbone_of, trainable_stages
 from ..runtime import distributed
@@ -134,7 +134,7 @@ class FeatureStore:
         size = self.features.numel() * 4 / 2**20
         where = "in RAM" if self.location == "ram" else f"on disk ({self.location})"
         n, versions = self.features.shape[:2]
-        shape = "x".join(map(str, self.features.shape[2:]))
+        shape = shape_text(self.features.shape[2:])
         if not self.seconds:
             return f"{n} images x {versions} versions of {shape}, {size:.0f} MB, reused {where}"
         return (f"{n} images x {versions} versions of {shape} in {self.seconds:.1f}s "
@@ -285,9 +285,8 @@ class TransferStages:
     """
 
     def __init__(self, model: nn.Sequential, cfg: Config, *, plan: Optional[tuple[int, int]],
-                 loaders: loaders_mod.Loaders, feed: Feed, log: Callable[[str], None]):
+                 loaders: loaders_mod.Loaders, feed: Feed):
         self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
-        self.log = log
         self.backbone = backbone_of(model)
         self.first, self.second = plan or (0, 0)
         self.trainable: Optional[int] = None
@@ -312,7 +311,7 @@ class TransferStages:
         frozen = sum(p.numel() for p in bb.parameters() if not p.requires_grad)
         what = (f"frozen (all {len(bb.stages)} stages, {frozen:,} parameters); only the head trains" if count == 0
                 else f"trains its last {count} of {len(bb.stages)} stages ({frozen:,} parameters stay frozen)")
-        self.log(f"stage {self.stage_at(epoch)} from epoch {epoch}: backbone {bb.name} {what}")
+        console.log(f"stage {self.stage_at(epoch)} from epoch {epoch}: backbone {bb.name} {what}")
         # cache only what stays frozen in stage 2 as well, so that one cache serves both stages
         later_frozen = len(bb.stages) - self.second
         cut = later_frozen if later_frozen > 0 else bb.frozen_stages
@@ -325,7 +324,7 @@ class TransferStages:
         cache_plan, reason = plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=d.cache, cut=cut)
         self.cut = cache_plan.cut if cache_plan is not None else 0
         if cache_plan is None:
-            self.log(f"feature cache: off ({reason})")
+            console.log(f"feature cache: off ({reason})")
             return plain
         stores = []
         for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
@@ -337,10 +336,10 @@ class TransferStages:
                               cache_dir=Path(d.cache_dir) if d.cache_dir else None)
             if store is None:
                 self.cut = 0
-                self.log(f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
+                console.log(f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
                          f"its stages, so it cannot be cut there)")
                 return plain
-            self.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
+            console.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
             stores.append(store)
         t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
         train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, flip_p=cache_plan.flip_p)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -30,15 +31,16 @@ import numpy as np
 import yaml
 
 from .. import runs
-from ..config import apply_override, load_config, parse_override, read_yaml, rebase_paths
+from ..config import apply_override, load_config, parse_override, read_yaml, rebase_paths, yaml_problem
 from ..console import console
-from ..errors import UserError
+from ..errors import UserError, short_reason
+from ..files import write_text
 from ..plots import pyplot
 from ..runtime.device import pick_device
-from .loop import Stepper
+from .loop import BestEpoch, Stepper
 from .recipe import seed_everything
 from .run import TrainingInterrupted, train
-from .setup import build_parts
+from .setup import build_setup
 
 # ----------------------------------------------------------------------------- lr-find
 
@@ -112,11 +114,11 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, *, steps: int = 
     path = plot_path(out, cfg.run_name, runs_root)  # a bad --out is refused before training
     dev = pick_device(cfg.train.device)
     seed_everything(cfg.seed)
-    parts = build_parts(cfg, dev)
-    model, feed, optimizer, loader = parts.model, parts.feed, parts.optimizer, parts.loaders.train
-    stepper = Stepper(model, optimizer, None, scaler=parts.scaler, grad_clip=cfg.train.grad_clip)  # the rate is set here
+    setup = build_setup(cfg, dev)
+    model, feed, optimizer, loader = setup.model, setup.feed, setup.optimizer, setup.loaders.train
+    stepper = Stepper(model, optimizer, None, scaler=setup.scaler, grad_clip=cfg.train.grad_clip)  # the rate is set here
     ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]  # a backbone keeps its share
-    console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(parts.loaders.train_set)} "
+    console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(setup.loaders.train_set)} "
                 f"training images, batch {cfg.train.batch_size}")
     lrs, smoothed, average, best = [], [], 0.0, math.inf
     bar = console.bar(steps, "lr-find")
@@ -134,7 +136,7 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, *, steps: int = 
             batches = iter(loader)
             images, labels = next(batches)
         with feed.autocast():
-            loss = parts.criterion(model(feed.inputs(images)), labels.to(dev))
+            loss = setup.criterion(model(feed.inputs(images)), labels.to(dev))
         stepper.step(loss)
         value = float(loss.detach())
         average = 0.98 * average + 0.02 * value
@@ -191,7 +193,7 @@ def apply_lr(config_path: str | Path, lr: float, *, overrides: Optional[list[str
     header = f"# {source} with train.lr from cnnzoo lr-find ({lr:.3g}){changes}\n"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+        write_text(target, header + yaml.safe_dump(raw, sort_keys=False))
     except OSError as exc:
         raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
     return target
@@ -221,8 +223,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         try:
             values = [_number(yaml.safe_load(p)) for p in parts if p.strip()]
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise UserError(f"--grid {key}: a value is not valid YAML ({problem}); write values like "
+            raise UserError(f"--grid {key}: a value is not valid YAML ({yaml_problem(exc)}); write values like "
                             f"0.01,0.003 or [16, 16],[24, 24]") from None
         except RecursionError:
             raise UserError(f"--grid {key}: a value is nested too deeply") from None
@@ -358,7 +359,7 @@ def read_state(path: Path, combos: list[dict[str, Any]], folder: Path) -> Option
     try:
         state = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise damaged(f"not JSON: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}") from None
+        raise damaged(f"not JSON: {short_reason(exc, 80)}") from None
     except OSError as exc:
         raise damaged(f"unreadable: {exc.strerror or exc}") from None
     runs = state.get("runs") if isinstance(state, dict) else None
@@ -399,9 +400,7 @@ def _entry_problem(entry: Any, combo: dict[str, Any], folder: Path) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str) -> SweepResult:
@@ -409,9 +408,8 @@ def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str
     curves = []
     for entry in runs:
         run = Path(entry["run"])
-        epochs, accs = _validation_curve(run / "metrics.csv")
-        best = int(np.argmax(accs))
-        rows.append({**entry["values"], "best_val_acc": accs[best], "best_epoch": epochs[best],
+        epochs, accs, best_epoch = _validation_curve(run)
+        rows.append({**entry["values"], "best_val_acc": accs[epochs.index(best_epoch)], "best_epoch": best_epoch,
                      "seconds": round(entry["seconds"], 1), "run": str(run)})
         curves.append((epochs, accs))
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["best_val_acc"])
@@ -419,27 +417,33 @@ def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str
     curves = [curves[i] for i in order]
     columns = list(rows[0])
     table_csv, table_md, plot = folder / f"sweep-{key}.csv", folder / f"sweep-{key}.md", folder / f"sweep-{key}.png"
-    with open(table_csv, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([spreadsheet_safe(c) for c in columns])
-        writer.writerows([[spreadsheet_safe(row[c]) for c in columns] for row in rows])
-    table_md.write_text(markdown_table(rows, columns))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow([spreadsheet_safe(c) for c in columns])
+    writer.writerows([[spreadsheet_safe(row[c]) for c in columns] for row in rows])
+    write_text(table_csv, table.getvalue())
+    write_text(table_md, markdown_table(rows, columns))
     _plot_sweep(rows, curves, keys, plot)
     return SweepResult(folder=folder, rows=rows, table_csv=table_csv, table_md=table_md, plot=plot)
 
 
-def _validation_curve(path: Path) -> tuple[list[int], list[float]]:
-    """(epochs, validation accuracies) of a run's metrics.csv."""
+def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
+    """(epochs, validation accuracies, the epoch best.pt holds) of a run: its metrics.csv read back
+    through training's own rule (:class:`~cnnzoo.training.loop.BestEpoch`, with the run's config)."""
+    path = run / "metrics.csv"
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        epochs, accs = [int(r["epoch"]) for r in rows], [float(r["val_acc"]) for r in rows]
+            rows = [{"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"]), "val_loss": float(r["val_loss"])}
+                    for r in csv.DictReader(f)]
     except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
-        raise UserError(f"{path}: cannot read the run's validation accuracy ({exc}); "
+        raise UserError(f"{path}: cannot read the run's validation figures ({exc}); "
                         f"start the sweep over with --restart") from None
-    if not accs or not all(map(math.isfinite, accs)):
+    if not rows or not all(math.isfinite(r["val_acc"]) for r in rows):
         raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
-    return epochs, accs
+    best = BestEpoch(load_config(run / "config.yaml").train)
+    for row in rows:
+        best.update(row, row["epoch"])
+    return [r["epoch"] for r in rows], [r["val_acc"] for r in rows], best.epoch
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
