@@ -80,21 +80,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if identify(path) == "torchscript":
-        raise TorchScriptRefused(f"{path}: {TORCHSCRIPT_RUNS_CODE}, so cnnzoo does not open it, and it is not "
-                                 f"a checkpoint; give the best.pt it was exported from")
+        raise TorchScriptRefused(
+            f"{path}: {TORCHSCRIPT_RUNS_CODE}, so cnnzoo does not open it, and it is not "
+            f"a checkpoint; give the best.pt it was exported from"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         asked = refused_global(exc)
         wanted = f" (it asks for {asked})" if asked else ""
-        raise UserError(f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
-                        f"checkpoints as plain data only (weights_only=True) and never runs their code") from None
+        raise UserError(
+            f"{path}: refused: this file would run code when loaded{wanted}; cnnzoo reads "
+            f"checkpoints as plain data only (weights_only=True) and never runs their code"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, TypeError) as exc:
-        raise UserError(f"{path}: a damaged checkpoint: torch cannot read it ({short_reason(exc)}); "
-                        f"copy it again, or use the run's last.pt") from None
+        raise UserError(
+            f"{path}: a damaged checkpoint: torch cannot read it ({short_reason(exc)}); "
+            f"copy it again, or use the run's last.pt"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not a cnnzoo checkpoint (made by another tool?); "
-                        f"use a best.pt or last.pt from a cnnzoo run folder")
+        raise UserError(
+            f"{path}: not a cnnzoo checkpoint (made by another tool?); "
+            f"use a best.pt or last.pt from a cnnzoo run folder"
+        )
     version = ckpt.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise UserError(f"{path}: written by a newer cnnzoo (format {version!r}); upgrade cnnzoo")
@@ -105,8 +113,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # What torch.save writes into its zip archive besides the pickled structure (data.pkl) and
 # one record per tensor storage (data/N); every entry sits under one top-level folder.
-_CHECKPOINT_RECORD = re.compile(r"data\.pkl|data/\d+|version|byteorder|\.format_version|\.storage_alignment"
-                                r"|\.data/serialization_id|\.data/version")
+_CHECKPOINT_RECORD = re.compile(
+    r"data\.pkl|data/\d+|version|byteorder|\.format_version|\.storage_alignment"
+    r"|\.data/serialization_id|\.data/version"
+)
 
 
 _TORCHSCRIPT_RECORD = re.compile(r"code/.*|constants\.pkl|bytecode\.pkl|extra/.*|attributes\.pkl|.*\.debug_pkl")
@@ -127,15 +137,17 @@ def identify(path: Path) -> str:
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     prefix = names[0].split("/", 1)[0] + "/" if names else ""
-    records = [n[len(prefix):] if n.startswith(prefix) else None for n in names]
+    records = [n[len(prefix) :] if n.startswith(prefix) else None for n in names]
     if any(r is not None and _TORCHSCRIPT_RECORD.fullmatch(r) for r in records):
         return "torchscript"
     if records and "data.pkl" in records and all(r is not None and _CHECKPOINT_RECORD.fullmatch(r) for r in records):
         return "checkpoint"
     stranger = next((n for n, r in zip(names, records) if r is None or not _CHECKPOINT_RECORD.fullmatch(r)), None)
     held = f"it holds {stranger!r}" if stranger else "it holds no data.pkl"
-    raise UserError(f"{path}: a zip archive that is not a torch checkpoint ({held}); "
-                    f"give a best.pt or last.pt from a cnnzoo run folder")
+    raise UserError(
+        f"{path}: a zip archive that is not a torch checkpoint ({held}); "
+        f"give a best.pt or last.pt from a cnnzoo run folder"
+    )
 
 
 def _describe(path: Path, head: bytes) -> str:
@@ -144,14 +156,18 @@ def _describe(path: Path, head: bytes) -> str:
     if not head:
         return f"an empty file (0 bytes), not a checkpoint; {wanted}"
     if head.startswith(b"PK\x03\x04"):
-        return (f"a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
-                f"directory) is missing ({path.stat().st_size:,} bytes; a copy cut short?); copy it again, "
-                f"or use the run's last.pt")
+        return (
+            f"a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
+            f"directory) is missing ({path.stat().st_size:,} bytes; a copy cut short?); copy it again, "
+            f"or use the run's last.pt"
+        )
     if head[:1] == b"\x80":
         return f"a raw Python pickle (torch's pre-1.6 format, or another tool's), not a cnnzoo checkpoint; {wanted}"
     if len(head) > 10 and head[8:10] == b'{"':
-        return ("a safetensors weights file (tensors only, without cnnzoo's layers and classes), not a "
-                "checkpoint; pretrained weights go in a backbone layer's weights key")
+        return (
+            "a safetensors weights file (tensors only, without cnnzoo's layers and classes), not a "
+            "checkpoint; pretrained weights go in a backbone layer's weights key"
+        )
     if head[:1] == b"\x08" and any(mark in head[:256] for mark in (b"cnnzoo", b"pytorch", b"onnx")):
         return f"an ONNX model whose name does not end in .onnx; rename it to {path.stem}.onnx"
     image = _image_format(path)
@@ -160,7 +176,10 @@ def _describe(path: Path, head: bytes) -> str:
     text = _text_kind(path, head)
     if text:
         return text
-    return f"not a cnnzoo checkpoint (neither a torch archive nor a file cnnzoo knows: it starts {head[:8].hex(' ')}); {wanted}"
+    return (
+        f"not a cnnzoo checkpoint (neither a torch archive nor a file cnnzoo knows: it starts "
+        f"{head[:8].hex(' ')}); {wanted}"
+    )
 
 
 def _image_format(path: Path) -> str:
@@ -180,7 +199,7 @@ def _text_kind(path: Path, head: bytes) -> str:
     except UnicodeDecodeError as exc:  # the 4096 bytes read may end inside a character
         if exc.start < len(head) - 4:
             return ""
-        text = head[:exc.start].decode("utf-8")
+        text = head[: exc.start].decode("utf-8")
     if "\x00" in text:
         return ""
     first = text.lstrip().splitlines()[0] if text.strip() else ""
@@ -191,8 +210,10 @@ def _text_kind(path: Path, head: bytes) -> str:
     if text.lstrip()[:1] in ("{", "["):
         return "a JSON file, not a checkpoint; give a best.pt or last.pt from a cnnzoo run folder"
     if _is_config(path):
-        return (f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train --config {path}) "
-                f"and use the best.pt of that run")
+        return (
+            f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train --config {path}) "
+            f"and use the best.pt of that run"
+        )
     return "a text file, not a checkpoint; give a best.pt or last.pt from a cnnzoo run folder"
 
 
@@ -211,6 +232,7 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
 
     The layer list itself is checked by rebuilding it (:func:`cnnzoo.model.layers.build_from_records`).
     """
+
     def bad(field: str, expected: str) -> UserError:
         return UserError(f"{path}: damaged or foreign checkpoint: {field} {expected}")
 
@@ -219,9 +241,13 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("meta", "is missing")
     check_meta(meta, path, "checkpoint", prefix="meta.")
     layers = ckpt.get("layers")
-    if not (isinstance(layers, list) and layers and all(
-            isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("kwargs"), dict)
-            for r in layers)):
+    if not (
+        isinstance(layers, list)
+        and layers
+        and all(
+            isinstance(r, dict) and isinstance(r.get("type"), str) and isinstance(r.get("kwargs"), dict) for r in layers
+        )
+    ):
         raise bad("layers", "should be a list of {type, kwargs} records")
     state = ckpt.get("model_state")
     if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
@@ -242,8 +268,9 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
         return UserError(f"{path}: damaged or foreign {kind}: {prefix}{field} {expected}")
 
     classes = meta.get("classes")
-    if not (isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
-            and all(isinstance(c, str) for c in classes)):
+    if not (
+        isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
+    ):
         raise bad("classes", f"should be a list of 1 to {MAX_CLASSES:,} class names")
     channels = meta.get("channels")
     if channels not in (1, 3) or isinstance(channels, bool):
@@ -263,8 +290,11 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
     """Names of the tensors in a state dict that hold NaN or infinite values."""
     import torch  # lazy: this module stays torch-free at import (files are checked before torch loads)
 
-    return [name for name, t in state.items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return [
+        name
+        for name, t in state.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:

@@ -12,8 +12,8 @@ with :meth:`Console.scoped`, and :mod:`cnnzoo.runtime.distributed` tells it the 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -39,11 +39,18 @@ class Console:
 
     def bar(self, total: int, desc: str, unit: str = "batch"):
         """A tqdm bar that vanishes when done; disabled when quiet, off rank 0, or not on a terminal."""
-        return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
-                    disable=True if not self.speaks else None, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            leave=False,
+            file=sys.stderr,
+            disable=True if not self.speaks else None,
+            dynamic_ncols=True,
+        )
 
     @contextmanager
-    def scoped(self, quiet: bool) -> Iterator["Console"]:
+    def scoped(self, quiet: bool) -> Iterator[Console]:
         """``quiet`` for the length of a ``with`` block (a training run), then as before."""
         saved = self.quiet
         self.quiet = quiet or saved

@@ -41,4 +41,4 @@ def short_reason(exc: BaseException, limit: int = 160) -> str:
     cut = max(head.rfind(mark) for mark in (", ", "; ", ". ", ": "))
     if cut < limit // 3:
         cut = head.rfind(" ")
-    return head[:cut if cut > 0 else limit].rstrip(" ,;:.") + " ..."
+    return head[: cut if cut > 0 else limit].rstrip(" ,;:.") + " ..."

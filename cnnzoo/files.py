@@ -16,7 +16,6 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -49,7 +48,7 @@ def reserve_space(fd: int, nbytes: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def is_disk_full(exc: Optional[BaseException]) -> bool:
+def is_disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an error it was raised from or while handling, is a write refused for
     want of space (ENOSPC, or EDQUOT for a quota)."""
     seen: set[int] = set()
@@ -73,7 +72,7 @@ class Replacement:
     and renames it over ``path``; :meth:`discard` removes it, leaving ``path`` as it was. Also a
     context manager that commits on success and discards on any failure (Ctrl-C included)."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=TEMPORARY_SUFFIX, dir=self.path.parent)
         os.close(fd)
@@ -102,7 +101,7 @@ class Replacement:
             self.discard()  # nothing left after a commit; the partial file after a failure
 
 
-def write_bytes(path: Union[str, Path], data: Union[bytes, bytearray, memoryview]) -> None:
+def write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> None:
     """``data`` as the new contents of ``path`` (:class:`Replacement`), its blocks reserved before
     the first byte is written (:func:`reserve_space`): a full disk fails at once, ``path`` untouched."""
     with Replacement(path) as temporary, open(temporary, "r+b") as f:
@@ -110,7 +109,7 @@ def write_bytes(path: Union[str, Path], data: Union[bytes, bytearray, memoryview
         f.write(data)
 
 
-def write_text(path: Union[str, Path], text: str) -> None:
+def write_text(path: str | Path, text: str) -> None:
     """``text`` (UTF-8) as the new contents of ``path``, as :func:`write_bytes` writes bytes."""
     write_bytes(path, text.encode("utf-8"))
 

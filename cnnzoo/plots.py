@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 
 def pyplot():
@@ -20,7 +20,7 @@ def pyplot():
     return plt
 
 
-def _stage_two_start(rows: list[dict]) -> Optional[int]:
+def _stage_two_start(rows: list[dict]) -> int | None:
     """The first epoch of stage 2 (the backbone unfrozen), if the run has one."""
     for row in rows:
         if str(row.get("stage", "")).strip() == "2":
@@ -28,14 +28,14 @@ def _stage_two_start(rows: list[dict]) -> Optional[int]:
     return None
 
 
-def plot_history(rows: list[dict], path: str | Path, best_epoch: Optional[int] = None) -> None:
+def plot_history(rows: list[dict], path: str | Path, best_epoch: int | None = None) -> None:
     """history.png: :func:`history_figure`, written to ``path``."""
     fig = history_figure(rows, best_epoch)
     fig.savefig(path, dpi=100)
     pyplot().close(fig)
 
 
-def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
+def history_figure(rows: list[dict], best_epoch: int | None = None):
     """Loss and accuracy per epoch, training and validation, side by side.
 
     ``best_epoch`` is the epoch best.pt holds (ties on accuracy go to a lower loss); without it
@@ -51,16 +51,28 @@ def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
         ax_acc.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", label=label)
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
-    best = next((r for r in rows if int(r["epoch"]) == best_epoch), None) or \
-        max(rows, key=lambda r: float(r["val_acc"]))
-    ax_acc.scatter([int(best["epoch"])], [100 * float(best["val_acc"])], s=160, facecolors="none",
-                   edgecolors="black", zorder=3, label=f"best.pt: {100 * float(best['val_acc']):.1f}% "
-                                                        f"(epoch {best['epoch']})")
+    best = next((r for r in rows if int(r["epoch"]) == best_epoch), None) or max(
+        rows, key=lambda r: float(r["val_acc"])
+    )
+    ax_acc.scatter(
+        [int(best["epoch"])],
+        [100 * float(best["val_acc"])],
+        s=160,
+        facecolors="none",
+        edgecolors="black",
+        zorder=3,
+        label=f"best.pt: {100 * float(best['val_acc']):.1f}% (epoch {best['epoch']})",
+    )
     stage_two = _stage_two_start(rows)
     if stage_two is not None and stage_two > epochs[0]:
         for ax in (ax_loss, ax_acc):
-            ax.axvline(stage_two - 0.5, color="gray", linestyle="--", linewidth=1,
-                       label=f"stage 2 (backbone unfrozen) from epoch {stage_two}")
+            ax.axvline(
+                stage_two - 0.5,
+                color="gray",
+                linestyle="--",
+                linewidth=1,
+                label=f"stage 2 (backbone unfrozen) from epoch {stage_two}",
+            )
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
@@ -69,8 +81,9 @@ def history_figure(rows: list[dict], best_epoch: Optional[int] = None):
     return fig
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
-                   *, title: str = "confusion matrix") -> None:
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, *, title: str = "confusion matrix"
+) -> None:
     """Counts, and each true class's row as shares, true class down the side, predicted along the bottom."""
     fig = confusion_figure(matrix, classes, title)
     fig.savefig(path, dpi=100)
@@ -82,8 +95,16 @@ def row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
     return [[v / sum(row) if sum(row) else 0.0 for v in row] for row in matrix]
 
 
-def _matrix_panel(fig, ax, values: Sequence[Sequence[float]], *, classes: Sequence[str], title: str,
-                  peak: float, text: Callable[[float], str]) -> None:
+def _matrix_panel(
+    fig,
+    ax,
+    values: Sequence[Sequence[float]],
+    *,
+    classes: Sequence[str],
+    title: str,
+    peak: float,
+    text: Callable[[float], str],
+) -> None:
     n = len(classes)
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=peak)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -92,8 +113,15 @@ def _matrix_panel(fig, ax, values: Sequence[Sequence[float]], *, classes: Sequen
     ax.set(xlabel="predicted", ylabel="true", title=title)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, text(values[i][j]), ha="center", va="center", fontsize=8,
-                    color="white" if values[i][j] > peak / 2 else "black")
+            ax.text(
+                j,
+                i,
+                text(values[i][j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if values[i][j] > peak / 2 else "black",
+            )
 
 
 def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "confusion matrix"):
@@ -105,8 +133,15 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     fig, (ax_counts, ax_shares) = plt.subplots(1, 2, figsize=(2 * (size + 1), size))
     peak = max((max(row) for row in matrix), default=0) or 1
     _matrix_panel(fig, ax_counts, matrix, classes=classes, title="counts", peak=peak, text=lambda v: str(int(v)))
-    _matrix_panel(fig, ax_shares, row_shares(matrix), classes=classes,
-                  title="share of each true class (rows sum to 100%)", peak=1.0, text=lambda v: f"{100 * v:.0f}%")
+    _matrix_panel(
+        fig,
+        ax_shares,
+        row_shares(matrix),
+        classes=classes,
+        title="share of each true class (rows sum to 100%)",
+        peak=1.0,
+        text=lambda v: f"{100 * v:.0f}%",
+    )
     fig.suptitle(title)
     fig.tight_layout()
     return fig

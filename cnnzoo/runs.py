@@ -28,8 +28,10 @@ def next_run_dir(runs_root: Path, name: str) -> Path:
             except FileExistsError:  # another run started at the same moment
                 n += 1
     except OSError as exc:
-        raise UserError(f"--runs {runs_root}: cannot make a run folder in {parent} "
-                        f"({exc.strerror or exc}); choose a folder you can write with --runs") from None
+        raise UserError(
+            f"--runs {runs_root}: cannot make a run folder in {parent} "
+            f"({exc.strerror or exc}); choose a folder you can write with --runs"
+        ) from None
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
@@ -67,8 +69,10 @@ def latest_run(runs_root: str | Path = "runs") -> Path:
         return link.resolve()
     if link.is_file():
         return (Path(runs_root) / link.read_text().strip()).resolve()
-    raise UserError(f"{link}: no training run found; train one first (cnnzoo train --config ...) "
-                    f"or name a checkpoint with --checkpoint")
+    raise UserError(
+        f"{link}: no training run found; train one first (cnnzoo train --config ...) "
+        f"or name a checkpoint with --checkpoint"
+    )
 
 
 def resolve_checkpoint(path: str | Path | None = None, runs_root: str | Path = "runs") -> Path:

@@ -34,8 +34,9 @@ def best_of(rounds: int, action) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"
-                                                / "clothing-small"))
+    parser.add_argument(
+        "--folder", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small")
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -53,8 +54,9 @@ def main() -> None:
     split, shape = spec.train, (len(spec.train), spec.channels, args.size, args.size)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        built = decode_all(split, (args.size, args.size), spec.channels, kind="disk", cache_dir=Path(folder),
-                           workers=cpu_count())
+        built = decode_all(
+            split, (args.size, args.size), spec.channels, kind="disk", cache_dir=Path(folder), workers=cpu_count()
+        )
         build = time.perf_counter() - start
         path = Path(built.location)
         del built
@@ -74,11 +76,15 @@ def main() -> None:
         checked_s = best_of(args.rounds, lambda: open_cached(path, shape, np.uint8))
     size_mb = np.prod(shape) / 2**20
     print(f"{len(split)} images, {size_mb:.0f} MB cache at {args.size}x{args.size}; build (decode) {build:.2f} s")
-    print(f"  key    stat-only {stat_s:.3f} s   content {content_s:.3f} s   ratio content/stat: "
-          f"{content_s / stat_s:.1f}x   ({100 * content_s / build:.1f}% of the build)")
-    print(f"  reuse  bare map  {bare_s:.4f} s   checked {checked_s:.3f} s   ratio checked/bare: "
-          f"{checked_s / bare_s:.0f}x   ({100 * checked_s / build:.1f}% of the build, "
-          f"{size_mb / checked_s:.0f} MB/s)")
+    print(
+        f"  key    stat-only {stat_s:.3f} s   content {content_s:.3f} s   ratio content/stat: "
+        f"{content_s / stat_s:.1f}x   ({100 * content_s / build:.1f}% of the build)"
+    )
+    print(
+        f"  reuse  bare map  {bare_s:.4f} s   checked {checked_s:.3f} s   ratio checked/bare: "
+        f"{checked_s / bare_s:.0f}x   ({100 * checked_s / build:.1f}% of the build, "
+        f"{size_mb / checked_s:.0f} MB/s)"
+    )
 
 
 if __name__ == "__main__":

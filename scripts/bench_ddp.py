@@ -32,11 +32,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(config: str, nproc: int, epochs: int, sets: list[str], workdir: Path) -> tuple[float, float]:
     """(steady images/s, wall seconds) of one training run."""
     runs = workdir / f"runs-{nproc}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "cnnzoo", "train", "--config", config, "--nproc", str(nproc), "--quiet",
-           "--runs", str(runs), "--epochs", str(epochs), *(f"--set={s}" for s in sets)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnzoo",
+        "train",
+        "--config",
+        config,
+        "--nproc",
+        str(nproc),
+        "--quiet",
+        "--runs",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        *(f"--set={s}" for s in sets),
+    ]
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"nproc {nproc} failed:\n{done.stderr[-3000:]}")
@@ -58,16 +71,21 @@ def main() -> None:
 
     import torch
 
-    print(f"bench_ddp: {args.config}, 1 vs {args.nproc} processes, {args.epochs} epochs a run, "
-          f"torch {torch.__version__}, {os.cpu_count()} cores, "
-          f"{torch.cuda.device_count()} GPUs ({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'})")
+    print(
+        f"bench_ddp: {args.config}, 1 vs {args.nproc} processes, {args.epochs} epochs a run, "
+        f"torch {torch.__version__}, {os.cpu_count()} cores, "
+        f"{torch.cuda.device_count()} GPUs ({torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'})"
+    )
     best = {1: (0.0, 0.0), args.nproc: (0.0, 0.0)}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             for nproc in (1, args.nproc):
                 rate, wall = run(args.config, nproc, args.epochs, args.set, Path(tmp))
-                print(f"  round {round_ + 1}: {nproc} process{'es' if nproc > 1 else ''}  {rate:8.1f} img/s  "
-                      f"(run {wall:.1f}s)", flush=True)
+                print(
+                    f"  round {round_ + 1}: {nproc} process{'es' if nproc > 1 else ''}  {rate:8.1f} img/s  "
+                    f"(run {wall:.1f}s)",
+                    flush=True,
+                )
                 if rate > best[nproc][0]:
                     best[nproc] = (rate, wall)
     one, many = best[1][0], best[args.nproc][0]

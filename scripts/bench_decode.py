@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"
-                                                / "clothing-small" / "train"))
+    parser.add_argument(
+        "--folder",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clothing-small" / "train"),
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
@@ -51,8 +53,9 @@ def main() -> None:
         tv_rates.append(len(files) / (time.perf_counter() - start))
     pil, tv = max(pil_rates), max(tv_rates)
     print(f"{len(files)} JPEGs from {args.folder} -> {args.size}x{args.size}, 1 thread, best of {args.rounds}")
-    print(f"cnnzoo (PIL + draft): {pil:.0f} img/s   torchvision.io decode + resize: {tv:.0f} img/s   "
-          f"ratio {pil / tv:.2f}")
+    print(
+        f"cnnzoo (PIL + draft): {pil:.0f} img/s   torchvision.io decode + resize: {tv:.0f} img/s   ratio {pil / tv:.2f}"
+    )
 
 
 if __name__ == "__main__":

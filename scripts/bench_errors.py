@@ -37,11 +37,14 @@ def main() -> None:
     cnnzoo = shutil.which("cnnzoo") or str(Path(sys.executable).with_name("cnnzoo"))
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "typo.yaml"
-        config.write_text("data: {source: shapes}\nmodel: {layers: [flatten, {dense: {out_features: 5}}]}\n"
-                          "train: {epoch: 3}\n")
-        commands = {"typo": [cnnzoo, "train", "--config", str(config), "--runs", os.path.join(tmp, "runs")],
-                    "summary": [cnnzoo, "summary", "--config", str(config)],
-                    "torch": [sys.executable, "-c", "import torch"]}
+        config.write_text(
+            "data: {source: shapes}\nmodel: {layers: [flatten, {dense: {out_features: 5}}]}\ntrain: {epoch: 3}\n"
+        )
+        commands = {
+            "typo": [cnnzoo, "train", "--config", str(config), "--runs", os.path.join(tmp, "runs")],
+            "summary": [cnnzoo, "summary", "--config", str(config)],
+            "torch": [sys.executable, "-c", "import torch"],
+        }
         best = {name: float("inf") for name in commands}
         for _ in range(args.repeat):
             for name, cmd in commands.items():

@@ -42,8 +42,9 @@ print('RSS', peak, file=sys.stderr)
 def command(model: Path, image: str) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of ``cnnzoo predict --model MODEL IMAGE`` (Linux)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, "predict", "--model", str(model), image],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "predict", "--model", str(model), image], capture_output=True, text=True, cwd=ROOT
+    )
     wall = time.perf_counter() - start
     last = done.stderr.strip().splitlines()[-1]
     if done.returncode != 0 or not last.startswith("RSS "):
@@ -68,9 +69,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exported = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx")
         reference = load(checkpoint, device="cpu")
-        print(f"bench_onnx: {checkpoint} ({len(reference.classes)} classes, input "
-              f"{reference.channels}x{reference.image_size[0]}x{reference.image_size[1]}), {len(images)} images "
-              f"from {folder}; export parity {exported.max_difference:.1e}")
+        print(
+            f"bench_onnx: {checkpoint} ({len(reference.classes)} classes, input "
+            f"{reference.channels}x{reference.image_size[0]}x{reference.image_size[1]}), {len(images)} images "
+            f"from {folder}; export parity {exported.max_difference:.1e}"
+        )
 
         for model in (checkpoint, exported.path):  # warm the file cache
             command(model, images[0])
@@ -80,22 +83,28 @@ def main() -> None:
             runs["onnx"].append(command(exported.path, images[0]))
         cold = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
         rss = {k: max(r for _, r in v) for k, v in runs.items()}
-        print(f"cold start, one image: checkpoint {cold['checkpoint']:.2f}s, onnx {cold['onnx']:.2f}s, "
-              f"ratio {cold['onnx'] / cold['checkpoint']:.2f} (medians of {args.repeat})")
-        print(f"peak RSS, one image:   checkpoint {rss['checkpoint']:.0f} MB, onnx {rss['onnx']:.0f} MB, "
-              f"ratio {rss['onnx'] / rss['checkpoint']:.2f}")
+        print(
+            f"cold start, one image: checkpoint {cold['checkpoint']:.2f}s, onnx {cold['onnx']:.2f}s, "
+            f"ratio {cold['onnx'] / cold['checkpoint']:.2f} (medians of {args.repeat})"
+        )
+        print(
+            f"peak RSS, one image:   checkpoint {rss['checkpoint']:.0f} MB, onnx {rss['onnx']:.0f} MB, "
+            f"ratio {rss['onnx'] / rss['checkpoint']:.2f}"
+        )
 
         onnx_model = load(exported.path)
         rates = {"checkpoint": 0.0, "onnx": 0.0}
-        for model, key in ((reference, "checkpoint"), (onnx_model, "onnx")):
+        for model in (reference, onnx_model):
             model.predict(images[: args.batch_size], batch_size=args.batch_size)  # warm-up
         for _ in range(3):
             for model, key in ((reference, "checkpoint"), (onnx_model, "onnx")):
                 start = time.perf_counter()
                 done = model.predict(images, batch_size=args.batch_size)
                 rates[key] = max(rates[key], len(done) / (time.perf_counter() - start))
-        print(f"throughput, batch {args.batch_size}: checkpoint {rates['checkpoint']:.0f} img/s, "
-              f"onnx {rates['onnx']:.0f} img/s, ratio {rates['onnx'] / rates['checkpoint']:.2f} (best of 3)")
+        print(
+            f"throughput, batch {args.batch_size}: checkpoint {rates['checkpoint']:.0f} img/s, "
+            f"onnx {rates['onnx']:.0f} img/s, ratio {rates['onnx'] / rates['checkpoint']:.2f} (best of 3)"
+        )
 
 
 if __name__ == "__main__":

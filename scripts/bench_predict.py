@@ -46,12 +46,20 @@ def main() -> None:
 
     checkpoint, folder, images = checkpoint_and_images(args.checkpoint, args.images)
     model = load(checkpoint, device="cpu")
-    print(f"bench_predict: {checkpoint}, {len(images)} images from {folder}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"bench_predict: {checkpoint}, {len(images)} images from {folder}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     cnnzoo_bin = Path(sys.executable).with_name("cnnzoo")
-    predict_cmd = [str(cnnzoo_bin) if cnnzoo_bin.exists() else sys.executable, *(
-        [] if cnnzoo_bin.exists() else ["-m", "cnnzoo.cli"]), "predict", images[0], "--checkpoint", str(checkpoint)]
+    predict_cmd = [
+        str(cnnzoo_bin) if cnnzoo_bin.exists() else sys.executable,
+        *([] if cnnzoo_bin.exists() else ["-m", "cnnzoo.cli"]),
+        "predict",
+        images[0],
+        "--checkpoint",
+        str(checkpoint),
+    ]
     import_cmd = [sys.executable, "-c", "import torch, torchvision"]
     wall(import_cmd), wall(predict_cmd)  # warm the file cache for both
     imports, predicts = [], []
@@ -59,8 +67,10 @@ def main() -> None:
         imports.append(wall(import_cmd))
         predicts.append(wall(predict_cmd))
     t_import, t_predict = statistics.median(imports), statistics.median(predicts)
-    print(f"cold start: cnnzoo predict one image {t_predict:.2f}s, import torch+torchvision {t_import:.2f}s, "
-          f"ratio {t_predict / t_import:.2f} (medians of {args.repeat})")
+    print(
+        f"cold start: cnnzoo predict one image {t_predict:.2f}s, import torch+torchvision {t_import:.2f}s, "
+        f"ratio {t_predict / t_import:.2f} (medians of {args.repeat})"
+    )
 
     model.predict(images[: args.batch_size], batch_size=args.batch_size)  # warm-up
     x = torch.randn(args.batch_size, model.channels, *model.image_size)
@@ -78,8 +88,10 @@ def main() -> None:
                 model.module(x)
             compute_rates.append(batches * args.batch_size / (time.perf_counter() - start))
     predict_rate, compute_rate = max(predict_rates), max(compute_rates)
-    print(f"batch prediction: {predict_rate:.0f} img/s end to end, {compute_rate:.0f} img/s forward only, "
-          f"ratio {predict_rate / compute_rate:.2f}")
+    print(
+        f"batch prediction: {predict_rate:.0f} img/s end to end, {compute_rate:.0f} img/s forward only, "
+        f"ratio {predict_rate / compute_rate:.2f}"
+    )
 
 
 if __name__ == "__main__":

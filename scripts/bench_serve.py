@@ -51,9 +51,13 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_server(model: Path, payloads: list[bytes], requests: int, clients: int) -> dict:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     url = f"http://127.0.0.1:{port}/predict"
     try:
         deadline = time.monotonic() + 60
@@ -77,8 +81,12 @@ def bench_server(model: Path, payloads: list[bytes], requests: int, clients: int
     finally:
         server.terminate()
         server.wait(timeout=15)
-    return {"p50": statistics.median(latencies), "p95": percentile(latencies, 0.95), "rps": sequential,
-            "rps_concurrent": concurrent}
+    return {
+        "p50": statistics.median(latencies),
+        "p95": percentile(latencies, 0.95),
+        "rps": sequential,
+        "rps_concurrent": concurrent,
+    }
 
 
 def main() -> None:
@@ -99,8 +107,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx").path
         payloads = [Path(p).read_bytes() for p in images]
-        print(f"bench_serve: {checkpoint}, {len(images)} distinct images of {folder}, {args.requests} requests, "
-              f"{args.clients} concurrent clients, {os.cpu_count()} cores")
+        print(
+            f"bench_serve: {checkpoint}, {len(images)} distinct images of {folder}, {args.requests} requests, "
+            f"{args.clients} concurrent clients, {os.cpu_count()} cores"
+        )
         for name, path in (("checkpoint", checkpoint), ("onnx", onnx_path)):
             model = load(path, device="cpu")
             for p in images[:10]:
@@ -112,10 +122,12 @@ def main() -> None:
                 baseline.append(time.perf_counter() - start)
             base_p50 = statistics.median(baseline)
             r = bench_server(path, payloads, args.requests, args.clients)
-            print(f"  {name:<10} server p50 {1000 * r['p50']:.1f} ms, p95 {1000 * r['p95']:.1f} ms, "
-                  f"{r['rps']:.0f} req/s one at a time, {r['rps_concurrent']:.0f} req/s from {args.clients} clients; "
-                  f"in-process predict p50 {1000 * base_p50:.1f} ms ({1 / base_p50:.0f}/s): "
-                  f"server p50 / in-process p50 = {r['p50'] / base_p50:.2f}")
+            print(
+                f"  {name:<10} server p50 {1000 * r['p50']:.1f} ms, p95 {1000 * r['p95']:.1f} ms, "
+                f"{r['rps']:.0f} req/s one at a time, {r['rps_concurrent']:.0f} req/s from {args.clients} clients; "
+                f"in-process predict p50 {1000 * base_p50:.1f} ms ({1 / base_p50:.0f}/s): "
+                f"server p50 / in-process p50 = {r['p50'] / base_p50:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -61,28 +61,36 @@ def main() -> None:
             for _ in range(20):
                 server.post_image("/predict", ordinary)
             base = server.proc("VmRSS")
-            print(f"bench_serve_hostile: {ROOT}, {model.name} of {checkpoint}, --max-bytes {args.max_bytes:,}; "
-                  f"baseline RSS after 20 ordinary requests: {base / 1024:,.0f} MB")
+            print(
+                f"bench_serve_hostile: {ROOT}, {model.name} of {checkpoint}, --max-bytes {args.max_bytes:,}; "
+                f"baseline RSS after 20 ordinary requests: {base / 1024:,.0f} MB"
+            )
 
             def ratio(kb: int) -> str:
                 return f"{kb / 1024:,.0f} MB ({kb / base:.2f}x baseline RSS)"
 
             written = server.proc("wchar")
-            head = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
-                    b"Content-Type: image/png\r\n\r\n")
+            head = (
+                b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n"
+            )
             start = time.perf_counter()
             sent, (status, answer) = server.stream(head, 300, "multipart/form-data; boundary=XyZ")
-            print(f"1. chunked multipart, 300 MB offered: HTTP {status} after {sent / 2**20:,.1f} MB sent, "
-                  f"{time.perf_counter() - start:.1f} s; bytes the server wrote: "
-                  f"{(server.proc('wchar') - written) / 2**20:,.1f} MB; RSS {ratio(server.proc('VmRSS'))}")
+            print(
+                f"1. chunked multipart, 300 MB offered: HTTP {status} after {sent / 2**20:,.1f} MB sent, "
+                f"{time.perf_counter() - start:.1f} s; bytes the server wrote: "
+                f"{(server.proc('wchar') - written) / 2**20:,.1f} MB; RSS {ratio(server.proc('VmRSS'))}"
+            )
 
             deep, peak = png("I;16", (8000, 8000)), server.proc("VmHWM")
             with ThreadPoolExecutor(max_workers=4) as pool:
                 answers = list(pool.map(lambda _: server.post_image("/predict", deep), range(4)))
             time.sleep(1)
             rose = max(0, server.proc("VmHWM") - max(peak, base))
-            print(f"2. four {len(deep) / 1024:,.0f} KB 16-bit 8000x8000 PNGs at once: HTTP "
-                  f"{[s for s, _ in answers]}; peak rose {ratio(rose)}; RSS after {ratio(server.proc('VmRSS'))}")
+            print(
+                f"2. four {len(deep) / 1024:,.0f} KB 16-bit 8000x8000 PNGs at once: HTTP "
+                f"{[s for s, _ in answers]}; peak rose {ratio(rose)}; RSS after {ratio(server.proc('VmRSS'))}"
+            )
 
             status, answer = server.post_image("/predict", png_claiming(20000, 20000))
             error = answer.get("error") if isinstance(answer, dict) else answer

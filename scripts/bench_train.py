@@ -62,8 +62,9 @@ class Setup:
         self.device = pick_device(t.device)
         self.dtype = amp_dtype(t.amp, self.device)
         self.channels_last = prefers_channels_last(self.device) if t.channels_last == "auto" else bool(t.channels_last)
-        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last
-                               else torch.contiguous_format)
+        self.model = model.to(
+            self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         self.optimizer = make_optimizer(self.model, t)
 
     def autocast(self):
@@ -87,11 +88,20 @@ def phase_precision(args) -> dict:
     s = Setup(args)
     if s.cfg.train.amp != "auto" or s.dtype is None:
         return {"amp": s.cfg.train.amp if s.dtype is not None else "none", "images_per_s": 0.0}
-    rates = measure_amp(s.model, (s.cfg.train.batch_size, *s.cfg.model.input), num_outputs=s.infos[-1].output_shape[0],
-                        device=s.device, candidate=s.dtype, channels_last=s.channels_last)
+    rates = measure_amp(
+        s.model,
+        (s.cfg.train.batch_size, *s.cfg.model.input),
+        num_outputs=s.infos[-1].output_shape[0],
+        device=s.device,
+        candidate=s.dtype,
+        channels_last=s.channels_last,
+    )
     chosen = choose_amp(rates, s.dtype)
-    return {"amp": {None: "none", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(chosen) if chosen else None],
-            "rates": rates, "images_per_s": 0.0}
+    return {
+        "amp": {None: "none", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(chosen) if chosen else None],
+        "rates": rates,
+        "images_per_s": 0.0,
+    }
 
 
 def phase_cache(args) -> dict:
@@ -102,9 +112,12 @@ def phase_cache(args) -> dict:
     spec = s.spec
     decoded = decode_all(spec.train, spec.image_size, spec.channels, kind="ram", cache_dir=None, workers=cpu_count())
     n = len(spec.train)
-    return {"images_per_s": n / decoded.seconds, "seconds": decoded.seconds,
-            "cache_bytes": decoded.pixels.numel(),
-            "uint8_bytes": n * spec.channels * spec.image_size[0] * spec.image_size[1]}
+    return {
+        "images_per_s": n / decoded.seconds,
+        "seconds": decoded.seconds,
+        "cache_bytes": decoded.pixels.numel(),
+        "uint8_bytes": n * spec.channels * spec.image_size[0] * spec.image_size[1],
+    }
 
 
 def phase_cnnzoo(args) -> dict:
@@ -117,9 +130,11 @@ def phase_cnnzoo(args) -> dict:
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
     steady = rows[1:] if len(rows) > 1 else rows
-    return {"images_per_s": sum(float(r["images_per_s"]) for r in steady) / len(steady),
-            "first_epoch_images_per_s": float(rows[0]["images_per_s"]),
-            "data_wait": sum(float(r["data_wait"]) for r in steady) / len(steady)}
+    return {
+        "images_per_s": sum(float(r["images_per_s"]) for r in steady) / len(steady),
+        "first_epoch_images_per_s": float(rows[0]["images_per_s"]),
+        "data_wait": sum(float(r["data_wait"]) for r in steady) / len(steady),
+    }
 
 
 def _step(s: Setup, x, y):
@@ -153,7 +168,7 @@ def phase_reference(args) -> dict:
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, pin_memory=cuda)
     s.model.train()
     rates = []
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         seen, start = 0, time.perf_counter()
         for x, y in loader:
             x = x.to(s.device, non_blocking=True)
@@ -212,8 +227,11 @@ def main() -> None:
 
     import torch
 
-    print(f"bench_train: {args.config} {' '.join(args.set)}, {args.epochs} epochs per loop, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(
+        f"bench_train: {args.config} {' '.join(args.set)}, {args.epochs} epochs per loop, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+
     def child(phase: str) -> dict:
         cmd = [sys.executable, __file__, "--config", args.config, "--epochs", str(args.epochs), "--phase", phase]
         for s in args.set:
@@ -225,23 +243,32 @@ def main() -> None:
 
     precision = child("precision")
     args.set.append(f"train.amp={precision['amp']}")  # every phase in the same precision
-    print(f"precision: train.amp={precision['amp']}"
-          + (f" (auto: probe {precision['rates']})" if "rates" in precision else ""))
+    print(
+        f"precision: train.amp={precision['amp']}"
+        + (f" (auto: probe {precision['rates']})" if "rates" in precision else "")
+    )
     results = {}
     for phase in args.only or list(PHASES):
         start = time.perf_counter()
         results[phase] = child(phase)
         r = results[phase]
-        print(f"  {phase:<10} {r['images_per_s']:8.1f} img/s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
-              f"({time.perf_counter() - start:.0f}s)", flush=True)
+        print(
+            f"  {phase:<10} {r['images_per_s']:8.1f} img/s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
+            f"({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
     if "cache" in results:
         c = results["cache"]
-        print(f"cache: {c['images_per_s']:.0f} img/s to build; {c['cache_bytes'] / 2**20:.1f} MB "
-              f"= {c['cache_bytes'] / c['uint8_bytes']:.2f}x the uint8 size of the images")
+        print(
+            f"cache: {c['images_per_s']:.0f} img/s to build; {c['cache_bytes'] / 2**20:.1f} MB "
+            f"= {c['cache_bytes'] / c['uint8_bytes']:.2f}x the uint8 size of the images"
+        )
     if "cnnzoo" in results:
         z = results["cnnzoo"]
-        print(f"cnnzoo: first epoch {z['first_epoch_images_per_s']:.1f} img/s, steady data wait "
-              f"{100 * z['data_wait']:.1f}% of step time")
+        print(
+            f"cnnzoo: first epoch {z['first_epoch_images_per_s']:.1f} img/s, steady data wait "
+            f"{100 * z['data_wait']:.1f}% of step time"
+        )
         for other in ("limit", "reference"):
             if other in results:
                 print(f"ratio cnnzoo/{other}: {z['images_per_s'] / results[other]['images_per_s']:.3f}")

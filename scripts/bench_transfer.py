@@ -90,18 +90,24 @@ def main() -> None:
     with console.scoped(True):
         n_all = len(load_data(cfg).train)
     per_epoch_saved = n_all / whole - n_all / cached
-    print(f"config {args.config}: backbone {backbone.name}, {backbone.trainable} of {len(backbone.stages)} "
-          f"stages trainable, {plan.cut} cached, {len(plan.flips)} versions per image, "
-          f"{len(images)} images at {spec.image_size[0]}x{spec.image_size[1]}, batch {batch}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"config {args.config}: backbone {backbone.name}, {backbone.trainable} of {len(backbone.stages)} "
+        f"stages trainable, {plan.cut} cached, {len(plan.flips)} versions per image, "
+        f"{len(images)} images at {spec.image_size[0]}x{spec.image_size[1]}, batch {batch}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"  whole     {whole:8.1f} images/s  (training steps through the whole network)")
     print(f"  features  {feature_rate:8.1f} images/s  (the cache build: frozen stages once per image and flip)")
     print(f"  cached    {cached:8.1f} images/s  (training steps on cached features)")
     print(f"ratio cached/whole: {cached / whole:.2f}x per epoch")
     cache_seconds = n_all * len(plan.flips) / feature_rate
-    print(f"for all {n_all} training images: cache build {cache_seconds:.0f}s, one epoch {n_all / whole:.0f}s "
-          f"whole vs {n_all / cached:.0f}s cached; the cache pays for itself after "
-          f"{cache_seconds / per_epoch_saved:.1f} epochs" if per_epoch_saved > 0 else "the cache never pays off here")
+    print(
+        f"for all {n_all} training images: cache build {cache_seconds:.0f}s, one epoch {n_all / whole:.0f}s "
+        f"whole vs {n_all / cached:.0f}s cached; the cache pays for itself after "
+        f"{cache_seconds / per_epoch_saved:.1f} epochs"
+        if per_epoch_saved > 0
+        else "the cache never pays off here"
+    )
 
 
 def backbone_weights(cfg) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def checkpoint_and_images(checkpoint: Optional[str], images: Optional[str]) -> tuple[Path, Path, list[str]]:
+def checkpoint_and_images(checkpoint: str | None, images: str | None) -> tuple[Path, Path, list[str]]:
     """(checkpoint, image folder, image paths): ``checkpoint`` or runs/latest's; ``images`` or the
     checkpoint's own validation (else test, else whole) folder."""
     from cnnzoo.checkpoint import load_checkpoint

@@ -74,8 +74,7 @@ def draw(kind: str, seed: int, size: int = 24) -> Image.Image:
     return img
 
 
-def write_class_folders(folder: Path, counts: dict[str, int], size: int = 24, seed: int = 0,
-                        ext: str = "png") -> Path:
+def write_class_folders(folder: Path, counts: dict[str, int], size: int = 24, seed: int = 0, ext: str = "png") -> Path:
     for class_index, (name, count) in enumerate(counts.items()):
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
@@ -98,9 +97,15 @@ def tiny_config(root: Path, **train) -> dict:
         "name": "tiny",
         "seed": 0,
         "data": {"root": str(root), "image_size": 16, "cache": "ram", "workers": 0},
-        "model": {"layers": [
-            {"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "relu", "pool",
-            "flatten", {"dense": {"out_features": "num_classes"}}]},
+        "model": {
+            "layers": [
+                {"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}},
+                "relu",
+                "pool",
+                "flatten",
+                {"dense": {"out_features": "num_classes"}},
+            ]
+        },
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, **train},
     }
 
@@ -119,6 +124,7 @@ def private_tmpfs_works(folder: Path) -> bool:
     if shutil.which("unshare") is None:
         return False
     folder.mkdir(exist_ok=True)
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{folder}'"],
-                          capture_output=True, timeout=30)
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{folder}'"], capture_output=True, timeout=30
+    )
     return done.returncode == 0

@@ -26,9 +26,10 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import pytest
 from conftest import tiny_config
@@ -50,8 +51,9 @@ class TrainedRun:
         return self.run_dir / "best.pt"
 
 
-def train_run(base: Path, make_data: Callable[[Path], Path], edit: Optional[Callable[[dict], None]] = None,
-              **train: Any) -> TrainedRun:
+def train_run(
+    base: Path, make_data: Callable[[Path], Path], edit: Callable[[dict], None] | None = None, **train: Any
+) -> TrainedRun:
     """Write data with ``make_data(base)``, train tiny_config on it into ``base/runs``."""
     from cnnzoo.training.run import train as run_training
 
@@ -72,8 +74,9 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_cnnzoo(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([CNNZOO, *map(str, args)], cwd=str(cwd), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [CNNZOO, *map(str, args)], cwd=str(cwd), env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess | Any, code: int = 2) -> str:
@@ -100,7 +103,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cnnzoo", "serve", str(model), "--port", str(self.port), *extra],
-            cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -112,8 +120,9 @@ class Server:
                 raise RuntimeError(f"the server did not start: {self.process.communicate()}")
             time.sleep(0.1)
 
-    def request(self, path: str, data: bytes | None = None, headers: dict | None = None,
-                method: str | None = None) -> tuple[int, object]:
+    def request(
+        self, path: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None
+    ) -> tuple[int, object]:
         req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
         try:
             with urllib.request.urlopen(req, timeout=60) as response:
@@ -135,8 +144,14 @@ class Server:
         boundary = uuid.uuid4().hex
         body = b""
         for name, data in files:
-            body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                     f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+            body += (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                    f"Content-Type: image/jpeg\r\n\r\n"
+                ).encode()
+                + data
+                + b"\r\n"
+            )
         body += f"--{boundary}--\r\n".encode()
         return self.request(f"/predict{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
@@ -150,14 +165,17 @@ class Server:
                     return int(value.split()[0])
         raise KeyError(field)
 
-    def stream(self, head: bytes, chunks: int, content_type: str,
-               chunk: bytes = b"\0" * 2**20) -> tuple[int, tuple[int, Any]]:
+    def stream(
+        self, head: bytes, chunks: int, content_type: str, chunk: bytes = b"\0" * 2**20
+    ) -> tuple[int, tuple[int, Any]]:
         """POST /predict with a chunked body (no Content-Length): ``head``, then up to ``chunks``
         chunks, stopping as soon as the server answers or closes. Returns (bytes sent, (status, JSON))."""
         sent, answer = 0, b""
         with socket.create_connection(("127.0.0.1", self.port), timeout=60) as conn:
-            conn.sendall(f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
-                         f"Transfer-Encoding: chunked\r\n\r\n".encode())
+            conn.sendall(
+                f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+                f"Transfer-Encoding: chunked\r\n\r\n".encode()
+            )
             try:
                 for data in ([head] if head else []) + [chunk] * chunks:  # an empty chunk would end the body
                     conn.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -177,7 +195,6 @@ class Server:
             conn.settimeout(60)
             return sent, _read_response(conn, answer)
 
-
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -194,8 +211,9 @@ def _read_response(conn: socket.socket, answer: bytes) -> tuple[int, Any]:
             raise ConnectionError(f"no complete answer: {answer[:200]!r}")
         answer += more
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     while len(body) < length:
         more = conn.recv(65536)
         if not more:

@@ -10,13 +10,13 @@ import csv
 import os
 import struct
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 TIMING = ("seconds", "images_per_s", "data_wait")
-HEADER = ("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait,stage,"
-          "trainable_params,backbone_lr")
+HEADER = (
+    "epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait,stage,trainable_params,backbone_lr"
+)
 
 
 def metric_rows(run_dir: Path, timing: bool = False) -> list[dict[str, str]]:
@@ -39,8 +39,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.tobytes())
 
 
-def write_mnist_raw(root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 10,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def write_mnist_raw(
+    root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 10, seed: int = 0
+) -> dict[str, np.ndarray]:
     """torchvision's on-disk layout ``<root>/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
 
     Images are 28x28 uint8; labels cycle through 0..9 so that every class appears.
@@ -68,10 +69,16 @@ def files_under(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def tiny_layers(outputs: Optional[object] = "num_classes", dropout: float = 0.0) -> list:
+def tiny_layers(outputs: object | None = "num_classes", dropout: float = 0.0) -> list:
     """The tiny network of conftest.tiny_config with a chosen head width (and optional dropout,
     which draws from the global torch RNG: the test that a resumed run draws what the
     uninterrupted one drew, since every epoch reseeds from (seed, epoch))."""
     head = [{"dropout": {"p": dropout}}] if dropout else []
-    return [{"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "relu", "pool",
-            "flatten", *head, {"dense": {"out_features": outputs}}]
+    return [
+        {"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}},
+        "relu",
+        "pool",
+        "flatten",
+        *head,
+        {"dense": {"out_features": outputs}},
+    ]

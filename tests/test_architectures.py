@@ -181,8 +181,10 @@ def test_the_documented_configs_are_shipped():
 
 def shipped_params() -> list:
     """Every shipped config; those that point into ../shared carry the needs_shared marker."""
-    return [pytest.param(p, id=p.name, marks=[pytest.mark.needs_shared] if reads_shared(p.read_text("utf-8")) else [])
-            for p in shipped_configs()]
+    return [
+        pytest.param(p, id=p.name, marks=[pytest.mark.needs_shared] if reads_shared(p.read_text("utf-8")) else [])
+        for p in shipped_configs()
+    ]
 
 
 @pytest.mark.parametrize("path", shipped_params())
@@ -220,7 +222,15 @@ def test_lenet5_shapes_and_forward():
     cfg = load_config(config_path("lenet5"))
     infos = trace_layers(cfg.model.layers, cfg.model.input, cfg.model.num_classes)
     assert [i.output_shape for i in infos if i.type in ("Conv2d", "AvgPool2d", "Flatten", "Linear")] == [
-        (6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (400,), (120,), (84,), (10,)]
+        (6, 28, 28),
+        (6, 14, 14),
+        (16, 10, 10),
+        (16, 5, 5),
+        (400,),
+        (120,),
+        (84,),
+        (10,),
+    ]
     assert sum(i.params for i in infos) == 61_706
     model = build_ours("lenet5")
     assert model(torch.randn(4, 1, 32, 32)).shape == (4, 10)
@@ -228,8 +238,7 @@ def test_lenet5_shapes_and_forward():
 
 def test_zoomcamp_homework_binary_variant():
     # the override documented in the config's header
-    cfg = load_config(config_path("zoomcamp_homework"),
-                      ["model.num_classes=2", "model.layers.6.dense.out_features=1"])
+    cfg = load_config(config_path("zoomcamp_homework"), ["model.num_classes=2", "model.layers.6.dense.out_features=1"])
     infos = trace_layers(cfg.model.layers, cfg.model.input, cfg.model.num_classes)
     assert infos[-1].output_shape == (1,)
     assert sum(i.params for i in infos) == 11_215_873

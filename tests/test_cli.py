@@ -43,23 +43,42 @@ sys.stderr.write("\nPROBE " + json.dumps({"code": code, "heavy": heavy}) + "\n")
 def probe(args: list[str], cwd: Path = PROJECT, importtime: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
     """Run the CLI in a fresh interpreter (``-X importtime``: also list every module imported)."""
     flags = ["-X", "importtime"] if importtime else []
-    result = subprocess.run([sys.executable, *flags, "-c", PROBE, json.dumps(args)],
-                            cwd=str(cwd), env=subprocess_env(), capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, *flags, "-c", PROBE, json.dumps(args)],
+        cwd=str(cwd),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     tail = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
     assert result.returncode == 0 and len(tail) == 1, result.stderr[-3000:]
-    report = json.loads(tail[0][len("PROBE "):])
+    report = json.loads(tail[0][len("PROBE ") :])
     if importtime:
         # -X importtime lines: "import time: self | cumulative | name" (nested names are indented)
-        imported = {m.group(1) for m in re.finditer(r"^import time:\s*\d+\s*\|\s*\d+\s*\|\s*(\S+)\s*$",
-                                                      result.stderr, re.MULTILINE)}
+        imported = {
+            m.group(1)
+            for m in re.finditer(r"^import time:\s*\d+\s*\|\s*\d+\s*\|\s*(\S+)\s*$", result.stderr, re.MULTILINE)
+        }
         assert "cnnzoo.cli" in imported, "the importtime trace was not read"
         report["imported"] = imported
     return report, result
 
 
-HELP_ARGS = [["--help"], ["-h"], ["train", "--help"], ["summary", "--help"], ["predict", "--help"],
-             ["evaluate", "--help"], ["export", "--help"], ["serve", "--help"], ["explain", "--help"],
-             ["lr-find", "--help"], ["sweep", "--help"], ["--version"]]
+HELP_ARGS = [
+    ["--help"],
+    ["-h"],
+    ["train", "--help"],
+    ["summary", "--help"],
+    ["predict", "--help"],
+    ["evaluate", "--help"],
+    ["export", "--help"],
+    ["serve", "--help"],
+    ["explain", "--help"],
+    ["lr-find", "--help"],
+    ["sweep", "--help"],
+    ["--version"],
+]
 
 
 @pytest.mark.parametrize("args", HELP_ARGS, ids=[" ".join(a) for a in HELP_ARGS])
@@ -78,9 +97,15 @@ def test_the_probe_does_see_torch_and_summary_prints_the_table():
     assert report["code"] in (0, None), result.stderr[-2000:]
     assert "torch" in report["heavy"]
     table = result.stdout
-    expected_rows = [("0", "Conv2d", "32x148x148", "896"), ("1", "ReLU", "32x148x148", "0"),
-                     ("2", "MaxPool2d", "32x74x74", "0"), ("3", "Flatten", "175232", "0"),
-                     ("4", "Linear", "64", "11,214,912"), ("5", "ReLU", "64", "0"), ("6", "Linear", "10", "650")]
+    expected_rows = [
+        ("0", "Conv2d", "32x148x148", "896"),
+        ("1", "ReLU", "32x148x148", "0"),
+        ("2", "MaxPool2d", "32x74x74", "0"),
+        ("3", "Flatten", "175232", "0"),
+        ("4", "Linear", "64", "11,214,912"),
+        ("5", "ReLU", "64", "0"),
+        ("6", "Linear", "10", "650"),
+    ]
     lines = table.splitlines()
     for index, kind, shape, params in expected_rows:
         matching = [line for line in lines if re.match(rf"\s*{index}\s+{kind}\b", line)]
@@ -103,6 +128,7 @@ def test_real_script_help_and_version():
 
 # ----------------------------------------------------------------------------- summary
 
+
 def summary_json(*extra: str) -> dict:
     result = CliRunner().invoke(app, ["summary", "--config", str(HOMEWORK), "--json", *extra])
     assert result.exit_code == 0, result.stderr
@@ -117,8 +143,15 @@ def test_summary_json_keys_and_totals():
     assert [layer["index"] for layer in s["layers"]] == list(range(7))
     for layer in s["layers"]:
         assert {"index", "type", "output_shape", "params"} <= set(layer)
-    assert [layer["type"] for layer in s["layers"]] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear",
-                                                        "ReLU", "Linear"]
+    assert [layer["type"] for layer in s["layers"]] == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert s["layers"][3]["output_shape"] == [32 * 74 * 74]
     by_hand = (3 * 3 * 3 * 32 + 32) + (32 * 74 * 74 * 64 + 64) + (64 * 10 + 10)
     assert s["total_params"] == by_hand == 11_216_458 == s["trainable_params"]
@@ -140,19 +173,29 @@ def test_summary_set_changes_the_totals():
 
 # ----------------------------------------------------------------------------- user errors
 
+
 @pytest.fixture(scope="module")
 def bad_configs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bad-configs")
     (folder / "syntax.yaml").write_text("name: x\nmodel:\n\tlayers: [relu]\n")  # a tab on line 3
     net = "model:\n  input: [3, 8, 8]\n  num_classes: 2\n  layers:\n{layers}\n"
-    (folder / "kernel.yaml").write_text(net.format(layers="    - conv: {out_channels: 4, kernel_size: 11}\n"
-                                                          "    - flatten\n"
-                                                          "    - dense: {out_features: num_classes}"))
-    (folder / "layer.yaml").write_text(net.format(layers="    - convv: {out_channels: 4, kernel_size: 3}\n"
-                                                         "    - flatten\n"
-                                                         "    - dense: {out_features: num_classes}"))
-    (folder / "key.yaml").write_text(net.format(layers="    - flatten\n    - dense: {out_features: num_classes}")
-                                     + "train:\n  epoks: 3\n")
+    (folder / "kernel.yaml").write_text(
+        net.format(
+            layers="    - conv: {out_channels: 4, kernel_size: 11}\n"
+            "    - flatten\n"
+            "    - dense: {out_features: num_classes}"
+        )
+    )
+    (folder / "layer.yaml").write_text(
+        net.format(
+            layers="    - convv: {out_channels: 4, kernel_size: 3}\n"
+            "    - flatten\n"
+            "    - dense: {out_features: num_classes}"
+        )
+    )
+    (folder / "key.yaml").write_text(
+        net.format(layers="    - flatten\n    - dense: {out_features: num_classes}") + "train:\n  epoks: 3\n"
+    )
     return folder
 
 
@@ -161,16 +204,23 @@ ERRORS = {  # name -> (arguments, words the one line must contain)
     "yaml-syntax": (["summary", "--config", "syntax.yaml"], ["syntax.yaml:3", "YAML"]),
     "unknown-key": (["summary", "--config", "key.yaml"], ["train.epoks", "did you mean train.epochs"]),
     "kernel-bigger-than-input": (["summary", "--config", "kernel.yaml"], ["layer 0", "kernel", "8x8"]),
-    "bad-set-syntax": (["summary", "--config", str(HOMEWORK), "--set", "train.epochs"], ["--set", "train.epochs",
-                                                                                           "key=value"]),
+    "bad-set-syntax": (
+        ["summary", "--config", str(HOMEWORK), "--set", "train.epochs"],
+        ["--set", "train.epochs", "key=value"],
+    ),
     "unknown-layer": (["summary", "--config", "layer.yaml"], ["convv", "did you mean conv"]),
     "train-without-config": (["train"], ["--config"]),
 }
 
 
 # each costs a torch import (2-3 s) as a real process; the rest go through Typer's runner
-SUBPROCESS_ERRORS = ["missing-config", "yaml-syntax", "kernel-bigger-than-input", "unknown-layer",
-                     "train-without-config"]
+SUBPROCESS_ERRORS = [
+    "missing-config",
+    "yaml-syntax",
+    "kernel-bigger-than-input",
+    "unknown-layer",
+    "train-without-config",
+]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_ERRORS)
@@ -225,9 +275,27 @@ def test_train_shortcut_flags_and_unset(image_root, tmp_path):
     raw = tiny_config(tmp_path / "elsewhere")
     raw["train"]["patience"] = 1
     config.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(app, ["train", "-c", str(config), "--data", str(image_root), "--epochs", "1",
-                                      "--batch-size", "4", "--image-size", "12", "--unset", "train.patience",
-                                      "--runs", str(tmp_path / "runs"), "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "-c",
+            str(config),
+            "--data",
+            str(image_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "12",
+            "--unset",
+            "train.patience",
+            "--runs",
+            str(tmp_path / "runs"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "runs" / "latest" / "config.yaml").read_text())
     assert saved["data"]["root"] == str(image_root) and saved["data"]["image_size"] == [12, 12]
@@ -242,8 +310,9 @@ def test_train_name_flag_names_the_run_folder(image_root, tmp_path):
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root, epochs=1)))
-    result = CliRunner().invoke(app, ["train", "-c", str(config), "--name", "photos_v2", "--runs",
-                                      str(tmp_path / "runs"), "-q"])
+    result = CliRunner().invoke(
+        app, ["train", "-c", str(config), "--name", "photos_v2", "--runs", str(tmp_path / "runs"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(tmp_path / "runs" / "photos_v2" / "1")
     assert yaml.safe_load((tmp_path / "runs" / "latest" / "config.yaml").read_text())["name"] == "photos_v2"
@@ -258,15 +327,22 @@ def test_version_short_flag_and_debug_anywhere(tmp_path):
     assert CliRunner().invoke(app, ["-V"]).output.startswith("cnnzoo ")
     config = tmp_path / "typo.yaml"
     config.write_text("train: {epoch: 3}\n")
-    result = subprocess.run([sys.executable, "-m", "cnnzoo.cli", "train", "-c", str(config), "--debug"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnzoo.cli", "train", "-c", str(config), "--debug"], capture_output=True, text=True
+    )
     assert "Traceback" in result.stderr and "train.epoch: unknown key" in result.stderr
 
 
 def test_summary_without_data_says_how_to_give_the_class_count(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "missing"), "image_size": 16},
-                                      "model": {"layers": ["flatten", {"dense": {"out_features": "num_classes"}}]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": str(tmp_path / "missing"), "image_size": 16},
+                "model": {"layers": ["flatten", {"dense": {"out_features": "num_classes"}}]},
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["summary", "-c", str(config)])
     assert result.exit_code == 2 and "--set model.num_classes=N" in result.stderr
     assert CliRunner().invoke(app, ["summary", "-c", str(config), "--set", "model.num_classes=3"]).exit_code == 0
@@ -277,7 +353,40 @@ def test_nproc_forwards_the_command_line_as_typed_without_nproc():
     ``train`` later cannot be dropped on the way; only ``--nproc`` itself is taken out."""
     from cnnzoo.cli.train import forwarded_argv
 
-    typed = ["--debug", "train", "-c", "a b.yaml", "--nproc", "2", "--set", "train.lr=0.1", "--epochs", "1",
-             "-n", "x", "--nproc=3", "--unset", "data.augment", "--runs", "r", "-q"]
-    assert forwarded_argv(typed) == ["--debug", "train", "-c", "a b.yaml", "--set", "train.lr=0.1", "--epochs", "1",
-                                     "-n", "x", "--unset", "data.augment", "--runs", "r", "-q"]
+    typed = [
+        "--debug",
+        "train",
+        "-c",
+        "a b.yaml",
+        "--nproc",
+        "2",
+        "--set",
+        "train.lr=0.1",
+        "--epochs",
+        "1",
+        "-n",
+        "x",
+        "--nproc=3",
+        "--unset",
+        "data.augment",
+        "--runs",
+        "r",
+        "-q",
+    ]
+    assert forwarded_argv(typed) == [
+        "--debug",
+        "train",
+        "-c",
+        "a b.yaml",
+        "--set",
+        "train.lr=0.1",
+        "--epochs",
+        "1",
+        "-n",
+        "x",
+        "--unset",
+        "data.augment",
+        "--runs",
+        "r",
+        "-q",
+    ]

@@ -92,11 +92,14 @@ def test_binary_file_is_refused(tmp_path):
 # --------------------------------------------------------------------------- YAML syntax
 
 
-@pytest.mark.parametrize("text, line, col, problem", [
-    ("name: x\ntrain:\n  epochs: 5\n   lr: 0.1\n", 4, 6, "mapping values are not allowed here"),
-    ("name: x\ntrain:\n\tepochs: 3\n", 3, 1, "cannot start any token"),
-    ("name: x\nmodel:\n  input: [3, 32, 32\ntrain:\n  epochs: 3\n", 4, 6, "expected ',' or ']'"),
-])
+@pytest.mark.parametrize(
+    "text, line, col, problem",
+    [
+        ("name: x\ntrain:\n  epochs: 5\n   lr: 0.1\n", 4, 6, "mapping values are not allowed here"),
+        ("name: x\ntrain:\n\tepochs: 3\n", 3, 1, "cannot start any token"),
+        ("name: x\nmodel:\n  input: [3, 32, 32\ntrain:\n  epochs: 3\n", 4, 6, "expected ',' or ']'"),
+    ],
+)
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, line, col, problem):
     path = tmp_path / "broken.yaml"
     path.write_text(text, encoding="utf-8")
@@ -117,12 +120,15 @@ def test_unknown_key_suggests_the_close_one_and_names_the_file(tmp_path):
     assert "did you mean train.epochs?" in msg
 
 
-@pytest.mark.parametrize("raw, dotted, suggestion", [
-    ({"data": {"augment": {"hfilp": 0.5}}}, "data.augment.hfilp", "did you mean data.augment.hflip?"),
-    ({"modle": {}}, "modle", "did you mean model?"),
-    ({"train": {"learning_rat": 0.1, "lr": 0.1}}, "train.learning_rat", None),
-    ({"model": {"num_class": 3}}, "model.num_class", "did you mean model.num_classes?"),
-])
+@pytest.mark.parametrize(
+    "raw, dotted, suggestion",
+    [
+        ({"data": {"augment": {"hfilp": 0.5}}}, "data.augment.hfilp", "did you mean data.augment.hflip?"),
+        ({"modle": {}}, "modle", "did you mean model?"),
+        ({"train": {"learning_rat": 0.1, "lr": 0.1}}, "train.learning_rat", None),
+        ({"model": {"num_class": 3}}, "model.num_class", "did you mean model.num_classes?"),
+    ],
+)
 def test_unknown_key_variants(raw, dotted, suggestion):
     msg = error_of(raw)
     assert msg.startswith(f"{dotted}: unknown key")  # no file: no file prefix
@@ -143,12 +149,15 @@ def test_internal_field_is_not_a_config_key():
     assert "source_path" not in msg.split("known keys")[-1]
 
 
-@pytest.mark.parametrize("raw, dotted, hint", [
-    ({"train": {"seed": 3}}, "train.seed", "seed is a top-level key: write `seed: N`"),
-    ({"data": {"num_classes": 3}}, "data.num_classes", "write model.num_classes"),
-    ({"train": {"sampler": "balanced"}}, "train.sampler", "data.sampler"),
-    ({"train": {"augment": {"hflip": 0.5}}}, "train.augment", "data.augment"),
-])
+@pytest.mark.parametrize(
+    "raw, dotted, hint",
+    [
+        ({"train": {"seed": 3}}, "train.seed", "seed is a top-level key: write `seed: N`"),
+        ({"data": {"num_classes": 3}}, "data.num_classes", "write model.num_classes"),
+        ({"train": {"sampler": "balanced"}}, "train.sampler", "data.sampler"),
+        ({"train": {"augment": {"hflip": 0.5}}}, "train.augment", "data.augment"),
+    ],
+)
 def test_moved_key_hint(tmp_path, raw, dotted, hint):
     path = write(tmp_path, yaml.safe_dump(raw), "moved.yaml")
     msg = error_of(path)
@@ -169,35 +178,48 @@ def test_wrong_type_names_key_value_and_expected_type(tmp_path):
     assert msg == f"{path}: train.epochs: got 'ten' (string), expected int"
 
 
-@pytest.mark.parametrize("raw, expected_in_msg", [
-    ({"train": {"epochs": True}}, "train.epochs: got True (boolean), expected int"),
-    ({"train": {"epochs": 2.5}}, "train.epochs: got 2.5 (number), expected int"),
-    ({"train": {"lr": "fast"}}, "train.lr: got 'fast' (string), expected float"),
-    ({"train": {"lr": [0.1]}}, "train.lr: got [0.1] (list), expected float"),
-    ({"train": {"optimizer": "sgdd"}}, "train.optimizer: got 'sgdd' (string), expected sgd | adam | adamw | rmsprop"),
-    ({"train": {"nesterov": "yes please"}}, "train.nesterov: got 'yes please' (string), expected bool"),
-    ({"train": {"grad_clip": "none"}}, "train.grad_clip: got 'none' (string), expected float or null"),
-    ({"model": {"input": "3x32x32"}}, "model.input: got '3x32x32' (string), expected a list of int or null"),
-    ({"model": {"input": [3, 32.5, 32]}}, "model.input: got [3, 32.5, 32] (list), expected a list of int or null"),
-    ({"model": {"num_classes": "ten"}}, "model.num_classes: got 'ten' (string), expected int or null"),
-    ({"name": 5}, "name: got 5 (integer), expected str or null"),
-    ({"seed": "3"}, "seed: got '3' (string), expected int"),
-    ({"train": 5}, "train: got 5 (integer), expected a mapping"),
-    ({"data": {"augment": "heavy"}}, "data.augment: got 'heavy' (string), expected a mapping"),
-    ({"data": {"source": "imagenet"}}, "data.source: got 'imagenet' (string), expected folder | shapes"),
-    ({"data": {"workers": "many"}}, "data.workers: got 'many' (string), expected auto or int"),
-    ({"data": {"normalize": {"mean": ["a"], "std": [1.0]}}}, "data.normalize: got {"),
-])
+@pytest.mark.parametrize(
+    "raw, expected_in_msg",
+    [
+        ({"train": {"epochs": True}}, "train.epochs: got True (boolean), expected int"),
+        ({"train": {"epochs": 2.5}}, "train.epochs: got 2.5 (number), expected int"),
+        ({"train": {"lr": "fast"}}, "train.lr: got 'fast' (string), expected float"),
+        ({"train": {"lr": [0.1]}}, "train.lr: got [0.1] (list), expected float"),
+        (
+            {"train": {"optimizer": "sgdd"}},
+            "train.optimizer: got 'sgdd' (string), expected sgd | adam | adamw | rmsprop",
+        ),
+        ({"train": {"nesterov": "yes please"}}, "train.nesterov: got 'yes please' (string), expected bool"),
+        ({"train": {"grad_clip": "none"}}, "train.grad_clip: got 'none' (string), expected float or null"),
+        ({"model": {"input": "3x32x32"}}, "model.input: got '3x32x32' (string), expected a list of int or null"),
+        ({"model": {"input": [3, 32.5, 32]}}, "model.input: got [3, 32.5, 32] (list), expected a list of int or null"),
+        ({"model": {"num_classes": "ten"}}, "model.num_classes: got 'ten' (string), expected int or null"),
+        ({"name": 5}, "name: got 5 (integer), expected str or null"),
+        ({"seed": "3"}, "seed: got '3' (string), expected int"),
+        ({"train": 5}, "train: got 5 (integer), expected a mapping"),
+        ({"data": {"augment": "heavy"}}, "data.augment: got 'heavy' (string), expected a mapping"),
+        ({"data": {"source": "imagenet"}}, "data.source: got 'imagenet' (string), expected folder | shapes"),
+        ({"data": {"workers": "many"}}, "data.workers: got 'many' (string), expected auto or int"),
+        ({"data": {"normalize": {"mean": ["a"], "std": [1.0]}}}, "data.normalize: got {"),
+    ],
+)
 def test_wrong_types(raw, expected_in_msg):
     assert expected_in_msg in error_of(raw)
 
 
 def test_gentle_conversions():
-    cfg = load_config({
-        "train": {"lr": 1, "grad_clip": 1, "channels_last": False, "amp": False},
-        "data": {"sampler": False, "augment": {"hflip": True, "vflip": 0.25, "translate": [0.1, 0.2]},
-                 "workers": 0, "image_size": [64, 48], "normalize": "imagenet"},
-    })
+    cfg = load_config(
+        {
+            "train": {"lr": 1, "grad_clip": 1, "channels_last": False, "amp": False},
+            "data": {
+                "sampler": False,
+                "augment": {"hflip": True, "vflip": 0.25, "translate": [0.1, 0.2]},
+                "workers": 0,
+                "image_size": [64, 48],
+                "normalize": "imagenet",
+            },
+        }
+    )
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.train.grad_clip == 1.0 and isinstance(cfg.train.grad_clip, float)
     assert cfg.train.channels_last is False  # the bool branch, not the Literal
@@ -221,24 +243,26 @@ def test_lr_written_1e_minus_3_is_a_float(tmp_path):
 # --------------------------------------------------------------------------- --set overrides
 
 
-@pytest.mark.parametrize("override, getter, expected", [
-    ("train.epochs=5", lambda c: c.train.epochs, 5),
-    ("train.lr=0.01", lambda c: c.train.lr, 0.01),
-    ("train.batch_size= 64", lambda c: c.train.batch_size, 64),
-    ("train.optimizer=sgd", lambda c: c.train.optimizer, "sgd"),
-    ("train.nesterov=true", lambda c: c.train.nesterov, True),
-    ("train.grad_clip=null", lambda c: c.train.grad_clip, None),
-    ("train.patience=3", lambda c: c.train.patience, 3),
-    ("model.input=[1, 28, 28]", lambda c: c.model.input, [1, 28, 28]),
-    ("model.input.0=1", lambda c: c.model.input, [1, 16, 16]),
-    ("model.input.-1=20", lambda c: c.model.input, [3, 16, 20]),
-    ("data.image_size=[32, 40]", lambda c: c.data.image_size, [32, 40]),
-    ("data.augment.hflip=0.5", lambda c: c.data.augment.hflip, 0.5),
-    ("data.normalize={mean: [0.5], std: [0.25]}", lambda c: c.data.normalize,
-     {"mean": [0.5], "std": [0.25]}),
-    ("seed=7", lambda c: c.seed, 7),
-    ("name=exp1", lambda c: c.run_name, "exp1"),
-])
+@pytest.mark.parametrize(
+    "override, getter, expected",
+    [
+        ("train.epochs=5", lambda c: c.train.epochs, 5),
+        ("train.lr=0.01", lambda c: c.train.lr, 0.01),
+        ("train.batch_size= 64", lambda c: c.train.batch_size, 64),
+        ("train.optimizer=sgd", lambda c: c.train.optimizer, "sgd"),
+        ("train.nesterov=true", lambda c: c.train.nesterov, True),
+        ("train.grad_clip=null", lambda c: c.train.grad_clip, None),
+        ("train.patience=3", lambda c: c.train.patience, 3),
+        ("model.input=[1, 28, 28]", lambda c: c.model.input, [1, 28, 28]),
+        ("model.input.0=1", lambda c: c.model.input, [1, 16, 16]),
+        ("model.input.-1=20", lambda c: c.model.input, [3, 16, 20]),
+        ("data.image_size=[32, 40]", lambda c: c.data.image_size, [32, 40]),
+        ("data.augment.hflip=0.5", lambda c: c.data.augment.hflip, 0.5),
+        ("data.normalize={mean: [0.5], std: [0.25]}", lambda c: c.data.normalize, {"mean": [0.5], "std": [0.25]}),
+        ("seed=7", lambda c: c.seed, 7),
+        ("name=exp1", lambda c: c.run_name, "exp1"),
+    ],
+)
 def test_override_values(tmp_path, override, getter, expected):
     path = write(tmp_path, SMALL_MODEL)
     value = getter(load_config(path, [override]))
@@ -293,18 +317,23 @@ def test_override_creates_missing_sections():
     assert cfg.data.augment.zoom == 0.2 and cfg.train.epochs == 2
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.epochs", "--set train.epochs: expected dotted.key=value, e.g. --set train.epochs=5"),
-    ("=5", "--set =5: the key before '=' is empty"),
-    ("train.epochs=[1, 2", "--set train.epochs=[1, 2: the value is not valid YAML"),
-    ("model.layers.5.ReLU.inplace=true", "--set model.layers.5.ReLU.inplace: model.layers has 4 items, no index 5"),
-    ("model.layers.-5=ReLU", "--set model.layers.-5: model.layers has 4 items, no index -5"),
-    ("model.layers.first=ReLU", "--set model.layers.first: model.layers is a list; use an index, e.g. .0"),
-    ("train.epochs.max=3", "--set train.epochs.max: train.epochs is a single value (3), it has no key 'max'"),
-    ("model.input.0.x=1", "--set model.input.0.x: model.input.0 is a single value (3), it has no key 'x'"),
-    ("model.layers.1.inplace=true",
-     "--set model.layers.1.inplace: model.layers.1 is a single value ('ReLU'), it has no key 'inplace'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs", "--set train.epochs: expected dotted.key=value, e.g. --set train.epochs=5"),
+        ("=5", "--set =5: the key before '=' is empty"),
+        ("train.epochs=[1, 2", "--set train.epochs=[1, 2: the value is not valid YAML"),
+        ("model.layers.5.ReLU.inplace=true", "--set model.layers.5.ReLU.inplace: model.layers has 4 items, no index 5"),
+        ("model.layers.-5=ReLU", "--set model.layers.-5: model.layers has 4 items, no index -5"),
+        ("model.layers.first=ReLU", "--set model.layers.first: model.layers is a list; use an index, e.g. .0"),
+        ("train.epochs.max=3", "--set train.epochs.max: train.epochs is a single value (3), it has no key 'max'"),
+        ("model.input.0.x=1", "--set model.input.0.x: model.input.0 is a single value (3), it has no key 'x'"),
+        (
+            "model.layers.1.inplace=true",
+            "--set model.layers.1.inplace: model.layers.1 is a single value ('ReLU'), it has no key 'inplace'",
+        ),
+    ],
+)
 def test_override_errors(tmp_path, override, expected):
     path = write(tmp_path, SMALL_MODEL + "train:\n  epochs: 3\n")
     msg = error_of(path, [override])
@@ -327,32 +356,43 @@ def test_override_values_are_validated_like_the_file(tmp_path):
 # --------------------------------------------------------------------------- value checks
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({"model": {"input": [3, 32]}}, "model.input: got [3, 32], expected [channels, height, width] of positive integers"),
-    ({"model": {"input": [3, 32, 32, 1]}}, "model.input: got [3, 32, 32, 1], expected [channels, height, width]"),
-    ({"model": {"input": [3, 0, 32]}}, "model.input: got [3, 0, 32], expected"),
-    ({"model": {"input": []}}, "model.input: got [], expected"),
-    ({"model": {"num_classes": 0}}, "model.num_classes: got 0, expected a positive integer"),
-    ({"data": {"channels": 2}}, "data.channels: got 2, expected 1 (grey) or 3 (RGB)"),
-    ({"data": {"image_size": [32]}}, "data.image_size: got [32], expected an integer or [height, width]"),
-    ({"data": {"image_size": [32, 0]}}, "data.image_size: got [32, 0], expected"),
-    ({"data": {"image_size": 0}}, "data.image_size: got 0, expected a positive integer"),
-    ({"data": {"val_fraction": 0}}, "data.val_fraction: got 0.0, expected a number between 0 and 1"),
-    ({"data": {"val_fraction": 1}}, "data.val_fraction: got 1.0, expected a number between 0 and 1"),
-    ({"data": {"normalize": {"mean": [0.5]}}}, "data.normalize: a mapping needs exactly the keys mean and std"),
-    ({"data": {"normalize": {"mean": [0.5], "std": [0.5], "max": [1.0]}}},
-     "data.normalize: a mapping needs exactly the keys mean and std"),
-    ({"data": {"normalize": {"mean": [0.5, 0.5], "std": [0.2, 0.0]}}}, "data.normalize.std: every std must be positive"),
-    ({"data": {"workers": -1}}, "data.workers: got -1, expected auto or a number >= 0"),
-    ({"train": {"epochs": 0}}, "train.epochs: got 0, expected a positive integer"),
-    ({"train": {"batch_size": -2}}, "train.batch_size: got -2, expected a positive integer"),
-    ({"train": {"step_size": 0}}, "train.step_size: got 0, expected a positive integer"),
-    ({"train": {"lr": 0}}, "train.lr: got 0.0, expected a positive number"),
-    ({"train": {"lr": -0.1}}, "train.lr: got -0.1, expected a positive number"),
-    ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing: got 1.0, expected a number in [0, 1)"),
-    ({"train": {"label_smoothing": -0.1}}, "train.label_smoothing: got -0.1"),
-    ({"train": {"patience": 0}}, "train.patience: got 0, expected a positive integer or null (off)"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (
+            {"model": {"input": [3, 32]}},
+            "model.input: got [3, 32], expected [channels, height, width] of positive integers",
+        ),
+        ({"model": {"input": [3, 32, 32, 1]}}, "model.input: got [3, 32, 32, 1], expected [channels, height, width]"),
+        ({"model": {"input": [3, 0, 32]}}, "model.input: got [3, 0, 32], expected"),
+        ({"model": {"input": []}}, "model.input: got [], expected"),
+        ({"model": {"num_classes": 0}}, "model.num_classes: got 0, expected a positive integer"),
+        ({"data": {"channels": 2}}, "data.channels: got 2, expected 1 (grey) or 3 (RGB)"),
+        ({"data": {"image_size": [32]}}, "data.image_size: got [32], expected an integer or [height, width]"),
+        ({"data": {"image_size": [32, 0]}}, "data.image_size: got [32, 0], expected"),
+        ({"data": {"image_size": 0}}, "data.image_size: got 0, expected a positive integer"),
+        ({"data": {"val_fraction": 0}}, "data.val_fraction: got 0.0, expected a number between 0 and 1"),
+        ({"data": {"val_fraction": 1}}, "data.val_fraction: got 1.0, expected a number between 0 and 1"),
+        ({"data": {"normalize": {"mean": [0.5]}}}, "data.normalize: a mapping needs exactly the keys mean and std"),
+        (
+            {"data": {"normalize": {"mean": [0.5], "std": [0.5], "max": [1.0]}}},
+            "data.normalize: a mapping needs exactly the keys mean and std",
+        ),
+        (
+            {"data": {"normalize": {"mean": [0.5, 0.5], "std": [0.2, 0.0]}}},
+            "data.normalize.std: every std must be positive",
+        ),
+        ({"data": {"workers": -1}}, "data.workers: got -1, expected auto or a number >= 0"),
+        ({"train": {"epochs": 0}}, "train.epochs: got 0, expected a positive integer"),
+        ({"train": {"batch_size": -2}}, "train.batch_size: got -2, expected a positive integer"),
+        ({"train": {"step_size": 0}}, "train.step_size: got 0, expected a positive integer"),
+        ({"train": {"lr": 0}}, "train.lr: got 0.0, expected a positive number"),
+        ({"train": {"lr": -0.1}}, "train.lr: got -0.1, expected a positive number"),
+        ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing: got 1.0, expected a number in [0, 1)"),
+        ({"train": {"label_smoothing": -0.1}}, "train.label_smoothing: got -0.1"),
+        ({"train": {"patience": 0}}, "train.patience: got 0, expected a positive integer or null (off)"),
+    ],
+)
 def test_value_checks(raw, expected):
     msg = error_of(raw)
     assert msg.startswith(expected), msg
@@ -363,12 +403,15 @@ def test_value_check_names_the_file(tmp_path):
     assert error_of(path) == f"{path}: data.channels: got 2, expected 1 (grey) or 3 (RGB)"
 
 
-@pytest.mark.parametrize("raw", [
-    {"model": {"input": [1, 1, 1], "num_classes": 1}},
-    {"data": {"channels": 1, "image_size": 28, "val_fraction": 0.5, "workers": 0}},
-    {"data": {"normalize": {"mean": [0.5], "std": [0.5]}}},
-    {"train": {"label_smoothing": 0.0, "patience": 1, "lr": 1e-9}},
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"model": {"input": [1, 1, 1], "num_classes": 1}},
+        {"data": {"channels": 1, "image_size": 28, "val_fraction": 0.5, "workers": 0}},
+        {"data": {"normalize": {"mean": [0.5], "std": [0.5]}}},
+        {"train": {"label_smoothing": 0.0, "patience": 1, "lr": 1e-9}},
+    ],
+)
 def test_boundary_values_are_accepted(raw):
     load_config(raw)
 
@@ -386,8 +429,11 @@ def test_config_object_reloads_with_overrides(tmp_path):
 
 
 def test_dump_config_round_trips(tmp_path):
-    path = write(tmp_path, SMALL_MODEL + "train:\n  lr: 1e-3\n  scheduler: one-cycle\n"
-                 "data:\n  augment: {hflip: true, color_jitter: {brightness: 0.2}}\n")
+    path = write(
+        tmp_path,
+        SMALL_MODEL + "train:\n  lr: 1e-3\n  scheduler: one-cycle\n"
+        "data:\n  augment: {hflip: true, color_jitter: {brightness: 0.2}}\n",
+    )
     cfg = load_config(path)
     text = dump_config(cfg)
     assert "source_path" not in text
@@ -427,13 +473,16 @@ def test_relative_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monk
     (project / "configs").mkdir(parents=True)
     (project / "images").mkdir()
     (project / "weights.pth").write_bytes(b"")
-    config = write(project / "configs", """\
+    config = write(
+        project / "configs",
+        """\
         data: {root: ../images}
         model:
           layers:
             - backbone: {name: resnet18, weights: ../weights.pth}
             - gap
-        """)
+        """,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -468,7 +517,7 @@ def test_shipped_transfer_config_finds_its_data_and_weights_from_any_folder(tmp_
     assert Path(cfg.model.layers[0]["backbone"]["weights"]).is_file()
 
 
-# --------------------------------------------------------------------------- ranges next to their fields (issue 23, item 7)
+# ---------------------------------------------------------------------- ranges next to their fields (issue 23, item 7)
 
 # Each passed validation and `summary`, then crashed `train` with an internal error.
 CRASHED_TRAINING = [
@@ -481,7 +530,10 @@ CRASHED_TRAINING = [
     ("data.augment.translate=[0.1, -0.1]", "data.augment.translate: got [0.1, -0.1]"),
     ("data.augment.rotation=-5", "data.augment.rotation: got -5.0, expected a number in [0, 180]"),
     ("data.augment.rotation=1e300", "data.augment.rotation: got 1e+300"),
-    ("data.augment.color_jitter.brightness=-1", "data.augment.color_jitter.brightness: got -1.0, expected a number in [0, 10]"),
+    (
+        "data.augment.color_jitter.brightness=-1",
+        "data.augment.color_jitter.brightness: got -1.0, expected a number in [0, 10]",
+    ),
     ("data.augment.color_jitter.saturation=1e300", "data.augment.color_jitter.saturation: got 1e+300"),
     ("data.augment.color_jitter.hue=0.9", "data.augment.color_jitter.hue: got 0.9, expected a number in [0, 0.5]"),
     ("data.augment.shear=1e300", "data.augment.shear: got 1e+300, expected a number in [0, 90)"),
@@ -543,7 +595,6 @@ def test_every_range_admits_its_edges_and_refuses_past_them(key, bounds, integer
         load_config({}, [f"{key}={value}"])
     for value in outside:
         assert error_of({}, [f"{key}={'.nan' if value != value else value}"]).startswith(f"{key}: got ")
-
 
 
 def test_the_ranges_page_lists_every_ranged_key():

@@ -384,17 +384,21 @@ def test_data_root_one_or_two_levels_too_high_says_did_you_mean(tmp_path, capsys
     for ask in (lambda: load(up), lambda: class_names(load_config({"data": {"root": str(up)}}))):
         with pytest.raises(DataError) as info:
             ask()
-        assert str(info.value) == (f"{up}: no train/ or class folders of images here, but {dataset} holds "
-                                   f"train/ and validation/; did you mean --data {dataset} "
-                                   f"(data.root: {dataset})?")
+        assert str(info.value) == (
+            f"{up}: no train/ or class folders of images here, but {dataset} holds "
+            f"train/ and validation/; did you mean --data {dataset} "
+            f"(data.root: {dataset})?"
+        )
     assert "warning" not in capsys.readouterr().err
 
 
 def test_a_folder_holding_one_folder_of_class_folders_says_did_you_mean(tmp_path):
     up = tmp_path / "photos"
     write_class_folders(up / "images", {"cat": 2, "dog": 2}, size=8)
-    assert _error(up) == (f"{up}: only one class folder (images), which holds class folders itself "
-                          f"(cat, dog); did you mean --data {up / 'images'} (data.root: {up / 'images'})?")
+    assert _error(up) == (
+        f"{up}: only one class folder (images), which holds class folders itself "
+        f"(cat, dog); did you mean --data {up / 'images'} (data.root: {up / 'images'})?"
+    )
 
 
 def test_the_train_folder_itself_is_split_and_the_log_names_the_data_root(tmp_path, capsys):
@@ -511,10 +515,15 @@ def _damage_cache(path: Path, how: str) -> None:
 
 
 CACHE_DAMAGE = {
-    "truncated": "it is truncated", "zero bytes": "its header is unreadable", "reshaped": "its header says uint8[4, 3, 16, 16]",
-    "another dtype": "its header says float16", "garbage values": "its contents changed since it was written",
-    "garbage header": "its header is unreadable", "a FIFO": "its data (.npy) is not a regular file",
-    "record missing": "its record (.json) is missing", "record garbage": "its record (.json) is damaged",
+    "truncated": "it is truncated",
+    "zero bytes": "its header is unreadable",
+    "reshaped": "its header says uint8[4, 3, 16, 16]",
+    "another dtype": "its header says float16",
+    "garbage values": "its contents changed since it was written",
+    "garbage header": "its header is unreadable",
+    "a FIFO": "its data (.npy) is not a regular file",
+    "record missing": "its record (.json) is missing",
+    "record garbage": "its record (.json) is damaged",
     "record a FIFO": "its record (.json) is not a regular file",
     "record lists another split's images": "lists unreadable images that this split does not have",
 }
@@ -550,7 +559,9 @@ def test_a_damaged_disk_cache_is_rebuilt_with_one_line_saying_why(image_root, tm
     assert err == [f"warning: data.cache: rebuilding {path}: " + err[0].split(f"{path}: ", 1)[1]], err
     assert CACHE_DAMAGE[how] in err[0]
     assert again.seconds > 0 and torch.equal(again.pixels, reference)
-    reused = decode_all(spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0)  # whole again: reused quietly
+    reused = decode_all(
+        spec.train, (16, 16), 3, kind="disk", cache_dir=cache_dir, workers=0
+    )  # whole again: reused quietly
     assert reused.seconds == 0 and torch.equal(reused.pixels, reference) and not capsys.readouterr().err
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
 
@@ -563,8 +574,9 @@ def test_a_folder_where_the_cache_goes_keeps_the_cache_in_ram(image_root, tmp_pa
     path.mkdir()
     again = decode_all(spec.val, (16, 16), 3, kind="disk", cache_dir=tmp_path, workers=0)
     assert again.location == "ram" and torch.equal(again.pixels, first.pixels)
-    assert capsys.readouterr().err.strip() == (f"warning: data.cache: {path} is a folder, not a cache file; "
-                                               f"keeping the cache in RAM instead")
+    assert capsys.readouterr().err.strip() == (
+        f"warning: data.cache: {path} is a folder, not a cache file; keeping the cache in RAM instead"
+    )
 
 
 def test_the_cache_is_keyed_on_content_when_size_and_mtime_stay(tmp_path):
@@ -608,14 +620,20 @@ def test_a_cache_on_a_full_disk_stays_in_ram_without_sigbus(image_root, tmp_path
     if not private_tmpfs_works(disk):
         pytest.skip("no private tmpfs here (unshare -rm and mount are not allowed)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", FULL_CACHE_DISK, "full", str(disk), sys.executable,
-                           str(image_root)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        ["unshare", "-rm", "bash", "-c", FULL_CACHE_DISK, "full", str(disk), sys.executable, str(image_root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, (done.returncode, done.stderr)  # 135 was SIGBUS
     facts = dict(line.split("=", 1) for line in done.stdout.splitlines())
     assert facts["location"] == "ram" and facts["left"] == ""  # no temporary left on the full disk
     assert float(facts["mean"]) > 0
-    assert done.stderr.strip().splitlines() == [f"warning: data.cache: no room for 0.3 MB in {disk}; "
-                                                f"keeping it in RAM instead"]
+    assert done.stderr.strip().splitlines() == [
+        f"warning: data.cache: no room for 0.3 MB in {disk}; keeping it in RAM instead"
+    ]
 
 
 def test_cached_array_rebuilds_a_float_cache_with_nan_written_into_it(tmp_path, capsys):
@@ -635,8 +653,9 @@ def test_cached_array_rebuilds_a_float_cache_with_nan_written_into_it(tmp_path, 
     del array
     again = cached_array(path, (4, 6), np.float32, key="data.feature_cache", fill=fill)
     assert torch.equal(again.tensor, values) and not again.reused
-    assert capsys.readouterr().err.strip() == (f"warning: data.feature_cache: rebuilding {path}: its contents "
-                                               f"changed since it was written (checksum)")
+    assert capsys.readouterr().err.strip() == (
+        f"warning: data.feature_cache: rebuilding {path}: its contents changed since it was written (checksum)"
+    )
 
 
 def test_auto_cache_keeps_small_data_in_ram():
@@ -678,13 +697,16 @@ def test_no_augmentation_is_none():
     assert build_augment(AugmentConfig(), (16, 16)) is None
 
 
-@pytest.mark.parametrize("options, key", [
-    ({"zoom": 1.5}, "data.augment.zoom"),
-    ({"zoom": -0.2}, "data.augment.zoom"),
-    ({"random_resized_crop": [0.9, 0.5]}, "data.augment.random_resized_crop"),
-    ({"random_resized_crop": [0.5, 1.5]}, "data.augment.random_resized_crop"),
-    ({"color_jitter": {"brightnes": 0.2}}, "data.augment.color_jitter.brightnes"),
-])
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"zoom": 1.5}, "data.augment.zoom"),
+        ({"zoom": -0.2}, "data.augment.zoom"),
+        ({"random_resized_crop": [0.9, 0.5]}, "data.augment.random_resized_crop"),
+        ({"random_resized_crop": [0.5, 1.5]}, "data.augment.random_resized_crop"),
+        ({"color_jitter": {"brightnes": 0.2}}, "data.augment.color_jitter.brightnes"),
+    ],
+)
 def test_bad_augmentation_values_are_config_errors(options, key):
     with pytest.raises(ConfigError) as info:
         augment_config(options)
@@ -701,8 +723,14 @@ def test_bad_augmentation_fails_training_with_config_error(image_root, tmp_path)
 def test_augmentation_is_seeded_per_batch(image_root):
     spec = load(image_root)
     decoded = decode_all(spec.train, (16, 16), 3, kind="ram", cache_dir=None, workers=0)
-    options = {"hflip": 0.5, "rotation": 20.0, "translate": 0.1, "zoom": 0.2,
-               "random_resized_crop": [0.6, 1.0], "color_jitter": {"brightness": 0.3}}
+    options = {
+        "hflip": 0.5,
+        "rotation": 20.0,
+        "translate": 0.1,
+        "zoom": 0.2,
+        "random_resized_crop": [0.6, 1.0],
+        "color_jitter": {"brightness": 0.3},
+    }
     augment = build_augment(augment_config(options), (16, 16))
     dataset = ImageDataset(spec.train, (16, 16), 3, decoded=decoded, augment=augment)
     plain = ImageDataset(spec.train, (16, 16), 3, decoded=decoded)
@@ -725,8 +753,9 @@ def test_augmentation_is_seeded_per_batch(image_root):
 
 
 @pytest.mark.parametrize("shuffle, balanced", [(False, False), (True, False), (True, True)])
-@pytest.mark.parametrize("n, batch_size", [(1, 4), (2, 4), (4, 4), (5, 4), (9, 4), (8, 3), (10, 3),
-                                           (17, 8), (33, 16), (7, 2)])
+@pytest.mark.parametrize(
+    "n, batch_size", [(1, 4), (2, 4), (4, 4), (5, 4), (9, 4), (8, 3), (10, 3), (17, 8), (33, 16), (7, 2)]
+)
 def test_epoch_batches_len_matches_iteration(n, batch_size, shuffle, balanced):
     labels = torch.tensor([i % 3 for i in range(n)])
     sampler = EpochBatches(labels, batch_size, shuffle=shuffle, seed=3, balanced=balanced)
@@ -820,14 +849,20 @@ def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch, capsys):
     home, first, _ = shapes_home
     root = home / f"shapes-v{shapes.VERSION}"
     marker = root / ".complete"
-    stamps = (marker.stat().st_mtime_ns, Path(first.train.paths[0]).stat().st_mtime_ns,
-              Path(first.val.paths[-1]).stat().st_mtime_ns)
+    stamps = (
+        marker.stat().st_mtime_ns,
+        Path(first.train.paths[0]).stat().st_mtime_ns,
+        Path(first.val.paths[-1]).stat().st_mtime_ns,
+    )
     monkeypatch.setenv("CNNZOO_HOME", str(home))
     cfg = load_config({"data": {"source": "shapes", "image_size": 32}})
     spec = load_data(cfg)
     assert capsys.readouterr().out == ""
-    assert (marker.stat().st_mtime_ns, Path(spec.train.paths[0]).stat().st_mtime_ns,
-            Path(spec.val.paths[-1]).stat().st_mtime_ns) == stamps
+    assert (
+        marker.stat().st_mtime_ns,
+        Path(spec.train.paths[0]).stat().st_mtime_ns,
+        Path(spec.val.paths[-1]).stat().st_mtime_ns,
+    ) == stamps
     assert spec.train.paths == first.train.paths
     assert spec.image_size == (32, 32)
     assert class_names(cfg) == list(shapes.CLASSES)
@@ -872,9 +907,12 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
 
 def test_mnist_trains(tmp_path):
     write_mnist_raw(tmp_path / "tv", "MNIST")
-    config = {"name": "mnist", "data": {"source": "mnist", "root": str(tmp_path / "tv"), "workers": 0},
-              "model": {"layers": tiny_layers()},
-              "train": {"epochs": 1, "batch_size": 20}}
+    config = {
+        "name": "mnist",
+        "data": {"source": "mnist", "root": str(tmp_path / "tv"), "workers": 0},
+        "model": {"layers": tiny_layers()},
+        "train": {"epochs": 1, "batch_size": 20},
+    }
     run = train(config, out=tmp_path / "runs", quiet=True)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["input"] == [1, 28, 28] and saved["model"]["num_classes"] == 10

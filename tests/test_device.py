@@ -13,8 +13,14 @@ from cnnzoo.runtime.device import AMP_MARGIN, choose_amp, measure_amp
 
 
 def small_model() -> torch.nn.Module:
-    layers = [{"conv": {"out_channels": 8, "kernel_size": 3, "padding": 1}}, "batchnorm", "relu", "pool",
-              "flatten", {"dense": {"out_features": "num_classes"}}]
+    layers = [
+        {"conv": {"out_channels": 8, "kernel_size": 3, "padding": 1}},
+        "batchnorm",
+        "relu",
+        "pool",
+        "flatten",
+        {"dense": {"out_features": "num_classes"}},
+    ]
     torch.manual_seed(0)
     return build_from_infos(trace_layers(layers, [3, 16, 16], 4))
 
@@ -22,8 +28,15 @@ def small_model() -> torch.nn.Module:
 def test_the_probe_measures_both_precisions_and_leaves_the_model_alone():
     model = small_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rates = measure_amp(model, (8, 3, 16, 16), num_outputs=4, device=torch.device("cpu"), candidate=torch.bfloat16,
-                        channels_last=True, steps=2)
+    rates = measure_amp(
+        model,
+        (8, 3, 16, 16),
+        num_outputs=4,
+        device=torch.device("cpu"),
+        candidate=torch.bfloat16,
+        channels_last=True,
+        steps=2,
+    )
     assert set(rates) == {"float32", "bfloat16"}
     assert all(rate > 0 for rate in rates.values())
     after = model.state_dict()  # BatchNorm statistics and weights: the probe trained a copy

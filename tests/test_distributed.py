@@ -28,11 +28,14 @@ from cnnzoo.console import Console
 from cnnzoo.data.loaders import EpochBatches
 from cnnzoo.training.recipe import LRSchedule, make_optimizer
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this torch build has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 
 
 # ============================================================================ sharded batches
+
 
 @pytest.mark.parametrize("n, world, batch", [(23, 2, 4), (10, 3, 2), (2, 3, 4), (64, 4, 8)])
 def test_training_shards_take_equal_steps_and_cover_every_image(n, world, batch):
@@ -49,7 +52,7 @@ def test_training_shards_take_equal_steps_and_cover_every_image(n, world, batch)
     single.set_epoch(7)
     order = [i for chunk in single for i, _ in chunk]
     # every rank reads every world-th image of the single process's order
-    assert [i for chunk in batches[0] for i, _ in chunk][:len(order[::world])] == order[::world][:len(taken) // world]
+    assert [i for chunk in batches[0] for i, _ in chunk][: len(order[::world])] == order[::world][: len(taken) // world]
 
 
 def test_validation_shards_count_every_image_once():
@@ -117,13 +120,22 @@ def test_console_speaks_on_rank_0_only_and_quiet_keeps_warnings(capsys):
 
 # ============================================================================ two processes, end to end
 
+
 def ddp_config(root: Path, **train) -> dict:
     return {
-        "name": "ddp", "seed": 0,
+        "name": "ddp",
+        "seed": 0,
         "data": {"root": str(root), "image_size": 16, "workers": 0},  # cache auto: one shared file
-        "model": {"layers": [
-            {"conv": {"out_channels": 6, "kernel_size": 3, "padding": 1}}, "batchnorm", "relu", "pool",
-            "flatten", {"dense": {"out_features": "num_classes"}}]},
+        "model": {
+            "layers": [
+                {"conv": {"out_channels": 6, "kernel_size": 3, "padding": 1}},
+                "batchnorm",
+                "relu",
+                "pool",
+                "flatten",
+                {"dense": {"out_features": "num_classes"}},
+            ]
+        },
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "scheduler": "one-cycle", **train},
     }
 
@@ -174,8 +186,7 @@ def test_two_processes_train_write_once_and_match_evaluation(ddp_folder):
     # resumed in one process, then in two again: the same run folder, continued
     one = run_cli(ddp_folder, "train", "--resume", str(run / "last.pt"), "--set", "train.epochs=3")
     assert one.returncode == 0, one.stderr
-    two = run_cli(ddp_folder, "train", "--resume", str(run / "last.pt"), "--set", "train.epochs=4",
-                  "--nproc", "2")
+    two = run_cli(ddp_folder, "train", "--resume", str(run / "last.pt"), "--set", "train.epochs=4", "--nproc", "2")
     assert two.returncode == 0, two.stderr
     assert "resuming at epoch 4 of 4" in two.stdout
     assert [r["epoch"] for r in metric_rows(run)] == ["1", "2", "3", "4"]
@@ -189,7 +200,8 @@ def test_a_bad_setting_is_one_line_once(ddp_folder):
     done = run_cli(ddp_folder, "train", "-c", "ddp.yaml", "--nproc", "2", "--set", "train.optimiser=sgd")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "cnnzoo: error: ddp.yaml: train.optimiser: unknown key; did you mean train.optimizer?"]
+        "cnnzoo: error: ddp.yaml: train.optimiser: unknown key; did you mean train.optimizer?"
+    ]
     # found only once the processes run: still one line (rank 0's), exit code 2
     done = run_cli(ddp_folder, "train", "-c", "ddp.yaml", "--nproc", "2", "--data", "no_such_folder")
     assert done.returncode == 2
@@ -206,9 +218,14 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_a_process_that_dies_ends_the_job_with_a_clear_message(ddp_folder):
     env = {**os.environ, "CNNZOO_HOME": str(ddp_folder / "home")}
-    launcher = subprocess.Popen(cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", "dying",
-                                           "--set", "train.epochs=500"),
-                                cwd=ddp_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", "dying", "--set", "train.epochs=500"),
+        cwd=ddp_folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         metrics = ddp_folder / "dying" / "latest" / "metrics.csv"
         deadline = time.monotonic() + 120
@@ -239,8 +256,14 @@ def test_a_job_that_fails_before_its_run_folder_offers_no_older_run(ddp_folder, 
     older = run_cli(ddp_folder, "train", "-c", "ddp.yaml", "--runs", str(runs), "--set", "train.epochs=1")
     assert older.returncode == 0 and (runs / "latest" / "last.pt").is_file(), older.stderr
     env = {**os.environ, "CNNZOO_HOME": str(ddp_folder / "home")}
-    launcher = subprocess.Popen(cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", str(runs)),
-                                cwd=ddp_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", str(runs)),
+        cwd=ddp_folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while len(workers := _children(launcher.pid)) < 2:  # killed while they still import torch
@@ -264,9 +287,26 @@ def test_a_stopped_process_ends_the_job_soon_after_ddp_timeout(ddp_folder):
     torchrun then waits distributed.SHUTDOWN_GRACE_S, not its default 30 s, before SIGKILL (41.5 s in
     all before, for a 10 s timeout)."""
     env = {**os.environ, "CNNZOO_HOME": str(ddp_folder / "home")}
-    launcher = subprocess.Popen(cnnzoo_cmd("train", "-c", "ddp.yaml", "--nproc", "2", "--runs", "stopping",
-                                           "--set", "train.epochs=500", "--set", "train.ddp_timeout=10"),
-                                cwd=ddp_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        cnnzoo_cmd(
+            "train",
+            "-c",
+            "ddp.yaml",
+            "--nproc",
+            "2",
+            "--runs",
+            "stopping",
+            "--set",
+            "train.epochs=500",
+            "--set",
+            "train.ddp_timeout=10",
+        ),
+        cwd=ddp_folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stopped = None
     try:
         metrics = ddp_folder / "stopping" / "latest" / "metrics.csv"
@@ -296,13 +336,15 @@ def test_a_stopped_process_ends_the_job_soon_after_ddp_timeout(ddp_folder):
 
 # ============================================================================ TensorBoard
 
+
 @pytest.mark.slow
 def test_tensorboard_logger_writes_scalars_and_the_confusion_matrix(ddp_folder, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = cnnzoo.train(ddp_config(ddp_folder / "images", loggers=["csv", "tensorboard"], epochs=3),
-                       out=tmp_path / "runs", quiet=True)
+    run = cnnzoo.train(
+        ddp_config(ddp_folder / "images", loggers=["csv", "tensorboard"], epochs=3), out=tmp_path / "runs", quiet=True
+    )
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     rows = metric_rows(run)
@@ -320,8 +362,11 @@ def test_tensorboard_missing_is_one_config_error(monkeypatch, tmp_path, image_ro
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` meets when not installed
     from cnnzoo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.loggers: tensorboard needs the tensorboard package; "
-                                          r"pip install 'cnnzoo\[tensorboard\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.loggers: tensorboard needs the tensorboard package; "
+        r"pip install 'cnnzoo\[tensorboard\]'",
+    ):
         cnnzoo.train(ddp_config(image_root, loggers=["tensorboard"]), out=tmp_path / "runs", quiet=True)
     assert not (tmp_path / "runs").exists()  # refused before a run folder is made
 
@@ -329,5 +374,7 @@ def test_tensorboard_missing_is_one_config_error(monkeypatch, tmp_path, image_ro
 def test_unknown_logger_is_refused():
     from cnnzoo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.loggers: got \['csv', 'wandb'\] \(list\), expected a list of csv \| tensorboard"):
+    with pytest.raises(
+        ConfigError, match=r"train.loggers: got \['csv', 'wandb'\] \(list\), expected a list of csv \| tensorboard"
+    ):
         load_config({"train": {"loggers": ["csv", "wandb"]}})

@@ -46,6 +46,7 @@ def folder_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fraction_run(tmp_path_factory):
     """One folder of class folders; training holds out data.val_fraction of it."""
+
     def hold_out(cfg):
         cfg["data"]["val_fraction"] = 0.3
         cfg["seed"] = 11
@@ -74,6 +75,7 @@ def assert_matches_training(report: dict, run) -> None:
 
 
 # ----------------------------------------------------------------------------- same numbers as training
+
 
 def test_cli_evaluate_without_arguments_uses_latest_run(folder_run):
     (folder_run.run_dir / "eval.json").unlink(missing_ok=True)
@@ -121,19 +123,29 @@ def test_eval_json_lands_in_the_run_folder_when_given_a_run_folder(folder_run, t
 
 # ----------------------------------------------------------------------------- the report adds up
 
+
 @pytest.fixture(scope="module")
 def json_report(folder_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-out") / "reports"
-    result = CliRunner().invoke(app, ["evaluate", str(folder_run.best), "--json", "--out", str(out),
-                                      "--top-k", "1"])
+    result = CliRunner().invoke(app, ["evaluate", str(folder_run.best), "--json", "--out", str(out), "--top-k", "1"])
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout), out
 
 
 def test_json_report_keys(json_report):
     report, _ = json_report
-    for key in ("accuracy", "top_k_accuracy", "loss", "per_class", "confusion_matrix", "classes",
-                "num_images", "split", "checkpoint", "epoch"):
+    for key in (
+        "accuracy",
+        "top_k_accuracy",
+        "loss",
+        "per_class",
+        "confusion_matrix",
+        "classes",
+        "num_images",
+        "split",
+        "checkpoint",
+        "epoch",
+    ):
         assert key in report, key
     assert report["classes"] == ["a", "b"]
     assert set(report["per_class"]) == {"a", "b"}
@@ -187,6 +199,7 @@ def test_top_k_accuracy_with_k_clipped_to_the_classes(folder_run, tmp_path):
 
 # ----------------------------------------------------------------------------- which split, which data
 
+
 def test_test_split_preferred_and_split_validation_overrides(folder_run, tmp_path):
     test_dir = folder_run.root / "test"
     write_class_folders(test_dir, {"a": 3, "b": 2}, seed=9)
@@ -238,20 +251,21 @@ def test_data_folder_of_class_folders(folder_run, tmp_path):
 @pytest.mark.parametrize("layout", ["class-folders", "root-with-splits"])
 def test_data_with_other_classes_exits_2_naming_them(folder_run, tmp_path, layout):
     data = tmp_path / "mismatch"
-    write_class_folders(data if layout == "class-folders" else data / "validation",
-                        {"a": 2, "zebra": 2}, seed=41)
-    result = CliRunner().invoke(app, ["evaluate", str(folder_run.best), "--data", str(data),
-                                      "--out", str(tmp_path / "o")])
+    write_class_folders(data if layout == "class-folders" else data / "validation", {"a": 2, "zebra": 2}, seed=41)
+    result = CliRunner().invoke(
+        app, ["evaluate", str(folder_run.best), "--data", str(data), "--out", str(tmp_path / "o")]
+    )
     line = one_error_line(result)
     assert "zebra" in line  # the extra class
-    missing_part = line[line.index("missing"):] if "missing" in line else ""
+    missing_part = line[line.index("missing") :] if "missing" in line else ""
     assert missing_part and " b" in missing_part.split(";")[0], line  # the missing class, b
     assert not (tmp_path / "o" / "eval.json").exists()
 
 
 def test_data_folder_not_found_exits_2(folder_run, tmp_path):
-    line = one_error_line(CliRunner().invoke(app, ["evaluate", str(folder_run.best),
-                                                   "--data", str(tmp_path / "nowhere")]))
+    line = one_error_line(
+        CliRunner().invoke(app, ["evaluate", str(folder_run.best), "--data", str(tmp_path / "nowhere")])
+    )
     assert "nowhere" in line
 
 
@@ -263,6 +277,7 @@ def test_package_level_evaluate_stays_callable():
 
 
 # ----------------------------------------------------------------------------- metrics.py
+
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():
     m = metrics.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
@@ -276,8 +291,9 @@ def test_per_class_scores_by_hand():
     s = metrics.per_class_scores(m, ["x", "y"])
     x, y = s["per_class"]["x"], s["per_class"]["y"]
     assert x == pytest.approx({"precision": 3 / 5, "recall": 3 / 4, "f1": 2 * 0.6 * 0.75 / 1.35, "support": 4})
-    assert y == pytest.approx({"precision": 4 / 5, "recall": 4 / 6, "f1": 2 * 0.8 * (4 / 6) / (0.8 + 4 / 6),
-                               "support": 6})
+    assert y == pytest.approx(
+        {"precision": 4 / 5, "recall": 4 / 6, "f1": 2 * 0.8 * (4 / 6) / (0.8 + 4 / 6), "support": 6}
+    )
     assert s["averages"]["macro"]["recall"] == pytest.approx((3 / 4 + 4 / 6) / 2)
     assert s["averages"]["weighted"]["recall"] == pytest.approx(7 / 10)  # weighted recall == accuracy
 

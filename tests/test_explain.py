@@ -33,8 +33,9 @@ def shapes_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("explain-shapes")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNZOO_HOME", str(folder / "home"))
-        run = cnnzoo.train(str(PROJECT / "configs" / "quickstart.yaml"), ["train.epochs=12"],
-                           out=folder / "runs", quiet=True)
+        run = cnnzoo.train(
+            str(PROJECT / "configs" / "quickstart.yaml"), ["train.epochs=12"], out=folder / "runs", quiet=True
+        )
     return run
 
 
@@ -84,8 +85,10 @@ def test_target_picks_the_class_grad_cam_explains(shapes_run, tmp_path):
     _, chosen = explain(shapes_run / "best.pt", path, out=tmp_path / "a.html", target="triangle")
     assert chosen.classes[chosen.target] == "triangle"
     done = run_cnnzoo(["explain", path, "-m", shapes_run / "best.pt", "--target", "hexagon"], tmp_path)
-    assert "--target hexagon: not a class of this model; its classes: circle, cross, square, star, triangle" \
+    assert (
+        "--target hexagon: not a class of this model; its classes: circle, cross, square, star, triangle"
         in one_error_line(done)
+    )
 
 
 def _chromium() -> str:
@@ -106,8 +109,11 @@ def test_the_report_renders_in_a_browser(shapes_run, tmp_path):
     assert dom.stdout.count('<section class="layer"') == len(report.layers)
     assert dom.stdout.count('<div class="row') == len(report.classes)
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, *flags, "--window-size=1200,1600", f"--screenshot={shot}", out.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [chromium, *flags, "--window-size=1200,1600", f"--screenshot={shot}", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     grey = np.asarray(Image.open(shot).convert("L"))
     assert grey.std() > 20 and len(np.unique(grey)) > 50  # pictures drawn, not a blank page
 
@@ -129,8 +135,11 @@ def test_grey_model_and_a_backbone_model_are_explained(image_root, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     config = tiny_config(image_root, epochs=1)
     config["data"]["image_size"] = 64  # resnet18's last stage: 2x2 maps for Grad-CAM
-    config["model"]["layers"] = [{"backbone": {"name": "resnet18", "weights": str(weights)}}, "gap",
-                                 {"dense": {"out_features": "num_classes"}}]
+    config["model"]["layers"] = [
+        {"backbone": {"name": "resnet18", "weights": str(weights)}},
+        "gap",
+        {"dense": {"out_features": "num_classes"}},
+    ]
     run = cnnzoo.train(config, out=tmp_path / "bb", quiet=True)
     out, report = explain(run / "best.pt", image)
     captions = [p.caption for p in report.layers[0].pictures]

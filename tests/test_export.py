@@ -38,6 +38,7 @@ def _jpeg_tree(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three classes, a BatchNorm CNN, JPEG images; base/runs/latest points at it."""
+
     def with_batchnorm(cfg):
         cfg["model"]["layers"].insert(1, "batchnorm")
 
@@ -80,12 +81,19 @@ def test_onnx_batch_size_is_dynamic(exported, trained):
 
 def test_onnx_predict_never_imports_torch_and_matches_the_checkpoint_cli(trained, exported):
     images = validation_jpegs(trained)[:6]
-    probe = ("import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
-             "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-             "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
-             " file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", probe, str(exported["onnx"].path), *images],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    probe = (
+        "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
+        "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
+        " file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(exported["onnx"].path), *images],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     modules = json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])
     assert modules == []
@@ -139,8 +147,11 @@ def test_a_timm_backbone_model_exports(image_root, tmp_path):
     torch.save(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict(), weights)
     config = tiny_config(image_root, epochs=1)
     config["data"]["image_size"] = 32
-    config["model"]["layers"] = [{"backbone": {"name": "timm/tf_efficientnet_lite0", "weights": str(weights)}},
-                                 "gap", {"dense": {"out_features": "num_classes"}}]
+    config["model"]["layers"] = [
+        {"backbone": {"name": "timm/tf_efficientnet_lite0", "weights": str(weights)}},
+        "gap",
+        {"dense": {"out_features": "num_classes"}},
+    ]
     run = cnnzoo.train(config, out=tmp_path / "runs", quiet=True)
     for fmt in ("onnx", "torchscript"):
         result = export(run / "best.pt", fmt, out=tmp_path / "exports")
@@ -165,10 +176,13 @@ def test_export_cli_defaults_to_the_latest_run(trained, tmp_path):
     assert ": ok" in done.stdout
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--format", "keras"], "--format keras: choose one of onnx, torchscript"),
-    (["--out", "/proc/cnnzoo/x.onnx"], "cannot write there"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--format", "keras"], "--format keras: choose one of onnx, torchscript"),
+        (["--out", "/proc/cnnzoo/x.onnx"], "cannot write there"),
+    ],
+)
 def test_bad_export_arguments_are_one_line(trained, args, expected):
     done = run_cnnzoo(["export", trained.best, *args], trained.base)
     assert expected in one_error_line(done)
@@ -210,12 +224,15 @@ def test_export_out_never_replaces_its_checkpoint_or_files_that_are_not_exports(
     before = _state(run)
     for out, extra in [(run / "best.pt", []), (run / "best.pt", ["--force"]), (tmp_path / "link.pt", ["--force"])]:
         line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", out, *extra], tmp_path))
-        assert line.startswith(f"cnnzoo: error: --out {out}: that is the checkpoint being exported; writing "
-                               f"there would replace it"), line
+        assert line.startswith(
+            f"cnnzoo: error: --out {out}: that is the checkpoint being exported; writing there would replace it"
+        ), line
     for name in ("last.pt", "metrics.csv", "config.yaml"):
         line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", run / name], tmp_path))
-        assert line == (f"cnnzoo: error: --out {run / name}: a file that is not an ONNX export is there already "
-                        f"and would be replaced; choose another --out, or add --force")
+        assert line == (
+            f"cnnzoo: error: --out {run / name}: a file that is not an ONNX export is there already "
+            f"and would be replaced; choose another --out, or add --force"
+        )
     assert _state(run) == before and not list(run.glob(".*.tmp"))
     scripted = export(run / "best.pt", "torchscript").path
     line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", scripted], tmp_path))
@@ -263,8 +280,9 @@ def test_parity_check_fails_when_the_export_gives_nan(trained, exported, tmp_pat
     assert not worst <= 1e-4, worst  # NaN (or inf) never passes; the old max() kept 0.0
     image = validation_jpegs(trained)[0]
     line = one_error_line(run_cnnzoo(["predict", "--model", tmp_path / "nan.onnx", image], tmp_path))
-    assert line.endswith("the network's output is not finite (NaN or infinite); its weights or the ONNX export "
-                         "are broken")
+    assert line.endswith(
+        "the network's output is not finite (NaN or infinite); its weights or the ONNX export are broken"
+    )
 
 
 def _checkpoint_with(trained, tmp_path: Path, value: float, name: str) -> Path:
@@ -287,16 +305,23 @@ def test_a_checkpoint_with_nonfinite_weights_is_named_as_such(trained, tmp_path)
 def test_outputs_that_overflow_fail_the_parity_check_with_exit_1(trained, tmp_path):
     path = _checkpoint_with(trained, tmp_path, 3e38, "huge.pt")  # finite weights, infinite logits
     done = run_cnnzoo(["export", path], trained.base)
-    assert one_error_line(done, code=1) == (f"cnnzoo: error: {tmp_path / 'huge.onnx'}: the checkpoint's "
-                                            f"probabilities are NaN or infinite; do not deploy it")
+    assert one_error_line(done, code=1) == (
+        f"cnnzoo: error: {tmp_path / 'huge.onnx'}: the checkpoint's probabilities are NaN or infinite; do not deploy it"
+    )
     assert "FAILED" in done.stdout
 
 
-# ============================================================================ export metadata, checked like a checkpoint's
+# ======================================================================= export metadata, checked like a checkpoint's
 
 
-def onnx_variant(source: Path, out: Path, *, metadata: str | None = None, input_dims: list | None = None,
-                 output_dims: list | None = None) -> Path:
+def onnx_variant(
+    source: Path,
+    out: Path,
+    *,
+    metadata: str | None = None,
+    input_dims: list | None = None,
+    output_dims: list | None = None,
+) -> Path:
     """A copy of a real export with its metadata text or its graph's input/output sizes replaced."""
     import onnx
 
@@ -345,8 +370,13 @@ def test_onnx_metadata_and_shapes_are_checked_like_a_checkpoint(trained, exporte
         meta = dict(inference.load(exported["onnx"].path).meta)
         meta.update(change["meta"])
         metadata = json.dumps(meta)
-    path = onnx_variant(exported["onnx"].path, tmp_path / "hostile.onnx", metadata=metadata,
-                        input_dims=change.get("input_dims"), output_dims=change.get("output_dims"))
+    path = onnx_variant(
+        exported["onnx"].path,
+        tmp_path / "hostile.onnx",
+        metadata=metadata,
+        input_dims=change.get("input_dims"),
+        output_dims=change.get("output_dims"),
+    )
     with pytest.raises(cnnzoo.UserError) as refused:
         inference.load(path).predict(validation_jpegs(trained)[:9], batch_size=8)
     assert str(path) in str(refused.value) and expected in str(refused.value), str(refused.value)

@@ -149,24 +149,49 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_latest(image_root, tm
     logs = tmp_path / "logs"
     logs.mkdir()
     env = {**os.environ, "CNNZOO_HOME": str(isolated_home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(["unshare", "-rm", "bash", "-c", FULL_DISK_SCRIPT, "full-disk", str(mount), str(config),
-                           str(logs), sys.executable], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "bash",
+            "-c",
+            FULL_DISK_SCRIPT,
+            "full-disk",
+            str(mount),
+            str(config),
+            str(logs),
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     facts = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert facts.get("first") == "0", (done.stdout, done.stderr)
     run = mount / "runs" / "tiny" / "2"
+
     def errors(name: str) -> list[str]:  # warnings (a small validation split) may come before the one error line
         return [line for line in (logs / name).read_text().splitlines() if not line.startswith("warning: ")]
 
     second = (logs / "second.err").read_text()
     assert facts["second"] == "2" and errors("second.err") == [
         f"cnnzoo: error: disk full at {run}; last.pt holds epoch {facts['last']}; free some space, then resume "
-        f"with: cnnzoo train --resume {run / 'last.pt'}"], second
-    assert facts["files"].split() == ["best.pt", "config.yaml", "history.png", "last.pt", "metrics.csv"]  # no temporaries
+        f"with: cnnzoo train --resume {run / 'last.pt'}"
+    ], second
+    assert facts["files"].split() == [
+        "best.pt",
+        "config.yaml",
+        "history.png",
+        "last.pt",
+        "metrics.csv",
+    ]  # no temporaries
     assert 1 <= int(facts["best"]) <= int(facts["last"])  # both whole: torch.load read them
     third = (logs / "third.err").read_text()
     assert facts["third"] == "2" and errors("third.err") == [
         f"cnnzoo: error: disk full at {mount / 'runs' / 'tiny' / '3'}; nothing was saved; free some space or "
-        f"choose another folder with --runs"], third
+        f"choose another folder with --runs"
+    ], third
     assert facts["latest"] == "tiny/2"  # the run that failed before a best.pt did not take runs/latest
     assert facts["resume"] == "0" and int(facts["resumed"]) == int(facts["last"]) + 1, (logs / "resume.err").read_text()
 
@@ -241,32 +266,70 @@ def test_an_automatic_split_is_announced(tmp_path, capsys):
 STRANGE = [float("nan"), float("inf"), "", "abc", None, [], [[1]], {"a": 1}, 0, -1, True]
 
 
-@pytest.mark.parametrize("key, value", [(k, v) for k in ("kernel_size", "stride", "padding", "dilation")
-                                        for v in STRANGE if not (k == "padding" and v == 0)])  # padding 0 is fine
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        (k, v)
+        for k in ("kernel_size", "stride", "padding", "dilation")
+        for v in STRANGE
+        if not (k == "padding" and v == 0)
+    ],
+)  # padding 0 is fine
 def test_strange_conv_arguments_are_shape_errors(key, value):
     args = {"out_channels": 4, "kernel_size": 3, key: value}
     with pytest.raises(UserError, match=r"layer 0 \("):
         trace_layers([{"conv": args}, "flatten", {"dense": {"out_features": 2}}], (3, 16, 16), 2)
 
 
-@pytest.mark.parametrize("layers, expected", [
-    ([{"relu": {1: 2}}], "argument names are words"),
-    ([{"conv": {"out_channels": 2**64, "kernel_size": 3}}], "is larger than cnnzoo allows"),
-    (["flatten", {"dense": {"out_features": 1_000_000}}, {"dense": {"out_features": 1_000_000}}],
-     "parameters, more than cnnzoo allows"),
-    ([{"repeat": {"times": 10**12, "layers": ["relu"]}}], "more than a network may have"),
-    ([{"repeat": {"times": 10, "layers": [{"repeat": {"times": 10, "layers": [{"repeat": {
-        "times": 10, "layers": [{"repeat": {"times": 10, "layers": ["relu"]}}]}}]}}]}}], "more than a network"),
-])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        ([{"relu": {1: 2}}], "argument names are words"),
+        ([{"conv": {"out_channels": 2**64, "kernel_size": 3}}], "is larger than cnnzoo allows"),
+        (
+            ["flatten", {"dense": {"out_features": 1_000_000}}, {"dense": {"out_features": 1_000_000}}],
+            "parameters, more than cnnzoo allows",
+        ),
+        ([{"repeat": {"times": 10**12, "layers": ["relu"]}}], "more than a network may have"),
+        (
+            [
+                {
+                    "repeat": {
+                        "times": 10,
+                        "layers": [
+                            {
+                                "repeat": {
+                                    "times": 10,
+                                    "layers": [
+                                        {
+                                            "repeat": {
+                                                "times": 10,
+                                                "layers": [{"repeat": {"times": 10, "layers": ["relu"]}}],
+                                            }
+                                        }
+                                    ],
+                                }
+                            }
+                        ],
+                    }
+                }
+            ],
+            "more than a network",
+        ),
+    ],
+)
 def test_layer_lists_that_would_exhaust_the_machine_are_refused(layers, expected):
     with pytest.raises(UserError, match=expected):
         trace_layers(layers, (3, 16, 16), 2)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("data.image_size=1099511627776", "at most 4096"),
-    ("model.input=[3, 1099511627776, 8]", "at most 4096"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.image_size=1099511627776", "at most 4096"),
+        ("model.input=[3, 1099511627776, 8]", "at most 4096"),
+    ],
+)
 def test_huge_images_are_config_errors(image_root, override, expected):
     with pytest.raises(UserError, match=expected):
         load_config(tiny_config(image_root), [override])
@@ -274,13 +337,30 @@ def test_huge_images_are_config_errors(image_root, override, expected):
 
 def test_a_config_at_the_edge_of_every_range_trains(image_root, tmp_path):
     """What the schema admits, train runs (issue 23, item 7: summary and train agree)."""
-    config = tiny_config(image_root, epochs=2, lr=1e6, momentum=1.0, weight_decay=1e6, scheduler="step",
-                         step_size=1, gamma=0.999, label_smoothing=0.999, ddp_timeout=604800, optimizer="sgd")
+    config = tiny_config(
+        image_root,
+        epochs=2,
+        lr=1e6,
+        momentum=1.0,
+        weight_decay=1e6,
+        scheduler="step",
+        step_size=1,
+        gamma=0.999,
+        label_smoothing=0.999,
+        ddp_timeout=604800,
+        optimizer="sgd",
+    )
     config["seed"] = 2**64 - 1
     config["data"]["augment"] = {
-        "hflip": 1.0, "vflip": True, "rotation": 180, "translate": [1.0, 1.0], "shear": 89.99, "zoom": 0.999,
+        "hflip": 1.0,
+        "vflip": True,
+        "rotation": 180,
+        "translate": [1.0, 1.0],
+        "shear": 89.99,
+        "zoom": 0.999,
         "random_resized_crop": [1e-6, 1.0],
-        "color_jitter": {"brightness": 10, "contrast": 10, "saturation": 10, "hue": 0.5}}
+        "color_jitter": {"brightness": 10, "contrast": 10, "saturation": 10, "hue": 0.5},
+    }
     run = train(config, out=tmp_path / "runs", quiet=True)
     assert (run / "last.pt").is_file()
 
@@ -307,9 +387,15 @@ HOSTILE_CHECKPOINTS = [
     (lambda c: c["meta"].update(image_size=[100000, 100000]), "meta.image_size"),
     (lambda c: c.update(layers=[{"type": "utils", "kwargs": {}}]), "unknown layer 'utils'"),
     (lambda c: [c.pop(k) for k in list(c) if k not in ("format", "version")], "meta is missing"),
-    (lambda c: c.update(layers=[{"type": "Flatten", "kwargs": {}},
-                                {"type": "Linear", "kwargs": {"in_features": 10**6, "out_features": 10**6}}]),
-     "larger than cnnzoo allows|more than cnnzoo allows|in_features"),
+    (
+        lambda c: c.update(
+            layers=[
+                {"type": "Flatten", "kwargs": {}},
+                {"type": "Linear", "kwargs": {"in_features": 10**6, "out_features": 10**6}},
+            ]
+        ),
+        "larger than cnnzoo allows|more than cnnzoo allows|in_features",
+    ),
     (lambda c: c.update(config="rm -rf /"), "config should be a mapping"),
     (lambda c: c["meta"].update(std=[0.0, 1.0, 1.0]), "meta.std"),
     (lambda c: c["meta"].update(classes="ab"), "meta.classes"),
@@ -342,10 +428,48 @@ def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path):
 # ============================================================================ fuzz
 
 
-FUZZ_VALUES = [None, True, 0, -1, 1, 3, 2**31, 2**64, 1e-9, float("nan"), float("inf"), "", "abc", "num_classes",
-               [], [0], [1, 2, 3], [[1]], {}, {"a": 1}, {1: 2}, "1e-3", "../x", "/tmp/x"]
-FUZZ_KEYS = ["kernel_size", "stride", "padding", "dilation", "out_channels", "out_features", "p", "times",
-             "layers", "name", "weights", "freeze", "in_channels", "in_features"]
+FUZZ_VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    1,
+    3,
+    2**31,
+    2**64,
+    1e-9,
+    float("nan"),
+    float("inf"),
+    "",
+    "abc",
+    "num_classes",
+    [],
+    [0],
+    [1, 2, 3],
+    [[1]],
+    {},
+    {"a": 1},
+    {1: 2},
+    "1e-3",
+    "../x",
+    "/tmp/x",
+]
+FUZZ_KEYS = [
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "out_channels",
+    "out_features",
+    "p",
+    "times",
+    "layers",
+    "name",
+    "weights",
+    "freeze",
+    "in_channels",
+    "in_features",
+]
 
 
 def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
@@ -361,23 +485,67 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
         layers[index] = {name: args}
         return config, []
     if choice < 0.75:
-        layers.insert(rng.randrange(len(layers) + 1), rng.choice([
-            "relu", "pool", "gap", "flatten", "bogus", {"conv": {"out_channels": rng.choice(FUZZ_VALUES)}},
-            {"repeat": {"times": rng.choice(FUZZ_VALUES), "layers": ["relu"]}},
-            {"backbone": {"name": rng.choice(["resnet18", "nothing", "timm/nothing", 7])}},
-            {"residual": {"layers": rng.choice([["relu"], [], "relu", [{"conv": {"out_channels": 3}}]]),
-                          "shortcut": rng.choice(["auto", "identity", [], ["pool"], 3])}},
-            {"branches": {"paths": rng.choice([[["relu"], ["relu"]], [["relu"], ["pool"]], [], "x"]),
-                          "merge": rng.choice(["concat", "add", "max"])}},
-            {"squeeze_excite": {"reduction": rng.choice(FUZZ_VALUES)}},
-            {"dense": {"out_features": rng.choice(FUZZ_VALUES)}}, {rng.choice(FUZZ_VALUES[:3]): {}}]))
+        layers.insert(
+            rng.randrange(len(layers) + 1),
+            rng.choice(
+                [
+                    "relu",
+                    "pool",
+                    "gap",
+                    "flatten",
+                    "bogus",
+                    {"conv": {"out_channels": rng.choice(FUZZ_VALUES)}},
+                    {"repeat": {"times": rng.choice(FUZZ_VALUES), "layers": ["relu"]}},
+                    {"backbone": {"name": rng.choice(["resnet18", "nothing", "timm/nothing", 7])}},
+                    {
+                        "residual": {
+                            "layers": rng.choice([["relu"], [], "relu", [{"conv": {"out_channels": 3}}]]),
+                            "shortcut": rng.choice(["auto", "identity", [], ["pool"], 3]),
+                        }
+                    },
+                    {
+                        "branches": {
+                            "paths": rng.choice([[["relu"], ["relu"]], [["relu"], ["pool"]], [], "x"]),
+                            "merge": rng.choice(["concat", "add", "max"]),
+                        }
+                    },
+                    {"squeeze_excite": {"reduction": rng.choice(FUZZ_VALUES)}},
+                    {"dense": {"out_features": rng.choice(FUZZ_VALUES)}},
+                    {rng.choice(FUZZ_VALUES[:3]): {}},
+                ]
+            ),
+        )
         return config, []
-    key = rng.choice(["name", "seed", "data.image_size", "data.channels", "model.input", "model.num_classes",
-                      "train.epochs", "train.lr", "train.batch_size", "train.unfreeze_at_epoch",
-                      "train.backbone_lr", "data.normalize", "data.augment.zoom", "train.unfreeze_stages",
-                      "data.feature_cache", "train.loggers", "train.sync_bn", "train.ddp_timeout",
-                      "data.augment.translate", "data.augment.hflip", "data.augment.rotation", "data.augment.shear",
-                      "data.augment.color_jitter", "data.augment.color_jitter.hue", "train.gamma", "train.momentum"])
+    key = rng.choice(
+        [
+            "name",
+            "seed",
+            "data.image_size",
+            "data.channels",
+            "model.input",
+            "model.num_classes",
+            "train.epochs",
+            "train.lr",
+            "train.batch_size",
+            "train.unfreeze_at_epoch",
+            "train.backbone_lr",
+            "data.normalize",
+            "data.augment.zoom",
+            "train.unfreeze_stages",
+            "data.feature_cache",
+            "train.loggers",
+            "train.sync_bn",
+            "train.ddp_timeout",
+            "data.augment.translate",
+            "data.augment.hflip",
+            "data.augment.rotation",
+            "data.augment.shear",
+            "data.augment.color_jitter",
+            "data.augment.color_jitter.hue",
+            "train.gamma",
+            "train.momentum",
+        ]
+    )
     value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
     return config, [f"{key}={value}"]
 
@@ -406,8 +574,11 @@ def test_fuzzed_checkpoints_load_or_are_refused_in_words(trained, tmp_path):
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300")) // 3
     rng = random.Random(7)
     original = torch.load(trained / "best.pt", weights_only=True)
-    fields = [("meta", k) for k in original["meta"]] + [("layers", i) for i in range(len(original["layers"]))] \
+    fields = (
+        [("meta", k) for k in original["meta"]]
+        + [("layers", i) for i in range(len(original["layers"]))]
         + [(k, None) for k in original]
+    )
     refused = 0
     for case in range(cases):
         ckpt = pickle.loads(pickle.dumps(original))
@@ -502,7 +673,9 @@ def test_fuzzed_broken_files_in_a_data_folder_are_skipped_while_training_data_lo
     broken = broken_files(root / "a", rng, 40)
     cfg = load_config(tiny_config(root))
     spec = load_data(cfg)
-    decoded = [decode_all(split, (16, 16), 3, kind="ram", cache_dir=None, workers=0) for split in (spec.train, spec.val)]
+    decoded = [
+        decode_all(split, (16, 16), 3, kind="ram", cache_dir=None, workers=0) for split in (spec.train, spec.val)
+    ]
     scanned = len(spec.train) + len(spec.val)
     unreadable = sum(len(d.failed) for d in decoded)
     readable = 10 + 2 + sum("png-as-jpg" in p.name for p in broken)  # good class images, good.png, source.jpg
@@ -561,9 +734,14 @@ def scripted_attack(tmp_path):
 def test_a_torchscript_archive_is_refused_before_its_code_runs(scripted_attack, trained, tmp_path, monkeypatch):
     archive, victim = scripted_attack
     image = str(trained.parents[2] / "images" / "validation" / "a" / "a_000.png")
-    commands = [("predict", image, "-m", str(archive)), ("export", str(archive)),
-                ("explain", image, "-m", str(archive)), ("evaluate", str(archive)), ("serve", str(archive)),
-                ("train", "--resume", str(archive))]
+    commands = [
+        ("predict", image, "-m", str(archive)),
+        ("export", str(archive)),
+        ("explain", image, "-m", str(archive)),
+        ("evaluate", str(archive)),
+        ("serve", str(archive)),
+        ("train", "--resume", str(archive)),
+    ]
     monkeypatch.chdir(tmp_path)  # runs/latest/best.pt is the archive: the default of every command
     commands += [("predict", image), ("export",), ("explain", image), ("evaluate",), ("serve",)]
     for command in commands:
@@ -571,10 +749,17 @@ def test_a_torchscript_archive_is_refused_before_its_code_runs(scripted_attack, 
         assert victim.read_bytes() == VICTIM, command
         assert result.exit_code == 2 and "Traceback" not in result.stderr, (command, result.output)
         line = result.stderr.strip().splitlines()[-1]  # predict says first which checkpoint it uses
-        assert line.startswith("cnnzoo: error: ") and "a TorchScript archive: it holds code that runs when " \
-                                                       "it is loaded" in line, (command, line)
-    for api in (lambda: cnnzoo.load(archive), lambda: cnnzoo.load(), lambda: cnnzoo.evaluate(archive),
-                lambda: cnnzoo.export(archive), lambda: cnnzoo.explain(archive, image)):
+        assert (
+            line.startswith("cnnzoo: error: ")
+            and "a TorchScript archive: it holds code that runs when it is loaded" in line
+        ), (command, line)
+    for api in (
+        lambda: cnnzoo.load(archive),
+        lambda: cnnzoo.load(),
+        lambda: cnnzoo.evaluate(archive),
+        lambda: cnnzoo.export(archive),
+        lambda: cnnzoo.explain(archive, image),
+    ):
         with pytest.raises(UserError, match="TorchScript archive"):
             api()
     assert victim.read_bytes() == VICTIM
@@ -589,11 +774,11 @@ def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_
     truncated.write_bytes((trained / "best.pt").read_bytes()[:3000])
     cases = {
         trained / "metrics.csv": f"a run's metrics table (CSV), not a checkpoint; the run's checkpoint is "
-                                 f"{trained / 'best.pt'}",
+        f"{trained / 'best.pt'}",
         trained / "config.yaml": f"a cnnzoo config (YAML), not a checkpoint; train it first (cnnzoo train "
-                                 f"--config {trained / 'config.yaml'}) and use the best.pt of that run",
+        f"--config {trained / 'config.yaml'}) and use the best.pt of that run",
         truncated: "a truncated or damaged checkpoint: it starts as a torch archive but its end (the zip "
-                   "directory) is missing (3,000 bytes; a copy cut short?); copy it again, or use the run's last.pt",
+        "directory) is missing (3,000 bytes; a copy cut short?); copy it again, or use the run's last.pt",
     }
     for path, what in cases.items():
         for command in (("predict", str(trained), "-m", str(path)), ("evaluate", str(path))):
@@ -603,8 +788,19 @@ def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_
 # ============================================================================ fuzz: exports and served requests
 
 
-FUZZ_META_VALUES = FUZZ_VALUES + [[20000, 20000], [100000, 16], [0, 16], [-5, -5], [16], ["a"], ["a", "b", "c"],
-                                  [0.0], [1.0, 1.0, 1.0], [float("nan")] * 3, "x" * 1000]
+FUZZ_META_VALUES = FUZZ_VALUES + [
+    [20000, 20000],
+    [100000, 16],
+    [0, 16],
+    [-5, -5],
+    [16],
+    ["a"],
+    ["a", "b", "c"],
+    [0.0],
+    [1.0, 1.0, 1.0],
+    [float("nan")] * 3,
+    "x" * 1000,
+]
 FUZZ_DIMS = [1, 2, 0, 3, 16, 99, "batch", "h"]
 
 
@@ -619,7 +815,9 @@ def _fuzzed_onnx(proto, meta: dict, rng: random.Random):
     choice = rng.random()
     if choice < 0.6:
         changed = dict(meta)
-        changed[rng.choice(["classes", "image_size", "channels", "mean", "std", "epoch"])] = rng.choice(FUZZ_META_VALUES)
+        changed[rng.choice(["classes", "image_size", "channels", "mean", "std", "epoch"])] = rng.choice(
+            FUZZ_META_VALUES
+        )
         entry.value = json.dumps(changed)
         return proto, f"metadata {entry.value[:80]}"
     if choice < 0.75:
@@ -680,29 +878,50 @@ def _fuzzed_request(rng: random.Random, image: bytes) -> tuple[str, str, bytes, 
 
     deep = io.BytesIO()
     Image.fromarray(np_random(rng).integers(0, 65536, (40, 30), dtype="uint16")).save(deep, format="PNG")
-    bodies = [image, image[: rng.randrange(1, len(image))], rng.randbytes(rng.randrange(0, 3000)), b"",
-              png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
-              png_claiming(100, 100), deep.getvalue(),
-              "é".encode() * 100]
-    top_k = rng.choice(["1", "3", "0", "-1", "²", "٣", "9" * 5000, "1e3", " 2", "", "%00", "abc", "99999999999",
-                        "3&top_k=x"])
+    bodies = [
+        image,
+        image[: rng.randrange(1, len(image))],
+        rng.randbytes(rng.randrange(0, 3000)),
+        b"",
+        png_claiming(rng.choice([9000, 60000, 2**31 - 1]), rng.choice([9000, 60000])),
+        png_claiming(100, 100),
+        deep.getvalue(),
+        "é".encode() * 100,
+    ]
+    top_k = rng.choice(
+        ["1", "3", "0", "-1", "²", "٣", "9" * 5000, "1e3", " 2", "", "%00", "abc", "99999999999", "3&top_k=x"]
+    )
     path = rng.choice(["/predict"] * 8 + ["/info", "/", "/health", "/nothing", "/predict/"])
     name = rng.choice(["a.jpg", "é" * 300, "../../etc/passwd"])
     query = rng.choice(["", f"?top_k={quote(top_k, safe='%&=')}", f"?name={quote(name)}"])
     kind = rng.random()
     if kind < 0.45:
-        return rng.choice(["POST"] * 5 + ["GET", "PUT"]), path + query, rng.choice(bodies), \
-            {"Content-Type": rng.choice(["application/octet-stream", "image/png", "text/plain", "", "x/y; q=\x7f"])}
+        return (
+            rng.choice(["POST"] * 5 + ["GET", "PUT"]),
+            path + query,
+            rng.choice(bodies),
+            {"Content-Type": rng.choice(["application/octet-stream", "image/png", "text/plain", "", "x/y; q=\x7f"])},
+        )
     boundary = rng.choice(["b0undary", "", "x" * 80, "é"])
     parts = b""
     for n in range(rng.randrange(0, 4)):
-        name = rng.choice([f'name="file"; filename="f{n}.png"', 'name="file"; filename=""', 'name="note"',
-                           'filename="nameless.png"', 'name="file"; filename="' + "ü" * 300 + '"', ""])
-        parts += (f"--{boundary}\r\nContent-Disposition: form-data; {name}\r\n\r\n".encode()
-                  + rng.choice(bodies) + b"\r\n")
+        name = rng.choice(
+            [
+                f'name="file"; filename="f{n}.png"',
+                'name="file"; filename=""',
+                'name="note"',
+                'filename="nameless.png"',
+                'name="file"; filename="' + "ü" * 300 + '"',
+                "",
+            ]
+        )
+        parts += (
+            f"--{boundary}\r\nContent-Disposition: form-data; {name}\r\n\r\n".encode() + rng.choice(bodies) + b"\r\n"
+        )
     body = parts + rng.choice([f"--{boundary}--\r\n".encode(), b"", b"--", rng.randbytes(20)])
-    content_type = rng.choice([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
-                               "multipart/form-data; boundary=other"])
+    content_type = rng.choice(
+        [f"multipart/form-data; boundary={boundary}", "multipart/form-data", "multipart/form-data; boundary=other"]
+    )
     return "POST", path + query, body, {"Content-Type": content_type}
 
 
@@ -744,8 +963,9 @@ def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained,
 
 def _mutate_file(path: Path, pristine: bytes, rng: random.Random) -> str:
     """One random way a file goes wrong; returns its name."""
-    kind = rng.choice(["truncate", "overwrite", "append", "replace", "empty", "fifo", "dev-zero link", "delete",
-                       "flip one byte"])
+    kind = rng.choice(
+        ["truncate", "overwrite", "append", "replace", "empty", "fifo", "dev-zero link", "delete", "flip one byte"]
+    )
     if path.is_symlink() or path.exists():
         path.unlink()
     data = bytearray(pristine)
@@ -753,7 +973,7 @@ def _mutate_file(path: Path, pristine: bytes, rng: random.Random) -> str:
         data = data[: rng.randrange(len(data))]
     elif kind == "overwrite":
         at = rng.randrange(len(data))
-        data[at:at + rng.randrange(1, 64)] = rng.randbytes(rng.randrange(1, 64))
+        data[at : at + rng.randrange(1, 64)] = rng.randbytes(rng.randrange(1, 64))
     elif kind == "append":
         data += rng.randbytes(rng.randrange(1, 4096))
     elif kind == "replace":

@@ -22,17 +22,23 @@ PACKAGE = Path(cnnzoo.__file__).resolve().parent
 
 # the floors, lowest first; see the package docstrings for what each owns
 FLOORS = {
-    "cnnzoo.errors": 0, "cnnzoo.console": 0, "cnnzoo.files": 0,
-    "cnnzoo.config": 1, "cnnzoo.plots": 1,
-    "cnnzoo.checkpoint": 2, "cnnzoo.runs": 2,
+    "cnnzoo.errors": 0,
+    "cnnzoo.console": 0,
+    "cnnzoo.files": 0,
+    "cnnzoo.config": 1,
+    "cnnzoo.plots": 1,
+    "cnnzoo.checkpoint": 2,
+    "cnnzoo.runs": 2,
     "cnnzoo.runtime": 3,
     "cnnzoo.model": 4,
     # a config's summary needs the data's class count and input size when the config does not state them
     "cnnzoo.model.summary": 5,
-    "cnnzoo.data": 5, "cnnzoo.inference": 5,
+    "cnnzoo.data": 5,
+    "cnnzoo.inference": 5,
     "cnnzoo.evaluation": 6,
     "cnnzoo.training": 7,
-    "cnnzoo.deploy": 8, "cnnzoo.explanation": 8,
+    "cnnzoo.deploy": 8,
+    "cnnzoo.explanation": 8,
     "cnnzoo.cli": 9,
     "cnnzoo.__main__": 10,
     "cnnzoo": 10,  # the package's lazy map: names resolved on first use, imported by nothing
@@ -40,11 +46,29 @@ FLOORS = {
 DOCUMENTED_CYCLES = [{"cnnzoo.model.blocks", "cnnzoo.model.layers"}]
 
 # modules that never import torch (nor anything that does) at import time
-TORCH_FREE = {"cnnzoo", "cnnzoo.errors", "cnnzoo.console", "cnnzoo.files", "cnnzoo.plots", "cnnzoo.checkpoint",
-              "cnnzoo.runs", "cnnzoo.runtime", "cnnzoo.runtime.versions", "cnnzoo.model", "cnnzoo.data",
-              "cnnzoo.data.preprocess", "cnnzoo.inference", "cnnzoo.inference.classifier", "cnnzoo.inference.onnx",
-              "cnnzoo.inference.inputs", "cnnzoo.evaluation", "cnnzoo.training", "cnnzoo.deploy",
-              "cnnzoo.deploy.serve", "cnnzoo.explanation"}
+TORCH_FREE = {
+    "cnnzoo",
+    "cnnzoo.errors",
+    "cnnzoo.console",
+    "cnnzoo.files",
+    "cnnzoo.plots",
+    "cnnzoo.checkpoint",
+    "cnnzoo.runs",
+    "cnnzoo.runtime",
+    "cnnzoo.runtime.versions",
+    "cnnzoo.model",
+    "cnnzoo.data",
+    "cnnzoo.data.preprocess",
+    "cnnzoo.inference",
+    "cnnzoo.inference.classifier",
+    "cnnzoo.inference.onnx",
+    "cnnzoo.inference.inputs",
+    "cnnzoo.evaluation",
+    "cnnzoo.training",
+    "cnnzoo.deploy",
+    "cnnzoo.deploy.serve",
+    "cnnzoo.explanation",
+}
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}
 # the torch-free modules of inference import only these (and one another)
@@ -112,19 +136,28 @@ def own(name: str) -> bool:
 def edges(top_only: bool = False) -> set[tuple[str, str]]:
     """(importer, imported) between cnnzoo's modules; the package itself (``__version__``) is left out,
     as every module's package runs before it."""
-    return {(module, name) for module in MODULES for _, top, name in imports(module)
-            if own(name) and name not in (module, "cnnzoo") and (top or not top_only)}
+    return {
+        (module, name)
+        for module in MODULES
+        for _, top, name in imports(module)
+        if own(name) and name not in (module, "cnnzoo") and (top or not top_only)
+    }
 
 
 def test_every_module_imports_only_its_floor_or_below():
-    upward = [f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)})"
-              for a, b in sorted(edges()) if floor(b) > floor(a)]
+    upward = [
+        f"{a} (floor {floor(a)}) imports {b} (floor {floor(b)})" for a, b in sorted(edges()) if floor(b) > floor(a)
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_nothing_imports_the_cli_and_inference_never_imports_training():
-    wrong = [(a, b) for a, b in edges() if (b.startswith("cnnzoo.cli") and not a.startswith(("cnnzoo.cli", "cnnzoo.__main__")))
-             or (a.startswith("cnnzoo.inference") and b.startswith("cnnzoo.training"))]
+    wrong = [
+        (a, b)
+        for a, b in edges()
+        if (b.startswith("cnnzoo.cli") and not a.startswith(("cnnzoo.cli", "cnnzoo.__main__")))
+        or (a.startswith("cnnzoo.inference") and b.startswith("cnnzoo.training"))
+    ]
     assert not wrong
 
 
@@ -176,9 +209,15 @@ def test_torch_free_modules_import_only_torch_free_modules_at_import_time():
 
 
 def test_torch_free_inference_imports_only_the_lowest_floors_and_the_preprocessing():
-    wrong = [(a, b) for a, b in edges(top_only=True)
-             if a.startswith("cnnzoo.inference") and is_torch_free(a) and not b.startswith("cnnzoo.inference")
-             and floor(b) > 2 and b not in INFERENCE_MAY_IMPORT]
+    wrong = [
+        (a, b)
+        for a, b in edges(top_only=True)
+        if a.startswith("cnnzoo.inference")
+        and is_torch_free(a)
+        and not b.startswith("cnnzoo.inference")
+        and floor(b) > 2
+        and b not in INFERENCE_MAY_IMPORT
+    ]
     assert not wrong
 
 
@@ -200,17 +239,32 @@ def test_every_function_level_import_says_why_it_is_lazy():
                     break
                 row -= 1
             if row < 0:
-                unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{statement.lineno}: {lines[statement.lineno - 1].strip()}")
+                unexplained.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{statement.lineno}: {lines[statement.lineno - 1].strip()}"
+                )
     assert not unexplained, "\n".join(sorted(set(unexplained)))
 
 
-@pytest.mark.parametrize("module", ["cnnzoo", "cnnzoo.cli", "cnnzoo.config", "cnnzoo.checkpoint", "cnnzoo.runs",
-                                    "cnnzoo.inference", "cnnzoo.inference.inputs", "cnnzoo.data.preprocess",
-                                    "cnnzoo.deploy.serve"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "cnnzoo",
+        "cnnzoo.cli",
+        "cnnzoo.config",
+        "cnnzoo.checkpoint",
+        "cnnzoo.runs",
+        "cnnzoo.inference",
+        "cnnzoo.inference.inputs",
+        "cnnzoo.data.preprocess",
+        "cnnzoo.deploy.serve",
+    ],
+)
 def test_importing_a_torch_free_module_leaves_torch_out(module):
-    code = (f"import sys, {module}\n"
-            f"heavy = sorted(m for m in {sorted(TORCH_PACKAGES)!r} if m in sys.modules)\n"
-            f"assert not heavy, heavy")
+    code = (
+        f"import sys, {module}\n"
+        f"heavy = sorted(m for m in {sorted(TORCH_PACKAGES)!r} if m in sys.modules)\n"
+        f"assert not heavy, heavy"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -218,11 +272,13 @@ def test_importing_a_torch_free_module_leaves_torch_out(module):
 def test_public_names_stay_functions_once_every_module_is_imported():
     """``cnnzoo.explain(...)`` and friends are resolved by the package's lazy map; a submodule with
     the same name would replace one of them on the package as soon as it is imported."""
-    code = ("import importlib, pkgutil, cnnzoo\n"
-            "for m in pkgutil.walk_packages(cnnzoo.__path__, 'cnnzoo.'):\n"
-            "    if not m.name.endswith('__main__'):\n"
-            "        importlib.import_module(m.name)\n"
-            "bad = [n for n in cnnzoo.__all__ if n != '__version__' and not callable(getattr(cnnzoo, n))]\n"
-            "assert not bad, bad")
+    code = (
+        "import importlib, pkgutil, cnnzoo\n"
+        "for m in pkgutil.walk_packages(cnnzoo.__path__, 'cnnzoo.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in cnnzoo.__all__ if n != '__version__' and not callable(getattr(cnnzoo, n))]\n"
+        "assert not bad, bad"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

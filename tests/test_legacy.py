@@ -21,8 +21,7 @@ EXPECTED = json.loads((LEGACY / "expected.json").read_text())
 def _predicted(model) -> dict[str, list[float]]:
     paths = sorted(EXPECTED["probabilities"])
     records = model.predict([str(LEGACY / p) for p in paths], top_k=2)
-    return {p: [t["probability"] for t in sorted(r["top_k"], key=lambda t: t["label"])]
-            for p, r in zip(paths, records)}
+    return {p: [t["probability"] for t in sorted(r["top_k"], key=lambda t: t["label"])] for p, r in zip(paths, records)}
 
 
 @pytest.mark.parametrize("name", ["best.pt", "best.onnx"])
@@ -37,8 +36,7 @@ def test_legacy_model_predicts_what_it_predicted(name):
 def test_legacy_checkpoint_evaluates_on_its_images(tmp_path):
     report = cnnzoo.evaluate(LEGACY / "run" / "best.pt", data=LEGACY / "images", out=tmp_path, progress=False)
     assert report["num_images"] == len(EXPECTED["probabilities"]) == 8
-    hits = sum(int(np.argmax(p)) == "ab".index(Path(path).parent.name)
-               for path, p in EXPECTED["probabilities"].items())
+    hits = sum(int(np.argmax(p)) == "ab".index(Path(path).parent.name) for path, p in EXPECTED["probabilities"].items())
     assert report["accuracy"] == pytest.approx(hits / 8)
     assert (tmp_path / "eval.json").is_file()
 
@@ -63,8 +61,9 @@ def test_legacy_last_pt_resumes(tmp_path):
     data = tmp_path / "data"
     write_class_folders(data / "train", {"a": 12, "b": 12}, size=24, seed=1)
     write_class_folders(data / "validation", {"a": 4, "b": 4}, size=24, seed=2)
-    resumed = cnnzoo.train(overrides=[f"data.root={data}", "train.epochs=3"], resume=run / "last.pt",
-                           out=tmp_path / "runs", quiet=True)
+    resumed = cnnzoo.train(
+        overrides=[f"data.root={data}", "train.epochs=3"], resume=run / "last.pt", out=tmp_path / "runs", quiet=True
+    )
     assert Path(resumed) == run.resolve()
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]

@@ -12,8 +12,14 @@ from cnnzoo.plots import confusion_figure, history_figure, plot_confusion
 
 
 def _row(epoch: int, acc: float, loss: float, stage: int) -> dict:
-    return {"epoch": str(epoch), "train_loss": str(loss + 0.1), "val_loss": str(loss), "train_acc": str(acc),
-            "val_acc": str(acc), "stage": str(stage)}
+    return {
+        "epoch": str(epoch),
+        "train_loss": str(loss + 0.1),
+        "val_loss": str(loss),
+        "train_acc": str(acc),
+        "val_acc": str(acc),
+        "stage": str(stage),
+    }
 
 
 def test_history_marks_best_pt_and_where_stage_two_starts():
@@ -50,8 +56,12 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
     from cnnzoo.training.tuning import _plot_sweep
 
-    _plot_sweep([{"data.root": "/data/$1_$2", "best_val_acc": 0.5}], [([1, 2], [0.4, 0.5])], ["data.root"],
-                tmp_path / "sweep.png")
+    _plot_sweep(
+        [{"data.root": "/data/$1_$2", "best_val_acc": 0.5}],
+        [([1, 2], [0.4, 0.5])],
+        ["data.root"],
+        tmp_path / "sweep.png",
+    )
     assert (tmp_path / "sweep.png").stat().st_size > 0
 
 

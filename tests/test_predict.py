@@ -50,6 +50,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory):
     """The homework's head: one output unit for two classes (loss auto -> bce)."""
+
     def one_logit(cfg):
         cfg["model"]["layers"][-1] = {"dense": {"out_features": 1}}
         cfg["name"] = "binary"
@@ -85,6 +86,7 @@ def by_label(record: dict) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the Python API
+
 
 def test_predict_accepts_path_pil_and_tensors(model, trained):
     path = validation_images(trained)[0]
@@ -158,8 +160,9 @@ def test_numpy_normalize_matches_the_torch_training_path():
         ours = normalize_array(pixels, mean, std)
         assert ours.dtype == np.float32 and ours.shape == (4, channels, 10, 12)
         device = torch.device("cpu")
-        theirs = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2), *norm_tensors(mean, std, device),
-                                device=device)
+        theirs = to_model_input(
+            torch.from_numpy(pixels).permute(0, 3, 1, 2), *norm_tensors(mean, std, device), device=device
+        )
         torch.testing.assert_close(torch.from_numpy(ours), theirs, atol=1e-6, rtol=1e-6)
         # and both are (x / 255 - mean) / std, channel by channel
         c = channels - 1
@@ -249,8 +252,9 @@ def test_many_images_in_batches_equal_one_at_a_time(model, trained, tmp_path, mo
     single = [model.predict(p, top_k=2)[0] for p in paths]
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["predict", "many", "--batch-size", "16", "--json", "-k", "2",
-                                      "--checkpoint", str(trained.best)])
+    result = CliRunner().invoke(
+        app, ["predict", "many", "--batch-size", "16", "--json", "-k", "2", "--checkpoint", str(trained.best)]
+    )
     assert result.exit_code == 0, result.stderr
     batched = json.loads(result.stdout)
     assert len(batched) == 150
@@ -273,6 +277,7 @@ def test_load_accepts_a_run_folder_and_defaults_to_runs_latest(trained, monkeypa
 
 
 # ----------------------------------------------------------------------------- the command line
+
 
 @pytest.fixture(scope="module")
 def inputs(trained):
@@ -305,7 +310,8 @@ def test_cli_default_checkpoint_json_folders_and_globs(trained, inputs, model):
     records = json.loads(result.stdout)
     assert isinstance(records, list)
     assert sorted(r["image"] for r in records) == sorted(
-        ["inputs/x.png", "inputs/deep/er/y.jpg", "globbed/g1.png", "globbed/g2.png", "globbed/g6.png"])
+        ["inputs/x.png", "inputs/deep/er/y.jpg", "globbed/g1.png", "globbed/g2.png", "globbed/g6.png"]
+    )
     for r in records:
         assert set(r) == RECORD_KEYS
         assert all(set(t) == {"label", "probability"} for t in r["top_k"])
@@ -317,8 +323,10 @@ def test_cli_default_checkpoint_json_folders_and_globs(trained, inputs, model):
 
 
 def test_cli_csv_with_unreadable_and_missing_files_exits_1(trained, inputs, model):
-    result = run_cnnzoo(["predict", "good.png", "fake.png", "missing.png", "--csv", "--top-k", "2",
-                         "--checkpoint", trained.best], cwd=inputs)
+    result = run_cnnzoo(
+        ["predict", "good.png", "fake.png", "missing.png", "--csv", "--top-k", "2", "--checkpoint", trained.best],
+        cwd=inputs,
+    )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("cnnzoo:") and "using" not in line]
@@ -327,8 +335,15 @@ def test_cli_csv_with_unreadable_and_missing_files_exits_1(trained, inputs, mode
     assert not any("good.png" in line for line in problems), result.stderr
 
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["image", "label", "probability", "top1_label", "top1_probability",
-                       "top2_label", "top2_probability"]
+    assert rows[0] == [
+        "image",
+        "label",
+        "probability",
+        "top1_label",
+        "top1_probability",
+        "top2_label",
+        "top2_probability",
+    ]
     assert len(rows) == 2
     row = dict(zip(rows[0], rows[1]))
     expected = model.predict(str(inputs / "good.png"), top_k=2)[0]

@@ -26,14 +26,18 @@ def test_tests_reach_shared_only_through_conftest_and_carry_the_marker():
         if path.name == "conftest.py":
             continue
         text = path.read_text(encoding="utf-8")
-        offenders += [f"{path.name}:{n}: names ../shared itself" for n, line in enumerate(text.splitlines(), 1)
-                      if literal.search(line)]
+        offenders += [
+            f"{path.name}:{n}: names ../shared itself"
+            for n, line in enumerate(text.splitlines(), 1)
+            if literal.search(line)
+        ]
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and not _marked_needs_shared(node):
                 calls = {c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
                 if "shared_path" in calls:
-                    offenders.append(f"{path.name}:{node.lineno}: {node.name} calls shared_path without "
-                                     f"@pytest.mark.needs_shared")
+                    offenders.append(
+                        f"{path.name}:{node.lineno}: {node.name} calls shared_path without @pytest.mark.needs_shared"
+                    )
     assert not offenders, "\n".join(offenders)
 
 
@@ -44,21 +48,29 @@ def test_ci_runs_the_shared_tests_again_without_shared():
 
 # --------------------------------------------------------------------------- torch and torchvision
 
+
 def test_pair_rules_on_the_versions_pip_installs():
     from cnnzoo.runtime.versions import pair_problem
 
     # what a CPU wheel index for torch next to PyPI's torchvision gave (issue 22): operator torchvision::nms
     line = pair_problem("2.13.0+cpu", None, "0.28.0+cu130")
-    assert line == ("torch 2.13.0+cpu and torchvision 0.28.0+cu130 do not work together (that torchvision is a "
-                    "CUDA build (cu130), that torch a CPU-only build); install the torchvision built for this "
-                    "torch: pip install --force-reinstall --no-deps 'torchvision==0.28.*' "
-                    "--index-url https://download.pytorch.org/whl/cpu")
+    assert line == (
+        "torch 2.13.0+cpu and torchvision 0.28.0+cu130 do not work together (that torchvision is a "
+        "CUDA build (cu130), that torch a CPU-only build); install the torchvision built for this "
+        "torch: pip install --force-reinstall --no-deps 'torchvision==0.28.*' "
+        "--index-url https://download.pytorch.org/whl/cpu"
+    )
     assert "(that torchvision is for torch 2.14)" in pair_problem("2.13.0+cpu", None, "0.29.1+cpu")
     assert "built for CUDA 12, that torch for CUDA 13.0" in pair_problem("2.14.1+cu130", "13.0", "0.29.1+cu128")
     assert "--index-url https://download.pytorch.org/whl/cu130" in pair_problem("2.14.1+cu130", "13.0", "0.28.0")
-    for good in [("2.14.1+cu130", "13.0", "0.29.1+cu130"), ("2.14.1", None, "0.29.1"),  # macOS: no tags
-                 ("2.14.1+cpu", None, "0.29.1+cpu"), ("2.14.1+cu130", "13.0", "0.29.1+cpu"),
-                 ("2.15.0.dev20270101+cpu", None, "0.30.0.dev20270101+cpu"), ("3.0.0", None, "1.0.0")]:
+    for good in [
+        ("2.14.1+cu130", "13.0", "0.29.1+cu130"),
+        ("2.14.1", None, "0.29.1"),  # macOS: no tags
+        ("2.14.1+cpu", None, "0.29.1+cpu"),
+        ("2.14.1+cu130", "13.0", "0.29.1+cpu"),
+        ("2.15.0.dev20270101+cpu", None, "0.30.0.dev20270101+cpu"),
+        ("3.0.0", None, "1.0.0"),
+    ]:
         assert pair_problem(*good) is None, good
 
 
@@ -77,8 +89,9 @@ def _cnnzoo_with(site: Path, args: list, cwd: Path):
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PROJECT_ROOT)])}
-    return subprocess.run([sys.executable, "-m", "cnnzoo", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnzoo", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_mismatched_torchvision_is_named_before_it_is_imported(tmp_path):
@@ -94,7 +107,8 @@ def test_a_mismatched_torchvision_is_named_before_it_is_imported(tmp_path):
         f"cnnzoo: error: torch {torch_version} and torchvision {older} do not work together (that torchvision "
         f"is for torch 2.{minor - 1}); install the torchvision built for this torch: pip install --force-reinstall "
         f"--no-deps 'torchvision==0.{minor + 15}.*' --index-url "
-        f"https://download.pytorch.org/whl/{'cu' + cuda.replace('.', '') if cuda else 'cpu'}")
+        f"https://download.pytorch.org/whl/{'cu' + cuda.replace('.', '') if cuda else 'cpu'}"
+    )
 
 
 def test_torchvision_that_cannot_load_its_operators_is_one_line(image_root, tmp_path):
@@ -104,25 +118,31 @@ def test_torchvision_that_cannot_load_its_operators_is_one_line(image_root, tmp_
 
     torch_version, _, vision_version = installed()
     # what torchvision's own import raises when its compiled operators do not fit torch
-    site = _fake_torchvision(tmp_path / "site", vision_version,
-                             "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    site = _fake_torchvision(
+        tmp_path / "site", vision_version, "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root)))
     result = _cnnzoo_with(site, ["train", "-c", config, "--runs", tmp_path / "runs"], tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     line = result.stderr.strip()
-    assert line.startswith(f"cnnzoo: error: torchvision {vision_version} cannot load its operators with torch "
-                           f"{torch_version}") and "pip install --force-reinstall --no-deps" in line
+    assert (
+        line.startswith(
+            f"cnnzoo: error: torchvision {vision_version} cannot load its operators with torch {torch_version}"
+        )
+        and "pip install --force-reinstall --no-deps" in line
+    )
     assert len(line.splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- the torch-free install
 
+
 def _readme_torch_free_packages() -> list[str]:
     """The packages of README's torch-free install line (the line after `pip install --no-deps .`)."""
     lines = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("pip install --no-deps ."))
-    deps = next(line for line in lines[start + 1:] if line.startswith("pip install "))
+    deps = next(line for line in lines[start + 1 :] if line.startswith("pip install "))
     return deps.split()[2:]
 
 
@@ -183,17 +203,28 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(PROJECT_ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist",
-                    source], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist", source],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = (tmp_path / "dist").glob("cnnzoo-*.whl")
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=300)
     python = venv / "bin" / "python"
-    subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
-                   check=True, capture_output=True, timeout=600)
-    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                        text=True).strip())
+    subprocess.run(
+        [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
+    )
     _link_installed(needed, tmp_path / "deps")
     (site / "readme-deps.pth").write_text(str(tmp_path / "deps") + "\n")
 
@@ -204,10 +235,21 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     assert subprocess.run([python, "-c", "import torch"], env=env, capture_output=True).returncode != 0
     image = next((image_root / "validation" / "a").iterdir())
-    result = subprocess.run([venv / "bin" / "cnnzoo", "predict", "--model", onnx_file, image, "--json"], env=env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [venv / "bin" / "cnnzoo", "predict", "--model", onnx_file, image, "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["label"] in ("a", "b")
-    needs_torch = subprocess.run([venv / "bin" / "cnnzoo", "summary", "-c", PROJECT_ROOT / "configs" / "lenet5.yaml"],
-                                 env=env, capture_output=True, text=True, timeout=300)
+    needs_torch = subprocess.run(
+        [venv / "bin" / "cnnzoo", "summary", "-c", PROJECT_ROOT / "configs" / "lenet5.yaml"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert needs_torch.returncode == 2 and "this command needs torch" in needs_torch.stderr

@@ -14,8 +14,7 @@ CNNZOO = [sys.executable, "-m", "cnnzoo.cli"]
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(CNNZOO + args, cwd=cwd, capture_output=True, text=True, env={**os.environ},
-                          timeout=900)
+    return subprocess.run(CNNZOO + args, cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=900)
 
 
 def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_arguments(tmp_path):

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -36,8 +37,9 @@ def test_bench_train_prints_every_phase_and_ratio(image_root, tmp_path):
 def test_bench_train_phase_reports_json(image_root, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(image_root)))
-    out = run_script([str(ROOT / "scripts" / "bench_train.py"), "--config", str(path), "--epochs", "2",
-                      "--phase", "cache"], tmp_path)
+    out = run_script(
+        [str(ROOT / "scripts" / "bench_train.py"), "--config", str(path), "--epochs", "2", "--phase", "cache"], tmp_path
+    )
     result = json.loads(out.strip().splitlines()[-1])
     assert result["cache_bytes"] == 24 * 3 * 16 * 16  # 24 training images at 3x16x16
     assert result["images_per_s"] > 0
@@ -47,8 +49,20 @@ def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
     from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = run_script([str(ROOT / "scripts" / "bench_predict.py"), "--checkpoint", str(run / "best.pt"),
-                      "--images", str(image_root / "validation"), "--repeat", "1", "--batch-size", "4"], tmp_path)
+    out = run_script(
+        [
+            str(ROOT / "scripts" / "bench_predict.py"),
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--images",
+            str(image_root / "validation"),
+            "--repeat",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        tmp_path,
+    )
     assert "cold start:" in out and "batch prediction:" in out and "ratio" in out
 
 
@@ -56,12 +70,14 @@ def test_bench_transfer_compares_cached_features_with_the_whole_network(image_ro
     cfg = tiny_config(image_root, unfreeze_at_epoch=2, unfreeze_stages=1)
     cfg["data"]["image_size"] = 32
     cfg["data"]["augment"] = {"hflip": True}
-    cfg["model"]["layers"] = [{"backbone": {"name": "resnet18", "weights": None}}, "gap",
-                              {"dense": {"out_features": "num_classes"}}]
+    cfg["model"]["layers"] = [
+        {"backbone": {"name": "resnet18", "weights": None}},
+        "gap",
+        {"dense": {"out_features": "num_classes"}},
+    ]
     path = tmp_path / "transfer.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = run_script([str(ROOT / "scripts" / "bench_transfer.py"), "--config", str(path), "--images", "16"],
-                     tmp_path)
+    out = run_script([str(ROOT / "scripts" / "bench_transfer.py"), "--config", str(path), "--images", "16"], tmp_path)
     assert "1 of 5 stages trainable, 4 cached, 2 versions per image, 16 images at 32x32" in out
     for phase in ("whole", "features", "cached"):
         assert f"  {phase}" in out
@@ -77,12 +93,34 @@ def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image
     from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = run_script([str(ROOT / "scripts" / "bench_onnx.py"), "--checkpoint", str(run / "best.pt"),
-                      "--images", str(image_root / "validation"), "--repeat", "1", "--batch-size", "4"], tmp_path)
+    out = run_script(
+        [
+            str(ROOT / "scripts" / "bench_onnx.py"),
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--images",
+            str(image_root / "validation"),
+            "--repeat",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        tmp_path,
+    )
     for line in ("cold start, one image:", "peak RSS, one image:", "throughput, batch 4:"):
         assert line in out and "ratio" in out.split(line)[1].splitlines()[0]
-    out = run_script([str(ROOT / "scripts" / "bench_serve.py"), "--checkpoint", str(run / "best.pt"),
-                      "--requests", "20", "--clients", "4"], tmp_path)
+    out = run_script(
+        [
+            str(ROOT / "scripts" / "bench_serve.py"),
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--requests",
+            "20",
+            "--clients",
+            "4",
+        ],
+        tmp_path,
+    )
     for backend in ("checkpoint", "onnx"):
         assert f"  {backend}" in out and "server p50 / in-process p50 =" in out.split(f"  {backend}")[1]
 
@@ -90,13 +128,16 @@ def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image
 def test_bench_ddp_compares_one_and_two_processes(image_root, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(image_root)))
-    out = run_script([str(ROOT / "scripts" / "bench_ddp.py"), "--config", str(path), "--epochs", "2",
-                      "--rounds", "1"], tmp_path)
+    out = run_script(
+        [str(ROOT / "scripts" / "bench_ddp.py"), "--config", str(path), "--epochs", "2", "--rounds", "1"], tmp_path
+    )
     assert "round 1: 1 process" in out and "round 1: 2 processes" in out
     assert "speed-up 2/1:" in out and "scaling efficiency:" in out
 
 
 def test_bench_cache_prints_both_ratios(image_root, tmp_path):
-    out = run_script([str(ROOT / "scripts" / "bench_cache.py"), "--folder", str(image_root), "--size", "16",
-                      "--rounds", "1"], tmp_path)
+    out = run_script(
+        [str(ROOT / "scripts" / "bench_cache.py"), "--folder", str(image_root), "--size", "16", "--rounds", "1"],
+        tmp_path,
+    )
     assert "ratio content/stat:" in out and "ratio checked/bare:" in out

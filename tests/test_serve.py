@@ -102,19 +102,28 @@ def test_bad_requests_get_a_4xx_with_a_json_error(server, trained):
         (server.post_image("/predict", b""), 400, "empty upload"),
         (server.post_image("/predict", os.urandom(300_000)), 413, "the limit is 200,000"),
         (server.post_image("/predict", _png(8100, 8100)), 413, "pixels; the limit is 64,000,000"),
-        (server.post_image("/predict", png_claiming(20000, 20000)), 413,  # PIL's bomb error, was 415
-         "upload: more than 178,956,970 pixels (a decompression bomb?); the limit is 64,000,000 pixels"),
+        (
+            server.post_image("/predict", png_claiming(20000, 20000)),
+            413,  # PIL's bomb error, was 415
+            "upload: more than 178,956,970 pixels (a decompression bomb?); the limit is 64,000,000 pixels",
+        ),
         (server.post_image("/predict", good, "?top_k=0"), 400, "top_k='0'"),
         (server.post_image("/predict", good, "?top_k=%C2%B2"), 400, "top_k='²': expected a positive whole number"),
         (server.post_image("/predict", good, "?top_k=" + "9" * 5000), 400, "top_k='999999999999999999999999...'"),
         (server.post_image("/predict", good, "?top_k=-1"), 400, "top_k='-1'"),
         (server.post_image("/predict", good, "?top_k=1.5"), 400, "top_k='1.5'"),
         (server.post_files([("big.jpg", os.urandom(250_000))]), 413, "big.jpg: more bytes than the limit"),
-        (server.post_files([("a.jpg", good), ("b.jpg", os.urandom(110_000)), ("c.jpg", os.urandom(110_000))]), 413,
-         "c.jpg: more bytes than the limit; the limit is 200,000 per request (serve --max-bytes), several files"),
+        (
+            server.post_files([("a.jpg", good), ("b.jpg", os.urandom(110_000)), ("c.jpg", os.urandom(110_000))]),
+            413,
+            "c.jpg: more bytes than the limit; the limit is 200,000 per request (serve --max-bytes), several files",
+        ),
         (server.post_files([("ok.jpg", good), ("text.jpg", b"hello")]), 415, "text.jpg: not an image"),
-        (server.request("/predict", b"--x--\r\n", {"Content-Type": "multipart/form-data; boundary=x"}), 400,
-         "the form holds no file"),
+        (
+            server.request("/predict", b"--x--\r\n", {"Content-Type": "multipart/form-data; boundary=x"}),
+            400,
+            "the form holds no file",
+        ),
         (server.get("/predict"), 405, "Method Not Allowed"),
         (server.get("/nothing-here"), 404, "Not Found"),
     ]
@@ -166,8 +175,13 @@ def _browser():
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium download a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1000,800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,800",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
 
@@ -209,10 +223,13 @@ def test_the_page_shows_the_predicted_class_as_bars(trained, onnx_file, tmp_path
 def test_a_chunked_upload_is_counted_as_it_streams_and_never_spooled(server):
     """No Content-Length: the server must stop reading at --max-bytes (200,000 here), not take
     the 300 MB offered into a temporary file first (the old multipart parser did)."""
-    multipart_head = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
-                      b"Content-Type: image/png\r\n\r\n")
-    for head, content_type, named in [(multipart_head, "multipart/form-data; boundary=XyZ", "huge.png"),
-                                      (b"", "application/octet-stream", "upload")]:
+    multipart_head = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\nContent-Type: image/png\r\n\r\n'
+    )
+    for head, content_type, named in [
+        (multipart_head, "multipart/form-data; boundary=XyZ", "huge.png"),
+        (b"", "application/octet-stream", "upload"),
+    ]:
         written = server.proc("wchar")
         sent, (status, answer) = server.stream(head, 300, content_type)
         assert sent < 64 * 2**20, f"the server read {sent:,} bytes before answering"  # socket buffers, not 300 MB
@@ -245,8 +262,10 @@ def test_decoding_memory_is_bounded_and_given_back(trained, onnx_file):
         assert grown_peak * 1024 < DECODE_MEMORY, f"peak grew by {grown_peak / 1024:.0f} MB"
         assert (srv.proc("VmRSS") - rss) * 1024 < 128 * 2**20, "decoding memory was not given back"
         status, answer = srv.post_image("/predict", _png_bytes("RGBA", (8000, 7999)))
-        assert status == 413 and answer["error"] == ("upload: 8000x7999 pixels of mode RGBA take about 1,037 MiB "
-                                                     "to decode; the limit is 1,024 MiB; send it smaller"), answer
+        assert status == 413 and answer["error"] == (
+            "upload: 8000x7999 pixels of mode RGBA take about 1,037 MiB "
+            "to decode; the limit is 1,024 MiB; send it smaller"
+        ), answer
         assert srv.get("/info")[1]["decode_memory"] == DECODE_MEMORY
     finally:
         srv.stop()

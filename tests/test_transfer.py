@@ -28,7 +28,8 @@ RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
 def transfer_config(root: Path, backbone: dict, image_size: int = 32, **train_settings) -> dict:
     return {
-        "name": "transfer", "seed": 0,
+        "name": "transfer",
+        "seed": 0,
         "data": {"root": str(root), "image_size": image_size, "cache": "ram", "workers": 0},
         "model": {"layers": [{"backbone": backbone}, "gap", {"dense": {"out_features": "num_classes"}}]},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, **train_settings},
@@ -49,7 +50,7 @@ def resnet18_file(tmp_path_factory) -> Path:
 def body_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The backbone's tensors in a cnnzoo checkpoint, under torchvision's own key names."""
     state = torch.load(checkpoint, weights_only=True)["model_state"]
-    return {k[len("0.body."):]: v for k, v in state.items() if k.startswith("0.body.")}
+    return {k[len("0.body.") :]: v for k, v in state.items() if k.startswith("0.body.")}
 
 
 def run_log(capsys) -> str:
@@ -61,8 +62,11 @@ def run_log(capsys) -> str:
 
 
 def test_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(image_root, resnet18_file, tmp_path):
-    run = train(transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}),
-                out=tmp_path / "runs", quiet=True)
+    run = train(
+        transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}),
+        out=tmp_path / "runs",
+        quiet=True,
+    )
     original = torch.load(resnet18_file, weights_only=True)
     trained = body_state(run / "last.pt")
     assert set(trained) == {k for k in original if not k.startswith("fc.")}
@@ -77,8 +81,11 @@ def test_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(image_root, 
 def test_checkpoint_alone_predicts_and_evaluates_without_the_weights_file(image_root, resnet18_file, tmp_path):
     weights = tmp_path / "copy.pth"
     weights.write_bytes(resnet18_file.read_bytes())
-    run = train(transfer_config(image_root, {"name": "resnet18", "weights": str(weights), "freeze": 1}),
-                out=tmp_path / "runs", quiet=True)
+    run = train(
+        transfer_config(image_root, {"name": "resnet18", "weights": str(weights), "freeze": 1}),
+        out=tmp_path / "runs",
+        quiet=True,
+    )
     weights.unlink()  # predict and evaluate must not need it
     model = cnnzoo.load(run / "best.pt")
     images = sorted((image_root / "validation").rglob("*.png"))
@@ -94,8 +101,14 @@ def test_checkpoint_alone_predicts_and_evaluates_without_the_weights_file(image_
 
 
 def test_two_stages_unfreeze_the_last_stages_at_the_given_epoch(image_root, resnet18_file, tmp_path):
-    config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}, epochs=3,
-                             unfreeze_at_epoch=2, unfreeze_stages=1, backbone_lr=0.002)
+    config = transfer_config(
+        image_root,
+        {"name": "resnet18", "weights": str(resnet18_file)},
+        epochs=3,
+        unfreeze_at_epoch=2,
+        unfreeze_stages=1,
+        backbone_lr=0.002,
+    )
     run = train(config, out=tmp_path / "runs", quiet=True)
     rows = metric_rows(run)
     assert [r["stage"] for r in rows] == ["1", "2", "2"]
@@ -111,8 +124,15 @@ def test_two_stages_unfreeze_the_last_stages_at_the_given_epoch(image_root, resn
 
 def test_resume_across_the_unfreeze_epoch_continues_exactly(image_root, resnet18_file, tmp_path):
     def config(epochs):
-        return transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}, epochs=epochs,
-                               unfreeze_at_epoch=2, unfreeze_stages=2, optimizer="adam", lr=0.003)
+        return transfer_config(
+            image_root,
+            {"name": "resnet18", "weights": str(resnet18_file)},
+            epochs=epochs,
+            unfreeze_at_epoch=2,
+            unfreeze_stages=2,
+            optimizer="adam",
+            lr=0.003,
+        )
 
     whole = train(config(3), out=tmp_path / "whole", quiet=True)
     part = train(config(1), out=tmp_path / "part", quiet=True)
@@ -139,8 +159,9 @@ def test_torchvision_weights_name_reads_the_torch_hub_cache(image_root, isolated
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), hub_file)
     run = train(config, out=tmp_path / "runs")
     assert "ResNet18_Weights.IMAGENET1K_V1" in run_log(capsys)
-    assert torch.equal(body_state(run / "last.pt")["conv1.weight"],
-                       torch.load(hub_file, weights_only=True)["conv1.weight"])
+    assert torch.equal(
+        body_state(run / "last.pt")["conv1.weight"], torch.load(hub_file, weights_only=True)["conv1.weight"]
+    )
     meta = torch.load(run / "best.pt", weights_only=True)["meta"]
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["std"] == pytest.approx([0.229, 0.224, 0.225])
 
@@ -157,10 +178,18 @@ def test_input_size_and_normalisation_follow_the_weights_unless_set(image_root):
     assert spec.image_size == (96, 96) and spec.mean == [0.5] * 3 and spec.std == [0.25] * 3
 
 
-@pytest.mark.parametrize("name, stages", [
-    ("resnet18", 5), ("mobilenet_v2", 19), ("mobilenet_v3_small", 13), ("efficientnet_b0", 9),
-    ("convnext_tiny", 8), ("vgg11", 5), ("regnet_y_400mf", 5),
-])
+@pytest.mark.parametrize(
+    "name, stages",
+    [
+        ("resnet18", 5),
+        ("mobilenet_v2", 19),
+        ("mobilenet_v3_small", 13),
+        ("efficientnet_b0", 9),
+        ("convnext_tiny", 8),
+        ("vgg11", 5),
+        ("regnet_y_400mf", 5),
+    ],
+)
 def test_torchvision_families_build_as_a_chain_of_stages(name, stages):
     backbone = Backbone(name, weights=None, freeze=1)
     assert len(backbone.stages) == stages
@@ -178,8 +207,7 @@ def test_torchvision_families_build_as_a_chain_of_stages(name, stages):
 
 def test_feature_cache_gives_the_same_training_as_the_whole_network(image_root, resnet18_file, tmp_path, capsys):
     def run(feature_cache):
-        config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file), "freeze": 1},
-                                 epochs=2)
+        config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file), "freeze": 1}, epochs=2)
         config["data"]["feature_cache"] = feature_cache
         return train(config, out=tmp_path / feature_cache)
 
@@ -234,8 +262,9 @@ def lite0_file(tmp_path_factory) -> Path:
 
 
 def test_timm_backbone_trains_with_a_cut_feature_cache_and_predicts(image_root, lite0_file, tmp_path, capsys):
-    config = transfer_config(image_root, {"name": "timm/tf_efficientnet_lite0", "weights": str(lite0_file),
-                                          "freeze": 2}, epochs=2)
+    config = transfer_config(
+        image_root, {"name": "timm/tf_efficientnet_lite0", "weights": str(lite0_file), "freeze": 2}, epochs=2
+    )
     config["data"]["augment"] = {"hflip": True}
     run = train(config, out=tmp_path / "runs")
     log = run_log(capsys)
@@ -282,7 +311,8 @@ def timm_default_config(root: Path) -> dict:
 
 
 def test_timm_default_weights_offline_fail_at_once_saying_which_file_goes_where(
-        image_root, isolated_home, tmp_path, monkeypatch, network_attempts):
+    image_root, isolated_home, tmp_path, monkeypatch, network_attempts
+):
     pytest.importorskip("timm")
     monkeypatch.delenv("HF_HUB_OFFLINE")  # CNNZOO_OFFLINE alone must keep timm off the network
     config = tmp_path / "c.yaml"
@@ -295,8 +325,10 @@ def test_timm_default_weights_offline_fail_at_once_saying_which_file_goes_where(
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     line = result.stderr.strip()
     folder = isolated_home / "weights" / "timm" / "tf_efficientnet_lite0.in1k"
-    assert (f"put model.safetensors (from https://huggingface.co/timm/tf_efficientnet_lite0.in1k/resolve/main/"
-            f"model.safetensors) in {folder}") in line
+    assert (
+        f"put model.safetensors (from https://huggingface.co/timm/tf_efficientnet_lite0.in1k/resolve/main/"
+        f"model.safetensors) in {folder}"
+    ) in line
     assert "downloads are off (CNNZOO_OFFLINE)" in line
     assert line.endswith("or give a state dict file with --set model.layers.0.backbone.weights=PATH")
     assert network_attempts.seen == []
@@ -317,8 +349,9 @@ def test_timm_default_weights_are_read_from_cnnzoo_weights_folder(image_root, is
     assert torch.equal(first, whole["conv_stem.weight"])  # stage 1 of 7 is frozen: still the file's
 
 
-def test_timm_default_weights_are_read_from_the_hugging_face_cache_offline(image_root, tmp_path, monkeypatch,
-                                                                            network_attempts):
+def test_timm_default_weights_are_read_from_the_hugging_face_cache_offline(
+    image_root, tmp_path, monkeypatch, network_attempts
+):
     timm = pytest.importorskip("timm")
     from huggingface_hub import constants
     from safetensors.torch import save_file
@@ -360,13 +393,18 @@ def hostile_weight_files(folder: Path) -> dict[str, tuple[Path, str]]:
     files["pickle"] = (pickled, f"{pickled}: refused: loading it would call posix.system, which is neither")
     huge = folder / "huge_header.safetensors"
     huge.write_bytes(struct.pack("<Q", 2**62) + b"{}")
-    files["huge header"] = (huge, f"{huge}: not a readable safetensors file (Error while deserializing header: "
-                                  f"header too large)")
+    files["huge header"] = (
+        huge,
+        f"{huge}: not a readable safetensors file (Error while deserializing header: header too large)",
+    )
     header = json.dumps({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}).encode()
     dtype = folder / "bad_dtype.safetensors"
     dtype.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
-    files["bad dtype"] = (dtype, f"{dtype}: not a readable safetensors file (Error while deserializing header: "
-                                 f"invalid JSON in header: unknown variant `Q99` ...)")
+    files["bad dtype"] = (
+        dtype,
+        f"{dtype}: not a readable safetensors file (Error while deserializing header: "
+        f"invalid JSON in header: unknown variant `Q99` ...)",
+    )
     return files
 
 
@@ -388,11 +426,22 @@ def test_hostile_weight_files_are_one_complete_line(image_root, tmp_path, kind):
 
 def test_summary_shows_the_backbone_as_one_row_with_frozen_parameters(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"image_size": 64},
-        "model": {"num_classes": 3, "input": [3, 64, 64], "layers": [
-            {"backbone": {"name": "resnet18", "weights": None, "freeze": 1}}, "gap",
-            {"dense": {"out_features": "num_classes"}}]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"image_size": 64},
+                "model": {
+                    "num_classes": 3,
+                    "input": [3, 64, 64],
+                    "layers": [
+                        {"backbone": {"name": "resnet18", "weights": None, "freeze": 1}},
+                        "gap",
+                        {"dense": {"out_features": "num_classes"}},
+                    ],
+                },
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["summary", "-c", str(config), "--json"])
     assert result.exit_code == 0, result.output
     summary = yaml.safe_load(result.output)
@@ -410,12 +459,18 @@ def test_summary_shows_the_backbone_as_one_row_with_frozen_parameters(tmp_path):
 
 ERROR_CASES = [
     ({"name": "resnet19"}, {}, "did you mean resnet18"),
-    ({"name": "resnet18", "weights": "/nowhere/r18.pth"}, {},
-     "weights file not found: /nowhere/r18.pth; give the file with --set model.layers.0.backbone.weights=PATH"),
+    (
+        {"name": "resnet18", "weights": "/nowhere/r18.pth"},
+        {},
+        "weights file not found: /nowhere/r18.pth; give the file with --set model.layers.0.backbone.weights=PATH",
+    ),
     ({"name": "resnet18", "weights": "IMAGENET9K"}, {}, "weights 'IMAGENET9K' unknown; use one of DEFAULT"),
     ({"name": "resnet18", "freeze": 9}, {}, "freeze: got 9"),
-    ({"name": "resnet18", "weights": None}, {"unfreeze_at_epoch": 2, "unfreeze_stages": 0},
-     "train.unfreeze_stages: 0 stages train already in stage 1"),
+    (
+        {"name": "resnet18", "weights": None},
+        {"unfreeze_at_epoch": 2, "unfreeze_stages": 0},
+        "train.unfreeze_stages: 0 stages train already in stage 1",
+    ),
     ({"name": "resnet18", "weights": None}, {"backbone_lr": "fast"}, "train.backbone_lr: got 'fast'"),
     ({"name": "resnet18", "weights": None}, {"unfreeze_at_epoch": 1}, "train.unfreeze_at_epoch: got 1"),
     ({"name": "googlenet"}, {}, "cannot be used as a backbone yet"),
@@ -445,20 +500,32 @@ def test_a_state_dict_of_another_model_is_refused(image_root, tmp_path):
         train(config, out=tmp_path / "runs", quiet=True)
 
 
-@pytest.mark.parametrize("layers, expected", [
-    (["flatten", {"backbone": {"name": "resnet18"}}], "takes RGB images 3xHxW, got 3072"),
-    ([{"backbone": {"name": "resnet18"}}, {"dense": {"out_features": 2}}],
-     r"layer 1 \(Linear\): input is 512x1x1, a 4-D batch; put flatten \(or gap\)"),
-])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        (["flatten", {"backbone": {"name": "resnet18"}}], "takes RGB images 3xHxW, got 3072"),
+        (
+            [{"backbone": {"name": "resnet18"}}, {"dense": {"out_features": 2}}],
+            r"layer 1 \(Linear\): input is 512x1x1, a 4-D batch; put flatten \(or gap\)",
+        ),
+    ],
+)
 def test_backbone_shape_errors_name_the_layer(layers, expected):
     with pytest.raises(UserError, match=expected):
         cnnzoo.build_model(layers, (3, 32, 32), 2, pretrained=False)
 
 
-@pytest.mark.parametrize("layers", [
-    [{"backbone": {"name": "resnet18"}}, {"backbone": {"name": "resnet18"}}, "gap", {"dense": {"out_features": 2}}],
-    [{"repeat": {"times": 1, "layers": [{"backbone": {"name": "resnet18"}}]}}, "gap", {"dense": {"out_features": 2}}],
-])
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [{"backbone": {"name": "resnet18"}}, {"backbone": {"name": "resnet18"}}, "gap", {"dense": {"out_features": 2}}],
+        [
+            {"repeat": {"times": 1, "layers": [{"backbone": {"name": "resnet18"}}]}},
+            "gap",
+            {"dense": {"out_features": 2}},
+        ],
+    ],
+)
 def test_one_backbone_per_network_outside_repeat(layers):
     with pytest.raises(UserError, match="at most one backbone layer, outside repeat and blocks"):
         cnnzoo.build_model(layers, (3, 32, 32), 2, pretrained=False)
@@ -478,8 +545,9 @@ def test_grey_data_with_a_backbone_is_refused(image_root, tmp_path):
         train(config, out=tmp_path / "runs", quiet=True)
 
 
-def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written(image_root, resnet18_file,
-                                                                                 tmp_path, capsys):
+def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written(
+    image_root, resnet18_file, tmp_path, capsys
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}, epochs=1)
@@ -491,9 +559,18 @@ def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written
     assert len(metric_rows(run)) == 1
 
 
-@pytest.mark.parametrize("key, value", [("rotation", 10), ("translate", 0.1), ("translate", [0.0, 0.1]),
-                                        ("shear", 5), ("zoom", 0.1), ("random_resized_crop", [0.6, 1.0]),
-                                        ("color_jitter", {"brightness": 0.2})])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("rotation", 10),
+        ("translate", 0.1),
+        ("translate", [0.0, 0.1]),
+        ("shear", 5),
+        ("zoom", 0.1),
+        ("random_resized_crop", [0.6, 1.0]),
+        ("color_jitter", {"brightness": 0.2}),
+    ],
+)
 def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
     from cnnzoo.training.transfer import _flip_plan
 

@@ -38,7 +38,7 @@ def test_suggestion_is_the_steepest_fall_inside_the_valley():
     losses[:10] += np.linspace(0.3, 0, 10)
     lr, how = suggest_lr(list(lrs), list(losses), 0.1)
     assert how == "steepest descent of the loss"
-    assert 10 ** -3.5 < lr < 10 ** -2.5
+    assert 10**-3.5 < lr < 10**-2.5
     flat, how = suggest_lr(list(lrs), [1.0 + 0.001 * np.sin(i) for i in range(200)], 0.1)
     assert flat == 0.1 and "never fell" in how
 
@@ -49,7 +49,7 @@ def test_lr_find_on_the_quickstart_suggests_a_rate_that_trains(tmp_path):
     config.write_text((PROJECT / "configs" / "quickstart.yaml").read_text())
     done = run_cnnzoo(["lr-find", "-c", config, "--apply", "--out", tmp_path / "lr.png"], tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
-    line = next(l for l in done.stdout.splitlines() if l.startswith("suggested learning rate: "))
+    line = next(out for out in done.stdout.splitlines() if out.startswith("suggested learning rate: "))
     suggested = float(line.split()[3])
     assert 0.003 / 10 <= suggested <= 0.003 * 10  # the shipped rate, within a factor of 10
     assert (tmp_path / "lr.png").stat().st_size > 10_000
@@ -81,8 +81,12 @@ def test_sweep_runs_every_combination_and_ranks_them(image_root, tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny-sweep").iterdir() if p.is_dir()) == ["1", "2", "3", "4"]
     accs = [r["best_val_acc"] for r in result.rows]
     assert accs == sorted(accs, reverse=True) and len(accs) == 4
-    assert {(r["train.lr"], r["model.layers.0.conv.out_channels"]) for r in result.rows} == \
-        {(0.02, 4), (0.02, 8), (0.005, 4), (0.005, 8)}
+    assert {(r["train.lr"], r["model.layers.0.conv.out_channels"]) for r in result.rows} == {
+        (0.02, 4),
+        (0.02, 8),
+        (0.005, 4),
+        (0.005, 8),
+    }
     for row in result.rows:  # the table says what each run folder holds
         saved = yaml.safe_load((Path(row["run"]) / "config.yaml").read_text())
         assert saved["train"]["lr"] == row["train.lr"]
@@ -130,11 +134,14 @@ def test_trials_sample_the_grid(image_root, tmp_path):
     assert len(result.rows) == 2 and len({r["run"] for r in result.rows}) == 2
 
 
-@pytest.mark.parametrize("grid, expected", [
-    (["train.lr"], "--grid train.lr: expected key=v1,v2"),
-    (["train.optimizer=sgd,nadam"], "train.optimizer: got 'nadam'"),
-    (["train.lr=0.1", "train.lr=0.2"], "--grid train.lr: given twice"),
-])
+@pytest.mark.parametrize(
+    "grid, expected",
+    [
+        (["train.lr"], "--grid train.lr: expected key=v1,v2"),
+        (["train.optimizer=sgd,nadam"], "train.optimizer: got 'nadam'"),
+        (["train.lr=0.1", "train.lr=0.2"], "--grid train.lr: given twice"),
+    ],
+)
 def test_bad_grids_are_one_line_before_anything_runs(image_root, tmp_path, grid, expected):
     config = sweep_config(tmp_path, image_root)
     args = ["sweep", "-c", config]
@@ -173,18 +180,38 @@ FAST_LR_FIND = ["--steps", "12", "--end", "0.01"]
 def test_lr_find_takes_the_shortcuts_and_apply_writes_beside_the_plot_not_into_configs(image_root, tmp_path):
     config = config_without_data_root(tmp_path)  # `train:` with nothing under it
     shipped = sorted(p.name for p in config.parent.iterdir())
-    done = cli("lr-find", "-c", config, "--data", image_root, "--batch-size", 4, "--epochs", 3,
-               "--set", "train.optimizer=sgd", "--unset", "data.workers", "--runs", tmp_path / "runs",
-               "--apply", *FAST_LR_FIND)
+    done = cli(
+        "lr-find",
+        "-c",
+        config,
+        "--data",
+        image_root,
+        "--batch-size",
+        4,
+        "--epochs",
+        3,
+        "--set",
+        "train.optimizer=sgd",
+        "--unset",
+        "data.workers",
+        "--runs",
+        tmp_path / "runs",
+        "--apply",
+        *FAST_LR_FIND,
+    )
     assert done.exit_code == 0, (done.stderr, done.exception)
     assert sorted(p.name for p in config.parent.iterdir()) == shipped  # nothing lands in configs/
     applied = tmp_path / "runs" / "lr-find" / "tiny.lr.yaml"
     assert f"wrote {applied}; train with it: cnnzoo train -c {applied}" in done.stdout
     assert (tmp_path / "runs" / "lr-find" / "tiny.png").is_file()
     raw = yaml.safe_load(applied.read_text())
-    suggested = float(next(l for l in done.stdout.splitlines() if l.startswith("suggested")).split()[3])
-    assert raw["train"] == {"lr": pytest.approx(suggested, rel=1e-2), "batch_size": 4, "epochs": 3,
-                            "optimizer": "sgd"} and raw["data"]["root"] == str(image_root)
+    suggested = float(next(out for out in done.stdout.splitlines() if out.startswith("suggested")).split()[3])
+    assert raw["train"] == {
+        "lr": pytest.approx(suggested, rel=1e-2),
+        "batch_size": 4,
+        "epochs": 3,
+        "optimizer": "sgd",
+    } and raw["data"]["root"] == str(image_root)
     assert "workers" not in raw["data"]
     cfg = cnnzoo.load_config(applied)  # the copy is a config that trains as lr-find ran it
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.root) == (4, 3, str(image_root))
@@ -221,8 +248,22 @@ def test_lr_find_out_names_the_file_it_writes(image_root, tmp_path):
 def test_sweep_takes_the_shortcuts_escapes_formulas_and_latest_is_the_best_run(image_root, tmp_path):
     config = config_without_data_root(tmp_path, "  epochs: 5\n  batch_size: 8\n")
     runs = tmp_path / "runs"
-    done = cli("sweep", "-c", config, "--data", image_root, "--epochs", 1, "--runs", runs, "-q",
-               "--grid", "train.lr=0.0001,0.05", "--grid", "data.cache_dir==1+1,+SUM(1)")
+    done = cli(
+        "sweep",
+        "-c",
+        config,
+        "--data",
+        image_root,
+        "--epochs",
+        1,
+        "--runs",
+        runs,
+        "-q",
+        "--grid",
+        "train.lr=0.0001,0.05",
+        "--grid",
+        "data.cache_dir==1+1,+SUM(1)",
+    )
     assert done.exit_code == 0, (done.stderr, done.exception)
     table = next((runs / "tiny-sweep").glob("sweep-*.csv"))
     with open(table, newline="") as f:
@@ -264,8 +305,16 @@ def test_a_bad_grid_value_is_one_line(image_root, tmp_path, value):
 def test_csv_cells_are_safe_in_a_spreadsheet_and_markdown_cells_stay_in_their_column():
     from cnnzoo.training.tuning import markdown_table, spreadsheet_safe
 
-    assert [spreadsheet_safe(v) for v in ["=1+1", "+1", "-x", "@A1", "\tx", "plain", -0.5, 3]] == \
-        ["'=1+1", "'+1", "'-x", "'@A1", "'\tx", "plain", -0.5, 3]
+    assert [spreadsheet_safe(v) for v in ["=1+1", "+1", "-x", "@A1", "\tx", "plain", -0.5, 3]] == [
+        "'=1+1",
+        "'+1",
+        "'-x",
+        "'@A1",
+        "'\tx",
+        "plain",
+        -0.5,
+        3,
+    ]
     table = markdown_table([{"k": "a|b\nc", "best_val_acc": 0.5}], ["k", "best_val_acc"])
     assert table.splitlines()[2] == "| a\\|b c | 50.00% |"
 
@@ -303,8 +352,20 @@ def _damage(state_path: Path, how: str) -> None:
         state_path.write_text("[" * 100_000 + "]" * 100_000)
 
 
-DAMAGE = ["truncated", "not utf-8", "a list", "runs is a number", "one run too many", "other values",
-          "run outside the sweep", "NaN seconds", "done is a string", "a FIFO", "a folder", "deep nesting"]
+DAMAGE = [
+    "truncated",
+    "not utf-8",
+    "a list",
+    "runs is a number",
+    "one run too many",
+    "other values",
+    "run outside the sweep",
+    "NaN seconds",
+    "done is a string",
+    "a FIFO",
+    "a folder",
+    "deep nesting",
+]
 
 
 @pytest.mark.slow

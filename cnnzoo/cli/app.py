@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -21,8 +22,10 @@ from ..runtime.versions import describe_failure
 app = typer.Typer(
     name="cnnzoo",
     help="Train, evaluate and predict with convolutional image classifiers described in YAML.\n\n"
-         "Start with:  cnnzoo train --config configs/quickstart.yaml",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    "Start with:  cnnzoo train --config configs/quickstart.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -31,12 +34,16 @@ _state = {"debug": False}
 CONFIG_HELP = "YAML config file (see configs/ for examples)."
 
 
-TRUST_TORCHSCRIPT_HELP = ("Open a TorchScript file: it holds code that runs when loaded, so only one you "
-                          "made (cnnzoo export) or otherwise trust. Without it, TorchScript is refused unopened.")
+TRUST_TORCHSCRIPT_HELP = (
+    "Open a TorchScript file: it holds code that runs when loaded, so only one you "
+    "made (cnnzoo export) or otherwise trust. Without it, TorchScript is refused unopened."
+)
 
 
-SET_HELP = ("Override a config key, e.g. --set train.epochs=5 or "
-            "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable).")
+SET_HELP = (
+    "Override a config key, e.g. --set train.epochs=5 or "
+    "--set model.layers.0.Conv2d.out_channels=64 (value read as YAML; repeatable)."
+)
 
 
 def _rank0() -> bool:
@@ -79,8 +86,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     _state["debug"] = debug
 
@@ -90,8 +98,16 @@ def _is_collective_failure(exc: Exception) -> bool:
     dist_error = getattr(sys.modules.get("torch.distributed"), "DistError", ())
     text = str(exc)
     return isinstance(exc, dist_error) or any(
-        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                                  "Timed out", "timed out", "NCCL"))
+        sign in text
+        for sign in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "Broken pipe",
+            "Timed out",
+            "timed out",
+            "NCCL",
+        )
+    )
 
 
 def main() -> None:
@@ -106,17 +122,24 @@ def main() -> None:
             raise
         if isinstance(exc, ModuleNotFoundError) and exc.name in ("torch", "torchvision"):
             # a deployment installed with --no-deps: exports run without torch, the rest needs it
-            typer.echo(f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
-                       f"without torch cnnzoo predicts and serves .onnx exports only", err=True)
+            typer.echo(
+                f"cnnzoo: error: this command needs {exc.name} (pip install torch torchvision); "
+                f"without torch cnnzoo predicts and serves .onnx exports only",
+                err=True,
+            )
             sys.exit(2)
 
         if (mismatch := describe_failure(exc)) is not None:  # "operator torchvision::nms does not exist"
             typer.echo(f"cnnzoo: error: {mismatch}", err=True)
             sys.exit(2)
         if "WORLD_SIZE" in os.environ and _is_collective_failure(exc):
-            typer.echo(f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
-                       f"stopped answering ({short_reason(exc)})", err=True)
+            typer.echo(
+                f"cnnzoo: error: process {os.environ.get('RANK', '?')}: another process of this run "
+                f"stopped answering ({short_reason(exc)})",
+                err=True,
+            )
             sys.exit(1)
-        typer.echo(f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
+        typer.echo(
+            f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True
+        )
         sys.exit(1)

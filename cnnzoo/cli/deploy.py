@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,17 +13,25 @@ from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded
 @app.command()
 @guarded
 def export(
-    checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
-                                                    help="Checkpoint (default: runs/latest's best.pt)."),
+    checkpoint_arg: Path | None = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="Checkpoint (default: runs/latest's best.pt)."
+    ),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (runs without torch) or torchscript."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="File or folder to write (default: beside the checkpoint, "
-                                            "best.onnx / best.torchscript.pt)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="File or folder to write (default: beside the checkpoint, best.onnx / best.torchscript.pt).",
+    ),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", min=7, help="ONNX opset version."),
-    tolerance: float = typer.Option(PARITY_TOLERANCE, "--tolerance", min=0.0,
-                                    help="Largest probability difference from the checkpoint that passes."),
-    force: bool = typer.Option(False, "--force", help="Replace a file at --out that is not an export of this "
-                                                      "format (never the checkpoint itself)."),
+    tolerance: float = typer.Option(
+        PARITY_TOLERANCE, "--tolerance", min=0.0, help="Largest probability difference from the checkpoint that passes."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace a file at --out that is not an export of this format (never the checkpoint itself).",
+    ),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, then check it gives the checkpoint's probabilities.
@@ -44,32 +51,40 @@ def export(
     size = result.path.stat().st_size
     verdict = "ok" if result.ok else "FAILED"
     typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
-    typer.echo(f"parity with the checkpoint on {result.images} images: largest probability difference "
-               f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}")
+    typer.echo(
+        f"parity with the checkpoint on {result.images} images: largest probability difference "
+        f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}"
+    )
     if result.not_finite:
-        _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it",
-              code=1)
+        _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it", code=1)
     if not result.ok:
-        _fail(f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
-              f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
-              f"--opset or --format)", code=1)
+        _fail(
+            f"{result.path}: the exported model's probabilities differ from the checkpoint's by "
+            f"{result.max_difference:.2e} > {result.tolerance:g}; do not deploy it (try another "
+            f"--opset or --format)",
+            code=1,
+        )
 
 
 @app.command()
 @guarded
 def serve(
-    model: Optional[Path] = typer.Argument(None, metavar="[MODEL]",
-                                           help="Checkpoint or .onnx export (runs without torch). "
-                                                "Default: runs/latest's best.pt."),
+    model: Path | None = typer.Argument(
+        None, metavar="[MODEL]", help="Checkpoint or .onnx export (runs without torch). Default: runs/latest's best.pt."
+    ),
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Server processes, each with its own copy of the model."),
-    max_bytes: int = typer.Option(DEFAULT_MAX_BYTES, "--max-bytes", min=1,
-                                  help="Largest request body accepted: one image, or all files of a multipart "
-                                       "upload together (counted as it arrives; never spooled to disk)."),
+    max_bytes: int = typer.Option(
+        DEFAULT_MAX_BYTES,
+        "--max-bytes",
+        min=1,
+        help="Largest request body accepted: one image, or all files of a multipart "
+        "upload together (counted as it arrives; never spooled to disk).",
+    ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Serve a model over HTTP, with a page to try it: open http://127.0.0.1:8000/ in a browser.
@@ -84,5 +99,14 @@ def serve(
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..deploy.serve import serve as run_server
 
-    run_server(model, host=host, port=port, workers=workers, max_bytes=max_bytes, top_k=top_k, device=device,
-               runs_root=runs, trust_torchscript=trust_torchscript)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        max_bytes=max_bytes,
+        top_k=top_k,
+        device=device,
+        runs_root=runs,
+        trust_torchscript=trust_torchscript,
+    )

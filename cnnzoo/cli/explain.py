@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,12 +13,12 @@ from .app import app, guarded
 @guarded
 def explain(
     image: Path = typer.Argument(..., help="The image to explain."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
-                                              help="Checkpoint (default: runs/latest's best.pt)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="The HTML file (default: <run>/explain/<image>.html)."),
-    target: Optional[str] = typer.Option(None, help="Class for Grad-CAM (default: the predicted one)."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Also write every picture as a PNG into this folder."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-m", help="Checkpoint (default: runs/latest's best.pt)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="The HTML file (default: <run>/explain/<image>.html)."),
+    target: str | None = typer.Option(None, help="Class for Grad-CAM (default: the predicted one)."),
+    png: Path | None = typer.Option(None, "--png", help="Also write every picture as a PNG into this folder."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Show what the network does to one image: every layer's output, filters, Grad-CAM, in one HTML page.
@@ -32,6 +31,8 @@ def explain(
 
     path, report = run_explain(checkpoint, image, out=out, target=target, png_dir=png, runs_root=runs)
     chosen = report.classes[report.target]
-    typer.echo(f"{image}: {report.classes[int(report.probabilities.argmax())]} "
-               f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}")
+    typer.echo(
+        f"{image}: {report.classes[int(report.probabilities.argmax())]} "
+        f"({100 * float(report.probabilities.max()):.1f}%); Grad-CAM for {chosen}"
+    )
     typer.echo(f"wrote {path}" + (f" and the pictures in {png}" if png else ""))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -16,16 +15,20 @@ from .app import TRUST_TORCHSCRIPT_HELP, app, guarded
 @app.command()
 @guarded
 def predict(
-    images: List[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "--model", "-m",
-                                              help="Checkpoint, or an .onnx export (runs without torch). "
-                                                   "Default: runs/latest's best.pt."),
+    images: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "--model",
+        "-m",
+        help="Checkpoint, or an .onnx export (runs without torch). Default: runs/latest's best.pt.",
+    ),
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows, one per image."),
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
@@ -64,19 +67,25 @@ def predict(
 @app.command()
 @guarded
 def evaluate(
-    checkpoint_arg: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
-                                                    help="Checkpoint (default: runs/latest's best.pt)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-m",
-                                              help="Checkpoint, as in predict (same as the argument)."),
-    data: Optional[Path] = typer.Option(None, help="Labelled folder: a data root with test/ or validation/, "
-                                                   "or a folder of class folders. Default: the training data."),
-    split: Optional[str] = typer.Option(None, help="test or validation (default: test if there is one)."),
+    checkpoint_arg: Path | None = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="Checkpoint (default: runs/latest's best.pt)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", "-m", help="Checkpoint, as in predict (same as the argument)."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        help="Labelled folder: a data root with test/ or validation/, "
+        "or a folder of class folders. Default: the training data.",
+    ),
+    split: str | None = typer.Option(None, help="test or validation (default: test if there is one)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k for top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
-    out: Optional[Path] = typer.Option(None, help="Where to write eval.json and confusion_matrix.png "
-                                                  "(default: the checkpoint's folder)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per forward pass."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    out: Path | None = typer.Option(
+        None, help="Where to write eval.json and confusion_matrix.png (default: the checkpoint's folder)."
+    ),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
@@ -86,8 +95,17 @@ def evaluate(
 
     if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
         raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
-    report = run_evaluation(checkpoint or checkpoint_arg, data, split=split, top_k=top_k, batch_size=batch_size,
-                            out=out, device=device, runs_root=runs, progress=not as_json)
+    report = run_evaluation(
+        checkpoint or checkpoint_arg,
+        data,
+        split=split,
+        top_k=top_k,
+        batch_size=batch_size,
+        out=out,
+        device=device,
+        runs_root=runs,
+        progress=not as_json,
+    )
     if as_json:
         typer.echo(json.dumps(report))
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
 
 import typer
 
@@ -16,7 +15,7 @@ from .app import CONFIG_HELP, SET_HELP, app, guarded
 @guarded
 def summary(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     expand: bool = typer.Option(False, "--expand", help="Also list the stages inside a backbone layer."),
 ) -> None:

@@ -7,7 +7,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -28,22 +27,27 @@ DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or 
 class Shortcuts:
     """What the shortcut options of a training command (train, lr-find, sweep) were given."""
 
-    data: Optional[str] = None
-    name: Optional[str] = None
-    epochs: Optional[int] = None
-    batch_size: Optional[int] = None
-    image_size: Optional[int] = None
-    device: Optional[str] = None
+    data: str | None = None
+    name: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    image_size: int | None = None
+    device: str | None = None
 
     def overrides(self, set_: list[str], unset: list[str]) -> list[str]:
         """``--set`` items, then the shortcuts as ``key=value``, then ``--unset`` items as ``key!``
         (what :func:`cnnzoo.config.apply_override` removes)."""
-        values = {"data.root": json.dumps(self.data) if self.data else None,
-                  "name": json.dumps(self.name) if self.name else None,
-                  "train.epochs": self.epochs, "train.batch_size": self.batch_size, "data.image_size": self.image_size,
-                  "train.device": json.dumps(self.device) if self.device else None}
-        return ([*set_, *(f"{key}={value}" for key, value in values.items() if value is not None)]
-                + [f"{key}!" for key in unset])
+        values = {
+            "data.root": json.dumps(self.data) if self.data else None,
+            "name": json.dumps(self.name) if self.name else None,
+            "train.epochs": self.epochs,
+            "train.batch_size": self.batch_size,
+            "data.image_size": self.image_size,
+            "train.device": json.dumps(self.device) if self.device else None,
+        }
+        return [*set_, *(f"{key}={value}" for key, value in values.items() if value is not None)] + [
+            f"{key}!" for key in unset
+        ]
 
 
 def forwarded_argv(argv: list[str]) -> list[str]:
@@ -63,23 +67,29 @@ def forwarded_argv(argv: list[str]) -> list[str]:
 @app.command()
 @guarded
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    unset: List[str] = UNSET_OPTION,
-    data: Optional[str] = DATA_OPTION,
-    name: Optional[str] = typer.Option(None, "--name", "-n",
-                                       help="Run name: the run folder is <runs>/<name>/<N> (sets name)."),
-    epochs: Optional[int] = EPOCHS_OPTION,
-    batch_size: Optional[int] = BATCH_SIZE_OPTION,
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    device: Optional[str] = DEVICE_OPTION,
-    runs: Path = typer.Option(Path("runs"), "--runs", "--out",
-                              help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue a run from its last.pt."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: list[str] = UNSET_OPTION,
+    data: str | None = DATA_OPTION,
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="Run name: the run folder is <runs>/<name>/<N> (sets name)."
+    ),
+    epochs: int | None = EPOCHS_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    image_size: int | None = IMAGE_SIZE_OPTION,
+    device: str | None = DEVICE_OPTION,
+    runs: Path = typer.Option(
+        Path("runs"), "--runs", "--out", help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."
+    ),
+    resume: Path | None = typer.Option(None, help="Continue a run from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
-    nproc: int = typer.Option(1, "--nproc", min=1,
-                              help="Processes on this machine, one per GPU (or sharing the CPU cores), "
-                                   "trained together with DDP; runs torchrun for you."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Processes on this machine, one per GPU (or sharing the CPU cores), "
+        "trained together with DDP; runs torchrun for you.",
+    ),
 ) -> None:
     """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
 
@@ -91,8 +101,9 @@ def train(
     """
     if config is None and resume is None:
         raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
-    overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size,
-                          image_size=image_size).overrides(set_, unset)
+    overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size, image_size=image_size).overrides(
+        set_, unset
+    )
     source = config
     if resume is None:  # config errors come back before torch is imported
         source = load_config(config, overrides)
@@ -114,6 +125,6 @@ def train(
     except TrainingInterrupted as exc:
         if _rank0():
             typer.echo(f"\ncnnzoo: {exc}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if quiet and _rank0():
         typer.echo(str(run_dir))

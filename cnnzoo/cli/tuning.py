@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -24,23 +23,30 @@ from .train import (
 @guarded
 def lr_find(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    unset: List[str] = UNSET_OPTION,
-    data: Optional[str] = DATA_OPTION,
-    epochs: Optional[int] = EPOCHS_OPTION,
-    batch_size: Optional[int] = BATCH_SIZE_OPTION,
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    device: Optional[str] = DEVICE_OPTION,
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: list[str] = UNSET_OPTION,
+    data: str | None = DATA_OPTION,
+    epochs: int | None = EPOCHS_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    image_size: int | None = IMAGE_SIZE_OPTION,
+    device: str | None = DEVICE_OPTION,
     steps: int = typer.Option(200, min=10, help="Training steps while the rate grows."),
     start: float = typer.Option(1e-7, help="First learning rate."),
     end: float = typer.Option(1.0, help="Last learning rate."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="The plot: a .png/.svg/.pdf file, or a folder for <name>.png "
-                                            "(default: <runs>/lr-find/<name>.png)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="The plot: a .png/.svg/.pdf file, or a folder for <name>.png (default: <runs>/lr-find/<name>.png).",
+    ),
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders (and lr-find/)."),
-    apply: bool = typer.Option(False, "--apply", help="Also write the config with the suggested train.lr and "
-                                                      "this line's --set/shortcuts, beside the plot "
-                                                      "(<plot folder>/<config>.lr.yaml)."),
+    apply: bool = typer.Option(
+        False,
+        "--apply",
+        help="Also write the config with the suggested train.lr and "
+        "this line's --set/shortcuts, beside the plot "
+        "(<plot folder>/<config>.lr.yaml).",
+    ),
 ) -> None:
     """Find a learning rate: train briefly while the rate grows exponentially, plot the loss, suggest one.
 
@@ -48,16 +54,19 @@ def lr_find(
               (writes runs/lr-find/quickstart.png and runs/lr-find/quickstart.lr.yaml)
     Nothing is saved but the plot (and, with --apply, the config copy); configs/ is never written.
     """
-    overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                          device=device).overrides(set_, unset)
+    overrides = Shortcuts(
+        data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
+    ).overrides(set_, unset)
     cfg = load_config(config, overrides)  # config errors come back before torch is imported
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..training.tuning import apply_lr
     from ..training.tuning import lr_find as run_lr_find
 
     result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
-    typer.echo(f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
-               f"config has {cfg.train.lr:g}; loss curve: {result.plot}")
+    typer.echo(
+        f"suggested learning rate: {result.suggestion:.3g} ({result.how}); "
+        f"config has {cfg.train.lr:g}; loss curve: {result.plot}"
+    )
     if apply:
         written = apply_lr(config, result.suggestion, overrides=overrides, folder=result.plot.parent)
         typer.echo(f"wrote {written}; train with it: cnnzoo train -c {written}")
@@ -67,19 +76,21 @@ def lr_find(
 @guarded
 def sweep(
     config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
-    grid: List[str] = typer.Option(..., "--grid", "-g",
-                                   help="A key and its values, e.g. --grid train.lr=0.01,0.003 (repeatable)."),
-    trials: Optional[int] = typer.Option(None, min=1, help="Run this many random combinations, not all."),
-    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    unset: List[str] = UNSET_OPTION,
-    data: Optional[str] = DATA_OPTION,
-    epochs: Optional[int] = EPOCHS_OPTION,
-    batch_size: Optional[int] = BATCH_SIZE_OPTION,
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    device: Optional[str] = DEVICE_OPTION,
+    grid: list[str] = typer.Option(
+        ..., "--grid", "-g", help="A key and its values, e.g. --grid train.lr=0.01,0.003 (repeatable)."
+    ),
+    trials: int | None = typer.Option(None, min=1, help="Run this many random combinations, not all."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: list[str] = UNSET_OPTION,
+    data: str | None = DATA_OPTION,
+    epochs: int | None = EPOCHS_OPTION,
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    image_size: int | None = IMAGE_SIZE_OPTION,
+    device: str | None = DEVICE_OPTION,
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders."),
-    restart: bool = typer.Option(False, "--restart", help="Start the sweep over: forget its saved state "
-                                                          "(finished run folders stay)."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Start the sweep over: forget its saved state (finished run folders stay)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
 ) -> None:
     """Train every combination of --grid values as its own run, then compare them (table and plot).
@@ -89,8 +100,9 @@ def sweep(
     Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
     At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
-    overrides = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size,
-                          device=device).overrides(set_, unset)
+    overrides = Shortcuts(
+        data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
+    ).overrides(set_, unset)
     load_config(config, overrides)  # config errors come back before torch is imported
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..training.run import TrainingInterrupted
@@ -98,12 +110,12 @@ def sweep(
     from ..training.tuning import sweep as run_sweep
 
     try:
-        result = run_sweep(config, grid, trials=trials, overrides=overrides, runs_root=runs, quiet=quiet,
-                           restart=restart)
+        result = run_sweep(
+            config, grid, trials=trials, overrides=overrides, runs_root=runs, quiet=quiet, restart=restart
+        )
     except TrainingInterrupted as exc:
-        typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue",
-                   err=True)
-        raise typer.Exit(130)
+        typer.echo(f"\ncnnzoo: sweep interrupted in {exc.run_dir}; run the same command again to continue", err=True)
+        raise typer.Exit(130) from None
     typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
     typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
     typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")

@@ -17,18 +17,36 @@ checks a config before torch is imported.
 from .checks import MAX_IMAGE_SIDE, Bounds, bounded
 from .dumping import dump_config
 from .loading import (
-                      apply_override,
-                      backbone_entry,
-                      from_dict,
-                      load_config,
-                      looks_like_path,
-                      parse_override,
-                      read_yaml,
-                      rebase_paths,
-                      yaml_problem,
+    apply_override,
+    backbone_entry,
+    from_dict,
+    load_config,
+    looks_like_path,
+    parse_override,
+    read_yaml,
+    rebase_paths,
+    yaml_problem,
 )
 from .schema import AugmentConfig, ColorJitterConfig, Config, DataConfig, ModelConfig, TrainConfig
 
-__all__ = ["MAX_IMAGE_SIDE", "AugmentConfig", "Bounds", "ColorJitterConfig", "Config", "DataConfig", "ModelConfig",
-           "TrainConfig", "apply_override", "backbone_entry", "bounded", "dump_config", "from_dict", "load_config",
-           "looks_like_path", "parse_override", "read_yaml", "rebase_paths", "yaml_problem"]
+__all__ = [
+    "MAX_IMAGE_SIDE",
+    "AugmentConfig",
+    "Bounds",
+    "ColorJitterConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_override",
+    "backbone_entry",
+    "bounded",
+    "dump_config",
+    "from_dict",
+    "load_config",
+    "looks_like_path",
+    "parse_override",
+    "read_yaml",
+    "rebase_paths",
+    "yaml_problem",
+]

@@ -7,7 +7,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 
@@ -23,11 +23,11 @@ class Bounds:
     in messages where a field also takes a word (``auto``) or null.
     """
 
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     open_low: bool = False  # low itself is out of range
     open_high: bool = False
-    length: Optional[int] = None  # a list holds exactly this many numbers
+    length: int | None = None  # a list holds exactly this many numbers
     words: str = ""
 
     def admits(self, value: Any) -> bool:
@@ -58,12 +58,10 @@ class Bounds:
             return f"a positive {kind} up to {self.high:g}"
         if integer and not (self.open_low or self.open_high):
             return f"an integer from {self.low} to {self.high}"
-        return (f"a {kind} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.open_high else ']'}")
+        return f"a {kind} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
 
-def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
-            **bounds: Any) -> Any:
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **bounds: Any) -> Any:
     """A dataclass field whose numbers must lie within :class:`Bounds` (checked on load)."""
     return field(default=default, default_factory=default_factory, metadata={"bounds": Bounds(**bounds)})
 
@@ -79,13 +77,17 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 def check_values(cfg: Config, where: str) -> None:
     """Checks that a field's type and :class:`Bounds` cannot express: shapes of lists, choices,
     and rules between fields."""
+
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}{key}: {msg}")
 
     m, d, t = cfg.model, cfg.data, cfg.train
     if cfg.name is not None and (not RUN_NAME.match(cfg.name) or ".." in cfg.name):
-        raise bad("name", f"got {cfg.name!r}; a run name is one folder name (letters, digits, _ . + -), "
-                          f"no slashes or '..', e.g. clothing_v2")
+        raise bad(
+            "name",
+            f"got {cfg.name!r}; a run name is one folder name (letters, digits, _ . + -), "
+            f"no slashes or '..', e.g. clothing_v2",
+        )
     if m.input is not None and (len(m.input) != 3 or min(m.input) < 1):
         raise bad("model.input", f"got {m.input}, expected [channels, height, width] of positive integers")
     if m.input is not None and max(m.input[1:]) > MAX_IMAGE_SIDE:
@@ -106,8 +108,10 @@ def check_values(cfg: Config, where: str) -> None:
             raise bad("data.normalize.std", "every std must be positive")
     crop = d.augment.random_resized_crop
     if crop and crop[0] > crop[1]:
-        raise bad("data.augment.random_resized_crop", f"got {crop}, expected [min_area, max_area] with "
-                                                      f"min_area <= max_area, e.g. [0.6, 1.0]")
+        raise bad(
+            "data.augment.random_resized_crop",
+            f"got {crop}, expected [min_area, max_area] with min_area <= max_area, e.g. [0.6, 1.0]",
+        )
     if isinstance(t.backbone_lr, str):
         scale = t.backbone_lr[:-1] if t.backbone_lr.endswith("x") else ""
         try:
@@ -115,5 +119,7 @@ def check_values(cfg: Config, where: str) -> None:
         except ValueError:
             ok = False
         if not ok:
-            raise bad("train.backbone_lr", f"got {t.backbone_lr!r}, expected a learning rate (1e-4) or a "
-                                           f"multiple of train.lr written like 0.1x")
+            raise bad(
+                "train.backbone_lr",
+                f"got {t.backbone_lr!r}, expected a learning rate (1e-4) or a multiple of train.lr written like 0.1x",
+            )

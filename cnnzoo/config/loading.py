@@ -11,7 +11,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -122,8 +122,11 @@ def _build_dataclass(cls: type, raw: dict, prefix: str, where: str) -> Any:
             if dotted in _MOVED_KEYS:
                 raise ConfigError(f"{where}{dotted}: unknown key; {_MOVED_KEYS[dotted]}")
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else (
-                f"; known keys{' of ' + prefix if prefix else ''}: {', '.join(fields)}")
+            hint = (
+                f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+                if close
+                else (f"; known keys{' of ' + prefix if prefix else ''}: {', '.join(fields)}")
+            )
             raise ConfigError(f"{where}{dotted}: unknown key{hint}")
         tp = hints[key]
         try:
@@ -140,8 +143,15 @@ def _build_dataclass(cls: type, raw: dict, prefix: str, where: str) -> Any:
 
 
 def _yaml_type(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -195,12 +205,16 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
                 node[idx] = {node[idx]: {}} if parts[i + 1] == node[idx] else node[idx]
             node = node[idx]
         elif isinstance(node, dict):
-            if (part not in node and len(node) == 1 and i >= 2 and parts[i - 1].lstrip("-").isdigit()
-                    and parts[i - 2] == "layers"):
+            if (
+                part not in node
+                and len(node) == 1
+                and i >= 2
+                and parts[i - 1].lstrip("-").isdigit()
+                and parts[i - 2] == "layers"
+            ):
                 written = next(iter(node))
-                fixed = ".".join(parts[:i] + [str(written)] + parts[i + 1:])
-                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is written `{written}`; "
-                                  f"use --set {fixed}=...")
+                fixed = ".".join(parts[:i] + [str(written)] + parts[i + 1 :])
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is written `{written}`; use --set {fixed}=...")
             if last:
                 node[part] = value
                 return
@@ -210,8 +224,7 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
         else:
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is a single value, not a section")
         if not isinstance(node, (dict, list)):
-            raise ConfigError(f"--set {key}: {here} is a single value ({node!r}), it has no key "
-                              f"{parts[i + 1]!r}")
+            raise ConfigError(f"--set {key}: {here} is a single value ({node!r}), it has no key {parts[i + 1]!r}")
 
 
 def _remove_key(raw: dict, key: str) -> None:
@@ -283,11 +296,12 @@ WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 def looks_like_path(value: Any) -> bool:
     """A backbone ``weights`` value that names a file rather than a weights name like DEFAULT."""
-    return isinstance(value, str) and (os.sep in value or "/" in value or value.startswith("~")
-                                       or value.endswith(WEIGHT_FILE_SUFFIXES))
+    return isinstance(value, str) and (
+        os.sep in value or "/" in value or value.startswith("~") or value.endswith(WEIGHT_FILE_SUFFIXES)
+    )
 
 
-def backbone_entry(layers: Any) -> Optional[tuple[str, dict[str, Any]]]:
+def backbone_entry(layers: Any) -> tuple[str, dict[str, Any]] | None:
     """Where the first top-level ``backbone`` layer is (``model.layers.N.backbone``) and its arguments."""
     for index, item in enumerate(layers if isinstance(layers, list) else []):
         if isinstance(item, dict) and len(item) == 1:

@@ -4,7 +4,8 @@ to each uint8 image of a batch, seeded per batch by :class:`cnnzoo.data.loaders.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ check_torch_pair()  # a mismatched torch/torchvision pair gets one line before t
 from torchvision.transforms import v2  # noqa: E402  (after the pair check)
 
 
-def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """torchvision.transforms.v2 pipeline on uint8 CxHxW tensors; None when nothing is on.
 
     Every value was range-checked with the config (:class:`cnnzoo.config.Bounds`).
@@ -30,10 +31,15 @@ def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Optional[Callabl
         steps.append(v2.RandomVerticalFlip(vflip))
     translate = aug.translate if isinstance(aug.translate, list) else [aug.translate, aug.translate]
     if aug.rotation or aug.shear or aug.zoom or any(translate):
-        steps.append(v2.RandomAffine(
-            degrees=aug.rotation, translate=tuple(translate) if any(translate) else None,
-            scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
-            shear=aug.shear or None, interpolation=v2.InterpolationMode.BILINEAR))
+        steps.append(
+            v2.RandomAffine(
+                degrees=aug.rotation,
+                translate=tuple(translate) if any(translate) else None,
+                scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+                shear=aug.shear or None,
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        )
     if aug.color_jitter:
         steps.append(v2.ColorJitter(**dataclasses.asdict(aug.color_jitter)))
     return v2.Compose(steps) if steps else None

@@ -16,9 +16,10 @@ import math
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,10 @@ class DecodedImages:
         where = "in RAM" if self.location == "ram" else f"on disk ({self.location})"
         if not self.seconds:
             return f"{len(self.pixels)} images, {size:.0f} MB, reused {where}"
-        return (f"{len(self.pixels)} images decoded in {self.seconds:.1f}s "
-                f"({len(self.pixels) / self.seconds:.0f} img/s), {size:.0f} MB {where}")
+        return (
+            f"{len(self.pixels)} images decoded in {self.seconds:.1f}s "
+            f"({len(self.pixels) / self.seconds:.0f} img/s), {size:.0f} MB {where}"
+        )
 
 
 class _DecodeOne(torch.utils.data.Dataset):
@@ -57,7 +60,7 @@ class _DecodeOne(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[int, Optional[np.ndarray], str]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         try:
             return i, self.samples.read(i, self.size, self.channels), ""
         except Exception as exc:  # a corrupt file must never stop the run
@@ -95,14 +98,15 @@ class NpyWriter:
     array fits in memory (a warning names ``key``, the setting that asked for the file).
     """
 
-    def __init__(self, path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, key: str):
+    def __init__(self, path: Path | None, shape: tuple[int, ...], dtype: Any, *, key: str):
         self.path, self.replacement, self._mapped = path, None, None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.replacement = Replacement(path)
-                self._mapped = np.lib.format.open_memmap(self.replacement.temporary, mode="w+", dtype=dtype,
-                                                         shape=shape)
+                self._mapped = np.lib.format.open_memmap(
+                    self.replacement.temporary, mode="w+", dtype=dtype, shape=shape
+                )
                 with open(self.replacement.temporary, "r+b") as f:
                     reserve_space(f.fileno(), os.fstat(f.fileno()).st_size)
             except OSError as exc:
@@ -119,8 +123,10 @@ class NpyWriter:
         elif nbytes < _available_memory() / 2:
             warn(f"{key}: no room for {size} in {path.parent}; keeping it in RAM instead")
         else:
-            raise DataError(f"{key}: no room for {size} in {path.parent}, nor in memory; free space there, "
-                            f"set data.cache_dir to a folder with room, or set {key}: none")
+            raise DataError(
+                f"{key}: no room for {size} in {path.parent}, nor in memory; free space there, "
+                f"set data.cache_dir to a folder with room, or set {key}: none"
+            )
 
     def finish(self, record: dict[str, Any]) -> torch.Tensor:
         """The filled array: the same tensor in RAM, or the renamed file mapped copy-on-write, with
@@ -128,8 +134,13 @@ class NpyWriter:
         if self._mapped is None:
             return self.tensor
         self._mapped.flush()
-        sidecar = {"format": SIDECAR_FORMAT, "shape": list(self._mapped.shape), "dtype": self._mapped.dtype.str,
-                   "sha1": _checksum(self._mapped), "record": record}
+        sidecar = {
+            "format": SIDECAR_FORMAT,
+            "shape": list(self._mapped.shape),
+            "dtype": self._mapped.dtype.str,
+            "sha1": _checksum(self._mapped),
+            "record": record,
+        }
         self._mapped = self.tensor = None
         # the record first: a cache file in place always has its record (a kill between the two
         # leaves a record alone, which the next run overwrites)
@@ -183,16 +194,23 @@ def open_cached(path: Path, shape: tuple[int, ...], dtype: Any) -> tuple[torch.T
         sidecar = json.loads(_sidecar(path).read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         raise StaleCache("its record (.json) is damaged") from None
-    if not (isinstance(sidecar, dict) and sidecar.get("format") == SIDECAR_FORMAT
-            and sidecar.get("shape") == list(shape) and sidecar.get("dtype") == dtype.str
-            and isinstance(sidecar.get("sha1"), str) and isinstance(sidecar.get("record"), dict)):
+    if not (
+        isinstance(sidecar, dict)
+        and sidecar.get("format") == SIDECAR_FORMAT
+        and sidecar.get("shape") == list(shape)
+        and sidecar.get("dtype") == dtype.str
+        and isinstance(sidecar.get("sha1"), str)
+        and isinstance(sidecar.get("record"), dict)
+    ):
         raise StaleCache("its record (.json) does not describe this cache")
     size = _regular_file(path, "data (.npy)")
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
             if read_header is None:
                 raise ValueError(f".npy version {version}")
             found_shape, fortran, found_dtype = read_header(f)
@@ -204,8 +222,11 @@ def open_cached(path: Path, shape: tuple[int, ...], dtype: Any) -> tuple[torch.T
     expected = offset + math.prod(shape) * dtype.itemsize
     if size != expected:
         raise StaleCache(f"it is {'truncated' if size < expected else 'too long'} ({size:,} of {expected:,} bytes)")
-    array = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(shape)) if math.prod(shape) \
+    array = (
+        np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(shape))
+        if math.prod(shape)
         else np.empty(shape, dtype=dtype)
+    )
     if _checksum(array) != sidecar["sha1"]:
         raise StaleCache("its contents changed since it was written (checksum)")
     return torch.from_numpy(array), sidecar["record"]
@@ -221,9 +242,15 @@ class CachedArray:
     reused: bool
 
 
-def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, key: str,
-                 fill: Callable[[torch.Tensor], dict[str, Any]],
-                 record_problem: Callable[[dict[str, Any]], str] = lambda record: "") -> CachedArray:
+def cached_array(
+    path: Path | None,
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    key: str,
+    fill: Callable[[torch.Tensor], dict[str, Any]],
+    record_problem: Callable[[dict[str, Any]], str] = lambda record: "",
+) -> CachedArray:
     """The one way a cache is reused or built (the decoded pixels, the frozen features).
 
     With a ``path``, a file there that passes :func:`open_cached` (and whose record
@@ -252,13 +279,16 @@ def cached_array(path: Optional[Path], shape: tuple[int, ...], dtype: Any, *, ke
     except BaseException as exc:  # Ctrl-C or a failure: no half-written cache file stays behind
         writer.discard()
         if isinstance(exc, OSError) and is_disk_full(exc):
-            raise DataError(f"{key}: the disk under {location} filled up while the cache was written; "
-                            f"free some space, or set {key}: ram") from None
+            raise DataError(
+                f"{key}: the disk under {location} filled up while the cache was written; "
+                f"free some space, or set {key}: ram"
+            ) from None
         raise
 
 
-def decode_all(samples: Samples, size: tuple[int, int], channels: int, *, kind: str,
-               cache_dir: Optional[Path], workers: int) -> DecodedImages:
+def decode_all(
+    samples: Samples, size: tuple[int, int], channels: int, *, kind: str, cache_dir: Path | None, workers: int
+) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
 
     start = time.perf_counter()
@@ -275,23 +305,37 @@ def decode_all(samples: Samples, size: tuple[int, int], channels: int, *, kind: 
         ok = isinstance(failed, list) and all(type(i) is int and 0 <= i < n for i in failed)
         return "" if ok else "lists unreadable images that this split does not have"
 
-    cached = cached_array(path, shape, np.uint8, key="data.cache",
-                          fill=lambda pixels: {"failed": _decode_into(pixels, samples, size, channels, workers)},
-                          record_problem=failed_problem)
+    cached = cached_array(
+        path,
+        shape,
+        np.uint8,
+        key="data.cache",
+        fill=lambda pixels: {"failed": _decode_into(pixels, samples, size, channels, workers)},
+        record_problem=failed_problem,
+    )
     failed = cached.record["failed"]
     if cached.reused:
         for i in failed:
             warn(f"skipped unreadable image {samples.describe(i)} (found when the cache was built)")
-    return DecodedImages(pixels=cached.tensor, failed=failed, location=cached.location,
-                         seconds=0.0 if cached.reused else time.perf_counter() - start)
+    return DecodedImages(
+        pixels=cached.tensor,
+        failed=failed,
+        location=cached.location,
+        seconds=0.0 if cached.reused else time.perf_counter() - start,
+    )
 
 
-def _decode_into(pixels: torch.Tensor, samples: Samples, size: tuple[int, int], channels: int,
-                 workers: int) -> list[int]:
+def _decode_into(
+    pixels: torch.Tensor, samples: Samples, size: tuple[int, int], channels: int, workers: int
+) -> list[int]:
     """Decode every image of ``samples`` into ``pixels`` [N, C, H, W]; the indices that failed."""
     loader = torch.utils.data.DataLoader(
-        _DecodeOne(samples, size, channels), batch_size=32, num_workers=workers,
-        collate_fn=_collate_decoded, multiprocessing_context="fork" if workers else None)
+        _DecodeOne(samples, size, channels),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=_collate_decoded,
+        multiprocessing_context="fork" if workers else None,
+    )
     failed: list[int] = []
     bar = console.bar(len(samples), f"caching {samples.name}", unit="img")
     try:

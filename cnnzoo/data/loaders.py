@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -32,9 +33,15 @@ class ImageDataset(torch.utils.data.Dataset):
     returns ``(images uint8 [B, C, H, W], labels int64 [B])``.
     """
 
-    def __init__(self, samples: Samples, size: tuple[int, int], channels: int,
-                 *, decoded: Optional[DecodedImages] = None,
-                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(
+        self,
+        samples: Samples,
+        size: tuple[int, int],
+        channels: int,
+        *,
+        decoded: DecodedImages | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.samples, self.size, self.channels = samples, size, channels
         self.pixels = decoded.pixels if decoded is not None else None
         self.augment = augment
@@ -93,8 +100,16 @@ class EpochBatches(torch.utils.data.Sampler):
     not, so that every image counts once.
     """
 
-    def __init__(self, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int,
-                 balanced: bool = False, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        balanced: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
         self.rank, self.world = shard
@@ -119,7 +134,7 @@ class EpochBatches(torch.utils.data.Sampler):
         if self.shuffle and n:
             padded = -(-n // self.world) * self.world
             order = (order * -(-padded // n))[:padded]
-        return order[self.rank::self.world]
+        return order[self.rank :: self.world]
 
     def _share(self) -> int:
         n = len(self.labels)
@@ -132,12 +147,15 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self._order()
         for b, start in enumerate(range(0, len(order), self.batch_size)):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
                 break  # a lone last image would break BatchNorm's batch statistics
             # each process draws its own augmentations; one process keeps its seeds of old
-            seed = mix_seed(self.seed, self.epoch, b, 2) if self.world == 1 else \
-                mix_seed(self.seed, self.epoch, b, 2, self.rank)
+            seed = (
+                mix_seed(self.seed, self.epoch, b, 2)
+                if self.world == 1
+                else mix_seed(self.seed, self.epoch, b, 2, self.rank)
+            )
             yield [(i, seed) for i in chunk]
 
     def __len__(self) -> int:
@@ -172,16 +190,29 @@ def choose_workers(setting: Any, *, cached: bool, augmented: bool, cuda: bool) -
     return max(1, min(4, cores - 1)) if cores > 1 else 0
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
-                balanced: bool = False, pin_memory: bool = False,
-                shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    balanced: bool = False,
+    pin_memory: bool = False,
+    shard: tuple[int, int] = (0, 1),
+) -> torch.utils.data.DataLoader:
     """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
     sampler = EpochBatches(dataset.labels, batch_size, shuffle=shuffle, seed=seed, balanced=balanced, shard=shard)
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=_passthrough, num_workers=workers,
-        pin_memory=pin_memory, persistent_workers=workers > 0,
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=_passthrough,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None)
+        multiprocessing_context="fork" if workers > 0 and sys.platform.startswith("linux") else None,
+    )
 
 
 @dataclass(kw_only=True)
@@ -208,21 +239,47 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
         decoded = None
         if cached:
             with distributed.main_first(shared=kind != "ram"):
-                decoded = decode_all(split, spec.image_size, spec.channels, kind=kind,
-                                     cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                                     workers=cpu_count())
+                decoded = decode_all(
+                    split,
+                    spec.image_size,
+                    spec.channels,
+                    kind=kind,
+                    cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                    workers=cpu_count(),
+                )
             console.log(f"cache {split.name}: {decoded.describe()}")
-        datasets.append(ImageDataset(split, spec.image_size, spec.channels, decoded=decoded,
-                                     augment=augment if split is spec.train else None))
+        datasets.append(
+            ImageDataset(
+                split, spec.image_size, spec.channels, decoded=decoded, augment=augment if split is spec.train else None
+            )
+        )
     train_set, val_set = datasets
     workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
-    train_loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, seed=cfg.seed, workers=workers,
-                               balanced=cfg.data.sampler == "balanced", pin_memory=cuda, shard=shard)
-    val_loader = make_loader(val_set, cfg.train.batch_size * 2, shuffle=False, seed=cfg.seed,
-                             workers=0 if cached else workers, balanced=False, pin_memory=cuda, shard=shard)
+    train_loader = make_loader(
+        train_set,
+        cfg.train.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        workers=workers,
+        balanced=cfg.data.sampler == "balanced",
+        pin_memory=cuda,
+        shard=shard,
+    )
+    val_loader = make_loader(
+        val_set,
+        cfg.train.batch_size * 2,
+        shuffle=False,
+        seed=cfg.seed,
+        workers=0 if cached else workers,
+        balanced=False,
+        pin_memory=cuda,
+        shard=shard,
+    )
     per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
-    console.log(f"data: {len(train_set)} training and {len(val_set)} validation images, "
-                f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
-                f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}")
+    console.log(
+        f"data: {len(train_set)} training and {len(val_set)} validation images, "
+        f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+        f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}"
+    )
     return Loaders(train_set=train_set, val_set=val_set, train=train_loader, val=val_loader)

@@ -8,8 +8,9 @@ Training (cache building and the uncached loader), evaluation and prediction all
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Sequence, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -20,7 +21,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray]
+ImageSource = str | Path | Image.Image | np.ndarray
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -41,8 +42,8 @@ def _wide_grey_to_l(img: Image.Image) -> Image.Image:
     out = np.empty(arr.shape, dtype=np.uint8)
     rows = max(1, _ROWS_PER_BLOCK_PIXELS // max(1, arr.shape[1]))
     for top in range(0, arr.shape[0], rows):
-        band = arr[top:top + rows].astype(np.float64)
-        out[top:top + rows] = np.clip(band * (255.0 / peak), 0, 255).astype(np.uint8)
+        band = arr[top : top + rows].astype(np.float64)
+        out[top : top + rows] = np.clip(band * (255.0 / peak), 0, 255).astype(np.uint8)
     return Image.fromarray(out, "L")
 
 
@@ -76,8 +77,11 @@ def decode_bytes(img: Image.Image) -> int:
     mode; WebP decodes through RGBA; the conversions to L or RGB add their copies. The factors
     are peaks measured on 8000x8000 PNG, TIFF and WebP files, rounded up."""
     width, height = img.size
-    if img.format == "WEBP" or img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            img.mode == "P" and "transparency" in img.info):
+    if (
+        img.format == "WEBP"
+        or img.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (img.mode == "P" and "transparency" in img.info)
+    ):
         per_pixel = 17  # stored, the RGBA copy, the white background, the composite, the result
     elif img.mode == "I":
         per_pixel = 13  # stored, the array, the L band result and its RGB copy
@@ -139,6 +143,8 @@ def resolve_normalization(normalize: object, channels: int) -> tuple[list[float]
     if len(std) == 1:
         std = std * channels
     if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"data.normalize: mean and std need {channels} values (one per channel) "
-                          f"or one value, got {len(mean)} and {len(std)}")
+        raise ConfigError(
+            f"data.normalize: mean and std need {channels} values (one per channel) "
+            f"or one value, got {len(mean)} and {len(std)}"
+        )
     return [float(m) for m in mean], [float(s) for s in std]

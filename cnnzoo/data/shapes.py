@@ -30,8 +30,10 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         corners = [(angle + math.pi / 4 + k * math.pi / 2) for k in range(4)]
         return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
     if kind == "triangle":
-        return [(cx + r * math.cos(angle + k * 2 * math.pi / 3),
-                 cy + r * math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
+        return [
+            (cx + r * math.cos(angle + k * 2 * math.pi / 3), cy + r * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
     if kind == "star":
         points = []
         for k in range(10):
@@ -41,8 +43,20 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         return points
     if kind == "cross":
         w = r * 0.35
-        arm = [(-r, -w), (-w, -w), (-w, -r), (w, -r), (w, -w), (r, -w),
-               (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w)]
+        arm = [
+            (-r, -w),
+            (-w, -w),
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+        ]
         c, s = math.cos(angle), math.sin(angle)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in arm]
     raise ValueError(kind)

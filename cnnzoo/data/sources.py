@@ -13,7 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +38,10 @@ class Samples:
 
     name: str
     labels: list[int]
-    paths: Optional[list[str]] = None
-    array: Optional[np.ndarray] = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
+    paths: list[str] | None = None
+    array: np.ndarray | None = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
     origin: str = ""  # names an array source in messages and cache keys
-    _fingerprint: Optional[tuple[Any, str]] = field(default=None, repr=False, compare=False)
+    _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,10 +53,14 @@ class Samples:
         source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
         return preprocess.load_image(source, size, channels)
 
-    def subset(self, keep: list[int]) -> "Samples":
-        return Samples(name=self.name, labels=[self.labels[i] for i in keep],
-                       paths=[self.paths[i] for i in keep] if self.paths is not None else None,
-                       array=self.array[keep] if self.array is not None else None, origin=self.origin)
+    def subset(self, keep: list[int]) -> Samples:
+        return Samples(
+            name=self.name,
+            labels=[self.labels[i] for i in keep],
+            paths=[self.paths[i] for i in keep] if self.paths is not None else None,
+            array=self.array[keep] if self.array is not None else None,
+            origin=self.origin,
+        )
 
     def fingerprint(self) -> str:
         """Changes when any image's path, label or content changes: the bytes are hashed, since a
@@ -91,19 +95,25 @@ class DataSpec:
     classes: list[str]
     train: Samples
     val: Samples
-    test: Optional[Samples]
+    test: Samples | None
     channels: int
     image_size: tuple[int, int]  # (H, W)
     mean: list[float]
     std: list[float]
-    root: Optional[str] = None
+    root: str | None = None
     skipped_files: int = 0
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
-        return {"classes": list(self.classes), "channels": self.channels,
-                "image_size": list(self.image_size), "mean": list(self.mean),
-                "std": list(self.std), "resize": "bilinear", "data_root": self.root}
+        return {
+            "classes": list(self.classes),
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": "bilinear",
+            "data_root": self.root,
+        }
 
 
 def class_dirs(folder: Path) -> list[Path]:
@@ -131,15 +141,25 @@ def check_layout(root: Path) -> None:
     nested = sorted(real.values())
     if nested:
         where = nested[0] if len(nested) == 1 else None
-        raise DataError(f"{root}: no train/ or class folders of images here, but "
-                        + (f"{where} holds train/ and validation/; did you mean --data {where} (data.root: {where})?"
-                           if where else f"these hold train/ and validation/: {', '.join(map(str, nested))}; "
-                                         f"point --data (data.root) at one of them"))
-    if len(dirs) == 1 and len(inner := class_dirs(dirs[0])) >= 2 and not any(
-            preprocess.is_image_file(p.name) for p in dirs[0].iterdir()):
-        raise DataError(f"{root}: only one class folder ({dirs[0].name}), which holds class folders itself "
-                        f"({', '.join(d.name for d in inner[:5])}{', ...' if len(inner) > 5 else ''}); "
-                        f"did you mean --data {dirs[0]} (data.root: {dirs[0]})?")
+        raise DataError(
+            f"{root}: no train/ or class folders of images here, but "
+            + (
+                f"{where} holds train/ and validation/; did you mean --data {where} (data.root: {where})?"
+                if where
+                else f"these hold train/ and validation/: {', '.join(map(str, nested))}; "
+                f"point --data (data.root) at one of them"
+            )
+        )
+    if (
+        len(dirs) == 1
+        and len(inner := class_dirs(dirs[0])) >= 2
+        and not any(preprocess.is_image_file(p.name) for p in dirs[0].iterdir())
+    ):
+        raise DataError(
+            f"{root}: only one class folder ({dirs[0].name}), which holds class folders itself "
+            f"({', '.join(d.name for d in inner[:5])}{', ...' if len(inner) > 5 else ''}); "
+            f"did you mean --data {dirs[0]} (data.root: {dirs[0]})?"
+        )
 
 
 def _split_hint(root: Path) -> str:
@@ -181,8 +201,9 @@ def _images_under(folder: Path, seen: set[str], fences: set[str]) -> tuple[list[
     return images, others
 
 
-def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
-                *, seen: Optional[set[str]] = None) -> tuple[Samples, list[str], int]:
+def scan_folder(
+    folder: Path, split: str, classes: list[str] | None = None, *, seen: set[str] | None = None
+) -> tuple[Samples, list[str], int]:
     """Read one ImageFolder split; ``classes`` (from training) fixes label order for the others.
 
     ``seen`` carries the files already read by other splits (see :func:`_images_under`).
@@ -190,19 +211,25 @@ def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
     seen = set() if seen is None else seen
     dirs = class_dirs(folder)
     if not dirs:
-        raise DataError(f"{folder}: no class folders; put each class's images in a folder "
-                        f"named after the class (e.g. {folder}/cat/001.jpg)")
+        raise DataError(
+            f"{folder}: no class folders; put each class's images in a folder "
+            f"named after the class (e.g. {folder}/cat/001.jpg)"
+        )
     names = [d.name for d in dirs]
     if classes is not None:
         extra = [n for n in names if n not in classes]
         if extra:
-            raise DataError(f"{folder}: class folder{'s' if len(extra) > 1 else ''} "
-                            f"{', '.join(extra)} not in the training classes ({', '.join(classes)}); "
-                            f"rename or remove {'them' if len(extra) > 1 else 'it'}")
+            raise DataError(
+                f"{folder}: class folder{'s' if len(extra) > 1 else ''} "
+                f"{', '.join(extra)} not in the training classes ({', '.join(classes)}); "
+                f"rename or remove {'them' if len(extra) > 1 else 'it'}"
+            )
     else:
         if len(names) < 2:
-            raise DataError(f"{folder}: only one class folder ({names[0]}); a classifier needs at least "
-                            f"two classes, one folder each")
+            raise DataError(
+                f"{folder}: only one class folder ({names[0]}); a classifier needs at least "
+                f"two classes, one folder each"
+            )
         classes = names
     paths: list[str] = []
     labels: list[int] = []
@@ -212,8 +239,10 @@ def scan_folder(folder: Path, split: str, classes: Optional[list[str]] = None,
         images, others = _images_under(d, seen, fences)
         skipped += others
         if not images:
-            raise DataError(f"{d}: empty class folder (no images: {', '.join(preprocess.IMAGE_EXTENSIONS)}, "
-                            f"any case); add images or remove it")
+            raise DataError(
+                f"{d}: empty class folder (no images: {', '.join(preprocess.IMAGE_EXTENSIONS)}, "
+                f"any case); add images or remove it"
+            )
         paths.extend(images)
         labels.extend([classes.index(d.name)] * len(images))
     return Samples(name=split, labels=labels, paths=paths), classes, skipped
@@ -236,15 +265,17 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return train, val
 
 
-def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Optional[Samples], int]:
+def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None, int]:
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
     train_dir = root / "train"
     if train_dir.is_dir():
         val_dir = next((root / n for n in SPLIT_FOLDERS["validation"] if (root / n).is_dir()), None)
         if val_dir is None:
-            raise DataError(f"{root}: has train/ but no validation/ (or val/) split; add one, or set "
-                            f"data.root to {train_dir} to hold out data.val_fraction of it")
+            raise DataError(
+                f"{root}: has train/ but no validation/ (or val/) split; add one, or set "
+                f"data.root to {train_dir} to hold out data.val_fraction of it"
+            )
         seen: set[str] = set()
         train, classes, skipped = scan_folder(train_dir, "train", seen=seen)
         val, _, skipped_val = scan_folder(val_dir, "validation", classes, seen=seen)
@@ -256,8 +287,10 @@ def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples
     check_layout(root)
     everything, classes, skipped = scan_folder(root, "all")
     train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
-    console.log(f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
-        f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction){_split_hint(root)}")
+    console.log(
+        f"data: {root} has no train/ and validation/ folders; held out {cfg.data.val_fraction:g} of each "
+        f"class for validation ({len(val)} of {len(everything)} images, data.val_fraction){_split_hint(root)}"
+    )
     return classes, train, val, None, skipped
 
 
@@ -289,7 +322,7 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
     return list(train.classes), samples[0], samples[1], str(root)
 
 
-def backbone_preprocessing(cfg: Config) -> Optional["backbones.Preprocessing"]:
+def backbone_preprocessing(cfg: Config) -> backbones.Preprocessing | None:
     """What a ``backbone`` layer's weights expect, when the network has one."""
 
     entry = backbones.backbone_entry(cfg.model.layers)
@@ -321,11 +354,15 @@ def resolve_input(cfg: Config, pretrained: Any = _LOOK_UP) -> tuple[int, tuple[i
     elif native:
         size = (native[1], native[1])
     else:
-        raise ConfigError("data.image_size: not set; give the size images are resized to, "
-                          "e.g. data.image_size: 128 (or model.input: [3, 128, 128])")
+        raise ConfigError(
+            "data.image_size: not set; give the size images are resized to, "
+            "e.g. data.image_size: 128 (or model.input: [3, 128, 128])"
+        )
     if m.input and list(m.input) != [channels, size[0], size[1]]:
-        raise ConfigError(f"model.input: {m.input} disagrees with data (channels {channels}, "
-                          f"image_size {list(size)}); set one of them, or make them match")
+        raise ConfigError(
+            f"model.input: {m.input} disagrees with data (channels {channels}, "
+            f"image_size {list(size)}); set one of them, or make them match"
+        )
     return channels, (int(size[0]), int(size[1]))
 
 
@@ -340,8 +377,7 @@ def class_names(cfg: Config) -> list[str]:
     if d.source == "cifar10":
         return list(CIFAR10_CLASSES)
     if not d.root:
-        raise ConfigError("data.root: not set; point it at a folder of class folders "
-                          "(or set model.num_classes)")
+        raise ConfigError("data.root: not set; point it at a folder of class folders (or set model.num_classes)")
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
@@ -360,8 +396,9 @@ def load_data(cfg: Config) -> DataSpec:
             root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
             shapes.ensure_shapes(root)
         elif not d.root:
-            raise ConfigError("data.root: not set; point it at your image folder "
-                              "(class folders, or train/ and validation/ splits)")
+            raise ConfigError(
+                "data.root: not set; point it at your image folder (class folders, or train/ and validation/ splits)"
+            )
         else:
             root = Path(d.root)
         classes, train, val, test, skipped = _folder_splits(root, cfg)
@@ -369,8 +406,10 @@ def load_data(cfg: Config) -> DataSpec:
     else:
         classes, train, val, root_text = _torchvision_splits(cfg)
     if skipped:
-        warn(f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
-             f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) under {root_text}")
+        warn(
+            f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
+            f"({', '.join(preprocess.IMAGE_EXTENSIONS)}) under {root_text}"
+        )
     if len(val) == 0:
         raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
     # looked up once: a backbone's weights size the input (when nothing else does) and normalise it (auto)
@@ -379,12 +418,23 @@ def load_data(cfg: Config) -> DataSpec:
     channels, size = resolve_input(cfg, pretrained)
     if pretrained is not None and d.normalize == "auto" and channels == 3:
         mean, std = pretrained.mean, pretrained.std
-        console.log(f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, "
-            f"{size[0]}x{size[1]}")
+        console.log(
+            f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, {size[0]}x{size[1]}"
+        )
     else:
         mean, std = preprocess.resolve_normalization(d.normalize, channels)
-    return DataSpec(classes=classes, train=train, val=val, test=test, channels=channels, image_size=size, mean=mean,
-                    std=std, root=root_text, skipped_files=skipped)
+    return DataSpec(
+        classes=classes,
+        train=train,
+        val=val,
+        test=test,
+        channels=channels,
+        image_size=size,
+        mean=mean,
+        std=std,
+        root=root_text,
+        skipped_files=skipped,
+    )
 
 
 def _short(values: list[float]) -> str:

@@ -23,7 +23,6 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -91,12 +90,21 @@ def _write_onnx(model: Model, example: torch.Tensor, path: Path, opset: int) -> 
     with warnings.catch_warnings():  # the exporter's notes on tracing and deprecations are not the user's
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model.module, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model.module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
         except Exception as exc:
-            raise UserError(f"{model.path}: cannot export to ONNX opset {opset} ({short_reason(exc, 200)}); "
-                            f"try --opset 18, or --format torchscript") from None
+            raise UserError(
+                f"{model.path}: cannot export to ONNX opset {opset} ({short_reason(exc, 200)}); "
+                f"try --opset 18, or --format torchscript"
+            ) from None
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata(model), default=str)
@@ -116,9 +124,16 @@ def default_path(checkpoint: Path, fmt: str) -> Path:
     return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 
-def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: Optional[str | Path] = None,
-           opset: int = DEFAULT_OPSET, tolerance: float = PARITY_TOLERANCE,
-           runs_root: str | Path = "runs", force: bool = False) -> Exported:
+def export(
+    checkpoint: str | Path | None = None,
+    fmt: str = "onnx",
+    *,
+    out: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = PARITY_TOLERANCE,
+    runs_root: str | Path = "runs",
+    force: bool = False,
+) -> Exported:
     """Write ``checkpoint`` (default: the newest run's best.pt) as ``fmt`` and check it against the
     checkpoint. ``out`` never replaces the checkpoint; an existing file there that is not an
     export of the same format is replaced only with ``force``."""
@@ -155,8 +170,9 @@ def export(checkpoint: Optional[str | Path] = None, fmt: str = "onnx", *, out: O
     finally:
         replacement.discard()
     not_finite = _not_finite(model, images) if math.isnan(worst) else ""
-    return Exported(path=path, format=fmt, max_difference=worst, tolerance=tolerance, images=len(images),
-                    not_finite=not_finite)
+    return Exported(
+        path=path, format=fmt, max_difference=worst, tolerance=tolerance, images=len(images), not_finite=not_finite
+    )
 
 
 def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
@@ -165,11 +181,15 @@ def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
     if not (path.exists() or path.is_symlink()):
         return
     if path.exists() and os.path.samefile(path, source):
-        raise UserError(f"--out {path}: that is the checkpoint being exported; writing there would replace "
-                        f"it; choose another --out (default: {default_path(source, fmt).name} beside it)")
+        raise UserError(
+            f"--out {path}: that is the checkpoint being exported; writing there would replace "
+            f"it; choose another --out (default: {default_path(source, fmt).name} beside it)"
+        )
     if not force and not is_export(path, fmt):
-        raise UserError(f"--out {path}: a file that is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} "
-                        f"export is there already and would be replaced; choose another --out, or add --force")
+        raise UserError(
+            f"--out {path}: a file that is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} "
+            f"export is there already and would be replaced; choose another --out, or add --force"
+        )
 
 
 def is_export(path: Path, fmt: str) -> bool:

@@ -28,9 +28,10 @@ import re
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -104,8 +105,14 @@ class MemoryBudget:
 class Service:
     """The model and the limits behind the routes."""
 
-    def __init__(self, model: Classifier, *, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5,
-                 decode_memory: int = DECODE_MEMORY):
+    def __init__(
+        self,
+        model: Classifier,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        top_k: int = 5,
+        decode_memory: int = DECODE_MEMORY,
+    ):
         self.model, self.max_bytes, self.top_k = model, max_bytes, top_k
         self.budget = MemoryBudget(decode_memory)
         self._forward = threading.Lock()
@@ -119,8 +126,11 @@ class Service:
         try:
             img = preprocess.open_image(io.BytesIO(data), self.model.image_size, self.model.channels)  # header
         except Image.DecompressionBombError:  # PIL refuses to open it at all: its header says that many
-            raise BadUpload(413, f"{name}: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
-                                 f"bomb?); the limit is {MAX_PIXELS:,} pixels") from None
+            raise BadUpload(
+                413,
+                f"{name}: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                f"bomb?); the limit is {MAX_PIXELS:,} pixels",
+            ) from None
         except Exception as exc:  # PIL raises many types for what is not an image
             raise BadUpload(415, f"{name}: not an image cnnzoo can read ({type(exc).__name__})") from None
         need = 0
@@ -132,8 +142,9 @@ class Service:
                 finally:
                     img.close()  # its pixels go before its share of the budget does
         except MemoryError:
-            raise BadUpload(503, f"{name}: the server has not enough memory to decode it now; "
-                                 f"try again later") from None
+            raise BadUpload(
+                503, f"{name}: the server has not enough memory to decode it now; try again later"
+            ) from None
         except BadUpload:
             raise
         except Exception as exc:
@@ -150,9 +161,12 @@ class Service:
             raise BadUpload(413, f"{name}: {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels")
         need = preprocess.decode_bytes(img)
         if need > self.budget.total:
-            raise BadUpload(413, f"{name}: {width}x{height} pixels of mode {img.mode} take about "
-                                 f"{need / 2**20:,.0f} MiB to decode; the limit is "
-                                 f"{self.budget.total / 2**20:,.0f} MiB; send it smaller")
+            raise BadUpload(
+                413,
+                f"{name}: {width}x{height} pixels of mode {img.mode} take about "
+                f"{need / 2**20:,.0f} MiB to decode; the limit is "
+                f"{self.budget.total / 2**20:,.0f} MiB; send it smaller",
+            )
         return need
 
     def predict(self, names: list[str], arrays: list, top_k: int) -> list[dict[str, Any]]:
@@ -172,8 +186,11 @@ def _top_k(raw: str) -> int:
 
 
 def _too_large(name: str, service: Service) -> BadUpload:
-    return BadUpload(413, f"{name}: more bytes than the limit; the limit is {service.max_bytes:,} per request "
-                          f"(serve --max-bytes), several files together")
+    return BadUpload(
+        413,
+        f"{name}: more bytes than the limit; the limit is {service.max_bytes:,} per request "
+        f"(serve --max-bytes), several files together",
+    )
 
 
 async def _uploads(request, service: Service) -> list[tuple[str, bytes]]:
@@ -181,8 +198,9 @@ async def _uploads(request, service: Service) -> list[tuple[str, bytes]]:
     Bytes are counted as they arrive and the reading stops at the limit, whatever the headers say."""
     length = request.headers.get("content-length", "")
     if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > service.max_bytes + FORM_OVERHEAD:
-        raise BadUpload(413, f"request of {int(length):,} bytes; the limit is {service.max_bytes:,} "
-                             f"(serve --max-bytes)")
+        raise BadUpload(
+            413, f"request of {int(length):,} bytes; the limit is {service.max_bytes:,} (serve --max-bytes)"
+        )
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _multipart_files(request, service)
     name, body = request.query_params.get("name", "upload")[:200], bytearray()
@@ -223,10 +241,15 @@ class _Form:
                 self.disposition = self._value
             self._header, self._value = b"", b""
 
-        return {"on_part_begin": self._start_part, "on_header_field": header_field,
-                "on_header_value": header_value, "on_header_end": header_end,
-                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end}
+        return {
+            "on_part_begin": self._start_part,
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
 
     def _headers_finished(self) -> None:
         from python_multipart.multipart import parse_options_header  # lazy: the serve extra
@@ -248,8 +271,11 @@ class _Form:
             if self.file_bytes > self.service.max_bytes:
                 raise _too_large(self.current, self.service)
         if self.filename is None and len(self.data) > MAX_FIELD_BYTES:
-            raise BadUpload(413, f"a form field of more than {MAX_FIELD_BYTES:,} bytes; send the image as a "
-                                 f"file field (e.g. -F file=@photo.jpg)")
+            raise BadUpload(
+                413,
+                f"a form field of more than {MAX_FIELD_BYTES:,} bytes; send the image as a "
+                f"file field (e.g. -F file=@photo.jpg)",
+            )
 
     def _part_end(self) -> None:
         if self.filename is not None:
@@ -300,8 +326,10 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
         try:
             k = _top_k(request.query_params.get("top_k", str(service.top_k)))
             uploads = await _uploads(request, service)
-            arrays = [await anyio.to_thread.run_sync(service.decode, name, data, limiter=service.decode_threads)
-                      for name, data in uploads]
+            arrays = [
+                await anyio.to_thread.run_sync(service.decode, name, data, limiter=service.decode_threads)
+                for name, data in uploads
+            ]
             records = await run_in_threadpool(service.predict, [name for name, _ in uploads], arrays, k)
         except BadUpload as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -311,9 +339,17 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
         return JSONResponse({"status": "ok"})
 
     async def info(request):
-        return JSONResponse({**model.info(), "cnnzoo_version": __version__, "max_bytes": service.max_bytes,
-                             "max_files": MAX_FILES, "max_pixels": MAX_PIXELS,
-                             "decode_memory": service.budget.total, "top_k": service.top_k})
+        return JSONResponse(
+            {
+                **model.info(),
+                "cnnzoo_version": __version__,
+                "max_bytes": service.max_bytes,
+                "max_files": MAX_FILES,
+                "max_pixels": MAX_PIXELS,
+                "decode_memory": service.budget.total,
+                "top_k": service.top_k,
+            }
+        )
 
     async def page(request):
         return HTMLResponse(PAGE)
@@ -321,16 +357,25 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
     async def http_error(request, exc):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
-    return Starlette(routes=[Route("/", page), Route("/health", health), Route("/info", info),
-                             Route("/predict", predict, methods=["POST"])],
-                     exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/health", health),
+            Route("/info", info),
+            Route("/predict", predict, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
 
 
 def app_from_env():
     """The application for uvicorn's worker processes (``--workers N``), from CNNZOO_SERVE_* variables."""
 
-    model = load(os.environ["CNNZOO_SERVE_MODEL"], os.environ.get("CNNZOO_SERVE_DEVICE") or None,
-                 trust_torchscript=os.environ.get("CNNZOO_SERVE_TRUST_TORCHSCRIPT") == "1")
+    model = load(
+        os.environ["CNNZOO_SERVE_MODEL"],
+        os.environ.get("CNNZOO_SERVE_DEVICE") or None,
+        trust_torchscript=os.environ.get("CNNZOO_SERVE_TRUST_TORCHSCRIPT") == "1",
+    )
     return create_app(model, int(os.environ["CNNZOO_SERVE_MAX_BYTES"]), int(os.environ["CNNZOO_SERVE_TOP_K"]))
 
 
@@ -341,34 +386,53 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-                            f"choose another --port") from None
+            raise UserError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose another --port"
+            ) from None
 
 
-def serve(model_path: Optional[str | Path], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5, device: Optional[str] = None,
-          runs_root: str | Path = "runs", trust_torchscript: bool = False) -> None:
+def serve(
+    model_path: str | Path | None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    top_k: int = 5,
+    device: str | None = None,
+    runs_root: str | Path = "runs",
+    trust_torchscript: bool = False,
+) -> None:
     """Serve until Ctrl-C. The model is loaded before the port opens, so a bad file is one error line.
     A TorchScript file is refused unopened unless ``trust_torchscript`` (its code runs when loaded)."""
     try:
         import uvicorn  # lazy: the serve extra, checked here first
     except ImportError:
-        raise UserError("cnnzoo serve needs starlette, uvicorn and python-multipart; "
-                        "pip install 'cnnzoo[serve]'") from None
+        raise UserError(
+            "cnnzoo serve needs starlette, uvicorn and python-multipart; pip install 'cnnzoo[serve]'"
+        ) from None
 
     path = runs.resolve_checkpoint(model_path, runs_root)
     model = load(path, device, trust_torchscript=trust_torchscript)
     _check_port(host, port)
-    print(f"cnnzoo serve: {path} ({model.format}, {len(model.classes)} classes) at http://{host}:{port}/ "
-          f"(POST /predict, GET /info, GET /health); Ctrl-C stops", flush=True)
+    print(
+        f"cnnzoo serve: {path} ({model.format}, {len(model.classes)} classes) at http://{host}:{port}/ "
+        f"(POST /predict, GET /info, GET /health); Ctrl-C stops",
+        flush=True,
+    )
     if workers == 1:
         uvicorn.run(create_app(model, max_bytes, top_k), host=host, port=port, log_level="warning")
         return
-    os.environ.update(CNNZOO_SERVE_MODEL=str(path.resolve()), CNNZOO_SERVE_DEVICE=device or "",
-                      CNNZOO_SERVE_MAX_BYTES=str(max_bytes), CNNZOO_SERVE_TOP_K=str(top_k),
-                      CNNZOO_SERVE_TRUST_TORCHSCRIPT="1" if trust_torchscript else "0")
-    uvicorn.run("cnnzoo.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+    os.environ.update(
+        CNNZOO_SERVE_MODEL=str(path.resolve()),
+        CNNZOO_SERVE_DEVICE=device or "",
+        CNNZOO_SERVE_MAX_BYTES=str(max_bytes),
+        CNNZOO_SERVE_TOP_K=str(top_k),
+        CNNZOO_SERVE_TRUST_TORCHSCRIPT="1" if trust_torchscript else "0",
+    )
+    uvicorn.run(
+        "cnnzoo.deploy.serve:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
 
 
 PAGE = """<!doctype html>

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -28,7 +28,7 @@ from . import metrics
 from .metrics import predict_loader
 
 
-def _split_from_folder(folder: Path, split: Optional[str], classes: list[str]) -> sources.Samples:
+def _split_from_folder(folder: Path, split: str | None, classes: list[str]) -> sources.Samples:
     """``folder`` is a data root with split folders, or itself a folder of class folders."""
     if not folder.is_dir():
         raise DataError(f"--data: folder not found: {folder}")
@@ -74,27 +74,43 @@ def _table(matrix: list[list[int]], classes: list[str]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     classes = report["classes"]
     width = max(12, max(len(c) for c in classes))
-    out = [f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
-           f"{report['num_images']} images from {report['data']}",
-           f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
-           f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%", "",
-           f"{'class':<{width}}  precision  recall      f1  support"]
+    out = [
+        f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
+        f"{report['num_images']} images from {report['data']}",
+        f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
+        f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%",
+        "",
+        f"{'class':<{width}}  precision  recall      f1  support",
+    ]
     for name in classes:
         s = report["per_class"][name]
         out.append(f"{name:<{width}}  {s['precision']:9.3f}  {s['recall']:6.3f}  {s['f1']:6.3f}  {s['support']:7d}")
     for avg in ("macro", "weighted"):
         s = report["averages"][avg]
-        out.append(f"{avg + ' avg':<{width}}  {s['precision']:9.3f}  {s['recall']:6.3f}  {s['f1']:6.3f}  "
-                   f"{report['num_images']:7d}")
-    out += ["", "confusion matrix (rows: true class, columns: predicted class)",
-            _table(report["confusion_matrix"], classes)]
+        out.append(
+            f"{avg + ' avg':<{width}}  {s['precision']:9.3f}  {s['recall']:6.3f}  {s['f1']:6.3f}  "
+            f"{report['num_images']:7d}"
+        )
+    out += [
+        "",
+        "confusion matrix (rows: true class, columns: predicted class)",
+        _table(report["confusion_matrix"], classes),
+    ]
     return "\n".join(out)
 
 
-def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path] = None,
-             *, split: Optional[str] = None, top_k: int = 5, batch_size: Optional[int] = None,
-             out: Optional[str | Path] = None, device: Optional[str] = None,
-             runs_root: str | Path = "runs", progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path | None = None,
+    data: str | Path | None = None,
+    *,
+    split: str | None = None,
+    top_k: int = 5,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    runs_root: str | Path = "runs",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
     path = runs.resolve_checkpoint(checkpoint, runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
@@ -107,14 +123,20 @@ def evaluate(checkpoint: Optional[str | Path] = None, data: Optional[str | Path]
     logits, labels = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
-    report = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "data": where, "split": samples.name,
-              **_scores(logits, labels, model.classes, top_k)}
+    report = {
+        "checkpoint": str(path),
+        "epoch": ckpt.get("epoch"),
+        "data": where,
+        "split": samples.name,
+        **_scores(logits, labels, model.classes, top_k),
+    }
     report["outputs"] = _write_report(report, Path(out) if out else path.parent)
     return report
 
 
-def _samples_for(cfg: Config, classes: list[str], *, data: Optional[str | Path],
-                 split: Optional[str]) -> tuple[sources.Samples, str]:
+def _samples_for(
+    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
+) -> tuple[sources.Samples, str]:
     """The images to score and where they come from: ``data``'s, or the split training built."""
     if data is not None:
         return _split_from_folder(Path(data), split, classes), str(Path(data))
@@ -122,16 +144,18 @@ def _samples_for(cfg: Config, classes: list[str], *, data: Optional[str | Path],
         with console.scoped(True):  # the data's own lines are training's, not this report's
             spec = sources.load_data(cfg)
     except DataError as exc:
-        raise DataError(f"{exc} (the data this checkpoint was trained on); "
-                        f"pass --data DIR to evaluate on another folder") from None
+        raise DataError(
+            f"{exc} (the data this checkpoint was trained on); pass --data DIR to evaluate on another folder"
+        ) from None
     if split == "test" and spec.test is None:
         raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
     samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
     return samples, spec.root or cfg.data.source
 
 
-def _logits(model: Model, samples: sources.Samples, *, batch_size: int,
-            progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(
+    model: Model, samples: sources.Samples, *, batch_size: int, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits and the labels of every readable image, run as training validated."""
     cuda = model.device.type == "cuda"
     dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
@@ -147,10 +171,17 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_
     matrix = metrics.confusion_matrix(labels.tolist(), predicted.tolist(), len(classes))
     scores = metrics.per_class_scores(matrix, classes)
     n, k = len(labels), min(top_k, len(classes))
-    return {"classes": classes, "num_images": n, "loss": metrics.plain_loss_sum(logits, labels).item() / n,
-            "accuracy": (predicted == labels).sum().item() / n, "top_k": k,
-            "top_k_accuracy": metrics.top_k_correct(metrics.probabilities(logits), labels, k) / n,
-            "per_class": scores["per_class"], "averages": scores["averages"], "confusion_matrix": matrix}
+    return {
+        "classes": classes,
+        "num_images": n,
+        "loss": metrics.plain_loss_sum(logits, labels).item() / n,
+        "accuracy": (predicted == labels).sum().item() / n,
+        "top_k": k,
+        "top_k_accuracy": metrics.top_k_correct(metrics.probabilities(logits), labels, k) / n,
+        "per_class": scores["per_class"],
+        "averages": scores["averages"],
+        "confusion_matrix": matrix,
+    }
 
 
 def _write_report(report: dict[str, Any], out_dir: Path) -> list[str]:
@@ -158,10 +189,14 @@ def _write_report(report: dict[str, Any], out_dir: Path) -> list[str]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-        plot_confusion(report["confusion_matrix"], report["classes"], out_dir / "confusion_matrix.png",
-                       title=f"{report['split']}: accuracy {100 * report['accuracy']:.1f}% "
-                             f"({report['num_images']} images)")
+        plot_confusion(
+            report["confusion_matrix"],
+            report["classes"],
+            out_dir / "confusion_matrix.png",
+            title=f"{report['split']}: accuracy {100 * report['accuracy']:.1f}% ({report['num_images']} images)",
+        )
     except OSError as exc:
-        raise UserError(f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); "
-                        f"choose another folder with --out") from None
+        raise UserError(
+            f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); choose another folder with --out"
+        ) from None
     return [str(out_dir / "eval.json"), str(out_dir / "confusion_matrix.png")]

@@ -8,7 +8,8 @@ integer label lists so that ``evaluate``, training's validation and tests share 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -33,13 +34,13 @@ def plain_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Unweighted, unsmoothed loss summed over the batch: the validation/evaluation loss."""
     logits = logits.float()
     if logits.shape[1] == 1:
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits[:, 0], labels.float(), reduction="sum")
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="sum")
     return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
 
-def confusion_counts(labels: Sequence[int] | torch.Tensor, predicted: Sequence[int] | torch.Tensor,
-                     num_classes: int) -> torch.Tensor:
+def confusion_counts(
+    labels: Sequence[int] | torch.Tensor, predicted: Sequence[int] | torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """int64 [num_classes, num_classes]: counts[true][predicted]."""
     if not len(labels):
         return torch.zeros((num_classes, num_classes), dtype=torch.int64)

@@ -10,7 +10,6 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import Optional
 
 from .. import checkpoint as ckpt_io
 from .. import runs
@@ -25,8 +24,10 @@ from .report import LayerView, Picture, Report, build_report
 def _img(p: Picture) -> str:
     data = base64.b64encode(p.png).decode()
     caption = f"<figcaption>{html.escape(p.caption)}</figcaption>" if p.caption else ""
-    return (f'<figure class="{p.size}"><img src="data:image/png;base64,{data}" alt="{html.escape(p.name)}">'
-            f'{caption}</figure>')
+    return (
+        f'<figure class="{p.size}"><img src="data:image/png;base64,{data}" alt="{html.escape(p.name)}">'
+        f"{caption}</figure>"
+    )
 
 
 def _layer_section(index: int, view: LayerView) -> str:
@@ -35,11 +36,13 @@ def _layer_section(index: int, view: LayerView) -> str:
     arithmetic = size_arithmetic(info.type, info.kwargs, info.input_shape)
     rule = f'<p class="rule">{html.escape(arithmetic)}</p>' if arithmetic else ""
     shape = shape_text(info.output_shape)
-    return (f'<section class="layer" id="layer-{index}"><h3>{index}. {html.escape(info.type)}</h3>'
-            f'<p class="args">{html.escape(args) or "&nbsp;"}</p>'
-            f'<p class="shape">{html.escape(shape_text(info.input_shape))} → {shape}; '
-            f'{info.params:,} parameters</p>{rule}<p class="note">{html.escape(view.note)}</p>'
-            f'<div class="grid">{"".join(_img(p) for p in view.pictures)}</div></section>')
+    return (
+        f'<section class="layer" id="layer-{index}"><h3>{index}. {html.escape(info.type)}</h3>'
+        f'<p class="args">{html.escape(args) or "&nbsp;"}</p>'
+        f'<p class="shape">{html.escape(shape_text(info.input_shape))} → {shape}; '
+        f'{info.params:,} parameters</p>{rule}<p class="note">{html.escape(view.note)}</p>'
+        f'<div class="grid">{"".join(_img(p) for p in view.pictures)}</div></section>'
+    )
 
 
 GROUP_STARTS = ("Conv2d", "Backbone", "Residual", "Branches")
@@ -58,39 +61,64 @@ def _groups(views: list[LayerView]) -> list[list[int]]:
     return groups
 
 
+_STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 1rem; margin: 0 0 .3rem; }
+.stage { display: flex; gap: 1rem; align-items: flex-start; overflow-x: auto; border-top: 1px solid #ddd;
+          padding: .8rem 0; }
+.layer { min-width: 14rem; max-width: 30rem; }
+.args, .shape, .rule, .note { margin: .1rem 0; font-size: .85rem; color: #555; }
+.rule { font-family: ui-monospace, monospace; color: #1a5; }
+.grid { display: flex; flex-wrap: wrap; gap: .3rem; margin-top: .4rem; }
+figure { margin: 0; } figcaption { font-size: .7rem; color: #777; max-width: 8rem; }
+img { image-rendering: pixelated; width: 5rem; cursor: zoom-in; border-radius: .2rem; }
+.strip img { width: auto; max-width: 100%; } .large img { width: 11rem; } .large figcaption { max-width: 11rem; }
+img.big, .large img.big { width: 32rem; max-width: 32rem; cursor: zoom-out; }
+.row { display: grid; grid-template-columns: 10rem 24rem 4rem; gap: .5rem; align-items: center; margin: .2rem 0; }
+.track { background: #eee; height: .9rem; border-radius: .3rem; }
+.bar { background: #2a6ad8; height: .9rem; border-radius: .3rem; }
+.row.chosen span:first-child { font-weight: 600; } .pct { text-align: right; }
+"""
+_SCRIPT = """\
+document.querySelectorAll("img").forEach((img) => img.addEventListener("click", () => img.classList.toggle("big")));
+"""
+
+
 def render_html(report: Report) -> str:
     bars = "".join(
         f'<div class="row{" chosen" if k == report.target else ""}"><span>{html.escape(c)}</span>'
         f'<div class="track"><div class="bar" style="width:{100 * p:.1f}%"></div></div>'
         f'<span class="pct">{100 * p:.1f}%</span></div>'
-        for k, (c, p) in sorted(enumerate(zip(report.classes, report.probabilities.tolist())),
-                                key=lambda item: -item[1][1]))
-    stages = "".join(f'<div class="stage">{"".join(_layer_section(i, report.layers[i]) for i in group)}</div>'
-                     for group in _groups(report.layers))
-    filters = (f'<h2>Learned filters of the first conv layer</h2><div class="grid">'
-               f'{"".join(_img(p) for p in report.filters)}</div>') if report.filters else ""
-    gradcam = (f'<h2>Grad-CAM: where the evidence for {html.escape(report.classes[report.target])} is</h2>'
-               f'<p>The gradient of that class\'s score weighs the feature maps of layer {report.cam_layer}; '
-               f'red is where they raised it.</p>{_img(report.gradcam)}') if report.gradcam else ""
+        for k, (c, p) in sorted(
+            enumerate(zip(report.classes, report.probabilities.tolist())), key=lambda item: -item[1][1]
+        )
+    )
+    stages = "".join(
+        f'<div class="stage">{"".join(_layer_section(i, report.layers[i]) for i in group)}</div>'
+        for group in _groups(report.layers)
+    )
+    filters = (
+        (
+            f'<h2>Learned filters of the first conv layer</h2><div class="grid">'
+            f"{''.join(_img(p) for p in report.filters)}</div>"
+        )
+        if report.filters
+        else ""
+    )
+    gradcam = (
+        (
+            f"<h2>Grad-CAM: where the evidence for {html.escape(report.classes[report.target])} is</h2>"
+            f"<p>The gradient of that class's score weighs the feature maps of layer {report.cam_layer}; "
+            f"red is where they raised it.</p>{_img(report.gradcam)}"
+        )
+        if report.gradcam
+        else ""
+    )
     predicted = report.classes[int(report.probabilities.argmax())]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cnnzoo explain: {html.escape(Path(report.image).name)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-h1 {{ font-size: 1.4rem; }} h2 {{ font-size: 1.15rem; margin-top: 2rem; }} h3 {{ font-size: 1rem; margin: 0 0 .3rem; }}
-.stage {{ display: flex; gap: 1rem; align-items: flex-start; overflow-x: auto; border-top: 1px solid #ddd; padding: .8rem 0; }}
-.layer {{ min-width: 14rem; max-width: 30rem; }}
-.args, .shape, .rule, .note {{ margin: .1rem 0; font-size: .85rem; color: #555; }}
-.rule {{ font-family: ui-monospace, monospace; color: #1a5; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: .3rem; margin-top: .4rem; }}
-figure {{ margin: 0; }} figcaption {{ font-size: .7rem; color: #777; max-width: 8rem; }}
-img {{ image-rendering: pixelated; width: 5rem; cursor: zoom-in; border-radius: .2rem; }}
-.strip img {{ width: auto; max-width: 100%; }} .large img {{ width: 11rem; }} .large figcaption {{ max-width: 11rem; }}
-img.big, .large img.big {{ width: 32rem; max-width: 32rem; cursor: zoom-out; }}
-.row {{ display: grid; grid-template-columns: 10rem 24rem 4rem; gap: .5rem; align-items: center; margin: .2rem 0; }}
-.track {{ background: #eee; height: .9rem; border-radius: .3rem; }} .bar {{ background: #2a6ad8; height: .9rem; border-radius: .3rem; }}
-.row.chosen span:first-child {{ font-weight: 600; }} .pct {{ text-align: right; }}
-</style></head><body>
+{_STYLE}</style></head><body>
 <h1>{html.escape(report.image)}: {html.escape(predicted)} ({100 * float(report.probabilities.max()):.1f}%)</h1>
 <h2>The input as the network sees it</h2><div class="grid">{"".join(_img(p) for p in report.input_pictures)}</div>
 <h2>Layer by layer</h2>{stages}
@@ -98,8 +126,7 @@ img.big, .large img.big {{ width: 32rem; max-width: 32rem; cursor: zoom-out; }}
 {gradcam}
 {filters}
 <script>
-document.querySelectorAll("img").forEach((img) => img.addEventListener("click", () => img.classList.toggle("big")));
-</script>
+{_SCRIPT}</script>
 </body></html>
 """
 
@@ -108,9 +135,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def explain(checkpoint: Optional[str | Path], image: str | Path, *, out: Optional[str | Path] = None,
-            target: Optional[str] = None, png_dir: Optional[str | Path] = None,
-            runs_root: str | Path = "runs") -> tuple[Path, Report]:
+def explain(
+    checkpoint: str | Path | None,
+    image: str | Path,
+    *,
+    out: str | Path | None = None,
+    target: str | None = None,
+    png_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+) -> tuple[Path, Report]:
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
 
     source = runs.resolve_checkpoint(checkpoint, runs_root)

@@ -16,7 +16,6 @@ imports the torch formats only when the file is not an ONNX export.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UserError
 from .classifier import Classifier
@@ -27,8 +26,13 @@ def is_onnx(path: str | Path) -> bool:
     return str(path).lower().endswith(".onnx")
 
 
-def load(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs", *,
-         trust_torchscript: bool = False) -> Classifier:
+def load(
+    path: str | Path | None = None,
+    device: str | None = None,
+    runs_root: str | Path = "runs",
+    *,
+    trust_torchscript: bool = False,
+) -> Classifier:
     """A model from a checkpoint (default: the newest run's best.pt) or an ``.onnx`` export; only
     the ONNX path leaves torch unimported. A TorchScript archive runs the code it holds when
     loaded, so it is refused unless ``trust_torchscript`` says the file is trusted."""

@@ -13,7 +13,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Classifier:
 
     format = "?"
 
-    def __init__(self, meta: dict[str, Any], path: Optional[str | Path]):
+    def __init__(self, meta: dict[str, Any], path: str | Path | None):
         check_meta(meta, path, self.kind, prefix="meta." if self.format == "checkpoint" else "metadata ")
         self.meta = dict(meta)
         self.classes: list[str] = list(meta["classes"])
@@ -76,13 +76,17 @@ class Classifier:
         is not finite, is a :class:`UserError` naming the file (JSON has no NaN to answer with)."""
         logits = np.asarray(self.logits(pixels_hwc))
         if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
-            raise UserError(f"{self.path}: the network answers shape {list(logits.shape)} for "
-                            f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
-                            f"a damaged or foreign {self.kind}")
+            raise UserError(
+                f"{self.path}: the network answers shape {list(logits.shape)} for "
+                f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
+                f"a damaged or foreign {self.kind}"
+            )
         probs = probabilities(logits)
         if not np.isfinite(probs).all():
-            raise UserError(f"{self.path}: the network's output is not finite (NaN or infinite); "
-                            f"its weights or the {self.kind} are broken")
+            raise UserError(
+                f"{self.path}: the network's output is not finite (NaN or infinite); "
+                f"its weights or the {self.kind} are broken"
+            )
         return probs
 
     def preprocess(self, item: Any) -> np.ndarray:
@@ -90,8 +94,14 @@ class Classifier:
         return preprocess.load_image(item, self.image_size, self.channels)
 
     def info(self) -> dict[str, Any]:
-        return {"format": self.format, "path": self.path, "classes": self.classes,
-                "input": [self.channels, *self.image_size], "mean": self.mean, "std": self.std}
+        return {
+            "format": self.format,
+            "path": self.path,
+            "classes": self.classes,
+            "input": [self.channels, *self.image_size],
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     def records(self, names: list[str], pixels_hwc: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """``predict --json`` records for a batch of preprocessed images."""
@@ -101,12 +111,14 @@ class Classifier:
         out = []
         for name, row, idx in zip(names, probs, order):
             ranked = [{"label": self.classes[i], "probability": float(row[i])} for i in idx]
-            out.append({"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"],
-                        "top_k": ranked})
+            out.append(
+                {"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked}
+            )
         return out
 
-    def predict(self, images: Any, top_k: int = 5, *, batch_size: int = 64, errors: Optional[list] = None,
-                progress: bool = False) -> list[dict[str, Any]]:
+    def predict(
+        self, images: Any, top_k: int = 5, *, batch_size: int = 64, errors: list | None = None, progress: bool = False
+    ) -> list[dict[str, Any]]:
         """Predict one image or a list; returns one record per readable image.
 
         Each record is ``{"image", "label", "probability", "top_k": [{"label",
@@ -120,12 +132,13 @@ class Classifier:
         bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
         starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
+
             def submit(start: int) -> list:
-                return [pool.submit(self.try_preprocess, item) for item in images[start:start + batch_size]]
+                return [pool.submit(self.try_preprocess, item) for item in images[start : start + batch_size]]
 
             pending = submit(starts[0]) if starts else []
             for n, start in enumerate(starts):
-                chunk = list(images[start:start + batch_size])
+                chunk = list(images[start : start + batch_size])
                 decoded = [future.result() for future in pending]
                 if n + 1 < len(starts):  # decode the next batch while this one runs forward
                     pending = submit(starts[n + 1])
@@ -147,7 +160,7 @@ class Classifier:
             bar.close()
         return results
 
-    def try_preprocess(self, item: Any) -> tuple[Optional[np.ndarray], str]:
+    def try_preprocess(self, item: Any) -> tuple[np.ndarray | None, str]:
         try:
             return self.preprocess(item), ""
         except FileNotFoundError:
@@ -156,8 +169,10 @@ class Classifier:
             return None, f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}"
 
     def __repr__(self) -> str:
-        return (f"cnnzoo.{type(self).__name__}({self.path!r}, classes={len(self.classes)}, "
-                f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]})")
+        return (
+            f"cnnzoo.{type(self).__name__}({self.path!r}, classes={len(self.classes)}, "
+            f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]})"
+        )
 
 
 def parse_metadata(raw: str, path: str | Path, kind: str) -> dict[str, Any]:
@@ -165,9 +180,11 @@ def parse_metadata(raw: str, path: str | Path, kind: str) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata is not JSON "
-                        f"({short_reason(exc)})") from None
+        raise UserError(
+            f"{path}: damaged or foreign {kind}: its cnnzoo metadata is not JSON ({short_reason(exc)})"
+        ) from None
     if not isinstance(meta, dict):
-        raise UserError(f"{path}: damaged or foreign {kind}: its cnnzoo metadata should be a JSON object, "
-                        f"not {type(meta).__name__}")
+        raise UserError(
+            f"{path}: damaged or foreign {kind}: its cnnzoo metadata should be a JSON object, not {type(meta).__name__}"
+        )
     return meta

@@ -6,8 +6,9 @@ import csv
 import glob
 import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..data import preprocess
 

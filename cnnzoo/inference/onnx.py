@@ -20,8 +20,7 @@ class OnnxModel(Classifier):
         try:
             import onnxruntime  # lazy: an optional extra (cnnzoo[onnx]); a missing one is a clear error
         except ImportError:
-            raise UserError(f"{path}: running an ONNX model needs onnxruntime; "
-                            f"pip install 'cnnzoo[onnx]'") from None
+            raise UserError(f"{path}: running an ONNX model needs onnxruntime; pip install 'cnnzoo[onnx]'") from None
         if not Path(path).is_file():
             raise UserError(f"{path}: file not found")
         options = onnxruntime.SessionOptions()
@@ -32,8 +31,10 @@ class OnnxModel(Classifier):
             raise UserError(f"{path}: not a readable ONNX model ({short_reason(exc)})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
-            raise UserError(f"{path}: an ONNX model without cnnzoo's metadata (classes, input size, "
-                            f"normalisation); make it with cnnzoo export")
+            raise UserError(
+                f"{path}: an ONNX model without cnnzoo's metadata (classes, input size, "
+                f"normalisation); make it with cnnzoo export"
+            )
         super().__init__(parse_metadata(raw, path, "ONNX export"), path)
         self._check_graph()
         self.input_name = self.session.get_inputs()[0].name
@@ -41,6 +42,7 @@ class OnnxModel(Classifier):
     def _check_graph(self) -> None:
         """The graph's input and output agree with the metadata: one float input [batch, C, H, W]
         with a free batch, one output [batch, classes] (static sizes checked, others at run time)."""
+
         def bad(what: str) -> UserError:
             return UserError(f"{self.path}: damaged or foreign ONNX export: {what}; make it with cnnzoo export")
 
@@ -66,5 +68,7 @@ class OnnxModel(Classifier):
         try:
             return self.session.run(None, {self.input_name: x})[0]
         except Exception as exc:  # onnxruntime's own error types: a graph that cannot run this input
-            raise UserError(f"{self.path}: onnxruntime cannot run this model ({short_reason(exc)}); "
-                            f"a damaged or foreign ONNX export") from None
+            raise UserError(
+                f"{self.path}: onnxruntime cannot run this model ({short_reason(exc)}); "
+                f"a damaged or foreign ONNX export"
+            ) from None

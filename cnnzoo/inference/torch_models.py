@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,12 +38,13 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
 class _TorchClassifier(Classifier):
     """What runs a torch module: device, memory format, normalisation on the device."""
 
-    def _place(self, module: torch.nn.Module, device: Optional[str]) -> None:
+    def _place(self, module: torch.nn.Module, device: str | None) -> None:
         self.module = module.eval()
         self.device = pick_device(device or "auto", key="--device")
         self.channels_last = prefers_channels_last(self.device)  # the memory format training used
-        self.module.to(self.device, memory_format=torch.channels_last if self.channels_last
-                       else torch.contiguous_format)
+        self.module.to(
+            self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         self.norm = norm_tensors(self.mean, self.std, self.device)
 
     def preprocess(self, item: Any) -> np.ndarray:
@@ -67,7 +68,7 @@ class Model(_TorchClassifier):
 
     format = "checkpoint"
 
-    def __init__(self, ckpt: dict[str, Any], device: Optional[str] = None):
+    def __init__(self, ckpt: dict[str, Any], device: str | None = None):
         super().__init__(ckpt["meta"], ckpt.get("path"))
         self.epoch = ckpt.get("epoch")
         self.metrics = ckpt.get("metrics", {})
@@ -82,14 +83,18 @@ class Model(_TorchClassifier):
             raise UserError(f"{self.path}: its weights do not fit its layers ({short_reason(exc)})") from None
         broken = ckpt_io.nonfinite_tensors(ckpt["model_state"])
         if broken:  # every output would be NaN: a prediction, an export or a served answer means nothing
-            raise UserError(f"{self.path}: its weights hold NaN or infinite values ({len(broken)} of "
-                            f"{len(ckpt['model_state'])} tensors, the first {broken[0]}); training diverged? "
-                            f"use an earlier checkpoint, or train again with a lower train.lr")
+            raise UserError(
+                f"{self.path}: its weights hold NaN or infinite values ({len(broken)} of "
+                f"{len(ckpt['model_state'])} tensors, the first {broken[0]}); training diverged? "
+                f"use an earlier checkpoint, or train again with a lower train.lr"
+            )
         self._place(module, device)
 
     def __repr__(self) -> str:
-        return (f"cnnzoo.Model({self.path!r}, classes={len(self.classes)}, "
-                f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]}, device={self.device})")
+        return (
+            f"cnnzoo.Model({self.path!r}, classes={len(self.classes)}, "
+            f"input={self.channels}x{self.image_size[0]}x{self.image_size[1]}, device={self.device})"
+        )
 
 
 class TorchScriptModel(_TorchClassifier):
@@ -101,7 +106,7 @@ class TorchScriptModel(_TorchClassifier):
 
     format = "torchscript"
 
-    def __init__(self, path: str | Path, device: Optional[str] = None):
+    def __init__(self, path: str | Path, device: str | None = None):
         extra = {METADATA_KEY: ""}
         try:
             with warnings.catch_warnings():  # torch marks TorchScript deprecated; it still loads
@@ -115,8 +120,13 @@ class TorchScriptModel(_TorchClassifier):
         self._place(module, device)
 
 
-def load_torch(path: str | Path | None = None, device: Optional[str] = None, runs_root: str | Path = "runs", *,
-         trust_torchscript: bool = False) -> _TorchClassifier:
+def load_torch(
+    path: str | Path | None = None,
+    device: str | None = None,
+    runs_root: str | Path = "runs",
+    *,
+    trust_torchscript: bool = False,
+) -> _TorchClassifier:
     """Load a checkpoint (default: the newest run's best.pt) as a :class:`Model` (``.onnx``:
     :func:`cnnzoo.inference.load`). A TorchScript archive is refused before it is opened, as
     its code would run, unless ``trust_torchscript`` says the file is trusted."""
@@ -125,7 +135,9 @@ def load_torch(path: str | Path | None = None, device: Optional[str] = None, run
         return Model(ckpt_io.load_checkpoint(path), device)
     except ckpt_io.TorchScriptRefused:
         if not trust_torchscript:
-            raise UserError(f"{path}: {ckpt_io.TORCHSCRIPT_RUNS_CODE} (any code, not only a network), so cnnzoo "
-                            f"opens one only when told the file is trusted (--trust-torchscript; "
-                            f"trust_torchscript=True in Python); or use its checkpoint or an .onnx export") from None
+            raise UserError(
+                f"{path}: {ckpt_io.TORCHSCRIPT_RUNS_CODE} (any code, not only a network), so cnnzoo "
+                f"opens one only when told the file is trusted (--trust-torchscript; "
+                f"trust_torchscript=True in Python); or use its checkpoint or an .onnx export"
+            ) from None
     return TorchScriptModel(path, device)

@@ -31,7 +31,7 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -51,7 +51,7 @@ TIMM_PREFIX = "timm/"
 _RESNET_LIKE = ("resnet", "resnext", "wide_resnet")
 _FEATURES_LIKE = ("vgg", "alexnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "convnext", "squeezenet")
 _REGNET = ("regnet",)
-FreezeSetting = Union[bool, int]
+FreezeSetting = bool | int
 
 
 def offline() -> bool:
@@ -71,12 +71,14 @@ class Preprocessing:
 
 # ----------------------------------------------------------------------------- building the body
 
+
 def _timm():
     try:
         import timm  # lazy: an optional extra (pip install 'cnnzoo[timm]'), needed by timm/ backbones only
     except ImportError:
-        raise UserError("backbone timm/...: the timm package is not installed; "
-                        "pip install 'cnnzoo[timm]' (or pip install timm)") from None
+        raise UserError(
+            "backbone timm/...: the timm package is not installed; pip install 'cnnzoo[timm]' (or pip install timm)"
+        ) from None
     return timm
 
 
@@ -92,7 +94,7 @@ def _torchvision_names() -> list[str]:
     return sorted(models.list_models(module=models))
 
 
-def _family(name: str) -> Optional[str]:
+def _family(name: str) -> str | None:
     for family, prefixes in (("resnet", _RESNET_LIKE), ("features", _FEATURES_LIKE), ("regnet", _REGNET)):
         if name.startswith(prefixes):
             return family
@@ -162,7 +164,7 @@ def _unknown_timm(arch: str) -> str:
 
 def _timm_body(name: str) -> tuple[nn.Module, list[list[str]]]:
     timm = _timm()
-    arch = name[len(TIMM_PREFIX):]
+    arch = name[len(TIMM_PREFIX) :]
     try:
         body = timm.create_model(arch, pretrained=False, num_classes=0)
     except RuntimeError:  # timm: "Unknown model (...)"
@@ -174,6 +176,7 @@ def _timm_body(name: str) -> tuple[nn.Module, list[list[str]]]:
 
 
 # ----------------------------------------------------------------------------- the layer
+
 
 class Backbone(nn.Module):
     """A pretrained network's feature extractor: ``[B, 3, H, W] -> [B, C, h, w]``.
@@ -213,7 +216,7 @@ class Backbone(nn.Module):
     def frozen_stages(self) -> int:
         return len(self.stages) - self.trainable
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode:  # frozen stages never update BatchNorm statistics or drop activations
             for stage in self.stages[: self.frozen_stages]:
@@ -252,8 +255,9 @@ class Backbone(nn.Module):
         else:
             state, origin = _torchvision_pretrained(self.name, spec, key)
         ignored = _load_matching(self.body, state, self.name, origin)
-        note = (f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)"
-                if ignored else "")
+        note = (
+            f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)" if ignored else ""
+        )
         console.log(f"backbone {self.name}: loaded {origin}{note}")
 
 
@@ -261,7 +265,7 @@ def _is_path(spec: Any) -> bool:
     return looks_like_path(spec) or (isinstance(spec, str) and Path(spec).expanduser().is_file())
 
 
-def backbone_of(model: nn.Module) -> Optional["Backbone"]:
+def backbone_of(model: nn.Module) -> Backbone | None:
     """The first backbone layer inside ``model``, if any."""
     return next((m for m in model.modules() if isinstance(m, Backbone)), None)
 
@@ -274,8 +278,10 @@ def trainable_stages(setting: Any, total: int, key: str) -> int:
         return total
     if isinstance(setting, int) and not isinstance(setting, bool) and 0 <= setting <= total:
         return setting
-    raise ValueError(f"{key}: got {setting!r}; use true (all frozen), false (all trainable) or the number "
-                     f"of last stages to train, 0 to {total}")
+    raise ValueError(
+        f"{key}: got {setting!r}; use true (all frozen), false (all trainable) or the number "
+        f"of last stages to train, 0 to {total}"
+    )
 
 
 def _load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> list[str]:
@@ -283,18 +289,22 @@ def _load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, o
     own = body.state_dict()
     if not any(k in own for k in state):  # "module." (DataParallel) or "model." prefixes
         for prefix in ("module.", "model.", "backbone.", "body."):
-            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if any(k in own for k in stripped):
                 state = stripped
                 break
     missing = [k for k in own if k not in state]
     if missing:
-        raise UserError(f"backbone {name}: {origin} lacks {len(missing)} of the backbone's {len(own)} tensors "
-                        f"(first: {missing[0]}); is it a state dict of {name}?")
+        raise UserError(
+            f"backbone {name}: {origin} lacks {len(missing)} of the backbone's {len(own)} tensors "
+            f"(first: {missing[0]}); is it a state dict of {name}?"
+        )
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
-            raise UserError(f"backbone {name}: {origin}: {key} has shape {list(state[key].shape)}, the model "
-                            f"needs {list(value.shape)}; is it a state dict of {name}?")
+            raise UserError(
+                f"backbone {name}: {origin}: {key} has shape {list(state[key].shape)}, the model "
+                f"needs {list(value.shape)}; is it a state dict of {name}?"
+            )
     body.load_state_dict({k: state[k] for k in own})
     return [k for k in state if k not in own]
 
@@ -303,8 +313,10 @@ def _read_state_file(path: Path, name: str, key: str = "weights") -> dict[str, t
     """A state dict from a ``.safetensors`` file, or a torch file read as plain data only."""
 
     if not path.is_file():
-        raise UserError(f"backbone {name}: weights file not found: {path}; give the file with "
-                        f"--set {key}=PATH (a relative path in a config file is read from the file's folder)")
+        raise UserError(
+            f"backbone {name}: weights file not found: {path}; give the file with "
+            f"--set {key}=PATH (a relative path in a config file is read from the file's folder)"
+        )
     try:
         from safetensors import SafetensorError  # lazy: optional (timm brings it); without it no .safetensors is read
     except ImportError:
@@ -317,13 +329,16 @@ def _read_state_file(path: Path, name: str, key: str = "weights") -> dict[str, t
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except SafetensorError as exc:  # a damaged or hostile header: too large, an unknown dtype ...
-        raise UserError(f"backbone {name}: {path}: not a readable safetensors file "
-                        f"({short_reason(exc, 100)})") from None
+        raise UserError(
+            f"backbone {name}: {path}: not a readable safetensors file ({short_reason(exc, 100)})"
+        ) from None
     except pickle.UnpicklingError as exc:
         asked = refused_global(exc)
-        raise UserError(f"backbone {name}: {path}: refused: loading it would call {asked or 'Python code'}, "
-                        f"which is neither a tensor nor plain data; cnnzoo reads weights as data only "
-                        f"(weights_only=True): save them with torch.save(model.state_dict(), PATH)") from None
+        raise UserError(
+            f"backbone {name}: {path}: refused: loading it would call {asked or 'Python code'}, "
+            f"which is neither a tensor nor plain data; cnnzoo reads weights as data only "
+            f"(weights_only=True): save them with torch.save(model.state_dict(), PATH)"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError, ImportError, TypeError, KeyError) as exc:
         raise UserError(f"backbone {name}: {path}: not a readable state dict ({short_reason(exc)})") from None
     for wrapper in ("state_dict", "model_state", "model"):  # common wrappers
@@ -339,8 +354,9 @@ def _torchvision_weights(name: str, spec: Any):
     label = str(spec).split(".")[-1]
     if label not in enum.__members__:
         choices = ", ".join(["DEFAULT", *[m for m in enum.__members__ if m != "DEFAULT"]])
-        raise UserError(f"backbone {name}: weights {spec!r} unknown; use one of {choices}, "
-                        f"a path to a state dict file, or null")
+        raise UserError(
+            f"backbone {name}: weights {spec!r} unknown; use one of {choices}, a path to a state dict file, or null"
+        )
     return enum[label]
 
 
@@ -348,11 +364,14 @@ def _torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, t
     weights = _torchvision_weights(name, spec)
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     origin = f"{type(weights).__name__}.{weights.name}"
-    where = (f"put {file.name} (from {weights.url}) in {file.parent} (TORCH_HOME moves it), "
-             f"or give a state dict file with --set {key}=PATH")
+    where = (
+        f"put {file.name} (from {weights.url}) in {file.parent} (TORCH_HOME moves it), "
+        f"or give a state dict file with --set {key}=PATH"
+    )
     if not file.is_file() and offline():
-        raise UserError(f"backbone {name}: {origin} is not in the torch hub cache and downloads are off "
-                        f"(CNNZOO_OFFLINE); {where}")
+        raise UserError(
+            f"backbone {name}: {origin} is not in the torch hub cache and downloads are off (CNNZOO_OFFLINE); {where}"
+        )
     try:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as exc:  # URLError, timeouts, a bad hash: all mean "get the file another way"
@@ -369,7 +388,7 @@ class TimmWeights:
     url: str
     folder: Path  # cnnzoo's own place for the file: $CNNZOO_HOME/weights/<repo>
 
-    def local_file(self) -> Optional[Path]:
+    def local_file(self) -> Path | None:
         """The file in cnnzoo's folder or in the Hugging Face cache, without touching the network."""
         if (self.folder / self.file).is_file():
             return self.folder / self.file
@@ -394,8 +413,10 @@ def timm_weights(arch: str) -> TimmWeights:
         repo, url = f"timm/{arch}", cfg.url
         file = Path(urlparse(url).path).name
     else:
-        raise UserError(f"backbone timm/{arch}: timm has no pretrained weights for it; "
-                        f"use weights: null (random initialisation) or a state dict file")
+        raise UserError(
+            f"backbone timm/{arch}: timm has no pretrained weights for it; "
+            f"use weights: null (random initialisation) or a state dict file"
+        )
     return TimmWeights(repo=repo, file=file, url=url, folder=cache_home() / "weights" / repo)
 
 
@@ -406,30 +427,39 @@ def _timm_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Te
     one line at once, not huggingface_hub's retries.
     """
     timm = _timm()
-    arch = name[len(TIMM_PREFIX):]
+    arch = name[len(TIMM_PREFIX) :]
     if spec not in ("DEFAULT", True):
-        raise UserError(f"backbone {name}: weights {spec!r}: timm backbones take DEFAULT (timm's "
-                        f"pretrained weights), a path to a state dict file, or null")
+        raise UserError(
+            f"backbone {name}: weights {spec!r}: timm backbones take DEFAULT (timm's "
+            f"pretrained weights), a path to a state dict file, or null"
+        )
     source = timm_weights(arch)
-    where = (f"put {source.file} (from {source.url}) in {source.folder} (CNNZOO_HOME moves it), "
-             f"or give a state dict file with --set {key}=PATH")
+    where = (
+        f"put {source.file} (from {source.url}) in {source.folder} (CNNZOO_HOME moves it), "
+        f"or give a state dict file with --set {key}=PATH"
+    )
     local = source.local_file()
     hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
     if local is None and (offline() or hub_offline):
-        raise UserError(f"backbone {name}: timm's pretrained weights ({source.repo}) are not on this machine "
-                        f"and downloads are off ({'CNNZOO_OFFLINE' if offline() else 'HF_HUB_OFFLINE'}); {where}")
+        raise UserError(
+            f"backbone {name}: timm's pretrained weights ({source.repo}) are not on this machine "
+            f"and downloads are off ({'CNNZOO_OFFLINE' if offline() else 'HF_HUB_OFFLINE'}); {where}"
+        )
     # timm adapts its own file (key renames, the classifier dropped) whether read here or downloaded
     overlay = {"state_dict": _read_state_file(local, name, key), "source": None} if local else None
     try:
         state = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay).state_dict()
     except Exception as exc:  # hub errors come in many types; all mean "get the file another way"
-        raise UserError(f"backbone {name}: timm's pretrained weights could not be "
-                        f"{'loaded from ' + str(local) if local else 'downloaded'} ({short_reason(exc, 120)}); "
-                        f"{where}") from None
+        raise UserError(
+            f"backbone {name}: timm's pretrained weights could not be "
+            f"{'loaded from ' + str(local) if local else 'downloaded'} ({short_reason(exc, 120)}); "
+            f"{where}"
+        ) from None
     return state, f"timm {arch} ({local or source.repo})"
 
 
 # ----------------------------------------------------------------------------- preprocessing
+
 
 def absolute_weight_paths(layers: Any) -> None:
     """Make a backbone's ``weights`` file path absolute (in place), as data.root is in a run's config."""
@@ -444,24 +474,34 @@ def preprocessing(where: str, args: dict[str, Any]) -> Preprocessing:
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name: missing; name the network, e.g. backbone: {{name: resnet18}}")
     if name.startswith(TIMM_PREFIX):
-        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX):])
+        cfg = _timm().models.get_pretrained_cfg(name[len(TIMM_PREFIX) :])
         if cfg is None:
-            raise ConfigError(f"{where}.name: {_unknown_timm(name[len(TIMM_PREFIX):])}")
-        return Preprocessing(mean=[float(v) for v in cfg.mean], std=[float(v) for v in cfg.std],
-                             image_size=(int(cfg.input_size[1]), int(cfg.input_size[2])),
-                             source=f"timm {cfg.architecture}")
+            raise ConfigError(f"{where}.name: {_unknown_timm(name[len(TIMM_PREFIX) :])}")
+        return Preprocessing(
+            mean=[float(v) for v in cfg.mean],
+            std=[float(v) for v in cfg.std],
+            image_size=(int(cfg.input_size[1]), int(cfg.input_size[2])),
+            source=f"timm {cfg.architecture}",
+        )
     try:
         _torchvision_family(name)
     except ValueError as exc:
         raise ConfigError(f"{where}.name: {exc}") from None
     weights = args.get("weights", "DEFAULT")
     try:  # a file of weights of unknown origin: the architecture's usual preprocessing
-        chosen = _vision_models().get_model_weights(name).DEFAULT if _is_path(weights) or weights is None \
+        chosen = (
+            _vision_models().get_model_weights(name).DEFAULT
+            if _is_path(weights) or weights is None
             else _torchvision_weights(name, weights)
+        )
     except UserError as exc:
         raise ConfigError(str(exc)) from None
     transform = chosen.transforms()
     crop = transform.crop_size
     size = (int(crop[0]), int(crop[-1])) if isinstance(crop, (list, tuple)) else (int(crop), int(crop))
-    return Preprocessing(mean=[float(v) for v in transform.mean], std=[float(v) for v in transform.std],
-                         image_size=size, source=f"{type(chosen).__name__}.{chosen.name}")
+    return Preprocessing(
+        mean=[float(v) for v in transform.mean],
+        std=[float(v) for v in transform.std],
+        image_size=size,
+        source=f"{type(chosen).__name__}.{chosen.name}",
+    )

@@ -18,7 +18,7 @@ a block rebuilt from a checkpoint traces itself exactly as it did in training.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ def _chain(layers: Any, input_shape: list[int], part: str) -> tuple[nn.Sequentia
     return build_from_infos(infos), infos[-1].output_shape, infos
 
 
-def _activation(name: Optional[str]) -> nn.Module:
+def _activation(name: str | None) -> nn.Module:
     if name is None:
         return nn.Identity()
     from .layers import resolve_layer_class  # lazy: the documented cycle (see _chain)
@@ -50,8 +50,9 @@ def _activation(name: Optional[str]) -> nn.Module:
 class Residual(nn.Module):
     """``activation(layers(x) + shortcut(x))``, with the shortcut inferred when omitted."""
 
-    def __init__(self, layers: list, input_shape: list[int], *, shortcut: Any = "auto",
-                 activation: Optional[str] = "relu"):
+    def __init__(
+        self, layers: list, input_shape: list[int], *, shortcut: Any = "auto", activation: str | None = "relu"
+    ):
         super().__init__()
         self.body, out_shape, body_infos = _chain(layers, input_shape, "layers")
         self.inner = {"layers": body_infos}
@@ -60,15 +61,20 @@ class Residual(nn.Module):
             shortcut = "identity" if out_shape == in_shape else _projection(in_shape, out_shape)
         if shortcut == "identity":
             if out_shape != in_shape:
-                raise ShapeError(f"shortcut identity: the layers turn {shape_text(in_shape)} into "
-                                 f"{shape_text(out_shape)}, so x cannot be added; leave shortcut out to infer one")
+                raise ShapeError(
+                    f"shortcut identity: the layers turn {shape_text(in_shape)} into "
+                    f"{shape_text(out_shape)}, so x cannot be added; leave shortcut out to infer one"
+                )
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut, short_shape, short_infos = _chain(shortcut, input_shape, "shortcut")
             self.inner["shortcut"] = short_infos
             if short_shape != out_shape:
-                raise ShapeError(f"shortcut: gives {shape_text(short_shape)} but the layers give {shape_text(out_shape)}; "
-                                 f"both must agree to be added")
+                raise ShapeError(
+                    f"shortcut: gives {shape_text(short_shape)} but the layers give "
+                    f"{shape_text(out_shape)}; "
+                    f"both must agree to be added"
+                )
         self.activation = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +86,14 @@ def _projection(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list:
     if len(in_shape) == 3 and len(out_shape) == 3:
         for stride in range(1, max(in_shape[1:]) + 1):  # a 1x1 conv gives floor((W - 1) / S) + 1
             if all((w - 1) // stride + 1 == o for w, o in zip(in_shape[1:], out_shape[1:])):
-                return [{"conv": {"out_channels": out_shape[0], "kernel_size": 1, "stride": stride,
-                                  "bias": False}}, "batchnorm"]
-    raise ShapeError(f"cannot infer a shortcut from {shape_text(in_shape)} to {shape_text(out_shape)}; "
-                     f"write shortcut: [...] with layers that make {shape_text(out_shape)}")
+                return [
+                    {"conv": {"out_channels": out_shape[0], "kernel_size": 1, "stride": stride, "bias": False}},
+                    "batchnorm",
+                ]
+    raise ShapeError(
+        f"cannot infer a shortcut from {shape_text(in_shape)} to {shape_text(out_shape)}; "
+        f"write shortcut: [...] with layers that make {shape_text(out_shape)}"
+    )
 
 
 class Branches(nn.Module):
@@ -103,8 +113,9 @@ class Branches(nn.Module):
         rule = (lambda s: s) if merge == "add" else (lambda s: s[1:])
         if any(rule(s) != rule(shapes[0]) for s in shapes):
             need = "the same shape" if merge == "add" else "the same height and width"
-            raise ShapeError(f"merge {merge}: the paths give {', '.join(shape_text(s) for s in shapes)}; "
-                             f"they need {need}")
+            raise ShapeError(
+                f"merge {merge}: the paths give {', '.join(shape_text(s) for s in shapes)}; they need {need}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = [path(x) for path in self.paths]
@@ -122,8 +133,13 @@ class SqueezeExcite(nn.Module):
             raise ShapeError(f"reduction: got {reduction!r}, expected a positive integer")
         channels = input_shape[0]
         hidden = max(1, channels // reduction)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(),
-                                  nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
         self.inner: dict[str, list] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "squeeze_excite": ("SqueezeExcite", {}),
 }
 _OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone, **BLOCKS}
-_LAYER_COUNT: contextvars.ContextVar[Optional[list[int]]] = contextvars.ContextVar("layer_count", default=None)
+_LAYER_COUNT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("layer_count", default=None)
 _SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
 # What a config or checkpoint may ask for: far above any real network, far below what would
 # exhaust memory or hang while the network is merely being checked.
@@ -79,8 +79,11 @@ _TORCH_TOO_SMALL = ("Output size is too small", "Kernel size can't be greater th
 
 
 def _torch_layer_names() -> list[str]:
-    return sorted(n for n, obj in vars(nn).items()
-                  if inspect.isclass(obj) and issubclass(obj, nn.Module) and not n.startswith("_"))
+    return sorted(
+        n
+        for n, obj in vars(nn).items()
+        if inspect.isclass(obj) and issubclass(obj, nn.Module) and not n.startswith("_")
+    )
 
 
 def _known_names() -> list[str]:
@@ -108,7 +111,7 @@ class LayerInfo:
     trainable_params: int = 0
     macs: int = 0
     where: str = ""  # the YAML position, e.g. model.layers.3.repeat.layers.0
-    cls: Optional[type] = field(default=None, repr=False)
+    cls: type | None = field(default=None, repr=False)
     activations: int = 0  # values the layer produces per image, inner layers of a block included
 
 
@@ -132,8 +135,10 @@ def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LA
             name, args = next(iter(item.items()))
             args = {} if args is None else args
         else:
-            raise ShapeError(f"{here}: a layer is a name (`- ReLU`) or a one-key mapping "
-                             f"(`- Conv2d: {{out_channels: 32, kernel_size: 3}}`), got {item!r}")
+            raise ShapeError(
+                f"{here}: a layer is a name (`- ReLU`) or a one-key mapping "
+                f"(`- Conv2d: {{out_channels: 32, kernel_size: 3}}`), got {item!r}"
+            )
         if not isinstance(name, str):
             raise ShapeError(f"{here}: layer name must be text, got {name!r}")
         if name == "repeat":
@@ -145,16 +150,19 @@ def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LA
             left = budget - len(entries)
             block = _flatten_spec(args["layers"], f"{here}.repeat.layers", left)
             if len(block) * times > left:
-                raise ShapeError(f"{here} (repeat): {times} x {len(block)} layers is more than a network "
-                                 f"may have ({MAX_LAYERS:,} layers)")
+                raise ShapeError(
+                    f"{here} (repeat): {times} x {len(block)} layers is more than a network "
+                    f"may have ({MAX_LAYERS:,} layers)"
+                )
             entries.extend(block * times)
             continue
         if not isinstance(args, dict):
-            raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. "
-                             f"`{name}: {{...}}`; got {args!r}")
+            raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. `{name}: {{...}}`; got {args!r}")
         if any(not isinstance(k, str) for k in args):
-            raise ShapeError(f"{here} ({name}): argument names are words, e.g. `{name}: {{p: 0.5}}`; "
-                             f"got {next(k for k in args if not isinstance(k, str))!r}")
+            raise ShapeError(
+                f"{here} ({name}): argument names are words, e.g. `{name}: {{p: 0.5}}`; "
+                f"got {next(k for k in args if not isinstance(k, str))!r}"
+            )
         entries.append(_Entry(name, dict(args), here))
         if len(entries) > budget:
             raise ShapeError(f"{where}: more layers than a network may have ({MAX_LAYERS:,})")
@@ -210,7 +218,7 @@ def _axis_size(w: int, axis: tuple[int, int, int, int], rounding) -> tuple[int, 
     return out, f"({w} − {k_eff} + 2·{p})/{s} + 1 = {out}"
 
 
-def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) -> Optional[str]:
+def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) -> str | None:
     """``H: (32 − 3 + 2·1)/1 + 1 = 32, W: ...`` for a conv or pool layer; None for other layers."""
     if len(input_shape) != 3 or type_name not in _SPATIAL_2D:
         return None
@@ -225,15 +233,18 @@ def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) 
 def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
     """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
     if len(shape) != 3:
-        raise ShapeError(f"{label}: needs a feature map CxHxW, got {shape_text(shape)}; "
-                         f"{type_name} cannot follow Flatten/Linear")
+        raise ShapeError(
+            f"{label}: needs a feature map CxHxW, got {shape_text(shape)}; {type_name} cannot follow Flatten/Linear"
+        )
     terms = _spatial_terms(type_name, kwargs, label)
     if terms is None:
         return
     k, s, d, p, rounding = terms
     if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
-        raise ShapeError(f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
-                         f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}")
+        raise ShapeError(
+            f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
+            f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}"
+        )
     for w, ki, si, pi, di in zip(shape[1:], k, s, p, d):
         out, arithmetic = _axis_size(w, (ki, si, pi, di), rounding)
         if out < 1:
@@ -248,8 +259,11 @@ def _describe(type_name: str, kwargs: dict) -> str:
     return f"{type_name}, {args}" if args else type_name
 
 
-def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...],
-                    *, num_classes: Optional[int], label: str) -> dict:
+def _fill_arguments(
+    cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...], *, num_classes: int | None, label: str
+) -> dict:
+    """A layer's arguments checked against its class's signature, with the words ``num_classes`` and
+    ``in_channels`` (depthwise groups) replaced, and the sizes the input fixes filled in."""
     try:
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):
@@ -265,38 +279,55 @@ def _fill_arguments(cls: type, type_name: str, kwargs: dict, shape: tuple[int, .
             kwargs[key] = shape[0]
         elif value == "num_classes":
             if num_classes is None:
-                raise ShapeError(f"{label}: {key}: num_classes, but the number of classes is unknown; "
-                                 f"set model.num_classes or point data at class folders")
+                raise ShapeError(
+                    f"{label}: {key}: num_classes, but the number of classes is unknown; "
+                    f"set model.num_classes or point data at class folders"
+                )
             kwargs[key] = num_classes
         elif isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-5 as text
             kwargs[key] = float(value)
     inferred = {"self", "in_channels", "in_features", "num_features", "input_shape"}
-    missing = [n for n, p in params.items() if n not in inferred and n not in kwargs
-               and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [
+        n for n, p in params.items() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    missing = [n for n in required if n not in inferred and n not in kwargs]
     if missing:
-        raise ShapeError(f"{label}: missing argument{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(missing)}; write e.g. `{type_name}: {{"
-                         + ", ".join(f"{m}: ..." for m in missing) + "}`")
+        raise ShapeError(
+            f"{label}: missing argument{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; write e.g. `{type_name}: {{" + ", ".join(f"{m}: ..." for m in missing) + "}`"
+        )
+    _fill_input_sizes(params, type_name, kwargs, shape, label)
+    return kwargs
+
+
+def _fill_input_sizes(params: Any, type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
+    """The arguments the running shape fixes (in_channels, in_features, num_features, a block's
+    input_shape), set from it; a value the user wrote must agree with it."""
     rank = len(shape)
     if "in_channels" in params and rank < 2:
-        raise ShapeError(f"{label}: needs a feature map, got a vector of {shape[0]} values "
-                         f"(a {type_name} cannot follow Flatten/Linear)")
+        raise ShapeError(
+            f"{label}: needs a feature map, got a vector of {shape[0]} values "
+            f"(a {type_name} cannot follow Flatten/Linear)"
+        )
     if "in_features" in params and rank != 1:
-        raise ShapeError(f"{label}: input is {shape_text(shape)}, a {rank + 1}-D batch; put "
-                         f"flatten (or gap) before it to make a vector of {math.prod(shape)} features")
+        raise ShapeError(
+            f"{label}: input is {shape_text(shape)}, a {rank + 1}-D batch; put "
+            f"flatten (or gap) before it to make a vector of {math.prod(shape)} features"
+        )
     if "input_shape" in params:  # blocks trace their inner layers from it
         if kwargs.setdefault("input_shape", list(shape)) != list(shape):
-            raise ShapeError(f"{label}: input_shape={kwargs['input_shape']} but the input is {shape_text(shape)}; "
-                             f"leave input_shape out to infer it")
-    # the sizes the running shape fixes; a value the user wrote must agree with it
+            raise ShapeError(
+                f"{label}: input_shape={kwargs['input_shape']} but the input is {shape_text(shape)}; "
+                f"leave input_shape out to infer it"
+            )
     for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
         if name in params:
             given = kwargs.setdefault(name, shape[0])
             if given != shape[0]:
                 seen = f"the input {shape_text(shape)}" if rank > 1 else "the input"
-                raise ShapeError(f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; "
-                                 f"leave {name} out to infer it")
-    return kwargs
+                raise ShapeError(
+                    f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; leave {name} out to infer it"
+                )
 
 
 def _check_sizes(kwargs: dict, label: str) -> None:
@@ -323,12 +354,15 @@ def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: s
     if counts[1] > 1 or ".repeat." in entry.where or not entry.where.startswith("model.layers"):
         raise ShapeError(f"{label}: a network has at most one backbone layer, outside repeat and blocks")
     if len(shape) != 3 or shape[0] != 3:
-        raise ShapeError(f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
-                         f"{shape_text(shape)}; put it first and set data.channels: 3")
+        raise ShapeError(
+            f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
+            f"{shape_text(shape)}; put it first and set data.channels: 3"
+        )
 
 
-def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, count_inner: bool,
-              label: str) -> tuple[tuple[int, ...], int, int]:
+def _run_meta(
+    module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, count_inner: bool, label: str
+) -> tuple[tuple[int, ...], int, int]:
     """Run a layer on a meta batch of two: (output shape, MACs per image, activations per image)."""
 
     from torch.utils.flop_counter import FlopCounterMode  # lazy: ~0.25 s to import; only summary counts MACs
@@ -340,8 +374,7 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, co
         if isinstance(out, torch.Tensor) and out.dim() > 0:
             inner.append(out[0].numel())  # one image of the two
 
-    hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())] \
-        if count_inner else []
+    hooks = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())] if count_inner else []
     counter = FlopCounterMode(display=False) if count_macs else None
     try:
         with counter or contextlib.nullcontext():
@@ -354,21 +387,26 @@ def _run_meta(module: nn.Module, shape: tuple[int, ...], *, count_macs: bool, co
         for hook in hooks:
             hook.remove()
     if not isinstance(y, torch.Tensor):
-        raise ShapeError(f"{label}: returns {type(y).__name__}, not a tensor; it cannot be "
-                         f"used in a sequential network")
+        raise ShapeError(
+            f"{label}: returns {type(y).__name__}, not a tensor; it cannot be used in a sequential network"
+        )
     out_shape = tuple(y.shape[1:])
     if len(out_shape) == 0 or min(out_shape) < 1:
-        raise InputTooSmall(f"{label}: turns input {shape_text(shape)} into an empty output "
-                         f"{shape_text(out_shape) or 'scalar'}")
+        raise InputTooSmall(
+            f"{label}: turns input {shape_text(shape)} into an empty output {shape_text(out_shape) or 'scalar'}"
+        )
     if math.prod(out_shape) > MAX_ACTIVATION:
-        raise ShapeError(f"{label}: its output {shape_text(out_shape)} holds {math.prod(out_shape):,} values "
-                         f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})")
+        raise ShapeError(
+            f"{label}: its output {shape_text(out_shape)} holds {math.prod(out_shape):,} values "
+            f"per image, more than cnnzoo allows ({MAX_ACTIVATION:,})"
+        )
     macs = counter.get_total_flops() // 4 if counter else 0  # 2 images, 2 flops per MAC
     return out_shape, macs, sum(inner) or math.prod(out_shape)
 
 
-def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes: Optional[int],
-               count_macs: bool, label: str) -> LayerInfo:
+def _trace_one(
+    index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes: int | None, count_macs: bool, label: str
+) -> LayerInfo:
     """Resolve, check, make (on the meta device) and run one layer."""
     type_name, cls, kwargs = resolve_layer_class(entry.name, shape, label)
     kwargs.update(entry.kwargs)
@@ -387,18 +425,34 @@ def _trace_one(index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes
         raise ShapeError(f"{label}: {short_reason(exc, 200)}") from exc
     params = sum(p.numel() for p in module.parameters())
     if params > MAX_LAYER_PARAMS:
-        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer "
-                         f"({MAX_LAYER_PARAMS:,})")
-    out_shape, macs, activations = _run_meta(module, shape, count_macs=count_macs,
-                                             count_inner=type_name == "Backbone" or type_name in BLOCKS, label=label)
+        raise ShapeError(f"{label}: {params:,} parameters, more than cnnzoo allows in one layer ({MAX_LAYER_PARAMS:,})")
+    out_shape, macs, activations = _run_meta(
+        module, shape, count_macs=count_macs, count_inner=type_name == "Backbone" or type_name in BLOCKS, label=label
+    )
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return LayerInfo(index=index, type=type_name, kwargs=kwargs, input_shape=shape, output_shape=out_shape,
-                     params=params, trainable_params=trainable, macs=macs, where=entry.where, cls=cls,
-                     activations=activations)
+    return LayerInfo(
+        index=index,
+        type=type_name,
+        kwargs=kwargs,
+        input_shape=shape,
+        output_shape=out_shape,
+        params=params,
+        trainable_params=trainable,
+        macs=macs,
+        where=entry.where,
+        cls=cls,
+        activations=activations,
+    )
 
 
-def trace_chain(layers: Any, input_shape: tuple[int, ...], *, where: str = "model.layers",
-                num_classes: Optional[int] = None, count_macs: bool = False) -> list[LayerInfo]:
+def trace_chain(
+    layers: Any,
+    input_shape: tuple[int, ...],
+    *,
+    where: str = "model.layers",
+    num_classes: int | None = None,
+    count_macs: bool = False,
+) -> list[LayerInfo]:
     """Trace a layer list from ``input_shape``: the shapes and checks, no classifier rules.
 
     Blocks call it for their inner lists; one count of layers (:data:`MAX_LAYERS`) covers
@@ -429,8 +483,9 @@ def trace_chain(layers: Any, input_shape: tuple[int, ...], *, where: str = "mode
             _LAYER_COUNT.reset(token)
 
 
-def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
-                 num_classes: Optional[int] = None, *, count_macs: bool = False) -> list[LayerInfo]:
+def trace_layers(
+    layers: Any, input_shape: tuple[int, ...] | list[int], num_classes: int | None = None, *, count_macs: bool = False
+) -> list[LayerInfo]:
     """Resolve and check every layer on the meta device; return what each one produces.
 
     ``count_macs`` also counts multiply-accumulates with torch's FlopCounterMode (which
@@ -439,8 +494,9 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
     if isinstance(layers, list) and not layers:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
     try:
-        infos = trace_chain(layers, tuple(input_shape), where="model.layers", num_classes=num_classes,
-                            count_macs=count_macs)
+        infos = trace_chain(
+            layers, tuple(input_shape), where="model.layers", num_classes=num_classes, count_macs=count_macs
+        )
     except InputTooSmall as exc:
         smallest = smallest_input(layers, tuple(input_shape), num_classes)
         if smallest is None:
@@ -448,18 +504,21 @@ def trace_layers(layers: Any, input_shape: tuple[int, ...] | list[int],
         raise InputTooSmall(f"{exc}; the smallest input that works is {shape_text(smallest)}") from exc
     shape = infos[-1].output_shape
     if len(shape) != 1:
-        raise ShapeError(f"the network ends with a {shape_text(shape)} feature map, but a classifier "
-                         f"must end with one score per class; end with flatten (or gap) and "
-                         f"dense: {{out_features: num_classes}}")
+        raise ShapeError(
+            f"the network ends with a {shape_text(shape)} feature map, but a classifier "
+            f"must end with one score per class; end with flatten (or gap) and "
+            f"dense: {{out_features: num_classes}}"
+        )
     if num_classes is not None and shape[0] != num_classes and not (num_classes == 2 and shape[0] == 1):
-        raise ShapeError(f"layer {len(infos) - 1} ({infos[-1].type}): the network ends with "
-                         f"{shape[0]} outputs but there are {num_classes} classes; use "
-                         f"out_features: num_classes")
+        raise ShapeError(
+            f"layer {len(infos) - 1} ({infos[-1].type}): the network ends with "
+            f"{shape[0]} outputs but there are {num_classes} classes; use "
+            f"out_features: num_classes"
+        )
     return infos
 
 
-def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: Optional[int] = None
-                   ) -> Optional[tuple[int, ...]]:
+def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: int | None = None) -> tuple[int, ...] | None:
     """The input with the smallest sides (each raised to at least S) that no layer finds too small.
 
     Each conv and pool's output grows with its input (floor((W - K + 2P)/S) + 1), so whether a
@@ -511,14 +570,18 @@ def _plain(kwargs: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
-def trace_records(records: list[dict[str, Any]], input_shape: tuple[int, ...] | list[int],
-                  num_classes: Optional[int] = None) -> list[LayerInfo]:
+def trace_records(
+    records: list[dict[str, Any]], input_shape: tuple[int, ...] | list[int], num_classes: int | None = None
+) -> list[LayerInfo]:
     """:func:`layer_records` output traced again, like a config's layers (shapes, parameters)."""
     return trace_layers([{rec["type"]: dict(rec["kwargs"])} for rec in records], input_shape, num_classes)
 
 
-def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tuple[int, ...] | list[int]] = None,
-                       num_classes: Optional[int] = None) -> nn.Sequential:
+def build_from_records(
+    records: list[dict[str, Any]],
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    num_classes: int | None = None,
+) -> nn.Sequential:
     """Rebuild a model from :func:`layer_records` output (e.g. from a checkpoint).
 
     With ``input_shape`` the records are traced first, exactly like a config's layers, so
@@ -533,8 +596,9 @@ def build_from_records(records: list[dict[str, Any]], input_shape: Optional[tupl
     return nn.Sequential(*modules)
 
 
-def build_model(layers: Any, input_shape: tuple[int, ...] | list[int],
-                num_classes: Optional[int] = None, *, pretrained: bool = True) -> nn.Sequential:
+def build_model(
+    layers: Any, input_shape: tuple[int, ...] | list[int], num_classes: int | None = None, *, pretrained: bool = True
+) -> nn.Sequential:
     """Build the checked ``nn.Sequential``; its forward on ``[B, C, H, W]`` gives logits.
 
     ``pretrained`` loads the weights a ``backbone`` layer names (downloading them if needed).

@@ -7,7 +7,7 @@ without allocating its 138 M parameters; multiply-accumulates are counted by tor
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -18,7 +18,7 @@ from .blocks import BLOCKS
 from .layers import LayerInfo, trace_layers
 
 
-def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
+def resolve_model_shape(cfg: Config) -> tuple[list[int], int | None]:
     """Input [C, H, W] and class count: from ``model`` where set, else from ``data``."""
 
     if cfg.model.input and cfg.model.num_classes:
@@ -29,8 +29,7 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], Optional[int]]:
     try:
         num_classes = len(class_names(cfg))
     except UserError as exc:  # no data here: the class count is all a summary needs from it
-        raise type(exc)(f"{exc}; a summary only needs the number of classes: "
-                        f"--set model.num_classes=N") from None
+        raise type(exc)(f"{exc}; a summary only needs the number of classes: --set model.num_classes=N") from None
     return [channels, *size], num_classes
 
 
@@ -53,9 +52,19 @@ def _block_layers(info: LayerInfo) -> list[dict[str, Any]]:
 
     with torch.device("meta"):
         block = info.cls(**info.kwargs)
-    return [{"part": part, "index": i.index, "type": i.type, "args": _short_args(i),
-             "output_shape": list(i.output_shape), "params": i.params, "trainable_params": i.trainable_params}
-            for part, inner in block.inner.items() for i in inner]
+    return [
+        {
+            "part": part,
+            "index": i.index,
+            "type": i.type,
+            "args": _short_args(i),
+            "output_shape": list(i.output_shape),
+            "params": i.params,
+            "trainable_params": i.trainable_params,
+        }
+        for part, inner in block.inner.items()
+        for i in inner
+    ]
 
 
 def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
@@ -71,23 +80,37 @@ def _backbone_stages(info: LayerInfo) -> list[dict[str, Any]]:
             x = backbone.run(x, index, index + 1) if x is not None else None
         except Exception:  # a timm model whose forward is not a plain chain: no per-stage shapes
             x = None
-        stages.append({"index": index, "modules": units,
-                       "output_shape": list(x.shape[1:]) if x is not None else None,
-                       "params": sum(p.numel() for p in params),
-                       "trainable_params": sum(p.numel() for p in params if p.requires_grad)})
+        stages.append(
+            {
+                "index": index,
+                "modules": units,
+                "output_shape": list(x.shape[1:]) if x is not None else None,
+                "params": sum(p.numel() for p in params),
+                "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            }
+        )
     return stages
 
 
-def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: Optional[int]) -> dict[str, Any]:
+def _as_dict(infos: list[LayerInfo], input_shape: list[int], num_classes: int | None) -> dict[str, Any]:
     total = sum(i.params for i in infos)
     trainable = sum(i.trainable_params for i in infos)
     activations = sum(i.activations for i in infos)
     return {
         "input_shape": list(input_shape),
         "num_classes": num_classes,
-        "layers": [{"index": i.index, "type": i.type, "output_shape": list(i.output_shape),
-                    "params": i.params, "trainable_params": i.trainable_params, "macs": i.macs,
-                    "args": _short_args(i)} for i in infos],
+        "layers": [
+            {
+                "index": i.index,
+                "type": i.type,
+                "output_shape": list(i.output_shape),
+                "params": i.params,
+                "trainable_params": i.trainable_params,
+                "macs": i.macs,
+                "args": _short_args(i),
+            }
+            for i in infos
+        ],
         "total_params": total,
         "trainable_params": trainable,
         "non_trainable_params": total - trainable,
@@ -139,23 +162,39 @@ def format_summary(s: dict[str, Any], title: str = "") -> str:
     rows.append(("", "Input", shape_text(s["input_shape"]), "", ""))
     for layer in s["layers"]:
         name = f"{layer['type']}({layer['args']})" if layer["args"] else layer["type"]
-        rows.append((str(layer["index"]), name, shape_text(layer["output_shape"]),
-                     _params_text(layer), human_count(layer["macs"]) if layer["macs"] else ""))
+        rows.append(
+            (
+                str(layer["index"]),
+                name,
+                shape_text(layer["output_shape"]),
+                _params_text(layer),
+                human_count(layer["macs"]) if layer["macs"] else "",
+            )
+        )
         for inner in layer.get("inner", []):
             name = f"{inner['type']}({inner['args']})" if inner["args"] else inner["type"]
-            rows.append(("", f"  {inner['part']}.{inner['index']}: {name}", shape_text(inner["output_shape"]),
-                         _params_text(inner), ""))
+            rows.append(
+                (
+                    "",
+                    f"  {inner['part']}.{inner['index']}: {name}",
+                    shape_text(inner["output_shape"]),
+                    _params_text(inner),
+                    "",
+                )
+            )
         for stage in layer.get("stages", []):
             shape = shape_text(stage["output_shape"]) if stage["output_shape"] else "?"
-            rows.append(("", f"  stage {stage['index']}: {', '.join(stage['modules'])}", shape,
-                         _params_text(stage), ""))
+            rows.append(
+                ("", f"  stage {stage['index']}: {', '.join(stage['modules'])}", shape, _params_text(stage), "")
+            )
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     widths[1] = min(widths[1], 52)
 
     def line(r: tuple[str, ...]) -> str:
         name = r[1] if len(r[1]) <= widths[1] else r[1][: widths[1] - 1] + "…"
-        return (f"{r[0]:>{widths[0]}}  {name:<{widths[1]}}  {r[2]:<{widths[2]}}  "
-                f"{r[3]:>{widths[3]}}  {r[4]:>{widths[4]}}").rstrip()
+        return (
+            f"{r[0]:>{widths[0]}}  {name:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]:>{widths[4]}}"
+        ).rstrip()
 
     rule = "─" * len(line(rows[0]).ljust(sum(widths) + 8))
     out = [f'Model: "{title}"' if title else "Model", rule, line(rows[0]), rule.replace("─", "═")]

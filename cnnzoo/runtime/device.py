@@ -11,7 +11,6 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 
@@ -33,11 +32,11 @@ def pick_device(setting: str, key: str = "train.device") -> torch.device:
         raise ConfigError(f"{key}: unknown device {setting!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{key}: {setting} asked for, but this machine/torch build has no "
-                              f"usable CUDA GPU; use --device cpu")
+            raise ConfigError(
+                f"{key}: {setting} asked for, but this machine/torch build has no usable CUDA GPU; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{key}: {setting} asked for, but there are only "
-                              f"{torch.cuda.device_count()} GPUs")
+            raise ConfigError(f"{key}: {setting} asked for, but there are only {torch.cuda.device_count()} GPUs")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"{key}: mps asked for, but it is not available here; use --device cpu")
     return device
@@ -48,7 +47,7 @@ def prefers_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype ``train.amp`` asks for; for ``auto``, the one :func:`measure_amp` would try."""
     if device.type != "cuda":
         if setting in ("bf16", "fp16"):
@@ -67,8 +66,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_amp(model: torch.nn.Module, batch_shape: tuple[int, ...], *, num_outputs: int, device: torch.device,
-                candidate: Optional[torch.dtype], channels_last: bool, steps: int = 8) -> dict[str, float]:
+def measure_amp(
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+    *,
+    num_outputs: int,
+    device: torch.device,
+    candidate: torch.dtype | None,
+    channels_last: bool,
+    steps: int = 8,
+) -> dict[str, float]:
     """Images/s of forward + backward in float32 and under ``candidate`` autocast, on a copy of
     ``model`` with a random batch: small networks can run faster in float32 even on tensor
     cores (measured on an H100: the clothing CNN at 64 px, batch 32, 7,034 vs 6,457 img/s)."""
@@ -81,26 +88,32 @@ def measure_amp(model: torch.nn.Module, batch_shape: tuple[int, ...], *, num_out
     rates = {}
     for dtype in (None, candidate):
         context = nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-        def step() -> None:
-            with context:
-                out = probe(x)
-                loss = torch.nn.functional.cross_entropy(out.float(), y % out.shape[1])
-            loss.backward()
-            probe.zero_grad(set_to_none=True)
-
-        for _ in range(3):  # warm-up: kernels chosen, memory allocated
-            step()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        rates[str(dtype).replace("torch.", "") if dtype else "float32"] = steps * batch_shape[0] / (time.perf_counter() - start)
+        name = str(dtype).replace("torch.", "") if dtype else "float32"
+        rates[name] = _images_per_second(probe, x, y, context, steps=steps)
     return rates
 
 
-def choose_amp(rates: dict[str, float], candidate: Optional[torch.dtype]) -> Optional[torch.dtype]:
+def _images_per_second(probe: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, context, *, steps: int) -> float:
+    """Forward + backward steps of ``probe`` on one batch under ``context``, timed after three warm-up steps."""
+
+    def step() -> None:
+        with context:
+            out = probe(x)
+            loss = torch.nn.functional.cross_entropy(out.float(), y % out.shape[1])
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # warm-up: kernels chosen, memory allocated
+        step()
+    _sync(x.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(x.device)
+    return steps * len(x) / (time.perf_counter() - start)
+
+
+def choose_amp(rates: dict[str, float], candidate: torch.dtype | None) -> torch.dtype | None:
     """The candidate autocast dtype when it beats float32 by :data:`AMP_MARGIN`, else None (float32)."""
     if candidate is None:
         return None
@@ -109,12 +122,12 @@ def choose_amp(rates: dict[str, float], candidate: Optional[torch.dtype]) -> Opt
 
 
 def norm_tensors(mean: list[float], std: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(std, device=device).view(1, -1, 1, 1))
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
-def to_model_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   *, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+def to_model_input(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *, device: torch.device, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 [B, C, H, W] -> normalised float32 on ``device`` (the copy overlaps when pinned)."""
     x = images.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -132,7 +145,7 @@ class Feed:
     device: torch.device
     norm: tuple[torch.Tensor, torch.Tensor]
     channels_last: bool = False
-    autocast_dtype: Optional[torch.dtype] = None
+    autocast_dtype: torch.dtype | None = None
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.dtype == torch.uint8:
@@ -145,7 +158,7 @@ class Feed:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def without_autocast(self) -> "Feed":
+    def without_autocast(self) -> Feed:
         """The same feed in float32: what validation uses, so that ``cnnzoo evaluate`` (float32)
         reproduces the figures training recorded, on CUDA too."""
         return replace(self, autocast_dtype=None)

@@ -26,10 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,8 +92,9 @@ def setup(device: torch.device, timeout_s: float) -> tuple[Context, torch.device
     else:
         raise ConfigError(f"train.device: {device.type} cannot train with several processes; use cuda or cpu")
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                             device_id=device if device.type == "cuda" else None)
+        torch.distributed.init_process_group(
+            backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
+        )
     console.rank = ctx.rank
     return ctx, device
 
@@ -180,7 +182,7 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     """``net`` in DistributedDataParallel when distributed, else ``net`` itself."""
     if not context().enabled:
         return net
-    ids: Optional[list[int]] = [device.index] if device.type == "cuda" else None
+    ids: list[int] | None = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
@@ -189,8 +191,10 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, s
     if not context().enabled:
         return model, "train.sync_bn: one process, nothing to synchronise"
     if device.type != "cuda":
-        return model, ("train.sync_bn: torch synchronises BatchNorm on GPUs only; on CPU each process "
-                       "keeps its own batch statistics")
+        return model, (
+            "train.sync_bn: torch synchronises BatchNorm on GPUs only; on CPU each process "
+            "keeps its own batch statistics"
+        )
     try:  # timm's converter also handles its BatchNorm+activation layers, which torch's would break
         from timm.layers import convert_sync_batchnorm  # lazy: timm is an optional extra
     except ImportError:
@@ -229,8 +233,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // nproc)))
     # torchrun's agent logs each step of a failure; the one line below says what matters
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--module", "cnnzoo", *argv])
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "cnnzoo", *argv])
     done = threading.Event()
     threading.Thread(target=_kill_stopped_workers, args=(done,), daemon=True).start()
     with tempfile.TemporaryDirectory(prefix="cnnzoo-launch-") as folder:
@@ -242,10 +245,13 @@ def launch(nproc: int, argv: list[str]) -> int:
             rank, failure = exc.get_first_failure()
             code = failure.exitcode
             if code != 2:  # 2: a user error, which rank 0 has already printed in one line
-                how = (f"was killed by signal {failure.signal_name()}" if code < 0
-                       else f"exited with code {code}")
-                print(f"cnnzoo: error: process {rank} of {nproc} {how}; torchrun stopped the others"
-                      f"{_resume_hint(record)}", file=sys.stderr, flush=True)
+                how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
+                print(
+                    f"cnnzoo: error: process {rank} of {nproc} {how}; torchrun stopped the others"
+                    f"{_resume_hint(record)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return 2 if code == 2 else 1
         finally:
             done.set()
@@ -263,7 +269,7 @@ def _kill_stopped_workers(done: threading.Event) -> None:
     """
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")  # torchrun's workers
     seen: set[int] = set()
-    ended_at: Optional[float] = None
+    ended_at: float | None = None
     while not done.wait(0.2):
         try:
             alive = {int(pid) for pid in children.read_text().split()}

@@ -13,7 +13,6 @@ import functools
 import importlib.util
 import re
 from pathlib import Path
-from typing import Optional
 
 from ..errors import UserError
 
@@ -21,7 +20,7 @@ WHEEL_INDEX = "https://download.pytorch.org/whl"
 TORCHVISION_MINOR_OFFSET = 15  # torch 2.m pairs with torchvision 0.(m + 15): 2.0 / 0.15 ... 2.14 / 0.29
 
 
-def _version_file(package: str) -> Optional[str]:
+def _version_file(package: str) -> str | None:
     spec = importlib.util.find_spec(package)  # finds the package without running it
     if spec is None or not spec.origin:
         return None
@@ -31,13 +30,13 @@ def _version_file(package: str) -> Optional[str]:
         return None
 
 
-def _assigned(text: str, name: str) -> Optional[str]:
+def _assigned(text: str, name: str) -> str | None:
     """The string literal assigned to ``name`` in a version.py (None for ``None`` or no assignment)."""
     found = re.search(rf"^{name}\b[^=\n]*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
     return found.group(1) if found else None
 
 
-def installed() -> Optional[tuple[str, Optional[str], str]]:
+def installed() -> tuple[str, str | None, str] | None:
     """(torch version, the CUDA version torch was built for or None, torchvision version with its
     build tag, e.g. ``0.28.0+cu130``); None when either package is missing or unreadable."""
     torch_text, vision_text = _version_file("torch"), _version_file("torchvision")
@@ -49,16 +48,18 @@ def installed() -> Optional[tuple[str, Optional[str], str]]:
     return torch_version, _assigned(torch_text, "cuda"), vision_version
 
 
-def matching_install(torch_version: str, torch_cuda: Optional[str]) -> str:
+def matching_install(torch_version: str, torch_cuda: str | None) -> str:
     """The pip command that replaces torchvision with the build for this torch (CPU wheels for a
     CPU-only torch). ``--force-reinstall``: pip counts 0.28.0 (CUDA) as satisfying 0.28.* already."""
     minor = int(re.match(r"\d+\.(\d+)", torch_version).group(1))
     build = f"cu{torch_cuda.replace('.', '')}" if torch_cuda else "cpu"
-    return (f"pip install --force-reinstall --no-deps 'torchvision==0.{minor + TORCHVISION_MINOR_OFFSET}.*' "
-            f"--index-url {WHEEL_INDEX}/{build}")
+    return (
+        f"pip install --force-reinstall --no-deps 'torchvision==0.{minor + TORCHVISION_MINOR_OFFSET}.*' "
+        f"--index-url {WHEEL_INDEX}/{build}"
+    )
 
 
-def pair_problem(torch_version: str, torch_cuda: Optional[str], vision_version: str) -> Optional[str]:
+def pair_problem(torch_version: str, torch_cuda: str | None, vision_version: str) -> str | None:
     """Why this torchvision cannot load with this torch, or None when the pair matches (or is unknown)."""
     torch_match = re.match(r"2\.(\d+)", torch_version)
     vision_match = re.match(r"0\.(\d+)", vision_version)
@@ -74,12 +75,14 @@ def pair_problem(torch_version: str, torch_cuda: Optional[str], vision_version: 
         reason = f"that torchvision is built for CUDA {tag[2:-1]}, that torch for CUDA {torch_cuda}"
     else:
         return None
-    return (f"torch {torch_version} and torchvision {vision_version} do not work together ({reason}); "
-            f"install the torchvision built for this torch: {matching_install(torch_version, torch_cuda)}")
+    return (
+        f"torch {torch_version} and torchvision {vision_version} do not work together ({reason}); "
+        f"install the torchvision built for this torch: {matching_install(torch_version, torch_cuda)}"
+    )
 
 
 @functools.cache
-def _problem() -> Optional[str]:
+def _problem() -> str | None:
     pair = installed()
     return pair_problem(*pair) if pair else None
 
@@ -91,7 +94,7 @@ def check() -> None:
         raise UserError(problem)
 
 
-def describe_failure(exc: BaseException) -> Optional[str]:
+def describe_failure(exc: BaseException) -> str | None:
     """The one line for torchvision failing to load its operators (a build mismatch :func:`check`
     could not see), or None for any other error."""
     if "torchvision::" not in str(exc):
@@ -100,6 +103,8 @@ def describe_failure(exc: BaseException) -> Optional[str]:
     if pair is None:
         return None
     torch_version, torch_cuda, vision_version = pair
-    return (f"torchvision {vision_version} cannot load its operators with torch {torch_version} (they were built "
-            f"for different releases or builds); install the torchvision built for this torch: "
-            f"{matching_install(torch_version, torch_cuda)}")
+    return (
+        f"torchvision {vision_version} cannot load its operators with torch {torch_version} (they were built "
+        f"for different releases or builds); install the torchvision built for this torch: "
+        f"{matching_install(torch_version, torch_cuda)}"
+    )

@@ -12,9 +12,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,8 +27,20 @@ from ..errors import ConfigError
 from ..files import is_disk_full, write_text
 from ..plots import confusion_figure, plot_history
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-                  "images_per_s", "data_wait", "stage", "trainable_params", "backbone_lr"]
+METRIC_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+    "data_wait",
+    "stage",
+    "trainable_params",
+    "backbone_lr",
+]
 _TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait", "lr", "backbone_lr")
 
 
@@ -67,7 +80,7 @@ class Checkpoints:
     ``runs/latest`` pointed at the run once it has a ``best.pt`` (so a run that fails first
     leaves ``latest`` at the last run that predict and evaluate can use)."""
 
-    def __init__(self, run_dir: Path, snapshot: Callable[[int, Optional[dict], bool], dict], saved_epoch: int):
+    def __init__(self, run_dir: Path, snapshot: Callable[[int, dict | None, bool], dict], saved_epoch: int):
         self.dir, self.snapshot = run_dir, snapshot
         self.saved_epoch = saved_epoch  # what last.pt holds, for the Ctrl-C message
         self.pointed_latest = False
@@ -89,7 +102,7 @@ class Checkpoints:
 class MetricsCSV:
     """metrics.csv, rewritten whole (atomically) each epoch; a resumed run keeps the rows it had."""
 
-    def __init__(self, run_dir: Path, keep_up_to: Optional[int] = None):
+    def __init__(self, run_dir: Path, keep_up_to: int | None = None):
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, str]] = []
         if keep_up_to is not None and self.path.exists():
@@ -120,7 +133,7 @@ class HistoryPlot:
     def __init__(self, run_dir: Path, metrics: MetricsCSV):
         self.path, self.metrics = run_dir / "history.png", metrics
         self._drawn_at = -math.inf
-        self.best_epoch: Optional[int] = None  # the epoch best.pt holds, marked on the plot
+        self.best_epoch: int | None = None  # the epoch best.pt holds, marked on the plot
 
     def epoch_end(self, end: EpochEnd) -> None:
         self.best_epoch = end.best_epoch
@@ -150,11 +163,13 @@ class EpochLine:
 
     def epoch_end(self, end: EpochEnd) -> None:
         row = end.row
-        console.log(f"epoch {row['epoch']:>3}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
-                    f"{100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.4f} acc "
-                    f"{100 * row['val_acc']:5.1f}%  lr {row['lr']:.2g}  {row['images_per_s']:.0f} img/s  "
-                    f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
-                    f"best {self.monitor} {end.best_text}")
+        console.log(
+            f"epoch {row['epoch']:>3}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{100 * row['train_acc']:5.1f}%  val loss {row['val_loss']:.4f} acc "
+            f"{100 * row['val_acc']:5.1f}%  lr {row['lr']:.2g}  {row['images_per_s']:.0f} img/s  "
+            f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
+            f"best {self.monitor} {end.best_text}"
+        )
 
     def close(self) -> None:
         pass
@@ -175,8 +190,12 @@ class TensorBoard:
     def epoch_end(self, end: EpochEnd) -> None:
         row, step, w = end.row, end.epoch, self.writer
         # one event file per run (add_scalars would make a TensorBoard "run" of every curve)
-        for name, key in (("loss/train", "train_loss"), ("loss/validation", "val_loss"),
-                          ("accuracy/train", "train_acc"), ("accuracy/validation", "val_acc")):
+        for name, key in (
+            ("loss/train", "train_loss"),
+            ("loss/validation", "val_loss"),
+            ("accuracy/train", "train_acc"),
+            ("accuracy/validation", "val_acc"),
+        ):
             w.add_scalar(name, row[key], step)
         w.add_scalar("lr/head", row["lr"], step)
         if row["backbone_lr"] is not None:
@@ -184,8 +203,11 @@ class TensorBoard:
         w.add_scalar("speed/images_per_s", row["images_per_s"], step)
         w.add_scalar("speed/data_wait", row["data_wait"], step)
         try:
-            w.add_figure("validation/confusion_matrix",
-                         confusion_figure(end.confusion.tolist(), self.classes, f"epoch {step}"), step)
+            w.add_figure(
+                "validation/confusion_matrix",
+                confusion_figure(end.confusion.tolist(), self.classes, f"epoch {step}"),
+                step,
+            )
         except Exception as exc:  # a picture must never end a training run
             console.warn(f"tensorboard: could not draw the confusion matrix: {exc}")
         w.flush()
@@ -201,12 +223,15 @@ def require_tensorboard(loggers: list[str]) -> None:
     try:
         import tensorboard  # noqa: F401  # lazy: an optional extra; torch.utils.tensorboard needs it
     except ImportError:
-        raise ConfigError("train.loggers: tensorboard needs the tensorboard package; "
-                          "pip install 'cnnzoo[tensorboard]' (or remove it from the list)") from None
+        raise ConfigError(
+            "train.loggers: tensorboard needs the tensorboard package; "
+            "pip install 'cnnzoo[tensorboard]' (or remove it from the list)"
+        ) from None
 
 
-def make_callbacks(t: TrainConfig, run_dir: Path, classes: list[str], *, checkpoints: Checkpoints,
-              resumed_at: Optional[int]) -> list[Callback]:
+def make_callbacks(
+    t: TrainConfig, run_dir: Path, classes: list[str], *, checkpoints: Checkpoints, resumed_at: int | None
+) -> list[Callback]:
     """The callbacks of a run, in order. metrics.csv comes before the checkpoints: Ctrl-C between
     the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the
     other order would leave last.pt ahead of metrics.csv, and the resumed run without that row.

@@ -4,7 +4,7 @@ validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEp
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +22,15 @@ class Stepper:
     """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule
     (none when the caller sets the rate itself, as lr-find does)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Optional[LRSchedule],
-                 *, scaler=None, grad_clip: Optional[float] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule | None,
+        *,
+        scaler=None,
+        grad_clip: float | None = None,
+    ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.scaler, self.grad_clip = scaler, grad_clip
 
@@ -45,8 +52,9 @@ class Stepper:
             self.schedule.step_batch()
 
 
-def train_one_epoch(net: nn.Module, loader, *, criterion: nn.Module, stepper: Stepper, feed: Feed,
-                    desc: str) -> dict[str, float]:
+def train_one_epoch(
+    net: nn.Module, loader, *, criterion: nn.Module, stepper: Stepper, feed: Feed, desc: str
+) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
     net.train()
@@ -81,15 +89,23 @@ def train_one_epoch(net: nn.Module, loader, *, criterion: nn.Module, stepper: St
         step += 1
         if bar.disable is False and (step % 5 == 0 or step == len(loader)):
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
-                            img_s=f"{seen / elapsed:.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / seen:.3f}",
+                acc=f"{correct.item() / seen:.1%}",
+                img_s=f"{seen / elapsed:.0f}",
+                refresh=False,
+            )
         bar.update(1)
     bar.close()
     seconds = distributed.all_max(time.perf_counter() - start, device)
     loss_total, correct_total, seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], device)
-    return {"train_loss": loss_total / max(1, seen), "train_acc": correct_total / max(1, seen),
-            "train_seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0,
-            "data_wait": wait / seconds if seconds else 0.0}
+    return {
+        "train_loss": loss_total / max(1, seen),
+        "train_acc": correct_total / max(1, seen),
+        "train_seconds": seconds,
+        "images_per_s": seen / seconds if seconds else 0.0,
+        "data_wait": wait / seconds if seconds else 0.0,
+    }
 
 
 def validate(net: nn.Module, loader, *, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
@@ -115,7 +131,7 @@ class BestEpoch:
     lower loss is the better checkpoint. Only progress resets the patience count.
     """
 
-    def __init__(self, t: TrainConfig, saved: Optional[dict[str, Any]] = None):
+    def __init__(self, t: TrainConfig, saved: dict[str, Any] | None = None):
         self.monitor, self.maximize = t.monitor, t.monitor == "val_acc"
         self.other = "val_loss" if self.maximize else "val_acc"
         self.min_delta, self.patience = t.min_delta, t.patience
@@ -132,11 +148,15 @@ class BestEpoch:
     def update(self, val: dict[str, float], epoch: int) -> bool:
         """Record an epoch's validation figures; True when best.pt should now hold this epoch."""
         value, other = val[self.monitor], val[self.other]
-        progress = self.reference is None or (value > self.reference + self.min_delta if self.maximize
-                                              else value < self.reference - self.min_delta)
-        no_worse = (self.value is not None and self.other_value is not None
-                    and self._at_least(value, self.value, self.maximize)
-                    and self._at_least(other, self.other_value, not self.maximize))
+        progress = self.reference is None or (
+            value > self.reference + self.min_delta if self.maximize else value < self.reference - self.min_delta
+        )
+        no_worse = (
+            self.value is not None
+            and self.other_value is not None
+            and self._at_least(value, self.value, self.maximize)
+            and self._at_least(other, self.other_value, not self.maximize)
+        )
         if progress:
             self.reference, self.bad_epochs = value, 0
         else:
@@ -155,8 +175,13 @@ class BestEpoch:
         return f"{100 * self.value:.{digits}f}%" if self.maximize else f"{self.value:.4f}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_value": self.value, "best_other": self.other_value, "progress_value": self.reference,
-                "best_epoch": self.epoch, "bad_epochs": self.bad_epochs}
+        return {
+            "best_value": self.value,
+            "best_other": self.other_value,
+            "progress_value": self.reference,
+            "best_epoch": self.epoch,
+            "bad_epochs": self.bad_epochs,
+        }
 
 
 SMALL_VALIDATION = 100  # images; below it one image moves val_acc by more than a point
@@ -166,8 +191,9 @@ def warn_small_validation(images: int, monitor: str) -> None:
     """Say when one validation image moves val_acc by more than a point: epochs then tie often."""
     if images >= SMALL_VALIDATION:
         return
-    how = ("ties go to the lower val_loss" if monitor == "val_acc"
-           else "best.pt follows val_loss (train.monitor)")
-    console.warn(f"the validation split has {images} images: one image moves val_acc by "
-                 f"{100 / images:.1f} points, so epochs often tie ({how}); more validation images "
-                 f"(data.val_fraction, or a larger validation/ folder) make the choice of best.pt steadier")
+    how = "ties go to the lower val_loss" if monitor == "val_acc" else "best.pt follows val_loss (train.monitor)"
+    console.warn(
+        f"the validation split has {images} images: one image moves val_acc by "
+        f"{100 / images:.1f} points, so epochs often tie ({how}); more validation images "
+        f"(data.val_fraction, or a larger validation/ folder) make the choice of best.pt steadier"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,15 +22,15 @@ def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
     inside = {id(p) for p in backbone.parameters()}
     head = [p for p in model.parameters() if id(p) not in inside and p.requires_grad]
-    return [{"params": head, "lr": t.lr},
-            {"params": list(backbone.parameters()), "lr": t.backbone_learning_rate()}]
+    return [{"params": head, "lr": t.lr}, {"params": list(backbone.parameters()), "lr": t.backbone_learning_rate()}]
 
 
 def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     params = param_groups(model, t)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
-                               weight_decay=t.weight_decay)
+        return torch.optim.SGD(
+            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay
+        )
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -52,12 +52,13 @@ class LRSchedule:
         if t.scheduler == "one-cycle":
             pct = self.warmup / self.total if self.warmup else 0.3
             self.torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=list(self.base_lrs), total_steps=self.total,
-                pct_start=min(max(pct, 0.01), 0.99))
+                optimizer, max_lr=list(self.base_lrs), total_steps=self.total, pct_start=min(max(pct, 0.01), 0.99)
+            )
         elif t.scheduler == "reduce-on-plateau":
             mode = "max" if t.monitor == "val_acc" else "min"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience)
+                optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience
+            )
             self.torch_schedule = None
             self._warm(0)
         else:
@@ -98,7 +99,7 @@ class LRSchedule:
         return float(self.optimizer.param_groups[0]["lr"])
 
     @property
-    def backbone_lr(self) -> Optional[float]:
+    def backbone_lr(self) -> float | None:
         groups = self.optimizer.param_groups
         return float(groups[1]["lr"]) if len(groups) > 1 else None
 
@@ -140,7 +141,7 @@ def check_class_weights(setting: Any, classes: list[str]) -> None:
         raise ConfigError(f"train.class_weights.{unknown[0]}: no such class; classes are {', '.join(classes)}")
 
 
-def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> Optional[torch.Tensor]:
+def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> torch.Tensor | None:
     """``balanced`` gives N / (K * n_c) (scikit-learn's rule) from the images training reads; a
     mapping names classes (:func:`check_class_weights`)."""
     check_class_weights(setting, classes)
@@ -155,7 +156,7 @@ def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> 
 class Criterion(nn.Module):
     """The training loss: cross-entropy over K logits, or BCE over one logit for two classes."""
 
-    def __init__(self, kind: str, weights: Optional[torch.Tensor], label_smoothing: float):
+    def __init__(self, kind: str, weights: torch.Tensor | None, label_smoothing: float):
         super().__init__()
         self.kind, self.label_smoothing = kind, label_smoothing
         if kind == "bce":
@@ -175,12 +176,16 @@ def loss_kind(setting: str, outputs: int, num_classes: int) -> str:
     if setting == "auto":
         return "bce" if outputs == 1 else "cross_entropy"
     if setting == "bce" and (outputs != 1 or num_classes != 2):
-        raise ConfigError(f"train.loss: bce needs a one-output head over 2 classes; this network has "
-                          f"{outputs} outputs for {num_classes} classes (use cross_entropy or dense: "
-                          f"{{out_features: 1}})")
+        raise ConfigError(
+            f"train.loss: bce needs a one-output head over 2 classes; this network has "
+            f"{outputs} outputs for {num_classes} classes (use cross_entropy or dense: "
+            f"{{out_features: 1}})"
+        )
     if setting == "cross_entropy" and outputs == 1:
-        raise ConfigError("train.loss: cross_entropy needs one output per class, the network has one "
-                          "output; use bce (or auto) or out_features: num_classes")
+        raise ConfigError(
+            "train.loss: cross_entropy needs one output per class, the network has one "
+            "output; use bce (or auto) or out_features: num_classes"
+        )
     return setting
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from torch import nn
@@ -29,7 +29,7 @@ from ..runtime.device import Feed, pick_device
 from .callbacks import Callback, Checkpoints, EpochEnd, make_callbacks
 from .loop import BestEpoch, Stepper, train_one_epoch, validate, warn_small_validation
 from .recipe import Criterion, LRSchedule, seed_everything
-from .setup import build_setup
+from .setup import TrainingSetup, build_setup
 from .transfer import TransferStages
 
 
@@ -75,20 +75,27 @@ class Job:
     def num_classes(self) -> int:
         return len(self.base_state["meta"]["classes"])
 
-    def snapshot(self, epoch: int, row: Optional[dict], full: bool) -> dict[str, Any]:
+    def snapshot(self, epoch: int, row: dict | None, full: bool) -> dict[str, Any]:
         """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs."""
-        snap = {**self.base_state,
-                "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "config": self.cfg.to_dict(), "epoch": epoch, "metrics": row or {}}
+        snap = {
+            **self.base_state,
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "metrics": row or {},
+        }
         if full:
             st = self.stepper
-            snap.update(optimizer=st.optimizer.state_dict(), scheduler=st.schedule.state_dict(),
-                        scaler=st.scaler.state_dict() if st.scaler is not None else {},
-                        trainer=self.best.state_dict())
+            snap.update(
+                optimizer=st.optimizer.state_dict(),
+                scheduler=st.schedule.state_dict(),
+                scaler=st.scaler.state_dict() if st.scaler is not None else {},
+                trainer=self.best.state_dict(),
+            )
         return snap
 
 
-def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | Path]):
+def _load_run_config(config: Any, overrides: list[str], resume: str | Path | None):
     """The config of a new run, or of the run a ``last.pt`` belongs to (with its saved state)."""
     if resume is None:
         if config is None:
@@ -102,7 +109,7 @@ def _load_run_config(config: Any, overrides: list[str], resume: Optional[str | P
     return cfg, state, Path(resume).resolve().parent
 
 
-def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path:
+def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Path | None) -> Path:
     """Make the run folder (or reopen a resumed one) and write config.yaml. ``latest`` moves
     to a new run once it has a ``best.pt`` (:class:`cnnzoo.training.callbacks.Checkpoints`); a resumed run
     that has one already takes it now."""
@@ -117,25 +124,29 @@ def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Optional[Path]) -> Path
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_error(run_dir, None) from None
-        raise UserError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
-                        f"choose a folder you can write with --runs") from None
+        raise UserError(
+            f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); choose a folder you can write with --runs"
+        ) from None
     console.log(f"run folder: {run_dir}")
     return run_dir
 
 
-def disk_full_error(run_dir: Path, saved_epoch: Optional[int]) -> UserError:
+def disk_full_error(run_dir: Path, saved_epoch: int | None) -> UserError:
     """The one line for a full disk (or quota) under a run folder: what ``last.pt`` still holds
     (checkpoints are replaced atomically, so it is whole) and how to go on."""
     runs.clean_stale_temporaries(run_dir)
     last = run_dir / "last.pt"
     if saved_epoch is None or not last.is_file():
-        return UserError(f"disk full at {run_dir}; nothing was saved; free some space or choose "
-                         f"another folder with --runs")
-    return UserError(f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
-                     f"resume with: cnnzoo train --resume {last}")
+        return UserError(
+            f"disk full at {run_dir}; nothing was saved; free some space or choose another folder with --runs"
+        )
+    return UserError(
+        f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
+        f"resume with: cnnzoo train --resume {last}"
+    )
 
 
-def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optional[str | Path]) -> Job:
+def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str | Path | None) -> Job:
     """Resolve the config, build the parts and the schedule, open the run folder, apply a resume.
 
     In a DDP run every process prepares the same job; only rank 0 opens the run folder.
@@ -144,38 +155,29 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optio
     t = cfg.train
     ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
     seed_everything(cfg.seed)
-    console.log(f"cnnzoo: training {cfg.run_name} on {dev}"
-                f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}")
+    console.log(
+        f"cnnzoo: training {cfg.run_name} on {dev}"
+        f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}"
+    )
     setup = build_setup(cfg, dev, state)
-    model, spec, infos = setup.model, setup.spec, setup.infos
     schedule = LRSchedule(setup.optimizer, t, len(setup.loaders.train))
-    stepper = Stepper(model, setup.optimizer, schedule, scaler=setup.scaler, grad_clip=t.grad_clip)
+    stepper = Stepper(setup.model, setup.optimizer, schedule, scaler=setup.scaler, grad_clip=t.grad_clip)
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
-    stages = TransferStages(model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed)
-
-    meta = {**spec.meta(), "loss": setup.loss_kind, "outputs": infos[-1].output_shape[0]}
-    base_state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos),
-                  "meta": meta}
-    job = Job(cfg=cfg, run_dir=run_dir, model=model, criterion=setup.criterion, stepper=stepper, feed=setup.feed,
-              stages=stages, best=BestEpoch(t), base_state=base_state)
+    job = _job(cfg, run_dir, setup, stepper)
     if state is not None:
         _resume(job, state)
     if ctx.rank == 0:
-        job.callbacks = make_callbacks(t, run_dir, spec.classes,
-                                       checkpoints=Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
-                                       resumed_at=job.start_epoch - 1 if state is not None else None)
-
-    warn_small_validation(len(spec.val), t.monitor)  # once the run is certain to start: never before an error
-    console.log("training images per class:\n" + sources.class_counts_text(spec.classes, setup.counts))
-    console.log(f"model: {len(infos)} layers, {sum(p.numel() for p in model.parameters()):,} parameters; "
-                f"loss {setup.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
-                f"{f' (backbone {t.backbone_learning_rate():g})' if stages.backbone else ''}; "
-                f"scheduler {t.scheduler}")
-    if job.start_epoch > 1:
-        console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
-    elif ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
+        job.callbacks = make_callbacks(
+            t,
+            run_dir,
+            setup.spec.classes,
+            checkpoints=Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
+            resumed_at=job.start_epoch - 1 if state is not None else None,
+        )
+    _log_plan(job, setup)
+    if job.start_epoch == 1 and ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
         try:
             ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
         except OSError as exc:
@@ -183,6 +185,38 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: Optio
                 raise disk_full_error(run_dir, None) from None
             raise
     return job
+
+
+def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> Job:
+    """The job of a new run (:func:`_resume` then continues an old one)."""
+    infos = setup.infos
+    meta = {**setup.spec.meta(), "loss": setup.loss_kind, "outputs": infos[-1].output_shape[0]}
+    return Job(
+        cfg=cfg,
+        run_dir=run_dir,
+        model=setup.model,
+        criterion=setup.criterion,
+        stepper=stepper,
+        feed=setup.feed,
+        stages=TransferStages(setup.model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed),
+        best=BestEpoch(cfg.train),
+        base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
+    )
+
+
+def _log_plan(job: Job, setup: TrainingSetup) -> None:
+    """What the run will do, said once it is certain to start (never a line before an error)."""
+    t, spec = job.cfg.train, setup.spec
+    warn_small_validation(len(spec.val), t.monitor)
+    console.log("training images per class:\n" + sources.class_counts_text(spec.classes, setup.counts))
+    console.log(
+        f"model: {len(setup.infos)} layers, {sum(p.numel() for p in job.model.parameters()):,} parameters; "
+        f"loss {setup.loss_kind}; optimizer {t.optimizer} lr {t.lr:g}"
+        f"{f' (backbone {t.backbone_learning_rate():g})' if job.stages.backbone else ''}; "
+        f"scheduler {t.scheduler}"
+    )
+    if job.start_epoch > 1:
+        console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
 
 
 def _resume(job: Job, state: dict[str, Any]) -> None:
@@ -196,7 +230,7 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     job.start_epoch = state["epoch"] + 1
 
 
-def _checkpoints(job: Job) -> Optional[Checkpoints]:
+def _checkpoints(job: Job) -> Checkpoints | None:
     return next((c for c in job.callbacks if isinstance(c, Checkpoints)), None)
 
 
@@ -205,35 +239,32 @@ def _close(job: Job) -> None:
         callback.close()
 
 
+class _TrainingNet:
+    """The network an epoch trains: the stages' net, in DistributedDataParallel when distributed,
+    wrapped again only when the trainable parameters change (DDP tracks a fixed set of them)."""
+
+    def __init__(self) -> None:
+        self.net: nn.Module | None = None
+        self.key: tuple[int, int | None] | None = None
+
+    def for_epoch(self, stages: TransferStages, device: Any) -> nn.Module:
+        key = (id(stages.net), stages.trainable)
+        if key != self.key:
+            self.net = None  # the old wrapper lets go of the parameters before a new one takes them
+            self.net, self.key = distributed.wrap(stages.net, device), key
+        return self.net
+
+
 def fit(job: Job) -> Path:
     """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt."""
-    cfg, t, schedule, stages = job.cfg, job.cfg.train, job.stepper.schedule, job.stages
-    epoch = job.start_epoch
-    wrapped, wrapped_key = None, None
+    t = job.cfg.train
+    epoch, training_net = job.start_epoch, _TrainingNet()
     try:
         for epoch in range(job.start_epoch, t.epochs + 1):
-            stages.enter(epoch)
-            seed_everything(loaders_mod.mix_seed(cfg.seed, epoch, 0))
-            stages.train_loader.batch_sampler.set_epoch(epoch)
-            if wrapped_key != (id(stages.net), stages.trainable):  # DDP tracks a fixed set of trainable parameters
-                wrapped = None  # the old wrapper lets go of the parameters before a new one takes them
-                wrapped, wrapped_key = distributed.wrap(stages.net, job.feed.device), (id(stages.net), stages.trainable)
-            lr, backbone_lr = schedule.lr, schedule.backbone_lr
-            stats = train_one_epoch(wrapped, stages.train_loader, criterion=job.criterion, stepper=job.stepper,
-                                    feed=job.feed, desc=f"epoch {epoch}/{t.epochs}")
-            distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
-            val, confusion = validate(stages.net, stages.val_loader, feed=job.feed.without_autocast(),
-                                      num_classes=job.num_classes)
-            row = {"epoch": epoch, "lr": lr, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                   **val, "seconds": stats["train_seconds"], "images_per_s": stats["images_per_s"],
-                   "data_wait": stats["data_wait"], "stage": stages.stage_at(epoch),
-                   "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
-                   "backbone_lr": backbone_lr}
-            schedule.step_epoch(val[t.monitor])
-            improved = job.best.update(val, epoch)
-            end = EpochEnd(epoch=epoch, row=row, improved=improved,
-                           best_text=f"{job.best.text()} (epoch {job.best.epoch})", confusion=confusion,
-                           best_epoch=job.best.epoch)
+            job.stages.enter(epoch)
+            seed_everything(loaders_mod.mix_seed(job.cfg.seed, epoch, 0))
+            job.stages.train_loader.batch_sampler.set_epoch(epoch)
+            end = _train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
             for callback in job.callbacks:
                 callback.epoch_end(end)
             if job.best.should_stop:
@@ -248,8 +279,9 @@ def fit(job: Job) -> Path:
         saved = _checkpoints(job)
         held = f"; {job.run_dir / 'last.pt'} holds epoch {saved.saved_epoch}" if saved else ""
         raise TrainingInterrupted(
-            f"interrupted during epoch {epoch}{held}. "
-            f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}", job.run_dir) from None
+            f"interrupted during epoch {epoch}{held}. Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}",
+            job.run_dir,
+        ) from None
     except Exception as exc:  # a write of metrics.csv, a checkpoint or a plot found the disk full
         saved = _checkpoints(job)
         if saved is None or not is_disk_full(exc):
@@ -260,9 +292,53 @@ def fit(job: Job) -> Path:
     return job.run_dir
 
 
-def train(config: Any = None, overrides: Any = None, *, device: Optional[str] = None,
-          out: str | Path = "runs", quiet: bool = False, resume: Optional[str | Path] = None,
-          **settings: Any) -> Path:
+def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
+    """One epoch trained (on ``net``) and validated: the record every callback gets."""
+    t, stages, schedule = job.cfg.train, job.stages, job.stepper.schedule
+    lr, backbone_lr = schedule.lr, schedule.backbone_lr
+    stats = train_one_epoch(
+        net,
+        stages.train_loader,
+        criterion=job.criterion,
+        stepper=job.stepper,
+        feed=job.feed,
+        desc=f"epoch {epoch}/{t.epochs}",
+    )
+    distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
+    val, confusion = validate(
+        stages.net, stages.val_loader, feed=job.feed.without_autocast(), num_classes=job.num_classes
+    )
+    row = {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": stats["train_loss"],
+        "train_acc": stats["train_acc"],
+        **val,
+        "seconds": stats["train_seconds"],
+        "images_per_s": stats["images_per_s"],
+        "data_wait": stats["data_wait"],
+        "stage": stages.stage_at(epoch),
+        "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+        "backbone_lr": backbone_lr,
+    }
+    schedule.step_epoch(val[t.monitor])
+    improved = job.best.update(val, epoch)
+    best_text = f"{job.best.text()} (epoch {job.best.epoch})"
+    return EpochEnd(
+        epoch=epoch, row=row, improved=improved, best_text=best_text, confusion=confusion, best_epoch=job.best.epoch
+    )
+
+
+def train(
+    config: Any = None,
+    overrides: Any = None,
+    *,
+    device: str | None = None,
+    out: str | Path = "runs",
+    quiet: bool = False,
+    resume: str | Path | None = None,
+    **settings: Any,
+) -> Path:
     """Train from a YAML path, mapping or Config; return the run folder.
 
     ``overrides`` are ``"dotted.key=value"`` strings (or a mapping); keyword arguments

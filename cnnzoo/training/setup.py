@@ -5,7 +5,7 @@ Every setting that can still be wrong is checked here, before a run folder is ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +33,10 @@ def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = Fa
     """
     num_classes = len(spec.classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
-        raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} "
-                          f"classes ({', '.join(spec.classes)}); remove model.num_classes to use the data's")
+        raise ConfigError(
+            f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} "
+            f"classes ({', '.join(spec.classes)}); remove model.num_classes to use the data's"
+        )
     cfg.model.num_classes = num_classes
     cfg.model.input = [spec.channels, *spec.image_size]
     infos = trace_layers(cfg.model.layers, cfg.model.input, num_classes)
@@ -60,19 +62,33 @@ def _place(model: nn.Sequential, t: TrainConfig, dev: torch.device) -> tuple[nn.
     return model, channels_last
 
 
-def _dtype_name(dtype: Optional[torch.dtype]) -> str:
+def _dtype_name(dtype: torch.dtype | None) -> str:
     return f"{str(dtype).replace('torch.', '')} autocast" if dtype is not None else "float32"
 
 
-def _measured_amp(model: nn.Module, batch_shape: tuple[int, ...], *, outputs: int, dev: torch.device,
-                  candidate: torch.dtype, channels_last: bool) -> Optional[torch.dtype]:
+def _measured_amp(
+    model: nn.Module,
+    batch_shape: tuple[int, ...],
+    *,
+    outputs: int,
+    dev: torch.device,
+    candidate: torch.dtype,
+    channels_last: bool,
+) -> torch.dtype | None:
     """``train.amp: auto`` on CUDA: autocast only where a probe measures it faster (rank 0 decides)."""
-    rates = measure_amp(model, batch_shape, num_outputs=outputs, device=dev, candidate=candidate,
-                        channels_last=channels_last) if distributed.is_main() else None
+    rates = (
+        measure_amp(
+            model, batch_shape, num_outputs=outputs, device=dev, candidate=candidate, channels_last=channels_last
+        )
+        if distributed.is_main()
+        else None
+    )
     rates = distributed.broadcast_object(rates)
     chosen = choose_amp(rates, candidate)
-    console.log(f"precision: {_dtype_name(chosen)} (train.amp auto; a forward+backward probe ran "
-                f"{', '.join(f'{k} {v:,.0f}' for k, v in rates.items())} img/s)")
+    console.log(
+        f"precision: {_dtype_name(chosen)} (train.amp auto; a forward+backward probe ran "
+        f"{', '.join(f'{k} {v:,.0f}' for k, v in rates.items())} img/s)"
+    )
     return chosen
 
 
@@ -89,12 +105,12 @@ class TrainingSetup:
     feed: Feed
     criterion: Criterion
     optimizer: torch.optim.Optimizer
-    scaler: Optional[torch.amp.GradScaler]  # fp16 autocast only
+    scaler: torch.amp.GradScaler | None  # fp16 autocast only
     counts: list[int]
-    stages_plan: Optional[tuple[int, int]]
+    stages_plan: tuple[int, int] | None
 
 
-def build_setup(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] = None) -> TrainingSetup:
+def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = None) -> TrainingSetup:
     """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
 
     Every setting that can still be wrong is checked here, before a caller makes a run folder.
@@ -117,14 +133,34 @@ def build_setup(cfg: Config, dev: torch.device, state: Optional[dict[str, Any]] 
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     if t.amp == "auto" and autocast_dtype is not None:
-        autocast_dtype = _measured_amp(model, (t.batch_size, *cfg.model.input), outputs=infos[-1].output_shape[0],
-                                       dev=dev, candidate=autocast_dtype, channels_last=channels_last)
+        autocast_dtype = _measured_amp(
+            model,
+            (t.batch_size, *cfg.model.input),
+            outputs=infos[-1].output_shape[0],
+            dev=dev,
+            candidate=autocast_dtype,
+            channels_last=channels_last,
+        )
     elif dev.type == "cuda":
         console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
-    feed = Feed(device=dev, norm=norm_tensors(spec.mean, spec.std, dev), channels_last=channels_last,
-                autocast_dtype=autocast_dtype)
-    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts),
-                          t.label_smoothing).to(dev)
+    feed = Feed(
+        device=dev,
+        norm=norm_tensors(spec.mean, spec.std, dev),
+        channels_last=channels_last,
+        autocast_dtype=autocast_dtype,
+    )
+    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts), t.label_smoothing).to(dev)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
-    return TrainingSetup(spec=spec, infos=infos, model=model, loss_kind=kind, loaders=loaders, feed=feed, criterion=criterion,
-                         optimizer=make_optimizer(model, t), scaler=scaler, counts=counts, stages_plan=stages_plan)
+    return TrainingSetup(
+        spec=spec,
+        infos=infos,
+        model=model,
+        loss_kind=kind,
+        loaders=loaders,
+        feed=feed,
+        criterion=criterion,
+        optimizer=make_optimizer(model, t),
+        scaler=scaler,
+        counts=counts,
+        stages_plan=stages_plan,
+    )

@@ -25,7 +25,6 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -65,8 +64,8 @@ class Plan:
         bb = self.backbone
         return bb(x) if self.cut == len(bb.stages) else bb.run(x, 0, self.cut)
 
-    def suffix(self) -> "Suffix":
-        return Suffix(self.backbone, self.cut, list(self.model[self.index + 1:]))
+    def suffix(self) -> Suffix:
+        return Suffix(self.backbone, self.cut, list(self.model[self.index + 1 :]))
 
 
 class Suffix(nn.Module):
@@ -77,24 +76,34 @@ class Suffix(nn.Module):
         self.backbone, self.cut, self.head = backbone, cut, nn.Sequential(*head)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features if self.cut == len(self.backbone.stages) else \
-            self.backbone.run(features, self.cut, len(self.backbone.stages))
+        x = (
+            features
+            if self.cut == len(self.backbone.stages)
+            else self.backbone.run(features, self.cut, len(self.backbone.stages))
+        )
         return self.head(x)
 
 
-def _flip_plan(aug: AugmentConfig) -> tuple[Optional[str], list[tuple[bool, bool]], tuple[float, float]]:
+def _flip_plan(aug: AugmentConfig) -> tuple[str | None, list[tuple[bool, bool]], tuple[float, float]]:
     """(why the cache cannot apply or None, the versions to compute, the flip probabilities)."""
     other = aug.pixel_changing()
     if other:
-        return (f"data.augment.{other[0]} changes the pixels every epoch, so the frozen stages run "
-                f"on every batch (flips alone would keep the cache)"), [], (0.0, 0.0)
+        return (
+            (
+                f"data.augment.{other[0]} changes the pixels every epoch, so the frozen stages run "
+                f"on every batch (flips alone would keep the cache)"
+            ),
+            [],
+            (0.0, 0.0),
+        )
     h, v = aug.flip_probabilities
     flips = [(fh, fv) for fh in ((False, True) if h else (False,)) for fv in ((False, True) if v else (False,))]
     return None, flips, (h, v)
 
 
-def plan(model: nn.Sequential, aug: AugmentConfig, *, setting: str, pixel_cache: str,
-         cut: Optional[int] = None) -> tuple[Optional[Plan], str]:
+def plan(
+    model: nn.Sequential, aug: AugmentConfig, *, setting: str, pixel_cache: str, cut: int | None = None
+) -> tuple[Plan | None, str]:
     """A :class:`Plan` when the frozen-feature cache applies, else None and the reason.
 
     ``cut`` caches fewer stages than are frozen now (those that stay frozen in a later
@@ -122,6 +131,7 @@ def plan(model: nn.Sequential, aug: AugmentConfig, *, setting: str, pixel_cache:
 
 # ----------------------------------------------------------------------------- building
 
+
 @dataclass
 class FeatureStore:
     """A split's cached features: float32 ``[N, versions, *shape]`` and where they live."""
@@ -137,15 +147,18 @@ class FeatureStore:
         shape = shape_text(self.features.shape[2:])
         if not self.seconds:
             return f"{n} images x {versions} versions of {shape}, {size:.0f} MB, reused {where}"
-        return (f"{n} images x {versions} versions of {shape} in {self.seconds:.1f}s "
-                f"({n * versions / self.seconds:.0f} img/s), {size:.0f} MB {where}")
+        return (
+            f"{n} images x {versions} versions of {shape} in {self.seconds:.1f}s "
+            f"({n * versions / self.seconds:.0f} img/s), {size:.0f} MB {where}"
+        )
 
 
 def _weights_digest(p: Plan) -> str:
     h = hashlib.sha1()
     h.update(f"{p.backbone.name}|{p.cut}|{len(p.backbone.stages)}".encode())
-    modules = list(p.model[: p.index]) + [p.backbone.body.get_submodule(u)
-                                           for stage in p.backbone.stages[: p.cut] for u in stage]
+    modules = list(p.model[: p.index]) + [
+        p.backbone.body.get_submodule(u) for stage in p.backbone.stages[: p.cut] for u in stage
+    ]
     for module in modules:
         for key, tensor in module.state_dict().items():
             h.update(key.encode())
@@ -164,8 +177,16 @@ def _chain_matches(p: Plan, x: torch.Tensor) -> bool:
 
 
 @torch.inference_mode()
-def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, *, feed: Feed, flips: list[tuple[bool, bool]],
-          setting: str = "ram", cache_dir: Optional[Path] = None) -> Optional[FeatureStore]:
+def build(
+    p: Plan,
+    dataset: loaders_mod.ImageDataset,
+    split: str,
+    *,
+    feed: Feed,
+    flips: list[tuple[bool, bool]],
+    setting: str = "ram",
+    cache_dir: Path | None = None,
+) -> FeatureStore | None:
     """Run the frozen prefix over every image of ``dataset`` in each version of ``flips``.
 
     ``setting`` is ``data.feature_cache``: ``ram``, or ``disk``/``auto`` for a memory-mapped
@@ -183,8 +204,9 @@ def build(p: Plan, dataset: loaders_mod.ImageDataset, split: str, *, feed: Feed,
     path = None
     if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
         images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}"
-        key = hashlib.sha1(f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|"
-                           f"{_weights_digest(p)}".encode()).hexdigest()[:20]
+        key = hashlib.sha1(
+            f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|{_weights_digest(p)}".encode()
+        ).hexdigest()[:20]
         folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
         path = folder / f"features-{split}-{key}.npy"
 
@@ -206,20 +228,31 @@ def _check_finite(store: torch.Tensor, dataset: loaders_mod.ImageDataset) -> Non
     bad = (~torch.isfinite(store.flatten(1))).any(1)
     if bool(bad.any()):
         first = dataset.samples.describe(dataset.indices[int(bad.nonzero()[0])])
-        raise DataError(f"data.feature_cache: the frozen layers give NaN or infinite values for "
-                        f"{int(bad.sum())} image(s), first {first}; the backbone's weights are damaged "
-                        f"(or train.amp overflows: try train.amp: none)")
+        raise DataError(
+            f"data.feature_cache: the frozen layers give NaN or infinite values for "
+            f"{int(bad.sum())} image(s), first {first}; the backbone's weights are damaged "
+            f"(or train.amp overflows: try train.amp: none)"
+        )
 
 
-def _fill(p: Plan, dataset: loaders_mod.ImageDataset, rows: torch.Tensor, *, flips: list[tuple[bool, bool]],
-          feed: Feed, store: torch.Tensor, bar, batch: int = 64) -> None:
+def _fill(
+    p: Plan,
+    dataset: loaders_mod.ImageDataset,
+    rows: torch.Tensor,
+    *,
+    flips: list[tuple[bool, bool]],
+    feed: Feed,
+    store: torch.Tensor,
+    bar,
+    batch: int = 64,
+) -> None:
     for begin in range(0, len(rows), batch):
-        x = feed.inputs(dataset.pixels[rows[begin:begin + batch]])
+        x = feed.inputs(dataset.pixels[rows[begin : begin + batch]])
         for v, (fh, fv) in enumerate(flips):
             dims = [d for d, on in ((-1, fh), (-2, fv)) if on]
             flipped = x.flip(dims) if dims else x
             with feed.autocast():
-                store[begin:begin + len(flipped), v] = p.prefix(flipped).float().cpu()
+                store[begin : begin + len(flipped), v] = p.prefix(flipped).float().cpu()
             bar.update(len(flipped))
 
 
@@ -230,8 +263,14 @@ class FeatureDataset(torch.utils.data.Dataset):
     :class:`cnnzoo.data.loaders.EpochBatches` hands out, so runs and resumes repeat exactly.
     """
 
-    def __init__(self, store: FeatureStore, labels: torch.Tensor, flips: list[tuple[bool, bool]],
-                 *, flip_p: tuple[float, float] = (0.0, 0.0)):
+    def __init__(
+        self,
+        store: FeatureStore,
+        labels: torch.Tensor,
+        flips: list[tuple[bool, bool]],
+        *,
+        flip_p: tuple[float, float] = (0.0, 0.0),
+    ):
         self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
 
     def __len__(self) -> int:
@@ -250,7 +289,8 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- training stages
 
-def stage_plan(model: nn.Module, t: TrainConfig) -> Optional[tuple[int, int]]:
+
+def stage_plan(model: nn.Module, t: TrainConfig) -> tuple[int, int] | None:
     """How many backbone stages train in stage 1 and in stage 2; None without a backbone."""
     backbone = backbone_of(model)
     if backbone is None:
@@ -266,12 +306,16 @@ def stage_plan(model: nn.Module, t: TrainConfig) -> Optional[tuple[int, int]]:
     except ValueError as exc:
         raise ConfigError(f"{exc} (the backbone {backbone.name} has {total} stages)") from None
     if second <= first:
-        raise ConfigError(f"train.unfreeze_stages: {t.unfreeze_stages} stages train already in stage 1 "
-                          f"(freeze leaves {first} of {total} trainable); unfreeze more, or drop "
-                          f"train.unfreeze_at_epoch")
+        raise ConfigError(
+            f"train.unfreeze_stages: {t.unfreeze_stages} stages train already in stage 1 "
+            f"(freeze leaves {first} of {total} trainable); unfreeze more, or drop "
+            f"train.unfreeze_at_epoch"
+        )
     if t.unfreeze_at_epoch > t.epochs:
-        console.warn(f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
-                      f"({t.epochs}); stage 2 starts only if the run is resumed with more epochs")
+        console.warn(
+            f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
+            f"({t.epochs}); stage 2 starts only if the run is resumed with more epochs"
+        )
     return first, second
 
 
@@ -284,13 +328,20 @@ class TransferStages:
     A model without a backbone has one stage: the whole model on images.
     """
 
-    def __init__(self, model: nn.Sequential, cfg: Config, *, plan: Optional[tuple[int, int]],
-                 loaders: loaders_mod.Loaders, feed: Feed):
+    def __init__(
+        self,
+        model: nn.Sequential,
+        cfg: Config,
+        *,
+        plan: tuple[int, int] | None,
+        loaders: loaders_mod.Loaders,
+        feed: Feed,
+    ):
         self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
         self.backbone = backbone_of(model)
         self.first, self.second = plan or (0, 0)
-        self.trainable: Optional[int] = None
-        self.cut: Optional[int] = None  # backbone stages the current net reads from the cache
+        self.trainable: int | None = None
+        self.cut: int | None = None  # backbone stages the current net reads from the cache
         self.net: nn.Module = model
         self.train_loader, self.val_loader = loaders.train, loaders.val
 
@@ -309,8 +360,11 @@ class TransferStages:
         bb = self.backbone
         bb.set_trainable(count)
         frozen = sum(p.numel() for p in bb.parameters() if not p.requires_grad)
-        what = (f"frozen (all {len(bb.stages)} stages, {frozen:,} parameters); only the head trains" if count == 0
-                else f"trains its last {count} of {len(bb.stages)} stages ({frozen:,} parameters stay frozen)")
+        what = (
+            f"frozen (all {len(bb.stages)} stages, {frozen:,} parameters); only the head trains"
+            if count == 0
+            else f"trains its last {count} of {len(bb.stages)} stages ({frozen:,} parameters stay frozen)"
+        )
         console.log(f"stage {self.stage_at(epoch)} from epoch {epoch}: backbone {bb.name} {what}")
         # cache only what stays frozen in stage 2 as well, so that one cache serves both stages
         later_frozen = len(bb.stages) - self.second
@@ -327,25 +381,53 @@ class TransferStages:
             console.log(f"feature cache: off ({reason})")
             return plain
         stores = []
-        for dataset, name, flips, feed in ((self.loaders.train_set, "train", cache_plan.flips, self.feed),
-                                           (self.loaders.val_set, "validation", [(False, False)],
-                                            self.feed.without_autocast())):
+        for dataset, name, flips, feed in (
+            (self.loaders.train_set, "train", cache_plan.flips, self.feed),
+            (self.loaders.val_set, "validation", [(False, False)], self.feed.without_autocast()),
+        ):
             # local rank 0 writes a file on disk, the others map it
             with distributed.main_first(shared=d.feature_cache != "ram"):
-                store = build(cache_plan, dataset, name, feed=feed, flips=flips, setting=d.feature_cache,
-                              cache_dir=Path(d.cache_dir) if d.cache_dir else None)
+                store = build(
+                    cache_plan,
+                    dataset,
+                    name,
+                    feed=feed,
+                    flips=flips,
+                    setting=d.feature_cache,
+                    cache_dir=Path(d.cache_dir) if d.cache_dir else None,
+                )
             if store is None:
                 self.cut = 0
-                console.log(f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
-                         f"its stages, so it cannot be cut there)")
+                console.log(
+                    f"feature cache: off ({self.backbone.name}'s forward is not a plain chain of "
+                    f"its stages, so it cannot be cut there)"
+                )
                 return plain
             console.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
             stores.append(store)
         t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
         train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, flip_p=cache_plan.flip_p)
         val_set = FeatureDataset(stores[1], self.loaders.val_set.labels, [(False, False)])
-        return (cache_plan.suffix(),
-                loaders_mod.make_loader(train_set, t.batch_size, shuffle=True, seed=self.cfg.seed, workers=0,
-                                        balanced=self.cfg.data.sampler == "balanced", pin_memory=pin, shard=shard),
-                loaders_mod.make_loader(val_set, t.batch_size * 2, shuffle=False, seed=self.cfg.seed, workers=0,
-                                        balanced=False, pin_memory=pin, shard=shard))
+        return (
+            cache_plan.suffix(),
+            loaders_mod.make_loader(
+                train_set,
+                t.batch_size,
+                shuffle=True,
+                seed=self.cfg.seed,
+                workers=0,
+                balanced=self.cfg.data.sampler == "balanced",
+                pin_memory=pin,
+                shard=shard,
+            ),
+            loaders_mod.make_loader(
+                val_set,
+                t.batch_size * 2,
+                shuffle=False,
+                seed=self.cfg.seed,
+                workers=0,
+                balanced=False,
+                pin_memory=pin,
+                shard=shard,
+            ),
+        )

@@ -23,15 +23,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import yaml
 
 from .. import runs
-from ..config import apply_override, load_config, parse_override, read_yaml, rebase_paths, yaml_problem
+from ..config import Config, apply_override, load_config, parse_override, read_yaml, rebase_paths, yaml_problem
 from ..console import console
 from ..errors import UserError, short_reason
 from ..files import write_text
@@ -40,9 +41,10 @@ from ..runtime.device import pick_device
 from .loop import BestEpoch, Stepper
 from .recipe import seed_everything
 from .run import TrainingInterrupted, train
-from .setup import build_setup
+from .setup import TrainingSetup, build_setup
 
 # ----------------------------------------------------------------------------- lr-find
+
 
 @dataclass(kw_only=True)
 class LRFind:
@@ -50,7 +52,7 @@ class LRFind:
     losses: list[float]  # smoothed (debiased exponential average, as fastai's)
     suggestion: float
     how: str  # "steepest descent" or the fallback used
-    plot: Optional[Path]
+    plot: Path | None
 
 
 def suggest_lr(lrs: list[float], losses: list[float], current: float) -> tuple[float, str]:
@@ -75,7 +77,7 @@ def suggest_lr(lrs: list[float], losses: list[float], current: float) -> tuple[f
     start = max(start, 0)
     falls = smooth[end] < 0.995 * smooth[start]  # by 0.5% at least: more than a ripple of noise
     if end - start >= max(5, n // 10) and falls:
-        slopes = np.gradient(smooth, np.log10(lrs_a))[start:end + 1]
+        slopes = np.gradient(smooth, np.log10(lrs_a))[start : end + 1]
         if slopes.min() < 0:
             return float(lrs_a[start + int(np.argmin(slopes))]), "steepest descent of the loss"
     low = int(np.argmin(smooth))
@@ -87,7 +89,7 @@ def suggest_lr(lrs: list[float], losses: list[float], current: float) -> tuple[f
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
-def plot_path(out: Optional[str | Path], name: str, runs_root: str | Path = "runs") -> Path:
+def plot_path(out: str | Path | None, name: str, runs_root: str | Path = "runs") -> Path:
     """Where lr-find's plot goes: ``out`` when it names a .png/.svg/.pdf file, ``out/<name>.png``
     when it names a folder (an existing one, or a path without a suffix), by default
     ``<runs>/lr-find/<name>.png``."""
@@ -101,45 +103,60 @@ def plot_path(out: Optional[str | Path], name: str, runs_root: str | Path = "run
     return path
 
 
-def lr_find(config: Any, overrides: Optional[list[str]] = None, *, steps: int = 200, start: float = 1e-7,
-            end: float = 1.0, out: Optional[str | Path] = None, runs_root: str | Path = "runs") -> LRFind:
+def lr_find(
+    config: Any,
+    overrides: list[str] | None = None,
+    *,
+    steps: int = 200,
+    start: float = 1e-7,
+    end: float = 1.0,
+    out: str | Path | None = None,
+    runs_root: str | Path = "runs",
+) -> LRFind:
     """The learning-rate range test on ``config``'s data and model; see the module docstring.
 
     The plot goes to :func:`plot_path`; :attr:`LRFind.plot` says where it went.
     """
-
     if not (0 < start < end) or steps < 10:
         raise UserError(f"lr-find: needs 0 < --start ({start:g}) < --end ({end:g}) and --steps >= 10 ({steps})")
     cfg = load_config(config, list(overrides or []))
     path = plot_path(out, cfg.run_name, runs_root)  # a bad --out is refused before training
-    dev = pick_device(cfg.train.device)
     seed_everything(cfg.seed)
-    setup = build_setup(cfg, dev)
-    model, feed, optimizer, loader = setup.model, setup.feed, setup.optimizer, setup.loaders.train
-    stepper = Stepper(model, optimizer, None, scaler=setup.scaler, grad_clip=cfg.train.grad_clip)  # the rate is set here
-    ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]  # a backbone keeps its share
-    console.log(f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(setup.loaders.train_set)} "
-                f"training images, batch {cfg.train.batch_size}")
+    setup = build_setup(cfg, pick_device(cfg.train.device))
+    console.log(
+        f"lr-find: {cfg.run_name}, {steps} steps from {start:g} to {end:g} on {len(setup.loaders.train_set)} "
+        f"training images, batch {cfg.train.batch_size}"
+    )
+    lrs, smoothed = _range_test(setup, cfg, steps=steps, start=start, end=end)
+    if len(lrs) < 10:
+        raise UserError(f"lr-find: the loss diverged within {len(lrs)} steps from {start:g}; lower --start")
+    suggestion, how = suggest_lr(lrs, smoothed, cfg.train.lr)
+    _plot_lr(lrs, smoothed, suggestion, path, cfg.run_name)
+    return LRFind(lrs=lrs, losses=smoothed, suggestion=suggestion, how=how, plot=path)
+
+
+def _range_test(
+    setup: TrainingSetup, cfg: Config, *, steps: int, start: float, end: float
+) -> tuple[list[float], list[float]]:
+    """Train ``setup``'s model while the rate grows exponentially from ``start`` to ``end``: the rates
+    and the smoothed losses (debiased exponential average, as fastai's), up to where the loss diverges."""
+    model, feed, optimizer = setup.model, setup.feed, setup.optimizer
+    # the rate is set here, not by a schedule; a backbone keeps its share of it
+    stepper = Stepper(model, optimizer, None, scaler=setup.scaler, grad_clip=cfg.train.grad_clip)
+    ratios = [group["lr"] / cfg.train.lr for group in optimizer.param_groups]
     lrs, smoothed, average, best = [], [], 0.0, math.inf
     bar = console.bar(steps, "lr-find")
     model.train()
-    epoch, batches = 0, iter(())
+    batches = _epoch_after_epoch(setup.loaders.train)
     for step in range(steps):
         lr = start * (end / start) ** (step / (steps - 1))
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        try:
-            images, labels = next(batches)
-        except StopIteration:
-            epoch += 1
-            loader.batch_sampler.set_epoch(epoch)
-            batches = iter(loader)
-            images, labels = next(batches)
+        images, labels = next(batches)
         with feed.autocast():
-            loss = setup.criterion(model(feed.inputs(images)), labels.to(dev))
+            loss = setup.criterion(model(feed.inputs(images)), labels.to(feed.device))
         stepper.step(loss)
-        value = float(loss.detach())
-        average = 0.98 * average + 0.02 * value
+        average = 0.98 * average + 0.02 * float(loss.detach())
         debiased = average / (1 - 0.98 ** (step + 1))
         bar.update(1)
         if not math.isfinite(debiased) or (step > steps // 10 and debiased > 4 * best):
@@ -148,11 +165,16 @@ def lr_find(config: Any, overrides: Optional[list[str]] = None, *, steps: int = 
         lrs.append(lr)
         smoothed.append(debiased)
     bar.close()
-    if len(lrs) < 10:
-        raise UserError(f"lr-find: the loss diverged within {len(lrs)} steps from {start:g}; lower --start")
-    suggestion, how = suggest_lr(lrs, smoothed, cfg.train.lr)
-    _plot_lr(lrs, smoothed, suggestion, path, cfg.run_name)
-    return LRFind(lrs=lrs, losses=smoothed, suggestion=suggestion, how=how, plot=path)
+    return lrs, smoothed
+
+
+def _epoch_after_epoch(loader: Any) -> Iterator[Any]:
+    """A loader's batches without end, each epoch in its own order (from the seed and the epoch)."""
+    epoch = 0
+    while True:
+        epoch += 1
+        loader.batch_sampler.set_epoch(epoch)
+        yield from loader
 
 
 def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Path, name: str) -> None:
@@ -171,8 +193,13 @@ def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Pat
         raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
 
 
-def apply_lr(config_path: str | Path, lr: float, *, overrides: Optional[list[str]] = None,
-             folder: str | Path = Path("runs") / "lr-find") -> Path:
+def apply_lr(
+    config_path: str | Path,
+    lr: float,
+    *,
+    overrides: list[str] | None = None,
+    folder: str | Path = Path("runs") / "lr-find",
+) -> Path:
     """The config file with ``overrides`` (``--set`` and the shortcuts, as lr-find ran it) and
     ``train.lr`` set, written as ``<folder>/<stem>.lr.yaml``; the original is untouched, and
     nothing is written next to it (a shipped ``configs/`` folder stays as shipped)."""
@@ -188,8 +215,9 @@ def apply_lr(config_path: str | Path, lr: float, *, overrides: Optional[list[str
     raw["train"]["lr"] = float(f"{lr:.3g}")
     load_config(raw)  # what is written must load
     target = Path(folder) / f"{source.stem}.lr{source.suffix or '.yaml'}"
-    changes = "".join(f"\n#   --set {text}" if not text.endswith("!") else f"\n#   --unset {text[:-1]}"
-                      for text in overrides or [])
+    changes = "".join(
+        f"\n#   --set {text}" if not text.endswith("!") else f"\n#   --unset {text[:-1]}" for text in overrides or []
+    )
     header = f"# {source} with train.lr from cnnzoo lr-find ({lr:.3g}){changes}\n"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +228,7 @@ def apply_lr(config_path: str | Path, lr: float, *, overrides: Optional[list[str
 
 
 # ----------------------------------------------------------------------------- sweep
+
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["train.lr=0.01,0.003", ...]`` -> {key: [values]}; each value read as YAML."""
@@ -223,8 +252,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         try:
             values = [_number(yaml.safe_load(p)) for p in parts if p.strip()]
         except yaml.YAMLError as exc:
-            raise UserError(f"--grid {key}: a value is not valid YAML ({yaml_problem(exc)}); write values like "
-                            f"0.01,0.003 or [16, 16],[24, 24]") from None
+            raise UserError(
+                f"--grid {key}: a value is not valid YAML ({yaml_problem(exc)}); write values like "
+                f"0.01,0.003 or [16, 16],[24, 24]"
+            ) from None
         except RecursionError:
             raise UserError(f"--grid {key}: a value is nested too deeply") from None
         if not values:
@@ -257,14 +288,16 @@ class SweepResult:
 MAX_COMBINATIONS = 1000  # runs one sweep makes; a bigger grid is sampled with --trials
 
 
-def _combinations(grid: dict[str, list[Any]], trials: Optional[int], seed: int) -> list[dict[str, Any]]:
+def _combinations(grid: dict[str, list[Any]], trials: int | None, seed: int) -> list[dict[str, Any]]:
     """The combinations to run: all of them, or ``trials`` drawn at random. They are counted
     before any is made, so a huge grid is refused at once instead of being listed."""
     sizes = [len(values) for values in grid.values()]
     total = math.prod(sizes)
     if trials is None and total > MAX_COMBINATIONS:
-        raise UserError(f"--grid: {' x '.join(map(str, sizes))} = {total:,} combinations, more than the "
-                        f"{MAX_COMBINATIONS:,} a sweep runs; sample some with --trials K")
+        raise UserError(
+            f"--grid: {' x '.join(map(str, sizes))} = {total:,} combinations, more than the "
+            f"{MAX_COMBINATIONS:,} a sweep runs; sample some with --trials K"
+        )
     if trials is not None and trials > MAX_COMBINATIONS:
         raise UserError(f"--trials {trials}: a sweep runs at most {MAX_COMBINATIONS:,} combinations")
     # random.sample picks the same positions from range(total) as from the listed combinations
@@ -285,9 +318,16 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def sweep(config: str | Path, grid_items: list[str], *, trials: Optional[int] = None,
-          overrides: Optional[list[str]] = None, runs_root: str | Path = "runs", quiet: bool = True,
-          restart: bool = False) -> SweepResult:
+def sweep(
+    config: str | Path,
+    grid_items: list[str],
+    *,
+    trials: int | None = None,
+    overrides: list[str] | None = None,
+    runs_root: str | Path = "runs",
+    quiet: bool = True,
+    restart: bool = False,
+) -> SweepResult:
     """Run every combination (see the module docstring); returns the comparison, best first.
 
     ``restart`` forgets the saved state of an earlier, unfinished or damaged, identical sweep.
@@ -302,53 +342,76 @@ def sweep(config: str | Path, grid_items: list[str], *, trials: Optional[int] = 
         load_config(config, base + [_override(k, v) for k, v in combo.items()])
     name = f"{cfg.run_name}-sweep"
     folder = Path(runs_root) / name
-    key = hashlib.sha1(json.dumps([str(Path(config).resolve()), base, grid, trials], sort_keys=True,
-                                  default=str).encode()).hexdigest()[:8]
+    key = hashlib.sha1(
+        json.dumps([str(Path(config).resolve()), base, grid, trials], sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
     state_path = folder / f"sweep-{key}.json"
     state = None if restart else read_state(state_path, combos, folder)
     if state is None:
-        state = {"config": str(config), "grid": grid, "trials": trials, "overrides": base,
-                 "runs": [{"values": c, "run": None, "done": False, "seconds": 0.0} for c in combos]}
+        runs_state = [{"values": c, "run": None, "done": False, "seconds": 0.0} for c in combos]
+        state = {"config": str(config), "grid": grid, "trials": trials, "overrides": base, "runs": runs_state}
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in state["runs"] if not r["done"]]
-    if len(todo) < len(state["runs"]):
-        console.log(f"sweep {state_path.name}: {len(state['runs']) - len(todo)} of {len(state['runs'])} "
-                    f"runs already done; continuing")
+    done = sum(r["done"] for r in state["runs"])
+    if done:
+        console.log(f"sweep {state_path.name}: {done} of {len(state['runs'])} runs already done; continuing")
     for number, entry in enumerate(state["runs"], 1):
-        if entry["done"]:
-            continue
-        values = ", ".join(f"{k}={v}" for k, v in entry["values"].items())
-        console.log(f"sweep run {number}/{len(state['runs'])}: {values}")
-        start = time.perf_counter()
-        last = Path(entry["run"]) / "last.pt" if entry["run"] else None
-        try:
-            if last is not None and last.exists():
-                run_dir = train(resume=last, out=runs_root, quiet=quiet)
-            else:
-                run_dir = train(str(config), base + [f"name={name}"] +
-                                [_override(k, v) for k, v in entry["values"].items()], out=runs_root, quiet=quiet)
-        except TrainingInterrupted as exc:
-            entry["run"], entry["seconds"] = str(exc.run_dir), entry["seconds"] + time.perf_counter() - start
-            _write_json(state_path, state)
-            raise
-        entry.update(run=str(run_dir), done=True, seconds=entry["seconds"] + time.perf_counter() - start)
-        _write_json(state_path, state)
+        if not entry["done"]:
+            values = ", ".join(f"{k}={v}" for k, v in entry["values"].items())
+            console.log(f"sweep run {number}/{len(state['runs'])}: {values}")
+            _run_entry(
+                entry,
+                config=config,
+                overrides=[*base, f"name={name}"],
+                runs_root=runs_root,
+                quiet=quiet,
+                save=lambda: _write_json(state_path, state),
+            )
     result = _compare(state["runs"], list(grid), folder, key)
     runs.point_latest(Path(runs_root), Path(result.rows[0]["run"]))
     return result
 
 
+def _run_entry(
+    entry: dict[str, Any],
+    *,
+    config: str | Path,
+    overrides: list[str],
+    runs_root: str | Path,
+    quiet: bool,
+    save: Callable[[], None],
+) -> None:
+    """Train one combination, or resume its interrupted run; its run folder and time go into
+    ``entry``, saved with ``save`` (an interrupted run too, so the next sweep resumes it)."""
+    start = time.perf_counter()
+    last = Path(entry["run"]) / "last.pt" if entry["run"] else None
+    try:
+        if last is not None and last.exists():
+            run_dir = train(resume=last, out=runs_root, quiet=quiet)
+        else:
+            combination = [_override(k, v) for k, v in entry["values"].items()]
+            run_dir = train(str(config), overrides + combination, out=runs_root, quiet=quiet)
+    except TrainingInterrupted as exc:
+        entry.update(run=str(exc.run_dir), seconds=entry["seconds"] + time.perf_counter() - start)
+        save()
+        raise
+    entry.update(run=str(run_dir), done=True, seconds=entry["seconds"] + time.perf_counter() - start)
+    save()
+
+
 MAX_STATE_BYTES = 16 * 2**20  # a state of MAX_COMBINATIONS runs takes well under 1 MB
 
 
-def read_state(path: Path, combos: list[dict[str, Any]], folder: Path) -> Optional[dict]:
+def read_state(path: Path, combos: list[dict[str, Any]], folder: Path) -> dict | None:
     """The saved state of this sweep, or None when there is none yet. A state that is not what
     this sweep wrote (not JSON, another shape, other combinations, a run outside ``folder``) is
     refused in one line that offers ``--restart``; a finished run whose folder has gone is run again.
     """
+
     def damaged(why: str) -> UserError:
-        return UserError(f"{path}: damaged sweep state ({why}); start the sweep over with --restart "
-                         f"(run folders already made stay where they are)")
+        return UserError(
+            f"{path}: damaged sweep state ({why}); start the sweep over with --restart "
+            f"(run folders already made stay where they are)"
+        )
 
     if not os.path.lexists(path):
         return None
@@ -409,8 +472,15 @@ def _compare(runs: list[dict[str, Any]], keys: list[str], folder: Path, key: str
     for entry in runs:
         run = Path(entry["run"])
         epochs, accs, best_epoch = _validation_curve(run)
-        rows.append({**entry["values"], "best_val_acc": accs[epochs.index(best_epoch)], "best_epoch": best_epoch,
-                     "seconds": round(entry["seconds"], 1), "run": str(run)})
+        rows.append(
+            {
+                **entry["values"],
+                "best_val_acc": accs[epochs.index(best_epoch)],
+                "best_epoch": best_epoch,
+                "seconds": round(entry["seconds"], 1),
+                "run": str(run),
+            }
+        )
         curves.append((epochs, accs))
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["best_val_acc"])
     rows = [rows[i] for i in order]
@@ -433,11 +503,14 @@ def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
     path = run / "metrics.csv"
     try:
         with open(path, newline="") as f:
-            rows = [{"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"]), "val_loss": float(r["val_loss"])}
-                    for r in csv.DictReader(f)]
+            rows = [
+                {"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"]), "val_loss": float(r["val_loss"])}
+                for r in csv.DictReader(f)
+            ]
     except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
-        raise UserError(f"{path}: cannot read the run's validation figures ({exc}); "
-                        f"start the sweep over with --restart") from None
+        raise UserError(
+            f"{path}: cannot read the run's validation figures ({exc}); start the sweep over with --restart"
+        ) from None
     if not rows or not all(math.isfinite(r["val_acc"]) for r in rows):
         raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
     best = BestEpoch(load_config(run / "config.yaml").train)

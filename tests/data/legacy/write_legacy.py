@@ -57,10 +57,19 @@ def main() -> None:
         write_tree(data / "train", 12, 1)
         write_tree(data / "validation", 4, 2)
         config = {
-            "name": "legacy", "seed": 0,
+            "name": "legacy",
+            "seed": 0,
             "data": {"root": str(data), "image_size": 16, "cache": "ram", "workers": 0},
-            "model": {"layers": [{"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}}, "batchnorm",
-                                 "relu", "pool", "flatten", {"dense": {"out_features": "num_classes"}}]},
+            "model": {
+                "layers": [
+                    {"conv": {"out_channels": 4, "kernel_size": 3, "padding": 1}},
+                    "batchnorm",
+                    "relu",
+                    "pool",
+                    "flatten",
+                    {"dense": {"out_features": "num_classes"}},
+                ]
+            },
             "train": {"epochs": 2, "batch_size": 8, "lr": 0.01},
         }
         run = Path(cnnzoo.train(config, out=Path(scratch) / "runs", quiet=True))
@@ -76,9 +85,12 @@ def main() -> None:
     paths = sorted(str(p.relative_to(HERE)) for p in images.rglob("*.png"))
     model = cnnzoo.load(target / "best.pt")
     records = model.predict([str(HERE / p) for p in paths], top_k=2)
-    expected = {"written_by": cnnzoo.__version__,
-                "probabilities": {p: [t["probability"] for t in sorted(r["top_k"], key=lambda t: t["label"])]
-                                  for p, r in zip(paths, records)}}
+    expected = {
+        "written_by": cnnzoo.__version__,
+        "probabilities": {
+            p: [t["probability"] for t in sorted(r["top_k"], key=lambda t: t["label"])] for p, r in zip(paths, records)
+        },
+    }
     (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
 
