@@ -282,3 +282,18 @@ def test_public_names_stay_functions_once_every_module_is_imported():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_package_has_an_init_saying_what_it_owns_and_ships():
+    """A folder of modules without ``__init__.py`` imports (a namespace package) but is left out of
+    the wheel (packages.find); each ``__init__`` says what the package owns and what it may import."""
+    from setuptools import find_packages
+
+    folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(PACKAGE.parent)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, missing
+    shipped = set(find_packages(str(PACKAGE.parent), include=["cnnzoo*"]))
+    assert shipped == {module_name(f / "__init__.py") for f in folders}
+    for folder in folders - {PACKAGE}:
+        docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        assert "floor" in docstring.lower(), f"{folder.name}/__init__.py: say what the package owns and its floor"
