@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def png(mode: str, size: tuple[int, int]) -> bytes:
@@ -46,16 +44,15 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=2**20, help="serve --max-bytes")
     args = parser.parse_args()
 
-    from helpers_predict import Server, png_claiming
-
     from cnnzoo.deploy.export import export
     from cnnzoo.runs import resolve_checkpoint
+
+    from servelib import Server, png_claiming
 
     checkpoint = resolve_checkpoint(args.checkpoint, "runs")
     with tempfile.TemporaryDirectory() as tmp:
         model = export(checkpoint, "onnx", out=Path(tmp) / "model.onnx").path
         ordinary = png("RGB", (64, 64))
-        os.environ["PYTHONPATH"] = str(ROOT)
         server = Server(model, ROOT, "--max-bytes", str(args.max_bytes))
         try:
             for _ in range(20):

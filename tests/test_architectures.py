@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import reads_shared
 from torch import nn
 
 from cnnzoo.config import load_config
 from cnnzoo.model.layers import build_model, trace_layers
+
+from support.shared import reads_shared
 
 torchvision = pytest.importorskip("torchvision")
 

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
-from helpers_train import metric_rows
 from torch import nn
 from typer.testing import CliRunner
 
@@ -18,6 +16,8 @@ from cnnzoo.config import load_config
 from cnnzoo.errors import UserError
 from cnnzoo.model.layers import build_model, trace_layers
 from cnnzoo.training.run import train
+
+from support.runs import metric_rows, tiny_config
 
 BASIC = [
     {"conv": {"out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False}},
@@ -135,6 +135,7 @@ def test_errors_inside_blocks_name_the_block_and_the_layer(layers, expected):
         trace_layers(layers, (3, 4, 4), 2)
 
 
+@pytest.mark.slow
 def test_a_block_network_trains_and_its_checkpoint_predicts_and_evaluates(image_root, tmp_path):
     config = tiny_config(image_root, epochs=2)
     config["model"]["layers"] = small_net()
@@ -194,6 +195,7 @@ def test_summary_shows_a_block_as_one_row_and_expand_shows_its_layers(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_zoo_config_trains_on_a_folder_and_evaluates(image_root, tmp_path):
     config = str(Path(__file__).resolve().parents[1] / "configs" / "resnet18.yaml")
     runs = tmp_path / "runs"

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers_predict import CONFIGS, PROJECT, one_error_line, run_cnnzoo, subprocess_env
 from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo.cli import app
+
+from support.cli import CONFIGS, PROJECT, one_error_line, run_cnnzoo, subprocess_env
 
 HOMEWORK = CONFIGS / "zoomcamp_homework.yaml"
 
@@ -268,8 +270,9 @@ def test_more_set_mistakes_in_process(bad_configs, monkeypatch):
 # ============================================================================ shortcuts and conventions (issue #9)
 
 
+@pytest.mark.slow
 def test_train_shortcut_flags_and_unset(image_root, tmp_path):
-    from conftest import tiny_config
+    from support.runs import tiny_config
 
     config = tmp_path / "c.yaml"
     raw = tiny_config(tmp_path / "elsewhere")
@@ -305,8 +308,9 @@ def test_train_shortcut_flags_and_unset(image_root, tmp_path):
     assert bad.exit_code == 2 and "--unset train.nothing: the config has no such key" in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_name_flag_names_the_run_folder(image_root, tmp_path):
-    from conftest import tiny_config
+    from support.runs import tiny_config
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root, epochs=1)))
@@ -353,40 +357,5 @@ def test_nproc_forwards_the_command_line_as_typed_without_nproc():
     ``train`` later cannot be dropped on the way; only ``--nproc`` itself is taken out."""
     from cnnzoo.cli.train import forwarded_argv
 
-    typed = [
-        "--debug",
-        "train",
-        "-c",
-        "a b.yaml",
-        "--nproc",
-        "2",
-        "--set",
-        "train.lr=0.1",
-        "--epochs",
-        "1",
-        "-n",
-        "x",
-        "--nproc=3",
-        "--unset",
-        "data.augment",
-        "--runs",
-        "r",
-        "-q",
-    ]
-    assert forwarded_argv(typed) == [
-        "--debug",
-        "train",
-        "-c",
-        "a b.yaml",
-        "--set",
-        "train.lr=0.1",
-        "--epochs",
-        "1",
-        "-n",
-        "x",
-        "--unset",
-        "data.augment",
-        "--runs",
-        "r",
-        "-q",
-    ]
+    typed = shlex.split("--debug train -c 'a b.yaml' --nproc 2 --set train.lr=0.1 --epochs 1 -n x --nproc=3 -q")
+    assert forwarded_argv(typed) == shlex.split("--debug train -c 'a b.yaml' --set train.lr=0.1 --epochs 1 -n x -q")

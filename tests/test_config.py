@@ -507,7 +507,7 @@ def test_a_path_found_only_from_the_working_directory_still_works(tmp_path, monk
 
 @pytest.mark.needs_shared
 def test_shipped_transfer_config_finds_its_data_and_weights_from_any_folder(tmp_path, monkeypatch):
-    from conftest import PROJECT_ROOT, shared_path
+    from support.shared import PROJECT_ROOT, shared_path
 
     shared_path("weights/tf_efficientnet_lite0.imagenet.pth")
     shared_path("datasets/clothing-small/train")

@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_config, write_class_folders
-from helpers_train import metric_rows, tiny_layers, write_mnist_raw
 from PIL import Image
 
 from cnnzoo.config import AugmentConfig, load_config
@@ -30,6 +28,9 @@ from cnnzoo.data.sources import class_names, load_data
 from cnnzoo.errors import ConfigError, DataError
 from cnnzoo.files import cache_home
 from cnnzoo.training.run import train
+
+from support.images import write_class_folders, write_mnist_raw
+from support.runs import metric_rows, tiny_config, tiny_layers
 
 
 def augment_config(options: dict) -> AugmentConfig:
@@ -121,6 +122,7 @@ def test_class_names_are_sorted_folder_names(tmp_path):
         assert all(spec.classes[label] == class_of(p) for p, label in zip(split.paths, split.labels))
 
 
+@pytest.mark.slow
 def test_training_fills_model_input_and_classes_from_data(tmp_path):
     root = tmp_path / "d"
     write_class_folders(root / "train", {"zebra": 4, "apple": 4, "mango": 4}, size=20, seed=1)
@@ -292,6 +294,7 @@ def _add_broken_images(root: Path) -> tuple[Path, Path]:
     return garbage, truncated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["ram", "none"])
 def test_corrupt_images_are_named_and_skipped_while_training_completes(image_root, tmp_path, capsys, cache):
     garbage, truncated = _add_broken_images(image_root)
@@ -614,7 +617,7 @@ def test_a_cache_on_a_full_disk_stays_in_ram_without_sigbus(image_root, tmp_path
     import subprocess
     import sys
 
-    from conftest import private_tmpfs_works
+    from support.disk import private_tmpfs_works
 
     disk = tmp_path / "disk"
     if not private_tmpfs_works(disk):
@@ -905,6 +908,7 @@ def test_torchvision_source_from_raw_files(tmp_path, source, folder):
     assert resized.pixels.shape == (10, 3, 14, 14)
 
 
+@pytest.mark.slow
 def test_mnist_trains(tmp_path):
     write_mnist_raw(tmp_path / "tv", "MNIST")
     config = {

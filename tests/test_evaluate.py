@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, train_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,14 +21,15 @@ from cnnzoo.errors import DataError
 from cnnzoo.evaluation import metrics
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
 
+from support.cli import one_error_line, run_cnnzoo
+from support.images import make_image_tree, write_class_folders
+from support.runs import train_run
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _image_tree(base: Path) -> Path:
-    root = base / "images"
-    write_class_folders(root / "train", {"a": 12, "b": 12}, seed=1)
-    write_class_folders(root / "validation", {"a": 5, "b": 4}, seed=2)
-    return root
+    return make_image_tree(base / "images", validation={"a": 5, "b": 4})
 
 
 def _single_folder(base: Path) -> Path:
@@ -348,14 +347,13 @@ def test_plain_loss_sum_for_both_heads():
     assert metrics.plain_loss_sum(two, labels).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_moved_training_data_says_to_pass_data(tmp_path):
-    from conftest import tiny_config
-
     from cnnzoo.training.run import train
 
-    root = tmp_path / "images"
-    write_class_folders(root / "train", {"a": 6, "b": 6}, seed=1)
-    write_class_folders(root / "validation", {"a": 2, "b": 2}, seed=2)
+    from support.runs import tiny_config
+
+    root = make_image_tree(tmp_path / "images", train={"a": 6, "b": 6}, validation={"a": 2, "b": 2})
     run = train(tiny_config(root, epochs=1), out=tmp_path / "runs", quiet=True)
     shutil.move(str(root), str(tmp_path / "moved"))
     with pytest.raises(DataError, match="pass --data DIR"):

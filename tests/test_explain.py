@@ -16,13 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
-from helpers_predict import one_error_line, run_cnnzoo
 from PIL import Image
 
 import cnnzoo
 from cnnzoo.data.shapes import CLASSES, draw_shape, shape_mask
 from cnnzoo.explanation.page import explain
+
+from support.cli import one_error_line, run_cnnzoo
+from support.runs import tiny_config
+
+pytestmark = pytest.mark.slow  # every test here trains a model or uses one a module fixture trained
+
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +49,6 @@ def drawn(folder: Path, kind: str, seed: int) -> tuple[Path, np.ndarray]:
     return path, shape_mask(kind, seed)
 
 
-@pytest.mark.slow
 def test_gradcam_heat_lies_on_the_shape(shapes_run, tmp_path):
     ratios = []
     for n, kind in enumerate(CLASSES * 6):  # 30 drawings: a median that one odd image cannot move
@@ -59,7 +62,6 @@ def test_gradcam_heat_lies_on_the_shape(shapes_run, tmp_path):
     assert np.median(ratios) >= 2.0, ratios
 
 
-@pytest.mark.slow
 def test_report_has_every_layer_and_the_pictures(shapes_run, tmp_path):
     path, mask = drawn(tmp_path, "star", 424242)
     out, report = explain(shapes_run / "best.pt", path, out=tmp_path / "star.html", png_dir=tmp_path / "png")
@@ -79,7 +81,6 @@ def test_report_has_every_layer_and_the_pictures(shapes_run, tmp_path):
     assert report.classes[int(probabilities.argmax())] == cnnzoo.load(shapes_run / "best.pt").predict(path)[0]["label"]
 
 
-@pytest.mark.slow
 def test_target_picks_the_class_grad_cam_explains(shapes_run, tmp_path):
     path, _ = drawn(tmp_path, "circle", 31337)
     _, chosen = explain(shapes_run / "best.pt", path, out=tmp_path / "a.html", target="triangle")
@@ -98,7 +99,6 @@ def _chromium() -> str:
     return chromium
 
 
-@pytest.mark.slow
 def test_the_report_renders_in_a_browser(shapes_run, tmp_path):
     chromium = _chromium()
     path, _ = drawn(tmp_path, "cross", 777)

@@ -16,23 +16,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, subprocess_env, train_run
 
 import cnnzoo
 from cnnzoo import inference
 from cnnzoo.deploy.export import export
 from cnnzoo.inference.classifier import METADATA_KEY
 
+from support.cli import one_error_line, run_cnnzoo, subprocess_env
+from support.images import make_image_tree
+from support.runs import tiny_config, train_run
+
+pytestmark = pytest.mark.slow  # every test here trains a model or uses one a module fixture trained
+
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
 def _jpeg_tree(base: Path) -> Path:
-    root = base / "images"
-    write_class_folders(root / "train", {"a": 12, "b": 12, "c": 12}, seed=1, ext="jpg")
-    write_class_folders(root / "validation", {"a": 4, "b": 4, "c": 4}, seed=2, ext="jpg")
-    return root
+    return make_image_tree(
+        base / "images", train={"a": 12, "b": 12, "c": 12}, validation={"a": 4, "b": 4, "c": 4}, ext="jpg"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +138,7 @@ def test_binary_head_exports_with_the_same_two_class_probabilities(tmp_path):
 
 
 def _jpeg_tree_two(base: Path) -> Path:
-    root = base / "images"
-    write_class_folders(root / "train", {"a": 12, "b": 12}, seed=1, ext="jpg")
-    write_class_folders(root / "validation", {"a": 4, "b": 4}, seed=2, ext="jpg")
-    return root
+    return make_image_tree(base / "images", ext="jpg")
 
 
 def test_a_timm_backbone_model_exports(image_root, tmp_path):

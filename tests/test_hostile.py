@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import private_tmpfs_works, tiny_config, write_class_folders
-from helpers_predict import png_claiming
 from typer.testing import CliRunner
 
 import cnnzoo
@@ -31,23 +29,21 @@ from cnnzoo.model.layers import trace_layers
 from cnnzoo.runs import resolve_checkpoint
 from cnnzoo.training.run import train
 
+from servelib import png_claiming
+from support.cli import one_error_line
+from support.disk import private_tmpfs_works
+from support.images import make_image_tree, write_class_folders
+from support.runs import tiny_config
+
 
 def cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def one_line_exit_2(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnnzoo: error: "), result.stderr
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
-    root = write_class_folders(folder / "images" / "train", {"a": 6, "b": 6}, seed=1).parent
-    write_class_folders(root / "validation", {"a": 2, "b": 2}, seed=2)
+    root = make_image_tree(folder / "images", train={"a": 6, "b": 6}, validation={"a": 2, "b": 2})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CNNZOO_HOME", str(folder / "home"))
         run = train(tiny_config(root, epochs=1), out=folder / "runs", quiet=True)
@@ -62,7 +58,7 @@ def test_a_run_name_cannot_leave_the_output_folder(image_root, tmp_path, name):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root)))
     out = tmp_path / "out" / "runs"
-    line = one_line_exit_2(cli("train", "-c", str(config), "--set", f"name={name}", "--out", str(out)))
+    line = one_error_line(cli("train", "-c", str(config), "--set", f"name={name}", "--out", str(out)))
     assert "name: got" in line and "no slashes" in line
     assert not (tmp_path / "out").exists() and not Path("/abs/path").exists()
 
@@ -72,17 +68,18 @@ def test_out_that_is_a_file_is_one_line(image_root, tmp_path):
     config.write_text(yaml.safe_dump(tiny_config(image_root)))
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    line = one_line_exit_2(cli("train", "-c", str(config), "--out", str(blocker)))
+    line = one_error_line(cli("train", "-c", str(config), "--out", str(blocker)))
     assert f"--runs {blocker}: cannot make a run folder" in line
 
 
 def test_evaluate_out_that_cannot_be_written_is_one_line(trained, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    line = one_line_exit_2(cli("evaluate", str(trained / "best.pt"), "--out", str(blocker / "sub")))
+    line = one_error_line(cli("evaluate", str(trained / "best.pt"), "--out", str(blocker / "sub")))
     assert f"--out {blocker / 'sub'}: cannot write the report there" in line
 
 
+@pytest.mark.slow
 def test_unwritable_cache_dir_falls_back_to_ram(image_root, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -196,6 +193,7 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_latest(image_root, tm
     assert facts["resume"] == "0" and int(facts["resumed"]) == int(facts["last"]) + 1, (logs / "resume.err").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_best_pt_leaves_latest_alone(image_root, tmp_path, monkeypatch):
     from cnnzoo.training import callbacks as loggers
     from cnnzoo.training.run import TrainingInterrupted
@@ -335,6 +333,7 @@ def test_huge_images_are_config_errors(image_root, override, expected):
         load_config(tiny_config(image_root), [override])
 
 
+@pytest.mark.slow
 def test_a_config_at_the_edge_of_every_range_trains(image_root, tmp_path):
     """What the schema admits, train runs (issue 23, item 7: summary and train agree)."""
     config = tiny_config(
@@ -408,7 +407,7 @@ def test_hostile_but_loadable_checkpoints_are_refused_in_words(trained, tmp_path
     path = hostile(trained, tmp_path, change)
     with pytest.raises(UserError, match=expected):
         cnnzoo.load(path)
-    line = one_line_exit_2(cli("predict", str(trained.parent), "--checkpoint", str(path)))
+    line = one_error_line(cli("predict", str(trained.parent), "--checkpoint", str(path)))
     assert str(path) in line
 
 
@@ -420,7 +419,7 @@ class _RunsCode:
 def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "cnnzoo-checkpoint", "payload": _RunsCode()}, path, pickle_protocol=2)
-    line = one_line_exit_2(cli("predict", str(tmp_path), "--checkpoint", str(path)))
+    line = one_error_line(cli("predict", str(tmp_path), "--checkpoint", str(path)))
     assert "refused: this file would run code when loaded (it asks for posix.system)" in line
     assert "weights_only set to False" not in line and not Path("/tmp/cnnzoo-pwned").exists()
 
@@ -613,7 +612,7 @@ def test_checkpoint_refusal_reaches_the_checkpoint_module(tmp_path):
 def test_out_under_proc_is_one_line(image_root, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root)))
-    line = one_line_exit_2(cli("train", "-c", str(config), "--runs", "/proc/cnnzoo-runs"))
+    line = one_error_line(cli("train", "-c", str(config), "--runs", "/proc/cnnzoo-runs"))
     assert "--runs /proc/cnnzoo-runs: cannot make a run folder" in line
 
 
@@ -782,7 +781,7 @@ def test_files_that_are_not_checkpoints_are_named_in_one_true_line(trained, tmp_
     }
     for path, what in cases.items():
         for command in (("predict", str(trained), "-m", str(path)), ("evaluate", str(path))):
-            assert one_line_exit_2(cli(*command)) == f"cnnzoo: error: {path}: {what}"
+            assert one_error_line(cli(*command)) == f"cnnzoo: error: {path}: {what}"
 
 
 # ============================================================================ fuzz: exports and served requests
@@ -934,9 +933,9 @@ def np_random(rng: random.Random):
 def test_fuzzed_requests_get_an_answer_in_words_and_the_server_stays_up(trained, tmp_path):
     pytest.importorskip("starlette")
     pytest.importorskip("onnxruntime")
-    from helpers_predict import Server
-
     from cnnzoo.deploy.export import export
+
+    from servelib import Server
 
     model = export(trained / "best.pt", "onnx", out=tmp_path / "served.onnx").path
     image = (trained.parents[2] / "images" / "validation" / "a" / "a_000.png").read_bytes()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_class_folders
 
 import cnnzoo
+
+from support.images import make_image_tree
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())
@@ -58,9 +59,7 @@ def test_legacy_config_yaml_loads_as_the_checkpoints_config():
 def test_legacy_last_pt_resumes(tmp_path):
     run = tmp_path / "runs" / "legacy" / "1"
     shutil.copytree(LEGACY / "run", run)
-    data = tmp_path / "data"
-    write_class_folders(data / "train", {"a": 12, "b": 12}, size=24, seed=1)
-    write_class_folders(data / "validation", {"a": 4, "b": 4}, size=24, seed=2)
+    data = make_image_tree(tmp_path / "data")
     resumed = cnnzoo.train(
         overrides=[f"data.root={data}", "train.epochs=3"], resume=run / "last.pt", out=tmp_path / "runs", quiet=True
     )

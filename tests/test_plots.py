@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_class_folders
 
 import cnnzoo
 from cnnzoo.plots import confusion_figure, history_figure, plot_confusion
+
+from support.images import make_image_tree
+from support.runs import tiny_config
 
 
 def _row(epoch: int, acc: float, loss: float, stage: int) -> dict:
@@ -67,9 +69,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_draws_classes_named_like_formulas(tmp_path):
-    root = tmp_path / "images"
-    write_class_folders(root / "train", {"cost_$1_$2a": 6, "b": 6}, seed=1)
-    write_class_folders(root / "validation", {"cost_$1_$2a": 2, "b": 2}, seed=2)
+    root = make_image_tree(tmp_path / "images", train={"cost_$1_$2a": 6, "b": 6}, validation={"cost_$1_$2a": 2, "b": 2})
     run = cnnzoo.train(tiny_config(root, epochs=1), out=tmp_path / "runs", quiet=True)
     report = cnnzoo.evaluate(run / "best.pt", progress=False)
     assert report["classes"] == ["b", "cost_$1_$2a"]

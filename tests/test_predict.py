@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_class_folders
-from helpers_predict import one_error_line, run_cnnzoo, train_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,14 +29,15 @@ from cnnzoo.model.layers import build_from_records
 from cnnzoo.runs import resolve_checkpoint
 from cnnzoo.runtime.device import norm_tensors, to_model_input
 
+from support.cli import one_error_line, run_cnnzoo
+from support.images import make_image_tree, write_class_folders
+from support.runs import train_run
+
 RECORD_KEYS = {"image", "label", "probability", "top_k"}
 
 
 def _image_tree(base: Path) -> Path:
-    root = base / "images"
-    write_class_folders(root / "train", {"a": 12, "b": 12}, seed=1)
-    write_class_folders(root / "validation", {"a": 4, "b": 4}, seed=2)
-    return root
+    return make_image_tree(base / "images")
 
 
 @pytest.fixture(scope="module")

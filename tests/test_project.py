@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, tiny_config
+
+from support.runs import tiny_config
+from support.shared import PROJECT_ROOT
 
 TESTS = PROJECT_ROOT / "tests"
 
@@ -17,17 +19,18 @@ def _marked_needs_shared(node: ast.FunctionDef) -> bool:
     return any("needs_shared" in ast.unparse(d) for d in node.decorator_list)
 
 
-def test_tests_reach_shared_only_through_conftest_and_carry_the_marker():
+def test_tests_reach_shared_only_through_support_and_carry_the_marker():
     # .ci/run runs `pytest -m needs_shared` from a copy without ../shared: that pass only sees
-    # the tests that carry the marker, so no test may reach ../shared another way
+    # the tests that carry the marker, so no test may reach ../shared another way than through
+    # support/shared.py (shared_path, and conftest's clothing_root fixture built on it)
     literal = re.compile(r"""["'](\.\./)*shared["'/]""")
     offenders = []
-    for path in sorted(TESTS.glob("*.py")):
-        if path.name == "conftest.py":
+    for path in sorted(TESTS.rglob("*.py")):
+        if path == TESTS / "support" / "shared.py":
             continue
         text = path.read_text(encoding="utf-8")
         offenders += [
-            f"{path.name}:{n}: names ../shared itself"
+            f"{path.relative_to(TESTS)}:{n}: names ../shared itself"
             for n, line in enumerate(text.splitlines(), 1)
             if literal.search(line)
         ]
@@ -253,3 +256,66 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
         timeout=300,
     )
     assert needs_torch.returncode == 2 and "this command needs torch" in needs_torch.stderr
+
+
+# --------------------------------------------------------------------------- the slow marker
+
+# what trains a model for real: the library's entry points and helpers, and the CLI commands
+TRAINS = {"train", "train_run", "sweep", "lr_find", "run_training", "train_one_epoch"}
+TRAINING_COMMANDS = {"train", "lr-find", "sweep"}
+
+
+def _refused(function: ast.FunctionDef) -> set[int]:
+    """The calls a test expects to fail (inside ``with pytest.raises``, or checked by one_error_line):
+    they are refused before anything trains."""
+    refused = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.With) and any("raises" in ast.unparse(item.context_expr) for item in node.items):
+            refused |= {id(c) for statement in node.body for c in ast.walk(statement)}
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "one_error_line":
+            refused |= {id(c) for c in ast.walk(node.args[0])} if node.args else set()
+    return refused
+
+
+def _trains(function: ast.FunctionDef) -> bool:
+    """Whether a test (or fixture) calls a training entry point, or runs a training command, other
+    than to see it refused."""
+    refused = _refused(function)
+    for call in (c for c in ast.walk(function) if isinstance(c, ast.Call) and id(c) not in refused):
+        func = call.func
+        name = func.id if isinstance(func, ast.Name) else None
+        if isinstance(func, ast.Attribute) and ast.unparse(func.value) == "cnnzoo":
+            name = func.attr  # cnnzoo.train(...), not a module's .train() (training mode)
+        if name in TRAINS:
+            return True
+        first = call.args[0] if call.args else None
+        words = [first] if isinstance(first, ast.Constant) else getattr(first, "elts", [])
+        if words and isinstance(words[0], ast.Constant) and words[0].value in TRAINING_COMMANDS:
+            return True  # run_cnnzoo(["train", ...]), cnnzoo_command("train", ...), cli("train", ...)
+    return False
+
+
+def test_every_test_that_trains_is_marked_slow():
+    """``pytest -m "not slow"`` is the quick loop only if every test that trains carries the marker:
+    by a decorator, by its module's ``pytestmark``, or by using a fixture that trains (conftest's
+    TRAINING_FIXTURES, which must then list every such fixture)."""
+    import conftest
+
+    offenders = []
+    for path in sorted(TESTS.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        module_slow = any(
+            isinstance(n, ast.Assign) and "pytestmark" in ast.unparse(n.targets[0]) and "slow" in ast.unparse(n.value)
+            for n in tree.body
+        )
+        for node in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+            decorators = " ".join(ast.unparse(d) for d in node.decorator_list)
+            if "pytest.fixture" in decorators:
+                if _trains(node) and node.name not in conftest.TRAINING_FIXTURES:
+                    offenders.append(f"{path.name}: fixture {node.name} trains; add it to conftest.TRAINING_FIXTURES")
+                continue
+            uses_training = {a.arg for a in node.args.args} & conftest.TRAINING_FIXTURES
+            if node.name.startswith("test_") and _trains(node) and not (module_slow or "mark.slow" in decorators):
+                if not uses_training:
+                    offenders.append(f"{path.name}:{node.lineno}: {node.name} trains but is not marked slow")
+    assert not offenders, "\n".join(offenders)

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CNNZOO = [sys.executable, "-m", "cnnzoo.cli"]
+import pytest
 
+from support.cli import CONFIGS, run_cnnzoo
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(CNNZOO + args, cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=900)
+pytestmark = pytest.mark.slow  # trains the quickstart for real
 
 
 def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_arguments(tmp_path):
-    trained = run(["train", "--config", str(ROOT / "configs" / "quickstart.yaml")], tmp_path)
+    trained = run_cnnzoo(["train", "--config", CONFIGS / "quickstart.yaml"], tmp_path, timeout=900)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "Generating the shapes data set" in trained.stdout
     assert (tmp_path / "runs" / "latest" / "best.pt").is_file()
@@ -26,13 +23,13 @@ def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_argum
     best = max(float(row.split(",")[5]) for row in rows[1:])
     assert best >= 0.95, f"quickstart reached only {best:.3f} validation accuracy"
 
-    evaluated = run(["evaluate", "--json"], tmp_path)
+    evaluated = run_cnnzoo(["evaluate", "--json"], tmp_path, timeout=900)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     report = json.loads(evaluated.stdout)
     assert abs(report["accuracy"] - best) < 1e-6  # evaluate rebuilds exactly the validation split
 
     stars = Path(os.environ["CNNZOO_HOME"]) / "shapes-v1" / "validation" / "star"
-    predicted = run(["predict", str(stars), "--json"], tmp_path)
+    predicted = run_cnnzoo(["predict", stars, "--json"], tmp_path, timeout=900)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "best.pt" in predicted.stderr  # it says which checkpoint it used
     records = json.loads(predicted.stdout)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import tiny_config
+
+from support.cli import run_script
+from support.runs import tiny_config
+
+pytestmark = pytest.mark.slow  # every benchmark trains or loads a trained model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+def _run_on_a_checkpoint(script: str, run: Path, image_root: Path, tmp_path: Path) -> str:
+    """A prediction benchmark on ``run``'s best.pt and the validation images, quickly (one repeat, batch 4)."""
+    images = image_root / "validation"
+    args = ["--checkpoint", run / "best.pt", "--images", images, "--repeat", 1, "--batch-size", 4]
+    return run_script([ROOT / "scripts" / script, *args], tmp_path)
 
 
 def test_bench_train_prints_every_phase_and_ratio(image_root, tmp_path):
@@ -49,20 +50,7 @@ def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
     from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = run_script(
-        [
-            str(ROOT / "scripts" / "bench_predict.py"),
-            "--checkpoint",
-            str(run / "best.pt"),
-            "--images",
-            str(image_root / "validation"),
-            "--repeat",
-            "1",
-            "--batch-size",
-            "4",
-        ],
-        tmp_path,
-    )
+    out = _run_on_a_checkpoint("bench_predict.py", run, image_root, tmp_path)
     assert "cold start:" in out and "batch prediction:" in out and "ratio" in out
 
 
@@ -93,20 +81,7 @@ def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image
     from cnnzoo.training.run import train
 
     run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = run_script(
-        [
-            str(ROOT / "scripts" / "bench_onnx.py"),
-            "--checkpoint",
-            str(run / "best.pt"),
-            "--images",
-            str(image_root / "validation"),
-            "--repeat",
-            "1",
-            "--batch-size",
-            "4",
-        ],
-        tmp_path,
-    )
+    out = _run_on_a_checkpoint("bench_onnx.py", run, image_root, tmp_path)
     for line in ("cold start, one image:", "peak RSS, one image:", "throughput, batch 4:"):
         assert line in out and "ratio" in out.split(line)[1].splitlines()[0]
     out = run_script(

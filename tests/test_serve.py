@@ -15,11 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import write_class_folders
-from helpers_predict import Server, one_error_line, png_claiming, run_cnnzoo, train_run
 from PIL import Image
 
 import cnnzoo
+
+from servelib import Server, png_claiming
+from support.cli import one_error_line, run_cnnzoo
+from support.images import make_image_tree
+from support.runs import train_run
+
+pytestmark = pytest.mark.slow  # every test here trains a model or uses one a module fixture trained
+
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -27,10 +33,9 @@ pytest.importorskip("onnxruntime")
 
 
 def _images(base: Path) -> Path:
-    root = base / "images"
-    write_class_folders(root / "train", {"a": 16, "b": 16, "c": 16}, size=32, seed=1, ext="jpg")
-    write_class_folders(root / "validation", {"a": 6, "b": 6, "c": 6}, size=32, seed=2, ext="jpg")
-    return root
+    return make_image_tree(
+        base / "images", train={"a": 16, "b": 16, "c": 16}, validation={"a": 6, "b": 6, "c": 6}, size=32, ext="jpg"
+    )
 
 
 @pytest.fixture(scope="module")

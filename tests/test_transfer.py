@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers_train import metric_rows
 from typer.testing import CliRunner
 
 import cnnzoo
@@ -22,6 +21,8 @@ from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
 from cnnzoo.model.backbones import Backbone
 from cnnzoo.training.run import train
+
+from support.runs import metric_rows
 
 RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
 
@@ -61,6 +62,7 @@ def run_log(capsys) -> str:
 # ============================================================================ weights and freezing
 
 
+@pytest.mark.slow
 def test_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(image_root, resnet18_file, tmp_path):
     run = train(
         transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}),
@@ -78,6 +80,7 @@ def test_frozen_backbone_keeps_its_weights_and_batchnorm_statistics(image_root, 
     assert torch.load(run / "last.pt", weights_only=True)["meta"]["image_size"] == [32, 32]
 
 
+@pytest.mark.slow
 def test_checkpoint_alone_predicts_and_evaluates_without_the_weights_file(image_root, resnet18_file, tmp_path):
     weights = tmp_path / "copy.pth"
     weights.write_bytes(resnet18_file.read_bytes())
@@ -100,6 +103,7 @@ def test_checkpoint_alone_predicts_and_evaluates_without_the_weights_file(image_
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_two_stages_unfreeze_the_last_stages_at_the_given_epoch(image_root, resnet18_file, tmp_path):
     config = transfer_config(
         image_root,
@@ -122,6 +126,7 @@ def test_two_stages_unfreeze_the_last_stages_at_the_given_epoch(image_root, resn
     assert changed == {"layer4"}  # stem and layers 1-3 stayed frozen throughout
 
 
+@pytest.mark.slow
 def test_resume_across_the_unfreeze_epoch_continues_exactly(image_root, resnet18_file, tmp_path):
     def config(epochs):
         return transfer_config(
@@ -140,6 +145,7 @@ def test_resume_across_the_unfreeze_epoch_continues_exactly(image_root, resnet18
     assert metric_rows(resumed) == metric_rows(whole)
 
 
+@pytest.mark.slow
 def test_torchvision_weights_name_reads_the_torch_hub_cache(image_root, isolated_home, tmp_path, capsys):
     import torchvision
     from torchvision.models import ResNet18_Weights
@@ -205,6 +211,7 @@ def test_torchvision_families_build_as_a_chain_of_stages(name, stages):
 # ============================================================================ the feature cache
 
 
+@pytest.mark.slow
 def test_feature_cache_gives_the_same_training_as_the_whole_network(image_root, resnet18_file, tmp_path, capsys):
     def run(feature_cache):
         config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file), "freeze": 1}, epochs=2)
@@ -222,6 +229,7 @@ def test_feature_cache_gives_the_same_training_as_the_whole_network(image_root, 
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_feature_cache_holds_flipped_versions_and_says_why_it_is_off(image_root, resnet18_file, tmp_path, capsys):
     config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}, epochs=1)
     config["data"]["augment"] = {"hflip": True, "vflip": 0.2}
@@ -232,6 +240,7 @@ def test_feature_cache_holds_flipped_versions_and_says_why_it_is_off(image_root,
     assert "feature cache: off (data.augment.random_resized_crop changes the pixels every epoch" in run_log(capsys)
 
 
+@pytest.mark.slow
 def test_disk_feature_cache_is_reused_by_the_next_run(image_root, resnet18_file, tmp_path, isolated_home, capsys):
     config = transfer_config(image_root, {"name": "resnet18", "weights": str(resnet18_file)}, epochs=1)
     config["data"]["feature_cache"] = "disk"
@@ -261,6 +270,7 @@ def lite0_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_timm_backbone_trains_with_a_cut_feature_cache_and_predicts(image_root, lite0_file, tmp_path, capsys):
     config = transfer_config(
         image_root, {"name": "timm/tf_efficientnet_lite0", "weights": str(lite0_file), "freeze": 2}, epochs=2
@@ -334,6 +344,7 @@ def test_timm_default_weights_offline_fail_at_once_saying_which_file_goes_where(
     assert network_attempts.seen == []
 
 
+@pytest.mark.slow
 def test_timm_default_weights_are_read_from_cnnzoo_weights_folder(image_root, isolated_home, tmp_path, capsys):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
@@ -532,7 +543,7 @@ def test_one_backbone_per_network_outside_repeat(layers):
 
 
 def test_unfreeze_without_a_backbone_is_a_config_error(image_root, tmp_path):
-    from conftest import tiny_config
+    from support.runs import tiny_config
 
     with pytest.raises(UserError, match="train.unfreeze_at_epoch: the model has no backbone layer"):
         train(tiny_config(image_root, unfreeze_at_epoch=2), out=tmp_path / "runs", quiet=True)
@@ -545,6 +556,7 @@ def test_grey_data_with_a_backbone_is_refused(image_root, tmp_path):
         train(config, out=tmp_path / "runs", quiet=True)
 
 
+@pytest.mark.slow
 def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written(
     image_root, resnet18_file, tmp_path, capsys
 ):

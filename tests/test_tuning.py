@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config
-from helpers_predict import one_error_line, run_cnnzoo
-from helpers_train import metric_rows
 
 import cnnzoo
 from cnnzoo.training.run import TrainingInterrupted
 from cnnzoo.training.tuning import parse_grid, suggest_lr, sweep
+
+from support.cli import one_error_line, run_cnnzoo
+from support.runs import metric_rows, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +128,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(image_root, tmp_path):
     assert interrupted_epochs < 40 and len(result.rows) == 4
 
 
+@pytest.mark.slow
 def test_trials_sample_the_grid(image_root, tmp_path):
     config = sweep_config(tmp_path, image_root, epochs=1)
     result = sweep(config, GRID, trials=2, runs_root=tmp_path / "runs")
@@ -177,6 +178,7 @@ def config_without_data_root(tmp_path: Path, train_section: str = "") -> Path:
 FAST_LR_FIND = ["--steps", "12", "--end", "0.01"]
 
 
+@pytest.mark.slow
 def test_lr_find_takes_the_shortcuts_and_apply_writes_beside_the_plot_not_into_configs(image_root, tmp_path):
     config = config_without_data_root(tmp_path)  # `train:` with nothing under it
     shipped = sorted(p.name for p in config.parent.iterdir())
@@ -217,6 +219,7 @@ def test_lr_find_takes_the_shortcuts_and_apply_writes_beside_the_plot_not_into_c
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.root) == (4, 3, str(image_root))
 
 
+@pytest.mark.slow
 def test_apply_keeps_paths_that_were_relative_to_the_config_file(image_root, tmp_path, monkeypatch):
     # a config file's relative paths are read from its folder; the copy lives under runs/lr-find/,
     # so it must carry them in a form that still finds the data from there and from anywhere
@@ -234,6 +237,7 @@ def test_apply_keeps_paths_that_were_relative_to_the_config_file(image_root, tmp
     assert cnnzoo.load_config(applied).data.root == str(image_root)
 
 
+@pytest.mark.slow
 def test_lr_find_out_names_the_file_it_writes(image_root, tmp_path):
     config = config_without_data_root(tmp_path, "  batch_size: 4\n")
     folder = tmp_path / "plots"  # no suffix: a folder
@@ -245,6 +249,7 @@ def test_lr_find_out_names_the_file_it_writes(image_root, tmp_path):
     assert "--out" in line and ".png" in line
 
 
+@pytest.mark.slow
 def test_sweep_takes_the_shortcuts_escapes_formulas_and_latest_is_the_best_run(image_root, tmp_path):
     config = config_without_data_root(tmp_path, "  epochs: 5\n  batch_size: 8\n")
     runs = tmp_path / "runs"

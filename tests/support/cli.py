@@ -1,0 +1,59 @@
+"""The ``cnnzoo`` command as users run it (a real subprocess), and the contract of its user errors:
+exactly one line on stderr, ``cnnzoo: error: ...``, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[2]
+CONFIGS = PROJECT / "configs"
+_SCRIPT = Path(sys.executable).with_name("cnnzoo")
+
+
+def cnnzoo_command(*args: Any) -> list[str]:
+    """The installed ``cnnzoo`` script with ``args``, or ``python -m cnnzoo`` where none is installed."""
+    head = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cnnzoo"]
+    return [*head, *map(str, args)]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment (the test's CNNZOO_HOME included) for a command whose output is read."""
+    return {**os.environ, "NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "120", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def run_cnnzoo(args: Sequence[Any], cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    """Run ``cnnzoo args`` in ``cwd`` (``env`` adds variables) and wait for it."""
+    return subprocess.run(
+        cnnzoo_command(*args),
+        cwd=str(cwd),
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(result: Any, code: int = 2) -> str:
+    """The CLI's user-error contract, for a subprocess's result or a CliRunner's; returns the one line."""
+    stderr = result.stderr
+    returned = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert returned == code, f"exit code {returned}, stderr was:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("cnnzoo: error:"), lines[0]
+    return lines[0]
+
+
+def run_script(args: Sequence[Any], cwd: Path, timeout: float = 600) -> str:
+    """Run ``python *args`` (one of scripts/ and its arguments) in ``cwd``; its standard output (it must succeed)."""
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, env={**os.environ}, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
