@@ -12,6 +12,11 @@ The Python API (the CLI is a thin layer over it)::
 
 Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
 not import torch.
+
+The package, by floor (a module imports only from its own floor or below; tests/test_layering.py
+checks it): errors, console, files | config, plots | checkpoint, runs | runtime (device, DDP,
+the torch install) | model | data, inference | evaluation | training | deploy, explanation | cli.
+Each sub-package's ``__init__`` says what it owns.
 """
 
 from __future__ import annotations
