@@ -38,7 +38,7 @@ from cnnzoo.training.run import TrainingInterrupted, train
 
 from support.cli import cnnzoo_command
 from support.images import make_image_tree
-from support.runs import HEADER, TIMING, files_under, metric_rows, tiny_config, tiny_layers
+from support.runs import HEADER, TIMING, ctrl_c_raises, files_under, metric_rows, tiny_config, tiny_layers
 
 
 def write_images(root: Path, train_per_class: int = 12, val_per_class: int = 4) -> Path:
@@ -262,17 +262,14 @@ def train_with_real_ctrl_c(config: dict, out: Path) -> Path:
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)
-    # a shell that starts jobs in the background (as CI may) hands them SIGINT ignored, and
-    # Python then never raises KeyboardInterrupt: restore the terminal's Ctrl-C behaviour
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    watcher.start()
-    try:
-        with pytest.raises(TrainingInterrupted) as info:
-            train(config, out=out, quiet=True)
-    finally:
-        stop.set()
-        watcher.join()
-        signal.signal(signal.SIGINT, previous)
+    with ctrl_c_raises():
+        watcher.start()
+        try:
+            with pytest.raises(TrainingInterrupted) as info:
+                train(config, out=out, quiet=True)
+        finally:
+            stop.set()
+            watcher.join()
     message = str(info.value)
     assert "--resume" in message and "last.pt" in message
     return info.value.run_dir

@@ -24,7 +24,7 @@ from cnnzoo.training.run import TrainingInterrupted
 from cnnzoo.training.tuning import parse_grid, suggest_lr, sweep
 
 from support.cli import one_error_line, run_cnnzoo
-from support.runs import metric_rows, tiny_config
+from support.runs import ctrl_c_raises, metric_rows, tiny_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,8 @@ def test_an_interrupted_sweep_continues_where_it_stopped(image_root, tmp_path):
                 return
             time.sleep(0.05)
 
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
-    with pytest.raises(TrainingInterrupted):
+    with ctrl_c_raises(), pytest.raises(TrainingInterrupted):
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
         sweep(config, GRID, runs_root=tmp_path / "runs")
     state = json.loads(next(folder.glob("sweep-*.json")).read_text())
     assert [r["done"] for r in state["runs"]] == [True, False, False, False]

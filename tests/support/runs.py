@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,15 @@ def files_under(folder: Path) -> list[str]:
     for dirpath, _, filenames in os.walk(folder):
         found += [os.path.relpath(os.path.join(dirpath, name), folder) for name in filenames]
     return sorted(found)
+
+
+@contextmanager
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt inside the block, as Ctrl-C does in a terminal: a shell that
+    starts jobs in the background (as CI may) hands them SIGINT ignored, and Python then never
+    raises it, so a test of Ctrl-C would see nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
