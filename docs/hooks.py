@@ -6,6 +6,8 @@
 * ``reference/python-api.md``: the marker ``<!-- cnnzoo:python-api -->`` becomes the signature and
   docstring of every public name of the ``cnnzoo`` package, and the methods of the model that
   ``cnnzoo.load`` returns.
+* ``reference/config.md``: the marker ``<!-- cnnzoo:config -->`` becomes every config key's type,
+  default, range and documentation (:mod:`cnnzoo.config.reference`, read from the schema).
 
 A page that lost its marker fails the build, so a generated section cannot silently vanish.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 CLI_MARKER = "<!-- cnnzoo:cli -->"
 API_MARKER = "<!-- cnnzoo:python-api -->"
+CONFIG_MARKER = "<!-- cnnzoo:config -->"
 # what a model returned by cnnzoo.load() offers its users (the rest of its methods serve those)
 MODEL_METHODS = ("predict", "probabilities", "preprocess")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +40,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     generators: dict[str, tuple[str, Callable[[], str]]] = {
         "reference/cli.md": (CLI_MARKER, cli_reference),
         "reference/python-api.md": (API_MARKER, python_api_reference),
+        "reference/config.md": (CONFIG_MARKER, config_reference),
     }
     if page.file.src_uri not in generators:
         return markdown
@@ -207,3 +211,13 @@ def python_api_reference() -> str:
         call = _signature(f"model.{method}", function, method=True)
         parts.append(_entry(f"model.{method}", f"model-{method}", call, function))
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- the config keys
+
+
+def config_reference() -> str:
+    _document_this_tree()
+    from cnnzoo.config.reference import config_keys, markdown_table
+
+    return markdown_table(config_keys())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from pathlib import Path
@@ -601,3 +602,34 @@ def test_the_ranges_page_lists_every_ranged_key():
     page = (Path(__file__).resolve().parents[1] / "docs" / "config-ranges.md").read_text()
     missing = [key for key, _, _ in bounded_fields() if key.rsplit(".", 1)[-1] not in page]
     assert not missing, f"docs/config-ranges.md does not list {missing}"
+
+
+def test_every_config_key_is_documented_and_loads_with_its_default():
+    # the docs site's Config keys page is generated from these (docs/hooks.py): a key without its
+    # attribute docstring would be a row that says nothing
+    from cnnzoo.config.reference import config_keys
+
+    keys = config_keys()
+    assert {"seed", "data.augment.color_jitter.hue", "train.ddp_timeout"} <= {k.key for k in keys}
+    undocumented = [k.key for k in keys if not k.doc]
+    assert not undocumented, f"config keys without documentation in cnnzoo/config/schema.py: {undocumented}"
+    for entry in keys:
+        if not entry.section and entry.default not in ("", "null"):
+            load_config({}, [f"{entry.key}={entry.default}"])  # the default as the reference writes it
+
+
+def test_the_reference_reads_attribute_docstrings_and_misses_a_field_without_one():
+    from cnnzoo.config.reference import attribute_docs, config_keys, markdown_table
+
+    @dataclasses.dataclass
+    class Section:
+        documented: int = 1
+        """Says what it does:
+        on two lines."""
+        bare: str | None = None  # a comment is not documentation
+
+    assert attribute_docs(Section) == {"documented": "Says what it does:\non two lines."}
+    rows = {k.key: k for k in config_keys(Section, "s.")}
+    assert rows["s.bare"].doc == "" and rows["s.bare"].type == "str or null" and rows["s.bare"].default == "null"
+    table = markdown_table(config_keys(Section, "s."))
+    assert "| `s.documented` | int | `1` | Says what it does: on two lines. |" in table

@@ -14,8 +14,14 @@ from .checks import FRACTION, MAX_DDP_TIMEOUT, MAX_EPOCHS, MAX_RATE, RUN_NAME, b
 @dataclass
 class ModelConfig:
     layers: list[Any] = field(default_factory=list)
-    input: Optional[list[int]] = None  # [C, H, W]; taken from `data` when absent
-    num_classes: Optional[int] = bounded(None, low=1)  # taken from the data's class folders when absent
+    """The network, first layer first: a bare name (`relu`), or a one-key mapping from a
+    `torch.nn` class or an alias to its keyword arguments; blocks and backbones too
+    ([Layers and blocks](layers.md)). Input sizes are inferred and every shape is checked."""
+    input: Optional[list[int]] = None
+    """[C, H, W] of one image; taken from `data.channels` and `data.image_size` when absent."""
+    num_classes: Optional[int] = bounded(None, low=1)
+    """The classes the head predicts (`num_classes` in a layer's arguments stands for it); taken
+    from the data when absent."""
 
 
 @dataclass
@@ -24,9 +30,13 @@ class ColorJitterConfig:
     shifts (a fraction of the colour circle, uniform in [-hue, hue]); all off by default."""
 
     brightness: float = bounded(0.0, low=0, high=10)
+    """Brightness factor drawn uniformly from [1 - x, 1 + x]; 0 is off."""
     contrast: float = bounded(0.0, low=0, high=10)
+    """Contrast factor drawn uniformly from [1 - x, 1 + x]; 0 is off."""
     saturation: float = bounded(0.0, low=0, high=10)
+    """Saturation factor drawn uniformly from [1 - x, 1 + x]; 0 is off."""
     hue: float = bounded(0.0, low=0, high=0.5)
+    """Hue shift, a fraction of the colour circle drawn uniformly from [-hue, hue]; 0 is off."""
 
     def __bool__(self) -> bool:
         return any(dataclasses.astuple(self))
@@ -37,18 +47,25 @@ class AugmentConfig:
     """Training-time augmentation, all off by default (ML Zoomcamp lesson 8.9's set)."""
 
     hflip: Union[bool, float] = bounded(0.0, **FRACTION, words="a probability in [0, 1] or true (0.5)")
+    """Probability of a left-right flip; `true` means 0.5."""
     vflip: Union[bool, float] = bounded(0.0, **FRACTION, words="a probability in [0, 1] or true (0.5)")
-    rotation: float = bounded(0.0, low=0, high=180)  # degrees, uniform in [-rotation, rotation]
-    # fraction of width (and height): a number, or [horizontal, vertical]
+    """Probability of an upside-down flip; `true` means 0.5."""
+    rotation: float = bounded(0.0, low=0, high=180)
+    """Rotation in degrees, drawn uniformly from [-rotation, rotation]."""
     translate: Union[float, list[float]] = bounded(
         0.0, **FRACTION, length=2, words="a fraction in [0, 1], or [horizontal, vertical] fractions")
-    shear: float = bounded(0.0, low=0, high=90, open_high=True)  # degrees
-    zoom: float = bounded(0.0, low=0, high=1, open_high=True)  # scale uniform in [1 - zoom, 1 + zoom]
-    # [min_area, max_area], e.g. [0.6, 1.0]
+    """Largest shift as a fraction of the width and height: one number, or [horizontal, vertical]."""
+    shear: float = bounded(0.0, low=0, high=90, open_high=True)
+    """Shear in degrees, drawn uniformly from [-shear, shear]."""
+    zoom: float = bounded(0.0, low=0, high=1, open_high=True)
+    """Scale drawn uniformly from [1 - zoom, 1 + zoom]."""
     random_resized_crop: Optional[list[float]] = bounded(
         None, low=0, high=1, open_low=True, length=2,
         words="[min_area, max_area] within (0, 1], e.g. [0.6, 1.0], or null (off)")
+    """[min_area, max_area]: crop a random part of that share of the image (aspect 3/4 to 4/3)
+    and resize it back, as Inception and ResNet were trained; null is off."""
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+    """Random brightness, contrast, saturation and hue (the keys below)."""
 
     @property
     def flip_probabilities(self) -> tuple[float, float]:
@@ -70,62 +87,115 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10"] = "folder"
+    """Where images come from: `folder` (class folders under `root`), `shapes` (drawn shapes,
+    generated offline on first use), or torchvision's `mnist`, `fashion_mnist`, `cifar10`."""
     root: Optional[str] = None
+    """The data folder: `train/` + `validation/` (or `val/`) of class folders, optional `test/`,
+    or one folder of class folders split by `val_fraction`; relative to the config's folder."""
     download: bool = False
+    """Let torchvision download `mnist`, `fashion_mnist` or `cifar10` when they are not on disk."""
     val_fraction: float = bounded(0.2, low=0, high=1, open_low=True, open_high=True,
-                                  words="a number between 0 and 1")  # used when `root` has no validation split
-    image_size: Optional[Union[int, list[int]]] = None  # int or [H, W]
-    channels: Optional[int] = None  # 1 or 3
+                                  words="a number between 0 and 1")
+    """The share of images held out for validation when `root` has no validation split
+    (stratified by class, seeded)."""
+    image_size: Optional[Union[int, list[int]]] = None
+    """Side (or [H, W]) images are resized to (not cropped); a pretrained backbone's own size
+    when absent."""
+    channels: Optional[int] = None
+    """1 (grey) or 3 (RGB); taken from the source when absent."""
     normalize: Union[Literal["auto", "imagenet", "none"], dict[str, list[float]]] = "auto"
+    """Pixel normalisation: `auto` (a pretrained backbone's own, else ImageNet's mean and std for
+    RGB and 0.5/0.5 for grey), `imagenet`, `none`, or `{mean: [...], std: [...]}`."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Training-time augmentation (the keys below); validation images are never augmented."""
     sampler: Literal["none", "balanced"] = "none"
+    """`balanced` draws every class equally often in an epoch (for imbalanced data); `none`
+    shuffles."""
     cache: Literal["auto", "ram", "disk", "none"] = "auto"
+    """Decoded images kept for the next epoch: `ram`, `disk` (memory-mapped, checked, reused by
+    later runs), `none` (decode every epoch); `auto` is RAM when the cache takes under a third of
+    the free memory, else disk ([Caches](../caches.md))."""
     cache_dir: Optional[str] = None
-    feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"  # frozen backbone outputs, computed once
+    """Where disk caches go; `$CNNZOO_HOME/cache` (default `~/.cache/cnnzoo/cache`) when absent."""
+    feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"
+    """Frozen backbone outputs computed once and reused while the backbone stays frozen
+    (transfer learning); off by itself when augmentation changes pixels."""
     workers: Union[Literal["auto"], int] = bounded("auto", low=0, words="auto or a number >= 0")
+    """Loader processes; `auto` picks by what the loader does (none for cached data on a
+    small CPU, up to one per spare core when decoding or on CUDA)."""
 
 
 @dataclass
 class TrainConfig:
     epochs: int = bounded(10, low=1)
+    """Passes over the training images."""
     batch_size: int = bounded(32, low=1)
+    """Images per step (per process under DDP)."""
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    """The `torch.optim` optimizer."""
     lr: float = bounded(1e-3, low=0, high=MAX_RATE, open_low=True)
-    momentum: float = bounded(0.9, low=0, high=1)  # sgd and rmsprop
+    """Learning rate (the peak for `one-cycle`); `cnnzoo lr-find` suggests one."""
+    momentum: float = bounded(0.9, low=0, high=1)
+    """Momentum of `sgd` and `rmsprop`."""
     nesterov: bool = False
+    """Nesterov momentum for `sgd`."""
     weight_decay: float = bounded(0.0, low=0, high=MAX_RATE)
+    """L2 penalty (decoupled for `adamw`)."""
     scheduler: Literal["none", "step", "cosine", "one-cycle", "reduce-on-plateau"] = "none"
-    step_size: int = bounded(10, low=1)  # epochs between decays, for `step`
-    gamma: float = bounded(0.1, low=0, high=1, open_high=True)  # decay factor for `step` and `reduce-on-plateau`
+    """How the learning rate moves over the run: `step` (times `gamma` every `step_size`
+    epochs), `cosine`, `one-cycle`, `reduce-on-plateau` (on `monitor`), or `none`."""
+    step_size: int = bounded(10, low=1)
+    """Epochs between decays, for `step`."""
+    gamma: float = bounded(0.1, low=0, high=1, open_high=True)
+    """Decay factor for `step` and `reduce-on-plateau`."""
     plateau_patience: int = bounded(2, low=0)
-    # linear warm-up, counted in (fractions of) epochs
+    """Epochs without progress before `reduce-on-plateau` lowers the rate."""
     warmup_epochs: float = bounded(0.0, low=0, high=MAX_EPOCHS)
+    """Linear warm-up of the learning rate, in (fractions of) epochs."""
     label_smoothing: float = bounded(0.0, low=0, high=1, open_high=True)
+    """Share of each target spread over all classes (0.1 is common)."""
     grad_clip: Optional[float] = bounded(None, low=0, open_low=True,
-                                         words="a positive number or null (off)")  # max gradient norm
-    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # picks best.pt and drives early stopping
-    # early stopping after this many epochs without progress
+                                         words="a positive number or null (off)")
+    """Largest gradient norm before a step (clipped above it); null is off."""
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    """What picks `best.pt` (a tie goes to the lower `val_loss`, then the later epoch) and drives
+    early stopping."""
     patience: Optional[int] = bounded(None, low=1, words="a positive integer or null (off)")
+    """Early stopping after this many epochs without progress on `monitor`; null is off."""
     min_delta: float = bounded(0.0, low=0)
+    """The least change of `monitor` that counts as progress."""
     loss: Literal["auto", "cross_entropy", "bce"] = "auto"
+    """`cross_entropy`, or `bce` for a one-logit head over two classes (`BCEWithLogitsLoss`);
+    `auto` picks by the head."""
     class_weights: Union[Literal["none", "balanced"], dict[str, float]] = "none"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # CUDA only; auto = bf16 where supported
+    """Loss weight per class: `balanced` (inverse to the class's share of the images), a mapping
+    `{class: weight}`, or `none`."""
+    device: str = "auto"
+    """`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    """Mixed precision on CUDA: `auto` keeps bf16 (fp16 with a grad scaler on older GPUs) where
+    a short probe measures it faster than float32; `none`, `bf16`, `fp16` force it."""
     channels_last: Union[Literal["auto"], bool] = "auto"
-    # transfer learning (a `backbone` layer): stage two starts at this epoch and trains the
-    # last `unfreeze_stages` stages of the backbone at `backbone_lr` (a number, or "0.1x" of lr)
+    """NHWC memory format for the model and batches; `auto` turns it on for CPU and CUDA, where
+    convolutions measured faster with it."""
     unfreeze_at_epoch: Optional[int] = bounded(
         None, low=2, words="an epoch from 2 on (stage 1 needs at least one epoch), or null (never)")
+    """Transfer learning: the epoch at which stage two starts training the backbone's last
+    `unfreeze_stages` stages; null keeps it frozen."""
     unfreeze_stages: Union[Literal["all"], int] = bounded("all", low=0, words="all or a number >= 0")
-    # default: lr / 10
+    """How many of the backbone's last stages stage two trains, or `all`."""
     backbone_lr: Optional[Union[float, str]] = bounded(None, low=0, high=MAX_RATE, open_low=True)
-    # what records each epoch besides metrics.csv, history.png and the console
+    """The unfrozen backbone's learning rate: a number, or a multiple of `lr` such as `"0.1x"`;
+    `lr / 10` when absent."""
     loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
-    # several processes (torchrun / --nproc): BatchNorm statistics shared across GPUs, and how
-    # long (seconds) a process waits for the others before the job ends with an error
+    """What records each epoch besides `metrics.csv`, `history.png` and the console: `csv`,
+    `tensorboard` (event files; extra `cnnzoo[tensorboard]`)."""
     sync_bn: bool = False
+    """Several processes: BatchNorm statistics computed over all processes' batches."""
     ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
                                  words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
+    """Several processes: seconds a process waits for the others before the job ends with an
+    error."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
@@ -138,10 +208,17 @@ class TrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The images: where they come from, their size, augmentation and caching."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The training recipe."""
     name: Optional[str] = None
+    """The run's name: run folders go to `runs/<name>/<N>/`; the config file's name when absent
+    (one folder name: no slashes or `..`)."""
     seed: int = bounded(0, low=0, high=2**64 - 1)  # what torch.manual_seed takes
+    """Seeds the split, the initial weights, the shuffling and the augmentation: the same seed
+    gives the same run."""
     source_path: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
