@@ -6,7 +6,7 @@
 Both paths run in this process on the same files, one thread each, alternating rounds;
 prints images/s and the ratio. This is why cnnzoo decodes with PIL: ``Image.draft`` lets
 libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is small, and the same code runs
-without torch (a future ONNX predict).
+without torch (predict and serve of an ONNX export).
 """
 
 from __future__ import annotations

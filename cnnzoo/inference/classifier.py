@@ -94,6 +94,8 @@ class Classifier:
         return preprocess.load_image(item, self.image_size, self.channels)
 
     def info(self) -> dict[str, Any]:
+        """What the model expects and answers, as ``serve``'s ``GET /info`` reports it: format, file,
+        classes, input [C, H, W] and the normalisation."""
         return {
             "format": self.format,
             "path": self.path,
