@@ -132,3 +132,8 @@ def test_tflite_serve_answers_like_predict_without_torch(trained, exported):
             assert "libtorch" not in maps.read_text()
     finally:
         srv.stop()
+
+
+def test_commands_that_need_the_checkpoint_say_so_for_a_tflite_export(trained, exported):
+    line = one_error_line(run_cnnzoo(["evaluate", exported.path], trained.base))
+    assert "a TFLite export, not a checkpoint" in line
