@@ -168,8 +168,13 @@ def _describe(path: Path, head: bytes) -> str:
             "a safetensors weights file (tensors only, without cnnzoo's layers and classes), not a "
             "checkpoint; pretrained weights go in a backbone layer's weights key"
         )
+    exported = "predict and serve take an export; this command needs the checkpoint it was made from"
     if head[:1] == b"\x08" and any(mark in head[:256] for mark in (b"cnnzoo", b"pytorch", b"onnx")):
+        if path.suffix.lower() == ".onnx":
+            return f"an ONNX export, not a checkpoint; {exported}"
         return f"an ONNX model whose name does not end in .onnx; rename it to {path.stem}.onnx"
+    if head[4:8] == b"TFL3":  # the flatbuffer file identifier of a TFLite model
+        return f"a TFLite export, not a checkpoint; {exported}"
     image = _image_format(path)
     if image:
         return f"an image ({image}), not a checkpoint; give images as arguments and the checkpoint with -m"

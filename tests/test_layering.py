@@ -62,6 +62,7 @@ TORCH_FREE = {
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",
     "cnnzoo.inference.onnx",
+    "cnnzoo.inference.tflite",
     "cnnzoo.inference.inputs",
     "cnnzoo.evaluation",
     "cnnzoo.training",

@@ -116,3 +116,21 @@ def test_bench_cache_prints_both_ratios(image_root, tmp_path):
         tmp_path,
     )
     assert "ratio content/stat:" in out and "ratio checked/bare:" in out
+
+
+def test_bench_export_compares_int8_and_tflite_with_fp32_onnx(image_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.training.run import train
+
+    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
+    script = ROOT / "scripts" / "bench_export.py"
+    out = run_script(
+        [script, run / "best.pt", "--out", tmp_path / "exports", "--repeat", 1, "--json", "b.json"], tmp_path
+    )
+    rows = {" ".join(line.split()[:2]): line.split()[2:] for line in out.splitlines() if " ONNX " in line}
+    assert rows["FP32 ONNX"][1] == "1.00x" and rows["FP32 ONNX"][5] == "1.00x"  # the baseline's own ratios
+    assert rows["INT8 ONNX"][1].endswith("x") and float(rows["INT8 ONNX"][6]) > 0  # a size ratio, a cold start
+    figures = json.loads((tmp_path / "b.json").read_text())[0]["formats"]
+    assert figures["INT8 ONNX"]["validation_images"] == 8 and figures["FP32 ONNX"]["bytes"] > 0
+    tflite = figures["TFLite"]
+    assert "bytes" in tflite or "pip install 'cnnzoo[tflite]'" in tflite["error"]  # measured, or says why not

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..deploy import DEFAULT_MAX_BYTES, DEFAULT_OPSET, PARITY_TOLERANCE
+from ..deploy import DEFAULT_CALIBRATION, DEFAULT_MAX_BYTES, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE
 from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded
 
 
@@ -16,7 +16,9 @@ def export(
     checkpoint_arg: Path | None = typer.Argument(
         None, metavar="[CHECKPOINT]", help="Checkpoint (default: runs/latest's best.pt)."
     ),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (runs without torch) or torchscript."),
+    fmt: str = typer.Option(
+        "onnx", "--format", "-f", help="onnx (runs without torch), tflite (LiteRT, for phones) or torchscript."
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -33,28 +35,59 @@ def export(
         help="Replace a file at --out that is not an export of this format (never the checkpoint itself).",
     ),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="ONNX only: write a static INT8 model (best.int8.onnx) calibrated on training images, "
+        "and compare it with FP32 on the validation split.",
+    ),
+    calibration: int = typer.Option(
+        DEFAULT_CALIBRATION, "--calibration", help="With --int8: training images that calibrate it."
+    ),
+    max_drop: float = typer.Option(
+        DEFAULT_MAX_DROP,
+        "--max-drop",
+        min=0.0,
+        help="With --int8: accuracy points INT8 may lose against FP32 on validation; exit 1 beyond.",
+    ),
 ) -> None:
-    """Export a checkpoint to ONNX or TorchScript, then check it gives the checkpoint's probabilities.
+    """Export a checkpoint to ONNX, TFLite or TorchScript, then check it gives the checkpoint's probabilities.
 
     The file holds the classes, input size and normalisation, so it is used alone:
       cnnzoo export                       (runs/latest/best.pt -> runs/latest/best.onnx)
       cnnzoo predict --model runs/latest/best.onnx photo.jpg
       cnnzoo serve runs/latest/best.onnx
     Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
-    NaN or infinite probabilities. TorchScript is code: cnnzoo writes it for LibTorch (C++) and
-    opens one only with predict/serve --trust-torchscript.
+    NaN or infinite probabilities, or (--int8) loses more than --max-drop points of validation
+    accuracy; the file is written all the same, to inspect.
+      cnnzoo export --int8                (runs/latest/best.int8.onnx, about 0.3x the size)
+    TorchScript is code: cnnzoo writes it for LibTorch (C++) and opens one only with
+    predict/serve --trust-torchscript.
     """
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..deploy.export import export as run_export
 
-    result = run_export(checkpoint_arg, fmt, out=out, opset=opset, tolerance=tolerance, runs_root=runs, force=force)
+    result = run_export(
+        checkpoint_arg,
+        fmt,
+        out=out,
+        opset=opset,
+        tolerance=tolerance,
+        runs_root=runs,
+        force=force,
+        int8=int8,
+        calibration=calibration,
+        max_drop=max_drop,
+    )
     size = result.path.stat().st_size
     verdict = "ok" if result.ok else "FAILED"
-    typer.echo(f"wrote {result.path} ({result.format}, {size / 2**20:.1f} MB)")
+    typer.echo(f"wrote {result.path} ({result.format}{' INT8' if int8 else ''}, {size / 2**20:.1f} MB)")
     typer.echo(
-        f"parity with the checkpoint on {result.images} images: largest probability difference "
-        f"{result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}"
+        f"{'the FP32 graph' if int8 else 'parity'} with the checkpoint on {result.images} images: largest "
+        f"probability difference {result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}"
     )
+    for line in result.int8.lines() if result.int8 else []:
+        typer.echo(line)
     if result.not_finite:
         _fail(f"{result.path}: {result.not_finite} probabilities are NaN or infinite; do not deploy it", code=1)
     if not result.ok:
@@ -64,13 +97,21 @@ def export(
             f"--opset or --format)",
             code=1,
         )
+    if result.int8 and not result.int8.ok:
+        _fail(
+            f"{result.path}: INT8 loses {result.int8.drop:.2f} points of validation accuracy against FP32 "
+            f"(--max-drop {max_drop:g}); do not deploy it (try more --calibration images, or the FP32 export)",
+            code=1,
+        )
 
 
 @app.command()
 @guarded
 def serve(
     model: Path | None = typer.Argument(
-        None, metavar="[MODEL]", help="Checkpoint or .onnx export (runs without torch). Default: runs/latest's best.pt."
+        None,
+        metavar="[MODEL]",
+        help="Checkpoint, .onnx or .tflite export (these run without torch). Default: runs/latest's best.pt.",
     ),
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),

@@ -9,3 +9,5 @@ only the CLI is above it. This ``__init__`` holds the defaults the CLI shows (to
 DEFAULT_OPSET = 17  # ONNX opset of an export
 PARITY_TOLERANCE = 1e-4  # largest probability difference from the checkpoint an export may show
 DEFAULT_MAX_BYTES = 10 * 2**20  # largest request body serve accepts
+DEFAULT_CALIBRATION = 256  # training images that calibrate an INT8 export
+DEFAULT_MAX_DROP = 1.0  # validation accuracy points an INT8 export may lose against FP32

@@ -1,9 +1,11 @@
-"""Export a checkpoint to ONNX or TorchScript, with the model's metadata inside, and check it.
+"""Export a checkpoint to ONNX (FP32 or INT8), TFLite or TorchScript, with the model's metadata
+inside, and check it.
 
 The exported file carries what predicting needs (classes, input size, channels,
-normalisation) as ONNX ``metadata_props`` or a TorchScript extra file, under
-:data:`cnnzoo.inference.classifier.METADATA_KEY`, so it is used alone: ``cnnzoo predict --model
-best.onnx`` needs neither the checkpoint nor torch. The batch dimension is dynamic.
+normalisation) as ONNX ``metadata_props``, a TFLite ``Model.metadata`` buffer or a TorchScript
+extra file, under :data:`cnnzoo.inference.classifier.METADATA_KEY`, so it is used alone:
+``cnnzoo predict --model best.onnx`` needs neither the checkpoint nor torch. The batch dimension
+is dynamic (TFLite: one image, channels last). INT8 quantization is :mod:`~cnnzoo.deploy.quantize`'s.
 
 After writing, :func:`export` runs the exported model and the checkpoint on the same
 images (batches of 1 and 8) and compares the probabilities; the largest absolute
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -31,13 +34,16 @@ from .. import __version__, runs
 from .. import checkpoint as ckpt_io
 from ..errors import UserError, short_reason
 from ..files import Replacement
-from ..inference import is_onnx
+from ..inference import is_onnx, is_tflite
 from ..inference.classifier import METADATA_KEY, Classifier, probabilities
 from ..inference.onnx import OnnxModel
+from ..inference.tflite import TFLiteModel, native_output_hidden, read_metadata
 from ..inference.torch_models import Model, TorchScriptModel
-from . import DEFAULT_OPSET, PARITY_TOLERANCE
+from . import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE, quantize
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "tflite": "a TFLite"}
+INT8_SUFFIX = ".int8.onnx"  # an INT8 ONNX export beside best.onnx, never in its place
 
 
 @dataclass(kw_only=True)
@@ -48,6 +54,7 @@ class Exported:
     tolerance: float
     images: int
     not_finite: str = ""  # whose outputs held NaN or infinity ("the checkpoint's" / "the export's"), if any
+    int8: quantize.Int8Report | None = None  # FP32 vs INT8 on validation, for an INT8 export
 
     @property
     def ok(self) -> bool:
@@ -113,6 +120,36 @@ def _write_onnx(model: Model, example: torch.Tensor, path: Path, opset: int) -> 
     onnx.save(proto, str(path))
 
 
+def _write_tflite(model: Model, path: Path) -> None:
+    """Converted by litert-torch with channels-last input ([1, H, W, C]: what mobile camera
+    pipelines hand over) and a fixed batch of one (its converter cannot trace a free batch
+    through a flatten); the metadata goes in the flatbuffer's ``Model.metadata``."""
+    example = torch.zeros(1, *model.image_size, model.channels)
+    with warnings.catch_warnings(), native_output_hidden():  # the converter's logs and progress are not the user's
+        warnings.simplefilter("ignore")
+        try:
+            import litert_torch  # lazy: an optional extra (cnnzoo[tflite]), 1 GB with its converter stack
+            from ai_edge_litert import schema_py_generated as schema  # lazy: installed with litert-torch
+            from ai_edge_litert.tools import flatbuffer_utils
+        except ImportError:
+            raise UserError("--format tflite needs litert-torch; pip install 'cnnzoo[tflite]'") from None
+        try:
+            channels_last = litert_torch.to_channel_last_io(model.module, args=[0]).eval()
+            litert_torch.convert(channels_last, (example,)).export(str(path))
+        except Exception as exc:
+            raise UserError(
+                f"{model.path}: litert-torch cannot convert this model ({short_reason(exc, 200)}); try --format onnx"
+            ) from None
+    flatbuffer = flatbuffer_utils.read_model(str(path))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata(model), default=str).encode(), np.uint8)
+    flatbuffer.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_KEY, len(flatbuffer.buffers) - 1
+    flatbuffer.metadata = [*(flatbuffer.metadata or []), entry]
+    flatbuffer_utils.write_model(flatbuffer, str(path))
+
+
 def _write_torchscript(model: Model, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():  # torch marks TorchScript deprecated; LibTorch still loads it
         warnings.simplefilter("ignore")
@@ -120,8 +157,8 @@ def _write_torchscript(model: Model, example: torch.Tensor, path: Path) -> None:
         torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: json.dumps(metadata(model), default=str)})
 
 
-def default_path(checkpoint: Path, fmt: str) -> Path:
-    return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
+def default_path(checkpoint: Path, fmt: str, int8: bool = False) -> Path:
+    return checkpoint.with_name(checkpoint.stem + (INT8_SUFFIX if int8 else FORMATS[fmt]))
 
 
 def export(
@@ -133,46 +170,105 @@ def export(
     tolerance: float = PARITY_TOLERANCE,
     runs_root: str | Path = "runs",
     force: bool = False,
+    int8: bool = False,
+    calibration: int = DEFAULT_CALIBRATION,
+    max_drop: float = DEFAULT_MAX_DROP,
 ) -> Exported:
     """Write ``checkpoint`` (default: the newest run's best.pt) as ``fmt`` and check it against the
     checkpoint. ``out`` never replaces the checkpoint; an existing file there that is not an
-    export of the same format is replaced only with ``force``."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    export of the same format is replaced only with ``force``.
+
+    ``int8`` (ONNX only) writes a static INT8 model instead (default name ``best.int8.onnx``),
+    calibrated on ``calibration`` training images, and scores FP32 and INT8 on the validation
+    split (:attr:`Exported.int8`); the file is written even when the accuracy drops by more than
+    ``max_drop`` points (``Exported.int8.ok`` is then False), so that it can be inspected."""
+    _check_arguments(fmt, int8, calibration)
     source = runs.resolve_checkpoint(checkpoint, runs_root)
-    if is_onnx(source):
+    if is_onnx(source) or is_tflite(source):
         raise UserError(f"{source}: already an export; export from a checkpoint (.pt with weights)")
-    model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
+    checkpoint_data = ckpt_io.load_checkpoint(source)
+    model = Model(checkpoint_data, device="cpu")  # a TorchScript file is refused unopened
     source = Path(model.path)  # a run folder stands for its best.pt
     model.module.to(memory_format=torch.contiguous_format)  # an export holds plain layouts
     model.channels_last = False
-    path = Path(out) if out else default_path(source, fmt)
+    path = Path(out) if out else default_path(source, fmt, int8)
     if path.is_dir() or not path.suffix:  # a folder (made if need be)
-        path = path / default_path(source, fmt).name
+        path = path / default_path(source, fmt, int8).name
     _check_output(path, source, fmt, force)
+    replacement = _replacement(path)
+    report = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replacement = Replacement(path)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write there ({exc.strerror or exc}); choose another --out") from None
-    tmp = replacement.temporary
-    example = torch.zeros(2, model.channels, *model.image_size)
-    try:
-        if fmt == "onnx":
-            _write_onnx(model, example, tmp, opset)
-            exported: Classifier = OnnxModel(tmp)
+        if int8:
+            splits = quantize.data_splits(checkpoint_data["config"], model.classes)  # missing data fails first
+            worst, images, report = _write_int8(
+                model, replacement.temporary, splits, opset=opset, calibration=calibration, max_drop=max_drop
+            )
         else:
-            _write_torchscript(model, example, tmp)
-            exported = TorchScriptModel(tmp, device="cpu")  # the code just traced here, not a file handed in
-        images = _parity_images(model)
-        worst = max_difference(model, exported, images)
+            exported = _write(model, fmt, replacement.temporary, opset)
+            images = _parity_images(model)
+            worst = max_difference(model, exported, images)
         replacement.commit()  # only a finished file takes the name
     finally:
         replacement.discard()
     not_finite = _not_finite(model, images) if math.isnan(worst) else ""
     return Exported(
-        path=path, format=fmt, max_difference=worst, tolerance=tolerance, images=len(images), not_finite=not_finite
+        path=path,
+        format=fmt,
+        max_difference=worst,
+        tolerance=tolerance,
+        images=len(images),
+        not_finite=not_finite,
+        int8=report,
     )
+
+
+def _check_arguments(fmt: str, int8: bool, calibration: int) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise UserError(f"--int8: quantizes an ONNX export; use --format onnx (not {fmt})")
+    if calibration < 1:
+        raise UserError(f"--calibration {calibration}: give at least 1 training image (default {DEFAULT_CALIBRATION})")
+
+
+def _replacement(path: Path) -> Replacement:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Replacement(path)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write there ({exc.strerror or exc}); choose another --out") from None
+
+
+def _write(model: Model, fmt: str, path: Path, opset: int) -> Classifier:
+    """``model`` written to ``path`` as ``fmt``, opened again to be checked."""
+    example = torch.zeros(2, model.channels, *model.image_size)
+    if fmt == "onnx":
+        _write_onnx(model, example, path, opset)
+        return OnnxModel(path)
+    if fmt == "tflite":
+        _write_tflite(model, path)
+        return TFLiteModel(path, num_threads=1)
+    _write_torchscript(model, example, path)
+    return TorchScriptModel(path, device="cpu")  # the code just traced here, not a file handed in
+
+
+def _write_int8(
+    model: Model, path: Path, splits: tuple, *, opset: int, calibration: int, max_drop: float
+) -> tuple[float, np.ndarray, quantize.Int8Report]:
+    """The FP32 ONNX graph (checked against the checkpoint, then discarded) quantized to ``path``;
+    (its parity, the parity images, FP32 vs INT8 on validation)."""
+    train, validation = splits
+    with tempfile.TemporaryDirectory(prefix="cnnzoo-export-") as work:
+        fp32_path = Path(work) / "fp32.onnx"
+        fp32 = _write(model, "onnx", fp32_path, opset)
+        images = _parity_images(model)
+        worst = max_difference(model, fp32, images)
+        seen = quantize.quantize_onnx(fp32_path, path, train, calibration=calibration)
+        report = quantize.compare(fp32, OnnxModel(path), validation, max_drop=max_drop)
+    report.calibration_images = seen
+    quantize.write_metadata(path, path, {"int8": report.metadata()})  # the file says how it scored
+    report.int8_bytes = path.stat().st_size  # with the metadata it now carries
+    return worst, images, report
 
 
 def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
@@ -187,7 +283,7 @@ def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
         )
     if not force and not is_export(path, fmt):
         raise UserError(
-            f"--out {path}: a file that is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} "
+            f"--out {path}: a file that is not {FORMAT_NAMES[fmt]} "
             f"export is there already and would be replaced; choose another --out, or add --force"
         )
 
@@ -203,6 +299,11 @@ def is_export(path: Path, fmt: str) -> bool:
         except Exception:  # protobuf's decode errors, a folder, an unreadable file
             return False
         return any(entry.key == METADATA_KEY for entry in proto.metadata_props)
+    if fmt == "tflite":
+        try:
+            return read_metadata(path) is not None
+        except (UserError, OSError):
+            return False
 
     try:
         with zipfile.ZipFile(path) as archive:

@@ -4,13 +4,14 @@
   network: preprocessing, batches decoded in threads, the one rule from logits to
   probabilities, the records ``predict --json`` prints.
 * :mod:`~cnnzoo.inference.onnx` (torch-free): an exported ``.onnx`` file run by onnxruntime.
+* :mod:`~cnnzoo.inference.tflite` (torch-free): an exported ``.tflite`` file run by LiteRT.
 * :mod:`~cnnzoo.inference.torch_models`: checkpoints and TorchScript files, run by torch.
 * :mod:`~cnnzoo.inference.inputs` (torch-free): image arguments expanded, records as CSV.
 
 Floor 5. The torch-free modules import floors 0-2 and :mod:`cnnzoo.data.preprocess` only;
 ``torch_models`` may also import :mod:`cnnzoo.model` and :mod:`cnnzoo.runtime`. Nothing here
 imports :mod:`cnnzoo.training`. This ``__init__`` is the torch-free boundary: :func:`load`
-imports the torch formats only when the file is not an ONNX export.
+imports the torch formats only when the file is not an ONNX or TFLite export.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from pathlib import Path
 from ..errors import UserError
 from .classifier import Classifier
 from .onnx import OnnxModel
+from .tflite import TFLiteModel
 
 
 def is_onnx(path: str | Path) -> bool:
     return str(path).lower().endswith(".onnx")
+
+
+def is_tflite(path: str | Path) -> bool:
+    return str(path).lower().endswith(".tflite")
 
 
 def load(
@@ -33,13 +39,17 @@ def load(
     *,
     trust_torchscript: bool = False,
 ) -> Classifier:
-    """A model from a checkpoint (default: the newest run's best.pt) or an ``.onnx`` export; only
-    the ONNX path leaves torch unimported. A TorchScript archive runs the code it holds when
+    """A model from a checkpoint (default: the newest run's best.pt) or an ``.onnx`` or ``.tflite``
+    export; only the exports leave torch unimported. A TorchScript archive runs the code it holds when
     loaded, so it is refused unless ``trust_torchscript`` says the file is trusted."""
     if path is not None and is_onnx(path):
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: an ONNX model runs on the CPU here (onnxruntime)")
         return OnnxModel(path)
+    if path is not None and is_tflite(path):
+        if device not in (None, "auto", "cpu"):
+            raise UserError(f"--device {device}: a TFLite model runs on the CPU here (LiteRT)")
+        return TFLiteModel(path)
     from .torch_models import load_torch  # lazy: the torch-free boundary: only a non-ONNX file imports torch
 
     return load_torch(path, device, runs_root, trust_torchscript=trust_torchscript)

@@ -1,0 +1,164 @@
+"""INT8 ONNX export (issue 21, part 1) on a model trained here for real: the quantized file carries
+the FP32 export's metadata, its reported validation accuracies are what ``predict`` gives with each
+file, it runs without torch, and a drop beyond ``--max-drop`` exits 1 with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo import inference
+from cnnzoo.deploy.export import export
+
+from support.cli import one_error_line, run_cnnzoo, subprocess_env
+from support.images import make_image_tree
+from support.runs import train_run
+
+pytestmark = pytest.mark.slow  # a module fixture trains the model
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+def _tree(base: Path) -> Path:
+    return make_image_tree(
+        base / "images", train={"a": 16, "b": 16, "c": 16}, validation={"a": 6, "b": 6, "c": 6}, ext="jpg"
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    def with_batchnorm(cfg):
+        cfg["model"]["layers"].insert(1, "batchnorm")
+
+    return train_run(tmp_path_factory.mktemp("int8-run"), _tree, with_batchnorm)
+
+
+@pytest.fixture(scope="module")
+def quantized(trained):
+    return export(trained.best, "onnx", int8=True)
+
+
+def _metadata(path: Path) -> dict:
+    return json.loads(next(p.value for p in onnx.load(str(path)).metadata_props if p.key == "cnnzoo"))
+
+
+def _validation(trained) -> list[tuple[str, str]]:
+    return sorted((str(p), p.parent.name) for p in (trained.root / "validation").rglob("*.jpg"))
+
+
+def _accuracy(model_path: Path, images: list[tuple[str, str]]) -> float:
+    records = inference.load(model_path).predict([path for path, _ in images])
+    return sum(r["label"] == label for r, (_, label) in zip(records, images)) / len(images)
+
+
+def test_int8_export_carries_the_metadata_and_reports_what_predict_gives(trained, quantized, tmp_path):
+    fp32 = export(trained.best, "onnx", out=tmp_path)  # the plain export, for its metadata and accuracy
+    report = quantized.int8
+    assert quantized.path == trained.best.with_name("best.int8.onnx") and quantized.ok
+    assert report.ok and report.drop <= 1.0  # the same model without an outlier channel (below) passes
+    assert not trained.best.with_name("best.onnx").exists()  # the FP32 graph was a temporary
+    meta, plain = _metadata(quantized.path), _metadata(fp32.path)
+    assert {k: v for k, v in meta.items() if k != "int8"} == plain
+    assert meta["int8"]["calibration_images"] == 48 == report.calibration_images  # all 48 < 256
+    assert meta["int8"]["int8_accuracy"] == report.int8_accuracy
+    images = _validation(trained)
+    assert report.validation_images == len(images) == 18
+    assert report.fp32_accuracy == _accuracy(fp32.path, images)
+    assert report.int8_accuracy == _accuracy(quantized.path, images)
+    assert report.fp32_bytes == fp32.path.stat().st_size and report.int8_bytes == quantized.path.stat().st_size
+    graph = {node.op_type for node in onnx.load(str(quantized.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= graph
+    model = inference.load(quantized.path)
+    assert model.classes == ["a", "b", "c"] and model.format == "onnx"
+
+
+def test_int8_predict_runs_without_torch(trained, quantized):
+    images = [path for path, _ in _validation(trained)][:6]
+    probe = (
+        "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
+        "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
+        " file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(quantized.path), *images],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1]) == []
+    assert [r["image"] for r in json.loads(done.stdout)] == images
+
+
+def test_int8_cli_reports_both_models_and_never_touches_the_checkpoint(trained, tmp_path):
+    before = hashlib.sha256(trained.best.read_bytes()).hexdigest()
+    done = run_cnnzoo(["export", "--int8", "--calibration", "8", "--out", tmp_path], trained.base)
+    assert done.returncode == 0, done.stderr
+    assert "INT8 calibrated on 8 training images; on 18 validation images:" in done.stdout
+    assert "FP32 accuracy" in done.stdout and "INT8 accuracy" in done.stdout
+    assert (tmp_path / "best.int8.onnx").is_file()
+    assert hashlib.sha256(trained.best.read_bytes()).hexdigest() == before
+
+
+def _with_an_outlier_channel(trained, path: Path) -> Path:
+    """The trained checkpoint with the same FP32 predictions but one channel shifted by +1000 after
+    the batchnorm (and the shift taken back out in the dense layer's bias): an activation tensor
+    whose range one channel sets, which per-tensor UINT8 activations cannot resolve (a known
+    INT8 failure: outlier channels)."""
+    ckpt = torch.load(trained.best, weights_only=True)
+    state = ckpt["model_state"]
+    norm = next(k for k, t in state.items() if k.endswith("bias") and t.ndim == 1 and f"{k[:-4]}running_mean" in state)
+    dense = next(k for k, t in state.items() if k.endswith("weight") and t.ndim == 2)
+    state[norm][0] += 1000.0
+    features_per_channel = state[dense].shape[1] // state[norm].shape[0]  # flatten is channel-major
+    state[dense[:-6] + "bias"] -= 1000.0 * state[dense][:, :features_per_channel].sum(dim=1)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_an_accuracy_drop_beyond_max_drop_exits_1_and_keeps_the_file(trained, tmp_path):
+    checkpoint = _with_an_outlier_channel(trained, tmp_path / "outlier.pt")
+    out = tmp_path / "outlier.int8.onnx"
+    # float32 rounds at 1000 to ~1e-4 of a probability: the FP32 parity check gets 1e-3
+    done = run_cnnzoo(["export", checkpoint, "--int8", "--out", out, "--tolerance", "1e-3"], trained.base)
+    assert "largest probability difference" in done.stdout and ": ok" in done.stdout  # FP32 unchanged
+    line = one_error_line(done, code=1)
+    assert "points of validation accuracy against FP32 (--max-drop 1); do not deploy it" in line
+    assert out.is_file() and out.stat().st_size > 0  # written all the same, to inspect
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--int8", "--format", "torchscript"], "--int8: quantizes an ONNX export; use --format onnx"),
+        (["--int8", "--calibration", "0"], "--calibration"),
+    ],
+)
+def test_bad_int8_arguments_are_one_line(trained, args, expected):
+    assert expected in one_error_line(run_cnnzoo(["export", *args], trained.base))
+
+
+def test_int8_without_the_training_data_is_one_line(trained, tmp_path):
+    moved = trained.root.with_name("moved")
+    trained.root.rename(moved)
+    try:
+        line = one_error_line(run_cnnzoo(["export", "--int8", "--out", tmp_path], trained.base))
+    finally:
+        moved.rename(trained.root)
+    assert "--int8 calibrates on it" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_commands_that_need_the_checkpoint_say_so_for_an_int8_export(trained, quantized):
+    line = one_error_line(run_cnnzoo(["evaluate", quantized.path], trained.base))
+    assert "an ONNX export, not a checkpoint" in line and "rename" not in line
