@@ -120,12 +120,18 @@ class TrainConfig:
     # default: lr / 10
     backbone_lr: Optional[Union[float, str]] = bounded(None, low=0, high=MAX_RATE, open_low=True)
     # what records each epoch besides metrics.csv, history.png and the console
-    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = field(default_factory=lambda: ["csv"])
     # several processes (torchrun / --nproc): BatchNorm statistics shared across GPUs, and how
     # long (seconds) a process waits for the others before the job ends with an error
     sync_bn: bool = False
     ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
                                  words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
+    mlflow_experiment: Optional[str] = None
+    """The MLflow experiment a run is logged in, with ``mlflow`` in ``loggers``; null: the run's name,
+    so that the runs of one config (and of one sweep) share an experiment."""
+    mlflow_register: Optional[str] = None
+    """With ``mlflow`` in ``loggers``: register the run's best.pt as a new version of this MLflow
+    model name; null: not registered."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
