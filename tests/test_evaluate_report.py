@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -17,13 +18,17 @@ from typer.testing import CliRunner
 from cnnzoo.cli import app
 from cnnzoo.data.preprocess import load_image
 from cnnzoo.evaluation import analysis
+from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
 from cnnzoo.evaluation.metrics import confusion_matrix, per_class_scores
 from cnnzoo.evaluation.page import ReportInputs, write_report_html
 from cnnzoo.pages import OFFLINE_POLICY
 
 from support.browser import headless_chromium
+from support.cli import run_script
 from support.images import make_image_tree, write_class_folders
 from support.runs import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # five images, three classes: (probabilities, true label); worked by hand below
 CASE = [
@@ -216,3 +221,21 @@ def test_evaluate_writes_report_html_beside_eval_json_and_no_report_skips_it(run
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "without").iterdir()) == ["confusion_matrix.png", "eval.json"]
     assert "report.html" not in result.stdout
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_is_left_out_and_every_row_keeps_its_own_file_and_label(run, tmp_path):
+    data = write_class_folders(tmp_path / "data", {"a": 4, "b": 4}, seed=9)
+    (data / "a" / "a_000_broken.png").write_bytes(b"not a picture")  # sorts first: shifts every row after it
+    report = run_evaluation(run.best, data, out=tmp_path / "out", progress=False)
+    assert report["num_images"] == 8
+    text = (tmp_path / "out" / "report.html").read_text()
+    shown = re.findall(r'<p class="name">([^<]+)</p><p>true <b>([^<]+)</b>', text)
+    assert len(shown) == 8 and "broken" not in text
+    assert all(Path(name).parent.name == true for name, true in shown)
+
+
+@pytest.mark.slow
+def test_bench_report_prints_both_timings_and_the_ratio(run, tmp_path):
+    out = run_script([ROOT / "scripts" / "bench_report.py", "--checkpoint", run.best, "--repeat", 1], tmp_path)
+    assert "evaluate --no-report" in out and "report.html: +" in out and "x the evaluation" in out

@@ -20,6 +20,7 @@ from cnnzoo.errors import ConfigError
 from cnnzoo.training import tracking
 
 from servelib import free_port
+from support.cli import run_cnnzoo
 from support.runs import metric_rows, tiny_config
 
 mlflow = pytest.importorskip("mlflow")
@@ -187,3 +188,22 @@ def test_a_server_that_goes_away_mid_run_costs_one_warning_and_no_epoch(monkeypa
     assert "logging epoch 2 failed" in warnings[0] and "training goes on" in warnings[0]
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1", "2", "3", "4"]
     assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_log_one_run_and_a_resume_continues_it(monkeypatch, tmp_path, image_root):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(image_root, loggers=["csv", "mlflow"])))
+    done = run_cnnzoo(["train", "-c", "tiny.yaml", "--nproc", "2", "--runs", "runs"], tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("mlflow: logging to") == 1  # rank 0 alone
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (mlrun,) = _read_back(client, "tiny")
+    run_dir = tmp_path / "runs" / "tiny" / "1"
+    _assert_run_matches(client, mlrun, run_dir)
+
+    again = run_cnnzoo(["train", "--resume", run_dir / "last.pt", "--set", "train.epochs=3"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    (resumed,) = _read_back(client, "tiny")
+    assert resumed.info.run_id == mlrun.info.run_id and resumed.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(mlrun.info.run_id, "val_acc")) == [1, 2, 3]
