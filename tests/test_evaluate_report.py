@@ -199,7 +199,7 @@ def test_the_page_policy_stops_a_request_that_would_leave(tmp_path, policy):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def report_run(tmp_path_factory):
     return train_run(
         tmp_path_factory.mktemp("eval-report"),
         lambda base: make_image_tree(base / "images", validation={"a": 5, "b": 4}),
@@ -207,8 +207,8 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_report_html_beside_eval_json_and_no_report_skips_it(run, tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", str(run.best), "--json", "--out", str(tmp_path / "with")])
+def test_evaluate_writes_report_html_beside_eval_json_and_no_report_skips_it(report_run, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(report_run.best), "--json", "--out", str(tmp_path / "with")])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     page = tmp_path / "with" / "report.html"
@@ -216,18 +216,19 @@ def test_evaluate_writes_report_html_beside_eval_json_and_no_report_skips_it(run
     assert "outputs" not in json.loads((tmp_path / "with" / "eval.json").read_text())
     text = page.read_text()
     assert "Content-Security-Policy" in text and text.count("data:image/png;base64,") >= 3
-    assert f"--checkpoint {run.best}" in text  # the explain command names the evaluated checkpoint
-    result = CliRunner().invoke(app, ["evaluate", str(run.best), "--no-report", "--out", str(tmp_path / "without")])
+    assert f"--checkpoint {report_run.best}" in text  # the explain command names the evaluated checkpoint
+    without = ["evaluate", str(report_run.best), "--no-report", "--out", str(tmp_path / "without")]
+    result = CliRunner().invoke(app, without)
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "without").iterdir()) == ["confusion_matrix.png", "eval.json"]
     assert "report.html" not in result.stdout
 
 
 @pytest.mark.slow
-def test_an_unreadable_image_is_left_out_and_every_row_keeps_its_own_file_and_label(run, tmp_path):
+def test_an_unreadable_image_is_left_out_and_every_row_keeps_its_own_file_and_label(report_run, tmp_path):
     data = write_class_folders(tmp_path / "data", {"a": 4, "b": 4}, seed=9)
     (data / "a" / "a_000_broken.png").write_bytes(b"not a picture")  # sorts first: shifts every row after it
-    report = run_evaluation(run.best, data, out=tmp_path / "out", progress=False)
+    report = run_evaluation(report_run.best, data, out=tmp_path / "out", progress=False)
     assert report["num_images"] == 8
     text = (tmp_path / "out" / "report.html").read_text()
     shown = re.findall(r'<p class="name">([^<]+)</p><p>true <b>([^<]+)</b>', text)
@@ -236,6 +237,6 @@ def test_an_unreadable_image_is_left_out_and_every_row_keeps_its_own_file_and_la
 
 
 @pytest.mark.slow
-def test_bench_report_prints_both_timings_and_the_ratio(run, tmp_path):
-    out = run_script([ROOT / "scripts" / "bench_report.py", "--checkpoint", run.best, "--repeat", 1], tmp_path)
+def test_bench_report_prints_both_timings_and_the_ratio(report_run, tmp_path):
+    out = run_script([ROOT / "scripts" / "bench_report.py", "--checkpoint", report_run.best, "--repeat", 1], tmp_path)
     assert "evaluate --no-report" in out and "report.html: +" in out and "x the evaluation" in out

@@ -20,9 +20,10 @@ from cnnzoo.errors import ConfigError
 from cnnzoo.training import tracking
 
 from servelib import free_port
-from support.cli import run_cnnzoo
+from support.cli import run_cnnzoo, run_script
 from support.runs import metric_rows, tiny_config
 
+ROOT = Path(__file__).resolve().parents[1]
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402  (after the skip)
 
@@ -207,3 +208,12 @@ def test_two_processes_log_one_run_and_a_resume_continues_it(monkeypatch, tmp_pa
     (resumed,) = _read_back(client, "tiny")
     assert resumed.info.run_id == mlrun.info.run_id and resumed.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(mlrun.info.run_id, "val_acc")) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_bench_mlflow_replays_a_finished_run(monkeypatch, tmp_path, image_root):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = cnnzoo.train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
+    out = run_script([ROOT / "scripts" / "bench_mlflow.py", "--run", run_dir, "--repeat", 1], tmp_path)
+    assert "per epoch: mlflow" in out and "metrics.csv" in out and "close (four files uploaded)" in out
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # the replay writes to a scratch store only

@@ -208,7 +208,7 @@ def _page_inputs(
         image_names=[samples.describe(int(r)) for r in rows],
         image_pixels=lambda row, size: samples.read(int(rows[row]), size, channels),
         scores=report,
-        explain_model=report["checkpoint"],
+        explain_model=str(Path(report["checkpoint"]).resolve()),  # the command works from any folder
     )
 
 
