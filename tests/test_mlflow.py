@@ -217,3 +217,13 @@ def test_bench_mlflow_replays_a_finished_run(monkeypatch, tmp_path, image_root):
     out = run_script([ROOT / "scripts" / "bench_mlflow.py", "--run", run_dir, "--repeat", 1], tmp_path)
     assert "per epoch: mlflow" in out and "metrics.csv" in out and "close (four files uploaded)" in out
     assert not (tmp_path / "runs" / "mlflow.db").exists()  # the replay writes to a scratch store only
+
+
+@pytest.mark.slow
+def test_a_tracking_uri_mlflow_cannot_use_is_one_warning_and_the_run_trains(monkeypatch, tmp_path, image_root, capfd):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://somewhere")
+    run_dir = Path(cnnzoo.train(tiny_config(image_root, loggers=["csv", "mlflow"]), out=tmp_path / "runs", quiet=True))
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: mlflow")]
+    assert len(warnings) == 1 and "starting the run failed at nosuchscheme://somewhere" in warnings[0], warnings
+    assert [r["epoch"] for r in metric_rows(run_dir)] == ["1", "2"]
+    assert not (run_dir / "mlflow.json").exists()

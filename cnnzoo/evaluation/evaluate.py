@@ -137,8 +137,12 @@ def evaluate(
         "split": samples.name,
         **_scores(logits, labels, model.classes, top_k),
     }
-    page = _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
-    report["outputs"] = _write_report(report, Path(out) if out else path.parent, page if html_report else None)
+    page = (
+        _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
+        if html_report
+        else None
+    )
+    report["outputs"] = _write_report(report, Path(out) if out else path.parent, page)
     return report
 
 

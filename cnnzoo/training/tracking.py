@@ -106,15 +106,12 @@ class MLflowLogger:
     """The run's parameters, metrics per epoch and files in MLflow (see the module's docstring)."""
 
     def __init__(self, run_dir: Path, t: TrainConfig, classes: list[str], *, resumed: bool):
-        # lazy: mlflow is an optional extra, checked by require_mlflow before training starts
-        from mlflow.tracking import MlflowClient
-
         self.run_dir, self.classes, self.register_as = run_dir, classes, t.mlflow_register
         self.runs_root = runs.runs_root_of(run_dir)
         self.uri = tracking_uri(self.runs_root)
         self.failed = False
         self.best_confusion: list[list[int]] | None = None
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client: Any = None
         self.run_id = self._call("starting the run", self._start, t.mlflow_experiment or run_dir.parent.name, resumed)
 
     def _call(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
@@ -134,6 +131,10 @@ class MLflowLogger:
             return None
 
     def _start(self, experiment: str, resumed: bool) -> str:
+        # lazy: mlflow is an optional extra, checked by require_mlflow before training starts
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)  # a URI it cannot use fails here, warned
         record = self.run_dir / RUN_RECORD
         if resumed and record.is_file():
             known = json.loads(record.read_text())
@@ -158,7 +159,7 @@ class MLflowLogger:
         return run.info.run_id
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
-        from mlflow.entities import Param  # lazy: see __init__
+        from mlflow.entities import Param  # lazy: see _start
 
         items = [Param(key, value) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
@@ -171,7 +172,7 @@ class MLflowLogger:
             self._call(f"logging epoch {end.epoch}", self._log_epoch, end)
 
     def _log_epoch(self, end: EpochEnd) -> None:
-        from mlflow.entities import Metric  # lazy: see __init__
+        from mlflow.entities import Metric  # lazy: see _start
 
         now = int(time.time() * 1000)
         metrics = [
@@ -198,7 +199,7 @@ class MLflowLogger:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def _register(self) -> None:
-        from mlflow.exceptions import MlflowException  # lazy: see __init__
+        from mlflow.exceptions import MlflowException  # lazy: see _start
 
         try:
             self.client.create_registered_model(self.register_as)
