@@ -8,6 +8,8 @@ import http.server
 import json
 import math
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -240,3 +242,52 @@ def test_an_unreadable_image_is_left_out_and_every_row_keeps_its_own_file_and_la
 def test_bench_report_prints_both_timings_and_the_ratio(report_run, tmp_path):
     out = run_script([ROOT / "scripts" / "bench_report.py", "--checkpoint", report_run.best, "--repeat", 1], tmp_path)
     assert "evaluate --no-report" in out and "report.html: +" in out and "x the evaluation" in out
+
+
+@pytest.mark.slow
+def test_an_onnx_models_probabilities_make_the_page_without_torch(report_run, tmp_path):
+    """What an ONNX evaluation hands the page: onnxruntime's probabilities (NumPy), torch unimportable."""
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.deploy.export import export
+
+    onnx_file = export(report_run.best, "onnx", out=tmp_path / "model.onnx").path
+    files = sorted(str(p) for p in (report_run.root / "validation").rglob("*.png"))
+    code = f"""
+import sys
+sys.modules["torch"] = None  # importing torch now fails: the page must not need it
+import numpy as np
+from pathlib import Path
+from cnnzoo.data.preprocess import load_image
+from cnnzoo.evaluation.page import ReportInputs, write_report_html
+from cnnzoo.inference import load
+
+files = {files!r}
+model = load({str(onnx_file)!r})
+probs = model.probabilities(np.stack([load_image(f, model.image_size, model.channels) for f in files]))
+labels = np.array([model.classes.index(Path(f).parent.name) for f in files])
+predicted = probs.argmax(axis=1)
+k = len(model.classes)
+matrix = [[int(((labels == t) & (predicted == p)).sum()) for p in range(k)] for t in range(k)]
+m = np.array(matrix)
+tp, predicted_n, support = np.diag(m), m.sum(axis=0), m.sum(axis=1)
+precision, recall = tp / np.maximum(predicted_n, 1), tp / np.maximum(support, 1)
+f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+per_class = {{
+    c: {{"precision": precision[i], "recall": recall[i], "f1": f1[i], "support": int(support[i])}}
+    for i, c in enumerate(model.classes)
+}}
+averages = {{
+    name: {{"precision": np.average(precision, weights=w), "recall": np.average(recall, weights=w),
+           "f1": np.average(f1, weights=w)}}
+    for name, w in (("macro", None), ("weighted", support))
+}}
+scores = {{"confusion_matrix": matrix, "accuracy": float((predicted == labels).mean()), "loss": 0.0,
+          "per_class": per_class, "averages": averages}}
+inputs = ReportInputs(title="onnx", classes=model.classes, probabilities=probs, labels=labels, image_names=files,
+                      image_pixels=lambda row, size: load_image(files[row], size, 3), scores=scores)
+print(write_report_html({str(tmp_path / "report.html")!r}, inputs))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (tmp_path / "report.html").read_text()
+    assert text.count('<tr class="loss">') == len(files) and "data:image/png;base64," in text
