@@ -1,7 +1,7 @@
 """Self-contained HTML pages (``explain``'s page, ``evaluate``'s report.html): pictures as PNG bytes
 and embedded in the page as data URIs, so that a page is one file that opens offline.
 
-Torch-free; imports nothing of cnnzoo (floor 1, beside plots): every page-writing floor may use it.
+Torch-free; imports only plots (floor 1, beside it): every page-writing floor may use it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from .plots import pyplot
 
 # what a page may load: its own inline style and script and data: pictures, nothing from anywhere
 # else; the browser refuses the rest, so a page cannot reach the network even by mistake
@@ -41,9 +43,6 @@ def array_png(rgb: np.ndarray, min_side: int = 64, scale: int | None = None) -> 
 
 def figure_png(figure, dpi: int = 100) -> bytes:
     """A matplotlib figure as PNG bytes; the figure is closed."""
-    # lazy: plots imports pyplot (~0.5 s) only when a page draws a chart
-    from .plots import pyplot
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     pyplot().close(figure)
