@@ -14,7 +14,7 @@ Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help`
 not import torch.
 
 The package, by floor (a module imports only from its own floor or below; tests/test_layering.py
-checks it): errors, console, files | config, plots | checkpoint, runs | runtime (device, DDP,
+checks it): errors, console, files | config, plots, pages | checkpoint, runs | runtime (device, DDP,
 the torch install) | model | data, inference | evaluation | training | deploy, explanation | cli.
 Each sub-package's ``__init__`` says what it owns.
 """

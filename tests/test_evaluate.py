@@ -187,7 +187,7 @@ def test_eval_json_and_png_written_to_out(json_report):
         img.verify()
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width > 100 and img.height > 100
-    assert sorted(report["outputs"]) == sorted([str(out / "eval.json"), str(png)])
+    assert sorted(report["outputs"]) == sorted([str(out / "eval.json"), str(png), str(out / "report.html")])
 
 
 def test_top_k_accuracy_with_k_clipped_to_the_classes(folder_run, tmp_path):

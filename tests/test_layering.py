@@ -27,6 +27,7 @@ FLOORS = {
     "cnnzoo.files": 0,
     "cnnzoo.config": 1,
     "cnnzoo.plots": 1,
+    "cnnzoo.pages": 1,
     "cnnzoo.checkpoint": 2,
     "cnnzoo.runs": 2,
     "cnnzoo.runtime": 3,
@@ -69,6 +70,9 @@ TORCH_FREE = {
     "cnnzoo.deploy",
     "cnnzoo.deploy.serve",
     "cnnzoo.explanation",
+    "cnnzoo.pages",
+    "cnnzoo.evaluation.analysis",
+    "cnnzoo.evaluation.page",
 }
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}

@@ -87,8 +87,17 @@ def evaluate(
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    html_report: bool = typer.Option(
+        True,
+        "--report/--no-report",
+        help="Write report.html beside eval.json: confusion matrix, most confused pairs, top losses, "
+        "calibration, precision-recall curves (one file, opens offline).",
+    ),
 ) -> None:
-    """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
+    """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix.
+
+    Also writes report.html (unless --no-report): where the model fails, with example images.
+    """
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..evaluation.evaluate import evaluate as run_evaluation
     from ..evaluation.evaluate import format_report
@@ -105,6 +114,7 @@ def evaluate(
         device=device,
         runs_root=runs,
         progress=not as_json,
+        html_report=html_report,
     )
     if as_json:
         typer.echo(json.dumps(report))

@@ -187,15 +187,22 @@ class TrainConfig:
     backbone_lr: Optional[Union[float, str]] = bounded(None, low=0, high=MAX_RATE, open_low=True)
     """The unfrozen backbone's learning rate: a number, or a multiple of `lr` such as `"0.1x"`;
     `lr / 10` when absent."""
-    loggers: list[Literal["csv", "tensorboard"]] = field(default_factory=lambda: ["csv"])
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = field(default_factory=lambda: ["csv"])
     """What records each epoch besides `metrics.csv`, `history.png` and the console: `csv`,
-    `tensorboard` (event files; extra `cnnzoo[tensorboard]`)."""
+    `tensorboard` (event files; extra `cnnzoo[tensorboard]`), `mlflow` (an MLflow run; extra
+    `cnnzoo[mlflow]`, [MLflow](../mlflow.md))."""
     sync_bn: bool = False
     """Several processes: BatchNorm statistics computed over all processes' batches."""
     ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
                                  words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
     """Several processes: seconds a process waits for the others before the job ends with an
     error."""
+    mlflow_experiment: Optional[str] = None
+    """The MLflow experiment a run is logged in, with `mlflow` in `loggers`; null: the run's name,
+    so that the runs of one config (and of one sweep) share an experiment."""
+    mlflow_register: Optional[str] = None
+    """With `mlflow` in `loggers`: register the run's best.pt as a new version of this MLflow
+    model name; null: not registered."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

@@ -8,10 +8,12 @@ training recorded for the same checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import checkpoint as ckpt_io
@@ -20,12 +22,14 @@ from ..config import Config, load_config
 from ..console import console
 from ..data import loaders, sources
 from ..errors import DataError, UserError
-from ..files import write_text
+from ..files import write_bytes, write_text
 from ..inference.torch_models import Model
-from ..plots import plot_confusion
+from ..pages import figure_png
+from ..plots import confusion_figure
 from ..runtime.device import Feed
 from . import metrics
 from .metrics import predict_loader
+from .page import ReportInputs, write_report_html
 
 
 def _split_from_folder(folder: Path, split: str | None, classes: list[str]) -> sources.Samples:
@@ -110,8 +114,10 @@ def evaluate(
     device: str | None = None,
     runs_root: str | Path = "runs",
     progress: bool = True,
+    html_report: bool = True,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
+    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json, a plot and (unless
+    ``html_report`` is false) report.html; ``outputs`` lists the files written."""
     path = runs.resolve_checkpoint(checkpoint, runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
@@ -120,7 +126,8 @@ def evaluate(
         raise UserError(f"--split {split}: use test or validation")
     samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
-    logits, labels = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
+    logits, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
+    labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     report = {
@@ -130,7 +137,12 @@ def evaluate(
         "split": samples.name,
         **_scores(logits, labels, model.classes, top_k),
     }
-    report["outputs"] = _write_report(report, Path(out) if out else path.parent)
+    page = (
+        _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
+        if html_report
+        else None
+    )
+    report["outputs"] = _write_report(report, Path(out) if out else path.parent, page)
     return report
 
 
@@ -156,9 +168,12 @@ def _samples_for(
 def _logits(
     model: Model, samples: sources.Samples, *, batch_size: int, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits and the labels of every readable image, run as training validated."""
+    """The model's logits for every readable image, run as training validated, and which of
+    ``samples`` each row is (an unreadable image is skipped)."""
     cuda = model.device.type == "cuda"
-    dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
+    # each image labelled with its own position, so that the rows say which images they are
+    numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
+    dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
     workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
@@ -184,19 +199,37 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_
     }
 
 
-def _write_report(report: dict[str, Any], out_dir: Path) -> list[str]:
-    """eval.json and confusion_matrix.png in ``out_dir``; their paths."""
+def _page_inputs(
+    report: dict[str, Any], probabilities: np.ndarray, samples: sources.Samples, rows: np.ndarray, channels: int
+) -> ReportInputs:
+    """What report.html is drawn from: the probabilities of each scored image (NumPy, so any model
+    format's), which of ``samples`` it is, and the images read with ``channels``."""
+    return ReportInputs(
+        title=f"{Path(report['checkpoint']).name} (epoch {report['epoch']}) on {report['split']} of {report['data']}",
+        classes=report["classes"],
+        probabilities=probabilities,
+        labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
+        image_names=[samples.describe(int(r)) for r in rows],
+        image_pixels=lambda row, size: samples.read(int(rows[row]), size, channels),
+        scores=report,
+        explain_model=str(Path(report["checkpoint"]).resolve()),  # the command works from any folder
+    )
+
+
+def _write_report(report: dict[str, Any], out_dir: Path, page: ReportInputs | None) -> list[str]:
+    """eval.json, confusion_matrix.png and (given ``page``) report.html in ``out_dir``; their paths."""
+    title = f"{report['split']}: accuracy {100 * report['accuracy']:.1f}% ({report['num_images']} images)"
+    written = [out_dir / "eval.json", out_dir / "confusion_matrix.png"]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
-        plot_confusion(
-            report["confusion_matrix"],
-            report["classes"],
-            out_dir / "confusion_matrix.png",
-            title=f"{report['split']}: accuracy {100 * report['accuracy']:.1f}% ({report['num_images']} images)",
-        )
+        confusion_png = figure_png(confusion_figure(report["confusion_matrix"], report["classes"], title))
+        write_bytes(out_dir / "confusion_matrix.png", confusion_png)
+        if page is not None:
+            page.confusion_png = confusion_png
+            written.append(write_report_html(out_dir / "report.html", page))
     except OSError as exc:
         raise UserError(
             f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); choose another folder with --out"
         ) from None
-    return [str(out_dir / "eval.json"), str(out_dir / "confusion_matrix.png")]
+    return [str(p) for p in written]

@@ -6,7 +6,6 @@ picture on click; it opens with no network. ``--png DIR`` writes the pictures as
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 from pathlib import Path
@@ -18,16 +17,12 @@ from ..files import write_text
 from ..inference import is_onnx
 from ..inference.torch_models import Model
 from ..model.layers import size_arithmetic
+from ..pages import OFFLINE_POLICY, ZOOM_SCRIPT, embedded_img
 from .report import LayerView, Picture, Report, build_report
 
 
 def _img(p: Picture) -> str:
-    data = base64.b64encode(p.png).decode()
-    caption = f"<figcaption>{html.escape(p.caption)}</figcaption>" if p.caption else ""
-    return (
-        f'<figure class="{p.size}"><img src="data:image/png;base64,{data}" alt="{html.escape(p.name)}">'
-        f"{caption}</figure>"
-    )
+    return embedded_img(p.png, alt=p.name, caption=p.caption, css_class=p.size)
 
 
 def _layer_section(index: int, view: LayerView) -> str:
@@ -79,9 +74,6 @@ img.big, .large img.big { width: 32rem; max-width: 32rem; cursor: zoom-out; }
 .bar { background: #2a6ad8; height: .9rem; border-radius: .3rem; }
 .row.chosen span:first-child { font-weight: 600; } .pct { text-align: right; }
 """
-_SCRIPT = """\
-document.querySelectorAll("img").forEach((img) => img.addEventListener("click", () => img.classList.toggle("big")));
-"""
 
 
 def render_html(report: Report) -> str:
@@ -116,7 +108,8 @@ def render_html(report: Report) -> str:
     )
     predicted = report.classes[int(report.probabilities.argmax())]
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cnnzoo explain: {html.escape(Path(report.image).name)}</title>
+<html lang="en"><head><meta charset="utf-8">{OFFLINE_POLICY}
+<title>cnnzoo explain: {html.escape(Path(report.image).name)}</title>
 <style>
 {_STYLE}</style></head><body>
 <h1>{html.escape(report.image)}: {html.escape(predicted)} ({100 * float(report.probabilities.max()):.1f}%)</h1>
@@ -126,7 +119,7 @@ def render_html(report: Report) -> str:
 {gradcam}
 {filters}
 <script>
-{_SCRIPT}</script>
+{ZOOM_SCRIPT}</script>
 </body></html>
 """
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..errors import UserError
 from ..inference.classifier import probabilities
 from ..model.backbones import Backbone
 from ..model.layers import LayerInfo
+from ..pages import array_png as _png
 
 MAX_MAPS = 32  # feature maps shown per layer, most active first
 POOLS = ("MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -37,19 +37,6 @@ class LayerView:
     output: torch.Tensor  # one image's output, [C, H, W] or [N]
     pictures: list[Picture] = field(default_factory=list)
     note: str = ""
-
-
-def _png(rgb: np.ndarray, min_side: int = 64, scale: int | None = None) -> bytes:
-    """uint8 HxWx3 (or HxW) -> PNG bytes, enlarged with square pixels to at least ``min_side``
-    (or by ``scale``)."""
-
-    image = Image.fromarray(rgb)
-    scale = scale or max(1, -(-min_side // max(1, min(image.size))))
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _colour(

@@ -3,7 +3,8 @@
 :func:`cnnzoo.training.run.fit` validates, then hands one :class:`EpochEnd` to each callback
 in turn; :func:`make_callbacks` makes the list a run asks for (``train.loggers``). Only rank 0
 of a multi-process run has callbacks, so the run folder is written once. Another
-logger (Weights & Biases, MLflow) is one more class with ``epoch_end`` and ``close``.
+logger is one more class with ``epoch_end`` and ``close``, as MLflow's is
+(:class:`~cnnzoo.training.tracking.MLflowLogger`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..console import console
 from ..errors import ConfigError
 from ..files import is_disk_full, write_text
 from ..plots import confusion_figure, plot_history
+from .tracking import MLflowLogger
 
 METRIC_COLUMNS = [
     "epoch",
@@ -236,10 +238,13 @@ def make_callbacks(
     the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the
     other order would leave last.pt ahead of metrics.csv, and the resumed run without that row.
 
-    metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard.
+    metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard
+    and MLflow (:mod:`~cnnzoo.training.tracking`).
     """
     metrics = MetricsCSV(run_dir, resumed_at)
     out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
     if "tensorboard" in t.loggers:
         out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))
+    if "mlflow" in t.loggers:  # last: it uploads history.png once HistoryPlot has drawn it for the last time
+        out.append(MLflowLogger(run_dir, t, classes, resumed=resumed_at is not None))
     return out

@@ -22,6 +22,7 @@ from ..runtime import distributed
 from ..runtime.device import Feed, amp_dtype, choose_amp, measure_amp, norm_tensors, prefers_channels_last
 from .callbacks import require_tensorboard
 from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer
+from .tracking import require_mlflow
 from .transfer import stage_plan
 
 
@@ -128,6 +129,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     check_class_weights(t.class_weights, spec.classes)
     stages_plan = stage_plan(model, t)
     require_tensorboard(t.loggers)
+    require_mlflow(t.loggers)
 
     loaders = loaders_mod.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))

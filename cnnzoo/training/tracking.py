@@ -1,0 +1,211 @@
+"""MLflow tracking of a training run: ``train.loggers: [csv, mlflow]`` (``pip install 'cnnzoo[mlflow]'``).
+
+One MLflow run per cnnzoo run, named ``<name>/<N>`` like the run folder, in the experiment
+``train.mlflow_experiment`` (default: the run's name, so the runs of one config, and every run of
+a sweep, share one). It holds the config flattened to dotted parameters (``train.lr``), every
+metrics.csv column per epoch (step = epoch), and when training ends config.yaml, history.png, the
+confusion matrix of best.pt's epoch and best.pt itself, registered as a model version when
+``train.mlflow_register`` names a model.
+
+Where: MLflow's own ``MLFLOW_TRACKING_URI`` when it is set (a server, ``sqlite:///...``, a
+``file:`` folder with ``MLFLOW_ALLOW_FILE_STORE=true``); otherwise an SQLite store beside the run
+folders, ``<runs>/mlflow.db``, with the files in ``<runs>/mlartifacts``
+(``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``). MLflow 3's own default is an SQLite
+file in whatever folder training started from, and its ``./mlruns`` file store now refuses to open
+unless asked to; keeping the store under the runs folder keeps a project's records together.
+
+The tracking store is a copy, never the record: metrics.csv and the checkpoints are written first,
+and when MLflow fails (a server that went away, a full store) training goes on after one warning,
+with nothing more sent to MLflow. Only rank 0 of a multi-process run has callbacks, so only it logs.
+
+Floor 7 (training); mlflow is imported lazily, as an optional extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .. import runs
+from ..config import TrainConfig
+from ..console import console
+from ..errors import ConfigError
+from ..files import write_text
+from ..pages import figure_png
+from ..plots import confusion_figure
+
+if TYPE_CHECKING:  # callbacks makes this logger; the record it hands over is only a type here
+    from .callbacks import EpochEnd
+
+RUN_RECORD = "mlflow.json"  # in the run folder: which MLflow run a resumed run continues
+MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values (the layer list can be long)
+# a tracking server that stops answering must not hold training up for MLflow's default retries
+# (7, with a doubling back-off: minutes per call); the user's own settings win
+_PATIENT_ENOUGH = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def require_mlflow(loggers: list[str]) -> None:
+    """Refuse ``mlflow`` in train.loggers up front when its package is missing."""
+    if "mlflow" not in loggers:
+        return
+    try:
+        import mlflow  # noqa: F401  # lazy: an optional extra
+    except ImportError:
+        raise ConfigError(
+            "train.loggers: mlflow needs the mlflow package; pip install 'cnnzoo[mlflow]' (or remove it from the list)"
+        ) from None
+
+
+def tracking_uri(runs_root: Path) -> str:
+    """``MLFLOW_TRACKING_URI``, or an SQLite store in ``<runs>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(runs_root / 'mlflow.db').resolve()}"
+
+
+def artifact_location(runs_root: Path) -> str | None:
+    """Where a new experiment keeps its files: ``<runs>/mlartifacts`` in cnnzoo's own store; the
+    store's choice under ``MLFLOW_TRACKING_URI``."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else (runs_root / "mlartifacts").resolve().as_uri()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as ``{"train.lr": "0.001", ...}``; lists stay whole, as JSON."""
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    text = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
+    return {prefix[:-1]: text[:MAX_PARAM_LENGTH]}
+
+
+@contextmanager
+def _short_http_retries() -> Iterator[None]:
+    added = [name for name in _PATIENT_ENOUGH if name not in os.environ]
+    for name in added:
+        os.environ[name] = _PATIENT_ENOUGH[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+class MLflowLogger:
+    """The run's parameters, metrics per epoch and files in MLflow (see the module's docstring)."""
+
+    def __init__(self, run_dir: Path, t: TrainConfig, classes: list[str], *, resumed: bool):
+        self.run_dir, self.classes, self.register_as = run_dir, classes, t.mlflow_register
+        self.runs_root = runs.runs_root_of(run_dir)
+        self.uri = tracking_uri(self.runs_root)
+        self.failed = False
+        self.best_confusion: list[list[int]] | None = None
+        self.client: Any = None
+        self.run_id = self._call("starting the run", self._start, t.mlflow_experiment or run_dir.parent.name, resumed)
+
+    def _call(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(*args)``, or None once MLflow has failed: one warning, and training goes on."""
+        if self.failed:
+            return None
+        try:
+            with _short_http_retries():
+                return action(*args)
+        except Exception as exc:  # whatever the store raises, the run itself is safe on disk
+            self.failed = True
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            console.warn(
+                f"mlflow: {what} failed at {self.uri} ({reason}); training goes on without MLflow "
+                f"(metrics.csv in {self.run_dir} keeps every epoch)"
+            )
+            return None
+
+    def _start(self, experiment: str, resumed: bool) -> str:
+        # lazy: mlflow is an optional extra, checked by require_mlflow before training starts
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)  # a URI it cannot use fails here, warned
+        record = self.run_dir / RUN_RECORD
+        if resumed and record.is_file():
+            known = json.loads(record.read_text())
+            if known.get("tracking_uri") == self.uri:
+                self.client.update_run(known["run_id"], status="RUNNING")
+                return known["run_id"]
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=artifact_location(self.runs_root))
+        )
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"{self.run_dir.parent.name}/{self.run_dir.name}",
+            tags={"cnnzoo.run_dir": str(self.run_dir.resolve())},
+        )
+        config = yaml.safe_load((self.run_dir / "config.yaml").read_text())
+        self._log_params(run.info.run_id, flatten(config))
+        write_text(record, json.dumps({"tracking_uri": self.uri, "run_id": run.info.run_id}) + "\n")
+        console.log(f"mlflow: logging to {self.uri}, experiment {experiment}, run {run.info.run_name}")
+        return run.info.run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param  # lazy: see _start
+
+        items = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters a call
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def epoch_end(self, end: EpochEnd) -> None:
+        if end.improved:
+            self.best_confusion = end.confusion.tolist()
+        if self.run_id is not None:
+            self._call(f"logging epoch {end.epoch}", self._log_epoch, end)
+
+    def _log_epoch(self, end: EpochEnd) -> None:
+        from mlflow.entities import Metric  # lazy: see _start
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, end.epoch) for key, value in end.row.items() if value not in (None, "")
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        if self.run_id is not None:
+            self._call("uploading the run's files", self._finish)
+
+    def _finish(self) -> None:
+        for name in ("config.yaml", "history.png", "best.pt"):
+            if (self.run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        if self.best_confusion is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "confusion_matrix.png"
+                figure = confusion_figure(self.best_confusion, self.classes, "validation, best.pt's epoch")
+                path.write_bytes(figure_png(figure))
+                self.client.log_artifact(self.run_id, str(path))
+        if self.register_as and (self.run_dir / "best.pt").is_file():
+            self._register()
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _register(self) -> None:
+        from mlflow.exceptions import MlflowException  # lazy: see _start
+
+        try:
+            self.client.create_registered_model(self.register_as)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        artifacts = self.client.get_run(self.run_id).info.artifact_uri
+        version = self.client.create_model_version(self.register_as, f"{artifacts}/best.pt", run_id=self.run_id)
+        console.log(f"mlflow: best.pt registered as {self.register_as} version {version.version}")
