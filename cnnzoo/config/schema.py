@@ -69,7 +69,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10"] = "folder"
+    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest"] = "folder"
     root: Optional[str] = None
     download: bool = False
     val_fraction: float = bounded(0.2, low=0, high=1, open_low=True, open_high=True,
@@ -83,6 +83,12 @@ class DataConfig:
     cache_dir: Optional[str] = None
     feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"  # frozen backbone outputs, computed once
     workers: Union[Literal["auto"], int] = bounded("auto", low=0, words="auto or a number >= 0")
+    image_column: Optional[str] = None
+    """A manifest's column naming each image (default: detected, e.g. image, filename, path, id)."""
+    label_column: Optional[Union[str, list[str]]] = None
+    """A manifest's label column (default: detected: label, class, tags...), or a list of 0/1 columns, one per class."""
+    images_dir: Optional[str] = None
+    """Where a manifest's image paths are read from (default: beside the manifest, then an images/ folder beside it)."""
 
 
 @dataclass

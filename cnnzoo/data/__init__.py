@@ -7,6 +7,9 @@ In the order training meets them:
   ``data.val_fraction``), the built-in ``shapes`` set (:mod:`~cnnzoo.data.shapes`), or
   torchvision's MNIST, Fashion-MNIST and CIFAR-10; each split becomes a ``Samples`` list, and
   the whole section a ``DataSpec``.
+* :mod:`~cnnzoo.data.manifest` (torch-free): a CSV, TSV, JSON Lines or Parquet table naming each
+  image and its label(s) (``data.source: manifest``, detected from a ``data.root`` file), read
+  into rows that :mod:`~cnnzoo.data.sources` turns into splits.
 * :mod:`~cnnzoo.data.preprocess` (torch-free): decoding, orientation, mode and resizing, the one
   definition of "what the model sees", shared by training, evaluation and every model format.
 * :mod:`~cnnzoo.data.cache` (``data.cache``): every image decoded and resized once into a uint8

@@ -2,7 +2,8 @@
 
 A folder in ImageFolder layout (``train/`` + ``validation/`` or ``val/``, optional ``test/``; or
 one folder of class folders split by ``data.val_fraction``), the built-in ``shapes`` generator,
-or torchvision's MNIST, Fashion-MNIST and CIFAR-10. Each split becomes a :class:`Samples`
+torchvision's MNIST, Fashion-MNIST and CIFAR-10, or a manifest (:mod:`cnnzoo.data.manifest`:
+splits from sibling files, a split column or ``val_fraction``). Each split becomes a :class:`Samples`
 list; :func:`load_data` resolves the whole section into a :class:`DataSpec` (classes, splits,
 channels, size, normalisation).
 """
@@ -24,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..files import cache_home
 from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
-from . import preprocess, shapes
+from . import manifest, preprocess, shapes
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -41,6 +42,7 @@ class Samples:
     paths: list[str] | None = None
     array: np.ndarray | None = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
     origin: str = ""  # names an array source in messages and cache keys
+    label_sets: list[list[int]] | None = None  # a manifest's labels per image (several for multi-label)
     _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -60,6 +62,7 @@ class Samples:
             paths=[self.paths[i] for i in keep] if self.paths is not None else None,
             array=self.array[keep] if self.array is not None else None,
             origin=self.origin,
+            label_sets=[self.label_sets[i] for i in keep] if self.label_sets is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -102,6 +105,8 @@ class DataSpec:
     std: list[float]
     root: str | None = None
     skipped_files: int = 0
+    multi_label: bool = False  # a manifest with several labels in a row
+    one_hot: bool = False  # a manifest with one 0/1 column per class
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
@@ -378,6 +383,8 @@ def class_names(cfg: Config) -> list[str]:
         return list(CIFAR10_CLASSES)
     if not d.root:
         raise ConfigError("data.root: not set; point it at a folder of class folders (or set model.num_classes)")
+    if uses_manifest(cfg):
+        return manifest.class_list(_manifest_parts(cfg, Path(d.root))["train"])
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
@@ -386,11 +393,117 @@ def class_names(cfg: Config) -> list[str]:
     return [p.name for p in class_dirs(base)]
 
 
-def load_data(cfg: Config) -> DataSpec:
-    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
+MULTI_LABEL_NOT_BUILT = "several labels per image: multi-label training is not built yet"
+
+
+def uses_manifest(cfg: Config) -> bool:
+    """``data.source: manifest``, or a ``data.root`` that names a manifest file (.csv, .tsv, .jsonl, .parquet)."""
     d = cfg.data
-    skipped = 0
-    test = None
+    return d.source == "manifest" or (d.source == "folder" and bool(d.root) and manifest.is_manifest(d.root))
+
+
+def _read_manifest(cfg: Config, path: Path, *, labels_required: bool = True) -> manifest.Manifest:
+    d = cfg.data
+    return manifest.read_manifest(
+        path,
+        image_column=d.image_column,
+        label_column=d.label_column,
+        images_dir=d.images_dir,
+        labels_required=labels_required,
+    )
+
+
+def manifest_samples(table: manifest.Manifest, classes: list[str], split: str) -> Samples:
+    """A manifest's rows as a split: its files, and its labels as class indices (the first one in
+    ``labels``, all of them in ``label_sets``). Every image must exist."""
+    table.check_files()
+    label_sets = manifest.label_indices(table, classes)
+    labels = [indices[0] if indices else -1 for indices in label_sets]  # -1: a one-hot row with no class
+    return Samples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
+
+
+def manifest_split(cfg: Config, path: Path, split: str | None, classes: list[str]) -> Samples:
+    """A labelled manifest to score (``evaluate --data test.csv``): its rows of ``split`` (default:
+    test, else validation) when it has a split column, else all of them; columns as ``cfg`` names them."""
+    table = manifest.read_manifest(path, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    name = split or "test"
+    if table.splits is not None:
+        wanted = [split] if split else ["test", "validation"]
+        name = next((s for s in wanted if s in table.splits), "")
+        if not name:
+            raise DataError(f"{path}: no rows whose split is {' or '.join(wanted)}")
+        table = table.subset([i for i, s in enumerate(table.splits) if s == name])
+    if table.multi_label:
+        raise DataError(f"{path}: {MULTI_LABEL_NOT_BUILT}")
+    table.check_one_label_each()
+    return manifest_samples(table, classes, name)
+
+
+def _manifest_parts(cfg: Config, path: Path) -> dict[str, manifest.Manifest]:
+    """A manifest's splits as read: sibling files (train.csv + validation.csv, test.csv), a split
+    column, or all rows as training data (``val_fraction`` then holds some out)."""
+    main = _read_manifest(cfg, path)
+    siblings = manifest.split_files(path)
+    if siblings:
+        parts = {
+            "train": main,
+            **{split: _read_manifest(cfg, p, labels_required=False) for split, p in siblings.items()},
+        }
+    elif main.splits is not None:
+        parts = {
+            s: main.subset([i for i, v in enumerate(main.splits) if v == s]) for s in ("train", "validation", "test")
+        }
+    else:
+        parts = {"train": main}
+    for split in [s for s, part in parts.items() if not len(part)]:
+        if split == "train":
+            raise DataError(f"{path}: no rows with split train; mark the training rows in the split column")
+        del parts[split]
+    if parts.get("test") is not None and parts["test"].labels is None:
+        console.log(f"data: {parts['test'].path} has no labels; not used as a test split (predict --data reads it)")
+        del parts["test"]
+    if parts.get("validation") is not None and parts["validation"].labels is None:
+        raise DataError(f"{parts['validation'].path}: no label column; the validation split needs labels")
+    return parts
+
+
+def _manifest_splits(cfg: Config, path: Path) -> tuple[list[str], Samples, Samples, Samples | None, dict[str, bool]]:
+    """(classes, train, validation, test, label kind: ``multi_label`` and ``one_hot``) from a manifest."""
+    parts = _manifest_parts(cfg, path)
+    classes = manifest.class_list(parts["train"])
+    if len(classes) < 2:
+        raise DataError(f"{path}: only one class ({', '.join(classes)}); a classifier needs at least two")
+    multi_label = any(part.multi_label for part in parts.values())
+    if not multi_label:
+        for part in parts.values():
+            part.check_one_label_each()
+    table = parts["train"]
+    console.log(
+        f"data: manifest {path}: images from {table.image_column!r}, labels from "
+        f"{table.label_column or ', '.join(table.one_hot_columns) + ' (one-hot)'!r}, {len(classes)} classes"
+    )
+    train = manifest_samples(parts["train"], classes, "train")
+    test = manifest_samples(parts["test"], classes, "test") if "test" in parts else None
+    if "validation" in parts:
+        val = manifest_samples(parts["validation"], classes, "validation")
+    else:
+        everything = train
+        train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
+        console.log(
+            f"data: {path} has no validation rows; held out {cfg.data.val_fraction:g} of each class "
+            f"({len(val)} of {len(everything)} images, data.val_fraction)"
+        )
+    return classes, train, val, test, {"multi_label": multi_label, "one_hot": table.one_hot}
+
+
+def _resolve_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, bool]]:
+    """(classes, train, validation, test, skipped files, where, label kind) for any source."""
+    d = cfg.data
+    if uses_manifest(cfg):
+        if not d.root:
+            raise ConfigError("data.root: not set; point it at your manifest (a .csv, .tsv, .jsonl or .parquet file)")
+        classes, train, val, test, kind = _manifest_splits(cfg, Path(d.root))
+        return classes, train, val, test, 0, str(Path(d.root).resolve()), kind
     if d.source in ("folder", "shapes"):
         if d.source == "shapes":
             root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
@@ -402,9 +515,17 @@ def load_data(cfg: Config) -> DataSpec:
         else:
             root = Path(d.root)
         classes, train, val, test, skipped = _folder_splits(root, cfg)
-        root_text = str(root.resolve())
-    else:
-        classes, train, val, root_text = _torchvision_splits(cfg)
+        return classes, train, val, test, skipped, str(root.resolve()), {}
+    classes, train, val, root_text = _torchvision_splits(cfg)
+    return classes, train, val, None, 0, root_text, {}
+
+
+def load_data(cfg: Config) -> DataSpec:
+    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
+    d = cfg.data
+    classes, train, val, test, skipped, root_text, kind = _resolve_splits(cfg)
+    if kind.get("multi_label"):
+        raise DataError(f"{root_text}: {MULTI_LABEL_NOT_BUILT}")
     if skipped:
         warn(
             f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
@@ -434,6 +555,7 @@ def load_data(cfg: Config) -> DataSpec:
         std=std,
         root=root_text,
         skipped_files=skipped,
+        **kind,
     )
 
 

@@ -18,7 +18,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, load_config
 from ..console import console
-from ..data import loaders, sources
+from ..data import loaders, manifest, sources
 from ..errors import DataError, UserError
 from ..files import write_text
 from ..inference.torch_models import Model
@@ -138,6 +138,8 @@ def _samples_for(
     cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
 ) -> tuple[sources.Samples, str]:
     """The images to score and where they come from: ``data``'s, or the split training built."""
+    if data is not None and manifest.is_manifest(data):
+        return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
     if data is not None:
         return _split_from_folder(Path(data), split, classes), str(Path(data))
     try:
