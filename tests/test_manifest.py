@@ -241,6 +241,7 @@ def test_evaluate_and_predict_take_a_test_manifest(kaggle_run):
     assert {r[1] for r in lines[1:-1]} <= {"T-Shirt", "Not sure"} and lines[-1][1:] == ["", "", "", ""]
 
 
+@pytest.mark.slow  # the train command, stopped before training by the bad column
 def test_a_cli_manifest_error_is_one_line(tmp_path):
     write_kaggle_layout(tmp_path, {"x": 2, "y": 2})
     config = tmp_path / "tiny.yaml"
