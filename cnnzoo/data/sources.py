@@ -107,6 +107,7 @@ class DataSpec:
     skipped_files: int = 0
     multi_label: bool = False  # a manifest with several labels in a row
     one_hot: bool = False  # a manifest with one 0/1 column per class
+    missing: list[str] = field(default_factory=list)  # manifest rows whose image is absent (missing_ok)
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
@@ -413,10 +414,17 @@ def _read_manifest(cfg: Config, path: Path, *, labels_required: bool = True) -> 
     )
 
 
-def manifest_samples(table: manifest.Manifest, classes: list[str], split: str) -> Samples:
+def manifest_samples(
+    table: manifest.Manifest, classes: list[str], split: str, *, missing: list[str] | None = None
+) -> Samples:
     """A manifest's rows as a split: its files, and its labels as class indices (the first one in
-    ``labels``, all of them in ``label_sets``). Every image must exist."""
-    table.check_files()
+    ``labels``, all of them in ``label_sets``). Every image must exist, unless ``missing`` is a
+    list: rows without their image are then left out and named there."""
+    if missing is None:
+        table.check_files()
+    else:
+        missing.extend(f"{table.where(i)} ({table.names[i]})" for i, p in enumerate(table.paths) if not p)
+        table = table.subset([i for i, p in enumerate(table.paths) if p])
     label_sets = manifest.label_indices(table, classes)
     labels = [indices[0] if indices else -1 for indices in label_sets]  # -1: a one-hot row with no class
     return Samples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
@@ -467,8 +475,11 @@ def _manifest_parts(cfg: Config, path: Path) -> dict[str, manifest.Manifest]:
     return parts
 
 
-def _manifest_splits(cfg: Config, path: Path) -> tuple[list[str], Samples, Samples, Samples | None, dict[str, bool]]:
-    """(classes, train, validation, test, label kind: ``multi_label`` and ``one_hot``) from a manifest."""
+def _manifest_splits(
+    cfg: Config, path: Path, missing: list[str] | None
+) -> tuple[list[str], Samples, Samples, Samples | None, dict[str, Any]]:
+    """(classes, train, validation, test, label kind: ``multi_label`` and ``one_hot``) from a manifest;
+    ``missing`` as in :func:`manifest_samples`."""
     parts = _manifest_parts(cfg, path)
     classes = manifest.class_list(parts["train"])
     if len(classes) < 2:
@@ -482,10 +493,10 @@ def _manifest_splits(cfg: Config, path: Path) -> tuple[list[str], Samples, Sampl
         f"data: manifest {path}: images from {table.image_column!r}, labels from "
         f"{table.label_column or ', '.join(table.one_hot_columns) + ' (one-hot)'!r}, {len(classes)} classes"
     )
-    train = manifest_samples(parts["train"], classes, "train")
-    test = manifest_samples(parts["test"], classes, "test") if "test" in parts else None
+    train = manifest_samples(parts["train"], classes, "train", missing=missing)
+    test = manifest_samples(parts["test"], classes, "test", missing=missing) if "test" in parts else None
     if "validation" in parts:
-        val = manifest_samples(parts["validation"], classes, "validation")
+        val = manifest_samples(parts["validation"], classes, "validation", missing=missing)
     else:
         everything = train
         train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
@@ -493,16 +504,19 @@ def _manifest_splits(cfg: Config, path: Path) -> tuple[list[str], Samples, Sampl
             f"data: {path} has no validation rows; held out {cfg.data.val_fraction:g} of each class "
             f"({len(val)} of {len(everything)} images, data.val_fraction)"
         )
-    return classes, train, val, test, {"multi_label": multi_label, "one_hot": table.one_hot}
+    kind = {"multi_label": multi_label, "one_hot": table.one_hot}
+    return classes, train, val, test, {**kind, "missing": missing} if missing else kind
 
 
-def _resolve_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, bool]]:
+def _resolve_splits(
+    cfg: Config, missing: list[str] | None = None
+) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, Any]]:
     """(classes, train, validation, test, skipped files, where, label kind) for any source."""
     d = cfg.data
     if uses_manifest(cfg):
         if not d.root:
             raise ConfigError("data.root: not set; point it at your manifest (a .csv, .tsv, .jsonl or .parquet file)")
-        classes, train, val, test, kind = _manifest_splits(cfg, Path(d.root))
+        classes, train, val, test, kind = _manifest_splits(cfg, Path(d.root), missing)
         return classes, train, val, test, 0, str(Path(d.root).resolve()), kind
     if d.source in ("folder", "shapes"):
         if d.source == "shapes":
@@ -520,10 +534,12 @@ def _resolve_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples |
     return classes, train, val, None, 0, root_text, {}
 
 
-def load_data(cfg: Config) -> DataSpec:
-    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
+def load_data(cfg: Config, *, missing_ok: bool = False) -> DataSpec:
+    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use).
+    ``missing_ok``: manifest rows whose image is absent are left out and listed in ``missing``
+    (``data check``) instead of stopping."""
     d = cfg.data
-    classes, train, val, test, skipped, root_text, kind = _resolve_splits(cfg)
+    classes, train, val, test, skipped, root_text, kind = _resolve_splits(cfg, [] if missing_ok else None)
     if kind.get("multi_label"):
         raise DataError(f"{root_text}: {MULTI_LABEL_NOT_BUILT}")
     if skipped:
