@@ -56,3 +56,24 @@ def check(
     typer.echo(json.dumps(report) if as_json else format_check(report))
     if problems(report):
         raise typer.Exit(1)
+
+
+@data_app.command("shards")
+@guarded
+def shards(
+    source: str = typer.Argument(..., metavar="SRC", help="Image folder, manifest or shard set to write as shards."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A new folder: OUT/train/, OUT/validation/, OUT/dataset.json."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (tar file)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+) -> None:
+    """Write WebDataset shards (tar files of images and labels) from any source, for streaming.
+
+    The source's own splits are kept (or data.val_fraction is held out, seeded, when it has none);
+    the training split is shuffled so that every shard mixes the classes. Then:
+    cnnzoo train -c CONFIG --data OUT
+    """
+    cfg = data_config(None, source, set_)
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..data.shards import write_source
+
+    write_source(cfg, out, shard_size=shard_size)

@@ -9,6 +9,7 @@ imbalance, and classes that only one split has. Floor 5, like the rest of :mod:`
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import Config
+from . import shard_files
 from .sources import DataSpec, Samples, load_data
 
 SHOWN = 5  # files named per problem before "..."
@@ -36,16 +38,23 @@ def _file_facts(path: str) -> _Facts:
             data = f.read()
     except OSError as exc:
         return _Facts(digest="", size=None, error=exc.strerror or str(exc))
+    return _bytes_facts(data)  # a truncated or corrupt file fails at load, not at open
+
+
+def _bytes_facts(data: bytes) -> _Facts:
     digest = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(path) as img:
-            img.load()  # a truncated or corrupt file fails here, not at open
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
             return _Facts(digest=digest, size=img.size)
     except Exception as exc:  # PIL raises many types for broken files
         return _Facts(digest=digest, size=None, error=f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}")
 
 
 def _split_facts(samples: Samples) -> list[_Facts]:
+    if samples.shards is not None:  # every member of every shard, read once
+        members = (s for path in samples.shards for s in shard_files.iter_shard(path))
+        return [_bytes_facts(next((m[k] for k in shard_files.IMAGE_KEYS if k in m), b"")) for m in members]
     if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
         shape = samples.array.shape  # type: ignore[union-attr]
         return [

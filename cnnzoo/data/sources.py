@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..files import cache_home
 from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
-from . import manifest, preprocess, shapes
+from . import manifest, preprocess, shapes, shard_files
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -43,12 +43,16 @@ class Samples:
     array: np.ndarray | None = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
     origin: str = ""  # names an array source in messages and cache keys
     label_sets: list[list[int]] | None = None  # a manifest's labels per image (several for multi-label)
+    shards: list[str] | None = None  # WebDataset shards (streamed; ``labels`` then only counts the classes)
+    shard_counts: list[int] | None = None  # samples per shard
     _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def describe(self, i: int) -> str:
+        if self.shards is not None:
+            return f"{self.name} sample {i} of {len(self.shards)} shards"
         return self.paths[i] if self.paths is not None else f"{self.origin}[{i}]"
 
     def read(self, i: int, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -78,6 +82,11 @@ class Samples:
         if self._fingerprint is not None and self._fingerprint[0] == status:
             return self._fingerprint[1]
         h = hashlib.sha1()
+        if self.shards is not None:  # names, sizes and times: hashing terabytes of shards is not on
+            for path in self.shards:
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            return h.hexdigest()
         if self.paths is not None:
             for path, label in zip(self.paths, self.labels):
                 h.update(f"{path}\0{label}\0".encode())
@@ -386,6 +395,8 @@ def class_names(cfg: Config) -> list[str]:
         raise ConfigError("data.root: not set; point it at a folder of class folders (or set model.num_classes)")
     if uses_manifest(cfg):
         return manifest.class_list(_manifest_parts(cfg, Path(d.root))["train"])
+    if uses_shards(cfg):
+        return _shard_splits(d.root)[0]
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
@@ -508,11 +519,39 @@ def _manifest_splits(
     return classes, train, val, test, {**kind, "missing": missing} if missing else kind
 
 
+def uses_shards(cfg: Config) -> bool:
+    """``data.source: webdataset``, or a ``data.root`` that holds or names WebDataset shards."""
+    d = cfg.data
+    return d.source == "webdataset" or (d.source == "folder" and bool(d.root) and shard_files.is_shards(d.root))
+
+
+def shard_samples(shard_set: shard_files.ShardSet) -> Samples:
+    """A split of shards: their paths and sizes, and labels that only count the classes (the
+    order of the samples is the stream's)."""
+    labels = [c for c, n in enumerate(shard_set.class_counts) for _ in range(n)]
+    return Samples(
+        name=shard_set.name, labels=labels, shards=list(shard_set.shards), shard_counts=list(shard_set.counts)
+    )
+
+
+def _shard_splits(root: str) -> tuple[list[str], Samples, Samples, Samples | None]:
+    classes, found = shard_files.find_shards(root)
+    test = shard_samples(found["test"]) if "test" in found else None
+    return classes, shard_samples(found["train"]), shard_samples(found["validation"]), test
+
+
 def _resolve_splits(
     cfg: Config, missing: list[str] | None = None
 ) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, Any]]:
     """(classes, train, validation, test, skipped files, where, label kind) for any source."""
     d = cfg.data
+    if uses_shards(cfg):
+        if not d.root:
+            raise ConfigError(
+                "data.root: not set; point it at a folder of shards or a pattern (shards/train-{0..9}.tar)"
+            )
+        classes, train, val, test = _shard_splits(d.root)
+        return classes, train, val, test, 0, d.root if "{" in d.root else str(Path(d.root).resolve()), {}
     if uses_manifest(cfg):
         if not d.root:
             raise ConfigError("data.root: not set; point it at your manifest (a .csv, .tsv, .jsonl or .parquet file)")

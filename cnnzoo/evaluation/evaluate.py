@@ -18,7 +18,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, load_config
 from ..console import console
-from ..data import loaders, manifest, sources
+from ..data import loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_text
 from ..inference.torch_models import Model
@@ -140,6 +140,8 @@ def _samples_for(
     """The images to score and where they come from: ``data``'s, or the split training built."""
     if data is not None and manifest.is_manifest(data):
         return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
+    if data is not None and shard_files.is_shards(str(data)):
+        return shards.shard_split(str(data), split, classes), str(data)
     if data is not None:
         return _split_from_folder(Path(data), split, classes), str(Path(data))
     try:
@@ -160,9 +162,13 @@ def _logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits and the labels of every readable image, run as training validated."""
     cuda = model.device.type == "cuda"
-    dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
-    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
-    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
+    if samples.shards is not None:
+        size, channels = model.image_size, model.channels
+        loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
+    else:
+        dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
+        workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
+        loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
     return predict_loader(model.module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
 
