@@ -69,7 +69,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest", "webdataset"] = "folder"
+    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest", "webdataset", "hf"] = "folder"
     root: Optional[str] = None
     download: bool = False
     val_fraction: float = bounded(0.2, low=0, high=1, open_low=True, open_high=True,

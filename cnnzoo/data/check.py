@@ -51,10 +51,20 @@ def _bytes_facts(data: bytes) -> _Facts:
         return _Facts(digest=digest, size=None, error=f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}")
 
 
+def _image_facts(samples: Samples, i: int) -> _Facts:
+    try:
+        img = samples.array[i]  # type: ignore[index]
+        return _Facts(digest=hashlib.sha1(img.tobytes()).hexdigest(), size=img.size)
+    except Exception as exc:  # the library and PIL raise many types for a broken image
+        return _Facts(digest="", size=None, error=f"{type(exc).__name__}: {exc}")
+
+
 def _split_facts(samples: Samples) -> list[_Facts]:
     if samples.shards is not None:  # every member of every shard, read once
         members = (s for path in samples.shards for s in shard_files.iter_shard(path))
         return [_bytes_facts(next((m[k] for k in shard_files.IMAGE_KEYS if k in m), b"")) for m in members]
+    if samples.paths is None and not isinstance(samples.array, np.ndarray):  # a Hugging Face dataset's images
+        return [_image_facts(samples, i) for i in range(len(samples))]
     if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
         shape = samples.array.shape  # type: ignore[union-attr]
         return [

@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..files import cache_home
 from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
-from . import manifest, preprocess, shapes, shard_files
+from . import hf, manifest, preprocess, shapes, shard_files
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -92,6 +92,9 @@ class Samples:
                 h.update(f"{path}\0{label}\0".encode())
                 with open(path, "rb") as f:
                     h.update(hashlib.sha1(f.read()).digest())
+        elif hasattr(self.array, "fingerprint"):  # a Hugging Face dataset's images
+            h.update(f"{self.origin}\0{self.array.fingerprint()}\0".encode())
+            h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
         else:
             h.update(self.origin.encode())
             h.update(np.ascontiguousarray(self.array).tobytes())
@@ -397,6 +400,8 @@ def class_names(cfg: Config) -> list[str]:
         return manifest.class_list(_manifest_parts(cfg, Path(d.root))["train"])
     if uses_shards(cfg):
         return _shard_splits(d.root)[0]
+    if uses_hf(cfg):
+        return _hf_splits(cfg)[0]
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
@@ -540,6 +545,42 @@ def _shard_splits(root: str) -> tuple[list[str], Samples, Samples, Samples | Non
     return classes, shard_samples(found["train"]), shard_samples(found["validation"]), test
 
 
+def uses_hf(cfg: Config) -> bool:
+    """``data.source: hf``, or a ``data.root`` folder written by ``save_to_disk`` or holding Parquet files."""
+    d = cfg.data
+    return d.source == "hf" or (d.source == "folder" and bool(d.root) and hf.is_hf_dataset(d.root))
+
+
+def _hf_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None]:
+    d = cfg.data
+    kind = "auto" if hf.is_hf_dataset(d.root) else "imagefolder"  # type: ignore[arg-type]
+    classes, parts = hf.load_hf(d.root, kind=kind, image_column=d.image_column, label_column=d.label_column)  # type: ignore[arg-type]
+    made = {
+        split: Samples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")  # type: ignore[arg-type]
+        for split, (images, labels) in parts.items()
+    }
+    if "validation" not in made:
+        made["train"], made["validation"] = stratified_split(made["train"], d.val_fraction, cfg.seed)
+        console.log(
+            f"data: {d.root} has no validation split; held out {d.val_fraction:g} of each class (data.val_fraction)"
+        )
+    return classes, made["train"], made["validation"], made.get("test")
+
+
+def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> Samples:
+    """A split of a local Hugging Face dataset to score (``evaluate --data``): ``split``, else test,
+    else validation; its classes must be the model's."""
+    kind = "auto" if hf.is_hf_dataset(root) else "imagefolder"
+    found, parts = hf.load_hf(root, kind=kind, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    name = split or ("test" if "test" in parts else "validation")
+    if name not in parts:
+        raise DataError(f"{root}: has no {name} split")
+    if found != classes:
+        raise DataError(f"{root}: its classes ({', '.join(found[:8])}) are not the model's ({', '.join(classes[:8])})")
+    images, labels = parts[name]
+    return Samples(name=name, labels=labels, array=images, origin=f"{root}:{name}")  # type: ignore[arg-type]
+
+
 def _resolve_splits(
     cfg: Config, missing: list[str] | None = None
 ) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, Any]]:
@@ -552,6 +593,11 @@ def _resolve_splits(
             )
         classes, train, val, test = _shard_splits(d.root)
         return classes, train, val, test, 0, d.root if "{" in d.root else str(Path(d.root).resolve()), {}
+    if uses_hf(cfg):
+        if not d.root:
+            raise ConfigError("data.root: not set; point it at the dataset's folder (save_to_disk, Parquet files)")
+        classes, train, val, test = _hf_splits(cfg)
+        return classes, train, val, test, 0, str(Path(d.root).resolve()), {}
     if uses_manifest(cfg):
         if not d.root:
             raise ConfigError("data.root: not set; point it at your manifest (a .csv, .tsv, .jsonl or .parquet file)")

@@ -18,7 +18,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, load_config
 from ..console import console
-from ..data import loaders, manifest, shard_files, shards, sources
+from ..data import hf, loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_text
 from ..inference.torch_models import Model
@@ -140,6 +140,8 @@ def _samples_for(
     """The images to score and where they come from: ``data``'s, or the split training built."""
     if data is not None and manifest.is_manifest(data):
         return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
+    if data is not None and hf.is_hf_dataset(str(data)):
+        return sources.hf_split(cfg, str(data), split, classes), str(data)
     if data is not None and shard_files.is_shards(str(data)):
         return shards.shard_split(str(data), split, classes), str(data)
     if data is not None:
