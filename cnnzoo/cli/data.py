@@ -12,7 +12,7 @@ from ..errors import UserError
 from .app import CONFIG_HELP, SET_HELP, app, guarded
 
 data_app = typer.Typer(
-    help="Look at a data set before training on it: what cnnzoo will train on, and what is wrong with it.",
+    help="Look at a data set before training on it (check), or write it as WebDataset shards (shards).",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -40,8 +40,9 @@ def check(
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
-    """Print what cnnzoo will train on: images per class and split, missing, unreadable and
-    duplicate files, image sizes, class imbalance, classes only some splits have.
+    """Print what cnnzoo will train on: images per class and split, and what is wrong with them.
+
+    Missing, unreadable and duplicate files, image sizes, class imbalance, classes only some splits have.
 
     Exit code 0 when every image can be read, 1 when some are missing or unreadable.
     Example:  cnnzoo data check --data clothing/images.csv

@@ -10,9 +10,11 @@ In the order training meets them:
 * :mod:`~cnnzoo.data.manifest` (torch-free): a CSV, TSV, JSON Lines or Parquet table naming each
   image and its label(s) (``data.source: manifest``, detected from a ``data.root`` file), read
   into rows that :mod:`~cnnzoo.data.sources` turns into splits.
-* :mod:`~cnnzoo.data.shards` (``data.source: webdataset``): WebDataset tar shards, written from
-  any source and streamed (decoded in the loader workers each epoch, never cached), with the
-  same number of steps on every process.
+* :mod:`~cnnzoo.data.hf` (``data.source: hf``): a local Hugging Face dataset (``save_to_disk``,
+  Parquet files, ``imagefolder``) through the ``datasets`` library.
+* :mod:`~cnnzoo.data.shard_files` and :mod:`~cnnzoo.data.shards` (``data.source: webdataset``):
+  WebDataset tar shards, written from any source and streamed (decoded in the loader workers
+  each epoch, never cached), with the same number of steps on every process.
 * :mod:`~cnnzoo.data.check`: ``cnnzoo data check``'s report (counts, missing, unreadable and
   duplicate files, sizes, imbalance).
 * :mod:`~cnnzoo.data.preprocess` (torch-free): decoding, orientation, mode and resizing, the one
