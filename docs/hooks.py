@@ -65,7 +65,7 @@ def _command_section(command: Any, name: str, parent_ctx: Any) -> str:
     ctx = command.context_class(command, info_name=name, parent=parent_ctx)
     summary, _, details = inspect.cleandoc(command.help or "").partition("\n\n")
     lines = [
-        f"## cnnzoo {name} {{#{name}}}",
+        f"## cnnzoo {name} {{#{name.replace(' ', '-')}}}",
         "",
         _markdown_text(" ".join(summary.split())),
         "",
@@ -116,7 +116,13 @@ def cli_reference() -> str:
         *options,
         "",
     ]
-    parts += [_command_section(cmd, name, root_ctx) for name, cmd in commands.items()]
+    for name, cmd in commands.items():
+        parts.append(_command_section(cmd, name, root_ctx))
+        if hasattr(cmd, "list_commands"):  # a group (cnnzoo data): each of its commands too
+            ctx = cmd.context_class(cmd, info_name=name, parent=root_ctx)
+            parts += [
+                _command_section(cmd.get_command(ctx, sub), f"{name} {sub}", root_ctx) for sub in cmd.list_commands(ctx)
+            ]
     return "\n".join(parts)
 
 

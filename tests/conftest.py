@@ -21,7 +21,16 @@ from support.shared import shared_path
 
 SHARED_FIXTURES = {"clothing_root"}  # fixtures that read ../shared: their tests get needs_shared
 # fixtures that train a model for real (in their test files): their tests get slow
-TRAINING_FIXTURES = {"trained", "binary", "base", "folder_run", "fraction_run", "shapes_run", "report_run"}
+TRAINING_FIXTURES = {
+    "trained",
+    "binary",
+    "base",
+    "folder_run",
+    "fraction_run",
+    "shapes_run",
+    "report_run",
+    "kaggle_run",
+}
 
 
 def pytest_collection_modifyitems(config, items):

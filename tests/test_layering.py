@@ -60,6 +60,7 @@ TORCH_FREE = {
     "cnnzoo.model",
     "cnnzoo.data",
     "cnnzoo.data.preprocess",
+    "cnnzoo.data.manifest",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",
     "cnnzoo.inference.onnx",

@@ -134,3 +134,11 @@ def test_bench_export_compares_int8_and_tflite_with_fp32_onnx(image_root, tmp_pa
     assert figures["INT8 ONNX"]["validation_images"] == 8 and figures["FP32 ONNX"]["bytes"] > 0
     tflite = figures["TFLite"]
     assert "bytes" in tflite or "pip install 'cnnzoo[tflite]'" in tflite["error"]  # measured, or says why not
+
+
+def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path):
+    pytest.importorskip("webdataset")
+    args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0]
+    out = run_script([ROOT / "scripts" / "bench_data.py", *args], tmp_path)
+    assert "folder (ImageFolder):" in out and "shards (streamed):" in out and "ratio" in out
+    assert "peak RSS streaming 24 images:" in out and "240 images:" in out

@@ -11,7 +11,7 @@ commands import the parts that need torch when they run.
 """
 
 # each module registers its commands on the app, in the order --help lists them
-from . import train, summary, predict, deploy, explain, tuning  # noqa: F401  # isort: skip
+from . import train, summary, predict, deploy, explain, tuning, data  # noqa: F401  # isort: skip
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -15,7 +15,7 @@ from .app import TRUST_TORCHSCRIPT_HELP, app, guarded
 @app.command()
 @guarded
 def predict(
-    images: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    images: list[str] = typer.Argument(None, help="Image files, folders (searched recursively) or glob patterns."),
     checkpoint: Path | None = typer.Option(
         None,
         "--checkpoint",
@@ -30,34 +30,54 @@ def predict(
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A manifest (.csv, .tsv, .jsonl, .parquet): predict each row's image, in its order "
+        "(with --csv: one row per manifest row, a Kaggle submission).",
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
     Exit code 0 when every image was predicted, 1 when some could not be read, 2 when none.
     Without torch:  cnnzoo predict --model runs/latest/best.onnx photo.jpg
+    A manifest:     cnnzoo predict --data test.csv --csv > submission.csv
     """
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..inference import load
-    from ..inference.inputs import expand_inputs, records_to_csv
+    from ..inference.inputs import expand_inputs, records_in_order, records_to_csv
 
     if as_json and as_csv:
         raise UserError("choose one of --json and --csv")
+    if bool(images) == (data is not None):
+        raise UserError("give images to predict, or --data MANIFEST (not both)")
     path = resolve_checkpoint(checkpoint, runs)
     if checkpoint is None:
         typer.echo(f"cnnzoo: using {path}", err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
-    paths, failures = expand_inputs(images)
+    rows = None
+    if data is not None:
+        from ..data.manifest import read_manifest  # lazy: torch-free, but only a manifest needs it
+
+        rows = read_manifest(data, labels_required=False)
+        paths = [p for p in rows.paths if p]
+        failures = [(name, "file not found") for name, p in zip(rows.names, rows.paths) if not p]
+    else:
+        paths, failures = expand_inputs(images)
     errors: list = list(failures)
     records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
+    if rows is not None:
+        records = records_in_order(rows.names, rows.paths, records)
     for name, reason in errors:
         typer.echo(f"cnnzoo: cannot read {name}: {reason}", err=True)
     if as_json:
         typer.echo(json.dumps(records, indent=1))
     elif as_csv:
-        typer.echo(records_to_csv(records, min(top_k, len(model.classes))), nl=False)
+        header = rows.image_column if rows is not None else "image"
+        typer.echo(records_to_csv(records, min(top_k, len(model.classes)), image_header=header), nl=False)
     else:
         width = max((len(r["image"]) for r in records), default=0)
-        for r in records:
+        for r in (r for r in records if r["top_k"]):
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
             typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
     if errors:

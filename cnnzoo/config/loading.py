@@ -268,7 +268,7 @@ def from_dict(raw: dict, overrides: list[str] | None = None, source: str | None 
     where = f"{source}: " if source else ""
     cfg = _build_dataclass(Config, raw, "", where)
     check_values(cfg, where)
-    for key in ("root", "cache_dir"):  # `~/photos` means the home folder, wherever it was written
+    for key in ("root", "cache_dir", "images_dir"):  # `~/photos` means the home folder, wherever it was written
         value = getattr(cfg.data, key)
         if value and value.startswith("~"):
             setattr(cfg.data, key, os.path.expanduser(value))
@@ -330,7 +330,7 @@ def rebase_paths(raw: dict, folder: Path) -> None:
     """
     data = raw.get("data")
     if isinstance(data, dict):
-        for key in ("root", "cache_dir"):
+        for key in ("root", "cache_dir", "images_dir"):
             if isinstance(data.get(key), str) and data[key]:
                 data[key] = _from_folder(data[key], folder)
     model = raw.get("model")

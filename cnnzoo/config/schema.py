@@ -86,9 +86,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10"] = "folder"
-    """Where images come from: `folder` (class folders under `root`), `shapes` (drawn shapes,
-    generated offline on first use), or torchvision's `mnist`, `fashion_mnist`, `cifar10`."""
+    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest", "webdataset", "hf"] = "folder"
+    """Where images come from: `folder` (class folders under `root`), `manifest` (a CSV, TSV,
+    JSON Lines or Parquet file of images and labels), `webdataset` (tar shards, streamed), `hf` (a
+    Hugging Face dataset on disk), `shapes` (drawn shapes, generated offline on first use), or
+    torchvision's `mnist`, `fashion_mnist`, `cifar10`; detected from `root` when obvious
+    ([Your data](../your-data.md))."""
     root: Optional[str] = None
     """The data folder: `train/` + `validation/` (or `val/`) of class folders, optional `test/`,
     or one folder of class folders split by `val_fraction`; relative to the config's folder."""
@@ -123,6 +126,12 @@ class DataConfig:
     workers: Union[Literal["auto"], int] = bounded("auto", low=0, words="auto or a number >= 0")
     """Loader processes; `auto` picks by what the loader does (none for cached data on a
     small CPU, up to one per spare core when decoding or on CUDA)."""
+    image_column: Optional[str] = None
+    """A manifest's column naming each image (default: detected, e.g. image, filename, path, id)."""
+    label_column: Optional[Union[str, list[str]]] = None
+    """A manifest's label column (default: detected: label, class, tags...), or a list of 0/1 columns, one per class."""
+    images_dir: Optional[str] = None
+    """Where a manifest's image paths are read from (default: beside the manifest, then an images/ folder beside it)."""
 
 
 @dataclass

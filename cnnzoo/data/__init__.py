@@ -7,6 +7,16 @@ In the order training meets them:
   ``data.val_fraction``), the built-in ``shapes`` set (:mod:`~cnnzoo.data.shapes`), or
   torchvision's MNIST, Fashion-MNIST and CIFAR-10; each split becomes a ``Samples`` list, and
   the whole section a ``DataSpec``.
+* :mod:`~cnnzoo.data.manifest` (torch-free): a CSV, TSV, JSON Lines or Parquet table naming each
+  image and its label(s) (``data.source: manifest``, detected from a ``data.root`` file), read
+  into rows that :mod:`~cnnzoo.data.sources` turns into splits.
+* :mod:`~cnnzoo.data.hf` (``data.source: hf``): a local Hugging Face dataset (``save_to_disk``,
+  Parquet files, ``imagefolder``) through the ``datasets`` library.
+* :mod:`~cnnzoo.data.shard_files` and :mod:`~cnnzoo.data.shards` (``data.source: webdataset``):
+  WebDataset tar shards, written from any source and streamed (decoded in the loader workers
+  each epoch, never cached), with the same number of steps on every process.
+* :mod:`~cnnzoo.data.check`: ``cnnzoo data check``'s report (counts, missing, unreadable and
+  duplicate files, sizes, imbalance).
 * :mod:`~cnnzoo.data.preprocess` (torch-free): decoding, orientation, mode and resizing, the one
   definition of "what the model sees", shared by training, evaluation and every model format.
 * :mod:`~cnnzoo.data.cache` (``data.cache``): every image decoded and resized once into a uint8

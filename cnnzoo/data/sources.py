@@ -2,7 +2,8 @@
 
 A folder in ImageFolder layout (``train/`` + ``validation/`` or ``val/``, optional ``test/``; or
 one folder of class folders split by ``data.val_fraction``), the built-in ``shapes`` generator,
-or torchvision's MNIST, Fashion-MNIST and CIFAR-10. Each split becomes a :class:`Samples`
+torchvision's MNIST, Fashion-MNIST and CIFAR-10, or a manifest (:mod:`cnnzoo.data.manifest`:
+splits from sibling files, a split column or ``val_fraction``). Each split becomes a :class:`Samples`
 list; :func:`load_data` resolves the whole section into a :class:`DataSpec` (classes, splits,
 channels, size, normalisation).
 """
@@ -24,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..files import cache_home
 from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
-from . import preprocess, shapes
+from . import hf, manifest, preprocess, shapes, shard_files
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -41,12 +42,17 @@ class Samples:
     paths: list[str] | None = None
     array: np.ndarray | None = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
     origin: str = ""  # names an array source in messages and cache keys
+    label_sets: list[list[int]] | None = None  # a manifest's labels per image (several for multi-label)
+    shards: list[str] | None = None  # WebDataset shards (streamed; ``labels`` then only counts the classes)
+    shard_counts: list[int] | None = None  # samples per shard
     _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def describe(self, i: int) -> str:
+        if self.shards is not None:
+            return f"{self.name} sample {i} of {len(self.shards)} shards"
         return self.paths[i] if self.paths is not None else f"{self.origin}[{i}]"
 
     def read(self, i: int, size: tuple[int, int], channels: int) -> np.ndarray:
@@ -60,6 +66,7 @@ class Samples:
             paths=[self.paths[i] for i in keep] if self.paths is not None else None,
             array=self.array[keep] if self.array is not None else None,
             origin=self.origin,
+            label_sets=[self.label_sets[i] for i in keep] if self.label_sets is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -75,11 +82,19 @@ class Samples:
         if self._fingerprint is not None and self._fingerprint[0] == status:
             return self._fingerprint[1]
         h = hashlib.sha1()
+        if self.shards is not None:  # names, sizes and times: hashing terabytes of shards is not on
+            for path in self.shards:
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            return h.hexdigest()
         if self.paths is not None:
             for path, label in zip(self.paths, self.labels):
                 h.update(f"{path}\0{label}\0".encode())
                 with open(path, "rb") as f:
                     h.update(hashlib.sha1(f.read()).digest())
+        elif hasattr(self.array, "fingerprint"):  # a Hugging Face dataset's images
+            h.update(f"{self.origin}\0{self.array.fingerprint()}\0".encode())
+            h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
         else:
             h.update(self.origin.encode())
             h.update(np.ascontiguousarray(self.array).tobytes())
@@ -102,6 +117,9 @@ class DataSpec:
     std: list[float]
     root: str | None = None
     skipped_files: int = 0
+    multi_label: bool = False  # a manifest with several labels in a row
+    one_hot: bool = False  # a manifest with one 0/1 column per class
+    missing: list[str] = field(default_factory=list)  # manifest rows whose image is absent (missing_ok)
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
@@ -378,6 +396,12 @@ def class_names(cfg: Config) -> list[str]:
         return list(CIFAR10_CLASSES)
     if not d.root:
         raise ConfigError("data.root: not set; point it at a folder of class folders (or set model.num_classes)")
+    if uses_manifest(cfg):
+        return manifest.class_list(_manifest_parts(cfg, Path(d.root))["train"])
+    if uses_shards(cfg):
+        return _shard_splits(d.root)[0]
+    if uses_hf(cfg):
+        return _hf_splits(cfg)[0]
     root = Path(d.root)
     if not root.is_dir():
         raise DataError(f"data.root: folder not found: {root.resolve()}")
@@ -386,11 +410,199 @@ def class_names(cfg: Config) -> list[str]:
     return [p.name for p in class_dirs(base)]
 
 
-def load_data(cfg: Config) -> DataSpec:
-    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use)."""
+MULTI_LABEL_NOT_BUILT = "several labels per image: multi-label training is not built yet"
+
+
+def uses_manifest(cfg: Config) -> bool:
+    """``data.source: manifest``, or a ``data.root`` that names a manifest file (.csv, .tsv, .jsonl, .parquet)."""
     d = cfg.data
-    skipped = 0
-    test = None
+    return d.source == "manifest" or (d.source == "folder" and bool(d.root) and manifest.is_manifest(d.root))
+
+
+def _read_manifest(cfg: Config, path: Path, *, labels_required: bool = True) -> manifest.Manifest:
+    d = cfg.data
+    return manifest.read_manifest(
+        path,
+        image_column=d.image_column,
+        label_column=d.label_column,
+        images_dir=d.images_dir,
+        labels_required=labels_required,
+    )
+
+
+def manifest_samples(
+    table: manifest.Manifest, classes: list[str], split: str, *, missing: list[str] | None = None
+) -> Samples:
+    """A manifest's rows as a split: its files, and its labels as class indices (the first one in
+    ``labels``, all of them in ``label_sets``). Every image must exist, unless ``missing`` is a
+    list: rows without their image are then left out and named there."""
+    if missing is None:
+        table.check_files()
+    else:
+        missing.extend(f"{table.where(i)} ({table.names[i]})" for i, p in enumerate(table.paths) if not p)
+        table = table.subset([i for i, p in enumerate(table.paths) if p])
+    label_sets = manifest.label_indices(table, classes)
+    labels = [indices[0] if indices else -1 for indices in label_sets]  # -1: a one-hot row with no class
+    return Samples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
+
+
+def manifest_split(cfg: Config, path: Path, split: str | None, classes: list[str]) -> Samples:
+    """A labelled manifest to score (``evaluate --data test.csv``): its rows of ``split`` (default:
+    test, else validation) when it has a split column, else all of them; columns as ``cfg`` names them."""
+    table = manifest.read_manifest(path, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    name = split or "test"
+    if table.splits is not None:
+        wanted = [split] if split else ["test", "validation"]
+        name = next((s for s in wanted if s in table.splits), "")
+        if not name:
+            raise DataError(f"{path}: no rows whose split is {' or '.join(wanted)}")
+        table = table.subset([i for i, s in enumerate(table.splits) if s == name])
+    if table.multi_label:
+        raise DataError(f"{path}: {MULTI_LABEL_NOT_BUILT}")
+    table.check_one_label_each()
+    return manifest_samples(table, classes, name)
+
+
+def _manifest_parts(cfg: Config, path: Path) -> dict[str, manifest.Manifest]:
+    """A manifest's splits as read: sibling files (train.csv + validation.csv, test.csv), a split
+    column, or all rows as training data (``val_fraction`` then holds some out)."""
+    main = _read_manifest(cfg, path)
+    siblings = manifest.split_files(path)
+    if siblings:
+        parts = {
+            "train": main,
+            **{split: _read_manifest(cfg, p, labels_required=False) for split, p in siblings.items()},
+        }
+    elif main.splits is not None:
+        parts = {
+            s: main.subset([i for i, v in enumerate(main.splits) if v == s]) for s in ("train", "validation", "test")
+        }
+    else:
+        parts = {"train": main}
+    for split in [s for s, part in parts.items() if not len(part)]:
+        if split == "train":
+            raise DataError(f"{path}: no rows with split train; mark the training rows in the split column")
+        del parts[split]
+    if parts.get("test") is not None and parts["test"].labels is None:
+        console.log(f"data: {parts['test'].path} has no labels; not used as a test split (predict --data reads it)")
+        del parts["test"]
+    if parts.get("validation") is not None and parts["validation"].labels is None:
+        raise DataError(f"{parts['validation'].path}: no label column; the validation split needs labels")
+    return parts
+
+
+def _manifest_splits(
+    cfg: Config, path: Path, missing: list[str] | None
+) -> tuple[list[str], Samples, Samples, Samples | None, dict[str, Any]]:
+    """(classes, train, validation, test, label kind: ``multi_label`` and ``one_hot``) from a manifest;
+    ``missing`` as in :func:`manifest_samples`."""
+    parts = _manifest_parts(cfg, path)
+    classes = manifest.class_list(parts["train"])
+    if len(classes) < 2:
+        raise DataError(f"{path}: only one class ({', '.join(classes)}); a classifier needs at least two")
+    multi_label = any(part.multi_label for part in parts.values())
+    if not multi_label:
+        for part in parts.values():
+            part.check_one_label_each()
+    table = parts["train"]
+    console.log(
+        f"data: manifest {path}: images from {table.image_column!r}, labels from "
+        f"{table.label_column or ', '.join(table.one_hot_columns) + ' (one-hot)'!r}, {len(classes)} classes"
+    )
+    train = manifest_samples(parts["train"], classes, "train", missing=missing)
+    test = manifest_samples(parts["test"], classes, "test", missing=missing) if "test" in parts else None
+    if "validation" in parts:
+        val = manifest_samples(parts["validation"], classes, "validation", missing=missing)
+    else:
+        everything = train
+        train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)
+        console.log(
+            f"data: {path} has no validation rows; held out {cfg.data.val_fraction:g} of each class "
+            f"({len(val)} of {len(everything)} images, data.val_fraction)"
+        )
+    kind = {"multi_label": multi_label, "one_hot": table.one_hot}
+    return classes, train, val, test, {**kind, "missing": missing} if missing else kind
+
+
+def uses_shards(cfg: Config) -> bool:
+    """``data.source: webdataset``, or a ``data.root`` that holds or names WebDataset shards."""
+    d = cfg.data
+    return d.source == "webdataset" or (d.source == "folder" and bool(d.root) and shard_files.is_shards(d.root))
+
+
+def shard_samples(shard_set: shard_files.ShardSet) -> Samples:
+    """A split of shards: their paths and sizes, and labels that only count the classes (the
+    order of the samples is the stream's)."""
+    labels = [c for c, n in enumerate(shard_set.class_counts) for _ in range(n)]
+    return Samples(
+        name=shard_set.name, labels=labels, shards=list(shard_set.shards), shard_counts=list(shard_set.counts)
+    )
+
+
+def _shard_splits(root: str) -> tuple[list[str], Samples, Samples, Samples | None]:
+    classes, found = shard_files.find_shards(root)
+    test = shard_samples(found["test"]) if "test" in found else None
+    return classes, shard_samples(found["train"]), shard_samples(found["validation"]), test
+
+
+def uses_hf(cfg: Config) -> bool:
+    """``data.source: hf``, or a ``data.root`` folder written by ``save_to_disk`` or holding Parquet files."""
+    d = cfg.data
+    return d.source == "hf" or (d.source == "folder" and bool(d.root) and hf.is_hf_dataset(d.root))
+
+
+def _hf_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None]:
+    d = cfg.data
+    kind = "auto" if hf.is_hf_dataset(d.root) else "imagefolder"  # type: ignore[arg-type]
+    classes, parts = hf.load_hf(d.root, kind=kind, image_column=d.image_column, label_column=d.label_column)  # type: ignore[arg-type]
+    made = {
+        split: Samples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")  # type: ignore[arg-type]
+        for split, (images, labels) in parts.items()
+    }
+    if "validation" not in made:
+        made["train"], made["validation"] = stratified_split(made["train"], d.val_fraction, cfg.seed)
+        console.log(
+            f"data: {d.root} has no validation split; held out {d.val_fraction:g} of each class (data.val_fraction)"
+        )
+    return classes, made["train"], made["validation"], made.get("test")
+
+
+def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> Samples:
+    """A split of a local Hugging Face dataset to score (``evaluate --data``): ``split``, else test,
+    else validation; its classes must be the model's."""
+    kind = "auto" if hf.is_hf_dataset(root) else "imagefolder"
+    found, parts = hf.load_hf(root, kind=kind, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    name = split or ("test" if "test" in parts else "validation")
+    if name not in parts:
+        raise DataError(f"{root}: has no {name} split")
+    if found != classes:
+        raise DataError(f"{root}: its classes ({', '.join(found[:8])}) are not the model's ({', '.join(classes[:8])})")
+    images, labels = parts[name]
+    return Samples(name=name, labels=labels, array=images, origin=f"{root}:{name}")  # type: ignore[arg-type]
+
+
+def _resolve_splits(
+    cfg: Config, missing: list[str] | None = None
+) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, Any]]:
+    """(classes, train, validation, test, skipped files, where, label kind) for any source."""
+    d = cfg.data
+    if uses_shards(cfg):
+        if not d.root:
+            raise ConfigError(
+                "data.root: not set; point it at a folder of shards or a pattern (shards/train-{0..9}.tar)"
+            )
+        classes, train, val, test = _shard_splits(d.root)
+        return classes, train, val, test, 0, d.root if "{" in d.root else str(Path(d.root).resolve()), {}
+    if uses_hf(cfg):
+        if not d.root:
+            raise ConfigError("data.root: not set; point it at the dataset's folder (save_to_disk, Parquet files)")
+        classes, train, val, test = _hf_splits(cfg)
+        return classes, train, val, test, 0, str(Path(d.root).resolve()), {}
+    if uses_manifest(cfg):
+        if not d.root:
+            raise ConfigError("data.root: not set; point it at your manifest (a .csv, .tsv, .jsonl or .parquet file)")
+        classes, train, val, test, kind = _manifest_splits(cfg, Path(d.root), missing)
+        return classes, train, val, test, 0, str(Path(d.root).resolve()), kind
     if d.source in ("folder", "shapes"):
         if d.source == "shapes":
             root = Path(d.root) if d.root else cache_home() / f"shapes-v{shapes.VERSION}"
@@ -402,9 +614,19 @@ def load_data(cfg: Config) -> DataSpec:
         else:
             root = Path(d.root)
         classes, train, val, test, skipped = _folder_splits(root, cfg)
-        root_text = str(root.resolve())
-    else:
-        classes, train, val, root_text = _torchvision_splits(cfg)
+        return classes, train, val, test, skipped, str(root.resolve()), {}
+    classes, train, val, root_text = _torchvision_splits(cfg)
+    return classes, train, val, None, 0, root_text, {}
+
+
+def load_data(cfg: Config, *, missing_ok: bool = False) -> DataSpec:
+    """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use).
+    ``missing_ok``: manifest rows whose image is absent are left out and listed in ``missing``
+    (``data check``) instead of stopping."""
+    d = cfg.data
+    classes, train, val, test, skipped, root_text, kind = _resolve_splits(cfg, [] if missing_ok else None)
+    if kind.get("multi_label"):
+        raise DataError(f"{root_text}: {MULTI_LABEL_NOT_BUILT}")
     if skipped:
         warn(
             f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
@@ -434,6 +656,7 @@ def load_data(cfg: Config) -> DataSpec:
         std=std,
         root=root_text,
         skipped_files=skipped,
+        **kind,
     )
 
 

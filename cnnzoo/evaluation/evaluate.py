@@ -20,7 +20,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, load_config
 from ..console import console
-from ..data import loaders, sources
+from ..data import hf, loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
 from ..inference.torch_models import Model
@@ -126,8 +126,7 @@ def evaluate(
         raise UserError(f"--split {split}: use test or validation")
     samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
-    logits, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
-    labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
+    logits, labels, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
     report = {
@@ -137,9 +136,13 @@ def evaluate(
         "split": samples.name,
         **_scores(logits, labels, model.classes, top_k),
     }
+    if html_report and rows is None:
+        console.log(
+            "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
+        )
     page = (
         _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
-        if html_report
+        if html_report and rows is not None
         else None
     )
     report["outputs"] = _write_report(report, Path(out) if out else path.parent, page)
@@ -150,6 +153,12 @@ def _samples_for(
     cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
 ) -> tuple[sources.Samples, str]:
     """The images to score and where they come from: ``data``'s, or the split training built."""
+    if data is not None and manifest.is_manifest(data):
+        return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
+    if data is not None and hf.is_hf_dataset(str(data)):
+        return sources.hf_split(cfg, str(data), split, classes), str(data)
+    if data is not None and shard_files.is_shards(str(data)):
+        return shards.shard_split(str(data), split, classes), str(data)
     if data is not None:
         return _split_from_folder(Path(data), split, classes), str(Path(data))
     try:
@@ -167,17 +176,26 @@ def _samples_for(
 
 def _logits(
     model: Model, samples: sources.Samples, *, batch_size: int, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits for every readable image, run as training validated, and which of
-    ``samples`` each row is (an unreadable image is skipped)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The model's logits for every readable image, run as training validated, their labels, and
+    which of ``samples`` each row is (an unreadable image is skipped; None for streamed shards,
+    whose samples have no positions to go back to)."""
     cuda = model.device.type == "cuda"
+    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
+    if samples.shards is not None:
+        size, channels = model.image_size, model.channels
+        loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
+        bar = console.bar(len(loader), "evaluate") if progress else None
+        return (*predict_loader(model.module, loader, feed, bar=bar), None)
     # each image labelled with its own position, so that the rows say which images they are
     numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
     dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
     workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
-    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
-    return predict_loader(model.module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
+    bar = console.bar(len(loader), "evaluate") if progress else None
+    logits, rows = predict_loader(model.module, loader, feed, bar=bar)
+    labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
+    return logits, labels, rows
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:

@@ -50,15 +50,24 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, 
     return paths, missing
 
 
-def records_to_csv(records: Iterable[dict[str, Any]], top_k: int) -> str:
+def records_in_order(names: Sequence[str], paths: Sequence[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per manifest row, in its order, named as the row names its image; a row whose
+    image could not be read gets an empty record (no label, probability None), so that a CSV of
+    them has every row a submission needs."""
+    by_path = {r["image"]: r for r in records}
+    blank = {"label": "", "probability": None, "top_k": []}
+    return [{**by_path.get(path, blank), "image": name} for name, path in zip(names, paths)]
+
+
+def records_to_csv(records: Iterable[dict[str, Any]], top_k: int, *, image_header: str = "image") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["image", "label", "probability"]
+    header = [image_header, "label", "probability"]
     for i in range(1, top_k + 1):
         header += [f"top{i}_label", f"top{i}_probability"]
     writer.writerow(header)
     for r in records:
-        row = [r["image"], r["label"], f"{r['probability']:.6f}"]
+        row = [r["image"], r["label"], "" if r["probability"] is None else f"{r['probability']:.6f}"]
         for entry in r["top_k"]:
             row += [entry["label"], f"{entry['probability']:.6f}"]
         row += [""] * (len(header) - len(row))

@@ -14,7 +14,7 @@ from ..config import Config, TrainConfig
 from ..console import console
 from ..data import augment as augment_mod
 from ..data import loaders as loaders_mod
-from ..data import sources
+from ..data import shards, sources
 from ..errors import ConfigError
 from ..model.backbones import absolute_weight_paths
 from ..model.layers import build_from_infos, trace_layers
@@ -131,7 +131,8 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     require_tensorboard(t.loggers)
     require_mlflow(t.loggers)
 
-    loaders = loaders_mod.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
+    build = shards.stream_loaders if spec.train.shards is not None else loaders_mod.build_loaders
+    loaders = build(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     if t.amp == "auto" and autocast_dtype is not None:

@@ -375,7 +375,8 @@ class TransferStages:
     def _with_feature_cache(self, cut: int):
         plain = (self.model, self.loaders.train, self.loaders.val)
         d = self.cfg.data
-        cache_plan, reason = plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=d.cache, cut=cut)
+        pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else d.cache  # shards: no pixel cache
+        cache_plan, reason = plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut)
         self.cut = cache_plan.cut if cache_plan is not None else 0
         if cache_plan is None:
             console.log(f"feature cache: off ({reason})")

@@ -87,3 +87,24 @@ def write_mnist_raw(
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
         out[f"{prefix}_images"], out[f"{prefix}_labels"] = images, labels
     return out
+
+
+def write_kaggle_layout(
+    folder: Path, counts: dict[str, int], *, size: int = 24, seed: int = 0, name: str = "images.csv"
+) -> Path:
+    """The Kaggle clothing layout: ``folder/images/<id>.jpg`` and ``folder/<name>`` with columns
+    ``image,sender_id,label,kids`` (the id without its extension, as the real file has it);
+    ``counts[label]`` pictures of each label, drawn as class ``a``, ``b``, ``c``... in turn.
+    Returns the CSV's path."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["image,sender_id,label,kids"]
+    for class_index, (label, count) in enumerate(counts.items()):
+        for i in range(count):
+            image_id = f"{seed:02d}{class_index:02d}{i:04d}-c0ffee"
+            draw("abc"[class_index % 3], seed * 100_000 + class_index * 1000 + i, size).save(
+                folder / "images" / f"{image_id}.jpg", quality=95
+            )
+            lines.append(f"{image_id},{1000 + i},{label},{'True' if i % 5 == 0 else 'False'}")
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

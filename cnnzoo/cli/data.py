@@ -1,0 +1,80 @@
+"""``cnnzoo data``: look at a data set before training on it (``data check``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..config import load_config
+from ..errors import UserError
+from .app import CONFIG_HELP, SET_HELP, app, guarded
+
+data_app = typer.Typer(
+    help="Look at a data set before training on it (check), or write it as WebDataset shards (shards).",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+CHECK_IMAGE_SIZE = 64  # what the check resolves a config without an image size to: sizes do not matter to it
+
+
+def data_config(config: Path | None, data: str | None, set_: list[str]):
+    """The config a data command reads: ``config`` with ``--data`` as data.root, or ``--data`` alone."""
+    if config is None and data is None:
+        raise UserError("give a config (cnnzoo data check configs/clothing.yaml) or --data FOLDER_OR_MANIFEST")
+    overrides = [*set_, *([f"data.root={json.dumps(data)}"] if data else [])]
+    cfg = load_config(config if config is not None else {"data": {}}, overrides)
+    if cfg.data.image_size is None and not cfg.model.input:
+        cfg.data.image_size = CHECK_IMAGE_SIZE
+    return cfg
+
+
+@data_app.command("check")
+@guarded
+def check(
+    config_arg: Path | None = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP),
+    config: Path | None = typer.Option(None, "--config", "-c", help="The config, as an option."),
+    data: str | None = typer.Option(None, "--data", help="Image folder or manifest (sets data.root)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Print what cnnzoo will train on: images per class and split, and what is wrong with them.
+
+    Missing, unreadable and duplicate files, image sizes, class imbalance, classes only some splits have.
+
+    Exit code 0 when every image can be read, 1 when some are missing or unreadable.
+    Example:  cnnzoo data check --data clothing/images.csv
+    """
+    if config_arg and config and config_arg != config:
+        raise UserError(f"two configs given ({config_arg} and --config {config}); give one")
+    cfg = data_config(config or config_arg, data, set_)
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..data.check import check_data, format_check, problems
+
+    report = check_data(cfg)
+    typer.echo(json.dumps(report) if as_json else format_check(report))
+    if problems(report):
+        raise typer.Exit(1)
+
+
+@data_app.command("shards")
+@guarded
+def shards(
+    source: str = typer.Argument(..., metavar="SRC", help="Image folder, manifest or shard set to write as shards."),
+    out: Path = typer.Argument(..., metavar="OUT", help="A new folder: OUT/train/, OUT/validation/, OUT/dataset.json."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (tar file)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+) -> None:
+    """Write WebDataset shards (tar files of images and labels) from any source, for streaming.
+
+    The source's own splits are kept (or data.val_fraction is held out, seeded, when it has none);
+    the training split is shuffled so that every shard mixes the classes. Then:
+    cnnzoo train -c CONFIG --data OUT
+    """
+    cfg = data_config(None, source, set_)
+    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
+    from ..data.shards import write_source
+
+    write_source(cfg, out, shard_size=shard_size)

@@ -1,0 +1,188 @@
+"""``cnnzoo data check``: what cnnzoo will train on, and what is wrong with it, before any training.
+
+Resolves a config's data as training does (:func:`cnnzoo.data.sources.load_data`, missing
+manifest rows kept aside rather than stopping), then reads every file once: images per class and
+split, missing, unreadable and duplicate files (by the SHA-1 of their bytes), image sizes, class
+imbalance, and classes that only one split has. Floor 5, like the rest of :mod:`cnnzoo.data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..config import Config
+from . import shard_files
+from .sources import DataSpec, Samples, load_data
+
+SHOWN = 5  # files named per problem before "..."
+
+
+@dataclass(kw_only=True)
+class _Facts:
+    digest: str
+    size: tuple[int, int] | None  # (W, H); None when unreadable
+    error: str = ""
+
+
+def _file_facts(path: str) -> _Facts:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return _Facts(digest="", size=None, error=exc.strerror or str(exc))
+    return _bytes_facts(data)  # a truncated or corrupt file fails at load, not at open
+
+
+def _bytes_facts(data: bytes) -> _Facts:
+    digest = hashlib.sha1(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return _Facts(digest=digest, size=img.size)
+    except Exception as exc:  # PIL raises many types for broken files
+        return _Facts(digest=digest, size=None, error=f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}")
+
+
+def _image_facts(samples: Samples, i: int) -> _Facts:
+    try:
+        img = samples.array[i]  # type: ignore[index]
+        return _Facts(digest=hashlib.sha1(img.tobytes()).hexdigest(), size=img.size)
+    except Exception as exc:  # the library and PIL raise many types for a broken image
+        return _Facts(digest="", size=None, error=f"{type(exc).__name__}: {exc}")
+
+
+def _split_facts(samples: Samples) -> list[_Facts]:
+    if samples.shards is not None:  # every member of every shard, read once
+        members = (s for path in samples.shards for s in shard_files.iter_shard(path))
+        return [_bytes_facts(next((m[k] for k in shard_files.IMAGE_KEYS if k in m), b"")) for m in members]
+    if samples.paths is None and not isinstance(samples.array, np.ndarray):  # a Hugging Face dataset's images
+        return [_image_facts(samples, i) for i in range(len(samples))]
+    if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
+        shape = samples.array.shape  # type: ignore[union-attr]
+        return [
+            _Facts(digest=hashlib.sha1(row.tobytes()).hexdigest(), size=(shape[2], shape[1]))
+            for row in samples.array  # type: ignore[union-attr]
+        ]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
+        return list(pool.map(_file_facts, samples.paths))
+
+
+def check_data(cfg: Config) -> dict[str, Any]:
+    """The report ``cnnzoo data check`` prints, as plain data."""
+    spec = load_data(cfg, missing_ok=True)
+    splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
+    facts = {name: _split_facts(s) for name, s in splits.items()}
+    counts = {name: np.bincount([c for c in s.labels if c >= 0], minlength=len(spec.classes)).tolist()
+              for name, s in splits.items()}  # fmt: skip
+    sizes = [f.size for fs in facts.values() for f in fs if f.size is not None]
+    train_counts = [n for n in counts["train"] if n]
+    return {
+        "data": spec.root,
+        "classes": spec.classes,
+        "counts": counts,
+        "missing": spec.missing,
+        "unreadable": [
+            {"file": s.describe(i), "reason": f.error}
+            for name, s in splits.items()
+            for i, f in enumerate(facts[name])
+            if f.error
+        ],  # fmt: skip
+        "duplicates": _duplicates(splits, facts),
+        "sizes": _size_summary(sizes),
+        "imbalance": round(max(train_counts) / min(train_counts), 2) if train_counts else None,
+        "one_split_only": _one_split_only(spec, counts),
+    }
+
+
+def _duplicates(splits: dict[str, Samples], facts: dict[str, list[_Facts]]) -> list[dict[str, Any]]:
+    """Groups of files with the same bytes; ``splits`` says whether a group crosses splits (a leak)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, samples in splits.items():
+        for i, f in enumerate(facts[name]):
+            if f.digest:
+                groups.setdefault(f.digest, []).append((name, samples.describe(i)))
+    return [
+        {"files": [where for _, where in group], "splits": sorted({name for name, _ in group})}
+        for group in groups.values()
+        if len(group) > 1
+    ]
+
+
+def _size_summary(sizes: list[tuple[int, int]]) -> dict[str, Any] | None:
+    if not sizes:
+        return None
+    areas = [w * h for w, h in sizes]
+    order = np.argsort(areas)
+    return {
+        "smallest": list(sizes[order[0]]),
+        "median": list(sizes[order[len(order) // 2]]),
+        "largest": list(sizes[order[-1]]),
+        "distinct": len(set(sizes)),
+    }
+
+
+def _one_split_only(spec: DataSpec, counts: dict[str, list[int]]) -> dict[str, list[str]]:
+    """Classes some split has and another lacks, by the split that has them."""
+    out: dict[str, list[str]] = {}
+    for c, name in enumerate(spec.classes):
+        present = [split for split, n in counts.items() if n[c]]
+        if len(present) < len(counts):
+            out[name] = present
+    return out
+
+
+def problems(report: dict[str, Any]) -> int:
+    """How many files cannot be trained on (missing or unreadable): ``data check`` exits 1 when any."""
+    return len(report["missing"]) + len(report["unreadable"])
+
+
+def format_check(report: dict[str, Any]) -> str:
+    """The report as the terminal shows it: a table of images per class and split, then findings."""
+    splits = list(report["counts"])
+    width = max(len(c) for c in [*report["classes"], "total"])
+    lines = [f"data: {report['data']}, {len(report['classes'])} classes", ""]
+    lines.append(f"  {'':<{width}}" + "".join(f"  {s:>10}" for s in splits))
+    for c, name in enumerate(report["classes"]):
+        lines.append(f"  {name:<{width}}" + "".join(f"  {report['counts'][s][c]:>10}" for s in splits))
+    lines.append(f"  {'total':<{width}}" + "".join(f"  {sum(report['counts'][s]):>10}" for s in splits))
+    lines.append("")
+    sizes = report["sizes"]
+    if sizes:
+        text = lambda wh: f"{wh[0]}x{wh[1]}"  # noqa: E731
+        lines.append(
+            f"image sizes (WxH): smallest {text(sizes['smallest'])}, median {text(sizes['median'])}, "
+            f"largest {text(sizes['largest'])} ({sizes['distinct']} distinct)"
+        )
+    if report["imbalance"] is not None:
+        lines.append(f"class imbalance (train): the largest class has {report['imbalance']:g}x the smallest's images")
+    lines += _findings(report)
+    return "\n".join(lines)
+
+
+def _findings(report: dict[str, Any]) -> list[str]:
+    def named(items: list[str]) -> str:
+        return ", ".join(items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
+
+    missing = report["missing"]
+    out = [f"missing: {len(missing) or 'none'}" + (f" ({named(missing)})" if missing else "")]
+    bad = [f"{u['file']} ({u['reason']})" for u in report["unreadable"]]
+    out.append(f"unreadable: {len(bad) or 'none'}" + (f" ({named(bad)})" if bad else ""))
+    dups = report["duplicates"]
+    across = [d for d in dups if len(d["splits"]) > 1]
+    text = f"duplicates (same bytes): {len(dups) or 'none'}"
+    text += f" group(s), {len(across)} across splits" if dups else ""
+    out.append(text + (f" ({named([' = '.join(d['files'][:3]) for d in (across or dups)])})" if dups else ""))
+    only = report["one_split_only"]
+    out.append(
+        "classes missing from a split: "
+        + (named([f"{c} (only {', '.join(s) or 'none'})" for c, s in only.items()]) if only else "none")
+    )
+    return out

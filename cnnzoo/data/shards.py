@@ -1,0 +1,288 @@
+"""WebDataset shards as training data: streamed, scored (``evaluate --data``) and written from
+any source (``cnnzoo data shards``); the files themselves are :mod:`cnnzoo.data.shard_files`'s.
+
+Streaming (:class:`ShardStream`): images are decoded in the loader workers every epoch and never
+cached, so memory stays flat however many there are. Training augments each image from its full
+resolution when ``data.augment.random_resized_crop`` is on (the ImageNet recipe). Shards are split
+over processes and loader workers (by shard when there are enough, else by sample), and an epoch
+is a defined number of batches, the same on every process: ``N // (world * batch_size)``, each
+worker reading its shards round and round until its share is taken, so DDP never waits on a
+process that ran out of data. A member that does not decode, or a shard that breaks off, is
+skipped and named in a warning.
+
+Floor 5, like the rest of :mod:`cnnzoo.data`; training reaches it through
+:func:`stream_loaders` (:mod:`cnnzoo.training.setup`), in place of :func:`cnnzoo.data.loaders.build_loaders`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..console import console, warn
+from ..errors import DataError
+from ..runtime import distributed
+from . import preprocess, shard_files, sources
+from .loaders import Loaders, choose_workers, mix_seed
+from .shard_files import IMAGE_KEYS, iter_shard, label_of
+from .sources import DataSpec, Samples
+
+SHUFFLE_BUFFER = 256  # samples (their encoded bytes) each worker mixes before decoding
+
+
+def shard_split(root: str, split: str | None, classes: list[str]) -> Samples:
+    """A split of a shard set to score (``evaluate --data``): ``split``, else test, else validation;
+    its classes must be the model's."""
+    found_classes, found = shard_files.find_shards(root)
+    name = split or ("test" if "test" in found else "validation")
+    if name not in found:
+        raise DataError(f"{root}: has no {name} shards")
+    if found_classes != classes:
+        raise DataError(
+            f"{root}: the shards' classes ({', '.join(found_classes[:8])}) are not the model's "
+            f"({', '.join(classes[:8])})"
+        )
+    return sources.shard_samples(found[name])
+
+
+# -------------------------------------------------------------------------------------- streaming
+
+
+@dataclass(kw_only=True)
+class StreamSettings:
+    size: tuple[int, int]
+    channels: int
+    batch_size: int
+    seed: int = 0
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    full_resolution: bool = False  # decode at full size for a random-resized-crop
+    shard: tuple[int, int] = (0, 1)  # (rank, world)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """A split's shards as uint8 batches ``(images [B, C, H, W], labels [B])``, decoded in the
+    workers; ``train`` streams a fixed number of full batches per process and epoch, shuffled,
+    validation every sample once."""
+
+    streaming = True
+
+    def __init__(self, samples: Samples, classes: list[str], settings: StreamSettings, *, train: bool):
+        self.shards, self.counts = list(samples.shards or []), list(samples.shard_counts or [])
+        self.classes, self.settings, self.train, self.epoch = classes, settings, train, 0
+        self.labels = torch.tensor(samples.labels, dtype=torch.int64)
+        self.total = len(samples)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def steps(self) -> int:
+        """Training batches per process and epoch: the same on every process."""
+        world = self.settings.shard[1]
+        return max(1, self.total // (world * self.settings.batch_size))
+
+    def batches(self, workers: int) -> int:
+        """Batches one process reads in an epoch with ``workers`` loader workers."""
+        if self.train:
+            return self.steps()
+        rank, world = self.settings.shard
+        slots = world * max(1, workers)
+        per_slot = [self._slot_size(rank * max(1, workers) + w, slots) for w in range(max(1, workers))]
+        return sum(math.ceil(n / (self.settings.batch_size)) for n in per_slot)
+
+    def _slot_size(self, slot: int, slots: int) -> int:
+        if len(self.shards) >= slots:
+            return sum(self.counts[slot::slots])
+        return len(range(slot, self.total, slots))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = self.settings.shard
+        slot, slots = rank * workers + worker, world * workers
+        if not self.train:
+            yield from self._batches(self._samples(slot, slots, 0), slot, quota=None)
+            return
+        steps = self.steps()
+        quota = steps // workers + (worker < steps % workers)
+        if quota:
+            yield from self._batches(self._shuffled(self._cycle(slot, slots), slot), slot, quota=quota)
+
+    def _samples(self, slot: int, slots: int, round_: int) -> Iterator[dict[str, Any]]:
+        """One pass over this slot's share: whole shards when there are enough, else every slots-th sample."""
+        order = list(self.shards)
+        if self.train:
+            order = [
+                order[i]
+                for i in np.random.default_rng([self.settings.seed, self.epoch, round_]).permutation(len(order))
+            ]
+        if len(order) >= slots:
+            for path in order[slot::slots]:
+                yield from iter_shard(path)
+            return
+        for j, sample in enumerate(s for path in order for s in iter_shard(path)):
+            if j % slots == slot:
+                yield sample
+
+    def _cycle(self, slot: int, slots: int) -> Iterator[dict[str, Any]]:
+        """This slot's share round and round, so that it always has its quota of batches."""
+        round_ = 0
+        while True:
+            produced = False
+            for sample in self._samples(slot, slots, round_):
+                produced = True
+                yield sample
+            if not produced:
+                raise DataError(f"no readable samples in the shards of this process ({', '.join(self.shards[:3])}...)")
+            round_ += 1
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], slot: int) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.settings.seed, self.epoch, slot, 7])
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= SHUFFLE_BUFFER:
+                k = int(rng.integers(len(buffer)))
+                buffer[k], buffer[-1] = buffer[-1], buffer[k]
+                yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _batches(
+        self, samples: Iterator[dict[str, Any]], slot: int, *, quota: int | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s = self.settings
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        made = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
+            for sample in samples:
+                decoded = self._decode(sample)
+                if decoded is None:
+                    continue
+                images.append(decoded[0])
+                labels.append(decoded[1])
+                if len(images) == s.batch_size:
+                    yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+                    images, labels, made = [], [], made + 1
+                    if quota is not None and made >= quota:
+                        return
+                    torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
+        if images and quota is None:
+            yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+    def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
+        """A sample's image (augmented when training) and label; None, with a warning, when it cannot be used."""
+        s = self.settings
+        where = f"{sample.get('__url__')}: {sample.get('__key__')}"
+        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        try:
+            label = label_of(sample)
+            label = self.classes.index(label) if isinstance(label, str) else label
+            if ext is None or label is None or not 0 <= label < len(self.classes):
+                raise ValueError("no image, or no known label (.cls, .txt, .json)")
+            image = _decode_image(sample[ext], s.size, s.channels, full=s.full_resolution and self.train)
+        except Exception as exc:  # a corrupt member must never stop the run
+            warn(f"skipped {where}.{ext or '?'} ({type(exc).__name__}: {exc})")
+            return None
+        if self.train and s.augment is not None:
+            image = s.augment(image)
+        return image, int(label)
+
+
+def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, full: bool) -> torch.Tensor:
+    """uint8 CxHxW: resized to ``size``, or (``full``) at the image's own resolution (a JPEG at no
+    less than twice ``size``, decoded at a reduced scale when much larger) for a random crop."""
+    img = preprocess.open_image(io.BytesIO(data), size, channels)
+    if full:
+        width, height = img.size
+        if img.getexif().get(274, 1) in (5, 6, 7, 8):  # EXIF orientation that swaps the sides
+            width, height = height, width
+        size = (height, width)
+    return torch.from_numpy(preprocess.load_image(img, size, channels)).permute(2, 0, 1)
+
+
+class StreamLoader:
+    """What the training loop asks of a loader, over a :class:`ShardStream`: ``len``, ``iter`` and
+    ``batch_sampler.set_epoch``. Workers start again each epoch, so they see its number."""
+
+    def __init__(self, stream: ShardStream, *, workers: int, pin_memory: bool):
+        self.dataset, self.batch_sampler, self.workers, self.pin_memory = stream, stream, workers, pin_memory
+
+    def __len__(self) -> int:
+        return self.dataset.batches(self.workers)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers > 0 else None,
+            multiprocessing_context="fork" if self.workers > 0 and sys.platform.startswith("linux") else None,
+        )
+        return iter(loader)
+
+
+def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
+    """Both splits streamed from their shards (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
+    if cfg.data.cache in ("ram", "disk"):
+        warn(f"data.cache: {cfg.data.cache} does not apply to WebDataset shards: they are streamed")
+    workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
+    batch = cfg.train.batch_size
+    settings = StreamSettings(
+        size=spec.image_size,
+        channels=spec.channels,
+        batch_size=batch,
+        seed=cfg.seed,
+        augment=augment,
+        full_resolution=bool(cfg.data.augment.random_resized_crop),
+        shard=distributed.shard(),
+    )
+    train_set = ShardStream(spec.train, spec.classes, settings, train=True)
+    val_settings = StreamSettings(**{**settings.__dict__, "batch_size": batch * 2, "augment": None})
+    val_set = ShardStream(spec.val, spec.classes, val_settings, train=False)
+    world = settings.shard[1]
+    console.log(
+        f"data: {len(train_set)} training and {len(val_set)} validation images in "
+        f"{len(train_set.shards)} + {len(val_set.shards)} WebDataset shards, {len(spec.classes)} classes, "
+        f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}; streamed (data.cache: {cfg.data.cache} -> none): "
+        f"decoded in {workers} loader workers each epoch, {train_set.steps()} steps of {batch} per epoch"
+        + (f" on each of {world} processes" if world > 1 else "")
+    )
+    return Loaders(
+        train_set=train_set,
+        val_set=val_set,
+        train=StreamLoader(train_set, workers=workers, pin_memory=cuda),
+        val=StreamLoader(val_set, workers=workers, pin_memory=cuda),
+    )
+
+
+def eval_loader(samples: Samples, classes: list[str], *, size: tuple[int, int], channels: int, batch_size: int) -> Any:
+    """Every sample of a split's shards once, for ``evaluate``."""
+    settings = StreamSettings(size=size, channels=channels, batch_size=batch_size)
+    return StreamLoader(ShardStream(samples, classes, settings, train=False), workers=0, pin_memory=False)
+
+
+def write_source(cfg: Config, out: Path, *, shard_size: int = 1000) -> dict[str, Any]:
+    """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards."""
+    spec = sources.load_data(cfg)
+    splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
+    if any(s.shards is not None for s in splits.values()):
+        raise DataError(f"{cfg.data.root}: already WebDataset shards")
+    return shard_files.write_shards(splits, spec.classes, out, shard_size=shard_size, seed=cfg.seed)
