@@ -49,6 +49,11 @@ class AugmentConfig:
         None, low=0, high=1, open_low=True, length=2,
         words="[min_area, max_area] within (0, 1], e.g. [0.6, 1.0], or null (off)")
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+    where: Literal["auto", "batch", "image"] = "auto"
+    """Where the augmentations above run: ``batch`` on the whole batch on the training device (one
+    ``grid_sample`` for the geometry; needs ``data.cache``), ``image`` per image in the loader
+    (torchvision transforms v2, the draws of runs before this option), ``auto`` batch when the
+    images are cached, else image. Same keys, same distributions either way."""
 
     @property
     def flip_probabilities(self) -> tuple[float, float]:
@@ -61,7 +66,7 @@ class AugmentConfig:
         on = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("hflip", "vflip") and (any(value) if f.name == "translate" and
+            if f.name not in ("hflip", "vflip", "where") and (any(value) if f.name == "translate" and
                                                      isinstance(value, list) else value):
                 on.append(f.name)
         return on

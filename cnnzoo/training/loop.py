@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..console import console
+from ..data.batch_augment import BatchAugment
 from ..evaluation import metrics
 from ..evaluation.metrics import predict_loader
 from ..runtime import distributed
@@ -52,8 +53,26 @@ class Stepper:
             self.schedule.step_batch()
 
 
+def training_inputs(
+    batch: tuple[torch.Tensor, ...], feed: Feed, augment: BatchAugment | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch on the device, ready for the network; a batch that carries its seed
+    (images, labels, seed) is augmented there first."""
+    images, labels, *seed = batch
+    if seed and augment is not None:
+        images = augment(images.to(feed.device, non_blocking=True), int(seed[0]))
+    return feed.inputs(images), labels.to(feed.device, non_blocking=True)
+
+
 def train_one_epoch(
-    net: nn.Module, loader, *, criterion: nn.Module, stepper: Stepper, feed: Feed, desc: str
+    net: nn.Module,
+    loader,
+    *,
+    criterion: nn.Module,
+    stepper: Stepper,
+    feed: Feed,
+    desc: str,
+    augment: BatchAugment | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
@@ -70,14 +89,13 @@ def train_one_epoch(
     while True:
         t_wait = time.perf_counter()
         try:
-            images, labels = next(iterator)
+            batch = next(iterator)
         except StopIteration:
             break
         wait += time.perf_counter() - t_wait
-        if len(labels) == 0:
+        if len(batch[1]) == 0:
             continue
-        x = feed.inputs(images)
-        y = labels.to(device, non_blocking=True)
+        x, y = training_inputs(batch, feed, augment)
         with feed.autocast():
             logits = net(x)
             loss = criterion(logits, y)

@@ -303,6 +303,7 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         stepper=job.stepper,
         feed=job.feed,
         desc=f"epoch {epoch}/{t.epochs}",
+        augment=stages.loaders.batch_augment,
     )
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
     val, confusion = validate(
