@@ -195,6 +195,7 @@ def test_batch_needs_the_cache():
         load_config({"data": {"cache": "none", "augment": {"where": "batch"}}})
 
 
+@pytest.mark.slow
 def test_training_with_batch_augmentation_repeats_and_differs_from_per_image(image_root, tmp_path):
     """The same seed gives the same run (batches drawn from (seed, epoch, batch)); ``where: image``
     keeps the per-image draws, which differ."""

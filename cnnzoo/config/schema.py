@@ -91,6 +91,20 @@ class DataConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (``train.ema``), off by default."""
+
+    decay: Optional[float] = bounded(None, low=0, high=1, open_low=True, open_high=True,
+                                     words="a number in (0, 1), e.g. 0.9998, or null (off)")
+    """Weight of the average so far at each optimizer step; null turns the average off."""
+    warmup: bool = True
+    """Use min(decay, (1 + n) / (10 + n)) at step n, so early steps are not averaged with the random start."""
+
+    def __bool__(self) -> bool:
+        return self.decay is not None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = bounded(10, low=1)
     batch_size: int = bounded(32, low=1)
@@ -131,6 +145,22 @@ class TrainConfig:
     sync_bn: bool = False
     ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
                                  words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
+    mixup: float = bounded(0.0, low=0, high=100)
+    """MixUp's alpha: a batch blended with itself reversed, in a ratio from Beta(alpha, alpha)
+    (0 = off; 0.2 is typical)."""
+    cutmix: float = bounded(0.0, low=0, high=100)
+    """CutMix's alpha: a box of the reversed batch pasted in, its area from Beta(alpha, alpha)
+    (0 = off; 1.0 is typical)."""
+    mix_prob: float = bounded(1.0, **FRACTION)
+    """The chance that a batch is mixed at all (MixUp or CutMix)."""
+    mix_switch_prob: float = bounded(0.5, **FRACTION)
+    """With both MixUp and CutMix on, the chance that a mixed batch uses CutMix."""
+    mix_off_epochs: int = bounded(0, low=0)
+    """The last this-many epochs train on plain (unmixed) batches."""
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    """An average of the weights, which validation, best.pt and the exports use (train.ema.decay turns it on)."""
+    accumulate: int = bounded(1, low=1, high=1024)
+    """Gradient accumulation: one optimizer step every this-many batches (the schedule counts optimizer steps)."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
