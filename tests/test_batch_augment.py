@@ -9,7 +9,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from cnnzoo.config import AugmentConfig, load_config
-from cnnzoo.data.batch_augment import BatchAugment, Geometry, Jitter, draw_geometry
+from cnnzoo.data.augment import build_augment
+from cnnzoo.data.batch_augment import BatchAugment, Geometry, Jitter, apply_erasing, draw_erasing, draw_geometry
 from cnnzoo.data.cache import decode_all
 from cnnzoo.data.loaders import ImageDataset
 from cnnzoo.data.sources import load_data
@@ -208,3 +209,52 @@ def test_training_with_batch_augmentation_repeats_and_differs_from_per_image(ima
     first, again, per_image_rows = run("auto", "a"), run("batch", "b"), run("image", "c")
     assert first == again
     assert first != per_image_rows
+
+
+# ============================================================================ policies and erasing
+
+POLICIES = {
+    "randaugment": {"randaugment": {"num_ops": 2, "magnitude": 9}},
+    "trivialaugment": {"trivialaugment": True},
+    "augmix": {"augmix": True},
+    "random_erasing": {"random_erasing": 1.0},
+    "all": {"hflip": True, "rotation": 10, "trivialaugment": True, "random_erasing": 0.5},
+}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_policies_run_in_both_paths_and_repeat_from_the_seed(name, channels):
+    aug = augment_config(POLICIES[name])
+    images = torch.stack([smooth_image()[:channels]] * 4)
+    per_image = build_augment(aug, (H, W))
+    torch.manual_seed(0)
+    out = torch.stack([per_image(img) for img in images])
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    on_batch = BatchAugment.build(aug, (H, W))
+    first = on_batch(images, 3)
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    assert torch.equal(first, on_batch(images, 3)) and not torch.equal(first, images)
+
+
+def test_batch_erasing_has_torchvisions_distribution():
+    n, size = 4000, (H, W)
+    boxes = draw_erasing(0.7, size, n, torch.Generator().manual_seed(0))
+    erased = boxes[:, 2] > 0
+    torch.manual_seed(0)
+    erasing = v2.RandomErasing(p=1.0)
+    image = torch.zeros(3, H, W, dtype=torch.uint8)
+    theirs = torch.tensor([(lambda p: p["h"] * p["w"])(erasing.make_params([image])) for _ in range(n)]) / (H * W)
+    ours = (boxes[erased, 2] * boxes[erased, 3]) / (H * W)
+    assert abs(erased.double().mean().item() - 0.7) < 0.03
+    assert (quantiles(ours) - quantiles(theirs[theirs > 0])).abs().max() < 0.02
+    x = apply_erasing(torch.full((n, 1, H, W), 255, dtype=torch.uint8), boxes)
+    assert torch.equal((x == 0).sum(dim=(1, 2, 3)), (boxes[:, 2] * boxes[:, 3]).long())
+
+
+def test_the_feature_cache_names_the_policy_that_needs_pixels():
+    from cnnzoo.training.transfer import _flip_plan
+
+    for key in ("trivialaugment", "random_erasing", "randaugment", "augmix"):
+        reason, _, _ = _flip_plan(augment_config({"hflip": True, **POLICIES.get(key, {key: True})}))
+        assert reason.startswith(f"data.augment.{key} changes the pixels every epoch"), reason

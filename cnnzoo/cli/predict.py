@@ -30,6 +30,9 @@ def predict(
     batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    tta: bool = typer.Option(
+        False, "--tta", help="Test-time augmentation: average 5 views (mirror, 3 crops); torch models only."
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
@@ -46,6 +49,10 @@ def predict(
     if checkpoint is None:
         typer.echo(f"cnnzoo: using {path}", err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
+    if tta and not hasattr(model, "tta"):
+        raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
+    if tta:
+        model.tta = True
     paths, failures = expand_inputs(images)
     errors: list = list(failures)
     records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
@@ -87,6 +94,9 @@ def evaluate(
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    tta: bool = typer.Option(
+        False, "--tta", help="Test-time augmentation: average the probabilities of 5 views (mirror, 3 crops)."
+    ),
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix."""
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
@@ -105,6 +115,7 @@ def evaluate(
         device=device,
         runs_root=runs,
         progress=not as_json,
+        tta=tta,
     )
     if as_json:
         typer.echo(json.dumps(report))

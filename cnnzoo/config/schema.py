@@ -33,6 +33,20 @@ class ColorJitterConfig:
 
 
 @dataclass
+class RandAugmentConfig:
+    """RandAugment (torchvision transforms v2): ``num_ops`` operations drawn per image, all at one
+    magnitude; off by default."""
+
+    num_ops: int = bounded(0, low=0, high=14)
+    """Operations applied to each image; 0 turns RandAugment off (2 is the paper's choice)."""
+    magnitude: int = bounded(9, low=0, high=30)
+    """How strong every operation is, 0 to 30 (torchvision's 31 steps; 9 is the paper's choice)."""
+
+    def __bool__(self) -> bool:
+        return self.num_ops > 0
+
+
+@dataclass
 class AugmentConfig:
     """Training-time augmentation, all off by default (ML Zoomcamp lesson 8.9's set)."""
 
@@ -54,6 +68,14 @@ class AugmentConfig:
     ``grid_sample`` for the geometry; needs ``data.cache``), ``image`` per image in the loader
     (torchvision transforms v2, the draws of runs before this option), ``auto`` batch when the
     images are cached, else image. Same keys, same distributions either way."""
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    """RandAugment's ``{num_ops, magnitude}``, after the augmentations above (num_ops 0 = off)."""
+    trivialaugment: bool = False
+    """TrivialAugment (TrivialAugmentWide): one operation at a random strength per image."""
+    augmix: bool = False
+    """AugMix (torchvision's defaults: severity 3, three chains mixed): a blend of augmented copies."""
+    random_erasing: float = bounded(0.0, **FRACTION)
+    """The chance that a rectangle (2-33% of the image) is blacked out, last of all; 0 = off."""
 
     @property
     def flip_probabilities(self) -> tuple[float, float]:

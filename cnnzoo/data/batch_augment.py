@@ -5,8 +5,10 @@ The same keys with the same meaning as the per-image pipeline of :mod:`cnnzoo.da
 image from a generator seeded by the batch's seed (:class:`cnnzoo.data.loaders.EpochBatches`), so
 the same seed and epoch give the same batches on any device. The geometry of every image (crop,
 flips, rotation, translation, shear, zoom) is folded into one 2x3 matrix: one ``affine_grid`` +
-``grid_sample`` for the batch (flips alone are done by indexing); colour jitter is tensor
-arithmetic on the batch. Only cached data (uint8 ``[B, C, H, W]`` of one size) comes here: files
+``grid_sample`` for the batch (flips alone are done by indexing); colour jitter and random
+erasing are tensor arithmetic on the batch; RandAugment, TrivialAugment and AugMix, which have no
+batch version, run torchvision's per image, on the device, seeded from the batch's generator.
+Only cached data (uint8 ``[B, C, H, W]`` of one size) comes here: files
 decoded per epoch keep the per-image path.
 
 Floor 5 (data): imports torch, torchvision and :mod:`cnnzoo.config`.
@@ -22,9 +24,11 @@ import torch.nn.functional as F
 
 from ..config import AugmentConfig
 from ..runtime.versions import check as check_torch_pair
+from .augment import policy_steps
 
 check_torch_pair()  # a mismatched torch/torchvision pair gets one line before torchvision is imported
-from torchvision.transforms.v2 import functional as TF  # noqa: E402  (after the pair check)
+from torchvision.transforms import v2  # noqa: E402  (after the pair check)
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 # torchvision's own RGB<->HSV on batched float tensors (what its adjust_hue uses); its public
 # adjust_hue takes one factor for the whole batch, and each image here has its own
@@ -147,6 +151,38 @@ def sampling_matrices(geo: Geometry, size: tuple[int, int], *, crop: bool = True
     return (to_normalised @ placed @ flip @ inverse @ to_pixels)[:, :2]
 
 
+ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)  # RandomErasing's defaults
+
+
+def draw_erasing(p: float, size: tuple[int, int], n: int, g: torch.Generator) -> torch.Tensor:
+    """RandomErasing's draw for ``n`` images: with chance ``p``, a box of 2-33% of the area and a
+    log-uniform aspect ratio in [0.3, 3.3] that fits (ten tries, else none). ``[n, 4]`` top, left,
+    height, width in pixels; height 0 where nothing is erased."""
+    height, width = size
+    erase = _uniform(g, n, 0, 1) < p
+    area = _uniform(g, n * CROP_ATTEMPTS, *ERASE_SCALE).view(n, CROP_ATTEMPTS) * (height * width)
+    log_ratio = _uniform(g, n * CROP_ATTEMPTS, *map(math.log, ERASE_RATIO)).view(n, CROP_ATTEMPTS)
+    h = torch.sqrt(area * log_ratio.exp()).round()
+    w = torch.sqrt(area / log_ratio.exp()).round()
+    fits = (h < height) & (w < width)
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)
+    keep = erase & fits.any(dim=1)
+    h = torch.where(keep, h.gather(1, first).squeeze(1), torch.zeros(()))
+    w = torch.where(keep, w.gather(1, first).squeeze(1), torch.zeros(()))
+    top = (_uniform(g, n, 0, 1) * (height - h + 1)).floor()
+    left = (_uniform(g, n, 0, 1) * (width - w + 1)).floor()
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def apply_erasing(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Black out each image's box (``[B, 4]`` from :func:`draw_erasing`) on the images' device."""
+    top, left, h, w = (boxes[:, k].to(x.device).view(-1, 1, 1) for k in range(4))
+    rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
+    cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    return x.masked_fill(inside.unsqueeze(1), 0)
+
+
 @dataclass(kw_only=True)
 class Jitter:
     """Each image's colour factors (``[B]``) and the batch's order of the four adjustments."""
@@ -212,21 +248,35 @@ class BatchAugment:
         self.masks_crop = bool(aug.random_resized_crop) and moves
         self.flips = any(aug.flip_probabilities)
         self.jitters = bool(aug.color_jitter)
+        # RandAugment, TrivialAugment, AugMix: no batch version exists, torchvision's run per image
+        steps = policy_steps(aug)
+        self.policy = v2.Compose(steps) if steps else None
 
     @classmethod
     def build(cls, aug: AugmentConfig, size: tuple[int, int]) -> BatchAugment | None:
         """None when nothing is on."""
         made = cls(aug, size)
-        return made if made.warps or made.flips or made.jitters else None
+        on = made.warps or made.flips or made.jitters or made.policy is not None or aug.random_erasing
+        return made if on else None
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed))
-        geo = draw_geometry(self.aug, self.size, len(images), g)
-        jitter = draw_jitter(self.aug, len(images), g) if self.jitters else None
-        return self.apply(images, geo, jitter)
+        n = len(images)
+        geo = draw_geometry(self.aug, self.size, n, g)
+        jitter = draw_jitter(self.aug, n, g) if self.jitters else None
+        images = self.apply(images, geo, jitter)
+        if self.policy is not None:
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+                torch.manual_seed(int(torch.randint(2**62, (), generator=g)))
+                images = torch.stack([self.policy(image) for image in images])
+        if self.aug.random_erasing:
+            images = apply_erasing(images, draw_erasing(self.aug.random_erasing, self.size, n, g))
+        return images
 
     def apply(self, images: torch.Tensor, geo: Geometry, jitter: Jitter | None) -> torch.Tensor:
         """uint8 ``[B, C, H, W]`` -> uint8, with the given parameters (on the images' device)."""
+        if not self.warps and not self.flips and jitter is None:
+            return images
         if not self.warps and jitter is None:  # flips alone: indexing, no resampling
             return self._flip(images, geo)
         x = images.float()

@@ -22,6 +22,7 @@ from ..data import loaders, sources
 from ..errors import DataError, UserError
 from ..files import write_text
 from ..inference.torch_models import Model
+from ..inference.tta import AveragedViews
 from ..plots import plot_confusion
 from ..runtime.device import Feed
 from . import metrics
@@ -110,8 +111,10 @@ def evaluate(
     device: str | None = None,
     runs_root: str | Path = "runs",
     progress: bool = True,
+    tta: bool = False,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot."""
+    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json and a plot.
+    ``tta`` averages the probabilities of five views of each image (:mod:`cnnzoo.inference.tta`)."""
     path = runs.resolve_checkpoint(checkpoint, runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
@@ -120,6 +123,7 @@ def evaluate(
         raise UserError(f"--split {split}: use test or validation")
     samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
+    model.tta = tta
     logits, labels = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
@@ -128,6 +132,7 @@ def evaluate(
         "epoch": ckpt.get("epoch"),
         "data": where,
         "split": samples.name,
+        "tta": tta,
         **_scores(logits, labels, model.classes, top_k),
     }
     report["outputs"] = _write_report(report, Path(out) if out else path.parent)
@@ -162,7 +167,8 @@ def _logits(
     workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
-    return predict_loader(model.module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
+    module = AveragedViews(model.module) if model.tta else model.module
+    return predict_loader(module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:
