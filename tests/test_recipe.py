@@ -220,3 +220,25 @@ def test_feature_cache_says_mixing_needs_pixels():
     assert reason.startswith("train.cutmix changes the pixels every epoch") and versions == []
     assert Mixer.keys_on(train_config(cutmix=1.0, mix_prob=0.0)) == []
     assert _flip_plan(load_config({}).data.augment, [])[0] is None
+
+
+# ============================================================================ compile
+
+
+def test_compile_is_chosen_only_when_the_run_gains_with_the_compile_counted():
+    from cnnzoo.runtime.device import choose_compile
+
+    rates = {"eager": 100.0, "compiled": 200.0, "compile_seconds": 20.0}
+    assert not choose_compile(rates, images=1000)  # 10 s eager vs 25 s compiled
+    assert choose_compile(rates, images=100_000)  # 1000 s vs 520 s
+    assert not choose_compile({**rates, "compiled": 96.0}, images=10**9)  # the 0.96x on this CPU
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_plain_checkpoints_and_auto_measures(image_root, tmp_path, capsys):
+    run = train(tiny_config(image_root, compile=True, epochs=1), out=tmp_path / "on")
+    state = torch.load(run / "best.pt", weights_only=True)["model_state"]
+    assert not any("_orig_mod" in key for key in state)
+    assert cnnzoo.load(run / "best.pt").predict(sorted(image_root.rglob("*.png"))[:1])
+    train(tiny_config(image_root, compile="auto", epochs=1), out=tmp_path / "auto")
+    assert "(train.compile auto; a forward+backward probe ran" in capsys.readouterr().out

@@ -183,6 +183,9 @@ class TrainConfig:
     """An average of the weights, which validation, best.pt and the exports use (train.ema.decay turns it on)."""
     accumulate: int = bounded(1, low=1, high=1024)
     """Gradient accumulation: one optimizer step every this-many batches (the schedule counts optimizer steps)."""
+    compile: Union[Literal["auto"], bool] = False
+    """``torch.compile`` the model for training: true, false, or auto (a short probe, the compile time
+    counted, decides; on a CPU it mostly says no). Checkpoints keep the plain module's weights."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:
