@@ -91,10 +91,10 @@ def test_soft_targets_give_the_loss_of_hard_labels(smoothing, kind, outputs):
     logits = torch.randn(6, outputs, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(6) % classes
     hard = criterion(logits, labels)
-    soft = criterion(logits, soft_targets(labels, classes, smoothing))
+    soft = criterion.soft(logits, soft_targets(labels, classes, smoothing))
     if kind == "cross_entropy":  # torch weighs soft targets per class, hard ones per sample: unweighted here
         criterion = Criterion(kind, None, smoothing)
-        hard, soft = criterion(logits, labels), criterion(logits, soft_targets(labels, classes, smoothing))
+        hard, soft = criterion(logits, labels), criterion.soft(logits, soft_targets(labels, classes, smoothing))
     assert soft.item() == pytest.approx(hard.item(), rel=1e-5)
 
 

@@ -119,16 +119,15 @@ class EpochParts:
 def _train_step(net: nn.Module, batch: tuple, parts: EpochParts, *, final: bool) -> tuple[torch.Tensor, ...]:
     """One batch forward and backward (an optimizer step when due): (loss, logits, labels)."""
     x, y = training_inputs(batch, parts.feed, parts.augment)
-    targets = y
     mixed = parts.mixer.mix(x, y) if parts.mixer is not None else None
     if mixed is not None:
-        x, targets = mixed
+        x, soft_targets = mixed
     # in DDP, gradients are averaged across processes only on the batch that steps
     between_steps = not parts.stepper.steps_now(final) and hasattr(net, "no_sync")
     with net.no_sync() if between_steps else nullcontext():
         with parts.feed.autocast():
             logits = net(x)
-            loss = parts.criterion(logits, targets)
+            loss = parts.criterion(logits, y) if mixed is None else parts.criterion.soft(logits, soft_targets)
         parts.stepper.step(loss, final=final)
     return loss.detach(), logits.detach(), y
 
