@@ -43,7 +43,7 @@ def test_logits_carry_the_averaged_probabilities(outputs):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def trained(tmp_path_factory):
     from support.images import make_image_tree
 
     folder = tmp_path_factory.mktemp("tta")
@@ -55,8 +55,8 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_and_predict_with_tta(tiny_run):
-    folder, run = tiny_run
+def test_evaluate_and_predict_with_tta(trained):
+    folder, run = trained
     plain = cnnzoo.evaluate(run / "best.pt", split="validation", progress=False, out=folder / "plain")
     tta = cnnzoo.evaluate(run / "best.pt", split="validation", progress=False, out=folder / "tta", tta=True)
     assert tta["tta"] is True and plain["tta"] is False
@@ -76,8 +76,8 @@ def test_evaluate_and_predict_with_tta(tiny_run):
 
 
 @pytest.mark.slow
-def test_tta_on_an_onnx_model_is_one_line(tiny_run):
-    folder, run = tiny_run
+def test_tta_on_an_onnx_model_is_one_line(trained):
+    folder, run = trained
     onnx_path = folder / "model.onnx"
     cnnzoo.export(run / "best.pt", "onnx", out=onnx_path)
     image = sorted((folder / "images").rglob("*.png"))[0]
