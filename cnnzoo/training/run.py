@@ -338,6 +338,8 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         mixer=job.mixer,
     )
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
+    if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
+        distributed.broadcast_buffers(job.average.averaged)
     with job.average.swapped_in(job.model) if job.average is not None else nullcontext():
         val, confusion = validate(
             stages.net, stages.val_loader, feed=job.feed.without_autocast(), num_classes=job.num_classes
