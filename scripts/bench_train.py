@@ -14,6 +14,8 @@ One invocation measures, each phase in its own child process (so peak memory is 
   limit      the same model and optimizer stepping on random tensors already in memory
 
 and prints images/s, the ratios cnnzoo/limit and cnnzoo/reference, and peak RSS.
+With ``--baseline-set k=v`` (repeatable) the cnnzoo phase runs a second time with those overrides
+on top (e.g. ``data.augment.where=image``, the per-image path) and both are compared.
 Validation time is excluded everywhere: all figures are training steps only.
 
 Every phase runs on the config's device (``--set train.device=cuda``) in the same
@@ -217,6 +219,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--phase", choices=list(PHASES) + list(INTERNAL), help=argparse.SUPPRESS)
     parser.add_argument("--only", nargs="*", choices=list(PHASES), help="run only these phases")
+    parser.add_argument(
+        "--baseline-set", action="append", default=[], help="override for a second cnnzoo run to compare, repeatable"
+    )
     args = parser.parse_args()
 
     if args.phase:  # child process: one phase, one JSON line
@@ -232,9 +237,9 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
 
-    def child(phase: str) -> dict:
+    def child(phase: str, extra: tuple[str, ...] = ()) -> dict:
         cmd = [sys.executable, __file__, "--config", args.config, "--epochs", str(args.epochs), "--phase", phase]
-        for s in args.set:
+        for s in [*args.set, *extra]:
             cmd += ["--set", s]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -248,9 +253,12 @@ def main() -> None:
         + (f" (auto: probe {precision['rates']})" if "rates" in precision else "")
     )
     results = {}
-    for phase in args.only or list(PHASES):
+    phases = [(phase, ()) for phase in args.only or list(PHASES)]
+    if args.baseline_set:
+        phases.append(("baseline", tuple(args.baseline_set)))
+    for phase, extra in phases:
         start = time.perf_counter()
-        results[phase] = child(phase)
+        results[phase] = child("cnnzoo" if extra else phase, extra)
         r = results[phase]
         print(
             f"  {phase:<10} {r['images_per_s']:8.1f} img/s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
@@ -269,9 +277,14 @@ def main() -> None:
             f"cnnzoo: first epoch {z['first_epoch_images_per_s']:.1f} img/s, steady data wait "
             f"{100 * z['data_wait']:.1f}% of step time"
         )
-        for other in ("limit", "reference"):
+        for other in ("limit", "reference", "baseline"):
             if other in results:
                 print(f"ratio cnnzoo/{other}: {z['images_per_s'] / results[other]['images_per_s']:.3f}")
+    if "baseline" in results:
+        b = results["baseline"]
+        print(f"baseline ({' '.join(args.baseline_set)}): steady data wait {100 * b['data_wait']:.1f}% of step time")
+        if "limit" in results:
+            print(f"ratio baseline/limit: {b['images_per_s'] / results['limit']['images_per_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,22 @@ def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path
     out = run_script([ROOT / "scripts" / "bench_data.py", *args], tmp_path)
     assert "folder (ImageFolder):" in out and "shards (streamed):" in out and "ratio" in out
     assert "peak RSS streaming 24 images:" in out and "240 images:" in out
+
+
+def test_bench_train_compares_a_baseline_in_the_same_invocation(image_root, tmp_path):
+    cfg = tiny_config(image_root)
+    cfg["data"]["augment"] = {"hflip": True, "rotation": 10}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = ["--config", path, "--epochs", "2", "--only", "cnnzoo", "--baseline-set", "data.augment.where=image"]
+    out = run_script([ROOT / "scripts" / "bench_train.py", *args], tmp_path)
+    assert "  baseline" in out and "ratio cnnzoo/baseline:" in out
+    assert "baseline (data.augment.where=image): steady data wait" in out
+
+
+def test_ablation_recipe_runs_its_rows_on_tiny_data(image_root, tmp_path):
+    args = ["--config", ROOT / "configs" / "resnet_clothing.yaml", "--minutes", "0.02", "--rows", "ema", "tta"]
+    args += ["--set", f"data.root={image_root}", "--set", "data.image_size=16", "--set", "train.batch_size=8"]
+    out = run_script([ROOT / "scripts" / "ablation_recipe.py", *args], tmp_path)
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    assert "ema" in lines and "tta" in lines and "needs" not in out

@@ -36,6 +36,9 @@ def predict(
         help="A manifest (.csv, .tsv, .jsonl, .parquet): predict each row's image, in its order "
         "(with --csv: one row per manifest row, a Kaggle submission).",
     ),
+    tta: bool = typer.Option(
+        False, "--tta", help="Test-time augmentation: average 5 views (mirror, 3 crops); torch models only."
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
@@ -55,6 +58,10 @@ def predict(
     if checkpoint is None:
         typer.echo(f"cnnzoo: using {path}", err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
+    if tta and not hasattr(model, "tta"):
+        raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
+    if tta:
+        model.tta = True
     rows = None
     if data is not None:
         from ..data.manifest import read_manifest  # lazy: torch-free, but only a manifest needs it
@@ -113,6 +120,9 @@ def evaluate(
         help="Write report.html beside eval.json: confusion matrix, most confused pairs, top losses, "
         "calibration, precision-recall curves (one file, opens offline).",
     ),
+    tta: bool = typer.Option(
+        False, "--tta", help="Test-time augmentation: average the probabilities of 5 views (mirror, 3 crops)."
+    ),
 ) -> None:
     """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix.
 
@@ -135,6 +145,7 @@ def evaluate(
         runs_root=runs,
         progress=not as_json,
         html_report=html_report,
+        tta=tta,
     )
     if as_json:
         typer.echo(json.dumps(report))

@@ -27,7 +27,7 @@ from .loading import (
     rebase_paths,
     yaml_problem,
 )
-from .schema import AugmentConfig, ColorJitterConfig, Config, DataConfig, ModelConfig, TrainConfig
+from .schema import AugmentConfig, ColorJitterConfig, Config, DataConfig, ModelConfig, RandAugmentConfig, TrainConfig
 
 __all__ = [
     "MAX_IMAGE_SIDE",
@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "RandAugmentConfig",
     "TrainConfig",
     "apply_override",
     "backbone_entry",

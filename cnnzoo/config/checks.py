@@ -112,6 +112,11 @@ def check_values(cfg: Config, where: str) -> None:
             "data.augment.random_resized_crop",
             f"got {crop}, expected [min_area, max_area] with min_area <= max_area, e.g. [0.6, 1.0]",
         )
+    if d.augment.where == "batch" and d.cache == "none":
+        raise bad(
+            "data.augment.where",
+            "batch augments cached images; with data.cache: none use image (or auto), or turn the cache on",
+        )
     if isinstance(t.backbone_lr, str):
         scale = t.backbone_lr[:-1] if t.backbone_lr.endswith("x") else ""
         try:

@@ -43,6 +43,20 @@ class ColorJitterConfig:
 
 
 @dataclass
+class RandAugmentConfig:
+    """RandAugment (torchvision transforms v2): ``num_ops`` operations drawn per image, all at one
+    magnitude; off by default."""
+
+    num_ops: int = bounded(0, low=0, high=14)
+    """Operations applied to each image; 0 turns RandAugment off (2 is the paper's choice)."""
+    magnitude: int = bounded(9, low=0, high=30)
+    """How strong every operation is, 0 to 30 (torchvision's 31 steps; 9 is the paper's choice)."""
+
+    def __bool__(self) -> bool:
+        return self.num_ops > 0
+
+
+@dataclass
 class AugmentConfig:
     """Training-time augmentation, all off by default (ML Zoomcamp lesson 8.9's set)."""
 
@@ -66,6 +80,19 @@ class AugmentConfig:
     and resize it back, as Inception and ResNet were trained; null is off."""
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
     """Random brightness, contrast, saturation and hue (the keys below)."""
+    where: Literal["auto", "batch", "image"] = "auto"
+    """Where the augmentations above run: ``batch`` on the whole batch on the training device (one
+    ``grid_sample`` for the geometry; needs ``data.cache``), ``image`` per image in the loader
+    (torchvision transforms v2, the draws of runs before this option), ``auto`` batch when the
+    images are cached, else image. Same keys, same distributions either way."""
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    """RandAugment's ``{num_ops, magnitude}``, after the augmentations above (num_ops 0 = off)."""
+    trivialaugment: bool = False
+    """TrivialAugment (TrivialAugmentWide): one operation at a random strength per image."""
+    augmix: bool = False
+    """AugMix (torchvision's defaults: severity 3, three chains mixed): a blend of augmented copies."""
+    random_erasing: float = bounded(0.0, **FRACTION)
+    """The chance that a rectangle (2-33% of the image) is blacked out, last of all; 0 = off."""
 
     @property
     def flip_probabilities(self) -> tuple[float, float]:
@@ -78,7 +105,7 @@ class AugmentConfig:
         on = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("hflip", "vflip") and (any(value) if f.name == "translate" and
+            if f.name not in ("hflip", "vflip", "where") and (any(value) if f.name == "translate" and
                                                      isinstance(value, list) else value):
                 on.append(f.name)
         return on
@@ -132,6 +159,20 @@ class DataConfig:
     """A manifest's label column (default: detected: label, class, tags...), or a list of 0/1 columns, one per class."""
     images_dir: Optional[str] = None
     """Where a manifest's image paths are read from (default: beside the manifest, then an images/ folder beside it)."""
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (``train.ema``), off by default."""
+
+    decay: Optional[float] = bounded(None, low=0, high=1, open_low=True, open_high=True,
+                                     words="a number in (0, 1), e.g. 0.9998, or null (off)")
+    """Weight of the average so far at each optimizer step; null turns the average off."""
+    warmup: bool = True
+    """Use min(decay, (1 + n) / (10 + n)) at step n, so early steps are not averaged with the random start."""
+
+    def __bool__(self) -> bool:
+        return self.decay is not None
 
 
 @dataclass
@@ -212,6 +253,25 @@ class TrainConfig:
     mlflow_register: Optional[str] = None
     """With `mlflow` in `loggers`: register the run's best.pt as a new version of this MLflow
     model name; null: not registered."""
+    mixup: float = bounded(0.0, low=0, high=100)
+    """MixUp's alpha: a batch blended with itself reversed, in a ratio from Beta(alpha, alpha)
+    (0 = off; 0.2 is typical)."""
+    cutmix: float = bounded(0.0, low=0, high=100)
+    """CutMix's alpha: a box of the reversed batch pasted in, its area from Beta(alpha, alpha)
+    (0 = off; 1.0 is typical)."""
+    mix_prob: float = bounded(1.0, **FRACTION)
+    """The chance that a batch is mixed at all (MixUp or CutMix)."""
+    mix_switch_prob: float = bounded(0.5, **FRACTION)
+    """With both MixUp and CutMix on, the chance that a mixed batch uses CutMix."""
+    mix_off_epochs: int = bounded(0, low=0)
+    """The last this-many epochs train on plain (unmixed) batches."""
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    """An average of the weights, which validation, best.pt and the exports use (train.ema.decay turns it on)."""
+    accumulate: int = bounded(1, low=1, high=1024)
+    """Gradient accumulation: one optimizer step every this-many batches (the schedule counts optimizer steps)."""
+    compile: Union[Literal["auto"], bool] = False
+    """``torch.compile`` the model for training: true, false, or auto (a short probe, the compile time
+    counted, decides; on a CPU it mostly says no). Checkpoints keep the plain module's weights."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

@@ -1,5 +1,6 @@
 """Training-time augmentation (``data.augment``): a ``torchvision.transforms.v2`` pipeline applied
-to each uint8 image of a batch, seeded per batch by :class:`cnnzoo.data.loaders.ImageDataset`."""
+to each uint8 image of a batch, seeded per batch by :class:`cnnzoo.data.loaders.ImageDataset`
+(geometry, colour jitter, then RandAugment / TrivialAugment / AugMix, then random erasing)."""
 
 from __future__ import annotations
 
@@ -42,4 +43,20 @@ def build_augment(aug: AugmentConfig, size: tuple[int, int]) -> Callable[[torch.
         )
     if aug.color_jitter:
         steps.append(v2.ColorJitter(**dataclasses.asdict(aug.color_jitter)))
+    steps += policy_steps(aug)
+    if aug.random_erasing:
+        steps.append(v2.RandomErasing(aug.random_erasing))
     return v2.Compose(steps) if steps else None
+
+
+def policy_steps(aug: AugmentConfig) -> list[Any]:
+    """RandAugment, TrivialAugment and AugMix: torchvision's per-image policies (each image draws
+    its own operations; a batch given to them whole would share one draw)."""
+    steps: list[Any] = []
+    if aug.randaugment:
+        steps.append(v2.RandAugment(num_ops=aug.randaugment.num_ops, magnitude=aug.randaugment.magnitude))
+    if aug.trivialaugment:
+        steps.append(v2.TrivialAugmentWide())
+    if aug.augmix:
+        steps.append(v2.AugMix())
+    return steps

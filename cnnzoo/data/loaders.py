@@ -22,6 +22,7 @@ from ..config import Config
 from ..console import console, warn
 from ..runtime import distributed
 from ..runtime.device import cpu_count
+from .batch_augment import BatchAugment
 from .cache import DecodedImages, decode_all, shared_cache_kind
 from .sources import DataSpec, Samples
 
@@ -30,7 +31,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """A split as uint8 batches; reads the cache when there is one, else decodes files.
 
     ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
-    returns ``(images uint8 [B, C, H, W], labels int64 [B])``.
+    returns ``(images uint8 [B, C, H, W], labels int64 [B])``, and the batch seed as a third
+    item with ``seeds`` (the batch is then augmented on the device, :mod:`~cnnzoo.data.batch_augment`).
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         decoded: DecodedImages | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        seeds: bool = False,
     ):
         self.samples, self.size, self.channels = samples, size, channels
+        self.seeds = seeds
         self.pixels = decoded.pixels if decoded is not None else None
         self.augment = augment
         failed = set(decoded.failed) if decoded is not None else set()
@@ -68,17 +72,19 @@ class ImageDataset(torch.utils.data.Dataset):
             return torch.empty((0, self.channels, *self.size), dtype=torch.uint8), kept
         return torch.stack(images), kept
 
-    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
         positions = [p for p, _ in pairs]
         images, kept = self._read(positions)
         if self.augment is not None and len(kept):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(pairs[0][1])
                 images = torch.stack([self.augment(img) for img in images])
+        if self.seeds:
+            return images.contiguous(), self.labels[kept], torch.tensor(pairs[0][1] if pairs else 0)
         return images.contiguous(), self.labels[kept]
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
-        images, labels = self.__getitems__([(position, 0)])
+        images, labels, *_ = self.__getitems__([(position, 0)])
         return images[0], int(labels[0])
 
     def class_counts(self, num_classes: int) -> list[int]:
@@ -223,15 +229,15 @@ class Loaders:
     val_set: ImageDataset
     train: torch.utils.data.DataLoader
     val: torch.utils.data.DataLoader
+    # data.augment on the training device, for training batches that carry their seed
+    batch_augment: BatchAugment | None = None
 
 
-def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loaders:
-    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
-
-    In a DDP run the loaders shard every epoch between the processes, and the cache on
-    disk is built by local rank 0 before the others read it.
-    """
-
+def _datasets(
+    cfg: Config, spec: DataSpec, *, augment, batch_augment: BatchAugment | None
+) -> tuple[ImageDataset, ImageDataset]:
+    """Both splits as datasets, decoded once into the cache unless ``data.cache: none`` (in a DDP
+    run local rank 0 builds a cache on disk before the others read it)."""
     cached = cfg.data.cache != "none"
     kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
     datasets = []
@@ -250,10 +256,31 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
             console.log(f"cache {split.name}: {decoded.describe()}")
         datasets.append(
             ImageDataset(
-                split, spec.image_size, spec.channels, decoded=decoded, augment=augment if split is spec.train else None
+                split,
+                spec.image_size,
+                spec.channels,
+                decoded=decoded,
+                augment=augment if split is spec.train else None,
+                seeds=batch_augment is not None and split is spec.train,
             )
         )
-    train_set, val_set = datasets
+    return datasets[0], datasets[1]
+
+
+def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loaders:
+    """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
+
+    Cached images are augmented on the batch, on the device (``data.augment.where``), unless it
+    says ``image``; ``augment`` is the per-image pipeline. In a DDP run the loaders shard every
+    epoch between the processes.
+    """
+
+    cached = cfg.data.cache != "none"
+    on_batch = cached and cfg.data.augment.where != "image"
+    batch_augment = BatchAugment.build(cfg.data.augment, spec.image_size) if on_batch else None
+    if batch_augment is not None:
+        augment = None  # the per-image pipeline is not needed
+    train_set, val_set = _datasets(cfg, spec, augment=augment, batch_augment=batch_augment)
     workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
     train_loader = make_loader(
@@ -281,5 +308,8 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
         f"data: {len(train_set)} training and {len(val_set)} validation images, "
         f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
         f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}"
+        f"{', augmentation on the batch' if batch_augment is not None else ''}"
     )
-    return Loaders(train_set=train_set, val_set=val_set, train=train_loader, val=val_loader)
+    return Loaders(
+        train_set=train_set, val_set=val_set, train=train_loader, val=val_loader, batch_augment=batch_augment
+    )

@@ -24,6 +24,7 @@ from ..data import hf, loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
 from ..inference.torch_models import Model
+from ..inference.tta import AveragedViews
 from ..pages import figure_png
 from ..plots import confusion_figure
 from ..runtime.device import Feed
@@ -115,9 +116,11 @@ def evaluate(
     runs_root: str | Path = "runs",
     progress: bool = True,
     html_report: bool = True,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json, a plot and (unless
-    ``html_report`` is false) report.html; ``outputs`` lists the files written."""
+    ``html_report`` is false) report.html; ``outputs`` lists the files written. ``tta`` averages the
+    probabilities of five views of each image (:mod:`cnnzoo.inference.tta`)."""
     path = runs.resolve_checkpoint(checkpoint, runs_root)
     ckpt = ckpt_io.load_checkpoint(path)
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
@@ -126,6 +129,7 @@ def evaluate(
         raise UserError(f"--split {split}: use test or validation")
     samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
+    model.tta = tta
     logits, labels, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
         raise DataError(f"{where}: no readable images to evaluate")
@@ -134,6 +138,7 @@ def evaluate(
         "epoch": ckpt.get("epoch"),
         "data": where,
         "split": samples.name,
+        "tta": tta,
         **_scores(logits, labels, model.classes, top_k),
     }
     if html_report and rows is None:
@@ -186,16 +191,21 @@ def _logits(
         size, channels = model.image_size, model.channels
         loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
         bar = console.bar(len(loader), "evaluate") if progress else None
-        return (*predict_loader(model.module, loader, feed, bar=bar), None)
+        return (*predict_loader(_module(model), loader, feed, bar=bar), None)
     # each image labelled with its own position, so that the rows say which images they are
     numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
     dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
     workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     bar = console.bar(len(loader), "evaluate") if progress else None
-    logits, rows = predict_loader(model.module, loader, feed, bar=bar)
+    logits, rows = predict_loader(_module(model), loader, feed, bar=bar)
     labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
     return logits, labels, rows
+
+
+def _module(model: Model) -> torch.nn.Module:
+    """What scores a batch: the network, or with ``--tta`` the network over five views averaged."""
+    return AveragedViews(model.module) if model.tta else model.module
 
 
 def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ..errors import UserError, short_reason
 from ..model.layers import build_from_infos, trace_records
 from ..runtime.device import norm_tensors, pick_device, prefers_channels_last, to_model_input
 from .classifier import METADATA_KEY, Classifier, parse_metadata
+from .tta import AveragedViews
 
 
 def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
@@ -36,7 +37,10 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
 
 
 class _TorchClassifier(Classifier):
-    """What runs a torch module: device, memory format, normalisation on the device."""
+    """What runs a torch module: device, memory format, normalisation on the device.
+    ``tta = True`` scores every image as the average of five views (:mod:`cnnzoo.inference.tta`)."""
+
+    tta: bool = False
 
     def _place(self, module: torch.nn.Module, device: str | None) -> None:
         self.module = module.eval()
@@ -57,7 +61,8 @@ class _TorchClassifier(Classifier):
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
         images = torch.from_numpy(pixels_hwc).permute(0, 3, 1, 2)
         x = to_model_input(images, *self.norm, device=self.device, channels_last=self.channels_last)
-        return self.module(x).float().cpu().numpy()
+        module = AveragedViews(self.module) if self.tta else self.module
+        return module(x).float().cpu().numpy()
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "device": str(self.device)}

@@ -81,16 +81,59 @@ def measure_amp(
     cores (measured on an H100: the clothing CNN at 64 px, batch 32, 7,034 vs 6,457 img/s)."""
 
     probe = copy.deepcopy(model).train()
-    x = torch.randn(batch_shape, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, max(2, num_outputs), (batch_shape[0],), device=device)
+    x, y = _probe_batch(batch_shape, num_outputs=num_outputs, device=device, channels_last=channels_last)
     rates = {}
     for dtype in (None, candidate):
         context = nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
         name = str(dtype).replace("torch.", "") if dtype else "float32"
         rates[name] = _images_per_second(probe, x, y, context, steps=steps)
     return rates
+
+
+def _probe_batch(
+    batch_shape: tuple[int, ...], *, num_outputs: int, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch and labels for a speed probe, in the memory format training uses."""
+    x = torch.randn(batch_shape, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, max(2, num_outputs), (batch_shape[0],), device=device)
+
+
+COMPILE_MARGIN = 1.10  # compiling must save this much of the run's time: eager is simpler to debug
+
+
+def measure_compile(
+    model: torch.nn.Module,
+    batch_shape: tuple[int, ...],
+    *,
+    num_outputs: int,
+    device: torch.device,
+    channels_last: bool,
+    steps: int = 8,
+) -> dict[str, float]:
+    """``train.compile: auto``'s probe, built like :func:`measure_amp`'s: images/s of forward +
+    backward eager and under ``torch.compile`` on copies of ``model``, and the seconds the
+    compiled copy's first step took (the compilation)."""
+    x, y = _probe_batch(batch_shape, num_outputs=num_outputs, device=device, channels_last=channels_last)
+    eager = _images_per_second(copy.deepcopy(model).train(), x, y, nullcontext(), steps=steps)
+    compiled = copy.deepcopy(model).train()
+    compiled.compile()
+    start = time.perf_counter()
+    out = compiled(x)
+    torch.nn.functional.cross_entropy(out.float(), y % out.shape[1]).backward()
+    _sync(device)
+    compile_seconds = time.perf_counter() - start
+    rate = _images_per_second(compiled, x, y, nullcontext(), steps=steps)
+    return {"eager": eager, "compiled": rate, "compile_seconds": compile_seconds}
+
+
+def choose_compile(rates: dict[str, float], images: int) -> bool:
+    """Compile when the run's ``images`` take :data:`COMPILE_MARGIN` less time compiled, the
+    compilation counted, than eager."""
+    eager_seconds = images / rates["eager"]
+    compiled_seconds = rates["compile_seconds"] + images / rates["compiled"]
+    return compiled_seconds * COMPILE_MARGIN <= eager_seconds
 
 
 def _images_per_second(probe: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, context, *, steps: int) -> float:

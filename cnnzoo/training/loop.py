@@ -1,9 +1,12 @@
-"""The loop's pieces: one optimizer step (:class:`Stepper`), one epoch (:func:`train_one_epoch`),
+"""The loop's pieces: one optimizer step (:class:`Stepper`, gradient accumulation and the weight
+average included), one epoch (:func:`train_one_epoch`, MixUp/CutMix and augmentation on the batch),
 validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,16 +14,23 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..console import console
+from ..data.batch_augment import BatchAugment
 from ..evaluation import metrics
 from ..evaluation.metrics import predict_loader
 from ..runtime import distributed
 from ..runtime.device import Feed
+from .ema import WeightAverage
+from .mixing import Mixer
 from .recipe import LRSchedule
 
 
 class Stepper:
     """One optimizer step from a loss: backward (scaled for fp16), clipping, step, schedule
-    (none when the caller sets the rate itself, as lr-find does)."""
+    (none when the caller sets the rate itself, as lr-find does), the weight average.
+
+    With ``accumulate`` K, the gradients of K batches (each loss divided by K) add up before one
+    optimizer step; ``final`` (an epoch's last batch) steps whatever has gathered.
+    """
 
     def __init__(
         self,
@@ -30,35 +40,115 @@ class Stepper:
         *,
         scaler=None,
         grad_clip: float | None = None,
+        accumulate: int = 1,
+        average: WeightAverage | None = None,
     ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.scaler, self.grad_clip = scaler, grad_clip
+        self.accumulate, self.average = accumulate, average
+        self.pending = 0  # batches whose gradients wait for the next optimizer step
 
-    def step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def steps_now(self, final: bool) -> bool:
+        """Whether the next batch's :meth:`step` ends with an optimizer step."""
+        return final or self.pending + 1 >= self.accumulate
+
+    def step(self, loss: torch.Tensor, *, final: bool = True) -> bool:
+        """Backward; an optimizer step when :meth:`steps_now` says so (True then)."""
+        stepping = self.steps_now(final)
+        if self.pending == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.pending += 1
+        if not stepping:
+            return False
+        self._apply()
+        return True
+
+    def finish_epoch(self) -> None:
+        """An optimizer step for gradients still gathered (an epoch whose last batch was empty)."""
+        if self.pending:
+            self._apply()
+
+    def _apply(self) -> None:
+        self.pending = 0
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
         if self.schedule is not None:
             self.schedule.step_batch()
+        if self.average is not None:
+            self.average.update(self.model)
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` batches (the last group may be short)."""
+    return -(-batches // accumulate)
+
+
+def training_inputs(
+    batch: tuple[torch.Tensor, ...], feed: Feed, augment: BatchAugment | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch on the device, ready for the network; a batch that carries its seed
+    (images, labels, seed) is augmented there first."""
+    images, labels, *seed = batch
+    if seed and augment is not None:
+        images = augment(images.to(feed.device, non_blocking=True), int(seed[0]))
+    return feed.inputs(images), labels.to(feed.device, non_blocking=True)
+
+
+@dataclass(kw_only=True)
+class EpochParts:
+    """What an epoch trains with besides the network and its batches."""
+
+    criterion: nn.Module
+    stepper: Stepper
+    feed: Feed
+    augment: BatchAugment | None = None  # data.augment on the device (batches that carry their seed)
+    mixer: Mixer | None = None  # MixUp / CutMix
+
+
+def _train_step(net: nn.Module, batch: tuple, parts: EpochParts, *, final: bool) -> tuple[torch.Tensor, ...]:
+    """One batch forward and backward (an optimizer step when due): (loss, logits, labels)."""
+    x, y = training_inputs(batch, parts.feed, parts.augment)
+    mixed = parts.mixer.mix(x, y) if parts.mixer is not None else None
+    if mixed is not None:
+        x, soft_targets = mixed
+    # in DDP, gradients are averaged across processes only on the batch that steps
+    between_steps = not parts.stepper.steps_now(final) and hasattr(net, "no_sync")
+    with net.no_sync() if between_steps else nullcontext():
+        with parts.feed.autocast():
+            logits = net(x)
+            loss = parts.criterion(logits, y) if mixed is None else parts.criterion.soft(logits, soft_targets)
+        parts.stepper.step(loss, final=final)
+    return loss.detach(), logits.detach(), y
 
 
 def train_one_epoch(
-    net: nn.Module, loader, *, criterion: nn.Module, stepper: Stepper, feed: Feed, desc: str
+    net: nn.Module,
+    loader,
+    *,
+    criterion: nn.Module,
+    stepper: Stepper,
+    feed: Feed,
+    desc: str,
+    augment: BatchAugment | None = None,
+    mixer: Mixer | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
-    (in DDP, wrapped). Loss, accuracy and speed are totals over all processes."""
+    (in DDP, wrapped). Loss, accuracy and speed are totals over all processes; accuracy counts
+    the labels before any mixing."""
+    parts = EpochParts(criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer)
     net.train()
-    device = feed.device
+    device = parts.feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -70,33 +160,29 @@ def train_one_epoch(
     while True:
         t_wait = time.perf_counter()
         try:
-            images, labels = next(iterator)
+            batch = next(iterator)
         except StopIteration:
             break
         wait += time.perf_counter() - t_wait
-        if len(labels) == 0:
-            continue
-        x = feed.inputs(images)
-        y = labels.to(device, non_blocking=True)
-        with feed.autocast():
-            logits = net(x)
-            loss = criterion(logits, y)
-        stepper.step(loss)
-        n = len(y)
-        loss_sum += loss.detach() * n
-        correct += (metrics.predictions(logits.detach()) == y).sum()
-        seen += n
         step += 1
+        if len(batch[1]) == 0:
+            continue
+        loss, logits, y = _train_step(net, batch, parts, final=step == len(loader))
+        n = len(y)
+        loss_sum += loss * n
+        correct += (metrics.predictions(logits) == y).sum()
+        seen += n
         if bar.disable is False and (step % 5 == 0 or step == len(loader)):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
-                loss=f"{loss_sum.item() / seen:.3f}",
-                acc=f"{correct.item() / seen:.1%}",
+                loss=f"{loss_sum.item() / max(1, seen):.3f}",
+                acc=f"{correct.item() / max(1, seen):.1%}",
                 img_s=f"{seen / elapsed:.0f}",
                 refresh=False,
             )
         bar.update(1)
     bar.close()
+    parts.stepper.finish_epoch()
     seconds = distributed.all_max(time.perf_counter() - start, device)
     loss_total, correct_total, seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], device)
     return {

@@ -165,6 +165,13 @@ class Criterion(nn.Module):
         else:
             self.loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
 
+    def soft(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss against rows of class probabilities (MixUp/CutMix's targets, which hold the
+        label smoothing already, :func:`cnnzoo.training.mixing.soft_targets`)."""
+        if self.kind == "bce":
+            return self.loss(logits[:, 0].float(), targets[:, 1])
+        return nn.functional.cross_entropy(logits.float(), targets, weight=self.loss.weight)
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == "bce":
             target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing

@@ -8,6 +8,7 @@ the same metrics, and a resumed run continues exactly where the uninterrupted on
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
 from .callbacks import Callback, Checkpoints, EpochEnd, make_callbacks
-from .loop import BestEpoch, Stepper, train_one_epoch, validate, warn_small_validation
+from .ema import WeightAverage
+from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
+from .mixing import Mixer
 from .recipe import Criterion, LRSchedule, seed_everything
 from .setup import TrainingSetup, build_setup
 from .transfer import TransferStages
@@ -70,16 +73,27 @@ class Job:
     base_state: dict[str, Any]
     start_epoch: int = 1
     callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
+    mixer: Mixer | None = None  # train.mixup / train.cutmix
+
+    @property
+    def average(self) -> WeightAverage | None:
+        """train.ema's average of the weights (updated by the stepper)."""
+        return self.stepper.average
 
     @property
     def num_classes(self) -> int:
         return len(self.base_state["meta"]["classes"])
 
     def snapshot(self, epoch: int, row: dict | None, full: bool) -> dict[str, Any]:
-        """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs."""
+        """A checkpoint: weights and what predict needs; ``full`` adds what resuming needs. With
+        ``train.ema`` the weights are the average, except in a full one (``last.pt``), which keeps
+        the raw weights and the average beside them."""
+        averaged = self.average is not None and not full
         snap = {
             **self.base_state,
-            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_state": self.average.state_dict()
+            if averaged
+            else {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "config": self.cfg.to_dict(),
             "epoch": epoch,
             "metrics": row or {},
@@ -92,6 +106,8 @@ class Job:
                 scaler=st.scaler.state_dict() if st.scaler is not None else {},
                 trainer=self.best.state_dict(),
             )
+            if self.average is not None:
+                snap["ema"] = self.average.full_state()
         return snap
 
 
@@ -160,12 +176,23 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
         f"{f' ({ctx.world} processes, batch {t.batch_size} each)' if ctx.enabled else ''}"
     )
     setup = build_setup(cfg, dev, state)
-    schedule = LRSchedule(setup.optimizer, t, len(setup.loaders.train))
-    stepper = Stepper(setup.model, setup.optimizer, schedule, scaler=setup.scaler, grad_clip=t.grad_clip)
+    # the schedule counts optimizer steps (train.accumulate batches make one)
+    schedule = LRSchedule(setup.optimizer, t, optimizer_steps(len(setup.loaders.train), t.accumulate))
+    stepper = Stepper(
+        setup.model,
+        setup.optimizer,
+        schedule,
+        scaler=setup.scaler,
+        grad_clip=t.grad_clip,
+        accumulate=t.accumulate,
+        average=WeightAverage(setup.model, t) if WeightAverage.wanted(t) else None,
+    )
 
     # last: nothing above may leave a half-made folder
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
     job = _job(cfg, run_dir, setup, stepper)
+    if Mixer.wanted(t):
+        job.mixer = Mixer(t, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
     if state is not None:
         _resume(job, state)
     if ctx.rank == 0:
@@ -227,6 +254,8 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     if st.scaler is not None and state.get("scaler"):
         st.scaler.load_state_dict(state["scaler"])
     job.best = BestEpoch(job.cfg.train, state["trainer"])
+    if st.average is not None and "ema" in state:
+        st.average.load_full_state(state["ema"])
     job.start_epoch = state["epoch"] + 1
 
 
@@ -264,6 +293,8 @@ def fit(job: Job) -> Path:
             job.stages.enter(epoch)
             seed_everything(loaders_mod.mix_seed(job.cfg.seed, epoch, 0))
             job.stages.train_loader.batch_sampler.set_epoch(epoch)
+            if job.mixer is not None:
+                job.mixer.set_epoch(epoch)
             end = _train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
             for callback in job.callbacks:
                 callback.epoch_end(end)
@@ -303,11 +334,16 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         stepper=job.stepper,
         feed=job.feed,
         desc=f"epoch {epoch}/{t.epochs}",
+        augment=stages.loaders.batch_augment,
+        mixer=job.mixer,
     )
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
-    val, confusion = validate(
-        stages.net, stages.val_loader, feed=job.feed.without_autocast(), num_classes=job.num_classes
-    )
+    if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
+        distributed.broadcast_buffers(job.average.averaged)
+    with job.average.swapped_in(job.model) if job.average is not None else nullcontext():
+        val, confusion = validate(
+            stages.net, stages.val_loader, feed=job.feed.without_autocast(), num_classes=job.num_classes
+        )
     row = {
         "epoch": epoch,
         "lr": lr,

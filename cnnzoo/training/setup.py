@@ -19,7 +19,16 @@ from ..errors import ConfigError
 from ..model.backbones import absolute_weight_paths
 from ..model.layers import build_from_infos, trace_layers
 from ..runtime import distributed
-from ..runtime.device import Feed, amp_dtype, choose_amp, measure_amp, norm_tensors, prefers_channels_last
+from ..runtime.device import (
+    Feed,
+    amp_dtype,
+    choose_amp,
+    choose_compile,
+    measure_amp,
+    measure_compile,
+    norm_tensors,
+    prefers_channels_last,
+)
 from .callbacks import require_tensorboard
 from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer
 from .tracking import require_mlflow
@@ -93,6 +102,33 @@ def _measured_amp(
     return chosen
 
 
+def _measured_compile(
+    model: nn.Module, cfg: Config, loaders: loaders_mod.Loaders, dev: torch.device, channels_last: bool
+) -> bool:
+    """``train.compile: auto``: compile where the probe says the whole run, compiling included,
+    gets faster (rank 0 measures, every process follows)."""
+    t = cfg.train
+    rates = (
+        measure_compile(
+            model,
+            (t.batch_size, *cfg.model.input),
+            num_outputs=cfg.model.num_classes,
+            device=dev,
+            channels_last=channels_last,
+        )
+        if distributed.is_main()
+        else None
+    )
+    rates = distributed.broadcast_object(rates)
+    chosen = choose_compile(rates, t.epochs * len(loaders.train_set))
+    console.log(
+        f"compile: {'on' if chosen else 'off'} (train.compile auto; a forward+backward probe ran "
+        f"{rates['eager']:,.0f} img/s eager, {rates['compiled']:,.0f} img/s compiled after "
+        f"{rates['compile_seconds']:.1f}s compiling)"
+    )
+    return chosen
+
+
 @dataclass(kw_only=True)
 class TrainingSetup:
     """What training and the learning-rate range test both start from: the data, the model on
@@ -146,6 +182,9 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
         )
     elif dev.type == "cuda":
         console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
+    if t.compile is True or (t.compile == "auto" and _measured_compile(model, cfg, loaders, dev, channels_last)):
+        model.compile()  # in place: the state_dict keeps the plain module's names
+        console.log(f"compile: torch.compile on (train.compile: {t.compile})")
     feed = Feed(
         device=dev,
         norm=norm_tensors(spec.mean, spec.std, dev),

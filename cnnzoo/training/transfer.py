@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ..files import cache_home
 from ..model.backbones import Backbone, backbone_of, trainable_stages
 from ..runtime import distributed
 from ..runtime.device import Feed
+from .mixing import Mixer
 
 FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
 
@@ -84,13 +86,16 @@ class Suffix(nn.Module):
         return self.head(x)
 
 
-def _flip_plan(aug: AugmentConfig) -> tuple[str | None, list[tuple[bool, bool]], tuple[float, float]]:
-    """(why the cache cannot apply or None, the versions to compute, the flip probabilities)."""
-    other = aug.pixel_changing()
+def _flip_plan(
+    aug: AugmentConfig, mixing: Sequence[str] = ()
+) -> tuple[str | None, list[tuple[bool, bool]], tuple[float, float]]:
+    """(why the cache cannot apply or None, the versions to compute, the flip probabilities).
+    ``mixing``: the ``train`` keys that mix images (MixUp, CutMix), which need pixels too."""
+    other = [f"data.augment.{key}" for key in aug.pixel_changing()] + [f"train.{key}" for key in mixing]
     if other:
         return (
             (
-                f"data.augment.{other[0]} changes the pixels every epoch, so the frozen stages run "
+                f"{other[0]} changes the pixels every epoch, so the frozen stages run "
                 f"on every batch (flips alone would keep the cache)"
             ),
             [],
@@ -102,7 +107,13 @@ def _flip_plan(aug: AugmentConfig) -> tuple[str | None, list[tuple[bool, bool]],
 
 
 def plan(
-    model: nn.Sequential, aug: AugmentConfig, *, setting: str, pixel_cache: str, cut: int | None = None
+    model: nn.Sequential,
+    aug: AugmentConfig,
+    *,
+    setting: str,
+    pixel_cache: str,
+    cut: int | None = None,
+    mixing: Sequence[str] = (),
 ) -> tuple[Plan | None, str]:
     """A :class:`Plan` when the frozen-feature cache applies, else None and the reason.
 
@@ -122,7 +133,7 @@ def plan(
         return None, "every backbone stage is trainable now"
     if any(p.requires_grad for layer in model[:index] for p in layer.parameters()):
         return None, "a layer before the backbone has trainable parameters"
-    reason, flips, flip_p = _flip_plan(aug)
+    reason, flips, flip_p = _flip_plan(aug, mixing)
     if reason:
         return None, reason
     cut = backbone.frozen_stages if cut is None else min(cut, backbone.frozen_stages)
@@ -374,9 +385,11 @@ class TransferStages:
 
     def _with_feature_cache(self, cut: int):
         plain = (self.model, self.loaders.train, self.loaders.val)
-        d = self.cfg.data
+        d, mixing = self.cfg.data, Mixer.keys_on(self.cfg.train)
         pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else d.cache  # shards: no pixel cache
-        cache_plan, reason = plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut)
+        cache_plan, reason = plan(
+            self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut, mixing=mixing
+        )
         self.cut = cache_plan.cut if cache_plan is not None else 0
         if cache_plan is None:
             console.log(f"feature cache: off ({reason})")
@@ -427,7 +440,6 @@ class TransferStages:
                 shuffle=False,
                 seed=self.cfg.seed,
                 workers=0,
-                balanced=False,
                 pin_memory=pin,
                 shard=shard,
             ),

@@ -38,7 +38,7 @@ from ..errors import UserError, short_reason
 from ..files import write_text
 from ..plots import pyplot
 from ..runtime.device import pick_device
-from .loop import BestEpoch, Stepper
+from .loop import BestEpoch, Stepper, training_inputs
 from .recipe import seed_everything
 from .run import TrainingInterrupted, train
 from .setup import TrainingSetup, build_setup
@@ -152,9 +152,9 @@ def _range_test(
         lr = start * (end / start) ** (step / (steps - 1))
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        images, labels = next(batches)
+        x, y = training_inputs(next(batches), feed, setup.loaders.batch_augment)
         with feed.autocast():
-            loss = setup.criterion(model(feed.inputs(images)), labels.to(feed.device))
+            loss = setup.criterion(model(x), y)
         stepper.step(loss)
         average = 0.98 * average + 0.02 * float(loss.detach())
         debiased = average / (1 - 0.98 ** (step + 1))

@@ -1,0 +1,88 @@
+"""MixUp and CutMix (``train.mixup``, ``train.cutmix``): pairs of training images blended, or one
+pasted into the other, with soft targets in the same proportion (label smoothing folded in).
+
+Each batch is paired with itself reversed; one mixing ratio per batch, drawn from
+Beta(alpha, alpha) by a NumPy generator seeded from (seed, epoch[, rank]) at each epoch's start, so a
+resumed run draws what the uninterrupted one drew. With both on, ``train.mix_switch_prob`` is the
+chance a mixed batch uses CutMix; ``train.mix_prob`` the chance a batch is mixed at all; the last
+``train.mix_off_epochs`` epochs train on plain images.
+
+Floor 7 (training): imports torch, :mod:`cnnzoo.config` and :mod:`cnnzoo.data.loaders` (the seeds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.loaders import mix_seed
+
+
+def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot rows with label smoothing as ``nn.CrossEntropyLoss`` applies it: (1 - s) on the
+    class, s / K spread over all K classes."""
+    return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+
+
+class Mixer:
+    """Mixes a training batch on its device: ``mix(x, labels)`` -> (images, soft targets) or None."""
+
+    def __init__(self, t: TrainConfig, *, num_classes: int, seed: int, rank: int = 0):
+        self.t, self.num_classes, self.seed, self.rank = t, num_classes, seed, rank
+        self.active = False
+        self.rng = np.random.default_rng(0)
+
+    @staticmethod
+    def wanted(t: TrainConfig) -> bool:
+        return bool(t.mixup or t.cutmix) and t.mix_prob > 0
+
+    @staticmethod
+    def keys_on(t: TrainConfig) -> list[str]:
+        """The ``train`` keys that will mix images (what keeps the frozen-feature cache off)."""
+        return [key for key in ("mixup", "cutmix") if getattr(t, key)] if Mixer.wanted(t) else []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.active = epoch <= self.t.epochs - self.t.mix_off_epochs
+        # NumPy's generator: torch's Beta distribution takes no generator of its own
+        self.rng = np.random.default_rng(mix_seed(self.seed, epoch, 3, self.rank))
+
+    def _uniform(self) -> float:
+        return float(self.rng.random())
+
+    def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The mixed images and their targets (rows sum to one), or None for a batch left plain."""
+        t = self.t
+        if not self.active or len(labels) < 2:
+            return None
+        # every draw happens whatever the outcome, so one batch's choice never shifts the next's
+        mixed, switch = self._uniform() < t.mix_prob, self._uniform()
+        use_cutmix = bool(t.cutmix) and (not t.mixup or switch < t.mix_switch_prob)
+        alpha = t.cutmix if use_cutmix else t.mixup
+        lam = float(self.rng.beta(alpha, alpha))
+        box = [self._uniform(), self._uniform()]
+        if not mixed:
+            return None
+        if use_cutmix:
+            x, lam = _paste_box(x, lam, box)
+        else:
+            x = x * lam + x.flip(0) * (1 - lam)
+        targets = soft_targets(labels, self.num_classes, t.label_smoothing)
+        return x, targets * lam + targets.flip(0) * (1 - lam)
+
+
+def _paste_box(x: torch.Tensor, lam: float, centre: list[float]) -> tuple[torch.Tensor, float]:
+    """CutMix: a box of about (1 - lam) of the area, centred at ``centre`` (fractions) and clipped
+    to the image, taken from the paired image; lam recomputed from the clipped box."""
+    height, width = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    cy, cx = int(centre[0] * height), int(centre[1] * width)
+    half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
+    top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
+    left, right = max(cx - half_w, 0), min(cx + half_w, width)
+    out = x.clone()
+    out[..., top:bottom, left:right] = x.flip(0)[..., top:bottom, left:right]
+    return out, 1 - (bottom - top) * (right - left) / (height * width)
