@@ -383,13 +383,15 @@ class TransferStages:
         if cut != self.cut:
             self.net, self.train_loader, self.val_loader = self._with_feature_cache(cut)
 
-    def _with_feature_cache(self, cut: int):
-        plain = (self.model, self.loaders.train, self.loaders.val)
+    def _feature_cache_plan(self, cut: int):
+        """The cache plan for frozen layers up to ``cut`` (None when off) and why it is off."""
         d, mixing = self.cfg.data, Mixer.keys_on(self.cfg.train)
         pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else d.cache  # shards: no pixel cache
-        cache_plan, reason = plan(
-            self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut, mixing=mixing
-        )
+        return plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut, mixing=mixing)
+
+    def _with_feature_cache(self, cut: int):
+        plain, d = (self.model, self.loaders.train, self.loaders.val), self.cfg.data
+        cache_plan, reason = self._feature_cache_plan(cut)
         self.cut = cache_plan.cut if cache_plan is not None else 0
         if cache_plan is None:
             console.log(f"feature cache: off ({reason})")
