@@ -20,6 +20,7 @@ from PIL import Image
 import cnnzoo
 
 from servelib import Server, png_claiming
+from support.browser import headless_chromium as _browser
 from support.cli import one_error_line, run_cnnzoo
 from support.images import make_image_tree
 from support.runs import train_run
@@ -169,26 +170,6 @@ def test_a_port_in_use_and_a_missing_model_are_one_line(trained):
         done = run_cnnzoo(["serve", trained.best, "--port", port], trained.base)
     assert f"--port {port}: cannot listen there" in one_error_line(done)
     assert "file not found" in one_error_line(run_cnnzoo(["serve", "missing.onnx"], trained.base))
-
-
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium download a browser or driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1000,800",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
 
 
 def test_the_page_shows_the_predicted_class_as_bars(trained, onnx_file, tmp_path):

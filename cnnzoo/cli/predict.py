@@ -36,6 +36,14 @@ def predict(
         help="A manifest (.csv, .tsv, .jsonl, .parquet): predict each row's image, in its order "
         "(with --csv: one row per manifest row, a Kaggle submission).",
     ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Multi-label models: the probability at which a class is listed, for every class "
+        "(default: the model's own thresholds, 0.5 or tuned in training).",
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
@@ -55,6 +63,10 @@ def predict(
     if checkpoint is None:
         typer.echo(f"cnnzoo: using {path}", err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
+    if threshold is not None:
+        if not model.multi_label:
+            raise UserError(f"--threshold: {path} is a single-label model (it names the most probable class)")
+        model.thresholds = [threshold] * len(model.classes)
     rows = None
     if data is not None:
         from ..data.manifest import read_manifest  # lazy: torch-free, but only a manifest needs it
@@ -74,12 +86,16 @@ def predict(
         typer.echo(json.dumps(records, indent=1))
     elif as_csv:
         header = rows.image_column if rows is not None else "image"
-        typer.echo(records_to_csv(records, min(top_k, len(model.classes)), image_header=header), nl=False)
+        k = min(top_k, len(model.classes))
+        typer.echo(records_to_csv(records, k, image_header=header, multi_label=model.multi_label), nl=False)
     else:
         width = max((len(r["image"]) for r in records), default=0)
         for r in (r for r in records if r["top_k"]):
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
-            typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
+            if model.multi_label:
+                typer.echo(f"{r['image']:<{width}}  {' '.join(r['labels']) or '(none)':<24} [{ranked}]")
+            else:
+                typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
     if errors:
         raise typer.Exit(2 if not records else 1)
 

@@ -109,7 +109,8 @@ class TrainConfig:
     label_smoothing: float = bounded(0.0, low=0, high=1, open_high=True)
     grad_clip: Optional[float] = bounded(None, low=0, open_low=True,
                                          words="a positive number or null (off)")  # max gradient norm
-    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # picks best.pt and drives early stopping
+    # picks best.pt and drives early stopping; auto: val_map for multi-label data, else val_acc
+    monitor: Literal["auto", "val_acc", "val_loss", "val_map"] = "auto"
     # early stopping after this many epochs without progress
     patience: Optional[int] = bounded(None, low=1, words="a positive integer or null (off)")
     min_delta: float = bounded(0.0, low=0)
@@ -132,6 +133,13 @@ class TrainConfig:
     sync_bn: bool = False
     ddp_timeout: float = bounded(1800.0, low=1, high=MAX_DDP_TIMEOUT,
                                  words=f"a number of seconds from 1 to {MAX_DDP_TIMEOUT} (a week)")
+    task: Literal["auto", "single", "multi"] = "auto"
+    """single: one class per image (softmax); multi: any number of classes per image (a sigmoid per
+    class, BCE loss); auto: multi when a manifest row has several labels (or a one-hot row has none)."""
+    thresholds: Union[Literal["tuned"], float] = bounded(
+        0.5, low=0, high=1, open_low=True, open_high=True, words="a probability in (0, 1) or tuned")
+    """Multi-label: the probability at which a class is predicted present; tuned picks, per class, the
+    threshold that maximises F1 on the validation split (kept in the checkpoint)."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

@@ -30,7 +30,9 @@ class ImageDataset(torch.utils.data.Dataset):
     """A split as uint8 batches; reads the cache when there is one, else decodes files.
 
     ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
-    returns ``(images uint8 [B, C, H, W], labels int64 [B])``.
+    returns ``(images uint8 [B, C, H, W], labels int64 [B])``; with ``multi_label_classes`` (a
+    multi-label split of that many classes) the labels are multi-hot float32 ``[B, classes]``.
+    ``labels`` stays each image's first class (-1: none), which the batch order samples from.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         decoded: DecodedImages | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        multi_label_classes: int | None = None,
     ):
         self.samples, self.size, self.channels = samples, size, channels
         self.pixels = decoded.pixels if decoded is not None else None
@@ -48,6 +51,9 @@ class ImageDataset(torch.utils.data.Dataset):
         failed = set(decoded.failed) if decoded is not None else set()
         self.indices = [i for i in range(len(samples)) if i not in failed]
         self.labels = torch.tensor([samples.labels[i] for i in self.indices], dtype=torch.int64)
+        self.targets = self.labels  # what a batch carries
+        if multi_label_classes is not None:
+            self.targets = multi_hot([samples.label_sets[i] for i in self.indices], multi_label_classes)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -75,14 +81,42 @@ class ImageDataset(torch.utils.data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(pairs[0][1])
                 images = torch.stack([self.augment(img) for img in images])
-        return images.contiguous(), self.labels[kept]
+        return images.contiguous(), self.targets[kept]
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, Any]:
         images, labels = self.__getitems__([(position, 0)])
-        return images[0], int(labels[0])
+        return images[0], (labels[0] if labels.dim() > 1 else int(labels[0]))
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets.dim() > 1
 
     def class_counts(self, num_classes: int) -> list[int]:
+        """Images per class (multi-label: images that have the class)."""
+        if self.multi_label:
+            return self.targets.sum(0).long().tolist()
         return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+def multi_label_weights(targets: torch.Tensor) -> torch.Tensor | None:
+    """Multi-label's balanced sampler: each image drawn in proportion to its rarest class's
+    1 / count (images with none of the classes count as a class of their own)."""
+    if not len(targets):
+        return None
+    counts = targets.sum(0).clamp(min=1)
+    empty = targets.sum(1) == 0
+    rarest = (targets / counts).max(dim=1).values
+    return torch.where(empty, 1.0 / empty.sum().clamp(min=1), rarest).double()
+
+
+def multi_hot(label_sets: list[list[int]], num_classes: int) -> torch.Tensor:
+    """float32 [N, classes]: 1 where an image has the class."""
+    out = torch.zeros((len(label_sets), num_classes), dtype=torch.float32)
+    rows = [i for i, labels in enumerate(label_sets) for _ in labels]
+    cols = [c for labels in label_sets for c in labels]
+    if rows:
+        out[torch.tensor(rows), torch.tensor(cols)] = 1.0
+    return out
 
 
 def mix_seed(*parts: int) -> int:
@@ -109,12 +143,15 @@ class EpochBatches(torch.utils.data.Sampler):
         seed: int,
         balanced: bool = False,
         shard: tuple[int, int] = (0, 1),
+        weights: torch.Tensor | None = None,
     ):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
         self.rank, self.world = shard
-        counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
-        self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
+        self.weights = weights  # given: multi-label's (ImageDataset.sampling_weights)
+        if weights is None and balanced:
+            counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
+            self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -202,7 +239,16 @@ def make_loader(
     shard: tuple[int, int] = (0, 1),
 ) -> torch.utils.data.DataLoader:
     """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
-    sampler = EpochBatches(dataset.labels, batch_size, shuffle=shuffle, seed=seed, balanced=balanced, shard=shard)
+    targets = getattr(dataset, "targets", dataset.labels)  # multi-hot [N, classes] for multi-label
+    sampler = EpochBatches(
+        dataset.labels,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        balanced=balanced,
+        shard=shard,
+        weights=multi_label_weights(targets) if balanced and targets.dim() > 1 else None,
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -225,6 +271,21 @@ class Loaders:
     val: torch.utils.data.DataLoader
 
 
+def _decoded(cfg: Config, spec: DataSpec, split: Samples, kind: str) -> DecodedImages:
+    """A split decoded into the image cache (on disk, by local rank 0 first)."""
+    with distributed.main_first(shared=kind != "ram"):
+        decoded = decode_all(
+            split,
+            spec.image_size,
+            spec.channels,
+            kind=kind,
+            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            workers=cpu_count(),
+        )
+    console.log(f"cache {split.name}: {decoded.describe()}")
+    return decoded
+
+
 def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loaders:
     """Decode both splits once into the cache (unless ``data.cache: none``), then loaders over them.
 
@@ -234,26 +295,18 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
 
     cached = cfg.data.cache != "none"
     kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
-    datasets = []
-    for split in (spec.train, spec.val):
-        decoded = None
-        if cached:
-            with distributed.main_first(shared=kind != "ram"):
-                decoded = decode_all(
-                    split,
-                    spec.image_size,
-                    spec.channels,
-                    kind=kind,
-                    cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                    workers=cpu_count(),
-                )
-            console.log(f"cache {split.name}: {decoded.describe()}")
-        datasets.append(
-            ImageDataset(
-                split, spec.image_size, spec.channels, decoded=decoded, augment=augment if split is spec.train else None
-            )
+    multi = len(spec.classes) if spec.multi_label else None
+    train_set, val_set = (
+        ImageDataset(
+            split,
+            spec.image_size,
+            spec.channels,
+            decoded=_decoded(cfg, spec, split, kind) if cached else None,
+            augment=augment if split is spec.train else None,
+            multi_label_classes=multi,
         )
-    train_set, val_set = datasets
+        for split in (spec.train, spec.val)
+    )
     workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
     train_loader = make_loader(

@@ -22,9 +22,9 @@ from ..data import hf, loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_text
 from ..inference.torch_models import Model
-from ..plots import plot_confusion
+from ..plots import plot_confusion, plot_pr_curves
 from ..runtime.device import Feed
-from . import metrics
+from . import metrics, multilabel
 from .metrics import predict_loader
 
 
@@ -74,9 +74,14 @@ def _table(matrix: list[list[int]], classes: list[str]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     classes = report["classes"]
     width = max(12, max(len(c) for c in classes))
-    out = [
+    heading = (
         f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
-        f"{report['num_images']} images from {report['data']}",
+        f"{report['num_images']} images from {report['data']}"
+    )
+    if report.get("task") == "multi":
+        return multilabel.format_report(report, heading)
+    out = [
+        heading,
         f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
         f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%",
         "",
@@ -118,7 +123,8 @@ def evaluate(
     cfg = load_config(ckpt["config"])
     if split not in (None, "test", "validation"):
         raise UserError(f"--split {split}: use test or validation")
-    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
+    multi = ckpt["meta"].get("task") == "multi"
+    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split, multi_label=multi)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
     logits, labels = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
     if len(labels) == 0:
@@ -128,18 +134,58 @@ def evaluate(
         "epoch": ckpt.get("epoch"),
         "data": where,
         "split": samples.name,
-        **_scores(logits, labels, model.classes, top_k),
     }
+    if multi:
+        report.update(_multi_label_scores(logits, labels, model))
+        report["outputs"] = _write_multi_label_report(report, Path(out) if out else path.parent, logits, labels)
+        return report
+    report.update(_scores(logits, labels, model.classes, top_k))
     report["outputs"] = _write_report(report, Path(out) if out else path.parent)
     return report
 
 
+def _multi_label_scores(logits: torch.Tensor, targets: torch.Tensor, model: Model) -> dict[str, Any]:
+    """A multi-label model's report fields (:func:`cnnzoo.evaluation.multilabel.report_fields`) and its loss."""
+    scores = torch.sigmoid(logits).numpy()
+    fields = multilabel.report_fields(scores, targets.numpy(), model.thresholds, model.classes)
+    return {**fields, "loss": metrics.plain_loss_sum(logits, targets).item() / len(targets)}
+
+
+def _write_multi_label_report(
+    report: dict[str, Any], out_dir: Path, logits: torch.Tensor, targets: torch.Tensor
+) -> list[str]:
+    """eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
+    scores, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+    curves, points = {}, {}
+    for k, name in enumerate(report["classes"]):
+        if truth[:, k].any():
+            precision, recall, _ = multilabel.pr_curve(scores[:, k], truth[:, k])
+            curves[name] = ([0.0, *recall], [precision[0], *precision])
+            s = report["per_class"][name]
+            points[name] = (s["recall"], s["precision"])
+    title = f"{report['split']}: mAP {100 * report['map']:.1f}% ({report['num_images']} images)"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+        plot_pr_curves(curves, points, out_dir / "pr_curves.png", title)
+    except OSError as exc:
+        raise UserError(
+            f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); choose another folder with --out"
+        ) from None
+    return [str(out_dir / "eval.json"), str(out_dir / "pr_curves.png")]
+
+
 def _samples_for(
-    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
+    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None, multi_label: bool = False
 ) -> tuple[sources.Samples, str]:
     """The images to score and where they come from: ``data``'s, or the split training built."""
     if data is not None and manifest.is_manifest(data):
-        return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
+        return sources.manifest_split(cfg, Path(data), split, classes, multi_label=multi_label), str(Path(data))
+    if data is not None and multi_label:
+        raise DataError(
+            f"--data {data}: a multi-label model is scored on a manifest (a CSV with space-separated tags, "
+            f"or 0/1 columns), not a folder of class folders"
+        )
     if data is not None and hf.is_hf_dataset(str(data)):
         return sources.hf_split(cfg, str(data), split, classes), str(data)
     if data is not None and shard_files.is_shards(str(data)):
@@ -168,7 +214,8 @@ def _logits(
         size, channels = model.image_size, model.channels
         loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
     else:
-        dataset = loaders.ImageDataset(samples, model.image_size, model.channels)
+        multi = len(model.classes) if model.multi_label else None
+        dataset = loaders.ImageDataset(samples, model.image_size, model.channels, multi_label_classes=multi)
         workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
         loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
