@@ -219,7 +219,7 @@ SMALL_VALIDATION = 100  # images; below it one image moves val_acc by more than 
 
 def warn_small_validation(images: int, monitor: str) -> None:
     """Say when one validation image moves val_acc by more than a point: epochs then tie often."""
-    if images >= SMALL_VALIDATION:
+    if images >= SMALL_VALIDATION or monitor == "val_map":  # a ranking figure: epochs seldom tie on it
         return
     how = "ties go to the lower val_loss" if monitor == "val_acc" else "best.pt follows val_loss (train.monitor)"
     console.warn(
