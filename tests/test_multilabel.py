@@ -104,6 +104,18 @@ def test_a_one_logit_head_or_cross_entropy_is_refused_for_multi_label_in_one_lin
         loss_kind("cross_entropy", 3, 3, multi_label=True)
 
 
+def test_check_meta_refuses_a_multi_label_model_without_its_thresholds():
+    from cnnzoo.checkpoint import check_meta
+    from cnnzoo.errors import UserError
+
+    meta = {"classes": ["a", "b"], "channels": 3, "image_size": [8, 8], "mean": [0.5] * 3, "std": [0.5] * 3}
+    check_meta({**meta, "task": "multi", "thresholds": [0.5, 0.2]}, "m.pt", "checkpoint")
+    for bad in ({"task": "multi"}, {"task": "multi", "thresholds": [0.5]}, {"task": "multi", "thresholds": [0.5, 2]},
+                {"task": "several"}):  # fmt: skip
+        with pytest.raises(UserError, match=r"m.pt: damaged or foreign checkpoint: meta\.(thresholds|task)"):
+            check_meta({**meta, **bad}, "m.pt", "checkpoint", prefix="meta.")
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -298,6 +310,7 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
         assert status == 200 and info["task"] == "multi" and len(info["thresholds"]) == 3
         status, answer = server.request("/predict", data=image.read_bytes(), headers={"Content-Type": "image/png"})
         assert status == 200 and answer[0]["labels"] == expected[0]["labels"]
+        _page_shows_independent_bars(server.url, image, expected[0])
     finally:
         server.stop()
     done = run_cnnzoo(
@@ -305,3 +318,31 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "Grad-CAM for cross" in (tmp_path / "x.html").read_text()
+
+
+def _page_shows_independent_bars(url: str, image: Path, record: dict) -> None:
+    """serve's page in headless Chromium: a bar per class, each with its threshold marked, the bars
+    under their threshold drawn lighter, and the labels over it as the heading."""
+    from support.browser import headless_chromium
+
+    browser = headless_chromium()
+    try:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ready
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser.get(url + "/")
+        WebDriverWait(browser, 20).until(lambda b: "multi-label" in b.find_element(By.ID, "about").text)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, 20).until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#rows .row")))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#rows .row")
+        names = [r.find_element(By.CLASS_NAME, "name").text for r in rows]
+        assert names == sorted(SHAPES, key=lambda c: -record["probabilities"][c])
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#rows .mark")) == len(SHAPES)
+        below = {r.find_element(By.CLASS_NAME, "name").text for r in rows if "below" in
+                 r.find_element(By.CLASS_NAME, "bar").get_attribute("class")}  # fmt: skip
+        assert below == set(SHAPES) - set(record["labels"])
+        heading = browser.find_element(By.ID, "label").text
+        assert heading == (", ".join(record["labels"]) or "none of the classes")
+    finally:
+        browser.quit()
