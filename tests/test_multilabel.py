@@ -141,6 +141,15 @@ def test_space_separated_tags_load_as_multi_hot_batches(tmp_path):
     assert dataset.class_counts(2) == [4, 4]  # images that have each class (every 4th row validates)
 
 
+def test_data_check_counts_each_image_once_in_each_of_its_classes(tmp_path):
+    from cnnzoo.data.check import check_data, format_check
+
+    path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
+    report = check_data(load_config(tiny_config(path)))
+    assert report["counts"] == {"train": [4, 4], "validation": [2, 1]} and report["images"]["train"] == 6
+    assert "  images" in format_check(report)
+
+
 def test_a_row_with_no_tags_is_an_image_with_none_of_the_classes(tmp_path):
     tags = ["a", "a b", "b", "", "a", "", "a b", "b"]
     spec = load_data(load_config(tiny_config(write_tags(tmp_path, tags))))
