@@ -171,6 +171,19 @@ def test_an_empty_label_in_single_label_data_says_how_to_allow_it(tmp_path):
         load_data(load_config(tiny_config(path)))
 
 
+def test_a_tiny_multi_label_run_with_the_balanced_sampler_and_pos_weights(tmp_path):
+    from cnnzoo.training.run import train
+
+    path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "", "a b", "a"] * 2)
+    raw = tiny_config(path, epochs=1, class_weights="balanced", label_smoothing=0.1, thresholds="tuned")
+    raw["data"]["sampler"] = "balanced"
+    run = train(raw, out=tmp_path / "runs", quiet=True)
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert 0 <= float(row["val_map"]) <= 1 and row["val_f1_micro"] != ""
+    meta = torch.load(run / "last.pt", weights_only=True)["meta"]
+    assert meta["task"] == "multi" and len(meta["thresholds"]) == 2
+
+
 def test_task_single_over_rows_with_several_labels_is_one_line(tmp_path):
     path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
     with pytest.raises(DataError, match="some rows have several labels, but train.task is single"):
