@@ -171,6 +171,7 @@ def test_an_empty_label_in_single_label_data_says_how_to_allow_it(tmp_path):
         load_data(load_config(tiny_config(path)))
 
 
+@pytest.mark.slow
 def test_a_tiny_multi_label_run_with_the_balanced_sampler_and_pos_weights(tmp_path):
     from cnnzoo.training.run import train
 
