@@ -4,7 +4,8 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 ``torch.load(..., weights_only=True)`` can read it without unpickling code:
 
 * ``model_state``, ``layers`` (the resolved layer list, to rebuild without tracing),
-* ``meta``: classes, channels, image_size, mean, std, loss (everything ``predict`` needs),
+* ``meta``: classes, channels, image_size, mean, std, loss (everything ``predict`` needs), and for a
+  multi-label model ``task: multi`` and ``thresholds`` (one per class),
 * ``config`` (fully resolved), ``epoch``, ``metrics``,
 * in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``trainer`` (earlier versions also
   saved ``rng``, which nothing reads: every epoch reseeds from (seed, epoch); such files still load).
@@ -289,6 +290,15 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
             raise bad(key, f"should be {channels} numbers")
     if any(v <= 0 for v in meta["std"]):
         raise bad("std", "should be positive")
+    if meta.get("task", "single") not in ("single", "multi"):
+        raise bad("task", "should be single or multi")
+    thresholds = meta.get("thresholds")
+    if meta.get("task") == "multi" and not (
+        isinstance(thresholds, list)
+        and len(thresholds) == len(classes)
+        and all(_is_number(v) and 0 <= v <= 1 for v in thresholds)
+    ):
+        raise bad("thresholds", f"should be {len(classes)} numbers in [0, 1], one per class")
 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:

@@ -145,3 +145,25 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_pr_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    points: dict[str, tuple[float, float]],
+    path: str | Path,
+    title: str,
+) -> None:
+    """A multi-label model's precision-recall curve per class (``curves[name] = (recall, precision)``),
+    each class's operating point at its threshold marked (``points[name] = (recall, precision)``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for name, (recall, precision) in curves.items():
+        (line,) = ax.step(recall, precision, where="post", label=name)
+        if name in points:
+            ax.plot(*points[name], "o", color=line.get_color())
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.05), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left", ncol=max(1, len(curves) // 12))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -13,7 +13,7 @@ import pytest
 
 from cnnzoo.config import load_config
 from cnnzoo.data import manifest
-from cnnzoo.data.sources import MULTI_LABEL_NOT_BUILT, class_names, load_data
+from cnnzoo.data.sources import class_names, load_data
 from cnnzoo.errors import DataError
 
 from support.cli import one_error_line, run_cnnzoo
@@ -117,7 +117,7 @@ def test_one_hot_columns_with_one_class_per_row_are_single_label(tmp_path):
     assert [spec.classes[i] for i in spec.train.labels] == [Path(p).parent.name for p in spec.train.paths]
 
 
-def test_several_labels_per_cell_are_lists_and_multi_label_is_refused_in_one_line(tmp_path):
+def test_several_labels_per_cell_are_lists_and_load_as_multi_label(tmp_path):
     files = pictures(tmp_path, {"a": 3, "b": 3})
     cells = ["a", "b", "a|b", "a ; b", "b", "a"]
     path = write_rows(tmp_path / "m.csv", ["image", "label"], [[f, cell] for (f, _), cell in zip(files, cells)])
@@ -128,8 +128,10 @@ def test_several_labels_per_cell_are_lists_and_multi_label_is_refused_in_one_lin
         tmp_path / "s.csv", ["image", "tags"], [[f, c.replace("|", " ")] for (f, _), c in zip(files, cells)]
     )
     assert manifest.read_manifest(spaced).labels[2] == ["a", "b"]
-    with pytest.raises(DataError, match=MULTI_LABEL_NOT_BUILT):
-        spec_for(path)
+    spec = spec_for(path)
+    assert spec.multi_label and sorted(map(sorted, spec.train.label_sets + spec.val.label_sets)) == sorted(
+        [[0], [1], [0, 1], [0, 1], [1], [0]]
+    )
 
 
 def test_one_hot_rows_with_several_ones_are_multi_label(tmp_path):

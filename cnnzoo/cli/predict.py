@@ -39,6 +39,14 @@ def predict(
     tta: bool = typer.Option(
         False, "--tta", help="Test-time augmentation: average 5 views (mirror, 3 crops); torch models only."
     ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Multi-label models: the probability at which a class is listed, for every class "
+        "(default: the model's own thresholds, 0.5 or tuned in training).",
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
@@ -62,6 +70,10 @@ def predict(
         raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
     if tta:
         model.tta = True
+    if threshold is not None:
+        if not model.multi_label:
+            raise UserError(f"--threshold: {path} is a single-label model (it names the most probable class)")
+        model.thresholds = [threshold] * len(model.classes)
     rows = None
     if data is not None:
         from ..data.manifest import read_manifest  # lazy: torch-free, but only a manifest needs it
@@ -81,12 +93,16 @@ def predict(
         typer.echo(json.dumps(records, indent=1))
     elif as_csv:
         header = rows.image_column if rows is not None else "image"
-        typer.echo(records_to_csv(records, min(top_k, len(model.classes)), image_header=header), nl=False)
+        k = min(top_k, len(model.classes))
+        typer.echo(records_to_csv(records, k, image_header=header, multi_label=model.multi_label), nl=False)
     else:
         width = max((len(r["image"]) for r in records), default=0)
         for r in (r for r in records if r["top_k"]):
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
-            typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
+            if model.multi_label:
+                typer.echo(f"{r['image']:<{width}}  {' '.join(r['labels']) or '(none)':<24} [{ranked}]")
+            else:
+                typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
     if errors:
         raise typer.Exit(2 if not records else 1)
 

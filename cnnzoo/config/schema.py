@@ -207,9 +207,9 @@ class TrainConfig:
     grad_clip: Optional[float] = bounded(None, low=0, open_low=True,
                                          words="a positive number or null (off)")
     """Largest gradient norm before a step (clipped above it); null is off."""
-    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    monitor: Literal["auto", "val_acc", "val_loss", "val_map"] = "auto"
     """What picks `best.pt` (a tie goes to the lower `val_loss`, then the later epoch) and drives
-    early stopping."""
+    early stopping; `auto` is `val_map` for multi-label data, else `val_acc`."""
     patience: Optional[int] = bounded(None, low=1, words="a positive integer or null (off)")
     """Early stopping after this many epochs without progress on `monitor`; null is off."""
     min_delta: float = bounded(0.0, low=0)
@@ -272,6 +272,13 @@ class TrainConfig:
     compile: Union[Literal["auto"], bool] = False
     """``torch.compile`` the model for training: true, false, or auto (a short probe, the compile time
     counted, decides; on a CPU it mostly says no). Checkpoints keep the plain module's weights."""
+    task: Literal["auto", "single", "multi"] = "auto"
+    """single: one class per image (softmax); multi: any number of classes per image (a sigmoid per
+    class, BCE loss); auto: multi when a manifest row has several labels (or a one-hot row has none)."""
+    thresholds: Union[Literal["tuned"], float] = bounded(
+        0.5, low=0, high=1, open_low=True, open_high=True, words="a probability in (0, 1) or tuned")
+    """Multi-label: the probability at which a class is predicted present; tuned picks, per class, the
+    threshold that maximises F1 on the validation split (kept in the checkpoint)."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

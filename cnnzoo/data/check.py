@@ -80,7 +80,7 @@ def check_data(cfg: Config) -> dict[str, Any]:
     spec = load_data(cfg, missing_ok=True)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     facts = {name: _split_facts(s) for name, s in splits.items()}
-    counts = {name: np.bincount([c for c in s.labels if c >= 0], minlength=len(spec.classes)).tolist()
+    counts = {name: np.bincount(_class_indices(s, spec.multi_label), minlength=len(spec.classes)).tolist()
               for name, s in splits.items()}  # fmt: skip
     sizes = [f.size for fs in facts.values() for f in fs if f.size is not None]
     train_counts = [n for n in counts["train"] if n]
@@ -99,7 +99,15 @@ def check_data(cfg: Config) -> dict[str, Any]:
         "sizes": _size_summary(sizes),
         "imbalance": round(max(train_counts) / min(train_counts), 2) if train_counts else None,
         "one_split_only": _one_split_only(spec, counts),
+        **({"task": "multi", "images": {name: len(s) for name, s in splits.items()}} if spec.multi_label else {}),
     }
+
+
+def _class_indices(samples: Samples, multi_label: bool) -> list[int]:
+    """Every label of every image (multi-label: an image counts once in each of its classes)."""
+    if multi_label:
+        return [c for labels in samples.label_sets or [] for c in labels]
+    return [c for c in samples.labels if c >= 0]
 
 
 def _duplicates(splits: dict[str, Samples], facts: dict[str, list[_Facts]]) -> list[dict[str, Any]]:
@@ -152,7 +160,10 @@ def format_check(report: dict[str, Any]) -> str:
     lines.append(f"  {'':<{width}}" + "".join(f"  {s:>10}" for s in splits))
     for c, name in enumerate(report["classes"]):
         lines.append(f"  {name:<{width}}" + "".join(f"  {report['counts'][s][c]:>10}" for s in splits))
-    lines.append(f"  {'total':<{width}}" + "".join(f"  {sum(report['counts'][s]):>10}" for s in splits))
+    if "images" in report:  # multi-label: a class's count is the images that have it
+        lines.append(f"  {'images':<{width}}" + "".join(f"  {report['images'][s]:>10}" for s in splits))
+    else:
+        lines.append(f"  {'total':<{width}}" + "".join(f"  {sum(report['counts'][s]):>10}" for s in splits))
     lines.append("")
     sizes = report["sizes"]
     if sizes:

@@ -33,6 +33,9 @@ class ImageDataset(torch.utils.data.Dataset):
     ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
     returns ``(images uint8 [B, C, H, W], labels int64 [B])``, and the batch seed as a third
     item with ``seeds`` (the batch is then augmented on the device, :mod:`~cnnzoo.data.batch_augment`).
+    With ``multi_label_classes`` (a multi-label split of that many classes) the labels are
+    multi-hot float32 ``[B, classes]``; ``labels`` stays each image's first class (-1: none),
+    which the batch order samples from.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ImageDataset(torch.utils.data.Dataset):
         decoded: DecodedImages | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seeds: bool = False,
+        multi_label_classes: int | None = None,
     ):
         self.samples, self.size, self.channels = samples, size, channels
         self.seeds = seeds
@@ -52,6 +56,9 @@ class ImageDataset(torch.utils.data.Dataset):
         failed = set(decoded.failed) if decoded is not None else set()
         self.indices = [i for i in range(len(samples)) if i not in failed]
         self.labels = torch.tensor([samples.labels[i] for i in self.indices], dtype=torch.int64)
+        self.targets = self.labels  # what a batch carries
+        if multi_label_classes is not None:
+            self.targets = multi_hot([samples.label_sets[i] for i in self.indices], multi_label_classes)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -80,15 +87,43 @@ class ImageDataset(torch.utils.data.Dataset):
                 torch.manual_seed(pairs[0][1])
                 images = torch.stack([self.augment(img) for img in images])
         if self.seeds:
-            return images.contiguous(), self.labels[kept], torch.tensor(pairs[0][1] if pairs else 0)
-        return images.contiguous(), self.labels[kept]
+            return images.contiguous(), self.targets[kept], torch.tensor(pairs[0][1] if pairs else 0)
+        return images.contiguous(), self.targets[kept]
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, Any]:
         images, labels, *_ = self.__getitems__([(position, 0)])
-        return images[0], int(labels[0])
+        return images[0], (labels[0] if labels.dim() > 1 else int(labels[0]))
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets.dim() > 1
 
     def class_counts(self, num_classes: int) -> list[int]:
+        """Images per class (multi-label: images that have the class)."""
+        if self.multi_label:
+            return self.targets.sum(0).long().tolist()
         return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+def multi_label_weights(targets: torch.Tensor) -> torch.Tensor | None:
+    """Multi-label's balanced sampler: each image drawn in proportion to its rarest class's
+    1 / count (images with none of the classes count as a class of their own)."""
+    if not len(targets):
+        return None
+    counts = targets.sum(0).clamp(min=1)
+    empty = targets.sum(1) == 0
+    rarest = (targets / counts).max(dim=1).values
+    return torch.where(empty, 1.0 / empty.sum().clamp(min=1), rarest).double()
+
+
+def multi_hot(label_sets: list[list[int]], num_classes: int) -> torch.Tensor:
+    """float32 [N, classes]: 1 where an image has the class."""
+    out = torch.zeros((len(label_sets), num_classes), dtype=torch.float32)
+    rows = [i for i, labels in enumerate(label_sets) for _ in labels]
+    cols = [c for labels in label_sets for c in labels]
+    if rows:
+        out[torch.tensor(rows), torch.tensor(cols)] = 1.0
+    return out
 
 
 def mix_seed(*parts: int) -> int:
@@ -115,12 +150,15 @@ class EpochBatches(torch.utils.data.Sampler):
         seed: int,
         balanced: bool = False,
         shard: tuple[int, int] = (0, 1),
+        weights: torch.Tensor | None = None,
     ):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
         self.rank, self.world = shard
-        counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
-        self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
+        self.weights = weights  # given: multi-label's (ImageDataset.sampling_weights)
+        if weights is None and balanced:
+            counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
+            self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -208,7 +246,16 @@ def make_loader(
     shard: tuple[int, int] = (0, 1),
 ) -> torch.utils.data.DataLoader:
     """Batches from :class:`EpochBatches`; ``shard`` is (rank, world size) in a DDP run."""
-    sampler = EpochBatches(dataset.labels, batch_size, shuffle=shuffle, seed=seed, balanced=balanced, shard=shard)
+    targets = getattr(dataset, "targets", dataset.labels)  # multi-hot [N, classes] for multi-label
+    sampler = EpochBatches(
+        dataset.labels,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        balanced=balanced,
+        shard=shard,
+        weights=multi_label_weights(targets) if balanced and targets.dim() > 1 else None,
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -241,6 +288,7 @@ def _datasets(
     cached = cfg.data.cache != "none"
     kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
     datasets = []
+    multi = len(spec.classes) if spec.multi_label else None
     for split in (spec.train, spec.val):
         decoded = None
         if cached:
@@ -262,6 +310,7 @@ def _datasets(
                 decoded=decoded,
                 augment=augment if split is spec.train else None,
                 seeds=batch_augment is not None and split is spec.train,
+                multi_label_classes=multi,
             )
         )
     return datasets[0], datasets[1]

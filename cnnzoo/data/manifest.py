@@ -168,13 +168,19 @@ class Manifest:
         return any(len(labels) > 1 for labels in self.labels or [])
 
     def check_one_label_each(self) -> None:
-        """Single-label data: a one-hot row with no 1 is named (a label cell is never empty)."""
+        """Single-label data: a row with no label (an empty cell, a one-hot row with no 1) is named."""
         for i, labels in enumerate(self.labels or []):
-            if not labels:
+            if labels:
+                continue
+            if self.one_hot:
                 raise DataError(
                     f"{self.where(i)}: no class column is 1 ({', '.join(self.one_hot_columns[:6])}...); "
                     f"mark its class or remove the row"
                 )
+            raise DataError(
+                f"{self.where(i)}: empty {self.label_column!r}; give its label or remove the row (or, if an "
+                f"image may have none of the classes, set train.task: multi)"
+            )
 
     def where(self, i: int) -> str:
         return f"{self.path} row {self.lines[i]}"
@@ -293,17 +299,14 @@ def _split_cells(table: Table, column: str) -> list[list[str]]:
         bool(spaced) and all(part in whole for parts in spaced for part in parts)
     )
     labels = []
-    for i, (cell, text) in enumerate(zip(cells, texts)):
+    for cell, text in zip(cells, texts):
         if text is None:
             parts = [_cell_text(v) for v in cell]
         elif _SEPARATOR.search(text):
             parts = _SEPARATOR.split(text)
         else:
             parts = text.split() if split_spaces else [text]
-        parts = list(dict.fromkeys(p for p in parts if p))
-        if not parts:
-            raise DataError(f"{table.path} row {table.line(i)}: empty {column!r}; give its label or remove the row")
-        labels.append(parts)
+        labels.append(list(dict.fromkeys(p for p in parts if p)))  # none: refused unless multi-label
     return labels
 
 

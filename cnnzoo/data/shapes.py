@@ -131,3 +131,54 @@ def ensure_shapes(root: Path) -> Path:
         shutil.rmtree(root)
     os.replace(tmp, root)
     return root
+
+
+def draw_shapes(kinds: list[str], seed: int, size: int = IMAGE_SIZE) -> Image.Image:
+    """One image holding each of ``kinds`` (one to four) in its own quarter of the canvas, each in
+    its own colour, on a random background with pixel noise: a multi-label picture whose tags are
+    known."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 256, size=3)
+    big = size * _SCALE
+    canvas = Image.new("RGB", (big, big), tuple(int(v) for v in background))
+    cell = big / 2
+    for kind, quarter in zip(kinds, rng.permutation(4)):
+        foreground = rng.integers(0, 256, size=3)
+        while np.abs(foreground.astype(int) - background.astype(int)).sum() < 200:
+            foreground = rng.integers(0, 256, size=3)
+        r = rng.uniform(0.30, 0.45) * cell
+        x0, y0 = (quarter % 2) * cell, (quarter // 2) * cell
+        geometry = (
+            rng.uniform(x0 + r, x0 + cell - r),
+            rng.uniform(y0 + r, y0 + cell - r),
+            r,
+            rng.uniform(0, 2 * math.pi),
+        )
+        _draw(canvas, kind, geometry, tuple(int(v) for v in foreground))
+    img = canvas.resize((size, size), Image.LANCZOS)
+    noise = rng.normal(0, rng.uniform(2, 10), size=(size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
+
+
+def write_multi_label_shapes(
+    folder: Path, counts: dict[str, int], *, size: int = IMAGE_SIZE, classes: tuple[str, ...] = CLASSES, seed: int = 0
+) -> Path:
+    """A multi-label data set with known answers: ``counts[split]`` images, each with one to three
+    distinct shapes of ``classes``, in ``folder/images/`` and a manifest ``folder/labels.csv``
+    (``image,tags,split``; tags space-separated, as Kaggle's Planet set has them). Returns the manifest."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["image,tags,split"]
+    for split_index, (split, count) in enumerate(counts.items()):
+        for i in range(count):
+            image_seed = seed * 1_000_000 + split_index * 100_000 + i
+            rng = np.random.default_rng(image_seed + 7)
+            kinds = [
+                str(k) for k in rng.choice(classes, size=int(rng.integers(1, min(3, len(classes)) + 1)), replace=False)
+            ]
+            name = f"{split}_{i:05d}.png"
+            draw_shapes(kinds, image_seed, size).save(folder / "images" / name)
+            rows.append(f"images/{name},{' '.join(sorted(kinds))},{split}")
+    manifest = folder / "labels.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

@@ -410,7 +410,16 @@ def class_names(cfg: Config) -> list[str]:
     return [p.name for p in class_dirs(base)]
 
 
-MULTI_LABEL_NOT_BUILT = "several labels per image: multi-label training is not built yet"
+def resolve_task(cfg: Config, where: str, data_multi: bool) -> bool:
+    """Multi-label or not: ``train.task``, or (auto) what the data says; ``single`` over rows with
+    several labels is refused in one line."""
+    task = cfg.train.task
+    if task == "single" and data_multi:
+        raise DataError(
+            f"{where}: some rows have several labels, but train.task is single; set train.task: multi "
+            f"(or auto), or give each row one label"
+        )
+    return task == "multi" or (task == "auto" and data_multi)
 
 
 def uses_manifest(cfg: Config) -> bool:
@@ -446,9 +455,12 @@ def manifest_samples(
     return Samples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
 
 
-def manifest_split(cfg: Config, path: Path, split: str | None, classes: list[str]) -> Samples:
+def manifest_split(
+    cfg: Config, path: Path, split: str | None, classes: list[str], *, multi_label: bool = False
+) -> Samples:
     """A labelled manifest to score (``evaluate --data test.csv``): its rows of ``split`` (default:
-    test, else validation) when it has a split column, else all of them; columns as ``cfg`` names them."""
+    test, else validation) when it has a split column, else all of them; columns as ``cfg`` names them.
+    A single-label model's rows need one label each; a multi-label model's may have any number."""
     table = manifest.read_manifest(path, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
     name = split or "test"
     if table.splits is not None:
@@ -457,9 +469,10 @@ def manifest_split(cfg: Config, path: Path, split: str | None, classes: list[str
         if not name:
             raise DataError(f"{path}: no rows whose split is {' or '.join(wanted)}")
         table = table.subset([i for i, s in enumerate(table.splits) if s == name])
-    if table.multi_label:
-        raise DataError(f"{path}: {MULTI_LABEL_NOT_BUILT}")
-    table.check_one_label_each()
+    if table.multi_label and not multi_label:
+        raise DataError(f"{path}: some rows have several labels, but the model is single-label (one class per image)")
+    if not multi_label:
+        table.check_one_label_each()
     return manifest_samples(table, classes, name)
 
 
@@ -500,7 +513,8 @@ def _manifest_splits(
     classes = manifest.class_list(parts["train"])
     if len(classes) < 2:
         raise DataError(f"{path}: only one class ({', '.join(classes)}); a classifier needs at least two")
-    multi_label = any(part.multi_label for part in parts.values())
+    data_multi = any(part.multi_label or _one_hot_with_empty_rows(part) for part in parts.values())
+    multi_label = resolve_task(cfg, str(path), data_multi)
     if not multi_label:
         for part in parts.values():
             part.check_one_label_each()
@@ -522,6 +536,11 @@ def _manifest_splits(
         )
     kind = {"multi_label": multi_label, "one_hot": table.one_hot}
     return classes, train, val, test, {**kind, "missing": missing} if missing else kind
+
+
+def _one_hot_with_empty_rows(table: manifest.Manifest) -> bool:
+    """0/1 columns where some row has no 1: findings of which an image may have none (multi-label)."""
+    return table.one_hot and any(not labels for labels in table.labels or [])
 
 
 def uses_shards(cfg: Config) -> bool:
@@ -625,8 +644,11 @@ def load_data(cfg: Config, *, missing_ok: bool = False) -> DataSpec:
     (``data check``) instead of stopping."""
     d = cfg.data
     classes, train, val, test, skipped, root_text, kind = _resolve_splits(cfg, [] if missing_ok else None)
-    if kind.get("multi_label"):
-        raise DataError(f"{root_text}: {MULTI_LABEL_NOT_BUILT}")
+    if cfg.train.task == "multi" and train.label_sets is None:
+        raise ConfigError(
+            f"train.task: multi needs a manifest (a CSV with space-separated tags, or 0/1 columns); "
+            f"{root_text} gives one class per image"
+        )
     if skipped:
         warn(
             f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "

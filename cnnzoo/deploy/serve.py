@@ -456,6 +456,9 @@ PAGE = """<!doctype html>
   .row { display: grid; grid-template-columns: 8rem 1fr 4rem; align-items: center; gap: .5rem; margin: .3rem 0; }
   .track { background: #eee; border-radius: .3rem; height: 1rem; }
   .bar { background: #2a6ad8; border-radius: .3rem; height: 1rem; }
+  .track { position: relative; }
+  .bar.below { background: #a9c1ec; }
+  .mark { position: absolute; top: -.25rem; bottom: -.25rem; width: 2px; background: #222; }
   .pct { text-align: right; font-variant-numeric: tabular-nums; }
   #error { color: #b00020; margin-top: 1rem; }
 </style>
@@ -473,10 +476,22 @@ PAGE = """<!doctype html>
 </div>
 <script>
 const $ = (id) => document.getElementById(id);
+let thresholds = {};  // multi-label models: class -> the probability at which it is listed
 fetch("info").then((r) => r.json()).then((info) => {
+  (info.thresholds || []).forEach((t, i) => { thresholds[info.classes[i]] = t; });
   $("about").textContent = `${info.classes.length} classes (${info.classes.join(", ")}); input `
-    + `${info.input.join("x")}; ${info.format} model`;
+    + `${info.input.join("x")}; ${info.format} model`
+    + (info.task === "multi" ? "; multi-label: each class on its own, listed at or above its threshold (|)" : "");
 }).catch(() => { $("about").textContent = ""; });
+
+function entriesOf(record) {
+  if (record.labels === undefined) { return record.top_k; }
+  // multi-label: every class as an independent bar, most probable first, its threshold marked
+  $("label").textContent = record.labels.length ? record.labels.join(", ") : "none of the classes";
+  return Object.entries(record.probabilities).map(([label, probability]) => ({ label, probability,
+    threshold: thresholds[label] === undefined ? 0.5 : thresholds[label] }))
+    .sort((a, b) => b.probability - a.probability);
+}
 
 async function classify(file) {
   $("error").textContent = "";
@@ -493,7 +508,7 @@ async function classify(file) {
     if (!response.ok) { throw new Error(answer.error || response.statusText); }
     const record = answer[0];
     $("label").textContent = record.label;
-    for (const entry of record.top_k) {
+    for (const entry of entriesOf(record)) {
       const row = document.createElement("div");
       row.className = "row";
       const percent = (100 * entry.probability).toFixed(1);
@@ -501,6 +516,14 @@ async function classify(file) {
         + `<span class="pct">${percent}%</span>`;
       row.querySelector(".name").textContent = entry.label;
       row.querySelector(".bar").style.width = `${percent}%`;
+      if (entry.threshold !== undefined) {
+        const mark = document.createElement("div");
+        mark.className = "mark";
+        mark.title = `threshold ${(100 * entry.threshold).toFixed(1)}%`;
+        mark.style.left = `${100 * entry.threshold}%`;
+        row.querySelector(".track").appendChild(mark);
+        row.querySelector(".bar").classList.toggle("below", entry.probability < entry.threshold);
+      }
       $("rows").appendChild(row);
     }
   } catch (error) {

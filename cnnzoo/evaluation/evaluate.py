@@ -26,9 +26,9 @@ from ..files import write_bytes, write_text
 from ..inference.torch_models import Model
 from ..inference.tta import AveragedViews
 from ..pages import figure_png
-from ..plots import confusion_figure
+from ..plots import confusion_figure, plot_pr_curves
 from ..runtime.device import Feed
-from . import metrics
+from . import metrics, multilabel
 from .metrics import predict_loader
 from .page import ReportInputs, write_report_html
 
@@ -79,9 +79,14 @@ def _table(matrix: list[list[int]], classes: list[str]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     classes = report["classes"]
     width = max(12, max(len(c) for c in classes))
-    out = [
+    heading = (
         f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
-        f"{report['num_images']} images from {report['data']}",
+        f"{report['num_images']} images from {report['data']}"
+    )
+    if report.get("task") == "multi":
+        return multilabel.format_report(report, heading)
+    out = [
+        heading,
         f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
         f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%",
         "",
@@ -127,7 +132,8 @@ def evaluate(
     cfg = load_config(ckpt["config"])
     if split not in (None, "test", "validation"):
         raise UserError(f"--split {split}: use test or validation")
-    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
+    multi = ckpt["meta"].get("task") == "multi"
+    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split, multi_label=multi)
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
     model.tta = tta
     logits, labels, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
@@ -139,27 +145,72 @@ def evaluate(
         "data": where,
         "split": samples.name,
         "tta": tta,
-        **_scores(logits, labels, model.classes, top_k),
     }
-    if html_report and rows is None:
-        console.log(
-            "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
-        )
-    page = (
-        _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
-        if html_report and rows is not None
-        else None
-    )
-    report["outputs"] = _write_report(report, Path(out) if out else path.parent, page)
+    out_dir = Path(out) if out else path.parent
+    if multi:
+        report.update(_multi_label_scores(logits, labels, model))
+        report["outputs"] = _write_multi_label_report(report, out_dir, logits, labels)
+        return report
+    report.update(_scores(logits, labels, model.classes, top_k))
+    page = _page(report, logits, samples, rows, model) if html_report else None
+    report["outputs"] = _write_report(report, out_dir, page)
     return report
 
 
+def _page(
+    report: dict[str, Any], logits: torch.Tensor, samples: sources.Samples, rows: torch.Tensor | None, model: Model
+) -> ReportInputs | None:
+    """What report.html shows, or None for streamed shards (with a line saying so)."""
+    if rows is None:
+        console.log(
+            "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
+        )
+        return None
+    return _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
+
+
+def _multi_label_scores(logits: torch.Tensor, targets: torch.Tensor, model: Model) -> dict[str, Any]:
+    """A multi-label model's report fields (:func:`cnnzoo.evaluation.multilabel.report_fields`) and its loss."""
+    scores = torch.sigmoid(logits).numpy()
+    fields = multilabel.report_fields(scores, targets.numpy(), model.thresholds, model.classes)
+    return {**fields, "loss": metrics.plain_loss_sum(logits, targets).item() / len(targets)}
+
+
+def _write_multi_label_report(
+    report: dict[str, Any], out_dir: Path, logits: torch.Tensor, targets: torch.Tensor
+) -> list[str]:
+    """eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
+    scores, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+    curves, points = {}, {}
+    for k, name in enumerate(report["classes"]):
+        if truth[:, k].any():
+            precision, recall, _ = multilabel.pr_curve(scores[:, k], truth[:, k])
+            curves[name] = ([0.0, *recall], [precision[0], *precision])
+            s = report["per_class"][name]
+            points[name] = (s["recall"], s["precision"])
+    title = f"{report['split']}: mAP {100 * report['map']:.1f}% ({report['num_images']} images)"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+        plot_pr_curves(curves, points, out_dir / "pr_curves.png", title)
+    except OSError as exc:
+        raise UserError(
+            f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); choose another folder with --out"
+        ) from None
+    return [str(out_dir / "eval.json"), str(out_dir / "pr_curves.png")]
+
+
 def _samples_for(
-    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
+    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None, multi_label: bool = False
 ) -> tuple[sources.Samples, str]:
     """The images to score and where they come from: ``data``'s, or the split training built."""
     if data is not None and manifest.is_manifest(data):
-        return sources.manifest_split(cfg, Path(data), split, classes), str(Path(data))
+        return sources.manifest_split(cfg, Path(data), split, classes, multi_label=multi_label), str(Path(data))
+    if data is not None and multi_label:
+        raise DataError(
+            f"--data {data}: a multi-label model is scored on a manifest (a CSV with space-separated tags, "
+            f"or 0/1 columns), not a folder of class folders"
+        )
     if data is not None and hf.is_hf_dataset(str(data)):
         return sources.hf_split(cfg, str(data), split, classes), str(data)
     if data is not None and shard_files.is_shards(str(data)):
@@ -199,7 +250,10 @@ def _logits(
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     bar = console.bar(len(loader), "evaluate") if progress else None
     logits, rows = predict_loader(_module(model), loader, feed, bar=bar)
-    labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
+    if model.multi_label:
+        labels = loaders.multi_hot([samples.label_sets[r] for r in rows.tolist()], len(model.classes))
+    else:
+        labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
     return logits, labels, rows
 
 

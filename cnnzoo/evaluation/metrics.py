@@ -30,9 +30,19 @@ def predictions(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
+def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Images predicted right: the class, or (multi-hot labels) every class at probability 0.5."""
+    if labels.dim() > 1:
+        return ((logits > 0) == (labels > 0.5)).all(dim=1).sum()
+    return (predictions(logits) == labels).sum()
+
+
 def plain_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Unweighted, unsmoothed loss summed over the batch: the validation/evaluation loss."""
     logits = logits.float()
+    if labels.dim() > 1:  # multi-label: BCE per class, averaged over the classes, summed over images
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum")
+        return loss / logits.shape[1]
     if logits.shape[1] == 1:
         return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="sum")
     return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")

@@ -238,7 +238,7 @@ def build_report(model, image: Any, *, target: str | None = None, cap: int = MAX
     return Report(
         image=name,
         classes=model.classes,
-        probabilities=probabilities(logits.numpy())[0],
+        probabilities=probabilities(logits.numpy(), multi_label=model.multi_label)[0],  # multi-label: a sigmoid each
         target=chosen,
         input_pictures=_input_pictures(array, x, model.mean, model.std),
         layers=views,

@@ -25,10 +25,18 @@ from ..errors import UserError, short_reason
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def probabilities(logits: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
     """[B, K] logits -> [B, K] softmax probabilities; a one-logit (binary) head [B, 1] -> [B, 2]
-    as ``[1 - sigmoid, sigmoid]``. The one rule, for every format and for evaluation."""
+    as ``[1 - sigmoid, sigmoid]``; a multi-label model's -> a sigmoid per class (independent,
+    not summing to 1). The one rule, for every format and for evaluation."""
     logits = np.asarray(logits, dtype=np.float32)
+    if multi_label:
+        return _sigmoid(logits)
     if logits.shape[1] == 1:
         with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
             p = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
@@ -57,6 +65,9 @@ class Classifier:
         self.channels = int(meta["channels"])
         self.mean, self.std = list(meta["mean"]), list(meta["std"])
         self.path = str(path) if path is not None else None
+        self.multi_label = meta.get("task") == "multi"
+        # multi-label: a class is in ``labels`` at or above its threshold (predict --threshold sets one for all)
+        self.thresholds: list[float] = [float(v) for v in meta.get("thresholds") or [0.5] * len(self.classes)]
 
     @property
     def kind(self) -> str:
@@ -65,7 +76,7 @@ class Classifier:
 
     def outputs_fit(self, outputs: int) -> bool:
         """A network output per class, or one logit for two classes (a binary head)."""
-        return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2)
+        return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2 and not self.multi_label)
 
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
@@ -81,7 +92,7 @@ class Classifier:
                 f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
                 f"a damaged or foreign {self.kind}"
             )
-        probs = probabilities(logits)
+        probs = probabilities(logits, multi_label=self.multi_label)
         if not np.isfinite(probs).all():
             raise UserError(
                 f"{self.path}: the network's output is not finite (NaN or infinite); "
@@ -103,6 +114,7 @@ class Classifier:
             "input": [self.channels, *self.image_size],
             "mean": self.mean,
             "std": self.std,
+            **({"task": "multi", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 
     def records(self, names: list[str], pixels_hwc: np.ndarray, top_k: int) -> list[dict[str, Any]]:
@@ -113,10 +125,20 @@ class Classifier:
         out = []
         for name, row, idx in zip(names, probs, order):
             ranked = [{"label": self.classes[i], "probability": float(row[i])} for i in idx]
-            out.append(
-                {"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"], "top_k": ranked}
-            )
+            record = {"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"]}
+            if self.multi_label:
+                record.update(self.label_set(row))
+            out.append({**record, "top_k": ranked})
         return out
+
+    def label_set(self, probs: np.ndarray) -> dict[str, Any]:
+        """Multi-label: ``labels`` (every class at or above its threshold, most probable first)
+        and ``probabilities`` (each class's own sigmoid)."""
+        order = np.argsort(-probs, kind="stable")
+        return {
+            "labels": [self.classes[i] for i in order if probs[i] >= self.thresholds[i]],
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
+        }
 
     def predict(
         self, images: Any, top_k: int = 5, *, batch_size: int = 64, errors: list | None = None, progress: bool = False

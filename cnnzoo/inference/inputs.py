@@ -59,15 +59,22 @@ def records_in_order(names: Sequence[str], paths: Sequence[str], records: list[d
     return [{**by_path.get(path, blank), "image": name} for name, path in zip(names, paths)]
 
 
-def records_to_csv(records: Iterable[dict[str, Any]], top_k: int, *, image_header: str = "image") -> str:
+def records_to_csv(
+    records: Iterable[dict[str, Any]], top_k: int, *, image_header: str = "image", multi_label: bool = False
+) -> str:
+    """CSV rows: the image, its label and probability (multi-label: its labels, space-separated, as a
+    Kaggle submission has them), then the top-k."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = [image_header, "label", "probability"]
+    header = [image_header, "labels"] if multi_label else [image_header, "label", "probability"]
     for i in range(1, top_k + 1):
         header += [f"top{i}_label", f"top{i}_probability"]
     writer.writerow(header)
     for r in records:
-        row = [r["image"], r["label"], "" if r["probability"] is None else f"{r['probability']:.6f}"]
+        if multi_label:
+            row = [r["image"], " ".join(r.get("labels", []))]
+        else:
+            row = [r["image"], r["label"], "" if r["probability"] is None else f"{r['probability']:.6f}"]
         for entry in r["top_k"]:
             row += [entry["label"], f"{entry['probability']:.6f}"]
         row += [""] * (len(header) - len(row))

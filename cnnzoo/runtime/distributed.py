@@ -153,6 +153,16 @@ def all_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (a CPU tensor), concatenated in rank order: figures that need all the
+    scores at once (average precision) rather than sums."""
+    if not context().enabled:
+        return tensor
+    parts: list[Any] = [None] * context().world
+    torch.distributed.all_gather_object(parts, tensor.cpu())
+    return torch.cat([p for p in parts if len(p)]) if any(len(p) for p in parts) else tensor
+
+
 def all_max(value: float, device: torch.device) -> float:
     if not context().enabled:
         return value

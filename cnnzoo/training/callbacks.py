@@ -44,6 +44,8 @@ METRIC_COLUMNS = [
     "backbone_lr",
 ]
 _TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait", "lr", "backbone_lr")
+# multi-label runs add these (val_acc is then the exact-match rate: every class right at 0.5)
+MULTI_LABEL_COLUMNS = ["val_map", "val_f1_micro", "val_f1_macro"]
 
 
 @dataclass(kw_only=True)
@@ -54,7 +56,7 @@ class EpochEnd:
     row: dict[str, Any]  # METRIC_COLUMNS -> value (None where it does not apply)
     improved: bool  # the monitored metric is the best so far
     best_text: str  # the best value so far and its epoch, for people
-    confusion: torch.Tensor  # validation counts [true class, predicted class]
+    confusion: torch.Tensor | None  # validation counts [true class, predicted class]; None for multi-label
     best_epoch: int = 0  # the epoch best.pt holds now
 
 
@@ -64,10 +66,10 @@ class Callback(Protocol):
     def close(self) -> None: ...
 
 
-def format_row(row: dict[str, Any]) -> dict[str, str]:
+def format_row(row: dict[str, Any], columns: list[str] = METRIC_COLUMNS) -> dict[str, str]:
     out = {}
-    for key in METRIC_COLUMNS:
-        value = row[key]
+    for key in columns:
+        value = row.get(key)
         if value is None:
             out[key] = ""
         elif isinstance(value, int):
@@ -104,8 +106,8 @@ class Checkpoints:
 class MetricsCSV:
     """metrics.csv, rewritten whole (atomically) each epoch; a resumed run keeps the rows it had."""
 
-    def __init__(self, run_dir: Path, keep_up_to: int | None = None):
-        self.path = run_dir / "metrics.csv"
+    def __init__(self, run_dir: Path, keep_up_to: int | None = None, *, columns: list[str] = METRIC_COLUMNS):
+        self.path, self.columns = run_dir / "metrics.csv", columns
         self.rows: list[dict[str, str]] = []
         if keep_up_to is not None and self.path.exists():
             with open(self.path, newline="") as f:
@@ -113,12 +115,12 @@ class MetricsCSV:
             self._write()
 
     def epoch_end(self, end: EpochEnd) -> None:
-        self.rows.append(format_row(end.row))
+        self.rows.append(format_row(end.row, self.columns))
         self._write()
 
     def _write(self) -> None:
         table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=METRIC_COLUMNS)
+        writer = csv.DictWriter(table, fieldnames=self.columns)
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.path, table.getvalue())
@@ -171,6 +173,12 @@ class EpochLine:
             f"{100 * row['val_acc']:5.1f}%  lr {row['lr']:.2g}  {row['images_per_s']:.0f} img/s  "
             f"data wait {100 * row['data_wait']:.0f}%  {row['seconds']:.1f}s  "
             f"best {self.monitor} {end.best_text}"
+            + (
+                f"  mAP {100 * row['val_map']:.1f}%  F1 micro {100 * row['val_f1_micro']:.1f}% "
+                f"macro {100 * row['val_f1_macro']:.1f}%"
+                if row.get("val_map") is not None
+                else ""
+            )
         )
 
     def close(self) -> None:
@@ -204,6 +212,12 @@ class TensorBoard:
             w.add_scalar("lr/backbone", row["backbone_lr"], step)
         w.add_scalar("speed/images_per_s", row["images_per_s"], step)
         w.add_scalar("speed/data_wait", row["data_wait"], step)
+        for key in MULTI_LABEL_COLUMNS:
+            if row.get(key) is not None:
+                w.add_scalar(f"multi_label/{key}", row[key], step)
+        if end.confusion is None:
+            w.flush()
+            return
         try:
             w.add_figure(
                 "validation/confusion_matrix",
@@ -232,7 +246,13 @@ def require_tensorboard(loggers: list[str]) -> None:
 
 
 def make_callbacks(
-    t: TrainConfig, run_dir: Path, classes: list[str], *, checkpoints: Checkpoints, resumed_at: int | None
+    t: TrainConfig,
+    run_dir: Path,
+    classes: list[str],
+    *,
+    checkpoints: Checkpoints,
+    resumed_at: int | None,
+    multi_label: bool = False,
 ) -> list[Callback]:
     """The callbacks of a run, in order. metrics.csv comes before the checkpoints: Ctrl-C between
     the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the
@@ -241,7 +261,9 @@ def make_callbacks(
     metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard
     and MLflow (:mod:`~cnnzoo.training.tracking`).
     """
-    metrics = MetricsCSV(run_dir, resumed_at)
+    metrics = MetricsCSV(
+        run_dir, resumed_at, columns=METRIC_COLUMNS + MULTI_LABEL_COLUMNS if multi_label else METRIC_COLUMNS
+    )
     out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
     if "tensorboard" in t.loggers:
         out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))

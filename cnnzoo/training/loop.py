@@ -15,7 +15,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..console import console
 from ..data.batch_augment import BatchAugment
-from ..evaluation import metrics
+from ..evaluation import metrics, multilabel
 from ..evaluation.metrics import predict_loader
 from ..runtime import distributed
 from ..runtime.device import Feed
@@ -170,7 +170,7 @@ def train_one_epoch(
         loss, logits, y = _train_step(net, batch, parts, final=step == len(loader))
         n = len(y)
         loss_sum += loss * n
-        correct += (metrics.predictions(logits) == y).sum()
+        correct += metrics.correct_count(logits, y)
         seen += n
         if bar.disable is False and (step % 5 == 0 or step == len(loader)):
             elapsed = time.perf_counter() - start
@@ -194,10 +194,15 @@ def train_one_epoch(
     }
 
 
-def validate(net: nn.Module, loader, *, feed: Feed, num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
+def validate(
+    net: nn.Module, loader, *, feed: Feed, num_classes: int, thresholds: float | str | None = None
+) -> tuple[dict[str, float], torch.Tensor | None]:
     """Loss, accuracy and the confusion matrix; in DDP each process scores its share and the
-    sums are reduced, so the figures equal one process's over the whole split."""
+    sums are reduced, so the figures equal one process's over the whole split. Multi-label
+    (``thresholds`` given): :func:`validate_multi_label`'s figures, and no confusion matrix."""
     logits, labels = predict_loader(net, loader, feed, bar=console.bar(len(loader), " validate"))
+    if thresholds is not None:
+        return validate_multi_label(logits, labels, feed=feed, num_classes=num_classes, thresholds=thresholds), None
     predicted = metrics.predictions(logits) if len(labels) else labels
     confusion = metrics.confusion_counts(labels, predicted, num_classes)
     confusion = distributed.all_sum_tensor(confusion.to(feed.device)).cpu()
@@ -205,6 +210,30 @@ def validate(net: nn.Module, loader, *, feed: Feed, num_classes: int) -> tuple[d
     loss_sum, n = distributed.all_sum([loss_sum, len(labels)], feed.device)
     n = max(1.0, n)
     return {"val_loss": loss_sum / n, "val_acc": confusion.diagonal().sum().item() / n}, confusion
+
+
+def validate_multi_label(
+    logits: torch.Tensor, targets: torch.Tensor, *, feed: Feed, num_classes: int, thresholds: float | str
+) -> dict[str, Any]:
+    """val_loss, val_acc (exact match at 0.5), val_map (macro AP), F1 micro/macro at 0.5 (or at
+    ``thresholds`` when a number), and ``thresholds`` per class: tuned on this split when asked.
+    In DDP the processes' scores are gathered first (AP needs them all)."""
+    logits, targets = distributed.all_gather_rows(logits), distributed.all_gather_rows(targets)
+    if not len(targets):
+        targets = torch.zeros((0, num_classes))
+        logits = torch.zeros((0, num_classes))
+    scores, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+    fixed = 0.5 if thresholds == "tuned" else float(thresholds)
+    at = multilabel.threshold_scores(scores, truth, [fixed] * num_classes)
+    n = max(1, len(targets))
+    return {
+        "val_loss": metrics.plain_loss_sum(logits, targets).item() / n if len(targets) else 0.0,
+        "val_acc": at["exact_match"],
+        "val_map": multilabel.mean_average_precision(scores, truth),
+        "val_f1_micro": at["f1_micro"],
+        "val_f1_macro": at["f1_macro"],
+        "thresholds": (multilabel.tune_thresholds(scores, truth) if thresholds == "tuned" else [fixed] * num_classes),
+    }
 
 
 class BestEpoch:
@@ -218,7 +247,8 @@ class BestEpoch:
     """
 
     def __init__(self, t: TrainConfig, saved: dict[str, Any] | None = None):
-        self.monitor, self.maximize = t.monitor, t.monitor == "val_acc"
+        self.monitor = "val_acc" if t.monitor == "auto" else t.monitor
+        self.maximize = self.monitor != "val_loss"
         self.other = "val_loss" if self.maximize else "val_acc"
         self.min_delta, self.patience = t.min_delta, t.patience
         saved = saved or {}
@@ -275,7 +305,7 @@ SMALL_VALIDATION = 100  # images; below it one image moves val_acc by more than 
 
 def warn_small_validation(images: int, monitor: str) -> None:
     """Say when one validation image moves val_acc by more than a point: epochs then tie often."""
-    if images >= SMALL_VALIDATION:
+    if images >= SMALL_VALIDATION or monitor == "val_map":  # a ranking figure: epochs seldom tie on it
         return
     how = "ties go to the lower val_loss" if monitor == "val_acc" else "best.pt follows val_loss (train.monitor)"
     console.warn(

@@ -55,7 +55,7 @@ class LRSchedule:
                 optimizer, max_lr=list(self.base_lrs), total_steps=self.total, pct_start=min(max(pct, 0.01), 0.99)
             )
         elif t.scheduler == "reduce-on-plateau":
-            mode = "max" if t.monitor == "val_acc" else "min"
+            mode = "min" if t.monitor == "val_loss" else "max"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience
             )
@@ -153,13 +153,30 @@ def class_weight_vector(setting: Any, classes: list[str], counts: list[int]) -> 
     return torch.tensor([float(setting.get(c, 1.0)) for c in classes], dtype=torch.float32)
 
 
+def pos_weight_vector(setting: Any, classes: list[str], counts: list[int], images: int) -> torch.Tensor | None:
+    """Multi-label ``class_weights``: a ``pos_weight`` per class; ``balanced`` gives negatives /
+    positives (each class's positives weigh as much as its negatives); a mapping names classes."""
+    check_class_weights(setting, classes)
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        return torch.tensor([(images - n) / max(1, n) for n in counts], dtype=torch.float32)
+    return torch.tensor([float(setting.get(c, 1.0)) for c in classes], dtype=torch.float32)
+
+
+MULTI_LABEL_LOSS = "bce_multi_label"  # a sigmoid and BCE per class
+
+
 class Criterion(nn.Module):
-    """The training loss: cross-entropy over K logits, or BCE over one logit for two classes."""
+    """The training loss: cross-entropy over K logits, BCE over one logit for two classes, or
+    (multi-label) BCE over each of K logits against multi-hot targets, ``weights`` its pos_weight."""
 
     def __init__(self, kind: str, weights: torch.Tensor | None, label_smoothing: float):
         super().__init__()
         self.kind, self.label_smoothing = kind, label_smoothing
-        if kind == "bce":
+        if kind == MULTI_LABEL_LOSS:
+            self.loss = nn.BCEWithLogitsLoss(pos_weight=weights)
+        elif kind == "bce":
             pos_weight = None if weights is None else (weights[1] / weights[0]).view(1)
             self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         else:
@@ -173,13 +190,25 @@ class Criterion(nn.Module):
         return nn.functional.cross_entropy(logits.float(), targets, weight=self.loss.weight)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kind == MULTI_LABEL_LOSS:
+            target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return self.loss(logits.float(), target)
         if self.kind == "bce":
             target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
             return self.loss(logits[:, 0].float(), target)
         return self.loss(logits.float(), labels)
 
 
-def loss_kind(setting: str, outputs: int, num_classes: int) -> str:
+def loss_kind(setting: str, outputs: int, num_classes: int, *, multi_label: bool = False) -> str:
+    if multi_label:
+        if setting == "cross_entropy" or outputs != num_classes:
+            raise ConfigError(
+                f"train.loss: multi-label data (several labels per image) needs one output per class and "
+                f"a BCE loss per class; this network has {outputs} output{'s' if outputs != 1 else ''} for "
+                f"{num_classes} classes and train.loss is {setting} (use auto, and dense: {{out_features: "
+                f"num_classes}} or leave out_features to the data)"
+            )
+        return MULTI_LABEL_LOSS
     if setting == "auto":
         return "bce" if outputs == 1 else "cross_entropy"
     if setting == "bce" and (outputs != 1 or num_classes != 2):

@@ -202,6 +202,7 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
             setup.spec.classes,
             checkpoints=Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
             resumed_at=job.start_epoch - 1 if state is not None else None,
+            multi_label=setup.spec.multi_label,
         )
     _log_plan(job, setup)
     if job.start_epoch == 1 and ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
@@ -218,6 +219,9 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> 
     """The job of a new run (:func:`_resume` then continues an old one)."""
     infos = setup.infos
     meta = {**setup.spec.meta(), "loss": setup.loss_kind, "outputs": infos[-1].output_shape[0]}
+    if setup.spec.multi_label:  # the thresholds are the validation's of the epoch a checkpoint holds
+        fixed = 0.5 if cfg.train.thresholds == "tuned" else float(cfg.train.thresholds)
+        meta.update(task="multi", thresholds=[fixed] * len(setup.spec.classes))
     return Job(
         cfg=cfg,
         run_dir=run_dir,
@@ -340,10 +344,17 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
     if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
         distributed.broadcast_buffers(job.average.averaged)
+    multi_label = job.base_state["meta"].get("task") == "multi"
     with job.average.swapped_in(job.model) if job.average is not None else nullcontext():
         val, confusion = validate(
-            stages.net, stages.val_loader, feed=job.feed.without_autocast(), num_classes=job.num_classes
+            stages.net,
+            stages.val_loader,
+            feed=job.feed.without_autocast(),
+            num_classes=job.num_classes,
+            thresholds=t.thresholds if multi_label else None,
         )
+    if multi_label:
+        job.base_state["meta"]["thresholds"] = val.pop("thresholds")
     row = {
         "epoch": epoch,
         "lr": lr,

@@ -30,7 +30,7 @@ from ..runtime.device import (
     prefers_channels_last,
 )
 from .callbacks import require_tensorboard
-from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer
+from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer, pos_weight_vector
 from .tracking import require_mlflow
 from .transfer import stage_plan
 
@@ -129,6 +129,29 @@ def _measured_compile(
     return chosen
 
 
+def check_task_settings(t: TrainConfig, multi_label: bool) -> None:
+    """Settings of one task refused on the other in one line; ``train.monitor: auto`` resolved
+    (val_map for multi-label, val_acc otherwise) so that the saved config says which."""
+    if t.monitor == "auto":
+        t.monitor = "val_map" if multi_label else "val_acc"
+    if multi_label:
+        if t.mixup or t.cutmix:
+            raise ConfigError(
+                "train.mixup / train.cutmix: mixing is built for one class per image; this data is "
+                "multi-label (remove train.mixup and train.cutmix)"
+            )
+        return
+    if t.monitor == "val_map":
+        raise ConfigError(
+            "train.monitor: val_map is a multi-label figure; this data has one class per image (use val_acc)"
+        )
+    if t.thresholds != 0.5:
+        raise ConfigError(
+            "train.thresholds: thresholds are for multi-label data (several labels per image); this data has "
+            "one class per image, which takes the most probable class (remove train.thresholds)"
+        )
+
+
 @dataclass(kw_only=True)
 class TrainingSetup:
     """What training and the learning-rate range test both start from: the data, the model on
@@ -160,7 +183,8 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     infos, model = build_for_data(cfg, spec, pretrained=state is None)
     if state is not None:
         model.load_state_dict(state["model_state"])
-    kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes))
+    check_task_settings(t, spec.multi_label)
+    kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes), multi_label=spec.multi_label)
     augment = augment_mod.build_augment(cfg.data.augment, spec.image_size)
     check_class_weights(t.class_weights, spec.classes)
     stages_plan = stage_plan(model, t)
@@ -191,7 +215,11 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
         channels_last=channels_last,
         autocast_dtype=autocast_dtype,
     )
-    criterion = Criterion(kind, class_weight_vector(t.class_weights, spec.classes, counts), t.label_smoothing).to(dev)
+    if spec.multi_label:
+        weights = pos_weight_vector(t.class_weights, spec.classes, counts, len(loaders.train_set))
+    else:
+        weights = class_weight_vector(t.class_weights, spec.classes, counts)
+    criterion = Criterion(kind, weights, t.label_smoothing).to(dev)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     return TrainingSetup(
         spec=spec,

@@ -279,7 +279,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         store: FeatureStore,
         labels: torch.Tensor,
         flips: list[tuple[bool, bool]],
-        *,
         flip_p: tuple[float, float] = (0.0, 0.0),
     ):
         self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
@@ -422,8 +421,8 @@ class TransferStages:
             console.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
             stores.append(store)
         t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
-        train_set = FeatureDataset(stores[0], self.loaders.train_set.labels, cache_plan.flips, flip_p=cache_plan.flip_p)
-        val_set = FeatureDataset(stores[1], self.loaders.val_set.labels, [(False, False)])
+        train_set = FeatureDataset(stores[0], self.loaders.train_set.targets, cache_plan.flips, cache_plan.flip_p)
+        val_set = FeatureDataset(stores[1], self.loaders.val_set.targets, [(False, False)])
         return (
             cache_plan.suffix(),
             loaders_mod.make_loader(
