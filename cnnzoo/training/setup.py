@@ -170,13 +170,38 @@ class TrainingSetup:
     stages_plan: tuple[int, int] | None
 
 
+def _precision(
+    model: nn.Module,
+    cfg: Config,
+    dev: torch.device,
+    candidate: torch.dtype | None,
+    *,
+    outputs: int,
+    channels_last: bool,
+) -> torch.dtype | None:
+    """``train.amp`` resolved to autocast's dtype (None: float32); ``auto`` on CUDA measures it."""
+    t = cfg.train
+    if t.amp == "auto" and candidate is not None:
+        return _measured_amp(
+            model,
+            (t.batch_size, *cfg.model.input),
+            outputs=outputs,
+            dev=dev,
+            candidate=candidate,
+            channels_last=channels_last,
+        )
+    if dev.type == "cuda":
+        console.log(f"precision: {_dtype_name(candidate)} (train.amp: {t.amp})")
+    return candidate
+
+
 def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = None) -> TrainingSetup:
     """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
 
     Every setting that can still be wrong is checked here, before a caller makes a run folder.
     """
     t = cfg.train
-    autocast_dtype = amp_dtype(t.amp, dev)
+    autocast_dtype = amp_dtype(t.amp, dev)  # a setting this device cannot take is refused before decoding
     with distributed.main_first():  # a built-in data set is generated once
         spec = sources.load_data(cfg)
     _record_data(cfg, spec)
@@ -195,17 +220,9 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     loaders = build(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
-    if t.amp == "auto" and autocast_dtype is not None:
-        autocast_dtype = _measured_amp(
-            model,
-            (t.batch_size, *cfg.model.input),
-            outputs=infos[-1].output_shape[0],
-            dev=dev,
-            candidate=autocast_dtype,
-            channels_last=channels_last,
-        )
-    elif dev.type == "cuda":
-        console.log(f"precision: {_dtype_name(autocast_dtype)} (train.amp: {t.amp})")
+    autocast_dtype = _precision(
+        model, cfg, dev, autocast_dtype, outputs=infos[-1].output_shape[0], channels_last=channels_last
+    )
     if t.compile is True or (t.compile == "auto" and _measured_compile(model, cfg, loaders, dev, channels_last)):
         model.compile()  # in place: the state_dict keeps the plain module's names
         console.log(f"compile: torch.compile on (train.compile: {t.compile})")
