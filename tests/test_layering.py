@@ -73,6 +73,12 @@ TORCH_FREE = {
     "cnnzoo.pages",
     "cnnzoo.evaluation.analysis",
     "cnnzoo.evaluation.page",
+    # evaluate of an ONNX or TFLite export: folders listed, scored and drawn without torch
+    "cnnzoo.data.sources",
+    "cnnzoo.data.shapes",
+    "cnnzoo.evaluation.evaluate",
+    "cnnzoo.evaluation.scores",
+    "cnnzoo.evaluation.splits",
 }
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}
@@ -262,6 +268,7 @@ def test_every_function_level_import_says_why_it_is_lazy():
         "cnnzoo.inference.inputs",
         "cnnzoo.data.preprocess",
         "cnnzoo.deploy.serve",
+        "cnnzoo.evaluation.evaluate",
     ],
 )
 def test_importing_a_torch_free_module_leaves_torch_out(module):

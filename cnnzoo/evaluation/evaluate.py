@@ -1,67 +1,38 @@
-"""``cnnzoo evaluate``: score a checkpoint on a labelled split and explain the errors.
+"""``cnnzoo evaluate``: score a model on a labelled split and explain the errors.
 
-Without ``--data`` the checkpoint's own config says where the data is, and the split is
-rebuilt exactly as training built it (the same seeded hold-out for a single folder),
-so the accuracy reported here for the validation split equals the ``val_acc`` that
-training recorded for the same checkpoint.
+A checkpoint without ``--data`` finds its data in its own config, and the split is rebuilt exactly
+as training built it (the same seeded hold-out for a single folder), so the accuracy reported here
+for the validation split equals the ``val_acc`` that training recorded for the same checkpoint.
+
+An ``.onnx`` (FP32 or INT8) or ``.tflite`` export is scored without torch, through its own predict
+path (:meth:`cnnzoo.inference.classifier.Classifier.batches`, its preprocessing and checked
+logits), on ``--data`` or on the data root its metadata names. Both kinds are scored by one NumPy
+implementation (:mod:`~cnnzoo.evaluation.scores`) and drawn by the same page.
+
+Torch-free at import: only a checkpoint imports torch (:mod:`~cnnzoo.evaluation.checkpoints`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .. import checkpoint as ckpt_io
 from .. import runs
-from ..config import Config, load_config
 from ..console import console
-from ..data import loaders, sources
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
-from ..inference.torch_models import Model
+from ..inference import Classifier, is_onnx, is_tflite, load
+from ..inference.classifier import probabilities
 from ..pages import figure_png
 from ..plots import confusion_figure
-from ..runtime.device import Feed
-from . import metrics
-from .metrics import predict_loader
+from . import scores
 from .page import ReportInputs, write_report_html
+from .splits import Scored, check_split, export_data, split_from_folder
 
-
-def _split_from_folder(folder: Path, split: str | None, classes: list[str]) -> sources.Samples:
-    """``folder`` is a data root with split folders, or itself a folder of class folders."""
-    if not folder.is_dir():
-        raise DataError(f"--data: folder not found: {folder}")
-    wanted = [split] if split else ["test", "validation"]
-    for name in wanted:
-        for candidate in sources.SPLIT_FOLDERS[name]:
-            if (folder / candidate).is_dir():
-                folder = folder / candidate
-                break
-        else:
-            continue
-        break
-    else:
-        if split and any((folder / n).is_dir() for names in sources.SPLIT_FOLDERS.values() for n in names):
-            raise DataError(f"--data {folder}: has no {split}/ split")
-    present = [p.name for p in sources.class_dirs(folder)] if folder.is_dir() else []
-    missing = [c for c in classes if c not in present]
-    extra = [c for c in present if c not in classes]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-        if extra:
-            parts.append(f"class folder{'s' if len(extra) > 1 else ''} {', '.join(extra)} unknown to the model")
-        raise DataError(f"--data {folder}: {'; '.join(parts)}; the model's classes are {', '.join(classes)}")
-    samples, _, skipped = sources.scan_folder(folder, split or folder.name, classes)
-    if skipped:
-        console.warn(f"skipped {skipped} files that are not images under {folder}")
-    return samples
+EXPORT_BATCH = 64  # images per forward pass of an export, as predict's default
 
 
 def _table(matrix: list[list[int]], classes: list[str]) -> str:
@@ -79,8 +50,7 @@ def format_report(report: dict[str, Any]) -> str:
     classes = report["classes"]
     width = max(12, max(len(c) for c in classes))
     out = [
-        f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
-        f"{report['num_images']} images from {report['data']}",
+        f"{_model_words(report)} on {report['split']}: {report['num_images']} images from {report['data']}",
         f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
         f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%",
         "",
@@ -103,6 +73,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _model_words(report: dict[str, Any]) -> str:
+    """What was scored, in words: ``checkpoint PATH (epoch N)`` or ``INT8 ONNX export PATH (epoch N)``."""
+    if "checkpoint" in report:
+        return f"checkpoint {report['checkpoint']} (epoch {report['epoch']})"
+    kind = {"onnx": "ONNX", "tflite": "TFLite"}.get(report["format"], report["format"])
+    return f"{'INT8 ' if report.get('int8') else ''}{kind} export {report['model']} (epoch {report['epoch']})"
+
+
 def evaluate(
     checkpoint: str | Path | None = None,
     data: str | Path | None = None,
@@ -116,103 +94,86 @@ def evaluate(
     progress: bool = True,
     html_report: bool = True,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json, a plot and (unless
-    ``html_report`` is false) report.html; ``outputs`` lists the files written."""
+    """Score ``checkpoint`` (default: the newest run's best.pt), or an ``.onnx`` / ``.tflite`` export
+    (without torch); write eval.json, a plot and (unless ``html_report`` is false) report.html beside
+    the model or in ``out``; ``outputs`` lists the files written."""
+    check_split(split)
     path = runs.resolve_checkpoint(checkpoint, runs_root)
-    ckpt = ckpt_io.load_checkpoint(path)
-    path = Path(ckpt["path"])  # a run folder stands for its best.pt
-    cfg = load_config(ckpt["config"])
-    if split not in (None, "test", "validation"):
-        raise UserError(f"--split {split}: use test or validation")
-    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split)
-    model = Model(ckpt, device)  # the memory format training used, for the same numbers
-    logits, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
-    labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
+    options = {"split": split, "batch_size": batch_size, "device": device, "progress": progress}
+    if is_onnx(path) or is_tflite(path):
+        scored = score_export(path, data, **options)
+    else:
+        from .checkpoints import score_checkpoint  # lazy: the torch-free boundary: only a checkpoint imports torch
+
+        scored = score_checkpoint(path, data, **options)
+    labels = np.asarray([scored.samples.labels[r] for r in scored.rows.tolist()], dtype=np.int64)
     if len(labels) == 0:
-        raise DataError(f"{where}: no readable images to evaluate")
+        raise DataError(f"{scored.where}: no readable images to evaluate")
+    probs = probabilities(scored.logits)  # the one rule every format's predictions follow
     report = {
-        "checkpoint": str(path),
-        "epoch": ckpt.get("epoch"),
-        "data": where,
-        "split": samples.name,
-        **_scores(logits, labels, model.classes, top_k),
+        **scored.about,
+        "data": scored.where,
+        "split": scored.samples.name,
+        **scores.summary(scored.logits, probs, labels, scored.classes, top_k),
     }
-    page = (
-        _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
-        if html_report
-        else None
-    )
-    report["outputs"] = _write_report(report, Path(out) if out else path.parent, page)
+    page = _page_inputs(report, probs, scored) if html_report else None
+    model_file = Path(scored.about.get("checkpoint") or scored.about["model"])
+    report["outputs"] = _write_report(report, Path(out) if out else model_file.parent, page)
     return report
 
 
-def _samples_for(
-    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None
-) -> tuple[sources.Samples, str]:
-    """The images to score and where they come from: ``data``'s, or the split training built."""
-    if data is not None:
-        return _split_from_folder(Path(data), split, classes), str(Path(data))
-    try:
-        with console.scoped(True):  # the data's own lines are training's, not this report's
-            spec = sources.load_data(cfg)
-    except DataError as exc:
-        raise DataError(
-            f"{exc} (the data this checkpoint was trained on); pass --data DIR to evaluate on another folder"
-        ) from None
-    if split == "test" and spec.test is None:
-        raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
-    samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
-    return samples, spec.root or cfg.data.source
+def score_export(
+    path: Path,
+    data: str | Path | None,
+    *,
+    split: str | None,
+    batch_size: int | None,
+    device: str | None,
+    progress: bool,
+) -> Scored:
+    """An ONNX or TFLite export's logits on ``data`` (default: the data root its metadata names),
+    read and run by the export's own predict path; torch is never imported."""
+    model: Classifier = load(path, device)
+    folder = data if data is not None else export_data(path, model.meta.get("data_root"))
+    samples, where = split_from_folder(Path(folder), split, model.classes), str(folder)
+    items = samples.paths or []  # a folder's samples are files
+    errors: list = []
+    logits, rows = [], []
+    for positions, pixels in model.batches(
+        items, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress
+    ):
+        logits.append(model.logits_and_probabilities(pixels)[0])
+        rows.extend(positions)
+    for name, reason in errors:
+        console.warn(f"skipped {name}: cannot read image ({reason})")
+    about = {"model": str(path), "format": model.format, "int8": "int8" in model.meta, "epoch": model.meta.get("epoch")}
+    return Scored(
+        logits=np.concatenate(logits) if logits else np.zeros((0, len(model.classes)), np.float32),
+        rows=np.asarray(rows, dtype=np.int64),
+        samples=samples,
+        where=where,
+        classes=model.classes,
+        channels=model.channels,
+        about=about,
+    )
 
 
-def _logits(
-    model: Model, samples: sources.Samples, *, batch_size: int, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's logits for every readable image, run as training validated, and which of
-    ``samples`` each row is (an unreadable image is skipped)."""
-    cuda = model.device.type == "cuda"
-    # each image labelled with its own position, so that the rows say which images they are
-    numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
-    dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
-    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
-    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
-    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
-    return predict_loader(model.module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None)
-
-
-def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:
-    """Loss, accuracy, top-k accuracy, per-class scores and the confusion matrix, as report fields."""
-    predicted = metrics.predictions(logits)
-    matrix = metrics.confusion_matrix(labels.tolist(), predicted.tolist(), len(classes))
-    scores = metrics.per_class_scores(matrix, classes)
-    n, k = len(labels), min(top_k, len(classes))
-    return {
-        "classes": classes,
-        "num_images": n,
-        "loss": metrics.plain_loss_sum(logits, labels).item() / n,
-        "accuracy": (predicted == labels).sum().item() / n,
-        "top_k": k,
-        "top_k_accuracy": metrics.top_k_correct(metrics.probabilities(logits), labels, k) / n,
-        "per_class": scores["per_class"],
-        "averages": scores["averages"],
-        "confusion_matrix": matrix,
-    }
-
-
-def _page_inputs(
-    report: dict[str, Any], probabilities: np.ndarray, samples: sources.Samples, rows: np.ndarray, channels: int
-) -> ReportInputs:
+def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> ReportInputs:
     """What report.html is drawn from: the probabilities of each scored image (NumPy, so any model
-    format's), which of ``samples`` it is, and the images read with ``channels``."""
+    format's), which of the samples it is, and the images read with the model's channels."""
+    samples, rows = scored.samples, scored.rows
+    checkpoint = report.get("checkpoint")
     return ReportInputs(
-        title=f"{Path(report['checkpoint']).name} (epoch {report['epoch']}) on {report['split']} of {report['data']}",
+        title=f"{Path(checkpoint or report['model']).name} (epoch {report['epoch']}) "
+        f"on {report['split']} of {report['data']}",
         classes=report["classes"],
-        probabilities=probabilities,
+        probabilities=probs,
         labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
         image_names=[samples.describe(int(r)) for r in rows],
-        image_pixels=lambda row, size: samples.read(int(rows[row]), size, channels),
+        image_pixels=lambda row, size: samples.read(int(rows[row]), size, scored.channels),
         scores=report,
-        explain_model=str(Path(report["checkpoint"]).resolve()),  # the command works from any folder
+        # explain needs the checkpoint (gradients); the command works from any folder
+        explain_model=str(Path(checkpoint).resolve()) if checkpoint else None,
     )
 
 
