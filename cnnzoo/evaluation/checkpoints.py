@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from .. import checkpoint as ckpt_io
 from ..config import load_config
 from ..console import console
@@ -49,6 +51,7 @@ def score_checkpoint(
     logits, rows = predict_loader(model.module, loader, feed, bar=bar)
     return Scored(
         logits=logits.numpy(),
+        labels=np.asarray([samples.labels[r] for r in rows.tolist()], dtype=np.int64),
         rows=rows.numpy(),
         samples=samples,
         where=where,

@@ -106,15 +106,14 @@ def evaluate(
         from .checkpoints import score_checkpoint  # lazy: the torch-free boundary: only a checkpoint imports torch
 
         scored = score_checkpoint(path, data, **options)
-    labels = np.asarray([scored.samples.labels[r] for r in scored.rows.tolist()], dtype=np.int64)
-    if len(labels) == 0:
+    if len(scored.labels) == 0:
         raise DataError(f"{scored.where}: no readable images to evaluate")
     probs = probabilities(scored.logits)  # the one rule every format's predictions follow
     report = {
         **scored.about,
         "data": scored.where,
         "split": scored.samples.name,
-        **scores.summary(scored.logits, probs, labels, scored.classes, top_k),
+        **scores.summary(scored.logits, probs, scored.labels, scored.classes, top_k),
     }
     page = _page_inputs(report, probs, scored) if html_report else None
     model_file = Path(scored.about.get("checkpoint") or scored.about["model"])
@@ -149,6 +148,7 @@ def score_export(
     about = {"model": str(path), "format": model.format, "int8": "int8" in model.meta, "epoch": model.meta.get("epoch")}
     return Scored(
         logits=np.concatenate(logits) if logits else np.zeros((0, len(model.classes)), np.float32),
+        labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
         rows=np.asarray(rows, dtype=np.int64),
         samples=samples,
         where=where,
@@ -168,7 +168,7 @@ def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> R
         f"on {report['split']} of {report['data']}",
         classes=report["classes"],
         probabilities=probs,
-        labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
+        labels=scored.labels,
         image_names=[samples.describe(int(r)) for r in rows],
         image_pixels=lambda row, size: samples.read(int(rows[row]), size, scored.channels),
         scores=report,

@@ -24,10 +24,11 @@ SPLITS = ("test", "validation")
 
 @dataclass(kw_only=True)
 class Scored:
-    """What a model answered on a split: logits [N, outputs] for the readable images, which of
-    ``samples`` each row is, and what the report says about the model."""
+    """What a model answered on a split: logits [N, outputs] for the readable images, their labels,
+    which of ``samples`` each row is, and what the report says about the model."""
 
     logits: np.ndarray
+    labels: np.ndarray
     rows: np.ndarray
     samples: sources.Samples
     where: str  # the data's folder (or source), as the report names it
