@@ -210,6 +210,15 @@ def test_int8_evaluate_reports_the_accuracy_export_printed(trained, quantized, f
     assert format_report(report).startswith(f"INT8 ONNX export {quantized.path} (epoch ")
 
 
+def test_evaluating_an_export_leaves_the_checkpoints_eval_json_alone(trained, quantized):
+    checkpoint_json = trained.run_dir / "eval.json"
+    before = checkpoint_json.read_bytes() if checkpoint_json.exists() else None
+    report = evaluate(quantized.path, trained.root, split="validation", progress=False, html_report=False)
+    folder = trained.run_dir / "eval-best.int8.onnx"
+    assert report["outputs"] == [str(folder / "eval.json"), str(folder / "confusion_matrix.png")]
+    assert (checkpoint_json.read_bytes() if checkpoint_json.exists() else None) == before
+
+
 def test_int8_evaluate_runs_without_torch(trained, quantized, tmp_path):
     """The CLI in a process where ``import torch`` fails: eval.json, the plot and report.html all come."""
     probe = (

@@ -85,7 +85,9 @@ def evaluate(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k for top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     out: Path | None = typer.Option(
-        None, help="Where to write eval.json and confusion_matrix.png (default: the model file's folder)."
+        None,
+        help="Where to write eval.json, confusion_matrix.png and report.html (default: the checkpoint's "
+        "folder; for an export, eval-<file>/ beside it).",
     ),
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),

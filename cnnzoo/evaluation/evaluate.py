@@ -116,9 +116,17 @@ def evaluate(
         **scores.summary(scored.logits, probs, scored.labels, scored.classes, top_k),
     }
     page = _page_inputs(report, probs, scored) if html_report else None
-    model_file = Path(scored.about.get("checkpoint") or scored.about["model"])
-    report["outputs"] = _write_report(report, Path(out) if out else model_file.parent, page)
+    report["outputs"] = _write_report(report, Path(out) if out else default_out(scored.about), page)
     return report
+
+
+def default_out(about: dict[str, Any]) -> Path:
+    """Where the files go without ``out``: a checkpoint's folder; for an export, ``eval-<file>/``
+    beside it, so that scoring ``best.int8.onnx`` never replaces the checkpoint's eval.json."""
+    if "checkpoint" in about:
+        return Path(about["checkpoint"]).parent
+    model = Path(about["model"])
+    return model.parent / f"eval-{model.name}"
 
 
 def score_export(
@@ -139,7 +147,7 @@ def score_export(
     errors: list = []
     logits, rows = [], []
     for positions, pixels in model.batches(
-        items, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress
+        items, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress, task="evaluate"
     ):
         logits.append(model.logits_and_probabilities(pixels)[0])
         rows.extend(positions)

@@ -143,12 +143,19 @@ class Classifier:
         return results
 
     def batches(
-        self, images: list | tuple, *, batch_size: int = 64, errors: list | None = None, progress: bool = False
+        self,
+        images: list | tuple,
+        *,
+        batch_size: int = 64,
+        errors: list | None = None,
+        progress: bool = False,
+        task: str = "predict",
     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """(positions in ``images``, uint8 [B, H, W, C]) for every batch of readable images, in
         order, decoded in threads while the previous batch runs; unreadable images are skipped as
-        :meth:`predict` says. ``predict`` and ``evaluate`` of an export both read images this way."""
-        bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
+        :meth:`predict` says. ``predict`` and ``evaluate`` of an export both read images this way
+        (``task`` names the progress bar)."""
+        bar = console.bar(len(images), task, unit="img") if progress and len(images) > batch_size else None
         starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
 
