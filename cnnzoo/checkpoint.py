@@ -169,7 +169,7 @@ def _describe(path: Path, head: bytes) -> str:
             "a safetensors weights file (tensors only, without cnnzoo's layers and classes), not a "
             "checkpoint; pretrained weights go in a backbone layer's weights key"
         )
-    exported = "predict and serve take an export; this command needs the checkpoint it was made from"
+    exported = "predict, serve and evaluate take an export; this command needs the checkpoint it was made from"
     if head[:1] == b"\x08" and any(mark in head[:256] for mark in (b"cnnzoo", b"pytorch", b"onnx")):
         if path.suffix.lower() == ".onnx":
             return f"an ONNX export, not a checkpoint; {exported}"

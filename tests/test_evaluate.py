@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +19,7 @@ import cnnzoo
 from cnnzoo.cli import app
 from cnnzoo.data.sources import scan_folder, stratified_split
 from cnnzoo.errors import DataError
-from cnnzoo.evaluation import metrics
+from cnnzoo.evaluation import metrics, scores
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
 
 from support.cli import one_error_line, run_cnnzoo
@@ -148,9 +149,9 @@ def test_json_report_keys(json_report):
         assert key in report, key
     assert report["classes"] == ["a", "b"]
     assert set(report["per_class"]) == {"a", "b"}
-    for scores in report["per_class"].values():
-        assert set(scores) >= {"precision", "recall", "f1", "support"}
-        assert isinstance(scores["support"], int)
+    for class_scores in report["per_class"].values():
+        assert set(class_scores) >= {"precision", "recall", "f1", "support"}
+        assert isinstance(class_scores["support"], int)
 
 
 def test_confusion_matrix_and_scores_agree_by_hand(json_report):
@@ -279,15 +280,15 @@ def test_package_level_evaluate_stays_callable():
 
 
 def test_confusion_matrix_counts_true_rows_predicted_columns():
-    m = metrics.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    m = scores.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
     assert m == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
-    assert metrics.confusion_matrix([], [], 2) == [[0, 0], [0, 0]]
-    assert metrics.confusion_matrix([1], [1], 4)[1] == [0, 1, 0, 0]
+    assert scores.confusion_matrix([], [], 2) == [[0, 0], [0, 0]]
+    assert scores.confusion_matrix([1], [1], 4)[1] == [0, 1, 0, 0]
 
 
 def test_per_class_scores_by_hand():
     m = [[3, 1], [2, 4]]
-    s = metrics.per_class_scores(m, ["x", "y"])
+    s = scores.per_class_scores(m, ["x", "y"])
     x, y = s["per_class"]["x"], s["per_class"]["y"]
     assert x == pytest.approx({"precision": 3 / 5, "recall": 3 / 4, "f1": 2 * 0.6 * 0.75 / 1.35, "support": 4})
     assert y == pytest.approx(
@@ -300,21 +301,21 @@ def test_per_class_scores_by_hand():
 def test_per_class_scores_class_never_predicted_or_absent():
     # class 2 is never predicted (column of zeros), class 1 never occurs (row of zeros)
     m = [[2, 1, 0], [0, 0, 0], [1, 0, 0]]
-    s = metrics.per_class_scores(m, ["p", "q", "r"])["per_class"]
+    s = scores.per_class_scores(m, ["p", "q", "r"])["per_class"]
     assert s["r"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert s["q"]["support"] == 0 and s["q"]["recall"] == 0.0 and s["q"]["precision"] == 0.0
     assert s["p"]["precision"] == pytest.approx(2 / 3) and s["p"]["recall"] == pytest.approx(2 / 3)
-    empty = metrics.per_class_scores([[0, 0], [0, 0]], ["p", "q"])
+    empty = scores.per_class_scores([[0, 0], [0, 0]], ["p", "q"])
     assert empty["averages"]["weighted"]["f1"] == 0.0
 
 
 def test_top_k_correct():
-    probs = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
-    labels = torch.tensor([2, 2, 0, 0])
-    assert metrics.top_k_correct(probs, labels, 1) == 1  # only the last
-    assert metrics.top_k_correct(probs, labels, 2) == 3  # row 2's label 0 is ranked third
-    assert metrics.top_k_correct(probs, labels, 3) == 4
-    assert metrics.top_k_correct(probs, labels, 10) == 4  # k clipped to the classes
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
+    labels = np.array([2, 2, 0, 0])
+    assert scores.top_k_correct(probs, labels, 1) == 1  # only the last
+    assert scores.top_k_correct(probs, labels, 2) == 3  # row 2's label 0 is ranked third
+    assert scores.top_k_correct(probs, labels, 3) == 4
+    assert scores.top_k_correct(probs, labels, 10) == 4  # k clipped to the classes
 
 
 def test_probabilities_for_one_logit_and_k_logit_heads():
@@ -345,6 +346,18 @@ def test_plain_loss_sum_for_both_heads():
     two = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
     expected = -(torch.log_softmax(two, 1)[0, 1] + torch.log_softmax(two, 1)[1, 0])
     assert metrics.plain_loss_sum(two, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_numpy_scores_equal_training_torch_rules_for_both_heads():
+    """evaluate's NumPy loss and predictions (every format's) against training's torch ones."""
+    labels = torch.tensor([1, 0, 1, 1])
+    for logits in (torch.tensor([[2.0], [-1.0], [30.0], [-40.0]]), torch.randn(4, 3) * 20):
+        expected = metrics.plain_loss_sum(logits, labels).item()
+        assert scores.loss_sum(logits.numpy(), labels.numpy()) == pytest.approx(expected, rel=1e-5)
+        assert scores.predictions(logits.numpy()).tolist() == metrics.predictions(logits).tolist()
+    assert metrics.confusion_counts(labels, labels, 3).tolist() == scores.confusion_matrix(
+        [1, 0, 1, 1], [1, 0, 1, 1], 3
+    )
 
 
 @pytest.mark.slow

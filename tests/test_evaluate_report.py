@@ -21,8 +21,8 @@ from cnnzoo.cli import app
 from cnnzoo.data.preprocess import load_image
 from cnnzoo.evaluation import analysis
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
-from cnnzoo.evaluation.metrics import confusion_matrix, per_class_scores
 from cnnzoo.evaluation.page import ReportInputs, write_report_html
+from cnnzoo.evaluation.scores import confusion_matrix, per_class_scores
 from cnnzoo.pages import OFFLINE_POLICY
 
 from support.browser import headless_chromium

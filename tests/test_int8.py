@@ -16,9 +16,10 @@ import torch
 
 from cnnzoo import inference
 from cnnzoo.deploy.export import export
+from cnnzoo.evaluation.evaluate import evaluate, format_report
 
 from support.cli import one_error_line, run_cnnzoo, subprocess_env
-from support.images import make_image_tree
+from support.images import make_image_tree, write_class_folders
 from support.runs import train_run
 
 pytestmark = pytest.mark.slow  # a module fixture trains the model
@@ -160,5 +161,100 @@ def test_int8_without_the_training_data_is_one_line(trained, tmp_path):
 
 
 def test_commands_that_need_the_checkpoint_say_so_for_an_int8_export(trained, quantized):
-    line = one_error_line(run_cnnzoo(["evaluate", quantized.path], trained.base))
-    assert "an ONNX export, not a checkpoint" in line and "rename" not in line
+    image = _validation(trained)[0][0]
+    line = one_error_line(run_cnnzoo(["explain", image, "--checkpoint", quantized.path], trained.base))
+    assert "explain needs a checkpoint (.pt with weights), not an export" in line
+
+
+# ----------------------------------------------------------------------------- evaluate on the exports
+
+
+@pytest.fixture(scope="module")
+def fp32(trained, tmp_path_factory):
+    return export(trained.best, "onnx", out=tmp_path_factory.mktemp("fp32") / "model.onnx").path
+
+
+def _same_scores(report: dict, reference: dict) -> None:
+    """Equal within float tolerance: the counts exactly, the loss to float32's precision."""
+    same = ("classes", "num_images", "accuracy", "top_k", "top_k_accuracy", "confusion_matrix", "per_class", "averages")
+    for key in (*same, "split"):
+        assert report[key] == reference[key], key
+    assert report["loss"] == pytest.approx(reference["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_onnx_evaluate_equals_the_checkpoints(trained, fp32, tmp_path):
+    reference = evaluate(trained.best, trained.root, split="validation", out=tmp_path / "ckpt", progress=False)
+    report = evaluate(fp32, out=tmp_path / "onnx", progress=False)  # the data root its metadata names
+    _same_scores(report, reference)
+    assert report["data"] == reference["data"] == str(trained.root) and report["epoch"] == reference["epoch"]
+    assert report["model"] == str(fp32) and report["format"] == "onnx" and report["int8"] is False
+    assert set(reference) - set(report) == {"checkpoint"}  # an export has a model file and a format instead
+    assert set(report) - set(reference) == {"model", "format", "int8"}
+    written = sorted(Path(p).name for p in report["outputs"])
+    assert written == ["confusion_matrix.png", "eval.json", "report.html"]
+    assert json.loads((tmp_path / "onnx" / "eval.json").read_text())["accuracy"] == report["accuracy"]
+    page, checkpoint_page = ((tmp_path / name / "report.html").read_text() for name in ("onnx", "ckpt"))
+    assert page.count('<tr class="loss">') == checkpoint_page.count('<tr class="loss">') > 0
+    assert "cnnzoo explain" in checkpoint_page and "cnnzoo explain" not in page  # explain needs the checkpoint
+
+
+def test_int8_evaluate_reports_the_accuracy_export_printed(trained, quantized, fp32, tmp_path):
+    report = evaluate(quantized.path, trained.root, split="validation", out=tmp_path, progress=False)
+    assert report["accuracy"] == quantized.int8.int8_accuracy == _metadata(quantized.path)["int8"]["int8_accuracy"]
+    assert report["int8"] is True and report["num_images"] == quantized.int8.validation_images
+    plain = evaluate(fp32, trained.root, split="validation", out=tmp_path / "fp32", progress=False)
+    assert plain["accuracy"] == quantized.int8.fp32_accuracy
+    # INT8 is not the checkpoint within float tolerance; its scores still add up
+    assert sum(map(sum, report["confusion_matrix"])) == 18
+    assert report["loss"] == pytest.approx(plain["loss"], abs=0.2)  # quantization moves the loss a little
+    assert format_report(report).startswith(f"INT8 ONNX export {quantized.path} (epoch ")
+
+
+def test_evaluating_an_export_leaves_the_checkpoints_eval_json_alone(trained, quantized):
+    checkpoint_json = trained.run_dir / "eval.json"
+    before = checkpoint_json.read_bytes() if checkpoint_json.exists() else None
+    report = evaluate(quantized.path, trained.root, split="validation", progress=False, html_report=False)
+    folder = trained.run_dir / "eval-best.int8.onnx"
+    assert report["outputs"] == [str(folder / "eval.json"), str(folder / "confusion_matrix.png")]
+    assert (checkpoint_json.read_bytes() if checkpoint_json.exists() else None) == before
+
+
+def test_int8_evaluate_runs_without_torch(trained, quantized, tmp_path):
+    """The CLI in a process where ``import torch`` fails: eval.json, the plot and report.html all come."""
+    probe = (
+        "import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
+        "sys.argv = ['cnnzoo', 'evaluate', *sys.argv[1:]]\nfrom cnnzoo.cli import main\nmain()\n"
+    )
+    args = [quantized.path, "--data", trained.root / "validation", "--out", tmp_path, "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["accuracy"] == quantized.int8.int8_accuracy and report["split"] == "validation"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "eval.json", "report.html"]
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+
+
+def test_evaluate_of_an_export_on_other_classes_is_one_line(trained, fp32, tmp_path):
+    write_class_folders(tmp_path / "other", {"a": 2, "b": 2, "d": 2})
+    line = one_error_line(run_cnnzoo(["evaluate", fp32, "--data", tmp_path / "other"], trained.base))
+    assert line == (
+        f"cnnzoo: error: --data {tmp_path / 'other'}: missing class folder c; class folder d unknown to the "
+        "model; the model's classes are a, b, c"
+    )
+
+
+def test_evaluate_of_an_export_whose_data_is_gone_says_to_pass_data(trained, fp32, tmp_path):
+    moved = trained.root.with_name("moved-for-evaluate")
+    trained.root.rename(moved)
+    try:
+        line = one_error_line(run_cnnzoo(["evaluate", fp32, "--out", tmp_path], trained.base))
+    finally:
+        moved.rename(trained.root)
+    assert f"{fp32}: its training data {trained.root} has no test/ or validation/ folder; pass --data DIR" in line
+    assert not list(tmp_path.iterdir())

@@ -61,6 +61,9 @@ TORCH_FREE = {
     "cnnzoo.data",
     "cnnzoo.data.preprocess",
     "cnnzoo.data.manifest",
+    "cnnzoo.data.hf",
+    "cnnzoo.data.shard_files",
+    "cnnzoo.evaluation.multilabel",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",
     "cnnzoo.inference.onnx",
@@ -74,6 +77,12 @@ TORCH_FREE = {
     "cnnzoo.pages",
     "cnnzoo.evaluation.analysis",
     "cnnzoo.evaluation.page",
+    # evaluate of an ONNX or TFLite export: folders listed, scored and drawn without torch
+    "cnnzoo.data.sources",
+    "cnnzoo.data.shapes",
+    "cnnzoo.evaluation.evaluate",
+    "cnnzoo.evaluation.scores",
+    "cnnzoo.evaluation.splits",
 }
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}
@@ -263,6 +272,7 @@ def test_every_function_level_import_says_why_it_is_lazy():
         "cnnzoo.inference.inputs",
         "cnnzoo.data.preprocess",
         "cnnzoo.deploy.serve",
+        "cnnzoo.evaluation.evaluate",
     ],
 )
 def test_importing_a_torch_free_module_leaves_torch_out(module):

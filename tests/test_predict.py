@@ -24,7 +24,7 @@ from cnnzoo.cli import app
 from cnnzoo.data.preprocess import load_image, normalize_array
 from cnnzoo.errors import UserError
 from cnnzoo.evaluation.evaluate import evaluate as run_evaluation
-from cnnzoo.evaluation.metrics import confusion_matrix
+from cnnzoo.evaluation.scores import confusion_matrix
 from cnnzoo.model.layers import build_from_records
 from cnnzoo.runs import resolve_checkpoint
 from cnnzoo.runtime.device import norm_tensors, to_model_input

@@ -135,5 +135,34 @@ def test_tflite_serve_answers_like_predict_without_torch(trained, exported):
 
 
 def test_commands_that_need_the_checkpoint_say_so_for_a_tflite_export(trained, exported):
-    line = one_error_line(run_cnnzoo(["evaluate", exported.path], trained.base))
-    assert "a TFLite export, not a checkpoint" in line
+    line = one_error_line(run_cnnzoo(["explain", _images(trained)[0], "--checkpoint", exported.path], trained.base))
+    assert "a TFLite export, not a checkpoint; predict, serve and evaluate take an export" in line
+
+
+def test_tflite_evaluate_equals_the_checkpoints_without_torch(trained, exported, tmp_path):
+    """``cnnzoo evaluate best.tflite`` in a process where ``import torch`` fails, against the checkpoint's."""
+    reference = cnnzoo.evaluate(trained.best, out=tmp_path / "ckpt", progress=False)
+    probe = (
+        "import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
+        "sys.argv = ['cnnzoo', 'evaluate', *sys.argv[1:]]\nfrom cnnzoo.cli import main\nmain()\n"
+    )
+    args = [exported.path, "--out", tmp_path / "tflite", "--json"]  # the data root its metadata names
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["format"] == "tflite" and report["model"] == str(exported.path)
+    same = ("classes", "num_images", "accuracy", "top_k_accuracy", "confusion_matrix", "per_class", "split", "data")
+    for key in same:
+        assert report[key] == reference[key], key
+    assert report["loss"] == pytest.approx(reference["loss"], rel=1e-4, abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "tflite").iterdir()) == [
+        "confusion_matrix.png",
+        "eval.json",
+        "report.html",
+    ]

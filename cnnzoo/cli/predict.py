@@ -111,21 +111,26 @@ def predict(
 @guarded
 def evaluate(
     checkpoint_arg: Path | None = typer.Argument(
-        None, metavar="[CHECKPOINT]", help="Checkpoint (default: runs/latest's best.pt)."
+        None,
+        metavar="[MODEL]",
+        help="Checkpoint (default: runs/latest's best.pt), or an .onnx (FP32 or INT8) or .tflite export "
+        "(scored without torch).",
     ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "-m", help="Checkpoint, as in predict (same as the argument)."
+        None, "--checkpoint", "--model", "-m", help="Checkpoint or export, as in predict (same as the argument)."
     ),
     data: Path | None = typer.Option(
         None,
         help="Labelled folder: a data root with test/ or validation/, "
-        "or a folder of class folders. Default: the training data.",
+        "or a folder of class folders. Default: the training data (an export: the data root it names).",
     ),
     split: str | None = typer.Option(None, help="test or validation (default: test if there is one)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k for top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
     out: Path | None = typer.Option(
-        None, help="Where to write eval.json and confusion_matrix.png (default: the checkpoint's folder)."
+        None,
+        help="Where to write eval.json, confusion_matrix.png and report.html (default: the checkpoint's "
+        "folder; for an export, eval-<file>/ beside it).",
     ),
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
@@ -140,9 +145,10 @@ def evaluate(
         False, "--tta", help="Test-time augmentation: average the probabilities of 5 views (mirror, 3 crops)."
     ),
 ) -> None:
-    """Score a checkpoint: loss, accuracy, per-class precision/recall/F1, confusion matrix.
+    """Score a checkpoint or an export: loss, accuracy, per-class precision/recall/F1, confusion matrix.
 
     Also writes report.html (unless --no-report): where the model fails, with example images.
+    Without torch:  cnnzoo evaluate runs/latest/best.int8.onnx --data DIR
     """
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..evaluation.evaluate import evaluate as run_evaluation

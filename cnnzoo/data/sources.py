@@ -14,18 +14,19 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..config import Config
 from ..console import console, warn
 from ..errors import ConfigError, DataError
 from ..files import cache_home
-from ..model import backbones
 from ..runtime.versions import check as check_torch_pair
 from . import hf, manifest, preprocess, shapes, shard_files
+
+if TYPE_CHECKING:  # at run time only the torch-side helpers import them, so folders load without torch
+    from ..model import backbones
 
 check_torch_pair()  # this module imports torchvision when it runs: a mismatched pair gets one line first
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -334,6 +335,8 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
         raise DataError(f"data.source {name}: could not download to {root}: {exc}") from None
     samples = []
     for split, ds in (("train", train), ("validation", test)):
+        import torch  # lazy: folder sources (and evaluate of an export on them) stay torch-free
+
         array = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         labels = [int(t) for t in ds.targets]
         samples.append(Samples(name=split, labels=labels, array=array, origin=f"{name}/{split}"))
@@ -342,6 +345,7 @@ def _torchvision_splits(cfg: Config) -> tuple[list[str], Samples, Samples, str]:
 
 def backbone_preprocessing(cfg: Config) -> backbones.Preprocessing | None:
     """What a ``backbone`` layer's weights expect, when the network has one."""
+    from ..model import backbones  # lazy: a backbone's registry imports torch; folders need not
 
     entry = backbones.backbone_entry(cfg.model.layers)
     return backbones.preprocessing(*entry) if entry is not None else None

@@ -25,7 +25,8 @@ from ..config import load_config
 from ..console import console
 from ..data import preprocess, sources
 from ..errors import DataError, UserError, short_reason
-from ..inference.classifier import METADATA_KEY, probabilities
+from ..evaluation import scores
+from ..inference.classifier import METADATA_KEY
 from ..inference.onnx import OnnxModel
 
 _BATCH = 32  # images per calibration and validation batch
@@ -186,7 +187,7 @@ def compare(fp32: OnnxModel, int8: OnnxModel, validation: sources.Samples, *, ma
             start = time.perf_counter()
             logits = model.logits(images)
             seconds[side] += time.perf_counter() - start
-            correct[side] += int((probabilities(logits).argmax(axis=1) == labels).sum())
+            correct[side] += int((scores.predictions(logits) == labels).sum())  # evaluate's rule
     if total == 0:
         raise DataError("--int8: no readable validation image to compare FP32 and INT8 on")
     return Int8Report(

@@ -1,68 +1,38 @@
-"""``cnnzoo evaluate``: score a checkpoint on a labelled split and explain the errors.
+"""``cnnzoo evaluate``: score a model on a labelled split and explain the errors.
 
-Without ``--data`` the checkpoint's own config says where the data is, and the split is
-rebuilt exactly as training built it (the same seeded hold-out for a single folder),
-so the accuracy reported here for the validation split equals the ``val_acc`` that
-training recorded for the same checkpoint.
+A checkpoint without ``--data`` finds its data in its own config, and the split is rebuilt exactly
+as training built it (the same seeded hold-out for a single folder), so the accuracy reported here
+for the validation split equals the ``val_acc`` that training recorded for the same checkpoint.
+
+An ``.onnx`` (FP32 or INT8) or ``.tflite`` export is scored without torch, through its own predict
+path (:meth:`cnnzoo.inference.classifier.Classifier.batches`, its preprocessing and checked
+logits), on ``--data`` or on the data root its metadata names. Both kinds are scored by one NumPy
+implementation (:mod:`~cnnzoo.evaluation.scores`) and drawn by the same page.
+
+Torch-free at import: only a checkpoint imports torch (:mod:`~cnnzoo.evaluation.checkpoints`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .. import checkpoint as ckpt_io
 from .. import runs
-from ..config import Config, load_config
 from ..console import console
-from ..data import hf, loaders, manifest, shard_files, shards, sources
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
-from ..inference.torch_models import Model
-from ..inference.tta import AveragedViews
+from ..inference import Classifier, is_onnx, is_tflite, load
+from ..inference.classifier import probabilities
 from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
-from ..runtime.device import Feed
-from . import metrics, multilabel
-from .metrics import predict_loader
+from . import multilabel, scores
 from .page import ReportInputs, write_report_html
+from .splits import Scored, check_split, export_data, split_from_folder
 
-
-def _split_from_folder(folder: Path, split: str | None, classes: list[str]) -> sources.Samples:
-    """``folder`` is a data root with split folders, or itself a folder of class folders."""
-    if not folder.is_dir():
-        raise DataError(f"--data: folder not found: {folder}")
-    wanted = [split] if split else ["test", "validation"]
-    for name in wanted:
-        for candidate in sources.SPLIT_FOLDERS[name]:
-            if (folder / candidate).is_dir():
-                folder = folder / candidate
-                break
-        else:
-            continue
-        break
-    else:
-        if split and any((folder / n).is_dir() for names in sources.SPLIT_FOLDERS.values() for n in names):
-            raise DataError(f"--data {folder}: has no {split}/ split")
-    present = [p.name for p in sources.class_dirs(folder)] if folder.is_dir() else []
-    missing = [c for c in classes if c not in present]
-    extra = [c for c in present if c not in classes]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-        if extra:
-            parts.append(f"class folder{'s' if len(extra) > 1 else ''} {', '.join(extra)} unknown to the model")
-        raise DataError(f"--data {folder}: {'; '.join(parts)}; the model's classes are {', '.join(classes)}")
-    samples, _, skipped = sources.scan_folder(folder, split or folder.name, classes)
-    if skipped:
-        console.warn(f"skipped {skipped} files that are not images under {folder}")
-    return samples
+EXPORT_BATCH = 64  # images per forward pass of an export, as predict's default
 
 
 def _table(matrix: list[list[int]], classes: list[str]) -> str:
@@ -79,10 +49,7 @@ def _table(matrix: list[list[int]], classes: list[str]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     classes = report["classes"]
     width = max(12, max(len(c) for c in classes))
-    heading = (
-        f"checkpoint {report['checkpoint']} (epoch {report['epoch']}) on {report['split']}: "
-        f"{report['num_images']} images from {report['data']}"
-    )
+    heading = f"{_model_words(report)} on {report['split']}: {report['num_images']} images from {report['data']}"
     if report.get("task") == "multi":
         return multilabel.format_report(report, heading)
     out = [
@@ -109,6 +76,14 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _model_words(report: dict[str, Any]) -> str:
+    """What was scored, in words: ``checkpoint PATH (epoch N)`` or ``INT8 ONNX export PATH (epoch N)``."""
+    if "checkpoint" in report:
+        return f"checkpoint {report['checkpoint']} (epoch {report['epoch']})"
+    kind = {"onnx": "ONNX", "tflite": "TFLite"}.get(report["format"], report["format"])
+    return f"{'INT8 ' if report.get('int8') else ''}{kind} export {report['model']} (epoch {report['epoch']})"
+
+
 def evaluate(
     checkpoint: str | Path | None = None,
     data: str | Path | None = None,
@@ -123,71 +98,60 @@ def evaluate(
     html_report: bool = True,
     tta: bool = False,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (default: the newest run's best.pt); write eval.json, a plot and (unless
-    ``html_report`` is false) report.html; ``outputs`` lists the files written. ``tta`` averages the
+    """Score ``checkpoint`` (default: the newest run's best.pt), or an ``.onnx`` / ``.tflite`` export
+    (without torch); write eval.json, a plot and (unless ``html_report`` is false) report.html beside
+    the model or in ``out``; ``outputs`` lists the files written. ``tta`` (checkpoints) averages the
     probabilities of five views of each image (:mod:`cnnzoo.inference.tta`)."""
+    check_split(split)
     path = runs.resolve_checkpoint(checkpoint, runs_root)
-    ckpt = ckpt_io.load_checkpoint(path)
-    path = Path(ckpt["path"])  # a run folder stands for its best.pt
-    cfg = load_config(ckpt["config"])
-    if split not in (None, "test", "validation"):
-        raise UserError(f"--split {split}: use test or validation")
-    multi = ckpt["meta"].get("task") == "multi"
-    samples, where = _samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split, multi_label=multi)
-    model = Model(ckpt, device)  # the memory format training used, for the same numbers
-    model.tta = tta
-    logits, labels, rows = _logits(model, samples, batch_size=batch_size or cfg.train.batch_size * 2, progress=progress)
-    if len(labels) == 0:
-        raise DataError(f"{where}: no readable images to evaluate")
+    options = {"split": split, "batch_size": batch_size, "device": device, "progress": progress}
+    if is_onnx(path) or is_tflite(path):
+        if tta:
+            raise UserError(f"--tta: runs on checkpoints (torch), not on the export {path.name}")
+        scored = score_export(path, data, **options)
+    else:
+        from .checkpoints import score_checkpoint  # lazy: the torch-free boundary: only a checkpoint imports torch
+
+        scored = score_checkpoint(path, data, **options, tta=tta)
+    if len(scored.labels) == 0:
+        raise DataError(f"{scored.where}: no readable images to evaluate")
+    out_dir = Path(out) if out else default_out(scored.about)
+    if scored.thresholds is not None:
+        return _multi_label_report(scored, out_dir)
+    probs = probabilities(scored.logits)  # the one rule every format's predictions follow
     report = {
-        "checkpoint": str(path),
-        "epoch": ckpt.get("epoch"),
-        "data": where,
-        "split": samples.name,
-        "tta": tta,
+        **scored.about,
+        "data": scored.where,
+        "split": scored.samples.name,
+        **scores.summary(scored.logits, probs, scored.labels, scored.classes, top_k),
     }
-    out_dir = Path(out) if out else path.parent
-    if multi:
-        report.update(_multi_label_scores(logits, labels, model))
-        report["outputs"] = _write_multi_label_report(report, out_dir, logits, labels)
-        return report
-    report.update(_scores(logits, labels, model.classes, top_k))
-    page = _page(report, logits, samples, rows, model) if html_report else None
+    if html_report and scored.rows is None:
+        console.log(
+            "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
+        )
+    page = _page_inputs(report, probs, scored) if html_report and scored.rows is not None else None
     report["outputs"] = _write_report(report, out_dir, page)
     return report
 
 
-def _page(
-    report: dict[str, Any], logits: torch.Tensor, samples: sources.Samples, rows: torch.Tensor | None, model: Model
-) -> ReportInputs | None:
-    """What report.html shows, or None for streamed shards (with a line saying so)."""
-    if rows is None:
-        console.log(
-            "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
-        )
-        return None
-    return _page_inputs(report, metrics.probabilities(logits).numpy(), samples, rows.numpy(), model.channels)
-
-
-def _multi_label_scores(logits: torch.Tensor, targets: torch.Tensor, model: Model) -> dict[str, Any]:
-    """A multi-label model's report fields (:func:`cnnzoo.evaluation.multilabel.report_fields`) and its loss."""
-    scores = torch.sigmoid(logits).numpy()
-    fields = multilabel.report_fields(scores, targets.numpy(), model.thresholds, model.classes)
-    return {**fields, "loss": metrics.plain_loss_sum(logits, targets).item() / len(targets)}
-
-
-def _write_multi_label_report(
-    report: dict[str, Any], out_dir: Path, logits: torch.Tensor, targets: torch.Tensor
-) -> list[str]:
-    """eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
-    scores, truth = torch.sigmoid(logits).numpy(), targets.numpy()
+def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:
+    """A multi-label model's report (:func:`cnnzoo.evaluation.multilabel.report_fields`, its loss)
+    and files: eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
+    probs = 1 / (1 + np.exp(-scored.logits.astype(np.float64)))  # a sigmoid per class
+    truth = scored.labels
+    report = {
+        **scored.about,
+        "data": scored.where,
+        "split": scored.samples.name,
+        **multilabel.report_fields(probs, truth, scored.thresholds, scored.classes),
+        "loss": scores.loss_sum(scored.logits, truth) / len(truth),
+    }
     curves, points = {}, {}
     for k, name in enumerate(report["classes"]):
         if truth[:, k].any():
-            precision, recall, _ = multilabel.pr_curve(scores[:, k], truth[:, k])
+            precision, recall, _ = multilabel.pr_curve(probs[:, k], truth[:, k])
             curves[name] = ([0.0, *recall], [precision[0], *precision])
-            s = report["per_class"][name]
-            points[name] = (s["recall"], s["precision"])
+            points[name] = (report["per_class"][name]["recall"], report["per_class"][name]["precision"])
     title = f"{report['split']}: mAP {100 * report['map']:.1f}% ({report['num_images']} images)"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,104 +161,72 @@ def _write_multi_label_report(
         raise UserError(
             f"--out {out_dir}: cannot write the report there ({exc.strerror or exc}); choose another folder with --out"
         ) from None
-    return [str(out_dir / "eval.json"), str(out_dir / "pr_curves.png")]
+    report["outputs"] = [str(out_dir / "eval.json"), str(out_dir / "pr_curves.png")]
+    return report
 
 
-def _samples_for(
-    cfg: Config, classes: list[str], *, data: str | Path | None, split: str | None, multi_label: bool = False
-) -> tuple[sources.Samples, str]:
-    """The images to score and where they come from: ``data``'s, or the split training built."""
-    if data is not None and manifest.is_manifest(data):
-        return sources.manifest_split(cfg, Path(data), split, classes, multi_label=multi_label), str(Path(data))
-    if data is not None and multi_label:
-        raise DataError(
-            f"--data {data}: a multi-label model is scored on a manifest (a CSV with space-separated tags, "
-            f"or 0/1 columns), not a folder of class folders"
-        )
-    if data is not None and hf.is_hf_dataset(str(data)):
-        return sources.hf_split(cfg, str(data), split, classes), str(data)
-    if data is not None and shard_files.is_shards(str(data)):
-        return shards.shard_split(str(data), split, classes), str(data)
-    if data is not None:
-        return _split_from_folder(Path(data), split, classes), str(Path(data))
-    try:
-        with console.scoped(True):  # the data's own lines are training's, not this report's
-            spec = sources.load_data(cfg)
-    except DataError as exc:
-        raise DataError(
-            f"{exc} (the data this checkpoint was trained on); pass --data DIR to evaluate on another folder"
-        ) from None
-    if split == "test" and spec.test is None:
-        raise DataError(f"{spec.root}: has no test/ split; use --split validation or --data DIR")
-    samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
-    return samples, spec.root or cfg.data.source
+def default_out(about: dict[str, Any]) -> Path:
+    """Where the files go without ``out``: a checkpoint's folder; for an export, ``eval-<file>/``
+    beside it, so that scoring ``best.int8.onnx`` never replaces the checkpoint's eval.json."""
+    if "checkpoint" in about:
+        return Path(about["checkpoint"]).parent
+    model = Path(about["model"])
+    return model.parent / f"eval-{model.name}"
 
 
-def _logits(
-    model: Model, samples: sources.Samples, *, batch_size: int, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The model's logits for every readable image, run as training validated, their labels, and
-    which of ``samples`` each row is (an unreadable image is skipped; None for streamed shards,
-    whose samples have no positions to go back to)."""
-    cuda = model.device.type == "cuda"
-    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
-    if samples.shards is not None:
-        size, channels = model.image_size, model.channels
-        loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
-        bar = console.bar(len(loader), "evaluate") if progress else None
-        return (*predict_loader(_module(model), loader, feed, bar=bar), None)
-    # each image labelled with its own position, so that the rows say which images they are
-    numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
-    dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
-    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
-    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
-    bar = console.bar(len(loader), "evaluate") if progress else None
-    logits, rows = predict_loader(_module(model), loader, feed, bar=bar)
-    if model.multi_label:
-        labels = loaders.multi_hot([samples.label_sets[r] for r in rows.tolist()], len(model.classes))
-    else:
-        labels = torch.as_tensor([samples.labels[r] for r in rows.tolist()], dtype=torch.int64)
-    return logits, labels, rows
-
-
-def _module(model: Model) -> torch.nn.Module:
-    """What scores a batch: the network, or with ``--tta`` the network over five views averaged."""
-    return AveragedViews(model.module) if model.tta else model.module
-
-
-def _scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], top_k: int) -> dict[str, Any]:
-    """Loss, accuracy, top-k accuracy, per-class scores and the confusion matrix, as report fields."""
-    predicted = metrics.predictions(logits)
-    matrix = metrics.confusion_matrix(labels.tolist(), predicted.tolist(), len(classes))
-    scores = metrics.per_class_scores(matrix, classes)
-    n, k = len(labels), min(top_k, len(classes))
-    return {
-        "classes": classes,
-        "num_images": n,
-        "loss": metrics.plain_loss_sum(logits, labels).item() / n,
-        "accuracy": (predicted == labels).sum().item() / n,
-        "top_k": k,
-        "top_k_accuracy": metrics.top_k_correct(metrics.probabilities(logits), labels, k) / n,
-        "per_class": scores["per_class"],
-        "averages": scores["averages"],
-        "confusion_matrix": matrix,
-    }
-
-
-def _page_inputs(
-    report: dict[str, Any], probabilities: np.ndarray, samples: sources.Samples, rows: np.ndarray, channels: int
-) -> ReportInputs:
-    """What report.html is drawn from: the probabilities of each scored image (NumPy, so any model
-    format's), which of ``samples`` it is, and the images read with ``channels``."""
-    return ReportInputs(
-        title=f"{Path(report['checkpoint']).name} (epoch {report['epoch']}) on {report['split']} of {report['data']}",
-        classes=report["classes"],
-        probabilities=probabilities,
+def score_export(
+    path: Path,
+    data: str | Path | None,
+    *,
+    split: str | None,
+    batch_size: int | None,
+    device: str | None,
+    progress: bool,
+) -> Scored:
+    """An ONNX or TFLite export's logits on ``data`` (default: the data root its metadata names),
+    read and run by the export's own predict path; torch is never imported."""
+    model: Classifier = load(path, device)
+    folder = data if data is not None else export_data(path, model.meta.get("data_root"))
+    samples, where = split_from_folder(Path(folder), split, model.classes), str(folder)
+    items = samples.paths or []  # a folder's samples are files
+    errors: list = []
+    logits, rows = [], []
+    for positions, pixels in model.batches(
+        items, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress, task="evaluate"
+    ):
+        logits.append(model.logits_and_probabilities(pixels)[0])
+        rows.extend(positions)
+    for name, reason in errors:
+        console.warn(f"skipped {name}: cannot read image ({reason})")
+    about = {"model": str(path), "format": model.format, "int8": "int8" in model.meta, "epoch": model.meta.get("epoch")}
+    return Scored(
+        logits=np.concatenate(logits) if logits else np.zeros((0, len(model.classes)), np.float32),
         labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
+        rows=np.asarray(rows, dtype=np.int64),
+        samples=samples,
+        where=where,
+        classes=model.classes,
+        channels=model.channels,
+        about=about,
+    )
+
+
+def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> ReportInputs:
+    """What report.html is drawn from: the probabilities of each scored image (NumPy, so any model
+    format's), which of the samples it is, and the images read with the model's channels."""
+    samples, rows = scored.samples, scored.rows
+    checkpoint = report.get("checkpoint")
+    return ReportInputs(
+        title=f"{Path(checkpoint or report['model']).name} (epoch {report['epoch']}) "
+        f"on {report['split']} of {report['data']}",
+        classes=report["classes"],
+        probabilities=probs,
+        labels=scored.labels,
         image_names=[samples.describe(int(r)) for r in rows],
-        image_pixels=lambda row, size: samples.read(int(rows[row]), size, channels),
+        image_pixels=lambda row, size: samples.read(int(rows[row]), size, scored.channels),
         scores=report,
-        explain_model=str(Path(report["checkpoint"]).resolve()),  # the command works from any folder
+        # explain needs the checkpoint (gradients); the command works from any folder
+        explain_model=str(Path(checkpoint).resolve()) if checkpoint else None,
     )
 
 

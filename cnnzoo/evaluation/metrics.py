@@ -2,19 +2,19 @@
 
 One rule for both kinds of head: a one-logit head (binary, trained with
 ``BCEWithLogitsLoss``) gives ``[1 - sigmoid, sigmoid]``; a wider head gives softmax.
-The scores (confusion matrix, per-class precision/recall/F1, top-k) work on plain
-integer label lists so that ``evaluate``, training's validation and tests share them.
+The scores themselves (confusion matrix, per-class precision/recall/F1, top-k, the report's
+loss) are :mod:`cnnzoo.evaluation.scores`' (NumPy), which every model format shares.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from ..inference.classifier import probabilities as probability_rule
 from ..runtime.device import Feed
+from . import scores
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -51,47 +51,9 @@ def plain_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def confusion_counts(
     labels: Sequence[int] | torch.Tensor, predicted: Sequence[int] | torch.Tensor, num_classes: int
 ) -> torch.Tensor:
-    """int64 [num_classes, num_classes]: counts[true][predicted]."""
-    if not len(labels):
-        return torch.zeros((num_classes, num_classes), dtype=torch.int64)
-    index = torch.as_tensor(labels) * num_classes + torch.as_tensor(predicted)
-    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
-    """matrix[true][predicted] = count, as plain lists (for reports)."""
-    return confusion_counts(labels, predicted, num_classes).tolist()
-
-
-def per_class_scores(matrix: list[list[int]], classes: Sequence[str]) -> dict[str, Any]:
-    """Precision, recall, F1 and support per class, with macro and weighted averages."""
-    per_class = {}
-    n = len(classes)
-    for k, name in enumerate(classes):
-        tp = matrix[k][k]
-        predicted = sum(matrix[i][k] for i in range(n))
-        support = sum(matrix[k])
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-    total = sum(v["support"] for v in per_class.values()) or 1
-    averages = {}
-    for avg in ("macro", "weighted"):
-        averages[avg] = {}
-        for metric in ("precision", "recall", "f1"):
-            if avg == "macro":
-                value = sum(v[metric] for v in per_class.values()) / max(1, n)
-            else:
-                value = sum(v[metric] * v["support"] for v in per_class.values()) / total
-            averages[avg][metric] = value
-    return {"per_class": per_class, "averages": averages}
-
-
-def top_k_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> int:
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1).indices
-    return int((top == labels.view(-1, 1)).any(dim=1).sum())
+    """int64 [num_classes, num_classes]: counts[true][predicted], as a tensor (DDP sums it across
+    processes); counted by :func:`cnnzoo.evaluation.scores.confusion_counts`, evaluate's rule."""
+    return torch.from_numpy(scores.confusion_counts(labels, predicted, num_classes))
 
 
 @torch.inference_mode()

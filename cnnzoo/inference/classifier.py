@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ class Classifier:
     def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
         """Class probabilities [B, classes]; a network whose output does not fit its classes, or
         is not finite, is a :class:`UserError` naming the file (JSON has no NaN to answer with)."""
+        return self.logits_and_probabilities(pixels_hwc)[1]
+
+    def logits_and_probabilities(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network's logits [B, outputs] and class probabilities [B, classes], checked as
+        :meth:`probabilities` says (``evaluate`` needs both: the loss comes from the logits)."""
         logits = np.asarray(self.logits(pixels_hwc))
         if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
             raise UserError(
@@ -98,7 +104,7 @@ class Classifier:
                 f"{self.path}: the network's output is not finite (NaN or infinite); "
                 f"its weights or the {self.kind} are broken"
             )
-        return probs
+        return logits, probs
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
@@ -153,7 +159,25 @@ class Classifier:
         if not isinstance(images, (list, tuple)):
             images = [images]
         results: list[dict[str, Any]] = []
-        bar = console.bar(len(images), "predict", unit="img") if progress and len(images) > batch_size else None
+        for positions, pixels in self.batches(images, batch_size=batch_size, errors=errors, progress=progress):
+            names = [_image_label(images[i], i) for i in positions]
+            results.extend(self.records(names, pixels, top_k))
+        return results
+
+    def batches(
+        self,
+        images: list | tuple,
+        *,
+        batch_size: int = 64,
+        errors: list | None = None,
+        progress: bool = False,
+        task: str = "predict",
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(positions in ``images``, uint8 [B, H, W, C]) for every batch of readable images, in
+        order, decoded in threads while the previous batch runs; unreadable images are skipped as
+        :meth:`predict` says. ``predict`` and ``evaluate`` of an export both read images this way
+        (``task`` names the progress bar)."""
+        bar = console.bar(len(images), task, unit="img") if progress and len(images) > batch_size else None
         starts = list(range(0, len(images), batch_size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
 
@@ -162,27 +186,25 @@ class Classifier:
 
             pending = submit(starts[0]) if starts else []
             for n, start in enumerate(starts):
-                chunk = list(images[start : start + batch_size])
                 decoded = [future.result() for future in pending]
                 if n + 1 < len(starts):  # decode the next batch while this one runs forward
                     pending = submit(starts[n + 1])
-                names, arrays = [], []
-                for offset, (item, (array, reason)) in enumerate(zip(chunk, decoded)):
-                    name = _image_label(item, start + offset)
+                positions, arrays = [], []
+                for offset, (array, reason) in enumerate(decoded):
                     if array is None:
+                        name = _image_label(images[start + offset], start + offset)
                         if errors is None:
                             raise UserError(f"{name}: cannot read image ({reason})")
                         errors.append((name, reason))
                     else:
-                        names.append(name)
+                        positions.append(start + offset)
                         arrays.append(array)
                 if arrays:
-                    results.extend(self.records(names, np.stack(arrays), top_k))
+                    yield positions, np.stack(arrays)
                 if bar is not None:
-                    bar.update(len(chunk))
+                    bar.update(min(batch_size, len(images) - start))
         if bar is not None:
             bar.close()
-        return results
 
     def try_preprocess(self, item: Any) -> tuple[np.ndarray | None, str]:
         try:

@@ -1,0 +1,91 @@
+"""A checkpoint's logits on a labelled split, run with torch exactly as training validated (the same
+loader, memory format and autocast), so that ``evaluate``'s accuracy equals the ``val_acc`` training
+recorded. :mod:`~cnnzoo.evaluation.evaluate` imports this module only for a checkpoint, so that an
+export is evaluated without torch.
+
+Imports torch, data loaders, inference.torch_models and runtime.device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint as ckpt_io
+from ..config import load_config
+from ..console import console
+from ..data import loaders, shards
+from ..inference.torch_models import Model
+from ..inference.tta import AveragedViews
+from ..runtime.device import Feed
+from .metrics import predict_loader
+from .splits import Scored, samples_for
+
+
+def score_checkpoint(
+    path: Path,
+    data: str | Path | None,
+    *,
+    split: str | None,
+    batch_size: int | None,
+    device: str | None,
+    progress: bool,
+    tta: bool = False,
+) -> Scored:
+    """``path``'s logits on ``data`` (a folder; default: the data it was trained on, split as training split it)."""
+    ckpt = ckpt_io.load_checkpoint(path)
+    path = Path(ckpt["path"])  # a run folder stands for its best.pt
+    cfg = load_config(ckpt["config"])
+    multi = ckpt["meta"].get("task") == "multi"
+    samples, where = samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split, multi_label=multi)
+    model = Model(ckpt, device)  # the memory format training used, for the same numbers
+    module = AveragedViews(model.module) if tta else model.module  # --tta: five views averaged
+    thresholds = list(model.thresholds) if multi else None
+    batch_size = batch_size or cfg.train.batch_size * 2
+    feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
+    about = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "tta": tta}
+    if samples.shards is not None:
+        size, channels = model.image_size, model.channels
+        loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
+        logits, labels = predict_loader(
+            module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None
+        )
+        return Scored(
+            logits=logits.numpy(),
+            labels=labels.numpy(),
+            rows=None,
+            samples=samples,
+            where=where,
+            classes=model.classes,
+            channels=model.channels,
+            about=about,
+            thresholds=thresholds,
+        )
+    cuda = model.device.type == "cuda"
+    # each image labelled with its own position, so that the rows say which images they are
+    numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
+    dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
+    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
+    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
+    bar = console.bar(len(loader), "evaluate") if progress else None
+    logits, rows = predict_loader(module, loader, feed, bar=bar)
+    return Scored(
+        logits=logits.numpy(),
+        labels=_labels(samples, rows.tolist(), model.classes, multi),
+        rows=rows.numpy(),
+        samples=samples,
+        where=where,
+        classes=model.classes,
+        channels=model.channels,
+        about=about,
+        thresholds=thresholds,
+    )
+
+
+def _labels(samples, rows: list[int], classes: list[str], multi: bool) -> np.ndarray:
+    """The scored rows' labels: class indices, or multi-hot [N, classes] for a multi-label model."""
+    if multi:
+        return loaders.multi_hot([samples.label_sets[r] for r in rows], len(classes)).numpy()
+    return np.asarray([samples.labels[r] for r in rows], dtype=np.int64)
