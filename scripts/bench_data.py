@@ -9,6 +9,7 @@ Each phase runs in its own child process (so its peak memory is its own):
   folder     the loader the course teaches: torchvision ImageFolder + PIL transforms
              (RandomResizedCrop from the full image, horizontal flip, to tensor) + DataLoader,
              no cache: images/s over the training images, epochs 2..N
+  streamed   the class folders streamed by cnnzoo (data.cache: none), the same augmentation
   shards     the same images as WebDataset shards (cnnzoo data shards), streamed by cnnzoo
              (decoded in the same number of workers, the same augmentation): images/s
   rss-1x     peak RSS (the process and its loader workers) streaming the shards once...
@@ -94,6 +95,7 @@ def stream(args, root: str):
         batch_size=args.batch_size,
         augment=augment.build_augment(aug, spec.image_size),
         full_resolution=True,
+        crop_min_area=0.5,
     )
     data = shards.ShardStream(spec.train, spec.classes, settings, train=True)
     return shards.StreamLoader(data, workers=args.workers, pin_memory=False), data
@@ -102,6 +104,24 @@ def stream(args, root: str):
 def phase_shards(args) -> dict:
     loader, data = stream(args, args.shards)
     rate, seen = timed_epochs(loader, args.epochs, data.set_epoch)
+    return {"images_per_s": rate, "images": seen, "peak_rss_mb": peak_rss_mb()}
+
+
+def phase_streamed(args) -> dict:
+    """The class folders streamed by cnnzoo (``data.cache: none``): same crop, flip and workers."""
+    from cnnzoo.config import load_config
+    from cnnzoo.console import console
+    from cnnzoo.data import augment, loaders
+    from cnnzoo.data.sources import load_data
+
+    aug = {"random_resized_crop": [0.5, 1.0], "hflip": True}
+    cfg = load_config({"data": {"root": args.data, "image_size": args.image_size, "cache": "none", "augment": aug}})
+    with console.scoped(True):
+        spec = load_data(cfg)
+    pipeline = augment.build_augment(cfg.data.augment, spec.image_size)
+    data = loaders.ImageDataset(spec.train, spec.image_size, 3, augment=pipeline, crop_min_area=0.5)
+    loader = loaders.make_loader(data, args.batch_size, shuffle=True, seed=0, workers=args.workers)
+    rate, seen = timed_epochs(loader, args.epochs, loader.batch_sampler.set_epoch)
     return {"images_per_s": rate, "images": seen, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -226,7 +246,8 @@ def main() -> None:
     parser.add_argument("--shards", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps({"folder": phase_folder, "shards": phase_shards, "rss": phase_rss}[args.phase](args)))
+        phases = {"folder": phase_folder, "shards": phase_shards, "streamed": phase_streamed, "rss": phase_rss}
+        print(json.dumps(phases[args.phase](args)))
         return
     args.data = str(Path(args.data).resolve())
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,6 +262,9 @@ def main() -> None:
         ratio = shards["images_per_s"] / folder["images_per_s"]
         print(f"folder (ImageFolder): {folder['images_per_s']:8.1f} images/s")
         print(f"shards (streamed):    {shards['images_per_s']:8.1f} images/s   ratio {ratio:.2f}x")
+        folders = child("streamed", args)
+        ratio = folders["images_per_s"] / folder["images_per_s"]
+        print(f"folders (cache none): {folders['images_per_s']:8.1f} images/s   ratio {ratio:.2f}x")
         one = child("rss", args, shards=str(work / "shards"))
         many = child("rss", args, shards=str(ten))
         rss_ratio = many["peak_rss_mb"] / one["peak_rss_mb"]

@@ -141,6 +141,7 @@ def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path
     args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0]
     out = run_script([ROOT / "scripts" / "bench_data.py", *args], tmp_path)
     assert "folder (ImageFolder):" in out and "shards (streamed):" in out and "ratio" in out
+    assert "folders (cache none):" in out
     assert "peak RSS streaming 24 images:" in out and "240 images:" in out
 
 

@@ -143,8 +143,9 @@ class DataConfig:
     shuffles."""
     cache: Literal["auto", "ram", "disk", "none"] = "auto"
     """Decoded images kept for the next epoch: `ram`, `disk` (memory-mapped, checked, reused by
-    later runs), `none` (decode every epoch); `auto` is RAM when the cache takes under a third of
-    the free memory, else disk ([Caches](../caches.md))."""
+    later runs), `none` (decode every epoch, cropping from full resolution); `auto` is RAM when the
+    cache takes under a third of the free memory, else disk when it has room, else none
+    ([Caches](../caches.md))."""
     cache_dir: Optional[str] = None
     """Where disk caches go; `$CNNZOO_HOME/cache` (default `~/.cache/cnnzoo/cache`) when absent."""
     feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"

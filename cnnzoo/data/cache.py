@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -82,11 +83,58 @@ def _available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def _fits_in_ram(nbytes: int, free_memory: float) -> bool:
+    return nbytes < free_memory / 3  # the model, its optimiser and the loader workers need the rest
+
+
 def choose_cache(kind: str, nbytes: int) -> str:
     """``auto`` keeps the cache in RAM when it takes under a third of the free memory."""
     if kind != "auto":
         return kind
-    return "ram" if nbytes < _available_memory() / 3 else "disk"
+    return "ram" if _fits_in_ram(nbytes, _available_memory()) else "disk"
+
+
+def cache_choice(setting: str, nbytes: int, *, free_memory: int, free_disk: int) -> tuple[str, str]:
+    """``data.cache`` for ``nbytes`` of decoded pixels, and why, in words: ``auto`` is RAM when they
+    take under a third of the free memory, else disk when they fit in the free space of the disk
+    holding the cache folder, else ``none`` (streamed: decoded in the loader workers each epoch)."""
+    if setting != "auto":
+        return setting, f"data.cache: {setting}"
+    size, memory, disk = (f"{n / 2**30:,.1f} GB" for n in (nbytes, free_memory, free_disk))
+    if _fits_in_ram(nbytes, free_memory):
+        return "ram", f"the cache ({size}) takes under a third of the free memory ({memory})"
+    if nbytes < free_disk:
+        return "disk", f"the cache ({size}) takes over a third of the free memory ({memory}); {disk} free on disk"
+    return "none", (
+        f"the cache ({size}) fits neither in a third of the free memory ({memory}) nor on the disk "
+        f"({disk} free); streaming, decoded in the loader workers each epoch"
+    )
+
+
+def cache_folder(cache_dir: str | Path | None) -> Path:
+    """Where disk caches go: ``data.cache_dir``, else ``$CNNZOO_HOME/cache``."""
+    return Path(cache_dir) if cache_dir else cache_home() / "cache"
+
+
+def _free_disk(folder: Path) -> int:
+    """Free bytes on the disk that holds ``folder`` (or would, once made)."""
+    for place in (folder, *folder.absolute().parents):
+        try:
+            return shutil.disk_usage(place).free
+        except OSError:  # not made yet (or not readable): its parent's disk
+            continue
+    return 0
+
+
+def plan_cache(setting: str, nbytes: int, cache_dir: str | Path | None) -> str:
+    """The decoded-pixel cache for this run: ``auto`` measured against this machine's free memory
+    and disk (:func:`cache_choice`), with one line in the log saying which and why."""
+    if setting != "auto":
+        return setting
+    free_disk = _free_disk(cache_folder(cache_dir))
+    choice, why = cache_choice(setting, nbytes, free_memory=_available_memory(), free_disk=free_disk)
+    console.log(f"data.cache: auto -> {choice}: {why}")
+    return choice
 
 
 class NpyWriter:
@@ -297,8 +345,7 @@ def decode_all(
     path = None
     if choose_cache(kind, math.prod(shape)) == "disk":
         key = hashlib.sha1(f"{CACHE_FORMAT}|{shape}|{samples.fingerprint()}".encode()).hexdigest()[:20]
-        folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
-        path = folder / f"{samples.name}-{key}.npy"
+        path = cache_folder(cache_dir) / f"{samples.name}-{key}.npy"
 
     def failed_problem(record: dict[str, Any]) -> str:
         failed = record.get("failed")

@@ -23,12 +23,16 @@ from ..console import console, warn
 from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .batch_augment import BatchAugment
-from .cache import DecodedImages, decode_all, shared_cache_kind
+from .cache import DecodedImages, decode_all, plan_cache, shared_cache_kind
 from .sources import DataSpec, Samples
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """A split as uint8 batches; reads the cache when there is one, else decodes files.
+    """A split as uint8 batches; reads the cache when there is one, else decodes files (streaming).
+
+    With ``crop_min_area`` (training, uncached, the smaller share of ``data.augment.random_resized_crop``)
+    each image is decoded at its full resolution (a large JPEG no smaller than its smallest crop
+    needs) and the per-image ``augment`` crops it to ``size``.
 
     ``__getitems__`` takes ``(index, batch_seed)`` pairs from :class:`EpochBatches` and
     returns ``(images uint8 [B, C, H, W], labels int64 [B])``, and the batch seed as a third
@@ -48,9 +52,11 @@ class ImageDataset(torch.utils.data.Dataset):
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seeds: bool = False,
         multi_label_classes: int | None = None,
+        crop_min_area: float | None = None,
     ):
         self.samples, self.size, self.channels = samples, size, channels
         self.seeds = seeds
+        self.crop_min_area = crop_min_area if decoded is None and augment is not None else None
         self.pixels = decoded.pixels if decoded is not None else None
         self.augment = augment
         failed = set(decoded.failed) if decoded is not None else set()
@@ -63,7 +69,24 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _read(self, positions: list[int]) -> tuple[torch.Tensor, list[int]]:
+    @property
+    def streaming(self) -> bool:
+        """Decoded every epoch (no pixel cache): the frozen-feature cache does not apply."""
+        return self.pixels is None
+
+    @property
+    def full_resolution(self) -> bool:
+        """Decoded at full resolution for a random-resized-crop."""
+        return self.crop_min_area is not None
+
+    def _decode(self, i: int) -> torch.Tensor:
+        if self.crop_min_area is not None:
+            image = self.samples.read_full(i, self.channels, crop_to=self.size, min_area=self.crop_min_area)
+            return torch.from_numpy(image).permute(2, 0, 1)
+        return torch.from_numpy(self.samples.read(i, self.size, self.channels)).permute(2, 0, 1)
+
+    def _read(self, positions: list[int]) -> tuple[torch.Tensor | list[torch.Tensor], list[int]]:
+        """The images at ``positions`` (a batch, or a list when decoded) and the positions kept."""
         if self.pixels is not None:
             rows = torch.tensor([self.indices[p] for p in positions])
             return self.pixels[rows], positions
@@ -71,13 +94,11 @@ class ImageDataset(torch.utils.data.Dataset):
         for p in positions:
             i = self.indices[p]
             try:
-                images.append(torch.from_numpy(self.samples.read(i, self.size, self.channels)).permute(2, 0, 1))
+                images.append(self._decode(i))
                 kept.append(p)
             except Exception as exc:
                 warn(f"skipped unreadable image {self.samples.describe(i)} ({type(exc).__name__}: {exc})")
-        if not images:
-            return torch.empty((0, self.channels, *self.size), dtype=torch.uint8), kept
-        return torch.stack(images), kept
+        return images, kept
 
     def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
         positions = [p for p, _ in pairs]
@@ -85,7 +106,11 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.augment is not None and len(kept):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(pairs[0][1])
-                images = torch.stack([self.augment(img) for img in images])
+                images = [self.augment(img) for img in images]
+        if not len(kept):
+            images = torch.empty((0, self.channels, *self.size), dtype=torch.uint8)
+        elif isinstance(images, list):
+            images = torch.stack(images)
         if self.seeds:
             return images.contiguous(), self.targets[kept], torch.tensor(pairs[0][1] if pairs else 0)
         return images.contiguous(), self.targets[kept]
@@ -280,13 +305,23 @@ class Loaders:
     batch_augment: BatchAugment | None = None
 
 
+def _cache_kind(cfg: Config, spec: DataSpec) -> str:
+    """``data.cache`` for this run: ``auto`` chooses by the size of both splits' pixels
+    (:func:`cnnzoo.data.cache.plan_cache`); in a DDP run a cache is one file that every process maps."""
+    nbytes = (len(spec.train) + len(spec.val)) * spec.channels * spec.image_size[0] * spec.image_size[1]
+    kind = plan_cache(cfg.data.cache, nbytes, cfg.data.cache_dir)
+    if cfg.data.cache == "auto" and kind != "none":
+        return "disk" if shared_cache_kind("auto", "data.cache") == "disk" else kind
+    return kind
+
+
 def _datasets(
-    cfg: Config, spec: DataSpec, *, augment, batch_augment: BatchAugment | None
+    cfg: Config, spec: DataSpec, *, kind: str, augment, batch_augment: BatchAugment | None
 ) -> tuple[ImageDataset, ImageDataset]:
-    """Both splits as datasets, decoded once into the cache unless ``data.cache: none`` (in a DDP
+    """Both splits as datasets, decoded once into the cache unless ``kind`` is none (in a DDP
     run local rank 0 builds a cache on disk before the others read it)."""
-    cached = cfg.data.cache != "none"
-    kind = shared_cache_kind(cfg.data.cache, "data.cache") if cached else "none"
+    cached = kind != "none"
+    crop = cfg.data.augment.random_resized_crop
     datasets = []
     multi = len(spec.classes) if spec.multi_label else None
     for split in (spec.train, spec.val):
@@ -311,6 +346,7 @@ def _datasets(
                 augment=augment if split is spec.train else None,
                 seeds=batch_augment is not None and split is spec.train,
                 multi_label_classes=multi,
+                crop_min_area=crop[0] if crop and split is spec.train else None,
             )
         )
     return datasets[0], datasets[1]
@@ -324,12 +360,13 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
     epoch between the processes.
     """
 
-    cached = cfg.data.cache != "none"
+    kind = _cache_kind(cfg, spec)
+    cached = kind != "none"
     on_batch = cached and cfg.data.augment.where != "image"
     batch_augment = BatchAugment.build(cfg.data.augment, spec.image_size) if on_batch else None
     if batch_augment is not None:
         augment = None  # the per-image pipeline is not needed
-    train_set, val_set = _datasets(cfg, spec, augment=augment, batch_augment=batch_augment)
+    train_set, val_set = _datasets(cfg, spec, kind=kind, augment=augment, batch_augment=batch_augment)
     workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
     train_loader = make_loader(
@@ -356,7 +393,9 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
     console.log(
         f"data: {len(train_set)} training and {len(val_set)} validation images, "
         f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
-        f"cache {'on' if cached else 'off'}, {workers} loader workers{per_process}"
+        f"cache {'on' if cached else 'off (decoded each epoch)'}, "
+        f"{workers} loader workers{per_process}"
+        f"{', random-resized-crop from full resolution' if train_set.full_resolution else ''}"
         f"{', augmentation on the batch' if batch_augment is not None else ''}"
     )
     return Loaders(

@@ -8,6 +8,7 @@ Training (cache building and the uncached loader), evaluation and prediction all
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -118,6 +119,30 @@ def load_image(source: ImageSource, size: Sequence[int], channels: int) -> np.nd
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr
+
+
+def load_full_resolution(
+    source: ImageSource | BinaryIO, channels: int, *, crop_to: Sequence[int], min_area: float
+) -> np.ndarray:
+    """Decode, orient (EXIF) and convert at the resolution a random-resized-crop needs, uint8 HxWxC:
+    the crop is taken from the full image (the ImageNet recipe) and resized to ``crop_to`` = (H, W).
+    A large JPEG decodes at a reduced DCT scale (``Image.draft``) only while its smallest crop
+    (``min_area`` of the image, aspect 3/4) still has at least ``crop_to``'s pixels, so no crop is
+    ever enlarged that the full image would have shrunk; other images decode at full size."""
+    if isinstance(source, np.ndarray):
+        return load_image(source, source.shape[:2], channels)
+    img = source if isinstance(source, Image.Image) else Image.open(source)
+    if img.format == "JPEG" and not isinstance(source, Image.Image):
+        smallest_side = (0.75 * min_area * img.size[0] * img.size[1]) ** 0.5
+        factor = max(crop_to) / max(smallest_side, 1.0)
+        if factor < 0.5:  # draft reduces by 2, 4 or 8 and keeps at least the size asked for
+            img.draft(
+                "L" if channels == 1 else "RGB", (math.ceil(img.size[0] * factor), math.ceil(img.size[1] * factor))
+            )
+    width, height = img.size
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # orientations that swap the sides
+        width, height = height, width
+    return load_image(img, (height, width), channels)
 
 
 def normalize_array(images_hwc: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -65,6 +65,7 @@ class StreamSettings:
     seed: int = 0
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     full_resolution: bool = False  # decode at full size for a random-resized-crop
+    crop_min_area: float = 0.08  # the crop's smallest share of the image (how far a JPEG may be reduced)
     shard: tuple[int, int] = (0, 1)  # (rank, world)
 
 
@@ -196,7 +197,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             label = self.classes.index(label) if isinstance(label, str) else label
             if ext is None or label is None or not 0 <= label < len(self.classes):
                 raise ValueError("no image, or no known label (.cls, .txt, .json)")
-            image = _decode_image(sample[ext], s.size, s.channels, full=s.full_resolution and self.train)
+            full = s.crop_min_area if s.full_resolution and self.train else None
+            image = _decode_image(sample[ext], s.size, s.channels, crop_min_area=full)
         except Exception as exc:  # a corrupt member must never stop the run
             warn(f"skipped {where}.{ext or '?'} ({type(exc).__name__}: {exc})")
             return None
@@ -205,15 +207,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         return image, int(label)
 
 
-def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, full: bool) -> torch.Tensor:
-    """uint8 CxHxW: resized to ``size``, or (``full``) at the image's own resolution (a JPEG at no
-    less than twice ``size``, decoded at a reduced scale when much larger) for a random crop."""
+def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, crop_min_area: float | None) -> torch.Tensor:
+    """uint8 CxHxW: resized to ``size``, or (with ``crop_min_area``) at the resolution a random crop needs."""
+    if crop_min_area is not None:
+        image = preprocess.load_full_resolution(io.BytesIO(data), channels, crop_to=size, min_area=crop_min_area)
+        return torch.from_numpy(image).permute(2, 0, 1)
     img = preprocess.open_image(io.BytesIO(data), size, channels)
-    if full:
-        width, height = img.size
-        if img.getexif().get(274, 1) in (5, 6, 7, 8):  # EXIF orientation that swaps the sides
-            width, height = height, width
-        size = (height, width)
     return torch.from_numpy(preprocess.load_image(img, size, channels)).permute(2, 0, 1)
 
 
@@ -252,6 +251,7 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         seed=cfg.seed,
         augment=augment,
         full_resolution=bool(cfg.data.augment.random_resized_crop),
+        crop_min_area=(cfg.data.augment.random_resized_crop or [0.08])[0],
         shard=distributed.shard(),
     )
     train_set = ShardStream(spec.train, spec.classes, settings, train=True)

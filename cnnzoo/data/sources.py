@@ -60,6 +60,11 @@ class Samples:
         source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
         return preprocess.load_image(source, size, channels)
 
+    def read_full(self, i: int, channels: int, *, crop_to: tuple[int, int], min_area: float) -> np.ndarray:
+        """Image ``i`` at the resolution a random-resized-crop needs (:func:`.preprocess.load_full_resolution`)."""
+        source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
+        return preprocess.load_full_resolution(source, channels, crop_to=crop_to, min_area=min_area)
+
     def subset(self, keep: list[int]) -> Samples:
         return Samples(
             name=self.name,
