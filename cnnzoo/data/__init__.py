@@ -23,6 +23,8 @@ In the order training meets them:
   ``[N, C, H, W]`` array in RAM or in a checked, memory-mapped ``.npy`` file (the feature cache
   of :mod:`cnnzoo.training.transfer` is built the same way).
 * :mod:`~cnnzoo.data.augment`: per-image ``torchvision.transforms.v2`` augmentation.
+* :mod:`~cnnzoo.data.batch_augment` (``data.augment.where``): the same augmentation on a whole
+  cached uint8 batch on the training device (one ``grid_sample`` for the geometry).
 * :mod:`~cnnzoo.data.loaders`: datasets that return whole uint8 batches, and batch orders that
   depend only on (seed, epoch, batch), so a run is reproducible whatever the worker count.
 

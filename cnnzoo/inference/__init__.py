@@ -6,6 +6,7 @@
 * :mod:`~cnnzoo.inference.onnx` (torch-free): an exported ``.onnx`` file run by onnxruntime.
 * :mod:`~cnnzoo.inference.tflite` (torch-free): an exported ``.tflite`` file run by LiteRT.
 * :mod:`~cnnzoo.inference.torch_models`: checkpoints and TorchScript files, run by torch.
+* :mod:`~cnnzoo.inference.tta`: test-time augmentation, five views of each image averaged.
 * :mod:`~cnnzoo.inference.inputs` (torch-free): image arguments expanded, records as CSV.
 
 Floor 5. The torch-free modules import floors 0-2 and :mod:`cnnzoo.data.preprocess` only;

@@ -8,9 +8,12 @@ Read it from :func:`cnnzoo.training.run.train` down:
 * :mod:`~cnnzoo.training.setup`: what training and lr-find start from (data, model on its
   device, loss, optimizer), built from one config.
 * :mod:`~cnnzoo.training.recipe`: optimizer, learning-rate schedule, class weights, loss.
+* :mod:`~cnnzoo.training.mixing`: MixUp and CutMix with their soft targets.
+* :mod:`~cnnzoo.training.ema`: the moving average of the weights that validation and best.pt use.
 * :mod:`~cnnzoo.training.loop`: one optimizer step, one epoch, validation, the best epoch.
 * :mod:`~cnnzoo.training.callbacks`: what happens when an epoch ends (metrics.csv,
-  checkpoints, history.png, the console line, TensorBoard).
+  checkpoints, history.png, the console line, TensorBoard), and
+  :mod:`~cnnzoo.training.tracking`, the MLflow logger among them.
 * :mod:`~cnnzoo.training.transfer`: two training stages and the frozen-feature cache.
 * :mod:`~cnnzoo.training.tuning`: ``lr-find`` and ``sweep``.
 
