@@ -217,11 +217,15 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=300)
     python = venv / "bin" / "python"
+    # without PYTHONPATH: a tree on it with cnnzoo.egg-info (an editable install's) would count as
+    # cnnzoo already installed in the new venv, and pip would install nothing
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     subprocess.run(
         [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
         check=True,
         capture_output=True,
         timeout=600,
+        env=clean_env,
     )
     site = Path(
         subprocess.check_output(
@@ -235,7 +239,7 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     from cnnzoo.training.run import train
 
     onnx_file = export(train(tiny_config(image_root), out=tmp_path / "runs", quiet=True) / "best.pt", "onnx").path
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = clean_env
     assert subprocess.run([python, "-c", "import torch"], env=env, capture_output=True).returncode != 0
     image = next((image_root / "validation" / "a").iterdir())
     result = subprocess.run(

@@ -198,7 +198,13 @@ def score_export(
         rows.extend(positions)
     for name, reason in errors:
         console.warn(f"skipped {name}: cannot read image ({reason})")
-    about = {"model": str(path), "format": model.format, "int8": "int8" in model.meta, "epoch": model.meta.get("epoch")}
+    about = {
+        "model": str(path),
+        "format": model.format,
+        "int8": "int8" in model.meta,
+        "epoch": model.meta.get("epoch"),
+        "tta": False,  # test-time augmentation runs on checkpoints only
+    }
     return Scored(
         logits=np.concatenate(logits) if logits else np.zeros((0, len(model.classes)), np.float32),
         labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
