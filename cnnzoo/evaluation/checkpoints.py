@@ -46,23 +46,21 @@ def score_checkpoint(
     batch_size = batch_size or cfg.train.batch_size * 2
     feed = Feed(device=model.device, norm=model.norm, channels_last=model.channels_last)
     about = {"checkpoint": str(path), "epoch": ckpt.get("epoch"), "tta": tta}
+    scored_on = {  # what both ways of reading the split report beside the logits
+        "samples": samples,
+        "where": where,
+        "classes": model.classes,
+        "channels": model.channels,
+        "about": about,
+        "thresholds": thresholds,
+    }
     if samples.shards is not None:
         size, channels = model.image_size, model.channels
         loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
         logits, labels = predict_loader(
             module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None
         )
-        return Scored(
-            logits=logits.numpy(),
-            labels=labels.numpy(),
-            rows=None,
-            samples=samples,
-            where=where,
-            classes=model.classes,
-            channels=model.channels,
-            about=about,
-            thresholds=thresholds,
-        )
+        return Scored(logits=logits.numpy(), labels=labels.numpy(), rows=None, **scored_on)
     cuda = model.device.type == "cuda"
     # each image labelled with its own position, so that the rows say which images they are
     numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
@@ -71,17 +69,8 @@ def score_checkpoint(
     loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
     bar = console.bar(len(loader), "evaluate") if progress else None
     logits, rows = predict_loader(module, loader, feed, bar=bar)
-    return Scored(
-        logits=logits.numpy(),
-        labels=_labels(samples, rows.tolist(), model.classes, multi),
-        rows=rows.numpy(),
-        samples=samples,
-        where=where,
-        classes=model.classes,
-        channels=model.channels,
-        about=about,
-        thresholds=thresholds,
-    )
+    labels = _labels(samples, rows.tolist(), model.classes, multi)
+    return Scored(logits=logits.numpy(), labels=labels, rows=rows.numpy(), **scored_on)
 
 
 def _labels(samples, rows: list[int], classes: list[str], multi: bool) -> np.ndarray:
