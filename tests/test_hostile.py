@@ -21,6 +21,7 @@ import cnnzoo
 from cnnzoo.checkpoint import FORMAT, VERSION, load_checkpoint
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
+from cnnzoo.config.reference import config_keys
 from cnnzoo.data.cache import decode_all
 from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
@@ -427,6 +428,10 @@ def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path):
 # ============================================================================ fuzz
 
 
+# every key the schema has, sections too (a new option is fuzzed the day it is added)
+CONFIG_KEYS = [entry.key for entry in config_keys()]
+
+
 FUZZ_VALUES = [
     None,
     True,
@@ -515,36 +520,7 @@ def mutate(config: dict, rng: random.Random) -> tuple[dict, list[str]]:
             ),
         )
         return config, []
-    key = rng.choice(
-        [
-            "name",
-            "seed",
-            "data.image_size",
-            "data.channels",
-            "model.input",
-            "model.num_classes",
-            "train.epochs",
-            "train.lr",
-            "train.batch_size",
-            "train.unfreeze_at_epoch",
-            "train.backbone_lr",
-            "data.normalize",
-            "data.augment.zoom",
-            "train.unfreeze_stages",
-            "data.feature_cache",
-            "train.loggers",
-            "train.sync_bn",
-            "train.ddp_timeout",
-            "data.augment.translate",
-            "data.augment.hflip",
-            "data.augment.rotation",
-            "data.augment.shear",
-            "data.augment.color_jitter",
-            "data.augment.color_jitter.hue",
-            "train.gamma",
-            "train.momentum",
-        ]
-    )
+    key = rng.choice(CONFIG_KEYS)
     value = yaml.safe_dump(rng.choice(FUZZ_VALUES), default_flow_style=True).strip().split("\n")[0]
     return config, [f"{key}={value}"]
 
