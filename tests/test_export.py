@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from cnnzoo import inference
 from cnnzoo.deploy.export import export
 from cnnzoo.inference.classifier import METADATA_KEY
 
-from support.cli import one_error_line, run_cnnzoo, subprocess_env
+from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, torch_modules_imported
 from support.images import make_image_tree
-from support.runs import tiny_config, train_run
+from support.runs import tiny_config, train_run, trained_batchnorm_cnn
 
 pytestmark = pytest.mark.slow  # every test here trains a model or uses one a module fixture trained
 
@@ -33,20 +31,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
-def _jpeg_tree(base: Path) -> Path:
-    return make_image_tree(
-        base / "images", train={"a": 12, "b": 12, "c": 12}, validation={"a": 4, "b": 4, "c": 4}, ext="jpg"
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Three classes, a BatchNorm CNN, JPEG images; base/runs/latest points at it."""
-
-    def with_batchnorm(cfg):
-        cfg["model"]["layers"].insert(1, "batchnorm")
-
-    return train_run(tmp_path_factory.mktemp("export-run"), _jpeg_tree, with_batchnorm)
+    return trained_batchnorm_cnn(tmp_path_factory.mktemp("export-run"), train_per_class=12, validation_per_class=4)
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +73,9 @@ def test_onnx_batch_size_is_dynamic(exported, trained):
 
 def test_onnx_predict_never_imports_torch_and_matches_the_checkpoint_cli(trained, exported):
     images = validation_jpegs(trained)[:6]
-    probe = (
-        "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
-        "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
-        " file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(exported["onnx"].path), *images],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    done = predict_listing_torch(str(exported["onnx"].path), images)
     assert done.returncode == 0, done.stderr
-    modules = json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])
-    assert modules == []
+    assert torch_modules_imported(done) == []
     onnx_records = json.loads(done.stdout)
     checkpoint = run_cnnzoo(["predict", "--model", trained.best, "--json", *images], trained.base)
     assert checkpoint.returncode == 0, checkpoint.stderr

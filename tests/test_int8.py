@@ -18,9 +18,9 @@ from cnnzoo import inference
 from cnnzoo.deploy.export import export
 from cnnzoo.evaluation.evaluate import evaluate, format_report
 
-from support.cli import one_error_line, run_cnnzoo, subprocess_env
-from support.images import make_image_tree, write_class_folders
-from support.runs import train_run
+from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, subprocess_env, torch_modules_imported
+from support.images import write_class_folders
+from support.runs import trained_batchnorm_cnn
 
 pytestmark = pytest.mark.slow  # a module fixture trains the model
 
@@ -28,18 +28,9 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
-def _tree(base: Path) -> Path:
-    return make_image_tree(
-        base / "images", train={"a": 16, "b": 16, "c": 16}, validation={"a": 6, "b": 6, "c": 6}, ext="jpg"
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    def with_batchnorm(cfg):
-        cfg["model"]["layers"].insert(1, "batchnorm")
-
-    return train_run(tmp_path_factory.mktemp("int8-run"), _tree, with_batchnorm)
+    return trained_batchnorm_cnn(tmp_path_factory.mktemp("int8-run"), train_per_class=16, validation_per_class=6)
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +74,9 @@ def test_int8_export_carries_the_metadata_and_reports_what_predict_gives(trained
 
 def test_int8_predict_runs_without_torch(trained, quantized):
     images = [path for path, _ in _validation(trained)][:6]
-    probe = (
-        "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
-        "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
-        " file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(quantized.path), *images],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    done = predict_listing_torch(str(quantized.path), images)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1]) == []
+    assert torch_modules_imported(done) == []
     assert [r["image"] for r in json.loads(done.stdout)] == images
 
 

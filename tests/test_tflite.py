@@ -19,9 +19,8 @@ from cnnzoo.checkpoint import load_checkpoint
 from cnnzoo.deploy.export import export, metadata
 from cnnzoo.inference.torch_models import Model
 
-from support.cli import one_error_line, run_cnnzoo, subprocess_env
-from support.images import make_image_tree
-from support.runs import train_run
+from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, subprocess_env
+from support.runs import trained_batchnorm_cnn
 
 pytestmark = pytest.mark.slow  # a module fixture trains the model
 
@@ -29,18 +28,9 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 
-def _tree(base: Path) -> Path:
-    return make_image_tree(
-        base / "images", train={"a": 12, "b": 12, "c": 12}, validation={"a": 4, "b": 4, "c": 4}, ext="jpg"
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    def with_batchnorm(cfg):
-        cfg["model"]["layers"].insert(1, "batchnorm")
-
-    return train_run(tmp_path_factory.mktemp("tflite-run"), _tree, with_batchnorm)
+    return trained_batchnorm_cnn(tmp_path_factory.mktemp("tflite-run"), train_per_class=12, validation_per_class=4)
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +61,7 @@ def test_tflite_export_matches_the_checkpoint_and_carries_the_metadata(trained, 
 
 def test_tflite_predict_runs_without_torch_and_prints_nothing_else(trained, exported):
     images = _images(trained)[:4]
-    probe = (
-        "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
-        "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
-        " file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(exported.path), *images],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    done = predict_listing_torch(str(exported.path), images)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines() == ["MODULES []"]  # no torch, and no runtime chatter
     want = cnnzoo.load(trained.best).predict(images)

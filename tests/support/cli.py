@@ -3,6 +3,7 @@ exactly one line on stderr, ``cnnzoo: error: ...``, exit code 2, no traceback.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,30 @@ def run_script(args: Sequence[Any], cwd: Path, timeout: float = 600) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+# `cnnzoo predict --model MODEL --json IMAGES...` in-process in a fresh interpreter that then lists,
+# as its last stderr line, the torch/torchvision modules the command imported
+_PREDICT_LISTING_TORCH = (
+    "import sys, json\nsys.argv = ['cnnzoo', 'predict', '--model', sys.argv[1], '--json', *sys.argv[2:]]\n"
+    "from cnnzoo.cli import main\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+    "print('MODULES', json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]),"
+    " file=sys.stderr)\n"
+)
+
+
+def predict_listing_torch(model: Path, images: Sequence[Any], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``predict --json`` of ``images`` with ``model`` in a fresh process; stderr's last line is
+    ``MODULES [...]``, the torch modules it imported (:func:`torch_modules_imported` reads it)."""
+    return subprocess.run(
+        [sys.executable, "-c", _PREDICT_LISTING_TORCH, str(model), *map(str, images)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
+
+
+def torch_modules_imported(done: subprocess.CompletedProcess) -> list[str]:
+    """The torch modules a :func:`predict_listing_torch` run imported."""
+    return json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])

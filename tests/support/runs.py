@@ -16,6 +16,8 @@ import pytest
 
 from cnnzoo.training.run import train
 
+from .images import make_image_tree
+
 TIMING = ("seconds", "images_per_s", "data_wait")
 HEADER = (
     "epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait,stage,trainable_params,backbone_lr"
@@ -101,3 +103,18 @@ def ctrl_c_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def trained_batchnorm_cnn(base: Path, *, train_per_class: int, validation_per_class: int) -> TrainedRun:
+    """A BatchNorm CNN trained on three classes of JPEGs (``a``, ``b``, ``c``): the model the export
+    tests (ONNX, INT8, TFLite) convert, a BatchNorm layer among what they must carry over."""
+
+    def jpeg_tree(folder: Path) -> Path:
+        per_split = {"train": train_per_class, "validation": validation_per_class}
+        counts = {split: dict.fromkeys("abc", n) for split, n in per_split.items()}
+        return make_image_tree(folder / "images", **counts, ext="jpg")
+
+    def with_batchnorm(cfg: dict) -> None:
+        cfg["model"]["layers"].insert(1, "batchnorm")
+
+    return train_run(base, jpeg_tree, with_batchnorm)
