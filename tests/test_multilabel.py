@@ -185,6 +185,26 @@ def test_a_tiny_multi_label_run_with_the_balanced_sampler_and_pos_weights(tmp_pa
     assert meta["task"] == "multi" and len(meta["thresholds"]) == 2
 
 
+@pytest.mark.slow
+def test_the_training_recipe_runs_on_multi_label_data(tmp_path):
+    """MixUp/CutMix (blended multi-hot targets), EMA and batch augmentation on a multi-label run;
+    best.pt holds the average that validation scored."""
+    from cnnzoo.training.run import train
+
+    path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "", "a b", "a"] * 2)
+    raw = tiny_config(path, epochs=1, mixup=0.2, cutmix=1.0, ema={"decay": 0.9})
+    raw["data"]["augment"] = {"hflip": True, "rotation": 10, "where": "batch"}
+    run = train(raw, out=tmp_path / "runs", quiet=True)
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert 0 <= float(row["val_map"]) <= 1
+    best, last = (torch.load(run / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    assert best["meta"]["task"] == "multi" and best["epoch"] == 1
+    # best.pt holds the average; last.pt the raw weights, and the average beside them
+    weights = [k for k, v in best["model_state"].items() if v.is_floating_point()]
+    assert all(torch.equal(best["model_state"][k], last["ema"]["weights"][k]) for k in weights)
+    assert any(not torch.equal(best["model_state"][k], last["model_state"][k]) for k in weights)
+
+
 def test_task_single_over_rows_with_several_labels_is_one_line(tmp_path):
     path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
     with pytest.raises(DataError, match="some rows have several labels, but train.task is single"):

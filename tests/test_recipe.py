@@ -60,6 +60,25 @@ def test_mixed_targets_sum_to_one_and_match_the_pixels(recipe, smoothing):
             assert torch.equal(images.where(images != x, x.flip(0)), x.flip(0))
 
 
+@pytest.mark.parametrize("recipe", [{"mixup": 0.4}, {"cutmix": 1.0}])
+def test_multi_hot_targets_blend_per_class_and_score_with_bce(recipe):
+    mixer = Mixer(train_config(**recipe, label_smoothing=0.1), num_classes=3, seed=0)
+    mixer.set_epoch(1)
+    x, _ = batch()
+    multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]] * 2, dtype=torch.float32)
+    plain = multi_hot * 0.9 + 0.05  # what the multi-label loss trains toward, smoothed by 0.1
+    images, targets = mixer.mix(x, multi_hot)
+    # image 0 is [1, 0, 1] and its partner (image 7) is [0, 0, 0]: class 0's target is lam's share
+    lam = ((targets[0, 0] - 0.05) / 0.9).item()
+    assert 0 < lam < 1 and torch.allclose(targets, lam * plain + (1 - lam) * plain.flip(0), atol=1e-5)
+    if "cutmix" in recipe:
+        assert (images == x).float().mean().item() == pytest.approx(lam, abs=1e-5)
+    criterion = Criterion("bce_multi_label", None, label_smoothing=0.1)
+    logits = torch.randn(8, 3)
+    expected = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert criterion.soft(logits, targets).item() == pytest.approx(expected.item())
+
+
 def test_mixing_repeats_per_epoch_and_stops_in_the_last_epochs():
     t = train_config(mixup=0.4, epochs=5, mix_off_epochs=2)
     x, y = batch()

@@ -162,3 +162,15 @@ def test_ablation_recipe_runs_its_rows_on_tiny_data(image_root, tmp_path):
     out = run_script([ROOT / "scripts" / "ablation_recipe.py", *args], tmp_path)
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "ema" in lines and "tta" in lines and "needs" not in out
+    assert "accuracy on held-out (10% of train)" in out
+
+
+def test_ablation_recipe_runs_given_rows_for_the_configs_epochs(image_root, tmp_path):
+    args = ["--config", ROOT / "configs" / "resnet_clothing.yaml", "--minutes", "0", "--holdout", "0"]
+    args += ["--row", "plain: train.epochs=1", "--row", "ema: train.epochs=2 train.ema.decay=0.9", "--row", "tta"]
+    args += ["--set", f"data.root={image_root}", "--set", "data.image_size=16", "--set", "train.batch_size=8"]
+    out = run_script([ROOT / "scripts" / "ablation_recipe.py", *args], tmp_path)
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert rows["plain"][1] == "1" and rows["ema"][1] == "2", out
+    assert rows["tta"][1] == "-" and 0 <= float(rows["tta"][-1]) <= 1
+    assert "accuracy on validation" in out

@@ -1,5 +1,8 @@
 """MixUp and CutMix (``train.mixup``, ``train.cutmix``): pairs of training images blended, or one
-pasted into the other, with soft targets in the same proportion (label smoothing folded in).
+pasted into the other, with soft targets in the same proportion (label smoothing folded in). For
+multi-label data the targets are the two images' multi-hot rows blended per class (an image that
+shows a cat and is 30% pasted over by one showing a dog is 0.7 cat, 0.3 dog), scored by the
+per-class BCE.
 
 Each batch is paired with itself reversed; one mixing ratio per batch, drawn from
 Beta(alpha, alpha) by a NumPy generator seeded from (seed, epoch[, rank]) at each epoch's start, so a
@@ -24,8 +27,16 @@ from ..data.loaders import mix_seed
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """One-hot rows with label smoothing as ``nn.CrossEntropyLoss`` applies it: (1 - s) on the
-    class, s / K spread over all K classes."""
+    class, s / K spread over all K classes; multi-hot rows (multi-label ``labels``, one row per
+    image) as the multi-label BCE smooths them: each class's 0/1 pulled toward one half."""
+    if labels.dim() == 2:
+        return smoothed_multi_hot(labels, smoothing)
     return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+
+
+def smoothed_multi_hot(labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Multi-label targets with label smoothing: 1 -> 1 - s/2, 0 -> s/2 (each class a binary choice)."""
+    return labels.float() * (1 - smoothing) + 0.5 * smoothing
 
 
 class Mixer:
@@ -54,7 +65,8 @@ class Mixer:
         return float(self.rng.random())
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The mixed images and their targets (rows sum to one), or None for a batch left plain."""
+        """The mixed images and their targets (single-label rows sum to one; multi-label rows hold
+        each class's blended 0/1), or None for a batch left plain."""
         t = self.t
         if not self.active or len(labels) < 2:
             return None

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..model.backbones import backbone_of
+from .mixing import smoothed_multi_hot
 
 
 def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
@@ -185,17 +186,17 @@ class Criterion(nn.Module):
     def soft(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss against rows of class probabilities (MixUp/CutMix's targets, which hold the
         label smoothing already, :func:`cnnzoo.training.mixing.soft_targets`)."""
+        if self.kind == MULTI_LABEL_LOSS:
+            return self.loss(logits.float(), targets)
         if self.kind == "bce":
             return self.loss(logits[:, 0].float(), targets[:, 1])
         return nn.functional.cross_entropy(logits.float(), targets, weight=self.loss.weight)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.kind == MULTI_LABEL_LOSS:
-            target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return self.loss(logits.float(), target)
+            return self.loss(logits.float(), smoothed_multi_hot(labels, self.label_smoothing))
         if self.kind == "bce":
-            target = labels.float() * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return self.loss(logits[:, 0].float(), target)
+            return self.loss(logits[:, 0].float(), smoothed_multi_hot(labels, self.label_smoothing))
         return self.loss(logits.float(), labels)
 
 

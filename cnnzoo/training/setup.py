@@ -135,11 +135,6 @@ def check_task_settings(t: TrainConfig, multi_label: bool) -> None:
     if t.monitor == "auto":
         t.monitor = "val_map" if multi_label else "val_acc"
     if multi_label:
-        if t.mixup or t.cutmix:
-            raise ConfigError(
-                "train.mixup / train.cutmix: mixing is built for one class per image; this data is "
-                "multi-label (remove train.mixup and train.cutmix)"
-            )
         return
     if t.monitor == "val_map":
         raise ConfigError(
