@@ -460,6 +460,16 @@ def test_early_stopping_stops_and_says_so(image_root, tmp_path, capsys):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
 
+def test_monitor_auto_watches_val_map_on_multi_label_data_and_stays_auto_in_the_config():
+    from cnnzoo.training.loop import BestEpoch
+    from cnnzoo.training.setup import check_task_settings
+
+    t = load_config({"train": {}}).train
+    check_task_settings(t, multi_label=True)
+    assert t.monitor == "auto"
+    assert BestEpoch(t, multi_label=True).monitor == "val_map" and BestEpoch(t).monitor == "val_acc"
+
+
 def _best_after(monitor: str, epochs: list[tuple[float, float]], min_delta: float = 0.0) -> tuple[int, list[bool]]:
     from cnnzoo.training.loop import BestEpoch
 

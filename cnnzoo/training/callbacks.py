@@ -252,6 +252,7 @@ def make_callbacks(
     *,
     checkpoints: Checkpoints,
     resumed_at: int | None,
+    monitor: str,
     multi_label: bool = False,
 ) -> list[Callback]:
     """The callbacks of a run, in order. metrics.csv comes before the checkpoints: Ctrl-C between
@@ -264,7 +265,7 @@ def make_callbacks(
     metrics = MetricsCSV(
         run_dir, resumed_at, columns=METRIC_COLUMNS + MULTI_LABEL_COLUMNS if multi_label else METRIC_COLUMNS
     )
-    out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, t.monitor)]
+    out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, monitor)]
     if "tensorboard" in t.loggers:
         out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))
     if "mlflow" in t.loggers:  # last: it uploads history.png once HistoryPlot has drawn it for the last time

@@ -236,6 +236,13 @@ def validate_multi_label(
     }
 
 
+def monitored_metric(setting: str, multi_label: bool) -> str:
+    """What ``train.monitor`` watches: ``auto`` is val_map on multi-label data, val_acc otherwise."""
+    if setting == "auto":
+        return "val_map" if multi_label else "val_acc"
+    return setting
+
+
 class BestEpoch:
     """The epoch ``best.pt`` holds, and early stopping's count of epochs without progress.
 
@@ -246,8 +253,8 @@ class BestEpoch:
     lower loss is the better checkpoint. Only progress resets the patience count.
     """
 
-    def __init__(self, t: TrainConfig, saved: dict[str, Any] | None = None):
-        self.monitor = "val_acc" if t.monitor == "auto" else t.monitor
+    def __init__(self, t: TrainConfig, saved: dict[str, Any] | None = None, *, multi_label: bool = False):
+        self.monitor = monitored_metric(t.monitor, multi_label)
         self.maximize = self.monitor != "val_loss"
         self.other = "val_loss" if self.maximize else "val_acc"
         self.min_delta, self.patience = t.min_delta, t.patience

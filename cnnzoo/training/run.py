@@ -81,6 +81,10 @@ class Job:
         return self.stepper.average
 
     @property
+    def multi_label(self) -> bool:
+        return self.base_state["meta"].get("task") == "multi"
+
+    @property
     def num_classes(self) -> int:
         return len(self.base_state["meta"]["classes"])
 
@@ -202,6 +206,7 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
             setup.spec.classes,
             checkpoints=Checkpoints(run_dir, job.snapshot, job.start_epoch - 1),
             resumed_at=job.start_epoch - 1 if state is not None else None,
+            monitor=job.best.monitor,
             multi_label=setup.spec.multi_label,
         )
     _log_plan(job, setup)
@@ -230,7 +235,7 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> 
         stepper=stepper,
         feed=setup.feed,
         stages=TransferStages(setup.model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed),
-        best=BestEpoch(cfg.train),
+        best=BestEpoch(cfg.train, multi_label=setup.spec.multi_label),
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )
 
@@ -238,7 +243,7 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> 
 def _log_plan(job: Job, setup: TrainingSetup) -> None:
     """What the run will do, said once it is certain to start (never a line before an error)."""
     t, spec = job.cfg.train, setup.spec
-    warn_small_validation(len(spec.val), t.monitor)
+    warn_small_validation(len(spec.val), job.best.monitor)
     console.log("training images per class:\n" + sources.class_counts_text(spec.classes, setup.counts))
     console.log(
         f"model: {len(setup.infos)} layers, {sum(p.numel() for p in job.model.parameters()):,} parameters; "
@@ -257,7 +262,7 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     st.schedule.load_state_dict(state["scheduler"])
     if st.scaler is not None and state.get("scaler"):
         st.scaler.load_state_dict(state["scaler"])
-    job.best = BestEpoch(job.cfg.train, state["trainer"])
+    job.best = BestEpoch(job.cfg.train, state["trainer"], multi_label=job.multi_label)
     if st.average is not None and "ema" in state:
         st.average.load_full_state(state["ema"])
     job.start_epoch = state["epoch"] + 1
@@ -303,7 +308,7 @@ def fit(job: Job) -> Path:
             for callback in job.callbacks:
                 callback.epoch_end(end)
             if job.best.should_stop:
-                console.log(f"early stopping: {t.monitor} has not improved for {t.patience} epochs")
+                console.log(f"early stopping: {job.best.monitor} has not improved for {t.patience} epochs")
                 break
         _close(job)
     except KeyboardInterrupt:
@@ -322,7 +327,7 @@ def fit(job: Job) -> Path:
         if saved is None or not is_disk_full(exc):
             raise
         raise disk_full_error(job.run_dir, saved.saved_epoch) from None
-    console.log(f"done: best {t.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
+    console.log(f"done: best {job.best.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
     console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
     return job.run_dir
 
@@ -344,7 +349,7 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
     if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
         distributed.broadcast_buffers(job.average.averaged)
-    multi_label = job.base_state["meta"].get("task") == "multi"
+    multi_label = job.multi_label
     with job.average.swapped_in(job.model) if job.average is not None else nullcontext():
         val, confusion = validate(
             stages.net,
@@ -368,7 +373,7 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
         "backbone_lr": backbone_lr,
     }
-    schedule.step_epoch(val[t.monitor])
+    schedule.step_epoch(val[job.best.monitor])
     improved = job.best.update(val, epoch)
     best_text = f"{job.best.text()} (epoch {job.best.epoch})"
     return EpochEnd(

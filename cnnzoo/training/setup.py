@@ -130,10 +130,8 @@ def _measured_compile(
 
 
 def check_task_settings(t: TrainConfig, multi_label: bool) -> None:
-    """Settings of one task refused on the other in one line; ``train.monitor: auto`` resolved
-    (val_map for multi-label, val_acc otherwise) so that the saved config says which."""
-    if t.monitor == "auto":
-        t.monitor = "val_map" if multi_label else "val_acc"
+    """Settings of one task refused on the other in one line (``train.monitor: auto`` is left as
+    written: :func:`~cnnzoo.training.loop.monitored_metric` reads it)."""
     if multi_label:
         return
     if t.monitor == "val_map":

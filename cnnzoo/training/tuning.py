@@ -504,7 +504,12 @@ def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
     try:
         with open(path, newline="") as f:
             rows = [
-                {"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"]), "val_loss": float(r["val_loss"])}
+                {
+                    "epoch": int(r["epoch"]),
+                    "val_acc": float(r["val_acc"]),
+                    "val_loss": float(r["val_loss"]),
+                    **({"val_map": float(r["val_map"])} if r.get("val_map") else {}),
+                }
                 for r in csv.DictReader(f)
             ]
     except (OSError, KeyError, TypeError, ValueError, csv.Error) as exc:
@@ -513,7 +518,7 @@ def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
         ) from None
     if not rows or not all(math.isfinite(r["val_acc"]) for r in rows):
         raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
-    best = BestEpoch(load_config(run / "config.yaml").train)
+    best = BestEpoch(load_config(run / "config.yaml").train, multi_label="val_map" in rows[0])
     for row in rows:
         best.update(row, row["epoch"])
     return [r["epoch"] for r in rows], [r["val_acc"] for r in rows], best.epoch
