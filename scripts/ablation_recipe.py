@@ -141,7 +141,7 @@ def parse_rows(args: argparse.Namespace) -> dict[str, list[str] | None]:
     rows: dict[str, list[str] | None] = {}
     for text in args.row:
         name, _, overrides = text.partition(":")
-        rows[name.strip()] = None if name.strip() == "tta" else overrides.split()
+        rows[name.strip()] = None if name.strip().startswith("tta") else overrides.split()
     return rows
 
 
@@ -154,7 +154,7 @@ def main() -> None:
         "--row",
         action="append",
         default=[],
-        help="'NAME: k=v ...' instead of the built-in rows; 'tta' scores the row before",
+        help="'NAME: k=v ...' instead of the built-in rows; 'tta...' scores the row before",
     )
     parser.add_argument("--set", action="append", default=[], help="override for every row, repeatable")
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of train/ held out as the test split")

@@ -261,3 +261,22 @@ def test_compiled_training_keeps_plain_checkpoints_and_auto_measures(image_root,
     assert cnnzoo.load(run / "best.pt").predict(sorted(image_root.rglob("*.png"))[:1])
     train(tiny_config(image_root, compile="auto", epochs=1), out=tmp_path / "auto")
     assert "(train.compile auto; a forward+backward probe ran" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_shipped_recipe_config_trains_with_every_ingredient_on(image_root, tmp_path):
+    """configs/clothing_recipe.yaml on small pictures: batch augmentation, TrivialAugment,
+    MixUp/CutMix and EMA together; last.pt carries the average, best.pt is what validation scored."""
+    from support.cli import CONFIGS
+
+    overrides = [f"data.root={image_root}", "data.image_size=16", "train.epochs=2", "train.mix_off_epochs=1"]
+    cfg = load_config(CONFIGS / "clothing_recipe.yaml", overrides)
+    assert cfg.data.augment.trivialaugment and cfg.train.mixup and cfg.train.cutmix and cfg.train.ema
+    run = train(CONFIGS / "clothing_recipe.yaml", [*overrides, "train.batch_size=8"], out=tmp_path, quiet=True)
+    last, best = (torch.load(run / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert last["ema"]["updates"] > 0 and len(metric_rows(run)) == 2
+    report = cnnzoo.evaluate(run / "best.pt", split="validation", progress=False, tta=True, out=tmp_path / "eval")
+    assert 0 <= report["accuracy"] <= 1
+    row = metric_rows(run)[best["epoch"] - 1]
+    plain = cnnzoo.evaluate(run / "best.pt", split="validation", progress=False, out=tmp_path / "plain")
+    assert plain["accuracy"] == pytest.approx(float(row["val_acc"]), abs=1e-6)
