@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,13 @@ from cnnzoo import inference
 from cnnzoo.deploy.export import export
 from cnnzoo.evaluation.evaluate import evaluate, format_report
 
-from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, subprocess_env, torch_modules_imported
+from support.cli import (
+    one_error_line,
+    predict_listing_torch,
+    run_cnnzoo,
+    run_cnnzoo_without_torch,
+    torch_modules_imported,
+)
 from support.images import write_class_folders
 from support.runs import trained_batchnorm_cnn
 
@@ -200,18 +204,8 @@ def test_evaluating_an_export_leaves_the_checkpoints_eval_json_alone(trained, qu
 
 def test_int8_evaluate_runs_without_torch(trained, quantized, tmp_path):
     """The CLI in a process where ``import torch`` fails: eval.json, the plot and report.html all come."""
-    probe = (
-        "import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
-        "sys.argv = ['cnnzoo', 'evaluate', *sys.argv[1:]]\nfrom cnnzoo.cli import main\nmain()\n"
-    )
-    args = [quantized.path, "--data", trained.root / "validation", "--out", tmp_path, "--json"]
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    args = ["evaluate", quantized.path, "--data", trained.root / "validation", "--out", tmp_path, "--json"]
+    done = run_cnnzoo_without_torch(args)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["accuracy"] == quantized.int8.int8_accuracy and report["split"] == "validation"

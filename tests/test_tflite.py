@@ -7,8 +7,6 @@ packages the test tools need otherwise), so these tests skip where it is not ins
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from cnnzoo.checkpoint import load_checkpoint
 from cnnzoo.deploy.export import export, metadata
 from cnnzoo.inference.torch_models import Model
 
-from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, subprocess_env
+from support.cli import one_error_line, predict_listing_torch, run_cnnzoo, run_cnnzoo_without_torch
 from support.runs import trained_batchnorm_cnn
 
 pytestmark = pytest.mark.slow  # a module fixture trains the model
@@ -120,18 +118,8 @@ def test_commands_that_need_the_checkpoint_say_so_for_a_tflite_export(trained, e
 def test_tflite_evaluate_equals_the_checkpoints_without_torch(trained, exported, tmp_path):
     """``cnnzoo evaluate best.tflite`` in a process where ``import torch`` fails, against the checkpoint's."""
     reference = cnnzoo.evaluate(trained.best, out=tmp_path / "ckpt", progress=False)
-    probe = (
-        "import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
-        "sys.argv = ['cnnzoo', 'evaluate', *sys.argv[1:]]\nfrom cnnzoo.cli import main\nmain()\n"
-    )
-    args = [exported.path, "--out", tmp_path / "tflite", "--json"]  # the data root its metadata names
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    args = ["evaluate", exported.path, "--out", tmp_path / "tflite", "--json"]  # the data root its metadata names
+    done = run_cnnzoo_without_torch(args)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["format"] == "tflite" and report["model"] == str(exported.path)

@@ -82,6 +82,23 @@ def predict_listing_torch(model: Path, images: Sequence[Any], timeout: float = 1
     )
 
 
+_WITHOUT_TORCH = (
+    "import sys\nsys.modules['torch'] = None  # importing torch now fails\n"
+    "sys.argv = ['cnnzoo', *sys.argv[1:]]\nfrom cnnzoo.cli import main\nmain()\n"
+)
+
+
+def run_cnnzoo_without_torch(args: Sequence[Any], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``cnnzoo args`` in a fresh process where ``import torch`` fails (a torch-free install)."""
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
+
+
 def torch_modules_imported(done: subprocess.CompletedProcess) -> list[str]:
     """The torch modules a :func:`predict_listing_torch` run imported."""
     return json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])
