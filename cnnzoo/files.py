@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -114,8 +115,18 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+# the names Replacement's mkstemp makes: "." + name + "." + 8 of [a-z0-9_] + ".tmp"
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX))
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` has the shape of a :class:`Replacement`'s temporary file (``.best.pt.k3j_x9ab.tmp``)."""
+    return bool(_TEMPORARY_NAME.fullmatch(name))
+
+
 def remove_temporaries(folder: Path) -> None:
-    """Remove the temporary files a killed :class:`Replacement` left in ``folder``."""
+    """Remove the temporary files a killed :class:`Replacement` left in ``folder``: regular files
+    whose names have its exact shape (:func:`is_temporary_name`); a user's ``.notes.tmp`` stays."""
     for stale in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
-        if stale.is_file():
+        if is_temporary_name(stale.name) and stale.is_file() and not stale.is_symlink():
             stale.unlink(missing_ok=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .files import write_bytes
 
 
 def pyplot():
@@ -20,6 +23,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """``fig`` written to ``path`` in the format its suffix names, through :func:`cnnzoo.files.write_bytes`
+    (atomic; a link at ``path`` is replaced, never written through), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=dpi)
+    pyplot().close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
 def _stage_two_start(rows: list[dict]) -> int | None:
     """The first epoch of stage 2 (the backbone unfrozen), if the run has one."""
     for row in rows:
@@ -30,9 +42,7 @@ def _stage_two_start(rows: list[dict]) -> int | None:
 
 def plot_history(rows: list[dict], path: str | Path, best_epoch: int | None = None) -> None:
     """history.png: :func:`history_figure`, written to ``path``."""
-    fig = history_figure(rows, best_epoch)
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
+    save_figure(history_figure(rows, best_epoch), path)
 
 
 def history_figure(rows: list[dict], best_epoch: int | None = None):
@@ -85,9 +95,7 @@ def plot_confusion(
     matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, *, title: str = "confusion matrix"
 ) -> None:
     """Counts, and each true class's row as shares, true class down the side, predicted along the bottom."""
-    fig = confusion_figure(matrix, classes, title)
-    fig.savefig(path, dpi=100)
-    pyplot().close(fig)
+    save_figure(confusion_figure(matrix, classes, title), path)
 
 
 def row_shares(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
@@ -165,5 +173,4 @@ def plot_pr_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="lower left", ncol=max(1, len(curves) // 12))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

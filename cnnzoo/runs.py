@@ -7,8 +7,10 @@ Torch-free.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from .console import warn
 from .errors import UserError
 from .files import remove_temporaries
 
@@ -45,9 +47,37 @@ def runs_root_of(run_dir: Path) -> Path:
     return Path(run_dir).parent.parent
 
 
+_RUN_TARGET = re.compile(r"(?:[^\n]+/)?\d+")  # what point_latest names: <name>/<N>, a run folder
+_MAX_LATEST_FILE = 4096
+
+
+def is_latest_link(link: Path) -> bool:
+    """Whether ``link`` (``<runs>/latest``) is what :func:`point_latest` makes, and so may be
+    replaced: absent, a symlink to a run folder ``<name>/<N>``, or the one-line text file that
+    names one. A user's own file or folder called ``latest`` is neither."""
+    if not os.path.lexists(link):
+        return True
+    if link.is_symlink():
+        return bool(_RUN_TARGET.fullmatch(os.readlink(link)))
+    try:
+        if not link.is_file() or link.stat().st_size > _MAX_LATEST_FILE:
+            return False
+        return bool(_RUN_TARGET.fullmatch(link.read_text(encoding="utf-8").strip()))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def point_latest(runs_root: Path, run_dir: Path) -> None:
-    """Make ``runs/latest`` a relative link to ``run_dir`` (replaced atomically)."""
+    """Make ``runs/latest`` a relative link to ``run_dir`` (replaced atomically). Only a run folder
+    cnnzoo numbered (``<runs>/<name>/<N>``) is pointed at, and only a ``latest`` that
+    :func:`is_latest_link` recognises is replaced: anything else called ``latest`` is left as it
+    is, with one warning."""
+    if not Path(run_dir).name.isdigit():
+        return  # a resumed last.pt outside a run folder: its grandparent is nobody's runs folder
     link = runs_root / "latest"
+    if not is_latest_link(link):
+        warn(f"{link}: not a link cnnzoo made (a file or folder of yours); left as it is, not pointed at {run_dir}")
+        return
     target = os.path.relpath(run_dir, runs_root)
     tmp = runs_root / f".latest.{os.getpid()}"
     try:
@@ -56,7 +86,7 @@ def point_latest(runs_root: Path, run_dir: Path) -> None:
         os.replace(tmp, link)
     except OSError:  # file systems without links: a text file naming the run
         tmp.unlink(missing_ok=True)
-        if link.is_symlink() or link.is_file():
+        if is_latest_link(link) and (link.is_symlink() or link.is_file()):
             link.unlink()
         if not link.exists():
             link.write_text(target + "\n")

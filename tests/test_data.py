@@ -851,7 +851,7 @@ def test_shapes_generates_real_jpegs_once(shapes_home):
 def test_shapes_are_reused_not_regenerated(shapes_home, monkeypatch, capsys):
     home, first, _ = shapes_home
     root = home / f"shapes-v{shapes.VERSION}"
-    marker = root / ".complete"
+    marker = root / shapes.MARKER
     stamps = (
         marker.stat().st_mtime_ns,
         Path(first.train.paths[0]).stat().st_mtime_ns,

@@ -96,7 +96,7 @@ def test_stale_temporary_files_are_cleaned_on_resume(trained, tmp_path):
 
     run = tmp_path / "copy" / "tiny" / "1"
     shutil.copytree(trained, run)
-    for stale in (".last.pt.k1ll3d.tmp", "metrics.tmp"):
+    for stale in (".last.pt.k1ll3d_x.tmp", "metrics.tmp"):
         (run / stale).write_bytes(b"half written")
     train(resume=run / "last.pt", overrides=["train.epochs=2"], quiet=True)
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))

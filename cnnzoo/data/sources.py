@@ -396,6 +396,7 @@ def resolve_input(cfg: Config, pretrained: Any = _LOOK_UP) -> tuple[int, tuple[i
 def class_names(cfg: Config) -> list[str]:
     """The classes a config's data has, cheaply (no image is decoded)."""
     d = cfg.data
+    _read_shapes_root_as_folder(cfg)
     if d.source == "shapes":
         return list(shapes.CLASSES)
     if d.source in ("mnist", "fashion_mnist"):
@@ -609,11 +610,31 @@ def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> S
     return Samples(name=name, labels=labels, array=images, origin=f"{root}:{name}")  # type: ignore[arg-type]
 
 
+_NOT_SHAPES = "it is not empty and not a cnnzoo shapes data set, so no shapes are generated there"
+
+
+def _read_shapes_root_as_folder(cfg: Config) -> bool:
+    """A shapes config given ``data.root`` (``--data DIR``) that holds data of the user's own:
+    cnnzoo never generates over it, and reads it as ``data.source: folder`` instead (class
+    folders, a manifest, shards), saying so once. True when it switched the source."""
+    d = cfg.data
+    if d.source != "shapes" or not d.root or not shapes.holds_other_data(Path(d.root)):
+        return False
+    d.source = "folder"
+    console.log(f"data: {d.root}: {_NOT_SHAPES}; reading it as your own images (data.source: folder)")
+    return True
+
+
 def _resolve_splits(
     cfg: Config, missing: list[str] | None = None
 ) -> tuple[list[str], Samples, Samples, Samples | None, int, str, dict[str, Any]]:
     """(classes, train, validation, test, skipped files, where, label kind) for any source."""
     d = cfg.data
+    if _read_shapes_root_as_folder(cfg):
+        try:
+            return _resolve_splits(cfg, missing)
+        except DataError as exc:
+            raise DataError(f"{exc} ({d.root} was read as your own data: {_NOT_SHAPES})") from None
     if uses_shards(cfg):
         if not d.root:
             raise ConfigError(

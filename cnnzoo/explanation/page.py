@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt_io
 from .. import runs
 from ..errors import UserError, shape_text
-from ..files import write_text
+from ..files import write_bytes, write_text
 from ..inference import is_onnx
 from ..inference.torch_models import Model
 from ..model.layers import size_arithmetic
@@ -154,7 +154,7 @@ def explain(
             folder.mkdir(parents=True, exist_ok=True)
             pictures = [*report.input_pictures, *(p for v in report.layers for p in v.pictures), *report.filters]
             for picture in pictures + ([report.gradcam] if report.gradcam else []):
-                (folder / f"{_safe(picture.name)}.png").write_bytes(picture.png)
+                write_bytes(folder / f"{_safe(picture.name)}.png", picture.png)
     except OSError as exc:
         raise UserError(f"{exc.filename or path}: cannot write the report ({exc.strerror or exc})") from None
     return path, report

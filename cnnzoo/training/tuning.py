@@ -36,7 +36,7 @@ from ..config import Config, apply_override, load_config, parse_override, read_y
 from ..console import console
 from ..errors import UserError, short_reason
 from ..files import write_text
-from ..plots import pyplot
+from ..plots import pyplot, save_figure
 from ..runtime.device import pick_device
 from .loop import BestEpoch, Stepper, training_inputs
 from .recipe import seed_everything
@@ -187,8 +187,7 @@ def _plot_lr(lrs: list[float], losses: list[float], suggestion: float, path: Pat
         ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title=f"lr-find: {name}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
     except OSError as exc:
         raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
 
@@ -554,5 +553,4 @@ def _plot_sweep(rows: list[dict], curves: list[tuple[list[int], list[float]]], k
     ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="sweep, best first")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
