@@ -186,7 +186,7 @@ def write_shards(
     wrote there). One label per image; image files only, each under one of ``roots``."""
     wds = webdataset()
     for samples in splits.values():
-        _check_copyable(samples, roots)
+        _check_copyable(samples, roots, len(classes))
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": list(classes), "splits": {}}
     with StagedFolder(out, force=force, index_name=INDEX_NAME, index_format=INDEX_FORMAT) as staging:
         for name, samples in splits.items():
@@ -198,16 +198,19 @@ def write_shards(
     return index
 
 
-def _check_copyable(samples: Any, roots: list[Path]) -> None:
-    """One line for a sample that a shard cannot hold: not one label (several, or none), or a file
-    outside the source's folders (a manifest row ``../../secret``, an absolute path, a link out)."""
+def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
+    """One line for a sample that a shard cannot hold: not one label of the classes (several, none,
+    or out of range), or a file outside the source's folders (a manifest row ``../../secret``, an
+    absolute path, a link out)."""
     for i, label in enumerate(samples.labels):
         count = 1 if samples.label_sets is None else len(samples.label_sets[i])
-        if count != 1 or label < 0:
+        if count != 1:
             raise DataError(
                 f"{samples.describe(i)}: {count} labels; shards hold one label per image: keep multi-label "
                 f"data as a manifest (train reads it as it is)"
             )
+        if not 0 <= label < num_classes:
+            raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
     if samples.paths is None:
         return
     folders = [os.path.realpath(r) for r in roots]

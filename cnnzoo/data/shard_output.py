@@ -46,7 +46,7 @@ def check_output(out: str | Path, *, force: bool, index_name: str, index_format:
         out = Path(os.path.realpath(out))
     above = next((p for p in [out, *out.parents] if os.path.lexists(p)), None)
     if above is not None and not above.is_dir():
-        where = "a file" if above == out else f"under {above}, which is a file"
+        where = "a file" if above == out else f"under {above}, which is not a folder"
         raise DataError(f"{out}: {where}; data shards writes a new folder: give a folder's name")
     if out.is_dir() and _entries(out):
         if not force:
