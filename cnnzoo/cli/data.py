@@ -65,16 +65,20 @@ def shards(
     source: str = typer.Argument(..., metavar="SRC", help="Image folder, manifest or shard set to write as shards."),
     out: Path = typer.Argument(..., metavar="OUT", help="A new folder: OUT/train/, OUT/validation/, OUT/dataset.json."),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (tar file)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT when it is a shard set cnnzoo wrote."),
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
 ) -> None:
     """Write WebDataset shards (tar files of images and labels) from any source, for streaming.
 
     The source's own splits are kept (or data.val_fraction is held out, seeded, when it has none);
-    the training split is shuffled so that every shard mixes the classes. Then:
+    the training split is shuffled so that every shard mixes the classes. OUT is written beside
+    itself and renamed into place when complete: a kill leaves no OUT or a whole one. An OUT that
+    holds anything is refused, and with --force replaced only when it is a shard set cnnzoo wrote.
+    Multi-label data and files outside the source's folder are refused. Then:
     cnnzoo train -c CONFIG --data OUT
     """
     cfg = data_config(None, source, set_)
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..data.shards import write_source
 
-    write_source(cfg, out, shard_size=shard_size)
+    write_source(cfg, out, shard_size=shard_size, force=force)

@@ -14,7 +14,8 @@ In the order training meets them:
   Parquet files, ``imagefolder``) through the ``datasets`` library.
 * :mod:`~cnnzoo.data.shard_files` and :mod:`~cnnzoo.data.shards` (``data.source: webdataset``):
   WebDataset tar shards, written from any source and streamed (decoded in the loader workers
-  each epoch, never cached), with the same number of steps on every process.
+  each epoch, never cached), with the same number of steps on every process;
+  :mod:`~cnnzoo.data.shard_output` puts the folder ``cnnzoo data shards`` writes in place whole.
 * :mod:`~cnnzoo.data.check`: ``cnnzoo data check``'s report (counts, missing, unreadable and
   duplicate files, sizes, imbalance).
 * :mod:`~cnnzoo.data.preprocess` (torch-free): decoding, orientation, mode and resizing, the one

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from PIL import Image
 from ..console import console, warn
 from ..errors import DataError
 from ..files import write_text
+from .shard_output import StagedFolder
 
 INDEX_NAME = "dataset.json"  # the class list and each split's shards, beside them
 INDEX_FORMAT = "cnnzoo-shards/1"
@@ -168,45 +170,123 @@ def iter_shard(path: str, *, keys: tuple[str, ...] | None = None) -> Iterator[di
 
 
 def write_shards(
-    splits: dict[str, Any], classes: list[str], out: Path, *, shard_size: int = 1000, seed: int = 0
+    splits: dict[str, Any],
+    classes: list[str],
+    out: Path,
+    *,
+    roots: list[Path],
+    shard_size: int = 1000,
+    seed: int = 0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write each split (a :class:`cnnzoo.data.sources.Samples`) as ``out/<split>/<split>-NNNNNN.tar``
     (the training split shuffled, so that every shard mixes the classes) and ``out/dataset.json``;
-    returns the index."""
+    returns the index. The folder is filled beside ``out`` and renamed into place whole, its index
+    last (:class:`~cnnzoo.data.shard_output.StagedFolder`; ``force`` replaces a shard set cnnzoo
+    wrote there). One label per image; image files only, each under one of ``roots``."""
     wds = webdataset()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: already exists and is not empty; choose a new folder or remove it")
+    for samples in splits.values():
+        _check_copyable(samples, roots, len(classes))
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": list(classes), "splits": {}}
-    for name, samples in splits.items():
-        (out / name).mkdir(parents=True, exist_ok=True)
-        order = np.random.default_rng(seed).permutation(len(samples)) if name == "train" else range(len(samples))
-        pattern = str(out / name / f"{name}-%06d.tar")
-        shard_counts: list[int] = []
-        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as writer:
-            for n, i in enumerate(order):
-                if n % shard_size == 0:
-                    shard_counts.append(0)
-                ext, data = _encoded(samples, int(i))
-                writer.write({"__key__": f"{name}-{n:09d}", ext: data, "cls": str(samples.labels[i]).encode()})
-                shard_counts[-1] += 1
-        counts = np.bincount(samples.labels, minlength=len(classes)).tolist()
-        index["splits"][name] = {
-            "shards": [f"{name}/{name}-{k:06d}.tar" for k in range(len(shard_counts))],
-            "counts": shard_counts,
-            "class_counts": counts,
-        }
-        console.log(f"shards {name}: {len(samples)} images in {len(shard_counts)} shards under {out / name}")
-    write_text(out / INDEX_NAME, json.dumps(index, indent=1))
+    with StagedFolder(out, force=force, index_name=INDEX_NAME, index_format=INDEX_FORMAT) as staging:
+        for name, samples in splits.items():
+            part = _write_split(wds, samples, staging / name, len(classes), shard_size=shard_size, seed=seed)
+            index["splits"][name] = part
+        write_text(staging / INDEX_NAME, json.dumps(index, indent=1))  # last: the set is complete
+    for name, part in index["splits"].items():
+        console.log(f"shards {name}: {sum(part['counts'])} images in {len(part['counts'])} shards under {out / name}")
     return index
 
 
-def _encoded(samples: Any, i: int) -> tuple[str, bytes]:
-    """An image's bytes as stored: a file as it is (no re-encoding), an array as PNG."""
-    if samples.paths is not None:
-        path = samples.paths[i]
-        ext = Path(path).suffix.lower().lstrip(".")
-        with open(path, "rb") as f:
-            return ("jpg" if ext == "jpeg" else ext), f.read()
-    buffer = io.BytesIO()
-    Image.fromarray(samples.array[i]).save(buffer, format="PNG")  # type: ignore[index]
-    return "png", buffer.getvalue()
+def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
+    """One line for a sample that a shard cannot hold: not one label of the classes (several, none,
+    or out of range), or a file outside the source's folders (a manifest row ``../../secret``, an
+    absolute path, a link out)."""
+    for i, label in enumerate(samples.labels):
+        count = 1 if samples.label_sets is None else len(samples.label_sets[i])
+        if count != 1:
+            raise DataError(
+                f"{samples.describe(i)}: {count} labels; shards hold one label per image: keep multi-label "
+                f"data as a manifest (train reads it as it is)"
+            )
+        if not 0 <= label < num_classes:
+            raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
+    if samples.paths is None:
+        return
+    folders = [os.path.realpath(r) for r in roots]
+    for path in samples.paths:
+        real = os.path.realpath(path)
+        if not any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
+            raise DataError(
+                f"{path}: resolves to {real}, outside the source's folder ({', '.join(folders)}); data shards "
+                f"copies only files under it: move the image there or remove its row"
+            )
+
+
+def _write_split(wds: Any, samples: Any, folder: Path, num_classes: int, *, shard_size: int, seed: int) -> dict:
+    """One split's tars in ``folder`` (a file that cannot be read as an image is skipped and counted); its
+    index entry."""
+    name = folder.name
+    folder.mkdir()
+    order = np.random.default_rng(seed).permutation(len(samples)) if name == "train" else range(len(samples))
+    shard_counts: list[int] = []
+    class_counts = [0] * num_classes
+    skipped: list[str] = []
+    file, writer, written = None, None, 0
+    try:
+        for i in map(int, order):
+            encoded = _encoded(samples, i)
+            if encoded is None:
+                skipped.append(samples.describe(i))
+                continue
+            if writer is None or shard_counts[-1] == shard_size:
+                if writer is not None:
+                    writer.close()
+                    file.close()
+                file = open(folder / f"{name}-{len(shard_counts):06d}.tar", "wb")  # not a URL: never gopen's
+                writer = wds.TarWriter(file, encoder=False)
+                shard_counts.append(0)
+            label = samples.labels[i]
+            writer.write({"__key__": f"{name}-{written:09d}", encoded[0]: encoded[1], "cls": b"%d" % label})
+            written += 1
+            shard_counts[-1] += 1
+            class_counts[label] += 1
+    finally:
+        if writer is not None:
+            writer.close()
+            file.close()
+    if not shard_counts:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise DataError(f"{name} split: none of its {len(samples)} files can be read as an image{first}")
+    if skipped:
+        s = "s" if len(skipped) > 1 else ""
+        warn(f"skipped {len(skipped)} {name} file{s} that cannot be read as an image (first: {skipped[0]})")
+    shards = [f"{name}/{name}-{k:06d}.tar" for k in range(len(shard_counts))]
+    return {"shards": shards, "counts": shard_counts, "class_counts": class_counts}
+
+
+# an image's format (PIL's name) as the member extension the shard readers know (IMAGE_KEYS)
+_FORMAT_KEYS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
+
+
+def _encoded(samples: Any, i: int) -> tuple[str, bytes] | None:
+    """An image's bytes as stored, under the extension of its format as read from the file (not
+    its name, which may have none): a file as it is (no re-encoding; a format the readers do not
+    name, such as PPM, as PNG), an array as PNG. None for a file that cannot be read as an image."""
+    if samples.paths is None:
+        buffer = io.BytesIO()
+        Image.fromarray(samples.array[i]).save(buffer, format="PNG")  # type: ignore[index]
+        return "png", buffer.getvalue()
+    try:
+        with open(samples.paths[i], "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: copied, not decoded here
+            image = Image.open(f)  # the header only: what the file is
+            key = _FORMAT_KEYS.get(image.format or "")
+            if key is not None:
+                f.seek(0)
+                return key, f.read()
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return "png", buffer.getvalue()
+    except Exception:  # PIL raises several types for a file that is not an image it can read; OSError: unreadable
+        return None

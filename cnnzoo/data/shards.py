@@ -31,7 +31,7 @@ from ..config import Config
 from ..console import console, warn
 from ..errors import DataError
 from ..runtime import distributed
-from . import preprocess, shard_files, sources
+from . import preprocess, shard_files, shard_output, sources
 from .loaders import Loaders, choose_workers, mix_seed
 from .shard_files import IMAGE_KEYS, iter_shard, label_of
 from .sources import DataSpec, Samples
@@ -279,10 +279,25 @@ def eval_loader(samples: Samples, classes: list[str], *, size: tuple[int, int], 
     return StreamLoader(ShardStream(samples, classes, settings, train=False), workers=0, pin_memory=False)
 
 
-def write_source(cfg: Config, out: Path, *, shard_size: int = 1000) -> dict[str, Any]:
-    """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards."""
+def write_source(cfg: Config, out: Path, *, shard_size: int = 1000, force: bool = False) -> dict[str, Any]:
+    """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards
+    (:func:`cnnzoo.data.shard_files.write_shards`). ``out`` is checked before the data is read;
+    multi-label data is refused (a shard holds one label)."""
+    index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
+    shard_output.check_output(out, force=force, **index)
     spec = sources.load_data(cfg)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     if any(s.shards is not None for s in splits.values()):
         raise DataError(f"{cfg.data.root}: already WebDataset shards")
-    return shard_files.write_shards(splits, spec.classes, out, shard_size=shard_size, seed=cfg.seed)
+    if spec.multi_label:
+        raise DataError(
+            f"{spec.root}: multi-label data (rows with several labels, or none); shards hold one label per "
+            f"image: keep it as a manifest (cnnzoo train reads it as it is)"
+        )
+    root = Path(spec.root or ".")
+    roots = [root.parent if root.is_file() else root]  # a manifest's folder, or the image folder
+    if cfg.data.images_dir:
+        roots.append(Path(cfg.data.images_dir))
+    return shard_files.write_shards(
+        splits, spec.classes, out, roots=roots, shard_size=shard_size, seed=cfg.seed, force=force
+    )
