@@ -275,7 +275,8 @@ def test_a_long_boundary_is_400_and_a_client_that_leaves_mid_body_is_one_log_lin
     srv = Server(onnx_file, trained.base)
     try:
         boundary = "b" * 300
-        body = f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\nxx\r\n--{boundary}--\r\n"
+        part = 'Content-Disposition: form-data; name="file"; filename="a.png"'
+        body = f"--{boundary}\r\n{part}\r\n\r\nxx\r\n--{boundary}--\r\n"
         status, answer = srv.request(
             "/predict", body.encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )
