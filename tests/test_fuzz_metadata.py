@@ -32,7 +32,7 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def trained(tmp_path_factory):
     """A one-epoch tiny run (classes a, b), its best.pt as plain data, and its ONNX export."""
     import torch
 
@@ -76,8 +76,8 @@ REFUSED = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change, expected", REFUSED)
-def test_metadata_that_contradicts_itself_is_refused_in_both_formats(tiny, tmp_path, change, expected):
-    run, ckpt, proto, image = tiny
+def test_metadata_that_contradicts_itself_is_refused_in_both_formats(trained, tmp_path, change, expected):
+    run, ckpt, proto, image = trained
     checkpoint = _write_checkpoint(ckpt, {**ckpt["meta"], **change}, tmp_path / "changed.pt")
     exported = _write_onnx(proto, json.dumps({**_onnx_meta(proto), **change}), tmp_path / "changed.onnx")
     for path, prefix in [(checkpoint, "meta."), (exported, "metadata ")]:
@@ -89,8 +89,8 @@ def test_metadata_that_contradicts_itself_is_refused_in_both_formats(tiny, tmp_p
 
 
 @pytest.mark.slow
-def test_a_checkpoint_task_is_checked_against_its_config_when_meta_has_no_loss(tiny, tmp_path):
-    run, ckpt, _, _ = tiny
+def test_a_checkpoint_task_is_checked_against_its_config_when_meta_has_no_loss(trained, tmp_path):
+    run, ckpt, _, _ = trained
     meta = {key: value for key, value in ckpt["meta"].items() if key != "loss"}
     multi = {**meta, "task": "multi", "thresholds": [0.5, 0.5]}
     config = copy.deepcopy(ckpt["config"])
@@ -172,8 +172,8 @@ def _outcome(path: Path, image: str, case: str) -> bool:
 
 
 @pytest.mark.slow
-def test_fuzzed_checkpoint_and_onnx_metadata_load_or_are_refused_in_one_line(tiny, tmp_path, capsys):
-    run, ckpt, proto, image = tiny
+def test_fuzzed_checkpoint_and_onnx_metadata_load_or_are_refused_in_one_line(trained, tmp_path, capsys):
+    run, ckpt, proto, image = trained
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "150"))
     rng = random.Random(28)
     counts = {"checkpoint": [0, 0], "onnx": [0, 0]}  # [predicted, refused]

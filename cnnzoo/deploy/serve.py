@@ -200,7 +200,19 @@ def _too_large(name: str, service: Service) -> BadUpload:
 
 async def _uploads(request, service: Service) -> list[tuple[str, bytes]]:
     """(name, bytes) of every image in the request: the body, or the files of a multipart form.
-    Bytes are counted as they arrive and the reading stops at the limit, whatever the headers say."""
+    Bytes are counted as they arrive and the reading stops at the limit, whatever the headers say.
+    A client that hangs up mid-body is one line in the server's log, not a traceback."""
+    from starlette.requests import ClientDisconnect  # lazy: the serve extra
+
+    try:
+        return await _read_uploads(request, service)
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.warning(f"{client} disconnected before the body of its POST /predict was complete")
+        raise BadUpload(400, "the client disconnected before the body was complete") from None  # to nobody
+
+
+async def _read_uploads(request, service: Service) -> list[tuple[str, bytes]]:
     length = request.headers.get("content-length", "")
     if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > service.max_bytes + FORM_OVERHEAD:
         raise BadUpload(
@@ -320,8 +332,7 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
     service = Service(model, max_bytes=max_bytes, top_k=top_k)
@@ -339,10 +350,6 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
             records = await run_in_threadpool(service.predict, [name for name, _ in uploads], arrays, k)
         except BadUpload as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except ClientDisconnect:  # nobody is left to answer: one line in the log, not a traceback
-            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-            log.warning(f"{client} disconnected before the body of its POST /predict was complete")
-            return Response(status_code=400)
         return JSONResponse(records)
 
     async def health(request):
