@@ -21,6 +21,7 @@ import math
 import pickle
 import re
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -258,16 +259,32 @@ def check_contents(ckpt: dict[str, Any], path: Path) -> None:
     state = ckpt.get("model_state")
     if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
         raise bad("model_state", "should map parameter names to tensors")
-    if not isinstance(ckpt.get("config", {}), dict):
+    config = ckpt.get("config", {})
+    if not isinstance(config, dict):
         raise bad("config", "should be a mapping")
+    _check_task_against_config(meta, config, bad)
+
+
+def _check_task_against_config(meta: dict[str, Any], config: dict[str, Any], bad: Any) -> None:
+    """A checkpoint's ``meta.task`` agrees with the config it was trained from: a multi-label
+    model is never trained with cross_entropy or bce (one label per image), and a ``train.task``
+    the config names is the task. (``meta.loss``, when there, was checked by :func:`check_meta`.)"""
+    task, train = meta.get("task", "single"), config.get("train")
+    loss, named = (train.get("loss"), train.get("task")) if isinstance(train, dict) else (None, None)
+    if task == "multi" and loss in ("cross_entropy", "bce"):
+        raise bad("meta.task", f"is multi but config train.loss is {loss}, a single-label loss; the two disagree")
+    if named in ("single", "multi") and named != task:
+        raise bad("meta.task", f"is {task} but config train.task is {named}; the two disagree")
 
 
 MAX_CLASSES = 1_000_000
+RESIZE_MODES = ("bilinear",)  # how preprocess.load_image resizes: the only mode cnnzoo has
+TASK_OF_LOSS = {"cross_entropy": "single", "bce": "single", "bce_multi_label": "multi"}  # recipe.loss_kind's
 
 
 def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str = "") -> None:
-    """What predicting needs (classes, channels, image size, normalisation), checked with the same
-    types and caps wherever it comes from: a checkpoint's ``meta``, an ONNX model's metadata, a
+    """What predicting needs (classes, channels, image size, normalisation, task), checked with the
+    same types and caps wherever it comes from: a checkpoint's ``meta``, an ONNX model's metadata, a
     TorchScript archive's extra file. ``kind`` names the file in the error."""
 
     def bad(field: str, expected: str) -> UserError:
@@ -278,6 +295,9 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
         isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
     ):
         raise bad("classes", f"should be a list of 1 to {MAX_CLASSES:,} class names")
+    if len(set(classes)) != len(classes):
+        twice = next(name for name, count in Counter(classes).items() if count > 1)
+        raise bad("classes", f"should name each class once; {twice!r} appears {classes.count(twice)} times")
     channels = meta.get("channels")
     if channels not in (1, 3) or isinstance(channels, bool):
         raise bad("channels", "should be 1 or 3")
@@ -290,10 +310,29 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
             raise bad(key, f"should be {channels} numbers")
     if any(v <= 0 for v in meta["std"]):
         raise bad("std", "should be positive")
-    if meta.get("task", "single") not in ("single", "multi"):
+    if meta.get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
+        raise bad("resize", f"should be {' or '.join(RESIZE_MODES)} (how cnnzoo resizes images)")
+    if not isinstance(meta.get("int8", {}), dict):
+        raise bad("int8", "should be the record an INT8 export writes (a JSON object)")
+    _check_task(meta, bad)
+
+
+def _check_task(meta: dict[str, Any], bad: Any) -> None:
+    """``task`` is single or multi, agrees with the loss the head was trained with, and a
+    multi-label model has one threshold per class (thresholds, when given, always do)."""
+    task = meta.get("task", "single")
+    if task not in ("single", "multi"):
         raise bad("task", "should be single or multi")
-    thresholds = meta.get("thresholds")
-    if meta.get("task") == "multi" and not (
+    loss = meta.get("loss")
+    if loss is not None and (not isinstance(loss, str) or loss not in TASK_OF_LOSS):
+        raise bad("loss", f"should be one of {', '.join(TASK_OF_LOSS)}")
+    if loss is not None and TASK_OF_LOSS[loss] != task:
+        raise bad(
+            "task",
+            f"is {task} but the head was trained with {loss}, a {TASK_OF_LOSS[loss]}-label loss; the two disagree",
+        )
+    thresholds, classes = meta.get("thresholds"), meta["classes"]
+    if (task == "multi" or thresholds is not None) and not (
         isinstance(thresholds, list)
         and len(thresholds) == len(classes)
         and all(_is_number(v) and 0 <= v <= 1 for v in thresholds)

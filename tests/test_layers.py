@@ -609,3 +609,23 @@ def test_ceil_mode_pool_is_accepted_when_torch_accepts_it():
     assert nn.MaxPool2d(2, ceil_mode=True)(torch.zeros(1, 1, 1, 1)).shape == (1, 1, 1, 1)
     infos = trace_layers([{"MaxPool2d": {"kernel_size": 2, "ceil_mode": True}}, "flatten"], (1, 1, 1))
     assert infos[0].output_shape == (1, 1, 1)
+
+
+def test_a_layer_that_warns_and_fails_gives_the_error_line_alone(image_root, tmp_path):
+    """nn.Transformer warns about nested tensors as it is made; that UserWarning came out before the
+    one error line of a Transformer that cannot be a layer. A list that traces still shows it, once."""
+    import yaml
+
+    from support.cli import one_error_line, run_cnnzoo
+
+    def summary(*layers):
+        config = {"data": {"root": str(image_root), "image_size": 16}, "model": {"layers": ["flatten", *layers]}}
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+        return run_cnnzoo(["summary", "-c", "cfg.yaml"], tmp_path, PYTHONWARNINGS="default")
+
+    transformer = {"Transformer": {"d_model": 768, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1}}
+    line = one_error_line(summary(transformer, {"dense": {"out_features": "num_classes"}}))
+    assert "layer 1 (Transformer): cannot take input 768" in line
+    traced = summary({"dense": {"out_features": "num_classes"}}, "Softmax")  # torch warns: no dim given
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stderr.count("UserWarning: Implicit dimension choice for softmax") == 1, traced.stderr

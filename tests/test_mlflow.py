@@ -227,3 +227,61 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_warning_and_the_run_trains(monk
     assert len(warnings) == 1 and "starting the run failed at nosuchscheme://somewhere" in warnings[0], warnings
     assert [r["epoch"] for r in metric_rows(run_dir)] == ["1", "2"]
     assert not (run_dir / "mlflow.json").exists()
+
+
+def test_artifacts_go_beside_a_database_store_never_into_the_working_folder(monkeypatch, tmp_path):
+    runs = tmp_path / "runs"
+    for uri, where in [
+        (f"sqlite:///{tmp_path / 'store' / 'x.db'}", (tmp_path / "store" / "mlartifacts").as_uri()),
+        ("sqlite:///:memory:", (runs / "mlartifacts").as_uri()),
+        ("postgresql+psycopg2://user@db.example/mlflow", (runs / "mlartifacts").as_uri()),
+        ("http://127.0.0.1:5999", None),  # the server's own artifact root
+        ((tmp_path / "mlruns").as_uri(), None),  # a file store keeps them in its own folder
+    ]:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert tracking.artifact_location(runs) == where, uri
+
+
+@pytest.mark.slow
+def test_an_sqlite_store_named_by_mlflow_tracking_uri_keeps_the_files_beside_it(monkeypatch, tmp_path, image_root):
+    """MLflow's SQLAlchemy stores default to ./mlruns of the working folder: best.pt, config.yaml
+    and the PNGs landed wherever training was started from, outside --runs and the store."""
+    store = tmp_path / "store" / "tracking.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    run_dir = Path(cnnzoo.train(tiny_config(image_root, loggers=["csv", "mlflow"]), out=tmp_path / "runs", quiet=True))
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (mlrun,) = _read_back(client, "tiny")
+    _assert_run_matches(client, mlrun, run_dir)
+    assert not (tmp_path / "work" / "mlruns").exists()
+    assert list(tmp_path.joinpath("work").iterdir()) == []
+    files = tmp_path / "store" / "mlartifacts"
+    assert mlrun.info.artifact_uri.startswith(files.as_uri())
+    (best,) = files.rglob("best.pt")
+    assert best.read_bytes() == (run_dir / "best.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_resume_logs_the_epochs_the_mlflow_run_missed(monkeypatch, tmp_path, image_root):
+    """A kill -9 between a checkpoint and its MLflow call left the MLflow run without that epoch
+    (steps 1, 3 while metrics.csv had 1-3); the resumed run logs it from metrics.csv."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real_log_epoch = tracking.MLflowLogger._log_epoch
+
+    def lose_epoch_2(self, end):  # what the kill left: epoch 2 checkpointed, never sent
+        if end.epoch != 2:
+            real_log_epoch(self, end)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tracking.MLflowLogger, "_log_epoch", lose_epoch_2)
+        config = tiny_config(image_root, epochs=3, loggers=["csv", "mlflow"])
+        run_dir = Path(cnnzoo.train(config, out=tmp_path / "runs", quiet=True))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (mlrun,) = _read_back(client, "tiny")
+    assert sorted(m.step for m in client.get_metric_history(mlrun.info.run_id, "val_acc")) == [1, 3]
+
+    cnnzoo.train(resume=run_dir / "last.pt", overrides=["train.epochs=4"], quiet=True)
+    (resumed,) = _read_back(client, "tiny")
+    assert resumed.info.run_id == mlrun.info.run_id
+    _assert_run_matches(client, resumed, run_dir)  # every metrics.csv column at steps 1-4, values equal

@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -255,3 +256,40 @@ def test_decoding_memory_is_bounded_and_given_back(trained, onnx_file):
         assert srv.get("/info")[1]["decode_memory"] == DECODE_MEMORY
     finally:
         srv.stop()
+
+
+def _partial_post(port: int, sent: int, claimed: int) -> None:
+    """POST /predict claiming ``claimed`` bytes, send ``sent`` of them, and hang up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {claimed}\r\n\r\n".encode()
+            + b"\0" * sent
+        )
+        time.sleep(0.2)  # the server has started reading the body
+
+
+def test_a_long_boundary_is_400_and_a_client_that_leaves_mid_body_is_one_log_line(trained, onnx_file):
+    """python-multipart refuses a boundary over 256 bytes as its parser is made: that was a 500
+    text/plain; a client that hung up mid-body left an `Exception in ASGI application` traceback."""
+    srv = Server(onnx_file, trained.base)
+    try:
+        boundary = "b" * 300
+        part = 'Content-Disposition: form-data; name="file"; filename="a.png"'
+        body = f"--{boundary}\r\n{part}\r\n\r\nxx\r\n--{boundary}--\r\n"
+        status, answer = srv.request(
+            "/predict", body.encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        assert status == 400 and isinstance(answer, dict), (status, answer)
+        assert answer["error"].startswith("unreadable multipart form (Boundary length 300 exceeds"), answer
+        for _ in range(3):
+            _partial_post(srv.port, 1000, 50_000)
+        time.sleep(1.0)
+        assert srv.get("/health")[0] == 200
+    finally:
+        srv.stop()
+    log = srv.process.stderr.read()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert len(lines) == 3, log
+    assert all("disconnected before the body of its POST /predict was complete" in line for line in lines), log

@@ -10,7 +10,9 @@ python-multipart as they stream in. With an ``.onnx`` model the service never im
 * ``GET /``: a page where a person drops or picks an image and sees the top classes as bars.
 
 A bad request gets a 4xx with ``{"error": "..."}``: no image or a bad ``top_k`` (400), too
-large (413), not an image (415). What one request may cost is bounded before it is spent:
+large (413), not an image (415); an unreadable multipart form, a boundary over python-multipart's
+256 bytes included, is a 400. A client that leaves before its body is complete costs one line in
+the server's log. What one request may cost is bounded before it is spent:
 the body is counted as it arrives and held in memory only (never spooled to disk), up to
 ``--max-bytes``; an image's decoding memory is estimated from its header
 (:func:`cnnzoo.data.preprocess.decode_bytes`) and refused past :data:`DECODE_MEMORY`, and all
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import logging
 import os
 import re
 import socket
@@ -42,6 +45,8 @@ from ..errors import UserError, short_reason
 from ..inference import load
 from ..inference.classifier import Classifier
 from . import DEFAULT_MAX_BYTES
+
+log = logging.getLogger("uvicorn.error")  # uvicorn's own server log: its format and --log-level
 
 MAX_FILES = 32
 MAX_FIELD_BYTES = 2**16  # a form's text fields; images come as files
@@ -195,7 +200,19 @@ def _too_large(name: str, service: Service) -> BadUpload:
 
 async def _uploads(request, service: Service) -> list[tuple[str, bytes]]:
     """(name, bytes) of every image in the request: the body, or the files of a multipart form.
-    Bytes are counted as they arrive and the reading stops at the limit, whatever the headers say."""
+    Bytes are counted as they arrive and the reading stops at the limit, whatever the headers say.
+    A client that hangs up mid-body is one line in the server's log, not a traceback."""
+    from starlette.requests import ClientDisconnect  # lazy: the serve extra
+
+    try:
+        return await _read_uploads(request, service)
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.warning(f"{client} disconnected before the body of its POST /predict was complete")
+        raise BadUpload(400, "the client disconnected before the body was complete") from None  # to nobody
+
+
+async def _read_uploads(request, service: Service) -> list[tuple[str, bytes]]:
     length = request.headers.get("content-length", "")
     if re.fullmatch(r"[0-9]{1,20}", length) and int(length) > service.max_bytes + FORM_OVERHEAD:
         raise BadUpload(
@@ -292,9 +309,9 @@ async def _multipart_files(request, service: Service) -> list[tuple[str, bytes]]
     if not options.get(b"boundary"):
         raise BadUpload(400, "unreadable multipart form (no boundary in its Content-Type)")
     form = _Form(service)
-    parser = MultipartParser(options[b"boundary"], form.callbacks())
     received = 0
-    try:
+    try:  # the parser refuses a boundary over 256 bytes as it is made: a bad form, like the rest
+        parser = MultipartParser(options[b"boundary"], form.callbacks())
         async for chunk in request.stream():
             received += len(chunk)
             if received > service.max_bytes + FORM_OVERHEAD:

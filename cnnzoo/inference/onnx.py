@@ -24,7 +24,9 @@ class OnnxModel(Classifier):
         if not Path(path).is_file():
             raise UserError(f"{path}: file not found")
         options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only: a user reads our line, not runtime chatter
+        # fatal only: onnxruntime logs a failed run (a 4 TB allocation) as its own ANSI-coloured
+        # error line before raising; the exception's message becomes our one line instead
+        options.log_severity_level = 4
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:

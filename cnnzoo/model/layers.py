@@ -22,6 +22,9 @@ import difflib
 import inspect
 import math
 import re
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -494,9 +497,10 @@ def trace_layers(
     if isinstance(layers, list) and not layers:
         raise ShapeError("model.layers: the network is empty; list at least one layer")
     try:
-        infos = trace_chain(
-            layers, tuple(input_shape), where="model.layers", num_classes=num_classes, count_macs=count_macs
-        )
+        with _warnings_held_until_traced():
+            infos = trace_chain(
+                layers, tuple(input_shape), where="model.layers", num_classes=num_classes, count_macs=count_macs
+            )
     except InputTooSmall as exc:
         smallest = smallest_input(layers, tuple(input_shape), num_classes)
         if smallest is None:
@@ -516,6 +520,27 @@ def trace_layers(
             f"out_features: num_classes"
         )
     return infos
+
+
+@contextlib.contextmanager
+def _warnings_held_until_traced() -> Iterator[None]:
+    """What torch warns while a layer is made (``nn.Transformer`` about nested tensors) is held
+    until the whole list has traced: a list that fails says its one error line alone, and one
+    that traces gets the warnings then, under the usual filters. Each is shown as if from its
+    own module, so the real build that follows does not print it a second time."""
+    with warnings.catch_warnings(record=True) as held:
+        yield
+    for caught in held:
+        module = next((m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == caught.filename), None)
+        registry = vars(module).setdefault("__warningregistry__", {}) if module is not None else None
+        warnings.warn_explicit(
+            caught.message,
+            caught.category,
+            caught.filename,
+            caught.lineno,
+            module=module.__name__ if module is not None else None,
+            registry=registry,
+        )
 
 
 def smallest_input(layers: Any, input_shape: tuple[int, ...], num_classes: int | None = None) -> tuple[int, ...] | None:

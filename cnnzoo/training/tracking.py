@@ -12,7 +12,11 @@ Where: MLflow's own ``MLFLOW_TRACKING_URI`` when it is set (a server, ``sqlite:/
 folders, ``<runs>/mlflow.db``, with the files in ``<runs>/mlartifacts``
 (``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db``). MLflow 3's own default is an SQLite
 file in whatever folder training started from, and its ``./mlruns`` file store now refuses to open
-unless asked to; keeping the store under the runs folder keeps a project's records together.
+unless asked to; keeping the store under the runs folder keeps a project's records together. The
+files of a new experiment in a database store go beside the SQLite file (``mlartifacts/``), never
+into ``./mlruns`` of the working folder, MLflow's default (:func:`artifact_location`).
+
+A resumed run continues its MLflow run and first logs the metrics.csv rows that run lacks.
 
 The tracking store is a copy, never the record: metrics.csv and the checkpoints are written first,
 and when MLflow fails (a server that went away, a full store) training goes on after one warning,
@@ -23,6 +27,7 @@ Floor 7 (training); mlflow is imported lazily, as an optional extra.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -73,10 +78,37 @@ def tracking_uri(runs_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(runs_root / 'mlflow.db').resolve()}"
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores
+
+
 def artifact_location(runs_root: Path) -> str | None:
-    """Where a new experiment keeps its files: ``<runs>/mlartifacts`` in cnnzoo's own store; the
-    store's choice under ``MLFLOW_TRACKING_URI``."""
-    return None if os.environ.get("MLFLOW_TRACKING_URI") else (runs_root / "mlartifacts").resolve().as_uri()
+    """Where a new experiment keeps its files. MLflow's SQLAlchemy stores put them in ``./mlruns``
+    of whatever folder training started from unless told, so cnnzoo tells them: ``mlartifacts``
+    beside an SQLite file (``<runs>/mlartifacts`` for cnnzoo's own ``<runs>/mlflow.db``), and
+    ``<runs>/mlartifacts`` for an in-memory or remote database. A server (``http://``) and a
+    ``file:`` store keep their own choice: the server's artifact root, the store's own folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    beside_runs = (runs_root / "mlartifacts").resolve().as_uri()
+    if not uri:
+        return beside_runs
+    if uri.partition(":")[0].partition("+")[0].lower() not in DATABASE_SCHEMES:
+        return None
+    database = _sqlite_file(uri)
+    return (database.resolve().parent / "mlartifacts").as_uri() if database else beside_runs
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file an ``sqlite:///path`` URI names; None for another database or ``:memory:``."""
+    from sqlalchemy.engine import make_url  # lazy: installed with mlflow
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except (ArgumentError, ValueError):
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -140,6 +172,7 @@ class MLflowLogger:
             known = json.loads(record.read_text())
             if known.get("tracking_uri") == self.uri:
                 self.client.update_run(known["run_id"], status="RUNNING")
+                self._log_missed_epochs(known["run_id"])
                 return known["run_id"]
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = (
@@ -157,6 +190,24 @@ class MLflowLogger:
         write_text(record, json.dumps({"tracking_uri": self.uri, "run_id": run.info.run_id}) + "\n")
         console.log(f"mlflow: logging to {self.uri}, experiment {experiment}, run {run.info.run_name}")
         return run.info.run_id
+
+    def _log_missed_epochs(self, run_id: str) -> None:
+        """A resumed run's metrics.csv rows (already cut back to last.pt's epoch) that the MLflow
+        run lacks, logged at their steps: a kill between a checkpoint and its MLflow call, or a
+        store that was down for a while, leaves such gaps, and metrics.csv is the record."""
+        from mlflow.entities import Metric  # lazy: see _start
+
+        rows = _metric_rows(self.run_dir / "metrics.csv")
+        now = int(time.time() * 1000)
+        missed: list[Metric] = []
+        for key in rows[0] if rows else {}:
+            logged = {m.step for m in self.client.get_metric_history(run_id, key)}
+            missed += [Metric(key, value, now, epoch) for epoch, value in _column(rows, key) if epoch not in logged]
+        for start in range(0, len(missed), 1000):  # MLflow takes at most 1,000 metrics a call
+            self.client.log_batch(run_id, metrics=missed[start : start + 1000])
+        if missed:
+            epochs = ", ".join(str(e) for e in sorted({m.step for m in missed}))
+            console.log(f"mlflow: logged epoch(s) {epochs} of metrics.csv that the MLflow run had missed")
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param  # lazy: see _start
@@ -209,3 +260,21 @@ class MLflowLogger:
         artifacts = self.client.get_run(self.run_id).info.artifact_uri
         version = self.client.create_model_version(self.register_as, f"{artifacts}/best.pt", run_id=self.run_id)
         console.log(f"mlflow: best.pt registered as {self.register_as} version {version.version}")
+
+
+def _metric_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one metrics.csv column, its empty cells left out."""
+    out = []
+    for row in rows:
+        try:
+            out.append((int(row["epoch"]), float(row[key])))
+        except (KeyError, TypeError, ValueError):  # an empty cell (backbone_lr without a backbone)
+            continue
+    return out
