@@ -63,6 +63,7 @@ TORCH_FREE = {
     "cnnzoo.data.manifest",
     "cnnzoo.data.hf",
     "cnnzoo.data.shard_files",
+    "cnnzoo.data.shard_index",
     "cnnzoo.evaluation.multilabel",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",
