@@ -292,9 +292,10 @@ class Skips:
     def unusable(self, shards: list[str]) -> str:
         """The one line that ends a pass in which no sample was usable."""
         named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        what = f"all {self.tried:,} read were skipped (first: {self.first})" if self.tried else self.first
         return (
-            f"no usable sample in shard{'s' * (len(shards) > 1)} {named}: {self.tried:,} skipped "
-            f"(first: {self.first or 'the shards hold no samples'}); cnnzoo data check lists every problem"
+            f"no usable sample in shard{'s' * (len(shards) > 1)} {named}: {what or 'they hold no samples'}; "
+            f"cnnzoo data check lists every problem"
         )
 
 
