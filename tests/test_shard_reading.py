@@ -92,6 +92,17 @@ def test_a_folder_named_like_a_url_or_a_pattern_is_read_as_a_folder(tmp_path, na
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pipe:touch PWNED;cat ", "s:1"])
+def test_train_reads_a_folder_named_like_a_url_as_a_folder(tmp_path, name):
+    write_shard_set(tmp_path / name, index=False)
+    write_tiny_config(tmp_path)
+    result = run_cnnzoo(["train", "-c", "tiny.yaml", "--data", name, "--runs", "runs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "16 training and 8 validation images in 2 + 1 WebDataset shards" in result.stdout
+    assert "damaged" not in result.stderr and not (tmp_path / "PWNED").exists()
+
+
 @pytest.mark.parametrize(
     "entry",
     [
