@@ -64,6 +64,7 @@ TORCH_FREE = {
     "cnnzoo.data.hf",
     "cnnzoo.data.shard_files",
     "cnnzoo.data.shard_output",
+    "cnnzoo.data.shard_index",
     "cnnzoo.evaluation.multilabel",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",

@@ -3,7 +3,10 @@
 Resolves a config's data as training does (:func:`cnnzoo.data.sources.load_data`, missing
 manifest rows kept aside rather than stopping), then reads every file once: images per class and
 split, missing, unreadable and duplicate files (by the SHA-1 of their bytes), image sizes, class
-imbalance, and classes that only one split has. Floor 5, like the rest of :mod:`cnnzoo.data`.
+imbalance, and classes that only one split has. Shards are read member by member, as training
+reads them: their counts are the samples it can use, and a sample it would skip (an image that does
+not decode, a label that is not valid) or a shard that breaks off or holds fewer samples than its
+index lists is unreadable. Floor 5, like the rest of :mod:`cnnzoo.data`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class _Facts:
     digest: str
     size: tuple[int, int] | None  # (W, H); None when unreadable
     error: str = ""
+    where: str = ""  # a shard's sample or the shard itself (other files are their samples' paths)
+    label: int = -1  # a shard sample's class, when it is usable
 
 
 def _file_facts(path: str) -> _Facts:
@@ -59,10 +64,32 @@ def _image_facts(samples: Samples, i: int) -> _Facts:
         return _Facts(digest="", size=None, error=f"{type(exc).__name__}: {exc}")
 
 
-def _split_facts(samples: Samples) -> list[_Facts]:
+def _shard_facts(samples: Samples, index: dict[str, int]) -> list[_Facts]:
+    """Every sample of every shard read once, as training reads it, and one entry per shard that
+    breaks off or holds fewer samples than the index lists."""
+    facts = []
+    for path, expected in zip(samples.shards or [], samples.shard_counts or []):
+        damage: list[str] = []
+        read = 0
+        for sample in shard_files.iter_shard(path, on_damage=lambda _, reason, into=damage: into.append(reason)):
+            read += 1
+            where = f"{path}: {sample['__key__']}"
+            try:
+                label = shard_files.class_of(sample, index)
+                fact = _bytes_facts(shard_files.image_of(sample)[1])
+            except shard_files.MemberError as exc:
+                fact = _Facts(digest="", size=None, error=str(exc))
+            fact.where, fact.label = where, -1 if fact.error else label
+            facts.append(fact)
+        if damage or read < expected:
+            reason = f"damaged shard ({damage[0]})" if damage else "shard holds fewer samples"
+            facts.append(_Facts(digest="", size=None, error=f"{reason}: read {read} of {expected}", where=path))
+    return facts
+
+
+def _split_facts(samples: Samples, classes: list[str]) -> list[_Facts]:
     if samples.shards is not None:  # every member of every shard, read once
-        members = (s for path in samples.shards for s in shard_files.iter_shard(path))
-        return [_bytes_facts(next((m[k] for k in shard_files.IMAGE_KEYS if k in m), b"")) for m in members]
+        return _shard_facts(samples, {name: i for i, name in enumerate(classes)})
     if samples.paths is None and not isinstance(samples.array, np.ndarray):  # a Hugging Face dataset's images
         return [_image_facts(samples, i) for i in range(len(samples))]
     if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
@@ -79,8 +106,8 @@ def check_data(cfg: Config) -> dict[str, Any]:
     """The report ``cnnzoo data check`` prints, as plain data."""
     spec = load_data(cfg, missing_ok=True)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
-    facts = {name: _split_facts(s) for name, s in splits.items()}
-    counts = {name: np.bincount(_class_indices(s, spec.multi_label), minlength=len(spec.classes)).tolist()
+    facts = {name: _split_facts(s, spec.classes) for name, s in splits.items()}
+    counts = {name: np.bincount(_class_indices(s, spec.multi_label, facts[name]), minlength=len(spec.classes)).tolist()
               for name, s in splits.items()}  # fmt: skip
     sizes = [f.size for fs in facts.values() for f in fs if f.size is not None]
     train_counts = [n for n in counts["train"] if n]
@@ -90,7 +117,7 @@ def check_data(cfg: Config) -> dict[str, Any]:
         "counts": counts,
         "missing": spec.missing,
         "unreadable": [
-            {"file": s.describe(i), "reason": f.error}
+            {"file": f.where or s.describe(i), "reason": f.error}
             for name, s in splits.items()
             for i, f in enumerate(facts[name])
             if f.error
@@ -103,8 +130,11 @@ def check_data(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _class_indices(samples: Samples, multi_label: bool) -> list[int]:
-    """Every label of every image (multi-label: an image counts once in each of its classes)."""
+def _class_indices(samples: Samples, multi_label: bool, facts: list[_Facts]) -> list[int]:
+    """Every label of every image (multi-label: an image counts once in each of its classes; shards:
+    every usable sample, as read)."""
+    if samples.shards is not None:
+        return [f.label for f in facts if f.label >= 0]
     if multi_label:
         return [c for labels in samples.label_sets or [] for c in labels]
     return [c for c in samples.labels if c >= 0]
@@ -116,7 +146,7 @@ def _duplicates(splits: dict[str, Samples], facts: dict[str, list[_Facts]]) -> l
     for name, samples in splits.items():
         for i, f in enumerate(facts[name]):
             if f.digest:
-                groups.setdefault(f.digest, []).append((name, samples.describe(i)))
+                groups.setdefault(f.digest, []).append((name, f.where or samples.describe(i)))
     return [
         {"files": [where for _, where in group], "splits": sorted({name for name, _ in group})}
         for group in groups.values()

@@ -2,19 +2,28 @@
 ``dataset.json``, or a brace pattern), counted, read member by member, and written.
 
 Plain data only (no torch): :mod:`cnnzoo.data.sources` turns a :class:`ShardSet` into a split and
-:mod:`cnnzoo.data.shards` streams it. The ``webdataset`` library (``cnnzoo[wds]``) is imported
-when shards are first read or written.
+:mod:`cnnzoo.data.shards` streams it; :mod:`cnnzoo.data.shard_index` checks ``dataset.json``.
+
+Reading never hands a path to webdataset's URL opener (``gopen``, which runs ``pipe:`` locations in
+a shell): each shard is a local file opened here and read with :mod:`tarfile` as a plain,
+uncompressed tar, member sizes bounded before anything is read. A name with a colon is a file name.
+What a member holds is checked before it is used (:func:`label_of`); a member that fails is
+skipped and counted, never an exception. The ``webdataset`` library (``cnnzoo[wds]``) is imported
+to write shards and to expand brace patterns.
 """
 
 from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import os
 import re
+import stat
+import tarfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +31,37 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..checkpoint import MAX_CLASSES
 from ..console import console, warn
-from ..errors import DataError
+from ..errors import DataError, short_reason
 from ..files import write_text
+from .shard_index import (
+    INDEX_FORMAT,
+    INDEX_NAME,
+    MAX_SHARDS,
+    MAX_SPLIT_SAMPLES,
+    bounded_json,
+    check_class_list,
+    read_index,
+)
 from .shard_output import StagedFolder
 
-INDEX_NAME = "dataset.json"  # the class list and each split's shards, beside them
-INDEX_FORMAT = "cnnzoo-shards/1"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
 SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+MAX_SAMPLE_BYTES = 64 * 2**20  # a sample's members together; a bigger one is skipped unread
+MAX_LABEL_BYTES = 4096  # a .cls, .txt or .json label member
+MAX_LABEL_DEPTH = 8  # a .json label's nesting ({"label": ...} is 1)
+SKIPPED = "__skipped__"  # a sample's key for why it cannot be used, set while reading it
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's rule: a sample's key ends at the name's first dot
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, not samples
+_CLS = re.compile(rb"\s*([0-9]{1,9})\s*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class MemberError(ValueError):
+    """A sample that cannot be used (no image, no valid label, too large): skipped and counted."""
 
 
 def webdataset() -> Any:
@@ -48,7 +78,20 @@ def is_shards(root: str) -> bool:
     if "{" in root or root.endswith(".tar"):
         return True
     folder = Path(root)
-    return folder.is_dir() and ((folder / INDEX_NAME).is_file() or bool(glob.glob(str(folder / "train" / "*.tar"))))
+    return folder.is_dir() and ((folder / INDEX_NAME).is_file() or bool(_tars(folder / "train")))
+
+
+def _tars(folder: Path) -> list[str]:
+    """The regular ``*.tar`` files in ``folder`` (its name taken literally, brackets and colons too)."""
+    paths = sorted(glob.glob(os.path.join(glob.escape(str(folder)), "*.tar")))
+    return [p for p in paths if _is_regular(p)]
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # not a folder, a FIFO (a read would wait) or a device
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass(kw_only=True)
@@ -65,12 +108,13 @@ def find_shards(root: str) -> tuple[list[str], dict[str, ShardSet]]:
     """(classes, split -> shards) for a shard folder (its ``dataset.json``, or scanned) or a pattern."""
     folder = Path(root)
     if folder.is_dir() and (folder / INDEX_NAME).is_file():
-        return _read_index(folder)
+        classes, parts = read_index(folder)
+        return classes, {name: ShardSet(name=name, **part) for name, part in parts.items()}
     if folder.is_dir():
         found = {}
         for split, names in SPLIT_DIRS.items():
             for name in names:
-                paths = sorted(glob.glob(str(folder / name / "*.tar")))
+                paths = _tars(folder / name)
                 if paths:
                     found[split] = paths
                     break
@@ -82,8 +126,10 @@ def find_shards(root: str) -> tuple[list[str], dict[str, ShardSet]]:
                 (m for v in ("validation", "val") if (m := sorted(glob.glob(wildcard.replace("train", v))))), None
             )
             if sibling:
-                found["validation"] = sibling
-    if "validation" not in found:
+                found["validation"] = [p for p in sibling if _is_regular(p)]
+    if "train" not in found:
+        raise DataError(f"{root}: no training shards (train/*.tar); cnnzoo data shards writes a shard set")
+    if not found.get("validation"):
         raise DataError(
             f"{root}: no validation shards; give a folder with train/ and validation/ shard sets "
             f"(cnnzoo data shards writes one), or name the training shards train-... beside validation-..."
@@ -95,78 +141,180 @@ def _expand(pattern: str) -> list[str]:
     webdataset()  # braceexpand comes with it
     import braceexpand  # lazy: installed with webdataset
 
-    paths = list(braceexpand.braceexpand(pattern))
-    missing = [p for p in paths if not os.path.isfile(p)]
+    paths = list(itertools.islice(braceexpand.braceexpand(pattern), MAX_SHARDS + 1))
+    if len(paths) > MAX_SHARDS:
+        raise DataError(f"{pattern}: names more than {MAX_SHARDS:,} shards; cnnzoo reads at most that many per split")
+    missing = [p for p in paths if not _is_regular(p)]
     if missing:
         raise DataError(f"{pattern}: {len(missing)} of {len(paths)} shards not found (first: {missing[0]})")
     return paths
 
 
-def _read_index(folder: Path) -> tuple[list[str], dict[str, ShardSet]]:
-    path = folder / INDEX_NAME
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        assert index["format"] == INDEX_FORMAT
-        classes = [str(c) for c in index["classes"]]
-        splits = {
-            name: ShardSet(
-                name=name,
-                shards=[str(folder / s) for s in part["shards"]],
-                counts=[int(n) for n in part["counts"]],
-                class_counts=[int(n) for n in part["class_counts"]],
-            )
-            for name, part in index["splits"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise DataError(f"{path}: not a cnnzoo shard index; write the shards again with cnnzoo data shards") from None
-    if "validation" not in splits or "train" not in splits:
-        raise DataError(f"{path}: needs train and validation shard sets")
-    return classes, splits
-
-
-def label_of(sample: dict[str, Any]) -> int | str | None:
+def label_of(sample: dict[str, Any]) -> int | str:
+    """A sample's label as its member states it: a class number (``.cls``) or name (``.txt``, or
+    ``.json``: a number, a name, or an object with ``label`` or ``class``); MemberError when the
+    sample has none or it is not valid."""
+    if SKIPPED in sample:
+        raise MemberError(sample[SKIPPED])
     if "cls" in sample:
-        return int(sample["cls"].decode().strip())
+        found = _CLS.fullmatch(sample["cls"])
+        if not found or int(found.group(1)) >= MAX_CLASSES:
+            raise MemberError(f".cls {_shown(sample['cls'])} is not a class number (0 to {MAX_CLASSES - 1:,})")
+        return int(found.group(1))
     if "txt" in sample:
-        return sample["txt"].decode("utf-8").strip()
+        return _class_name(sample["txt"], ".txt")
     if "json" in sample:
-        value = json.loads(sample["json"])
+        try:
+            value = bounded_json(sample["json"], MAX_LABEL_BYTES, depth=MAX_LABEL_DEPTH)
+        except ValueError as exc:
+            raise MemberError(f".json is not valid JSON ({short_reason(exc, 80)})") from None
         value = value.get("label", value.get("class")) if isinstance(value, dict) else value
-        return value if isinstance(value, (int, str)) else None
-    return None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_CLASSES:
+            return value
+        if isinstance(value, str):
+            return _class_name(value.encode(), ".json label")
+        raise MemberError(f".json label {_shown(json.dumps(value).encode())} is not a class number or name")
+    raise MemberError("no label member (.cls, .txt or .json)")
+
+
+def _class_name(data: bytes, what: str) -> str:
+    try:
+        name = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise MemberError(f"{what} is not UTF-8 text") from None
+    if not name or _CONTROL.search(name):
+        raise MemberError(f"{what} {_shown(data)} is empty or holds control characters")
+    return name
+
+
+def _shown(data: bytes) -> str:
+    """A member's bytes as a message shows them: short, printable."""
+    return repr(data[:40].decode("utf-8", "replace")) + ("..." if len(data) > 40 else "")
+
+
+def class_of(sample: dict[str, Any], index: dict[str, int]) -> int:
+    """A sample's class number among ``index`` (class name -> number); MemberError when it has none."""
+    label = label_of(sample)
+    number = index.get(label) if isinstance(label, str) else label
+    if number is None or number >= len(index):
+        raise MemberError(f"label {label!r} is not one of the {len(index)} classes")
+    return number
+
+
+def image_of(sample: dict[str, Any]) -> tuple[str, bytes]:
+    """A sample's image member: (extension, bytes); MemberError when it has none."""
+    if SKIPPED in sample:
+        raise MemberError(sample[SKIPPED])
+    ext = next((k for k in IMAGE_KEYS if k in sample), None)
+    if ext is None:
+        raise MemberError(f"no image member ({', '.join('.' + k for k in IMAGE_KEYS[:3])}, ...)")
+    return ext, sample[ext]
 
 
 def _scan(found: dict[str, list[str]]) -> tuple[list[str], dict[str, ShardSet]]:
-    """Count each shard's samples and labels (label members only; no image is decoded)."""
+    """Count each shard's samples and labels (label members only; no image is decoded): the
+    classes are the training split's labels, which every other split's must be among."""
     labels: dict[str, list[list[int | str]]] = {}
     for split, paths in found.items():
-        labels[split] = [[label_of(s) for s in iter_shard(p, keys=LABEL_KEYS)] for p in paths]
-    seen = {v for per_split in labels.values() for per_shard in per_split for v in per_shard if v is not None}
-    names = sorted(v for v in seen if isinstance(v, str))
-    if names and len(names) != len(seen):
-        raise DataError(f"{found['train'][0]}: some samples are labelled by index (.cls) and some by name (.txt)")
-    classes = names or [str(i) for i in range(max(int(v) for v in seen) + 1)] if seen else []
-    if len(classes) < 2:
-        raise DataError(f"{found['train'][0]}: fewer than two classes in the shards' labels (.cls, .txt or .json)")
+        labels[split] = [_shard_labels(p) for p in paths]
+    seen = {v for per_shard in labels["train"] for v in per_shard}
+    where = os.path.dirname(found["train"][0])
+    if any(isinstance(v, str) for v in seen) and any(isinstance(v, int) for v in seen):
+        raise DataError(f"{where}: some samples are labelled by number (.cls) and some by name (.txt, .json)")
+    if not seen:
+        raise DataError(f"{where}: the training shards hold no sample with a usable label (.cls, .txt or .json)")
+    numbers = [v for v in seen if isinstance(v, int)]
+    names = sorted(v for v in seen if isinstance(v, str)) or [str(i) for i in range(max(numbers) + 1)]
+    classes = check_class_list(names, f"{where} (the training labels)")
     index = {c: i for i, c in enumerate(classes)}
     sets = {}
     for split, per_shard in labels.items():
         counts = [0] * len(classes)
-        for value in (v for shard in per_shard for v in shard if v is not None):
-            counts[index[value] if isinstance(value, str) else int(value)] += 1
+        for path, shard in zip(found[split], per_shard):
+            for value in shard:
+                number = index.get(value) if isinstance(value, str) else value
+                if number is None or number >= len(classes):
+                    raise DataError(
+                        f"{path}: label {value!r} is not one of the training classes "
+                        f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); "
+                        f"fix the label or remove the sample"
+                    )
+                counts[number] += 1  # type: ignore[index]
         sets[split] = ShardSet(name=split, shards=found[split], counts=[len(s) for s in per_shard], class_counts=counts)
+        if sum(counts) > MAX_SPLIT_SAMPLES:
+            raise DataError(
+                f"{where}: the {split} shards hold over {MAX_SPLIT_SAMPLES:,} samples; cnnzoo reads at most that many"
+            )
     return classes, sets
 
 
-def iter_shard(path: str, *, keys: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
-    """The samples of one tar shard (``keys``: only those members are read); a shard that breaks
-    off is named in a warning and ends there."""
-    wds = webdataset()
-    wanted = None if keys is None else (lambda name: name.rsplit(".", 1)[-1].lower() in keys)
+def _shard_labels(path: str) -> list[int | str]:
+    """The usable labels of one shard's samples; the others are counted in one warning."""
+    values: list[int | str] = []
+    skipped: list[str] = []
+    for sample in iter_shard(path, keys=LABEL_KEYS):
+        try:
+            values.append(label_of(sample))
+        except MemberError as exc:
+            skipped.append(f"{sample['__key__']}: {exc}")
+    if skipped:
+        warn(f"skipped {len(skipped)} sample{'s' * (len(skipped) > 1)} of shard {path} (first: {skipped[0]})")
+    return values
+
+
+def iter_shard(
+    path: str, *, keys: tuple[str, ...] | None = None, on_damage: Callable[[str, str], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The samples of one local tar shard (``keys``: only those members are read; by default the
+    image and label members); a shard that is not a plain tar, or that breaks off, ends there and
+    is reported to ``on_damage(path, reason)`` (by default named in a warning)."""
+    wanted = set(keys or (*IMAGE_KEYS, *LABEL_KEYS))
     try:
-        yield from wds.tariterators.tarfile_samples([{"url": path}], select_files=wanted)
-    except Exception as exc:  # tarfile and webdataset raise several types for a damaged archive
-        warn(f"skipped the rest of shard {path}: it is damaged ({type(exc).__name__}: {exc})")
+        with open(path, "rb") as f:
+            head = f.read(6)
+            kind = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
+            if kind:
+                raise MemberError(f"{kind}-compressed; cnnzoo reads plain (uncompressed) tar shards")
+            f.seek(0)
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                yield from _grouped(tar, path, wanted)
+    except Exception as exc:  # tarfile and the file system raise several types for a damaged archive
+        reason = str(exc) if isinstance(exc, MemberError) else f"{type(exc).__name__}: {short_reason(exc, 120)}"
+        (on_damage or _warn_damaged)(path, reason)
+
+
+def _warn_damaged(path: str, reason: str) -> None:
+    warn(f"skipped the rest of shard {path}: it is damaged ({reason})")
+
+
+def _grouped(tar: tarfile.TarFile, path: str, wanted: set[str]) -> Iterator[dict[str, Any]]:
+    """The members of a tar stream as samples (consecutive members that share a key), each
+    member read only when wanted and within the size bounds; a sample over them gets SKIPPED."""
+    sample: dict[str, Any] | None = None
+    size = 0
+    for info in tar:
+        tar.members = []  # a stream's members would otherwise be kept, one per file
+        found = _KEY.match(info.name)
+        if not info.isreg() or not found or _META.match(info.name):
+            continue
+        key, ext = found.group(1), found.group(2).lower()
+        if sample is None or key != sample["__key__"]:
+            if sample is not None:
+                yield sample
+            sample, size = {"__key__": key, "__url__": path}, 0
+        if ext not in wanted or SKIPPED in sample:
+            continue
+        size += info.size
+        if ext in sample:
+            sample[SKIPPED] = f"two members named {info.name}"
+        elif ext in LABEL_KEYS and info.size > MAX_LABEL_BYTES:
+            sample[SKIPPED] = f"{info.name} is over {MAX_LABEL_BYTES:,} bytes, too large for a label"
+        elif size > MAX_SAMPLE_BYTES:
+            sample[SKIPPED] = f"{info.name}: the sample is over {MAX_SAMPLE_BYTES // 2**20} MiB"
+        else:
+            sample[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
+    if sample is not None:
+        yield sample
 
 
 def write_shards(

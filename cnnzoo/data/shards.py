@@ -7,8 +7,11 @@ resolution when ``data.augment.random_resized_crop`` is on (the ImageNet recipe)
 over processes and loader workers (by shard when there are enough, else by sample), and an epoch
 is a defined number of batches, the same on every process: ``N // (world * batch_size)``, each
 worker reading its shards round and round until its share is taken, so DDP never waits on a
-process that ran out of data. A member that does not decode, or a shard that breaks off, is
-skipped and named in a warning.
+process that ran out of data. A sample that cannot be used (its image does not decode, its label
+is not valid) or a shard that breaks off is skipped: the first few per shard and pass are named
+in warnings, the rest counted. A pass of a worker in which no sample is usable ends the run with
+one line naming its shards (it could never fill its batches), and an error raised in a loader
+worker reaches the command as that one line, not as the worker's traceback.
 
 Floor 5, like the rest of :mod:`cnnzoo.data`; training reaches it through
 :func:`stream_loaders` (:mod:`cnnzoo.training.setup`), in place of :func:`cnnzoo.data.loaders.build_loaders`.
@@ -18,7 +21,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +35,16 @@ import torch
 
 from ..config import Config
 from ..console import console, warn
-from ..errors import DataError
+from ..errors import DataError, UserError, short_reason
 from ..runtime import distributed
 from . import preprocess, shard_files, shard_output, sources
 from .loaders import Loaders, choose_workers, mix_seed
-from .shard_files import IMAGE_KEYS, iter_shard, label_of
+from .shard_files import MemberError, class_of, image_of, iter_shard
 from .sources import DataSpec, Samples
 
 SHUFFLE_BUFFER = 256  # samples (their encoded bytes) each worker mixes before decoding
+NAMED_SKIPS = 3  # skipped samples named per shard and pass; the rest are counted
+_BUFFER_NAME = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
 def shard_split(root: str, split: str | None, classes: list[str]) -> Samples:
@@ -79,14 +87,16 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, samples: Samples, classes: list[str], settings: StreamSettings, *, train: bool):
         self.shards, self.counts = list(samples.shards or []), list(samples.shard_counts or [])
         self.classes, self.settings, self.train, self.epoch = classes, settings, train, 0
-        self.labels = torch.tensor(samples.labels, dtype=torch.int64)
+        self.index = {name: i for i, name in enumerate(classes)}
+        self.counts_by_class = np.bincount(np.asarray(samples.labels, dtype=np.int64), minlength=len(classes))
         self.total = len(samples)
+        self.skips = Skips()
 
     def __len__(self) -> int:
         return self.total
 
     def class_counts(self, num_classes: int) -> list[int]:
-        return torch.bincount(self.labels, minlength=num_classes).tolist()
+        return np.pad(self.counts_by_class, (0, max(0, num_classes - len(self.counts_by_class)))).tolist()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,13 +125,21 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = self.settings.shard
         slot, slots = rank * workers + worker, world * workers
+        self.skips = Skips()  # this pass's, in this worker
         if not self.train:
             yield from self._batches(self._samples(slot, slots, 0), slot, quota=None)
+            if not self.skips.used and (self.skips.tried or self.skips.damaged):
+                raise DataError(self.skips.unusable(self._slot_shards(slot, slots)))
+            self.skips.summary()
             return
         steps = self.steps()
         quota = steps // workers + (worker < steps % workers)
         if quota:
             yield from self._batches(self._shuffled(self._cycle(slot, slots), slot), slot, quota=quota)
+            self.skips.summary()
+
+    def _slot_shards(self, slot: int, slots: int) -> list[str]:
+        return self.shards[slot::slots] if len(self.shards) >= slots else self.shards
 
     def _samples(self, slot: int, slots: int, round_: int) -> Iterator[dict[str, Any]]:
         """One pass over this slot's share: whole shards when there are enough, else every slots-th sample."""
@@ -131,24 +149,29 @@ class ShardStream(torch.utils.data.IterableDataset):
                 order[i]
                 for i in np.random.default_rng([self.settings.seed, self.epoch, round_]).permutation(len(order))
             ]
+        damaged = self.skips.damage
         if len(order) >= slots:
             for path in order[slot::slots]:
-                yield from iter_shard(path)
+                yield from iter_shard(path, on_damage=damaged)
             return
-        for j, sample in enumerate(s for path in order for s in iter_shard(path)):
+        for j, sample in enumerate(s for path in order for s in iter_shard(path, on_damage=damaged)):
             if j % slots == slot:
                 yield sample
 
     def _cycle(self, slot: int, slots: int) -> Iterator[dict[str, Any]]:
         """This slot's share round and round, so that it always has its quota of batches."""
-        round_ = 0
+        round_, first_round = 0, 0
         while True:
-            produced = False
+            produced = 0
             for sample in self._samples(slot, slots, round_):
-                produced = True
+                produced += 1
                 yield sample
-            if not produced:
-                raise DataError(f"no readable samples in the shards of this process ({', '.join(self.shards[:3])}...)")
+            first_round = first_round or produced
+            # the shuffle buffer holds samples back: once a whole round's worth was tried and none
+            # was usable, none ever will be, and the quota could never be filled
+            if not produced or (not self.skips.used and self.skips.tried >= first_round):
+                raise DataError(self.skips.unusable(self._slot_shards(slot, slots)))
+            self.skips.summary()
             round_ += 1
 
     def _shuffled(self, samples: Iterator[dict[str, Any]], slot: int) -> Iterator[dict[str, Any]]:
@@ -188,23 +211,25 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
     def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
-        """A sample's image (augmented when training) and label; None, with a warning, when it cannot be used."""
+        """A sample's image (augmented when training) and label; None, counted in :attr:`skips`,
+        when it cannot be used."""
         s = self.settings
-        where = f"{sample.get('__url__')}: {sample.get('__key__')}"
-        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        ext = "?"
         try:
-            label = label_of(sample)
-            label = self.classes.index(label) if isinstance(label, str) else label
-            if ext is None or label is None or not 0 <= label < len(self.classes):
-                raise ValueError("no image, or no known label (.cls, .txt, .json)")
+            label = class_of(sample, self.index)
+            ext, data = image_of(sample)
             full = s.crop_min_area if s.full_resolution and self.train else None
-            image = _decode_image(sample[ext], s.size, s.channels, crop_min_area=full)
+            image = _decode_image(data, s.size, s.channels, crop_min_area=full)
         except Exception as exc:  # a corrupt member must never stop the run
-            warn(f"skipped {where}.{ext or '?'} ({type(exc).__name__}: {exc})")
+            reason = str(exc) if isinstance(exc, MemberError) else f"{type(exc).__name__}: {short_reason(exc, 120)}"
+            reason = _BUFFER_NAME.sub("", reason)  # PIL names the in-memory file it could not identify
+            self.skips.skip(str(sample.get("__url__")), f"{sample.get('__key__')}.{ext} ({reason})")
             return None
+        self.skips.used += 1
+        self.skips.flush()
         if self.train and s.augment is not None:
             image = s.augment(image)
-        return image, int(label)
+        return image, label
 
 
 def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, crop_min_area: float | None) -> torch.Tensor:
@@ -214,6 +239,64 @@ def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, crop_min
         return torch.from_numpy(image).permute(2, 0, 1)
     img = preprocess.open_image(io.BytesIO(data), size, channels)
     return torch.from_numpy(preprocess.load_image(img, size, channels)).permute(2, 0, 1)
+
+
+class Skips:
+    """The samples one worker used and skipped in a pass, and the shards that broke off. Warnings
+    name the first NAMED_SKIPS per shard and count the rest; they wait until a sample is used, so
+    that a pass in which none is usable ends in one line (:meth:`unusable`), not a flood."""
+
+    def __init__(self) -> None:
+        self.used = self.tried = 0
+        self.per_shard: Counter[str] = Counter()
+        self.summed: Counter[str] = Counter()
+        self.damaged: dict[str, str] = {}
+        self.first = ""
+        self.waiting: list[str] = []
+
+    def skip(self, shard: str, what: str) -> None:
+        self.tried += 1
+        self.per_shard[shard] += 1
+        self.first = self.first or f"{os.path.basename(shard)}: {what}"
+        if self.per_shard[shard] <= NAMED_SKIPS:
+            self._say(f"skipped {shard}: {what}")
+
+    def damage(self, shard: str, reason: str) -> None:
+        if shard not in self.damaged:  # a shard read round and round breaks off each time: said once
+            self.damaged[shard] = reason
+            self.first = self.first or f"{os.path.basename(shard)} is damaged ({reason})"
+            self._say(f"skipped the rest of shard {shard}: it is damaged ({reason})")
+
+    def _say(self, line: str) -> None:
+        if self.used:
+            warn(line)
+        elif len(self.waiting) < 4 * NAMED_SKIPS:
+            self.waiting.append(line)
+
+    def flush(self) -> None:
+        if self.waiting:
+            for line in self.waiting:
+                warn(line)
+            self.waiting = []
+            self.summary()
+
+    def summary(self) -> None:
+        """How many more samples of each shard were skipped than were named, when that grew."""
+        if not self.used:
+            return
+        for shard, n in self.per_shard.items():
+            if n > NAMED_SKIPS and n > self.summed[shard]:
+                warn(f"skipped {n:,} samples of shard {shard} in this pass ({NAMED_SKIPS} named above)")
+                self.summed[shard] = n
+
+    def unusable(self, shards: list[str]) -> str:
+        """The one line that ends a pass in which no sample was usable."""
+        named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        what = f"all {self.tried:,} read were skipped (first: {self.first})" if self.tried else self.first
+        return (
+            f"no usable sample in shard{'s' * (len(shards) > 1)} {named}: {what or 'they hold no samples'}; "
+            f"cnnzoo data check lists every problem"
+        )
 
 
 class StreamLoader:
@@ -227,6 +310,12 @@ class StreamLoader:
         return self.dataset.batches(self.workers)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            yield from self._loader()
+        except UserError as exc:  # raised in a worker: torch adds the worker's traceback to the message
+            raise type(exc)(worker_message(exc)) from None
+
+    def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=None,
@@ -236,6 +325,17 @@ class StreamLoader:
             multiprocessing_context="fork" if self.workers > 0 and sys.platform.startswith("linux") else None,
         )
         return iter(loader)
+
+
+def worker_message(exc: Exception) -> str:
+    """An error's own message, without what torch wraps around one raised in a loader worker
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ...": its last line
+    is ``module.Type: message``)."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
