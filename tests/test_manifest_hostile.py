@@ -1,5 +1,5 @@
 """Manifests as an adversary writes them, and what cnnzoo writes back: deep JSON, cells that are no
-names (NaN, bytes, lists of lists, objects, true/false), extra CSV fields, duplicate columns, formula
+names (NaN as a missing value; bytes, lists of lists, objects, true/false), extra CSV fields, duplicate columns, formula
 cells in the CSVs cnnzoo writes, an ambiguous multi-label separator, terminal escapes in names, no
 readable training image, every image missing, a garbage Parquet file. Each gets one line naming the
 file, row and column (exit 2), an escaped cell, or a correct result."""
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnnzoo.config import load_config
+from cnnzoo.data import manifest
 from cnnzoo.data.sources import load_data
 from cnnzoo.errors import DataError
 from cnnzoo.inference.inputs import records_to_csv
@@ -60,7 +61,6 @@ def test_a_jsonl_line_nested_100k_deep_is_named_with_its_line(tmp_path):
 @pytest.mark.parametrize(
     ("cell", "shown"),
     [
-        ("NaN", "NaN (a missing value)"),
         ('[["circle"]]', "[['circle']]"),
         ('{"name": "circle"}', "{'name': 'circle'}"),
         ("true", "True"),
@@ -74,15 +74,21 @@ def test_a_json_label_that_is_no_class_name_is_named_with_row_and_column(tmp_pat
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     message = load_error(tmp_path / "m.jsonl")
     assert message.startswith(f"{tmp_path / 'm.jsonl'} row 4: 'label' is {shown}; a label is a class name")
+    lines[3] = lines[3].replace(f'"label": {cell}', '"label": NaN')
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    assert "m.jsonl row 4: empty 'label'" in load_error(tmp_path / "m.jsonl")  # a missing value, not the class nan
 
 
-def test_parquet_nan_and_bytes_labels_are_refused_not_made_classes(tmp_path):
+def test_parquet_nan_and_bytes_labels_never_become_classes(tmp_path):
+    """NaN is pandas' missing value: an empty label (refused for single-label data, none for
+    multi-label), never the class ``nan``; bytes are refused."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     files = pictures(tmp_path / "pics", {"a": 3, "b": 3})
     names = [f for f, _ in files]
     pq.write_table(pa.table({"image": names, "label": [1.0, 2.0, float("nan"), 1.0, 2.0, 1.0]}), tmp_path / "n.parquet")
-    assert "n.parquet row 3: 'label' is NaN (a missing value)" in load_error(tmp_path / "n.parquet")
+    assert "n.parquet row 3: empty 'label'; give its label or remove the row" in load_error(tmp_path / "n.parquet")
+    assert manifest.read_manifest(tmp_path / "n.parquet").labels[2] == []  # predict --data reads past it
     cells = [c.encode() for _, c in files]
     cells[1] = b"\xff\xfe"
     pq.write_table(pa.table({"image": names, "label": cells}), tmp_path / "b.parquet")

@@ -318,11 +318,12 @@ def _cell_text(value: Any) -> str:
 
 def _text(table: Table, column: str, i: int, value: Any, fix: str) -> str:
     """A cell that names something (an image, a class) as text: text or a number as written
-    (None: empty). Anything else, which ``str()`` would turn into a name no one wrote (NaN, bytes,
-    a list or an object, true/false), is refused naming the file, row and column."""
+    (None and NaN, a missing value: empty, as an empty CSV cell). Anything else, which ``str()``
+    would turn into a name no one wrote (infinity, bytes, a list or an object, true/false), is
+    refused naming the file, row and column."""
     if type(value) is str:
         return value.strip()
-    if value is None:
+    if value is None or (type(value) is float and math.isnan(value)):  # pandas writes a missing value as NaN
         return ""
     if type(value) is int or (type(value) is float and math.isfinite(value)):
         return str(value)
