@@ -23,6 +23,7 @@ from . import shard_files
 from .sources import DataSpec, Samples, load_data
 
 SHOWN = 5  # files named per problem before "..."
+_CHUNK = 2048  # files handed to the reading threads at a time
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,8 +75,12 @@ def _split_facts(samples: Samples) -> list[_Facts]:
             _Facts(digest=hashlib.sha1(row.tobytes()).digest(), size=(shape[2], shape[1]))
             for row in samples.array  # type: ignore[union-attr]
         ]
+    facts: list[_Facts] = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
-        return list(pool.map(_file_facts, samples.paths))
+        # a chunk at a time: map() submits every task at once, and a million futures took gigabytes
+        for start in range(0, len(samples.paths), _CHUNK):
+            facts.extend(pool.map(_file_facts, samples.paths[start : start + _CHUNK]))
+    return facts
 
 
 def check_data(cfg: Config) -> dict[str, Any]:
