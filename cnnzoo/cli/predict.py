@@ -65,7 +65,7 @@ def predict(
         raise UserError("give images to predict, or --data MANIFEST (not both)")
     path = resolve_checkpoint(checkpoint, runs)
     if checkpoint is None:
-        typer.echo(f"cnnzoo: using {path}", err=True)
+        typer.echo(terminal_safe(f"cnnzoo: using {path}", one_line=True), err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
     if tta and not hasattr(model, "tta"):
         raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
