@@ -5,6 +5,10 @@ lines and bars but never warnings; in a multi-process (DDP) run only rank 0 prin
 so N processes do not print every line N times. Log lines go through ``tqdm.write``
 so that they never tear a progress bar.
 
+Every line it prints goes through :func:`~cnnzoo.errors.terminal_safe`: a name cnnzoo echoes (a file, a class)
+may hold control characters, and an escape sequence that reached the terminal would retitle the
+window, move the cursor or hide text. The CLI's error line goes through it too.
+
 There is one console per process (:data:`console`); training scopes its quiet setting
 with :meth:`Console.scoped`, and :mod:`cnnzoo.runtime.distributed` tells it the rank.
 """
@@ -16,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tqdm import tqdm
+
+from .errors import terminal_safe
 
 
 class Console:
@@ -30,12 +36,12 @@ class Console:
 
     def log(self, message: str) -> None:
         if self.speaks:
-            tqdm.write(message, file=sys.stdout)
+            tqdm.write(terminal_safe(message), file=sys.stdout)
             sys.stdout.flush()
 
     def warn(self, message: str) -> None:
         if self.rank == 0:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            print(f"warning: {terminal_safe(message)}", file=sys.stderr, flush=True)
 
     def bar(self, total: int, desc: str, unit: str = "batch"):
         """A tqdm bar that vanishes when done; disabled when quiet, off rank 0, or not on a terminal."""

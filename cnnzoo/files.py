@@ -1,6 +1,9 @@
 """Files on disk: where cnnzoo keeps its own (:func:`cache_home`), the one way it replaces a file
 (:class:`Replacement`), and how a write meets a full disk.
 
+A CSV cell cnnzoo writes goes through :func:`spreadsheet_safe`, so that a name a spreadsheet
+would run as a formula is shown as text.
+
 Every file cnnzoo writes for a user to keep (checkpoints, exports, metrics.csv, config.yaml,
 eval.json, cache records, sweep state) goes through :class:`Replacement`: written to a temporary
 file in the same folder (``.<name>.<random>.tmp``), flushed to disk, given an ordinary file's
@@ -17,6 +20,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -130,3 +134,16 @@ def remove_temporaries(folder: Path) -> None:
     for stale in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
         if is_temporary_name(stale.name) and stale.is_file() and not stale.is_symlink():
             stale.unlink(missing_ok=True)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula (``=``, ``+``,
+    ``-``, ``@``, tab, carriage return) gets a leading apostrophe, OWASP's advice against CSV
+    injection. Numbers stay numbers: only strings are changed, so a caller passes a negative
+    figure as a number (or formats only figures it knows to be non-negative)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value

@@ -61,6 +61,7 @@ TORCH_FREE = {
     "cnnzoo.data",
     "cnnzoo.data.preprocess",
     "cnnzoo.data.manifest",
+    "cnnzoo.data.manifest_files",
     "cnnzoo.data.hf",
     "cnnzoo.data.shard_files",
     "cnnzoo.data.shard_output",

@@ -174,3 +174,9 @@ def test_ablation_recipe_runs_given_rows_for_the_configs_epochs(image_root, tmp_
     assert rows["plain"][1] == "1" and rows["ema"][1] == "2", out
     assert rows["tta"][1] == "-" and 0 <= float(rows["tta"][-1]) <= 1
     assert "accuracy on validation" in out
+
+
+def test_bench_manifest_prints_every_stage_against_the_csv_module(tmp_path):
+    out = run_script([ROOT / "scripts" / "bench_manifest.py", "--rows", 300, "--images", 4, "--check"], tmp_path)
+    stages = {line.split()[0] for line in out.splitlines()[2:] if line.split()}
+    assert stages == {"csv.reader", "read_manifest", "load_data", "data"} and "failed" not in out, out

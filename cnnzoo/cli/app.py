@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from .. import __version__
-from ..errors import UserError, short_reason
+from ..errors import UserError, short_reason, terminal_safe
 from ..runtime.versions import describe_failure
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def _rank0() -> bool:
 
 def _fail(message: str, code: int = 2) -> None:
     if _rank0():
-        typer.echo(f"cnnzoo: error: {message}", err=True)
+        typer.echo(f"cnnzoo: error: {terminal_safe(message.strip(), one_line=True)}", err=True)
     raise typer.Exit(code)
 
 
@@ -139,7 +139,6 @@ def main() -> None:
                 err=True,
             )
             sys.exit(1)
-        typer.echo(
-            f"cnnzoo: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True
-        )
+        reason = terminal_safe(f"{type(exc).__name__}: {exc}")
+        typer.echo(f"cnnzoo: internal error: {reason} (run with --debug for the traceback)", err=True)
         sys.exit(1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..config import load_config
-from ..errors import UserError
+from ..errors import UserError, terminal_safe
 from .app import CONFIG_HELP, SET_HELP, app, guarded
 
 data_app = typer.Typer(
@@ -54,7 +54,7 @@ def check(
     from ..data.check import check_data, format_check, problems
 
     report = check_data(cfg)
-    typer.echo(json.dumps(report) if as_json else format_check(report))
+    typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 
-from ..errors import UserError
+from ..errors import UserError, terminal_safe
 from ..runs import resolve_checkpoint
 from .app import TRUST_TORCHSCRIPT_HELP, app, guarded
 
@@ -56,7 +57,7 @@ def predict(
     """
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..inference import load
-    from ..inference.inputs import expand_inputs, records_in_order, records_to_csv
+    from ..inference.inputs import expand_inputs, label_separator, records_in_order, records_to_csv
 
     if as_json and as_csv:
         raise UserError("choose one of --json and --csv")
@@ -64,7 +65,7 @@ def predict(
         raise UserError("give images to predict, or --data MANIFEST (not both)")
     path = resolve_checkpoint(checkpoint, runs)
     if checkpoint is None:
-        typer.echo(f"cnnzoo: using {path}", err=True)
+        typer.echo(terminal_safe(f"cnnzoo: using {path}", one_line=True), err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
     if tta and not hasattr(model, "tta"):
         raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
@@ -88,21 +89,26 @@ def predict(
     if rows is not None:
         records = records_in_order(rows.names, rows.paths, records)
     for name, reason in errors:
-        typer.echo(f"cnnzoo: cannot read {name}: {reason}", err=True)
+        typer.echo(terminal_safe(f"cnnzoo: cannot read {name}: {reason}", one_line=True), err=True)
     if as_json:
         typer.echo(json.dumps(records, indent=1))
     elif as_csv:
         header = rows.image_column if rows is not None else "image"
         k = min(top_k, len(model.classes))
-        typer.echo(records_to_csv(records, k, image_header=header, multi_label=model.multi_label), nl=False)
+        table = records_to_csv(records, k, image_header=header, multi_label=model.multi_label, classes=model.classes)
+        typer.echo(
+            terminal_safe(table) if sys.stdout.isatty() else table, nl=False
+        )  # a file gets the names as they are
     else:
         width = max((len(r["image"]) for r in records), default=0)
+        separator = label_separator(model.classes)
         for r in (r for r in records if r["top_k"]):
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
             if model.multi_label:
-                typer.echo(f"{r['image']:<{width}}  {' '.join(r['labels']) or '(none)':<24} [{ranked}]")
+                line = f"{r['image']:<{width}}  {separator.join(r['labels']) or '(none)':<24} [{ranked}]"
             else:
-                typer.echo(f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]")
+                line = f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]"
+            typer.echo(terminal_safe(line, one_line=True))
     if errors:
         raise typer.Exit(2 if not records else 1)
 
@@ -172,5 +178,5 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(report))
     else:
-        typer.echo(format_report(report))
+        typer.echo(terminal_safe(format_report(report)))
         typer.echo(f"\nwrote {', '.join(report['outputs'])}")

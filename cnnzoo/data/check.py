@@ -26,11 +26,15 @@ from . import shard_files
 from .sources import DataSpec, Samples, load_data
 
 SHOWN = 5  # files named per problem before "..."
+_CHUNK = 2048  # files handed to the reading threads at a time
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class _Facts:
-    digest: str
+    """One file as read: a million of them stay in memory until the report is built, hence slots
+    and the SHA-1 as 20 bytes, not 40 hex digits."""
+
+    digest: bytes
     size: tuple[int, int] | None  # (W, H); None when unreadable
     error: str = ""
     where: str = ""  # a shard's sample or the shard itself (other files are their samples' paths)
@@ -42,12 +46,12 @@ def _file_facts(path: str) -> _Facts:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        return _Facts(digest="", size=None, error=exc.strerror or str(exc))
+        return _Facts(digest=b"", size=None, error=exc.strerror or str(exc))
     return _bytes_facts(data)  # a truncated or corrupt file fails at load, not at open
 
 
 def _bytes_facts(data: bytes) -> _Facts:
-    digest = hashlib.sha1(data).hexdigest()
+    digest = hashlib.sha1(data).digest()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -59,9 +63,9 @@ def _bytes_facts(data: bytes) -> _Facts:
 def _image_facts(samples: Samples, i: int) -> _Facts:
     try:
         img = samples.array[i]  # type: ignore[index]
-        return _Facts(digest=hashlib.sha1(img.tobytes()).hexdigest(), size=img.size)
+        return _Facts(digest=hashlib.sha1(img.tobytes()).digest(), size=img.size)
     except Exception as exc:  # the library and PIL raise many types for a broken image
-        return _Facts(digest="", size=None, error=f"{type(exc).__name__}: {exc}")
+        return _Facts(digest=b"", size=None, error=f"{type(exc).__name__}: {exc}")
 
 
 def _shard_facts(samples: Samples, index: dict[str, int]) -> list[_Facts]:
@@ -78,12 +82,12 @@ def _shard_facts(samples: Samples, index: dict[str, int]) -> list[_Facts]:
                 label = shard_files.class_of(sample, index)
                 fact = _bytes_facts(shard_files.image_of(sample)[1])
             except shard_files.MemberError as exc:
-                fact = _Facts(digest="", size=None, error=str(exc))
+                fact = _Facts(digest=b"", size=None, error=str(exc))
             fact.where, fact.label = where, -1 if fact.error else label
             facts.append(fact)
         if damage or read < expected:
             reason = f"damaged shard ({damage[0]})" if damage else "shard holds fewer samples"
-            facts.append(_Facts(digest="", size=None, error=f"{reason}: read {read} of {expected}", where=path))
+            facts.append(_Facts(digest=b"", size=None, error=f"{reason}: read {read} of {expected}", where=path))
     return facts
 
 
@@ -95,11 +99,15 @@ def _split_facts(samples: Samples, classes: list[str]) -> list[_Facts]:
     if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
         shape = samples.array.shape  # type: ignore[union-attr]
         return [
-            _Facts(digest=hashlib.sha1(row.tobytes()).hexdigest(), size=(shape[2], shape[1]))
+            _Facts(digest=hashlib.sha1(row.tobytes()).digest(), size=(shape[2], shape[1]))
             for row in samples.array  # type: ignore[union-attr]
         ]
+    facts: list[_Facts] = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
-        return list(pool.map(_file_facts, samples.paths))
+        # a chunk at a time: map() submits every task at once, and a million futures took gigabytes
+        for start in range(0, len(samples.paths), _CHUNK):
+            facts.extend(pool.map(_file_facts, samples.paths[start : start + _CHUNK]))
+    return facts
 
 
 def check_data(cfg: Config) -> dict[str, Any]:
@@ -141,16 +149,22 @@ def _class_indices(samples: Samples, multi_label: bool, facts: list[_Facts]) -> 
 
 
 def _duplicates(splits: dict[str, Samples], facts: dict[str, list[_Facts]]) -> list[dict[str, Any]]:
-    """Groups of files with the same bytes; ``splits`` says whether a group crosses splits (a leak)."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for name, samples in splits.items():
+    """Groups of files with the same bytes; ``splits`` says whether a group crosses splits (a leak).
+    Only files met twice are named: a file's first (split, index) is all that is kept of it."""
+    first: dict[bytes, tuple[str, int]] = {}
+    groups: dict[bytes, list[tuple[str, int]]] = {}
+    for name in splits:
         for i, f in enumerate(facts[name]):
             if f.digest:
-                groups.setdefault(f.digest, []).append((name, f.where or samples.describe(i)))
+                seen = first.setdefault(f.digest, (name, i))
+                if seen != (name, i):
+                    groups.setdefault(f.digest, [seen]).append((name, i))
     return [
-        {"files": [where for _, where in group], "splits": sorted({name for name, _ in group})}
-        for group in groups.values()
-        if len(group) > 1
+        {
+            "files": [facts[name][i].where or splits[name].describe(i) for name, i in group],
+            "splits": sorted({name for name, _ in group}),
+        }
+        for group in (groups[digest] for digest in first if digest in groups)
     ]
 
 

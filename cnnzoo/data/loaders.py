@@ -20,6 +20,7 @@ import torch
 
 from ..config import Config
 from ..console import console, warn
+from ..errors import DataError
 from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .batch_augment import BatchAugment
@@ -99,6 +100,19 @@ class ImageDataset(torch.utils.data.Dataset):
             except Exception as exc:
                 warn(f"skipped unreadable image {self.samples.describe(i)} ({type(exc).__name__}: {exc})")
         return images, kept
+
+    def any_readable(self) -> bool:
+        """Whether some image of the split can be read: the cache kept one, or (decoded each epoch)
+        one decodes, tried in order until one does."""
+        for i in self.indices:
+            if self.pixels is not None:
+                return True
+            try:
+                self._decode(i)
+                return True
+            except Exception:  # PIL and the libraries raise many types for a broken image
+                continue
+        return False
 
     def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
         positions = [p for p, _ in pairs]
@@ -367,6 +381,12 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
     if batch_augment is not None:
         augment = None  # the per-image pipeline is not needed
     train_set, val_set = _datasets(cfg, spec, kind=kind, augment=augment, batch_augment=batch_augment)
+    for dataset, what in ((train_set, "training"), (val_set, "validation")):
+        if not dataset.any_readable():  # an epoch of nothing would still write a best.pt of nothing
+            raise DataError(
+                f"{spec.root}: none of the {len(dataset.samples)} {what} images can be read (each is skipped as "
+                f"unreadable); cnnzoo data check names them. Replace or remove those files"
+            )
     workers = choose_workers(cfg.data.workers, cached=cached, augmented=augment is not None, cuda=cuda)
     shard = distributed.shard()
     train_loader = make_loader(

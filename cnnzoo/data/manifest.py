@@ -9,15 +9,19 @@ named in the config (``data.image_column``, ``data.label_column``); a named colu
 exist gets a did-you-mean. :func:`label_indices` turns names into class indices, one list per
 row, so that a multi-hot target is one step away.
 
+The file is read by :mod:`cnnzoo.data.manifest_files`. A cell that names something is text or a
+number: NaN and null are an empty cell, and anything else (bytes, a list of lists, an object,
+true/false, infinity) is refused naming the file, row and column, never made into a class or a
+file name no one wrote.
+
 Torch-free: imports floors 0-1 and :mod:`cnnzoo.data.preprocess` only (``predict --data
 test.csv`` reads the image column without torch). Parquet needs pyarrow (``cnnzoo[parquet]``).
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from typing import Any
 
 from ..errors import DataError
 from . import preprocess
+from .manifest_files import Table, read_table
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 IMAGE_COLUMNS = (
@@ -49,82 +54,6 @@ _SHOWN = 3  # rows named in a message before "..."
 def is_manifest(path: str | Path) -> bool:
     """A path that names a manifest file (by its suffix), existing or not."""
     return Path(path).suffix.lower() in MANIFEST_SUFFIXES
-
-
-@dataclass(kw_only=True)
-class Table:
-    """A manifest file's rows as read, and the line number of its first row (for messages)."""
-
-    path: Path
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    first_line: int
-
-    def line(self, i: int) -> int:
-        return self.first_line + i
-
-
-def read_table(path: Path) -> Table:
-    """The rows of a CSV, TSV, JSON Lines or Parquet file, by its suffix."""
-    if not path.is_file():
-        raise DataError(f"{path}: manifest not found" if not path.exists() else f"{path}: not a file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-        elif suffix == ".parquet":
-            table = _read_parquet(path)
-        else:
-            table = _read_jsonl(path)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the manifest as UTF-8") from None
-    if not table.rows:
-        raise DataError(f"{path}: the manifest has no rows; add one row per image")
-    return table
-
-
-def _read_delimited(path: Path, delimiter: str) -> Table:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        try:
-            rows = list(reader)
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: {exc}; fix the CSV quoting") from None
-        columns = [c.strip() for c in reader.fieldnames or []]
-    if not columns:
-        raise DataError(f"{path}: empty file; the first line names the columns (e.g. image,label)")
-    rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in rows]
-    return Table(path=path, columns=columns, rows=rows, first_line=2)
-
-
-def _read_jsonl(path: Path) -> Table:
-    rows, columns = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                raise DataError(f"{path}: line {number}: not JSON ({exc}); one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f'{path}: line {number}: not a JSON object; one object per line, e.g. {{"image": ...}}')
-            rows.append(row)
-            columns.update(dict.fromkeys(row))
-    return Table(path=path, columns=list(columns), rows=rows, first_line=1)
-
-
-def _read_parquet(path: Path) -> Table:
-    try:
-        # lazy: pyarrow is an optional extra (~100 MB) only Parquet manifests need
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'cnnzoo[parquet]'") from None
-    try:
-        data = pq.read_table(path)
-    except Exception as exc:  # pyarrow's errors have no common base
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    return Table(path=path, columns=list(data.column_names), rows=data.to_pylist(), first_line=1)
 
 
 def pick_column(table: Table, named: str | None, candidates: tuple[str, ...], key: str) -> str | None:
@@ -223,7 +152,8 @@ def read_manifest(
             f"{table.path}: no image column ({', '.join(IMAGE_COLUMNS[:6])}, ...); the columns are "
             f"{', '.join(table.columns)}; name it with data.image_column"
         )
-    names = [_cell_text(row.get(image)) for row in table.rows]
+    cells = table.column(image)
+    names = [_text(table, image, i, value, _NAME_IMAGE) for i, value in enumerate(cells)]
     for i, name in enumerate(names):
         if not name:
             raise DataError(f"{table.path} row {table.line(i)}: empty {image!r}; name the image or remove the row")
@@ -244,8 +174,34 @@ def read_manifest(
     )
 
 
+_NAME_IMAGE = "name the image file (text) or remove the row"
+_NAME_CLASSES = "a label is a class name (text) or a list of them; fix the cell or remove the row"
+
+
 def _cell_text(value: Any) -> str:
     return "" if value is None else str(value).strip()
+
+
+def _text(table: Table, column: str, i: int, value: Any, fix: str) -> str:
+    """A cell that names something (an image, a class) as text: text or a number as written
+    (None and NaN, a missing value: empty, as an empty CSV cell). Anything else, which ``str()``
+    would turn into a name no one wrote (infinity, bytes, a list or an object, true/false), is
+    refused naming the file, row and column."""
+    if type(value) is str:
+        return value.strip()
+    if value is None or (type(value) is float and math.isnan(value)):  # pandas writes a missing value as NaN
+        return ""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return str(value)
+    raise DataError(f"{table.path} row {table.line(i)}: {column!r} is {_shown(value)}; {fix}")
+
+
+def _shown(value: Any) -> str:
+    """A cell's value in a message: NaN as NaN, anything else as Python writes it, cut at 40 characters."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN (a missing value)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _read_labels(
@@ -253,6 +209,9 @@ def _read_labels(
 ) -> tuple[str | None, list[str], list[list[str]] | None]:
     """(label column, one-hot columns, each row's labels): a label column, or 0/1 columns."""
     if isinstance(named, list):
+        twice = next((c for i, c in enumerate(named) if c in named[:i]), None)
+        if twice is not None:
+            raise DataError(f"data.label_column: {twice!r} is named twice; name each class column once")
         for column in named:
             pick_column(table, column, (), "data.label_column")
         return None, list(named), _one_hot_labels(table, named)
@@ -271,17 +230,19 @@ def _read_labels(
 
 
 def _is_zero_one(table: Table, column: str) -> bool:
-    return all(_cell_text(row.get(column)).lower() in _ONE_HOT_VALUES for row in table.rows)
+    return all(_cell_text(value).lower() in _ONE_HOT_VALUES for value in table.column(column))
 
 
 def _one_hot_labels(table: Table, columns: list[str]) -> list[list[str]]:
     labels = []
-    for i, row in enumerate(table.rows):
-        values = {c: _cell_text(row.get(c)).lower() for c in columns}
-        bad = next((c for c, v in values.items() if v not in _ONE_HOT_VALUES), None)
+    cells = [table.column(c) for c in columns]
+    for i in range(len(table)):
+        values = {c: _cell_text(cell[i]).lower() for c, cell in zip(columns, cells)}
+        bad = next((k for k, (c, v) in enumerate(values.items()) if v not in _ONE_HOT_VALUES), None)
         if bad is not None:
             raise DataError(
-                f"{table.path} row {table.line(i)}: {bad!r} is {row.get(bad)!r}; one-hot columns hold 0 or 1"
+                f"{table.path} row {table.line(i)}: {columns[bad]!r} is {_shown(cells[bad][i])}; "
+                f"one-hot columns hold 0 or 1"
             )
         labels.append([c for c, v in values.items() if v in ("1", "1.0", "true")])
     return labels
@@ -290,35 +251,50 @@ def _one_hot_labels(table: Table, columns: list[str]) -> list[list[str]]:
 def _split_cells(table: Table, column: str) -> list[list[str]]:
     """Each row's labels: a JSON list as it is; text split at ``|`` or ``;``, and at spaces when
     the column is named for several labels (``labels``, ``tags``) or every part of a spaced cell
-    is a label on its own elsewhere (a class named ``Not sure`` stays whole)."""
-    cells = [table.rows[i].get(column) for i in range(len(table.rows))]
-    texts = [None if isinstance(c, list) else _cell_text(c) for c in cells]
-    whole = {t for t in texts if t and not _SEPARATOR.search(t) and " " not in t}
-    spaced = [t.split() for t in texts if t and not _SEPARATOR.search(t) and " " in t]
+    is a label on its own elsewhere (a class named ``Not sure`` stays whole). Rows with the same
+    text share one list (a large manifest has few distinct cells)."""
+    cells = table.column(column)
+    texts = [_label_text(table, column, i, c) for i, c in enumerate(cells)]
+    distinct = {t for t in texts if t}
+    whole = {t for t in distinct if not _SEPARATOR.search(t) and " " not in t}
+    spaced = [t.split() for t in distinct if not _SEPARATOR.search(t) and " " in t]
     split_spaces = column.lower() in PLURAL_LABEL_COLUMNS or (
         bool(spaced) and all(part in whole for parts in spaced for part in parts)
     )
+    parsed: dict[str, list[str]] = {}
     labels = []
-    for cell, text in zip(cells, texts):
-        if text is None:
-            parts = [_cell_text(v) for v in cell]
-        elif _SEPARATOR.search(text):
-            parts = _SEPARATOR.split(text)
-        else:
-            parts = text.split() if split_spaces else [text]
-        labels.append(list(dict.fromkeys(p for p in parts if p)))  # none: refused unless multi-label
+    for i, (cell, text) in enumerate(zip(cells, texts)):
+        if text is None:  # a JSON or Parquet list
+            labels.append(
+                list(dict.fromkeys(p for p in (_text(table, column, i, v, _NAME_CLASSES) for v in cell) if p))
+            )
+            continue
+        if text not in parsed:
+            parts = _SEPARATOR.split(text) if _SEPARATOR.search(text) else text.split() if split_spaces else [text]
+            parsed[text] = list(dict.fromkeys(p for p in parts if p))  # none: refused unless multi-label
+        labels.append(parsed[text])
     return labels
+
+
+def _label_text(table: Table, column: str, i: int, cell: Any) -> str | None:
+    """A label cell as text, or None for a list of labels (whose items must be text or numbers)."""
+    if isinstance(cell, list):
+        if not all(type(v) is str or type(v) is int for v in cell):
+            raise DataError(f"{table.path} row {table.line(i)}: {column!r} is {_shown(cell)}; {_NAME_CLASSES}")
+        return None
+    return _text(table, column, i, cell, _NAME_CLASSES)
 
 
 def _read_splits(table: Table, column: str) -> list[str]:
     splits = []
-    for i, row in enumerate(table.rows):
-        value = _cell_text(row.get(column)).lower()
-        if value not in SPLIT_NAMES:
+    for i, value in enumerate(table.column(column)):
+        text = _cell_text(value).lower()
+        if text not in SPLIT_NAMES:
+            shown = repr(text) if isinstance(value, str) else _shown(value)
             raise DataError(
-                f"{table.path} row {table.line(i)}: {column!r} is {value!r}; use train, validation (val) or test"
+                f"{table.path} row {table.line(i)}: {column!r} is {shown}; use train, validation (val) or test"
             )
-        splits.append(SPLIT_NAMES[value])
+        splits.append(SPLIT_NAMES[text])
     return splits
 
 
@@ -373,16 +349,32 @@ def class_list(manifest: Manifest) -> list[str]:
     return sorted({label for labels in manifest.labels or [] for label in labels})
 
 
+def check_label_separator(path: Path, classes: list[str]) -> None:
+    """A multi-label class name may not hold ``|``: it separates labels, in a manifest cell and in
+    ``predict --csv`` when a class name has a space (a JSON list or a one-hot header could name one)."""
+    bad = next((c for c in classes if "|" in c), None)
+    if bad is not None:
+        raise DataError(
+            f"{path}: the class {bad!r} holds '|', which separates an image's labels (in a manifest cell, in "
+            f"predict --csv); rename the class"
+        )
+
+
 def label_indices(manifest: Manifest, classes: list[str]) -> list[list[int]]:
-    """Each row's labels as class indices; a label outside ``classes`` is named with its row."""
+    """Each row's labels as class indices; a label outside ``classes`` is named with its row. Rows
+    that share one list of names (the same cell) share one list of indices."""
     index = {name: i for i, name in enumerate(classes)}
-    out = []
+    out: list[list[int]] = []
+    done: dict[int, list[int]] = {}  # by id() of a row's list of names, which the manifest keeps alive
     for i, labels in enumerate(manifest.labels or []):
+        if id(labels) in done:
+            out.append(done[id(labels)])
+            continue
         unknown = [label for label in labels if label not in index]
         if unknown:
             raise DataError(
                 f"{manifest.where(i)}: label {unknown[0]!r} is not one of the training classes "
                 f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); fix the label or remove the row"
             )
-        out.append([index[label] for label in labels])
+        out.append(done.setdefault(id(labels), [index[label] for label in labels]))
     return out

@@ -458,6 +458,8 @@ def manifest_samples(
     if missing is None:
         table.check_files()
     else:
+        if split != "test" and not any(table.paths):
+            table.check_files()  # none found: name them, rather than report a split with nothing in it
         missing.extend(f"{table.where(i)} ({table.names[i]})" for i, p in enumerate(table.paths) if not p)
         table = table.subset([i for i, p in enumerate(table.paths) if p])
     label_sets = manifest.label_indices(table, classes)
@@ -525,7 +527,9 @@ def _manifest_splits(
         raise DataError(f"{path}: only one class ({', '.join(classes)}); a classifier needs at least two")
     data_multi = any(part.multi_label or _one_hot_with_empty_rows(part) for part in parts.values())
     multi_label = resolve_task(cfg, str(path), data_multi)
-    if not multi_label:
+    if multi_label:
+        manifest.check_label_separator(path, classes)
+    else:
         for part in parts.values():
             part.check_one_label_each()
     table = parts["train"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import preprocess
+from ..files import spreadsheet_safe
 
 
 def _unreadable_reason(path: str) -> str:
@@ -59,24 +60,39 @@ def records_in_order(names: Sequence[str], paths: Sequence[str], records: list[d
     return [{**by_path.get(path, blank), "image": name} for name, path in zip(names, paths)]
 
 
+def label_separator(classes: Sequence[str]) -> str:
+    """What joins a multi-label image's labels in one CSV cell: a space, as Kaggle's submissions
+    have them, unless a class name holds whitespace ("big circle"); then ``|``, which no
+    multi-label class name may hold (training refuses one), so a cell always splits back into
+    the labels it was made of."""
+    return "|" if any(any(ch.isspace() for ch in name) for name in classes) else " "
+
+
 def records_to_csv(
-    records: Iterable[dict[str, Any]], top_k: int, *, image_header: str = "image", multi_label: bool = False
+    records: Iterable[dict[str, Any]],
+    top_k: int,
+    *,
+    image_header: str = "image",
+    multi_label: bool = False,
+    classes: Sequence[str] = (),
 ) -> str:
-    """CSV rows: the image, its label and probability (multi-label: its labels, space-separated, as a
-    Kaggle submission has them), then the top-k."""
+    """CSV rows: the image, its label and probability (multi-label: its labels joined by
+    :func:`label_separator` of ``classes``), then the top-k. Names and labels are
+    :func:`~cnnzoo.files.spreadsheet_safe`; probabilities are figures between 0 and 1."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = [image_header, "labels"] if multi_label else [image_header, "label", "probability"]
     for i in range(1, top_k + 1):
         header += [f"top{i}_label", f"top{i}_probability"]
-    writer.writerow(header)
+    writer.writerow([spreadsheet_safe(cell) for cell in header])
+    separator = label_separator(classes)
     for r in records:
         if multi_label:
-            row = [r["image"], " ".join(r.get("labels", []))]
+            row = [r["image"], separator.join(r.get("labels", []))]
         else:
             row = [r["image"], r["label"], "" if r["probability"] is None else f"{r['probability']:.6f}"]
         for entry in r["top_k"]:
             row += [entry["label"], f"{entry['probability']:.6f}"]
         row += [""] * (len(header) - len(row))
-        writer.writerow(row)
+        writer.writerow([spreadsheet_safe(cell) for cell in row])
     return buffer.getvalue()

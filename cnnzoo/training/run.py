@@ -22,7 +22,7 @@ from ..config import Config, dump_config, load_config
 from ..console import console
 from ..data import loaders as loaders_mod
 from ..data import sources
-from ..errors import UserError
+from ..errors import DataError, UserError
 from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
@@ -346,6 +346,11 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         augment=stages.loaders.batch_augment,
         mixer=job.mixer,
     )
+    if not stats["images_per_s"]:  # no image decoded (a stream's every member failed): no best.pt of nothing
+        raise DataError(
+            f"{job.cfg.data.root}: none of the training images could be read in epoch {epoch} (each was skipped "
+            f"as unreadable); cnnzoo data check names them. Replace or remove those files"
+        )
     distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
     if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
         distributed.broadcast_buffers(job.average.averaged)

@@ -35,7 +35,7 @@ from .. import runs
 from ..config import Config, apply_override, load_config, parse_override, read_yaml, rebase_paths, yaml_problem
 from ..console import console
 from ..errors import UserError, short_reason
-from ..files import write_text
+from ..files import spreadsheet_safe, write_text
 from ..plots import pyplot, save_figure
 from ..runtime.device import pick_device
 from .loop import BestEpoch, Stepper, training_inputs
@@ -521,17 +521,6 @@ def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
     for row in rows:
         best.update(row, row["epoch"])
     return [r["epoch"] for r in rows], [r["val_acc"] for r in rows], best.epoch
-
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value: Any) -> Any:
-    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a
-    leading apostrophe (OWASP's advice against CSV injection); numbers stay numbers."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
