@@ -229,24 +229,18 @@ def test_no_readable_training_image_stops_before_a_checkpoint_from_hf(tmp_path):
     datasets = pytest.importorskip("datasets")
     from support.images import draw
 
-    def split(n: int) -> object:
+    def split(n: int, readable: bool) -> object:
+        images = [
+            draw("ab"[i % 2], i) if readable else {"bytes": b"not a picture " * 8, "path": None} for i in range(n)
+        ]
         return datasets.Dataset.from_dict(
-            {
-                "number": list(range(n)),
-                "img": [draw("ab"[i % 2], i) for i in range(n)],
-                "label": [i % 2 for i in range(n)],
-            },
-            features=datasets.Features(
-                {
-                    "number": datasets.Value("int64"),
-                    "img": datasets.Image(),
-                    "label": datasets.ClassLabel(names=["a", "b"]),
-                }
-            ),
+            {"img": images, "label": [i % 2 for i in range(n)]},
+            features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}),
         )
 
-    datasets.DatasetDict({"train": split(8), "validation": split(4)}).save_to_disk(str(tmp_path / "hf"))
-    tiny_train(tmp_path / "hf", tmp_path, image_column="number")  # ints where images should be
+    # an Image column whose training bytes are no pictures (a column of another type is refused earlier, by name)
+    datasets.DatasetDict({"train": split(8, False), "validation": split(4, True)}).save_to_disk(str(tmp_path / "hf"))
+    tiny_train(tmp_path / "hf", tmp_path)
 
 
 # ----------------------------------------------------------------------------- predict and evaluate
