@@ -77,6 +77,14 @@ def test_health_and_info(server, trained):
     assert info["format"] == server.kind and info["max_bytes"] == 200000
 
 
+def test_the_page_is_served_from_the_package_data(server):
+    """``GET /`` answers ``cnnzoo/deploy/serve/page.html`` as it is; the browser test below drives it."""
+    from cnnzoo.deploy.serve import page_html
+
+    status, page = server.get("/")
+    assert status == 200 and page == page_html() and 'id="drop"' in page
+
+
 def test_an_image_body_gets_the_records_of_predict_json(server, trained):
     path = validation_files(trained)[0]
     status, records = server.post_image("/predict", path.read_bytes(), "?top_k=3")
