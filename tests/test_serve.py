@@ -171,6 +171,19 @@ def test_the_onnx_server_runs_without_torch(trained, onnx_file):
         srv.stop()
 
 
+def test_two_worker_processes_answer_like_one(trained, onnx_file):
+    """``--workers 2``: uvicorn imports the application factory by its dotted name in each worker."""
+    srv = Server(onnx_file, trained.base, "--workers", "2")
+    try:
+        paths = validation_files(trained)[:4]
+        answers = [srv.post_image("/predict", p.read_bytes()) for p in paths]
+        assert all(status == 200 for status, _ in answers)
+        assert [records[0]["label"] for _, records in answers] == [r["label"] for r in expected(trained, paths)]
+        assert srv.get("/")[0] == 200 and srv.get("/info")[1]["format"] == "onnx"
+    finally:
+        srv.stop()
+
+
 def test_a_port_in_use_and_a_missing_model_are_one_line(trained):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
