@@ -79,6 +79,21 @@ def test_scores_agree_with_scikit_learn_where_it_is_installed():
 # ----------------------------------------------------------------------------- loss
 
 
+def test_one_sigmoid_rule_for_multi_label_and_one_logit_heads_in_float32_as_torch():
+    """Evaluate, predict and every export score a logit with one function
+    (:func:`cnnzoo.inference.classifier.probabilities`): float32, as training's ``torch.sigmoid``
+    (whose scores tuned the thresholds) and an exported model compute it."""
+    from cnnzoo.inference.classifier import probabilities
+
+    logits = np.array([[-100.0, -17.0, -1.5, 0.0], [0.25, 3.0, 17.0, 100.0]], dtype=np.float32)
+    multi = probabilities(logits, multi_label=True)
+    assert multi.dtype == np.float32
+    np.testing.assert_allclose(multi, torch.sigmoid(torch.from_numpy(logits)).numpy(), rtol=1e-6, atol=1e-7)
+    one_logit = probabilities(logits.reshape(-1, 1))
+    np.testing.assert_array_equal(one_logit[:, 1], multi.reshape(-1))
+    np.testing.assert_array_equal(one_logit[:, 0], 1 - multi.reshape(-1))
+
+
 def test_balanced_class_weights_are_pos_weights_negatives_over_positives():
     weights = pos_weight_vector("balanced", ["a", "b"], [1, 3], images=4)
     assert weights.tolist() == pytest.approx([3.0, 1 / 3])

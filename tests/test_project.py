@@ -183,6 +183,30 @@ def _link_installed(names: set[str], folder: Path) -> None:
                 (folder / top).symlink_to(source)
 
 
+def test_every_file_beside_the_modules_ships_as_package_data():
+    """A wheel holds a package's modules only, unless pyproject's package-data names its other files:
+    without the entry serve's page (``deploy/serve/page.html``) would be in a checkout but not in an install."""
+    from fnmatch import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    listed = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [
+        p
+        for p in (PROJECT_ROOT / "cnnzoo").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
+    unlisted = [
+        str(p.relative_to(PROJECT_ROOT))
+        for p in files
+        if not any(fnmatch(p.name, glob) for glob in listed.get(".".join(p.parent.relative_to(PROJECT_ROOT).parts), []))
+    ]
+    assert files and not unlisted, unlisted
+
+    from cnnzoo.deploy.serve import page_html
+
+    assert page_html().startswith("<!doctype html>") and "predict?top_k=" in page_html()
+
+
 @pytest.mark.slow
 def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_root, tmp_path):
     """README's torch-free lines, offline: a wheel built from this tree, installed with --no-deps into
@@ -191,6 +215,7 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
     import shutil
     import subprocess
     import sys
+    import zipfile
 
     setuptools = pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools here")
     if int(setuptools.__version__.split(".")[0]) < 70:
@@ -213,6 +238,8 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
         timeout=600,
     )
     (wheel,) = (tmp_path / "dist").glob("cnnzoo-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # package data: serve's page
+        assert "cnnzoo/deploy/serve/page.html" in archive.namelist()
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=300)
@@ -260,6 +287,15 @@ def test_torch_free_install_from_a_built_wheel_predicts_an_onnx_export(image_roo
         timeout=300,
     )
     assert needs_torch.returncode == 2 and "this command needs torch" in needs_torch.stderr
+    page = subprocess.run(  # serve's page, read from the installed package's data
+        [python, "-c", "from cnnzoo.deploy.serve import page_html; print(page_html()[:15])"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert page.stdout.strip() == "<!doctype html>", page.stderr
 
 
 # --------------------------------------------------------------------------- the slow marker

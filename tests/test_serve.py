@@ -77,6 +77,14 @@ def test_health_and_info(server, trained):
     assert info["format"] == server.kind and info["max_bytes"] == 200000
 
 
+def test_the_page_is_served_from_the_package_data(server):
+    """``GET /`` answers ``cnnzoo/deploy/serve/page.html`` as it is; the browser test below drives it."""
+    from cnnzoo.deploy.serve import page_html
+
+    status, page = server.get("/")
+    assert status == 200 and page == page_html() and 'id="drop"' in page
+
+
 def test_an_image_body_gets_the_records_of_predict_json(server, trained):
     path = validation_files(trained)[0]
     status, records = server.post_image("/predict", path.read_bytes(), "?top_k=3")
@@ -159,6 +167,19 @@ def test_the_onnx_server_runs_without_torch(trained, onnx_file):
         libraries = maps.read_text()
         assert "onnxruntime" in libraries
         assert "libtorch" not in libraries
+    finally:
+        srv.stop()
+
+
+def test_two_worker_processes_answer_like_one(trained, onnx_file):
+    """``--workers 2``: uvicorn imports the application factory by its dotted name in each worker."""
+    srv = Server(onnx_file, trained.base, "--workers", "2")
+    try:
+        paths = validation_files(trained)[:4]
+        answers = [srv.post_image("/predict", p.read_bytes()) for p in paths]
+        assert all(status == 200 for status, _ in answers)
+        assert [records[0]["label"] for _, records in answers] == [r["label"] for r in expected(trained, paths)]
+        assert srv.get("/")[0] == 200 and srv.get("/info")[1]["format"] == "onnx"
     finally:
         srv.stop()
 

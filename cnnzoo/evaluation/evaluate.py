@@ -137,7 +137,7 @@ def evaluate(
 def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:
     """A multi-label model's report (:func:`cnnzoo.evaluation.multilabel.report_fields`, its loss)
     and files: eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
-    probs = 1 / (1 + np.exp(-scored.logits.astype(np.float64)))  # a sigmoid per class
+    probs = probabilities(scored.logits, multi_label=True)  # a sigmoid per class, as predict and training compute it
     truth = scored.labels
     report = {
         **scored.about,

@@ -16,7 +16,7 @@ from ..errors import UserError, shape_text
 from ..files import write_bytes, write_text
 from ..inference import is_onnx
 from ..inference.torch_models import Model
-from ..model.layers import size_arithmetic
+from ..model.shapes import size_arithmetic
 from ..pages import OFFLINE_POLICY, ZOOM_SCRIPT, embedded_img
 from .report import LayerView, Picture, Report, build_report
 

@@ -27,6 +27,7 @@ METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file hold
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The sigmoid in float32, what an exported model and training's ``torch.sigmoid`` compute."""
     with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
@@ -39,8 +40,7 @@ def probabilities(logits: np.ndarray, *, multi_label: bool = False) -> np.ndarra
     if multi_label:
         return _sigmoid(logits)
     if logits.shape[1] == 1:
-        with np.errstate(over="ignore"):  # exp(large) = inf gives p = 0, as it should
-            p = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        p = _sigmoid(logits)
         return np.concatenate([1.0 - p, p], axis=1)
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)

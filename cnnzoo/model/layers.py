@@ -12,6 +12,10 @@ memory, no compute), filling in ``in_channels``/``in_features``/``num_features``
 the value ``num_classes``, and refuses, in words, any layer that cannot take its
 input. Only then are real modules made. The result is flat: ``model[i]`` is layer
 ``i`` of ``cnnzoo summary``, which is how forward hooks (``explain``) address layers.
+
+This module owns the layer names (torch.nn, the aliases, cnnzoo's own layers), the tracer, the
+smallest-input search and the builder. Reading a list's entries and their arguments is
+:mod:`cnnzoo.model.entries`; a conv or pool's output-size arithmetic is :mod:`cnnzoo.model.shapes`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import contextvars
 import difflib
 import inspect
 import math
-import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -35,6 +38,8 @@ from ..config import MAX_IMAGE_SIDE
 from ..errors import ShapeError, shape_text, short_reason
 from .backbones import Backbone
 from .blocks import BLOCKS
+from .entries import MAX_LAYERS, Entry, check_sizes, fill_arguments, flatten_spec
+from .shapes import SPATIAL_2D, InputTooSmall, check_spatial, describe
 
 
 class GlobalAvgPool(nn.Module):
@@ -63,18 +68,10 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 _OWN_LAYERS: dict[str, type[nn.Module]] = {"GlobalAvgPool": GlobalAvgPool, "Backbone": Backbone, **BLOCKS}
 _LAYER_COUNT: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("layer_count", default=None)
-_SPATIAL_2D = ("Conv2d", "MaxPool2d", "AvgPool2d")
-# What a config or checkpoint may ask for: far above any real network, far below what would
-# exhaust memory or hang while the network is merely being checked.
-MAX_LAYERS = 5_000
-MAX_ARGUMENT = 2**24  # any integer argument (channels, features, kernel ...)
+# What a traced layer may make, beside the list's own limits (cnnzoo.model.entries: MAX_LAYERS,
+# MAX_ARGUMENT): far above any real network, far below what would exhaust memory.
 MAX_LAYER_PARAMS = 2_000_000_000
 MAX_ACTIVATION = 2**30  # values in one layer's output for one image
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
-
-
-class InputTooSmall(ShapeError):
-    """A layer that would make an empty feature map: a larger input would get through."""
 
 
 # what torch says inside a layer (a backbone's pools, a block's convs) when the map is too small
@@ -118,60 +115,6 @@ class LayerInfo:
     activations: int = 0  # values the layer produces per image, inner layers of a block included
 
 
-@dataclass
-class _Entry:
-    name: str
-    kwargs: dict[str, Any]
-    where: str
-
-
-def _flatten_spec(layers: Any, where: str = "model.layers", budget: int = MAX_LAYERS) -> list[_Entry]:
-    """The layer list with ``repeat`` blocks written out; refuses more than ``budget`` layers."""
-    if not isinstance(layers, list):
-        raise ShapeError(f"{where}: expected a list of layers, got {type(layers).__name__}")
-    entries: list[_Entry] = []
-    for pos, item in enumerate(layers):
-        here = f"{where}.{pos}"
-        if isinstance(item, str):
-            name, args = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            name, args = next(iter(item.items()))
-            args = {} if args is None else args
-        else:
-            raise ShapeError(
-                f"{here}: a layer is a name (`- ReLU`) or a one-key mapping "
-                f"(`- Conv2d: {{out_channels: 32, kernel_size: 3}}`), got {item!r}"
-            )
-        if not isinstance(name, str):
-            raise ShapeError(f"{here}: layer name must be text, got {name!r}")
-        if name == "repeat":
-            if not isinstance(args, dict) or set(args) != {"times", "layers"}:
-                raise ShapeError(f"{here} (repeat): write `repeat: {{times: N, layers: [...]}}`")
-            times = args["times"]
-            if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-                raise ShapeError(f"{here} (repeat): times must be a positive integer, got {times!r}")
-            left = budget - len(entries)
-            block = _flatten_spec(args["layers"], f"{here}.repeat.layers", left)
-            if len(block) * times > left:
-                raise ShapeError(
-                    f"{here} (repeat): {times} x {len(block)} layers is more than a network "
-                    f"may have ({MAX_LAYERS:,} layers)"
-                )
-            entries.extend(block * times)
-            continue
-        if not isinstance(args, dict):
-            raise ShapeError(f"{here} ({name}): arguments must be a mapping, e.g. `{name}: {{...}}`; got {args!r}")
-        if any(not isinstance(k, str) for k in args):
-            raise ShapeError(
-                f"{here} ({name}): argument names are words, e.g. `{name}: {{p: 0.5}}`; "
-                f"got {next(k for k in args if not isinstance(k, str))!r}"
-            )
-        entries.append(_Entry(name, dict(args), here))
-        if len(entries) > budget:
-            raise ShapeError(f"{where}: more layers than a network may have ({MAX_LAYERS:,})")
-    return entries
-
-
 def resolve_layer_class(name: str, shape: tuple[int, ...], label: str) -> tuple[str, type, dict]:
     """A layer name or alias -> (class name, class, default arguments); ShapeError for unknown names."""
     defaults: dict[str, Any] = {}
@@ -187,165 +130,7 @@ def resolve_layer_class(name: str, shape: tuple[int, ...], label: str) -> tuple[
     return name, cls, dict(defaults)
 
 
-def _pair(v: Any, key: str, label: str) -> tuple[int, int]:
-    items = list(v) if isinstance(v, (list, tuple)) else [v]
-    if not 1 <= len(items) <= 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-        raise ShapeError(f"{label}: {key} must be an integer or [height, width] integers, got {v!r}")
-    return (items[0], items[-1])
-
-
-def _spatial_terms(type_name: str, kwargs: dict, label: str):
-    """(kernel, stride, dilation, padding, rounding) per axis of a conv or pool layer; None
-    when its output size does not follow from them (no kernel_size, or padding='same')."""
-    if "kernel_size" not in kwargs:
-        return None  # torch's own message about the missing argument is clear enough
-    k = _pair(kwargs["kernel_size"], "kernel_size", label)
-    is_conv = type_name == "Conv2d"
-    stride = kwargs.get("stride", 1 if is_conv else kwargs["kernel_size"])
-    s = _pair(kwargs["kernel_size"] if stride is None and not is_conv else stride, "stride", label)
-    d = _pair(kwargs.get("dilation", 1), "dilation", label)
-    padding = kwargs.get("padding", 0)
-    if isinstance(padding, str):
-        if padding == "same":
-            return None
-        padding = 0
-    p = _pair(padding, "padding", label)
-    return k, s, d, p, math.ceil if kwargs.get("ceil_mode") else math.floor
-
-
-def _axis_size(w: int, axis: tuple[int, int, int, int], rounding) -> tuple[int, str]:
-    """The output-size rule on one axis (kernel, stride, padding, dilation), and its arithmetic in words."""
-    k, s, p, d = axis
-    k_eff = d * (k - 1) + 1
-    out = rounding((w - k_eff + 2 * p) / s) + 1
-    return out, f"({w} − {k_eff} + 2·{p})/{s} + 1 = {out}"
-
-
-def size_arithmetic(type_name: str, kwargs: dict, input_shape: tuple[int, ...]) -> str | None:
-    """``H: (32 − 3 + 2·1)/1 + 1 = 32, W: ...`` for a conv or pool layer; None for other layers."""
-    if len(input_shape) != 3 or type_name not in _SPATIAL_2D:
-        return None
-    terms = _spatial_terms(type_name, kwargs, type_name)
-    if terms is None:
-        return None
-    k, s, d, p, rounding = terms
-    steps = [_axis_size(w, axis, rounding)[1] for w, axis in zip(input_shape[1:], zip(k, s, p, d))]
-    return steps[0] if steps[0] == steps[1] else f"H: {steps[0]}; W: {steps[1]}"
-
-
-def _check_spatial(type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
-    """Apply out = floor((W − K_eff + 2P) / S) + 1 and refuse outputs below 1."""
-    if len(shape) != 3:
-        raise ShapeError(
-            f"{label}: needs a feature map CxHxW, got {shape_text(shape)}; {type_name} cannot follow Flatten/Linear"
-        )
-    terms = _spatial_terms(type_name, kwargs, label)
-    if terms is None:
-        return
-    k, s, d, p, rounding = terms
-    if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
-        raise ShapeError(
-            f"{label}: kernel_size, stride and dilation must be at least 1 and padding at "
-            f"least 0; got kernel {list(k)}, stride {list(s)}, dilation {list(d)}, padding {list(p)}"
-        )
-    for w, ki, si, pi, di in zip(shape[1:], k, s, p, d):
-        out, arithmetic = _axis_size(w, (ki, si, pi, di), rounding)
-        if out < 1:
-            k_eff = di * (ki - 1) + 1
-            dil = f" (kernel {ki} with dilation {di} spans {k_eff})" if di != 1 else ""
-            raise InputTooSmall(f"{label}: input {shape_text(shape)} is smaller than the kernel{dil}: {arithmetic}")
-
-
-def _describe(type_name: str, kwargs: dict) -> str:
-    shown = {k: v for k, v in kwargs.items() if k in ("kernel_size", "stride", "padding", "dilation")}
-    args = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return f"{type_name}, {args}" if args else type_name
-
-
-def _fill_arguments(
-    cls: type, type_name: str, kwargs: dict, shape: tuple[int, ...], *, num_classes: int | None, label: str
-) -> dict:
-    """A layer's arguments checked against its class's signature, with the words ``num_classes`` and
-    ``in_channels`` (depthwise groups) replaced, and the sizes the input fixes filled in."""
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        params = {}
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for key, value in list(kwargs.items()):
-        if key not in params and not accepts_any:
-            names = [n for n in params if n not in ("self", "device", "dtype")]
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; it takes: {', '.join(names) or 'no arguments'}"
-            raise ShapeError(f"{label}: unknown argument '{key}'{hint}")
-        if value == "in_channels" and key != "in_channels" and len(shape) > 1:  # depthwise: groups = channels
-            kwargs[key] = shape[0]
-        elif value == "num_classes":
-            if num_classes is None:
-                raise ShapeError(
-                    f"{label}: {key}: num_classes, but the number of classes is unknown; "
-                    f"set model.num_classes or point data at class folders"
-                )
-            kwargs[key] = num_classes
-        elif isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-5 as text
-            kwargs[key] = float(value)
-    inferred = {"self", "in_channels", "in_features", "num_features", "input_shape"}
-    required = [
-        n for n, p in params.items() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    missing = [n for n in required if n not in inferred and n not in kwargs]
-    if missing:
-        raise ShapeError(
-            f"{label}: missing argument{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(missing)}; write e.g. `{type_name}: {{" + ", ".join(f"{m}: ..." for m in missing) + "}`"
-        )
-    _fill_input_sizes(params, type_name, kwargs, shape, label)
-    return kwargs
-
-
-def _fill_input_sizes(params: Any, type_name: str, kwargs: dict, shape: tuple[int, ...], label: str) -> None:
-    """The arguments the running shape fixes (in_channels, in_features, num_features, a block's
-    input_shape), set from it; a value the user wrote must agree with it."""
-    rank = len(shape)
-    if "in_channels" in params and rank < 2:
-        raise ShapeError(
-            f"{label}: needs a feature map, got a vector of {shape[0]} values "
-            f"(a {type_name} cannot follow Flatten/Linear)"
-        )
-    if "in_features" in params and rank != 1:
-        raise ShapeError(
-            f"{label}: input is {shape_text(shape)}, a {rank + 1}-D batch; put "
-            f"flatten (or gap) before it to make a vector of {math.prod(shape)} features"
-        )
-    if "input_shape" in params:  # blocks trace their inner layers from it
-        if kwargs.setdefault("input_shape", list(shape)) != list(shape):
-            raise ShapeError(
-                f"{label}: input_shape={kwargs['input_shape']} but the input is {shape_text(shape)}; "
-                f"leave input_shape out to infer it"
-            )
-    for name, unit in (("in_channels", "channels"), ("in_features", "features"), ("num_features", "channels")):
-        if name in params:
-            given = kwargs.setdefault(name, shape[0])
-            if given != shape[0]:
-                seen = f"the input {shape_text(shape)}" if rank > 1 else "the input"
-                raise ShapeError(
-                    f"{label}: {name}={given} but {seen} has {shape[0]} {unit}; leave {name} out to infer it"
-                )
-
-
-def _check_sizes(kwargs: dict, label: str) -> None:
-    for key, value in kwargs.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ShapeError(f"{label}: {key}={v} is not a finite number")
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_ARGUMENT:
-                raise ShapeError(f"{label}: {key}={v:,} is larger than cnnzoo allows ({MAX_ARGUMENT:,})")
-            if key.endswith(("_channels", "_features")) and isinstance(v, int) and v < 1:
-                raise ShapeError(f"{label}: {key}={v}; a layer needs at least 1")
-
-
-def _count_layer(type_name: str, entry: _Entry, shape: tuple[int, ...], label: str) -> None:
+def _count_layer(type_name: str, entry: Entry, shape: tuple[int, ...], label: str) -> None:
     """One more layer in the network being traced: the layer cap, and the one-backbone rule."""
     counts = _LAYER_COUNT.get()  # [layers, backbones], shared by the blocks' inner traces
     counts[0] += 1
@@ -408,16 +193,16 @@ def _run_meta(
 
 
 def _trace_one(
-    index: int, entry: _Entry, shape: tuple[int, ...], *, num_classes: int | None, count_macs: bool, label: str
+    index: int, entry: Entry, shape: tuple[int, ...], *, num_classes: int | None, count_macs: bool, label: str
 ) -> LayerInfo:
     """Resolve, check, make (on the meta device) and run one layer."""
     type_name, cls, kwargs = resolve_layer_class(entry.name, shape, label)
     kwargs.update(entry.kwargs)
-    label = f"layer {index} ({_describe(type_name, kwargs)})"
-    kwargs = _fill_arguments(cls, type_name, kwargs, shape, num_classes=num_classes, label=label)
-    _check_sizes(kwargs, label)
-    if type_name in _SPATIAL_2D:
-        _check_spatial(type_name, kwargs, shape, label)
+    label = f"layer {index} ({describe(type_name, kwargs)})"
+    kwargs = fill_arguments(cls, type_name, kwargs, shape, num_classes=num_classes, label=label)
+    check_sizes(kwargs, label)
+    if type_name in SPATIAL_2D:
+        check_spatial(type_name, kwargs, shape, label)
     _count_layer(type_name, entry, shape, label)
     try:
         with torch.device("meta"):
@@ -466,7 +251,7 @@ def trace_chain(
     try:
         shape = tuple(int(s) for s in input_shape)
         infos: list[LayerInfo] = []
-        entries = _flatten_spec(layers, where)
+        entries = flatten_spec(layers, where)
         if not entries:
             raise ShapeError(f"{where}: the list is empty; list at least one layer")
         for index, entry in enumerate(entries):
