@@ -28,6 +28,7 @@ class Console:
     def __init__(self) -> None:
         self.quiet = False
         self.rank = 0
+        self.debug = False  # the CLI's --debug: libraries' own log lines and bars stay on too
 
     @property
     def speaks(self) -> bool:

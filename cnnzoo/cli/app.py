@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from .. import __version__
+from ..console import console
 from ..errors import UserError, short_reason, terminal_safe
 from ..runtime.versions import describe_failure
 
@@ -90,7 +91,7 @@ def main_options(
         False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"] = console.debug = debug
 
 
 def _is_collective_failure(exc: Exception) -> bool:
@@ -113,7 +114,7 @@ def _is_collective_failure(exc: Exception) -> bool:
 def main() -> None:
     if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
         sys.argv.remove("--debug")
-        _state["debug"] = True
+        _state["debug"] = console.debug = True
         sys.argv.insert(1, "--debug")
     try:
         app()

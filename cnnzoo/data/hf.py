@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from ..checkpoint import MAX_CLASSES
-from ..console import warn
+from ..console import console, warn
 from ..errors import DataError
 from ..files import cache_home
 
@@ -121,7 +120,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def _library_quiet(datasets: Any) -> Iterator[None]:
     """The library's log lines (it logs its own error line before raising) and progress bars
     ("Generating train split") off while cnnzoo reads, so a bad folder is one line; --debug shows them."""
-    if "--debug" in sys.argv:  # the CLI's flag (the CLI's own state sits on a higher floor)
+    if console.debug:
         yield
         return
     logs = datasets.utils.logging
