@@ -494,7 +494,7 @@ def test_monitor_auto_watches_val_map_on_multi_label_data_and_stays_auto_in_the_
     t = load_config({"train": {}}).train
     check_task_settings(t, multi_label=True)
     assert t.monitor == "auto"
-    assert BestEpoch(t, multi_label=True).monitor == "val_map" and BestEpoch(t).monitor == "val_acc"
+    assert BestEpoch.of(t, multi_label=True).monitor == "val_map" and BestEpoch.of(t).monitor == "val_acc"
 
 
 # ============================================================================ loggers
@@ -550,7 +550,7 @@ def test_every_logger_name_the_config_takes_is_in_the_table():
 def _best_after(monitor: str, epochs: list[tuple[float, float]], min_delta: float = 0.0) -> tuple[int, list[bool]]:
     from cnnzoo.training.loop import BestEpoch
 
-    best = BestEpoch(load_config({"train": {"monitor": monitor, "min_delta": min_delta}}).train)
+    best = BestEpoch(monitor, min_delta=min_delta)
     moved = [best.update({"val_acc": acc, "val_loss": loss}, epoch) for epoch, (acc, loss) in enumerate(epochs, 1)]
     return best.epoch, moved
 

@@ -243,7 +243,7 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
         stepper=stepper,
         feed=setup.feed,
         stages=TransferStages(setup.model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed),
-        best=BestEpoch(cfg.train, multi_label=setup.spec.multi_label),
+        best=BestEpoch.of(cfg.train, multi_label=setup.spec.multi_label),
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )
 
@@ -270,7 +270,7 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     st.schedule.load_state_dict(state["scheduler"])
     if st.scaler is not None and state.get("scaler"):
         st.scaler.load_state_dict(state["scaler"])
-    job.best = BestEpoch(job.cfg.train, state["trainer"], multi_label=job.multi_label)
+    job.best = BestEpoch.of(job.cfg.train, multi_label=job.multi_label, saved=state["trainer"])
     if st.average is not None and "ema" in state:
         st.average.load_full_state(state["ema"])
     job.start_epoch = state["epoch"] + 1
