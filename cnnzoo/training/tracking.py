@@ -61,14 +61,14 @@ _PATIENT_ENOUGH = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class MlflowSettings:
+class MLflowSettings:
     """What the MLflow logger reads of the config: ``train.mlflow_experiment`` and ``train.mlflow_register``."""
 
     experiment: str | None = None  # None: the run's name
     register: str | None = None  # a model name best.pt is registered under; None: not registered
 
     @classmethod
-    def of(cls, t: TrainConfig) -> MlflowSettings:
+    def of(cls, t: TrainConfig) -> MLflowSettings:
         return cls(experiment=t.mlflow_experiment, register=t.mlflow_register)
 
 
@@ -136,7 +136,7 @@ def _short_http_retries() -> Iterator[None]:
 class MLflowLogger:
     """The run's parameters, metrics per epoch and files in MLflow (see the module's docstring)."""
 
-    def __init__(self, run: RunStart, settings: MlflowSettings):
+    def __init__(self, run: RunStart, settings: MLflowSettings):
         self.run_dir, self.classes, self.register_as = run.run_dir, run.classes, settings.register
         self.runs_root = runs.runs_root_of(run.run_dir)
         self.uri = tracking_uri(self.runs_root)
@@ -158,7 +158,7 @@ class MLflowLogger:
 
     @classmethod
     def open(cls, run: RunStart, t: TrainConfig) -> MLflowLogger:
-        return cls(run, MlflowSettings.of(t))
+        return cls(run, MLflowSettings.of(t))
 
     def _call(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
         """``action(*args)``, or None once MLflow has failed: one warning, and training goes on."""
