@@ -30,7 +30,7 @@ def chosen(names: list[str]) -> list[type[Logger]]:
 
 
 def require_loggers(names: list[str]) -> None:
-    """Refuse, in one line before any work starts, a chosen logger whose package is missing."""
+    """Refuse, in one line before the images are decoded, a chosen logger whose package is missing."""
     for logger in chosen(names):
         logger.require()
 
