@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _ends(run: Path, classes: int) -> list:
     import torch
 
-    from cnnzoo.training.callbacks import METRIC_COLUMNS, EpochEnd
+    from cnnzoo.training.events import METRIC_COLUMNS, EpochEnd
 
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -40,6 +40,7 @@ def _ends(run: Path, classes: int) -> list:
 def _round(run: Path, copy: Path, classes: list[str]) -> dict[str, float]:
     from cnnzoo.config import load_config
     from cnnzoo.training.callbacks import MetricsCSV
+    from cnnzoo.training.events import RunStart
     from cnnzoo.training.tracking import MLflowLogger
 
     shutil.copytree(run, copy)
@@ -51,7 +52,7 @@ def _round(run: Path, copy: Path, classes: list[str]) -> dict[str, float]:
         metrics.epoch_end(end)
     csv_time = (time.perf_counter() - start) / len(ends)
     start = time.perf_counter()
-    logger = MLflowLogger(copy, load_config(str(copy / "config.yaml")).train, classes, resumed=False)
+    logger = MLflowLogger.open(RunStart(run_dir=copy, classes=classes), load_config(str(copy / "config.yaml")).train)
     opened = time.perf_counter() - start
     start = time.perf_counter()
     for end in ends:

@@ -52,7 +52,7 @@ class Setup:
         from cnnzoo.console import console
         from cnnzoo.data.sources import load_data
         from cnnzoo.runtime.device import amp_dtype, pick_device, prefers_channels_last
-        from cnnzoo.training.recipe import make_optimizer
+        from cnnzoo.training.recipe import OptimizerSettings, make_optimizer
         from cnnzoo.training.setup import build_for_data
 
         self.cfg = load_config(args.config, args.set)
@@ -67,7 +67,7 @@ class Setup:
         self.model = model.to(
             self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
         )
-        self.optimizer = make_optimizer(self.model, t)
+        self.optimizer = make_optimizer(self.model, OptimizerSettings.of(t))
 
     def autocast(self):
         import contextlib
@@ -92,7 +92,7 @@ def phase_precision(args) -> dict:
         return {"amp": s.cfg.train.amp if s.dtype is not None else "none", "images_per_s": 0.0}
     rates = measure_amp(
         s.model,
-        (s.cfg.train.batch_size, *s.cfg.model.input),
+        (s.cfg.train.batch_size, s.spec.channels, *s.spec.image_size),
         num_outputs=s.infos[-1].output_shape[0],
         device=s.device,
         candidate=s.dtype,

@@ -44,7 +44,7 @@ def main() -> None:
     from cnnzoo.runtime.device import Feed, cpu_count, norm_tensors, prefers_channels_last
     from cnnzoo.training import transfer
     from cnnzoo.training.loop import Stepper, train_one_epoch
-    from cnnzoo.training.recipe import Criterion, LRSchedule, make_optimizer
+    from cnnzoo.training.recipe import Criterion, LRSchedule, OptimizerSettings, ScheduleSettings, make_optimizer
     from cnnzoo.training.setup import build_for_data
 
     cfg = load_config(args.config, args.set)
@@ -67,8 +67,8 @@ def main() -> None:
 
     def epoch_rate(net, loader) -> float:
         criterion = Criterion("cross_entropy", None, cfg.train.label_smoothing)
-        optimizer = make_optimizer(model, cfg.train)
-        stepper = Stepper(model, optimizer, LRSchedule(optimizer, cfg.train, len(loader)))
+        optimizer = make_optimizer(model, OptimizerSettings.of(cfg.train))
+        stepper = Stepper(model, optimizer, LRSchedule(optimizer, ScheduleSettings.of(cfg.train), len(loader)))
         best = 0.0
         for attempt in range(2):
             loader.batch_sampler.set_epoch(attempt + 1)

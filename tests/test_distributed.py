@@ -24,7 +24,7 @@ import cnnzoo
 from cnnzoo.config import load_config
 from cnnzoo.console import Console
 from cnnzoo.data.loaders import EpochBatches
-from cnnzoo.training.recipe import LRSchedule, make_optimizer
+from cnnzoo.training.recipe import LRSchedule, OptimizerSettings, ScheduleSettings, make_optimizer
 
 from support.cli import cnnzoo_command, run_cnnzoo
 from support.images import make_image_tree
@@ -86,16 +86,16 @@ def test_schedule_resumes_at_the_same_point_with_another_step_count():
     model = torch.nn.Linear(2, 2)
 
     def schedule_after(steps_per_epoch, epochs):
-        opt = make_optimizer(model, t)
-        schedule = LRSchedule(opt, t, steps_per_epoch)
+        opt = make_optimizer(model, OptimizerSettings.of(t))
+        schedule = LRSchedule(opt, ScheduleSettings.of(t), steps_per_epoch)
         for _ in range(epochs * steps_per_epoch):
             opt.step()
             schedule.step_batch()
         return opt, schedule
 
     opt, one_process = schedule_after(10, 3)  # 3 epochs of 10 steps in one process
-    opt2 = make_optimizer(model, t)
-    resumed = LRSchedule(opt2, t, 5)  # resumed where each of 2 processes takes 5 steps an epoch
+    opt2 = make_optimizer(model, OptimizerSettings.of(t))
+    resumed = LRSchedule(opt2, ScheduleSettings.of(t), 5)  # resumed where each of 2 processes takes 5 steps an epoch
     opt2.load_state_dict(opt.state_dict())
     resumed.load_state_dict(one_process.state_dict())
     assert resumed.step_count == 15

@@ -12,7 +12,7 @@ import cnnzoo
 from cnnzoo.config import load_config
 from cnnzoo.training.ema import WeightAverage
 from cnnzoo.training.loop import Stepper, optimizer_steps
-from cnnzoo.training.mixing import Mixer, soft_targets
+from cnnzoo.training.mixing import Mixer, MixSettings, soft_targets
 from cnnzoo.training.recipe import Criterion
 from cnnzoo.training.run import train
 
@@ -23,6 +23,10 @@ from support.runs import metric_rows, tiny_config
 
 def train_config(**train):
     return load_config({"train": train}).train
+
+
+def mix_settings(**train) -> MixSettings:
+    return MixSettings.of(train_config(**train))
 
 
 def batch(n: int = 8, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +46,7 @@ def lam_of(targets: torch.Tensor, plain: torch.Tensor, labels: torch.Tensor) -> 
 @pytest.mark.parametrize("recipe", [{"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.2, "cutmix": 1.0}])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_mixed_targets_sum_to_one_and_match_the_pixels(recipe, smoothing):
-    mixer = Mixer(train_config(**recipe, label_smoothing=smoothing), num_classes=3, seed=0)
+    mixer = Mixer(mix_settings(**recipe, label_smoothing=smoothing), num_classes=3, seed=0)
     mixer.set_epoch(1)
     x, y = batch()
     plain = soft_targets(y, 3, smoothing)
@@ -62,7 +66,7 @@ def test_mixed_targets_sum_to_one_and_match_the_pixels(recipe, smoothing):
 
 @pytest.mark.parametrize("recipe", [{"mixup": 0.4}, {"cutmix": 1.0}])
 def test_multi_hot_targets_blend_per_class_and_score_with_bce(recipe):
-    mixer = Mixer(train_config(**recipe, label_smoothing=0.1), num_classes=3, seed=0)
+    mixer = Mixer(mix_settings(**recipe, label_smoothing=0.1), num_classes=3, seed=0)
     mixer.set_epoch(1)
     x, _ = batch()
     multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]] * 2, dtype=torch.float32)
@@ -80,7 +84,7 @@ def test_multi_hot_targets_blend_per_class_and_score_with_bce(recipe):
 
 
 def test_mixing_repeats_per_epoch_and_stops_in_the_last_epochs():
-    t = train_config(mixup=0.4, epochs=5, mix_off_epochs=2)
+    t = mix_settings(mixup=0.4, epochs=5, mix_off_epochs=2)
     x, y = batch()
     first, again = Mixer(t, num_classes=3, seed=7), Mixer(t, num_classes=3, seed=7)
     first.set_epoch(2)
@@ -93,7 +97,7 @@ def test_mixing_repeats_per_epoch_and_stops_in_the_last_epochs():
 
 
 def test_mix_prob_leaves_some_batches_plain():
-    mixer = Mixer(train_config(cutmix=1.0, mix_prob=0.5), num_classes=3, seed=0)
+    mixer = Mixer(mix_settings(cutmix=1.0, mix_prob=0.5), num_classes=3, seed=0)
     mixer.set_epoch(1)
     x, y = batch()
     plain = sum(mixer.mix(x, y) is None for _ in range(200))
@@ -149,7 +153,7 @@ def test_the_schedule_counts_optimizer_steps(image_root, tmp_path):
 
 def test_average_warms_up_and_follows_the_weights():
     model = nn.Linear(2, 1)
-    average = WeightAverage(model, train_config(ema={"decay": 0.9}))
+    average = WeightAverage(model, train_config(ema={"decay": 0.9}).ema)
     assert average.decay_at(0) == pytest.approx(0.1) and average.decay_at(1000) == 0.9
     for _ in range(3):
         with torch.no_grad():
@@ -234,10 +238,10 @@ def test_two_processes_run_the_recipe(tmp_path):
 def test_feature_cache_says_mixing_needs_pixels():
     from cnnzoo.training.transfer import _flip_plan
 
-    t = train_config(cutmix=1.0)
-    reason, versions, _ = _flip_plan(load_config({"data": {"augment": {"hflip": True}}}).data.augment, Mixer.keys_on(t))
+    t = mix_settings(cutmix=1.0)
+    reason, versions, _ = _flip_plan(load_config({"data": {"augment": {"hflip": True}}}).data.augment, t.keys_on)
     assert reason.startswith("train.cutmix changes the pixels every epoch") and versions == []
-    assert Mixer.keys_on(train_config(cutmix=1.0, mix_prob=0.0)) == []
+    assert mix_settings(cutmix=1.0, mix_prob=0.0).keys_on == []
     assert _flip_plan(load_config({}).data.augment, [])[0] is None
 
 

@@ -33,7 +33,14 @@ from cnnzoo.runtime import device as device_mod
 from cnnzoo.runtime.device import Feed
 from cnnzoo.training.callbacks import HistoryPlot
 from cnnzoo.training.loop import Stepper, train_one_epoch
-from cnnzoo.training.recipe import Criterion, LRSchedule, loss_kind, make_optimizer
+from cnnzoo.training.recipe import (
+    Criterion,
+    LRSchedule,
+    OptimizerSettings,
+    ScheduleSettings,
+    loss_kind,
+    make_optimizer,
+)
 from cnnzoo.training.run import TrainingInterrupted, train
 
 from support.cli import cnnzoo_command
@@ -94,6 +101,26 @@ def test_config_yaml_is_fully_resolved(base):
     assert set(saved["data"]["augment"]) >= {"hflip", "rotation", "color_jitter"}
     cfg = load_config(base.first / "config.yaml")  # the saved config is itself a valid config
     assert cfg.model.num_classes == 2 and cfg.train.lr == 0.02
+
+
+def test_setup_leaves_the_config_as_written_and_holds_the_facts_apart(image_root, monkeypatch):
+    """The class count, input shape, name and absolute data folder are the run's facts (RunFacts),
+    filled into the saved copy only; the config keeps what the user wrote."""
+    from cnnzoo.config import dump_config
+    from cnnzoo.training.setup import build_setup
+
+    monkeypatch.chdir(image_root.parent)
+    cfg = load_config(tiny_config(Path(image_root.name)))
+    cfg.name = None
+    written = dump_config(cfg)
+    setup = build_setup(cfg, torch.device("cpu"))
+    assert dump_config(cfg) == written  # nothing written back
+    facts = setup.facts
+    assert (facts.name, facts.classes, facts.input_shape) == ("run", ["a", "b"], [3, 16, 16])
+    saved = facts.saved_config(cfg)
+    assert (saved.name, saved.model.num_classes, saved.model.input) == ("run", 2, [3, 16, 16])
+    assert saved.data.root == str(image_root.resolve()) and cfg.data.root == image_root.name
+    assert (saved.data.channels, saved.data.image_size) == (3, [16, 16])
 
 
 def test_metrics_csv_and_history_png(base):
@@ -366,8 +393,8 @@ def test_every_optimizer_scheduler_and_loss_trains(one_batch_loader, tmp_path, o
         assert kind == loss
         assert loss_kind("auto", infos[-1].output_shape[0], 2) == kind  # auto picks by the head
         criterion = Criterion(kind, None, 0.0)
-        opt = make_optimizer(model, t)
-        schedule = LRSchedule(opt, t, len(loader))
+        opt = make_optimizer(model, OptimizerSettings.of(t))
+        schedule = LRSchedule(opt, ScheduleSettings.of(t), len(loader))
         before = [p.detach().clone() for p in model.parameters()]
         for epoch in range(1, t.epochs + 1):
             loader.batch_sampler.set_epoch(epoch)
@@ -467,13 +494,63 @@ def test_monitor_auto_watches_val_map_on_multi_label_data_and_stays_auto_in_the_
     t = load_config({"train": {}}).train
     check_task_settings(t, multi_label=True)
     assert t.monitor == "auto"
-    assert BestEpoch(t, multi_label=True).monitor == "val_map" and BestEpoch(t).monitor == "val_acc"
+    assert BestEpoch.of(t, multi_label=True).monitor == "val_map" and BestEpoch.of(t).monitor == "val_acc"
+
+
+# ============================================================================ loggers
+
+
+@pytest.mark.slow
+def test_a_logger_registered_in_the_table_is_opened_and_told_of_every_epoch(image_root, tmp_path, monkeypatch):
+    """Adding a logger is a class, one line in LOGGERS and its name among train.loggers' values;
+    this one lives here, and a real run of one epoch opens it, tells it the epoch and closes it."""
+    from typing import Literal
+
+    from cnnzoo.config import schema
+    from cnnzoo.training import loggers
+    from cnnzoo.training.events import EpochEnd, RunStart
+
+    seen: list = []
+
+    class ToyLogger:
+        def __init__(self, run: RunStart, lr: float):
+            seen.append(("open", run.run_dir.name, run.classes, run.resumed_at, lr))
+
+        @classmethod
+        def require(cls) -> None:
+            seen.append("require")
+
+        @classmethod
+        def open(cls, run: RunStart, t) -> ToyLogger:
+            return cls(run, t.lr)  # the one setting it reads
+
+        def epoch_end(self, end: EpochEnd) -> None:
+            seen.append(("epoch", end.epoch, round(end.row["val_acc"], 6)))
+
+        def close(self) -> None:
+            seen.append("close")
+
+    monkeypatch.setitem(loggers.LOGGERS, "toy", ToyLogger)
+    monkeypatch.setattr(schema, "LoggerName", Literal["csv", "tensorboard", "mlflow", "toy"])
+    run = train(tiny_config(image_root, epochs=1, loggers=["csv", "toy"]), out=tmp_path / "runs", quiet=True)
+    val_acc = round(float(metric_rows(run)[0]["val_acc"]), 6)
+    assert seen == ["require", ("open", "1", ["a", "b"], None, 0.01), ("epoch", 1, val_acc), "close"]
+
+
+def test_every_logger_name_the_config_takes_is_in_the_table():
+    from typing import get_args
+
+    from cnnzoo.config.schema import LoggerName
+    from cnnzoo.training.loggers import ALWAYS_KEPT, LOGGERS
+
+    assert set(get_args(LoggerName)) == {ALWAYS_KEPT, *LOGGERS}
+    assert list(LOGGERS)[-1] == "mlflow"  # last: it uploads history.png once drawn for the last time
 
 
 def _best_after(monitor: str, epochs: list[tuple[float, float]], min_delta: float = 0.0) -> tuple[int, list[bool]]:
     from cnnzoo.training.loop import BestEpoch
 
-    best = BestEpoch(load_config({"train": {"monitor": monitor, "min_delta": min_delta}}).train)
+    best = BestEpoch(monitor, min_delta=min_delta)
     moved = [best.update({"val_acc": acc, "val_loss": loss}, epoch) for epoch, (acc, loss) in enumerate(epochs, 1)]
     return best.epoch, moved
 

@@ -27,7 +27,16 @@ from .loading import (
     rebase_paths,
     yaml_problem,
 )
-from .schema import AugmentConfig, ColorJitterConfig, Config, DataConfig, ModelConfig, RandAugmentConfig, TrainConfig
+from .schema import (
+    AugmentConfig,
+    ColorJitterConfig,
+    Config,
+    DataConfig,
+    EmaConfig,
+    ModelConfig,
+    RandAugmentConfig,
+    TrainConfig,
+)
 
 __all__ = [
     "MAX_IMAGE_SIDE",
@@ -36,6 +45,7 @@ __all__ = [
     "ColorJitterConfig",
     "Config",
     "DataConfig",
+    "EmaConfig",
     "ModelConfig",
     "RandAugmentConfig",
     "TrainConfig",

@@ -176,6 +176,10 @@ class EmaConfig:
         return self.decay is not None
 
 
+# the names of cnnzoo.training.loggers.LOGGERS, and csv (metrics.csv, which every run keeps)
+LoggerName = Literal["csv", "tensorboard", "mlflow"]
+
+
 @dataclass
 class TrainConfig:
     epochs: int = bounded(10, low=1)
@@ -238,7 +242,7 @@ class TrainConfig:
     backbone_lr: Optional[Union[float, str]] = bounded(None, low=0, high=MAX_RATE, open_low=True)
     """The unfrozen backbone's learning rate: a number, or a multiple of `lr` such as `"0.1x"`;
     `lr / 10` when absent."""
-    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = field(default_factory=lambda: ["csv"])
+    loggers: list[LoggerName] = field(default_factory=lambda: ["csv"])
     """What records each epoch besides `metrics.csv`, `history.png` and the console: `csv`,
     `tensorboard` (event files; extra `cnnzoo[tensorboard]`), `mlflow` (an MLflow run; extra
     `cnnzoo[mlflow]`, [MLflow](../mlflow.md))."""

@@ -7,13 +7,17 @@ Read it from :func:`cnnzoo.training.run.train` down:
   epochs and hands each one to the callbacks; resuming from a ``last.pt``.
 * :mod:`~cnnzoo.training.setup`: what training and lr-find start from (data, model on its
   device, loss, optimizer), built from one config.
+* :mod:`~cnnzoo.training.facts`: the run's resolved facts (classes, input shape, name), kept
+  apart from the config, and the config as the run folder saves it.
 * :mod:`~cnnzoo.training.recipe`: optimizer, learning-rate schedule, class weights, loss.
 * :mod:`~cnnzoo.training.mixing`: MixUp and CutMix with their soft targets.
 * :mod:`~cnnzoo.training.ema`: the moving average of the weights that validation and best.pt use.
 * :mod:`~cnnzoo.training.loop`: one optimizer step, one epoch, validation, the best epoch.
+* :mod:`~cnnzoo.training.events`: what callbacks and loggers are told (the epoch's record).
 * :mod:`~cnnzoo.training.callbacks`: what happens when an epoch ends (metrics.csv,
-  checkpoints, history.png, the console line, TensorBoard), and
-  :mod:`~cnnzoo.training.tracking`, the MLflow logger among them.
+  checkpoints, history.png, the console line), then the loggers ``train.loggers`` names, looked
+  up in :mod:`~cnnzoo.training.loggers`' table: :mod:`~cnnzoo.training.tensorboard` and
+  :mod:`~cnnzoo.training.tracking` (MLflow).
 * :mod:`~cnnzoo.training.transfer`: two training stages and the frozen-feature cache.
 * :mod:`~cnnzoo.training.tuning`: ``lr-find`` and ``sweep``.
 

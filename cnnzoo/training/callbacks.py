@@ -1,10 +1,13 @@
-"""What happens when an epoch ends: metrics.csv, checkpoints, history.png, the console line, TensorBoard.
+"""What happens when an epoch ends: metrics.csv, checkpoints, history.png, the console line, and
+the loggers ``train.loggers`` adds.
 
-:func:`cnnzoo.training.run.fit` validates, then hands one :class:`EpochEnd` to each callback
-in turn; :func:`make_callbacks` makes the list a run asks for (``train.loggers``). Only rank 0
-of a multi-process run has callbacks, so the run folder is written once. Another
-logger is one more class with ``epoch_end`` and ``close``, as MLflow's is
-(:class:`~cnnzoo.training.tracking.MLflowLogger`).
+:func:`cnnzoo.training.run.fit` validates, then hands one
+:class:`~cnnzoo.training.events.EpochEnd` to each callback in turn; :func:`make_callbacks` makes
+the list a run asks for: the callbacks here, which every run has, then the loggers of
+:data:`cnnzoo.training.loggers.LOGGERS` that ``train.loggers`` names. Only rank 0 of a
+multi-process run has callbacks, so the run folder is written once.
+
+Floor 7 (training): imports :mod:`cnnzoo.training.events` and :mod:`cnnzoo.training.loggers`.
 """
 
 from __future__ import annotations
@@ -14,56 +17,19 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
+from typing import Any
 
 from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import TrainConfig
 from ..console import console
-from ..errors import ConfigError
 from ..files import is_disk_full, write_text
-from ..plots import confusion_figure, plot_history
-from .tracking import MLflowLogger
+from ..plots import plot_history
+from .events import METRIC_COLUMNS, MULTI_LABEL_COLUMNS, Callback, EpochEnd, RunStart
+from .loggers import open_loggers
 
-METRIC_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "seconds",
-    "images_per_s",
-    "data_wait",
-    "stage",
-    "trainable_params",
-    "backbone_lr",
-]
 _TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait", "lr", "backbone_lr")
-# multi-label runs add these (val_acc is then the exact-match rate: every class right at 0.5)
-MULTI_LABEL_COLUMNS = ["val_map", "val_f1_micro", "val_f1_macro"]
-
-
-@dataclass(kw_only=True)
-class EpochEnd:
-    """One epoch's record, as every callback sees it."""
-
-    epoch: int
-    row: dict[str, Any]  # METRIC_COLUMNS -> value (None where it does not apply)
-    improved: bool  # the monitored metric is the best so far
-    best_text: str  # the best value so far and its epoch, for people
-    confusion: torch.Tensor | None  # validation counts [true class, predicted class]; None for multi-label
-    best_epoch: int = 0  # the epoch best.pt holds now
-
-
-class Callback(Protocol):
-    def epoch_end(self, end: EpochEnd) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def format_row(row: dict[str, Any], columns: list[str] = METRIC_COLUMNS) -> dict[str, str]:
@@ -185,66 +151,6 @@ class EpochLine:
         pass
 
 
-class TensorBoard:
-    """Scalars (loss, accuracy, learning rates, speed) and the validation confusion matrix per
-    epoch, in ``<run>/tensorboard``: ``tensorboard --logdir runs``."""
-
-    def __init__(self, run_dir: Path, classes: list[str], first_epoch: int):
-        # lazy: tensorboard is an optional extra, checked by require_tensorboard before training starts
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.classes = classes
-        # a resumed run drops whatever an interrupted attempt logged after its checkpoint
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
-
-    def epoch_end(self, end: EpochEnd) -> None:
-        row, step, w = end.row, end.epoch, self.writer
-        # one event file per run (add_scalars would make a TensorBoard "run" of every curve)
-        for name, key in (
-            ("loss/train", "train_loss"),
-            ("loss/validation", "val_loss"),
-            ("accuracy/train", "train_acc"),
-            ("accuracy/validation", "val_acc"),
-        ):
-            w.add_scalar(name, row[key], step)
-        w.add_scalar("lr/head", row["lr"], step)
-        if row["backbone_lr"] is not None:
-            w.add_scalar("lr/backbone", row["backbone_lr"], step)
-        w.add_scalar("speed/images_per_s", row["images_per_s"], step)
-        w.add_scalar("speed/data_wait", row["data_wait"], step)
-        for key in MULTI_LABEL_COLUMNS:
-            if row.get(key) is not None:
-                w.add_scalar(f"multi_label/{key}", row[key], step)
-        if end.confusion is None:
-            w.flush()
-            return
-        try:
-            w.add_figure(
-                "validation/confusion_matrix",
-                confusion_figure(end.confusion.tolist(), self.classes, f"epoch {step}"),
-                step,
-            )
-        except Exception as exc:  # a picture must never end a training run
-            console.warn(f"tensorboard: could not draw the confusion matrix: {exc}")
-        w.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def require_tensorboard(loggers: list[str]) -> None:
-    """Refuse ``tensorboard`` in train.loggers up front when its package is missing."""
-    if "tensorboard" not in loggers:
-        return
-    try:
-        import tensorboard  # noqa: F401  # lazy: an optional extra; torch.utils.tensorboard needs it
-    except ImportError:
-        raise ConfigError(
-            "train.loggers: tensorboard needs the tensorboard package; "
-            "pip install 'cnnzoo[tensorboard]' (or remove it from the list)"
-        ) from None
-
-
 def make_callbacks(
     t: TrainConfig,
     run_dir: Path,
@@ -259,15 +165,12 @@ def make_callbacks(
     the two leaves a row that last.pt does not hold yet, which a resume drops and redoes; the
     other order would leave last.pt ahead of metrics.csv, and the resumed run without that row.
 
-    metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds TensorBoard
-    and MLflow (:mod:`~cnnzoo.training.tracking`).
+    metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds the loggers
+    it names (:mod:`~cnnzoo.training.loggers`), last.
     """
     metrics = MetricsCSV(
         run_dir, resumed_at, columns=METRIC_COLUMNS + MULTI_LABEL_COLUMNS if multi_label else METRIC_COLUMNS
     )
     out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, monitor)]
-    if "tensorboard" in t.loggers:
-        out.append(TensorBoard(run_dir, classes, (resumed_at or 0) + 1))
-    if "mlflow" in t.loggers:  # last: it uploads history.png once HistoryPlot has drawn it for the last time
-        out.append(MLflowLogger(run_dir, t, classes, resumed=resumed_at is not None))
-    return out
+    # last: a logger may upload history.png once HistoryPlot has drawn it for the last time
+    return [*out, *open_loggers(RunStart(run_dir=run_dir, classes=classes, resumed_at=resumed_at), t)]

@@ -7,6 +7,8 @@ network that is a part of the model, the frozen-feature cache's, sees them too);
 holds it as the model's weights, so evaluate, predict and the exports use it; ``last.pt`` keeps
 the raw weights and the average, and a resumed run continues both exactly.
 
+It takes ``train.ema`` alone (:class:`~cnnzoo.config.schema.EmaConfig`); a falsy one (no decay) is off.
+
 Floor 7 (training): imports torch and :mod:`cnnzoo.config`.
 """
 
@@ -20,19 +22,15 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..config import TrainConfig
+from ..config import EmaConfig
 
 
 class WeightAverage:
     """The average of ``model``'s weights and buffers; ``update`` after each optimizer step."""
 
-    def __init__(self, model: nn.Module, t: TrainConfig):
-        self.decay, self.warmup = float(t.ema.decay), t.ema.warmup
+    def __init__(self, model: nn.Module, settings: EmaConfig):
+        self.decay, self.warmup = float(settings.decay), settings.warmup
         self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
-
-    @staticmethod
-    def wanted(t: TrainConfig) -> bool:
-        return bool(t.ema)
 
     def decay_at(self, step: int) -> float:
         """The decay at the ``step``-th update: timm's warm-up keeps the random start from lingering."""

@@ -251,19 +251,35 @@ class BestEpoch:
     on the other validation figure (val_loss when monitoring val_acc, val_acc when monitoring
     val_loss): on a small validation split accuracy ties often, and the later epoch with the
     lower loss is the better checkpoint. Only progress resets the patience count.
+
+    It takes the figure it watches (``monitor``, resolved), ``min_delta`` and ``patience``;
+    :meth:`of` picks them out of ``train``. ``saved`` is a ``last.pt``'s record of it.
     """
 
-    def __init__(self, t: TrainConfig, saved: dict[str, Any] | None = None, *, multi_label: bool = False):
-        self.monitor = monitored_metric(t.monitor, multi_label)
+    def __init__(
+        self,
+        monitor: str,
+        *,
+        min_delta: float = 0.0,
+        patience: int | None = None,
+        saved: dict[str, Any] | None = None,
+    ):
+        self.monitor = monitor
         self.maximize = self.monitor != "val_loss"
         self.other = "val_loss" if self.maximize else "val_acc"
-        self.min_delta, self.patience = t.min_delta, t.patience
+        self.min_delta, self.patience = min_delta, patience
         saved = saved or {}
         self.value = saved.get("best_value")  # the monitored figure of the epoch best.pt holds
         self.other_value = saved.get("best_other")  # None in a last.pt from before ties were broken
         self.reference = saved.get("progress_value", self.value)  # what progress has to beat
         self.epoch = saved.get("best_epoch", 0)
         self.bad_epochs = saved.get("bad_epochs", 0)
+
+    @classmethod
+    def of(cls, t: TrainConfig, *, multi_label: bool = False, saved: dict[str, Any] | None = None) -> BestEpoch:
+        """The rule ``train.monitor``, ``min_delta`` and ``patience`` set (``auto`` resolved for the data)."""
+        monitor = monitored_metric(t.monitor, multi_label)
+        return cls(monitor, min_delta=t.min_delta, patience=t.patience, saved=saved)
 
     def _at_least(self, a: float, b: float, maximize: bool) -> bool:
         return a >= b if maximize else a <= b

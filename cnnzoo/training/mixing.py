@@ -10,12 +10,15 @@ resumed run draws what the uninterrupted one drew. With both on, ``train.mix_swi
 chance a mixed batch uses CutMix; ``train.mix_prob`` the chance a batch is mixed at all; the last
 ``train.mix_off_epochs`` epochs train on plain images.
 
+The mixer takes only the settings it reads (:class:`MixSettings`, picked out of ``train`` by ``of``).
+
 Floor 7 (training): imports torch, :mod:`cnnzoo.config` and :mod:`cnnzoo.data.loaders` (the seeds).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,25 +42,50 @@ def smoothed_multi_hot(labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     return labels.float() * (1 - smoothing) + 0.5 * smoothing
 
 
+@dataclass(frozen=True, kw_only=True)
+class MixSettings:
+    """What MixUp and CutMix read: ``train.mixup``, ``cutmix``, ``mix_prob``, ``mix_switch_prob``,
+    ``label_smoothing``, and the last epoch that mixes (``epochs`` less ``mix_off_epochs``)."""
+
+    mixup: float = 0.0  # Beta's alpha; 0 is off
+    cutmix: float = 0.0
+    prob: float = 1.0  # the chance a batch is mixed at all
+    switch_prob: float = 0.5  # with both on: the chance a mixed batch uses CutMix
+    last_epoch: int = 10  # later epochs train on plain batches
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def of(cls, t: TrainConfig) -> MixSettings:
+        return cls(
+            mixup=t.mixup,
+            cutmix=t.cutmix,
+            prob=t.mix_prob,
+            switch_prob=t.mix_switch_prob,
+            last_epoch=t.epochs - t.mix_off_epochs,
+            label_smoothing=t.label_smoothing,
+        )
+
+    @property
+    def wanted(self) -> bool:
+        """Will any batch be mixed?"""
+        return bool(self.mixup or self.cutmix) and self.prob > 0
+
+    @property
+    def keys_on(self) -> list[str]:
+        """The ``train`` keys that will mix images (what keeps the frozen-feature cache off)."""
+        return [key for key in ("mixup", "cutmix") if getattr(self, key)] if self.wanted else []
+
+
 class Mixer:
     """Mixes a training batch on its device: ``mix(x, labels)`` -> (images, soft targets) or None."""
 
-    def __init__(self, t: TrainConfig, *, num_classes: int, seed: int, rank: int = 0):
-        self.t, self.num_classes, self.seed, self.rank = t, num_classes, seed, rank
+    def __init__(self, settings: MixSettings, *, num_classes: int, seed: int, rank: int = 0):
+        self.settings, self.num_classes, self.seed, self.rank = settings, num_classes, seed, rank
         self.active = False
         self.rng = np.random.default_rng(0)
 
-    @staticmethod
-    def wanted(t: TrainConfig) -> bool:
-        return bool(t.mixup or t.cutmix) and t.mix_prob > 0
-
-    @staticmethod
-    def keys_on(t: TrainConfig) -> list[str]:
-        """The ``train`` keys that will mix images (what keeps the frozen-feature cache off)."""
-        return [key for key in ("mixup", "cutmix") if getattr(t, key)] if Mixer.wanted(t) else []
-
     def set_epoch(self, epoch: int) -> None:
-        self.active = epoch <= self.t.epochs - self.t.mix_off_epochs
+        self.active = epoch <= self.settings.last_epoch
         # NumPy's generator: torch's Beta distribution takes no generator of its own
         self.rng = np.random.default_rng(mix_seed(self.seed, epoch, 3, self.rank))
 
@@ -67,13 +95,13 @@ class Mixer:
     def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The mixed images and their targets (single-label rows sum to one; multi-label rows hold
         each class's blended 0/1), or None for a batch left plain."""
-        t = self.t
+        s = self.settings
         if not self.active or len(labels) < 2:
             return None
         # every draw happens whatever the outcome, so one batch's choice never shifts the next's
-        mixed, switch = self._uniform() < t.mix_prob, self._uniform()
-        use_cutmix = bool(t.cutmix) and (not t.mixup or switch < t.mix_switch_prob)
-        alpha = t.cutmix if use_cutmix else t.mixup
+        mixed, switch = self._uniform() < s.prob, self._uniform()
+        use_cutmix = bool(s.cutmix) and (not s.mixup or switch < s.switch_prob)
+        alpha = s.cutmix if use_cutmix else s.mixup
         lam = float(self.rng.beta(alpha, alpha))
         box = [self._uniform(), self._uniform()]
         if not mixed:
@@ -82,7 +110,7 @@ class Mixer:
             x, lam = _paste_box(x, lam, box)
         else:
             x = x * lam + x.flip(0) * (1 - lam)
-        targets = soft_targets(labels, self.num_classes, t.label_smoothing)
+        targets = soft_targets(labels, self.num_classes, s.label_smoothing)
         return x, targets * lam + targets.flip(0) * (1 - lam)
 
 

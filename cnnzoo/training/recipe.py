@@ -1,9 +1,14 @@
-"""The recipe: optimizer (and its parameter groups), learning-rate schedule, class weights, loss, seeds."""
+"""The recipe: optimizer (and its parameter groups), learning-rate schedule, class weights, loss, seeds.
+
+The optimizer and the schedule are made from the few settings each reads
+(:class:`OptimizerSettings`, :class:`ScheduleSettings`), picked out of ``train`` by their ``of``.
+"""
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,49 +21,100 @@ from ..model.backbones import backbone_of
 from .mixing import smoothed_multi_hot
 
 
-def param_groups(model: nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSettings:
+    """What the optimizer is made from: ``train.optimizer``, ``lr``, ``backbone_lr`` (resolved),
+    ``momentum``, ``nesterov`` and ``weight_decay``."""
+
+    name: str = "adam"  # sgd, adam, adamw, rmsprop
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4  # a backbone's parameter group
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False  # sgd
+    weight_decay: float = 0.0
+
+    @classmethod
+    def of(cls, t: TrainConfig) -> OptimizerSettings:
+        return cls(
+            name=t.optimizer,
+            lr=t.lr,
+            backbone_lr=t.backbone_learning_rate(),
+            momentum=t.momentum,
+            nesterov=t.nesterov,
+            weight_decay=t.weight_decay,
+        )
+
+
+def param_groups(model: nn.Module, settings: OptimizerSettings) -> list[dict[str, Any]]:
     """The head at ``lr``; a backbone, frozen parts included (they may thaw later), at ``backbone_lr``."""
     backbone = backbone_of(model)
     if backbone is None:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": settings.lr}]
     inside = {id(p) for p in backbone.parameters()}
     head = [p for p in model.parameters() if id(p) not in inside and p.requires_grad]
-    return [{"params": head, "lr": t.lr}, {"params": list(backbone.parameters()), "lr": t.backbone_learning_rate()}]
+    return [{"params": head, "lr": settings.lr}, {"params": list(backbone.parameters()), "lr": settings.backbone_lr}]
 
 
-def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    params = param_groups(model, t)
-    if t.optimizer == "sgd":
+def make_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer ``settings`` names over :func:`param_groups`."""
+    s, params = settings, param_groups(model, settings)
+    if s.name == "sgd":
         return torch.optim.SGD(
-            params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay
+            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0, weight_decay=s.weight_decay
         )
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if s.name == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.name == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.RMSprop(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSettings:
+    """What the learning-rate schedule reads: ``train.scheduler``, ``epochs``, ``warmup_epochs``,
+    ``step_size``, ``gamma``, ``plateau_patience``, and whether ``monitor`` is a loss (lower is better)."""
+
+    kind: str = "none"  # none, step, cosine, one-cycle, reduce-on-plateau
+    epochs: int = 10
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    plateau_patience: int = 2
+    minimize: bool = False  # reduce-on-plateau: the monitored figure is val_loss
+
+    @classmethod
+    def of(cls, t: TrainConfig) -> ScheduleSettings:
+        return cls(
+            kind=t.scheduler,
+            epochs=t.epochs,
+            warmup_epochs=t.warmup_epochs,
+            step_size=t.step_size,
+            gamma=t.gamma,
+            plateau_patience=t.plateau_patience,
+            minimize=t.monitor == "val_loss",
+        )
 
 
 class LRSchedule:
     """Per-step learning rate: linear warm-up, then none/step/cosine/one-cycle; or plateau per epoch."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int):
-        self.optimizer, self.t = optimizer, t
+    def __init__(self, optimizer: torch.optim.Optimizer, settings: ScheduleSettings, steps_per_epoch: int):
+        self.optimizer, self.settings = optimizer, settings
         self.steps_per_epoch = steps_per_epoch
-        self.total = t.epochs * steps_per_epoch
-        self.warmup = round(t.warmup_epochs * steps_per_epoch)
+        self.total = settings.epochs * steps_per_epoch
+        self.warmup = round(settings.warmup_epochs * steps_per_epoch)
         self.step_count = 0
         self.plateau = None
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # head, then backbone
-        if t.scheduler == "one-cycle":
+        if settings.kind == "one-cycle":
             pct = self.warmup / self.total if self.warmup else 0.3
             self.torch_schedule = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=list(self.base_lrs), total_steps=self.total, pct_start=min(max(pct, 0.01), 0.99)
             )
-        elif t.scheduler == "reduce-on-plateau":
-            mode = "min" if t.monitor == "val_loss" else "max"
+        elif settings.kind == "reduce-on-plateau":
+            mode = "min" if settings.minimize else "max"
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=mode, factor=t.gamma, patience=t.plateau_patience
+                optimizer, mode=mode, factor=settings.gamma, patience=settings.plateau_patience
             )
             self.torch_schedule = None
             self._warm(0)
@@ -68,9 +124,9 @@ class LRSchedule:
     def factor(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        if self.t.scheduler == "step":
-            return self.t.gamma ** ((step // self.steps_per_epoch) // self.t.step_size)
-        if self.t.scheduler == "cosine":
+        if self.settings.kind == "step":
+            return self.settings.gamma ** ((step // self.steps_per_epoch) // self.settings.step_size)
+        if self.settings.kind == "cosine":
             progress = (step - self.warmup) / max(1, self.total - self.warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0
@@ -86,7 +142,7 @@ class LRSchedule:
     def step_batch(self) -> None:
         self.step_count += 1
         if self.torch_schedule is not None:
-            if self.step_count < self.total or self.t.scheduler != "one-cycle":
+            if self.step_count < self.total or self.settings.kind != "one-cycle":
                 self.torch_schedule.step()
         else:
             self._warm(self.step_count)

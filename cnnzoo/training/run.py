@@ -27,11 +27,12 @@ from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
-from .callbacks import Callback, Checkpoints, EpochEnd, make_callbacks
+from .callbacks import Checkpoints, make_callbacks
 from .ema import WeightAverage
+from .events import Callback, EpochEnd
 from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
-from .mixing import Mixer
-from .recipe import Criterion, LRSchedule, seed_everything
+from .mixing import Mixer, MixSettings
+from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
 from .transfer import TransferStages
 
@@ -62,7 +63,8 @@ def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
 class Job:
     """Everything a training run holds while it fits: built by :func:`prepare`, run by :func:`fit`."""
 
-    cfg: Config
+    cfg: Config  # as the user wrote it (never written to)
+    saved_config: Config  # as the run folder saves it: cfg with the run's facts filled in (RunFacts)
     run_dir: Path
     model: nn.Sequential
     criterion: Criterion
@@ -98,7 +100,7 @@ class Job:
             "model_state": self.average.state_dict()
             if averaged
             else {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": self.cfg.to_dict(),
+            "config": self.saved_config.to_dict(),
             "epoch": epoch,
             "metrics": row or {},
         }
@@ -130,7 +132,8 @@ def _load_run_config(config: Any, overrides: list[str], resume: str | Path | Non
 
 
 def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Path | None) -> Path:
-    """Make the run folder (or reopen a resumed one) and write config.yaml. ``latest`` moves
+    """Make the run folder (or reopen a resumed one) and write config.yaml (``cfg`` is the saved
+    config: :meth:`~cnnzoo.training.facts.RunFacts.saved_config`). ``latest`` moves
     to a new run once it has a ``best.pt`` (:class:`cnnzoo.training.callbacks.Checkpoints`); a resumed run
     that has one already takes it now."""
     if run_dir is None:
@@ -181,7 +184,9 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
     )
     setup = build_setup(cfg, dev, state)
     # the schedule counts optimizer steps (train.accumulate batches make one)
-    schedule = LRSchedule(setup.optimizer, t, optimizer_steps(len(setup.loaders.train), t.accumulate))
+    schedule = LRSchedule(
+        setup.optimizer, ScheduleSettings.of(t), optimizer_steps(len(setup.loaders.train), t.accumulate)
+    )
     stepper = Stepper(
         setup.model,
         setup.optimizer,
@@ -189,14 +194,16 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
         scaler=setup.scaler,
         grad_clip=t.grad_clip,
         accumulate=t.accumulate,
-        average=WeightAverage(setup.model, t) if WeightAverage.wanted(t) else None,
+        average=WeightAverage(setup.model, t.ema) if t.ema else None,
     )
 
     # last: nothing above may leave a half-made folder
-    run_dir = distributed.broadcast_object(_open_run_dir(Path(out), cfg, run_dir) if ctx.rank == 0 else None)
-    job = _job(cfg, run_dir, setup, stepper)
-    if Mixer.wanted(t):
-        job.mixer = Mixer(t, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
+    saved = setup.facts.saved_config(cfg)
+    run_dir = distributed.broadcast_object(_open_run_dir(Path(out), saved, run_dir) if ctx.rank == 0 else None)
+    job = _job(cfg, run_dir, setup, stepper, saved_config=saved)
+    mixing = MixSettings.of(t)
+    if mixing.wanted:
+        job.mixer = Mixer(mixing, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
     if state is not None:
         _resume(job, state)
     if ctx.rank == 0:
@@ -220,7 +227,7 @@ def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str |
     return job
 
 
-def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> Job:
+def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, saved_config: Config) -> Job:
     """The job of a new run (:func:`_resume` then continues an old one)."""
     infos = setup.infos
     meta = {**setup.spec.meta(), "loss": setup.loss_kind, "outputs": infos[-1].output_shape[0]}
@@ -229,13 +236,14 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper) -> 
         meta.update(task="multi", thresholds=[fixed] * len(setup.spec.classes))
     return Job(
         cfg=cfg,
+        saved_config=saved_config,
         run_dir=run_dir,
         model=setup.model,
         criterion=setup.criterion,
         stepper=stepper,
         feed=setup.feed,
         stages=TransferStages(setup.model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed),
-        best=BestEpoch(cfg.train, multi_label=setup.spec.multi_label),
+        best=BestEpoch.of(cfg.train, multi_label=setup.spec.multi_label),
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )
 
@@ -262,7 +270,7 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     st.schedule.load_state_dict(state["scheduler"])
     if st.scaler is not None and state.get("scaler"):
         st.scaler.load_state_dict(state["scaler"])
-    job.best = BestEpoch(job.cfg.train, state["trainer"], multi_label=job.multi_label)
+    job.best = BestEpoch.of(job.cfg.train, multi_label=job.multi_label, saved=state["trainer"])
     if st.average is not None and "ema" in state:
         st.average.load_full_state(state["ema"])
     job.start_epoch = state["epoch"] + 1

@@ -1,6 +1,8 @@
 """What training and the learning-rate range test both start from: the data (its cache built),
-the model on its device and in its precision, the loss and the optimizer, built from one config.
-Every setting that can still be wrong is checked here, before a run folder is made."""
+the run's facts (:class:`~cnnzoo.training.facts.RunFacts`: classes, input shape, name; the config
+is never written to), the model on its device and in its precision, the loss and the optimizer,
+built from one config. Every setting that can still be wrong is checked here, before a run folder
+is made."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from ..data import augment as augment_mod
 from ..data import loaders as loaders_mod
 from ..data import shards, sources
 from ..errors import ConfigError
-from ..model.backbones import absolute_weight_paths
 from ..model.layers import build_from_infos, trace_layers
 from ..runtime import distributed
 from ..runtime.device import (
@@ -29,37 +30,33 @@ from ..runtime.device import (
     norm_tensors,
     prefers_channels_last,
 )
-from .callbacks import require_tensorboard
-from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer, pos_weight_vector
-from .tracking import require_mlflow
+from .facts import RunFacts, resolve_facts
+from .loggers import require_loggers
+from .recipe import (
+    Criterion,
+    OptimizerSettings,
+    check_class_weights,
+    class_weight_vector,
+    loss_kind,
+    make_optimizer,
+    pos_weight_vector,
+)
 from .transfer import stage_plan
 
 
-def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = False):
-    """Fill model.input and model.num_classes from the data, then trace and build.
+def build_model(facts: RunFacts, *, pretrained: bool = False) -> tuple[list, nn.Sequential]:
+    """Trace and build the layer list for the data's input shape and class count.
 
     ``pretrained`` loads the weights a ``backbone`` layer names (a new run does; a resumed
     run and a benchmark do not need them).
     """
-    num_classes = len(spec.classes)
-    if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
-        raise ConfigError(
-            f"model.num_classes: {cfg.model.num_classes}, but the data has {num_classes} "
-            f"classes ({', '.join(spec.classes)}); remove model.num_classes to use the data's"
-        )
-    cfg.model.num_classes = num_classes
-    cfg.model.input = [spec.channels, *spec.image_size]
-    infos = trace_layers(cfg.model.layers, cfg.model.input, num_classes)
+    infos = trace_layers(facts.layers, facts.input_shape, facts.num_classes)
     return infos, build_from_infos(infos, pretrained=pretrained)
 
 
-def _record_data(cfg: Config, spec: sources.DataSpec) -> None:
-    """The saved config records what was used, and works from any folder."""
-    cfg.name = cfg.run_name
-    if cfg.data.source == "folder" and cfg.data.root:
-        cfg.data.root = spec.root
-    cfg.data.channels, cfg.data.image_size = spec.channels, list(spec.image_size)
-    absolute_weight_paths(cfg.model.layers)
+def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = False) -> tuple[list, nn.Sequential]:
+    """:func:`build_model` for ``cfg``'s layers on the data ``spec`` describes (``cfg`` is left as it is)."""
+    return build_model(resolve_facts(cfg, spec), pretrained=pretrained)
 
 
 def _place(model: nn.Sequential, t: TrainConfig, dev: torch.device) -> tuple[nn.Sequential, bool]:
@@ -102,17 +99,24 @@ def _measured_amp(
     return chosen
 
 
-def _measured_compile(
-    model: nn.Module, cfg: Config, loaders: loaders_mod.Loaders, dev: torch.device, channels_last: bool
+def _compile_chosen(
+    model: nn.Module,
+    t: TrainConfig,
+    *,
+    facts: RunFacts,
+    loaders: loaders_mod.Loaders,
+    dev: torch.device,
+    channels_last: bool,
 ) -> bool:
-    """``train.compile: auto``: compile where the probe says the whole run, compiling included,
+    """``train.compile``; ``auto`` compiles where the probe says the whole run, compiling included,
     gets faster (rank 0 measures, every process follows)."""
-    t = cfg.train
+    if t.compile != "auto":
+        return t.compile is True
     rates = (
         measure_compile(
             model,
-            (t.batch_size, *cfg.model.input),
-            num_outputs=cfg.model.num_classes,
+            (t.batch_size, *facts.input_shape),
+            num_outputs=facts.num_classes,
             device=dev,
             channels_last=channels_last,
         )
@@ -151,6 +155,7 @@ class TrainingSetup:
     its device, and the recipe (loss, optimizer), built from one config."""
 
     spec: sources.DataSpec
+    facts: RunFacts
     infos: list
     model: nn.Sequential
     loss_kind: str
@@ -165,19 +170,19 @@ class TrainingSetup:
 
 def _precision(
     model: nn.Module,
-    cfg: Config,
+    t: TrainConfig,
     dev: torch.device,
     candidate: torch.dtype | None,
     *,
+    facts: RunFacts,
     outputs: int,
     channels_last: bool,
 ) -> torch.dtype | None:
     """``train.amp`` resolved to autocast's dtype (None: float32); ``auto`` on CUDA measures it."""
-    t = cfg.train
     if t.amp == "auto" and candidate is not None:
         return _measured_amp(
             model,
-            (t.batch_size, *cfg.model.input),
+            (t.batch_size, *facts.input_shape),
             outputs=outputs,
             dev=dev,
             candidate=candidate,
@@ -197,8 +202,8 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     autocast_dtype = amp_dtype(t.amp, dev)  # a setting this device cannot take is refused before decoding
     with distributed.main_first():  # a built-in data set is generated once
         spec = sources.load_data(cfg)
-    _record_data(cfg, spec)
-    infos, model = build_for_data(cfg, spec, pretrained=state is None)
+    facts = resolve_facts(cfg, spec)
+    infos, model = build_model(facts, pretrained=state is None)
     if state is not None:
         model.load_state_dict(state["model_state"])
     check_task_settings(t, spec.multi_label)
@@ -206,17 +211,16 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     augment = augment_mod.build_augment(cfg.data.augment, spec.image_size)
     check_class_weights(t.class_weights, spec.classes)
     stages_plan = stage_plan(model, t)
-    require_tensorboard(t.loggers)
-    require_mlflow(t.loggers)
+    require_loggers(t.loggers)
 
     build = shards.stream_loaders if spec.train.shards is not None else loaders_mod.build_loaders
     loaders = build(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     autocast_dtype = _precision(
-        model, cfg, dev, autocast_dtype, outputs=infos[-1].output_shape[0], channels_last=channels_last
+        model, t, dev, autocast_dtype, facts=facts, outputs=infos[-1].output_shape[0], channels_last=channels_last
     )
-    if t.compile is True or (t.compile == "auto" and _measured_compile(model, cfg, loaders, dev, channels_last)):
+    if _compile_chosen(model, t, facts=facts, loaders=loaders, dev=dev, channels_last=channels_last):
         model.compile()  # in place: the state_dict keeps the plain module's names
         console.log(f"compile: torch.compile on (train.compile: {t.compile})")
     feed = Feed(
@@ -233,13 +237,14 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     return TrainingSetup(
         spec=spec,
+        facts=facts,
         infos=infos,
         model=model,
         loss_kind=kind,
         loaders=loaders,
         feed=feed,
         criterion=criterion,
-        optimizer=make_optimizer(model, t),
+        optimizer=make_optimizer(model, OptimizerSettings.of(t)),
         scaler=scaler,
         counts=counts,
         stages_plan=stages_plan,

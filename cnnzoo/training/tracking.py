@@ -22,7 +22,7 @@ The tracking store is a copy, never the record: metrics.csv and the checkpoints 
 and when MLflow fails (a server that went away, a full store) training goes on after one warning,
 with nothing more sent to MLflow. Only rank 0 of a multi-process run has callbacks, so only it logs.
 
-Floor 7 (training); mlflow is imported lazily, as an optional extra.
+Floor 7 (training): imports :mod:`cnnzoo.training.events`; mlflow is imported lazily, as an optional extra.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -46,9 +47,7 @@ from ..errors import ConfigError
 from ..files import write_text
 from ..pages import figure_png
 from ..plots import confusion_figure
-
-if TYPE_CHECKING:  # callbacks makes this logger; the record it hands over is only a type here
-    from .callbacks import EpochEnd
+from .events import EpochEnd, RunStart
 
 RUN_RECORD = "mlflow.json"  # in the run folder: which MLflow run a resumed run continues
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values (the layer list can be long)
@@ -61,16 +60,16 @@ _PATIENT_ENOUGH = {
 }
 
 
-def require_mlflow(loggers: list[str]) -> None:
-    """Refuse ``mlflow`` in train.loggers up front when its package is missing."""
-    if "mlflow" not in loggers:
-        return
-    try:
-        import mlflow  # noqa: F401  # lazy: an optional extra
-    except ImportError:
-        raise ConfigError(
-            "train.loggers: mlflow needs the mlflow package; pip install 'cnnzoo[mlflow]' (or remove it from the list)"
-        ) from None
+@dataclass(frozen=True, kw_only=True)
+class MLflowSettings:
+    """What the MLflow logger reads of the config: ``train.mlflow_experiment`` and ``train.mlflow_register``."""
+
+    experiment: str | None = None  # None: the run's name
+    register: str | None = None  # a model name best.pt is registered under; None: not registered
+
+    @classmethod
+    def of(cls, t: TrainConfig) -> MLflowSettings:
+        return cls(experiment=t.mlflow_experiment, register=t.mlflow_register)
 
 
 def tracking_uri(runs_root: Path) -> str:
@@ -137,14 +136,29 @@ def _short_http_retries() -> Iterator[None]:
 class MLflowLogger:
     """The run's parameters, metrics per epoch and files in MLflow (see the module's docstring)."""
 
-    def __init__(self, run_dir: Path, t: TrainConfig, classes: list[str], *, resumed: bool):
-        self.run_dir, self.classes, self.register_as = run_dir, classes, t.mlflow_register
-        self.runs_root = runs.runs_root_of(run_dir)
+    def __init__(self, run: RunStart, settings: MLflowSettings):
+        self.run_dir, self.classes, self.register_as = run.run_dir, run.classes, settings.register
+        self.runs_root = runs.runs_root_of(run.run_dir)
         self.uri = tracking_uri(self.runs_root)
         self.failed = False
         self.best_confusion: list[list[int]] | None = None
         self.client: Any = None
-        self.run_id = self._call("starting the run", self._start, t.mlflow_experiment or run_dir.parent.name, resumed)
+        experiment = settings.experiment or run.run_dir.parent.name
+        self.run_id = self._call("starting the run", self._start, experiment, run.resumed_at is not None)
+
+    @classmethod
+    def require(cls) -> None:
+        try:
+            import mlflow  # noqa: F401  # lazy: an optional extra
+        except ImportError:
+            raise ConfigError(
+                "train.loggers: mlflow needs the mlflow package; pip install 'cnnzoo[mlflow]' "
+                "(or remove it from the list)"
+            ) from None
+
+    @classmethod
+    def open(cls, run: RunStart, t: TrainConfig) -> MLflowLogger:
+        return cls(run, MLflowSettings.of(t))
 
     def _call(self, what: str, action: Callable[..., Any], *args: Any) -> Any:
         """``action(*args)``, or None once MLflow has failed: one warning, and training goes on."""
@@ -163,7 +177,7 @@ class MLflowLogger:
             return None
 
     def _start(self, experiment: str, resumed: bool) -> str:
-        # lazy: mlflow is an optional extra, checked by require_mlflow before training starts
+        # lazy: mlflow is an optional extra, checked by require() before training starts
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)  # a URI it cannot use fails here, warned

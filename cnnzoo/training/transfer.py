@@ -40,7 +40,7 @@ from ..files import cache_home
 from ..model.backbones import Backbone, backbone_of, trainable_stages
 from ..runtime import distributed
 from ..runtime.device import Feed
-from .mixing import Mixer
+from .mixing import MixSettings
 
 FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
 
@@ -384,7 +384,7 @@ class TransferStages:
 
     def _feature_cache_plan(self, cut: int):
         """The cache plan for frozen layers up to ``cut`` (None when off) and why it is off."""
-        d, mixing = self.cfg.data, Mixer.keys_on(self.cfg.train)
+        d, mixing = self.cfg.data, MixSettings.of(self.cfg.train).keys_on
         pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else d.cache  # shards: no pixel cache
         return plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut, mixing=mixing)
 

@@ -517,7 +517,7 @@ def _validation_curve(run: Path) -> tuple[list[int], list[float], int]:
         ) from None
     if not rows or not all(math.isfinite(r["val_acc"]) for r in rows):
         raise UserError(f"{path}: no finished epoch to compare; start the sweep over with --restart")
-    best = BestEpoch(load_config(run / "config.yaml").train, multi_label="val_map" in rows[0])
+    best = BestEpoch.of(load_config(run / "config.yaml").train, multi_label="val_map" in rows[0])
     for row in rows:
         best.update(row, row["epoch"])
     return [r["epoch"] for r in rows], [r["val_acc"] for r in rows], best.epoch
