@@ -6,6 +6,7 @@ The Python API (the CLI is a thin layer over it)::
     run_dir = cnnzoo.train("configs/quickstart.yaml", train__epochs=5)
     model = cnnzoo.load(run_dir / "best.pt")   # or an export: "best.onnx"
     model.predict(["a.jpg", pil_image, tensor], top_k=3)
+    model.predict_manifest("test.csv", tta=True)       # cnnzoo predict --data test.csv --tta
     report = cnnzoo.evaluate(run_dir / "best.pt")      # or an export, without torch: "best.onnx"
     cnnzoo.export(run_dir / "best.pt", "onnx")          # best.onnx: cnnzoo.load() runs it without torch
     path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")

@@ -26,7 +26,7 @@ CLI_MARKER = "<!-- cnnzoo:cli -->"
 API_MARKER = "<!-- cnnzoo:python-api -->"
 CONFIG_MARKER = "<!-- cnnzoo:config -->"
 # what a model returned by cnnzoo.load() offers its users (the rest of its methods serve those)
-MODEL_METHODS = ("predict", "probabilities", "preprocess")
+MODEL_METHODS = ("predict", "predict_manifest", "csv", "probabilities", "preprocess")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -96,7 +96,7 @@ TORCH_FREE = {
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}
 # the torch-free modules of inference import only these (and one another)
-INFERENCE_MAY_IMPORT = {"cnnzoo.data", "cnnzoo.data.preprocess"}
+INFERENCE_MAY_IMPORT = {"cnnzoo.data", "cnnzoo.data.preprocess", "cnnzoo.data.manifest"}
 
 
 def module_name(path: Path) -> str:

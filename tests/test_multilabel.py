@@ -200,6 +200,52 @@ def test_a_tiny_multi_label_run_with_the_balanced_sampler_and_pos_weights(tmp_pa
     assert meta["task"] == "multi" and len(meta["thresholds"]) == 2
 
 
+def _same_records(python: list[dict], cli: list[dict]) -> None:
+    """The same predictions: names, labels and rankings alike, probabilities to float32's precision
+    (the two processes may sum in another order)."""
+    assert [(r["image"], r["label"], r.get("labels")) for r in python] == [
+        (r["image"], r["label"], r.get("labels")) for r in cli
+    ]
+    for mine, theirs in zip(python, cli):
+        assert [t["label"] for t in mine["top_k"]] == [t["label"] for t in theirs["top_k"]]
+        assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
+        assert mine.get("probabilities", {}) == pytest.approx(theirs.get("probabilities", {}), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_python_api_predicts_a_manifest_as_predict_tta_threshold_data_does(tmp_path):
+    """``cnnzoo predict --tta --threshold 0.3 --data test.csv`` is ``load(...).predict_manifest(...)``:
+    the same records in the manifest's order (a missing image an empty record and an error), the
+    same CSV, and the model itself left as it was (its own thresholds, no TTA)."""
+    import cnnzoo
+    from cnnzoo.training.run import train
+
+    path = write_tags(tmp_path / "data", ["a", "a b", "b", "a b", "a", "", "a b", "a"])
+    run = train(tiny_config(path, epochs=1), out=tmp_path / "runs", quiet=True)
+    names = [row["image"] for row in csv.DictReader(path.open())]
+    manifest = path.parent / "test.csv"
+    manifest.write_text("id\n" + "".join(f"{name}\n" for name in [names[3], "a/gone.png", *names[:3]]))
+    options = ["--tta", "--threshold", "0.3", "--data", manifest, "-m", run / "best.pt", "-k", "2"]
+    cli = run_cnnzoo(["predict", *options, "--json"], tmp_path)
+    assert cli.returncode == 1 and "cannot read a/gone.png: file not found" in cli.stderr
+
+    model = cnnzoo.load(run / "best.pt")
+    errors: list = []
+    got = model.predict_manifest(manifest, 2, tta=True, threshold=0.3, errors=errors)
+    assert errors == [("a/gone.png", "file not found")] and got.image_column == "id"
+    assert got.records[1] == {"image": "a/gone.png", "label": "", "probability": None, "top_k": []}
+    _same_records(got.records, json.loads(cli.stdout))
+    assert all(r["labels"] == [c for c in sorted(r["probabilities"], key=lambda c: -r["probabilities"][c])
+                               if r["probabilities"][c] >= 0.3] for r in got.records if r["top_k"])  # fmt: skip
+    submission = run_cnnzoo(["predict", *options, "--csv"], tmp_path).stdout
+    assert model.csv(json.loads(cli.stdout), 2, image_header=got.image_column) == submission
+    assert model.tta is False and model.thresholds == model.meta["thresholds"]  # nothing set from outside
+    plain = model.predict([str(p) for p in [path.parent / names[0]]], 2)[0]
+    assert plain["probability"] != pytest.approx(got.records[2]["probability"], abs=1e-9)  # TTA changed it
+    with pytest.raises(cnnzoo.UserError, match="a/gone.png: cannot read image"):
+        model.predict_manifest(manifest)  # without an errors list, the first missing image raises
+
+
 @pytest.mark.slow
 def test_the_training_recipe_runs_on_multi_label_data(tmp_path):
     """MixUp/CutMix (blended multi-hot targets), EMA and batch augmentation on a multi-label run;

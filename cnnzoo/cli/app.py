@@ -1,8 +1,8 @@
 """The Typer app every command registers on, the error contract, and :func:`main`.
 
-Every command imports its heavy parts (torch, the engine) inside the function, so
-``cnnzoo --help`` answers at once. A :class:`cnnzoo.errors.UserError` becomes one line
-on stderr and exit code 2; ``--debug`` shows the traceback instead.
+Every command imports its heavy parts (torch, the engine) when it runs (why: :mod:`cnnzoo.cli`).
+A :class:`cnnzoo.errors.UserError` becomes one line on stderr and exit code 2; ``--debug`` shows
+the traceback instead.
 """
 
 from __future__ import annotations

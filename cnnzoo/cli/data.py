@@ -50,8 +50,7 @@ def check(
     if config_arg and config and config_arg != config:
         raise UserError(f"two configs given ({config_arg} and --config {config}); give one")
     cfg = data_config(config or config_arg, data, set_)
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..data.check import check_data, format_check, problems
+    from ..data.check import check_data, format_check, problems  # lazy: see cnnzoo.cli
 
     report = check_data(cfg)
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
@@ -78,7 +77,6 @@ def shards(
     cnnzoo train -c CONFIG --data OUT
     """
     cfg = data_config(None, source, set_)
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..data.shards import write_source
+    from ..data.shards import write_source  # lazy: see cnnzoo.cli
 
     write_source(cfg, out, shard_size=shard_size, force=force)

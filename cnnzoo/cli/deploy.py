@@ -64,8 +64,7 @@ def export(
     TorchScript is code: cnnzoo writes it for LibTorch (C++) and opens one only with
     predict/serve --trust-torchscript.
     """
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..deploy.export import export as run_export
+    from ..deploy.export import export as run_export  # lazy: see cnnzoo.cli
 
     result = run_export(
         checkpoint_arg,
@@ -137,8 +136,7 @@ def serve(
     Bounds: --max-bytes per request, 64 megapixels and 1 GiB of decoding memory at once (larger
     images get 413). On a public network put a reverse proxy in front (docs/security.md).
     """
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..deploy.serve import serve as run_server
+    from ..deploy.serve import serve as run_server  # lazy: see cnnzoo.cli
 
     run_server(
         model,

@@ -26,8 +26,7 @@ def explain(
     Example:  cnnzoo explain ~/.cache/cnnzoo/shapes-v1/validation/star/star_0000.jpg
     The page embeds its pictures and opens in any browser without a network.
     """
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..explanation.page import explain as run_explain
+    from ..explanation.page import explain as run_explain  # lazy: see cnnzoo.cli
 
     path, report = run_explain(checkpoint, image, out=out, target=target, png_dir=png, runs_root=runs)
     chosen = report.classes[report.target]

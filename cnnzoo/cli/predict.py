@@ -55,9 +55,8 @@ def predict(
     Without torch:  cnnzoo predict --model runs/latest/best.onnx photo.jpg
     A manifest:     cnnzoo predict --data test.csv --csv > submission.csv
     """
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..inference import load
-    from ..inference.inputs import expand_inputs, label_separator, records_in_order, records_to_csv
+    from ..inference import load  # lazy: see cnnzoo.cli
+    from ..inference.inputs import expand_inputs, label_separator
 
     if as_json and as_csv:
         raise UserError("choose one of --json and --csv")
@@ -67,35 +66,21 @@ def predict(
     if checkpoint is None:
         typer.echo(terminal_safe(f"cnnzoo: using {path}", one_line=True), err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
-    if tta and not hasattr(model, "tta"):
-        raise UserError(f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {path.name}")
-    if tta:
-        model.tta = True
-    if threshold is not None:
-        if not model.multi_label:
-            raise UserError(f"--threshold: {path} is a single-label model (it names the most probable class)")
-        model.thresholds = [threshold] * len(model.classes)
-    rows = None
+    options = {"tta": tta, "threshold": threshold, "batch_size": batch_size, "progress": True}
+    header = "image"
     if data is not None:
-        from ..data.manifest import read_manifest  # lazy: torch-free, but only a manifest needs it
-
-        rows = read_manifest(data, labels_required=False)
-        paths = [p for p in rows.paths if p]
-        failures = [(name, "file not found") for name, p in zip(rows.names, rows.paths) if not p]
+        errors: list = []
+        predicted = model.predict_manifest(data, top_k, errors=errors, **options)
+        records, header = predicted.records, predicted.image_column
     else:
-        paths, failures = expand_inputs(images)
-    errors: list = list(failures)
-    records = model.predict(paths, top_k=top_k, batch_size=batch_size, errors=errors, progress=True)
-    if rows is not None:
-        records = records_in_order(rows.names, rows.paths, records)
+        paths, errors = expand_inputs(images)
+        records = model.predict(paths, top_k, errors=errors, **options)
     for name, reason in errors:
         typer.echo(terminal_safe(f"cnnzoo: cannot read {name}: {reason}", one_line=True), err=True)
     if as_json:
         typer.echo(json.dumps(records, indent=1))
     elif as_csv:
-        header = rows.image_column if rows is not None else "image"
-        k = min(top_k, len(model.classes))
-        table = records_to_csv(records, k, image_header=header, multi_label=model.multi_label, classes=model.classes)
+        table = model.csv(records, top_k, image_header=header)
         typer.echo(
             terminal_safe(table) if sys.stdout.isatty() else table, nl=False
         )  # a file gets the names as they are
@@ -156,8 +141,7 @@ def evaluate(
     Also writes report.html (unless --no-report): where the model fails, with example images.
     Without torch:  cnnzoo evaluate runs/latest/best.int8.onnx --data DIR
     """
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..evaluation.evaluate import evaluate as run_evaluation
+    from ..evaluation.evaluate import evaluate as run_evaluation  # lazy: see cnnzoo.cli
     from ..evaluation.evaluate import format_report
 
     if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:

@@ -25,8 +25,7 @@ def summary(
     A pretrained backbone is one row; its frozen parameters are counted apart.
     """
     cfg = load_config(config, set_)  # config errors come back before torch is imported
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..model.summary import format_summary, summarize
+    from ..model.summary import format_summary, summarize  # lazy: see cnnzoo.cli
 
     result = summarize(cfg, expand)
     if as_json:

@@ -109,15 +109,13 @@ def train(
         source = load_config(config, overrides)
         overrides = []
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-        from ..runtime.distributed import launch
+        from ..runtime.distributed import launch  # lazy: see cnnzoo.cli
 
         code = launch(nproc, forwarded_argv(sys.argv[1:]))
         if code:
             raise typer.Exit(code)
         return
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..training.run import TrainingInterrupted
+    from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
     from ..training.run import train as run_training
 
     try:

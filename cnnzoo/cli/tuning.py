@@ -58,8 +58,7 @@ def lr_find(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)
     cfg = load_config(config, overrides)  # config errors come back before torch is imported
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..training.tuning import apply_lr
+    from ..training.tuning import apply_lr  # lazy: see cnnzoo.cli
     from ..training.tuning import lr_find as run_lr_find
 
     result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
@@ -104,8 +103,7 @@ def sweep(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)
     load_config(config, overrides)  # config errors come back before torch is imported
-    # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..training.run import TrainingInterrupted
+    from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
     from ..training.tuning import markdown_table
     from ..training.tuning import sweep as run_sweep
 

@@ -13,6 +13,8 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..checkpoint import check_meta
 from ..console import console
 from ..data import preprocess
 from ..errors import UserError, short_reason
+from . import inputs
 
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
 
@@ -47,6 +50,16 @@ def probabilities(logits: np.ndarray, *, multi_label: bool = False) -> np.ndarra
     return e / e.sum(axis=1, keepdims=True)
 
 
+@dataclass
+class ManifestPredictions:
+    """What :meth:`Classifier.predict_manifest` answers: one record per manifest row, in its order
+    (a row whose image could not be read has an empty one), and the manifest's image column, which
+    a CSV of them (:meth:`Classifier.csv`) is headed with, as a Kaggle submission is."""
+
+    records: list[dict[str, Any]]
+    image_column: str
+
+
 def _image_label(item: Any, position: int) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
@@ -57,6 +70,7 @@ class Classifier:
     """A trained classifier with its preprocessing; subclasses supply :meth:`logits`."""
 
     format = "?"
+    averages_views = False  # can ``tta`` average five views of each image (the torch formats)
 
     def __init__(self, meta: dict[str, Any], path: str | Path | None):
         check_meta(meta, path, self.kind, prefix="meta." if self.format == "checkpoint" else "metadata ")
@@ -123,8 +137,11 @@ class Classifier:
             **({"task": "multi", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 
-    def records(self, names: list[str], pixels_hwc: np.ndarray, top_k: int) -> list[dict[str, Any]]:
-        """``predict --json`` records for a batch of preprocessed images."""
+    def records(
+        self, names: list[str], pixels_hwc: np.ndarray, top_k: int, *, thresholds: list[float] | None = None
+    ) -> list[dict[str, Any]]:
+        """``predict --json`` records for a batch of preprocessed images; a multi-label model lists
+        the classes at or above ``thresholds`` (default: its own :attr:`thresholds`)."""
         probs = self.probabilities(pixels_hwc)
         k = max(1, min(top_k, len(self.classes)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -133,36 +150,108 @@ class Classifier:
             ranked = [{"label": self.classes[i], "probability": float(row[i])} for i in idx]
             record = {"image": name, "label": ranked[0]["label"], "probability": ranked[0]["probability"]}
             if self.multi_label:
-                record.update(self.label_set(row))
+                record.update(self.label_set(row, thresholds))
             out.append({**record, "top_k": ranked})
         return out
 
-    def label_set(self, probs: np.ndarray) -> dict[str, Any]:
+    def label_set(self, probs: np.ndarray, thresholds: list[float] | None = None) -> dict[str, Any]:
         """Multi-label: ``labels`` (every class at or above its threshold, most probable first)
         and ``probabilities`` (each class's own sigmoid)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
         order = np.argsort(-probs, kind="stable")
         return {
-            "labels": [self.classes[i] for i in order if probs[i] >= self.thresholds[i]],
+            "labels": [self.classes[i] for i in order if probs[i] >= thresholds[i]],
             "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
         }
 
+    def thresholds_for(self, *, tta: bool = False, threshold: float | None = None) -> list[float]:
+        """The thresholds a prediction with these options lists labels at, once the options are
+        checked: ``tta`` needs a torch model, ``threshold`` a multi-label one (one for every class)."""
+        if tta and not self.averages_views:
+            raise UserError(
+                f"--tta: runs on torch models (a checkpoint or TorchScript file), not on {Path(str(self.path)).name}"
+            )
+        if threshold is None:
+            return self.thresholds
+        if not self.multi_label:
+            raise UserError(f"--threshold: {self.path} is a single-label model (it names the most probable class)")
+        return [float(threshold)] * len(self.classes)
+
+    @contextmanager
+    def views_averaged(self, tta: bool) -> Iterator[None]:
+        """Within it, with ``tta``, a torch model scores the average of five views of each image."""
+        yield
+
     def predict(
-        self, images: Any, top_k: int = 5, *, batch_size: int = 64, errors: list | None = None, progress: bool = False
+        self,
+        images: Any,
+        top_k: int = 5,
+        *,
+        tta: bool = False,
+        threshold: float | None = None,
+        batch_size: int = 64,
+        errors: list | None = None,
+        progress: bool = False,
     ) -> list[dict[str, Any]]:
         """Predict one image or a list; returns one record per readable image.
 
         Each record is ``{"image", "label", "probability", "top_k": [{"label",
-        "probability"}]}`` with probabilities over all classes. Unreadable images are
+        "probability"}]}`` with probabilities over all classes; a multi-label model's also has
+        ``labels`` and ``probabilities`` (each class's own). Unreadable images are
         skipped; when ``errors`` is a list, ``(image, reason)`` pairs are appended to it,
         otherwise the first failure raises :class:`cnnzoo.errors.UserError`.
+
+        ``tta`` scores each image as the average of five views (mirror, three crops; torch models
+        only, :mod:`cnnzoo.inference.tta`). ``threshold`` (multi-label models) lists every class
+        at or above it, instead of the model's own :attr:`thresholds`. ``cnnzoo predict`` is this
+        call (``--tta``, ``--threshold``, ``--top-k``, ``--batch-size``).
         """
+        thresholds = self.thresholds_for(tta=tta, threshold=threshold)
         if not isinstance(images, (list, tuple)):
             images = [images]
         results: list[dict[str, Any]] = []
-        for positions, pixels in self.batches(images, batch_size=batch_size, errors=errors, progress=progress):
-            names = [_image_label(images[i], i) for i in positions]
-            results.extend(self.records(names, pixels, top_k))
+        with self.views_averaged(tta):
+            for positions, pixels in self.batches(images, batch_size=batch_size, errors=errors, progress=progress):
+                names = [_image_label(images[i], i) for i in positions]
+                results.extend(self.records(names, pixels, top_k, thresholds=thresholds))
         return results
+
+    def predict_manifest(
+        self,
+        manifest: str | Path,
+        top_k: int = 5,
+        *,
+        tta: bool = False,
+        threshold: float | None = None,
+        batch_size: int = 64,
+        errors: list | None = None,
+        progress: bool = False,
+    ) -> ManifestPredictions:
+        """Predict the image of every row of a manifest (.csv, .tsv, .jsonl, .parquet; labels not
+        needed), in its order, with :meth:`predict`'s options; ``cnnzoo predict --data``.
+
+        Each record is named as its row names the image. A row whose image is missing or
+        unreadable gets an empty record (label ``""``, probability ``None``, no top-k) so that
+        :meth:`csv` writes every row a submission needs; its ``(image, reason)`` goes to
+        ``errors`` as in :meth:`predict` (without a list, the first one raises)."""
+        self.thresholds_for(tta=tta, threshold=threshold)  # the options are refused before the file is read
+        names, paths, image_column = inputs.manifest_images(manifest)
+        missing = [(name, "file not found") for name, path in zip(names, paths) if not path]
+        if missing and errors is None:
+            raise UserError(f"{missing[0][0]}: cannot read image ({missing[0][1]})")
+        if errors is not None:
+            errors.extend(missing)
+        options = {"tta": tta, "threshold": threshold, "batch_size": batch_size, "progress": progress}
+        records = self.predict([p for p in paths if p], top_k, errors=errors, **options)
+        return ManifestPredictions(inputs.records_in_order(names, paths, records), image_column)
+
+    def csv(self, records: list[dict[str, Any]], top_k: int = 5, *, image_header: str = "image") -> str:
+        """Records of :meth:`predict` or :meth:`predict_manifest` as ``predict --csv`` writes them:
+        one row per record, the label(s) and the top-k (:func:`cnnzoo.inference.inputs.records_to_csv`)."""
+        k = min(top_k, len(self.classes))
+        return inputs.records_to_csv(
+            records, k, image_header=image_header, multi_label=self.multi_label, classes=self.classes
+        )
 
     def batches(
         self,

@@ -1,4 +1,6 @@
-"""What ``cnnzoo predict`` reads and writes: image arguments expanded into files, records as CSV (torch-free)."""
+"""What ``cnnzoo predict`` reads and writes: image arguments expanded into files, a manifest's
+images, records as CSV (torch-free: imports :mod:`cnnzoo.data.preprocess`, :mod:`cnnzoo.data.manifest`
+and :mod:`cnnzoo.files`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import preprocess
+from ..data.manifest import read_manifest
 from ..files import spreadsheet_safe
 
 
@@ -49,6 +52,13 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, 
         else:
             missing.append((arg, "file not found"))
     return paths, missing
+
+
+def manifest_images(path: str | Path) -> tuple[list[str], list[str], str]:
+    """A manifest's images, labels or not: each row's name as written, the file it resolves to
+    (``""`` where none exists), and the image column's name."""
+    rows = read_manifest(path, labels_required=False)
+    return list(rows.names), list(rows.paths), rows.image_column
 
 
 def records_in_order(names: Sequence[str], paths: Sequence[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:

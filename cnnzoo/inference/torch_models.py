@@ -11,6 +11,8 @@ torchvision backbone's architecture does, a timm one needs timm), which keeps
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,20 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
 
 class _TorchClassifier(Classifier):
     """What runs a torch module: device, memory format, normalisation on the device.
-    ``tta = True`` scores every image as the average of five views (:mod:`cnnzoo.inference.tta`)."""
+    ``tta = True`` (or ``predict(..., tta=True)`` for one call) scores every image as the average
+    of five views (:mod:`cnnzoo.inference.tta`)."""
 
     tta: bool = False
+    averages_views = True
+
+    @contextmanager
+    def views_averaged(self, tta: bool) -> Iterator[None]:
+        before = self.tta
+        self.tta = before or tta
+        try:
+            yield
+        finally:
+            self.tta = before
 
     def _place(self, module: torch.nn.Module, device: str | None) -> None:
         self.module = module.eval()

@@ -1,4 +1,4 @@
-"""Test-time augmentation (``evaluate --tta``, ``predict --tta``, ``Model.tta``): each image is
+"""Test-time augmentation (``evaluate --tta``, ``predict --tta``, ``model.predict(..., tta=True)``): each image is
 scored as it is, mirrored, and in three crops of 7/8 of its sides (centre, top-left,
 bottom-right) resized back, and the five views' probabilities are averaged.
 
