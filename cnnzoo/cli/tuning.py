@@ -59,8 +59,8 @@ def lr_find(
     ).overrides(set_, unset)
     cfg = load_config(config, overrides)  # config errors come back before torch is imported
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..training.tuning import apply_lr
-    from ..training.tuning import lr_find as run_lr_find
+    from ..training.lr_find import apply_lr
+    from ..training.lr_find import lr_find as run_lr_find
 
     result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
     typer.echo(
@@ -106,8 +106,8 @@ def sweep(
     load_config(config, overrides)  # config errors come back before torch is imported
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..training.run import TrainingInterrupted
-    from ..training.tuning import markdown_table
-    from ..training.tuning import sweep as run_sweep
+    from ..training.sweep import markdown_table
+    from ..training.sweep import sweep as run_sweep
 
     try:
         result = run_sweep(
