@@ -1018,7 +1018,7 @@ def test_fuzzed_sweep_states_are_read_or_refused_in_one_line(tmp_path):
     run from or one line that names it and offers --restart."""
     import json
 
-    from cnnzoo.training.tuning import _combinations, read_state
+    from cnnzoo.training.sweep import _combinations, read_state
 
     cases = int(os.environ.get("CNNZOO_FUZZ_CASES", "300"))
     rng = random.Random(13)

@@ -156,7 +156,7 @@ def test_every_csv_cell_cnnzoo_writes_that_starts_like_a_formula_is_text():
         "'=1+2.jpg", "'+cmd|' -C calc'!A0.jpg", "'=HYPERLINK(\"http://127.0.0.1/x\")", "'\tz.jpg", "ok.jpg"
     ]  # fmt: skip
     assert all(r[1:] == ["'@SUM(1+1)", "0.250000", "'-x", "0.250000"] for r in rows[1:])
-    from cnnzoo.training.tuning import spreadsheet_safe  # the sweep's table: the same rule, and numbers stay numbers
+    from cnnzoo.files import spreadsheet_safe  # the sweep's table: the same rule, and numbers stay numbers
 
     assert spreadsheet_safe(-0.5) == -0.5 and spreadsheet_safe("-0.5") == "'-0.5"
 

@@ -160,7 +160,7 @@ def test_a_sweep_logs_every_run_into_one_experiment(server, monkeypatch, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(image_root, epochs=1, loggers=["csv", "mlflow"])))
-    cnnzoo_sweep = __import__("cnnzoo.training.tuning", fromlist=["sweep"]).sweep
+    cnnzoo_sweep = __import__("cnnzoo.training.sweep", fromlist=["sweep"]).sweep
     cnnzoo_sweep(config, ["train.lr=0.02,0.005"], runs_root=tmp_path / "runs")
     runs = _read_back(MlflowClient(tracking_uri=server.url), "tiny-sweep")
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.005", "0.02"]

@@ -56,7 +56,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     plot_confusion([[1, 2], [3, 4]], names, tmp_path / "cm.png")
     fig = confusion_figure([[1, 2], [3, 4]], names)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
-    from cnnzoo.training.tuning import _plot_sweep
+    from cnnzoo.training.sweep import _plot_sweep
 
     _plot_sweep(
         [{"data.root": "/data/$1_$2", "best_val_acc": 0.5}],

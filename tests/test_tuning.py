@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 import cnnzoo
+from cnnzoo.training.lr_find import suggest_lr
 from cnnzoo.training.run import TrainingInterrupted
-from cnnzoo.training.tuning import parse_grid, suggest_lr, sweep
+from cnnzoo.training.sweep import parse_grid, sweep
 
 from support.cli import one_error_line, run_cnnzoo
 from support.runs import ctrl_c_raises, metric_rows, tiny_config
@@ -283,7 +284,7 @@ def test_sweep_takes_the_shortcuts_escapes_formulas_and_latest_is_the_best_run(i
 
 
 def test_a_huge_grid_is_refused_at_once_and_trials_sample_it_without_listing_it():
-    from cnnzoo.training.tuning import _combinations
+    from cnnzoo.training.sweep import _combinations
 
     grid = {f"k{i}": list(range(10)) for i in range(6)}  # 10^6 combinations
     with pytest.raises(cnnzoo.UserError, match=r"10 x 10 x 10 x 10 x 10 x 10 = 1,000,000 combinations.*--trials K"):
@@ -308,7 +309,8 @@ def test_a_bad_grid_value_is_one_line(image_root, tmp_path, value):
 
 
 def test_csv_cells_are_safe_in_a_spreadsheet_and_markdown_cells_stay_in_their_column():
-    from cnnzoo.training.tuning import markdown_table, spreadsheet_safe
+    from cnnzoo.files import spreadsheet_safe
+    from cnnzoo.training.sweep import markdown_table
 
     assert [spreadsheet_safe(v) for v in ["=1+1", "+1", "-x", "@A1", "\tx", "plain", -0.5, 3]] == [
         "'=1+1",

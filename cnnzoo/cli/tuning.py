@@ -58,8 +58,8 @@ def lr_find(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)
     cfg = load_config(config, overrides)  # config errors come back before torch is imported
-    from ..training.tuning import apply_lr  # lazy: see cnnzoo.cli
-    from ..training.tuning import lr_find as run_lr_find
+    from ..training.lr_find import apply_lr  # lazy: see cnnzoo.cli
+    from ..training.lr_find import lr_find as run_lr_find
 
     result = run_lr_find(cfg, [], steps=steps, start=start, end=end, out=out, runs_root=runs)
     typer.echo(
@@ -104,8 +104,8 @@ def sweep(
     ).overrides(set_, unset)
     load_config(config, overrides)  # config errors come back before torch is imported
     from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
-    from ..training.tuning import markdown_table
-    from ..training.tuning import sweep as run_sweep
+    from ..training.sweep import markdown_table
+    from ..training.sweep import sweep as run_sweep
 
     try:
         result = run_sweep(

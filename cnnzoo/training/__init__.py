@@ -19,7 +19,8 @@ Read it from :func:`cnnzoo.training.run.train` down:
   up in :mod:`~cnnzoo.training.loggers`' table: :mod:`~cnnzoo.training.tensorboard` and
   :mod:`~cnnzoo.training.tracking` (MLflow).
 * :mod:`~cnnzoo.training.transfer`: two training stages and the frozen-feature cache.
-* :mod:`~cnnzoo.training.tuning`: ``lr-find`` and ``sweep``.
+* :mod:`~cnnzoo.training.lr_find`: ``lr-find``, the learning-rate range test.
+* :mod:`~cnnzoo.training.sweep`: ``sweep``, grid or random sweeps and their comparison.
 
 Under torchrun the same code runs in every process; :mod:`cnnzoo.runtime.distributed` holds
 what differs (sharded data, reduced metrics, rank 0 alone writing).
