@@ -397,3 +397,25 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(exported, tmp_pa
     onnx.save(proto, str(folder / "escapes.onnx"))
     with pytest.raises(cnnzoo.UserError, match=r"escapes\.onnx: not a readable ONNX model \(.*External data path"):
         inference.load(folder / "escapes.onnx")
+
+
+def test_a_format_added_to_the_table_is_written_checked_and_recognised(trained, tmp_path, monkeypatch):
+    """Adding an export format is a writer, a recogniser and one line in EXPORT_FORMATS (the
+    architecture page's recipe): a toy format, living in the test, goes through the whole command."""
+    from cnnzoo.deploy import export as exporting
+
+    written = []
+
+    def toy_written(model, path, opset):
+        written.append(path)
+        return exporting.EXPORT_FORMATS["onnx"].write(model, path, opset)
+
+    toy = exporting.ExportFormat(".toy.onnx", "a toy", toy_written, exporting.EXPORT_FORMATS["onnx"].recognise)
+    monkeypatch.setitem(exporting.EXPORT_FORMATS, "toy", toy)
+    result = export(trained.best, "toy", out=tmp_path)
+    assert result.ok and result.path == tmp_path / "best.toy.onnx" and written
+    assert exporting.is_export(result.path, "toy") and not exporting.is_export(trained.best, "toy")
+    with pytest.raises(cnnzoo.errors.UserError, match="a file that is not a toy export"):
+        (tmp_path / "notes.toy.onnx").write_text("mine")
+        export(trained.best, "toy", out=tmp_path / "notes.toy.onnx")
+    assert (tmp_path / "notes.toy.onnx").read_text() == "mine"

@@ -24,6 +24,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,6 @@ from ..inference.tflite import TFLiteModel, native_output_hidden, read_metadata
 from ..inference.torch_models import Model, TorchScriptModel
 from . import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE, quantize
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}
-FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "tflite": "a TFLite"}
 INT8_SUFFIX = ".int8.onnx"  # an INT8 ONNX export beside best.onnx, never in its place
 
 
@@ -158,7 +157,7 @@ def _write_torchscript(model: Model, example: torch.Tensor, path: Path) -> None:
 
 
 def default_path(checkpoint: Path, fmt: str, int8: bool = False) -> Path:
-    return checkpoint.with_name(checkpoint.stem + (INT8_SUFFIX if int8 else FORMATS[fmt]))
+    return checkpoint.with_name(checkpoint.stem + (INT8_SUFFIX if int8 else EXPORT_FORMATS[fmt].suffix))
 
 
 def export(
@@ -223,8 +222,8 @@ def export(
 
 
 def _check_arguments(fmt: str, int8: bool, calibration: int) -> None:
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
     if int8 and fmt != "onnx":
         raise UserError(f"--int8: quantizes an ONNX export; use --format onnx (not {fmt})")
     if calibration < 1:
@@ -241,15 +240,7 @@ def _replacement(path: Path) -> Replacement:
 
 def _write(model: Model, fmt: str, path: Path, opset: int) -> Classifier:
     """``model`` written to ``path`` as ``fmt``, opened again to be checked."""
-    example = torch.zeros(2, model.channels, *model.image_size)
-    if fmt == "onnx":
-        _write_onnx(model, example, path, opset)
-        return OnnxModel(path)
-    if fmt == "tflite":
-        _write_tflite(model, path)
-        return TFLiteModel(path, num_threads=1)
-    _write_torchscript(model, example, path)
-    return TorchScriptModel(path, device="cpu")  # the code just traced here, not a file handed in
+    return EXPORT_FORMATS[fmt].write(model, path, opset)
 
 
 def _write_int8(
@@ -283,31 +274,78 @@ def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
         )
     if not force and not is_export(path, fmt):
         raise UserError(
-            f"--out {path}: a file that is not {FORMAT_NAMES[fmt]} "
+            f"--out {path}: a file that is not {EXPORT_FORMATS[fmt].article} "
             f"export is there already and would be replaced; choose another --out, or add --force"
         )
 
 
 def is_export(path: Path, fmt: str) -> bool:
-    """Whether ``path`` is a cnnzoo export of ``fmt`` (read, never run: an ONNX protobuf's
-    metadata, a TorchScript archive's file listing)."""
-    if fmt == "onnx":
-        try:
-            import onnx  # lazy: an optional extra, as in _write_onnx
+    """Whether ``path`` is a cnnzoo export of ``fmt`` (read, never run)."""
+    return EXPORT_FORMATS[fmt].recognise(path)
 
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception:  # protobuf's decode errors, a folder, an unreadable file
-            return False
-        return any(entry.key == METADATA_KEY for entry in proto.metadata_props)
-    if fmt == "tflite":
-        try:
-            return read_metadata(path) is not None
-        except (UserError, OSError):
-            return False
 
+def _example(model: Model) -> torch.Tensor:
+    return torch.zeros(2, model.channels, *model.image_size)
+
+
+def _onnx_written(model: Model, path: Path, opset: int) -> Classifier:
+    _write_onnx(model, _example(model), path, opset)
+    return OnnxModel(path)
+
+
+def _tflite_written(model: Model, path: Path, opset: int) -> Classifier:
+    _write_tflite(model, path)
+    return TFLiteModel(path, num_threads=1)
+
+
+def _torchscript_written(model: Model, path: Path, opset: int) -> Classifier:
+    _write_torchscript(model, _example(model), path)
+    return TorchScriptModel(path, device="cpu")  # the code just traced here, not a file handed in
+
+
+def _is_onnx_export(path: Path) -> bool:
+    """An ONNX protobuf with cnnzoo's metadata entry (parsed, never run)."""
+    try:
+        import onnx  # lazy: an optional extra, as in _write_onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's decode errors, a folder, an unreadable file
+        return False
+    return any(entry.key == METADATA_KEY for entry in proto.metadata_props)
+
+
+def _is_tflite_export(path: Path) -> bool:
+    try:
+        return read_metadata(path) is not None
+    except (UserError, OSError):
+        return False
+
+
+def _is_torchscript_export(path: Path) -> bool:
+    """A TorchScript archive (its zip listing read, nothing loaded) with cnnzoo's extra file."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (OSError, zipfile.BadZipFile):
         return False
     return any(name.endswith(f"/extra/{METADATA_KEY}") for name in names) and any("/code/" in n for n in names)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One format ``export`` writes: its file suffix, its name in messages, how a model is written
+    and opened again for the parity check (model, path, opset), and how its own files are told
+    apart from others (``--out`` replaces only those without ``--force``)."""
+
+    suffix: str
+    article: str
+    write: Callable[[Model, Path, int], Classifier]
+    recognise: Callable[[Path], bool]
+
+
+# the formats export writes: adding one is a writer, a recogniser and a line here (docs/design/architecture.md)
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat(".onnx", "an ONNX", _onnx_written, _is_onnx_export),
+    "torchscript": ExportFormat(".torchscript.pt", "a TorchScript", _torchscript_written, _is_torchscript_export),
+    "tflite": ExportFormat(".tflite", "a TFLite", _tflite_written, _is_tflite_export),
+}
