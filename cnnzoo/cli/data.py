@@ -52,8 +52,9 @@ def check(
     cfg = data_config(config or config_arg, data, set_)
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
     from ..data.check import check_data, format_check, problems
+    from ..training.inputs import preprocessing_for
 
-    report = check_data(cfg)
+    report = check_data(cfg, pretrained=preprocessing_for(cfg))
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)
@@ -79,6 +80,7 @@ def shards(
     """
     cfg = data_config(None, source, set_)
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..data.shards import write_source
+    from ..data.shard_export import write_source
+    from ..training.inputs import preprocessing_for
 
-    write_source(cfg, out, shard_size=shard_size, force=force)
+    write_source(cfg, out, shard_size=shard_size, force=force, pretrained=preprocessing_for(cfg))

@@ -26,7 +26,8 @@ def summary(
     """
     cfg = load_config(config, set_)  # config errors come back before torch is imported
     # lazy: a command loads its parts (torch) when it runs, so --help and config errors come at once
-    from ..model.summary import format_summary, summarize
+    from ..model.summary import format_summary
+    from ..training.inputs import summarize
 
     result = summarize(cfg, expand)
     if as_json:

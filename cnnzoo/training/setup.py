@@ -14,7 +14,7 @@ from ..config import Config, TrainConfig
 from ..console import console
 from ..data import augment as augment_mod
 from ..data import loaders as loaders_mod
-from ..data import shards, sources
+from ..data import sources
 from ..errors import ConfigError
 from ..model.backbones import absolute_weight_paths
 from ..model.layers import build_from_infos, trace_layers
@@ -30,6 +30,7 @@ from ..runtime.device import (
     prefers_channels_last,
 )
 from .callbacks import require_tensorboard
+from .inputs import load_data
 from .recipe import Criterion, check_class_weights, class_weight_vector, loss_kind, make_optimizer, pos_weight_vector
 from .tracking import require_mlflow
 from .transfer import stage_plan
@@ -56,8 +57,7 @@ def build_for_data(cfg: Config, spec: sources.DataSpec, *, pretrained: bool = Fa
 def _record_data(cfg: Config, spec: sources.DataSpec) -> None:
     """The saved config records what was used, and works from any folder."""
     cfg.name = cfg.run_name
-    if cfg.data.source == "folder" and cfg.data.root:
-        cfg.data.root = spec.root
+    cfg.data.root = spec.saved_root
     cfg.data.channels, cfg.data.image_size = spec.channels, list(spec.image_size)
     absolute_weight_paths(cfg.model.layers)
 
@@ -196,7 +196,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     t = cfg.train
     autocast_dtype = amp_dtype(t.amp, dev)  # a setting this device cannot take is refused before decoding
     with distributed.main_first():  # a built-in data set is generated once
-        spec = sources.load_data(cfg)
+        spec = load_data(cfg)
     _record_data(cfg, spec)
     infos, model = build_for_data(cfg, spec, pretrained=state is None)
     if state is not None:
@@ -209,8 +209,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     require_tensorboard(t.loggers)
     require_mlflow(t.loggers)
 
-    build = shards.stream_loaders if spec.train.shards is not None else loaders_mod.build_loaders
-    loaders = build(cfg, spec, augment=augment, cuda=dev.type == "cuda")
+    loaders = sources.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     autocast_dtype = _precision(
