@@ -35,7 +35,7 @@ _API = {
     "evaluate": ("evaluation.evaluate", "evaluate"),
     "load_config": ("config", "load_config"),
     "build_model": ("model.layers", "build_model"),
-    "summarize": ("model.summary", "summarize"),
+    "summarize": ("training.inputs", "summarize"),
     "UserError": ("errors", "UserError"),
 }
 __all__ = list(_API) + ["__version__"]

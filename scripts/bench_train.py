@@ -50,8 +50,8 @@ class Setup:
 
         from cnnzoo.config import load_config
         from cnnzoo.console import console
-        from cnnzoo.data.sources import load_data
         from cnnzoo.runtime.device import amp_dtype, pick_device, prefers_channels_last
+        from cnnzoo.training.inputs import load_data
         from cnnzoo.training.recipe import OptimizerSettings, make_optimizer
         from cnnzoo.training.setup import build_for_data
 

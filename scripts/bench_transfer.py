@@ -39,10 +39,10 @@ def main() -> None:
     from cnnzoo.console import console
     from cnnzoo.data.cache import decode_all
     from cnnzoo.data.loaders import ImageDataset, make_loader
-    from cnnzoo.data.sources import load_data
     from cnnzoo.model.backbones import backbone_of
     from cnnzoo.runtime.device import Feed, cpu_count, norm_tensors, prefers_channels_last
     from cnnzoo.training import transfer
+    from cnnzoo.training.inputs import load_data
     from cnnzoo.training.loop import Stepper, train_one_epoch
     from cnnzoo.training.recipe import Criterion, LRSchedule, OptimizerSettings, ScheduleSettings, make_optimizer
     from cnnzoo.training.setup import build_for_data

@@ -190,7 +190,7 @@ def shipped_params() -> list:
 
 @pytest.mark.parametrize("path", shipped_params())
 def test_shipped_config_loads_traces_and_header_count_matches(path, tmp_path, monkeypatch):
-    from cnnzoo.model.summary import resolve_model_shape
+    from cnnzoo.training.inputs import resolve_model_shape
 
     monkeypatch.chdir(tmp_path)  # a config file's relative paths are read from its own folder
     text = path.read_text(encoding="utf-8")

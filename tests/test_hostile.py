@@ -23,11 +23,11 @@ from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.config.reference import config_keys
 from cnnzoo.data.cache import decode_all
-from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
 from cnnzoo.inference.inputs import expand_inputs
 from cnnzoo.model.layers import trace_layers
 from cnnzoo.runs import resolve_checkpoint
+from cnnzoo.training.inputs import load_data, resolve_input
 from cnnzoo.training.run import train
 
 from servelib import png_claiming

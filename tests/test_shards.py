@@ -16,7 +16,7 @@ import yaml
 
 import cnnzoo
 from cnnzoo.config import load_config
-from cnnzoo.data import shard_files, shards
+from cnnzoo.data import shard_export, shard_files, shards
 from cnnzoo.data.sources import load_data
 from cnnzoo.errors import DataError
 
@@ -33,7 +33,7 @@ def shard_set(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("shards")
     make_image_tree(base / "images", train={"a": 21, "b": 13}, validation={"a": 7, "b": 4})
     cfg = load_config({"data": {"root": str(base / "images"), "image_size": 16}})
-    shards.write_source(cfg, base / "out", shard_size=5)
+    shard_export.write_source(cfg, base / "out", shard_size=5)
     return base / "out"
 
 
@@ -139,7 +139,7 @@ def test_without_webdataset_a_shard_source_is_one_line(shard_set, monkeypatch):
 def test_writing_into_a_folder_that_holds_files_is_refused(shard_set, image_root):
     cfg = load_config({"data": {"root": str(image_root), "image_size": 16}})
     with pytest.raises(DataError, match="already exists and is not empty"):
-        shards.write_source(cfg, shard_set)
+        shard_export.write_source(cfg, shard_set)
 
 
 @pytest.mark.slow

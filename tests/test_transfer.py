@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 import cnnzoo
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.data.sources import load_data, resolve_input
 from cnnzoo.errors import UserError
 from cnnzoo.model.backbones import Backbone
+from cnnzoo.training.inputs import load_data, resolve_input
 from cnnzoo.training.run import train
 
 from support.runs import metric_rows

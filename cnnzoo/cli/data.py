@@ -51,8 +51,9 @@ def check(
         raise UserError(f"two configs given ({config_arg} and --config {config}); give one")
     cfg = data_config(config or config_arg, data, set_)
     from ..data.check import check_data, format_check, problems  # lazy: see cnnzoo.cli
+    from ..training.inputs import preprocessing_for
 
-    report = check_data(cfg)
+    report = check_data(cfg, pretrained=preprocessing_for(cfg))
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)
@@ -77,6 +78,7 @@ def shards(
     cnnzoo train -c CONFIG --data OUT
     """
     cfg = data_config(None, source, set_)
-    from ..data.shards import write_source  # lazy: see cnnzoo.cli
+    from ..data.shard_export import write_source  # lazy: see cnnzoo.cli
+    from ..training.inputs import preprocessing_for
 
-    write_source(cfg, out, shard_size=shard_size, force=force)
+    write_source(cfg, out, shard_size=shard_size, force=force, pretrained=preprocessing_for(cfg))

@@ -25,7 +25,8 @@ def summary(
     A pretrained backbone is one row; its frozen parameters are counted apart.
     """
     cfg = load_config(config, set_)  # config errors come back before torch is imported
-    from ..model.summary import format_summary, summarize  # lazy: see cnnzoo.cli
+    from ..model.summary import format_summary  # lazy: see cnnzoo.cli
+    from ..training.inputs import summarize
 
     result = summarize(cfg, expand)
     if as_json:

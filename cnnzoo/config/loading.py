@@ -128,13 +128,14 @@ def _build_dataclass(cls: type, raw: dict, prefix: str, where: str) -> Any:
                 else (f"; known keys{' of ' + prefix if prefix else ''}: {', '.join(fields)}")
             )
             raise ConfigError(f"{where}{dotted}: unknown key{hint}")
-        tp = hints[key]
+        tp, choices = hints[key], fields[key].metadata.get("choices")  # choices: names a registry keeps
         try:
             kwargs[key] = _coerce(value, tp, dotted, where)
+            if choices is not None and kwargs[key] not in choices:
+                raise _Mismatch
         except _Mismatch:
-            raise ConfigError(
-                f"{where}{dotted}: got {value!r} ({_yaml_type(value)}), expected {_type_name(tp)}"
-            ) from None
+            expected = " | ".join(choices) if choices is not None else _type_name(tp)
+            raise ConfigError(f"{where}{dotted}: got {value!r} ({_yaml_type(value)}), expected {expected}") from None
         bounds = fields[key].metadata.get("bounds")
         if bounds is not None and not bounds.admits(kwargs[key]):
             integer = "int" in _type_name(tp).split(" or ")

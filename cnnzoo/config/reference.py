@@ -66,7 +66,7 @@ def config_keys(cls: type = Config, prefix: str = "") -> list[KeyDoc]:
         keys.append(
             KeyDoc(
                 key,
-                type_words(hint),
+                " or ".join(f.metadata["choices"]) if "choices" in f.metadata else type_words(hint),
                 _default_words(f),
                 bounds.describe(integer=hint is int) if isinstance(bounds, Bounds) else "",
                 docs.get(f.name, ""),

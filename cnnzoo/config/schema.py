@@ -111,9 +111,14 @@ class AugmentConfig:
         return on
 
 
+# data.source's values: the built-in sources, which a config is checked against before the data layer
+# (its registry, cnnzoo.data.sources.SOURCES) is imported; the registry adds the sources it registers
+SOURCE_NAMES = ["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest", "webdataset", "hf"]
+
+
 @dataclass
 class DataConfig:
-    source: Literal["folder", "shapes", "mnist", "fashion_mnist", "cifar10", "manifest", "webdataset", "hf"] = "folder"
+    source: str = field(default="folder", metadata={"choices": SOURCE_NAMES})
     """Where images come from: `folder` (class folders under `root`), `manifest` (a CSV, TSV,
     JSON Lines or Parquet file of images and labels), `webdataset` (tar shards, streamed), `hf` (a
     Hugging Face dataset on disk), `shapes` (drawn shapes, generated offline on first use), or

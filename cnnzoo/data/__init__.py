@@ -2,11 +2,12 @@
 
 In the order training meets them:
 
-* :mod:`~cnnzoo.data.sources` (``data.source``): a folder in ImageFolder layout (``train/`` +
-  ``validation/`` or ``val/``, optional ``test/``; or one folder of class folders split by
-  ``data.val_fraction``), the built-in ``shapes`` set (:mod:`~cnnzoo.data.shapes`), or
-  torchvision's MNIST, Fashion-MNIST and CIFAR-10; each split becomes a ``Samples`` list, and
-  the whole section a ``DataSpec``.
+* :mod:`~cnnzoo.data.sources` (``data.source``): one module and ``Source`` class per kind, and
+  the registry that names them: a folder in ImageFolder layout (``train/`` + ``validation/`` or
+  ``val/``, optional ``test/``; or one folder of class folders split by ``data.val_fraction``),
+  the built-in ``shapes`` set (:mod:`~cnnzoo.data.shapes`), torchvision's MNIST, Fashion-MNIST
+  and CIFAR-10, a manifest, a Hugging Face dataset or shards; each split becomes a ``Samples``
+  list, and the whole section a ``DataSpec``.
 * :mod:`~cnnzoo.data.manifest` (torch-free): a CSV, TSV, JSON Lines or Parquet table naming each
   image and its label(s) (``data.source: manifest``, detected from a ``data.root`` file), read
   into rows that :mod:`~cnnzoo.data.sources` turns into splits.
@@ -30,7 +31,8 @@ In the order training meets them:
   depend only on (seed, epoch, batch), so a run is reproducible whatever the worker count.
 
 Floor 5: data may import floors 0-4 (errors, console, files; config; checkpoint, runs;
-runtime; model, for a backbone's preprocessing). :mod:`~cnnzoo.data.preprocess` is torch-free
-and imports floors 0-2 only; this ``__init__`` imports nothing, so importing the preprocessing
+runtime; model); a backbone's preprocessing comes from the caller (:mod:`cnnzoo.training.inputs`)
+as plain numbers, so the data never reads ``model.layers``. :mod:`~cnnzoo.data.preprocess` is
+torch-free and imports floors 0-2 only; this ``__init__`` imports nothing, so importing the preprocessing
 does not import torch.
 """

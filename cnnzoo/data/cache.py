@@ -29,7 +29,7 @@ from ..console import console, warn
 from ..errors import DataError
 from ..files import Replacement, cache_home, is_disk_full, reserve_space, write_text
 from ..runtime import distributed
-from .sources import Samples
+from .sources.samples import Samples
 
 CACHE_FORMAT = 2  # bump when preprocessing or the cache files change, so old caches are not reused
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..config import Config
 from . import shard_files
-from .sources import DataSpec, Samples, load_data
+from .sources import DataSpec, Pretrained, Samples, load_data
 
 SHOWN = 5  # files named per problem before "..."
 _CHUNK = 2048  # files handed to the reading threads at a time
@@ -110,9 +110,9 @@ def _split_facts(samples: Samples, classes: list[str]) -> list[_Facts]:
     return facts
 
 
-def check_data(cfg: Config) -> dict[str, Any]:
-    """The report ``cnnzoo data check`` prints, as plain data."""
-    spec = load_data(cfg, missing_ok=True)
+def check_data(cfg: Config, *, pretrained: Pretrained | None = None) -> dict[str, Any]:
+    """The report ``cnnzoo data check`` prints, as plain data (``pretrained``: as for :func:`load_data`)."""
+    spec = load_data(cfg, missing_ok=True, pretrained=pretrained)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     facts = {name: _split_facts(s, spec.classes) for name, s in splits.items()}
     counts = {name: np.bincount(_class_indices(s, spec.multi_label, facts[name]), minlength=len(spec.classes)).tolist()

@@ -25,7 +25,7 @@ from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .batch_augment import BatchAugment
 from .cache import DecodedImages, decode_all, plan_cache, shared_cache_kind
-from .sources import DataSpec, Samples
+from .sources.samples import DataSpec, Samples
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -27,7 +27,6 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,29 +36,14 @@ from ..config import Config
 from ..console import console, warn
 from ..errors import DataError, UserError, short_reason
 from ..runtime import distributed
-from . import preprocess, shard_files, shard_output, sources
+from . import preprocess
 from .loaders import Loaders, choose_workers, mix_seed
 from .shard_files import MemberError, class_of, image_of, iter_shard
-from .sources import DataSpec, Samples
+from .sources.samples import DataSpec, Samples
 
 SHUFFLE_BUFFER = 256  # samples (their encoded bytes) each worker mixes before decoding
 NAMED_SKIPS = 3  # skipped samples named per shard and pass; the rest are counted
 _BUFFER_NAME = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
-
-
-def shard_split(root: str, split: str | None, classes: list[str]) -> Samples:
-    """A split of a shard set to score (``evaluate --data``): ``split``, else test, else validation;
-    its classes must be the model's."""
-    found_classes, found = shard_files.find_shards(root)
-    name = split or ("test" if "test" in found else "validation")
-    if name not in found:
-        raise DataError(f"{root}: has no {name} shards")
-    if found_classes != classes:
-        raise DataError(
-            f"{root}: the shards' classes ({', '.join(found_classes[:8])}) are not the model's "
-            f"({', '.join(classes[:8])})"
-        )
-    return sources.shard_samples(found[name])
 
 
 # -------------------------------------------------------------------------------------- streaming
@@ -377,27 +361,3 @@ def eval_loader(samples: Samples, classes: list[str], *, size: tuple[int, int], 
     """Every sample of a split's shards once, for ``evaluate``."""
     settings = StreamSettings(size=size, channels=channels, batch_size=batch_size)
     return StreamLoader(ShardStream(samples, classes, settings, train=False), workers=0, pin_memory=False)
-
-
-def write_source(cfg: Config, out: Path, *, shard_size: int = 1000, force: bool = False) -> dict[str, Any]:
-    """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards
-    (:func:`cnnzoo.data.shard_files.write_shards`). ``out`` is checked before the data is read;
-    multi-label data is refused (a shard holds one label)."""
-    index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
-    shard_output.check_output(out, force=force, **index)
-    spec = sources.load_data(cfg)
-    splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
-    if any(s.shards is not None for s in splits.values()):
-        raise DataError(f"{cfg.data.root}: already WebDataset shards")
-    if spec.multi_label:
-        raise DataError(
-            f"{spec.root}: multi-label data (rows with several labels, or none); shards hold one label per "
-            f"image: keep it as a manifest (cnnzoo train reads it as it is)"
-        )
-    root = Path(spec.root or ".")
-    roots = [root.parent if root.is_file() else root]  # a manifest's folder, or the image folder
-    if cfg.data.images_dir:
-        roots.append(Path(cfg.data.images_dir))
-    return shard_files.write_shards(
-        splits, spec.classes, out, roots=roots, shard_size=shard_size, seed=cfg.seed, force=force
-    )

@@ -8,7 +8,6 @@ Imports torch, data loaders, inference.torch_models and runtime.device.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import numpy as np
 from .. import checkpoint as ckpt_io
 from ..config import load_config
 from ..console import console
-from ..data import loaders, shards
+from ..data import loaders, sources
 from ..inference.torch_models import Model
 from ..inference.tta import AveragedViews
 from ..runtime.device import Feed
@@ -54,21 +53,15 @@ def score_checkpoint(
         "about": about,
         "thresholds": thresholds,
     }
-    if samples.shards is not None:
-        size, channels = model.image_size, model.channels
-        loader = shards.eval_loader(samples, model.classes, size=size, channels=channels, batch_size=batch_size)
-        logits, labels = predict_loader(
-            module, loader, feed, bar=console.bar(len(loader), "evaluate") if progress else None
-        )
-        return Scored(logits=logits.numpy(), labels=labels.numpy(), rows=None, **scored_on)
-    cuda = model.device.type == "cuda"
-    # each image labelled with its own position, so that the rows say which images they are
-    numbered = dataclasses.replace(samples, labels=list(range(len(samples))))
-    dataset = loaders.ImageDataset(numbered, model.image_size, model.channels)
-    workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
-    loader = loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda)
+    size, channels, cuda = model.image_size, model.channels, model.device.type == "cuda"
+    loader, by_position = sources.scoring_loader(
+        samples, model.classes, size=size, channels=channels, batch_size=batch_size, cuda=cuda
+    )
     bar = console.bar(len(loader), "evaluate") if progress else None
-    logits, rows = predict_loader(module, loader, feed, bar=bar)
+    logits, second = predict_loader(module, loader, feed, bar=bar)
+    if not by_position:  # a stream yields labels, not positions to look them up by
+        return Scored(logits=logits.numpy(), labels=second.numpy(), rows=None, **scored_on)
+    rows = second
     labels = _labels(samples, rows.tolist(), model.classes, multi)
     return Scored(logits=logits.numpy(), labels=labels, rows=rows.numpy(), **scored_on)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import runs
 from ..console import console
+from ..data.sources import split_from_folder
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
 from ..inference import Classifier, is_onnx, is_tflite, load
@@ -30,7 +31,7 @@ from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
 from . import multilabel, scores
 from .page import ReportInputs, write_report_html
-from .splits import Scored, check_split, export_data, split_from_folder
+from .splits import Scored, check_split, export_data
 
 EXPORT_BATCH = 64  # images per forward pass of an export, as predict's default
 

@@ -12,30 +12,15 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..data.sources import class_names, resolve_input
-from ..errors import UserError, shape_text
+from ..errors import shape_text
 from .blocks import BLOCKS
 from .layers import LayerInfo, trace_layers
 
 
-def resolve_model_shape(cfg: Config) -> tuple[list[int], int | None]:
-    """Input [C, H, W] and class count: from ``model`` where set, else from ``data``."""
-
-    if cfg.model.input and cfg.model.num_classes:
-        return list(cfg.model.input), cfg.model.num_classes
-    channels, size = resolve_input(cfg)
-    if cfg.model.num_classes:
-        return [channels, *size], cfg.model.num_classes
-    try:
-        num_classes = len(class_names(cfg))
-    except UserError as exc:  # no data here: the class count is all a summary needs from it
-        raise type(exc)(f"{exc}; a summary only needs the number of classes: --set model.num_classes=N") from None
-    return [channels, *size], num_classes
-
-
-def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
-    """The summary as plain data; ``expand`` adds each backbone's stages and each block's layers."""
-    input_shape, num_classes = resolve_model_shape(cfg)
+def summarize(cfg: Config, expand: bool = False, *, input_shape: list[int], num_classes: int | None) -> dict[str, Any]:
+    """The summary of ``cfg``'s network on ``input_shape`` [C, H, W] as plain data (the caller,
+    :func:`cnnzoo.training.inputs.summarize`, takes them from the data where the model leaves them
+    out); ``expand`` adds each backbone's stages and each block's layers."""
     infos = trace_layers(cfg.model.layers, input_shape, num_classes, count_macs=True)
     result = _as_dict(infos, input_shape, num_classes)
     if expand:

@@ -33,7 +33,7 @@ class RunFacts:
     classes: list[str]  # in the model's output order
     channels: int
     image_size: tuple[int, int]  # (H, W)
-    data_root: str | None  # a folder source's data.root made absolute; None: data.root as written
+    data_root: str | None  # data.root as the saved config records it (a folder made absolute; DataSpec.saved_root)
     layers: list[Any]  # model.layers with a backbone's weights file made absolute
 
     @property
@@ -73,6 +73,6 @@ def resolve_facts(cfg: Config, spec: DataSpec) -> RunFacts:
         classes=list(spec.classes),
         channels=spec.channels,
         image_size=(spec.image_size[0], spec.image_size[1]),
-        data_root=spec.root if cfg.data.source == "folder" and cfg.data.root else None,
+        data_root=spec.saved_root,
         layers=layers,
     )

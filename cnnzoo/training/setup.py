@@ -16,7 +16,7 @@ from ..config import Config, TrainConfig
 from ..console import console
 from ..data import augment as augment_mod
 from ..data import loaders as loaders_mod
-from ..data import shards, sources
+from ..data import sources
 from ..errors import ConfigError
 from ..model.layers import build_from_infos, trace_layers
 from ..runtime import distributed
@@ -31,6 +31,7 @@ from ..runtime.device import (
     prefers_channels_last,
 )
 from .facts import RunFacts, resolve_facts
+from .inputs import load_data
 from .loggers import require_loggers
 from .recipe import (
     Criterion,
@@ -201,7 +202,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     t = cfg.train
     autocast_dtype = amp_dtype(t.amp, dev)  # a setting this device cannot take is refused before decoding
     with distributed.main_first():  # a built-in data set is generated once
-        spec = sources.load_data(cfg)
+        spec = load_data(cfg)
     facts = resolve_facts(cfg, spec)
     infos, model = build_model(facts, pretrained=state is None)
     if state is not None:
@@ -213,8 +214,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     stages_plan = stage_plan(model, t)
     require_loggers(t.loggers)
 
-    build = shards.stream_loaders if spec.train.shards is not None else loaders_mod.build_loaders
-    loaders = build(cfg, spec, augment=augment, cuda=dev.type == "cuda")
+    loaders = sources.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
     model, channels_last = _place(model, t, dev)
     autocast_dtype = _precision(

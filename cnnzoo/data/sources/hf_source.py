@@ -1,0 +1,70 @@
+"""``data.source: hf``: a local Hugging Face dataset (``save_to_disk``, Parquet files, or an
+``imagefolder``) read through :mod:`cnnzoo.data.hf`.
+
+Imports config, console, errors, hf and the sibling modules; torch-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...config import Config
+from ...console import console
+from ...errors import DataError
+from .. import hf
+from .base import Source, Splits
+from .samples import Samples, stratified_split
+
+
+class HFSource(Source):
+    """A local Hugging Face dataset; detected from a folder written by ``save_to_disk`` or holding Parquet files."""
+
+    name = "hf"
+    root_hint = "point it at the dataset's folder (save_to_disk, Parquet files)"
+
+    @classmethod
+    def detects(cls, path: str) -> bool:
+        return hf.is_hf_dataset(path)
+
+    def splits(self, missing: list[str] | None = None) -> Splits:
+        root = self.root()
+        classes, train, val, test = _hf_splits(self.cfg)
+        return Splits(classes=classes, train=train, val=val, test=test, where=str(Path(root).resolve()))
+
+    def single_label_split(self, data: str, split: str | None, classes: list[str]) -> Samples:
+        return hf_split(self.cfg, data, split, classes)
+
+    def split_to_score(
+        self, data: str, split: str | None, classes: list[str], *, multi_label: bool
+    ) -> tuple[Samples, str]:
+        return super().split_to_score(data, split, classes, multi_label=multi_label)[0], data
+
+
+def _hf_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None]:
+    d = cfg.data
+    kind = "auto" if hf.is_hf_dataset(d.root) else "imagefolder"  # type: ignore[arg-type]
+    classes, parts = hf.load_hf(d.root, kind=kind, image_column=d.image_column, label_column=d.label_column)  # type: ignore[arg-type]
+    made = {
+        split: Samples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")  # type: ignore[arg-type]
+        for split, (images, labels) in parts.items()
+    }
+    if "validation" not in made:
+        made["train"], made["validation"] = stratified_split(made["train"], d.val_fraction, cfg.seed)
+        console.log(
+            f"data: {d.root} has no validation split; held out {d.val_fraction:g} of each class (data.val_fraction)"
+        )
+    return classes, made["train"], made["validation"], made.get("test")
+
+
+def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> Samples:
+    """A split of a local Hugging Face dataset to score (``evaluate --data``): ``split``, else test,
+    else validation; its classes must be the model's."""
+    kind = "auto" if hf.is_hf_dataset(root) else "imagefolder"
+    found, parts = hf.load_hf(root, kind=kind, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    name = split or ("test" if "test" in parts else "validation")
+    if name not in parts:
+        raise DataError(f"{root}: has no {name} split")
+    if found != classes:
+        raise DataError(f"{root}: its classes ({', '.join(found[:8])}) are not the model's ({', '.join(classes[:8])})")
+    images, labels = parts[name]
+    return Samples(name=name, labels=labels, array=images, origin=f"{root}:{name}")  # type: ignore[arg-type]
