@@ -584,10 +584,10 @@ def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written
     ],
 )
 def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
-    from cnnzoo.training.transfer import _flip_plan
+    from cnnzoo.training.feature_cache import _flip_versions
 
     aug = load_config({"data": {"augment": {key: value, "hflip": True}}}).data.augment
-    reason, flips, _ = _flip_plan(aug)
+    reason, flips, _ = _flip_versions(aug)
     assert reason.startswith(f"data.augment.{key} changes the pixels every epoch") and flips == []
     still = load_config({"data": {"augment": {"hflip": 0.3, "vflip": True, "translate": [0.0, 0.0]}}}).data.augment
-    assert _flip_plan(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
+    assert _flip_versions(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
