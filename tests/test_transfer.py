@@ -591,3 +591,21 @@ def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
     assert reason.startswith(f"data.augment.{key} changes the pixels every epoch") and flips == []
     still = load_config({"data": {"augment": {"hflip": 0.3, "vflip": True, "translate": [0.0, 0.0]}}}).data.augment
     assert _flip_versions(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
+
+
+def test_transfer_settings_are_the_keys_the_stages_and_the_feature_cache_read():
+    from cnnzoo.training.transfer import TransferSettings
+
+    cfg = load_config(
+        {
+            "seed": 3,
+            "data": {"feature_cache": "disk", "cache": "ram", "cache_dir": "features", "sampler": "balanced"},
+            "train": {"epochs": 4, "unfreeze_at_epoch": 2, "unfreeze_stages": 2, "mixup": 0.2, "batch_size": 8},
+        }
+    )
+    s = TransferSettings.of(cfg)
+    assert (s.unfreeze_at_epoch, s.unfreeze_stages, s.epochs, s.batch_size, s.seed) == (2, 2, 4, 8, 3)
+    assert (s.feature_cache, s.pixel_cache, s.cache_dir, s.balanced) == ("disk", "ram", Path("features"), True)
+    assert s.mixing == ("mixup",) and s.augment is cfg.data.augment
+    with pytest.raises(AttributeError):  # frozen: one value per run, read from the config once
+        s.epochs = 5
