@@ -41,11 +41,12 @@ def main() -> None:
     from cnnzoo.data.loaders import ImageDataset, make_loader
     from cnnzoo.model.backbones import backbone_of
     from cnnzoo.runtime.device import Feed, cpu_count, norm_tensors, prefers_channels_last
-    from cnnzoo.training import transfer
+    from cnnzoo.training import feature_cache
     from cnnzoo.training.inputs import load_data
     from cnnzoo.training.loop import Stepper, train_one_epoch
     from cnnzoo.training.recipe import Criterion, LRSchedule, OptimizerSettings, ScheduleSettings, make_optimizer
     from cnnzoo.training.setup import build_for_data
+    from cnnzoo.training.transfer import TransferSettings, trainable_stage_counts
 
     cfg = load_config(args.config, args.set)
     weights = Path(str(backbone_weights(cfg))).expanduser()
@@ -56,7 +57,7 @@ def main() -> None:
     backbone = backbone_of(model)
     if backbone is None:
         sys.exit(f"{args.config}: the model has no backbone layer; nothing to cache")
-    backbone.set_trainable(transfer.stage_plan(model, cfg.train)[1])
+    backbone.set_trainable(trainable_stage_counts(model, TransferSettings.of(cfg))[1])
     device = torch.device("cpu")
     channels_last = prefers_channels_last(device)
     model.to(memory_format=torch.channels_last)
@@ -76,23 +77,23 @@ def main() -> None:
             best = max(best, stats["images_per_s"])
         return best
 
-    plan, reason = transfer.plan(model, cfg.data.augment, setting="ram", pixel_cache="ram")
-    if plan is None:
+    cache, reason = feature_cache.cache_cut(model, cfg.data.augment, setting="ram", pixel_cache="ram")
+    if cache is None:
         sys.exit(f"the feature cache does not apply to this config: {reason}")
     whole = epoch_rate(model, make_loader(images, batch, shuffle=True, seed=cfg.seed, workers=0))
     start = time.perf_counter()
-    store = transfer.build(plan, images, "bench", feed=feed, flips=plan.flips)
+    store = feature_cache.build(cache, images, "bench", feed=feed, flips=cache.flips)
     build_seconds = time.perf_counter() - start
-    feature_rate = len(images) * len(plan.flips) / build_seconds
-    cached_set = transfer.FeatureDataset(store, images.labels, plan.flips, flip_p=plan.flip_p)
-    cached = epoch_rate(plan.suffix(), make_loader(cached_set, batch, shuffle=True, seed=cfg.seed, workers=0))
+    feature_rate = len(images) * len(cache.flips) / build_seconds
+    cached_set = feature_cache.FeatureDataset(store, images.labels, cache.flips, flip_p=cache.flip_p)
+    cached = epoch_rate(cache.suffix(), make_loader(cached_set, batch, shuffle=True, seed=cfg.seed, workers=0))
 
     with console.scoped(True):
         n_all = len(load_data(cfg).train)
     per_epoch_saved = n_all / whole - n_all / cached
     print(
         f"config {args.config}: backbone {backbone.name}, {backbone.trainable} of {len(backbone.stages)} "
-        f"stages trainable, {plan.cut} cached, {len(plan.flips)} versions per image, "
+        f"stages trainable, {cache.cut} cached, {len(cache.flips)} versions per image, "
         f"{len(images)} images at {spec.image_size[0]}x{spec.image_size[1]}, batch {batch}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
@@ -100,7 +101,7 @@ def main() -> None:
     print(f"  features  {feature_rate:8.1f} images/s  (the cache build: frozen stages once per image and flip)")
     print(f"  cached    {cached:8.1f} images/s  (training steps on cached features)")
     print(f"ratio cached/whole: {cached / whole:.2f}x per epoch")
-    cache_seconds = n_all * len(plan.flips) / feature_rate
+    cache_seconds = n_all * len(cache.flips) / feature_rate
     print(
         f"for all {n_all} training images: cache build {cache_seconds:.0f}s, one epoch {n_all / whole:.0f}s "
         f"whole vs {n_all / cached:.0f}s cached; the cache pays for itself after "

@@ -253,8 +253,8 @@ def test_batch_erasing_has_torchvisions_distribution():
 
 
 def test_the_feature_cache_names_the_policy_that_needs_pixels():
-    from cnnzoo.training.transfer import _flip_plan
+    from cnnzoo.training.feature_cache import _flip_versions
 
     for key in ("trivialaugment", "random_erasing", "randaugment", "augmix"):
-        reason, _, _ = _flip_plan(augment_config({"hflip": True, **POLICIES.get(key, {key: True})}))
+        reason, _, _ = _flip_versions(augment_config({"hflip": True, **POLICIES.get(key, {key: True})}))
         assert reason.startswith(f"data.augment.{key} changes the pixels every epoch"), reason

@@ -236,13 +236,13 @@ def test_two_processes_run_the_recipe(tmp_path):
 
 
 def test_feature_cache_says_mixing_needs_pixels():
-    from cnnzoo.training.transfer import _flip_plan
+    from cnnzoo.training.feature_cache import _flip_versions
 
     t = mix_settings(cutmix=1.0)
-    reason, versions, _ = _flip_plan(load_config({"data": {"augment": {"hflip": True}}}).data.augment, t.keys_on)
+    reason, versions, _ = _flip_versions(load_config({"data": {"augment": {"hflip": True}}}).data.augment, t.keys_on)
     assert reason.startswith("train.cutmix changes the pixels every epoch") and versions == []
     assert mix_settings(cutmix=1.0, mix_prob=0.0).keys_on == []
-    assert _flip_plan(load_config({}).data.augment, [])[0] is None
+    assert _flip_versions(load_config({}).data.augment, [])[0] is None
 
 
 # ============================================================================ compile

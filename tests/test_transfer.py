@@ -584,10 +584,28 @@ def test_feature_cache_falls_back_to_ram_when_the_cache_folder_cannot_be_written
     ],
 )
 def test_every_augmentation_but_flips_turns_the_feature_cache_off(key, value):
-    from cnnzoo.training.transfer import _flip_plan
+    from cnnzoo.training.feature_cache import _flip_versions
 
     aug = load_config({"data": {"augment": {key: value, "hflip": True}}}).data.augment
-    reason, flips, _ = _flip_plan(aug)
+    reason, flips, _ = _flip_versions(aug)
     assert reason.startswith(f"data.augment.{key} changes the pixels every epoch") and flips == []
     still = load_config({"data": {"augment": {"hflip": 0.3, "vflip": True, "translate": [0.0, 0.0]}}}).data.augment
-    assert _flip_plan(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
+    assert _flip_versions(still) == (None, [(False, False), (False, True), (True, False), (True, True)], (0.3, 0.5))
+
+
+def test_transfer_settings_are_the_keys_the_stages_and_the_feature_cache_read():
+    from cnnzoo.training.transfer import TransferSettings
+
+    cfg = load_config(
+        {
+            "seed": 3,
+            "data": {"feature_cache": "disk", "cache": "ram", "cache_dir": "features", "sampler": "balanced"},
+            "train": {"epochs": 4, "unfreeze_at_epoch": 2, "unfreeze_stages": 2, "mixup": 0.2, "batch_size": 8},
+        }
+    )
+    s = TransferSettings.of(cfg)
+    assert (s.unfreeze_at_epoch, s.unfreeze_stages, s.epochs, s.batch_size, s.seed) == (2, 2, 4, 8, 3)
+    assert (s.feature_cache, s.pixel_cache, s.cache_dir, s.balanced) == ("disk", "ram", Path("features"), True)
+    assert s.mixing == ("mixup",) and s.augment is cfg.data.augment
+    with pytest.raises(AttributeError):  # frozen: one value per run, read from the config once
+        s.epochs = 5

@@ -23,7 +23,7 @@ In the order training meets them:
   definition of "what the model sees", shared by training, evaluation and every model format.
 * :mod:`~cnnzoo.data.cache` (``data.cache``): every image decoded and resized once into a uint8
   ``[N, C, H, W]`` array in RAM or in a checked, memory-mapped ``.npy`` file (the feature cache
-  of :mod:`cnnzoo.training.transfer` is built the same way).
+  of :mod:`cnnzoo.training.feature_cache` is built the same way).
 * :mod:`~cnnzoo.data.augment`: per-image ``torchvision.transforms.v2`` augmentation.
 * :mod:`~cnnzoo.data.batch_augment` (``data.augment.where``): the same augmentation on a whole
   cached uint8 batch on the training device (one ``grid_sample`` for the geometry).

@@ -5,7 +5,7 @@ uint8 ``[N, C, H, W]`` tensor in RAM or in a memory-mapped ``.npy`` file on disk
 files' paths and contents and by the image size and channels, so a changed image or setting
 rebuilds it. A file on disk is checked when opened (:func:`open_cached`: size, header,
 checksum) and rebuilt when it is not what was written (:func:`cached_array`, which the feature
-cache of :mod:`cnnzoo.training.transfer` uses too). Later epochs never touch a JPEG again.
+cache of :mod:`cnnzoo.training.feature_cache` uses too). Later epochs never touch a JPEG again.
 """
 
 from __future__ import annotations

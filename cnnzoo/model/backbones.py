@@ -13,7 +13,7 @@ What this module owns:
   last N stages trainable; frozen stages keep ``requires_grad=False`` and stay in eval
   mode (BatchNorm statistics and dropout untouched) even while the model trains.
   :meth:`Backbone.run` applies a range of stages, which is how the frozen-feature cache
-  (:mod:`cnnzoo.training.transfer`) splits the network.
+  (:mod:`cnnzoo.training.feature_cache`) splits the network.
 * **Weights**, loaded only on request (:meth:`Backbone.load_pretrained`), never when a
   checkpoint is rebuilt: where they come from and how they are read is
   :mod:`cnnzoo.model.weights` (a torchvision weights name, timm's default pretrained weights, or

@@ -18,7 +18,8 @@ Read it from :func:`cnnzoo.training.run.train` down:
   checkpoints, history.png, the console line), then the loggers ``train.loggers`` names, looked
   up in :mod:`~cnnzoo.training.loggers`' table: :mod:`~cnnzoo.training.tensorboard` and
   :mod:`~cnnzoo.training.tracking` (MLflow).
-* :mod:`~cnnzoo.training.transfer`: two training stages and the frozen-feature cache.
+* :mod:`~cnnzoo.training.transfer`: the two training stages of transfer learning, and
+  :mod:`~cnnzoo.training.feature_cache`: the frozen-feature cache they read.
 * :mod:`~cnnzoo.training.lr_find`: ``lr-find``, the learning-rate range test.
 * :mod:`~cnnzoo.training.sweep`: ``sweep``, grid or random sweeps and their comparison.
 

@@ -34,7 +34,7 @@ from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate
 from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
-from .transfer import TransferStages
+from .transfer import TransferSettings, TransferStages
 
 
 class TrainingInterrupted(Exception):
@@ -242,7 +242,13 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
         criterion=setup.criterion,
         stepper=stepper,
         feed=setup.feed,
-        stages=TransferStages(setup.model, cfg, plan=setup.stages_plan, loaders=setup.loaders, feed=setup.feed),
+        stages=TransferStages(
+            setup.model,
+            TransferSettings.of(cfg),
+            trainable_counts=setup.trainable_counts,
+            loaders=setup.loaders,
+            feed=setup.feed,
+        ),
         best=BestEpoch.of(cfg.train, multi_label=setup.spec.multi_label),
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )

@@ -42,7 +42,7 @@ from .recipe import (
     make_optimizer,
     pos_weight_vector,
 )
-from .transfer import stage_plan
+from .transfer import TransferSettings, trainable_stage_counts
 
 
 def build_model(facts: RunFacts, *, pretrained: bool = False) -> tuple[list, nn.Sequential]:
@@ -166,7 +166,7 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None  # fp16 autocast only
     counts: list[int]
-    stages_plan: tuple[int, int] | None
+    trainable_counts: tuple[int, int] | None  # backbone stages trained in stage 1 and 2
 
 
 def _precision(
@@ -211,7 +211,7 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     kind = loss_kind(t.loss, infos[-1].output_shape[0], len(spec.classes), multi_label=spec.multi_label)
     augment = augment_mod.build_augment(cfg.data.augment, spec.image_size)
     check_class_weights(t.class_weights, spec.classes)
-    stages_plan = stage_plan(model, t)
+    trainable_counts = trainable_stage_counts(model, TransferSettings.of(cfg))
     require_loggers(t.loggers)
 
     loaders = sources.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
@@ -247,5 +247,5 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
         optimizer=make_optimizer(model, OptimizerSettings.of(t)),
         scaler=scaler,
         counts=counts,
-        stages_plan=stages_plan,
+        trainable_counts=trainable_counts,
     )

@@ -1,330 +1,94 @@
-"""Transfer learning's training side: two training stages, and the frozen-feature cache.
+"""Transfer learning's two training stages, and when they read the frozen-feature cache.
 
-**Stages.** Stage 1 trains the head and the backbone stages that ``freeze`` leaves
-trainable; from ``train.unfreeze_at_epoch`` on, stage 2 trains the last
-``train.unfreeze_stages`` too (:func:`stage_plan`, :class:`TransferStages`).
+Stage 1 trains the head and the backbone stages that ``freeze`` leaves trainable; from
+``train.unfreeze_at_epoch`` on, stage 2 trains the last ``train.unfreeze_stages`` too
+(:func:`trainable_stage_counts`, :class:`TransferStages`). What stays frozen in both stages
+is computed once per image by :mod:`cnnzoo.training.feature_cache` when augmentation allows.
 
-**The cache.**
-While the first stages of a ``backbone`` are frozen (and in eval mode), their output
-for an image never changes, so recomputing it every epoch is wasted work: on a CPU it is
-most of the work. :func:`plan` decides whether the cache applies (and says why not),
-:func:`build` runs the frozen prefix once over every decoded image, in each flipped
-version that augmentation can produce, and keeps the results in RAM or in a
-memory-mapped ``.npy`` file keyed by the images, the preprocessing and the frozen
-weights (so a second run reuses it). Training then runs only :class:`Suffix`, the
-trainable rest of the network, on batches of cached features; each epoch picks a
-flipped or unflipped version per image, seeded like the image augmentation.
-
-Augmentations other than flips change the pixels every epoch, so they turn the cache
-off (the log says so); so does a trainable layer before the backbone.
+Both read :class:`TransferSettings`, the few ``train`` and ``data`` keys they need. On the
+training floor: it imports the config, the console, errors, the model's backbones, the
+runtime, the data layer's loaders and its sibling modules.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
-from ..config import AugmentConfig, Config, TrainConfig
+from ..config import AugmentConfig, Config
 from ..console import console
 from ..data import loaders as loaders_mod
-from ..data.cache import cached_array
-from ..errors import ConfigError, DataError, shape_text
-from ..files import cache_home
-from ..model.backbones import Backbone, backbone_of, trainable_stages
+from ..errors import ConfigError
+from ..model.backbones import backbone_of, trainable_stages
 from ..runtime import distributed
 from ..runtime.device import Feed
+from .feature_cache import FeatureDataset, build, cache_cut
 from .mixing import MixSettings
 
-FEATURE_FORMAT = 2  # bump when the way features are computed or stored changes
 
+@dataclass(frozen=True, kw_only=True)
+class TransferSettings:
+    """What the stages and the feature cache read: ``train.unfreeze_at_epoch``, ``unfreeze_stages``,
+    ``epochs``, ``batch_size`` and the keys that mix images; ``data.augment``, ``feature_cache``,
+    ``cache``, ``cache_dir`` and ``sampler``; and ``seed``."""
 
-@dataclass(kw_only=True)
-class Plan:
-    """Where to cut the model and which flipped versions of each image to precompute."""
+    unfreeze_at_epoch: int | None = None  # None: one stage
+    unfreeze_stages: int | str = "all"
+    epochs: int = 10
+    batch_size: int = 32
+    mixing: tuple[str, ...] = ()  # the train keys that mix images (they need pixels)
+    augment: AugmentConfig
+    feature_cache: str = "auto"  # none, ram, disk or auto
+    pixel_cache: str = "auto"  # data.cache: the feature cache is built from it
+    cache_dir: Path | None = None
+    balanced: bool = False  # data.sampler: balanced
+    seed: int = 0
 
-    model: nn.Sequential
-    index: int  # position of the backbone in the model
-    cut: int  # backbone stages 0..cut-1 are frozen and cached
-    flips: list[tuple[bool, bool]]  # (horizontal, vertical) versions
-    flip_p: tuple[float, float]  # probability of each flip at training time
-
-    @property
-    def backbone(self) -> Backbone:
-        return self.model[self.index]
-
-    def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen part: layers before the backbone and its first ``cut`` stages."""
-        for layer in self.model[: self.index]:
-            x = layer(x)
-        bb = self.backbone
-        return bb(x) if self.cut == len(bb.stages) else bb.run(x, 0, self.cut)
-
-    def suffix(self) -> Suffix:
-        return Suffix(self.backbone, self.cut, list(self.model[self.index + 1 :]))
-
-
-class Suffix(nn.Module):
-    """The trainable rest: backbone stages from ``cut`` on, then the head layers."""
-
-    def __init__(self, backbone: Backbone, cut: int, head: list[nn.Module]):
-        super().__init__()
-        self.backbone, self.cut, self.head = backbone, cut, nn.Sequential(*head)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = (
-            features
-            if self.cut == len(self.backbone.stages)
-            else self.backbone.run(features, self.cut, len(self.backbone.stages))
-        )
-        return self.head(x)
-
-
-def _flip_plan(
-    aug: AugmentConfig, mixing: Sequence[str] = ()
-) -> tuple[str | None, list[tuple[bool, bool]], tuple[float, float]]:
-    """(why the cache cannot apply or None, the versions to compute, the flip probabilities).
-    ``mixing``: the ``train`` keys that mix images (MixUp, CutMix), which need pixels too."""
-    other = [f"data.augment.{key}" for key in aug.pixel_changing()] + [f"train.{key}" for key in mixing]
-    if other:
-        return (
-            (
-                f"{other[0]} changes the pixels every epoch, so the frozen stages run "
-                f"on every batch (flips alone would keep the cache)"
-            ),
-            [],
-            (0.0, 0.0),
-        )
-    h, v = aug.flip_probabilities
-    flips = [(fh, fv) for fh in ((False, True) if h else (False,)) for fv in ((False, True) if v else (False,))]
-    return None, flips, (h, v)
-
-
-def plan(
-    model: nn.Sequential,
-    aug: AugmentConfig,
-    *,
-    setting: str,
-    pixel_cache: str,
-    cut: int | None = None,
-    mixing: Sequence[str] = (),
-) -> tuple[Plan | None, str]:
-    """A :class:`Plan` when the frozen-feature cache applies, else None and the reason.
-
-    ``cut`` caches fewer stages than are frozen now (those that stay frozen in a later
-    training stage too, so one cache serves both); by default every frozen stage.
-    """
-    found = [i for i, m in enumerate(model) if isinstance(m, Backbone)]
-    if not found:
-        return None, "no backbone layer"
-    index = found[0]
-    backbone = model[index]
-    if setting == "none":
-        return None, "data.feature_cache: none"
-    if pixel_cache == "none":
-        return None, "data.cache: none (the feature cache is built from the decoded-image cache)"
-    if backbone.frozen_stages == 0 or cut == 0:
-        return None, "every backbone stage is trainable now"
-    if any(p.requires_grad for layer in model[:index] for p in layer.parameters()):
-        return None, "a layer before the backbone has trainable parameters"
-    reason, flips, flip_p = _flip_plan(aug, mixing)
-    if reason:
-        return None, reason
-    cut = backbone.frozen_stages if cut is None else min(cut, backbone.frozen_stages)
-    return Plan(model=model, index=index, cut=cut, flips=flips, flip_p=flip_p), ""
-
-
-# ----------------------------------------------------------------------------- building
-
-
-@dataclass
-class FeatureStore:
-    """A split's cached features: float32 ``[N, versions, *shape]`` and where they live."""
-
-    features: torch.Tensor
-    location: str
-    seconds: float = 0.0
-
-    def describe(self) -> str:
-        size = self.features.numel() * 4 / 2**20
-        where = "in RAM" if self.location == "ram" else f"on disk ({self.location})"
-        n, versions = self.features.shape[:2]
-        shape = shape_text(self.features.shape[2:])
-        if not self.seconds:
-            return f"{n} images x {versions} versions of {shape}, {size:.0f} MB, reused {where}"
-        return (
-            f"{n} images x {versions} versions of {shape} in {self.seconds:.1f}s "
-            f"({n * versions / self.seconds:.0f} img/s), {size:.0f} MB {where}"
+    @classmethod
+    def of(cls, cfg: Config) -> TransferSettings:
+        t, d = cfg.train, cfg.data
+        return cls(
+            unfreeze_at_epoch=t.unfreeze_at_epoch,
+            unfreeze_stages=t.unfreeze_stages,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            mixing=tuple(MixSettings.of(t).keys_on),
+            augment=d.augment,
+            feature_cache=d.feature_cache,
+            pixel_cache=d.cache,
+            cache_dir=Path(d.cache_dir) if d.cache_dir else None,
+            balanced=d.sampler == "balanced",
+            seed=cfg.seed,
         )
 
 
-def _weights_digest(p: Plan) -> str:
-    h = hashlib.sha1()
-    h.update(f"{p.backbone.name}|{p.cut}|{len(p.backbone.stages)}".encode())
-    modules = list(p.model[: p.index]) + [
-        p.backbone.body.get_submodule(u) for stage in p.backbone.stages[: p.cut] for u in stage
-    ]
-    for module in modules:
-        for key, tensor in module.state_dict().items():
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _chain_matches(p: Plan, x: torch.Tensor) -> bool:
-    """A timm model's forward is checked once to be the chain of its stages before cutting it."""
-    bb = p.backbone
-    if p.cut == len(bb.stages) or not bb.is_timm:
-        return True
-    whole = bb(x)
-    chained = bb.run(bb.run(x, 0, p.cut), p.cut, len(bb.stages))
-    return whole.shape == chained.shape and torch.allclose(whole, chained, rtol=1e-4, atol=1e-4)
-
-
-@torch.inference_mode()
-def build(
-    p: Plan,
-    dataset: loaders_mod.ImageDataset,
-    split: str,
-    *,
-    feed: Feed,
-    flips: list[tuple[bool, bool]],
-    setting: str = "ram",
-    cache_dir: Path | None = None,
-) -> FeatureStore | None:
-    """Run the frozen prefix over every image of ``dataset`` in each version of ``flips``.
-
-    ``setting`` is ``data.feature_cache``: ``ram``, or ``disk``/``auto`` for a memory-mapped
-    file that later runs reuse (RAM when the folder cannot be written). Returns None when
-    a timm model turns out not to be a plain chain of its stages.
-    """
-    start = time.perf_counter()
-    p.model.eval()
-    n = len(dataset)
-    rows = torch.tensor(dataset.indices, dtype=torch.int64)
-    probe = feed.inputs(dataset.pixels[rows[:2]])
-    if not _chain_matches(p, probe):
-        return None
-    shape = (n, len(flips), *p.prefix(probe).shape[1:])
-    path = None
-    if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
-        images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}"
-        key = hashlib.sha1(
-            f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|{_weights_digest(p)}".encode()
-        ).hexdigest()[:20]
-        folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
-        path = folder / f"features-{split}-{key}.npy"
-
-    def fill(store: torch.Tensor) -> dict:
-        bar = console.bar(n * len(flips), f"features {split}", unit="img")
-        try:
-            _fill(p, dataset, rows, flips=flips, feed=feed, store=store, bar=bar)
-        finally:
-            bar.close()
-        _check_finite(store, dataset)
-        return {}
-
-    cached = cached_array(path, shape, np.float32, key="data.feature_cache", fill=fill)
-    return FeatureStore(cached.tensor, cached.location, 0.0 if cached.reused else time.perf_counter() - start)
-
-
-def _check_finite(store: torch.Tensor, dataset: loaders_mod.ImageDataset) -> None:
-    """Features that are NaN or infinite would train a NaN model without a word: refuse them."""
-    bad = (~torch.isfinite(store.flatten(1))).any(1)
-    if bool(bad.any()):
-        first = dataset.samples.describe(dataset.indices[int(bad.nonzero()[0])])
-        raise DataError(
-            f"data.feature_cache: the frozen layers give NaN or infinite values for "
-            f"{int(bad.sum())} image(s), first {first}; the backbone's weights are damaged "
-            f"(or train.amp overflows: try train.amp: none)"
-        )
-
-
-def _fill(
-    p: Plan,
-    dataset: loaders_mod.ImageDataset,
-    rows: torch.Tensor,
-    *,
-    flips: list[tuple[bool, bool]],
-    feed: Feed,
-    store: torch.Tensor,
-    bar,
-    batch: int = 64,
-) -> None:
-    for begin in range(0, len(rows), batch):
-        x = feed.inputs(dataset.pixels[rows[begin : begin + batch]])
-        for v, (fh, fv) in enumerate(flips):
-            dims = [d for d, on in ((-1, fh), (-2, fv)) if on]
-            flipped = x.flip(dims) if dims else x
-            with feed.autocast():
-                store[begin : begin + len(flipped), v] = p.prefix(flipped).float().cpu()
-            bar.update(len(flipped))
-
-
-class FeatureDataset(torch.utils.data.Dataset):
-    """Cached features as batches, like :class:`cnnzoo.data.loaders.ImageDataset` returns images.
-
-    Each image's version (flipped or not) is drawn per epoch from the batch seed that
-    :class:`cnnzoo.data.loaders.EpochBatches` hands out, so runs and resumes repeat exactly.
-    """
-
-    def __init__(
-        self,
-        store: FeatureStore,
-        labels: torch.Tensor,
-        flips: list[tuple[bool, bool]],
-        flip_p: tuple[float, float] = (0.0, 0.0),
-    ):
-        self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.tensor([i for i, _ in pairs], dtype=torch.int64)
-        versions = torch.zeros(len(pairs), dtype=torch.int64)
-        if len(self.flips) > 1:
-            g = torch.Generator().manual_seed(pairs[0][1])
-            draws = torch.rand(len(pairs), 2, generator=g) < torch.tensor(self.flip_p)
-            lookup = {flip: k for k, flip in enumerate(self.flips)}  # holds every flip whose p > 0
-            versions = torch.tensor([lookup[(bool(h), bool(v))] for h, v in draws.tolist()], dtype=torch.int64)
-        return self.features[positions, versions].contiguous(), self.labels[positions]
-
-
-# ----------------------------------------------------------------------------- training stages
-
-
-def stage_plan(model: nn.Module, t: TrainConfig) -> tuple[int, int] | None:
+def trainable_stage_counts(model: nn.Module, s: TransferSettings) -> tuple[int, int] | None:
     """How many backbone stages train in stage 1 and in stage 2; None without a backbone."""
     backbone = backbone_of(model)
     if backbone is None:
-        if t.unfreeze_at_epoch is not None:
+        if s.unfreeze_at_epoch is not None:
             raise ConfigError("train.unfreeze_at_epoch: the model has no backbone layer to unfreeze")
         return None
     total = len(backbone.stages)
     first = trainable_stages(backbone.freeze, total, "freeze")
-    if t.unfreeze_at_epoch is None:
+    if s.unfreeze_at_epoch is None:
         return first, first
     try:
-        second = trainable_stages(t.unfreeze_stages, total, "train.unfreeze_stages")
+        second = trainable_stages(s.unfreeze_stages, total, "train.unfreeze_stages")
     except ValueError as exc:
         raise ConfigError(f"{exc} (the backbone {backbone.name} has {total} stages)") from None
     if second <= first:
         raise ConfigError(
-            f"train.unfreeze_stages: {t.unfreeze_stages} stages train already in stage 1 "
+            f"train.unfreeze_stages: {s.unfreeze_stages} stages train already in stage 1 "
             f"(freeze leaves {first} of {total} trainable); unfreeze more, or drop "
             f"train.unfreeze_at_epoch"
         )
-    if t.unfreeze_at_epoch > t.epochs:
+    if s.unfreeze_at_epoch > s.epochs:
         console.warn(
-            f"train.unfreeze_at_epoch: {t.unfreeze_at_epoch} is after the last epoch "
-            f"({t.epochs}); stage 2 starts only if the run is resumed with more epochs"
+            f"train.unfreeze_at_epoch: {s.unfreeze_at_epoch} is after the last epoch "
+            f"({s.epochs}); stage 2 starts only if the run is resumed with more epochs"
         )
     return first, second
 
@@ -334,29 +98,29 @@ class TransferStages:
 
     Stage 1 trains what ``freeze`` leaves trainable; from ``train.unfreeze_at_epoch`` on,
     stage 2 trains the last ``train.unfreeze_stages``. Whatever stays frozen during a
-    stage is computed once per image (the cache above) when augmentation allows.
+    stage is computed once per image (:mod:`cnnzoo.training.feature_cache`) when augmentation allows.
     A model without a backbone has one stage: the whole model on images.
     """
 
     def __init__(
         self,
         model: nn.Sequential,
-        cfg: Config,
+        settings: TransferSettings,
         *,
-        plan: tuple[int, int] | None,
+        trainable_counts: tuple[int, int] | None,
         loaders: loaders_mod.Loaders,
         feed: Feed,
     ):
-        self.model, self.cfg, self.loaders, self.feed = model, cfg, loaders, feed
+        self.model, self.settings, self.loaders, self.feed = model, settings, loaders, feed
         self.backbone = backbone_of(model)
-        self.first, self.second = plan or (0, 0)
+        self.first, self.second = trainable_counts or (0, 0)
         self.trainable: int | None = None
         self.cut: int | None = None  # backbone stages the current net reads from the cache
         self.net: nn.Module = model
         self.train_loader, self.val_loader = loaders.train, loaders.val
 
     def stage_at(self, epoch: int) -> int:
-        k = self.cfg.train.unfreeze_at_epoch
+        k = self.settings.unfreeze_at_epoch
         return 2 if k is not None and epoch >= k else 1
 
     def enter(self, epoch: int) -> None:
@@ -382,34 +146,28 @@ class TransferStages:
         if cut != self.cut:
             self.net, self.train_loader, self.val_loader = self._with_feature_cache(cut)
 
-    def _feature_cache_plan(self, cut: int):
-        """The cache plan for frozen layers up to ``cut`` (None when off) and why it is off."""
-        d, mixing = self.cfg.data, MixSettings.of(self.cfg.train).keys_on
-        pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else d.cache  # shards: no pixel cache
-        return plan(self.model, d.augment, setting=d.feature_cache, pixel_cache=pixels, cut=cut, mixing=mixing)
+    def _cache_cut(self, cut: int):
+        """Where the feature cache cuts the model, up to ``cut`` frozen stages (None when off), and why it is off."""
+        s = self.settings
+        pixels = "none" if getattr(self.loaders.train_set, "streaming", False) else s.pixel_cache  # shards: none
+        return cache_cut(self.model, s.augment, setting=s.feature_cache, pixel_cache=pixels, cut=cut, mixing=s.mixing)
 
     def _with_feature_cache(self, cut: int):
-        plain, d = (self.model, self.loaders.train, self.loaders.val), self.cfg.data
-        cache_plan, reason = self._feature_cache_plan(cut)
-        self.cut = cache_plan.cut if cache_plan is not None else 0
-        if cache_plan is None:
+        plain, s = (self.model, self.loaders.train, self.loaders.val), self.settings
+        cached, reason = self._cache_cut(cut)
+        self.cut = cached.cut if cached is not None else 0
+        if cached is None:
             console.log(f"feature cache: off ({reason})")
             return plain
         stores = []
         for dataset, name, flips, feed in (
-            (self.loaders.train_set, "train", cache_plan.flips, self.feed),
+            (self.loaders.train_set, "train", cached.flips, self.feed),
             (self.loaders.val_set, "validation", [(False, False)], self.feed.without_autocast()),
         ):
             # local rank 0 writes a file on disk, the others map it
-            with distributed.main_first(shared=d.feature_cache != "ram"):
+            with distributed.main_first(shared=s.feature_cache != "ram"):
                 store = build(
-                    cache_plan,
-                    dataset,
-                    name,
-                    feed=feed,
-                    flips=flips,
-                    setting=d.feature_cache,
-                    cache_dir=Path(d.cache_dir) if d.cache_dir else None,
+                    cached, dataset, name, feed=feed, flips=flips, setting=s.feature_cache, cache_dir=s.cache_dir
                 )
             if store is None:
                 self.cut = 0
@@ -418,30 +176,24 @@ class TransferStages:
                     f"its stages, so it cannot be cut there)"
                 )
                 return plain
-            console.log(f"feature cache {name} (output of the {cache_plan.cut} frozen stages): {store.describe()}")
+            console.log(f"feature cache {name} (output of the {cached.cut} frozen stages): {store.describe()}")
             stores.append(store)
-        t, pin, shard = self.cfg.train, self.feed.device.type == "cuda", distributed.shard()
-        train_set = FeatureDataset(stores[0], self.loaders.train_set.targets, cache_plan.flips, cache_plan.flip_p)
+        pin, shard = self.feed.device.type == "cuda", distributed.shard()
+        train_set = FeatureDataset(stores[0], self.loaders.train_set.targets, cached.flips, cached.flip_p)
         val_set = FeatureDataset(stores[1], self.loaders.val_set.targets, [(False, False)])
         return (
-            cache_plan.suffix(),
+            cached.suffix(),
             loaders_mod.make_loader(
                 train_set,
-                t.batch_size,
+                s.batch_size,
                 shuffle=True,
-                seed=self.cfg.seed,
+                seed=s.seed,
                 workers=0,
-                balanced=self.cfg.data.sampler == "balanced",
+                balanced=s.balanced,
                 pin_memory=pin,
                 shard=shard,
             ),
             loaders_mod.make_loader(
-                val_set,
-                t.batch_size * 2,
-                shuffle=False,
-                seed=self.cfg.seed,
-                workers=0,
-                pin_memory=pin,
-                shard=shard,
+                val_set, s.batch_size * 2, shuffle=False, seed=s.seed, workers=0, pin_memory=pin, shard=shard
             ),
         )
