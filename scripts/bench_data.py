@@ -142,7 +142,8 @@ def child(phase: str, args, **extra: str) -> dict:
 
 
 def repeated(shard_dir: Path, out: Path, times: int) -> Path:
-    """The shard set with its training shards listed ``times`` times (links, not copies)."""
+    """The shard set with its training shards listed ``times`` times (hard links, not copies: the
+    index may only name files inside its folder, and a symbolic link out of it is refused)."""
     index = json.loads((shard_dir / "dataset.json").read_text())
     train = index["splits"]["train"]
     out.mkdir()
@@ -152,10 +153,10 @@ def repeated(shard_dir: Path, out: Path, times: int) -> Path:
     for k in range(times):
         for name in train["shards"]:
             target = out / "train" / f"r{k}-{Path(name).name}"
-            os.symlink((shard_dir / name).resolve(), target)
+            os.link((shard_dir / name).resolve(), target)
             names.append(f"train/{target.name}")
     for name in index["splits"]["validation"]["shards"]:
-        os.symlink((shard_dir / name).resolve(), out / name)
+        os.link((shard_dir / name).resolve(), out / name)
     train.update(shards=names, counts=train["counts"] * times, class_counts=[n * times for n in train["class_counts"]])
     (out / "dataset.json").write_text(json.dumps(index))
     return out
