@@ -269,14 +269,14 @@ def test_the_training_recipe_runs_on_multi_label_data(tmp_path):
 def test_task_single_over_rows_with_several_labels_is_one_line(tmp_path):
     path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
     with pytest.raises(DataError, match="some rows have several labels, but train.task is single"):
-        load_data(load_config(tiny_config(path, task="single")))
+        load_data(load_config(tiny_config(path)), task="single")
 
 
 def test_task_multi_on_class_folders_is_one_line(tmp_path):
     write_class_folders(tmp_path / "train", {"a": 4, "b": 4})
     write_class_folders(tmp_path / "validation", {"a": 2, "b": 2})
     with pytest.raises(ConfigError, match="train.task: multi needs a manifest"):
-        load_data(load_config(tiny_config(tmp_path, task="multi")))
+        load_data(load_config(tiny_config(tmp_path)), task="multi")
 
 
 def test_a_validation_tag_not_seen_in_training_names_its_row(tmp_path):

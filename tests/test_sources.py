@@ -7,11 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnnzoo.config import load_config
 from cnnzoo.config.schema import SOURCE_NAMES
 from cnnzoo.data import sources
-from cnnzoo.data.sources import SOURCES, Samples, Source, Splits, load_data, register
+from cnnzoo.data.sources import (
+    SOURCES,
+    ArraySamples,
+    FileSamples,
+    Samples,
+    ShardSamples,
+    Source,
+    Splits,
+    load_data,
+    register,
+)
 from cnnzoo.errors import ConfigError, DataError
 
 
@@ -26,7 +37,7 @@ class ToySource(Source):
             labels = [i % 2 for i in range(n)]
             noise = np.random.default_rng(n).integers(0, 40, (n, 16, 16, 3), dtype=np.uint8)
             array = np.stack([np.full((16, 16, 3), 180 if label else 20, np.uint8) for label in labels]) + noise
-            return Samples(name=name, labels=labels, array=array, origin=f"toy/{name}")
+            return ArraySamples(name=name, labels=labels, array=array, origin=f"toy/{name}")
 
         return Splits(classes=["dark", "bright"], train=split("train", 16), val=split("validation", 8), where="toy")
 
@@ -77,6 +88,28 @@ def test_every_command_detects_a_kind_in_the_registry_order(tmp_path: Path) -> N
 
 
 def test_a_split_of_shards_refuses_to_be_subset() -> None:
-    shards = Samples(name="train", labels=[0, 1], shards=["a.tar"], shard_counts=[2])
+    shards = ShardSamples(name="train", labels=[0, 1], shards=["a.tar"], shard_counts=[2])
     with pytest.raises(DataError, match="cannot be subset"):
         shards.subset([0])
+    assert shards.streamed and shards.describe(1) == "train sample 1 of 1 shards" and shards.files() == []
+
+
+def test_each_kind_of_samples_subsets_names_and_fingerprints_its_own_images(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((4, 4, 3), 60 * i, np.uint8)).save(paths[-1])
+    files = FileSamples(name="train", labels=[0, 1, 0], paths=paths, label_sets=[[0], [1], [0]])
+    picked = files.subset([2, 0])
+    assert isinstance(picked, FileSamples) and picked.paths == [paths[2], paths[0]] and picked.labels == [0, 0]
+    assert picked.label_sets == [[0], [0]] and picked.describe(0) == paths[2] and picked.files() == picked.paths
+    assert files.encoded(1)[0] == "png" and not files.streamed
+    before = files.fingerprint()
+    Image.fromarray(np.full((4, 4, 3), 250, np.uint8)).save(paths[1])
+    assert files.fingerprint() != before  # a changed image changes it
+    array = ArraySamples(name="val", labels=[0, 1], array=np.zeros((2, 4, 4), np.uint8), origin="toy/val")
+    one = array.subset([1])
+    assert isinstance(one, ArraySamples) and one.array.shape == (1, 4, 4) and one.describe(0) == "toy/val[0]"
+    assert one.origin == "toy/val" and one.files() == [] and one.decoded and one.encoded(0)[0] == "png"
+    relabelled = ArraySamples(name="val", labels=[1, 1], array=array.array, origin="toy/val")
+    assert array.fingerprint() != relabelled.fingerprint()

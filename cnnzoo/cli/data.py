@@ -53,7 +53,7 @@ def check(
     from ..data.check import check_data, format_check, problems  # lazy: see cnnzoo.cli
     from ..training.inputs import preprocessing_for
 
-    report = check_data(cfg, pretrained=preprocessing_for(cfg))
+    report = check_data(cfg, task=cfg.train.task, pretrained=preprocessing_for(cfg))
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)
@@ -81,4 +81,4 @@ def shards(
     from ..data.shard_export import write_source  # lazy: see cnnzoo.cli
     from ..training.inputs import preprocessing_for
 
-    write_source(cfg, out, shard_size=shard_size, force=force, pretrained=preprocessing_for(cfg))
+    write_source(cfg, out, shard_size=shard_size, force=force, task=cfg.train.task, pretrained=preprocessing_for(cfg))

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..config import Config
 from . import shard_files
-from .sources import DataSpec, Pretrained, Samples, load_data
+from .sources import ArraySamples, DataSpec, Pretrained, Samples, ShardSamples, load_data
 
 SHOWN = 5  # files named per problem before "..."
 _CHUNK = 2048  # files handed to the reading threads at a time
@@ -60,19 +60,26 @@ def _bytes_facts(data: bytes) -> _Facts:
         return _Facts(digest=digest, size=None, error=f"{type(exc).__name__}: {str(exc).strip() or 'unreadable'}")
 
 
-def _image_facts(samples: Samples, i: int) -> _Facts:
+def _image_facts(samples: ArraySamples, i: int) -> _Facts:
     try:
-        img = samples.array[i]  # type: ignore[index]
+        img = samples.array[i]
         return _Facts(digest=hashlib.sha1(img.tobytes()).digest(), size=img.size)
     except Exception as exc:  # the library and PIL raise many types for a broken image
         return _Facts(digest=b"", size=None, error=f"{type(exc).__name__}: {exc}")
 
 
-def _shard_facts(samples: Samples, index: dict[str, int]) -> list[_Facts]:
+def _array_facts(samples: ArraySamples) -> list[_Facts]:
+    if not samples.decoded:  # a Hugging Face dataset's images, decoded one by one
+        return [_image_facts(samples, i) for i in range(len(samples))]
+    shape = samples.array.shape  # an in-memory array (torchvision sets): every image is readable
+    return [_Facts(digest=hashlib.sha1(row.tobytes()).digest(), size=(shape[2], shape[1])) for row in samples.array]
+
+
+def _shard_facts(samples: ShardSamples, index: dict[str, int]) -> list[_Facts]:
     """Every sample of every shard read once, as training reads it, and one entry per shard that
     breaks off or holds fewer samples than the index lists."""
     facts = []
-    for path, expected in zip(samples.shards or [], samples.shard_counts or []):
+    for path, expected in zip(samples.shards, samples.shard_counts):
         damage: list[str] = []
         read = 0
         for sample in shard_files.iter_shard(path, on_damage=lambda _, reason, into=damage: into.append(reason)):
@@ -92,27 +99,24 @@ def _shard_facts(samples: Samples, index: dict[str, int]) -> list[_Facts]:
 
 
 def _split_facts(samples: Samples, classes: list[str]) -> list[_Facts]:
-    if samples.shards is not None:  # every member of every shard, read once
+    """One entry per image (and per damaged shard): what the check reads is the kind's own business
+    (facts are this module's, so the kinds are told apart here rather than taught the check)."""
+    if isinstance(samples, ShardSamples):  # every member of every shard, read once
         return _shard_facts(samples, {name: i for i, name in enumerate(classes)})
-    if samples.paths is None and not isinstance(samples.array, np.ndarray):  # a Hugging Face dataset's images
-        return [_image_facts(samples, i) for i in range(len(samples))]
-    if samples.paths is None:  # an in-memory array (torchvision sets): every image is readable
-        shape = samples.array.shape  # type: ignore[union-attr]
-        return [
-            _Facts(digest=hashlib.sha1(row.tobytes()).digest(), size=(shape[2], shape[1]))
-            for row in samples.array  # type: ignore[union-attr]
-        ]
+    if isinstance(samples, ArraySamples):
+        return _array_facts(samples)
+    paths = samples.files()
     facts: list[_Facts] = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes outside the GIL
         # a chunk at a time: map() submits every task at once, and a million futures took gigabytes
-        for start in range(0, len(samples.paths), _CHUNK):
-            facts.extend(pool.map(_file_facts, samples.paths[start : start + _CHUNK]))
+        for start in range(0, len(paths), _CHUNK):
+            facts.extend(pool.map(_file_facts, paths[start : start + _CHUNK]))
     return facts
 
 
-def check_data(cfg: Config, *, pretrained: Pretrained | None = None) -> dict[str, Any]:
-    """The report ``cnnzoo data check`` prints, as plain data (``pretrained``: as for :func:`load_data`)."""
-    spec = load_data(cfg, missing_ok=True, pretrained=pretrained)
+def check_data(cfg: Config, *, task: str = "auto", pretrained: Pretrained | None = None) -> dict[str, Any]:
+    """The report ``cnnzoo data check`` prints, as plain data (``task``, ``pretrained``: as for :func:`load_data`)."""
+    spec = load_data(cfg, task=task, missing_ok=True, pretrained=pretrained)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     facts = {name: _split_facts(s, spec.classes) for name, s in splits.items()}
     counts = {name: np.bincount(_class_indices(s, spec.multi_label, facts[name]), minlength=len(spec.classes)).tolist()
@@ -141,7 +145,7 @@ def check_data(cfg: Config, *, pretrained: Pretrained | None = None) -> dict[str
 def _class_indices(samples: Samples, multi_label: bool, facts: list[_Facts]) -> list[int]:
     """Every label of every image (multi-label: an image counts once in each of its classes; shards:
     every usable sample, as read)."""
-    if samples.shards is not None:
+    if samples.streamed:
         return [f.label for f in facts if f.label >= 0]
     if multi_label:
         return [c for labels in samples.label_sets or [] for c in labels]

@@ -16,17 +16,23 @@ from . import shard_files, shard_output, sources
 
 
 def write_source(
-    cfg: Config, out: Path, *, shard_size: int = 1000, force: bool = False, pretrained: sources.Pretrained | None = None
+    cfg: Config,
+    out: Path,
+    *,
+    shard_size: int = 1000,
+    force: bool = False,
+    task: str = "auto",
+    pretrained: sources.Pretrained | None = None,
 ) -> dict[str, Any]:
     """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards
     (:func:`cnnzoo.data.shard_files.write_shards`). ``out`` is checked before the data is read;
-    multi-label data is refused (a shard holds one label). ``pretrained``: as for
+    multi-label data is refused (a shard holds one label). ``task``, ``pretrained``: as for
     :func:`~cnnzoo.data.sources.load_data`."""
     index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
     shard_output.check_output(out, force=force, **index)
-    spec = sources.load_data(cfg, pretrained=pretrained)
+    spec = sources.load_data(cfg, task=task, pretrained=pretrained)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
-    if any(s.shards is not None for s in splits.values()):
+    if any(s.streamed for s in splits.values()):
         raise DataError(f"{cfg.data.root}: already WebDataset shards")
     if spec.multi_label:
         raise DataError(

@@ -15,21 +15,18 @@ to write shards and to expand brace patterns.
 from __future__ import annotations
 
 import glob
-import io
 import itertools
 import json
 import os
 import re
 import stat
 import tarfile
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..checkpoint import MAX_CLASSES
 from ..console import console, warn
@@ -359,10 +356,8 @@ def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
             )
         if not 0 <= label < num_classes:
             raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
-    if samples.paths is None:
-        return
     folders = [os.path.realpath(r) for r in roots]
-    for path in samples.paths:
+    for path in samples.files():
         real = os.path.realpath(path)
         if not any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
             raise DataError(
@@ -383,7 +378,7 @@ def _write_split(wds: Any, samples: Any, folder: Path, num_classes: int, *, shar
     file, writer, written = None, None, 0
     try:
         for i in map(int, order):
-            encoded = _encoded(samples, i)
+            encoded = samples.encoded(i)
             if encoded is None:
                 skipped.append(samples.describe(i))
                 continue
@@ -411,30 +406,3 @@ def _write_split(wds: Any, samples: Any, folder: Path, num_classes: int, *, shar
         warn(f"skipped {len(skipped)} {name} file{s} that cannot be read as an image (first: {skipped[0]})")
     shards = [f"{name}/{name}-{k:06d}.tar" for k in range(len(shard_counts))]
     return {"shards": shards, "counts": shard_counts, "class_counts": class_counts}
-
-
-# an image's format (PIL's name) as the member extension the shard readers know (IMAGE_KEYS)
-_FORMAT_KEYS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
-
-
-def _encoded(samples: Any, i: int) -> tuple[str, bytes] | None:
-    """An image's bytes as stored, under the extension of its format as read from the file (not
-    its name, which may have none): a file as it is (no re-encoding; a format the readers do not
-    name, such as PPM, as PNG), an array as PNG. None for a file that cannot be read as an image."""
-    if samples.paths is None:
-        buffer = io.BytesIO()
-        Image.fromarray(samples.array[i]).save(buffer, format="PNG")  # type: ignore[index]
-        return "png", buffer.getvalue()
-    try:
-        with open(samples.paths[i], "rb") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: copied, not decoded here
-            image = Image.open(f)  # the header only: what the file is
-            key = _FORMAT_KEYS.get(image.format or "")
-            if key is not None:
-                f.seek(0)
-                return key, f.read()
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return "png", buffer.getvalue()
-    except Exception:  # PIL raises several types for a file that is not an image it can read; OSError: unreadable
-        return None

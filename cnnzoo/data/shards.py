@@ -39,7 +39,7 @@ from ..runtime import distributed
 from . import preprocess
 from .loaders import Loaders, choose_workers, mix_seed
 from .shard_files import MemberError, class_of, image_of, iter_shard
-from .sources.samples import DataSpec, Samples
+from .sources.samples import DataSpec, ShardSamples
 
 SHUFFLE_BUFFER = 256  # samples (their encoded bytes) each worker mixes before decoding
 NAMED_SKIPS = 3  # skipped samples named per shard and pass; the rest are counted
@@ -68,8 +68,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     streaming = True
 
-    def __init__(self, samples: Samples, classes: list[str], settings: StreamSettings, *, train: bool):
-        self.shards, self.counts = list(samples.shards or []), list(samples.shard_counts or [])
+    def __init__(self, samples: ShardSamples, classes: list[str], settings: StreamSettings, *, train: bool):
+        self.shards, self.counts = list(samples.shards), list(samples.shard_counts)
         self.classes, self.settings, self.train, self.epoch = classes, settings, train, 0
         self.index = {name: i for i, name in enumerate(classes)}
         self.counts_by_class = np.bincount(np.asarray(samples.labels, dtype=np.int64), minlength=len(classes))
@@ -357,7 +357,9 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
     )
 
 
-def eval_loader(samples: Samples, classes: list[str], *, size: tuple[int, int], channels: int, batch_size: int) -> Any:
+def eval_loader(
+    samples: ShardSamples, classes: list[str], *, size: tuple[int, int], channels: int, batch_size: int
+) -> Any:
     """Every sample of a split's shards once, for ``evaluate``."""
     settings = StreamSettings(size=size, channels=channels, batch_size=batch_size)
     return StreamLoader(ShardStream(samples, classes, settings, train=False), workers=0, pin_memory=False)

@@ -82,7 +82,8 @@ def data_splits(config: dict[str, Any], classes: list[str]) -> tuple[sources.Sam
     """The training and validation splits the checkpoint was trained on, as training built them."""
     try:
         with console.scoped(True):  # the data's own lines are training's, not this export's
-            spec = sources.load_data(load_config(config))
+            cfg = load_config(config)
+            spec = sources.load_data(cfg, task=cfg.train.task)
     except DataError as exc:
         raise DataError(f"{exc} (the data this checkpoint was trained on; --int8 calibrates on it)") from None
     if list(spec.classes) != list(classes):
@@ -98,7 +99,7 @@ def _batches(model: OnnxModel, samples: sources.Samples, indices: list[int]) -> 
     for start in range(0, len(indices), _BATCH):
         images, labels = [], []
         for i in indices[start : start + _BATCH]:
-            array, _ = model.try_preprocess(samples.paths[i] if samples.paths is not None else samples.array[i])
+            array, _ = model.try_preprocess(samples.item(i))
             if array is not None:
                 images.append(array)
                 labels.append(samples.labels[i])

@@ -189,7 +189,7 @@ def score_export(
     model: Classifier = load(path, device)
     folder = data if data is not None else export_data(path, model.meta.get("data_root"))
     samples, where = split_from_folder(Path(folder), split, model.classes), str(folder)
-    items = samples.paths or []  # a folder's samples are files
+    items = samples.files()  # a folder's samples are files
     errors: list = []
     logits, rows = [], []
     for positions, pixels in model.batches(

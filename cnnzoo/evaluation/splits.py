@@ -53,7 +53,7 @@ def samples_for(
         return sources.split_to_score(cfg, str(data), split, classes, multi_label=multi_label)
     try:
         with console.scoped(True):  # the data's own lines are training's, not this report's
-            spec = sources.load_data(cfg)
+            spec = sources.load_data(cfg, task=cfg.train.task)
     except DataError as exc:
         raise DataError(
             f"{exc} (the data this checkpoint was trained on); pass --data DIR to evaluate on another folder"

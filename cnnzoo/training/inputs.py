@@ -35,7 +35,7 @@ def preprocessing_for(cfg: Config) -> backbones.Preprocessing | None:
 
 def load_data(cfg: Config, *, missing_ok: bool = False) -> sources.DataSpec:
     """:func:`cnnzoo.data.sources.load_data` with the backbone's preprocessing (:func:`preprocessing_for`)."""
-    return sources.load_data(cfg, missing_ok=missing_ok, pretrained=preprocessing_for(cfg))
+    return sources.load_data(cfg, task=cfg.train.task, missing_ok=missing_ok, pretrained=preprocessing_for(cfg))
 
 
 def resolve_input(cfg: Config) -> tuple[int, tuple[int, int]]:

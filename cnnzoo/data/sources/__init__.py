@@ -28,7 +28,7 @@ from .base import Pretrained, Source, Splits, resolve_task
 from .folder import SPLIT_FOLDERS, FolderSource, check_layout, class_dirs, scan_folder, split_from_folder
 from .hf_source import HFSource, hf_split
 from .manifest_source import ManifestSource, manifest_samples, manifest_split
-from .samples import DataSpec, Samples, stratified_split
+from .samples import ArraySamples, DataSpec, FileSamples, Samples, ShardSamples, stratified_split
 from .shapes_source import _NOT_SHAPES, ShapesSource, read_shapes_root_as_folder
 from .shard_source import ShardSource, shard_samples, shard_split
 from .torchvision_sets import CIFAR10_CLASSES, Cifar10Source, FashionMnistSource, MnistSource
@@ -39,7 +39,10 @@ __all__ = [
     "SPLIT_FOLDERS",
     "DataSpec",
     "Pretrained",
+    "ArraySamples",
+    "FileSamples",
     "Samples",
+    "ShardSamples",
     "Source",
     "Splits",
     "check_layout",
@@ -85,15 +88,16 @@ def kind_of_path(path: str) -> type[Source]:
     return next((cls for cls in SOURCES.values() if cls.detects(path)), FolderSource)
 
 
-def source_for(cfg: Config) -> Source:
-    """The source ``cfg.data`` names: ``data.source``, or for ``folder`` what ``data.root`` holds."""
+def source_for(cfg: Config, *, task: str = "auto") -> Source:
+    """The source ``cfg.data`` names: ``data.source``, or for ``folder`` what ``data.root`` holds
+    (``task``: as for :func:`load_data`)."""
     d = cfg.data
     read_shapes_root_as_folder(cfg)
     if d.source == "folder" and d.root:
-        return kind_of_path(d.root)(cfg)
+        return kind_of_path(d.root)(cfg, task=task)
     if d.source not in SOURCES:
         raise ConfigError(f"data.source: {d.source!r} is not one of {', '.join(SOURCES)}")
-    return SOURCES[d.source](cfg)
+    return SOURCES[d.source](cfg, task=task)
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -119,7 +123,7 @@ def scoring_loader(
 ) -> tuple[Any, bool]:
     """A loader over a split to score, and whether it yields each image's position (True) or its
     label (False: a stream, whose samples have no positions to go back to)."""
-    if samples.shards is not None:
+    if samples.streamed:
         from .. import shards  # lazy: the stream is torch's
 
         loader = shards.eval_loader(samples, classes, size=size, channels=channels, batch_size=batch_size)
@@ -132,11 +136,11 @@ def scoring_loader(
     return loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda), True
 
 
-def _splits(cfg: Config, missing: list[str] | None) -> tuple[Splits, str]:
+def _splits(cfg: Config, missing: list[str] | None, task: str) -> tuple[Splits, str]:
     """The source's splits, and its registry name; a shapes root read as the user's own data
     says so in any refusal."""
     switched = read_shapes_root_as_folder(cfg)
-    source = source_for(cfg)
+    source = source_for(cfg, task=task)
     try:
         return source.splits(missing), source.name
     except DataError as exc:
@@ -145,16 +149,20 @@ def _splits(cfg: Config, missing: list[str] | None) -> tuple[Splits, str]:
         raise DataError(f"{exc} ({cfg.data.root} was read as your own data: {_NOT_SHAPES})") from None
 
 
-def load_data(cfg: Config, *, missing_ok: bool = False, pretrained: Pretrained | None = None) -> DataSpec:
+def load_data(
+    cfg: Config, *, task: str = "auto", missing_ok: bool = False, pretrained: Pretrained | None = None
+) -> DataSpec:
     """Resolve ``cfg.data`` into classes and splits (generating ``shapes`` on first use).
-    ``missing_ok``: manifest rows whose image is absent are left out and listed in ``missing``
-    (``data check``) instead of stopping. ``pretrained``: a backbone's preprocessing, which the
+    ``task``: ``single``, ``multi`` or ``auto`` (what the data says), the trainer's ``train.task``,
+    which the caller passes (the data layer reads no training settings). ``missing_ok``: manifest
+    rows whose image is absent are left out and listed in ``missing`` (``data check``) instead of
+    stopping. ``pretrained``: a backbone's preprocessing, which the
     caller looks up (:func:`cnnzoo.training.inputs.load_data`): it sizes the input when nothing
     else does, and normalises it (``data.normalize: auto``)."""
     d = cfg.data
-    found, name = _splits(cfg, [] if missing_ok else None)
+    found, name = _splits(cfg, [] if missing_ok else None, task)
     train, root_text, skipped = found.train, found.where, found.skipped
-    if cfg.train.task == "multi" and train.label_sets is None:
+    if task == "multi" and train.label_sets is None:
         raise ConfigError(
             f"train.task: multi needs a manifest (a CSV with space-separated tags, or 0/1 columns); "
             f"{root_text} gives one class per image"

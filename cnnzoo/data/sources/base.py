@@ -50,8 +50,9 @@ class Source:
     native: ClassVar[tuple[int, int] | None] = None
     root_hint: ClassVar[str] = "point it at your data"  # what data.root should name, when unset
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, task: str = "auto") -> None:
         self.cfg = cfg
+        self.task = task  # single, multi or auto (what the data says): the trainer's setting, given by the caller
 
     @classmethod
     def detects(cls, path: str) -> bool:
@@ -93,10 +94,9 @@ class Source:
         return loaders.build_loaders(self.cfg, spec, augment=augment, cuda=cuda)
 
 
-def resolve_task(cfg: Config, where: str, data_multi: bool) -> bool:
-    """Multi-label or not: ``train.task``, or (auto) what the data says; ``single`` over rows with
-    several labels is refused in one line."""
-    task = cfg.train.task
+def resolve_task(task: str, where: str, data_multi: bool) -> bool:
+    """Multi-label or not: ``task`` (the caller's ``train.task``), or (auto) what the data says;
+    ``single`` over rows with several labels is refused in one line."""
     if task == "single" and data_multi:
         raise DataError(
             f"{where}: some rows have several labels, but train.task is single; set train.task: multi "

@@ -14,7 +14,7 @@ from ...console import console, warn
 from ...errors import ConfigError, DataError
 from .. import preprocess
 from .base import Source, Splits
-from .samples import Samples, stratified_split
+from .samples import FileSamples, Samples, stratified_split
 
 SPLIT_FOLDERS = {"validation": ("validation", "val"), "test": ("test",)}  # accepted folder names
 
@@ -176,7 +176,7 @@ def scan_folder(
             )
         paths.extend(images)
         labels.extend([classes.index(d.name)] * len(images))
-    return Samples(name=split, labels=labels, paths=paths), classes, skipped
+    return FileSamples(name=split, labels=labels, paths=paths), classes, skipped
 
 
 def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None, int]:

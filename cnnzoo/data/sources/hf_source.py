@@ -13,7 +13,7 @@ from ...console import console
 from ...errors import DataError
 from .. import hf
 from .base import Source, Splits
-from .samples import Samples, stratified_split
+from .samples import ArraySamples, Samples, stratified_split
 
 
 class HFSource(Source):
@@ -45,7 +45,7 @@ def _hf_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None
     kind = "auto" if hf.is_hf_dataset(d.root) else "imagefolder"  # type: ignore[arg-type]
     classes, parts = hf.load_hf(d.root, kind=kind, image_column=d.image_column, label_column=d.label_column)  # type: ignore[arg-type]
     made = {
-        split: Samples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")  # type: ignore[arg-type]
+        split: ArraySamples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")
         for split, (images, labels) in parts.items()
     }
     if "validation" not in made:
@@ -67,4 +67,4 @@ def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> S
     if found != classes:
         raise DataError(f"{root}: its classes ({', '.join(found[:8])}) are not the model's ({', '.join(classes[:8])})")
     images, labels = parts[name]
-    return Samples(name=name, labels=labels, array=images, origin=f"{root}:{name}")  # type: ignore[arg-type]
+    return ArraySamples(name=name, labels=labels, array=images, origin=f"{root}:{name}")

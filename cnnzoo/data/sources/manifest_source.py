@@ -14,7 +14,7 @@ from ...console import console
 from ...errors import DataError
 from .. import manifest
 from .base import Source, Splits, resolve_task
-from .samples import Samples, stratified_split
+from .samples import FileSamples, Samples, stratified_split
 
 
 class ManifestSource(Source):
@@ -29,7 +29,7 @@ class ManifestSource(Source):
 
     def splits(self, missing: list[str] | None = None) -> Splits:
         path = Path(self.root())
-        classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing)
+        classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing, self.task)
         return Splits(classes=classes, train=train, val=val, test=test, where=str(path.resolve()), kind=kind)
 
     def class_names(self) -> list[str]:
@@ -67,7 +67,7 @@ def manifest_samples(
         table = table.subset([i for i, p in enumerate(table.paths) if p])
     label_sets = manifest.label_indices(table, classes)
     labels = [indices[0] if indices else -1 for indices in label_sets]  # -1: a one-hot row with no class
-    return Samples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
+    return FileSamples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
 
 
 def manifest_split(
@@ -120,16 +120,16 @@ def _manifest_parts(cfg: Config, path: Path) -> dict[str, manifest.Manifest]:
 
 
 def _manifest_splits(
-    cfg: Config, path: Path, missing: list[str] | None
+    cfg: Config, path: Path, missing: list[str] | None, task: str
 ) -> tuple[list[str], Samples, Samples, Samples | None, dict[str, Any]]:
     """(classes, train, validation, test, label kind: ``multi_label`` and ``one_hot``) from a manifest;
-    ``missing`` as in :func:`manifest_samples`."""
+    ``missing`` as in :func:`manifest_samples`; ``task`` as for :func:`.base.resolve_task`."""
     parts = _manifest_parts(cfg, path)
     classes = manifest.class_list(parts["train"])
     if len(classes) < 2:
         raise DataError(f"{path}: only one class ({', '.join(classes)}); a classifier needs at least two")
     data_multi = any(part.multi_label or _one_hot_with_empty_rows(part) for part in parts.values())
-    multi_label = resolve_task(cfg, str(path), data_multi)
+    multi_label = resolve_task(task, str(path), data_multi)
     if multi_label:
         manifest.check_label_separator(path, classes)
     else:

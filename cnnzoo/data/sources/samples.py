@@ -1,96 +1,218 @@
 """Samples and DataSpec: one split's images and labels, and what a ``data`` section resolves to.
 
-Imports preprocess (torch-free); NumPy.
+One :class:`Samples` kind per place images live: :class:`FileSamples` (image files),
+:class:`ArraySamples` (an in-memory array, or a Hugging Face dataset's images) and
+:class:`ShardSamples` (WebDataset shards, streamed). Each says how its images are named, read,
+subset, fingerprinted and encoded, so that callers need not ask which kind they hold.
+
+Imports preprocess (torch-free); NumPy, PIL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ...errors import DataError
 from .. import preprocess
 
+# an image's format (PIL's name) as the member extension the shard readers know (shard_files.IMAGE_KEYS)
+_FORMAT_KEYS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
+
 
 @dataclass(kw_only=True)
 class Samples:
-    """One split: where each image comes from (file paths or an in-memory array) and its label."""
+    """One split's labels, and (in each kind) where its images come from."""
 
     name: str
     labels: list[int]
-    paths: list[str] | None = None
-    array: np.ndarray | None = None  # uint8 [N, H, W] or [N, H, W, C] (torchvision sets)
-    origin: str = ""  # names an array source in messages and cache keys
     label_sets: list[list[int]] | None = None  # a manifest's labels per image (several for multi-label)
-    shards: list[str] | None = None  # WebDataset shards (streamed; ``labels`` then only counts the classes)
-    shard_counts: list[int] | None = None  # samples per shard
     _fingerprint: tuple[Any, str] | None = field(default=None, repr=False, compare=False)
+
+    streamed = False  # read in order by the loader workers (shards), not by position
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def describe(self, i: int) -> str:
-        if self.shards is not None:
-            return f"{self.name} sample {i} of {len(self.shards)} shards"
-        return self.paths[i] if self.paths is not None else f"{self.origin}[{i}]"
+        raise NotImplementedError
+
+    def item(self, i: int) -> Any:
+        """Image ``i`` as :func:`.preprocess.load_image` takes it (a path, an array or a PIL image)."""
+        raise NotImplementedError
 
     def read(self, i: int, size: tuple[int, int], channels: int) -> np.ndarray:
-        source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
-        return preprocess.load_image(source, size, channels)
+        return preprocess.load_image(self.item(i), size, channels)
 
     def read_full(self, i: int, channels: int, *, crop_to: tuple[int, int], min_area: float) -> np.ndarray:
         """Image ``i`` at the resolution a random-resized-crop needs (:func:`.preprocess.load_full_resolution`)."""
-        source = self.paths[i] if self.paths is not None else self.array[i]  # type: ignore[index]
-        return preprocess.load_full_resolution(source, channels, crop_to=crop_to, min_area=min_area)
+        return preprocess.load_full_resolution(self.item(i), channels, crop_to=crop_to, min_area=min_area)
+
+    def files(self) -> list[str]:
+        """The image files read (none for images held in memory or in shards)."""
+        return []
 
     def subset(self, keep: list[int]) -> Samples:
-        if self.shards is not None:  # a stream's samples have no positions to pick
-            raise DataError(f"{self.name}: a split of WebDataset shards cannot be subset; split the shards instead")
-        return Samples(
-            name=self.name,
+        return dataclasses.replace(
+            self,
             labels=[self.labels[i] for i in keep],
-            paths=[self.paths[i] for i in keep] if self.paths is not None else None,
-            array=self.array[keep] if self.array is not None else None,
-            origin=self.origin,
             label_sets=[self.label_sets[i] for i in keep] if self.label_sets is not None else None,
+            _fingerprint=None,
+            **self._picked(keep),
         )
 
+    def _picked(self, keep: list[int]) -> dict[str, Any]:
+        """The kind's own fields for the images at ``keep``."""
+        raise NotImplementedError
+
     def fingerprint(self) -> str:
-        """Changes when any image's path, label or content changes: the bytes are hashed, since a
-        size and modification time can stay the same over a change (a copy that keeps times, an
-        edit within the clock's step). Reading the files costs ~0.15 s for 3,000 JPEGs (90 MB)
-        from the page cache, against seconds to decode them. Kept while no file's status changes
-        (any write changes a file's ctime, which no tool sets back), so that the image cache and
-        the feature cache of one run hash the files once."""
-        status = None
-        if self.paths is not None:
-            status = [(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for st in map(os.stat, self.paths)]
+        """Changes when any image's name, label or content changes (see each kind's ``_hash``); kept
+        while no file's status changes, so that the image cache and the feature cache of one run
+        hash the images once."""
+        status = self._status()
         if self._fingerprint is not None and self._fingerprint[0] == status:
             return self._fingerprint[1]
+        self._fingerprint = (status, self._hash().hexdigest())
+        return self._fingerprint[1]
+
+    def _status(self) -> Any:
+        return None
+
+    def _hash(self) -> Any:
+        raise NotImplementedError
+
+    def encoded(self, i: int) -> tuple[str, bytes] | None:
+        """Image ``i``'s bytes as a shard stores them, under the member extension of their format;
+        None for a file that cannot be read as an image."""
+        raise NotImplementedError
+
+
+@dataclass(kw_only=True)
+class FileSamples(Samples):
+    """Images in files (a folder's or a manifest's)."""
+
+    paths: list[str]
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+    def item(self, i: int) -> str:
+        return self.paths[i]
+
+    def files(self) -> list[str]:
+        return self.paths
+
+    def _picked(self, keep: list[int]) -> dict[str, Any]:
+        return {"paths": [self.paths[i] for i in keep]}
+
+    def _status(self) -> Any:
+        # any write changes a file's ctime, which no tool sets back
+        return [(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for st in map(os.stat, self.paths)]
+
+    def _hash(self) -> Any:
+        """The bytes are hashed, since a size and modification time can stay the same over a change
+        (a copy that keeps times, an edit within the clock's step). Reading the files costs ~0.15 s
+        for 3,000 JPEGs (90 MB) from the page cache, against seconds to decode them."""
         h = hashlib.sha1()
-        if self.shards is not None:  # names, sizes and times: hashing terabytes of shards is not on
-            for path in self.shards:
-                st = os.stat(path)
-                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-            return h.hexdigest()
-        if self.paths is not None:
-            for path, label in zip(self.paths, self.labels):
-                h.update(f"{path}\0{label}\0".encode())
-                with open(path, "rb") as f:
-                    h.update(hashlib.sha1(f.read()).digest())
-        elif hasattr(self.array, "fingerprint"):  # a Hugging Face dataset's images
+        for path, label in zip(self.paths, self.labels):
+            h.update(f"{path}\0{label}\0".encode())
+            with open(path, "rb") as f:
+                h.update(hashlib.sha1(f.read()).digest())
+        return h
+
+    def encoded(self, i: int) -> tuple[str, bytes] | None:
+        """The file as it is (no re-encoding), under the extension of its format as read from the
+        file (not its name, which may have none); a format the readers do not name (PPM) as PNG."""
+        try:
+            with open(self.paths[i], "rb") as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: copied, not decoded here
+                image = Image.open(f)  # the header only: what the file is
+                key = _FORMAT_KEYS.get(image.format or "")
+                if key is not None:
+                    f.seek(0)
+                    return key, f.read()
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                return "png", buffer.getvalue()
+        except Exception:  # PIL raises several types for a file that is not an image it can read; OSError: unreadable
+            return None
+
+
+@dataclass(kw_only=True)
+class ArraySamples(Samples):
+    """Images in memory: a uint8 array [N, H, W] or [N, H, W, C] (torchvision sets), or a Hugging
+    Face dataset's image column (PIL images, decoded on access)."""
+
+    array: Any
+    origin: str  # names the source in messages and cache keys
+
+    def describe(self, i: int) -> str:
+        return f"{self.origin}[{i}]"
+
+    def item(self, i: int) -> Any:
+        return self.array[i]
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the images are a NumPy array already (not a dataset that decodes each on access)."""
+        return isinstance(self.array, np.ndarray)
+
+    def _picked(self, keep: list[int]) -> dict[str, Any]:
+        return {"array": self.array[keep]}
+
+    def encoded(self, i: int) -> tuple[str, bytes] | None:
+        """The image as PNG."""
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(self.array[i])).save(buffer, format="PNG")
+        return "png", buffer.getvalue()
+
+    def _hash(self) -> Any:
+        h = hashlib.sha1()
+        if hasattr(self.array, "fingerprint"):  # a Hugging Face dataset's images
             h.update(f"{self.origin}\0{self.array.fingerprint()}\0".encode())
-            h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
         else:
             h.update(self.origin.encode())
             h.update(np.ascontiguousarray(self.array).tobytes())
-            h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
-        self._fingerprint = (status, h.hexdigest())
-        return self._fingerprint[1]
+        h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        return h
+
+
+@dataclass(kw_only=True)
+class ShardSamples(Samples):
+    """WebDataset shards, streamed (``labels`` then only counts the classes)."""
+
+    shards: list[str]
+    shard_counts: list[int]  # samples per shard
+
+    streamed = True
+
+    def describe(self, i: int) -> str:
+        return f"{self.name} sample {i} of {len(self.shards)} shards"
+
+    def item(self, i: int) -> Any:
+        raise DataError(f"{self.name}: a split of WebDataset shards is streamed; its samples have no positions")
+
+    def subset(self, keep: list[int]) -> Samples:
+        raise DataError(f"{self.name}: a split of WebDataset shards cannot be subset; split the shards instead")
+
+    def fingerprint(self) -> str:
+        """Names, sizes and times: hashing terabytes of shards is not on."""
+        h = hashlib.sha1()
+        for path in self.shards:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        return h.hexdigest()
+
+    def encoded(self, i: int) -> tuple[str, bytes] | None:
+        raise DataError(f"{self.name}: already WebDataset shards")
 
 
 @dataclass(kw_only=True)

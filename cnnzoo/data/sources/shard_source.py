@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import DataError
 from .. import shard_files
 from .base import Source, Splits
-from .samples import DataSpec, Samples
+from .samples import DataSpec, Samples, ShardSamples
 
 
 class ShardSource(Source):
@@ -52,7 +52,7 @@ def shard_samples(shard_set: shard_files.ShardSet) -> Samples:
     """A split of shards: their paths and sizes, and labels that only count the classes (the
     order of the samples is the stream's)."""
     labels = [c for c, n in enumerate(shard_set.class_counts) for _ in range(n)]
-    return Samples(
+    return ShardSamples(
         name=shard_set.name, labels=labels, shards=list(shard_set.shards), shard_counts=list(shard_set.counts)
     )
 

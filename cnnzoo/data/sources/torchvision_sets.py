@@ -15,7 +15,7 @@ from ...errors import DataError
 from ...files import cache_home
 from ...runtime.versions import check as check_torch_pair
 from .base import Source, Splits
-from .samples import Samples
+from .samples import ArraySamples
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -53,7 +53,7 @@ class TorchvisionSource(Source):
 
             array = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
             labels = [int(t) for t in ds.targets]
-            samples.append(Samples(name=split, labels=labels, array=array, origin=f"{name}/{split}"))
+            samples.append(ArraySamples(name=split, labels=labels, array=array, origin=f"{name}/{split}"))
         return Splits(classes=list(train.classes), train=samples[0], val=samples[1], where=str(root))
 
     def class_names(self) -> list[str]:
