@@ -34,6 +34,7 @@ class RunFacts:
     channels: int
     image_size: tuple[int, int]  # (H, W)
     data_root: str | None  # data.root as the saved config records it (a folder made absolute; DataSpec.saved_root)
+    data_source: str | None  # data.source as read (DataSpec.saved_source); None: as written
     layers: list[Any]  # model.layers with a backbone's weights file made absolute
 
     @property
@@ -51,6 +52,8 @@ class RunFacts:
         saved.name = self.name
         if self.data_root is not None:
             saved.data.root = self.data_root
+        if self.data_source is not None:
+            saved.data.source = self.data_source
         saved.data.channels, saved.data.image_size = self.channels, list(self.image_size)
         saved.model.num_classes, saved.model.input = self.num_classes, self.input_shape
         saved.model.layers = copy.deepcopy(self.layers)
@@ -74,5 +77,6 @@ def resolve_facts(cfg: Config, spec: DataSpec) -> RunFacts:
         channels=spec.channels,
         image_size=(spec.image_size[0], spec.image_size[1]),
         data_root=spec.saved_root,
+        data_source=spec.saved_source,
         layers=layers,
     )

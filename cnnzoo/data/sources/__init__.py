@@ -29,7 +29,7 @@ from .folder import SPLIT_FOLDERS, FolderSource, check_layout, class_dirs, scan_
 from .hf_source import HFSource, hf_split
 from .manifest_source import ManifestSource, manifest_samples, manifest_split
 from .samples import ArraySamples, DataSpec, FileSamples, Samples, ShardSamples, stratified_split
-from .shapes_source import _NOT_SHAPES, ShapesSource, read_shapes_root_as_folder
+from .shapes_source import _NOT_SHAPES, ShapesSource, reads_user_data, source_name
 from .shard_source import ShardSource, shard_samples, shard_split
 from .torchvision_sets import CIFAR10_CLASSES, Cifar10Source, FashionMnistSource, MnistSource
 
@@ -92,12 +92,14 @@ def source_for(cfg: Config, *, task: str = "auto") -> Source:
     """The source ``cfg.data`` names: ``data.source``, or for ``folder`` what ``data.root`` holds
     (``task``: as for :func:`load_data`)."""
     d = cfg.data
-    read_shapes_root_as_folder(cfg)
-    if d.source == "folder" and d.root:
+    name = source_name(d)
+    if name != d.source:
+        console.log(f"data: {d.root}: {_NOT_SHAPES}; reading it as your own images (data.source: folder)")
+    if name == "folder" and d.root:
         return kind_of_path(d.root)(cfg, task=task)
-    if d.source not in SOURCES:
-        raise ConfigError(f"data.source: {d.source!r} is not one of {', '.join(SOURCES)}")
-    return SOURCES[d.source](cfg, task=task)
+    if name not in SOURCES:
+        raise ConfigError(f"data.source: {name!r} is not one of {', '.join(SOURCES)}")
+    return SOURCES[name](cfg, task=task)
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -139,7 +141,7 @@ def scoring_loader(
 def _splits(cfg: Config, missing: list[str] | None, task: str) -> tuple[Splits, str]:
     """The source's splits, and its registry name; a shapes root read as the user's own data
     says so in any refusal."""
-    switched = read_shapes_root_as_folder(cfg)
+    switched = reads_user_data(cfg.data)
     source = source_for(cfg, task=task)
     try:
         return source.splits(missing), source.name
@@ -194,7 +196,8 @@ def load_data(
         root=root_text,
         skipped_files=skipped,
         source=name,
-        saved_root=root_text if d.source == "folder" and d.root else d.root,
+        saved_source=source_name(d),
+        saved_root=root_text if source_name(d) == "folder" and d.root else d.root,
         **found.kind,
     )
 
@@ -207,7 +210,7 @@ def resolve_input(cfg: Config, pretrained: Pretrained | None = None) -> tuple[in
     (:func:`cnnzoo.training.inputs.resolve_input`).
     """
     d, m = cfg.data, cfg.model
-    native = SOURCES[d.source].native if d.source in SOURCES else None
+    native = SOURCES[source_name(d)].native if source_name(d) in SOURCES else None
     if d.image_size is not None or m.input:
         pretrained = None  # not needed
     channels = d.channels or (m.input[0] if m.input else None) or (native[0] if native else 3)

@@ -234,6 +234,7 @@ class DataSpec:
     missing: list[str] = field(default_factory=list)  # manifest rows whose image is absent (missing_ok)
     source: str = "folder"  # the registry name of the source read (which builds the loaders)
     saved_root: str | None = None  # data.root as the saved config records it (resolved where it was a path)
+    saved_source: str | None = None  # data.source as the saved config records it (as read: folder for user data)
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...config import Config
-from ...console import console
+from ...config import DataConfig
 from ...files import cache_home
 from .. import shapes
 from .folder import FolderSource
@@ -32,13 +31,13 @@ class ShapesSource(FolderSource):
         return list(shapes.CLASSES)
 
 
-def read_shapes_root_as_folder(cfg: Config) -> bool:
-    """A shapes config given ``data.root`` (``--data DIR``) that holds data of the user's own:
+def reads_user_data(d: DataConfig) -> bool:
+    """Whether a shapes config's ``data.root`` (``--data DIR``) holds data of the user's own:
     cnnzoo never generates over it, and reads it as ``data.source: folder`` instead (class
-    folders, a manifest, shards), saying so once. True when it switched the source."""
-    d = cfg.data
-    if d.source != "shapes" or not d.root or not shapes.holds_other_data(Path(d.root)):
-        return False
-    d.source = "folder"
-    console.log(f"data: {d.root}: {_NOT_SHAPES}; reading it as your own images (data.source: folder)")
-    return True
+    folders, a manifest, shards). The config itself is left as written."""
+    return d.source == "shapes" and bool(d.root) and shapes.holds_other_data(Path(d.root))
+
+
+def source_name(d: DataConfig) -> str:
+    """``data.source`` as read: ``folder`` for a shapes config pointed at the user's own data."""
+    return "folder" if reads_user_data(d) else d.source
