@@ -65,7 +65,8 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -89,7 +90,7 @@ class Replacement:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(self.temporary, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+        os.chmod(self.temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; these are ordinary files
         os.replace(self.temporary, self.path)
 
     def discard(self) -> None:

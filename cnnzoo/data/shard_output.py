@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DataError
-from ..files import write_text
+from ..files import current_umask, write_text
 
 MARKER = ".cnnzoo-shards"  # in every folder data shards fills: what --force and the clean-up recognise
 INCOMPLETE = "cnnzoo-shards/incomplete"  # the index's format while the folder is being filled
@@ -147,9 +147,7 @@ class StagedFolder:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             remove_stale(self.out, index_name)
             self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(self.out), dir=self.out.parent))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(self.staging, 0o777 & ~mask)  # mkdtemp makes 0700; the output is an ordinary folder
+            os.chmod(self.staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output is an ordinary folder
         except OSError as exc:
             raise DataError(f"{self.out}: cannot be written ({exc.strerror or exc}); give a writable place") from None
         try:
