@@ -114,7 +114,10 @@ def test_data_help_names_every_kind_of_source(command):
 
 
 def test_docstring_prose_is_reflowed_and_examples_kept():
-    text = "Title line.\n\nA sentence broken\nby hand in two.\n  cnnzoo export --int8\nExample:  cnnzoo predict a.jpg\nMore prose\nhere."
+    text = (
+        "Title line.\n\nA sentence broken\nby hand in two.\n  cnnzoo export --int8\n"
+        "Example:  cnnzoo predict a.jpg\nMore prose\nhere."
+    )
     assert reflowed(text) == (
         "Title line.\n\nA sentence broken by hand in two.\n  cnnzoo export --int8\n"
         "Example:  cnnzoo predict a.jpg\nMore prose here."

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..config import load_config
+from ..console import console
 from ..errors import UserError, terminal_safe
 from .app import CONFIG_HELP, SET_HELP, CnnzooTyper, app, guarded
 
@@ -58,7 +59,8 @@ def check(
     from ..data.check import check_data, format_check, problems  # lazy: see cnnzoo.cli
     from ..training.inputs import preprocessing_for
 
-    report = check_data(cfg, task=cfg.train.task, pretrained=preprocessing_for(cfg))
+    with console.scoped(as_json):  # --json: stdout is the one JSON object, without the data's log lines
+        report = check_data(cfg, task=cfg.train.task, pretrained=preprocessing_for(cfg))
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)

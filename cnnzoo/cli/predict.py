@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from ..console import console
 from ..errors import UserError, terminal_safe
 from ..runs import resolve_checkpoint
 from .app import TRUST_TORCHSCRIPT_HELP, app, guarded, model_option, one_model
@@ -149,19 +150,20 @@ def evaluate(
     from ..evaluation.evaluate import evaluate as run_evaluation  # lazy: see cnnzoo.cli
     from ..evaluation.evaluate import format_report
 
-    report = run_evaluation(
-        one_model(checkpoint_arg, checkpoint),
-        data,
-        split=split,
-        top_k=top_k,
-        batch_size=batch_size,
-        out=out,
-        device=device,
-        runs_root=runs,
-        progress=not as_json,
-        html_report=html_report,
-        tta=tta,
-    )
+    with console.scoped(as_json):  # --json: stdout is the one JSON object (warnings stay on stderr)
+        report = run_evaluation(
+            one_model(checkpoint_arg, checkpoint),
+            data,
+            split=split,
+            top_k=top_k,
+            batch_size=batch_size,
+            out=out,
+            device=device,
+            runs_root=runs,
+            progress=not as_json,
+            html_report=html_report,
+            tta=tta,
+        )
     if as_json:
         typer.echo(json.dumps(report))
     else:
