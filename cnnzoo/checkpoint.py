@@ -314,6 +314,9 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
         raise bad("resize", f"should be {' or '.join(RESIZE_MODES)} (how cnnzoo resizes images)")
     if not isinstance(meta.get("int8", {}), dict):
         raise bad("int8", "should be the record an INT8 export writes (a JSON object)")
+    data = meta.get("data", {})  # optional: models trained before issue 30 do not carry it
+    if not (isinstance(data, dict) and all(isinstance(v, str | int | float | list | None) for v in data.values())):
+        raise bad("data", "should be how the training data was read and split (a JSON object of settings)")
     _check_task(meta, bad)
 
 

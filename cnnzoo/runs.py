@@ -100,8 +100,7 @@ def latest_run(runs_root: str | Path = "runs") -> Path:
     if link.is_file():
         return (Path(runs_root) / link.read_text().strip()).resolve()
     raise UserError(
-        f"{link}: no training run found; train one first (cnnzoo train --config ...) "
-        f"or name a checkpoint with --checkpoint"
+        f"{link}: no training run found; train one first (cnnzoo train --config ...) or name the model with -m/--model"
     )
 
 

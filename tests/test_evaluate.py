@@ -369,7 +369,7 @@ def test_moved_training_data_says_to_pass_data(tmp_path):
     root = make_image_tree(tmp_path / "images", train={"a": 6, "b": 6}, validation={"a": 2, "b": 2})
     run = train(tiny_config(root, epochs=1), out=tmp_path / "runs", quiet=True)
     shutil.move(str(root), str(tmp_path / "moved"))
-    with pytest.raises(DataError, match="pass --data DIR"):
+    with pytest.raises(DataError, match="pass --data to evaluate on other data"):
         run_evaluation(run / "best.pt", progress=False)
     report = run_evaluation(run / "best.pt", data=tmp_path / "moved", progress=False)
     assert report["num_images"] == 4 and report["split"] == "validation"

@@ -151,7 +151,7 @@ def test_the_page_renders_with_every_picture_embedded_and_no_request(tmp_path):
         rows = browser.find_elements(By.CSS_SELECTOR, "#top-losses tr.loss")
         assert len(rows) == 5 and "true b (20.0%), predicted a" in rows[0].text
         command = rows[0].find_element(By.CSS_SELECTOR, "code.explain").text
-        assert command.startswith("cnnzoo explain ") and command.endswith("--checkpoint runs/tiny/1/best.pt")
+        assert command.startswith("cnnzoo explain ") and command.endswith("--model runs/tiny/1/best.pt")
         pairs = browser.find_elements(By.CSS_SELECTOR, "#confused .pair h3")
         assert [p.text for p in pairs] == ["b taken for a: 1 image", "c taken for b: 1 image"]
         table = browser.find_element(By.ID, "per-class").text
@@ -218,7 +218,7 @@ def test_evaluate_writes_report_html_beside_eval_json_and_no_report_skips_it(rep
     assert "outputs" not in json.loads((tmp_path / "with" / "eval.json").read_text())
     text = page.read_text()
     assert "Content-Security-Policy" in text and text.count("data:image/png;base64,") >= 3
-    assert f"--checkpoint {report_run.best}" in text  # the explain command names the evaluated checkpoint
+    assert f"--model {report_run.best}" in text  # the explain command names the evaluated checkpoint
     without = ["evaluate", str(report_run.best), "--no-report", "--out", str(tmp_path / "without")]
     result = CliRunner().invoke(app, without)
     assert result.exit_code == 0, result.stderr

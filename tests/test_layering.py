@@ -100,6 +100,7 @@ TORCH_FREE = {
     "cnnzoo.evaluation.evaluate",
     "cnnzoo.evaluation.scores",
     "cnnzoo.evaluation.splits",
+    "cnnzoo.evaluation.streams",
 }
 TORCH_FREE_PREFIXES = ("cnnzoo.config", "cnnzoo.cli")
 TORCH_PACKAGES = {"torch", "torchvision", "timm"}

@@ -395,6 +395,9 @@ def test_predict_evaluate_and_the_onnx_export_of_a_multi_label_model(shapes_run)
     assert exported.returncode == 0, exported.stderr
     from_onnx = _json(run_cnnzoo(["predict", "-m", base / "m.onnx", "--json", *images], base))
     assert [r["labels"] for r in from_onnx] == [r["labels"] for r in records]
+    # the export is scored as the checkpoint was: the split training held out, every label (issue 30)
+    scored = _json(run_cnnzoo(["evaluate", base / "m.onnx", "--json", "--out", base / "eval-onnx"], base))
+    assert scored["map"] == pytest.approx(report["map"], abs=1e-4) and scored["num_images"] == report["num_images"]
     for a, b in zip(from_onnx, records):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
     from cnnzoo.inference.onnx import OnnxModel

@@ -2,7 +2,10 @@
 
 Every command imports its heavy parts (torch, the engine) when it runs (why: :mod:`cnnzoo.cli`).
 A :class:`cnnzoo.errors.UserError` becomes one line on stderr and exit code 2; ``--debug`` shows
-the traceback instead.
+the traceback instead. Click's usage errors (an unknown option, a missing argument, a bad value)
+come out the same way (:class:`CnnzooGroup`), and help reads as written (:mod:`.usage`).
+Every command that reads a model takes it as ``-m/--model`` (``--checkpoint`` an alias):
+:func:`model_option`, :func:`one_model`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -19,8 +23,20 @@ from .. import __version__
 from ..console import console
 from ..errors import UserError, short_reason, terminal_safe
 from ..runtime.versions import describe_failure
+from .usage import CnnzooCommand, CnnzooGroup
 
-app = typer.Typer(
+
+class CnnzooTyper(typer.Typer):
+    """A Typer app whose commands and groups are cnnzoo's: help as written, usage errors in one line."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=CnnzooGroup, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return super().command(*args, cls=kwargs.pop("cls", CnnzooCommand), **kwargs)
+
+
+app = CnnzooTyper(
     name="cnnzoo",
     help="Train, evaluate and predict with convolutional image classifiers described in YAML.\n\n"
     "Start with:  cnnzoo train --config configs/quickstart.yaml",
@@ -39,6 +55,21 @@ TRUST_TORCHSCRIPT_HELP = (
     "Open a TorchScript file: it holds code that runs when loaded, so only one you "
     "made (cnnzoo export) or otherwise trust. Without it, TorchScript is refused unopened."
 )
+
+
+MODEL_NAMES = ("--model", "-m", "--checkpoint")  # one flag in every command that reads a model
+
+
+def model_option(help: str) -> Any:
+    """``-m/--model MODEL`` (``--checkpoint`` an alias): the flag every model-reading command takes."""
+    return typer.Option(None, *MODEL_NAMES, metavar="MODEL", help=help)
+
+
+def one_model(positional: Path | None, option: Path | None) -> Path | None:
+    """The model a command whose subject is the model was given, positionally or with ``-m``."""
+    if positional is not None and option is not None and positional != option:
+        raise UserError(f"two models given ({positional} and --model {option}); give one")
+    return option if option is not None else positional
 
 
 SET_HELP = (

@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 
 from ..config import load_config
+from ..console import console
 from ..errors import UserError, terminal_safe
-from .app import CONFIG_HELP, SET_HELP, app, guarded
+from .app import CONFIG_HELP, SET_HELP, CnnzooTyper, app, guarded
 
-data_app = typer.Typer(
+data_app = CnnzooTyper(
     help="Look at a data set before training on it (check), or write it as WebDataset shards (shards).",
     no_args_is_help=True,
 )
@@ -34,9 +35,14 @@ def data_config(config: Path | None, data: str | None, set_: list[str]):
 @data_app.command("check")
 @guarded
 def check(
-    config_arg: Path | None = typer.Argument(None, metavar="[CONFIG]", help=CONFIG_HELP),
+    config_arg: Path | None = typer.Argument(None, metavar="CONFIG", help=CONFIG_HELP),
     config: Path | None = typer.Option(None, "--config", "-c", help="The config, as an option."),
-    data: str | None = typer.Option(None, "--data", help="Image folder or manifest (sets data.root)."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Folder of class folders, manifest (or a folder holding one beside images/), shards or "
+        "Hugging Face folder (sets data.root).",
+    ),
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
@@ -53,7 +59,8 @@ def check(
     from ..data.check import check_data, format_check, problems  # lazy: see cnnzoo.cli
     from ..training.inputs import preprocessing_for
 
-    report = check_data(cfg, task=cfg.train.task, pretrained=preprocessing_for(cfg))
+    with console.scoped(as_json):  # --json: stdout is the one JSON object, without the data's log lines
+        report = check_data(cfg, task=cfg.train.task, pretrained=preprocessing_for(cfg))
     typer.echo(json.dumps(report) if as_json else terminal_safe(format_check(report)))
     if problems(report):
         raise typer.Exit(1)

@@ -7,15 +7,19 @@ from pathlib import Path
 import typer
 
 from ..deploy import DEFAULT_CALIBRATION, DEFAULT_MAX_BYTES, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE
-from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded
+from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded, model_option, one_model
+
+EXPORT_MODEL_OPTION = model_option("The checkpoint, as an option (the same as the argument).")
+MODEL_OPTION = model_option("The model, as an option (the same as the argument).")
 
 
 @app.command()
 @guarded
 def export(
-    checkpoint_arg: Path | None = typer.Argument(
-        None, metavar="[CHECKPOINT]", help="Checkpoint (default: runs/latest's best.pt)."
+    model_arg: Path | None = typer.Argument(
+        None, metavar="MODEL", help="The checkpoint to export (default: runs/latest's best.pt)."
     ),
+    model: Path | None = EXPORT_MODEL_OPTION,
     fmt: str = typer.Option(
         "onnx", "--format", "-f", help="onnx (runs without torch), tflite (LiteRT, for phones) or torchscript."
     ),
@@ -54,20 +58,21 @@ def export(
     """Export a checkpoint to ONNX, TFLite or TorchScript, then check it gives the checkpoint's probabilities.
 
     The file holds the classes, input size and normalisation, so it is used alone:
-      cnnzoo export                       (runs/latest/best.pt -> runs/latest/best.onnx)
-      cnnzoo predict --model runs/latest/best.onnx photo.jpg
+      cnnzoo export                  (writes runs/latest/best.onnx)
+      cnnzoo export --int8           (writes runs/latest/best.int8.onnx, about 0.3x the size)
+      cnnzoo predict -m runs/latest/best.onnx photo.jpg
       cnnzoo serve runs/latest/best.onnx
     Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
     NaN or infinite probabilities, or (--int8) loses more than --max-drop points of validation
     accuracy; the file is written all the same, to inspect.
-      cnnzoo export --int8                (runs/latest/best.int8.onnx, about 0.3x the size)
+
     TorchScript is code: cnnzoo writes it for LibTorch (C++) and opens one only with
     predict/serve --trust-torchscript.
     """
     from ..deploy.export import export as run_export  # lazy: see cnnzoo.cli
 
     result = run_export(
-        checkpoint_arg,
+        one_model(model_arg, model),
         fmt,
         out=out,
         opset=opset,
@@ -107,11 +112,12 @@ def export(
 @app.command()
 @guarded
 def serve(
-    model: Path | None = typer.Argument(
+    model_arg: Path | None = typer.Argument(
         None,
-        metavar="[MODEL]",
+        metavar="MODEL",
         help="Checkpoint, .onnx or .tflite export (these run without torch). Default: runs/latest's best.pt.",
     ),
+    model: Path | None = MODEL_OPTION,
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
@@ -139,7 +145,7 @@ def serve(
     from ..deploy.serve import serve as run_server  # lazy: see cnnzoo.cli
 
     run_server(
-        model,
+        one_model(model_arg, model),
         host=host,
         port=port,
         workers=workers,

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import typer
 
-from .app import app, guarded
+from .app import app, guarded, model_option
+
+MODEL_OPTION = model_option("The checkpoint (default: runs/latest's best.pt).")
 
 
 @app.command()
 @guarded
 def explain(
-    image: Path = typer.Argument(..., help="The image to explain."),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "-m", help="Checkpoint (default: runs/latest's best.pt)."
-    ),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The image to explain."),
+    checkpoint: Path | None = MODEL_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="The HTML file (default: <run>/explain/<image>.html)."),
     target: str | None = typer.Option(None, help="Class for Grad-CAM (default: the predicted one)."),
     png: Path | None = typer.Option(None, "--png", help="Also write every picture as a PNG into this folder."),

@@ -8,22 +8,24 @@ from pathlib import Path
 
 import typer
 
+from ..console import console
 from ..errors import UserError, terminal_safe
 from ..runs import resolve_checkpoint
-from .app import TRUST_TORCHSCRIPT_HELP, app, guarded
+from .app import TRUST_TORCHSCRIPT_HELP, app, guarded, model_option, one_model
+
+PREDICT_MODEL_OPTION = model_option(
+    "Checkpoint, or an .onnx or .tflite export (these run without torch). Default: runs/latest's best.pt."
+)
+EVALUATE_MODEL_OPTION = model_option("The model, as an option (the same as the argument).")
 
 
 @app.command()
 @guarded
 def predict(
-    images: list[str] = typer.Argument(None, help="Image files, folders (searched recursively) or glob patterns."),
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        "--model",
-        "-m",
-        help="Checkpoint, or an .onnx export (runs without torch). Default: runs/latest's best.pt.",
+    images: list[str] = typer.Argument(
+        None, metavar="IMAGES", help="Image files, folders (searched recursively) or glob patterns."
     ),
+    checkpoint: Path | None = PREDICT_MODEL_OPTION,
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many ranked classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
@@ -60,8 +62,13 @@ def predict(
 
     if as_json and as_csv:
         raise UserError("choose one of --json and --csv")
-    if bool(images) == (data is not None):
-        raise UserError("give images to predict, or --data MANIFEST (not both)")
+    if not images and data is None:
+        raise UserError(
+            "give the images to predict (files, folders or glob patterns), e.g. cnnzoo predict photo.jpg "
+            "holiday/, or a manifest of them: cnnzoo predict --data test.csv"
+        )
+    if images and data is not None:
+        raise UserError("give images to predict or --data MANIFEST, not both")
     path = resolve_checkpoint(checkpoint, runs)
     if checkpoint is None:
         typer.echo(terminal_safe(f"cnnzoo: using {path}", one_line=True), err=True)
@@ -103,17 +110,16 @@ def predict(
 def evaluate(
     checkpoint_arg: Path | None = typer.Argument(
         None,
-        metavar="[MODEL]",
+        metavar="MODEL",
         help="Checkpoint (default: runs/latest's best.pt), or an .onnx (FP32 or INT8) or .tflite export "
         "(scored without torch).",
     ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "--model", "-m", help="Checkpoint or export, as in predict (same as the argument)."
-    ),
+    checkpoint: Path | None = EVALUATE_MODEL_OPTION,
     data: Path | None = typer.Option(
         None,
-        help="Labelled folder: a data root with test/ or validation/, "
-        "or a folder of class folders. Default: the training data (an export: the data root it names).",
+        help="Labelled data: a folder (with test/ or validation/, or of class folders), a manifest "
+        "(.csv, .tsv, .jsonl, .parquet, or a folder holding one beside images/), WebDataset shards or a "
+        "Hugging Face dataset folder. Default: the data the model trained on, split as training split it.",
     ),
     split: str | None = typer.Option(None, help="test or validation (default: test if there is one)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k for top-k accuracy."),
@@ -144,21 +150,20 @@ def evaluate(
     from ..evaluation.evaluate import evaluate as run_evaluation  # lazy: see cnnzoo.cli
     from ..evaluation.evaluate import format_report
 
-    if checkpoint_arg and checkpoint and checkpoint_arg != checkpoint:
-        raise UserError(f"two checkpoints given ({checkpoint_arg} and --checkpoint {checkpoint}); give one")
-    report = run_evaluation(
-        checkpoint or checkpoint_arg,
-        data,
-        split=split,
-        top_k=top_k,
-        batch_size=batch_size,
-        out=out,
-        device=device,
-        runs_root=runs,
-        progress=not as_json,
-        html_report=html_report,
-        tta=tta,
-    )
+    with console.scoped(as_json):  # --json: stdout is the one JSON object (warnings stay on stderr)
+        report = run_evaluation(
+            one_model(checkpoint_arg, checkpoint),
+            data,
+            split=split,
+            top_k=top_k,
+            batch_size=batch_size,
+            out=out,
+            device=device,
+            runs_root=runs,
+            progress=not as_json,
+            html_report=html_report,
+            tta=tta,
+        )
     if as_json:
         typer.echo(json.dumps(report))
     else:

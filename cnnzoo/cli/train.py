@@ -16,7 +16,13 @@ from .app import CONFIG_HELP, SET_HELP, _rank0, app, guarded
 
 # The shortcuts every command that trains (train, lr-find, sweep) takes, each one config key.
 UNSET_OPTION = typer.Option([], "--unset", help="Remove a config key, back to its default (repeatable).")
-DATA_OPTION = typer.Option(None, "--data", help="Image folder (sets data.root).")
+DATA_OPTION = typer.Option(
+    None,
+    "--data",
+    help="Your data (sets data.root): a folder of class folders (or with train/ and validation/), a manifest "
+    "(.csv, .tsv, .jsonl, .parquet, or a folder holding one beside images/), WebDataset shards or a Hugging "
+    "Face dataset folder.",
+)
 EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Sets train.epochs.")
 BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, help="Sets train.batch_size.")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, help="Sets data.image_size.")

@@ -21,6 +21,7 @@ test.csv`` reads the image column without torch). Parquet needs pyarrow (``cnnzo
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import os
 import re
@@ -326,6 +327,48 @@ def resolve_images(names: list[str], bases: list[Path]) -> list[str]:
                     break
         found.append(path)
     return found
+
+
+def folder_manifest(folder: str | Path) -> Path | None:
+    """The manifest a folder holds beside an ``images/`` folder (a Kaggle-style data set:
+    ``images.csv`` + ``images/``), or None when ``folder`` is not such a folder. Several manifests
+    are refused in one line naming them, unless they are one ``train.<ext>`` and its split siblings."""
+    folder = Path(folder)
+    if not (folder / "images").is_dir():
+        return None
+    found = sorted(p for p in folder.iterdir() if is_manifest(p) and not p.name.startswith(".") and p.is_file())
+    if len(found) <= 1:
+        return found[0] if found else None
+    train = next((p for p in found if p.stem.lower() in ("train", "training")), None)
+    if train is not None and set(found) == {train, *split_files(train).values()}:
+        return train
+    shown = ", ".join(p.name for p in found[:6]) + (", ..." if len(found) > 6 else "")
+    raise DataError(
+        f"{folder}: {len(found)} manifests beside images/ ({shown}); name the one to read, "
+        f"e.g. --data {folder / found[0].name} (data.root)"
+    )
+
+
+def manifest_file(path: str | Path) -> Path:
+    """``path`` as a manifest file: itself, or the manifest a folder holds beside ``images/``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = folder_manifest(path)
+    if found is None:
+        raise DataError(
+            f"{path}: a folder holding no manifest beside an images/ folder; give the manifest file "
+            f"({', '.join(MANIFEST_SUFFIXES)})"
+        )
+    return found
+
+
+def file_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of a manifest file's bytes: what a model keeps to know, later, that a manifest
+    is the one it trained on (64 characters for any number of rows; a 100 MB table hashes in well
+    under a second)."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def split_files(path: Path) -> dict[str, Path]:

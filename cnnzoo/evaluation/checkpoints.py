@@ -20,7 +20,7 @@ from ..inference.torch_models import Model
 from ..inference.tta import AveragedViews
 from ..runtime.device import Feed
 from .metrics import predict_loader
-from .splits import Scored, samples_for
+from .splits import Scored, samples_for, trained_rule
 
 
 def score_checkpoint(
@@ -38,7 +38,14 @@ def score_checkpoint(
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
     cfg = load_config(ckpt["config"])
     multi = ckpt["meta"].get("task") == "multi"
-    samples, where = samples_for(cfg, list(ckpt["meta"]["classes"]), data=data, split=split, multi_label=multi)
+    samples, where = samples_for(
+        cfg,
+        list(ckpt["meta"]["classes"]),
+        data=data,
+        split=split,
+        multi_label=multi,
+        rule=trained_rule(ckpt["meta"], cfg),
+    )
     model = Model(ckpt, device)  # the memory format training used, for the same numbers
     module = AveragedViews(model.module) if tta else model.module  # --tta: five views averaged
     thresholds = list(model.thresholds) if multi else None

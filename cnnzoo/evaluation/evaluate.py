@@ -22,7 +22,6 @@ import numpy as np
 
 from .. import runs
 from ..console import console
-from ..data.sources import split_from_folder
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
 from ..inference import Classifier, is_onnx, is_tflite, load
@@ -31,7 +30,8 @@ from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
 from . import multilabel, scores
 from .page import ReportInputs, write_report_html
-from .splits import Scored, check_split, export_data
+from .splits import Scored, check_split, export_config, export_data, samples_for, trained_rule
+from .streams import stream_batches
 
 EXPORT_BATCH = 64  # images per forward pass of an export, as predict's default
 
@@ -184,19 +184,21 @@ def score_export(
     device: str | None,
     progress: bool,
 ) -> Scored:
-    """An ONNX or TFLite export's logits on ``data`` (default: the data root its metadata names),
-    read and run by the export's own predict path; torch is never imported."""
+    """An ONNX or TFLite export's logits on ``data`` (default: the data it trained on, split as
+    training split it, from its metadata), read and run by the export's own predict path; any
+    source (folders, manifests, Hugging Face folders, shards); torch is never imported."""
     model: Classifier = load(path, device)
-    folder = data if data is not None else export_data(path, model.meta.get("data_root"))
-    samples, where = split_from_folder(Path(folder), split, model.classes), str(folder)
-    items = samples.files()  # a folder's samples are files
+    multi = model.meta.get("task") == "multi"
+    cfg = export_config(path, model.meta)
+    folder, rule = (data, trained_rule(model.meta)) if data is not None else export_data(path, model.meta)
+    samples, where = samples_for(cfg, model.classes, data=folder, split=split, multi_label=multi, rule=rule)
     errors: list = []
-    logits, rows = [], []
-    for positions, pixels in model.batches(
-        items, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress, task="evaluate"
-    ):
+    logits, rows, labels = [], [], []
+    batches = _export_batches(model, samples, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress)
+    for positions, pixels, batch_labels in batches:
         logits.append(model.logits_and_probabilities(pixels)[0])
         rows.extend(positions)
+        labels.extend(batch_labels)
     for name, reason in errors:
         console.warn(f"skipped {name}: cannot read image ({reason})")
     about = {
@@ -206,16 +208,42 @@ def score_export(
         "epoch": model.meta.get("epoch"),
         "tta": False,  # test-time augmentation runs on checkpoints only
     }
+    outputs = len(model.classes)
     return Scored(
-        logits=np.concatenate(logits) if logits else np.zeros((0, len(model.classes)), np.float32),
-        labels=np.asarray([samples.labels[r] for r in rows], dtype=np.int64),
-        rows=np.asarray(rows, dtype=np.int64),
+        logits=np.concatenate(logits) if logits else np.zeros((0, outputs), np.float32),
+        labels=_label_array(labels, outputs, multi),
+        rows=None if samples.streamed else np.asarray(rows, dtype=np.int64),
         samples=samples,
         where=where,
         classes=model.classes,
         channels=model.channels,
         about=about,
+        thresholds=list(model.thresholds) if multi else None,
     )
+
+
+def _export_batches(model: Classifier, samples, *, batch_size: int, errors: list, progress: bool):
+    """(positions, uint8 pixels, labels) per batch of ``samples`` as the export reads images: a
+    split's images by position (files, or images in memory), or a stream of shards in order."""
+    if samples.streamed:
+        yield from stream_batches(model, samples, batch_size=batch_size, errors=errors)
+        return
+    items = [samples.item(i) for i in range(len(samples))]
+    sets = samples.label_sets if model.multi_label else None  # a multi-label model scores every label
+    for positions, pixels in model.batches(
+        items, batch_size=batch_size, errors=errors, progress=progress, task="evaluate"
+    ):
+        yield positions, pixels, [sets[r] if sets is not None else samples.labels[r] for r in positions]
+
+
+def _label_array(labels: list, outputs: int, multi: bool) -> np.ndarray:
+    """Class indices, or multi-hot [N, classes] for a multi-label model."""
+    if not multi:
+        return np.asarray(labels, dtype=np.int64)
+    hot = np.zeros((len(labels), outputs), dtype=np.float32)
+    for row, indices in enumerate(labels):
+        hot[row, list(indices)] = 1
+    return hot
 
 
 def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> ReportInputs:

@@ -96,7 +96,7 @@ def _explain_command(inputs: ReportInputs, row: int) -> str:
     name = inputs.image_names[row]
     if inputs.explain_model is None or not Path(name).is_file():
         return ""
-    command = f"cnnzoo explain {shlex.quote(name)} --checkpoint {shlex.quote(inputs.explain_model)}"
+    command = f"cnnzoo explain {shlex.quote(name)} --model {shlex.quote(inputs.explain_model)}"
     return f'<code class="explain">{html.escape(command)}</code>'
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import preprocess
-from ..data.manifest import read_manifest
+from ..data.manifest import manifest_file, read_manifest
 from ..files import spreadsheet_safe
 
 
@@ -56,8 +56,9 @@ def expand_inputs(arguments: Sequence[str]) -> tuple[list[str], list[tuple[str, 
 
 def manifest_images(path: str | Path) -> tuple[list[str], list[str], str]:
     """A manifest's images, labels or not: each row's name as written, the file it resolves to
-    (``""`` where none exists), and the image column's name."""
-    rows = read_manifest(path, labels_required=False)
+    (``""`` where none exists), and the image column's name. ``path`` may be a folder holding the
+    manifest beside ``images/``."""
+    rows = read_manifest(manifest_file(path), labels_required=False)
     return list(rows.names), list(rows.paths), rows.image_column
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ...config import Config
+from ...config import Config, load_config
 from ...config.schema import SOURCE_NAMES
 from ...console import console, warn
 from ...errors import ConfigError, DataError
@@ -56,6 +56,8 @@ __all__ = [
     "manifest_split",
     "register",
     "resolve_task",
+    "rule_config",
+    "split_rule",
     "scan_folder",
     "shard_samples",
     "shard_split",
@@ -198,8 +200,27 @@ def load_data(
         source=name,
         saved_source=source_name(d),
         saved_root=root_text if source_name(d) == "folder" and d.root else d.root,
+        split_rule=split_rule(cfg, name, root_text if d.root else None),
         **found.kind,
     )
+
+
+SPLIT_KEYS = ("val_fraction", "image_column", "label_column", "images_dir")  # the data keys a split depends on
+
+
+def split_rule(cfg: Config, source: str, root: str | None) -> dict[str, Any]:
+    """How ``cfg``'s data was read and split, as a model keeps it (``meta.data``): the source read,
+    its root, the seed and the data keys the split depends on; :func:`rule_config` reads it back."""
+    d = cfg.data
+    return {"source": source, "root": root, "seed": cfg.seed, **{key: getattr(d, key) for key in SPLIT_KEYS}}
+
+
+def rule_config(rule: dict[str, Any], *, root: str | None = None, **data: Any) -> Config:
+    """The config that reads data as ``rule`` (a model's ``meta.data``) says, at ``root`` if given
+    (the same data moved or named again), with ``data`` added (the model's input size)."""
+    keys = {key: rule[key] for key in SPLIT_KEYS if rule.get(key) is not None}
+    section = {**keys, **data, "root": root or rule.get("root"), "source": rule.get("source") or "folder"}
+    return load_config({"seed": int(rule.get("seed") or 0), "data": section})
 
 
 def resolve_input(cfg: Config, pretrained: Pretrained | None = None) -> tuple[int, tuple[int, int]]:

@@ -13,6 +13,7 @@ from ...config import Config
 from ...console import console, warn
 from ...errors import ConfigError, DataError
 from .. import preprocess
+from ..manifest import MANIFEST_SUFFIXES
 from .base import Source, Splits
 from .samples import FileSamples, Samples, stratified_split
 
@@ -38,7 +39,7 @@ class FolderSource(Source):
             raise ConfigError("data.root: not set; point it at a folder of class folders (or set model.num_classes)")
         root = self.folder()
         if not root.is_dir():
-            raise DataError(f"data.root: folder not found: {root.resolve()}")
+            raise not_a_folder(root.resolve(), "data.root")
         check_layout(root)
         base = root / "train" if (root / "train").is_dir() else root
         return [p.name for p in class_dirs(base)]
@@ -157,9 +158,15 @@ def scan_folder(
             )
     else:
         if len(names) < 2:
+            hint = (
+                f"; if images/ holds all your images, put a manifest beside it (images.csv with image and "
+                f"label columns) and give --data {folder}"
+                if names[0] == "images"
+                else ""
+            )
             raise DataError(
                 f"{folder}: only one class folder ({names[0]}); a classifier needs at least "
-                f"two classes, one folder each"
+                f"two classes, one folder each{hint}"
             )
         classes = names
     paths: list[str] = []
@@ -181,7 +188,7 @@ def scan_folder(
 
 def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None, int]:
     if not root.is_dir():
-        raise DataError(f"data.root: folder not found: {root.resolve()}")
+        raise not_a_folder(root.resolve(), "data.root")
     train_dir = root / "train"
     if train_dir.is_dir():
         val_dir = next((root / n for n in SPLIT_FOLDERS["validation"] if (root / n).is_dir()), None)
@@ -208,10 +215,20 @@ def _folder_splits(root: Path, cfg: Config) -> tuple[list[str], Samples, Samples
     return classes, train, val, None, skipped
 
 
+def not_a_folder(path: Path, key: str) -> DataError:
+    """The refusal of a ``path`` that should be a folder: a file named as a file, else not found."""
+    if path.exists():
+        return DataError(
+            f"{key} {path}: a file, not a folder; a manifest is read as data when it is a "
+            f"{', '.join(MANIFEST_SUFFIXES)} file, or a folder holding one beside images/"
+        )
+    return DataError(f"{key}: folder not found: {path}")
+
+
 def split_from_folder(folder: Path, split: str | None, classes: list[str]) -> Samples:
     """``folder`` is a data root with split folders, or itself a folder of class folders."""
     if not folder.is_dir():
-        raise DataError(f"--data: folder not found: {folder}")
+        raise not_a_folder(folder, "--data")
     wanted = [split] if split else ["test", "validation"]
     for name in wanted:
         for candidate in SPLIT_FOLDERS[name]:

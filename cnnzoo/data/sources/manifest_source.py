@@ -25,10 +25,17 @@ class ManifestSource(Source):
 
     @classmethod
     def detects(cls, path: str) -> bool:
-        return manifest.is_manifest(path)
+        """A manifest file, or a folder holding one beside ``images/`` (several: refused, named)."""
+        return manifest.is_manifest(path) or manifest.folder_manifest(path) is not None
+
+    def root(self) -> str:
+        """The manifest file: ``data.root``, or the one the folder it names holds beside ``images/``."""
+        return str(manifest.manifest_file(super().root()))
 
     def splits(self, missing: list[str] | None = None) -> Splits:
         path = Path(self.root())
+        if Path(self.cfg.data.root or "").is_dir():
+            console.log(f"data: {self.cfg.data.root}: reading the manifest {path.name} beside images/")
         classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing, self.task)
         return Splits(classes=classes, train=train, val=val, test=test, where=str(path.resolve()), kind=kind)
 
@@ -38,7 +45,8 @@ class ManifestSource(Source):
     def split_to_score(
         self, data: str, split: str | None, classes: list[str], *, multi_label: bool
     ) -> tuple[Samples, str]:
-        return manifest_split(self.cfg, Path(data), split, classes, multi_label=multi_label), str(Path(data))
+        path = manifest.manifest_file(data)
+        return manifest_split(self.cfg, path, split, classes, multi_label=multi_label), str(path)
 
 
 def _read_manifest(cfg: Config, path: Path, *, labels_required: bool = True) -> manifest.Manifest:
@@ -151,7 +159,7 @@ def _manifest_splits(
             f"data: {path} has no validation rows; held out {cfg.data.val_fraction:g} of each class "
             f"({len(val)} of {len(everything)} images, data.val_fraction)"
         )
-    kind = {"multi_label": multi_label, "one_hot": table.one_hot}
+    kind = {"multi_label": multi_label, "one_hot": table.one_hot, "digest": manifest.file_digest(path)}
     return classes, train, val, test, {**kind, "missing": missing} if missing else kind
 
 

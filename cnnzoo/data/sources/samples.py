@@ -235,6 +235,8 @@ class DataSpec:
     source: str = "folder"  # the registry name of the source read (which builds the loaders)
     saved_root: str | None = None  # data.root as the saved config records it (resolved where it was a path)
     saved_source: str | None = None  # data.source as the saved config records it (as read: folder for user data)
+    digest: str | None = None  # a manifest's file digest (manifest.file_digest), to know it again
+    split_rule: dict[str, Any] = field(default_factory=dict)  # how the data was read and split (see meta)
 
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
@@ -246,6 +248,9 @@ class DataSpec:
             "std": list(self.std),
             "resize": "bilinear",
             "data_root": self.root,
+            # what evaluate needs to find this data again and split it as training did, checkpoint
+            # or export: a few settings and a manifest's digest, the same size for any number of rows
+            "data": {**self.split_rule, **({"digest": self.digest} if self.digest else {})},
         }
 
 
