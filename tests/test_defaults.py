@@ -190,3 +190,27 @@ def test_hub_weights_fail_fast_with_one_line_when_there_is_no_network(args, wher
     line = one_error_line(result := run_cnnzoo(["train", *args, "--data", data, *TINY], cwd=tmp_path))
     assert "cannot be reached" in line and where in line, line
     assert "Retrying" not in result.stderr + result.stdout
+
+
+def test_the_reachability_check_gives_up_on_a_host_that_never_answers():
+    """A connection that hangs (a non-routable address) or a lookup that fails is "not reachable",
+    answered by the check itself, which waits at most its seconds (the test's only clock is pytest's)."""
+    from cnnzoo.model.weights import reachable
+
+    assert reachable("https://10.255.255.1/model.safetensors", seconds=0.5) is False
+    assert reachable("https://no-such-host.invalid/model.safetensors", seconds=0.5) is False
+
+
+def test_the_reachability_check_says_yes_when_a_server_answers():
+    import http.server
+    import threading
+
+    from cnnzoo.model.weights import reachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # any status is an answer (a 404 here): the server is there to download from
+        assert reachable(f"http://127.0.0.1:{server.server_port}/no-such-file.safetensors", seconds=5) is True
+    finally:
+        server.shutdown()
+        server.server_close()

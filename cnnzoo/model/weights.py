@@ -6,16 +6,16 @@ default pretrained weights (cnnzoo's folder, the Hugging Face cache, or download
 state-dict file (``.safetensors``, or a torch file read with ``weights_only=True``). A state dict
 is loaded key by key into the body (:func:`load_matching`). ``CNNZOO_OFFLINE=1`` (:func:`offline`)
 forbids downloads; a missing file is then one line saying where to put it. Without the setting, a
-download is tried only after the weights' host answers within seconds (:func:`reachable`): with
+download is tried only after the weights' server answers within seconds (:func:`reachable`): with
 no network the same one line comes at once, not a hub library's retries. Imports torch,
 checkpoint (the refused global's name) and :mod:`cnnzoo.model.extractors`.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import pickle
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,20 +42,26 @@ REACH_SECONDS = 3.0  # how long a host may take to accept a connection before do
 
 
 def reachable(url: str, seconds: float = REACH_SECONDS) -> bool:
-    """Whether ``url``'s host accepts a TCP connection within ``seconds``, name lookup included
-    (which no socket timeout bounds, hence the thread): the quick "can this be downloaded" check."""
+    """Whether ``url``'s server answers an HTTP HEAD request (any status) within ``seconds``, name
+    lookup included (which no socket timeout bounds, hence the thread): the quick "can this be
+    downloaded" check. An answer is asked for, not only a connection, since a proxy or sandbox may
+    accept every connection and pass nothing on."""
     parts = urlparse(url)
     answered: list[bool] = []
 
-    def connect() -> None:
+    def ask() -> None:
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = kind(parts.hostname or "", parts.port, timeout=seconds)
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            with socket.create_connection((parts.hostname or "", port), timeout=seconds):
-                answered.append(True)
-        except (OSError, ValueError):
+            connection.request("HEAD", parts.path or "/")
+            connection.getresponse()
+            answered.append(True)
+        except (OSError, http.client.HTTPException, ValueError):
             pass
+        finally:
+            connection.close()
 
-    probe = threading.Thread(target=connect, daemon=True, name="cnnzoo-reach")
+    probe = threading.Thread(target=ask, daemon=True, name="cnnzoo-reach")
     probe.start()
     probe.join(seconds)
     return bool(answered)

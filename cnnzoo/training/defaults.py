@@ -2,7 +2,7 @@
 
 With no ``--model`` the choice is made by one quick check (:func:`pretrained_at_hand`): when the
 weights of the shipped transfer recipe's backbone (timm's tf_efficientnet_lite0, 92% on
-clothing-small) are in the cache or their host answers within seconds, that recipe fine-tunes
+clothing-small) are in the cache or their server answers within seconds, that recipe fine-tunes
 them; otherwise the shipped from-scratch recipe trains, shortened for a user in a hurry on data
 nobody has measured (:data:`HURRIED`). ``--model NAME`` names a backbone (a torchvision model or
 ``timm/ARCH``), fine-tuned with the transfer recipe, or a shipped config. Each choice is a config
@@ -43,7 +43,7 @@ class Choice:
 
 def pretrained_at_hand(backbone: str) -> tuple[bool, str]:
     """Whether ``backbone``'s default pretrained weights are in the cache or can be fetched now
-    (their host answers within seconds), and the words that say so, or why not and where the file goes."""
+    (their server answers within seconds), and the words that say so, or why not and where the file goes."""
     if backbone.startswith(TIMM_PREFIX):
         try:
             timm_package()
