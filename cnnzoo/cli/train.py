@@ -129,8 +129,8 @@ def train(
     Own data: cnnzoo train --data ~/photos    (no config: fine-tunes a pretrained model, else from scratch)
     A recipe: cnnzoo train -c clothing_recipe --data ~/photos --image-size 96 --name photos
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
-    4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
-              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
+    4 GPUs:   cnnzoo train -c clothing --data ~/photos --nproc 4
+              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c clothing --data ~/photos)
     """
     overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size, image_size=image_size).overrides(
         set_, unset
