@@ -2,7 +2,8 @@
 """The training recipe's ablation (issue #20): each row adds one ingredient, every row gets the
 same training seconds.
 
-    python scripts/ablation_recipe.py --config configs/resnet_clothing.yaml --minutes 15
+    python scripts/ablation_recipe.py --config configs/resnet_clothing.yaml --minutes 15 \
+        --set data.root=../shared/datasets/clothing-small
 
 Rows, each on top of the one before:
 
@@ -16,7 +17,7 @@ Rows, each on top of the one before:
 ``--row 'NAME: k=v k=v'`` (repeatable) runs your own rows instead, ``--minutes 0`` trains each for
 the config's epochs (no probe), e.g. the transfer config's fine-tuning with and without EMA:
 
-    python scripts/ablation_recipe.py --config configs/clothing_transfer.yaml --minutes 0 \
+    python scripts/ablation_recipe.py --config configs/clothing_transfer.yaml --minutes 0 --set data.root=DATA \
         --row 'baseline:' --row 'ema: train.ema.decay=0.995' --row tta
 
 Same seconds: a one-epoch probe of each row measures its seconds per epoch (training and

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput of cnnzoo against a course-style loop and the compute-only limit.
 
-    python scripts/bench_train.py --config configs/clothing.yaml [--epochs 3] [--set k=v ...]
+    python scripts/bench_train.py --config configs/clothing.yaml --set data.root=DATA [--epochs 3] [--set k=v ...]
 
 One invocation measures, each phase in its own child process (so peak memory is its own):
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """What the frozen-feature cache buys: training the trainable part on cached features vs the whole network.
 
-    python scripts/bench_transfer.py --config configs/clothing_transfer.yaml [--images 256] [--set k=v ...]
+    python scripts/bench_transfer.py --config configs/clothing_transfer.yaml --set data.root=DATA \
+        [--images 256] [--set k=v ...]
 
 One process, the same model, optimizer, batch size and images (the first ``--images``
 training images, decoded once), with the backbone trainable as in the config's last

@@ -3,7 +3,7 @@
     python scripts/build_multilabel_shapes.py OUT [--train 1500] [--validation 300] [--size 64]
 
 OUT gets images/ and labels.csv (image,tags,split; tags space-separated); train with
-configs/shapes_multilabel.yaml (data.root: OUT/labels.csv).
+configs/shapes_multilabel.yaml (--data OUT/labels.csv).
 """
 
 from __future__ import annotations

@@ -507,15 +507,22 @@ def test_a_path_found_only_from_the_working_directory_still_works(tmp_path, monk
 
 
 @pytest.mark.needs_shared
-def test_shipped_transfer_config_finds_its_data_and_weights_from_any_folder(tmp_path, monkeypatch):
+def test_shipped_transfer_config_finds_its_weights_in_the_cache_from_any_folder(tmp_path, monkeypatch, isolated_home):
+    pytest.importorskip("timm")
+    from cnnzoo.model.weights import timm_weights
+
     from support.shared import PROJECT_ROOT, shared_path
 
-    shared_path("weights/tf_efficientnet_lite0.imagenet.pth")
-    shared_path("datasets/clothing-small/train")
+    weights = shared_path("weights/tf_efficientnet_lite0.imagenet.pth")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(PROJECT_ROOT / "configs" / "clothing_transfer.yaml")
-    assert Path(cfg.data.root, "train").is_dir()
-    assert Path(cfg.model.layers[0]["backbone"]["weights"]).is_file()
+    cfg = load_config(PROJECT_ROOT / "configs" / "clothing_transfer.yaml", ["data.root=photos"])
+    backbone = cfg.model.layers[0]["backbone"]
+    assert backbone["weights"] == "DEFAULT" and cfg.data.root == "photos"  # --data's path, from here
+    source = timm_weights(backbone["name"].removeprefix("timm/"))
+    assert source.folder == isolated_home / "weights" / "timm" / "tf_efficientnet_lite0.in1k"
+    source.folder.mkdir(parents=True)
+    (source.folder / weights.name).symlink_to(weights)  # the file a user has, under its own name
+    assert source.local_file() == source.folder / weights.name
 
 
 # ---------------------------------------------------------------------- ranges next to their fields (issue 23, item 7)

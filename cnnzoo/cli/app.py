@@ -48,7 +48,7 @@ app = CnnzooTyper(
 
 
 _state = {"debug": False}
-CONFIG_HELP = "YAML config file (see configs/ for examples)."
+CONFIG_HELP = "YAML config file, or a shipped config's name (cnnzoo configs lists them)."
 
 
 TRUST_TORCHSCRIPT_HELP = (

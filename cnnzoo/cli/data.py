@@ -11,6 +11,7 @@ from ..config import load_config
 from ..console import console
 from ..errors import UserError, terminal_safe
 from .app import CONFIG_HELP, SET_HELP, CnnzooTyper, app, guarded
+from .train import require_data
 
 data_app = CnnzooTyper(
     help="Look at a data set before training on it (check), or write it as WebDataset shards (shards).",
@@ -24,9 +25,12 @@ CHECK_IMAGE_SIZE = 64  # what the check resolves a config without an image size 
 def data_config(config: Path | None, data: str | None, set_: list[str]):
     """The config a data command reads: ``config`` with ``--data`` as data.root, or ``--data`` alone."""
     if config is None and data is None:
-        raise UserError("give a config (cnnzoo data check configs/clothing.yaml) or --data FOLDER_OR_MANIFEST")
+        raise UserError(
+            "give a config that names its data (cnnzoo data check -c quickstart) or --data FOLDER_OR_MANIFEST"
+        )
     overrides = [*set_, *([f"data.root={json.dumps(data)}"] if data else [])]
     cfg = load_config(config if config is not None else {"data": {}}, overrides)
+    require_data(cfg, config)
     if cfg.data.image_size is None and not cfg.model.input:
         cfg.data.image_size = CHECK_IMAGE_SIZE
     return cfg

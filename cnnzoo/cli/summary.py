@@ -1,4 +1,4 @@
-"""``cnnzoo summary``: a config's network, layer by layer."""
+"""``cnnzoo summary``: a config's network, layer by layer; ``cnnzoo configs``: the shipped configs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_config
+from ..config import about, load_config, shipped_configs
+from ..config.shipped import SHIPPED_FOLDER
 from .app import CONFIG_HELP, SET_HELP, app, guarded
 
 
@@ -33,3 +34,20 @@ def summary(
         typer.echo(json.dumps(result))
     else:
         typer.echo(format_summary(result, cfg.run_name))
+
+
+@app.command("configs")
+@guarded
+def configs() -> None:
+    """List the configs cnnzoo ships, one line each; name one with --config NAME.
+
+    Example:  cnnzoo train --config clothing_recipe --data ~/photos
+    """
+    shipped = shipped_configs()
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        typer.echo(f"{name:<{width}}  {about(path)}")
+    typer.echo(
+        f"\nUse one:  cnnzoo train --config NAME --data DIR   (cnnzoo summary --config NAME shows its layers)\n"
+        f"Edit one: cp {SHIPPED_FOLDER}/NAME.yaml my.yaml, change it, then cnnzoo train --config my.yaml"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..errors import UserError
 from .app import CONFIG_HELP, SET_HELP, _rank0, app, guarded
 
@@ -70,6 +70,32 @@ def forwarded_argv(argv: list[str]) -> list[str]:
     return kept
 
 
+def _chosen(model: str | None, data: str | None, epochs: int | None) -> dict:
+    """The config mapping ``train`` runs when no ``--config`` is given (``--data`` and maybe
+    ``--model``), after the one line that says which and why."""
+    if data is None:
+        raise UserError(
+            "give --data DIR (your images: class folders, or a manifest such as images.csv) to train "
+            "a default model, --config FILE (or a shipped name: cnnzoo configs), or --resume runs/.../last.pt"
+        )
+    from ..training.defaults import default_choice, model_choice  # lazy: the check imports torch
+
+    choice = default_choice(data, epochs) if model is None else model_choice(model, data)
+    if _rank0():
+        typer.echo(f"cnnzoo: {choice.reason}", err=True)
+    return choice.raw
+
+
+def require_data(cfg: Config, config: Path | None) -> None:
+    """A folder-read config needs its data: without ``data.root`` (and without ``--data``), one line
+    asking for ``--data`` before anything heavy loads."""
+    if cfg.data.source == "folder" and not cfg.data.root:
+        raise UserError(
+            f"{config or 'the config'}: data.root is not set; give your data with --data DIR "
+            f"(class folders, train/ and validation/ splits, or a manifest such as images.csv)"
+        )
+
+
 @app.command()
 @guarded
 def train(
@@ -88,6 +114,12 @@ def train(
         Path("runs"), "--runs", "--out", help="Folder that holds run folders (<runs>/<name>/<N>, <runs>/latest)."
     ),
     resume: Path | None = typer.Option(None, help="Continue a run from its last.pt."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Without --config: a backbone to fine-tune (a torchvision model such as resnet18, or "
+        "timm/NAME) or a shipped config's name; unset, cnnzoo picks (the line it prints says why).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
     nproc: int = typer.Option(
         1,
@@ -97,22 +129,24 @@ def train(
         "trained together with DDP; runs torchrun for you.",
     ),
 ) -> None:
-    """Train a model from a YAML config; writes a run folder (config, metrics, checkpoints, plots).
+    """Train a model from a YAML config, or on --data alone; writes a run folder (config, metrics, checkpoints, plots).
 
     Example:  cnnzoo train --config configs/quickstart.yaml --epochs 5
-    Own data: cnnzoo train -c configs/clothing.yaml --data ~/photos --image-size 96 --name photos
+    Own data: cnnzoo train --data ~/photos    (no config: fine-tunes a pretrained model, else from scratch)
+    A recipe: cnnzoo train -c clothing_recipe --data ~/photos --image-size 96 --name photos
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
-    4 GPUs:   cnnzoo train -c configs/clothing.yaml --nproc 4
-              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c configs/clothing.yaml)
+    4 GPUs:   cnnzoo train -c clothing --data ~/photos --nproc 4
+              (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c clothing --data ~/photos)
     """
-    if config is None and resume is None:
-        raise UserError("give --config FILE (e.g. configs/quickstart.yaml) or --resume runs/.../last.pt")
     overrides = Shortcuts(data=data, name=name, epochs=epochs, batch_size=batch_size, image_size=image_size).overrides(
         set_, unset
     )
+    if model is not None and (config is not None or resume is not None):
+        raise UserError(f"--model: give --model NAME or {'--config' if config else '--resume'}, not both")
     source = config
     if resume is None:  # config errors come back before torch is imported
-        source = load_config(config, overrides)
+        source = load_config(_chosen(model, data, epochs) if config is None else config, overrides)
+        require_data(source, config)
         overrides = []
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from ..runtime.distributed import launch  # lazy: see cnnzoo.cli

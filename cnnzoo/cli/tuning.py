@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_config
+from ..config import find_config, load_config
 from .app import CONFIG_HELP, SET_HELP, app, guarded
 from .train import (
     BATCH_SIZE_OPTION,
@@ -16,6 +16,7 @@ from .train import (
     IMAGE_SIZE_OPTION,
     UNSET_OPTION,
     Shortcuts,
+    require_data,
 )
 
 
@@ -57,7 +58,9 @@ def lr_find(
     overrides = Shortcuts(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)
+    config = find_config(config)  # a shipped config by name, too (its copy is written beside the plot)
     cfg = load_config(config, overrides)  # config errors come back before torch is imported
+    require_data(cfg, config)
     from ..training.lr_find import apply_lr  # lazy: see cnnzoo.cli
     from ..training.lr_find import lr_find as run_lr_find
 
@@ -102,7 +105,8 @@ def sweep(
     overrides = Shortcuts(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)
-    load_config(config, overrides)  # config errors come back before torch is imported
+    config = find_config(config)  # a shipped config by name, too
+    require_data(load_config(config, overrides), config)  # config errors come back before torch is imported
     from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
     from ..training.sweep import markdown_table
     from ..training.sweep import sweep as run_sweep

@@ -8,7 +8,8 @@ with the closest known key, and errors name the file and the dotted key.
 * :mod:`~cnnzoo.config.schema`: the dataclasses (``Config`` and its sections) and their ranges;
 * :mod:`~cnnzoo.config.checks`: :class:`Bounds` (a field's range) and the rules between fields;
 * :mod:`~cnnzoo.config.loading`: YAML in, overrides applied, types coerced, did-you-mean;
-* :mod:`~cnnzoo.config.dumping`: a config written back as a person would write it.
+* :mod:`~cnnzoo.config.dumping`: a config written back as a person would write it;
+* :mod:`~cnnzoo.config.shipped`: the configs cnnzoo ships, found by name and described in a line.
 
 The package is torch-free and imports only :mod:`cnnzoo.errors` (floor 1): the CLI reads and
 checks a config before torch is imported.
@@ -37,6 +38,7 @@ from .schema import (
     RandAugmentConfig,
     TrainConfig,
 )
+from .shipped import about, find_config, shipped_configs
 
 __all__ = [
     "MAX_IMAGE_SIDE",
@@ -49,15 +51,18 @@ __all__ = [
     "ModelConfig",
     "RandAugmentConfig",
     "TrainConfig",
+    "about",
     "apply_override",
     "backbone_entry",
     "bounded",
     "dump_config",
+    "find_config",
     "from_dict",
     "load_config",
     "looks_like_path",
     "parse_override",
     "read_yaml",
     "rebase_paths",
+    "shipped_configs",
     "yaml_problem",
 ]

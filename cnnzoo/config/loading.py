@@ -18,6 +18,7 @@ import yaml
 from ..errors import ConfigError, short_reason
 from .checks import check_values
 from .schema import Config
+from .shipped import find_config
 
 # Keys people write in the wrong place; the hint beats a bare "unknown key".
 _MOVED_KEYS = {
@@ -281,12 +282,14 @@ def load_config(source: str | Path | dict | Config, overrides: list[str] | None 
     """Load a config from a YAML path, a mapping or a Config, then apply overrides.
 
     A file's relative paths are read from the file's folder (:func:`rebase_paths`); paths in
-    overrides and mappings from the working directory.
+    overrides and mappings from the working directory. A path that is no file may name a shipped
+    config (:func:`cnnzoo.config.shipped.find_config`).
     """
     if isinstance(source, Config):
         return from_dict(source.to_dict(), overrides, source.source_path)
     if isinstance(source, dict):
         return from_dict(source, overrides)
+    source = find_config(source)  # a file, else a shipped config by name (`--config quickstart`)
     raw = read_yaml(source)
     rebase_paths(raw, Path(source).parent)
     return from_dict(raw, overrides, str(source))

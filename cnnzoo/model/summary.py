@@ -190,6 +190,7 @@ def format_summary(s: dict[str, Any], title: str = "") -> str:
     out.append(f"Non-trainable params: {s['non_trainable_params']:,}")
     out.append(f"MACs per image:       {human_count(s['macs'])} ({s['macs']:,})")
     out.append(f"Activations per image (forward, float32): {human_bytes(s['activation_bytes'])}")
-    out.append(f"Classes: {s['num_classes']}")
+    assumed = " (assumed: the config names no data nor model.num_classes; --set model.num_classes=N)"
+    out.append(f"Classes: {s['num_classes']}{assumed if s.get('classes_assumed') else ''}")
     out.append(rule)
     return "\n".join(out)

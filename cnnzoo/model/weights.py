@@ -5,14 +5,18 @@ Owns the three sources of weights and how each is found: a torchvision weights n
 default pretrained weights (cnnzoo's folder, the Hugging Face cache, or downloaded), and a local
 state-dict file (``.safetensors``, or a torch file read with ``weights_only=True``). A state dict
 is loaded key by key into the body (:func:`load_matching`). ``CNNZOO_OFFLINE=1`` (:func:`offline`)
-forbids downloads; a missing file is then one line saying where to put it. Imports torch,
+forbids downloads; a missing file is then one line saying where to put it. Without the setting, a
+download is tried only after the weights' server answers within seconds (:func:`reachable`): with
+no network the same one line comes at once, not a hub library's retries. Imports torch,
 checkpoint (the refused global's name) and :mod:`cnnzoo.model.extractors`.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import pickle
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from torch import nn
 
 from ..checkpoint import refused_global
 from ..config import looks_like_path
+from ..config.loading import WEIGHT_FILE_SUFFIXES
 from ..errors import UserError, short_reason
 from ..files import cache_home
 from .extractors import TIMM_PREFIX, timm_package, vision_models
@@ -31,6 +36,35 @@ from .extractors import TIMM_PREFIX, timm_package, vision_models
 def offline() -> bool:
     """``CNNZOO_OFFLINE=1`` (tests set it): never download weights, say where the file goes."""
     return os.environ.get("CNNZOO_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+REACH_SECONDS = 3.0  # how long a host may take to accept a connection before downloads count as impossible
+
+
+def reachable(url: str, seconds: float = REACH_SECONDS) -> bool:
+    """Whether ``url``'s server answers an HTTP HEAD request (any status) within ``seconds``, name
+    lookup included (which no socket timeout bounds, hence the thread): the quick "can this be
+    downloaded" check. An answer is asked for, not only a connection, since a proxy or sandbox may
+    accept every connection and pass nothing on."""
+    parts = urlparse(url)
+    answered: list[bool] = []
+
+    def ask() -> None:
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = kind(parts.hostname or "", parts.port, timeout=seconds)
+        try:
+            connection.request("HEAD", parts.path or "/")
+            connection.getresponse()
+            answered.append(True)
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        finally:
+            connection.close()
+
+    probe = threading.Thread(target=ask, daemon=True, name="cnnzoo-reach")
+    probe.start()
+    probe.join(seconds)
+    return bool(answered)
 
 
 def is_path(spec: Any) -> bool:
@@ -115,10 +149,15 @@ def torchvision_weights(name: str, spec: Any):
     return enum[label]
 
 
+def hub_file(url: str) -> Path:
+    """Where torch's hub cache keeps the file downloaded from ``url`` (TORCH_HOME moves it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
 def torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Tensor], str]:
     """A torchvision weights name's state dict, from the torch hub cache or downloaded, and where from."""
     weights = torchvision_weights(name, spec)
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    file = hub_file(weights.url)
     origin = f"{type(weights).__name__}.{weights.name}"
     where = (
         f"put {file.name} (from {weights.url}) in {file.parent} (TORCH_HOME moves it), "
@@ -127,6 +166,11 @@ def torchvision_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, to
     if not file.is_file() and offline():
         raise UserError(
             f"backbone {name}: {origin} is not in the torch hub cache and downloads are off (CNNZOO_OFFLINE); {where}"
+        )
+    if not file.is_file() and not reachable(weights.url):
+        raise UserError(
+            f"backbone {name}: {origin} is not in the torch hub cache and {urlparse(weights.url).hostname} "
+            f"cannot be reached (no network?); {where}"
         )
     try:
         state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
@@ -145,9 +189,15 @@ class TimmWeights:
     folder: Path  # cnnzoo's own place for the file: $CNNZOO_HOME/weights/<repo>
 
     def local_file(self) -> Path | None:
-        """The file in cnnzoo's folder or in the Hugging Face cache, without touching the network."""
+        """The file in cnnzoo's folder (its own name, else the one state dict file there, by any
+        name: ``.safetensors``, ``.pth``, ``.pt``, ``.bin``), or in the Hugging Face cache; without
+        touching the network."""
         if (self.folder / self.file).is_file():
             return self.folder / self.file
+        if self.folder.is_dir():
+            found = sorted(p for p in self.folder.iterdir() if p.suffix in WEIGHT_FILE_SUFFIXES and p.is_file())
+            if len(found) == 1:
+                return found[0]
         try:
             from huggingface_hub import try_to_load_from_cache  # lazy: comes with timm, an optional extra
         except ImportError:
@@ -157,6 +207,12 @@ class TimmWeights:
             if isinstance(found, str) and Path(found).is_file():
                 return Path(found)
         return None
+
+    def where(self, key: str | None = None) -> str:
+        """Where a user puts the file by hand (and, given the config ``key``, the other way): the
+        words every refusal ends with."""
+        put = f"put {self.file} (from {self.url}) in {self.folder} (CNNZOO_HOME moves it)"
+        return f"{put}, or give a state dict file with --set {key}=PATH" if key else put
 
 
 def timm_weights(arch: str) -> TimmWeights:
@@ -190,16 +246,18 @@ def timm_pretrained(name: str, spec: Any, key: str) -> tuple[dict[str, torch.Ten
             f"pretrained weights), a path to a state dict file, or null"
         )
     source = timm_weights(arch)
-    where = (
-        f"put {source.file} (from {source.url}) in {source.folder} (CNNZOO_HOME moves it), "
-        f"or give a state dict file with --set {key}=PATH"
-    )
+    where = source.where(key)
     local = source.local_file()
     hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
     if local is None and (offline() or hub_offline):
         raise UserError(
             f"backbone {name}: timm's pretrained weights ({source.repo}) are not on this machine "
             f"and downloads are off ({'CNNZOO_OFFLINE' if offline() else 'HF_HUB_OFFLINE'}); {where}"
+        )
+    if local is None and not reachable(source.url):
+        raise UserError(
+            f"backbone {name}: timm's pretrained weights ({source.repo}) are not on this machine "
+            f"and {urlparse(source.url).hostname} cannot be reached (no network?); {where}"
         )
     # timm adapts its own file (key renames, the classifier dropped) whether read here or downloaded
     overlay = {"state_dict": read_state_file(local, name, key), "source": None} if local else None

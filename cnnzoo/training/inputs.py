@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config
+from ..config import Config, load_config
 from ..data import sources
 from ..errors import UserError
 
@@ -59,10 +59,21 @@ def resolve_model_shape(cfg: Config) -> tuple[list[int], int | None]:
     return [channels, *size], num_classes
 
 
+# the class count a summary assumes for a config that names neither its data nor model.num_classes
+# (a shipped recipe, whose data comes with --data): ten, as the clothing set the recipes were made on
+ASSUMED_CLASSES = 10
+
+
 def summarize(cfg: Config, expand: bool = False) -> dict[str, Any]:
     """``cnnzoo summary``'s table as plain data (:func:`cnnzoo.model.summary.summarize`), the input
-    shape and class count taken from the data where the model leaves them out."""
+    shape and class count taken from the data where the model leaves them out; with no data to
+    count, :data:`ASSUMED_CLASSES`, which the result says it assumed (``classes_assumed``)."""
     from ..model import summary  # lazy: tracing the network imports torch
 
+    assumed = not cfg.model.num_classes and cfg.data.source == "folder" and not cfg.data.root
+    if assumed:  # a copy: the caller's config is not written to
+        cfg = load_config(cfg, [f"model.num_classes={ASSUMED_CLASSES}"])
     input_shape, num_classes = resolve_model_shape(cfg)
-    return summary.summarize(cfg, expand, input_shape=input_shape, num_classes=num_classes)
+    result = summary.summarize(cfg, expand, input_shape=input_shape, num_classes=num_classes)
+    result["classes_assumed"] = assumed
+    return result
