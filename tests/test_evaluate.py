@@ -191,10 +191,15 @@ def test_eval_json_and_png_written_to_out(json_report):
     assert sorted(report["outputs"]) == sorted([str(out / "eval.json"), str(png), str(out / "report.html")])
 
 
-def test_top_k_accuracy_with_k_clipped_to_the_classes(folder_run, tmp_path):
+def test_no_top_k_accuracy_when_k_is_not_below_the_classes(folder_run, tmp_path):
+    # two classes: the true one is always in the top 5 (or top 2), so no "top-5 accuracy 100%" is claimed
     report = run_evaluation(folder_run.best, top_k=5, out=tmp_path, progress=False)
-    assert report["top_k"] == 2
-    assert report["top_k_accuracy"] == 1.0  # two classes: the true one is always in the top 2
+    assert report["top_k"] is None and report["top_k_accuracy"] is None
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["top_k"] is None and saved["top_k_accuracy"] is None  # keys kept, no figure
+    printed = run_cnnzoo(["evaluate", folder_run.best, "--out", tmp_path / "cli"], tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert "accuracy" in printed.stdout and "top-" not in printed.stdout
 
 
 # ----------------------------------------------------------------------------- which split, which data
@@ -316,6 +321,21 @@ def test_top_k_correct():
     assert scores.top_k_correct(probs, labels, 2) == 3  # row 2's label 0 is ranked third
     assert scores.top_k_correct(probs, labels, 3) == 4
     assert scores.top_k_correct(probs, labels, 10) == 4  # k clipped to the classes
+
+
+def test_summary_scores_top_k_only_below_the_number_of_classes():
+    from cnnzoo.evaluation.evaluate import format_report
+
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
+    labels, classes = np.array([2, 2, 0, 0]), ["p", "q", "r"]
+    about = {"checkpoint": "best.pt", "epoch": 3, "data": "d", "split": "validation"}
+    two = {**about, **scores.summary(np.log(probs), probs, labels, classes, top_k=2)}
+    assert (two["top_k"], two["top_k_accuracy"]) == (2, 0.75)
+    assert "accuracy 25.00%   top-2 accuracy 75.00%" in format_report(two)
+    for k in (3, 5):  # as many classes as k, or fewer: every label is in the top k, 100% by construction
+        every = {**about, **scores.summary(np.log(probs), probs, labels, classes, top_k=k)}
+        assert every["top_k"] is None and every["top_k_accuracy"] is None
+        assert "top-" not in format_report(every)
 
 
 def test_probabilities_for_one_logit_and_k_logit_heads():

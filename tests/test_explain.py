@@ -22,6 +22,7 @@ import cnnzoo
 from cnnzoo.data.shapes import CLASSES, draw_shape, shape_mask
 from cnnzoo.explanation.page import explain
 
+from support.browser import headless_chromium
 from support.cli import one_error_line, run_cnnzoo
 from support.runs import tiny_config
 
@@ -70,6 +71,11 @@ def test_report_has_every_layer_and_the_pictures(shapes_run, tmp_path):
     assert len(re.findall(r'<section class="layer"', text)) == len(layers) == len(report.layers)
     assert "(32 − 3 + 2·1)/1 + 1 = 32" in text and "(32 − 2 + 2·0)/2 + 1 = 16" in text  # conv, pool
     assert "Grad-CAM" in text and "Learned filters of the first conv layer" in text
+    # the answer first (issue 30: it was at the bottom of a 9,300 px page): prediction, Grad-CAM, then the rest
+    order = ["<h1>", 'id="probabilities"', 'id="gradcam"', "The input as the network sees it", '<section class="layer"']
+    places = [text.index(marker) for marker in [*order, "Learned filters of the first conv layer"]]
+    assert places == sorted(places), dict(zip(order, places))
+    assert text.index("<img", text.index('id="gradcam"')) < text.index("The input as the network sees it")
     assert "http://" not in text and "https://" not in text  # opens with no network
     pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert "input.png" in pngs and "gradcam.png" in pngs and "filters-filter000.png" in pngs
@@ -116,6 +122,28 @@ def test_the_report_renders_in_a_browser(shapes_run, tmp_path):
     )
     grey = np.asarray(Image.open(shot).convert("L"))
     assert grey.std() > 20 and len(np.unique(grey)) > 50  # pictures drawn, not a blank page
+
+
+def test_the_page_opens_with_the_prediction_and_grad_cam(shapes_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    path, _ = drawn(tmp_path, "square", 4242)
+    out, report = explain(shapes_run / "best.pt", path, out=tmp_path / "square.html")
+    browser = headless_chromium()  # a 1000 x 800 window
+    try:
+        browser.get(out.as_uri())
+        height = browser.execute_script("return window.innerHeight")
+        page = browser.execute_script("return document.documentElement.scrollHeight")
+        gradcam = browser.find_element(By.CSS_SELECTOR, "#gradcam img")
+        bars = browser.find_elements(By.CSS_SELECTOR, "#probabilities .row")
+        assert len(bars) == len(report.classes)
+        bottoms = [
+            browser.execute_script("return arguments[0].getBoundingClientRect().bottom", e) for e in [gradcam, *bars]
+        ]
+        # without scrolling: the whole Grad-CAM picture and every class's bar, on a page several screens long
+        assert max(bottoms) <= height < page / 2, (bottoms, height, page)
+    finally:
+        browser.quit()
 
 
 def test_grey_model_and_a_backbone_model_are_explained(image_root, tmp_path):

@@ -138,6 +138,62 @@ def test_torchvision_that_cannot_load_its_operators_is_one_line(image_root, tmp_
     assert len(line.splitlines()) == 1
 
 
+# --------------------------------------------------------------------------- README's set-up lines
+
+
+def _setup_block(path: Path) -> list[tuple[str, str]]:
+    """The first ```bash block of a page: (what the comment above it names, the command) per command."""
+    text = path.read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    return [(block[i - 1].lstrip("# ").split(":")[0], line) for i, line in enumerate(block) if not line.startswith("#")]
+
+
+def _extras_closure(line: str) -> set[str]:
+    """The distributions an install line's ``.[a,b]`` brings in: the extras (nested ones opened) and
+    everything they require, as installed here."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    optional = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    todo, names = re.search(r"'\.\[([\w,]+)\]'", line).group(1).split(","), []
+    while todo:
+        for requirement in map(Requirement, optional[todo.pop()]):
+            if requirement.name == "cnnzoo":
+                todo += sorted(requirement.extras)
+            else:
+                names.append(requirement.name)
+    return _closure(names)
+
+
+def test_readme_has_three_set_up_lines_and_ci_runs_its_test_line():
+    lines = _setup_block(PROJECT_ROOT / "README.md")
+    assert [what for what, _ in lines] == ["install", "main job", "tests"], lines
+    commands = dict(lines)
+    assert re.fullmatch(r"pip install -e '\.\[test\]' && pytest -q", commands["tests"]), commands["tests"]
+    assert commands["main job"].startswith("cnnzoo train ")
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert commands["tests"] in ci, ".ci/run must run README's test line as it is written"
+    assert "pip install -e '.[test]'" not in commands["install"]
+    # the home page shows the same three lines, and the install page the same two install lines
+    assert _setup_block(PROJECT_ROOT / "docs" / "index.md") == lines
+    block = re.search(r"```bash\n(.*?)```", (PROJECT_ROOT / "docs" / "index.md").read_text(encoding="utf-8"), re.S)
+    too_wide = [line for line in block.group(1).splitlines() if len(line) > 78]
+    assert not too_wide, f"the home page shows 78 characters of a code line beside the navigation: {too_wide}"
+    install_page = (PROJECT_ROOT / "docs" / "getting-started" / "install.md").read_text(encoding="utf-8")
+    assert commands["install"] in install_page and commands["tests"] in install_page
+
+
+def test_readme_install_line_trains_predicts_exports_and_serves_without_the_test_tools():
+    pytest.importorskip("timm")  # the closure is read from what is installed here (the test extra)
+    install = dict(_setup_block(PROJECT_ROOT / "README.md"))["install"]
+    needed = _extras_closure(install)
+    # timm (the default recipe's backbone), export and INT8 (onnx, onnxruntime), serve's ASGI stack
+    assert {"timm", "onnx", "onnxruntime", "starlette", "uvicorn", "python-multipart"} <= needed, sorted(needed)
+    heavy = {"pytest", "selenium", "mlflow", "tensorboard", "datasets", "pyarrow", "mkdocs", "ruff", "pandas"}
+    assert not needed & heavy, f"README's install line pulls in the test tools: {sorted(needed & heavy)}"
+    assert {"pytest", "selenium", "mlflow"} <= _extras_closure("'.[test]'")  # the check itself can fail
+
+
 # --------------------------------------------------------------------------- the torch-free install
 
 

@@ -53,10 +53,12 @@ def format_report(report: dict[str, Any]) -> str:
     heading = f"{_model_words(report)} on {report['split']}: {report['num_images']} images from {report['data']}"
     if report.get("task") == "multi":
         return multilabel.format_report(report, heading)
+    top_k = (  # only where k is below the number of classes (else it is 100% by construction)
+        f"   top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%" if report.get("top_k") else ""
+    )
     out = [
         heading,
-        f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%   "
-        f"top-{report['top_k']} accuracy {100 * report['top_k_accuracy']:.2f}%",
+        f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%{top_k}",
         "",
         f"{'class':<{width}}  precision  recall      f1  support",
     ]

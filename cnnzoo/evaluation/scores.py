@@ -90,19 +90,23 @@ def top_k_correct(probabilities: np.ndarray, labels: Sequence[int] | np.ndarray,
 def summary(
     logits: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, classes: list[str], top_k: int
 ) -> dict[str, Any]:
-    """The figures of eval.json: loss, accuracy, top-k accuracy, per-class scores, confusion matrix."""
+    """The figures of eval.json: loss, accuracy, top-k accuracy, per-class scores, confusion matrix.
+
+    Top-k is scored only where ``top_k`` is below the number of classes: with k classes or more the
+    true class is always among them (100% says nothing), so ``top_k`` and ``top_k_accuracy`` are None."""
     labels = np.asarray(labels, dtype=np.int64)
     predicted = predictions(logits)
     matrix = confusion_matrix(labels, predicted, len(classes))
     scores = per_class_scores(matrix, classes)
-    n, k = len(labels), min(top_k, len(classes))
+    n = len(labels)
+    k = top_k if top_k < len(classes) else None
     return {
         "classes": classes,
         "num_images": n,
         "loss": loss_sum(logits, labels) / n,
         "accuracy": int((predicted == labels).sum()) / n,
         "top_k": k,
-        "top_k_accuracy": top_k_correct(probabilities, labels, k) / n,
+        "top_k_accuracy": top_k_correct(probabilities, labels, k) / n if k is not None else None,
         "per_class": scores["per_class"],
         "averages": scores["averages"],
         "confusion_matrix": matrix,

@@ -73,10 +73,13 @@ img.big, .large img.big { width: 32rem; max-width: 32rem; cursor: zoom-out; }
 .track { background: #eee; height: .9rem; border-radius: .3rem; }
 .bar { background: #2a6ad8; height: .9rem; border-radius: .3rem; }
 .row.chosen span:first-child { font-weight: 600; } .pct { text-align: right; }
+.prediction { display: flex; flex-wrap: wrap; gap: 0 3rem; align-items: flex-start; } #gradcam { max-width: 28rem; }
 """
 
 
-def render_html(report: Report) -> str:
+def _prediction(report: Report) -> str:
+    """The page's opening: every class's probability, most probable first, beside the Grad-CAM
+    picture of the explained class."""
     bars = "".join(
         f'<div class="row{" chosen" if k == report.target else ""}"><span>{html.escape(c)}</span>'
         f'<div class="track"><div class="bar" style="width:{100 * p:.1f}%"></div></div>'
@@ -85,6 +88,24 @@ def render_html(report: Report) -> str:
             enumerate(zip(report.classes, report.probabilities.tolist())), key=lambda item: -item[1][1]
         )
     )
+    gradcam = (
+        (
+            f'<div id="gradcam"><h2>Grad-CAM: where the evidence for {html.escape(report.classes[report.target])} '
+            f"is</h2><p>The gradient of that class's score weighs the feature maps of layer {report.cam_layer}; "
+            f"red is where they raised it.</p>{_img(report.gradcam)}</div>"
+        )
+        if report.gradcam
+        else ""
+    )
+    return (
+        f'<div class="prediction"><div><h2>Class probabilities</h2><div id="probabilities">{bars}</div></div>'
+        f"{gradcam}</div>"
+    )
+
+
+def render_html(report: Report) -> str:
+    """The page: the prediction and Grad-CAM first, then the input, every layer and the first
+    layer's filters."""
     stages = "".join(
         f'<div class="stage">{"".join(_layer_section(i, report.layers[i]) for i in group)}</div>'
         for group in _groups(report.layers)
@@ -97,15 +118,6 @@ def render_html(report: Report) -> str:
         if report.filters
         else ""
     )
-    gradcam = (
-        (
-            f"<h2>Grad-CAM: where the evidence for {html.escape(report.classes[report.target])} is</h2>"
-            f"<p>The gradient of that class's score weighs the feature maps of layer {report.cam_layer}; "
-            f"red is where they raised it.</p>{_img(report.gradcam)}"
-        )
-        if report.gradcam
-        else ""
-    )
     predicted = report.classes[int(report.probabilities.argmax())]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{OFFLINE_POLICY}
@@ -113,10 +125,9 @@ def render_html(report: Report) -> str:
 <style>
 {_STYLE}</style></head><body>
 <h1>{html.escape(report.image)}: {html.escape(predicted)} ({100 * float(report.probabilities.max()):.1f}%)</h1>
+{_prediction(report)}
 <h2>The input as the network sees it</h2><div class="grid">{"".join(_img(p) for p in report.input_pictures)}</div>
 <h2>Layer by layer</h2>{stages}
-<h2>Class probabilities</h2><div id="probabilities">{bars}</div>
-{gradcam}
 {filters}
 <script>
 {ZOOM_SCRIPT}</script>
