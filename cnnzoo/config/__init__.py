@@ -14,7 +14,7 @@ The package is torch-free and imports only :mod:`cnnzoo.errors` (floor 1): the C
 checks a config before torch is imported.
 """
 
-from .checks import MAX_IMAGE_SIDE, Bounds, bounded
+from .checks import CHANNEL_WORDS, MAX_IMAGE_SIDE, READABLE_CHANNELS, Bounds, bounded
 from .dumping import dump_config
 from .loading import (
     apply_override,
@@ -39,7 +39,9 @@ from .schema import (
 )
 
 __all__ = [
+    "CHANNEL_WORDS",
     "MAX_IMAGE_SIDE",
+    "READABLE_CHANNELS",
     "AugmentConfig",
     "Bounds",
     "ColorJitterConfig",
