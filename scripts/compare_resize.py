@@ -128,8 +128,10 @@ def main() -> None:
             root = write_thin_objects(Path(tmp) / "thin-objects", counts)
             config = str(Path(tmp) / "thin_objects.yaml")
             Path(config).write_text(yaml.safe_dump(thin_objects_config(root, args.epochs)))
-            print(f"thin objects: {len(CLASSES)} classes, {counts['train']} train and {counts['validation']} "
-                  f"validation pictures each, {HEIGHT} px tall, 3-6x as wide")
+            print(
+                f"thin objects: {len(CLASSES)} classes, {counts['train']} train and {counts['validation']} "
+                f"validation pictures each, {HEIGHT} px tall, 3-6x as wide"
+            )
         root = Path(load_config(config, args.set).data.root)
         test_data = holdout_manifest(root, args.holdout, Path(tmp))
         overrides = [*args.set, f"data.root={test_data}"]

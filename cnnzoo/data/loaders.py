@@ -418,7 +418,8 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
     per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
     console.log(
         f"data: {len(train_set)} training and {len(val_set)} validation images, "
-        f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+        f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}"
+        f"{'' if spec.resize == 'squash' else f' ({spec.resize})'}, "
         f"cache {'on' if cached else 'off (decoded each epoch)'}, "
         f"{workers} loader workers{per_process}"
         f"{', random-resized-crop from full resolution' if train_set.full_resolution else ''}"
