@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from .config import MAX_IMAGE_SIDE
+from .config import CHANNEL_WORDS, MAX_IMAGE_SIDE, READABLE_CHANNELS
 from .errors import UserError, short_reason
 from .files import write_bytes
 
@@ -278,7 +278,9 @@ def _check_task_against_config(meta: dict[str, Any], config: dict[str, Any], bad
 
 
 MAX_CLASSES = 1_000_000
-RESIZE_MODES = ("bilinear",)  # how preprocess.load_image resizes: the only mode cnnzoo has
+# meta.resize: data.resize (preprocess.RESIZE_MODES), or bilinear, which files written before
+# data.resize carry and which means squash; absent means squash too
+RESIZE_MODES = ("squash", "letterbox", "crop", "bilinear")
 TASK_OF_LOSS = {"cross_entropy": "single", "bce": "single", "bce_multi_label": "multi"}  # recipe.loss_kind's
 
 
@@ -299,8 +301,8 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
         twice = next(name for name, count in Counter(classes).items() if count > 1)
         raise bad("classes", f"should name each class once; {twice!r} appears {classes.count(twice)} times")
     channels = meta.get("channels")
-    if channels not in (1, 3) or isinstance(channels, bool):
-        raise bad("channels", "should be 1 or 3")
+    if channels not in READABLE_CHANNELS or isinstance(channels, bool):
+        raise bad("channels", f"should be {CHANNEL_WORDS}")
     size = meta.get("image_size")
     if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
         raise bad("image_size", f"should be [height, width], each 1 to {MAX_IMAGE_SIDE}")
@@ -310,8 +312,9 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
             raise bad(key, f"should be {channels} numbers")
     if any(v <= 0 for v in meta["std"]):
         raise bad("std", "should be positive")
-    if meta.get("resize", RESIZE_MODES[0]) not in RESIZE_MODES:
-        raise bad("resize", f"should be {' or '.join(RESIZE_MODES)} (how cnnzoo resizes images)")
+    resize = meta.get("resize", "squash")
+    if not isinstance(resize, str) or resize not in RESIZE_MODES:
+        raise bad("resize", f"should be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]} (how images are resized)")
     if not isinstance(meta.get("int8", {}), dict):
         raise bad("int8", "should be the record an INT8 export writes (a JSON object)")
     data = meta.get("data", {})  # optional: models trained before issue 30 do not carry it

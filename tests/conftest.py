@@ -30,6 +30,7 @@ TRAINING_FIXTURES = {
     "shapes_run",
     "report_run",
     "kaggle_run",
+    "shaped",
 }
 
 

@@ -368,7 +368,9 @@ def test_override_values_are_validated_like_the_file(tmp_path):
         ({"model": {"input": [3, 0, 32]}}, "model.input: got [3, 0, 32], expected"),
         ({"model": {"input": []}}, "model.input: got [], expected"),
         ({"model": {"num_classes": 0}}, "model.num_classes: got 0, expected a positive integer"),
-        ({"data": {"channels": 2}}, "data.channels: got 2, expected 1 (grey) or 3 (RGB)"),
+        ({"data": {"channels": 5}}, "data.channels: got 5, expected 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)"),
+        ({"model": {"input": [6, 32, 32]}}, "model.input: got 6 channels, expected 1 (grey), 2 (grey + alpha)"),
+        ({"data": {"resize": "pad"}}, "data.resize: got 'pad'"),
         ({"data": {"image_size": [32]}}, "data.image_size: got [32], expected an integer or [height, width]"),
         ({"data": {"image_size": [32, 0]}}, "data.image_size: got [32, 0], expected"),
         ({"data": {"image_size": 0}}, "data.image_size: got 0, expected a positive integer"),
@@ -400,8 +402,8 @@ def test_value_checks(raw, expected):
 
 
 def test_value_check_names_the_file(tmp_path):
-    path = write(tmp_path, "data:\n  channels: 2\n", "chan.yaml")
-    assert error_of(path) == f"{path}: data.channels: got 2, expected 1 (grey) or 3 (RGB)"
+    path = write(tmp_path, "data:\n  channels: 5\n", "chan.yaml")
+    assert error_of(path) == f"{path}: data.channels: got 5, expected 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)"
 
 
 @pytest.mark.parametrize(

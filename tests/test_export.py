@@ -329,7 +329,7 @@ HOSTILE_ONNX = [
     ({"meta": {"image_size": [0, 16]}}, "metadata image_size should be"),
     ({"meta": {"image_size": [-4, -4]}}, "metadata image_size should be"),
     ({"meta": {"image_size": 16}}, "metadata image_size should be"),
-    ({"meta": {"channels": 2}}, "metadata channels should be 1 or 3"),
+    ({"meta": {"channels": 5}}, "metadata channels should be 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)"),
     ({"meta": {"std": [0.0, 1.0, 1.0]}}, "metadata std should be positive"),
     ({"meta": {"mean": [float("nan"), 0.0, 0.0]}}, "metadata mean should be 3 numbers"),
     ({"input_dims": [1, 3, 16, 16]}, "its input takes a fixed batch of 1"),

@@ -68,7 +68,8 @@ REFUSED = [
     ({"classes": ["a", "a"]}, "classes should name each class once; 'a' appears 2 times"),
     ({"task": "multi", "thresholds": [0.5, 0.5]}, "task is multi but the head was trained with cross_entropy"),
     ({"loss": "bce_multi_label"}, "task is single but the head was trained with bce_multi_label"),
-    ({"resize": "lanczos; rm -rf /"}, "resize should be bilinear"),
+    ({"resize": "lanczos; rm -rf /"}, "resize should be squash, letterbox, crop or bilinear"),
+    ({"resize": ["letterbox"]}, "resize should be squash, letterbox, crop or bilinear"),
     ({"int8": "yes"}, "int8 should be the record an INT8 export writes"),
     ({"loss": ["cross_entropy"]}, "loss should be one of cross_entropy, bce, bce_multi_label"),
 ]

@@ -180,3 +180,11 @@ def test_bench_manifest_prints_every_stage_against_the_csv_module(tmp_path):
     out = run_script([ROOT / "scripts" / "bench_manifest.py", "--rows", 300, "--images", 4, "--check"], tmp_path)
     stages = {line.split()[0] for line in out.splitlines()[2:] if line.split()}
     assert stages == {"csv.reader", "read_manifest", "load_data", "data"} and "failed" not in out, out
+
+
+def test_compare_resize_prints_a_row_per_mode_on_the_thin_objects(tmp_path):
+    args = ["--thin-objects", "--per-class", "4", "--epochs", "1", "--modes", "letterbox", "crop", "--holdout", "0.25"]
+    out = run_script([ROOT / "scripts" / "compare_resize.py", *args], tmp_path)
+    assert "thin objects: 6 classes, 4 train and 2 validation pictures each" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("letterbox", "crop"))]
+    assert [r[0] for r in rows] == ["letterbox", "crop"] and all(len(r) == 6 for r in rows)

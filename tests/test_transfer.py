@@ -18,7 +18,7 @@ import cnnzoo
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.errors import UserError
-from cnnzoo.model.backbones import Backbone
+from cnnzoo.model.backbones import Backbone, backbone_of
 from cnnzoo.training.inputs import load_data, resolve_input
 from cnnzoo.training.run import train
 
@@ -514,7 +514,11 @@ def test_a_state_dict_of_another_model_is_refused(image_root, tmp_path):
 @pytest.mark.parametrize(
     "layers, expected",
     [
-        (["flatten", {"backbone": {"name": "resnet18"}}], "takes RGB images 3xHxW, got 3072"),
+        (["flatten", {"backbone": {"name": "resnet18"}}], r"a Backbone cannot follow Flatten/Linear"),
+        (
+            [{"conv": {"out_channels": 8, "kernel_size": 1}}, {"backbone": {"name": "resnet18"}}],
+            r"of 1 \(grey\), 2 \(grey \+ alpha\), 3 \(RGB\) or 4 \(RGBA\) channels, got 8x32x32; put it first",
+        ),
         (
             [{"backbone": {"name": "resnet18"}}, {"dense": {"out_features": 2}}],
             r"layer 1 \(Linear\): input is 512x1x1, a 4-D batch; put flatten \(or gap\)",
@@ -549,11 +553,11 @@ def test_unfreeze_without_a_backbone_is_a_config_error(image_root, tmp_path):
         train(tiny_config(image_root, unfreeze_at_epoch=2), out=tmp_path / "runs", quiet=True)
 
 
-def test_grey_data_with_a_backbone_is_refused(image_root, tmp_path):
-    config = transfer_config(image_root, {"name": "resnet18", "weights": None})
-    config["data"]["channels"] = 1
-    with pytest.raises(UserError, match="set data.channels: 3"):
-        train(config, out=tmp_path / "runs", quiet=True)
+def test_grey_data_gives_a_backbone_a_one_channel_first_conv():
+    layers = [{"backbone": {"name": "resnet18"}}, "gap", {"dense": {"out_features": 2}}]
+    model = cnnzoo.build_model(layers, (1, 32, 32), 2, pretrained=False)
+    assert backbone_of(model).body.conv1.in_channels == 1
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
 
 
 @pytest.mark.slow

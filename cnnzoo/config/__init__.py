@@ -15,7 +15,7 @@ The package is torch-free and imports only :mod:`cnnzoo.errors` (floor 1): the C
 checks a config before torch is imported.
 """
 
-from .checks import MAX_IMAGE_SIDE, Bounds, bounded
+from .checks import CHANNEL_WORDS, MAX_IMAGE_SIDE, READABLE_CHANNELS, Bounds, bounded
 from .dumping import dump_config
 from .loading import (
     apply_override,
@@ -41,7 +41,9 @@ from .schema import (
 from .shipped import about, find_config, shipped_configs
 
 __all__ = [
+    "CHANNEL_WORDS",
     "MAX_IMAGE_SIDE",
+    "READABLE_CHANNELS",
     "AugmentConfig",
     "Bounds",
     "ColorJitterConfig",

@@ -71,6 +71,8 @@ MAX_EPOCHS = 1_000_000  # a bound for counts of epochs that far exceeds any run
 MAX_RATE = 1e6  # learning rates and weight decay: far past any useful value, far below float32's overflow
 MAX_DDP_TIMEOUT = 7 * 24 * 3600  # seconds: longer is a hang, not a wait (a timedelta overflows at 8.6e13)
 MAX_IMAGE_SIDE = 4096  # pixels; far above what a CNN here trains on, far below what exhausts memory
+READABLE_CHANNELS = (1, 2, 3, 4)  # the image modes cnnzoo.data.preprocess.CHANNEL_MODES reads
+CHANNEL_WORDS = "1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)"
 RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}$")
 
 
@@ -95,8 +97,10 @@ def check_values(cfg: Config, where: str) -> None:
     sides = [d.image_size] if isinstance(d.image_size, int) else d.image_size or []
     if sides and max(sides) > MAX_IMAGE_SIDE:
         raise bad("data.image_size", f"got {d.image_size}; at most {MAX_IMAGE_SIDE} pixels a side")
-    if d.channels is not None and d.channels not in (1, 3):
-        raise bad("data.channels", f"got {d.channels}, expected 1 (grey) or 3 (RGB)")
+    if d.channels is not None and d.channels not in READABLE_CHANNELS:
+        raise bad("data.channels", f"got {d.channels}, expected {CHANNEL_WORDS}")
+    if d.channels is None and m.input is not None and m.input[0] not in READABLE_CHANNELS:
+        raise bad("model.input", f"got {m.input[0]} channels, expected {CHANNEL_WORDS}")
     if isinstance(d.image_size, list) and (len(d.image_size) != 2 or min(d.image_size) < 1):
         raise bad("data.image_size", f"got {d.image_size}, expected an integer or [height, width]")
     if isinstance(d.image_size, int) and d.image_size < 1:

@@ -134,10 +134,16 @@ class DataConfig:
     """The share of images held out for validation when `root` has no validation split
     (stratified by class, seeded)."""
     image_size: Optional[Union[int, list[int]]] = None
-    """Side (or [H, W]) images are resized to (not cropped); a pretrained backbone's own size
+    """Side (or [H, W]) images are brought to (see `resize`); a pretrained backbone's own size
     when absent."""
+    resize: Literal["squash", "letterbox", "crop"] = "squash"
+    """How an image of another aspect ratio becomes `image_size`: `squash` resizes it, ignoring
+    the aspect ratio (a long object gets thinner, all of it stays); `letterbox` fits all of it
+    inside and pads the rest with the normalisation mean; `crop` fills the size and cuts the
+    overflow off both ends, centred ([Image shape](../image-shape.md))."""
     channels: Optional[int] = None
-    """1 (grey) or 3 (RGB); taken from the source when absent."""
+    """1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); taken from the source when absent. A
+    pretrained backbone's first convolution is adapted to it."""
     normalize: Union[Literal["auto", "imagenet", "none"], dict[str, list[float]]] = "auto"
     """Pixel normalisation: `auto` (a pretrained backbone's own, else ImageNet's mean and std for
     RGB and 0.5/0.5 for grey), `imagenet`, `none`, or `{mean: [...], std: [...]}`."""

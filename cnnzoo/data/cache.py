@@ -29,6 +29,7 @@ from ..console import console, warn
 from ..errors import DataError
 from ..files import Replacement, cache_home, is_disk_full, reserve_space, write_text
 from ..runtime import distributed
+from . import preprocess
 from .sources.samples import Samples
 
 CACHE_FORMAT = 2  # bump when preprocessing or the cache files change, so old caches are not reused
@@ -55,15 +56,15 @@ class DecodedImages:
 
 
 class _DecodeOne(torch.utils.data.Dataset):
-    def __init__(self, samples: Samples, size: tuple[int, int], channels: int):
-        self.samples, self.size, self.channels = samples, size, channels
+    def __init__(self, samples: Samples, size: tuple[int, int], channels: int, fit: preprocess.Fit):
+        self.samples, self.size, self.channels, self.fit = samples, size, channels, fit
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         try:
-            return i, self.samples.read(i, self.size, self.channels), ""
+            return i, self.samples.read(i, self.size, self.channels, self.fit), ""
         except Exception as exc:  # a corrupt file must never stop the run
             return i, None, f"{type(exc).__name__}: {exc}"
 
@@ -335,7 +336,14 @@ def cached_array(
 
 
 def decode_all(
-    samples: Samples, size: tuple[int, int], channels: int, *, kind: str, cache_dir: Path | None, workers: int
+    samples: Samples,
+    size: tuple[int, int],
+    channels: int,
+    *,
+    kind: str,
+    cache_dir: Path | None,
+    workers: int,
+    fit: preprocess.Fit = preprocess.SQUASH,
 ) -> DecodedImages:
     """Decode a split once into RAM or a reusable memory-mapped file (see module docstring)."""
 
@@ -344,7 +352,8 @@ def decode_all(
     shape = (n, channels, size[0], size[1])
     path = None
     if choose_cache(kind, math.prod(shape)) == "disk":
-        key = hashlib.sha1(f"{CACHE_FORMAT}|{shape}|{samples.fingerprint()}".encode()).hexdigest()[:20]
+        fitted = "" if fit == preprocess.SQUASH else f"|{fit}"  # squash: the key caches made before data.resize have
+        key = hashlib.sha1(f"{CACHE_FORMAT}|{shape}|{samples.fingerprint()}{fitted}".encode()).hexdigest()[:20]
         path = cache_folder(cache_dir) / f"{samples.name}-{key}.npy"
 
     def failed_problem(record: dict[str, Any]) -> str:
@@ -357,7 +366,7 @@ def decode_all(
         shape,
         np.uint8,
         key="data.cache",
-        fill=lambda pixels: {"failed": _decode_into(pixels, samples, size, channels, workers)},
+        fill=lambda pixels: {"failed": _decode_into(pixels, _DecodeOne(samples, size, channels, fit), workers)},
         record_problem=failed_problem,
     )
     failed = cached.record["failed"]
@@ -372,12 +381,11 @@ def decode_all(
     )
 
 
-def _decode_into(
-    pixels: torch.Tensor, samples: Samples, size: tuple[int, int], channels: int, workers: int
-) -> list[int]:
-    """Decode every image of ``samples`` into ``pixels`` [N, C, H, W]; the indices that failed."""
+def _decode_into(pixels: torch.Tensor, decoder: _DecodeOne, workers: int) -> list[int]:
+    """Decode every image of ``decoder.samples`` into ``pixels`` [N, C, H, W]; the indices that failed."""
+    samples = decoder.samples
     loader = torch.utils.data.DataLoader(
-        _DecodeOne(samples, size, channels),
+        decoder,
         batch_size=32,
         num_workers=workers,
         collate_fn=_collate_decoded,

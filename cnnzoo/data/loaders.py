@@ -23,6 +23,7 @@ from ..console import console, warn
 from ..errors import DataError
 from ..runtime import distributed
 from ..runtime.device import cpu_count
+from . import preprocess
 from .batch_augment import BatchAugment
 from .cache import DecodedImages, decode_all, plan_cache, shared_cache_kind
 from .sources.samples import DataSpec, Samples
@@ -54,8 +55,9 @@ class ImageDataset(torch.utils.data.Dataset):
         seeds: bool = False,
         multi_label_classes: int | None = None,
         crop_min_area: float | None = None,
+        fit: preprocess.Fit = preprocess.SQUASH,
     ):
-        self.samples, self.size, self.channels = samples, size, channels
+        self.samples, self.size, self.channels, self.fit = samples, size, channels, fit
         self.seeds = seeds
         self.crop_min_area = crop_min_area if decoded is None and augment is not None else None
         self.pixels = decoded.pixels if decoded is not None else None
@@ -82,9 +84,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _decode(self, i: int) -> torch.Tensor:
         if self.crop_min_area is not None:
-            image = self.samples.read_full(i, self.channels, crop_to=self.size, min_area=self.crop_min_area)
+            image = self.samples.read_full(
+                i, self.channels, crop_to=self.size, min_area=self.crop_min_area, fit=self.fit
+            )
             return torch.from_numpy(image).permute(2, 0, 1)
-        return torch.from_numpy(self.samples.read(i, self.size, self.channels)).permute(2, 0, 1)
+        return torch.from_numpy(self.samples.read(i, self.size, self.channels, self.fit)).permute(2, 0, 1)
 
     def _read(self, positions: list[int]) -> tuple[torch.Tensor | list[torch.Tensor], list[int]]:
         """The images at ``positions`` (a batch, or a list when decoded) and the positions kept."""
@@ -349,6 +353,7 @@ def _datasets(
                     kind=kind,
                     cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                     workers=cpu_count(),
+                    fit=spec.fit,
                 )
             console.log(f"cache {split.name}: {decoded.describe()}")
         datasets.append(
@@ -361,6 +366,7 @@ def _datasets(
                 seeds=batch_augment is not None and split is spec.train,
                 multi_label_classes=multi,
                 crop_min_area=crop[0] if crop and split is spec.train else None,
+                fit=spec.fit,
             )
         )
     return datasets[0], datasets[1]
@@ -412,7 +418,8 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment, cuda: bool) -> Loader
     per_process = f", {shard[1]} processes" if shard[1] > 1 else ""
     console.log(
         f"data: {len(train_set)} training and {len(val_set)} validation images, "
-        f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, "
+        f"{len(spec.classes)} classes, {spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}"
+        f"{'' if spec.resize == 'squash' else f' ({spec.resize})'}, "
         f"cache {'on' if cached else 'off (decoded each epoch)'}, "
         f"{workers} loader workers{per_process}"
         f"{', random-resized-crop from full resolution' if train_set.full_resolution else ''}"

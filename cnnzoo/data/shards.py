@@ -54,6 +54,7 @@ class StreamSettings:
     size: tuple[int, int]
     channels: int
     batch_size: int
+    fit: preprocess.Fit = preprocess.SQUASH
     seed: int = 0
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     full_resolution: bool = False  # decode at full size for a random-resized-crop
@@ -203,7 +204,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             label = class_of(sample, self.index)
             ext, data = image_of(sample)
             full = s.crop_min_area if s.full_resolution and self.train else None
-            image = _decode_image(data, s.size, s.channels, crop_min_area=full)
+            image = _decode_image(data, s, crop_min_area=full)
         except Exception as exc:  # a corrupt member must never stop the run
             reason = str(exc) if isinstance(exc, MemberError) else f"{type(exc).__name__}: {short_reason(exc, 120)}"
             reason = _BUFFER_NAME.sub("", reason)  # PIL names the in-memory file it could not identify
@@ -216,13 +217,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         return image, label
 
 
-def _decode_image(data: bytes, size: tuple[int, int], channels: int, *, crop_min_area: float | None) -> torch.Tensor:
-    """uint8 CxHxW: resized to ``size``, or (with ``crop_min_area``) at the resolution a random crop needs."""
+def _decode_image(data: bytes, s: StreamSettings, *, crop_min_area: float | None) -> torch.Tensor:
+    """uint8 CxHxW: brought to ``s.size`` as ``s.fit`` says, or (with ``crop_min_area``) at the
+    resolution a random crop needs."""
     if crop_min_area is not None:
-        image = preprocess.load_full_resolution(io.BytesIO(data), channels, crop_to=size, min_area=crop_min_area)
+        image = preprocess.load_full_resolution(
+            io.BytesIO(data), s.channels, crop_to=s.size, min_area=crop_min_area, fit=s.fit
+        )
         return torch.from_numpy(image).permute(2, 0, 1)
-    img = preprocess.open_image(io.BytesIO(data), size, channels)
-    return torch.from_numpy(preprocess.load_image(img, size, channels)).permute(2, 0, 1)
+    img = preprocess.open_image(io.BytesIO(data), s.size, s.channels)
+    return torch.from_numpy(preprocess.load_image(img, s.size, s.channels, s.fit)).permute(2, 0, 1)
 
 
 class Skips:
@@ -332,6 +336,7 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         size=spec.image_size,
         channels=spec.channels,
         batch_size=batch,
+        fit=spec.fit,
         seed=cfg.seed,
         augment=augment,
         full_resolution=bool(cfg.data.augment.random_resized_crop),
@@ -358,8 +363,14 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
 
 
 def eval_loader(
-    samples: ShardSamples, classes: list[str], *, size: tuple[int, int], channels: int, batch_size: int
+    samples: ShardSamples,
+    classes: list[str],
+    *,
+    size: tuple[int, int],
+    channels: int,
+    batch_size: int,
+    fit: preprocess.Fit = preprocess.SQUASH,
 ) -> Any:
     """Every sample of a split's shards once, for ``evaluate``."""
-    settings = StreamSettings(size=size, channels=channels, batch_size=batch_size)
+    settings = StreamSettings(size=size, channels=channels, batch_size=batch_size, fit=fit)
     return StreamLoader(ShardStream(samples, classes, settings, train=False), workers=0, pin_memory=False)

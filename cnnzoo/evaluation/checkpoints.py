@@ -57,12 +57,13 @@ def score_checkpoint(
         "where": where,
         "classes": model.classes,
         "channels": model.channels,
+        "fit": model.fit,
         "about": about,
         "thresholds": thresholds,
     }
     size, channels, cuda = model.image_size, model.channels, model.device.type == "cuda"
     loader, by_position = sources.scoring_loader(
-        samples, model.classes, size=size, channels=channels, batch_size=batch_size, cuda=cuda
+        samples, model.classes, size=size, channels=channels, batch_size=batch_size, cuda=cuda, fit=model.fit
     )
     bar = console.bar(len(loader), "evaluate") if progress else None
     logits, second = predict_loader(module, loader, feed, bar=bar)

@@ -219,6 +219,7 @@ def score_export(
         where=where,
         classes=model.classes,
         channels=model.channels,
+        fit=model.fit,
         about=about,
         thresholds=list(model.thresholds) if multi else None,
     )
@@ -260,7 +261,7 @@ def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> R
         probabilities=probs,
         labels=scored.labels,
         image_names=[samples.describe(int(r)) for r in rows],
-        image_pixels=lambda row, size: samples.read(int(rows[row]), size, scored.channels),
+        image_pixels=lambda row, size: samples.read(int(rows[row]), size, scored.channels, scored.fit),
         scores=report,
         # explain needs the checkpoint (gradients); the command works from any folder
         explain_model=str(Path(checkpoint).resolve()) if checkpoint else None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import Config
 from ..console import console
-from ..data import manifest, sources
+from ..data import manifest, preprocess, sources
 from ..errors import DataError, UserError
 
 SPLITS = ("test", "validation")
@@ -41,6 +41,7 @@ class Scored:
     channels: int
     about: dict  # the report's first keys: checkpoint and epoch, or model, format and epoch
     thresholds: list[float] | None = None  # a multi-label model's (labels are then multi-hot [N, classes])
+    fit: preprocess.Fit = preprocess.SQUASH  # how the model's images are brought to its size
 
 
 def check_split(split: str | None) -> None:

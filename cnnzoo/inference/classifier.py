@@ -79,6 +79,7 @@ class Classifier:
         self.image_size = tuple(int(v) for v in meta["image_size"])
         self.channels = int(meta["channels"])
         self.mean, self.std = list(meta["mean"]), list(meta["std"])
+        self.fit = preprocess.Fit.of(meta.get("resize"), self.mean)  # checked above: squash, letterbox or crop
         self.path = str(path) if path is not None else None
         self.multi_label = meta.get("task") == "multi"
         # multi-label: a class is in ``labels`` at or above its threshold (predict --threshold sets one for all)
@@ -122,7 +123,7 @@ class Classifier:
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
-        return preprocess.load_image(item, self.image_size, self.channels)
+        return preprocess.load_image(item, self.image_size, self.channels, self.fit)
 
     def info(self) -> dict[str, Any]:
         """What the model expects and answers, as ``serve``'s ``GET /info`` reports it: format, file,
@@ -134,6 +135,7 @@ class Classifier:
             "input": [self.channels, *self.image_size],
             "mean": self.mean,
             "std": self.std,
+            "resize": self.fit.mode,
             **({"task": "multi", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 

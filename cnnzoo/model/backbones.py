@@ -2,7 +2,7 @@
 
 What this module owns:
 
-* **The layer.** :class:`Backbone` maps ``[B, 3, H, W]`` to a feature map ``[B, C, h, w]`` that
+* **The layer.** :class:`Backbone` maps ``[B, in_channels, H, W]`` to a feature map ``[B, C, h, w]`` that
   the YAML head (``gap``, ``dropout``, ``dense`` ...) continues from. Its body is a torchvision
   classification model (``resnet18``, ``mobilenet_v2``, ``efficientnet_b0``, ``convnext_tiny``,
   ``vgg16`` ...) or, with the optional ``timm`` package, any timm model
@@ -36,6 +36,7 @@ from ..console import console
 from ..errors import ConfigError, UserError
 from .extractors import (
     TIMM_PREFIX,
+    input_conv_name,
     timm_body,
     timm_package,
     torchvision_body,
@@ -69,19 +70,24 @@ class Preprocessing:
 
 
 class Backbone(nn.Module):
-    """A pretrained network's feature extractor: ``[B, 3, H, W] -> [B, C, h, w]``.
+    """A pretrained network's feature extractor: ``[B, in_channels, H, W] -> [B, C, h, w]``.
+
+    ``in_channels`` (filled in from the input, as a conv's is) other than 3 gets a first
+    convolution of that many channels, whose pretrained RGB weights are adapted on loading
+    (:func:`cnnzoo.model.weights.adapt_input_conv`).
 
     ``weights`` is only recorded here; :meth:`load_pretrained` reads it. That keeps a
     model rebuilt from a checkpoint (which carries the trained weights) free of downloads.
     """
 
-    def __init__(self, name: str, weights: Any = "DEFAULT", freeze: FreezeSetting = True):
+    def __init__(self, name: str, weights: Any = "DEFAULT", freeze: FreezeSetting = True, in_channels: int = 3):
         super().__init__()
         if not isinstance(name, str) or not name:
             raise ValueError("name: give a model name, e.g. resnet18 or timm/tf_efficientnet_lite0")
-        self.name, self.weights = name, weights
+        self.name, self.weights, self.in_channels = name, weights, in_channels
         self.is_timm = name.startswith(TIMM_PREFIX)
-        self.body, self.stages = timm_body(name) if self.is_timm else torchvision_body(name)
+        make_body = timm_body if self.is_timm else torchvision_body
+        self.body, self.stages = make_body(name, in_channels)
         self.freeze = freeze
         self.set_trainable(trainable_stages(freeze, len(self.stages), "freeze"))
 
@@ -125,7 +131,9 @@ class Backbone(nn.Module):
         return self.body.forward_features(x) if self.is_timm else self.body(x)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, weights={self.weights!r}, stages={len(self.stages)}, trainable={self.trainable}"
+        channels = f", in_channels={self.in_channels}" if self.in_channels != 3 else ""
+        stages = f"stages={len(self.stages)}, trainable={self.trainable}"
+        return f"name={self.name!r}, weights={self.weights!r}{channels}, {stages}"
 
     # -- weights
 
@@ -144,7 +152,7 @@ class Backbone(nn.Module):
             state, origin = timm_pretrained(self.name, spec, key)
         else:
             state, origin = torchvision_pretrained(self.name, spec, key)
-        ignored = load_matching(self.body, state, self.name, origin)
+        ignored = load_matching(self.body, state, self.name, origin, input_conv_name(self.body))
         note = (
             f"; ignored {len(ignored)} keys of the original classifier ({', '.join(ignored[:2])}...)" if ignored else ""
         )

@@ -5,7 +5,8 @@ model (``resnet*``, ``vgg*``, ``mobilenet_*``, ``efficientnet*``, ``convnext*``,
 cut before its pooling and classifier by family (:func:`torchvision_body`), or any timm model
 (``timm/<model>``, the optional ``timm`` package) made without its head (:func:`timm_body`); each
 body comes with its stages, the module paths that :class:`cnnzoo.model.backbones.Backbone`
-freezes and runs a range of. Weights are not read here (:mod:`cnnzoo.model.weights`).
+freezes and runs a range of, and reads images of any channel count (its first convolution,
+:func:`input_conv_name`, made for them). Weights are not read here (:mod:`cnnzoo.model.weights`).
 Imports torch; torchvision and timm when an architecture is first asked for, after the
 torch/torchvision pair is checked (at import).
 """
@@ -73,8 +74,46 @@ def torchvision_family(name: str) -> str:
     return family
 
 
-def torchvision_body(name: str) -> tuple[nn.Module, list[list[str]]]:
-    """A torchvision model without its pooling and classifier, and its stages (module paths)."""
+def input_conv_name(body: nn.Module) -> str:
+    """The module path of the convolution that reads the image: the one timm's model card names
+    (``pretrained_cfg.first_conv``), else the body's first ``Conv2d``."""
+    named = getattr(body, "pretrained_cfg", {}).get("first_conv")
+    if isinstance(named, str) and isinstance(body.get_submodule(named), nn.Conv2d):
+        return named
+    return next(path for path, module in body.named_modules() if isinstance(module, nn.Conv2d))
+
+
+def _take_channels(body: nn.Module, in_channels: int) -> None:
+    """Make the body's image-reading convolution take ``in_channels`` (its other settings kept)."""
+    path = input_conv_name(body)
+    conv = body.get_submodule(path)
+    if conv.in_channels == in_channels:
+        return
+    body.set_submodule(
+        path,
+        nn.Conv2d(
+            in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        ),
+    )
+
+
+def torchvision_body(name: str, in_channels: int = 3) -> tuple[nn.Module, list[list[str]]]:
+    """A torchvision model without its pooling and classifier for images of ``in_channels``, and
+    its stages (module paths)."""
+    body, stages = _torchvision_cut(name)
+    _take_channels(body, in_channels)
+    return body, stages
+
+
+def _torchvision_cut(name: str) -> tuple[nn.Module, list[list[str]]]:
     family = torchvision_family(name)
     full = vision_models().get_model(name, weights=None)
     if family == "resnet":
@@ -122,12 +161,13 @@ def unknown_timm(arch: str) -> str:
     return f"timm has no model {arch!r}" + (f"; did you mean timm/{close[0]}?" if close else "")
 
 
-def timm_body(name: str) -> tuple[nn.Module, list[list[str]]]:
-    """A timm model made without its head, and its stages from its own coarse module groups."""
+def timm_body(name: str, in_channels: int = 3) -> tuple[nn.Module, list[list[str]]]:
+    """A timm model made without its head for ``in_channels`` (timm's ``in_chans``), and its
+    stages from its own coarse module groups."""
     timm = timm_package()
     arch = name[len(TIMM_PREFIX) :]
     try:
-        body = timm.create_model(arch, pretrained=False, num_classes=0)
+        body = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels)
     except RuntimeError:  # timm: "Unknown model (...)"
         raise ValueError(unknown_timm(arch)) from None
     groups = timm.models.group_modules(body, body.group_matcher(coarse=True))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import MAX_IMAGE_SIDE
+from ..config import CHANNEL_WORDS, MAX_IMAGE_SIDE, READABLE_CHANNELS
 from ..errors import ShapeError, shape_text, short_reason
 from .backbones import Backbone
 from .blocks import BLOCKS
@@ -141,10 +141,10 @@ def _count_layer(type_name: str, entry: Entry, shape: tuple[int, ...], label: st
     counts[1] += 1
     if counts[1] > 1 or ".repeat." in entry.where or not entry.where.startswith("model.layers"):
         raise ShapeError(f"{label}: a network has at most one backbone layer, outside repeat and blocks")
-    if len(shape) != 3 or shape[0] != 3:
+    if len(shape) != 3 or shape[0] not in READABLE_CHANNELS:
         raise ShapeError(
-            f"{label}: a pretrained backbone takes RGB images 3xHxW, got "
-            f"{shape_text(shape)}; put it first and set data.channels: 3"
+            f"{label}: a pretrained backbone takes images CxHxW of {CHANNEL_WORDS} channels, got "
+            f"{shape_text(shape)}; put it first"
         )
 
 

@@ -72,8 +72,29 @@ def is_path(spec: Any) -> bool:
     return looks_like_path(spec) or (isinstance(spec, str) and Path(spec).expanduser().is_file())
 
 
-def load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str) -> list[str]:
-    """Load the keys the body has; every body key must be there with its shape."""
+def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """An RGB first convolution's weights [out, 3, kh, kw] for images of ``channels``: one channel
+    takes the sum over RGB (a grey image then gives what the RGB weights give for that grey in all
+    three channels); other counts repeat R, G, B, R ... and scale by 3 / channels, which keeps the
+    response's size (exactly so for a multiple of 3 channels that are all equal), timm's
+    ``in_chans`` rule."""
+    if channels == weight.shape[1]:
+        return weight
+    source = weight.float()
+    if channels == 1:
+        adapted = source.sum(dim=1, keepdim=True)
+    else:
+        repeats = -(-channels // source.shape[1])
+        adapted = source.repeat(1, repeats, 1, 1)[:, :channels] * (source.shape[1] / channels)
+    return adapted.to(weight.dtype)
+
+
+def load_matching(
+    body: nn.Module, state: dict[str, torch.Tensor], name: str, origin: str, input_conv: str | None = None
+) -> list[str]:
+    """Load the keys the body has; every body key must be there with its shape. ``input_conv``:
+    the image-reading convolution, whose RGB weights are adapted to the body's channel count
+    (:func:`adapt_input_conv`)."""
     own = body.state_dict()
     if not any(k in own for k in state):  # "module." (DataParallel) or "model." prefixes
         for prefix in ("module.", "model.", "backbone.", "body."):
@@ -81,6 +102,9 @@ def load_matching(body: nn.Module, state: dict[str, torch.Tensor], name: str, or
             if any(k in own for k in stripped):
                 state = stripped
                 break
+    key = f"{input_conv}.weight"
+    if input_conv and key in own and key in state and state[key].dim() == 4 and state[key].shape[1] == 3:
+        state = {**state, key: adapt_input_conv(state[key], own[key].shape[1])}
     missing = [k for k in own if k not in state]
     if missing:
         raise UserError(

@@ -34,6 +34,7 @@ from torch import nn
 from ..config import AugmentConfig
 from ..console import console
 from ..data import loaders as loaders_mod
+from ..data import preprocess
 from ..data.cache import cached_array
 from ..errors import DataError, shape_text
 from ..files import cache_home
@@ -212,7 +213,8 @@ def build(
     shape = (n, len(flips), *p.prefix(probe).shape[1:])
     path = None
     if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
-        images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}"
+        fitted = "" if dataset.fit == preprocess.SQUASH else f"|{dataset.fit}"  # squash: the keys made before
+        images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}{fitted}"
         key = hashlib.sha1(
             f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|{_weights_digest(p)}".encode()
         ).hexdigest()[:20]

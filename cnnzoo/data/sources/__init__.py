@@ -123,19 +123,27 @@ def build_loaders(cfg: Config, spec: DataSpec, *, augment: Any, cuda: bool) -> A
 
 
 def scoring_loader(
-    samples: Samples, classes: list[str], *, size: tuple[int, int], channels: int, batch_size: int, cuda: bool
+    samples: Samples,
+    classes: list[str],
+    *,
+    size: tuple[int, int],
+    channels: int,
+    batch_size: int,
+    cuda: bool,
+    fit: preprocess.Fit = preprocess.SQUASH,
 ) -> tuple[Any, bool]:
-    """A loader over a split to score, and whether it yields each image's position (True) or its
-    label (False: a stream, whose samples have no positions to go back to)."""
+    """A loader over a split to score (images brought to ``size`` as ``fit`` says), and whether it
+    yields each image's position (True) or its label (False: a stream, whose samples have no
+    positions to go back to)."""
     if samples.streamed:
         from .. import shards  # lazy: the stream is torch's
 
-        loader = shards.eval_loader(samples, classes, size=size, channels=channels, batch_size=batch_size)
+        loader = shards.eval_loader(samples, classes, size=size, channels=channels, batch_size=batch_size, fit=fit)
         return loader, False
     from .. import loaders  # lazy: torch's
 
     numbered = dataclasses.replace(samples, labels=list(range(len(samples))))  # labelled by position
-    dataset = loaders.ImageDataset(numbered, size, channels)
+    dataset = loaders.ImageDataset(numbered, size, channels, fit=fit)
     workers = loaders.choose_workers("auto", cached=False, augmented=False, cuda=cuda)
     return loaders.make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=cuda), True
 
@@ -179,8 +187,8 @@ def load_data(
     if len(found.val) == 0:
         raise DataError(f"{root_text}: the validation split is empty; add images or raise data.val_fraction")
     channels, size = resolve_input(cfg, pretrained)
-    if pretrained is not None and d.normalize == "auto" and channels == 3:
-        mean, std = pretrained.mean, pretrained.std
+    if pretrained is not None and d.normalize == "auto":
+        mean, std = preprocess.channel_stats(pretrained.mean, pretrained.std, channels)
         console.log(
             f"data: {pretrained.source} preprocessing: mean {_short(mean)}, std {_short(std)}, {size[0]}x{size[1]}"
         )
@@ -195,6 +203,7 @@ def load_data(
         image_size=size,
         mean=mean,
         std=std,
+        resize=d.resize,
         root=root_text,
         skipped_files=skipped,
         source=name,

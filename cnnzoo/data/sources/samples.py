@@ -49,12 +49,20 @@ class Samples:
         """Image ``i`` as :func:`.preprocess.load_image` takes it (a path, an array or a PIL image)."""
         raise NotImplementedError
 
-    def read(self, i: int, size: tuple[int, int], channels: int) -> np.ndarray:
-        return preprocess.load_image(self.item(i), size, channels)
+    def read(self, i: int, size: tuple[int, int], channels: int, fit: preprocess.Fit = preprocess.SQUASH) -> np.ndarray:
+        return preprocess.load_image(self.item(i), size, channels, fit)
 
-    def read_full(self, i: int, channels: int, *, crop_to: tuple[int, int], min_area: float) -> np.ndarray:
+    def read_full(
+        self,
+        i: int,
+        channels: int,
+        *,
+        crop_to: tuple[int, int],
+        min_area: float,
+        fit: preprocess.Fit = preprocess.SQUASH,
+    ) -> np.ndarray:
         """Image ``i`` at the resolution a random-resized-crop needs (:func:`.preprocess.load_full_resolution`)."""
-        return preprocess.load_full_resolution(self.item(i), channels, crop_to=crop_to, min_area=min_area)
+        return preprocess.load_full_resolution(self.item(i), channels, crop_to=crop_to, min_area=min_area, fit=fit)
 
     def files(self) -> list[str]:
         """The image files read (none for images held in memory or in shards)."""
@@ -227,6 +235,7 @@ class DataSpec:
     image_size: tuple[int, int]  # (H, W)
     mean: list[float]
     std: list[float]
+    resize: str = "squash"  # data.resize: how an image of another aspect ratio becomes image_size
     root: str | None = None
     skipped_files: int = 0
     multi_label: bool = False  # a manifest with several labels in a row
@@ -238,6 +247,11 @@ class DataSpec:
     digest: str | None = None  # a manifest's file digest (manifest.file_digest), to know it again
     split_rule: dict[str, Any] = field(default_factory=dict)  # how the data was read and split (see meta)
 
+    @property
+    def fit(self) -> preprocess.Fit:
+        """How images are brought to ``image_size`` (:class:`.preprocess.Fit`)."""
+        return preprocess.Fit.of(self.resize, self.mean)
+
     def meta(self) -> dict[str, Any]:
         """Plain data a checkpoint carries so that a model can predict on its own."""
         return {
@@ -246,7 +260,7 @@ class DataSpec:
             "image_size": list(self.image_size),
             "mean": list(self.mean),
             "std": list(self.std),
-            "resize": "bilinear",
+            "resize": self.resize,
             "data_root": self.root,
             # what evaluate needs to find this data again and split it as training did, checkpoint
             # or export: a few settings and a manifest's digest, the same size for any number of rows

@@ -60,7 +60,7 @@ class Service:
             need = self._decode_cost(name, img)
             with self.budget.hold(need):
                 try:
-                    return preprocess.load_image(img, self.model.image_size, self.model.channels)
+                    return self.model.preprocess(img)
                 finally:
                     img.close()  # its pixels go before its share of the budget does
         except MemoryError:
