@@ -29,6 +29,9 @@ from support.shard_sets import change_index, png, replace_members, samples, writ
 
 pytest.importorskip("webdataset")
 
+# a hang guard, not a speed figure (tests never assert wall time): generous for a loaded machine
+HANG_SECONDS = 120
+
 
 def check_cli(data: str | Path, cwd: Path | None = None):
     """``cnnzoo data check --data DATA --json`` in-process, run from ``cwd``."""
@@ -153,7 +156,7 @@ def test_a_stream_in_which_no_image_decodes_ends_in_one_line(tmp_path, workers, 
     start = time.perf_counter()
     with pytest.raises(DataError) as caught:
         list(shards.StreamLoader(stream, workers=workers, pin_memory=False))
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < HANG_SECONDS
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message and "Caught" not in message
     assert message.startswith("no usable sample in shard") and "UnidentifiedImageError" in message
@@ -297,7 +300,7 @@ def test_a_bad_index_is_one_line(tmp_path, change, expected):
     start = time.perf_counter()
     with pytest.raises(DataError, match=expected):
         shard_files.find_shards(str(root))
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < HANG_SECONDS
 
 
 def test_a_class_only_validation_has_is_refused(tmp_path):
@@ -411,11 +414,9 @@ def test_a_gzip_shard_is_not_inflated(tmp_path):
     with gzip.open(tar, "wb") as f:
         f.write(b"\0" * (64 * 2**20))  # 64 MiB of zeros: a 64 KB file
     reasons: list[str] = []
-    start = time.perf_counter()
+    # the reason is the magic-bytes check's, given before any inflating: no clock needed
     assert list(shard_files.iter_shard(str(tar), on_damage=lambda _, reason: reasons.append(reason))) == []
-    assert time.perf_counter() - start < 1 and reasons == [
-        "gzip-compressed; cnnzoo reads plain (uncompressed) tar shards"
-    ]
+    assert reasons == ["gzip-compressed; cnnzoo reads plain (uncompressed) tar shards"]
 
 
 def test_a_shard_that_is_a_fifo_is_not_opened(tmp_path):
