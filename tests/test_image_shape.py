@@ -8,6 +8,8 @@ parity tests train for real, export ONNX and compare its probabilities with the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -98,7 +100,7 @@ def test_old_files_and_absent_fields_read_as_squash():
     assert preprocess.Fit.of("letterbox", mean).fill == MEAN_FILL
     with pytest.raises(ValueError):
         preprocess.Fit.of("pad", mean)
-    legacy = cnnzoo.load("tests/data/legacy/run/best.pt")
+    legacy = cnnzoo.load(Path(__file__).resolve().parent / "data" / "legacy" / "run" / "best.pt")
     assert legacy.meta["resize"] == "bilinear" and legacy.fit == preprocess.SQUASH
 
 
