@@ -3,7 +3,9 @@
 * ``isolated_home`` (every test): CNNZOO_HOME and TORCH_HOME in a temporary folder, so no test
   touches the user's caches, and CNNZOO_OFFLINE / HF_HUB_OFFLINE forbid downloading weights;
 * ``image_root``: a small ImageFolder tree of learnable pictures (:func:`support.images.make_image_tree`);
-* ``clothing_root``: the clothing images beside the project (``../shared``), or a clean skip.
+* ``clothing_root``: the clothing images beside the project (``../shared``), or a clean skip;
+* ``quickstart_run`` (session): the README's ``cnnzoo train --config configs/quickstart.yaml``, run
+  once for every test that needs a model trained on the shapes (the quickstart's own test, explain).
 
 The collection hook marks ``needs_shared`` on every test that uses ``clothing_root``, and ``slow``
 on every test that uses a fixture that trains a model (:data:`TRAINING_FIXTURES`, module-scoped
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from support.images import make_image_tree
+from support.runs import QuickstartRun, train_quickstart
 from support.shared import shared_path
 
 SHARED_FIXTURES = {"clothing_root"}  # fixtures that read ../shared: their tests get needs_shared
@@ -31,6 +34,7 @@ TRAINING_FIXTURES = {
     "report_run",
     "kaggle_run",
     "shaped",
+    "quickstart_run",
 }
 
 
@@ -62,3 +66,9 @@ def image_root(tmp_path) -> Path:
 @pytest.fixture
 def clothing_root() -> Path:
     return shared_path("datasets/clothing-small/train").parent
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> QuickstartRun:
+    """Trained once per session (the longest training of the suite): its tests read it, never change it."""
+    return train_quickstart(tmp_path_factory.mktemp("quickstart"))

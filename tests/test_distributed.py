@@ -248,10 +248,11 @@ def test_a_process_that_dies_ends_the_job_with_a_clear_message(ddp_folder):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
-def test_a_job_that_fails_before_its_run_folder_offers_no_older_run(ddp_folder, tmp_path):
+def test_a_job_that_fails_before_its_run_folder_offers_no_older_run(ddp_folder, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    older = run_cli(ddp_folder, "train", "-c", "ddp.yaml", "--runs", str(runs), "--set", "train.epochs=1")
-    assert older.returncode == 0 and (runs / "latest" / "last.pt").is_file(), older.stderr
+    monkeypatch.setenv("CNNZOO_HOME", str(ddp_folder / "home"))  # the older run: made in-process, one epoch
+    cnnzoo.train(str(ddp_folder / "ddp.yaml"), ["train.epochs=1"], out=runs, quiet=True)
+    assert (runs / "latest" / "last.pt").is_file()
     launcher = _launch(ddp_folder, "train", "-c", "ddp.yaml", "--nproc", "2", "--runs", str(runs))
     try:
         deadline = time.monotonic() + 120

@@ -29,19 +29,11 @@ from support.runs import tiny_config
 pytestmark = pytest.mark.slow  # every test here trains a model or uses one a module fixture trained
 
 
-PROJECT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
-    """The quickstart config, trained for real on the generated shapes (about 15 s on 2 cores)."""
-    folder = tmp_path_factory.mktemp("explain-shapes")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNZOO_HOME", str(folder / "home"))
-        run = cnnzoo.train(
-            str(PROJECT / "configs" / "quickstart.yaml"), ["train.epochs=12"], out=folder / "runs", quiet=True
-        )
-    return run
+def shapes_run(quickstart_run):
+    """The quickstart config trained for real on the generated shapes: the session's one quickstart
+    run (conftest), which its own test also checks; read here, never changed."""
+    return quickstart_run.run_dir
 
 
 def drawn(folder: Path, kind: str, seed: int) -> tuple[Path, np.ndarray]:

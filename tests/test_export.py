@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo import inference
+from cnnzoo.cli import app
 from cnnzoo.deploy.export import export
 from cnnzoo.inference.classifier import METADATA_KEY
 
@@ -198,22 +200,26 @@ def test_export_out_never_replaces_its_checkpoint_or_files_that_are_not_exports(
     shutil.copytree(trained.run_dir, run)
     os.symlink(run / "best.pt", tmp_path / "link.pt")
     before = _state(run)
+
+    def refused(out: Path, *extra: str) -> str:  # in-process: test_bad_export_arguments_are_one_line runs the process
+        return one_error_line(CliRunner().invoke(app, ["export", str(run / "best.pt"), "--out", str(out), *extra]))
+
     for out, extra in [(run / "best.pt", []), (run / "best.pt", ["--force"]), (tmp_path / "link.pt", ["--force"])]:
-        line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", out, *extra], tmp_path))
+        line = refused(out, *extra)
         assert line.startswith(
             f"cnnzoo: error: --out {out}: that is the checkpoint being exported; writing there would replace it"
         ), line
     for name in ("last.pt", "metrics.csv", "config.yaml"):
-        line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", run / name], tmp_path))
+        line = refused(run / name)
         assert line == (
             f"cnnzoo: error: --out {run / name}: a file that is not an ONNX export is there already "
             f"and would be replaced; choose another --out, or add --force"
         )
     assert _state(run) == before and not list(run.glob(".*.tmp"))
     scripted = export(run / "best.pt", "torchscript").path
-    line = one_error_line(run_cnnzoo(["export", run / "best.pt", "--out", scripted], tmp_path))
+    line = refused(scripted)
     assert "a file that is not an ONNX export is there already" in line  # another format's export
-    done = run_cnnzoo(["export", run / "best.pt", "--out", run / "metrics.csv", "--force"], tmp_path)
+    done = run_cnnzoo(["export", run / "best.pt", "--out", run / "metrics.csv", "--force"], tmp_path)  # a real process
     assert done.returncode == 0, done.stderr
     from cnnzoo.deploy.export import is_export
 

@@ -4,32 +4,30 @@ evaluate with no other arguments (the newest run's best.pt is the default)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
-from support.cli import CONFIGS, run_cnnzoo
+from support.cli import run_cnnzoo
 
 pytestmark = pytest.mark.slow  # trains the quickstart for real
 
 
-def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_arguments(tmp_path):
-    trained = run_cnnzoo(["train", "--config", CONFIGS / "quickstart.yaml"], tmp_path, timeout=900)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "Generating the shapes data set" in trained.stdout
-    assert (tmp_path / "runs" / "latest" / "best.pt").is_file()
-    rows = (tmp_path / "runs" / "latest" / "metrics.csv").read_text().splitlines()
+def test_quickstart_trains_to_95_percent_then_predict_and_evaluate_need_no_arguments(quickstart_run):
+    # the run itself is the session fixture (conftest): the README's train command, shared with explain
+    base, home = quickstart_run.base, str(quickstart_run.home)
+    assert "Generating the shapes data set" in quickstart_run.stdout
+    assert (quickstart_run.run_dir / "best.pt").is_file()
+    rows = (quickstart_run.run_dir / "metrics.csv").read_text().splitlines()
     best = max(float(row.split(",")[5]) for row in rows[1:])
     assert best >= 0.95, f"quickstart reached only {best:.3f} validation accuracy"
 
-    evaluated = run_cnnzoo(["evaluate", "--json"], tmp_path, timeout=900)
+    evaluated = run_cnnzoo(["evaluate", "--json"], base, timeout=900, CNNZOO_HOME=home)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     report = json.loads(evaluated.stdout)
     assert abs(report["accuracy"] - best) < 1e-6  # evaluate rebuilds exactly the validation split
 
-    stars = Path(os.environ["CNNZOO_HOME"]) / "shapes-v1" / "validation" / "star"
-    predicted = run_cnnzoo(["predict", stars, "--json"], tmp_path, timeout=900)
+    stars = quickstart_run.home / "shapes-v1" / "validation" / "star"
+    predicted = run_cnnzoo(["predict", stars, "--json"], base, timeout=900, CNNZOO_HOME=home)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert "best.pt" in predicted.stderr  # it says which checkpoint it used
     records = json.loads(predicted.stdout)

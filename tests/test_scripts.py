@@ -9,17 +9,24 @@ import pytest
 import yaml
 
 from support.cli import run_script
-from support.runs import tiny_config
+from support.images import make_image_tree
+from support.runs import TrainedRun, tiny_config, train_run
 
 pytestmark = pytest.mark.slow  # every benchmark trains or loads a trained model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_on_a_checkpoint(script: str, run: Path, image_root: Path, tmp_path: Path) -> str:
-    """A prediction benchmark on ``run``'s best.pt and the validation images, quickly (one repeat, batch 4)."""
-    images = image_root / "validation"
-    args = ["--checkpoint", run / "best.pt", "--images", images, "--repeat", 1, "--batch-size", 4]
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> TrainedRun:
+    """One tiny run the checkpoint benchmarks share: they read it and write their exports elsewhere."""
+    return train_run(tmp_path_factory.mktemp("bench-run"), lambda base: make_image_tree(base / "images"))
+
+
+def _run_on_a_checkpoint(script: str, run: TrainedRun, tmp_path: Path) -> str:
+    """A prediction benchmark on ``run``'s best.pt and its validation images, quickly (one repeat, batch 4)."""
+    images = run.root / "validation"
+    args = ["--checkpoint", run.best, "--images", images, "--repeat", 1, "--batch-size", 4]
     return run_script([ROOT / "scripts" / script, *args], tmp_path)
 
 
@@ -46,11 +53,8 @@ def test_bench_train_phase_reports_json(image_root, tmp_path):
     assert result["images_per_s"] > 0
 
 
-def test_bench_predict_runs_against_a_trained_checkpoint(image_root, tmp_path):
-    from cnnzoo.training.run import train
-
-    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = _run_on_a_checkpoint("bench_predict.py", run, image_root, tmp_path)
+def test_bench_predict_runs_against_a_trained_checkpoint(trained, tmp_path):
+    out = _run_on_a_checkpoint("bench_predict.py", trained, tmp_path)
     assert "cold start:" in out and "batch prediction:" in out and "ratio" in out
 
 
@@ -77,18 +81,15 @@ def test_bench_errors_times_a_config_typo_against_importing_torch(tmp_path):
     assert "ratio typo/torch:" in out and "ratio summary/torch:" in out
 
 
-def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(image_root, tmp_path):
-    from cnnzoo.training.run import train
-
-    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
-    out = _run_on_a_checkpoint("bench_onnx.py", run, image_root, tmp_path)
+def test_bench_onnx_and_bench_serve_compare_the_export_with_the_checkpoint(trained, tmp_path):
+    out = _run_on_a_checkpoint("bench_onnx.py", trained, tmp_path)
     for line in ("cold start, one image:", "peak RSS, one image:", "throughput, batch 4:"):
         assert line in out and "ratio" in out.split(line)[1].splitlines()[0]
     out = run_script(
         [
             str(ROOT / "scripts" / "bench_serve.py"),
             "--checkpoint",
-            str(run / "best.pt"),
+            str(trained.best),
             "--requests",
             "20",
             "--clients",
@@ -118,15 +119,10 @@ def test_bench_cache_prints_both_ratios(image_root, tmp_path):
     assert "ratio content/stat:" in out and "ratio checked/bare:" in out
 
 
-def test_bench_export_compares_int8_and_tflite_with_fp32_onnx(image_root, tmp_path):
+def test_bench_export_compares_int8_and_tflite_with_fp32_onnx(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from cnnzoo.training.run import train
-
-    run = train(tiny_config(image_root), out=tmp_path / "runs", quiet=True)
     script = ROOT / "scripts" / "bench_export.py"
-    out = run_script(
-        [script, run / "best.pt", "--out", tmp_path / "exports", "--repeat", 1, "--json", "b.json"], tmp_path
-    )
+    out = run_script([script, trained.best, "--out", tmp_path / "exports", "--repeat", 1, "--json", "b.json"], tmp_path)
     rows = {" ".join(line.split()[:2]): line.split()[2:] for line in out.splitlines() if " ONNX " in line}
     assert rows["FP32 ONNX"][1] == "1.00x" and rows["FP32 ONNX"][5] == "1.00x"  # the baseline's own ratios
     assert rows["INT8 ONNX"][1].endswith("x") and float(rows["INT8 ONNX"][6]) > 0  # a size ratio, a cold start

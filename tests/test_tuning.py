@@ -102,7 +102,9 @@ def test_sweep_runs_every_combination_and_ranks_them(image_root, tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_continues_where_it_stopped(image_root, tmp_path):
-    config = sweep_config(tmp_path, image_root, epochs=40)
+    # 12 epochs: run 2 is stopped after its second, 10 epochs before it could end by itself (the
+    # watcher polls every 50 ms); each run trains them all, so more epochs only cost time
+    config = sweep_config(tmp_path, image_root, epochs=12)
     folder = tmp_path / "runs" / "tiny-sweep"
     main = threading.main_thread()
 
@@ -125,8 +127,8 @@ def test_an_interrupted_sweep_continues_where_it_stopped(image_root, tmp_path):
 
     result = sweep(config, GRID, runs_root=tmp_path / "runs")
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1", "2", "3", "4"]  # run 2 resumed, not redone
-    assert [r["epoch"] for r in metric_rows(folder / "2")] == [str(e) for e in range(1, 41)]
-    assert interrupted_epochs < 40 and len(result.rows) == 4
+    assert [r["epoch"] for r in metric_rows(folder / "2")] == [str(e) for e in range(1, 13)]
+    assert interrupted_epochs < 12 and len(result.rows) == 4
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import pytest
 
 from cnnzoo.training.run import train
 
+from .cli import CONFIGS, run_cnnzoo
 from .images import make_image_tree
 
 TIMING = ("seconds", "images_per_s", "data_wait")
@@ -74,6 +75,27 @@ def train_run(
         mp.setenv("CNNZOO_HOME", str(base / "home"))
         run_dir = train(cfg, out=base / "runs", quiet=True)
     return TrainedRun(base, root, Path(run_dir))
+
+
+@dataclass
+class QuickstartRun:
+    base: Path  # the folder the command ran in: base/runs/latest is the run
+    home: Path  # its CNNZOO_HOME, where the shapes data set was generated
+    stdout: str  # what `cnnzoo train` printed
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / "runs" / "latest"
+
+
+def train_quickstart(base: Path) -> QuickstartRun:
+    """``cnnzoo train --config configs/quickstart.yaml`` in ``base``, a real subprocess as the README
+    runs it, with CNNZOO_HOME in ``base/home``; it must succeed."""
+    home = base / "home"
+    # timeout: a hang guard only (20 epochs take under a minute on 2 quiet cores, many more beside other jobs)
+    trained = run_cnnzoo(["train", "--config", CONFIGS / "quickstart.yaml"], base, timeout=2400, CNNZOO_HOME=str(home))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return QuickstartRun(base, home, trained.stdout)
 
 
 def metric_rows(run_dir: Path, timing: bool = False) -> list[dict[str, str]]:
