@@ -66,6 +66,16 @@ def test_a_train_manifest_and_its_split_siblings_are_one_data_set(kaggle):
     assert sum(report["counts"]["validation"]) == 6
 
 
+def test_a_kaggle_manifest_and_its_test_sibling_are_one_data_set(kaggle):
+    """images.csv with test.csv beside images/ (the trial's layout): test.csv is the test split."""
+    write_kaggle_layout(kaggle, {"shirt": 2, "shoes": 2, "pants": 2}, seed=1, name="test.csv")
+    assert manifest.folder_manifest(kaggle) == kaggle / "images.csv"
+    assert manifest.split_files(kaggle / "images.csv") == {"test": kaggle / "test.csv"}
+    assert manifest.split_files(kaggle / "test.csv") == {}  # a split file has no siblings of its own
+    report = json.loads(cli("data", "check", "--data", kaggle, "--json").stdout)
+    assert sum(report["counts"]["test"]) == 6
+
+
 def test_images_without_a_manifest_say_where_one_goes(tmp_path, kaggle):
     (kaggle / "images.csv").unlink()
     line = one_error_line(cli("data", "check", "--data", kaggle))

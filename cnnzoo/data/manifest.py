@@ -332,16 +332,17 @@ def resolve_images(names: list[str], bases: list[Path]) -> list[str]:
 def folder_manifest(folder: str | Path) -> Path | None:
     """The manifest a folder holds beside an ``images/`` folder (a Kaggle-style data set:
     ``images.csv`` + ``images/``), or None when ``folder`` is not such a folder. Several manifests
-    are refused in one line naming them, unless they are one ``train.<ext>`` and its split siblings."""
+    are refused in one line naming them, unless they are one manifest and its split siblings
+    (``images.csv`` or ``train.csv`` with ``validation.csv`` and ``test.csv``)."""
     folder = Path(folder)
     if not (folder / "images").is_dir():
         return None
     found = sorted(p for p in folder.iterdir() if is_manifest(p) and not p.name.startswith(".") and p.is_file())
     if len(found) <= 1:
         return found[0] if found else None
-    train = next((p for p in found if p.stem.lower() in ("train", "training")), None)
-    if train is not None and set(found) == {train, *split_files(train).values()}:
-        return train
+    for train in found:
+        if set(found) == {train, *split_files(train).values()}:
+            return train
     shown = ", ".join(p.name for p in found[:6]) + (", ..." if len(found) > 6 else "")
     raise DataError(
         f"{folder}: {len(found)} manifests beside images/ ({shown}); name the one to read, "
@@ -372,8 +373,12 @@ def file_digest(path: str | Path) -> str:
 
 
 def split_files(path: Path) -> dict[str, Path]:
-    """Sibling manifests of a ``train.<ext>``: ``validation.<ext>`` (or val, valid), ``test.<ext>``."""
-    if path.stem.lower() not in ("train", "training"):
+    """Sibling manifests of a ``train.<ext>``, or of the manifest of a Kaggle-style folder (beside
+    ``images/``: ``images.csv`` with ``test.csv``): ``validation.<ext>`` (or val, valid), ``test.<ext>``."""
+    stem = path.stem.lower()
+    if stem in {s for stems in SPLIT_FILES.values() for s in stems}:
+        return {}
+    if stem not in ("train", "training") and not (path.parent / "images").is_dir():
         return {}
     found = {}
     for split, stems in SPLIT_FILES.items():
