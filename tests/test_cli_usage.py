@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from cnnzoo.cli import app
-from cnnzoo.cli.usage import reflowed
+from cnnzoo.cli.usage import command_path, reflowed
 
 from support.cli import PROJECT, one_error_line, run_cnnzoo
 
@@ -50,6 +51,8 @@ def test_the_model_is_also_positional_where_it_is_the_subject(command, tmp_path)
         (["explain"], "cnnzoo: error: explain: missing argument 'IMAGE' (see cnnzoo explain --help)"),
         (["predict", "--top-k", "0", "a.jpg"], "cnnzoo: error: predict: invalid value for '--top-k' / '-k': "),
         (["nosuch"], "cnnzoo: error: no such command 'nosuch' (see cnnzoo --help)"),
+        # Click's parser raises this one without its context: the command is read from the arguments
+        (["export", "-m"], "cnnzoo: error: export: option '-m' requires an argument (see cnnzoo export --help)"),
         (
             ["data", "check", "--bogus"],
             "cnnzoo: error: data check: no such option: --bogus (see cnnzoo data check --help)",
@@ -62,6 +65,14 @@ def test_usage_errors_are_one_line_with_exit_code_2(args, expected):
     line = one_error_line(result)
     assert line.startswith(expected), line
     assert "╭" not in result.stderr and "Usage:" not in result.stderr
+
+
+def test_the_command_path_is_read_from_the_arguments_when_click_gives_none():
+    group = typer.main.get_command(app)
+    assert command_path(group, ["data", "check", "-c"]) == "cnnzoo data check"
+    assert command_path(group, ["--debug", "export", "-m"]) == "cnnzoo export"
+    assert command_path(group, ["-m"]) == "cnnzoo"
+    assert command_path(group, ["photo.jpg", "predict"]) == "cnnzoo"  # not a command: the path stops there
 
 
 def test_debug_still_works_and_a_bare_group_still_shows_its_help():

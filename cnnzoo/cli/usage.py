@@ -101,7 +101,8 @@ class CnnzooGroup(typer.core.TyperGroup):
                 if text := exc.ctx.get_help():  # Typer's rich help prints itself and returns nothing
                     typer.echo(text)
                 sys.exit(exc.exit_code)
-            typer.echo(f"cnnzoo: error: {usage_error_line(exc)}", err=True)
+            fallback = command_path(self, sys.argv[1:] if args is None else list(args))
+            typer.echo(f"cnnzoo: error: {usage_error_line(exc, fallback)}", err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
             if not standalone:
@@ -113,13 +114,27 @@ class CnnzooGroup(typer.core.TyperGroup):
         sys.exit(returned if isinstance(returned, int) else 0)
 
 
-def usage_error_line(exc: Any) -> str:
-    """A usage error as one clause: ``export: no such option: -m (see cnnzoo export --help)``."""
+def command_path(group: Any, args: list[str]) -> str:
+    """The command line's commands, ``cnnzoo data check``, read from ``args`` by name: the path a
+    usage error names when Click's parser raised it without its context (an option missing its value)."""
+    path, node = ["cnnzoo"], group
+    for arg in args:
+        commands = getattr(node, "commands", None)
+        if arg.startswith("-") or not commands or arg not in commands:
+            if not arg.startswith("-"):
+                break
+            continue
+        path.append(arg)
+        node = commands[arg]
+    return " ".join(path)
+
+
+def usage_error_line(exc: Any, fallback_path: str = "cnnzoo") -> str:
+    """A usage error as one clause: ``export: no such option: -m (see cnnzoo export --help)``;
+    ``fallback_path`` names the command when the error carries no context."""
     message = " ".join(exc.format_message().split()).rstrip(".")
     message = message[:1].lower() + message[1:]
     ctx = getattr(exc, "ctx", None)
-    if ctx is None:
-        return terminal_safe(message, one_line=True)
-    path = ctx.command_path
+    path = ctx.command_path if ctx is not None else fallback_path
     command = f"{path.split(' ', 1)[1]}: " if " " in path else ""
     return terminal_safe(f"{command}{message} (see {path} --help)", one_line=True)
