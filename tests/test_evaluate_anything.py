@@ -92,6 +92,19 @@ def test_the_training_manifest_is_split_as_training_split_it(trained, exports, k
     )
 
 
+def test_a_test_file_beside_the_training_manifest_is_scored_and_named(trained, tmp_path):
+    """images.csv with test.csv beside it (the trial's layout): the test split is test.csv's rows, and
+    the report names that file, not the training manifest."""
+    copy = tmp_path / "clothes"
+    (copy / "images").mkdir(parents=True)
+    for image in (trained.root.parent / "images").iterdir():
+        (copy / "images" / image.name).symlink_to(image)
+    (copy / trained.root.name).write_bytes(trained.root.read_bytes())  # the same bytes: the training data
+    test = write_kaggle_layout(copy, {"shirt": 2, "shoes": 2, "pants": 2}, seed=7, name="test.csv")
+    report = evaluate(trained.best, copy, out=tmp_path / "out", progress=False)
+    assert (report["split"], report["num_images"], report["data"]) == ("test", 6, str(test))
+
+
 def test_a_manifest_holding_training_rows_is_scored_with_a_warning_that_counts_them(trained, exports, tmp_path):
     lines = trained.root.read_text().splitlines()
     part = tmp_path / "part.csv"  # elsewhere: a folder holding two manifests would be refused

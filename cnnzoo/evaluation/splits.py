@@ -108,8 +108,11 @@ def samples_for(
         raise DataError(f"{exc} (the data this model was trained on); pass --data to evaluate on other data") from None
     if split == "test" and spec.test is None:
         raise DataError(f"{spec.root}: has no test split; use --split validation or --data")
-    samples = spec.test if (split == "test" or (split is None and spec.test is not None)) else spec.val
-    return samples, spec.root or cfg.data.source
+    name = "test" if (split == "test" or (split is None and spec.test is not None)) else "validation"
+    where = spec.root or cfg.data.source
+    if where and manifest.is_manifest(where):  # a split from its own file (test.csv) is named as that file
+        where = str(manifest.split_files(Path(where)).get(name, where))
+    return (spec.test if name == "test" else spec.val), where
 
 
 def _warn_trained_rows(samples: sources.Samples, where: str, cfg: Config, rule: dict) -> None:
