@@ -320,6 +320,13 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
     data = meta.get("data", {})  # optional: models trained before issue 30 do not carry it
     if not (isinstance(data, dict) and all(isinstance(v, str | int | float | list | None) for v in data.values())):
         raise bad("data", "should be how the training data was read and split (a JSON object of settings)")
+    # the keys evaluate reads as they are (a path, a number, a digest); the split's data keys are
+    # read back through load_config, which checks them as a config's
+    typed = {"source": (str, "text"), "root": (str, "text"), "digest": (str, "text"), "seed": (int, "a whole number")}
+    for key, (wanted, words) in typed.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, wanted) or isinstance(value, bool)):
+            raise bad(f"data.{key}", f"should be {words} or absent")
     _check_task(meta, bad)
 
 

@@ -71,6 +71,10 @@ REFUSED = [
     ({"resize": "lanczos; rm -rf /"}, "resize should be squash, letterbox, crop or bilinear"),
     ({"resize": ["letterbox"]}, "resize should be squash, letterbox, crop or bilinear"),
     ({"int8": "yes"}, "int8 should be the record an INT8 export writes"),
+    ({"data": {"root": ["a"], "seed": 0}}, "data.root should be text or absent"),  # evaluate makes it a path
+    ({"data": {"root": "a", "seed": "x"}}, "data.seed should be a whole number or absent"),
+    ({"data": {"seed": True}}, "data.seed should be a whole number or absent"),
+    ({"data": {"digest": 5, "seed": 0}}, "data.digest should be text or absent"),
     ({"loss": ["cross_entropy"]}, "loss should be one of cross_entropy, bce, bce_multi_label"),
 ]
 
@@ -110,7 +114,7 @@ def test_a_checkpoint_task_is_checked_against_its_config_when_meta_has_no_loss(t
 
 KEYS = [
     "classes", "channels", "image_size", "mean", "std", "task", "thresholds", "loss", "outputs",
-    "resize", "int8", "data_root", "epoch", "metrics", "cnnzoo_version", "unknown_key",
+    "resize", "int8", "data_root", "data", "epoch", "metrics", "cnnzoo_version", "unknown_key",
 ]  # fmt: skip
 
 
@@ -130,6 +134,8 @@ VALUES = [
     "lanczos; rm -rf /", "\x1b[31mred", "x" * 10_000, [], [1, 2], ["a", "a"], ["a", "b"], ["b", "a"],
     ["a", "b", "c"], [16, 16], [16, 16, 16], [0.5] * 3, [math.nan] * 3, [0.5, 0.5], [2.0, 0.5],
     {"a": 1}, {}, {"scheme": "x"}, _deep(5), DEEP, [str(i) for i in range(100_000)],
+    "squash", "letterbox", "crop", 2, 4, {"source": "manifest", "digest": 5, "seed": "x"},
+    {"source": "pipe:sh", "root": ["a"], "val_fraction": math.nan},
 ]  # fmt: skip
 CONTRADICTIONS = [{"task": "multi", "thresholds": [0.5, 0.5]}, {"loss": "bce_multi_label"}]
 
