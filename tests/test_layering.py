@@ -63,6 +63,7 @@ TORCH_FREE = {
     "cnnzoo.data",
     "cnnzoo.data.preprocess",
     "cnnzoo.data.manifest",
+    "cnnzoo.data.folds",
     "cnnzoo.data.manifest_files",
     "cnnzoo.data.hf",
     "cnnzoo.data.shard_files",
