@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..model.backbones import backbone_of, trainable_stages
 from ..runtime import distributed
 from ..runtime.device import Feed
-from .feature_cache import FeatureDataset, build, cache_cut
+from .feature_cache import FeatureDataset, build, cache_cut, store_rows
 from .mixing import MixSettings
 
 
@@ -164,10 +164,17 @@ class TransferStages:
             (self.loaders.train_set, "train", cached.flips, self.feed),
             (self.loaders.val_set, "validation", [(False, False)], self.feed.without_autocast()),
         ):
-            # local rank 0 writes a file on disk, the others map it
+            # local rank 0 writes a file on disk, the others map it; a fold's features are those of
+            # its whole pool (data.folds), computed once for every fold
             with distributed.main_first(shared=s.feature_cache != "ram"):
                 store = build(
-                    cached, dataset, name, feed=feed, flips=flips, setting=s.feature_cache, cache_dir=s.cache_dir
+                    cached,
+                    dataset.whole(),
+                    name,
+                    feed=feed,
+                    flips=flips,
+                    setting=s.feature_cache,
+                    cache_dir=s.cache_dir,
                 )
             if store is None:
                 self.cut = 0
@@ -179,8 +186,9 @@ class TransferStages:
             console.log(f"feature cache {name} (output of the {cached.cut} frozen stages): {store.describe()}")
             stores.append(store)
         pin, shard = self.feed.device.type == "cuda", distributed.shard()
-        train_set = FeatureDataset(stores[0], self.loaders.train_set.targets, cached.flips, cached.flip_p)
-        val_set = FeatureDataset(stores[1], self.loaders.val_set.targets, [(False, False)])
+        train, val = self.loaders.train_set, self.loaders.val_set
+        train_set = FeatureDataset(stores[0], train.targets, cached.flips, cached.flip_p, rows=store_rows(train))
+        val_set = FeatureDataset(stores[1], val.targets, [(False, False)], rows=store_rows(val))
         return (
             cached.suffix(),
             loaders_mod.make_loader(
