@@ -58,15 +58,23 @@ def test_fold_i_of_k_holds_out_each_image_once_and_leaves_the_test_split_out(tmp
 @pytest.mark.parametrize(
     ("sets", "words"),
     [
-        (["data.fold=2"], "data.fold: is set without data.folds"),
-        (["data.folds=3"], "data.folds: is set without data.fold"),
         (["data.folds=3", "data.fold=4"], "data.fold: got 4, but data.folds is 3"),
-        (["data.folds=1", "data.fold=1"], "data.folds"),
+        (["data.folds=1", "data.fold=1"], "data.folds: got 1"),
+        (["data.folds=3", "data.fold=0"], "data.fold: got 0"),
     ],
 )
 def test_fold_keys_are_checked_with_the_config(tmp_path, sets, words):
     with pytest.raises(ConfigError, match=words):
         load_config(tiny_config(tmp_path), sets)
+
+
+@pytest.mark.parametrize(
+    ("sets", "words"),
+    [(["data.fold=2"], "data.fold: is set without data.folds"), (["data.folds=3"], "data.folds: is set without")],
+)
+def test_one_fold_key_without_the_other_is_refused_with_the_data(tmp_path, sets, words):
+    with pytest.raises(DataError, match=words):
+        sources.load_data(load_config(tiny_config(_tree(tmp_path)), sets))
 
 
 def test_more_folds_than_a_class_has_images_is_one_line_naming_the_class(tmp_path):

@@ -110,8 +110,8 @@ def check_values(cfg: Config, where: str) -> None:
             raise bad("data.normalize", "a mapping needs exactly the keys mean and std")
         if any(s <= 0 for s in d.normalize["std"]):
             raise bad("data.normalize.std", "every std must be positive")
-    if (d.folds, d.fold) != (None, None):
-        _check_fold_keys(d.folds, d.fold, bad)
+    if d.folds is not None and d.fold not in (None, "all") and d.fold > d.folds:
+        raise bad("data.fold", f"got {d.fold}, but data.folds is {d.folds}; give a fold from 1 to {d.folds}")
     crop = d.augment.random_resized_crop
     if crop and crop[0] > crop[1]:
         raise bad(
@@ -134,12 +134,3 @@ def check_values(cfg: Config, where: str) -> None:
                 "train.backbone_lr",
                 f"got {t.backbone_lr!r}, expected a learning rate (1e-4) or a multiple of train.lr written like 0.1x",
             )
-
-
-def _check_fold_keys(folds: int | None, fold: int | str | None, bad: Any) -> None:
-    """``data.folds`` and ``data.fold`` go together, the fold one of the folds (or ``all``)."""
-    if folds is None or fold is None:
-        given, missing = ("data.folds", "data.fold") if fold is None else ("data.fold", "data.folds")
-        raise bad(given, f"is set without {missing}; give both (fold 2 of 5: data.folds=5, data.fold=2) or neither")
-    if fold != "all" and fold > folds:
-        raise bad("data.fold", f"got {fold}, but data.folds is {folds}; give a fold from 1 to {folds}")

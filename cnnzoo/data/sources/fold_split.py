@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import DataError
 from ..folds import assign_folds, check_folds
 from .base import Splits
 from .samples import Samples
@@ -89,7 +90,13 @@ def fold_splits(
 def held_out_fold(found: Splits, data: Any, *, seed: int, task: str) -> tuple[Splits, FoldPool | None]:
     """``found`` as ``data.folds`` and ``data.fold`` split it (``data``: the config's data section),
     with its pool; as it is, and None, when they are unset. ``task``: the trainer's ``train.task``."""
-    if data.folds is None:
-        return found, None
+    if data.folds is None or data.fold is None:
+        if data.folds is None and data.fold is None:
+            return found, None
+        given, missing = ("data.folds", "data.fold") if data.fold is None else ("data.fold", "data.folds")
+        raise DataError(
+            f"{given}: is set without {missing}; give both (fold 2 of 5: data.folds=5, data.fold=2), or use "
+            f"cnnzoo train --folds K to train every fold"
+        )
     multi = task == "multi" or bool(found.kind.get("multi_label"))
     return fold_splits(found, k=data.folds, fold=data.fold, seed=seed, multi_label=multi)
