@@ -20,7 +20,7 @@ from cnnzoo.data import sources
 from cnnzoo.errors import ConfigError, DataError
 from cnnzoo.training.run import train
 
-from support.cli import one_error_line
+from support.cli import one_error_line, run_script
 from support.images import make_image_tree
 from support.runs import tiny_config
 
@@ -214,11 +214,51 @@ def test_the_folds_of_a_transfer_config_share_one_feature_cache(tmp_path, isolat
     train(cfg, out=tmp_path / "runs", folds=3)
     log = capsys.readouterr().out
     files = sorted(p.name.split("-")[1] for p in (isolated_home / "cache").glob("features-*.npy"))
-    assert files == ["train", "validation"]  # one cache of the pooled images for 3 folds and the final model
-    computed = [line for line in log.splitlines() if line.startswith("feature cache") and "img/s" in line]
-    reused = [line for line in log.splitlines() if line.startswith("feature cache") and "reused" in line]
-    assert len(computed) == 2 and len(reused) == 2 * 3
+    assert files == ["train"]  # one cache of the pooled images for 3 folds and the final model
+    computed = [line for line in log.splitlines() if line.startswith("feature cache train") and "img/s" in line]
+    reused = [line for line in log.splitlines() if line.startswith("feature cache train") and "reused" in line]
+    assert len(computed) == 1 and len(reused) == 3
+    assert log.count("feature cache validation: the training store's unflipped version") == 4
     assert (
         log.count("cache labelled: 32 images decoded") == 1
         and log.count("cache labelled: 32 images, 0 MB, reused") == 3
     )
+
+
+@pytest.mark.slow
+def test_bench_folds_prints_the_cost_ratio_and_the_fold_spread(image_root, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(image_root, epochs=1)))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_folds.py"
+    args = [script, "--config", config, "--data", image_root, "--per-class", 9, "--folds", 3]
+    out = run_script(args, tmp_path)
+    assert "images: 18 (2 classes, up to 9 each)" in out
+    assert "ratio k-fold / (3 x one cold run):" in out
+    assert "val_acc per fold:" in out and "binomial standard error" in out
+
+
+@pytest.mark.slow
+def test_a_folds_training_on_the_shared_feature_cache_is_the_training_on_images(tmp_path, monkeypatch):
+    """The fold's rows index the pool's store rightly: cached and uncached training agree."""
+    import torch
+    import torchvision
+
+    from support.runs import metric_rows
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    root = make_image_tree(tmp_path / "images")
+
+    def run(feature_cache: str) -> Path:
+        cfg = tiny_config(root, epochs=2)
+        backbone = {"name": "resnet18", "weights": str(weights), "freeze": 1}
+        cfg["model"]["layers"] = [{"backbone": backbone}, "gap", {"dense": {"out_features": "num_classes"}}]
+        cfg["data"].update(image_size=32, feature_cache=feature_cache, folds=3, fold=2)
+        return train(cfg, out=tmp_path / feature_cache, quiet=True)
+
+    for a, b in zip(metric_rows(run("ram")), metric_rows(run("none"))):
+        assert a["train_acc"] == b["train_acc"] and a["val_acc"] == b["val_acc"]
+        for key in ("train_loss", "val_loss"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4)

@@ -164,6 +164,10 @@ class TransferStages:
             (self.loaders.train_set, "train", cached.flips, self.feed),
             (self.loaders.val_set, "validation", [(False, False)], self.feed.without_autocast()),
         ):
+            if stores and _same_images(self.loaders.train_set, dataset) and feed.describe() == self.feed.describe():
+                stores.append(stores[0])  # a fold's pool: validation reads the unflipped version of the same store
+                console.log(f"feature cache {name}: the training store's unflipped version (the same images)")
+                continue
             # local rank 0 writes a file on disk, the others map it; a fold's features are those of
             # its whole pool (data.folds), computed once for every fold
             with distributed.main_first(shared=s.feature_cache != "ram"):
@@ -205,3 +209,8 @@ class TransferStages:
                 val_set, s.batch_size * 2, shuffle=False, seed=s.seed, workers=0, pin_memory=pin, shard=shard
             ),
         )
+
+
+def _same_images(train: loaders_mod.ImageDataset, val: loaders_mod.ImageDataset) -> bool:
+    """Whether both splits are rows of one pool (``data.folds``), whose features are computed once."""
+    return train.samples is val.samples and train.whole().indices == val.whole().indices
