@@ -262,3 +262,28 @@ def test_a_folds_training_on_the_shared_feature_cache_is_the_training_on_images(
         assert a["train_acc"] == b["train_acc"] and a["val_acc"] == b["val_acc"]
         for key in ("train_loss", "val_loss"):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_multi_label_kfold_run_stratifies_by_labels_and_writes_per_label_probabilities(tmp_path, monkeypatch):
+    from test_multilabel import write_tags
+
+    monkeypatch.chdir(tmp_path)
+    tags = ["a", "a b", "b", "a b", "a", "", "a b", "a"] * 3
+    run_dir = Path(
+        train(tiny_config(write_tags(tmp_path, tags), epochs=1), out=tmp_path / "runs", folds=3, final=False)
+    )
+    rows = _oof(run_dir)
+    assert len(rows) == 24 and len({r["image"] for r in rows}) == 24
+    for fold in ("1", "2", "3"):  # every label in every fold, in its share
+        held = [r for r in rows if r["fold"] == fold]
+        assert [sum(label in r["label"].split() for r in held) for label in ("a", "b")] in (
+            [5, 3],
+            [5, 4],
+            [6, 3],
+            [6, 4],
+        )
+    probabilities = [float(r[c]) for r in rows for c in ("a", "b")]
+    assert all(0 < p < 1 for p in probabilities)
+    assert any(abs(float(r["a"]) + float(r["b"]) - 1) > 1e-3 for r in rows)  # per label, not a softmax
+    assert "val_map" in json.loads((run_dir / "cv.json").read_text())["metrics"]

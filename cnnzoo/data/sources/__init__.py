@@ -10,7 +10,8 @@ order training, ``evaluate --data``, ``data check`` and ``summary`` share. Addin
 module with one :class:`~.base.Source` subclass and one :func:`register` line.
 
 :func:`load_data` resolves the whole section into a :class:`~.samples.DataSpec` (classes, splits,
-channels, size, normalisation). Floor 5 (data): imports config, console, errors and the data
+channels, size, normalisation); with ``data.folds`` and ``data.fold`` the splits are fold i of K of
+the pooled labelled images (:mod:`.fold_split`). Floor 5 (data): imports config, console, errors and the data
 modules; torch-free.
 """
 
