@@ -96,16 +96,12 @@ def require_data(cfg: Config, config: Path | None) -> None:
         )
 
 
-def _refuse_folds(folds: int, *, resume: Path | None, nproc: int) -> None:
-    """What ``--folds`` does not go with, refused in one line before torch is imported."""
+def _refuse_folds(folds: int, *, nproc: int) -> None:
+    """What ``--folds`` refuses before torch is imported (``cnnzoo.train`` refuses ``--resume`` and
+    torchrun's processes itself)."""
     if folds < 2:
         raise UserError(f"--folds {folds}: k-fold needs at least 2 folds (each image is held out once); give 2 or more")
-    if resume is not None:
-        raise UserError(
-            "--folds: a k-fold run cannot be resumed from one last.pt; resume a fold's own run "
-            "(cnnzoo train --resume RUN/fold-N/last.pt) or start the k-fold run again"
-        )
-    if nproc > 1 or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if nproc > 1:
         raise UserError(
             "--folds: k-fold trains one process at a time; drop --nproc/torchrun, or train each fold under "
             "torchrun with --set data.folds=K --set data.fold=N"
@@ -173,7 +169,7 @@ def train(
     if no_final and folds is None:
         raise UserError("--no-final: goes with --folds K (it skips the model trained on all the images)")
     if folds is not None:
-        _refuse_folds(folds, resume=resume, nproc=nproc)
+        _refuse_folds(folds, nproc=nproc)
     source = config
     if resume is None:  # config errors come back before torch is imported
         source = load_config(_chosen(model, data, epochs) if config is None else config, overrides)

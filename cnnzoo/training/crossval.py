@@ -56,7 +56,7 @@ def refuse_folds_with(*, resume: Any, distributed: bool) -> None:
         )
     if distributed:
         raise UserError(
-            "--folds: k-fold runs one process at a time; drop --nproc/torchrun, or train each fold under "
+            "--folds: k-fold trains one process at a time; drop --nproc/torchrun, or train each fold under "
             "torchrun with --set data.folds=K --set data.fold=N"
         )
 
