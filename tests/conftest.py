@@ -35,6 +35,7 @@ TRAINING_FIXTURES = {
     "kaggle_run",
     "shaped",
     "quickstart_run",
+    "kfold",
 }
 
 

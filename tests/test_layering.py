@@ -93,6 +93,7 @@ TORCH_FREE = {
     "cnnzoo.data.sources.base",
     "cnnzoo.data.shard_export",
     "cnnzoo.data.sources.samples",
+    "cnnzoo.data.sources.fold_split",
     "cnnzoo.data.sources.folder",
     "cnnzoo.data.sources.shapes_source",
     "cnnzoo.data.sources.manifest_source",

@@ -96,6 +96,18 @@ def require_data(cfg: Config, config: Path | None) -> None:
         )
 
 
+def _refuse_folds(folds: int, *, nproc: int) -> None:
+    """What ``--folds`` refuses before torch is imported (``cnnzoo.train`` refuses ``--resume`` and
+    torchrun's processes itself)."""
+    if folds < 2:
+        raise UserError(f"--folds {folds}: k-fold needs at least 2 folds (each image is held out once); give 2 or more")
+    if nproc > 1:
+        raise UserError(
+            "--folds: k-fold trains one process at a time; drop --nproc/torchrun, or train each fold under "
+            "torchrun with --set data.folds=K --set data.fold=N"
+        )
+
+
 @app.command()
 @guarded
 def train(
@@ -128,6 +140,16 @@ def train(
         help="Processes on this machine, one per GPU (or sharing the CPU cores), "
         "trained together with DDP; runs torchrun for you.",
     ),
+    folds: int | None = typer.Option(
+        None,
+        "--folds",
+        help="k-fold cross-validation: K stratified, seeded folds of all labelled images (training and "
+        "validation pooled), one run each in RUN/fold-1..K, cv.json (mean, std, per fold) and oof.csv "
+        "(out-of-fold probabilities), then a model trained on all of them in RUN.",
+    ),
+    no_final: bool = typer.Option(
+        False, "--no-final", help="With --folds: skip the final model trained on all the images."
+    ),
 ) -> None:
     """Train a model from a YAML config, or on --data alone; writes a run folder (config, metrics, checkpoints, plots).
 
@@ -135,6 +157,7 @@ def train(
     Own data: cnnzoo train --data ~/photos    (no config: fine-tunes a pretrained model, else from scratch)
     A recipe: cnnzoo train -c clothing_recipe --data ~/photos --image-size 96 --name photos
     Resume:   cnnzoo train --resume runs/quickstart/1/last.pt
+    k-fold:   cnnzoo train -c clothing_transfer --folds 5
     4 GPUs:   cnnzoo train -c clothing --data ~/photos --nproc 4
               (the same as: torchrun --nproc-per-node 4 -m cnnzoo train -c clothing --data ~/photos)
     """
@@ -143,6 +166,10 @@ def train(
     )
     if model is not None and (config is not None or resume is not None):
         raise UserError(f"--model: give --model NAME or {'--config' if config else '--resume'}, not both")
+    if no_final and folds is None:
+        raise UserError("--no-final: goes with --folds K (it skips the model trained on all the images)")
+    if folds is not None:
+        _refuse_folds(folds, nproc=nproc)
     source = config
     if resume is None:  # config errors come back before torch is imported
         source = load_config(_chosen(model, data, epochs) if config is None else config, overrides)
@@ -159,7 +186,9 @@ def train(
     from ..training.run import train as run_training
 
     try:
-        run_dir = run_training(source, overrides, device=device, out=runs, quiet=quiet, resume=resume)
+        run_dir = run_training(
+            source, overrides, device=device, out=runs, quiet=quiet, resume=resume, folds=folds, final=not no_final
+        )
     except TrainingInterrupted as exc:
         if _rank0():
             typer.echo(f"\ncnnzoo: {exc}", err=True)

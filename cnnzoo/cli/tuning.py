@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import find_config, load_config
+from ..errors import UserError
 from .app import CONFIG_HELP, SET_HELP, app, guarded
 from .train import (
     BATCH_SIZE_OPTION,
@@ -94,6 +95,9 @@ def sweep(
         False, "--restart", help="Start the sweep over: forget its saved state (finished run folders stay)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+    folds: int | None = typer.Option(
+        None, "--folds", help="Not taken: a sweep compares trials on one validation split (see the error)."
+    ),
 ) -> None:
     """Train every combination of --grid values as its own run, then compare them (table and plot).
 
@@ -102,6 +106,11 @@ def sweep(
     Runs go to runs/<name>-sweep/<N>/; run the same command again to finish an interrupted sweep.
     At the end runs/latest points at the best run. Over 1000 combinations need --trials K.
     """
+    if folds is not None:
+        raise UserError(
+            f"--folds {folds}: a sweep compares its trials on one validation split; sweep first, then "
+            f"cross-validate the config it picks with cnnzoo train -c CONFIG --folds {folds}"
+        )
     overrides = Shortcuts(
         data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
     ).overrides(set_, unset)

@@ -110,6 +110,8 @@ def check_values(cfg: Config, where: str) -> None:
             raise bad("data.normalize", "a mapping needs exactly the keys mean and std")
         if any(s <= 0 for s in d.normalize["std"]):
             raise bad("data.normalize.std", "every std must be positive")
+    if d.folds is not None and d.fold not in (None, "all") and d.fold > d.folds:
+        raise bad("data.fold", f"got {d.fold}, but data.folds is {d.folds}; give a fold from 1 to {d.folds}")
     crop = d.augment.random_resized_crop
     if crop and crop[0] > crop[1]:
         raise bad(

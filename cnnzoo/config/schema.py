@@ -133,6 +133,15 @@ class DataConfig:
                                   words="a number between 0 and 1")
     """The share of images held out for validation when `root` has no validation split
     (stratified by class, seeded)."""
+    folds: Optional[int] = bounded(None, low=2, words="an integer >= 2, or null (no folds)")
+    """With `fold`: split all labelled images (training and validation pooled; a test split stays
+    out) into this many stratified, seeded folds and hold out fold `fold` as the validation split.
+    `cnnzoo train --folds K` sets both for each of its runs ([Cross-validation](../cross-validation.md))."""
+    fold: Optional[Union[int, Literal["all"]]] = bounded(
+        None, low=1, words="an integer from 1 to data.folds, all, or null"
+    )
+    """Which of the `folds` folds is the validation split (1 to `folds`); set with `folds`. `all`
+    trains on every labelled image and validates on them too (the final model of `train --folds`)."""
     image_size: Optional[Union[int, list[int]]] = None
     """Side (or [H, W]) images are brought to (see `resize`); a pretrained backbone's own size
     when absent."""

@@ -10,6 +10,7 @@ cache of :mod:`cnnzoo.training.feature_cache` uses too). Later epochs never touc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,7 +18,8 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,27 @@ class CachedArray:
     reused: bool
 
 
+_KEPT: dict[str, CachedArray] | None = None  # the arrays kept for the next run (kept_between_runs)
+
+
+@contextmanager
+def kept_between_runs() -> Iterator[None]:
+    """Within this block, a cache array built in RAM (or opened from disk) is kept for the next run
+    in this process that asks for the same images: the K runs of a k-fold cross-validation share
+    one pool of images, decoded (and, for a transfer config, run through the frozen layers) once."""
+    global _KEPT
+    _KEPT = {}
+    try:
+        yield
+    finally:
+        _KEPT = None
+
+
+def keeping() -> bool:
+    """Whether arrays are kept between runs now (a caller computes its content key only then)."""
+    return _KEPT is not None
+
+
 def cached_array(
     path: Path | None,
     shape: tuple[int, ...],
@@ -299,6 +322,7 @@ def cached_array(
     key: str,
     fill: Callable[[torch.Tensor], dict[str, Any]],
     record_problem: Callable[[dict[str, Any]], str] = lambda record: "",
+    content: str | None = None,
 ) -> CachedArray:
     """The one way a cache is reused or built (the decoded pixels, the frozen features).
 
@@ -306,7 +330,29 @@ def cached_array(
     ``record_problem`` finds nothing wrong with) is reused; one that does not is rebuilt with
     one warning that names ``key`` and says why. Building runs ``fill(tensor)`` on a fresh array
     (RAM, or a file from :class:`NpyWriter`), which returns the record to keep beside it.
+    ``content`` names what the array holds: inside :func:`kept_between_runs` the same content
+    asked for again is the array already made.
     """
+    if _KEPT is not None and content is not None:
+        kept = _KEPT.get(f"{content}|{shape}")
+        if kept is None:
+            kept = _KEPT[f"{content}|{shape}"] = _cached_array(
+                path, shape, dtype, key=key, fill=fill, record_problem=record_problem
+            )
+            return kept
+        return dataclasses.replace(kept, reused=True)
+    return _cached_array(path, shape, dtype, key=key, fill=fill, record_problem=record_problem)
+
+
+def _cached_array(
+    path: Path | None,
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    key: str,
+    fill: Callable[[torch.Tensor], dict[str, Any]],
+    record_problem: Callable[[dict[str, Any]], str],
+) -> CachedArray:
     if path is not None and (os.path.lexists(path) or os.path.lexists(_sidecar(path))):
         try:
             tensor, record = open_cached(path, shape, dtype)
@@ -350,10 +396,12 @@ def decode_all(
     start = time.perf_counter()
     n = len(samples)
     shape = (n, channels, size[0], size[1])
-    path = None
-    if choose_cache(kind, math.prod(shape)) == "disk":
+    path, key = None, None
+    on_disk = choose_cache(kind, math.prod(shape)) == "disk"
+    if on_disk or keeping():
         fitted = "" if fit == preprocess.SQUASH else f"|{fit}"  # squash: the key caches made before data.resize have
         key = hashlib.sha1(f"{CACHE_FORMAT}|{shape}|{samples.fingerprint()}{fitted}".encode()).hexdigest()[:20]
+    if on_disk:
         path = cache_folder(cache_dir) / f"{samples.name}-{key}.npy"
 
     def failed_problem(record: dict[str, Any]) -> str:
@@ -368,6 +416,7 @@ def decode_all(
         key="data.cache",
         fill=lambda pixels: {"failed": _decode_into(pixels, _DecodeOne(samples, size, channels, fit), workers)},
         record_problem=failed_problem,
+        content=f"pixels|{key}" if key else None,
     )
     failed = cached.record["failed"]
     if cached.reused:

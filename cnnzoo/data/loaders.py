@@ -9,6 +9,7 @@ device (:func:`cnnzoo.runtime.device.to_model_input`). :func:`build_loaders` mak
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 from collections.abc import Callable, Iterator
@@ -56,14 +57,18 @@ class ImageDataset(torch.utils.data.Dataset):
         multi_label_classes: int | None = None,
         crop_min_area: float | None = None,
         fit: preprocess.Fit = preprocess.SQUASH,
+        rows: list[int] | None = None,
     ):
+        """``rows``: the images of ``samples`` this split holds (a fold of a pool), all by default."""
         self.samples, self.size, self.channels, self.fit = samples, size, channels, fit
+        self.multi_label_classes = multi_label_classes
         self.seeds = seeds
         self.crop_min_area = crop_min_area if decoded is None and augment is not None else None
         self.pixels = decoded.pixels if decoded is not None else None
         self.augment = augment
         failed = set(decoded.failed) if decoded is not None else set()
-        self.indices = [i for i in range(len(samples)) if i not in failed]
+        self.failed = failed
+        self.indices = [i for i in (range(len(samples)) if rows is None else rows) if i not in failed]
         self.labels = torch.tensor([samples.labels[i] for i in self.indices], dtype=torch.int64)
         self.targets = self.labels  # what a batch carries
         if multi_label_classes is not None:
@@ -71,6 +76,20 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def whole(self) -> ImageDataset:
+        """The dataset of every readable image of ``samples`` (a fold's pool), unaugmented: what a
+        cache computed once for all folds runs over; this dataset itself when it holds them all."""
+        every = [i for i in range(len(self.samples)) if i not in self.failed]
+        if every == self.indices:
+            return self
+        whole = copy.copy(self)
+        whole.indices, whole.augment = every, None
+        whole.labels = torch.tensor([self.samples.labels[i] for i in every], dtype=torch.int64)
+        whole.targets = whole.labels
+        if self.multi_label_classes is not None:
+            whole.targets = multi_hot([self.samples.label_sets[i] for i in every], self.multi_label_classes)
+        return whole
 
     @property
     def streaming(self) -> bool:
@@ -333,40 +352,52 @@ def _cache_kind(cfg: Config, spec: DataSpec) -> str:
     return kind
 
 
+def _decoded(cfg: Config, spec: DataSpec, samples: Samples, kind: str) -> DecodedImages | None:
+    """``samples`` decoded once into the cache, unless ``kind`` is none (in a DDP run local rank 0
+    builds a cache on disk before the others read it)."""
+    if kind == "none":
+        return None
+    with distributed.main_first(shared=kind != "ram"):
+        decoded = decode_all(
+            samples,
+            spec.image_size,
+            spec.channels,
+            kind=kind,
+            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            workers=cpu_count(),
+            fit=spec.fit,
+        )
+    console.log(f"cache {samples.name}: {decoded.describe()}")
+    return decoded
+
+
 def _datasets(
     cfg: Config, spec: DataSpec, *, kind: str, augment, batch_augment: BatchAugment | None
 ) -> tuple[ImageDataset, ImageDataset]:
-    """Both splits as datasets, decoded once into the cache unless ``kind`` is none (in a DDP
-    run local rank 0 builds a cache on disk before the others read it)."""
-    cached = kind != "none"
+    """Both splits as datasets, decoded once into the cache unless ``kind`` is none. A fold's
+    splits (``data.folds``) are rows of one pool, decoded once for every fold."""
     crop = cfg.data.augment.random_resized_crop
-    datasets = []
+    pool = spec.fold_pool
     multi = len(spec.classes) if spec.multi_label else None
-    for split in (spec.train, spec.val):
-        decoded = None
-        if cached:
-            with distributed.main_first(shared=kind != "ram"):
-                decoded = decode_all(
-                    split,
-                    spec.image_size,
-                    spec.channels,
-                    kind=kind,
-                    cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-                    workers=cpu_count(),
-                    fit=spec.fit,
-                )
-            console.log(f"cache {split.name}: {decoded.describe()}")
+    if pool is not None:
+        decoded = _decoded(cfg, spec, pool.samples, kind)
+        parts = [(pool.samples, decoded, pool.train_rows), (pool.samples, decoded, pool.val_rows)]
+    else:
+        parts = [(split, _decoded(cfg, spec, split, kind), None) for split in (spec.train, spec.val)]
+    datasets = []
+    for (samples, decoded, rows), training in zip(parts, (True, False)):
         datasets.append(
             ImageDataset(
-                split,
+                samples,
                 spec.image_size,
                 spec.channels,
                 decoded=decoded,
-                augment=augment if split is spec.train else None,
-                seeds=batch_augment is not None and split is spec.train,
+                augment=augment if training else None,
+                seeds=batch_augment is not None and training,
                 multi_label_classes=multi,
-                crop_min_area=crop[0] if crop and split is spec.train else None,
+                crop_min_area=crop[0] if crop and training else None,
                 fit=spec.fit,
+                rows=rows,
             )
         )
     return datasets[0], datasets[1]

@@ -22,6 +22,8 @@ Read it from :func:`cnnzoo.training.run.train` down:
   :mod:`~cnnzoo.training.feature_cache`: the frozen-feature cache they read.
 * :mod:`~cnnzoo.training.lr_find`: ``lr-find``, the learning-rate range test.
 * :mod:`~cnnzoo.training.sweep`: ``sweep``, grid or random sweeps and their comparison.
+* :mod:`~cnnzoo.training.crossval`: ``train --folds K``, k-fold cross-validation (a run per fold,
+  cv.json, oof.csv, the final model on all the images).
 * :mod:`~cnnzoo.training.defaults`: what ``train --data X`` trains with no config, and ``--model``.
 
 Under torchrun the same code runs in every process; :mod:`cnnzoo.runtime.distributed` holds

@@ -35,7 +35,7 @@ from ..config import AugmentConfig
 from ..console import console
 from ..data import loaders as loaders_mod
 from ..data import preprocess
-from ..data.cache import cached_array
+from ..data.cache import cached_array, keeping
 from ..errors import DataError, shape_text
 from ..files import cache_home
 from ..model.backbones import Backbone
@@ -211,13 +211,15 @@ def build(
     if not _chain_matches(p, probe):
         return None
     shape = (n, len(flips), *p.prefix(probe).shape[1:])
-    path = None
-    if setting in ("disk", "auto"):  # auto: reused across runs, and the OS keeps it in memory
+    path, key = None, None
+    on_disk = setting in ("disk", "auto")  # auto: reused across runs, and the OS keeps it in memory
+    if on_disk or keeping():
         fitted = "" if dataset.fit == preprocess.SQUASH else f"|{dataset.fit}"  # squash: the keys made before
         images = f"{dataset.samples.fingerprint()}|{dataset.size}|{dataset.channels}{fitted}"
         key = hashlib.sha1(
             f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|{_weights_digest(p)}".encode()
         ).hexdigest()[:20]
+    if on_disk:
         folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
         path = folder / f"features-{split}-{key}.npy"
 
@@ -230,7 +232,8 @@ def build(
         _check_finite(store, dataset)
         return {}
 
-    cached = cached_array(path, shape, np.float32, key="data.feature_cache", fill=fill)
+    content = f"features|{split}|{key}" if key else None
+    cached = cached_array(path, shape, np.float32, key="data.feature_cache", fill=fill, content=content)
     return FeatureStore(cached.tensor, cached.location, 0.0 if cached.reused else time.perf_counter() - start)
 
 
@@ -280,18 +283,33 @@ class FeatureDataset(torch.utils.data.Dataset):
         labels: torch.Tensor,
         flips: list[tuple[bool, bool]],
         flip_p: tuple[float, float] = (0.0, 0.0),
+        *,
+        rows: torch.Tensor | None = None,
     ):
+        """``rows``: the store's row of each image (a fold's images in its pool's store), in order by default."""
         self.features, self.labels, self.flips, self.flip_p = store.features, labels, flips, flip_p
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitems__(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.tensor([i for i, _ in pairs], dtype=torch.int64)
+        stored = positions if self.rows is None else self.rows[positions]
         versions = torch.zeros(len(pairs), dtype=torch.int64)
         if len(self.flips) > 1:
             g = torch.Generator().manual_seed(pairs[0][1])
             draws = torch.rand(len(pairs), 2, generator=g) < torch.tensor(self.flip_p)
             lookup = {flip: k for k, flip in enumerate(self.flips)}  # holds every flip whose p > 0
             versions = torch.tensor([lookup[(bool(h), bool(v))] for h, v in draws.tolist()], dtype=torch.int64)
-        return self.features[positions, versions].contiguous(), self.labels[positions]
+        return self.features[stored, versions].contiguous(), self.labels[positions]
+
+
+def store_rows(dataset: loaders_mod.ImageDataset) -> torch.Tensor | None:
+    """Where each image of ``dataset`` is in the store built over ``dataset.whole()``: None when
+    that is the dataset itself, else the positions of its images among the whole pool's."""
+    whole = dataset.whole()
+    if whole is dataset:
+        return None
+    at = {row: k for k, row in enumerate(whole.indices)}
+    return torch.tensor([at[row] for row in dataset.indices], dtype=torch.int64)

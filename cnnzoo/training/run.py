@@ -27,6 +27,7 @@ from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
+from . import crossval
 from .callbacks import Checkpoints, make_callbacks
 from .ema import WeightAverage
 from .events import Callback, EpochEnd
@@ -169,12 +170,16 @@ def disk_full_error(run_dir: Path, saved_epoch: int | None) -> UserError:
     )
 
 
-def prepare(config: Any, overrides: list[str], *, out: str | Path, resume: str | Path | None) -> Job:
+def prepare(
+    config: Any, overrides: list[str], *, out: str | Path, resume: str | Path | None, run_dir: Path | None = None
+) -> Job:
     """Resolve the config, build the parts and the schedule, open the run folder, apply a resume.
+    ``run_dir``: the folder a new run writes (a k-fold run's fold), else the next ``<out>/<name>/<N>``.
 
     In a DDP run every process prepares the same job; only rank 0 opens the run folder.
     """
-    cfg, state, run_dir = _load_run_config(config, overrides, resume)
+    cfg, state, resumed_dir = _load_run_config(config, overrides, resume)
+    run_dir = resumed_dir or run_dir
     t = cfg.train
     ctx, dev = distributed.setup(pick_device(t.device), t.ddp_timeout)
     seed_everything(cfg.seed)
@@ -408,6 +413,8 @@ def train(
     out: str | Path = "runs",
     quiet: bool = False,
     resume: str | Path | None = None,
+    folds: int | None = None,
+    final: bool = True,
     **settings: Any,
 ) -> Path:
     """Train from a YAML path, mapping or Config; return the run folder.
@@ -415,15 +422,26 @@ def train(
     ``overrides`` are ``"dotted.key=value"`` strings (or a mapping); keyword arguments
     are overrides too, with ``__`` for dots: ``train("c.yaml", train__epochs=3)``.
     ``resume`` continues from a ``last.pt``: its run folder, config and states.
+    ``folds``: k-fold cross-validation (:mod:`cnnzoo.training.crossval`), one run per fold in
+    ``RUN/fold-N``, ``cv.json`` and ``oof.csv``, then (``final``) a model trained on all the images.
     Started by torchrun, each process trains its share (see :mod:`cnnzoo.runtime.distributed`).
     """
     override_list = _overrides_from(overrides, settings)
     if device:
         override_list.append(f"train.device={device}")
     with console.scoped(quiet):
-        try:
-            run_dir = fit(prepare(config, override_list, out=out, resume=resume))
-            distributed.barrier()  # no process leaves the group while another still uses it
-            return run_dir
-        finally:
-            distributed.teardown()
+        if folds is not None:
+            crossval.refuse_folds_with(resume=resume, distributed=crossval.in_distributed_run())
+            return crossval.cross_validate(config, override_list, k=folds, out=out, final=final, one_run=_one_run)
+        return _one_run(config, override_list, out=out, resume=resume)
+
+
+def _one_run(
+    config: Any, overrides: list[str], *, out: str | Path = "runs", resume: Any = None, run_dir: Path | None = None
+) -> Path:
+    try:
+        run_dir = fit(prepare(config, overrides, out=out, resume=resume, run_dir=run_dir))
+        distributed.barrier()  # no process leaves the group while another still uses it
+        return run_dir
+    finally:
+        distributed.teardown()

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..model.backbones import backbone_of, trainable_stages
 from ..runtime import distributed
 from ..runtime.device import Feed
-from .feature_cache import FeatureDataset, build, cache_cut
+from .feature_cache import FeatureDataset, build, cache_cut, store_rows
 from .mixing import MixSettings
 
 
@@ -164,10 +164,21 @@ class TransferStages:
             (self.loaders.train_set, "train", cached.flips, self.feed),
             (self.loaders.val_set, "validation", [(False, False)], self.feed.without_autocast()),
         ):
-            # local rank 0 writes a file on disk, the others map it
+            if stores and _same_images(self.loaders.train_set, dataset) and feed.describe() == self.feed.describe():
+                stores.append(stores[0])  # a fold's pool: validation reads the unflipped version of the same store
+                console.log(f"feature cache {name}: the training store's unflipped version (the same images)")
+                continue
+            # local rank 0 writes a file on disk, the others map it; a fold's features are those of
+            # its whole pool (data.folds), computed once for every fold
             with distributed.main_first(shared=s.feature_cache != "ram"):
                 store = build(
-                    cached, dataset, name, feed=feed, flips=flips, setting=s.feature_cache, cache_dir=s.cache_dir
+                    cached,
+                    dataset.whole(),
+                    name,
+                    feed=feed,
+                    flips=flips,
+                    setting=s.feature_cache,
+                    cache_dir=s.cache_dir,
                 )
             if store is None:
                 self.cut = 0
@@ -179,8 +190,9 @@ class TransferStages:
             console.log(f"feature cache {name} (output of the {cached.cut} frozen stages): {store.describe()}")
             stores.append(store)
         pin, shard = self.feed.device.type == "cuda", distributed.shard()
-        train_set = FeatureDataset(stores[0], self.loaders.train_set.targets, cached.flips, cached.flip_p)
-        val_set = FeatureDataset(stores[1], self.loaders.val_set.targets, [(False, False)])
+        train, val = self.loaders.train_set, self.loaders.val_set
+        train_set = FeatureDataset(stores[0], train.targets, cached.flips, cached.flip_p, rows=store_rows(train))
+        val_set = FeatureDataset(stores[1], val.targets, [(False, False)], rows=store_rows(val))
         return (
             cached.suffix(),
             loaders_mod.make_loader(
@@ -197,3 +209,8 @@ class TransferStages:
                 val_set, s.batch_size * 2, shuffle=False, seed=s.seed, workers=0, pin_memory=pin, shard=shard
             ),
         )
+
+
+def _same_images(train: loaders_mod.ImageDataset, val: loaders_mod.ImageDataset) -> bool:
+    """Whether both splits are rows of one pool (``data.folds``), whose features are computed once."""
+    return train.samples is val.samples and train.whole().indices == val.whole().indices

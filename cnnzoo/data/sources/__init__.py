@@ -10,7 +10,8 @@ order training, ``evaluate --data``, ``data check`` and ``summary`` share. Addin
 module with one :class:`~.base.Source` subclass and one :func:`register` line.
 
 :func:`load_data` resolves the whole section into a :class:`~.samples.DataSpec` (classes, splits,
-channels, size, normalisation). Floor 5 (data): imports config, console, errors and the data
+channels, size, normalisation); with ``data.folds`` and ``data.fold`` the splits are fold i of K of
+the pooled labelled images (:mod:`.fold_split`). Floor 5 (data): imports config, console, errors and the data
 modules; torch-free.
 """
 
@@ -24,6 +25,7 @@ from ...config.schema import SOURCE_NAMES
 from ...console import console, warn
 from ...errors import ConfigError, DataError
 from .. import preprocess
+from . import fold_split
 from .base import Pretrained, Source, Splits, resolve_task
 from .folder import SPLIT_FOLDERS, FolderSource, check_layout, class_dirs, scan_folder, split_from_folder
 from .hf_source import HFSource, hf_split
@@ -173,12 +175,13 @@ def load_data(
     else does, and normalises it (``data.normalize: auto``)."""
     d = cfg.data
     found, name = _splits(cfg, [] if missing_ok else None, task)
-    train, root_text, skipped = found.train, found.where, found.skipped
-    if task == "multi" and train.label_sets is None:
+    if task == "multi" and found.train.label_sets is None:
         raise ConfigError(
             f"train.task: multi needs a manifest (a CSV with space-separated tags, or 0/1 columns); "
-            f"{root_text} gives one class per image"
+            f"{found.where} gives one class per image"
         )
+    found, pool = fold_split.held_out_fold(found, d, seed=cfg.seed, task=task)  # data.folds: fold i of K
+    train, root_text, skipped = found.train, found.where, found.skipped
     if skipped:
         warn(
             f"skipped {skipped} file{' that is' if skipped == 1 else 's that are'} not images "
@@ -210,11 +213,13 @@ def load_data(
         saved_source=source_name(d),
         saved_root=root_text if source_name(d) == "folder" and d.root else d.root,
         split_rule=split_rule(cfg, name, root_text if d.root else None),
+        fold_pool=pool,
         **found.kind,
     )
 
 
-SPLIT_KEYS = ("val_fraction", "image_column", "label_column", "images_dir")  # the data keys a split depends on
+# the data keys a split depends on (folds and fold since k-fold training; a model without them had none)
+SPLIT_KEYS = ("val_fraction", "image_column", "label_column", "images_dir", "folds", "fold")
 
 
 def split_rule(cfg: Config, source: str, root: str | None) -> dict[str, Any]:

@@ -81,6 +81,24 @@ class Samples:
         """The kind's own fields for the images at ``keep``."""
         raise NotImplementedError
 
+    def joined(self, other: Samples, name: str) -> Samples:
+        """This split's images followed by ``other``'s (same kind): the pool k-fold splits."""
+        sets = None if self.label_sets is None or other.label_sets is None else self.label_sets + other.label_sets
+        return dataclasses.replace(
+            self,
+            name=name,
+            labels=self.labels + other.labels,
+            label_sets=sets,
+            _fingerprint=None,
+            **self._joined(other),
+        )
+
+    def _joined(self, other: Samples) -> dict[str, Any]:
+        """The kind's own fields for this split's images followed by ``other``'s."""
+        raise DataError(
+            f"data.folds: the {self.name} and {other.name} splits of this source cannot be pooled into folds"
+        )
+
     def fingerprint(self) -> str:
         """Changes when any image's name, label or content changes (see each kind's ``_hash``); kept
         while no file's status changes, so that the image cache and the feature cache of one run
@@ -120,6 +138,11 @@ class FileSamples(Samples):
 
     def _picked(self, keep: list[int]) -> dict[str, Any]:
         return {"paths": [self.paths[i] for i in keep]}
+
+    def _joined(self, other: Samples) -> dict[str, Any]:
+        if not isinstance(other, FileSamples):
+            return super()._joined(other)
+        return {"paths": self.paths + other.paths}
 
     def _status(self) -> Any:
         # any write changes a file's ctime, which no tool sets back
@@ -176,6 +199,14 @@ class ArraySamples(Samples):
     def _picked(self, keep: list[int]) -> dict[str, Any]:
         return {"array": self.array[keep]}
 
+    def _joined(self, other: Samples) -> dict[str, Any]:
+        if not (self.decoded and isinstance(other, ArraySamples) and other.decoded):
+            raise DataError(
+                f"data.folds: {self.origin}'s images are decoded on access (a Hugging Face dataset), so its splits "
+                f"cannot be pooled into folds; export it as image files (a folder or a manifest) first"
+            )
+        return {"array": np.concatenate([self.array, other.array]), "origin": f"{self.origin}+{other.origin}"}
+
     def encoded(self, i: int) -> tuple[str, bytes] | None:
         """The image as PNG."""
         buffer = io.BytesIO()
@@ -210,6 +241,12 @@ class ShardSamples(Samples):
 
     def subset(self, keep: list[int]) -> Samples:
         raise DataError(f"{self.name}: a split of WebDataset shards cannot be subset; split the shards instead")
+
+    def joined(self, other: Samples, name: str) -> Samples:
+        raise DataError(
+            "data.folds: WebDataset shards are streamed, so they cannot be split into folds; use the images "
+            "they were made from (a folder or a manifest)"
+        )
 
     def fingerprint(self) -> str:
         """Names, sizes and times: hashing terabytes of shards is not on."""
@@ -246,6 +283,7 @@ class DataSpec:
     saved_source: str | None = None  # data.source as the saved config records it (as read: folder for user data)
     digest: str | None = None  # a manifest's file digest (manifest.file_digest), to know it again
     split_rule: dict[str, Any] = field(default_factory=dict)  # how the data was read and split (see meta)
+    fold_pool: Any = None  # data.folds: the pooled images train and val are rows of (sources.fold_split.FoldPool)
 
     @property
     def fit(self) -> preprocess.Fit:
