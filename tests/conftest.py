@@ -35,6 +35,8 @@ TRAINING_FIXTURES = {
     "kaggle_run",
     "shaped",
     "quickstart_run",
+    "calibrated",
+    "uncalibrated",
 }
 
 
