@@ -122,10 +122,13 @@ def calibrate_run(run_dir: str | Path, method: str, *, device: str | None = None
         console.log("calibration: skipped: the validation split has no images to fit a temperature on")
         return None
     record = calibration_record(scored, fit_temperature(scored.logits, scored.labels, multi_label=_multi(scored)))
-    epoch = ckpt_io.load_checkpoint(best).get("epoch")
-    _store(best, record)
-    last = Path(run_dir) / "last.pt"
-    also = " and last.pt" if last.is_file() and _store(last, record, epoch=epoch) else ""
+    epoch, last = ckpt_io.load_checkpoint(best).get("epoch"), Path(run_dir) / "last.pt"
+    try:  # each file is replaced whole or left as it was (a full disk included)
+        _store(best, record)
+        also = " and last.pt" if last.is_file() and _store(last, record, epoch=epoch) else ""
+    except OSError as exc:
+        console.warn(f"calibration: not stored in {best.parent} ({exc.strerror or exc}); best.pt keeps the raw softmax")
+        return None
     t = record["temperature"]
     said = f"temperature {t:.3f}" if isinstance(t, float) else f"temperatures {min(t):.3f}-{max(t):.3f} (one per class)"
     console.log(
