@@ -5,7 +5,8 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
 
 * ``model_state``, ``layers`` (the resolved layer list, to rebuild without tracing),
 * ``meta``: classes, channels, image_size, mean, std, loss (everything ``predict`` needs), and for a
-  multi-label model ``task: multi`` and ``thresholds`` (one per class),
+  multi-label model ``task: multi`` and ``thresholds`` (one per class), and (optional)
+  ``calibration``, the temperature fitted on the validation split after training,
 * ``config`` (fully resolved), ``epoch``, ``metrics``,
 * in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``trainer`` (earlier versions also
   saved ``rng``, which nothing reads: every epoch reseeds from (seed, epoch); such files still load).
@@ -281,6 +282,7 @@ MAX_CLASSES = 1_000_000
 # meta.resize: data.resize (preprocess.RESIZE_MODES), or bilinear, which files written before
 # data.resize carry and which means squash; absent means squash too
 RESIZE_MODES = ("squash", "letterbox", "crop", "bilinear")
+TEMPERATURES = (1e-6, 1e6)  # meta.calibration.temperature: past either end, every answer is all-or-nothing or uniform
 TASK_OF_LOSS = {"cross_entropy": "single", "bce": "single", "bce_multi_label": "multi"}  # recipe.loss_kind's
 
 
@@ -328,6 +330,7 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
         if value is not None and (not isinstance(value, wanted) or isinstance(value, bool)):
             raise bad(f"data.{key}", f"should be {words} or absent")
     _check_task(meta, bad)
+    _check_calibration(meta, bad)
 
 
 def _check_task(meta: dict[str, Any], bad: Any) -> None:
@@ -351,6 +354,27 @@ def _check_task(meta: dict[str, Any], bad: Any) -> None:
         and all(_is_number(v) and 0 <= v <= 1 for v in thresholds)
     ):
         raise bad("thresholds", f"should be {len(classes)} numbers in [0, 1], one per class")
+
+
+def _check_calibration(meta: dict[str, Any], bad: Any) -> None:
+    """``calibration`` (optional: models trained with ``train.calibrate: none`` or before it have
+    none) holds the temperature the logits are divided by: a finite number > 0, or for a
+    multi-label model one per class."""
+    calibration = meta.get("calibration")
+    if calibration is None:
+        return
+    if not isinstance(calibration, dict) or calibration.get("method") != "temperature":
+        raise bad("calibration", "should be the record training writes: {method: temperature, temperature: T}")
+    value, classes = calibration.get("temperature"), meta["classes"]
+    per_class = meta.get("task") == "multi" and isinstance(value, list)
+    values = value if per_class else [value]
+    if not (
+        (not per_class or len(values) == len(classes))
+        and all(_is_number(v) and TEMPERATURES[0] <= v <= TEMPERATURES[1] for v in values)
+    ):
+        many = f", or {len(classes)} of them (one per class)" if meta.get("task") == "multi" else ""
+        low, high = TEMPERATURES
+        raise bad("calibration.temperature", f"should be a number from {low:g} to {high:g}{many}")
 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:

@@ -36,6 +36,8 @@ TRAINING_FIXTURES = {
     "shaped",
     "quickstart_run",
     "kfold",
+    "calibrated",
+    "uncalibrated",
 }
 
 

@@ -175,6 +175,8 @@ def test_two_processes_train_write_once_and_match_evaluation(ddp_folder):
     for epoch in (1, 2):  # every line once: only rank 0 prints
         assert done.stdout.count(f"epoch   {epoch}/2") == 1, done.stdout
     assert done.stdout.count("run folder:") == 1
+    assert done.stdout.count("calibration: temperature") == 1  # fitted and written by rank 0 alone
+    assert torch.load(run / "best.pt", weights_only=True)["meta"]["calibration"]["images"] == 11
     assert "2 processes" in done.stdout and "auto -> disk" in done.stdout
     assert len(list((ddp_folder / "home" / "cache").glob("train-*.npy"))) == 1  # the image cache, built once
     rows = metric_rows(run)

@@ -128,6 +128,21 @@ def _inputs(folder: Path) -> ReportInputs:
     )
 
 
+def test_a_calibrated_models_page_draws_the_reliability_before_and_after(tmp_path):
+    """With the probabilities before the temperature (``uncalibrated``), the page draws two diagrams
+    and gives both errors; without them, one diagram, as before calibration existed."""
+    inputs = _inputs(tmp_path / "images")
+    sharper = np.exp(3 * np.log(PROBS))
+    inputs.uncalibrated = sharper / sharper.sum(axis=1, keepdims=True)
+    page = write_report_html(tmp_path / "calibrated.html", inputs).read_text()
+    before = analysis.calibration_error(inputs.uncalibrated, LABELS)
+    assert f'<span id="ece-uncalibrated">{100 * before:.2f}%</span> before, 22.00% after' in page
+    assert 'alt="reliability before calibration"' in page and 'alt="reliability after calibration"' in page
+    inputs.uncalibrated = None
+    plain = write_report_html(tmp_path / "plain.html", inputs).read_text()
+    assert "ece-uncalibrated" not in plain and plain.count('alt="reliability') == 1
+
+
 def test_the_page_renders_with_every_picture_embedded_and_no_request(tmp_path):
     from selenium.webdriver.common.by import By
 

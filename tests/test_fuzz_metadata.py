@@ -114,7 +114,7 @@ def test_a_checkpoint_task_is_checked_against_its_config_when_meta_has_no_loss(t
 
 KEYS = [
     "classes", "channels", "image_size", "mean", "std", "task", "thresholds", "loss", "outputs",
-    "resize", "int8", "data_root", "data", "epoch", "metrics", "cnnzoo_version", "unknown_key",
+    "resize", "int8", "data_root", "data", "epoch", "metrics", "cnnzoo_version", "unknown_key", "calibration",
 ]  # fmt: skip
 
 
@@ -136,6 +136,7 @@ VALUES = [
     {"a": 1}, {}, {"scheme": "x"}, _deep(5), DEEP, [str(i) for i in range(100_000)],
     "squash", "letterbox", "crop", 2, 4, {"source": "manifest", "digest": 5, "seed": "x"},
     {"source": "pipe:sh", "root": ["a"], "val_fraction": math.nan},
+    {"method": "temperature", "temperature": 0.7}, {"method": "temperature", "temperature": [1e-300, 2.0]},
 ]  # fmt: skip
 CONTRADICTIONS = [{"task": "multi", "thresholds": [0.5, 0.5]}, {"loss": "bce_multi_label"}]
 

@@ -63,6 +63,7 @@ def test_int8_export_carries_the_metadata_and_reports_what_predict_gives(trained
     assert not trained.best.with_name("best.onnx").exists()  # the FP32 graph was a temporary
     meta, plain = _metadata(quantized.path), _metadata(fp32.path)
     assert {k: v for k, v in meta.items() if k != "int8"} == plain
+    assert meta["calibration"]["temperature"] == inference.load(trained.best).temperature  # calibrated alike
     assert meta["int8"]["calibration_images"] == 48 == report.calibration_images  # all 48 < 256
     assert meta["int8"]["int8_accuracy"] == report.int8_accuracy
     images = _validation(trained)

@@ -19,6 +19,7 @@ from cnnzoo.data.shapes import write_multi_label_shapes
 from cnnzoo.data.sources import load_data
 from cnnzoo.errors import ConfigError, DataError
 from cnnzoo.evaluation import multilabel
+from cnnzoo.inference.classifier import calibrated_thresholds, temperature_of
 from cnnzoo.training.recipe import MULTI_LABEL_LOSS, Criterion, loss_kind, pos_weight_vector
 
 from support.cli import one_error_line, run_cnnzoo
@@ -239,7 +240,9 @@ def test_the_python_api_predicts_a_manifest_as_predict_tta_threshold_data_does(t
                                if r["probabilities"][c] >= 0.3] for r in got.records if r["top_k"])  # fmt: skip
     submission = run_cnnzoo(["predict", *options, "--csv"], tmp_path).stdout
     assert model.csv(json.loads(cli.stdout), 2, image_header=got.image_column) == submission
-    assert model.tta is False and model.thresholds == model.meta["thresholds"]  # nothing set from outside
+    # nothing set from outside: its own thresholds, moved only by its calibration
+    assert model.tta is False
+    assert model.thresholds == calibrated_thresholds(model.meta["thresholds"], temperature_of(model.meta))
     plain = model.predict([str(p) for p in [path.parent / names[0]]], 2)[0]
     assert plain["probability"] != pytest.approx(got.records[2]["probability"], abs=1e-9)  # TTA changed it
     with pytest.raises(cnnzoo.UserError, match="a/gone.png: cannot read image"):
@@ -370,7 +373,9 @@ def test_predict_evaluate_and_the_onnx_export_of_a_multi_label_model(shapes_run)
     base, manifest, run = shapes_run
     images = sorted((manifest.parent / "images").glob("validation_*.png"))[:6]
     records = _json(run_cnnzoo(["predict", "-m", run / "best.pt", "--json", *images], base))
-    thresholds = dict(zip(SHAPES, torch.load(run / "best.pt", weights_only=True)["meta"]["thresholds"]))
+    # the thresholds training chose, where the calibrated sigmoids cross them (issue 31: labels unchanged)
+    meta = torch.load(run / "best.pt", weights_only=True)["meta"]
+    thresholds = dict(zip(SHAPES, calibrated_thresholds(meta["thresholds"], temperature_of(meta))))
     for r in records:
         p = r["probabilities"]
         assert set(p) == set(SHAPES) and r["labels"] == sorted(

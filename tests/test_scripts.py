@@ -184,3 +184,11 @@ def test_compare_resize_prints_a_row_per_mode_on_the_thin_objects(tmp_path):
     assert "thin objects: 6 classes, 4 train and 2 validation pictures each" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("letterbox", "crop"))]
     assert [r[0] for r in rows] == ["letterbox", "crop"] and all(len(r) == 6 for r in rows)
+
+
+def test_bench_calibration_prints_the_model_and_the_probe_before_and_after(trained, tmp_path):
+    args = ["--run", trained.run_dir, "--heldout", trained.root / "validation"]
+    out = run_script([ROOT / "scripts" / "bench_calibration.py", *args], tmp_path)
+    assert "held-out images: 8 from" in out and "ECE before" in out and "ECE after" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("model ", "probe "))}
+    assert set(rows) == {"model", "probe"} and all(len(r) == 5 and r[1].endswith("%") for r in rows.values())

@@ -47,6 +47,7 @@ def test_tflite_export_matches_the_checkpoint_and_carries_the_metadata(trained, 
     assert model.format == "tflite" and model.classes == ["a", "b", "c"]
     reference = Model(load_checkpoint(trained.best), device="cpu")
     assert model.meta == json.loads(json.dumps(metadata(reference), default=str))
+    assert reference.temperature is not None and model.temperature == reference.temperature  # calibrated alike
     details = model.interpreter.get_input_details()[0]
     assert list(details["shape"]) == [1, 16, 16, 3]  # one image, channels last
     images = _images(trained)

@@ -304,6 +304,10 @@ class TrainConfig:
         0.5, low=0, high=1, open_low=True, open_high=True, words="a probability in (0, 1) or tuned")
     """Multi-label: the probability at which a class is predicted present; tuned picks, per class, the
     threshold that maximises F1 on the validation split (kept in the checkpoint)."""
+    calibrate: Literal["temperature", "none"] = "temperature"
+    """After training, fit a temperature on the validation split so that the probabilities mean what
+    they say (one per class for multi-label), kept in best.pt and every export: `temperature` or
+    `none` ([Calibration](../calibration.md))."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

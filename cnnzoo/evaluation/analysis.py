@@ -60,6 +60,24 @@ def expected_calibration_error(bins: Sequence[CalibrationBin]) -> float:
     return sum(b.count * abs(b.accuracy - b.confidence) for b in bins) / total
 
 
+def confidence_and_correct(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a reliability diagram bins: each image's top-1 probability and whether its top class is
+    right; with multi-hot labels [N, K], each (image, class) pair's yes/no answer at 0.5, its
+    confidence the larger of p and 1 - p."""
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+    if labels.ndim == 2:
+        yes = probabilities >= 0.5
+        return np.where(yes, probabilities, 1 - probabilities).ravel(), (yes == (labels > 0.5)).ravel()
+    return probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+
+
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """The expected calibration error of these probabilities (:func:`confidence_and_correct`,
+    :func:`expected_calibration_error` over ``bins`` equal bins)."""
+    confidence, correct = confidence_and_correct(probabilities, labels)
+    return expected_calibration_error(calibration_bins(confidence, correct, bins))
+
+
 def most_confused(matrix: Sequence[Sequence[int]], limit: int = 10) -> list[tuple[int, int, int]]:
     """(true class, predicted class, count) of the off-diagonal cells with a count, the largest
     first; ties in class order."""

@@ -60,6 +60,7 @@ def score_checkpoint(
         "fit": model.fit,
         "about": about,
         "thresholds": thresholds,
+        "temperature": model.temperature,
     }
     size, channels, cuda = model.image_size, model.channels, model.device.type == "cuda"
     loader, by_position = sources.scoring_loader(

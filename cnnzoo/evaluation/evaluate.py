@@ -29,6 +29,7 @@ from ..inference.classifier import probabilities
 from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
 from . import multilabel, scores
+from .analysis import calibration_error
 from .page import ReportInputs, write_report_html
 from .splits import Scored, check_split, export_config, export_data, samples_for, trained_rule
 from .streams import stream_batches
@@ -59,6 +60,7 @@ def format_report(report: dict[str, Any]) -> str:
     out = [
         heading,
         f"loss {report['loss']:.4f}   accuracy {100 * report['accuracy']:.2f}%{top_k}",
+        *_calibration_line(report),
         "",
         f"{'class':<{width}}  precision  recall      f1  support",
     ]
@@ -77,6 +79,21 @@ def format_report(report: dict[str, Any]) -> str:
         _table(report["confusion_matrix"], classes),
     ]
     return "\n".join(out)
+
+
+def _calibration_line(report: dict[str, Any]) -> list[str]:
+    """The expected calibration error as served, and without the model's temperature when it has one
+    (none for a report without it)."""
+    if "ece" not in report:
+        return []
+    t = report.get("temperature")
+    if t is None:
+        return [f"expected calibration error {100 * report['ece']:.2f}% (not calibrated)"]
+    said = f"temperature {t:.3f}" if isinstance(t, float) else "a temperature per class"
+    return [
+        f"expected calibration error {100 * report['ece']:.2f}% "
+        f"(calibrated, {said}; {100 * report['ece_uncalibrated']:.2f}% without it)"
+    ]
 
 
 def _model_words(report: dict[str, Any]) -> str:
@@ -121,12 +138,13 @@ def evaluate(
     out_dir = Path(out) if out else default_out(scored.about)
     if scored.thresholds is not None:
         return _multi_label_report(scored, out_dir)
-    probs = probabilities(scored.logits)  # the one rule every format's predictions follow
+    probs = probabilities(scored.logits, temperature=scored.temperature)  # the one rule every format follows
     report = {
         **scored.about,
         "data": scored.where,
         "split": scored.samples.name,
         **scores.summary(scored.logits, probs, scored.labels, scored.classes, top_k),
+        **calibration_fields(scored, probs),
     }
     if html_report and scored.rows is None:
         console.log(
@@ -140,7 +158,8 @@ def evaluate(
 def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:
     """A multi-label model's report (:func:`cnnzoo.evaluation.multilabel.report_fields`, its loss)
     and files: eval.json and pr_curves.png (a precision-recall curve per class, its threshold marked)."""
-    probs = probabilities(scored.logits, multi_label=True)  # a sigmoid per class, as predict and training compute it
+    # a sigmoid per class, as predict and training compute it (calibrated, with thresholds to match)
+    probs = probabilities(scored.logits, multi_label=True, temperature=scored.temperature)
     truth = scored.labels
     report = {
         **scored.about,
@@ -148,6 +167,7 @@ def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:
         "split": scored.samples.name,
         **multilabel.report_fields(probs, truth, scored.thresholds, scored.classes),
         "loss": scores.loss_sum(scored.logits, truth) / len(truth),
+        **calibration_fields(scored, probs),
     }
     curves, points = {}, {}
     for k, name in enumerate(report["classes"]):
@@ -166,6 +186,20 @@ def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:
         ) from None
     report["outputs"] = [str(out_dir / "eval.json"), str(out_dir / "pr_curves.png")]
     return report
+
+
+def calibration_fields(scored: Scored, probs: np.ndarray) -> dict[str, Any]:
+    """``ece``: the expected calibration error of the probabilities as the model serves them
+    (``probs``: divided by its temperature, when it carries one); ``ece_uncalibrated``: of the raw
+    softmax (or sigmoids); ``temperature``: the model's (None without one)."""
+    multi = scored.thresholds is not None
+    raw = probabilities(scored.logits, multi_label=multi) if scored.temperature is not None else probs
+    t = scored.temperature
+    return {
+        "ece": calibration_error(probs, scored.labels),
+        "ece_uncalibrated": calibration_error(raw, scored.labels),
+        "temperature": t.tolist() if isinstance(t, np.ndarray) else t,
+    }
 
 
 def default_out(about: dict[str, Any]) -> Path:
@@ -222,6 +256,7 @@ def score_export(
         fit=model.fit,
         about=about,
         thresholds=list(model.thresholds) if multi else None,
+        temperature=model.temperature,
     )
 
 
@@ -265,6 +300,7 @@ def _page_inputs(report: dict[str, Any], probs: np.ndarray, scored: Scored) -> R
         scores=report,
         # explain needs the checkpoint (gradients); the command works from any folder
         explain_model=str(Path(checkpoint).resolve()) if checkpoint else None,
+        uncalibrated=probabilities(scored.logits) if scored.temperature is not None else None,
     )
 
 

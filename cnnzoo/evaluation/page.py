@@ -46,6 +46,7 @@ class ReportInputs:
     scores: dict[str, Any]  # evaluate's report: per_class, averages, confusion_matrix, accuracy
     explain_model: str | None = None  # the checkpoint ``cnnzoo explain`` takes; None: no command
     confusion_png: bytes | None = None  # the confusion matrix already drawn (confusion_matrix.png)
+    uncalibrated: np.ndarray | None = None  # a calibrated model's probabilities without its temperature
 
 
 def _thumbnail(inputs: ReportInputs, row: int, caption: str) -> str:
@@ -117,9 +118,9 @@ def _top_losses(inputs: ReportInputs, losses: np.ndarray) -> str:
     return f'<table id="top-losses">{"".join(rows)}</table>'
 
 
-def reliability_png(bins: list[analysis.CalibrationBin], ece: float) -> bytes:
+def reliability_png(bins: list[analysis.CalibrationBin], ece: float, which: str = "") -> bytes:
     """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many
-    images each bin holds."""
+    images each bin holds; ``which`` names the probabilities in the title (before or after calibration)."""
     plt = pyplot()
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
     centres = [(b.low + b.high) / 2 for b in bins]
@@ -127,12 +128,36 @@ def reliability_png(bins: list[analysis.CalibrationBin], ece: float) -> bytes:
     filled = [b for b in bins if b.count]
     ax.bar([(b.low + b.high) / 2 for b in filled], [b.accuracy for b in filled], width=width, edgecolor="black")
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
-    ax.set(ylabel="accuracy", title=f"reliability: ECE {100 * ece:.2f}%", ylim=(0, 1))
+    ax.set(ylabel="accuracy", title=f"reliability{f' {which}' if which else ''}: ECE {100 * ece:.2f}%", ylim=(0, 1))
     ax.legend(loc="upper left")
     ax_count.bar(centres, [b.count for b in bins], width=width, color="gray")
     ax_count.set(xlabel="confidence (top-1 probability)", ylabel="images", xlim=(0, 1))
     fig.tight_layout()
     return figure_png(fig)
+
+
+def _calibration_section(inputs: ReportInputs, bins: list[analysis.CalibrationBin], ece: float) -> str:
+    """The reliability diagram of the probabilities as served; for a calibrated model also the one
+    without its temperature (before), side by side."""
+    intro = (
+        "<h2>Calibration</h2><p>Images binned by the model's confidence; a calibrated model is right as often "
+        "as it is sure (the diagonal). The expected calibration error is the images' mean gap between the two "
+        f"({len(bins)} bins).</p>"
+    )
+    chart = lambda png, alt: embedded_img(png, alt=alt, css_class="chart")  # noqa: E731
+    if inputs.uncalibrated is None:
+        return intro + chart(reliability_png(bins, ece), "reliability diagram")
+    before = analysis.calibration_bins(*analysis.confidence_and_correct(inputs.uncalibrated, inputs.labels))
+    ece_before = analysis.expected_calibration_error(before)
+    pictures = chart(reliability_png(before, ece_before, "before"), "reliability before calibration") + chart(
+        reliability_png(bins, ece, "after"), "reliability after calibration"
+    )
+    return (
+        f"{intro}<p>The model divides its logits by the temperature fitted on the validation split after "
+        f'training: expected calibration error <span id="ece-uncalibrated">{100 * ece_before:.2f}%</span> '
+        f"before, {100 * ece:.2f}% after.</p>"
+        f'<div class="grid" id="reliability">{pictures}</div>'
+    )
 
 
 def pr_curves_png(curves: list[analysis.PRCurve], classes: list[str]) -> bytes:
@@ -184,6 +209,7 @@ def render_report(inputs: ReportInputs) -> str:
     confidence = probs.max(axis=1)
     bins = analysis.calibration_bins(confidence, predicted == labels)
     ece = analysis.expected_calibration_error(bins)
+    calibration = _calibration_section(inputs, bins, ece)
     curves = analysis.per_class_curves(probs, labels)
     confusion_png = inputs.confusion_png or figure_png(
         confusion_figure(inputs.scores["confusion_matrix"], inputs.classes, inputs.title)
@@ -205,9 +231,7 @@ loss {inputs.scores["loss"]:.4f}; expected calibration error <span id="ece">{100
 <h2>Top losses</h2><p>The {min(TOP_LOSSES, len(labels))} images the model gets most wrong (highest −log p(true class)),
 with the command that shows what the network does to each.</p>
 {_top_losses(inputs, analysis.losses(probs, labels))}
-<h2>Calibration</h2><p>Images binned by the model's confidence; a calibrated model is right as often as it is sure
-(the diagonal). The expected calibration error is the images' mean gap between the two ({len(bins)} bins).</p>
-{chart(reliability_png(bins, ece), "reliability diagram")}
+{calibration}
 <h2>Precision-recall per class</h2>{chart(pr_curves_png(curves, inputs.classes), "precision-recall curves")}
 <script>
 {ZOOM_SCRIPT}</script>

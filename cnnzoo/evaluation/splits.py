@@ -42,6 +42,7 @@ class Scored:
     about: dict  # the report's first keys: checkpoint and epoch, or model, format and epoch
     thresholds: list[float] | None = None  # a multi-label model's (labels are then multi-hot [N, classes])
     fit: preprocess.Fit = preprocess.SQUASH  # how the model's images are brought to its size
+    temperature: float | np.ndarray | None = None  # the model's calibration (meta.calibration); None: none
 
 
 def check_split(split: str | None) -> None:

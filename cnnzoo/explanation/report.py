@@ -238,7 +238,8 @@ def build_report(model, image: Any, *, target: str | None = None, cap: int = MAX
     return Report(
         image=name,
         classes=model.classes,
-        probabilities=probabilities(logits.numpy(), multi_label=model.multi_label)[0],  # multi-label: a sigmoid each
+        # multi-label: a sigmoid each; calibrated as predict serves them
+        probabilities=probabilities(logits.numpy(), multi_label=model.multi_label, temperature=model.temperature)[0],
         target=chosen,
         input_pictures=_input_pictures(array, x, model.mean, model.std),
         layers=views,

@@ -35,11 +35,17 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
-def probabilities(logits: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+def probabilities(
+    logits: np.ndarray, *, multi_label: bool = False, temperature: float | np.ndarray | None = None
+) -> np.ndarray:
     """[B, K] logits -> [B, K] softmax probabilities; a one-logit (binary) head [B, 1] -> [B, 2]
     as ``[1 - sigmoid, sigmoid]``; a multi-label model's -> a sigmoid per class (independent,
-    not summing to 1). The one rule, for every format and for evaluation."""
+    not summing to 1). The one rule, for every format and for evaluation. ``temperature`` (a
+    calibrated model's, :func:`temperature_of`) divides the logits first: one number, or one per
+    class for a multi-label model."""
     logits = np.asarray(logits, dtype=np.float32)
+    if temperature is not None:
+        logits = (logits / np.asarray(temperature, dtype=np.float32)).astype(np.float32)
     if multi_label:
         return _sigmoid(logits)
     if logits.shape[1] == 1:
@@ -48,6 +54,28 @@ def probabilities(logits: np.ndarray, *, multi_label: bool = False) -> np.ndarra
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def temperature_of(meta: dict[str, Any]) -> float | np.ndarray | None:
+    """The temperature a model's probabilities are calibrated with (``meta.calibration``, fitted
+    after training: :mod:`cnnzoo.training.calibrate`): one number, or [K] for a multi-label
+    model; None for a model without one (trained with ``train.calibrate: none``, or before it)."""
+    calibration = meta.get("calibration")
+    if not isinstance(calibration, dict) or calibration.get("temperature") is None:
+        return None
+    value = calibration["temperature"]
+    return np.asarray(value, dtype=np.float32) if isinstance(value, list) else float(value)
+
+
+def calibrated_thresholds(thresholds: list[float], temperature: float | np.ndarray | None) -> list[float]:
+    """Multi-label thresholds chosen on the raw sigmoids, moved to where the calibrated ones cross
+    them: sigmoid(logit(t) / T), so a calibrated model lists exactly the labels it listed before."""
+    if temperature is None:
+        return thresholds
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore"):  # a threshold of 0 or 1 stays where it is (logit +-inf)
+        logit = np.log(t) - np.log1p(-t)
+    return [float(v) for v in 1.0 / (1.0 + np.exp(-logit / np.asarray(temperature, dtype=np.float64)))]
 
 
 @dataclass
@@ -82,8 +110,11 @@ class Classifier:
         self.fit = preprocess.Fit.of(meta.get("resize"), self.mean)  # checked above: squash, letterbox or crop
         self.path = str(path) if path is not None else None
         self.multi_label = meta.get("task") == "multi"
-        # multi-label: a class is in ``labels`` at or above its threshold (predict --threshold sets one for all)
-        self.thresholds: list[float] = [float(v) for v in meta.get("thresholds") or [0.5] * len(self.classes)]
+        self.temperature = temperature_of(meta)  # None: the raw softmax/sigmoid (not calibrated)
+        # multi-label: a class is in ``labels`` at or above its threshold (predict --threshold sets one for all),
+        # in the calibrated probabilities' terms
+        raw = [float(v) for v in meta.get("thresholds") or [0.5] * len(self.classes)]
+        self.thresholds: list[float] = calibrated_thresholds(raw, self.temperature)
 
     @property
     def kind(self) -> str:
@@ -104,8 +135,9 @@ class Classifier:
         return self.logits_and_probabilities(pixels_hwc)[1]
 
     def logits_and_probabilities(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The network's logits [B, outputs] and class probabilities [B, classes], checked as
-        :meth:`probabilities` says (``evaluate`` needs both: the loss comes from the logits)."""
+        """The network's logits [B, outputs] (raw) and class probabilities [B, classes] (calibrated
+        when the model carries a temperature), checked as :meth:`probabilities` says (``evaluate``
+        needs both: the loss comes from the logits)."""
         logits = np.asarray(self.logits(pixels_hwc))
         if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
             raise UserError(
@@ -113,7 +145,7 @@ class Classifier:
                 f"{len(pixels_hwc)} images, but its metadata names {len(self.classes)} classes; "
                 f"a damaged or foreign {self.kind}"
             )
-        probs = probabilities(logits, multi_label=self.multi_label)
+        probs = probabilities(logits, multi_label=self.multi_label, temperature=self.temperature)
         if not np.isfinite(probs).all():
             raise UserError(
                 f"{self.path}: the network's output is not finite (NaN or infinite); "

@@ -1,5 +1,6 @@
 """A training run: :func:`train` -> :func:`prepare` (config, parts, run folder, resume) -> :func:`fit`
-(the epochs, each handed to the callbacks of :mod:`cnnzoo.training.callbacks`).
+(the epochs, each handed to the callbacks of :mod:`cnnzoo.training.callbacks`) -> the fits after
+training (:mod:`cnnzoo.training.calibrate`).
 
 Reproducibility: every epoch reseeds torch/NumPy/Python from ``(seed, epoch)``, and the data
 order and augmentation depend only on ``(seed, epoch, batch)``, so on CPU the same config gives
@@ -27,7 +28,7 @@ from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
-from . import crossval
+from . import calibrate, crossval
 from .callbacks import Checkpoints, make_callbacks
 from .ema import WeightAverage
 from .events import Callback, EpochEnd
@@ -440,8 +441,11 @@ def _one_run(
     config: Any, overrides: list[str], *, out: str | Path = "runs", resume: Any = None, run_dir: Path | None = None
 ) -> Path:
     try:
-        run_dir = fit(prepare(config, overrides, out=out, resume=resume, run_dir=run_dir))
+        job = prepare(config, overrides, out=out, resume=resume, run_dir=run_dir)
+        run_dir = fit(job)
         distributed.barrier()  # no process leaves the group while another still uses it
+        if distributed.is_main():  # rank 0 alone rewrites best.pt; no collective is used
+            calibrate.calibrate_run(run_dir, job.cfg.train.calibrate, device=job.cfg.train.device)
         return run_dir
     finally:
         distributed.teardown()
