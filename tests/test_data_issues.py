@@ -23,7 +23,7 @@ from cnnzoo.errors import ConfigError, DataError
 from cnnzoo.training import issues as issues_mod
 from cnnzoo.training.issue_features import PooledImages
 
-from support.cli import one_error_line, run_cnnzoo
+from support.cli import one_error_line, run_cnnzoo, run_script
 from support.images import make_image_tree
 
 
@@ -187,3 +187,14 @@ def test_a_config_without_a_backbone_is_refused_saying_to_use_a_transfer_config(
     done = run_cnnzoo(["data", "issues", "-c", "scratch.yaml", "--data", planted / "data", "--out", "o"], tmp_path)
     line = one_error_line(done)
     assert "no backbone layer" in line and "transfer config" in line
+
+
+@pytest.mark.slow
+def test_the_label_benchmark_prints_both_figures(planted, tmp_path):
+    folder = make_image_tree(tmp_path / "set", train={"a": 12, "b": 12, "c": 12}, validation={"a": 4, "b": 4, "c": 4})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_label_issues.py"
+    args = ["--folder", folder, "--config", planted / "tiny.yaml", "--share", "0.1", "--folds", "3"]
+    out = run_script([script, *args], tmp_path)
+    assert "5 of the labels flipped" in out
+    assert re.search(r"^data issues \(\d+ label rows.*recall@N \d+\.\d% \(\d/5\)", out, re.M)
+    assert re.search(r"^baseline .*precision@N \d+\.\d% \(\d/5\), recall@N", out, re.M)
