@@ -108,6 +108,7 @@ def main() -> None:
         base = baseline(pooled, args.folds, cfg.seed)
         base_seconds = time.perf_counter() - start
     print(f"images {report.images}, flipped N = {len(flipped)}, {report.folds} folds, backbone {report.backbone}")
+    print("issues: " + ", ".join(f"{n} {kind}" for kind, n in report.counts.items()))
     features = report.seconds["features"]
     print(f"data issues ({len(ranked)} label rows, {ours:.0f}s, features {features:.0f}s): {at_n(ranked, flipped)}")
     print(f"baseline (logistic head, self-confidence, no flips; {base_seconds:.0f}s): {at_n(base, flipped)}")

@@ -26,7 +26,7 @@ THUMBNAIL = 96
 SHOWN = 40  # rows per kind on the page (issues.csv has them all)
 TITLES = {
     "label": ("Labels that look wrong", "Out-of-fold probabilities disagree with the given label (cleanlab); "
-              "score: 1 - label quality."),
+              "score: 1 - self-confidence (the probability of the given label)."),
     "leak": ("The same image in two splits", "Feature twins in different splits; score: cosine similarity."),
     "duplicate": ("Near-duplicates", "Feature twins in one split (a resized or re-encoded copy counts); "
                   "score: cosine similarity."),
