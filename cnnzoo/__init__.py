@@ -10,6 +10,7 @@ The Python API (the CLI is a thin layer over it)::
     report = cnnzoo.evaluate(run_dir / "best.pt")      # or an export, without torch: "best.onnx"
     cnnzoo.export(run_dir / "best.pt", "onnx")          # best.onnx: cnnzoo.load() runs it without torch
     path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")
+    cnnzoo.data_issues("clothing_transfer", "images.csv")  # issues/issues.csv and issues.html
 
 Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
 not import torch.
@@ -33,6 +34,7 @@ _API = {
     "export": ("deploy.export", "export"),
     "explain": ("explanation.page", "explain"),
     "evaluate": ("evaluation.evaluate", "evaluate"),
+    "data_issues": ("training.issues", "data_issues"),
     "load_config": ("config", "load_config"),
     "build_model": ("model.layers", "build_model"),
     "summarize": ("training.inputs", "summarize"),

@@ -93,3 +93,65 @@ def shards(
     from ..training.inputs import preprocessing_for
 
     write_source(cfg, out, shard_size=shard_size, force=force, task=cfg.train.task, pretrained=preprocessing_for(cfg))
+
+
+ISSUES_SHOWN = 10  # rows of each kind printed (issues.csv has them all)
+
+
+def format_issues(report, shown: int = ISSUES_SHOWN) -> str:
+    """The first rows of each kind as an aligned table, then the counts and where the files are."""
+    header = ("kind", "score", "given", "suggested", "image")
+    rows = []
+    for kind in report.counts:
+        rows += [
+            (i.kind, f"{i.score:.3f}", i.given_label, i.suggested_label or "-", i.image)
+            for i in [i for i in report.issues if i.kind == kind][:shown]
+        ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[4] for r in [header, *rows]]
+    counts = ", ".join(f"{n} {kind}" for kind, n in report.counts.items())
+    return "\n".join(
+        [*lines, f"{report.images} images: {counts}", f"wrote {report.out}/issues.csv and {report.out}/issues.html"]
+    )
+
+
+@data_app.command("issues")
+@guarded
+def issues(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="The config whose backbone gives the features (default: clothing_transfer)."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Folder of class folders, manifest (images.csv) or Hugging Face folder (sets data.root)."
+    ),
+    folds: int = typer.Option(5, "--folds", "-k", help="Folds for the out-of-fold probabilities (2 or more)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for issues.csv and issues.html (default: a new ./issues)."
+    ),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+) -> None:
+    """Rank likely problems in a data set: wrong labels, near-duplicates, leaks between splits, outliers.
+
+    Every labelled split is pooled. A pretrained backbone (the config's) embeds each image once;
+    K logistic heads give every image probabilities from a head that never saw it, and cleanlab
+    ranks the labels they disagree with. Writes issues.csv (image,kind,given_label,suggested_label,score)
+    and issues.html (thumbnails) into --out, and prints the first rows.
+    Example:  cnnzoo data issues --data clothing/images.csv -c clothing_transfer
+    """
+    from ..training.issues import CLEANLAB_MISSING, check_out, default_out  # lazy: see cnnzoo.cli
+
+    if folds < 2:
+        raise UserError(f"--folds {folds}: out-of-fold probabilities need at least 2 folds; give 2 or more")
+    if out is not None:
+        check_out(out)
+    try:
+        import cleanlab  # noqa: F401  # lazy: an optional extra, asked for before the features' minutes
+    except ImportError:
+        raise UserError(CLEANLAB_MISSING) from None
+    from ..training.issues import data_issues  # lazy: see cnnzoo.cli
+
+    target = out if out is not None else default_out()
+    report = data_issues(
+        config if config is not None else "clothing_transfer", data, folds=folds, out=target, overrides=set_
+    )
+    typer.echo(terminal_safe(format_issues(report)))
