@@ -75,6 +75,7 @@ TORCH_FREE = {
     "cnnzoo.inference.onnx",
     "cnnzoo.inference.tflite",
     "cnnzoo.inference.inputs",
+    "cnnzoo.inference.unknown",
     "cnnzoo.evaluation",
     "cnnzoo.training",
     "cnnzoo.training.inputs",

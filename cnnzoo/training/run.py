@@ -35,6 +35,7 @@ from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
 from .transfer import TransferSettings, TransferStages
+from .unknown_fit import fit_unknown
 
 
 class TrainingInterrupted(Exception):
@@ -422,7 +423,14 @@ def train(
         override_list.append(f"train.device={device}")
     with console.scoped(quiet):
         try:
-            run_dir = fit(prepare(config, override_list, out=out, resume=resume))
+            job = prepare(config, override_list, out=out, resume=resume)
+            run_dir = fit(job)
+            if distributed.is_main():  # the unknown answer (issue 31): fitted on best.pt, stored in it
+                t = job.cfg.train
+                fit_unknown(
+                    run_dir, job.stages.loaders, settings=t.unknown, batch_size=t.batch_size * 2,
+                    multi_label=job.multi_label, device=job.feed.device,
+                )  # fmt: skip
             distributed.barrier()  # no process leaves the group while another still uses it
             return run_dir
         finally:
