@@ -102,6 +102,7 @@ TORCH_FREE = {
     "cnnzoo.data.sources.torchvision_sets",
     "cnnzoo.data.shapes",
     "cnnzoo.evaluation.evaluate",
+    "cnnzoo.evaluation.unknown_eval",
     "cnnzoo.evaluation.scores",
     "cnnzoo.evaluation.splits",
     "cnnzoo.evaluation.streams",

@@ -38,6 +38,8 @@ UNKNOWN_LABEL = "unknown"
 def logit_score(name: str, logits: np.ndarray) -> np.ndarray:
     """[B, K] raw logits -> [B] score of the named logit rule (higher = more unknown)."""
     z = np.asarray(logits, dtype=np.float64)
+    if z.shape[1] == 1:  # a binary head's one logit is the two logits [0, z] (its sigmoid is their softmax)
+        z = np.concatenate([np.zeros_like(z), z], axis=1)
     top = z.max(axis=1)
     if name == "max_logit":
         return -top
@@ -80,8 +82,13 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
 
 
 def threshold_keeping(scores: np.ndarray, keep: float) -> float:
-    """The score at or below which ``keep`` of ``scores`` lie: those images stay known."""
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), keep, method="higher"))
+    """A threshold that keeps (score at or below it) the ``ceil(keep * n)`` lowest of ``scores``: halfway
+    to the next score, so that a score computed again in another format (a rounding away) stays put."""
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))
+    kept = min(len(ranked), max(1, math.ceil(keep * len(ranked) - 1e-9)))
+    if kept == len(ranked):
+        return float(ranked[-1])
+    return float((ranked[kept - 1] + ranked[kept]) / 2)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -125,8 +132,8 @@ def check_threshold(value: float, score: str) -> float:
     """A threshold the user gave for ``score``: finite and inside the score's range."""
     low, high = SCORE_RANGES[score]
     if not (math.isfinite(value) and low <= value <= high):
-        span = "any finite number" if math.isinf(low) else f"in [{low:g}, {high:g}]"
-        raise UserError(f"--unknown-threshold: {value:g} is out of range; the model's {score} score takes {span}")
+        span = "a finite number" if math.isinf(low) else f"a number in [{low:g}, {high:g}]"
+        raise UserError(f"--unknown-threshold: {value:g} is out of range for the model's {score} score; give {span}")
     return float(value)
 
 
