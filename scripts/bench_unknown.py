@@ -104,6 +104,76 @@ def table(name: str, fit: dict, known: dict, unknown: dict, k: int) -> list[tupl
     return lines
 
 
+def frozen_features(sets: dict, out: Path) -> dict:
+    """Frozen EfficientNet-Lite0 features (global average pool of its last stage) of every image, read
+    with the transfer config's preprocessing (224x224 squash, mean = std = 0.5); kept in
+    OUT/frozen.npz, so ``--frozen-only`` can measure the baseline while the fine-tuning still runs."""
+    import torch
+
+    from cnnzoo.data import preprocess
+    from cnnzoo.model.backbones import Backbone
+
+    saved = out / "frozen.npz"
+    if saved.is_file():
+        with np.load(saved) as data:
+            return {part: data[part] for part in sets}
+    backbone = Backbone("timm/tf_efficientnet_lite0", weights="DEFAULT", freeze=True)
+    backbone.load_pretrained()
+    backbone.eval()
+    found = {}
+    with torch.inference_mode():
+        for part, items in sets.items():
+            batches = []
+            for start in range(0, len(items), 64):
+                pixels = np.stack([preprocess.load_image(p, (224, 224), 3) for p, _ in items[start : start + 64]])
+                x = torch.from_numpy(preprocess.normalize_array(pixels, [0.5] * 3, [0.5] * 3))
+                batches.append(backbone(x).mean(dim=(2, 3)).numpy())
+                print(f"frozen {part}: {start + len(pixels)}/{len(items)}", flush=True)
+            found[part] = np.concatenate(batches)
+    np.savez(saved, **found)
+    return found
+
+
+def image_sets(known_csv: Path, unknown_csv: Path) -> tuple[list[str], dict]:
+    """(the kept classes, {fit, known, unknown}: (image, class index) pairs)."""
+    known_rows = rows(known_csv)
+    classes = sorted({label for _, label, _ in known_rows})
+    sets = {"fit": [], "known": []}
+    for image, label, split in known_rows:
+        sets["fit" if split == "train" else "known"].append((image, classes.index(label)))
+    sets["unknown"] = [(image, -1) for image, _, _ in rows(unknown_csv)]
+    return classes, sets
+
+
+def baseline(sets: dict, features: dict, k: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    frozen = {part: {"features": features[part], "labels": np.array([c for _, c in sets[part]])} for part in sets}
+    probe = LogisticRegression(max_iter=2000, C=1.0).fit(frozen["fit"]["features"], frozen["fit"]["labels"])
+    for part in frozen:
+        frozen[part]["logits"] = probe.decision_function(frozen[part]["features"])
+    accuracy = float((frozen["known"]["logits"].argmax(1) == frozen["known"]["labels"]).mean())
+    print(f"baseline: logistic head on frozen Lite0 features, accuracy on known validation {accuracy:.3f}")
+    table("frozen Lite0 + logistic head (baseline)", frozen["fit"], frozen["known"], frozen["unknown"], k)
+
+
+def fine_tuned(run: Path, sets: dict, k: int) -> None:
+    import torch
+
+    from cnnzoo.inference.torch_models import load_torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_torch(run / "best.pt", device="cpu")
+    net = model.module
+    tuned = {}
+    for part, items in sets.items():
+        features, logits = run_network(model, [p for p, _ in items], [net[:-1], net])
+        tuned[part] = {"features": features, "logits": logits, "labels": np.array([c for _, c in items])}
+    accuracy = float((tuned["known"]["logits"].argmax(1) == tuned["known"]["labels"]).mean())
+    print(f"fine-tuned {run}: accuracy on known validation {accuracy:.3f}")
+    table("fine-tuned clothing_transfer", tuned["fit"], tuned["known"], tuned["unknown"], k)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/work/shared/datasets/clothing-small")
@@ -111,66 +181,22 @@ def main() -> None:
     parser.add_argument("--run", help="a finished run folder trained on OUT/known.csv (skips training)")
     parser.add_argument("--out", default="/tmp/bench-unknown")
     parser.add_argument("--k", type=int, default=10, help="the benchmark's kNN neighbour")
+    parser.add_argument("--frozen-only", action="store_true", help="measure the baseline only (no training)")
     parser.add_argument("--set", action="append", default=[], help="training override key=value")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held_out = set(args.held_out.split(","))
     known_csv, unknown_csv = write_csvs(Path(args.data), held_out, out)
+    classes, sets = image_sets(known_csv, unknown_csv)
+    print(f"held out {sorted(held_out)}: " + ", ".join(f"{part} {len(items)}" for part, items in sets.items()))
+    baseline(sets, frozen_features(sets, out), args.k)
+    if args.frozen_only:
+        return
     run = Path(args.run) if args.run else train(known_csv, out, args.set)
-
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from cnnzoo.inference.torch_models import load_torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = load_torch(run / "best.pt", device="cpu")
-    classes = model.classes
-    sets = {"fit": [], "known": [], "unknown": []}
-    for image, label, split in rows(known_csv):
-        sets["fit" if split == "train" else "known"].append((image, classes.index(label)))
-    sets["unknown"] = [(image, -1) for image, _, _ in rows(unknown_csv)]
-    print(
-        f"held out {sorted(held_out)}: fit {len(sets['fit'])}, known {len(sets['known'])}, "
-        f"unknown {len(sets['unknown'])}"
-    )
-
-    net = model.module
-    backbone = net[0]
-    tuned, frozen = {}, {}
-    frozen_backbone = type(backbone)(backbone.name, weights="DEFAULT", freeze=True)
-    frozen_backbone.load_pretrained()
-    frozen_backbone.eval()
-    for part, items in sets.items():
-        paths = [p for p, _ in items]
-        features, logits, base = run_network(
-            model, paths, [net[:-1], net, lambda x: frozen_backbone(x).mean(dim=(2, 3))]
-        )
-        labels = np.array([c for _, c in items])
-        tuned[part] = {"features": features, "logits": logits, "labels": labels}
-        frozen[part] = {"features": base, "labels": labels}
-    probe = LogisticRegression(max_iter=2000, C=1.0).fit(frozen["fit"]["features"], frozen["fit"]["labels"])
-    for part in frozen:
-        frozen[part]["logits"] = probe.decision_function(frozen[part]["features"])
-    accuracy = float((frozen["known"]["logits"].argmax(1) == frozen["known"]["labels"]).mean())
-    print(f"baseline probe accuracy on known validation: {accuracy:.3f}")
-    table("frozen Lite0 + logistic head (baseline)", frozen["fit"], frozen["known"], frozen["unknown"], args.k)
-    tuned_accuracy = float((tuned["known"]["logits"].argmax(1) == tuned["known"]["labels"]).mean())
-    print(f"fine-tuned accuracy on known validation: {tuned_accuracy:.3f}")
-    table("fine-tuned clothing_transfer", tuned["fit"], tuned["known"], tuned["unknown"], args.k)
-    np.savez(
-        out / "features.npz",
-        **{
-            f"{n}_{p}_{k}": v
-            for n, d in (("tuned", tuned), ("frozen", frozen))
-            for p, s in d.items()
-            for k, v in s.items()
-        },
-    )
-
+    fine_tuned(run, sets, args.k)
     done = subprocess.run(
-        ["cnnzoo", "evaluate", str(run / "best.pt"), "--unknown", str(unknown_csv), "--json"],
+        ["cnnzoo", "evaluate", str(run / "best.pt"), "--unknown", str(unknown_csv), "--json", "--no-report"],
         capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode:

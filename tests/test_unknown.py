@@ -58,7 +58,7 @@ def test_threshold_keeps_at_least_the_share_asked_for():
         cut = unknown.threshold_keeping(scores, keep)
         assert np.mean(scores <= cut) == pytest.approx(math.ceil(keep * 100) / 100)
         assert cut not in scores  # halfway to the next score: a rounding away never moves an image
-    assert unknown.threshold_keeping(np.array([3.0]), 0.5) == 3.0
+    assert unknown.threshold_keeping(np.array([3.0]), 0.5) == pytest.approx(3.0, abs=1e-4)  # all kept: past it
 
 
 def test_logit_scores_read_the_raw_logits_higher_is_stranger():
@@ -260,3 +260,34 @@ def test_serve_says_unknown_in_words_and_takes_the_options(trained, onnx_path, t
         assert "unknown" not in off and off["label"] in ("a", "b")
     line = one_error_line(run_cnnzoo(["serve", trained.best, "--unknown-threshold", "5", "--port", "1"], tmp_path))
     assert "[0, 2]" in line
+
+
+@pytest.mark.slow
+def test_a_transfer_run_fits_the_score_on_cached_features_that_the_checkpoint_reproduces(image_root, tmp_path):
+    """With a backbone, the score is fitted through the feature cache (the frozen stages' output
+    read from disk); the checkpoint, on images, must give the same validation scores."""
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    config = {
+        "name": "transfer",
+        "seed": 0,
+        "data": {"root": str(image_root), "image_size": 32, "cache": "ram", "workers": 0},
+        "model": {
+            "layers": [
+                {"backbone": {"name": "resnet18", "weights": str(weights)}},
+                "gap",
+                {"dense": {"out_features": "num_classes"}},
+            ]
+        },
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "unfreeze_at_epoch": 2, "unfreeze_stages": 1},
+    }
+    run = cnnzoo.train(config, out=tmp_path / "runs", quiet=True)
+    entry = load_checkpoint(run / "best.pt")["meta"]["unknown"]
+    assert entry["score"] == "knn" and entry["validation_images"] == 8
+    model = cnnzoo.load(run / "best.pt")
+    pixels = np.stack([model.preprocess(p) for p in sorted((image_root / "validation").rglob("*.png"))])
+    scores = model.scored(pixels)[2]
+    assert np.mean(scores <= entry["threshold"]) == pytest.approx(1.0)  # ceil(0.95 * 8) = 8 kept

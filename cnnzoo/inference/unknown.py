@@ -86,8 +86,8 @@ def threshold_keeping(scores: np.ndarray, keep: float) -> float:
     to the next score, so that a score computed again in another format (a rounding away) stays put."""
     ranked = np.sort(np.asarray(scores, dtype=np.float64))
     kept = min(len(ranked), max(1, math.ceil(keep * len(ranked) - 1e-9)))
-    if kept == len(ranked):
-        return float(ranked[-1])
+    if kept == len(ranked):  # all kept: a little past the largest (float32 formats differ by ~1e-7)
+        return float(ranked[-1] + 1e-5 * max(1.0, abs(ranked[-1])))
     return float((ranked[kept - 1] + ranked[kept]) / 2)
 
 

@@ -426,11 +426,7 @@ def train(
             job = prepare(config, override_list, out=out, resume=resume)
             run_dir = fit(job)
             if distributed.is_main():  # the unknown answer (issue 31): fitted on best.pt, stored in it
-                t = job.cfg.train
-                fit_unknown(
-                    run_dir, job.stages.loaders, settings=t.unknown, batch_size=t.batch_size * 2,
-                    multi_label=job.multi_label, device=job.feed.device,
-                )  # fmt: skip
+                fit_unknown(run_dir, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
             distributed.barrier()  # no process leaves the group while another still uses it
             return run_dir
         finally:
