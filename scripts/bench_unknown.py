@@ -9,12 +9,14 @@
    ``OUT/unknown.csv``: the held-out classes' photos (validation/ and train/).
 2. Trains ``configs/clothing_transfer.yaml`` on it (``cnnzoo train``, in OUT), unless ``--run``
    names a finished run folder.
-3. Scores, on the fine-tuned model and on frozen EfficientNet-Lite0 features with a logistic head
-   (the baseline: no fine-tuning), every score of :mod:`cnnzoo.inference.unknown` plus
-   Mahalanobis: fitted on the training images, known = validation images of the kept classes,
-   unknown = the held-out classes' photos. Prints AUROC and FPR95 per score.
-4. Runs ``cnnzoo evaluate best.pt --unknown OUT/unknown.csv --json`` and prints its unknown_* keys
-   (the score the run stored at the end of training).
+3. Runs ``cnnzoo evaluate best.pt --unknown OUT/unknown.csv --json`` and prints its unknown_* keys
+   (the score the run stored at the end of training; known = the validation images of the kept classes).
+4. Scores, on the fine-tuned model (the kNN reference: the training features best.pt stores) and
+   on frozen EfficientNet-Lite0 features with a logistic head (the baseline: no fine-tuning;
+   fitted on every n-th training image, ``--fit-images``), every score of
+   :mod:`cnnzoo.inference.unknown` plus Mahalanobis (the baseline only: it needs labelled
+   features), known = validation images of the kept classes, unknown = the held-out classes'
+   photos. Prints AUROC and FPR95 per score.
 """
 
 from __future__ import annotations
@@ -80,34 +82,37 @@ def run_network(model, paths: list[str], parts) -> list[np.ndarray]:
     return [np.concatenate(a) for a in answers]
 
 
-def table(name: str, fit: dict, known: dict, unknown: dict, k: int) -> list[tuple[str, float, float]]:
+def figures(name: str, known: np.ndarray, strange: np.ndarray) -> None:
     from cnnzoo.inference import unknown as ood
 
-    results = []
+    print(f"{name:<52} AUROC {ood.auroc(known, strange):.3f}   FPR95 {ood.fpr_at_keep(known, strange):.3f}", flush=True)
+
+
+def scores_table(label: str, fit: dict, known: dict, strange: dict, ks: list[int]) -> None:
+    """AUROC and FPR95 of every score; ``fit`` holds the reference features (and labels, for Mahalanobis)."""
+    from cnnzoo.inference import unknown as ood
+
     for score in ood.LOGIT_SCORES:
-        results.append((score, ood.logit_score(score, known["logits"]), ood.logit_score(score, unknown["logits"])))
-    means, precision = ood.mahalanobis_fit(fit["features"], fit["labels"])
-    results.append(
-        (
-            "mahalanobis",
+        figures(f"{label}: {score}", ood.logit_score(score, known["logits"]), ood.logit_score(score, strange["logits"]))
+    if "labels" in fit:
+        means, precision = ood.mahalanobis_fit(fit["features"], fit["labels"])
+        figures(
+            f"{label}: mahalanobis",
             ood.mahalanobis_score(known["features"], means, precision),
-            ood.mahalanobis_score(unknown["features"], means, precision),
+            ood.mahalanobis_score(strange["features"], means, precision),
         )
-    )
     bank = fit["features"] / np.linalg.norm(fit["features"], axis=1, keepdims=True)
-    results.append(
-        (f"knn (k={k})", ood.knn_score(known["features"], bank, k), ood.knn_score(unknown["features"], bank, k))
-    )
-    lines = [(f"{name}: {score}", ood.auroc(kn, un), ood.fpr_at_keep(kn, un)) for score, kn, un in results]
-    for label, area, fpr in lines:
-        print(f"{label:<42} AUROC {area:.3f}   FPR95 {fpr:.3f}", flush=True)
-    return lines
+    for k in ks:
+        figures(
+            f"{label}: knn (k={k}, {len(bank)} images)",
+            ood.knn_score(known["features"], bank, k),
+            ood.knn_score(strange["features"], bank, k),
+        )
 
 
 def frozen_features(sets: dict, out: Path) -> dict:
     """Frozen EfficientNet-Lite0 features (global average pool of its last stage) of every image, read
-    with the transfer config's preprocessing (224x224 squash, mean = std = 0.5); kept in
-    OUT/frozen.npz, so ``--frozen-only`` can measure the baseline while the fine-tuning still runs."""
+    with the transfer config's preprocessing (224x224 squash, mean = std = 0.5); kept in OUT/frozen.npz."""
     import torch
 
     from cnnzoo.data import preprocess
@@ -124,54 +129,60 @@ def frozen_features(sets: dict, out: Path) -> dict:
     with torch.inference_mode():
         for part, items in sets.items():
             batches = []
-            for start in range(0, len(items), 64):
-                pixels = np.stack([preprocess.load_image(p, (224, 224), 3) for p, _ in items[start : start + 64]])
+            for start in range(0, len(items), 32):
+                pixels = np.stack([preprocess.load_image(p, (224, 224), 3) for p, _ in items[start : start + 32]])
                 x = torch.from_numpy(preprocess.normalize_array(pixels, [0.5] * 3, [0.5] * 3))
                 batches.append(backbone(x).mean(dim=(2, 3)).numpy())
-                print(f"frozen {part}: {start + len(pixels)}/{len(items)}", flush=True)
             found[part] = np.concatenate(batches)
+            print(f"frozen Lite0 features: {part} {len(items)} images", flush=True)
     np.savez(saved, **found)
     return found
 
 
-def image_sets(known_csv: Path, unknown_csv: Path) -> tuple[list[str], dict]:
-    """(the kept classes, {fit, known, unknown}: (image, class index) pairs)."""
+def image_sets(known_csv: Path, unknown_csv: Path, fit_images: int) -> dict:
+    """{fit, known, unknown}: (image, class index) pairs; ``fit``: every n-th training image."""
     known_rows = rows(known_csv)
     classes = sorted({label for _, label, _ in known_rows})
-    sets = {"fit": [], "known": []}
-    for image, label, split in known_rows:
-        sets["fit" if split == "train" else "known"].append((image, classes.index(label)))
-    sets["unknown"] = [(image, -1) for image, _, _ in rows(unknown_csv)]
-    return classes, sets
+    train = [(image, classes.index(label)) for image, label, split in known_rows if split == "train"]
+    step = max(1, len(train) // fit_images)
+    return {
+        "fit": train[::step][:fit_images],
+        "known": [(image, classes.index(label)) for image, label, split in known_rows if split == "validation"],
+        "unknown": [(image, -1) for image, _, _ in rows(unknown_csv)],
+    }
 
 
-def baseline(sets: dict, features: dict, k: int) -> None:
+def baseline(sets: dict, features: dict, ks: list[int]) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    frozen = {part: {"features": features[part], "labels": np.array([c for _, c in sets[part]])} for part in sets}
-    probe = LogisticRegression(max_iter=2000, C=1.0).fit(frozen["fit"]["features"], frozen["fit"]["labels"])
-    for part in frozen:
-        frozen[part]["logits"] = probe.decision_function(frozen[part]["features"])
-    accuracy = float((frozen["known"]["logits"].argmax(1) == frozen["known"]["labels"]).mean())
-    print(f"baseline: logistic head on frozen Lite0 features, accuracy on known validation {accuracy:.3f}")
-    table("frozen Lite0 + logistic head (baseline)", frozen["fit"], frozen["known"], frozen["unknown"], k)
+    parts = {part: {"features": features[part], "labels": np.array([c for _, c in sets[part]])} for part in sets}
+    probe = LogisticRegression(max_iter=3000).fit(parts["fit"]["features"], parts["fit"]["labels"])
+    for part in parts.values():
+        part["logits"] = probe.decision_function(part["features"])
+    accuracy = float((parts["known"]["logits"].argmax(1) == parts["known"]["labels"]).mean())
+    print(f"baseline: logistic head on frozen Lite0 features of {len(sets['fit'])} training images, "
+          f"accuracy on known validation {accuracy:.3f}")  # fmt: skip
+    scores_table("frozen Lite0 (baseline)", parts["fit"], parts["known"], parts["unknown"], ks)
 
 
-def fine_tuned(run: Path, sets: dict, k: int) -> None:
+def fine_tuned(run: Path, sets: dict, ks: list[int]) -> None:
+    """The fine-tuned network's scores; the kNN reference is the bank best.pt stores (its training features)."""
     import torch
 
+    from cnnzoo.checkpoint import load_checkpoint
     from cnnzoo.inference.torch_models import load_torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
     model = load_torch(run / "best.pt", device="cpu")
     net = model.module
     tuned = {}
-    for part, items in sets.items():
-        features, logits = run_network(model, [p for p, _ in items], [net[:-1], net])
-        tuned[part] = {"features": features, "logits": logits, "labels": np.array([c for _, c in items])}
+    for part in ("known", "unknown"):
+        features, logits = run_network(model, [p for p, _ in sets[part]], [net[:-1], net])
+        tuned[part] = {"features": features, "logits": logits, "labels": np.array([c for _, c in sets[part]])}
     accuracy = float((tuned["known"]["logits"].argmax(1) == tuned["known"]["labels"]).mean())
     print(f"fine-tuned {run}: accuracy on known validation {accuracy:.3f}")
-    table("fine-tuned clothing_transfer", tuned["fit"], tuned["known"], tuned["unknown"], k)
+    bank = load_checkpoint(run / "best.pt")["unknown_bank"]
+    assert isinstance(bank, torch.Tensor)
+    scores_table("fine-tuned", {"features": bank.numpy()}, tuned["known"], tuned["unknown"], ks)
 
 
 def main() -> None:
@@ -180,30 +191,30 @@ def main() -> None:
     parser.add_argument("--held-out", default="hat,skirt")
     parser.add_argument("--run", help="a finished run folder trained on OUT/known.csv (skips training)")
     parser.add_argument("--out", default="/tmp/bench-unknown")
-    parser.add_argument("--k", type=int, default=10, help="the benchmark's kNN neighbour")
-    parser.add_argument("--frozen-only", action="store_true", help="measure the baseline only (no training)")
+    parser.add_argument("--fit-images", type=int, default=800, help="training images the baseline is fitted on")
+    parser.add_argument("--k", default="1,10,50", help="the kNN neighbours measured")
     parser.add_argument("--set", action="append", default=[], help="training override key=value")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     held_out = set(args.held_out.split(","))
+    ks = [int(k) for k in args.k.split(",")]
     known_csv, unknown_csv = write_csvs(Path(args.data), held_out, out)
-    classes, sets = image_sets(known_csv, unknown_csv)
+    sets = image_sets(known_csv, unknown_csv, args.fit_images)
     print(f"held out {sorted(held_out)}: " + ", ".join(f"{part} {len(items)}" for part, items in sets.items()))
-    baseline(sets, frozen_features(sets, out), args.k)
-    if args.frozen_only:
-        return
     run = Path(args.run) if args.run else train(known_csv, out, args.set)
-    fine_tuned(run, sets, args.k)
     done = subprocess.run(
-        ["cnnzoo", "evaluate", str(run / "best.pt"), "--unknown", str(unknown_csv), "--json", "--no-report"],
+        ["cnnzoo", "evaluate", str(run / "best.pt"), "--unknown", str(unknown_csv), "--json", "--no-report",
+         "--out", str(out / "eval")],
         capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode:
         print(f"cnnzoo evaluate --unknown: {done.stderr.strip()}")
     else:
         report = json.loads(done.stdout)
-        print("cnnzoo evaluate --unknown:", {k: v for k, v in report.items() if k.startswith("unknown")})
+        print("cnnzoo evaluate --unknown:", {k: v for k, v in report.items() if k.startswith("unknown")}, flush=True)
+    fine_tuned(run, sets, ks)
+    baseline(sets, frozen_features(sets, out), ks)
 
 
 if __name__ == "__main__":
