@@ -61,6 +61,19 @@ def train(known_csv: Path, out: Path, overrides: list[str]) -> Path:
     return (out / "runs" / "latest").resolve()
 
 
+def refit(run: Path) -> None:
+    """Fit the unknown score on a run whose best.pt has none (a run stopped before its end): the run
+    is opened as ``--resume`` opens it, then fitted as training fits it at its end."""
+    from cnnzoo.checkpoint import load_checkpoint
+    from cnnzoo.training.run import prepare
+    from cnnzoo.training.unknown_fit import fit_unknown
+
+    if "unknown" in load_checkpoint(run / "best.pt")["meta"]:
+        return
+    job = prepare(None, [], out=run.parent, resume=run / "last.pt")
+    fit_unknown(run, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
+
+
 def rows(csv_path: Path) -> list[tuple[str, str, str]]:
     with open(csv_path) as f:
         return [(r["image"], r["label"], r["split"]) for r in csv.DictReader(f)]
@@ -203,6 +216,7 @@ def main() -> None:
     sets = image_sets(known_csv, unknown_csv, args.fit_images)
     print(f"held out {sorted(held_out)}: " + ", ".join(f"{part} {len(items)}" for part, items in sets.items()))
     run = Path(args.run) if args.run else train(known_csv, out, args.set)
+    refit(run)
     done = subprocess.run(
         ["cnnzoo", "evaluate", str(run / "best.pt"), "--unknown", str(unknown_csv), "--json", "--no-report",
          "--out", str(out / "eval")],
