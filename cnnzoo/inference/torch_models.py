@@ -141,7 +141,8 @@ class Model(_TorchClassifier):
         if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not len(bank):
             raise UserError(f"{self.path}: meta.unknown names the knn score but unknown_bank is missing or not [N, D]")
         try:
-            scored = ScoredNetwork(module, bank, int(self.unknown.get("k", 1)))
+            # eval, as the network is: an exporter that restores the mode it found must find eval
+            scored = ScoredNetwork(module, bank, int(self.unknown.get("k", 1))).eval()
         except ValueError as exc:  # a head that is no Linear
             raise UserError(f"{self.path}: meta.unknown names the knn score but {exc}") from None
         if bank.shape[1] != scored.head.in_features:
