@@ -331,6 +331,29 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
             raise bad(f"data.{key}", f"should be {words} or absent")
     _check_task(meta, bad)
     _check_calibration(meta, bad)
+    _check_unknown(meta.get("unknown"), bad)
+
+
+# meta.unknown's scores (cnnzoo.inference.unknown computes them): on the logits, or on the penultimate
+# features (knn: the network answers the score as a second output); optional, absent before issue 31
+UNKNOWN_SCORES = ("msp", "max_logit", "energy", "knn")
+
+
+def _check_unknown(unknown: Any, bad: Any) -> None:
+    """``meta.unknown`` (absent: the model has no unknown answer) names a score, a finite threshold and
+    the share of validation images it keeps."""
+    if unknown is None:
+        return
+    if not (
+        isinstance(unknown, dict)
+        and unknown.get("score") in UNKNOWN_SCORES
+        and _is_number(unknown.get("threshold"))
+        and _is_number(unknown.get("keep"))
+        and 0 < unknown["keep"] < 1
+    ):
+        raise bad(
+            "unknown", f"should be {{score: one of {', '.join(UNKNOWN_SCORES)}, threshold: a number, keep: in (0, 1)}}"
+        )
 
 
 def _check_task(meta: dict[str, Any], bad: Any) -> None:

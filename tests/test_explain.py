@@ -76,7 +76,10 @@ def test_report_has_every_layer_and_the_pictures(shapes_run, tmp_path):
     assert len(first_conv.pictures) == 16  # out_channels of the first conv, under the cap
     probabilities = report.probabilities
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-    assert report.classes[int(probabilities.argmax())] == cnnzoo.load(shapes_run / "best.pt").predict(path)[0]["label"]
+    assert (
+        report.classes[int(probabilities.argmax())]
+        == cnnzoo.load(shapes_run / "best.pt").predict(path, unknown=False)[0]["label"]
+    )
 
 
 def test_target_picks_the_class_grad_cam_explains(shapes_run, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..deploy import DEFAULT_CALIBRATION, DEFAULT_MAX_BYTES, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE
+from ..errors import UserError
 from .app import TRUST_TORCHSCRIPT_HELP, _fail, app, guarded, model_option, one_model
 
 EXPORT_MODEL_OPTION = model_option("The checkpoint, as an option (the same as the argument).")
@@ -132,6 +133,10 @@ def serve(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Default top-k when a request gives none."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N (checkpoints and TorchScript)."),
     runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+    unknown_threshold: float | None = typer.Option(
+        None, "--unknown-threshold", help="Answer unknown past this unknown score, not the model's own threshold."
+    ),
+    no_unknown: bool = typer.Option(False, "--no-unknown", help="Always name one of the classes."),
 ) -> None:
     """Serve a model over HTTP, with a page to try it: open http://127.0.0.1:8000/ in a browser.
 
@@ -154,4 +159,12 @@ def serve(
         device=device,
         runs_root=runs,
         trust_torchscript=trust_torchscript,
+        unknown=_unknown_setting(no_unknown, unknown_threshold),
     )
+
+
+def _unknown_setting(no_unknown: bool, threshold: float | None) -> str:
+    """serve's --no-unknown / --unknown-threshold as one setting the worker processes read."""
+    if no_unknown and threshold is not None:
+        raise UserError("--unknown-threshold: cannot be combined with --no-unknown")
+    return "off" if no_unknown else ("" if threshold is None else repr(float(threshold)))

@@ -50,6 +50,15 @@ def predict(
         help="Multi-label models: the probability at which a class is listed, for every class "
         "(default: the model's own thresholds, 0.5 or tuned in training).",
     ),
+    unknown_threshold: float | None = typer.Option(
+        None,
+        "--unknown-threshold",
+        help="Answer unknown past this unknown score instead of the model's own threshold "
+        "(knn score: 0 to 2, higher is stranger; docs/unknown.md).",
+    ),
+    no_unknown: bool = typer.Option(
+        False, "--no-unknown", help="Always name one of the classes: no unknown answer, no unknown_score."
+    ),
 ) -> None:
     """Predict the class of images with a trained checkpoint or an exported model.
 
@@ -74,6 +83,7 @@ def predict(
         typer.echo(terminal_safe(f"cnnzoo: using {path}", one_line=True), err=True)
     model = load(path, device, trust_torchscript=trust_torchscript)
     options = {"tta": tta, "threshold": threshold, "batch_size": batch_size, "progress": True}
+    options.update(unknown=not no_unknown, unknown_threshold=unknown_threshold)
     header = "image"
     if data is not None:
         errors: list = []
@@ -98,6 +108,10 @@ def predict(
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top_k"])
             if model.multi_label:
                 line = f"{r['image']:<{width}}  {separator.join(r['labels']) or '(none)':<24} [{ranked}]"
+            elif r.get("unknown"):
+                line = (
+                    f"{r['image']:<{width}}  unknown (looks like none of the {len(model.classes)} classes)  [{ranked}]"
+                )
             else:
                 line = f"{r['image']:<{width}}  {r['label']:<12} {100 * r['probability']:5.1f}%   [{ranked}]"
             typer.echo(terminal_safe(line, one_line=True))
@@ -141,6 +155,15 @@ def evaluate(
     tta: bool = typer.Option(
         False, "--tta", help="Test-time augmentation: average the probabilities of 5 views (mirror, 3 crops)."
     ),
+    unknown: Path | None = typer.Option(
+        None,
+        "--unknown",
+        help="Photos of none of the model's classes (a folder or a manifest): report unknown_auroc, "
+        "unknown_fpr95 and unknown_rejected (the model's unknown score against the split's images).",
+    ),
+    unknown_threshold: float | None = typer.Option(
+        None, "--unknown-threshold", help="With --unknown: unknown_rejected at this threshold, not the model's own."
+    ),
 ) -> None:
     """Score a checkpoint or an export: loss, accuracy, per-class precision/recall/F1, confusion matrix.
 
@@ -163,9 +186,15 @@ def evaluate(
             progress=not as_json,
             html_report=html_report,
             tta=tta,
+            unknown=unknown,
+            unknown_threshold=unknown_threshold,
         )
     if as_json:
         typer.echo(json.dumps(report))
     else:
         typer.echo(terminal_safe(format_report(report)))
+        if "unknown_auroc" in report:
+            from ..evaluation.unknown_eval import format_unknown  # lazy: see cnnzoo.cli
+
+            typer.echo(terminal_safe(format_unknown(report)))
         typer.echo(f"\nwrote {', '.join(report['outputs'])}")

@@ -196,6 +196,22 @@ class EmaConfig:
         return self.decay is not None
 
 
+@dataclass
+class UnknownConfig:
+    """The "unknown" answer fitted after training (``train.unknown``; docs/unknown.md)."""
+
+    keep: float = bounded(0.95, low=0, high=1, open_low=True, open_high=True, words="a share in (0, 1), e.g. 0.95")
+    """The share of validation images the stored threshold keeps as known; the rest of the
+    scale (the least familiar images) is answered unknown."""
+    score: Literal["knn", "energy", "max_logit", "msp"] = "knn"
+    """knn: distance of the penultimate features to the k-th nearest training image (cosine; the
+    best measured, docs/unknown.md); energy, max_logit, msp: from the logits alone."""
+    k: int = bounded(10, low=1, high=1000)
+    """The knn score's neighbour: the k-th nearest training image."""
+    enabled: bool = True
+    """Fit the score after training (single-label models with a validation split); false: no unknown answer."""
+
+
 # the names of cnnzoo.training.loggers.LOGGERS, and csv (metrics.csv, which every run keeps)
 LoggerName = Literal["csv", "tensorboard", "mlflow"]
 
@@ -292,6 +308,8 @@ class TrainConfig:
     """The last this-many epochs train on plain (unmixed) batches."""
     ema: EmaConfig = field(default_factory=EmaConfig)
     """An average of the weights, which validation, best.pt and the exports use (train.ema.decay turns it on)."""
+    unknown: UnknownConfig = field(default_factory=UnknownConfig)
+    """An out-of-distribution score and its threshold, fitted after training: predict answers unknown past it."""
     accumulate: int = bounded(1, low=1, high=1024)
     """Gradient accumulation: one optimizer step every this-many batches (the schedule counts optimizer steps)."""
     compile: Union[Literal["auto"], bool] = False

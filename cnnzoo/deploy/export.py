@@ -38,6 +38,7 @@ from ..files import Replacement
 from ..inference import is_onnx, is_tflite
 from ..inference.classifier import METADATA_KEY, Classifier, probabilities
 from ..inference.onnx import OnnxModel
+from ..inference.scored import SCORE_OUTPUT
 from ..inference.tflite import TFLiteModel, native_output_hidden, read_metadata
 from ..inference.torch_models import Model, TorchScriptModel
 from . import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE, quantize
@@ -72,11 +73,16 @@ def _parity_images(model: Classifier, count: int = 8, seed: int = 0) -> np.ndarr
 
 
 def max_difference(reference: Classifier, exported: Classifier, images: np.ndarray) -> float:
-    """Largest absolute probability difference over a batch of one and the whole batch; NaN when
+    """Largest absolute probability (and knn unknown score) difference over a batch of one and the whole batch; NaN when
     either side's output is not finite (``max`` would skip a NaN, and an all-NaN export pass)."""
     worst = 0.0
     for batch in (images[:1], images):
-        diff = np.abs(probabilities(reference.logits(batch)) - probabilities(exported.logits(batch)))
+        (logits, score), (their_logits, their_score) = reference.network_outputs(batch), exported.network_outputs(batch)
+        diff = np.abs(probabilities(logits) - probabilities(their_logits))
+        if score is not None:  # the unknown score computed inside the network (knn) must agree too
+            diff = np.concatenate(
+                [diff.ravel(), np.abs(score - their_score).ravel() if their_score is not None else [np.nan]]
+            )
         if not np.isfinite(diff).all():
             return math.nan
         worst = max(worst, float(diff.max()))
@@ -93,18 +99,19 @@ def _write_onnx(model: Model, example: torch.Tensor, path: Path, opset: int) -> 
         import onnx  # lazy: an optional extra (cnnzoo[onnx]); a missing one is a clear error
     except ImportError:
         raise UserError("--format onnx needs the onnx and onnxruntime packages; pip install 'cnnzoo[onnx]'") from None
+    outputs = ["logits", SCORE_OUTPUT] if model.runner is not model.module else ["logits"]
     with warnings.catch_warnings():  # the exporter's notes on tracing and deprecations are not the user's
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                model.module,
+                model.runner,  # with the knn unknown score, a second output computed inside the graph
                 (example,),
                 str(path),
                 dynamo=False,
                 opset_version=opset,
                 input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
             )
         except Exception as exc:
             raise UserError(
@@ -133,7 +140,7 @@ def _write_tflite(model: Model, path: Path) -> None:
         except ImportError:
             raise UserError("--format tflite needs litert-torch; pip install 'cnnzoo[tflite]'") from None
         try:
-            channels_last = litert_torch.to_channel_last_io(model.module, args=[0]).eval()
+            channels_last = litert_torch.to_channel_last_io(model.runner, args=[0]).eval()
             litert_torch.convert(channels_last, (example,)).export(str(path))
         except Exception as exc:
             raise UserError(
@@ -152,7 +159,7 @@ def _write_tflite(model: Model, path: Path) -> None:
 def _write_torchscript(model: Model, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():  # torch marks TorchScript deprecated; LibTorch still loads it
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.module, example, check_trace=False)
+        traced = torch.jit.trace(model.runner, example, check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: json.dumps(metadata(model), default=str)})
 
 

@@ -28,6 +28,7 @@ from ..errors import DataError, UserError, short_reason
 from ..evaluation import scores
 from ..inference.classifier import METADATA_KEY
 from ..inference.onnx import OnnxModel
+from ..inference.unknown import SCORE_OUTPUT
 
 _BATCH = 32  # images per calibration and validation batch
 SCHEME = "static QDQ, per-channel INT8 weights, UINT8 activations, MinMax calibration"
@@ -154,6 +155,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, train: sources.Samples, *, ca
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"CalibStridedMinMax": 1},  # ranges merged batch by batch: bounded memory
+                nodes_to_exclude=score_only_nodes(prepared),
             )
         except Exception as exc:  # the quantizer's own error types
             raise UserError(f"{fp32_path}: onnxruntime cannot quantize this model ({short_reason(exc, 200)})") from None
@@ -161,6 +163,30 @@ def quantize_onnx(fp32_path: Path, out_path: Path, train: sources.Samples, *, ca
         raise DataError("--int8: no readable training image to calibrate on")
     write_metadata(fp32_path, out_path, {"int8": {"calibration_images": reader.seen, "scheme": SCHEME}})
     return reader.seen
+
+
+def score_only_nodes(path: Path) -> list[str]:
+    """The nodes that compute only the knn unknown score (the normalised features against the bank,
+    the k-th similarity): left in FP32, as the score's threshold was fitted there (an 8-bit
+    similarity moves known images past it). None for a graph without the score."""
+    import onnx  # lazy: onnx extra
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen, stack = set(), [name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.input)
+        return seen
+
+    outputs = [o.name for o in graph.output]
+    if SCORE_OUTPUT not in outputs:
+        return []
+    return sorted(ancestors(SCORE_OUTPUT) - ancestors(outputs[0]))
 
 
 def write_metadata(source: Path, target: Path, extra: dict[str, Any]) -> None:

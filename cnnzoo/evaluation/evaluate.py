@@ -28,7 +28,7 @@ from ..inference import Classifier, is_onnx, is_tflite, load
 from ..inference.classifier import probabilities
 from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
-from . import multilabel, scores
+from . import multilabel, scores, unknown_eval
 from .analysis import calibration_error
 from .page import ReportInputs, write_report_html
 from .splits import Scored, check_split, export_config, export_data, samples_for, trained_rule
@@ -117,13 +117,18 @@ def evaluate(
     progress: bool = True,
     html_report: bool = True,
     tta: bool = False,
+    unknown: str | Path | None = None,
+    unknown_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Score ``checkpoint`` (default: the newest run's best.pt), or an ``.onnx`` / ``.tflite`` export
     (without torch); write eval.json, a plot and (unless ``html_report`` is false) report.html beside
     the model or in ``out``; ``outputs`` lists the files written. ``tta`` (checkpoints) averages the
-    probabilities of five views of each image (:mod:`cnnzoo.inference.tta`)."""
+    probabilities of five views of each image (:mod:`cnnzoo.inference.tta`). ``unknown`` (a folder or
+    manifest of photos of none of the classes) adds the ``unknown_*`` fields
+    (:mod:`~cnnzoo.evaluation.unknown_eval`), at ``unknown_threshold`` or the model's own."""
     check_split(split)
     path = runs.resolve_checkpoint(checkpoint, runs_root)
+    strangers = _unknown_check(path, unknown, unknown_threshold, device) if unknown is not None else None
     options = {"split": split, "batch_size": batch_size, "device": device, "progress": progress}
     if is_onnx(path) or is_tflite(path):
         if tta:
@@ -150,9 +155,29 @@ def evaluate(
         console.log(
             "report.html: not written for streamed shards (its pages show the images, which a stream does not keep)"
         )
+    if strangers is not None:
+        report.update(_unknown_fields(strangers, scored, batch_size or EXPORT_BATCH, unknown_threshold))
     page = _page_inputs(report, probs, scored) if html_report and scored.rows is not None else None
     report["outputs"] = _write_report(report, out_dir, page)
     return report
+
+
+def _unknown_fields(strangers: tuple, scored: Scored, batch: int, threshold: float | None) -> dict[str, Any]:
+    """``--unknown``'s figures: the scored split's images as known, the given photos as unknown."""
+    model, paths = strangers
+    batches = _export_batches(model, scored.samples, batch_size=batch, errors=[], progress=False)
+    known = (pixels for _, pixels, _ in batches)
+    return unknown_eval.unknown_report(model, known, paths, batch_size=batch, threshold=threshold)
+
+
+def _unknown_check(path: Path, unknown: str | Path, threshold: float | None, device: str | None) -> tuple:
+    """(the model as predict runs it, the ``--unknown`` images), refused before anything is scored:
+    no images there, a model without an unknown score, a threshold out of its range."""
+    paths = unknown_eval.unknown_images(unknown)
+    model = load(path, device)
+    unknown_eval.check_model(model)
+    model.unknown_threshold_for(threshold=threshold)
+    return model, paths
 
 
 def _multi_label_report(scored: Scored, out_dir: Path) -> dict[str, Any]:

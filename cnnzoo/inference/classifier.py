@@ -24,7 +24,7 @@ from ..checkpoint import check_meta
 from ..console import console
 from ..data import preprocess
 from ..errors import UserError, short_reason
-from . import inputs
+from . import inputs, unknown
 
 METADATA_KEY = "cnnzoo"  # ONNX metadata_props key / TorchScript extra file holding the model's meta
 
@@ -115,6 +115,8 @@ class Classifier:
         # in the calibrated probabilities' terms
         raw = [float(v) for v in meta.get("thresholds") or [0.5] * len(self.classes)]
         self.thresholds: list[float] = calibrated_thresholds(raw, self.temperature)
+        # the "unknown" answer (issue 31): its score and threshold, or None (trained before it, multi-label)
+        self.unknown: dict[str, Any] | None = meta.get("unknown") if not self.multi_label else None
 
     @property
     def kind(self) -> str:
@@ -129,6 +131,10 @@ class Classifier:
         """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
         raise NotImplementedError
 
+    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits and, from a network that computes it (the ``knn`` score), the unknown score [B]."""
+        return self.logits(pixels_hwc), None
+
     def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
         """Class probabilities [B, classes]; a network whose output does not fit its classes, or
         is not finite, is a :class:`UserError` naming the file (JSON has no NaN to answer with)."""
@@ -138,7 +144,13 @@ class Classifier:
         """The network's logits [B, outputs] (raw) and class probabilities [B, classes] (calibrated
         when the model carries a temperature), checked as :meth:`probabilities` says (``evaluate``
         needs both: the loss comes from the logits)."""
-        logits = np.asarray(self.logits(pixels_hwc))
+        logits, probs, _ = self.scored(pixels_hwc)
+        return logits, probs
+
+    def scored(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits, probabilities and the unknown score of each image (None: the model has no score)."""
+        logits, second = self.network_outputs(pixels_hwc)
+        logits = np.asarray(logits)
         if logits.ndim != 2 or logits.shape[0] != len(pixels_hwc) or not self.outputs_fit(logits.shape[1]):
             raise UserError(
                 f"{self.path}: the network answers shape {list(logits.shape)} for "
@@ -151,7 +163,36 @@ class Classifier:
                 f"{self.path}: the network's output is not finite (NaN or infinite); "
                 f"its weights or the {self.kind} are broken"
             )
-        return logits, probs
+        return logits, probs, self.unknown_scores(logits, second)
+
+    def unknown_scores(self, logits: np.ndarray, second: np.ndarray | None) -> np.ndarray | None:
+        """The unknown score [B] of :attr:`unknown` (higher = less like the training images), from the
+        raw logits (so a calibration temperature leaves it alone) or the network's second output."""
+        if self.unknown is None:
+            return None
+        name = self.unknown["score"]
+        if name in unknown.LOGIT_SCORES:
+            return unknown.logit_score(name, logits)
+        if second is None:
+            raise UserError(
+                f"{self.path}: its metadata names the {name} unknown score but the network does not compute it; "
+                f"a damaged {self.kind}, or export it again"
+            )
+        return np.asarray(second, dtype=np.float64).reshape(len(logits))
+
+    def unknown_threshold_for(self, *, enabled: bool = True, threshold: float | None = None) -> float | None:
+        """The threshold past which an image is answered unknown, None for no unknown answer:
+        ``threshold`` (checked against the score's range) or the stored one; ``enabled`` False
+        (``--no-unknown``) turns it off."""
+        if threshold is not None:
+            if not enabled:
+                raise UserError("--unknown-threshold: cannot be combined with --no-unknown")
+            if self.unknown is None:
+                raise UserError(f"--unknown-threshold: {self.path} {unknown.NO_SCORE}")
+            return unknown.check_threshold(threshold, self.unknown["score"])
+        if not enabled or self.unknown is None:
+            return None
+        return float(self.unknown["threshold"])
 
     def preprocess(self, item: Any) -> np.ndarray:
         """One image (path, PIL image, HxWxC array) -> uint8 HxWxC at the model's size."""
@@ -172,11 +213,19 @@ class Classifier:
         }
 
     def records(
-        self, names: list[str], pixels_hwc: np.ndarray, top_k: int, *, thresholds: list[float] | None = None
+        self,
+        names: list[str],
+        pixels_hwc: np.ndarray,
+        top_k: int,
+        *,
+        thresholds: list[float] | None = None,
+        unknown_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
         """``predict --json`` records for a batch of preprocessed images; a multi-label model lists
-        the classes at or above ``thresholds`` (default: its own :attr:`thresholds`)."""
-        probs = self.probabilities(pixels_hwc)
+        the classes at or above ``thresholds`` (default: its own :attr:`thresholds`). With
+        ``unknown_threshold`` each record says whether the image is ``unknown`` (its score past
+        it: the label is then ``unknown``; the probabilities stay)."""
+        _, probs, scores = self.scored(pixels_hwc)
         k = max(1, min(top_k, len(self.classes)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out = []
@@ -186,6 +235,11 @@ class Classifier:
             if self.multi_label:
                 record.update(self.label_set(row, thresholds))
             out.append({**record, "top_k": ranked})
+        if unknown_threshold is not None and scores is not None:
+            for record, score in zip(out, scores):
+                record.update(unknown.answer(float(score), unknown_threshold))
+                if record["unknown"]:
+                    record["label"] = unknown.UNKNOWN_LABEL
         return out
 
     def label_set(self, probs: np.ndarray, thresholds: list[float] | None = None) -> dict[str, Any]:
@@ -223,6 +277,8 @@ class Classifier:
         *,
         tta: bool = False,
         threshold: float | None = None,
+        unknown: bool = True,
+        unknown_threshold: float | None = None,
         batch_size: int = 64,
         errors: list | None = None,
         progress: bool = False,
@@ -237,17 +293,21 @@ class Classifier:
 
         ``tta`` scores each image as the average of five views (mirror, three crops; torch models
         only, :mod:`cnnzoo.inference.tta`). ``threshold`` (multi-label models) lists every class
-        at or above it, instead of the model's own :attr:`thresholds`. ``cnnzoo predict`` is this
-        call (``--tta``, ``--threshold``, ``--top-k``, ``--batch-size``).
+        at or above it, instead of the model's own :attr:`thresholds`. A model with an unknown
+        score (:attr:`unknown`) adds ``unknown`` (and ``unknown_score``) to each record, and the
+        label ``unknown`` past the stored threshold or ``unknown_threshold``; ``unknown=False``
+        leaves both out. ``cnnzoo predict`` is this call (``--tta``, ``--threshold``, ``--top-k``,
+        ``--batch-size``, ``--unknown-threshold``, ``--no-unknown``).
         """
         thresholds = self.thresholds_for(tta=tta, threshold=threshold)
+        cut = self.unknown_threshold_for(enabled=unknown, threshold=unknown_threshold)
         if not isinstance(images, (list, tuple)):
             images = [images]
         results: list[dict[str, Any]] = []
         with self.views_averaged(tta):
             for positions, pixels in self.batches(images, batch_size=batch_size, errors=errors, progress=progress):
                 names = [_image_label(images[i], i) for i in positions]
-                results.extend(self.records(names, pixels, top_k, thresholds=thresholds))
+                results.extend(self.records(names, pixels, top_k, thresholds=thresholds, unknown_threshold=cut))
         return results
 
     def predict_manifest(
@@ -257,6 +317,8 @@ class Classifier:
         *,
         tta: bool = False,
         threshold: float | None = None,
+        unknown: bool = True,
+        unknown_threshold: float | None = None,
         batch_size: int = 64,
         errors: list | None = None,
         progress: bool = False,
@@ -269,6 +331,7 @@ class Classifier:
         :meth:`csv` writes every row a submission needs; its ``(image, reason)`` goes to
         ``errors`` as in :meth:`predict` (without a list, the first one raises)."""
         self.thresholds_for(tta=tta, threshold=threshold)  # the options are refused before the file is read
+        self.unknown_threshold_for(enabled=unknown, threshold=unknown_threshold)
         names, paths, image_column = inputs.manifest_images(manifest)
         missing = [(name, "file not found") for name, path in zip(names, paths) if not path]
         if missing and errors is None:
@@ -276,6 +339,7 @@ class Classifier:
         if errors is not None:
             errors.extend(missing)
         options = {"tta": tta, "threshold": threshold, "batch_size": batch_size, "progress": progress}
+        options.update(unknown=unknown, unknown_threshold=unknown_threshold)
         records = self.predict([p for p in paths if p], top_k, errors=errors, **options)
         return ManifestPredictions(inputs.records_in_order(names, paths, records), image_column)
 

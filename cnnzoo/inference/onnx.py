@@ -8,6 +8,7 @@ import numpy as np
 
 from ..data import preprocess
 from ..errors import UserError, short_reason
+from . import unknown
 from .classifier import METADATA_KEY, Classifier, parse_metadata
 
 
@@ -62,13 +63,19 @@ class OnnxModel(Classifier):
         answer = list(outputs[0].shape) if outputs else []
         if len(answer) != 2:
             raise bad(f"its output is {answer or 'missing'}, not [batch, classes]")
+        self.has_score = len(outputs) > 1 and outputs[1].name == unknown.SCORE_OUTPUT
         if isinstance(answer[1], int) and not self.outputs_fit(answer[1]):
             raise bad(f"it gives {answer[1]} outputs but its metadata names {len(self.classes)} classes")
 
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        return self.network_outputs(pixels_hwc)[0]
+
+    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits, and the graph's ``unknown_score`` output when it has one (the knn score)."""
         x = preprocess.normalize_array(pixels_hwc, self.mean, self.std)
         try:
-            return self.session.run(None, {self.input_name: x})[0]
+            answers = self.session.run(None, {self.input_name: x})
+            return answers[0], answers[1] if self.has_score else None
         except Exception as exc:  # onnxruntime's own error types: a graph that cannot run this input
             raise UserError(
                 f"{self.path}: onnxruntime cannot run this model ({short_reason(exc)}); "

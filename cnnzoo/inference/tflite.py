@@ -98,19 +98,29 @@ class TFLiteModel(Classifier):
                 f"{self.path}: damaged or foreign TFLite export: its input is {got}, not float32 "
                 f"{expected}; make it with cnnzoo export --format tflite"
             )
-        shape = list(outputs[0]["shape"]) if len(outputs) == 1 else []
-        if len(shape) != 2 or not self.outputs_fit(int(shape[1])):
+        # the logits [1, classes], and with the knn unknown score its [1] (the converter may list them in either order)
+        by_rank = {len(o["shape"]): o for o in outputs}
+        shape = list(by_rank[2]["shape"]) if 2 in by_rank and len(outputs) == len(by_rank) <= 2 else []
+        if len(shape) != 2 or not self.outputs_fit(int(shape[1])) or (len(outputs) == 2 and 1 not in by_rank):
             raise UserError(
-                f"{self.path}: damaged or foreign TFLite export: its output is {shape or len(outputs)}, "
-                f"not [1, {len(self.classes)}]"
+                f"{self.path}: damaged or foreign TFLite export: its output is "
+                f"{[list(o['shape']) for o in outputs]}, not [1, {len(self.classes)}]"
             )
-        self.input_index, self.output_index = inputs[0]["index"], outputs[0]["index"]
+        self.input_index, self.output_index = inputs[0]["index"], by_rank[2]["index"]
+        self.score_index = by_rank[1]["index"] if 1 in by_rank else None
 
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        return self.network_outputs(pixels_hwc)[0]
+
+    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits, and the knn unknown score when the model computes it (its second output)."""
         x = np.moveaxis(preprocess.normalize_array(pixels_hwc, self.mean, self.std), -3, -1)  # channels last
-        answers = []
+        answers, scores = [], []
         for image in x:  # a fixed batch of one: mobile runtimes run one frame at a time
             self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(image[None]))
             self.interpreter.invoke()
             answers.append(self.interpreter.get_tensor(self.output_index)[0].copy())
-        return np.stack(answers) if answers else np.zeros((0, len(self.classes)), np.float32)
+            if self.score_index is not None:
+                scores.append(float(self.interpreter.get_tensor(self.score_index)[0]))
+        logits = np.stack(answers) if answers else np.zeros((0, len(self.classes)), np.float32)
+        return logits, np.asarray(scores, np.float32) if self.score_index is not None else None

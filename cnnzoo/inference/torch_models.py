@@ -25,6 +25,7 @@ from ..errors import UserError, short_reason
 from ..model.layers import build_from_infos, trace_records
 from ..runtime.device import norm_tensors, pick_device, prefers_channels_last, to_model_input
 from .classifier import METADATA_KEY, Classifier, parse_metadata
+from .scored import ScoredNetwork
 from .tta import AveragedViews
 
 
@@ -36,6 +37,18 @@ def _tensor_to_array(t: torch.Tensor) -> np.ndarray:
         t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
     arr = t.permute(1, 2, 0).cpu().numpy()
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+class _FirstOutput(torch.nn.Module):
+    """A scored network's logits alone (what test-time augmentation averages)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        answer = self.module(x)
+        return answer[0] if isinstance(answer, (tuple, list)) else answer
 
 
 class _TorchClassifier(Classifier):
@@ -56,7 +69,9 @@ class _TorchClassifier(Classifier):
             self.tta = before
 
     def _place(self, module: torch.nn.Module, device: str | None) -> None:
-        self.module = module.eval()
+        # module: the network (logits only, for a checkpoint); runner: what predicts, the network
+        # with its kNN score inside when the model has one (a TorchScript file holds it already)
+        self.module = self.runner = module.eval()
         self.device = pick_device(device or "auto", key="--device")
         self.channels_last = prefers_channels_last(self.device)  # the memory format training used
         self.module.to(
@@ -70,12 +85,20 @@ class _TorchClassifier(Classifier):
             item = _tensor_to_array(item)
         return super().preprocess(item)
 
-    @torch.inference_mode()
     def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        return self.network_outputs(pixels_hwc)[0]
+
+    @torch.inference_mode()
+    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits, and the unknown score of a network that answers it as a second output
+        (:class:`~cnnzoo.inference.scored.ScoredNetwork`; with ``tta``, of the image as it is)."""
         images = torch.from_numpy(pixels_hwc).permute(0, 3, 1, 2)
         x = to_model_input(images, *self.norm, device=self.device, channels_last=self.channels_last)
-        module = AveragedViews(self.module) if self.tta else self.module
-        return module(x).float().cpu().numpy()
+        answer = self.runner(x)
+        logits, score = answer if isinstance(answer, (tuple, list)) else (answer, None)
+        if self.tta:
+            logits = AveragedViews(_FirstOutput(self.runner))(x)
+        return logits.float().cpu().numpy(), None if score is None else score.float().cpu().numpy()
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "device": str(self.device)}
@@ -107,6 +130,27 @@ class Model(_TorchClassifier):
                 f"use an earlier checkpoint, or train again with a lower train.lr"
             )
         self._place(module, device)
+        self.runner = self._scored(self.module, ckpt).to(self.device)
+
+    def _scored(self, module: torch.nn.Module, ckpt: dict[str, Any]) -> torch.nn.Module:
+        """The network with its kNN score inside when ``meta.unknown`` names it (the bank of training
+        features is the checkpoint's ``unknown_bank``)."""
+        if self.unknown is None or self.unknown["score"] != "knn":
+            return module
+        bank = ckpt.get("unknown_bank")
+        if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or not len(bank):
+            raise UserError(f"{self.path}: meta.unknown names the knn score but unknown_bank is missing or not [N, D]")
+        try:
+            # eval, as the network is: an exporter that restores the mode it found must find eval
+            scored = ScoredNetwork(module, bank, int(self.unknown.get("k", 1))).eval()
+        except ValueError as exc:  # a head that is no Linear
+            raise UserError(f"{self.path}: meta.unknown names the knn score but {exc}") from None
+        if bank.shape[1] != scored.head.in_features:
+            raise UserError(
+                f"{self.path}: its unknown_bank holds {bank.shape[1]} features per image, its head takes "
+                f"{scored.head.in_features}; a damaged checkpoint"
+            )
+        return scored
 
     def __repr__(self) -> str:
         return (

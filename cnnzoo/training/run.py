@@ -37,6 +37,7 @@ from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
 from .transfer import TransferSettings, TransferStages
+from .unknown_fit import fit_unknown
 
 
 class TrainingInterrupted(Exception):
@@ -443,6 +444,8 @@ def _one_run(
     try:
         job = prepare(config, overrides, out=out, resume=resume, run_dir=run_dir)
         run_dir = fit(job)
+        if distributed.is_main():  # the unknown answer: fitted on best.pt (through the run's stages), stored in it
+            fit_unknown(run_dir, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
         distributed.barrier()  # no process leaves the group while another still uses it
         if distributed.is_main():  # rank 0 alone rewrites best.pt; no collective is used
             calibrate.calibrate_run(run_dir, job.cfg.train.calibrate, device=job.cfg.train.device)

@@ -17,6 +17,7 @@ import re
 import socket
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ... import __version__, runs
 from ...errors import UserError
@@ -42,8 +43,8 @@ def _top_k(raw: str) -> int:
     return int(raw)
 
 
-def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5):
-    """The Starlette application for ``model``."""
+def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 5, *, unknown: str = ""):
+    """The Starlette application for ``model``; ``unknown``: "" (the model's threshold), "off" or a threshold."""
     # lazy: the serve extra (cnnzoo[serve]) loads only when serving; without it serve() says what to install
     import anyio
     from starlette.applications import Starlette
@@ -52,7 +53,7 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    service = Service(model, max_bytes=max_bytes, top_k=top_k)
+    service = Service(model, max_bytes=max_bytes, top_k=top_k, **unknown_options(unknown))
     page_text = page_html()  # read here: an install without the page fails as it starts, not at GET /
 
     async def predict(request):
@@ -83,6 +84,7 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
                 "max_pixels": MAX_PIXELS,
                 "decode_memory": service.budget.total,
                 "top_k": service.top_k,
+                "unknown_threshold": service.unknown_threshold,
             }
         )
 
@@ -103,6 +105,13 @@ def create_app(model: Classifier, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int
     )
 
 
+def unknown_options(setting: str) -> dict[str, Any]:
+    """serve's unknown setting as :class:`Service` takes it: "" the model's threshold, "off", or a number."""
+    if setting == "off":
+        return {"unknown": False}
+    return {"unknown_threshold": float(setting)} if setting else {}
+
+
 def app_from_env():
     """The application for uvicorn's worker processes (``--workers N``), from CNNZOO_SERVE_* variables."""
 
@@ -111,7 +120,12 @@ def app_from_env():
         os.environ.get("CNNZOO_SERVE_DEVICE") or None,
         trust_torchscript=os.environ.get("CNNZOO_SERVE_TRUST_TORCHSCRIPT") == "1",
     )
-    return create_app(model, int(os.environ["CNNZOO_SERVE_MAX_BYTES"]), int(os.environ["CNNZOO_SERVE_TOP_K"]))
+    return create_app(
+        model,
+        int(os.environ["CNNZOO_SERVE_MAX_BYTES"]),
+        int(os.environ["CNNZOO_SERVE_TOP_K"]),
+        unknown=os.environ.get("CNNZOO_SERVE_UNKNOWN", ""),
+    )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -137,9 +151,11 @@ def serve(
     device: str | None = None,
     runs_root: str | Path = "runs",
     trust_torchscript: bool = False,
+    unknown: str = "",
 ) -> None:
     """Serve until Ctrl-C. The model is loaded before the port opens, so a bad file is one error line.
-    A TorchScript file is refused unopened unless ``trust_torchscript`` (its code runs when loaded)."""
+    A TorchScript file is refused unopened unless ``trust_torchscript`` (its code runs when loaded).
+    ``unknown``: "" answers unknown past the model's own threshold, "off" never, a number past it."""
     try:
         import uvicorn  # lazy: the serve extra, checked here first
     except ImportError:
@@ -149,6 +165,7 @@ def serve(
 
     path = runs.resolve_checkpoint(model_path, runs_root)
     model = load(path, device, trust_torchscript=trust_torchscript)
+    Service(model, **unknown_options(unknown))  # a threshold out of range, or for no score: refused here
     _check_port(host, port)
     print(
         f"cnnzoo serve: {path} ({model.format}, {len(model.classes)} classes) at http://{host}:{port}/ "
@@ -156,7 +173,7 @@ def serve(
         flush=True,
     )
     if workers == 1:
-        uvicorn.run(create_app(model, max_bytes, top_k), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(model, max_bytes, top_k, unknown=unknown), host=host, port=port, log_level="warning")
         return
     os.environ.update(
         CNNZOO_SERVE_MODEL=str(path.resolve()),
@@ -164,6 +181,7 @@ def serve(
         CNNZOO_SERVE_MAX_BYTES=str(max_bytes),
         CNNZOO_SERVE_TOP_K=str(top_k),
         CNNZOO_SERVE_TRUST_TORCHSCRIPT="1" if trust_torchscript else "0",
+        CNNZOO_SERVE_UNKNOWN=unknown,
     )
     uvicorn.run(
         "cnnzoo.deploy.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning"

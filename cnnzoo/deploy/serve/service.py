@@ -34,8 +34,12 @@ class Service:
         max_bytes: int = DEFAULT_MAX_BYTES,
         top_k: int = 5,
         decode_memory: int = DECODE_MEMORY,
+        unknown: bool = True,
+        unknown_threshold: float | None = None,
     ):
         self.model, self.max_bytes, self.top_k = model, max_bytes, top_k
+        # the unknown answer (serve --no-unknown, --unknown-threshold), checked before the port opens
+        self.unknown_threshold = model.unknown_threshold_for(enabled=unknown, threshold=unknown_threshold)
         self.budget = MemoryBudget(decode_memory)
         self._forward = threading.Lock()
         self.decode_threads: Any = None  # an anyio CapacityLimiter, made inside the event loop
@@ -94,6 +98,10 @@ class Service:
     def predict(self, names: list[str], arrays: list, top_k: int) -> list[dict[str, Any]]:
         with self._forward:
             try:
-                return self.model.records(names, np.stack(arrays), top_k)
+                records = self.model.records(names, np.stack(arrays), top_k, unknown_threshold=self.unknown_threshold)
             except UserError as exc:  # a model that cannot answer: the server's fault, said in words
                 raise BadUpload(500, str(exc)) from None
+        for record in records:  # what the page shows, and a client may too
+            if record.get("unknown"):
+                record["text"] = f"unknown (looks like none of the {len(self.model.classes)} classes)"
+        return records
