@@ -144,7 +144,7 @@ def test_probabilities_over_all_classes_sum_to_one(model, trained):
 def test_probability_is_softmax_of_independently_computed_logits(model, trained):
     images = validation_images(trained)
     logits = reference_logits(trained.best, images)
-    expected = torch.softmax(logits, dim=1)
+    expected = torch.softmax(logits / stored_temperature(trained.best), dim=1)  # calibrated as trained
     records = model.predict([str(p) for p in images], top_k=len(model.classes), unknown=False)  # the argmax, always
     for r, row in zip(records, expected):
         probs = by_label(r)
@@ -206,6 +206,12 @@ def test_predictions_match_evaluate(model, trained, tmp_path):
     assert accuracy == report["accuracy"]
 
 
+def stored_temperature(checkpoint: Path) -> float:
+    """The temperature training fitted and stored (1 when the run was not calibrated)."""
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+    return float((meta.get("calibration") or {}).get("temperature", 1.0))
+
+
 def test_binary_one_logit_model_gives_two_class_probabilities(binary, tmp_path):
     ckpt = torch.load(binary.best, map_location="cpu", weights_only=True)
     assert ckpt["meta"]["loss"] == "bce" and ckpt["meta"]["outputs"] == 1
@@ -219,7 +225,7 @@ def test_binary_one_logit_model_gives_two_class_probabilities(binary, tmp_path):
         probs = by_label(r)
         assert set(probs) == {"a", "b"}
         assert probs["a"] + probs["b"] == pytest.approx(1.0, abs=1e-6)
-        assert probs["b"] == pytest.approx(float(torch.sigmoid(logit)), abs=1e-5)
+        assert probs["b"] == pytest.approx(float(torch.sigmoid(logit / stored_temperature(binary.best))), abs=1e-5)
         assert r["label"] == ("b" if float(logit) > 0 else "a")
     # the same labels evaluate counts
     truth = [m.classes.index(p.parent.name) for p in images]

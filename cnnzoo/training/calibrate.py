@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt_io
 from ..console import console
+from ..errors import UserError
 from ..evaluation.analysis import calibration_error
 from ..evaluation.checkpoints import score_checkpoint
 from ..evaluation.splits import Scored
@@ -117,7 +118,11 @@ def calibrate_run(run_dir: str | Path, method: str, *, device: str | None = None
     best = Path(run_dir) / "best.pt"
     if method == "none" or not best.is_file():
         return None
-    scored = validation_pass(best, device=device)
+    try:
+        scored = validation_pass(best, device=device)
+    except UserError as exc:  # a diverged run's NaN weights: the run stands, its best.pt is not calibrated
+        console.warn(f"calibration: not fitted: {exc}")
+        return None
     if len(scored.labels) == 0:
         console.log("calibration: skipped: the validation split has no images to fit a temperature on")
         return None

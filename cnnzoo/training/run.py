@@ -9,6 +9,7 @@ the same metrics, and a resumed run continues exactly where the uninterrupted on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,8 +315,9 @@ class _TrainingNet:
         return self.net
 
 
-def fit(job: Job) -> Path:
-    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt."""
+def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
+    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt.
+    ``after`` runs once the epochs end, before the callbacks close (a tracker then uploads what it wrote)."""
     t = job.cfg.train
     epoch, training_net = job.start_epoch, _TrainingNet()
     try:
@@ -331,6 +333,8 @@ def fit(job: Job) -> Path:
             if job.best.should_stop:
                 console.log(f"early stopping: {job.best.monitor} has not improved for {t.patience} epochs")
                 break
+        if after is not None:
+            after(job)
         _close(job)
     except KeyboardInterrupt:
         try:
@@ -438,17 +442,23 @@ def train(
         return _one_run(config, override_list, out=out, resume=resume)
 
 
+def _fits_after_training(job: Job) -> None:
+    """The fits on best.pt once the epochs end, rank 0 alone (no collective): the unknown score, then
+    the temperature (its validation pass reads best.pt as stored); before the callbacks close, so an
+    MLflow run uploads the best.pt that carries them."""
+    if not distributed.is_main():
+        return
+    fit_unknown(job.run_dir, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
+    calibrate.calibrate_run(job.run_dir, job.cfg.train.calibrate, device=job.cfg.train.device)
+
+
 def _one_run(
     config: Any, overrides: list[str], *, out: str | Path = "runs", resume: Any = None, run_dir: Path | None = None
 ) -> Path:
     try:
         job = prepare(config, overrides, out=out, resume=resume, run_dir=run_dir)
-        run_dir = fit(job)
-        if distributed.is_main():  # the unknown answer: fitted on best.pt (through the run's stages), stored in it
-            fit_unknown(run_dir, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
+        run_dir = fit(job, after=_fits_after_training)
         distributed.barrier()  # no process leaves the group while another still uses it
-        if distributed.is_main():  # rank 0 alone rewrites best.pt; no collective is used
-            calibrate.calibrate_run(run_dir, job.cfg.train.calibrate, device=job.cfg.train.device)
         return run_dir
     finally:
         distributed.teardown()

@@ -71,6 +71,9 @@ def fit_unknown(
     body, head = split if split is not None else (stages.net, None)
     cached = stages.net is not stages.model
     feed = stages.feed.without_autocast()
+    if not cached and not isinstance(stages.loaders.val_set, loaders_mod.ImageDataset):
+        console.log("unknown: not fitted on streamed data (shards are read once, in order); predict answers no unknown")
+        return None
     val_features = _collect(body, stages.val_loader if cached else _plain(stages.loaders.val_set), feed)
     entry: dict[str, Any] = {"score": score, "keep": float(settings.keep)}
     if score == "knn":
@@ -82,6 +85,9 @@ def fit_unknown(
     else:
         logits = val_features if head is None else _head(head, val_features)
         val_scores = unknown.logit_score(score, logits)
+    if not np.isfinite(val_scores).all():  # a diverged model's features (NaN): no score to answer with
+        console.log("unknown: the validation scores are not finite (nor are the model's outputs); no unknown answer")
+        return None
     threshold = unknown.threshold_keeping(val_scores, settings.keep)
     entry.update(threshold=threshold, validation_images=len(val_scores))
     ckpt["meta"]["unknown"] = entry
