@@ -31,6 +31,7 @@ from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
 from . import calibrate, crossval
 from .callbacks import Checkpoints, make_callbacks
+from .distill import Distiller
 from .ema import WeightAverage
 from .events import Callback, EpochEnd
 from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
@@ -80,6 +81,7 @@ class Job:
     start_epoch: int = 1
     callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
     mixer: Mixer | None = None  # train.mixup / train.cutmix
+    distiller: Distiller | None = None  # train.distill
 
     @property
     def average(self) -> WeightAverage | None:
@@ -209,6 +211,9 @@ def prepare(
     saved = setup.facts.saved_config(cfg)
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), saved, run_dir) if ctx.rank == 0 else None)
     job = _job(cfg, run_dir, setup, stepper, saved_config=saved)
+    job.distiller = setup.distiller
+    if setup.distiller is not None:
+        job.base_state["meta"]["distill"] = setup.distiller.facts()
     mixing = MixSettings.of(t)
     if mixing.wanted:
         job.mixer = Mixer(mixing, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
@@ -370,6 +375,7 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         desc=f"epoch {epoch}/{t.epochs}",
         augment=stages.loaders.batch_augment,
         mixer=job.mixer,
+        distiller=job.distiller,
     )
     if not stats["images_per_s"]:  # no image decoded (a stream's every member failed): no best.pt of nothing
         raise DataError(
@@ -403,6 +409,8 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
         "backbone_lr": backbone_lr,
     }
+    if job.distiller is not None:  # its first epoch's includes the cached mode's one pass over the images
+        row["teacher_seconds"] = job.distiller.take_seconds()
     schedule.step_epoch(val[job.best.monitor])
     improved = job.best.update(val, epoch)
     best_text = f"{job.best.text()} (epoch {job.best.epoch})"
