@@ -94,7 +94,8 @@ def class_order(teacher: inference.Classifier, classes: list[str], *, multi_labe
     missing = [c for c in classes if c not in teacher.classes]
     extra = [c for c in teacher.classes if c not in classes]
     if missing or extra:
-        parts = ([f"lacks the data's {missing}"] if missing else []) + ([f"has {extra} the data lacks"] if extra else [])
+        parts = [f"lacks the data's {missing}"] if missing else []
+        parts += [f"has {extra} the data lacks"] if extra else []
         raise ConfigError(f"{KEY}: {name}'s classes differ from the data's: it {' and '.join(parts)}")
     return [teacher.classes.index(c) for c in classes]
 
@@ -162,7 +163,7 @@ class Distiller:
         raw = torch.from_numpy(np.asarray(self.teacher.logits(pixels_hwc), dtype=np.float32))
         self.seconds += time.perf_counter() - start
         if raw.ndim != 2 or not np.isfinite(raw.numpy()).all():
-            raise UserError(f"{KEY}: {self.teacher.path} answers {list(raw.shape)} or non-finite logits; a broken model")
+            raise UserError(f"{KEY}: {self.teacher.path} answers {list(raw.shape)} or non-finite logits: broken")
         return class_logits(raw, multi_label=self.multi_label)[:, self.order]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ def _flip_versions(
     ``mixing``: the ``train`` keys that mix images (MixUp, CutMix), which need pixels too."""
     other = [f"data.augment.{key}" for key in aug.pixel_changing()] + [f"train.{key}" for key in mixing]
     if other == ["train.distill.teacher"]:
-        return "train.distill.teacher needs each batch's images, so the frozen stages run on every batch", [], (0.0, 0.0)
+        return "train.distill.teacher needs each batch's images, so the frozen stages run on every batch", [], (0, 0)
     if other:
         return (
             (

@@ -1,6 +1,6 @@
 """The loop's pieces: one optimizer step (:class:`Stepper`, gradient accumulation and the weight
-average included), one epoch (:func:`train_one_epoch`, MixUp/CutMix, augmentation on the batch and a distillation teacher),
-validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
+average included), one epoch (:func:`train_one_epoch`, MixUp/CutMix, augmentation on the batch, a
+distillation teacher), validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
 
 from __future__ import annotations
 
@@ -155,15 +155,12 @@ def train_one_epoch(
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes; accuracy counts
     the labels before any mixing."""
-    parts = EpochParts(
-        criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer, distiller=distiller
-    )
+    parts = EpochParts(criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer)
     net.train()
     device = parts.feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    wait = 0.0
+    seen, wait, parts.distiller = 0, 0.0, distiller
     bar = console.bar(len(loader), desc)
     start = time.perf_counter()
     iterator = iter(loader)

@@ -211,9 +211,6 @@ def prepare(
     saved = setup.facts.saved_config(cfg)
     run_dir = distributed.broadcast_object(_open_run_dir(Path(out), saved, run_dir) if ctx.rank == 0 else None)
     job = _job(cfg, run_dir, setup, stepper, saved_config=saved)
-    job.distiller = setup.distiller
-    if setup.distiller is not None:
-        job.base_state["meta"]["distill"] = setup.distiller.facts()
     mixing = MixSettings.of(t)
     if mixing.wanted:
         job.mixer = Mixer(mixing, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
@@ -247,6 +244,8 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
     if setup.spec.multi_label:  # the thresholds are the validation's of the epoch a checkpoint holds
         fixed = 0.5 if cfg.train.thresholds == "tuned" else float(cfg.train.thresholds)
         meta.update(task="multi", thresholds=[fixed] * len(setup.spec.classes))
+    if setup.distiller is not None:
+        meta["distill"] = setup.distiller.facts()
     return Job(
         cfg=cfg,
         saved_config=saved_config,
@@ -263,6 +262,7 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
             feed=setup.feed,
         ),
         best=BestEpoch.of(cfg.train, multi_label=setup.spec.multi_label),
+        distiller=setup.distiller,
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )
 

@@ -226,7 +226,9 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     trainable_counts = trainable_stage_counts(model, TransferSettings.of(cfg))
     require_loggers(t.loggers)
     # the teacher is read and checked against the classes before any image is decoded
-    distiller = distill.open_teacher(t.distill, classes=spec.classes, multi_label=spec.multi_label) if t.distill else None
+    distiller = None
+    if t.distill:
+        distiller = distill.open_teacher(t.distill, classes=spec.classes, multi_label=spec.multi_label)
 
     loaders = sources.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
