@@ -214,3 +214,20 @@ def test_a_multi_label_student_learns_from_a_multi_label_teacher(tmp_path):
     single["train"]["distill"] = {"teacher": str(teacher / "best.pt")}
     with pytest.raises(ConfigError, match="is a multi-label model and the data is single-label"):
         train(single, out=tmp_path / "runs", quiet=True)
+
+
+def test_the_bench_prints_one_table_of_the_student_the_taught_student_and_the_teacher(teachers, tmp_path):
+    from support.cli import run_script
+
+    root = Path(__file__).resolve().parents[1]
+    student_cfg = tmp_path / "student.yaml"
+    student_cfg.write_text(yaml.safe_dump({**tiny_config(teachers["root"]), "name": "student"}))
+    taught_cfg = tmp_path / "taught.yaml"
+    taught_cfg.write_text(yaml.safe_dump({**student(teachers, "checkpoint"), "name": "taught"}))
+    args = [str(root / "scripts" / "bench_distill.py"), "--data", teachers["root"], "--teacher", teachers["onnx"]]
+    args += ["--epochs", "1", "--student", student_cfg, "--distilled", taught_cfg, "--out", tmp_path / "runs"]
+    out = run_script([str(a) for a in args], tmp_path)
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == ["model", "student", "distilled", "teacher"], out
+    assert "held-out images: 8" in out and "live mode (train.distill.mode: live) would add about" in out
+    assert "(separate)" in table[3] and "%" in table[2].split("|")[6]

@@ -21,7 +21,8 @@ Two modes (``train.distill.mode``; docs/distillation.md says which costs what):
 ``auto`` is cached, unless the images are streamed (shards), whose rows a cache cannot name.
 
 Floor 7 (training): imports torch, :mod:`cnnzoo.config`, :mod:`cnnzoo.console`, the errors, the
-cache home, :mod:`cnnzoo.data` (the datasets and the array cache) and :mod:`cnnzoo.inference`.
+cache home, :mod:`cnnzoo.data` (the datasets and the array cache), :mod:`cnnzoo.runtime` and
+:mod:`cnnzoo.inference`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..data import loaders as loaders_mod
 from ..data.cache import cached_array
 from ..errors import ConfigError, UserError, short_reason
 from ..files import cache_home
+from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .mixing import blend
 
@@ -267,7 +269,10 @@ def start(
         )
     if settings.mode == "cached" or (settings.mode == "auto" and not streamed):
         distiller.mode = "cached"
-        distiller.lookup = cache_answers(distiller, loaders.train_set, cache_dir=Path(cache_dir) if cache_dir else None)
+        with distributed.main_first(shared=True):  # under DDP local rank 0 writes the file, the others read it
+            distiller.lookup = cache_answers(
+                distiller, loaders.train_set, cache_dir=Path(cache_dir) if cache_dir else None
+            )
         loaders.train_set.positions = True
     if folds:
         console.warn(
