@@ -75,6 +75,18 @@ def test_a_relative_teacher_is_read_beside_the_config_else_from_the_working_dire
     assert load_config(path).train.distill.teacher == "runs/x/1/best.pt"
 
 
+def test_a_teacher_turns_the_frozen_feature_cache_off_and_says_why():
+    from cnnzoo.training.feature_cache import _flip_versions
+    from cnnzoo.training.transfer import TransferSettings
+
+    cfg = load_config({"data": {"augment": {"hflip": True}}}, ["train.distill.teacher=t.pt"])
+    keys = TransferSettings.of(cfg).mixing
+    assert keys == ("distill.teacher",)
+    reason, flips, _ = _flip_versions(cfg.data.augment, keys)
+    assert reason.startswith("train.distill.teacher needs each batch's images") and flips == []
+    assert TransferSettings.of(load_config({})).mixing == ()
+
+
 @pytest.mark.slow  # the command reads the images before it opens the teacher
 def test_the_shipped_config_without_its_teacher_says_how_to_make_one(image_root, tmp_path):
     result = run_cnnzoo(["train", "-c", "clothing_distilled", "--data", image_root, "--epochs", "1"], cwd=tmp_path)
