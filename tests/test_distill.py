@@ -243,3 +243,6 @@ def test_the_bench_prints_one_table_of_the_student_the_taught_student_and_the_te
     assert [line.split("|")[1].strip() for line in table] == ["model", "student", "distilled", "teacher"], out
     assert "held-out images: 8" in out and "live mode (train.distill.mode: live) would add about" in out
     assert "(separate)" in table[3] and "%" in table[2].split("|")[6]
+    costs = run_script([*[str(a) for a in args], "--costs-only"], tmp_path)
+    assert "live mode: the teacher is" in costs and "cached mode: one pass of 48 teacher views" in costs
+    assert "teacher on 8 held-out images:" in costs and "on the 16 px image resized up" in costs
