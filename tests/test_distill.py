@@ -186,19 +186,26 @@ def test_a_teacher_of_other_classes_is_one_line_naming_the_difference(teachers, 
     assert "lacks the data's ['b']" in line and "has ['c'] the data lacks" in line
 
 
-def test_a_distilled_run_resumes_exactly(teachers, tmp_path):
+def test_a_distilled_run_resumes_exactly_from_another_folder(teachers, tmp_path, monkeypatch):
+    shutil.copy(teachers["checkpoint"], tmp_path / "teacher.pt")
+    monkeypatch.chdir(tmp_path)
+
     def config(epochs):
         cfg = student(teachers, "checkpoint", epochs=epochs, batch_size=4, mixup=0.4, ema={"decay": 0.9})
         cfg["train"].update(scheduler="step", step_size=1, gamma=0.5)
+        cfg["train"]["distill"]["teacher"] = "teacher.pt"  # relative to the working directory
         return cfg
 
     whole = train(config(3), out=tmp_path / "whole", quiet=True)
     part = train(config(2), out=tmp_path / "part", quiet=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     resumed = train(resume=part / "last.pt", overrides=["train.epochs=3"], quiet=True)
     assert metric_rows(resumed) == metric_rows(whole)
     a, b = (torch.load(r / "best.pt", weights_only=True) for r in (whole, resumed))
     assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
     assert b["meta"]["distill"]["mode"] == "cached"
+    assert b["config"]["train"]["distill"]["teacher"] == str(tmp_path / "teacher.pt")
 
 
 @pytest.mark.slow
