@@ -38,6 +38,7 @@ TRAINING_FIXTURES = {
     "kfold",
     "calibrated",
     "uncalibrated",
+    "teachers",
 }
 
 

@@ -326,7 +326,7 @@ def _from_folder(value: str, folder: Path) -> str:
 
 
 def rebase_paths(raw: dict, folder: Path) -> None:
-    """Make a config file's relative paths (data.root, data.cache_dir, a backbone's weights file)
+    """Make a config file's relative paths (data.root, data.cache_dir, a backbone's weights file, train.distill.teacher)
     relative to the file's own folder, in place, so that the file works from any working directory.
 
     A path that exists only relative to the working directory is kept as it is: configs written
@@ -337,6 +337,14 @@ def rebase_paths(raw: dict, folder: Path) -> None:
         for key in ("root", "cache_dir", "images_dir"):
             if isinstance(data.get(key), str) and data[key]:
                 data[key] = _from_folder(data[key], folder)
+    train = raw.get("train")
+    distill = train.get("distill") if isinstance(train, dict) else None
+    teacher = distill.get("teacher") if isinstance(distill, dict) else None
+    if isinstance(teacher, str) and teacher and not os.path.isabs(os.path.expanduser(teacher)):
+        # a teacher is often a run of the working directory (runs/<name>/<N>/best.pt), which a shipped
+        # config names: beside the file when it is there, else from the working directory
+        beside = os.path.normpath(os.path.join(os.path.abspath(folder), teacher))
+        distill["teacher"] = beside if os.path.exists(beside) else os.path.expanduser(teacher)
     model = raw.get("model")
     entry = backbone_entry(model.get("layers")) if isinstance(model, dict) else None
     if entry is not None and looks_like_path(entry[1].get("weights")):

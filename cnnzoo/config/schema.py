@@ -212,6 +212,27 @@ class UnknownConfig:
     """Fit the score after training (single-label models with a validation split); false: no unknown answer."""
 
 
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (``train.distill``; docs/distillation.md), off by default."""
+
+    teacher: Optional[str] = None
+    """The teacher: a checkpoint (.pt), or an export cnnzoo loads (.onnx, OpenVINO .xml); the same
+    classes as the data. Read beside the config file, else from the working directory; null: off."""
+    weight: float = bounded(0.5, **FRACTION)
+    """The student's loss: (1 - weight) x the label loss + weight x T^2 x KL(teacher || student) at
+    temperature T."""
+    temperature: float = bounded(4.0, low=0, high=100, open_low=True, words="a number in (0, 100], e.g. 4")
+    """Both sides' logits are divided by it before the soft targets are compared (higher: softer)."""
+    mode: Literal["auto", "cached", "live"] = "auto"
+    """cached: the teacher scores each training image (and its mirror image) once, at its own size,
+    kept in the cache; live: the teacher scores every augmented (and mixed) batch; auto: cached
+    unless the images are streamed (shards)."""
+
+    def __bool__(self) -> bool:
+        return self.teacher is not None
+
+
 # the names of cnnzoo.training.loggers.LOGGERS, and csv (metrics.csv, which every run keeps)
 LoggerName = Literal["csv", "tensorboard", "mlflow"]
 
@@ -308,6 +329,8 @@ class TrainConfig:
     """The last this-many epochs train on plain (unmixed) batches."""
     ema: EmaConfig = field(default_factory=EmaConfig)
     """An average of the weights, which validation, best.pt and the exports use (train.ema.decay turns it on)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Train on a teacher's soft targets as well as the labels (train.distill.teacher turns it on)."""
     unknown: UnknownConfig = field(default_factory=UnknownConfig)
     """An out-of-distribution score and its threshold, fitted after training: predict answers unknown past it."""
     accumulate: int = bounded(1, low=1, high=1024)

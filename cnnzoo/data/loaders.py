@@ -63,6 +63,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.samples, self.size, self.channels, self.fit = samples, size, channels, fit
         self.multi_label_classes = multi_label_classes
         self.seeds = seeds
+        self.positions = False  # set by a distilling run: batches end with each image's row in ``samples``
         self.crop_min_area = crop_min_area if decoded is None and augment is not None else None
         self.pixels = decoded.pixels if decoded is not None else None
         self.augment = augment
@@ -148,9 +149,12 @@ class ImageDataset(torch.utils.data.Dataset):
             images = torch.empty((0, self.channels, *self.size), dtype=torch.uint8)
         elif isinstance(images, list):
             images = torch.stack(images)
+        out = (images.contiguous(), self.targets[kept])
         if self.seeds:
-            return images.contiguous(), self.targets[kept], torch.tensor(pairs[0][1] if pairs else 0)
-        return images.contiguous(), self.targets[kept]
+            out += (torch.tensor(pairs[0][1] if pairs else 0),)
+        if self.positions:  # each image's row in ``samples``, last (a teacher's cached answers are looked up by it)
+            out += (torch.tensor([self.indices[p] for p in kept], dtype=torch.int64),)
+        return out
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, Any]:
         images, labels, *_ = self.__getitems__([(position, 0)])

@@ -26,7 +26,7 @@ from ..config import TrainConfig
 from ..console import console
 from ..files import is_disk_full, write_text
 from ..plots import plot_history
-from .events import METRIC_COLUMNS, MULTI_LABEL_COLUMNS, Callback, EpochEnd, RunStart
+from .events import DISTILL_COLUMNS, METRIC_COLUMNS, MULTI_LABEL_COLUMNS, Callback, EpochEnd, RunStart
 from .loggers import open_loggers
 
 _TIMING_COLUMNS = ("seconds", "images_per_s", "data_wait", "lr", "backbone_lr")
@@ -168,9 +168,8 @@ def make_callbacks(
     metrics.csv is always kept (resuming and plots read it); ``train.loggers`` adds the loggers
     it names (:mod:`~cnnzoo.training.loggers`), last.
     """
-    metrics = MetricsCSV(
-        run_dir, resumed_at, columns=METRIC_COLUMNS + MULTI_LABEL_COLUMNS if multi_label else METRIC_COLUMNS
-    )
+    columns = METRIC_COLUMNS + (MULTI_LABEL_COLUMNS if multi_label else []) + (DISTILL_COLUMNS if t.distill else [])
+    metrics = MetricsCSV(run_dir, resumed_at, columns=columns)
     out: list[Callback] = [metrics, checkpoints, HistoryPlot(run_dir, metrics), EpochLine(t.epochs, monitor)]
     # last: a logger may upload history.png once HistoryPlot has drawn it for the last time
     return [*out, *open_loggers(RunStart(run_dir=run_dir, classes=classes, resumed_at=resumed_at), t)]

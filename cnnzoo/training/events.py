@@ -36,6 +36,8 @@ METRIC_COLUMNS = [
 ]
 # multi-label runs add these (val_acc is then the exact-match rate: every class right at 0.5)
 MULTI_LABEL_COLUMNS = ["val_map", "val_f1_micro", "val_f1_macro"]
+# distilling runs add the seconds the teacher ran in each epoch (train.distill)
+DISTILL_COLUMNS = ["teacher_seconds"]
 
 
 @dataclass(kw_only=True)

@@ -4,9 +4,10 @@ needs a fact (the model's build, the probes, the run folder).
 
 The config itself is never written to: it keeps what the user wrote. The run folder's
 ``config.yaml`` and every checkpoint's ``config`` are :meth:`RunFacts.saved_config`, a copy with the
-facts filled in (the class count, the input shape, the run's name, an absolute data folder and
-backbone weights file), as they always were: ``evaluate``, ``export`` and ``train --resume`` read
-them from there, from any folder, and run folders written before this module still load.
+facts filled in (the class count, the input shape, the run's name, an absolute data folder,
+backbone weights file and distillation teacher), as they always were: ``evaluate``, ``export`` and
+``train --resume`` read them from there, from any folder, and run folders written before this
+module still load.
 
 Floor 7 (training): imports :mod:`cnnzoo.config`, :mod:`cnnzoo.data.sources` (the data's spec) and
 :mod:`cnnzoo.model.backbones` (a weights file made absolute).
@@ -15,6 +16,7 @@ Floor 7 (training): imports :mod:`cnnzoo.config`, :mod:`cnnzoo.data.sources` (th
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,8 @@ class RunFacts:
         saved.data.channels, saved.data.image_size = self.channels, list(self.image_size)
         saved.model.num_classes, saved.model.input = self.num_classes, self.input_shape
         saved.model.layers = copy.deepcopy(self.layers)
+        if saved.train.distill.teacher:  # --resume from another folder still finds the teacher
+            saved.train.distill.teacher = os.path.abspath(saved.train.distill.teacher)
         return saved
 
 

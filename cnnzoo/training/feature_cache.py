@@ -91,6 +91,8 @@ def _flip_versions(
     """(why the cache cannot apply or None, the versions to compute, the flip probabilities).
     ``mixing``: the ``train`` keys that mix images (MixUp, CutMix), which need pixels too."""
     other = [f"data.augment.{key}" for key in aug.pixel_changing()] + [f"train.{key}" for key in mixing]
+    if other == ["train.distill.teacher"]:
+        return "train.distill.teacher needs each batch's images, so the frozen stages run on every batch", [], (0, 0)
     if other:
         return (
             (

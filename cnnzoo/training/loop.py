@@ -1,6 +1,6 @@
 """The loop's pieces: one optimizer step (:class:`Stepper`, gradient accumulation and the weight
-average included), one epoch (:func:`train_one_epoch`, MixUp/CutMix and augmentation on the batch),
-validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
+average included), one epoch (:func:`train_one_epoch`, MixUp/CutMix, augmentation on the batch, a
+distillation teacher), validation (:func:`validate`), and which epoch ``best.pt`` holds (:class:`BestEpoch`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..evaluation import metrics, multilabel
 from ..evaluation.metrics import predict_loader
 from ..runtime import distributed
 from ..runtime.device import Feed
+from .distill import Distiller
 from .ema import WeightAverage
 from .mixing import Mixer
 from .recipe import LRSchedule
@@ -114,6 +115,7 @@ class EpochParts:
     feed: Feed
     augment: BatchAugment | None = None  # data.augment on the device (batches that carry their seed)
     mixer: Mixer | None = None  # MixUp / CutMix
+    distiller: Distiller | None = None  # train.distill: the teacher's soft targets
 
 
 def _train_step(net: nn.Module, batch: tuple, parts: EpochParts, *, final: bool) -> tuple[torch.Tensor, ...]:
@@ -122,12 +124,18 @@ def _train_step(net: nn.Module, batch: tuple, parts: EpochParts, *, final: bool)
     mixed = parts.mixer.mix(x, y) if parts.mixer is not None else None
     if mixed is not None:
         x, soft_targets = mixed
+    teacher = None
+    if parts.distiller is not None:  # the last item of a distilling run's batch: each image's row
+        rows = batch[-1] if len(batch) > 2 and batch[-1].dim() == 1 else None
+        teacher = parts.distiller.targets(x, rows, ratio=parts.mixer.ratio if mixed is not None else None)
     # in DDP, gradients are averaged across processes only on the batch that steps
     between_steps = not parts.stepper.steps_now(final) and hasattr(net, "no_sync")
     with net.no_sync() if between_steps else nullcontext():
         with parts.feed.autocast():
             logits = net(x)
             loss = parts.criterion(logits, y) if mixed is None else parts.criterion.soft(logits, soft_targets)
+            if teacher is not None:
+                loss = parts.distiller.loss(logits, loss, teacher)
         parts.stepper.step(loss, final=final)
     return loss.detach(), logits.detach(), y
 
@@ -142,6 +150,7 @@ def train_one_epoch(
     desc: str,
     augment: BatchAugment | None = None,
     mixer: Mixer | None = None,
+    distiller: Distiller | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes; accuracy counts
@@ -151,8 +160,7 @@ def train_one_epoch(
     device = parts.feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    wait = 0.0
+    seen, wait, parts.distiller = 0, 0.0, distiller
     bar = console.bar(len(loader), desc)
     start = time.perf_counter()
     iterator = iter(loader)

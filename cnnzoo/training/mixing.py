@@ -83,6 +83,9 @@ class Mixer:
         self.settings, self.num_classes, self.seed, self.rank = settings, num_classes, seed, rank
         self.active = False
         self.rng = np.random.default_rng(0)
+        # the last mixed batch's share of each image itself (the rest is the reversed batch's), which
+        # a distillation teacher's cached answers are blended by
+        self.ratio = 1.0
 
     def set_epoch(self, epoch: int) -> None:
         self.active = epoch <= self.settings.last_epoch
@@ -110,8 +113,14 @@ class Mixer:
             x, lam = _paste_box(x, lam, box)
         else:
             x = x * lam + x.flip(0) * (1 - lam)
-        targets = soft_targets(labels, self.num_classes, s.label_smoothing)
-        return x, targets * lam + targets.flip(0) * (1 - lam)
+        self.ratio = lam
+        return x, blend(soft_targets(labels, self.num_classes, s.label_smoothing), lam)
+
+
+def blend(rows: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per-image rows (targets, a teacher's probabilities) mixed as the images were: each row
+    ``ratio`` of itself and the rest of the reversed batch's row."""
+    return rows * ratio + rows.flip(0) * (1 - ratio)
 
 
 def _paste_box(x: torch.Tensor, lam: float, centre: list[float]) -> tuple[torch.Tensor, float]:

@@ -31,6 +31,7 @@ from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
 from . import calibrate, crossval
 from .callbacks import Checkpoints, make_callbacks
+from .distill import Distiller
 from .ema import WeightAverage
 from .events import Callback, EpochEnd
 from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
@@ -80,6 +81,7 @@ class Job:
     start_epoch: int = 1
     callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
     mixer: Mixer | None = None  # train.mixup / train.cutmix
+    distiller: Distiller | None = None  # train.distill
 
     @property
     def average(self) -> WeightAverage | None:
@@ -242,6 +244,8 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
     if setup.spec.multi_label:  # the thresholds are the validation's of the epoch a checkpoint holds
         fixed = 0.5 if cfg.train.thresholds == "tuned" else float(cfg.train.thresholds)
         meta.update(task="multi", thresholds=[fixed] * len(setup.spec.classes))
+    if setup.distiller is not None:
+        meta["distill"] = setup.distiller.facts()
     return Job(
         cfg=cfg,
         saved_config=saved_config,
@@ -258,6 +262,7 @@ def _job(cfg: Config, run_dir: Path, setup: TrainingSetup, stepper: Stepper, *, 
             feed=setup.feed,
         ),
         best=BestEpoch.of(cfg.train, multi_label=setup.spec.multi_label),
+        distiller=setup.distiller,
         base_state={"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "layers": layer_records(infos), "meta": meta},
     )
 
@@ -370,6 +375,7 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         desc=f"epoch {epoch}/{t.epochs}",
         augment=stages.loaders.batch_augment,
         mixer=job.mixer,
+        distiller=job.distiller,
     )
     if not stats["images_per_s"]:  # no image decoded (a stream's every member failed): no best.pt of nothing
         raise DataError(
@@ -403,6 +409,8 @@ def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
         "backbone_lr": backbone_lr,
     }
+    if job.distiller is not None:  # its first epoch's includes the cached mode's one pass over the images
+        row["teacher_seconds"] = job.distiller.take_seconds()
     schedule.step_epoch(val[job.best.monitor])
     improved = job.best.update(val, epoch)
     best_text = f"{job.best.text()} (epoch {job.best.epoch})"

@@ -30,6 +30,8 @@ from ..runtime.device import (
     norm_tensors,
     prefers_channels_last,
 )
+from . import distill
+from .distill import Distiller
 from .facts import RunFacts, resolve_facts
 from .inputs import load_data
 from .loggers import require_loggers
@@ -167,6 +169,7 @@ class TrainingSetup:
     scaler: torch.amp.GradScaler | None  # fp16 autocast only
     counts: list[int]
     trainable_counts: tuple[int, int] | None  # backbone stages trained in stage 1 and 2
+    distiller: Distiller | None = None  # train.distill's teacher
 
 
 def _precision(
@@ -194,6 +197,15 @@ def _precision(
     return candidate
 
 
+def _criterion(t: TrainConfig, kind: str, spec: sources.DataSpec, counts: list[int], *, images: int) -> Criterion:
+    """The loss, with ``train.class_weights`` (multi-label: each class's positive weight)."""
+    if spec.multi_label:
+        weights = pos_weight_vector(t.class_weights, spec.classes, counts, images)
+    else:
+        weights = class_weight_vector(t.class_weights, spec.classes, counts)
+    return Criterion(kind, weights, t.label_smoothing)
+
+
 def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = None) -> TrainingSetup:
     """Data (the cache built), model (pretrained weights, or ``state``'s), loss and optimizer.
 
@@ -213,6 +225,10 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
     check_class_weights(t.class_weights, spec.classes)
     trainable_counts = trainable_stage_counts(model, TransferSettings.of(cfg))
     require_loggers(t.loggers)
+    # the teacher is read and checked against the classes before any image is decoded
+    distiller = None
+    if t.distill:
+        distiller = distill.open_teacher(t.distill, classes=spec.classes, multi_label=spec.multi_label)
 
     loaders = sources.build_loaders(cfg, spec, augment=augment, cuda=dev.type == "cuda")
     counts = loaders.train_set.class_counts(len(spec.classes))
@@ -229,11 +245,10 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
         channels_last=channels_last,
         autocast_dtype=autocast_dtype,
     )
-    if spec.multi_label:
-        weights = pos_weight_vector(t.class_weights, spec.classes, counts, len(loaders.train_set))
-    else:
-        weights = class_weight_vector(t.class_weights, spec.classes, counts)
-    criterion = Criterion(kind, weights, t.label_smoothing).to(dev)
+    if distiller is not None:
+        folds = spec.fold_pool is not None
+        distill.start(distiller, loaders, norm=feed.norm, cache_dir=cfg.data.cache_dir, folds=folds)
+    criterion = _criterion(t, kind, spec, counts, images=len(loaders.train_set)).to(dev)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     return TrainingSetup(
         spec=spec,
@@ -248,4 +263,5 @@ def build_setup(cfg: Config, dev: torch.device, state: dict[str, Any] | None = N
         scaler=scaler,
         counts=counts,
         trainable_counts=trainable_counts,
+        distiller=distiller,
     )

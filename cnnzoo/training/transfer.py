@@ -38,7 +38,7 @@ class TransferSettings:
     unfreeze_stages: int | str = "all"
     epochs: int = 10
     batch_size: int = 32
-    mixing: tuple[str, ...] = ()  # the train keys that mix images (they need pixels)
+    mixing: tuple[str, ...] = ()  # the train keys that mix images or read them (a teacher): they need pixels
     augment: AugmentConfig
     feature_cache: str = "auto"  # none, ram, disk or auto
     pixel_cache: str = "auto"  # data.cache: the feature cache is built from it
@@ -54,7 +54,7 @@ class TransferSettings:
             unfreeze_stages=t.unfreeze_stages,
             epochs=t.epochs,
             batch_size=t.batch_size,
-            mixing=tuple(MixSettings.of(t).keys_on),
+            mixing=tuple(MixSettings.of(t).keys_on) + (("distill.teacher",) if t.distill else ()),
             augment=d.augment,
             feature_cache=d.feature_cache,
             pixel_cache=d.cache,

@@ -19,7 +19,7 @@ from cnnzoo.training.run import train
 from .cli import CONFIGS, run_cnnzoo
 from .images import make_image_tree
 
-TIMING = ("seconds", "images_per_s", "data_wait")
+TIMING = ("seconds", "images_per_s", "data_wait", "teacher_seconds")
 HEADER = (
     "epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,data_wait,stage,trainable_params,backbone_lr"
 )
