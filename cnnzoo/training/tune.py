@@ -60,7 +60,7 @@ class TuneSettings:
 
 def _optuna() -> Any:
     try:
-        import optuna
+        import optuna  # lazy: the tune extra, imported only when a search runs
     except ImportError:
         raise UserError("cnnzoo tune needs Optuna; pip install 'cnnzoo[tune]'") from None
     optuna.logging.set_verbosity(logging.WARNING)  # our own line per trial says what its INFO lines would
@@ -153,8 +153,8 @@ def describe_storage(url: str | None, folder: Path) -> str:
 
 def open_storage(settings: TuneSettings, folder: Path) -> Any:
     """The Optuna storage of ``settings.storage``; a URL it cannot use is one line naming it."""
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback  # lazy: the tune extra
+    from optuna.storages.journal import JournalFileBackend  # lazy: the tune extra
 
     url = settings.storage
     if url is None or url.startswith("journal:///"):
@@ -177,7 +177,7 @@ def open_storage(settings: TuneSettings, folder: Path) -> Any:
             url,
             heartbeat_interval=settings.heartbeat_s,
             grace_period=3 * settings.heartbeat_s,
-            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except ImportError as exc:
         raise UserError(
@@ -293,7 +293,7 @@ class _Objective:
         self.current: Any = None
 
     def __call__(self, trial: Any) -> float:
-        import optuna
+        import optuna  # lazy: the tune extra (tune() has imported it by now)
 
         self.current = trial
         trial.set_user_attr("host", socket.gethostname())
@@ -304,7 +304,7 @@ class _Objective:
         start = time.perf_counter()
         overrides = [*self.base, f"name={self.name}", *(as_override(k, v) for k, v in values.items())]
         run_dir = train(str(self.config), overrides, out=self.runs_root, quiet=self.quiet, callbacks=[report])
-        trial.set_user_attr("run", str(run_dir))
+        trial.set_user_attr("run", str(Path(run_dir).resolve()))  # read by workers in other folders
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         trial.set_user_attr("best_epoch", report.best_epoch)
         trial.set_user_attr("epochs", report.epochs)
