@@ -11,6 +11,7 @@ The Python API (the CLI is a thin layer over it)::
     cnnzoo.export(run_dir / "best.pt", "onnx")          # best.onnx: cnnzoo.load() runs it without torch
     path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")
     cnnzoo.data_issues("clothing_transfer", "images.csv")  # issues/issues.csv and issues.html
+    cnnzoo.tune("c.yaml", trials=20)   # Optuna search over the config's tune: section
 
 Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
 not import torch.
@@ -35,6 +36,7 @@ _API = {
     "explain": ("explanation.page", "explain"),
     "evaluate": ("evaluation.evaluate", "evaluate"),
     "data_issues": ("training.issues", "data_issues"),
+    "tune": ("training.tune", "tune"),
     "load_config": ("config", "load_config"),
     "build_model": ("model.layers", "build_model"),
     "summarize": ("training.inputs", "summarize"),

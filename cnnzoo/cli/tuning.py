@@ -1,4 +1,4 @@
-"""``cnnzoo lr-find`` and ``cnnzoo sweep``: tuning a recipe."""
+"""``cnnzoo lr-find``, ``cnnzoo sweep`` and ``cnnzoo tune``: tuning a recipe."""
 
 from __future__ import annotations
 
@@ -130,3 +130,80 @@ def sweep(
     typer.echo(markdown_table(result.rows, list(result.rows[0])), nl=False)
     typer.echo(f"wrote {result.table_csv}, {result.table_md} and {result.plot}")
     typer.echo(f"{runs / 'latest'} -> the best run, {result.rows[0]['run']}")
+
+
+@app.command()
+@guarded
+def tune(
+    config: Path = typer.Option(..., "--config", "-c", help=CONFIG_HELP),
+    trials: int = typer.Option(..., "--trials", "-t", min=1, help="Trials this worker runs (its share of the study)."),
+    space: Path | None = typer.Option(
+        None, "--space", help="A YAML file with the search space under tune: (default: the config's tune: section)."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Where the study lives, so other workers can join: journal:///study.log (relative), "
+        "journal:////abs/study.log, sqlite:///study.db, postgresql://... or mysql://... "
+        "(default: <runs>/<name>-tune/study.log).",
+    ),
+    study: str | None = typer.Option(None, "--study", help="The study's name (default: the config's name)."),
+    pruner: str = typer.Option("median", "--pruner", help="median, hyperband or none: stops poor trials early."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe (Optuna's default) or random."),
+    seed: int | None = typer.Option(None, "--seed", help="Seeds the sampler (leave unset when workers share a study)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    unset: list[str] = UNSET_OPTION,
+    data: str | None = DATA_OPTION,
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs per trial (sets train.epochs)."),
+    batch_size: int | None = BATCH_SIZE_OPTION,
+    image_size: int | None = IMAGE_SIZE_OPTION,
+    device: str | None = DEVICE_OPTION,
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder that holds run folders."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch lines."),
+) -> None:
+    """Search hyperparameters with Optuna: TPE sampling, poor trials pruned early, a study many workers join.
+
+    Example:  cnnzoo tune -c configs/quickstart.yaml --trials 20 --epochs 5
+              (the space: a tune: section, e.g. tune: {train.lr: {log: [1.0e-4, 1.0e-2]},
+               train.weight_decay: [0.0, 0.05], data.augment.trivialaugment: [true, false]})
+    Workers:  run the same command with --storage journal:////shared/study.log (or a database URL)
+              on as many machines as you like; each runs its --trials.
+    Writes runs/<name>-tune/trials.csv, trials.md, trials.png and best.yaml; runs/latest -> the best trial's run.
+    """
+    overrides = Shortcuts(
+        data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
+    ).overrides(set_, unset)
+    config = find_config(config)  # a shipped config by name, too
+    require_data(load_config(config, overrides), config)  # config errors come back before torch is imported
+    from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
+    from ..training.sweep import markdown_table
+    from ..training.tune import tune as run_tune
+
+    try:
+        result = run_tune(
+            config,
+            trials=trials,
+            space=space,
+            overrides=overrides,
+            runs_root=runs,
+            storage=storage,
+            study=study,
+            pruner=pruner,
+            sampler=sampler,
+            seed=seed,
+            quiet=quiet,
+        )
+    except TrainingInterrupted as exc:
+        typer.echo(
+            f"\ncnnzoo: tune interrupted in {exc.run_dir}; its trial is marked failed and queued again: "
+            f"run the same command to continue",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    typer.echo(markdown_table(result.rows, list(result.rows[0])) if result.rows else "no trials yet", nl=False)
+    typer.echo(
+        f"study {result.study!r}: {result.finished} finished trial(s); "
+        f"wrote {result.table_csv}, {result.table_md} and {result.plot}"
+    )
+    if result.best_yaml is not None:
+        typer.echo(f"best config: {result.best_yaml}   train it: cnnzoo train -c {result.best_yaml}")

@@ -372,6 +372,9 @@ class Config:
     seed: int = bounded(0, low=0, high=2**64 - 1)  # what torch.manual_seed takes
     """Seeds the split, the initial weights, the shuffling and the augmentation: the same seed
     gives the same run."""
+    tune: Optional[dict[str, Any]] = None
+    """The search space of `cnnzoo tune` (training ignores it): config keys mapped to
+    `{log: [low, high]}`, `{float: [low, high]}`, `{int: [low, high]}` or a list of values."""
     source_path: Optional[str] = field(default=None, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,6 +52,11 @@ class EpochEnd:
     best_epoch: int = 0  # the epoch best.pt holds now
 
 
+class StopTraining(Exception):
+    """Raised by a callback's ``epoch_end`` to end the run after this epoch (``cnnzoo tune`` pruning a
+    trial): the callbacks close, the fits after training are skipped, and the run folder is returned."""
+
+
 class Callback(Protocol):
     """What is told of each finished epoch, and of the end of training."""
 

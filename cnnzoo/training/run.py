@@ -9,7 +9,7 @@ the same metrics, and a resumed run continues exactly where the uninterrupted on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from . import calibrate, crossval
 from .callbacks import Checkpoints, make_callbacks
 from .distill import Distiller
 from .ema import WeightAverage
-from .events import Callback, EpochEnd
+from .events import Callback, EpochEnd, StopTraining
 from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
 from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
@@ -333,8 +333,13 @@ def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
             if job.mixer is not None:
                 job.mixer.set_epoch(epoch)
             end = _train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
-            for callback in job.callbacks:
-                callback.epoch_end(end)
+            try:
+                for callback in job.callbacks:
+                    callback.epoch_end(end)
+            except StopTraining as stop:
+                console.log(f"stopped after epoch {epoch}: {stop}")
+                after = None  # a stopped run is not worth fitting a temperature or an unknown score on
+                break
             if job.best.should_stop:
                 console.log(f"early stopping: {job.best.monitor} has not improved for {t.patience} epochs")
                 break
@@ -429,6 +434,7 @@ def train(
     resume: str | Path | None = None,
     folds: int | None = None,
     final: bool = True,
+    callbacks: Sequence[Callback] = (),
     **settings: Any,
 ) -> Path:
     """Train from a YAML path, mapping or Config; return the run folder.
@@ -436,6 +442,8 @@ def train(
     ``overrides`` are ``"dotted.key=value"`` strings (or a mapping); keyword arguments
     are overrides too, with ``__`` for dots: ``train("c.yaml", train__epochs=3)``.
     ``resume`` continues from a ``last.pt``: its run folder, config and states.
+    ``callbacks``: more :class:`~cnnzoo.training.events.Callback` objects told of each epoch (rank 0's);
+    one may raise :class:`~cnnzoo.training.events.StopTraining` to end the run early.
     ``folds``: k-fold cross-validation (:mod:`cnnzoo.training.crossval`), one run per fold in
     ``RUN/fold-N``, ``cv.json`` and ``oof.csv``, then (``final``) a model trained on all the images.
     Started by torchrun, each process trains its share (see :mod:`cnnzoo.runtime.distributed`).
@@ -447,7 +455,7 @@ def train(
         if folds is not None:
             crossval.refuse_folds_with(resume=resume, distributed=crossval.in_distributed_run())
             return crossval.cross_validate(config, override_list, k=folds, out=out, final=final, one_run=_one_run)
-        return _one_run(config, override_list, out=out, resume=resume)
+        return _one_run(config, override_list, out=out, resume=resume, callbacks=callbacks)
 
 
 def _fits_after_training(job: Job) -> None:
@@ -461,10 +469,18 @@ def _fits_after_training(job: Job) -> None:
 
 
 def _one_run(
-    config: Any, overrides: list[str], *, out: str | Path = "runs", resume: Any = None, run_dir: Path | None = None
+    config: Any,
+    overrides: list[str],
+    *,
+    out: str | Path = "runs",
+    resume: Any = None,
+    run_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     try:
         job = prepare(config, overrides, out=out, resume=resume, run_dir=run_dir)
+        if distributed.is_main():  # after the run's own: they have seen the epoch when these are told
+            job.callbacks += list(callbacks)
         run_dir = fit(job, after=_fits_after_training)
         distributed.barrier()  # no process leaves the group while another still uses it
         return run_dir
