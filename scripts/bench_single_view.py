@@ -17,6 +17,10 @@ prints, on the same images:
   - for each crop: one view, one view with its mirror image averaged, and five views;
   - the shipped model (its ``meta.test_crop``): one view against ``--tta``, and the gap before.
 
+A checkpoint trained before the test-time crop existed has none stored: the script then makes the
+choice training makes now (on the run's validation split, by the same rule), in memory; the file is
+never written.
+
 Accuracy only (single-label models); the views' probabilities are averaged as ``--tta`` averages them.
 """
 
@@ -43,17 +47,30 @@ def main() -> None:
 
     path = Path(args.run) / "best.pt" if Path(args.run).is_dir() else Path(args.run)
     ckpt = ckpt_io.load_checkpoint(path)
-    stored = float(ckpt["meta"].get("test_crop", 1.0))
+    choice = ckpt["meta"].get("test_crop_choice")
+    if choice:
+        stored, how = float(ckpt["meta"]["test_crop"]), "stored"
+    else:  # trained before issue 32: the choice training would make, made now and kept in memory only
+        (stored, choice), how = chosen_now(path, args.device), "chosen now (not stored)"
     crops = sorted({*CANDIDATES, stored}, reverse=True)
     labels, views = score_views(ckpt, args.heldout, crops, args.device)
     print(f"held-out: {len(labels)} images from {args.heldout}; {path} (epoch {ckpt.get('epoch')})")
-    choice = ckpt["meta"].get("test_crop_choice")
-    if choice:
-        tried = ", ".join(f"{c}: {100 * a:.2f}%" for c, a in choice["accuracy"].items())
-        print(f"stored test_crop {stored:g}, chosen on {choice['images']} validation images ({tried})")
-    else:
-        print(f"stored test_crop: {stored:g} (no choice recorded: trained before issue 32 or without crops)")
+    tried = ", ".join(f"{c}: {100 * a:.2f}%" for c, a in choice["accuracy"].items())
+    print(f"test_crop {stored:g} {how}, by the rule on {choice['images']} validation images ({tried})")
     report(labels, views, crops, stored)
+
+
+def chosen_now(path: Path, device: str) -> tuple[float, dict]:
+    """The crop :func:`cnnzoo.training.test_crop.choose` picks on the run's validation split, as the
+    step after training would (the checkpoint is read, never written)."""
+    from cnnzoo.training.calibrate import validation_pass
+    from cnnzoo.training.test_crop import CANDIDATES, accuracy, choose
+
+    tried = {}
+    for crop in CANDIDATES:
+        scored = validation_pass(path, device=device, test_crop=crop)
+        tried[crop] = accuracy(scored)
+    return choose(tried), {"accuracy": {str(c): a for c, a in tried.items()}, "images": len(scored.labels)}
 
 
 def score_views(ckpt: dict, heldout: str, crops: list[float], device: str):

@@ -4,7 +4,6 @@ ONNX and TorchScript; a model without one reads whole images as before."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -136,6 +135,14 @@ def test_bench_single_view_prints_each_view_and_each_crop(cropped, tmp_path):
     assert "held-out: 8 images from" in out and "five views (--tta)" in out and "mirrored" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("  0.") or line.startswith("  1 ")]
     assert len(rows) == len(test_crop.CANDIDATES)
-    assert "shipped (test_crop " in out
-    meta = json.loads(json.dumps(load_checkpoint(cropped.best)["meta"]["test_crop_choice"]))
-    assert f"chosen on {meta['images']} validation images" in out
+    meta = load_checkpoint(cropped.best)["meta"]
+    assert f"test_crop {meta['test_crop']:g} stored, by the rule on 8 validation images" in out
+    assert f"shipped (test_crop {meta['test_crop']:g}): one view " in out
+    # a checkpoint from before the crop: the choice is made again by the rule, in memory, the file untouched
+    ckpt = torch.load(cropped.best, weights_only=True)
+    del ckpt["meta"]["test_crop"], ckpt["meta"]["test_crop_choice"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    before = (tmp_path / "old.pt").read_bytes()
+    again = run_script([script, "--run", tmp_path / "old.pt", "--heldout", cropped.root / "validation"], tmp_path)
+    assert f"test_crop {meta['test_crop']:g} chosen now (not stored), by the rule on 8 validation images" in again
+    assert (tmp_path / "old.pt").read_bytes() == before
