@@ -282,6 +282,7 @@ MAX_CLASSES = 1_000_000
 # meta.resize: data.resize (preprocess.RESIZE_MODES), or bilinear, which files written before
 # data.resize carry and which means squash; absent means squash too
 RESIZE_MODES = ("squash", "letterbox", "crop", "bilinear")
+TEST_CROPS = (0.5, 1.0)  # meta.test_crop: the centred share of each side predict keeps (preprocess.TEST_CROPS)
 TEMPERATURES = (1e-6, 1e6)  # meta.calibration.temperature: past either end, every answer is all-or-nothing or uniform
 TASK_OF_LOSS = {"cross_entropy": "single", "bce": "single", "bce_multi_label": "multi"}  # recipe.loss_kind's
 
@@ -317,6 +318,9 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
     resize = meta.get("resize", "squash")
     if not isinstance(resize, str) or resize not in RESIZE_MODES:
         raise bad("resize", f"should be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]} (how images are resized)")
+    crop = meta.get("test_crop", 1.0)  # optional: absent before issue 32 (the whole image)
+    if not (_is_number(crop) and TEST_CROPS[0] <= crop <= TEST_CROPS[1]):
+        raise bad("test_crop", f"should be the share of each side kept, {TEST_CROPS[0]} to {TEST_CROPS[1]}")
     if not isinstance(meta.get("int8", {}), dict):
         raise bad("int8", "should be the record an INT8 export writes (a JSON object)")
     data = meta.get("data", {})  # optional: models trained before issue 30 do not carry it

@@ -1,6 +1,7 @@
 """INT8 ONNX export (issue 21, part 1) on a model trained here for real: the quantized file carries
 the FP32 export's metadata, its reported validation accuracies are what ``predict`` gives with each
-file, it runs without torch, and a drop beyond ``--max-drop`` exits 1 with one line.
+file, it runs without torch, and a measurable drop beyond ``--max-drop`` exits 1 with one line
+that counts the images that changed each way (issue 32); one changed image is not a loss.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cnnzoo import inference
+from cnnzoo.deploy import quantize
 from cnnzoo.deploy.export import export
 from cnnzoo.evaluation.evaluate import evaluate, format_report
+from cnnzoo.inference.onnx import OnnxModel
 
 from support.cli import (
     one_error_line,
@@ -50,9 +54,13 @@ def _validation(trained) -> list[tuple[str, str]]:
     return sorted((str(p), p.parent.name) for p in (trained.root / "validation").rglob("*.jpg"))
 
 
-def _accuracy(model_path: Path, images: list[tuple[str, str]]) -> float:
+def _right_per_image(model_path: Path, images: list[tuple[str, str]]) -> list[bool]:
     records = inference.load(model_path).predict([path for path, _ in images], unknown=False)  # the class, always
-    return sum(r["label"] == label for r, (_, label) in zip(records, images)) / len(images)
+    return [r["label"] == label for r, (_, label) in zip(records, images)]
+
+
+def _accuracy(model_path: Path, images: list[tuple[str, str]]) -> float:
+    return sum(_right_per_image(model_path, images)) / len(images)
 
 
 def test_int8_export_carries_the_metadata_and_reports_what_predict_gives(trained, quantized, tmp_path):
@@ -91,6 +99,7 @@ def test_int8_cli_reports_both_models_and_never_touches_the_checkpoint(trained, 
     assert done.returncode == 0, done.stderr
     assert "INT8 calibrated on 8 training images; on 18 validation images:" in done.stdout
     assert "FP32 accuracy" in done.stdout and "INT8 accuracy" in done.stdout
+    assert " of 18 images changed: " in done.stdout and "McNemar's exact p = " in done.stdout
     assert (tmp_path / "best.int8.onnx").is_file()
     assert hashlib.sha256(trained.best.read_bytes()).hexdigest() == before
 
@@ -118,8 +127,47 @@ def test_an_accuracy_drop_beyond_max_drop_exits_1_and_keeps_the_file(trained, tm
     done = run_cnnzoo(["export", checkpoint, "--int8", "--out", out, "--tolerance", "1e-3"], trained.base)
     assert "largest probability difference" in done.stdout and ": ok" in done.stdout  # FP32 unchanged
     line = one_error_line(done, code=1)
-    assert "points of validation accuracy against FP32 (--max-drop 1); do not deploy it" in line
+    assert "points of validation accuracy against FP32 (--max-drop 1), measurably: " in line
+    assert line.endswith("; do not deploy it (try more --calibration images, or the FP32 export)")
     assert out.is_file() and out.stat().st_size > 0  # written all the same, to inspect
+    # the counts in the line are what predict gives with the two files, image by image
+    images = _validation(trained)
+    fp32 = export(checkpoint, "onnx", out=tmp_path / "outlier.onnx", tolerance=1e-3).path
+    before, after = (_right_per_image(path, images) for path in (fp32, out))
+    wrong, right = sum(b and not a for b, a in zip(before, after)), sum(a and not b for b, a in zip(before, after))
+    assert wrong >= 5  # p <= 1/32: measurable on 18 images
+    assert f"{wrong + right} of 18 images changed: {wrong} now wrong, {right} now right (McNemar's exact p = " in line
+    assert _metadata(out)["int8"]["now_wrong"] == wrong and _metadata(out)["int8"]["now_right"] == right
+
+
+def _one_image_flipped(trained, path: Path) -> tuple[Path, int]:
+    """The trained checkpoint with one class's logit raised just enough (its dense bias) that exactly
+    one validation image FP32 answers right, of another class, now gets that class: a loss of one
+    image, the kind of change quantization noise makes. Returns (the file, the class raised)."""
+    model, images = inference.load(trained.best), _validation(trained)
+    logits = model.logits(np.stack([model.preprocess(p) for p, _ in images]))
+    truth = np.array([model.classes.index(label) for _, label in images])
+    right = logits.argmax(1) == truth
+    raised = next(k for k in range(3) if not (~right & (truth == k)).any())  # no wrong image of it to put right
+    margins = np.sort((logits[np.arange(len(truth)), truth] - logits[:, raised])[right & (truth != raised)])
+    ckpt = torch.load(trained.best, weights_only=True)
+    bias = [k for k, t in ckpt["model_state"].items() if k.endswith("bias") and t.shape == (3,)][-1]  # the head's
+    ckpt["model_state"][bias][raised] += float(margins[:2].mean())  # past the nearest image, short of the next
+    torch.save(ckpt, path)
+    return path, raised
+
+
+def test_compare_counts_the_changed_images_and_passes_a_one_image_loss(trained, fp32, tmp_path):
+    """compare on any two classifiers (here the FP32 export and a damaged one): one image lost of
+    18 is 5.6 points, beyond --max-drop 1, but one changed image is no evidence (p = 0.5)."""
+    damaged = export(_one_image_flipped(trained, tmp_path / "flipped.pt")[0], "onnx", out=tmp_path / "f.onnx").path
+    _, validation = quantize.data_splits(torch.load(trained.best, weights_only=True)["config"], ["a", "b", "c"])
+    report = quantize.compare(OnnxModel(fp32), OnnxModel(damaged), validation, max_drop=1.0)
+    images = _validation(trained)
+    assert (report.now_wrong, report.now_right) == (1, 0)
+    assert _right_per_image(fp32, images).count(True) - _right_per_image(damaged, images).count(True) == 1
+    assert report.drop == pytest.approx(100 / 18) and report.changes.p_value == 0.5 and report.ok
+    assert report.lines()[-1].endswith("beyond --max-drop 1 but not measurably worse (p >= 0.05): ok")
 
 
 @pytest.mark.parametrize(

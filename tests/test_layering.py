@@ -80,6 +80,7 @@ TORCH_FREE = {
     "cnnzoo.training",
     "cnnzoo.training.inputs",
     "cnnzoo.deploy",
+    "cnnzoo.deploy.paired",
     "cnnzoo.deploy.serve",
     "cnnzoo.deploy.serve.app",
     "cnnzoo.deploy.serve.limits",

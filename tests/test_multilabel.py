@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import cnnzoo
 from cnnzoo.config import load_config
 from cnnzoo.data import loaders
 from cnnzoo.data.shapes import write_multi_label_shapes
@@ -459,3 +460,34 @@ def _page_shows_independent_bars(url: str, image: Path, record: dict) -> None:
         assert heading == (", ".join(record["labels"]) or "none of the classes")
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+def test_int8_of_a_multi_label_model_counts_images_by_their_whole_label_set(shapes_run):
+    """export --int8's paired check (issue 32): an image is right when its predicted label set is its
+    label set; the FP32 side's share of those is evaluate's exact match, and the changed images
+    are the ones predict answers differently with the two files."""
+    pytest.importorskip("onnxruntime")
+    from cnnzoo.deploy import quantize
+    from cnnzoo.deploy.export import export
+
+    base, _, run = shapes_run
+    result = export(run / "best.pt", "onnx", int8=True, out=base / "int8" / "m.int8.onnx")
+    fp32 = export(run / "best.pt", "onnx", out=base / "int8" / "m.onnx").path
+    report = result.int8
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    _, validation = quantize.data_splits(ckpt["config"], list(SHAPES))
+    paths = [str(validation.item(i)) for i in range(len(validation))]
+    truth = [sorted(SHAPES[k] for k in validation.label_sets[i]) for i in range(len(validation))]
+
+    def right(model_path) -> list[bool]:
+        records = cnnzoo.load(model_path).predict(paths)
+        return [sorted(r["labels"]) == t for r, t in zip(records, truth)]
+
+    before, after = right(fp32), right(result.path)
+    assert report.validation_images == len(paths) == 120
+    assert report.fp32_accuracy == sum(before) / 120 and report.int8_accuracy == sum(after) / 120
+    assert report.now_wrong == sum(b and not a for b, a in zip(before, after))
+    assert report.now_right == sum(a and not b for b, a in zip(before, after))
+    scored = cnnzoo.evaluate(fp32, split="validation", progress=False, html_report=False, out=base / "int8-eval")
+    assert scored["exact_match"] == pytest.approx(report.fp32_accuracy)

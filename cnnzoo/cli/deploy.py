@@ -53,7 +53,8 @@ def export(
         DEFAULT_MAX_DROP,
         "--max-drop",
         min=0.0,
-        help="With --int8: accuracy points INT8 may lose against FP32 on validation; exit 1 beyond.",
+        help="With --int8: accuracy points INT8 may lose against FP32 on validation; exit 1 beyond, "
+        "when the loss is measurable (McNemar's exact test on the images whose answer changed, p < 0.05).",
     ),
 ) -> None:
     """Export a checkpoint to ONNX, TFLite or TorchScript, then check it gives the checkpoint's probabilities.
@@ -65,7 +66,8 @@ def export(
       cnnzoo serve runs/latest/best.onnx
     Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
     NaN or infinite probabilities, or (--int8) loses more than --max-drop points of validation
-    accuracy; the file is written all the same, to inspect.
+    accuracy and the loss is measurable (McNemar's exact test, p < 0.05, on the images whose
+    answer changed); the file is written all the same, to inspect.
 
     TorchScript is code: cnnzoo writes it for LibTorch (C++) and opens one only with
     predict/serve --trust-torchscript.
@@ -105,7 +107,8 @@ def export(
     if result.int8 and not result.int8.ok:
         _fail(
             f"{result.path}: INT8 loses {result.int8.drop:.2f} points of validation accuracy against FP32 "
-            f"(--max-drop {max_drop:g}); do not deploy it (try more --calibration images, or the FP32 export)",
+            f"(--max-drop {max_drop:g}), measurably: {result.int8.changes.describe()}; do not deploy it "
+            "(try more --calibration images, or the FP32 export)",
             code=1,
         )
 

@@ -349,6 +349,10 @@ class TrainConfig:
     """After training, fit a temperature on the validation split so that the probabilities mean what
     they say (one per class for multi-label), kept in best.pt and every export: `temperature` or
     `none` ([Calibration](../calibration.md))."""
+    test_crop: Literal["auto", "none"] = "auto"
+    """After training with data.augment.random_resized_crop: the centred share of each side (1.0 down
+    to 0.8) that scores best on the validation split, kept in best.pt and every export as the
+    preprocessing predict applies (`auto`); `none`: the whole image ([Test-time crop](../test-time-crop.md))."""
 
     def backbone_learning_rate(self) -> float:
         if self.backbone_lr is None:

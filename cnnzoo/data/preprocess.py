@@ -9,7 +9,10 @@ How an image of another aspect ratio becomes the model's (H, W) is a :class:`Fit
 (``data.resize``): ``squash`` resizes to (H, W) ignoring the aspect ratio (what cnnzoo always
 did), ``letterbox`` resizes the whole image to fit inside (H, W) and pads the rest with the
 normalisation mean (pixels that normalise to 0, what a convolution's zero padding shows it),
-``crop`` resizes it to cover (H, W) and cuts the overflow off both ends, centred. Channels:
+``crop`` resizes it to cover (H, W) and cuts the overflow off both ends, centred. A fit may also
+keep only the centred ``crop`` share of each side of the image first (a model's stored test-time
+crop, ``meta.test_crop``: what a network trained on random-resized crops, which show objects
+larger than a plain resize does, sees best at test time; FixRes, Touvron et al. 2019). Channels:
 1 reads images as grey (PIL ``L``), 2 as grey with alpha (``LA``), 3 as RGB (transparency shown
 on white), 4 as RGBA (alpha kept).
 """
@@ -37,23 +40,36 @@ LEGACY_RESIZE = "bilinear"  # what checkpoints and exports wrote before data.res
 CHANNEL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # data.channels -> the PIL mode images are read in
 
 
+TEST_CROPS = (0.5, 1.0)  # the range of a stored test-time crop (share of each side kept)
+
+
 @dataclass(frozen=True)
 class Fit:
-    """How an image becomes the model's size (``data.resize``), and a letterbox's padding value
-    per channel (uint8; the normalisation mean, :meth:`of`)."""
+    """How an image becomes the model's size (``data.resize``), a letterbox's padding value per
+    channel (uint8; the normalisation mean, :meth:`of`), and the centred share of each side kept
+    before (``crop``; 1.0: the whole image, as training's plain resize and every model before it)."""
 
     mode: str = "squash"
     fill: tuple[int, ...] = ()
+    crop: float = 1.0
 
     @classmethod
-    def of(cls, resize: str | None, mean: Sequence[float]) -> Fit:
-        """The fit a model's metadata or a config names (``bilinear`` and absent: squash)."""
+    def of(cls, resize: str | None, mean: Sequence[float], crop: float | None = None) -> Fit:
+        """The fit a model's metadata or a config names (``bilinear`` and absent: squash; ``crop``
+        absent: 1.0)."""
         mode = "squash" if resize in (None, LEGACY_RESIZE) else str(resize)
         if mode not in RESIZE_MODES:
             raise ValueError(f"resize: got {resize!r}, expected {', '.join(RESIZE_MODES)}")
+        crop = 1.0 if crop is None else float(crop)
+        if not TEST_CROPS[0] <= crop <= TEST_CROPS[1]:
+            raise ValueError(f"test_crop: got {crop!r}, expected {TEST_CROPS[0]} to {TEST_CROPS[1]}")
         if mode != "letterbox":
-            return cls(mode)  # no padding: one squash (or crop) fit, whatever the mean
-        return cls(mode, tuple(int(round(min(max(m, 0.0), 1.0) * 255)) for m in mean))
+            return cls(mode, (), crop)  # no padding: one squash (or crop) fit, whatever the mean
+        return cls(mode, tuple(int(round(min(max(m, 0.0), 1.0) * 255)) for m in mean), crop)
+
+    def __repr__(self) -> str:  # without a crop, the repr cache keys were made with before it existed
+        crop = f", crop={self.crop!r}" if self.crop != 1.0 else ""
+        return f"Fit(mode={self.mode!r}, fill={self.fill!r}{crop})"
 
 
 SQUASH = Fit()
@@ -102,22 +118,26 @@ def _draft_mode(channels: int) -> str:
 
 
 def _fit_to(img: Image.Image, width: int, height: int, fit: Fit) -> Image.Image:
-    """``img`` at (width, height) as ``fit`` says; one antialiased bilinear resample."""
-    if img.size == (width, height):
+    """``img`` at (width, height) as ``fit`` says; one antialiased bilinear resample of the source
+    box (the whole image, or its centred ``fit.crop`` of each side)."""
+    if img.size == (width, height) and fit.crop == 1.0:
         return img
-    src_w, src_h = img.size
+    full_w, full_h = img.size
+    src_w, src_h = full_w * fit.crop, full_h * fit.crop  # the box kept, centred: all of it without a crop
+    x0, y0 = (full_w - src_w) / 2, (full_h - src_h) / 2
     if fit.mode == "crop":  # the centred box of the model's aspect ratio, resized
         scale = max(width / src_w, height / src_h)
         box_w, box_h = width / scale, height / scale
-        left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+        left, top = x0 + (src_w - box_w) / 2, y0 + (src_h - box_h) / 2
         return img.resize((width, height), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
+    box = (x0, y0, x0 + src_w, y0 + src_h)
     if fit.mode == "letterbox":
         scale = min(width / src_w, height / src_h)
         inner = (max(1, min(width, round(src_w * scale))), max(1, min(height, round(src_h * scale))))
         canvas = Image.new(img.mode, (width, height), _fill_colour(fit, img.mode))
-        canvas.paste(img.resize(inner, Image.BILINEAR), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+        canvas.paste(img.resize(inner, Image.BILINEAR, box=box), ((width - inner[0]) // 2, (height - inner[1]) // 2))
         return canvas
-    return img.resize((width, height), Image.BILINEAR)
+    return img.resize((width, height), Image.BILINEAR, box=box)
 
 
 def _fill_colour(fit: Fit, mode: str) -> int | tuple[int, ...]:

@@ -3,8 +3,10 @@
 :func:`quantize_onnx` runs onnxruntime's static quantizer: QDQ format, per-channel INT8 weights,
 UINT8 activations (U8S8, the fastest pair on x86 CPUs), MinMax ranges calibrated on training
 images read with the model's own preprocessing (the FP32 :class:`~cnnzoo.inference.onnx.OnnxModel`
-decodes and normalises them exactly as ``predict`` will). :func:`compare` scores both files on the
-validation split: accuracy, file size, images/s.
+decodes and normalises them exactly as ``predict`` will). :func:`compare` scores any two
+classifiers (FP32 and INT8, whatever the format) on the validation split, image by image: accuracy,
+file size, images/s, and the images whose answer changed each way, which :class:`Int8Report` judges
+with McNemar's exact test (:mod:`~cnnzoo.deploy.paired`).
 
 Imports onnx and onnxruntime (the ``onnx`` extra) lazily, data sources for the splits; never torch.
 """
@@ -26,9 +28,10 @@ from ..console import console
 from ..data import preprocess, sources
 from ..errors import DataError, UserError, short_reason
 from ..evaluation import scores
-from ..inference.classifier import METADATA_KEY
+from ..inference.classifier import METADATA_KEY, Classifier, probabilities
 from ..inference.onnx import OnnxModel
 from ..inference.unknown import SCORE_OUTPUT
+from . import paired
 
 _BATCH = 32  # images per calibration and validation batch
 SCHEME = "static QDQ, per-channel INT8 weights, UINT8 activations, MinMax calibration"
@@ -36,7 +39,9 @@ SCHEME = "static QDQ, per-channel INT8 weights, UINT8 activations, MinMax calibr
 
 @dataclass(kw_only=True)
 class Int8Report:
-    """FP32 vs INT8 on the validation split; accuracies are fractions, ``drop`` is in points."""
+    """FP32 vs INT8 on the validation split, image by image; accuracies are fractions, ``drop`` is in
+    points. ``now_wrong`` images FP32 answers right and INT8 wrong, ``now_right`` the other way (a
+    multi-label image is right when its whole label set is)."""
 
     calibration_images: int
     validation_images: int
@@ -47,14 +52,23 @@ class Int8Report:
     fp32_images_per_s: float
     int8_images_per_s: float
     max_drop: float
+    now_wrong: int
+    now_right: int
 
     @property
     def drop(self) -> float:
         return 100 * (self.fp32_accuracy - self.int8_accuracy)
 
     @property
+    def changes(self) -> paired.Changes:
+        return paired.Changes(images=self.validation_images, now_wrong=self.now_wrong, now_right=self.now_right)
+
+    @property
     def ok(self) -> bool:
-        return self.drop <= self.max_drop
+        """False only when INT8 loses more than ``max_drop`` points and the loss is measurable
+        (:func:`cnnzoo.deploy.paired.Changes.measurably_worse`): a drop that a model as good as
+        FP32 gives by the luck of which few images changed passes."""
+        return not (self.drop > self.max_drop and self.changes.measurably_worse)
 
     def metadata(self) -> dict[str, Any]:
         """What the INT8 file records about itself."""
@@ -64,6 +78,9 @@ class Int8Report:
             "validation_images": self.validation_images,
             "fp32_accuracy": self.fp32_accuracy,
             "int8_accuracy": self.int8_accuracy,
+            "now_wrong": self.now_wrong,
+            "now_right": self.now_right,
+            "p_value": self.changes.p_value,
         }
 
     def lines(self) -> list[str]:
@@ -76,7 +93,16 @@ class Int8Report:
             f"  INT8 accuracy {100 * self.int8_accuracy:.2f}%  {self.int8_bytes / 2**20:.2f} MB  "
             f"{self.int8_images_per_s:.0f} images/s   ({size:.2f}x the size, {speed:.2f}x the speed, "
             f"drop {self.drop:.2f} points, allowed {self.max_drop:g})",
+            f"  {self.changes.describe()}: {self.verdict()}",
         ]
+
+    def verdict(self) -> str:
+        """Why the drop passes or fails, in words."""
+        if self.drop <= self.max_drop:
+            return f"within --max-drop {self.max_drop:g}: ok"
+        if not self.ok:
+            return f"measurably worse (p < {paired.SIGNIFICANCE:g}) and beyond --max-drop {self.max_drop:g}: FAILED"
+        return f"beyond --max-drop {self.max_drop:g} but not measurably worse (p >= {paired.SIGNIFICANCE:g}): ok"
 
 
 def data_splits(config: dict[str, Any], classes: list[str]) -> tuple[sources.Samples, sources.Samples]:
@@ -95,17 +121,18 @@ def data_splits(config: dict[str, Any], classes: list[str]) -> tuple[sources.Sam
     return spec.train, spec.val
 
 
-def _batches(model: OnnxModel, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 images [B, H, W, C], labels [B]) read as ``model`` reads them; unreadable files skipped."""
+def _batches(model: Classifier, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """(uint8 images [B, H, W, C], their rows in ``samples``) read as ``model`` reads them;
+    unreadable files skipped."""
     for start in range(0, len(indices), _BATCH):
-        images, labels = [], []
+        images, rows = [], []
         for i in indices[start : start + _BATCH]:
             array, _ = model.try_preprocess(samples.item(i))
             if array is not None:
                 images.append(array)
-                labels.append(samples.labels[i])
+                rows.append(i)
         if images:
-            yield np.stack(images), np.asarray(labels)
+            yield np.stack(images), rows
 
 
 class _Calibration:
@@ -116,7 +143,7 @@ class _Calibration:
     def __init__(self, model: OnnxModel, samples: sources.Samples, indices: list[int]):
         self.model, self.samples, self.seen = model, samples, 0
         self.chunks = [indices[start : start + _BATCH] for start in range(0, len(indices), _BATCH)]
-        self.pending: Iterator[tuple[np.ndarray, np.ndarray]] = iter(())
+        self.pending: Iterator[tuple[np.ndarray, list[int]]] = iter(())
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -202,29 +229,47 @@ def write_metadata(source: Path, target: Path, extra: dict[str, Any]) -> None:
     onnx.save(proto, str(target))
 
 
-def compare(fp32: OnnxModel, int8: OnnxModel, validation: sources.Samples, *, max_drop: float) -> Int8Report:
-    """Both models on every readable validation image; images/s counts the network only (decoding
-    is shared), the two timed batch by batch in turn so that a busy machine slows both alike."""
-    correct, seconds, total = [0, 0], [0.0, 0.0], 0
-    for images, labels in _batches(fp32, validation, list(range(len(validation)))):
+def compare(fp32: Classifier, int8: Classifier, validation: sources.Samples, *, max_drop: float) -> Int8Report:
+    """Both models on every readable validation image, read as ``fp32`` reads them; images/s counts
+    the network only (decoding is shared), the two timed batch by batch in turn so that a busy
+    machine slows both alike. Any two classifiers of the same classes compare (ONNX, OpenVINO ...);
+    ``calibration_images`` is left for the caller."""
+    right: list[list[np.ndarray]] = [[], []]
+    seconds, total = [0.0, 0.0], 0
+    for images, rows in _batches(fp32, validation, list(range(len(validation)))):
         if total == 0:  # a first run sets up each session's buffers: not the model's speed
             fp32.logits(images), int8.logits(images)
-        total += len(labels)
+        total += len(rows)
         for side, model in enumerate((fp32, int8)):
             start = time.perf_counter()
             logits = model.logits(images)
             seconds[side] += time.perf_counter() - start
-            correct[side] += int((scores.predictions(logits) == labels).sum())  # evaluate's rule
+            right[side].append(_right(model, logits, validation, rows))
     if total == 0:
         raise DataError("--int8: no readable validation image to compare FP32 and INT8 on")
+    fp32_right, int8_right = (np.concatenate(r) for r in right)
     return Int8Report(
         calibration_images=0,
         validation_images=total,
-        fp32_accuracy=correct[0] / total,
-        int8_accuracy=correct[1] / total,
+        fp32_accuracy=float(fp32_right.mean()),
+        int8_accuracy=float(int8_right.mean()),
         fp32_bytes=Path(fp32.path).stat().st_size,
         int8_bytes=Path(int8.path).stat().st_size,
         fp32_images_per_s=total / max(seconds[0], 1e-9),
         int8_images_per_s=total / max(seconds[1], 1e-9),
         max_drop=max_drop,
+        now_wrong=int((fp32_right & ~int8_right).sum()),
+        now_right=int((~fp32_right & int8_right).sum()),
     )
+
+
+def _right(model: Classifier, logits: np.ndarray, samples: sources.Samples, rows: list[int]) -> np.ndarray:
+    """bool [B]: whether each image's answer is right by ``evaluate``'s rule; for a multi-label
+    model, whether its whole label set is (every class on the right side of its threshold)."""
+    if not model.multi_label:
+        return scores.predictions(logits) == np.asarray([samples.labels[r] for r in rows])
+    yes = probabilities(logits, multi_label=True, temperature=model.temperature) >= np.asarray(model.thresholds)
+    truth, sets = np.zeros_like(yes), samples.label_sets
+    for i, r in enumerate(rows):
+        truth[i, sets[r] if sets is not None else [samples.labels[r]]] = True
+    return (yes == truth).all(axis=1)

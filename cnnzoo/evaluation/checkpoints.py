@@ -32,9 +32,13 @@ def score_checkpoint(
     device: str | None,
     progress: bool,
     tta: bool = False,
+    test_crop: float | None = None,
 ) -> Scored:
-    """``path``'s logits on ``data`` (a folder; default: the data it was trained on, split as training split it)."""
+    """``path``'s logits on ``data`` (a folder; default: the data it was trained on, split as training split it);
+    ``test_crop`` reads the images with that centred crop instead of the one the checkpoint stores."""
     ckpt = ckpt_io.load_checkpoint(path)
+    if test_crop is not None:  # a candidate tried (training's choice after the epochs, the single-view bench)
+        ckpt = {**ckpt, "meta": {**ckpt["meta"], "test_crop": float(test_crop)}}
     path = Path(ckpt["path"])  # a run folder stands for its best.pt
     cfg = load_config(ckpt["config"])
     multi = ckpt["meta"].get("task") == "multi"

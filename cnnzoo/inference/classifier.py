@@ -107,7 +107,8 @@ class Classifier:
         self.image_size = tuple(int(v) for v in meta["image_size"])
         self.channels = int(meta["channels"])
         self.mean, self.std = list(meta["mean"]), list(meta["std"])
-        self.fit = preprocess.Fit.of(meta.get("resize"), self.mean)  # checked above: squash, letterbox or crop
+        # checked above: squash, letterbox or crop; the test-time crop chosen after training (absent: none)
+        self.fit = preprocess.Fit.of(meta.get("resize"), self.mean, meta.get("test_crop"))
         self.path = str(path) if path is not None else None
         self.multi_label = meta.get("task") == "multi"
         self.temperature = temperature_of(meta)  # None: the raw softmax/sigmoid (not calibrated)
@@ -200,7 +201,7 @@ class Classifier:
 
     def info(self) -> dict[str, Any]:
         """What the model expects and answers, as ``serve``'s ``GET /info`` reports it: format, file,
-        classes, input [C, H, W] and the normalisation."""
+        classes, input [C, H, W], the normalisation and resize (with a stored test-time crop, its share)."""
         return {
             "format": self.format,
             "path": self.path,
@@ -209,6 +210,7 @@ class Classifier:
             "mean": self.mean,
             "std": self.std,
             "resize": self.fit.mode,
+            **({"test_crop": self.fit.crop} if self.fit.crop != 1.0 else {}),  # a centre crop chosen after training
             **({"task": "multi", "thresholds": self.thresholds} if self.multi_label else {}),
         }
 

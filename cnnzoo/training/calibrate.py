@@ -75,13 +75,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, multi_label: bool
     return [float(v) if both else 1.0 for v, both in zip(t, seen_both)]
 
 
-def validation_pass(checkpoint: str | Path, *, device: str | None = None) -> Scored:
+def validation_pass(checkpoint: str | Path, *, device: str | None = None, test_crop: float | None = None) -> Scored:
     """A checkpoint's raw logits on the validation split training held out (rebuilt from its
-    config as ``evaluate`` rebuilds it, read and run as ``evaluate`` runs a checkpoint), with the
-    labels: what the after-training fits are fitted on."""
+    config as ``evaluate`` rebuilds it, read and run as ``evaluate`` runs a checkpoint, with its
+    stored test-time crop or ``test_crop``), with the labels: what the after-training fits are fitted on."""
     with console.scoped(True):  # the data's and the loader's lines are training's, said already
         return score_checkpoint(
-            Path(checkpoint), None, split="validation", batch_size=None, device=device, progress=False
+            Path(checkpoint),
+            None,
+            split="validation",
+            batch_size=None,
+            device=device,
+            progress=False,
+            test_crop=test_crop,
         )
 
 
@@ -99,14 +105,15 @@ def calibration_record(scored: Scored, temperature: float | list[float]) -> dict
     }
 
 
-def _store(path: Path, record: dict[str, Any], *, epoch: Any = None) -> bool:
-    """Write ``record`` as ``path``'s ``meta.calibration`` (atomically); given ``epoch``, only when
-    ``path`` holds that epoch's weights as they are (a last.pt with train.ema keeps the raw ones)."""
+def store_meta(path: Path, entries: dict[str, Any], *, epoch: Any = None) -> bool:
+    """Write ``entries`` into ``path``'s ``meta`` (atomically); given ``epoch``, only when ``path``
+    holds that epoch's weights as they are (a last.pt with train.ema keeps the raw ones). The
+    after-training fits' one way to write what they fitted."""
     ckpt = ckpt_io.load_checkpoint(path)
     ckpt.pop("path", None)  # added by the loader, not part of the file
     if epoch is not None and (ckpt.get("epoch") != epoch or "ema" in ckpt):
         return False
-    ckpt["meta"] = {**ckpt["meta"], "calibration": record}
+    ckpt["meta"] = {**ckpt["meta"], **entries}
     ckpt_io.save_atomic(ckpt, path)
     return True
 
@@ -129,8 +136,8 @@ def calibrate_run(run_dir: str | Path, method: str, *, device: str | None = None
     record = calibration_record(scored, fit_temperature(scored.logits, scored.labels, multi_label=_multi(scored)))
     epoch, last = ckpt_io.load_checkpoint(best).get("epoch"), Path(run_dir) / "last.pt"
     try:  # each file is replaced whole or left as it was (a full disk included)
-        _store(best, record)
-        also = " and last.pt" if last.is_file() and _store(last, record, epoch=epoch) else ""
+        store_meta(best, {"calibration": record})
+        also = " and last.pt" if last.is_file() and store_meta(last, {"calibration": record}, epoch=epoch) else ""
     except OSError as exc:
         console.warn(f"calibration: not stored in {best.parent} ({exc.strerror or exc}); best.pt keeps the raw softmax")
         return None

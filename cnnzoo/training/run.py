@@ -29,7 +29,7 @@ from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
-from . import calibrate, crossval
+from . import calibrate, crossval, test_crop
 from .callbacks import Checkpoints, make_callbacks
 from .distill import Distiller
 from .ema import WeightAverage
@@ -459,13 +459,16 @@ def train(
 
 
 def _fits_after_training(job: Job) -> None:
-    """The fits on best.pt once the epochs end, rank 0 alone (no collective): the unknown score, then
-    the temperature (its validation pass reads best.pt as stored); before the callbacks close, so an
-    MLflow run uploads the best.pt that carries them."""
+    """The fits on best.pt once the epochs end, rank 0 alone (no collective): the unknown score, the
+    test-time crop, then the temperature (its validation pass reads best.pt as stored, crop
+    included); before the callbacks close, so an MLflow run uploads the best.pt that carries them."""
     if not distributed.is_main():
         return
-    fit_unknown(job.run_dir, job.stages, settings=job.cfg.train.unknown, multi_label=job.multi_label)
-    calibrate.calibrate_run(job.run_dir, job.cfg.train.calibrate, device=job.cfg.train.device)
+    train = job.cfg.train
+    fit_unknown(job.run_dir, job.stages, settings=train.unknown, multi_label=job.multi_label)
+    crops = job.cfg.data.augment.random_resized_crop is not None
+    test_crop.choose_test_crop(job.run_dir, train.test_crop, trained_on_crops=crops, device=train.device)
+    calibrate.calibrate_run(job.run_dir, train.calibrate, device=train.device)
 
 
 def _one_run(
