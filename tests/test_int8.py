@@ -125,7 +125,10 @@ def test_an_accuracy_drop_beyond_max_drop_exits_1_and_keeps_the_file(trained, tm
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--int8", "--format", "torchscript"], "--int8: quantizes an ONNX export; use --format onnx"),
+        (
+            ["--int8", "--format", "torchscript"],
+            "--int8: quantizes an ONNX or an OpenVINO export; use --format onnx or openvino (not torchscript)",
+        ),
         (["--int8", "--calibration", "0"], "--calibration"),
     ],
 )

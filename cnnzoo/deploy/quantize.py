@@ -3,8 +3,9 @@
 :func:`quantize_onnx` runs onnxruntime's static quantizer: QDQ format, per-channel INT8 weights,
 UINT8 activations (U8S8, the fastest pair on x86 CPUs), MinMax ranges calibrated on training
 images read with the model's own preprocessing (the FP32 :class:`~cnnzoo.inference.onnx.OnnxModel`
-decodes and normalises them exactly as ``predict`` will). :func:`compare` scores both files on the
-validation split: accuracy, file size, images/s.
+decodes and normalises them exactly as ``predict`` will). :func:`compare` scores an FP32 and an
+INT8 model of any format (ONNX here, OpenVINO in :mod:`~cnnzoo.deploy.openvino_export`) on the
+validation split: accuracy, file size, images/s; :class:`Int8Report` holds the ``--max-drop`` rule.
 
 Imports onnx and onnxruntime (the ``onnx`` extra) lazily, data sources for the splits; never torch.
 """
@@ -26,7 +27,7 @@ from ..console import console
 from ..data import preprocess, sources
 from ..errors import DataError, UserError, short_reason
 from ..evaluation import scores
-from ..inference.classifier import METADATA_KEY
+from ..inference.classifier import METADATA_KEY, Classifier
 from ..inference.onnx import OnnxModel
 from ..inference.unknown import SCORE_OUTPUT
 
@@ -95,7 +96,7 @@ def data_splits(config: dict[str, Any], classes: list[str]) -> tuple[sources.Sam
     return spec.train, spec.val
 
 
-def _batches(model: OnnxModel, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(model: Classifier, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uint8 images [B, H, W, C], labels [B]) read as ``model`` reads them; unreadable files skipped."""
     for start in range(0, len(indices), _BATCH):
         images, labels = [], []
@@ -122,7 +123,7 @@ class _Calibration:
         return len(self.chunks)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self.pending = _batches(self.model, self.samples, [i for c in self.chunks[start_index:end_index] for i in c])
+        self.pending = batches(self.model, self.samples, [i for c in self.chunks[start_index:end_index] for i in c])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.pending, None)
@@ -202,11 +203,12 @@ def write_metadata(source: Path, target: Path, extra: dict[str, Any]) -> None:
     onnx.save(proto, str(target))
 
 
-def compare(fp32: OnnxModel, int8: OnnxModel, validation: sources.Samples, *, max_drop: float) -> Int8Report:
-    """Both models on every readable validation image; images/s counts the network only (decoding
-    is shared), the two timed batch by batch in turn so that a busy machine slows both alike."""
+def compare(fp32: Classifier, int8: Classifier, validation: sources.Samples, *, max_drop: float) -> Int8Report:
+    """Both models (of any one format) on every readable validation image; images/s counts the
+    network only (decoding is shared), the two timed batch by batch in turn so that a busy machine
+    slows both alike."""
     correct, seconds, total = [0, 0], [0.0, 0.0], 0
-    for images, labels in _batches(fp32, validation, list(range(len(validation)))):
+    for images, labels in batches(fp32, validation, list(range(len(validation)))):
         if total == 0:  # a first run sets up each session's buffers: not the model's speed
             fp32.logits(images), int8.logits(images)
         total += len(labels)
@@ -222,8 +224,8 @@ def compare(fp32: OnnxModel, int8: OnnxModel, validation: sources.Samples, *, ma
         validation_images=total,
         fp32_accuracy=correct[0] / total,
         int8_accuracy=correct[1] / total,
-        fp32_bytes=Path(fp32.path).stat().st_size,
-        int8_bytes=Path(int8.path).stat().st_size,
+        fp32_bytes=sum(file.stat().st_size for file in fp32.files()),
+        int8_bytes=sum(file.stat().st_size for file in int8.files()),
         fp32_images_per_s=total / max(seconds[0], 1e-9),
         int8_images_per_s=total / max(seconds[1], 1e-9),
         max_drop=max_drop,
