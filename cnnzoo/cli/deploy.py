@@ -66,7 +66,7 @@ def export(
     The file holds the classes, input size and normalisation, so it is used alone:
       cnnzoo export                  (writes runs/latest/best.onnx)
       cnnzoo export --int8           (writes runs/latest/best.int8.onnx, about 0.3x the size)
-      cnnzoo export -f openvino      (writes runs/latest/best.openvino.xml and .bin; needs cnnzoo[openvino])
+      cnnzoo export -f openvino      (writes runs/latest/best.openvino.xml and .bin; the openvino extra)
       cnnzoo predict -m runs/latest/best.onnx photo.jpg
       cnnzoo serve runs/latest/best.onnx
     Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
