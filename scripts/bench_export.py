@@ -94,8 +94,8 @@ def accuracy_and_speed(models: dict, validation) -> dict[str, tuple[float, float
     correct = dict.fromkeys(models, 0)
     seconds = dict.fromkeys(models, 0.0)
     total = 0
-    for images, labels in quantize._batches(first, validation, list(range(len(validation)))):
-        for image, label in zip(images, labels):
+    for images, rows in quantize.batches(first, validation, list(range(len(validation)))):
+        for image, label in zip(images, [validation.labels[r] for r in rows]):
             for name, model in models.items():
                 if total == 0:
                     model.logits(image[None])  # a first run sets up buffers

@@ -228,7 +228,8 @@ _QUALIFIED = {
     *(f"shutil.{name}" for name in ("rmtree", "move", "copy", "copy2", "copyfile", "copytree")),
 }
 _METHODS = {"unlink", "rmdir", "rename", "write_text", "write_bytes", "touch", "symlink_to", "hardlink_to"}
-_METHODS |= {"savefig", "save", "export", "write_model"}  # libraries' writers: each given a path, or a buffer
+# libraries' writers: each given a path, or a buffer
+_METHODS |= {"savefig", "save", "export", "write_model", "save_model"}
 
 # (module, function, call) -> how many, each a row of the table in docs/security.md
 AUDITED = {
@@ -258,6 +259,8 @@ AUDITED = {
     ("cnnzoo/deploy/export.py", "_write_tflite", ".export"): 1,
     ("cnnzoo/deploy/export.py", "_write_tflite", ".write_model"): 1,
     ("cnnzoo/deploy/export.py", "_write_torchscript", ".save"): 1,
+    ("cnnzoo/deploy/openvino_export.py", "save_ir", ".save_model"): 1,
+    ("cnnzoo/deploy/openvino_export.py", "save_ir", "shutil.copyfile"): 2,
     ("cnnzoo/deploy/quantize.py", "write_metadata", ".save"): 1,
     ("cnnzoo/inference/tflite.py", "native_output_hidden", "open"): 1,
     ("cnnzoo/pages.py", "array_png", ".save"): 1,

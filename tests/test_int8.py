@@ -173,7 +173,10 @@ def test_compare_counts_the_changed_images_and_passes_a_one_image_loss(trained, 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--int8", "--format", "torchscript"], "--int8: quantizes an ONNX export; use --format onnx"),
+        (
+            ["--int8", "--format", "torchscript"],
+            "--int8: quantizes an ONNX or an OpenVINO export; use --format onnx or openvino (not torchscript)",
+        ),
         (["--int8", "--calibration", "0"], "--calibration"),
     ],
 )

@@ -74,6 +74,7 @@ TORCH_FREE = {
     "cnnzoo.inference.classifier",
     "cnnzoo.inference.onnx",
     "cnnzoo.inference.tflite",
+    "cnnzoo.inference.openvino_model",
     "cnnzoo.inference.inputs",
     "cnnzoo.inference.unknown",
     "cnnzoo.evaluation",

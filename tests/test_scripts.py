@@ -132,6 +132,20 @@ def test_bench_export_compares_int8_and_tflite_with_fp32_onnx(trained, tmp_path)
     assert "bytes" in tflite or "pip install 'cnnzoo[tflite]'" in tflite["error"]  # measured, or says why not
 
 
+def test_bench_openvino_compares_four_exports_with_onnx_runtime_fp32(trained, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    script = ROOT / "scripts" / "bench_openvino.py"
+    args = [script, trained.best, "--out", tmp_path / "exports", "--rounds", 1, "--latency-images", 4, "--static"]
+    out = run_script([*args, "--calibration", 8, "--json", "b.json"], tmp_path)
+    rows = {line[:26].strip(): line[26:].split() for line in out.splitlines() if line.startswith("  O")}
+    assert rows["ONNX Runtime FP32"][2] == "+0.00" and rows["ONNX Runtime FP32"][4] == "1.00x"  # the baseline
+    assert {"ONNX Runtime INT8", "OpenVINO FP32", "OpenVINO INT8", "OpenVINO INT8 static"} <= set(rows)
+    figures = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert figures["OpenVINO FP32"]["accuracy"] == figures["ONNX Runtime FP32"]["accuracy"]  # FP32 is FP32
+    assert figures["OpenVINO INT8"]["images_per_s_b32"] > 0 and figures["OpenVINO INT8"]["ms_b1"] > 0
+
+
 def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path):
     pytest.importorskip("webdataset")
     args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0]

@@ -22,13 +22,18 @@ def export(
     ),
     model: Path | None = EXPORT_MODEL_OPTION,
     fmt: str = typer.Option(
-        "onnx", "--format", "-f", help="onnx (runs without torch), tflite (LiteRT, for phones) or torchscript."
+        "onnx",
+        "--format",
+        "-f",
+        help="onnx (runs without torch), openvino (Intel's CPU runtime, without torch), tflite (LiteRT, for phones) "
+        "or torchscript.",
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
         "-o",
-        help="File or folder to write (default: beside the checkpoint, best.onnx / best.torchscript.pt).",
+        help="File or folder to write (default: beside the checkpoint, best.onnx / best.openvino.xml with its "
+        ".bin / best.torchscript.pt).",
     ),
     opset: int = typer.Option(DEFAULT_OPSET, "--opset", min=7, help="ONNX opset version."),
     tolerance: float = typer.Option(
@@ -43,8 +48,8 @@ def export(
     int8: bool = typer.Option(
         False,
         "--int8",
-        help="ONNX only: write a static INT8 model (best.int8.onnx) calibrated on training images, "
-        "and compare it with FP32 on the validation split.",
+        help="ONNX or OpenVINO: write an INT8 model (best.int8.onnx, best.int8.openvino.xml) calibrated on "
+        "training images, and compare it with FP32 on the validation split.",
     ),
     calibration: int = typer.Option(
         DEFAULT_CALIBRATION, "--calibration", help="With --int8: training images that calibrate it."
@@ -57,11 +62,12 @@ def export(
         "when the loss is measurable (McNemar's exact test on the images whose answer changed, p < 0.05).",
     ),
 ) -> None:
-    """Export a checkpoint to ONNX, TFLite or TorchScript, then check it gives the checkpoint's probabilities.
+    """Export a checkpoint to ONNX, OpenVINO, TFLite or TorchScript, then check it gives the checkpoint's probabilities.
 
     The file holds the classes, input size and normalisation, so it is used alone:
       cnnzoo export                  (writes runs/latest/best.onnx)
       cnnzoo export --int8           (writes runs/latest/best.int8.onnx, about 0.3x the size)
+      cnnzoo export -f openvino      (writes runs/latest/best.openvino.xml and .bin; the openvino extra)
       cnnzoo predict -m runs/latest/best.onnx photo.jpg
       cnnzoo serve runs/latest/best.onnx
     Exit code 1 when the exported model disagrees with the checkpoint beyond --tolerance, or gives
@@ -86,9 +92,10 @@ def export(
         calibration=calibration,
         max_drop=max_drop,
     )
-    size = result.path.stat().st_size
+    size = sum(file.stat().st_size for file in result.files)
     verdict = "ok" if result.ok else "FAILED"
-    typer.echo(f"wrote {result.path} ({result.format}{' INT8' if int8 else ''}, {size / 2**20:.1f} MB)")
+    beside = "".join(f" + {file.name}" for file in result.files[1:])  # an OpenVINO export's weights
+    typer.echo(f"wrote {result.path}{beside} ({result.format}{' INT8' if int8 else ''}, {size / 2**20:.1f} MB)")
     typer.echo(
         f"{'the FP32 graph' if int8 else 'parity'} with the checkpoint on {result.images} images: largest "
         f"probability difference {result.max_difference:.2e} (tolerance {result.tolerance:g}): {verdict}"
@@ -119,7 +126,8 @@ def serve(
     model_arg: Path | None = typer.Argument(
         None,
         metavar="MODEL",
-        help="Checkpoint, .onnx or .tflite export (these run without torch). Default: runs/latest's best.pt.",
+        help="Checkpoint, .onnx, .tflite or OpenVINO .xml export (these run without torch). "
+        "Default: runs/latest's best.pt.",
     ),
     model: Path | None = MODEL_OPTION,
     trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP),

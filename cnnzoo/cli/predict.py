@@ -14,7 +14,8 @@ from ..runs import resolve_checkpoint
 from .app import TRUST_TORCHSCRIPT_HELP, app, guarded, model_option, one_model
 
 PREDICT_MODEL_OPTION = model_option(
-    "Checkpoint, or an .onnx or .tflite export (these run without torch). Default: runs/latest's best.pt."
+    "Checkpoint, or an .onnx, .tflite or OpenVINO .xml export (these run without torch). "
+    "Default: runs/latest's best.pt."
 )
 EVALUATE_MODEL_OPTION = model_option("The model, as an option (the same as the argument).")
 
@@ -125,8 +126,8 @@ def evaluate(
     checkpoint_arg: Path | None = typer.Argument(
         None,
         metavar="MODEL",
-        help="Checkpoint (default: runs/latest's best.pt), or an .onnx (FP32 or INT8) or .tflite export "
-        "(scored without torch).",
+        help="Checkpoint (default: runs/latest's best.pt), or an .onnx or OpenVINO .xml (FP32 or INT8) or "
+        ".tflite export (scored without torch).",
     ),
     checkpoint: Path | None = EVALUATE_MODEL_OPTION,
     data: Path | None = typer.Option(

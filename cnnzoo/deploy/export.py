@@ -1,11 +1,14 @@
-"""Export a checkpoint to ONNX (FP32 or INT8), TFLite or TorchScript, with the model's metadata
-inside, and check it.
+"""Export a checkpoint to ONNX (FP32 or INT8), OpenVINO (FP32 or INT8), TFLite or TorchScript,
+with the model's metadata inside, and check it.
 
 The exported file carries what predicting needs (classes, input size, channels,
-normalisation) as ONNX ``metadata_props``, a TFLite ``Model.metadata`` buffer or a TorchScript
-extra file, under :data:`cnnzoo.inference.classifier.METADATA_KEY`, so it is used alone:
-``cnnzoo predict --model best.onnx`` needs neither the checkpoint nor torch. The batch dimension
-is dynamic (TFLite: one image, channels last). INT8 quantization is :mod:`~cnnzoo.deploy.quantize`'s.
+normalisation) as ONNX ``metadata_props``, OpenVINO ``rt_info``, a TFLite ``Model.metadata``
+buffer or a TorchScript extra file, under :data:`cnnzoo.inference.classifier.METADATA_KEY`, so it
+is used alone: ``cnnzoo predict --model best.onnx`` needs neither the checkpoint nor torch. The
+batch dimension is dynamic (TFLite: one image, channels last). An OpenVINO export is a pair of
+files, ``best.openvino.xml`` and its weights ``best.openvino.bin``, written and replaced together
+(:mod:`~cnnzoo.deploy.openvino_export`). INT8 quantization is :mod:`~cnnzoo.deploy.quantize`'s
+(ONNX) and NNCF's (OpenVINO), judged by one rule.
 
 After writing, :func:`export` runs the exported model and the checkpoint on the same
 images (batches of 1 and 8) and compares the probabilities; the largest absolute
@@ -35,21 +38,21 @@ from .. import __version__, runs
 from .. import checkpoint as ckpt_io
 from ..errors import UserError, short_reason
 from ..files import Replacement
-from ..inference import is_onnx, is_tflite
+from ..inference import is_export as is_export_file
 from ..inference.classifier import METADATA_KEY, Classifier, probabilities
 from ..inference.onnx import OnnxModel
+from ..inference.openvino_model import weights_path
 from ..inference.scored import SCORE_OUTPUT
 from ..inference.tflite import TFLiteModel, native_output_hidden, read_metadata
 from ..inference.torch_models import Model, TorchScriptModel
-from . import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE, quantize
-
-INT8_SUFFIX = ".int8.onnx"  # an INT8 ONNX export beside best.onnx, never in its place
+from . import DEFAULT_CALIBRATION, DEFAULT_MAX_DROP, DEFAULT_OPSET, PARITY_TOLERANCE, openvino_export, quantize
 
 
 @dataclass(kw_only=True)
 class Exported:
     path: Path
     format: str
+    files: list[Path]  # what was written: the path, and an OpenVINO export's weights beside it
     max_difference: float  # largest |probability difference| against the checkpoint
     tolerance: float
     images: int
@@ -164,7 +167,15 @@ def _write_torchscript(model: Model, example: torch.Tensor, path: Path) -> None:
 
 
 def default_path(checkpoint: Path, fmt: str, int8: bool = False) -> Path:
-    return checkpoint.with_name(checkpoint.stem + (INT8_SUFFIX if int8 else EXPORT_FORMATS[fmt].suffix))
+    spec = EXPORT_FORMATS[fmt]
+    return checkpoint.with_name(checkpoint.stem + (spec.int8.suffix if int8 and spec.int8 else spec.suffix))
+
+
+def files_of(path: Path, fmt: str) -> list[Path]:
+    """The files an export of ``fmt`` at ``path`` is: the path, and the weights beside it for a
+    format that keeps them there (OpenVINO)."""
+    spec = EXPORT_FORMATS[fmt]
+    return [path, spec.weights(path)] if spec.weights else [path]
 
 
 def export(
@@ -184,42 +195,42 @@ def export(
     checkpoint. ``out`` never replaces the checkpoint; an existing file there that is not an
     export of the same format is replaced only with ``force``.
 
-    ``int8`` (ONNX only) writes a static INT8 model instead (default name ``best.int8.onnx``),
-    calibrated on ``calibration`` training images, and scores FP32 and INT8 on the validation
-    split (:attr:`Exported.int8`); the file is written even when the accuracy drops by more than
-    ``max_drop`` points (``Exported.int8.ok`` is then False), so that it can be inspected."""
+    ``int8`` (ONNX and OpenVINO) writes an INT8 model instead (default name ``best.int8.onnx``,
+    ``best.int8.openvino.xml``), calibrated on ``calibration`` training images, and scores FP32 and
+    INT8 on the validation split (:attr:`Exported.int8`); the file is written even when the
+    accuracy drops by more than ``max_drop`` points (``Exported.int8.ok`` is then False), so that
+    it can be inspected."""
     _check_arguments(fmt, int8, calibration)
     source = runs.resolve_checkpoint(checkpoint, runs_root)
-    if is_onnx(source) or is_tflite(source):
+    if is_export_file(source):
         raise UserError(f"{source}: already an export; export from a checkpoint (.pt with weights)")
-    checkpoint_data = ckpt_io.load_checkpoint(source)
-    model = Model(checkpoint_data, device="cpu")  # a TorchScript file is refused unopened
+    checkpoint_data, model = _checkpoint_model(source)
     source = Path(model.path)  # a run folder stands for its best.pt
-    model.module.to(memory_format=torch.contiguous_format)  # an export holds plain layouts
-    model.channels_last = False
-    path = Path(out) if out else default_path(source, fmt, int8)
-    if path.is_dir() or not path.suffix:  # a folder (made if need be)
-        path = path / default_path(source, fmt, int8).name
-    _check_output(path, source, fmt, force)
-    replacement = _replacement(path)
+    path = _output_path(out, source, fmt, int8)
+    files = files_of(path, fmt)
+    _check_output(files, source, fmt, force)
+    replacements = [_replacement(file) for file in files]
+    temporaries = [replacement.temporary for replacement in replacements]
     report = None
     try:
         if int8:
             splits = quantize.data_splits(checkpoint_data["config"], model.classes)  # missing data fails first
-            worst, images, report = _write_int8(
-                model, replacement.temporary, splits, opset=opset, calibration=calibration, max_drop=max_drop
-            )
+            options = {"opset": opset, "calibration": calibration, "max_drop": max_drop}
+            worst, images, report = _write_int8(model, fmt, temporaries, splits, **options)
         else:
-            exported = _write(model, fmt, replacement.temporary, opset)
+            exported = _write(model, fmt, temporaries, opset)
             images = _parity_images(model)
             worst = max_difference(model, exported, images)
-        replacement.commit()  # only a finished file takes the name
+        for replacement in reversed(replacements):  # only finished files take the names, the weights first
+            replacement.commit()
     finally:
-        replacement.discard()
+        for replacement in replacements:
+            replacement.discard()
     not_finite = _not_finite(model, images) if math.isnan(worst) else ""
     return Exported(
         path=path,
         format=fmt,
+        files=files,
         max_difference=worst,
         tolerance=tolerance,
         images=len(images),
@@ -228,11 +239,25 @@ def export(
     )
 
 
+def _checkpoint_model(source: Path) -> tuple[dict, Model]:
+    """The checkpoint's data and its network on the CPU in plain layouts (what an export holds);
+    a TorchScript file is refused unopened."""
+    checkpoint_data = ckpt_io.load_checkpoint(source)
+    model = Model(checkpoint_data, device="cpu")
+    model.module.to(memory_format=torch.contiguous_format)
+    model.channels_last = False
+    return checkpoint_data, model
+
+
 def _check_arguments(fmt: str, int8: bool, calibration: int) -> None:
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
-    if int8 and fmt != "onnx":
-        raise UserError(f"--int8: quantizes an ONNX export; use --format onnx (not {fmt})")
+    if int8 and EXPORT_FORMATS[fmt].int8 is None:
+        kinds = [(name, spec.article) for name, spec in EXPORT_FORMATS.items() if spec.int8]
+        raise UserError(
+            f"--int8: quantizes {' or '.join(a for _, a in kinds)} export; "
+            f"use --format {' or '.join(n for n, _ in kinds)} (not {fmt})"
+        )
     if calibration < 1:
         raise UserError(f"--calibration {calibration}: give at least 1 training image (default {DEFAULT_CALIBRATION})")
 
@@ -245,44 +270,76 @@ def _replacement(path: Path) -> Replacement:
         raise UserError(f"{path}: cannot write there ({exc.strerror or exc}); choose another --out") from None
 
 
-def _write(model: Model, fmt: str, path: Path, opset: int) -> Classifier:
-    """``model`` written to ``path`` as ``fmt``, opened again to be checked."""
-    return EXPORT_FORMATS[fmt].write(model, path, opset)
+def _output_path(out: str | Path | None, source: Path, fmt: str, int8: bool) -> Path:
+    """Where the export goes: ``out`` (a folder, made if need be, takes the default name) or the
+    default name beside the checkpoint; a format whose readers know it by its ending gets it."""
+    path = Path(out) if out else default_path(source, fmt, int8)
+    if path.is_dir() or not path.suffix:  # a folder (made if need be)
+        path = path / default_path(source, fmt, int8).name
+    ending = EXPORT_FORMATS[fmt].ending
+    if ending and not path.name.lower().endswith(ending):
+        raise UserError(
+            f"--out {path}: {EXPORT_FORMATS[fmt].article} export is read by its {ending} ending; "
+            f"name it {path.stem}{ending} (or give a folder)"
+        )
+    return path
+
+
+def _write(model: Model, fmt: str, files: list[Path], opset: int) -> Classifier:
+    """``model`` written to ``files`` (the model file, and its weights for a format that keeps them
+    beside it) as ``fmt``, opened again to be checked."""
+    spec = EXPORT_FORMATS[fmt]
+    return spec.write(model, files[0], opset, **({"weights": files[1]} if spec.weights else {}))
 
 
 def _write_int8(
-    model: Model, path: Path, splits: tuple, *, opset: int, calibration: int, max_drop: float
+    model: Model, fmt: str, files: list[Path], splits: tuple, *, opset: int, calibration: int, max_drop: float
 ) -> tuple[float, np.ndarray, quantize.Int8Report]:
-    """The FP32 ONNX graph (checked against the checkpoint, then discarded) quantized to ``path``;
+    """The FP32 export (checked against the checkpoint, then discarded) quantized to ``files``;
     (its parity, the parity images, FP32 vs INT8 on validation)."""
-    train, validation = splits
+    spec = EXPORT_FORMATS[fmt]
     with tempfile.TemporaryDirectory(prefix="cnnzoo-export-") as work:
-        fp32_path = Path(work) / "fp32.onnx"
-        fp32 = _write(model, "onnx", fp32_path, opset)
+        fp32 = _write(model, fmt, files_of(Path(work) / f"fp32{spec.suffix}", fmt), opset)
         images = _parity_images(model)
         worst = max_difference(model, fp32, images)
-        seen = quantize.quantize_onnx(fp32_path, path, train, calibration=calibration)
-        report = quantize.compare(fp32, OnnxModel(path), validation, max_drop=max_drop)
-    report.calibration_images = seen
-    quantize.write_metadata(path, path, {"int8": report.metadata()})  # the file says how it scored
-    report.int8_bytes = path.stat().st_size  # with the metadata it now carries
+        weights = {"weights": files[1]} if spec.weights else {}
+        report = spec.int8.write(fp32, files[0], splits, calibration=calibration, max_drop=max_drop, **weights)
     return worst, images, report
 
 
-def _check_output(path: Path, source: Path, fmt: str, force: bool) -> None:
+def _onnx_int8(fp32: OnnxModel, path: Path, splits: tuple, *, calibration: int, max_drop: float) -> quantize.Int8Report:
+    """onnxruntime's static INT8 version of the FP32 ONNX export ``fp32`` at ``path``, compared with it."""
+    train, validation = splits
+    seen = quantize.quantize_onnx(Path(str(fp32.path)), path, train, calibration=calibration)
+    report = quantize.compare(fp32, OnnxModel(path), validation, max_drop=max_drop)
+    report.calibration_images = seen
+    quantize.write_metadata(path, path, {"int8": report.metadata()})  # the file says how it scored
+    report.int8_bytes = path.stat().st_size  # with the metadata it now carries
+    return report
+
+
+def _check_output(files: list[Path], source: Path, fmt: str, force: bool) -> None:
     """Refuse to write over the checkpoint itself, or over a file that is not a ``fmt`` export
-    (another checkpoint, metrics.csv ...) unless ``force``: the export replaces what is there."""
-    if not (path.exists() or path.is_symlink()):
+    (another checkpoint, metrics.csv ...) unless ``force``: the export replaces what is there.
+    A format's weights file beside the model file is its own when the model file is an export."""
+    for file in files:
+        if file.exists() and os.path.samefile(file, source):
+            raise UserError(
+                f"--out {files[0]}: {'that' if file == files[0] else file.name + ' beside it'} is the checkpoint "
+                f"being exported; writing there would replace it; choose another --out "
+                f"(default: {default_path(source, fmt).name} beside it)"
+            )
+    if force or not any(file.exists() or file.is_symlink() for file in files):
         return
-    if path.exists() and os.path.samefile(path, source):
+    if (files[0].exists() or files[0].is_symlink()) and not is_export(files[0], fmt):
         raise UserError(
-            f"--out {path}: that is the checkpoint being exported; writing there would replace "
-            f"it; choose another --out (default: {default_path(source, fmt).name} beside it)"
-        )
-    if not force and not is_export(path, fmt):
-        raise UserError(
-            f"--out {path}: a file that is not {EXPORT_FORMATS[fmt].article} "
+            f"--out {files[0]}: a file that is not {EXPORT_FORMATS[fmt].article} "
             f"export is there already and would be replaced; choose another --out, or add --force"
+        )
+    if not is_export(files[0], fmt):  # weights with no export of ours beside them
+        raise UserError(
+            f"--out {files[0]}: {files[-1].name} is there already, not the weights of {EXPORT_FORMATS[fmt].article} "
+            f"export, and would be replaced; choose another --out, or add --force"
         )
 
 
@@ -303,6 +360,10 @@ def _onnx_written(model: Model, path: Path, opset: int) -> Classifier:
 def _tflite_written(model: Model, path: Path, opset: int) -> Classifier:
     _write_tflite(model, path)
     return TFLiteModel(path, num_threads=1)
+
+
+def _openvino_written(model: Model, path: Path, opset: int, *, weights: Path) -> Classifier:
+    return openvino_export.write_ir(model, path, weights, metadata(model))
 
 
 def _torchscript_written(model: Model, path: Path, opset: int) -> Classifier:
@@ -339,20 +400,46 @@ def _is_torchscript_export(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class Int8Format:
+    """How a format is quantized: the default name's ending, and the writer ``(fp32 export opened,
+    path, (train, validation), *, calibration, max_drop[, weights]) -> Int8Report`` that quantizes
+    the FP32 export, compares the two (:func:`~cnnzoo.deploy.quantize.compare`) and writes the
+    INT8 file with its report in the metadata."""
+
+    suffix: str
+    write: Callable[..., quantize.Int8Report]
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     """One format ``export`` writes: its file suffix, its name in messages, how a model is written
     and opened again for the parity check (model, path, opset), and how its own files are told
-    apart from others (``--out`` replaces only those without ``--force``)."""
+    apart from others (``--out`` replaces only those without ``--force``). ``weights``: where a
+    format that keeps its weights in a second file puts them, from the model file's path (the
+    writer then also takes ``weights=``); ``ending``: what an ``--out`` name must end with for the
+    readers to know it; ``int8``: how it is quantized, if it is."""
 
     suffix: str
     article: str
-    write: Callable[[Model, Path, int], Classifier]
+    write: Callable[..., Classifier]
     recognise: Callable[[Path], bool]
+    weights: Callable[[Path], Path] | None = None
+    ending: str = ""
+    int8: Int8Format | None = None
 
 
 # the formats export writes: adding one is a writer, a recogniser and a line here (docs/design/architecture.md)
 EXPORT_FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat(".onnx", "an ONNX", _onnx_written, _is_onnx_export),
+    "onnx": ExportFormat(".onnx", "an ONNX", _onnx_written, _is_onnx_export, int8=Int8Format(".int8.onnx", _onnx_int8)),
     "torchscript": ExportFormat(".torchscript.pt", "a TorchScript", _torchscript_written, _is_torchscript_export),
     "tflite": ExportFormat(".tflite", "a TFLite", _tflite_written, _is_tflite_export),
+    "openvino": ExportFormat(
+        ".openvino.xml",
+        "an OpenVINO",
+        _openvino_written,
+        openvino_export.is_openvino_export,
+        weights=weights_path,
+        ending=".xml",
+        int8=Int8Format(".int8.openvino.xml", openvino_export.write_int8),
+    ),
 }

@@ -121,7 +121,7 @@ def data_splits(config: dict[str, Any], classes: list[str]) -> tuple[sources.Sam
     return spec.train, spec.val
 
 
-def _batches(model: Classifier, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, list[int]]]:
+def batches(model: Classifier, samples: sources.Samples, indices: list[int]) -> Iterator[tuple[np.ndarray, list[int]]]:
     """(uint8 images [B, H, W, C], their rows in ``samples``) read as ``model`` reads them;
     unreadable files skipped."""
     for start in range(0, len(indices), _BATCH):
@@ -149,7 +149,7 @@ class _Calibration:
         return len(self.chunks)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self.pending = _batches(self.model, self.samples, [i for c in self.chunks[start_index:end_index] for i in c])
+        self.pending = batches(self.model, self.samples, [i for c in self.chunks[start_index:end_index] for i in c])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.pending, None)
@@ -236,7 +236,7 @@ def compare(fp32: Classifier, int8: Classifier, validation: sources.Samples, *, 
     ``calibration_images`` is left for the caller."""
     right: list[list[np.ndarray]] = [[], []]
     seconds, total = [0.0, 0.0], 0
-    for images, rows in _batches(fp32, validation, list(range(len(validation)))):
+    for images, rows in batches(fp32, validation, list(range(len(validation)))):
         if total == 0:  # a first run sets up each session's buffers: not the model's speed
             fp32.logits(images), int8.logits(images)
         total += len(rows)
@@ -253,8 +253,8 @@ def compare(fp32: Classifier, int8: Classifier, validation: sources.Samples, *, 
         validation_images=total,
         fp32_accuracy=float(fp32_right.mean()),
         int8_accuracy=float(int8_right.mean()),
-        fp32_bytes=Path(fp32.path).stat().st_size,
-        int8_bytes=Path(int8.path).stat().st_size,
+        fp32_bytes=sum(file.stat().st_size for file in fp32.files()),
+        int8_bytes=sum(file.stat().st_size for file in int8.files()),
         fp32_images_per_s=total / max(seconds[0], 1e-9),
         int8_images_per_s=total / max(seconds[1], 1e-9),
         max_drop=max_drop,

@@ -4,7 +4,7 @@ A checkpoint without ``--data`` finds its data in its own config, and the split 
 as training built it (the same seeded hold-out for a single folder), so the accuracy reported here
 for the validation split equals the ``val_acc`` that training recorded for the same checkpoint.
 
-An ``.onnx`` (FP32 or INT8) or ``.tflite`` export is scored without torch, through its own predict
+An ``.onnx`` or OpenVINO ``.xml`` (FP32 or INT8) or ``.tflite`` export is scored without torch, through its own predict
 path (:meth:`cnnzoo.inference.classifier.Classifier.batches`, its preprocessing and checked
 logits), on ``--data`` or on the data root its metadata names. Both kinds are scored by one NumPy
 implementation (:mod:`~cnnzoo.evaluation.scores`) and drawn by the same page.
@@ -24,7 +24,7 @@ from .. import runs
 from ..console import console
 from ..errors import DataError, UserError
 from ..files import write_bytes, write_text
-from ..inference import Classifier, is_onnx, is_tflite, load
+from ..inference import Classifier, is_export, load
 from ..inference.classifier import probabilities
 from ..pages import figure_png
 from ..plots import confusion_figure, plot_pr_curves
@@ -100,7 +100,7 @@ def _model_words(report: dict[str, Any]) -> str:
     """What was scored, in words: ``checkpoint PATH (epoch N)`` or ``INT8 ONNX export PATH (epoch N)``."""
     if "checkpoint" in report:
         return f"checkpoint {report['checkpoint']} (epoch {report['epoch']})"
-    kind = {"onnx": "ONNX", "tflite": "TFLite"}.get(report["format"], report["format"])
+    kind = {"onnx": "ONNX", "tflite": "TFLite", "openvino": "OpenVINO"}.get(report["format"], report["format"])
     return f"{'INT8 ' if report.get('int8') else ''}{kind} export {report['model']} (epoch {report['epoch']})"
 
 
@@ -120,17 +120,17 @@ def evaluate(
     unknown: str | Path | None = None,
     unknown_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Score ``checkpoint`` (default: the newest run's best.pt), or an ``.onnx`` / ``.tflite`` export
-    (without torch); write eval.json, a plot and (unless ``html_report`` is false) report.html beside
-    the model or in ``out``; ``outputs`` lists the files written. ``tta`` (checkpoints) averages the
-    probabilities of five views of each image (:mod:`cnnzoo.inference.tta`). ``unknown`` (a folder or
-    manifest of photos of none of the classes) adds the ``unknown_*`` fields
+    """Score ``checkpoint`` (default: the newest run's best.pt), or an ``.onnx`` / ``.tflite`` /
+    OpenVINO ``.xml`` export (without torch); write eval.json, a plot and (unless ``html_report`` is
+    false) report.html beside the model or in ``out``; ``outputs`` lists the files written. ``tta``
+    (checkpoints) averages the probabilities of five views of each image (:mod:`cnnzoo.inference.tta`).
+    ``unknown`` (a folder or manifest of photos of none of the classes) adds the ``unknown_*`` fields
     (:mod:`~cnnzoo.evaluation.unknown_eval`), at ``unknown_threshold`` or the model's own."""
     check_split(split)
     path = runs.resolve_checkpoint(checkpoint, runs_root)
     strangers = _unknown_check(path, unknown, unknown_threshold, device) if unknown is not None else None
     options = {"split": split, "batch_size": batch_size, "device": device, "progress": progress}
-    if is_onnx(path) or is_tflite(path):
+    if is_export(path):
         if tta:
             raise UserError(f"--tta: runs on checkpoints (torch), not on the export {path.name}")
         scored = score_export(path, data, **options)
@@ -245,7 +245,7 @@ def score_export(
     device: str | None,
     progress: bool,
 ) -> Scored:
-    """An ONNX or TFLite export's logits on ``data`` (default: the data it trained on, split as
+    """An ONNX, OpenVINO or TFLite export's logits on ``data`` (default: the data it trained on, split as
     training split it, from its metadata), read and run by the export's own predict path; any
     source (folders, manifests, Hugging Face folders, shards); torch is never imported."""
     model: Classifier = load(path, device)

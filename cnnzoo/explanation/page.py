@@ -14,7 +14,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..errors import UserError, shape_text
 from ..files import write_bytes, write_text
-from ..inference import is_onnx
+from ..inference import is_export
 from ..inference.torch_models import Model
 from ..model.shapes import size_arithmetic
 from ..pages import OFFLINE_POLICY, ZOOM_SCRIPT, embedded_img
@@ -151,7 +151,7 @@ def explain(
     """Write the HTML report for ``image`` (and the PNGs to ``png_dir``); returns its path and the report."""
 
     source = runs.resolve_checkpoint(checkpoint, runs_root)
-    if is_onnx(source):
+    if is_export(source):
         raise UserError(f"{source}: explain needs a checkpoint (.pt with weights), not an export")
     model = Model(ckpt_io.load_checkpoint(source), device="cpu")  # a TorchScript file is refused unopened
     source = Path(model.path)  # a run folder stands for its best.pt

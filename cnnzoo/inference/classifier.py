@@ -124,6 +124,10 @@ class Classifier:
         """What the file is, in words, for error lines."""
         return "checkpoint" if self.format == "checkpoint" else f"{self.format} export".replace("onnx", "ONNX")
 
+    def files(self) -> list[Path]:
+        """The files the model is stored in (one, but for a format that keeps its weights beside it)."""
+        return [Path(str(self.path))]
+
     def outputs_fit(self, outputs: int) -> bool:
         """A network output per class, or one logit for two classes (a binary head)."""
         return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2 and not self.multi_label)

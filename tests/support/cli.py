@@ -99,6 +99,27 @@ def run_cnnzoo_without_torch(args: Sequence[Any], timeout: float = 300) -> subpr
     )
 
 
+_WITHOUT = (
+    "import sys\nfor name in sys.argv[1].split(','):\n    sys.modules[name] = None  # importing it now fails\n"
+    "sys.argv = ['cnnzoo', *sys.argv[2:]]\nfrom cnnzoo.cli import main\nmain()\n"
+)
+
+
+def run_cnnzoo_without(
+    packages: Sequence[str], args: Sequence[Any], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``cnnzoo args`` in ``cwd``, in a fresh process where importing any of ``packages`` fails (an
+    install without that extra): the real command, with the package absent as pip would leave it."""
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT, ",".join(packages), *map(str, args)],
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
+
+
 def torch_modules_imported(done: subprocess.CompletedProcess) -> list[str]:
     """The torch modules a :func:`predict_listing_torch` run imported."""
     return json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])
