@@ -342,17 +342,31 @@ def _is_torchscript_export(path: Path) -> bool:
 class ExportFormat:
     """One format ``export`` writes: its file suffix, its name in messages, how a model is written
     and opened again for the parity check (model, path, opset), and how its own files are told
-    apart from others (``--out`` replaces only those without ``--force``)."""
+    apart from others (``--out`` replaces only those without ``--force``). ``benchmark`` also reads
+    the extra that installs it (``pip install 'cnnzoo[EXTRA]'``), the modules that must import to
+    write and run it, and whether ``--int8`` applies to it."""
 
     suffix: str
     article: str
     write: Callable[[Model, Path, int], Classifier]
     recognise: Callable[[Path], bool]
+    extra: str = ""  # the pip extra that installs it; "" for none (torch alone writes and runs it)
+    modules: tuple[str, ...] = ()  # imported to write it and to run it
+    int8: bool = False  # export --int8 writes an INT8 version of it
 
 
 # the formats export writes: adding one is a writer, a recogniser and a line here (docs/design/architecture.md)
 EXPORT_FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat(".onnx", "an ONNX", _onnx_written, _is_onnx_export),
+    "onnx": ExportFormat(
+        ".onnx", "an ONNX", _onnx_written, _is_onnx_export, extra="onnx", modules=("onnx", "onnxruntime"), int8=True
+    ),
     "torchscript": ExportFormat(".torchscript.pt", "a TorchScript", _torchscript_written, _is_torchscript_export),
-    "tflite": ExportFormat(".tflite", "a TFLite", _tflite_written, _is_tflite_export),
+    "tflite": ExportFormat(
+        ".tflite",
+        "a TFLite",
+        _tflite_written,
+        _is_tflite_export,
+        extra="tflite",
+        modules=("litert_torch", "ai_edge_litert"),
+    ),
 }
