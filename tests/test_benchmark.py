@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_multilabel import write_tags
 
 import cnnzoo
 from cnnzoo.deploy import benchmark as benching
@@ -23,7 +24,7 @@ from cnnzoo.evaluation.evaluate import evaluate
 
 from support.cli import one_error_line, run_cnnzoo, subprocess_env
 from support.images import make_image_tree
-from support.runs import train_run, trained_batchnorm_cnn
+from support.runs import tiny_config, train_run, trained_batchnorm_cnn
 
 pytest.importorskip("onnxruntime")
 
@@ -46,10 +47,10 @@ CSV_COLUMNS = [
 MEASURED = ["size_bytes", "load_s", "p50_ms", "p95_ms", "images_per_s"]
 
 
-def _rows(path: Path) -> dict[str, dict[str, str]]:
+def _rows(path: Path, metric: str = "accuracy") -> dict[str, dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == CSV_COLUMNS
+    assert list(rows[0]) == [metric if c == "accuracy" else c for c in CSV_COLUMNS]
     return {row["format"]: row for row in rows}
 
 
@@ -164,3 +165,16 @@ def test_a_failing_format_gets_its_error_and_the_others_are_measured(tmp_path):
     assert _measured(rows["checkpoint"]) and _measured(rows["onnx"]) and rows["onnx"]["images"] == "8"
     assert rows["onnx-int8"]["status"] == "failed" and "--int8 calibrates on it" in rows["onnx-int8"]["note"]
     assert "onnx-int8" in done.stdout and "failed:" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_multi_label_model_is_scored_by_its_map_as_evaluate_scores_it(tmp_path):
+    from cnnzoo.training.run import train
+
+    manifest = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "", "a b", "a"] * 2)
+    run = train(tiny_config(manifest, epochs=1), out=tmp_path / "runs", quiet=True)
+    result = cnnzoo.benchmark(run / "best.pt", "onnx", out=tmp_path / "bench", threads=1, seconds=0.05)
+    assert result.metric == "mAP" and "| mAP (%) |" in (tmp_path / "bench" / "benchmark.md").read_text()
+    rows = _rows(tmp_path / "bench" / "benchmark.csv", metric="map")
+    report = evaluate(rows["onnx"]["file"], split="validation", out=tmp_path / "eval", progress=False)
+    assert float(rows["onnx"]["map"]) == report["map"] and rows["onnx"]["images"] == str(report["num_images"]) == "4"

@@ -188,7 +188,9 @@ def benchmark(
     data: Path | None = typer.Option(
         None, "--data", help="Labelled images to score on (default: the split the checkpoint was validated on)."
     ),
-    split: str | None = typer.Option(None, "--split", help="test or validation (default: validation)."),
+    split: str | None = typer.Option(
+        None, "--split", help="test or validation (default: validation; with --data, the split evaluate --data scores)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for the exports and the table (default: benchmark/ beside the checkpoint)."
     ),

@@ -232,8 +232,9 @@ def benchmark(
     picked = chosen(formats)  # an unknown name is refused before anything loads
     check_split(split)
     threads = default_threads() if threads is None else int(threads)
-    if threads < 1 or (images is not None and images < 1):
-        raise UserError(f"--threads {threads} / --images {images}: give at least 1")
+    for option, value in (("--threads", threads), ("--images", images)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: give at least 1")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # torch's threads are the process's; given back below
     try:
