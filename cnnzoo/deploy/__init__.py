@@ -1,6 +1,7 @@
 """Deployment: a checkpoint exported to ONNX, TorchScript or TFLite and checked
 (:mod:`~cnnzoo.deploy.export`), an ONNX export quantized to INT8 and compared with FP32
-(:mod:`~cnnzoo.deploy.quantize`), and a model served over HTTP with a page to try it
+(:mod:`~cnnzoo.deploy.quantize`), every format of a checkpoint scored and timed in one table
+(:mod:`~cnnzoo.deploy.benchmark`), and a model served over HTTP with a page to try it
 (:mod:`~cnnzoo.deploy.serve`, torch-free with an ONNX or TFLite model).
 
 Floor 8: may import floors 0-7 (in practice inference, data.preprocess, checkpoint, runs);
