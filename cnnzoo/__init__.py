@@ -9,6 +9,7 @@ The Python API (the CLI is a thin layer over it)::
     model.predict_manifest("test.csv", tta=True)       # cnnzoo predict --data test.csv --tta
     report = cnnzoo.evaluate(run_dir / "best.pt")      # or an export, without torch: "best.onnx"
     cnnzoo.export(run_dir / "best.pt", "onnx")          # best.onnx: cnnzoo.load() runs it without torch
+    cnnzoo.benchmark(run_dir / "best.pt")               # every format: size, accuracy, latency (benchmark.md)
     path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")
     cnnzoo.data_issues("clothing_transfer", "images.csv")  # issues/issues.csv and issues.html
     cnnzoo.tune("c.yaml", trials=20)   # Optuna search over the config's tune: section
@@ -33,6 +34,7 @@ _API = {
     "train": ("training.run", "train"),
     "load": ("inference", "load"),
     "export": ("deploy.export", "export"),
+    "benchmark": ("deploy.benchmark", "benchmark"),
     "explain": ("explanation.page", "explain"),
     "evaluate": ("evaluation.evaluate", "evaluate"),
     "data_issues": ("training.issues", "data_issues"),

@@ -18,7 +18,14 @@ from cnnzoo.cli.usage import command_path, reflowed
 
 from support.cli import PROJECT, one_error_line, run_cnnzoo
 
-MODEL_COMMANDS = [["predict", "photo.jpg"], ["evaluate"], ["export"], ["serve"], ["explain", "photo.jpg"]]
+MODEL_COMMANDS = [
+    ["predict", "photo.jpg"],
+    ["evaluate"],
+    ["export"],
+    ["benchmark"],
+    ["serve"],
+    ["explain", "photo.jpg"],
+]
 
 
 def cli(*args: str, width: int = 80):
@@ -33,7 +40,7 @@ def test_every_model_reading_command_takes_the_one_model_flag(command, spelling,
     assert line == f"cnnzoo: error: {tmp_path / 'nothere.pt'}: checkpoint not found"
 
 
-@pytest.mark.parametrize("command", ["evaluate", "export", "serve"])
+@pytest.mark.parametrize("command", ["evaluate", "export", "benchmark", "serve"])
 def test_the_model_is_also_positional_where_it_is_the_subject(command, tmp_path):
     line = one_error_line(cli(command, str(tmp_path / "a.pt")))
     assert line.endswith(f"{tmp_path / 'a.pt'}: checkpoint not found")
@@ -113,7 +120,7 @@ def test_help_shows_no_type_placeholders_and_plain_usage(command):
 def test_help_names_the_arguments_as_click_writes_them():
     assert "Usage: cnnzoo predict [OPTIONS] [IMAGES]..." in cli("predict", "--help").output
     assert "Usage: cnnzoo explain [OPTIONS] IMAGE" in cli("explain", "--help").output
-    for command in ("evaluate", "export", "serve"):
+    for command in ("evaluate", "export", "benchmark", "serve"):
         assert f"Usage: cnnzoo {command} [OPTIONS] [MODEL]" in cli(command, "--help").output
 
 

@@ -146,6 +146,15 @@ def test_bench_openvino_compares_four_exports_with_onnx_runtime_fp32(trained, tm
     assert figures["OpenVINO INT8"]["images_per_s_b32"] > 0 and figures["OpenVINO INT8"]["ms_b1"] > 0
 
 
+def test_bench_formats_prints_a_benchmark_table_per_checkpoint(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    args = [trained.best, "--formats", "onnx", "--threads", 1, "--seconds", 0.05, "--out", tmp_path / "b"]
+    out = run_script([ROOT / "scripts" / "bench_formats.py", *args], tmp_path)
+    rows = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if line.startswith("| ")]
+    assert rows == ["format", "checkpoint", "onnx"]
+    assert (tmp_path / "b" / "1-tiny" / "benchmark.md").read_text().strip() in out
+
+
 def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path):
     pytest.importorskip("webdataset")
     args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -179,3 +180,78 @@ def _unknown_setting(no_unknown: bool, threshold: float | None) -> str:
     if no_unknown and threshold is not None:
         raise UserError("--unknown-threshold: cannot be combined with --no-unknown")
     return "off" if no_unknown else ("" if threshold is None else repr(float(threshold)))
+
+
+@app.command()
+@guarded
+def benchmark(
+    model_arg: Path | None = typer.Argument(
+        None, metavar="MODEL", help="The checkpoint to export and measure (default: runs/latest's best.pt)."
+    ),
+    model: Path | None = EXPORT_MODEL_OPTION,
+    formats: str = typer.Option(
+        "all",
+        "--formats",
+        "-f",
+        help="all, or formats separated by commas: onnx, onnx-int8 (or int8), torchscript, tflite, ... "
+        "The checkpoint itself is always the first row.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Labelled images to score on (default: the split the checkpoint was validated on)."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="test or validation (default: validation; with --data, the split evaluate --data scores)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the exports and the table (default: benchmark/ beside the checkpoint)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads of every runtime (torch, onnxruntime, ...). Default: all cores."
+    ),
+    images: int | None = typer.Option(None, "--images", min=1, help="Score this many of the images, drawn at random."),
+    runs: Path = typer.Option(Path("runs"), help="Where to look for runs/latest."),
+) -> None:
+    """Which file to ship: export a checkpoint to every installed format and measure each on the same images.
+
+    One row per format: file size, accuracy (mAP for a multi-label model), its drop against the
+    checkpoint in points, load time, latency p50/p95 at batch 1 and images/s at batch 32, every
+    runtime on the same threads. The images are decoded once (decoding and resizing are not
+    timed). Printed, and saved as benchmark.csv and benchmark.md in --out.
+      cnnzoo benchmark                          (runs/latest/best.pt, every format)
+      cnnzoo benchmark --formats onnx,int8 --threads 1
+    A format that is not installed gets a row naming its extra; one that fails gets its error, and
+    the others still run (exit code 1 when one failed).
+    """
+    from ..deploy.benchmark import benchmark as run_benchmark  # lazy: see cnnzoo.cli
+
+    result = run_benchmark(
+        one_model(model_arg, model),
+        formats,
+        data=data,
+        split=split,
+        out=out,
+        threads=threads,
+        images=images,
+        runs_root=runs,
+    )
+    _print_table(result)
+    typer.echo(f"wrote {result.files[0]} and {result.files[1].name}")
+    if result.failed:
+        names = ", ".join(row.format for row in result.failed)
+        _fail(f"{names}: failed; the note column says why (the other formats were measured)", code=1)
+
+
+def _print_table(result: Any) -> None:
+    """The table, drawn by Rich (typer's own dependency), its notes below it (benchmark.md has them as a column)."""
+    from rich.console import Console  # lazy: see cnnzoo.cli
+    from rich.table import Table
+
+    table = Table(title=result.title(), title_justify="left")
+    for n, name in enumerate(result.header(short=True)[:-1]):
+        table.add_column(name, justify="right" if n >= 2 else "left", no_wrap=True)
+    for row in result.rows:
+        table.add_row(*result.cells(row)[:-1])
+    Console(soft_wrap=False).print(table)
+    for row in result.rows:
+        if note := result.cells(row)[-1]:
+            typer.echo(f"{row.format}: {note}")

@@ -1,8 +1,9 @@
 """Deployment: a checkpoint exported to ONNX, TorchScript or TFLite and checked
 (:mod:`~cnnzoo.deploy.export`), an ONNX export quantized to INT8 and compared with FP32
-(:mod:`~cnnzoo.deploy.quantize`; whether it is measurably worse: :mod:`~cnnzoo.deploy.paired`), and
-a model served over HTTP with a page to try it (:mod:`~cnnzoo.deploy.serve`, torch-free with an
-ONNX or TFLite model).
+(:mod:`~cnnzoo.deploy.quantize`; whether it is measurably worse: :mod:`~cnnzoo.deploy.paired`), every
+format of a checkpoint scored and timed in one table (:mod:`~cnnzoo.deploy.benchmark`), and a model
+served over HTTP with a page to try it (:mod:`~cnnzoo.deploy.serve`, torch-free with an ONNX, TFLite
+or OpenVINO model).
 
 Floor 8: may import floors 0-7 (in practice inference, data.preprocess, checkpoint, runs);
 only the CLI is above it. This ``__init__`` holds the defaults the CLI shows (torch-free).

@@ -417,7 +417,9 @@ class ExportFormat:
     apart from others (``--out`` replaces only those without ``--force``). ``weights``: where a
     format that keeps its weights in a second file puts them, from the model file's path (the
     writer then also takes ``weights=``); ``ending``: what an ``--out`` name must end with for the
-    readers to know it; ``int8``: how it is quantized, if it is."""
+    readers to know it; ``int8``: how it is quantized, if it is. ``benchmark`` also reads the extra
+    that installs it (``pip install 'cnnzoo[EXTRA]'``) and the modules that must import to write and
+    run it."""
 
     suffix: str
     article: str
@@ -426,13 +428,30 @@ class ExportFormat:
     weights: Callable[[Path], Path] | None = None
     ending: str = ""
     int8: Int8Format | None = None
+    extra: str = ""  # the pip extra that installs it; "" for none (torch alone writes and runs it)
+    modules: tuple[str, ...] = ()  # imported to write it and to run it
 
 
 # the formats export writes: adding one is a writer, a recogniser and a line here (docs/design/architecture.md)
 EXPORT_FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat(".onnx", "an ONNX", _onnx_written, _is_onnx_export, int8=Int8Format(".int8.onnx", _onnx_int8)),
+    "onnx": ExportFormat(
+        ".onnx",
+        "an ONNX",
+        _onnx_written,
+        _is_onnx_export,
+        int8=Int8Format(".int8.onnx", _onnx_int8),
+        extra="onnx",
+        modules=("onnx", "onnxruntime"),
+    ),
     "torchscript": ExportFormat(".torchscript.pt", "a TorchScript", _torchscript_written, _is_torchscript_export),
-    "tflite": ExportFormat(".tflite", "a TFLite", _tflite_written, _is_tflite_export),
+    "tflite": ExportFormat(
+        ".tflite",
+        "a TFLite",
+        _tflite_written,
+        _is_tflite_export,
+        extra="tflite",
+        modules=("litert_torch", "ai_edge_litert"),
+    ),
     "openvino": ExportFormat(
         ".openvino.xml",
         "an OpenVINO",
@@ -441,5 +460,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         weights=weights_path,
         ending=".xml",
         int8=Int8Format(".int8.openvino.xml", openvino_export.write_int8),
+        extra="openvino",
+        modules=("openvino", "nncf"),
     ),
 }

@@ -165,7 +165,7 @@ def evaluate(
 def _unknown_fields(strangers: tuple, scored: Scored, batch: int, threshold: float | None) -> dict[str, Any]:
     """``--unknown``'s figures: the scored split's images as known, the given photos as unknown."""
     model, paths = strangers
-    batches = _export_batches(model, scored.samples, batch_size=batch, errors=[], progress=False)
+    batches = labelled_batches(model, scored.samples, batch_size=batch, errors=[], progress=False)
     known = (pixels for _, pixels, _ in batches)
     return unknown_eval.unknown_report(model, known, paths, batch_size=batch, threshold=threshold)
 
@@ -255,7 +255,7 @@ def score_export(
     samples, where = samples_for(cfg, model.classes, data=folder, split=split, multi_label=multi, rule=rule)
     errors: list = []
     logits, rows, labels = [], [], []
-    batches = _export_batches(model, samples, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress)
+    batches = labelled_batches(model, samples, batch_size=batch_size or EXPORT_BATCH, errors=errors, progress=progress)
     for positions, pixels, batch_labels in batches:
         logits.append(model.logits_and_probabilities(pixels)[0])
         rows.extend(positions)
@@ -272,7 +272,7 @@ def score_export(
     outputs = len(model.classes)
     return Scored(
         logits=np.concatenate(logits) if logits else np.zeros((0, outputs), np.float32),
-        labels=_label_array(labels, outputs, multi),
+        labels=label_array(labels, outputs, multi),
         rows=None if samples.streamed else np.asarray(rows, dtype=np.int64),
         samples=samples,
         where=where,
@@ -285,7 +285,7 @@ def score_export(
     )
 
 
-def _export_batches(model: Classifier, samples, *, batch_size: int, errors: list, progress: bool):
+def labelled_batches(model: Classifier, samples, *, batch_size: int, errors: list, progress: bool):
     """(positions, uint8 pixels, labels) per batch of ``samples`` as the export reads images: a
     split's images by position (files, or images in memory), or a stream of shards in order."""
     if samples.streamed:
@@ -299,7 +299,7 @@ def _export_batches(model: Classifier, samples, *, batch_size: int, errors: list
         yield positions, pixels, [sets[r] if sets is not None else samples.labels[r] for r in positions]
 
 
-def _label_array(labels: list, outputs: int, multi: bool) -> np.ndarray:
+def label_array(labels: list, outputs: int, multi: bool) -> np.ndarray:
     """Class indices, or multi-hot [N, classes] for a multi-label model."""
     if not multi:
         return np.asarray(labels, dtype=np.int64)

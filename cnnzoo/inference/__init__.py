@@ -52,23 +52,25 @@ def load(
     runs_root: str | Path = "runs",
     *,
     trust_torchscript: bool = False,
+    threads: int | None = None,
 ) -> Classifier:
     """A model from a checkpoint (default: the newest run's best.pt) or an ``.onnx``, ``.tflite``
     or OpenVINO ``.xml`` export; only the exports leave torch unimported. A TorchScript archive
     runs the code it holds when loaded, so it is refused unless ``trust_torchscript`` says the
-    file is trusted."""
+    file is trusted. ``threads`` sets an export's runtime's CPU threads (default: the runtime's
+    own); torch's are process-wide (``torch.set_num_threads``)."""
     if path is not None and is_onnx(path):
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: an ONNX model runs on the CPU here (onnxruntime)")
-        return OnnxModel(path)
+        return OnnxModel(path, threads=threads)
     if path is not None and is_tflite(path):
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: a TFLite model runs on the CPU here (LiteRT)")
-        return TFLiteModel(path)
+        return TFLiteModel(path, num_threads=threads)
     if path is not None and is_openvino(path):
         if device not in (None, "auto", "cpu"):
             raise UserError(f"--device {device}: an OpenVINO model runs on the CPU here")
-        return OpenVinoModel(path)
+        return OpenVinoModel(path, threads=threads)
     from .torch_models import load_torch  # lazy: the torch-free boundary: only a non-ONNX file imports torch
 
     return load_torch(path, device, runs_root, trust_torchscript=trust_torchscript)

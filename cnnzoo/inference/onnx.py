@@ -17,7 +17,7 @@ class OnnxModel(Classifier):
 
     format = "onnx"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, threads: int | None = None):
         try:
             import onnxruntime  # lazy: an optional extra (cnnzoo[onnx]); a missing one is a clear error
         except ImportError:
@@ -28,6 +28,8 @@ class OnnxModel(Classifier):
         # fatal only: onnxruntime logs a failed run (a 4 TB allocation) as its own ANSI-coloured
         # error line before raising; the exception's message becomes our one line instead
         options.log_severity_level = 4
+        if threads is not None:  # onnxruntime's default: a thread per physical core
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
