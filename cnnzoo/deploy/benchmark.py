@@ -1,7 +1,7 @@
 """``cnnzoo benchmark``: which file to ship. A checkpoint exported to every format that is installed,
 each scored and timed on the same images, in one table.
 
-The formats are :data:`~cnnzoo.deploy.export.EXPORT_FORMATS`' (and an INT8 version of each that
+The formats are :data:`~cnnzoo.deploy.formats.EXPORT_FORMATS`' (and an INT8 version of each that
 ``export --int8`` quantizes), so a format added to that table is benchmarked without a change
 here. Each row is what a user gets: the file :func:`~cnnzoo.deploy.export.export` writes (its
 parity check included), opened by :func:`cnnzoo.inference.load` as ``predict`` opens it, and run

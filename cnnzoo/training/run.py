@@ -1,6 +1,7 @@
 """A training run: :func:`train` -> :func:`prepare` (config, parts, run folder, resume) -> :func:`fit`
-(the epochs, each handed to the callbacks of :mod:`cnnzoo.training.callbacks`) -> the fits after
-training (:mod:`cnnzoo.training.calibrate`).
+(the epochs of :mod:`cnnzoo.training.epoch`, each handed to the callbacks of
+:mod:`cnnzoo.training.callbacks`) -> the fits after training (the unknown score, the test-time crop,
+:mod:`cnnzoo.training.calibrate`).
 
 Reproducibility: every epoch reseeds torch/NumPy/Python from ``(seed, epoch)``, and the data
 order and augmentation depend only on ``(seed, epoch, batch)``, so on CPU the same config gives
@@ -10,7 +11,6 @@ the same metrics, and a resumed run continues exactly where the uninterrupted on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from ..config import Config, dump_config, load_config
 from ..console import console
 from ..data import loaders as loaders_mod
 from ..data import sources
-from ..errors import DataError, UserError
+from ..errors import UserError
 from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
@@ -33,8 +33,9 @@ from . import calibrate, crossval, test_crop
 from .callbacks import Checkpoints, make_callbacks
 from .distill import Distiller
 from .ema import WeightAverage
-from .events import Callback, EpochEnd, StopTraining
-from .loop import BestEpoch, Stepper, optimizer_steps, train_one_epoch, validate, warn_small_validation
+from .epoch import TrainingNet, train_epoch
+from .events import Callback, StopTraining
+from .loop import BestEpoch, Stepper, optimizer_steps, warn_small_validation
 from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
@@ -304,27 +305,11 @@ def _close(job: Job) -> None:
         callback.close()
 
 
-class _TrainingNet:
-    """The network an epoch trains: the stages' net, in DistributedDataParallel when distributed,
-    wrapped again only when the trainable parameters change (DDP tracks a fixed set of them)."""
-
-    def __init__(self) -> None:
-        self.net: nn.Module | None = None
-        self.key: tuple[int, int | None] | None = None
-
-    def for_epoch(self, stages: TransferStages, device: Any) -> nn.Module:
-        key = (id(stages.net), stages.trainable)
-        if key != self.key:
-            self.net = None  # the old wrapper lets go of the parameters before a new one takes them
-            self.net, self.key = distributed.wrap(stages.net, device), key
-        return self.net
-
-
 def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
     """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt.
     ``after`` runs once the epochs end, before the callbacks close (a tracker then uploads what it wrote)."""
     t = job.cfg.train
-    epoch, training_net = job.start_epoch, _TrainingNet()
+    epoch, training_net = job.start_epoch, TrainingNet()
     try:
         for epoch in range(job.start_epoch, t.epochs + 1):
             job.stages.enter(epoch)
@@ -332,7 +317,7 @@ def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
             job.stages.train_loader.batch_sampler.set_epoch(epoch)
             if job.mixer is not None:
                 job.mixer.set_epoch(epoch)
-            end = _train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
+            end = train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
             try:
                 for callback in job.callbacks:
                     callback.epoch_end(end)
@@ -365,63 +350,6 @@ def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
     console.log(f"done: best {job.best.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
     console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
     return job.run_dir
-
-
-def _train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
-    """One epoch trained (on ``net``) and validated: the record every callback gets."""
-    t, stages, schedule = job.cfg.train, job.stages, job.stepper.schedule
-    lr, backbone_lr = schedule.lr, schedule.backbone_lr
-    stats = train_one_epoch(
-        net,
-        stages.train_loader,
-        criterion=job.criterion,
-        stepper=job.stepper,
-        feed=job.feed,
-        desc=f"epoch {epoch}/{t.epochs}",
-        augment=stages.loaders.batch_augment,
-        mixer=job.mixer,
-        distiller=job.distiller,
-    )
-    if not stats["images_per_s"]:  # no image decoded (a stream's every member failed): no best.pt of nothing
-        raise DataError(
-            f"{job.cfg.data.root}: none of the training images could be read in epoch {epoch} (each was skipped "
-            f"as unreadable); cnnzoo data check names them. Replace or remove those files"
-        )
-    distributed.broadcast_buffers(job.model)  # every process validates rank 0's model
-    if job.average is not None:  # and rank 0's average of it (its BatchNorm statistics differ)
-        distributed.broadcast_buffers(job.average.averaged)
-    multi_label = job.multi_label
-    with job.average.swapped_in(job.model) if job.average is not None else nullcontext():
-        val, confusion = validate(
-            stages.net,
-            stages.val_loader,
-            feed=job.feed.without_autocast(),
-            num_classes=job.num_classes,
-            thresholds=t.thresholds if multi_label else None,
-        )
-    if multi_label:
-        job.base_state["meta"]["thresholds"] = val.pop("thresholds")
-    row = {
-        "epoch": epoch,
-        "lr": lr,
-        "train_loss": stats["train_loss"],
-        "train_acc": stats["train_acc"],
-        **val,
-        "seconds": stats["train_seconds"],
-        "images_per_s": stats["images_per_s"],
-        "data_wait": stats["data_wait"],
-        "stage": stages.stage_at(epoch),
-        "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
-        "backbone_lr": backbone_lr,
-    }
-    if job.distiller is not None:  # its first epoch's includes the cached mode's one pass over the images
-        row["teacher_seconds"] = job.distiller.take_seconds()
-    schedule.step_epoch(val[job.best.monitor])
-    improved = job.best.update(val, epoch)
-    best_text = f"{job.best.text()} (epoch {job.best.epoch})"
-    return EpochEnd(
-        epoch=epoch, row=row, improved=improved, best_text=best_text, confusion=confusion, best_epoch=job.best.epoch
-    )
 
 
 def train(
