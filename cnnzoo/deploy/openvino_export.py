@@ -145,6 +145,8 @@ def _calibration_images(fp32: OpenVinoModel, train: sources.Samples, calibration
 
 def _quantized(fp32: OpenVinoModel, images: list[np.ndarray]) -> Any:
     """NNCF's INT8 version of ``fp32``'s network, calibrated on ``images``."""
+    # NNCF's import loads torch's extension builder, which logs that this machine has no CUDA
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         with _telemetry_declined():
             import nncf  # lazy: with openvino in the extra (cnnzoo[openvino])
