@@ -246,14 +246,17 @@ def _print_table(result: Any) -> None:
     from rich.console import Console  # lazy: see cnnzoo.cli
     from rich.table import Table
 
-    table = Table(title=result.title(), title_justify="left")
-    shown = [n for n in range(len(result.header(short=True)) - 1) if n != 1]  # files: in benchmark.md
+    typer.echo(result.title())  # one line of its own: a title inside a narrow table wraps mid-phrase
+    table = Table()
+    shown = [n for n in range(len(result.header(short=True)) - 1) if n != 1]  # the files: listed below
     for n in shown:  # a narrow window wraps the headers; no figure is cut short
         table.add_column(result.header(short=True)[n], justify="right" if n >= 2 else "left", no_wrap=n >= 2)
     for row in result.rows:
         cells = result.cells(row)
         table.add_row(*(cells[n] for n in shown))
     Console(soft_wrap=False).print(table)
+    files = [f"{row.format} {result.cells(row)[1]}" for row in result.rows if result.cells(row)[1]]
+    typer.echo("files: " + ", ".join(files))
     for row in result.rows:
         if note := result.cells(row)[-1]:
             typer.echo(f"{row.format}: {note}")
