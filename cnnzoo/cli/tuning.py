@@ -21,6 +21,14 @@ from .train import (
 )
 
 
+def _checked(config: Path, overrides: list[str]) -> tuple[Path, list[str]]:
+    """The config file (a shipped config by name, too) and the overrides, checked with the data
+    named, before torch is imported: config errors come back at once."""
+    config = find_config(config)
+    require_data(load_config(config, overrides), config)
+    return config, overrides
+
+
 @app.command("lr-find")
 @guarded
 def lr_find(
@@ -111,11 +119,8 @@ def sweep(
             f"--folds {folds}: a sweep compares its trials on one validation split; sweep first, then "
             f"cross-validate the config it picks with cnnzoo train -c CONFIG --folds {folds}"
         )
-    overrides = Shortcuts(
-        data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
-    ).overrides(set_, unset)
-    config = find_config(config)  # a shipped config by name, too
-    require_data(load_config(config, overrides), config)  # config errors come back before torch is imported
+    shortcuts = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device)
+    config, overrides = _checked(config, shortcuts.overrides(set_, unset))
     from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
     from ..training.sweep import markdown_table
     from ..training.sweep import sweep as run_sweep
@@ -170,11 +175,8 @@ def tune(
               on as many machines as you like; each runs its --trials.
     Writes runs/<name>-tune/trials.csv, trials.md, trials.png and best.yaml; runs/latest -> the best trial's run.
     """
-    overrides = Shortcuts(
-        data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device
-    ).overrides(set_, unset)
-    config = find_config(config)  # a shipped config by name, too
-    require_data(load_config(config, overrides), config)  # config errors come back before torch is imported
+    shortcuts = Shortcuts(data=data, epochs=epochs, batch_size=batch_size, image_size=image_size, device=device)
+    config, overrides = _checked(config, shortcuts.overrides(set_, unset))
     from ..training.run import TrainingInterrupted  # lazy: see cnnzoo.cli
     from ..training.sweep import markdown_table
     from ..training.tune import tune as run_tune
