@@ -193,7 +193,8 @@ def benchmark(
         "all",
         "--formats",
         "-f",
-        help="all, or formats separated by commas: onnx, onnx-int8 (or int8), torchscript, tflite, ... "
+        help="all, or formats separated by commas: onnx, onnx-int8 (or int8), openvino, openvino-int8, torchscript, "
+        "tflite. "
         "The checkpoint itself is always the first row.",
     ),
     data: Path | None = typer.Option(

@@ -155,16 +155,17 @@ def train_one_epoch(
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes; accuracy counts
     the labels before any mixing."""
-    parts = EpochParts(criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer)
+    parts = EpochParts(
+        criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer, distiller=distiller
+    )
     net.train()
     device = parts.feed.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, wait, parts.distiller = 0, 0.0, distiller
+    seen, wait, step = 0, 0.0, 0
     bar = console.bar(len(loader), desc)
     start = time.perf_counter()
     iterator = iter(loader)
-    step = 0
     while True:
         t_wait = time.perf_counter()
         try:
@@ -176,10 +177,9 @@ def train_one_epoch(
         if len(batch[1]) == 0:
             continue
         loss, logits, y = _train_step(net, batch, parts, final=step == len(loader))
-        n = len(y)
-        loss_sum += loss * n
+        loss_sum += loss * len(y)
         correct += metrics.correct_count(logits, y)
-        seen += n
+        seen += len(y)
         if bar.disable is False and (step % 5 == 0 or step == len(loader)):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
