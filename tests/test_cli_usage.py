@@ -154,3 +154,22 @@ def test_predict_with_nothing_to_predict_says_what_to_give():
     assert "give the images to predict" in line and "e.g. cnnzoo predict photo.jpg" in line
     assert "cnnzoo predict --data test.csv" in line
     assert one_error_line(cli("predict", "a.jpg", "--data", "t.csv")).endswith("not both")
+
+
+def _commands(group, path=()):
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name), command
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+
+
+def test_help_keeps_every_bracketed_phrase_rich_would_read_as_markup():
+    """Rich reads ``[true, false]`` in a docstring as a style tag and drops it: every bracketed
+    phrase a command or option's help text holds must reach the rendered help."""
+    group = typer.main.get_command(app)
+    for path, command in _commands(group):
+        texts = [command.help or ""] + [p.help or "" for p in command.params if getattr(p, "help", None)]
+        rendered = " ".join(cli(*path, "--help", width=400).output.split())
+        for text in texts:
+            for phrase in re.findall(r"(?<!\\)\[[a-z][^\[\]]*\]", text.replace("\\\\[", "")):
+                assert " ".join(phrase.split()) in rendered, (path, phrase)

@@ -170,7 +170,7 @@ def tune(
 
     Example:  cnnzoo tune -c configs/quickstart.yaml --trials 20 --epochs 5
               (the space: a tune: section, e.g. tune: {train.lr: {log: [1.0e-4, 1.0e-2]},
-               train.weight_decay: [0.0, 0.05], data.augment.trivialaugment: [true, false]})
+               train.weight_decay: [0.0, 0.05], data.augment.trivialaugment: \\[true, false]})
     Workers:  run the same command with --storage journal:////shared/study.log (or a database URL)
               on as many machines as you like; each runs its --trials.
     Writes runs/<name>-tune/trials.csv, trials.md, trials.png and best.yaml; runs/latest -> the best trial's run.
