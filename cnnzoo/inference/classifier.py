@@ -132,13 +132,14 @@ class Classifier:
         """A network output per class, or one logit for two classes (a binary head)."""
         return outputs == len(self.classes) or (outputs == 1 and len(self.classes) == 2 and not self.multi_label)
 
-    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
+    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 [B, H, W, C] -> float32 logits [B, outputs] and, from a network that computes it (the
+        ``knn`` score), the unknown score [B]; each format's reader runs its network here."""
         raise NotImplementedError
 
-    def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The logits and, from a network that computes it (the ``knn`` score), the unknown score [B]."""
-        return self.logits(pixels_hwc), None
+    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, C] -> float32 logits [B, outputs]."""
+        return self.network_outputs(pixels_hwc)[0]
 
     def probabilities(self, pixels_hwc: np.ndarray) -> np.ndarray:
         """Class probabilities [B, classes]; a network whose output does not fit its classes, or

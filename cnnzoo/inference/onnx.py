@@ -69,9 +69,6 @@ class OnnxModel(Classifier):
         if isinstance(answer[1], int) and not self.outputs_fit(answer[1]):
             raise bad(f"it gives {answer[1]} outputs but its metadata names {len(self.classes)} classes")
 
-    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        return self.network_outputs(pixels_hwc)[0]
-
     def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The logits, and the graph's ``unknown_score`` output when it has one (the knn score)."""
         x = preprocess.normalize_array(pixels_hwc, self.mean, self.std)

@@ -132,9 +132,6 @@ class OpenVinoModel(Classifier):
         if answer[1].is_static and not self.outputs_fit(answer[1].get_length()):
             raise bad(f"it gives {answer[1].get_length()} outputs but its metadata names {len(self.classes)} classes")
 
-    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        return self.network_outputs(pixels_hwc)[0]
-
     def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The logits, and the ``unknown_score`` output when the model has one (the knn score)."""
         x = preprocess.normalize_array(pixels_hwc, self.mean, self.std)

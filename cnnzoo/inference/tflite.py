@@ -109,9 +109,6 @@ class TFLiteModel(Classifier):
         self.input_index, self.output_index = inputs[0]["index"], by_rank[2]["index"]
         self.score_index = by_rank[1]["index"] if 1 in by_rank else None
 
-    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        return self.network_outputs(pixels_hwc)[0]
-
     def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The logits, and the knn unknown score when the model computes it (its second output)."""
         x = np.moveaxis(preprocess.normalize_array(pixels_hwc, self.mean, self.std), -3, -1)  # channels last

@@ -85,9 +85,6 @@ class _TorchClassifier(Classifier):
             item = _tensor_to_array(item)
         return super().preprocess(item)
 
-    def logits(self, pixels_hwc: np.ndarray) -> np.ndarray:
-        return self.network_outputs(pixels_hwc)[0]
-
     @torch.inference_mode()
     def network_outputs(self, pixels_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The logits, and the unknown score of a network that answers it as a second output
