@@ -2,7 +2,8 @@
 checked like a config, in :func:`cnnzoo.checkpoint.check_meta`, the one check both formats share.
 
 A tiny real run and its real ONNX export are mutated (types, NaN, huge sizes, duplicate classes,
-deep nesting, unknown keys, a task that contradicts the head) and loaded through
+deep nesting, unknown keys, a task that contradicts the head, test crops, unknown scores and
+distillation records) and loaded through
 :func:`cnnzoo.inference.load`, what ``predict`` and ``serve`` use: each case predicts or is a
 :class:`cnnzoo.UserError` of one line naming the file, never another exception. An ONNX graph
 that asks onnxruntime for terabytes is one line too, without onnxruntime's own coloured log line.
@@ -115,6 +116,7 @@ def test_a_checkpoint_task_is_checked_against_its_config_when_meta_has_no_loss(t
 KEYS = [
     "classes", "channels", "image_size", "mean", "std", "task", "thresholds", "loss", "outputs",
     "resize", "int8", "data_root", "data", "epoch", "metrics", "cnnzoo_version", "unknown_key", "calibration",
+    "test_crop", "unknown", "distill",
 ]  # fmt: skip
 
 
@@ -137,6 +139,9 @@ VALUES = [
     "squash", "letterbox", "crop", 2, 4, {"source": "manifest", "digest": 5, "seed": "x"},
     {"source": "pipe:sh", "root": ["a"], "val_fraction": math.nan},
     {"method": "temperature", "temperature": 0.7}, {"method": "temperature", "temperature": [1e-300, 2.0]},
+    0.85, 0.875, 0.49, 1.01, {"score": "msp", "threshold": 0.5, "keep": 0.95},
+    {"score": "energy", "threshold": math.nan, "keep": 0.95}, {"score": "knn", "threshold": 1.0, "keep": 0.95},
+    {"score": "rm -rf /", "threshold": 0.5, "keep": 2}, {"teacher": "../../etc/passwd", "weight": math.inf},
 ]  # fmt: skip
 CONTRADICTIONS = [{"task": "multi", "thresholds": [0.5, 0.5]}, {"loss": "bce_multi_label"}]
 
