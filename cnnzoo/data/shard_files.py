@@ -32,6 +32,7 @@ from ..checkpoint import MAX_CLASSES
 from ..console import console, warn
 from ..errors import DataError, short_reason
 from ..files import write_text
+from . import shard_labels
 from .shard_index import (
     INDEX_FORMAT,
     INDEX_NAME,
@@ -41,8 +42,6 @@ from .shard_index import (
     check_class_list,
     read_index,
 )
-from .shard_labels import MAX_LABEL_BYTES, MAX_LABEL_DEPTH, LabelError, encode_set, is_set_member, label_set
-from .shard_labels import numbers_of
 from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
@@ -163,7 +162,7 @@ def label_of(sample: dict[str, Any]) -> int | str:
         return _class_name(sample["txt"], ".txt")
     if "json" in sample:
         try:
-            value = bounded_json(sample["json"], MAX_LABEL_BYTES, depth=MAX_LABEL_DEPTH)
+            value = bounded_json(sample["json"], shard_labels.MAX_LABEL_BYTES, depth=shard_labels.MAX_LABEL_DEPTH)
         except ValueError as exc:
             raise MemberError(f".json is not valid JSON ({short_reason(exc, 80)})") from None
         value = value.get("label", value.get("class")) if isinstance(value, dict) else value
@@ -205,16 +204,16 @@ def labels_of(sample: dict[str, Any]) -> list[int | str]:
     if SKIPPED in sample:
         raise MemberError(sample[SKIPPED])
     try:
-        return label_set(sample, label_of)
-    except LabelError as exc:
+        return shard_labels.label_set(sample, label_of)
+    except shard_labels.LabelError as exc:
         raise MemberError(str(exc)) from None
 
 
 def class_set_of(sample: dict[str, Any], index: dict[str, int]) -> list[int]:
     """A multi-label sample's class numbers among ``index``; MemberError when one is not a class."""
     try:
-        return numbers_of(labels_of(sample), index)
-    except LabelError as exc:
+        return shard_labels.numbers_of(labels_of(sample), index)
+    except shard_labels.LabelError as exc:
         raise MemberError(str(exc)) from None
 
 
@@ -280,7 +279,7 @@ def _shard_labels(path: str) -> tuple[list[list[int | str]], bool]:
     for sample in iter_shard(path, keys=LABEL_KEYS):
         try:
             values.append(labels_of(sample))
-            multi = multi or is_set_member(sample)
+            multi = multi or shard_labels.is_set_member(sample)
         except MemberError as exc:
             skipped.append(f"{sample['__key__']}: {exc}")
     if skipped:
@@ -333,8 +332,8 @@ def _grouped(tar: tarfile.TarFile, path: str, wanted: set[str]) -> Iterator[dict
         size += info.size
         if ext in sample:
             sample[SKIPPED] = f"two members named {info.name}"
-        elif ext in LABEL_KEYS and info.size > MAX_LABEL_BYTES:
-            sample[SKIPPED] = f"{info.name} is over {MAX_LABEL_BYTES:,} bytes, too large for a label"
+        elif ext in LABEL_KEYS and info.size > shard_labels.MAX_LABEL_BYTES:
+            sample[SKIPPED] = f"{info.name} is over {shard_labels.MAX_LABEL_BYTES:,} bytes, too large for a label"
         elif size > MAX_SAMPLE_BYTES:
             sample[SKIPPED] = f"{info.name}: the sample is over {MAX_SAMPLE_BYTES // 2**20} MiB"
         else:
@@ -427,7 +426,7 @@ def _write_split(
                 writer = wds.TarWriter(file, encoder=False)
                 shard_counts.append(0)
             numbers = samples.label_sets[i] if multi else [samples.labels[i]]
-            member = encode_set(numbers) if multi else ("cls", b"%d" % numbers[0])
+            member = shard_labels.encode_set(numbers) if multi else ("cls", b"%d" % numbers[0])
             writer.write({"__key__": f"{name}-{written:09d}", encoded[0]: encoded[1], member[0]: member[1]})
             written += 1
             shard_counts[-1] += 1

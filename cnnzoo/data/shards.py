@@ -346,16 +346,13 @@ def worker_message(exc: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
-def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
-    """Both splits streamed from their shards (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
-    if cfg.data.cache in ("ram", "disk"):
-        warn(f"data.cache: {cfg.data.cache} does not apply to WebDataset shards: they are streamed")
-    workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
-    batch = cfg.train.batch_size
-    settings = StreamSettings(
+def stream_settings(cfg: Config, spec: DataSpec, *, augment: Callable | None) -> StreamSettings:
+    """The training stream's settings, from the config's data and batch size (validation's: twice
+    the batch, no augmentation)."""
+    return StreamSettings(
         size=spec.image_size,
         channels=spec.channels,
-        batch_size=batch,
+        batch_size=cfg.train.batch_size,
         fit=spec.fit,
         seed=cfg.seed,
         augment=augment,
@@ -363,6 +360,15 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         crop_min_area=(cfg.data.augment.random_resized_crop or [0.08])[0],
         shard=distributed.shard(),
     )
+
+
+def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
+    """Both splits streamed from their shards (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
+    if cfg.data.cache in ("ram", "disk"):
+        warn(f"data.cache: {cfg.data.cache} does not apply to WebDataset shards: they are streamed")
+    workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
+    batch = cfg.train.batch_size
+    settings = stream_settings(cfg, spec, augment=augment)
     train_set = ShardStream(spec.train, spec.classes, settings, train=True)
     val_settings = StreamSettings(**{**settings.__dict__, "batch_size": batch * 2, "augment": None})
     val_set = ShardStream(spec.val, spec.classes, val_settings, train=False)
