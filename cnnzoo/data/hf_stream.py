@@ -2,8 +2,10 @@
 decoded batch by batch in the loader workers every epoch, never all into the cache first.
 
 The split's rows (the memory-mapped Arrow table :mod:`cnnzoo.data.hf` opened, images undecoded) are
-read through the library's own ``IterableDataset`` (``Dataset.to_iterable_dataset(num_shards=K)``,
-shard k being rows of one contiguous range), and everything else is the WebDataset stream's
+read as K shards of contiguous rows (the library's ``Dataset.shard(K, k, contiguous=True)``, read
+in Arrow batches: the shards ``to_iterable_dataset(num_shards=K)`` would make, without its own
+splitting over loader workers, which would take a second share of a worker's shards away), and
+everything else is the WebDataset stream's
 (:class:`~cnnzoo.data.shards.ShardStream`): the shards dealt over processes and loader workers, an
 epoch of the same number of full batches on every process, a shuffle buffer, the per-image
 augmentation, a sample that cannot be used skipped and named. Labels (and label sets) come from the
@@ -34,6 +36,7 @@ from .shards import ShardStream, StreamLoader, StreamSettings, stream_settings
 from .sources.samples import DataSpec, Samples, ShardSamples
 
 MAX_SHARDS = 64  # row ranges per split: enough to deal whole ranges to many readers, few enough to shuffle well
+ROWS_READ = 64  # rows taken from the Arrow table at a time
 _MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"RIFF", "webp"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
 
@@ -61,7 +64,7 @@ class HFStream(ShardStream):
             raise DataError(f"{samples.describe(0)}: only a Hugging Face dataset's split is streamed")
         dataset, self.folder, self.origin = images.dataset, images.folder, samples.origin  # type: ignore[attr-defined]
         k = max(1, min(MAX_SHARDS, len(dataset)))
-        self.rows = dataset.select_columns([images.column]).to_iterable_dataset(num_shards=k)
+        self.rows = dataset.select_columns([images.column])
         self.column, self.k = images.column, k
         counts = [len(dataset.shard(num_shards=k, index=i, contiguous=True)) for i in range(k)]
         self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
@@ -85,11 +88,13 @@ class HFStream(ShardStream):
     def _read_shard(self, path: str, *, on_damage: Callable[[str, str], None]) -> Iterator[dict[str, Any]]:
         """Shard ``path``'s rows, each as a sample: its image bytes and its row's target."""
         index = self.shard_of[path]
-        for j, row in enumerate(self.rows.shard(num_shards=self.k, index=index)):
+        part = self.rows.shard(num_shards=self.k, index=index, contiguous=True)
+        values = (value for rows in part.iter(batch_size=ROWS_READ) for value in rows[self.column])
+        for j, value in enumerate(values):
             position = self.starts[index] + j
             sample: dict[str, Any] = {"__key__": f"row {position}", "__url__": path, "__target__": position}
             try:
-                data = _image_bytes(row[self.column], self.folder)
+                data = _image_bytes(value, self.folder)
                 sample[_kind(data)] = data
             except Exception as exc:  # a row without an image, or a file that cannot be read
                 sample[SKIPPED] = f"{type(exc).__name__}: {exc}"
