@@ -182,3 +182,25 @@ def test_two_processes_through_torchrun_take_equal_steps_on_a_streamed_dataset(t
     assert done.returncode == 0, done.stderr
     assert "6 steps of 3 per epoch on each of 2 processes" in done.stdout
     assert len(metric_rows(tmp_path / "runs" / "tiny" / "1")) == 2
+
+
+def test_a_row_whose_image_cannot_be_read_is_skipped_and_named_in_one_line(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "pq"
+    root.mkdir()
+    draw("a", 5, size=16).save(root / "beside.png")
+    pq.write_table(tagged(40, 1, multi=False).data.table, root / "train.parquet")
+    table = tagged(12, 2, multi=False).data.table
+    images = table.column("img").to_pylist()
+    images[3] = {"bytes": None, "path": "missing.png"}  # a local file that is not there: skipped
+    images[5] = {"bytes": None, "path": "beside.png"}  # one beside the dataset: read
+    column = pa.array(images, type=table.schema.field("img").type)
+    pq.write_table(table.set_column(0, "img", column), root / "validation.parquet")
+    spec = load_data(config(root))
+    capsys.readouterr()
+    got = [y for _, y in shards.StreamLoader(stream_of(spec, train=False, batch=4), workers=0, pin_memory=False)]
+    assert sum(len(y) for y in got) == 11
+    lines = [line for line in capsys.readouterr().err.splitlines() if "missing.png" in line]
+    assert len(lines) == 1 and "validation rows" in lines[0] and "row 3" in lines[0], lines
+    assert "FileNotFoundError" in lines[0]
