@@ -42,6 +42,7 @@ from .shard_index import (
     check_class_list,
     read_index,
 )
+from .shard_labels import MAX_LABEL_BYTES, MAX_LABEL_DEPTH
 from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
@@ -162,7 +163,7 @@ def label_of(sample: dict[str, Any]) -> int | str:
         return _class_name(sample["txt"], ".txt")
     if "json" in sample:
         try:
-            value = bounded_json(sample["json"], shard_labels.MAX_LABEL_BYTES, depth=shard_labels.MAX_LABEL_DEPTH)
+            value = bounded_json(sample["json"], MAX_LABEL_BYTES, depth=MAX_LABEL_DEPTH)
         except ValueError as exc:
             raise MemberError(f".json is not valid JSON ({short_reason(exc, 80)})") from None
         value = value.get("label", value.get("class")) if isinstance(value, dict) else value
@@ -332,8 +333,8 @@ def _grouped(tar: tarfile.TarFile, path: str, wanted: set[str]) -> Iterator[dict
         size += info.size
         if ext in sample:
             sample[SKIPPED] = f"two members named {info.name}"
-        elif ext in LABEL_KEYS and info.size > shard_labels.MAX_LABEL_BYTES:
-            sample[SKIPPED] = f"{info.name} is over {shard_labels.MAX_LABEL_BYTES:,} bytes, too large for a label"
+        elif ext in LABEL_KEYS and info.size > MAX_LABEL_BYTES:
+            sample[SKIPPED] = f"{info.name} is over {MAX_LABEL_BYTES:,} bytes, too large for a label"
         elif size > MAX_SAMPLE_BYTES:
             sample[SKIPPED] = f"{info.name}: the sample is over {MAX_SAMPLE_BYTES // 2**20} MiB"
         else:
