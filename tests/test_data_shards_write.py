@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnnzoo.cli import app
-from cnnzoo.data import shard_output
+from cnnzoo.data import shard_files, shard_output
 
 from support.cli import cnnzoo_command, one_error_line, subprocess_env
 from support.images import draw, make_image_tree
@@ -175,14 +175,31 @@ def test_images_without_an_extension_are_stored_under_their_format_and_other_fil
 
 @pytest.mark.parametrize(
     "header, rows",
-    [("image,tags", ["imgs/a0.png,a b"]), ("image,tags", ["imgs/a1.png,a b", "imgs/b1.png,"])],
+    [("image,tags", ["imgs/m0.png,a b"]), ("image,tags", ["imgs/m0.png,a b", "imgs/m1.png,"])],
     ids=["several labels", "an empty label"],
 )
-def test_multi_label_data_is_refused_in_one_line_and_nothing_is_written(tmp_path, header, rows):
+def test_multi_label_data_is_written_with_each_images_label_set_and_read_back_the_same(tmp_path, header, rows):
     csv = manifest_set(tmp_path, rows, header=header)
-    line = one_error_line(shards(csv, tmp_path / "out"))
-    assert "multi-label" in line and "one label per image" in line and str(csv) in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "imgs"]
+    for i in range(2):
+        draw("b", 50 + i, size=12).save(tmp_path / "imgs" / f"m{i}.png")
+    assert shards(csv, tmp_path / "out").exit_code == 0
+    index = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert index["multi_label"] is True and index["classes"] == ["a", "b"]
+    classes, found = shard_files.find_shards(str(tmp_path / "out"))
+    read: dict[bytes, list[str]] = {}
+    for part in found.values():
+        assert part.multi_label
+        for path in part.shards:
+            for sample in shard_files.iter_shard(path):
+                numbers = shard_files.class_set_of(sample, {c: i for i, c in enumerate(classes)})
+                assert sorted(sample) == ["__key__", "__url__", "json", "png"]  # the set in a .json member
+                read[sample["png"]] = [classes[n] for n in numbers]
+    expected: dict[bytes, list[str]] = {}
+    for line in csv.read_text().splitlines()[1:]:
+        image, tags = line.split(",")
+        expected[(tmp_path / image).read_bytes()] = sorted(tags.split())
+    assert read == expected
+    assert check(tmp_path / "out").exit_code == 0
 
 
 @pytest.mark.parametrize("how", ["dot-dot", "absolute", "link"])

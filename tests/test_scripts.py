@@ -215,3 +215,10 @@ def test_bench_calibration_prints_the_model_and_the_probe_before_and_after(train
     assert "held-out images: 8 from" in out and "ECE before" in out and "ECE after" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("model ", "probe "))}
     assert set(rows) == {"model", "probe"} and all(len(r) == 5 and r[1].endswith("%") for r in rows.values())
+
+
+def test_bench_hf_stream_prints_both_first_epochs_and_the_ratio(tmp_path):
+    pytest.importorskip("datasets")
+    args = ["--images", "24", "--image-size", "16", "--batch-size", "8", "--workers", "0"]
+    out = run_script([ROOT / "scripts" / "bench_hf_stream.py", *args], tmp_path)
+    assert "cached    first epoch" in out and "streamed  first epoch" in out and "ratio streamed/cached:" in out

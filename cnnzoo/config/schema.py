@@ -168,6 +168,10 @@ class DataConfig:
     ([Caches](../caches.md))."""
     cache_dir: Optional[str] = None
     """Where disk caches go; `$CNNZOO_HOME/cache` (default `~/.cache/cnnzoo/cache`) when absent."""
+    stream: Union[Literal["auto"], bool] = "auto"
+    """A Hugging Face dataset (`source: hf`) streamed: images decoded batch by batch in the loader
+    workers every epoch, never all into the cache; `auto` streams when the cache would be `none`
+    (`data.cache: none`, or `auto` finding no room for it) ([Your data](../your-data.md))."""
     feature_cache: Literal["auto", "ram", "disk", "none"] = "auto"
     """Frozen backbone outputs computed once and reused while the backbone stays frozen
     (transfer learning); off by itself when augmentation changes pixels."""

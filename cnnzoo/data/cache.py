@@ -129,14 +129,15 @@ def _free_disk(folder: Path) -> int:
     return 0
 
 
-def plan_cache(setting: str, nbytes: int, cache_dir: str | Path | None) -> str:
+def plan_cache(setting: str, nbytes: int, cache_dir: str | Path | None, *, say: bool = True) -> str:
     """The decoded-pixel cache for this run: ``auto`` measured against this machine's free memory
-    and disk (:func:`cache_choice`), with one line in the log saying which and why."""
+    and disk (:func:`cache_choice`), with one line in the log saying which and why (unless ``say`` is off)."""
     if setting != "auto":
         return setting
     free_disk = _free_disk(cache_folder(cache_dir))
     choice, why = cache_choice(setting, nbytes, free_memory=_available_memory(), free_disk=free_disk)
-    console.log(f"data.cache: auto -> {choice}: {why}")
+    if say:
+        console.log(f"data.cache: auto -> {choice}: {why}")
     return choice
 
 

@@ -39,6 +39,7 @@ class _Facts:
     error: str = ""
     where: str = ""  # a shard's sample or the shard itself (other files are their samples' paths)
     label: int = -1  # a shard sample's class, when it is usable
+    labels: list[int] | None = None  # a multi-label shard sample's classes, when it is usable
 
 
 def _file_facts(path: str) -> _Facts:
@@ -86,11 +87,13 @@ def _shard_facts(samples: ShardSamples, index: dict[str, int]) -> list[_Facts]:
             read += 1
             where = f"{path}: {sample['__key__']}"
             try:
-                label = shard_files.class_of(sample, index)
+                label = (shard_files.class_set_of if samples.multi_label else shard_files.class_of)(sample, index)
                 fact = _bytes_facts(shard_files.image_of(sample)[1])
             except shard_files.MemberError as exc:
                 fact = _Facts(digest=b"", size=None, error=str(exc))
-            fact.where, fact.label = where, -1 if fact.error else label
+            fact.where = where
+            if not fact.error:
+                fact.labels, fact.label = (label, -1) if samples.multi_label else (None, label)
             facts.append(fact)
         if damage or read < expected:
             reason = f"damaged shard ({damage[0]})" if damage else "shard holds fewer samples"
@@ -146,7 +149,7 @@ def _class_indices(samples: Samples, multi_label: bool, facts: list[_Facts]) -> 
     """Every label of every image (multi-label: an image counts once in each of its classes; shards:
     every usable sample, as read)."""
     if samples.streamed:
-        return [f.label for f in facts if f.label >= 0]
+        return [c for f in facts for c in (f.labels or [])] if multi_label else [f.label for f in facts if f.label >= 0]
     if multi_label:
         return [c for labels in samples.label_sets or [] for c in labels]
     return [c for c in samples.labels if c >= 0]

@@ -196,8 +196,10 @@ def _check_split_folder(split: Path, folder: Path) -> None:
     if not (isinstance(info, dict) and isinstance(info.get("features", {}), (dict, type(None)))):
         raise DataError(f"{split / 'dataset_info.json'}: should be a JSON object whose 'features' is an object")
     for name, feature in (info.get("features") or {}).items():
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel":
-            _check_class_names(feature.get("names"), f"{split / 'dataset_info.json'}: ClassLabel {name!r}")
+        inner = feature.get("feature") if isinstance(feature, dict) else None  # a List(ClassLabel): label sets
+        for each in (feature, inner):
+            if isinstance(each, dict) and each.get("_type") == "ClassLabel":
+                _check_class_names(each.get("names"), f"{split / 'dataset_info.json'}: ClassLabel {name!r}")
 
 
 def _check_class_names(names: Any, where: str) -> None:
@@ -255,6 +257,7 @@ def _columns(dataset: Any, root: str, image_column: str | None, label_column: st
     image = image_column or next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
     image = image or next((n for n in IMAGE_NAMES if n in features), None)
     label = label_column or next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    label = label or next((n for n, f in features.items() if label_set_feature(f) is not None), None)
     label = label or next((n for n in LABEL_NAMES if n in features), None)
     for key, name, kind in (("data.image_column", image, "Image"), ("data.label_column", label, "ClassLabel")):
         if name is None or name not in features:
@@ -269,6 +272,13 @@ def _columns(dataset: Any, root: str, image_column: str | None, label_column: st
             f"name the image column with data.image_column"
         )
     return image, label  # type: ignore[return-value]
+
+
+def label_set_feature(feature: Any) -> Any:
+    """The ClassLabel of a label-set column (``Sequence(ClassLabel)``: each row a list of class
+    ids, multi-label), else None."""
+    inner = getattr(feature, "feature", None)
+    return inner if type(feature).__name__ in ("List", "LargeList", "Sequence") and hasattr(inner, "names") else None
 
 
 def _type_name(feature: Any) -> str:
@@ -332,7 +342,7 @@ def _plain_rows(dataset: Any, split: str, image: str, label: str, root: str) -> 
 
 def _classes(train: Any, label: str, root: str) -> list[str]:
     """The class names: a ClassLabel's names, else the training rows' distinct labels, sorted."""
-    feature = train.features[label]
+    feature = label_set_feature(train.features[label]) or train.features[label]
     if hasattr(feature, "names"):
         classes = list(feature.names)
         _check_class_names(classes, f"{root}: ClassLabel {label!r}")
@@ -367,8 +377,11 @@ def _label_text(value: Any) -> str | None:
 
 
 def _labels(dataset: Any, label: str, classes: list[str], root: str, split: str) -> tuple[list[int], list[int]]:
-    """(positions of the rows that have a label, their class indices) of one split."""
+    """(positions of the rows that have a label, their class indices: label sets of a
+    ``Sequence(ClassLabel)`` column) of one split."""
     feature = dataset.features[label]
+    if label_set_feature(feature) is not None:
+        return _label_sets(dataset, label, classes, root, split)
     keep: list[int] = []
     labels: list[int] = []
     if hasattr(feature, "names"):
@@ -396,3 +409,23 @@ def _labels(dataset: Any, label: str, classes: list[str], root: str, split: str)
         keep.append(i)
         labels.append(index[text])
     return keep, labels
+
+
+def _label_sets(dataset: Any, label: str, classes: list[str], root: str, split: str) -> tuple[list[int], list[Any]]:
+    """(positions of the rows that have a label set, their sets of class indices) of a
+    ``Sequence(ClassLabel)`` column; an empty list is an image of none of the classes, None no label."""
+    feature = label_set_feature(dataset.features[label])
+    if list(feature.names) != classes:
+        raise DataError(f"{root}: the {split} split's ClassLabel names are not the train split's")
+    keep: list[int] = []
+    sets: list[Any] = []
+    for i, value in enumerate(dataset[label]):
+        if value is None:
+            continue
+        bad = next((v for v in value if not (isinstance(v, int) and 0 <= v < len(classes))), None)
+        if bad is not None or len(set(value)) < len(value):
+            what = "a class twice" if bad is None else f"label {bad}, outside the ClassLabel's {len(classes)} classes"
+            raise DataError(f"{root}: row {i} of the {split} split's label set {label!r} has {what}")
+        keep.append(i)
+        sets.append(sorted(value))
+    return keep, sets

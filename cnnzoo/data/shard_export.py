@@ -26,7 +26,8 @@ def write_source(
 ) -> dict[str, Any]:
     """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards
     (:func:`cnnzoo.data.shard_files.write_shards`). ``out`` is checked before the data is read;
-    multi-label data is refused (a shard holds one label). ``task``, ``pretrained``: as for
+    multi-label data is written with each image's label set (:mod:`cnnzoo.data.shard_labels`).
+    ``task``, ``pretrained``: as for
     :func:`~cnnzoo.data.sources.load_data`."""
     index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
     shard_output.check_output(out, force=force, **index)
@@ -34,15 +35,17 @@ def write_source(
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     if any(s.streamed for s in splits.values()):
         raise DataError(f"{cfg.data.root}: already WebDataset shards")
-    if spec.multi_label:
-        raise DataError(
-            f"{spec.root}: multi-label data (rows with several labels, or none); shards hold one label per "
-            f"image: keep it as a manifest (cnnzoo train reads it as it is)"
-        )
     root = Path(spec.root or ".")
     roots = [root.parent if root.is_file() else root]  # a manifest's folder, or the image folder
     if cfg.data.images_dir:
         roots.append(Path(cfg.data.images_dir))
     return shard_files.write_shards(
-        splits, spec.classes, out, roots=roots, shard_size=shard_size, seed=cfg.seed, force=force
+        splits,
+        spec.classes,
+        out,
+        roots=roots,
+        shard_size=shard_size,
+        seed=cfg.seed,
+        force=force,
+        multi_label=spec.multi_label,
     )

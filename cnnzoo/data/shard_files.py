@@ -32,6 +32,7 @@ from ..checkpoint import MAX_CLASSES
 from ..console import console, warn
 from ..errors import DataError, short_reason
 from ..files import write_text
+from . import shard_labels
 from .shard_index import (
     INDEX_FORMAT,
     INDEX_NAME,
@@ -41,14 +42,13 @@ from .shard_index import (
     check_class_list,
     read_index,
 )
+from .shard_labels import MAX_LABEL_BYTES, MAX_LABEL_DEPTH
 from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
 SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 MAX_SAMPLE_BYTES = 64 * 2**20  # a sample's members together; a bigger one is skipped unread
-MAX_LABEL_BYTES = 4096  # a .cls, .txt or .json label member
-MAX_LABEL_DEPTH = 8  # a .json label's nesting ({"label": ...} is 1)
 SKIPPED = "__skipped__"  # a sample's key for why it cannot be used, set while reading it
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's rule: a sample's key ends at the name's first dot
@@ -98,7 +98,8 @@ class ShardSet:
     name: str
     shards: list[str]
     counts: list[int]  # samples per shard
-    class_counts: list[int]
+    class_counts: list[int]  # samples per class (multi-label: samples that have the class)
+    multi_label: bool = False  # samples carry label sets (:mod:`cnnzoo.data.shard_labels`)
 
 
 def find_shards(root: str) -> tuple[list[str], dict[str, ShardSet]]:
@@ -198,6 +199,25 @@ def class_of(sample: dict[str, Any], index: dict[str, int]) -> int:
     return number
 
 
+def labels_of(sample: dict[str, Any]) -> list[int | str]:
+    """A sample's label set (:mod:`cnnzoo.data.shard_labels`: a set member, or one label as a set
+    of one); MemberError when it has none or it is not valid."""
+    if SKIPPED in sample:
+        raise MemberError(sample[SKIPPED])
+    try:
+        return shard_labels.label_set(sample, label_of)
+    except shard_labels.LabelError as exc:
+        raise MemberError(str(exc)) from None
+
+
+def class_set_of(sample: dict[str, Any], index: dict[str, int]) -> list[int]:
+    """A multi-label sample's class numbers among ``index``; MemberError when one is not a class."""
+    try:
+        return shard_labels.numbers_of(labels_of(sample), index)
+    except shard_labels.LabelError as exc:
+        raise MemberError(str(exc)) from None
+
+
 def image_of(sample: dict[str, Any]) -> tuple[str, bytes]:
     """A sample's image member: (extension, bytes); MemberError when it has none."""
     if SKIPPED in sample:
@@ -211,10 +231,15 @@ def image_of(sample: dict[str, Any]) -> tuple[str, bytes]:
 def _scan(found: dict[str, list[str]]) -> tuple[list[str], dict[str, ShardSet]]:
     """Count each shard's samples and labels (label members only; no image is decoded): the
     classes are the training split's labels, which every other split's must be among."""
-    labels: dict[str, list[list[int | str]]] = {}
+    labels: dict[str, list[list[list[int | str]]]] = {}
+    multi = False
     for split, paths in found.items():
-        labels[split] = [_shard_labels(p) for p in paths]
-    seen = {v for per_shard in labels["train"] for v in per_shard}
+        labels[split] = []
+        for p in paths:
+            sets, sets_used = _shard_labels(p)
+            labels[split].append(sets)
+            multi = multi or sets_used
+    seen = {v for per_shard in labels["train"] for values in per_shard for v in values}
     where = os.path.dirname(found["train"][0])
     if any(isinstance(v, str) for v in seen) and any(isinstance(v, int) for v in seen):
         raise DataError(f"{where}: some samples are labelled by number (.cls) and some by name (.txt, .json)")
@@ -228,7 +253,7 @@ def _scan(found: dict[str, list[str]]) -> tuple[list[str], dict[str, ShardSet]]:
     for split, per_shard in labels.items():
         counts = [0] * len(classes)
         for path, shard in zip(found[split], per_shard):
-            for value in shard:
+            for value in (v for values in shard for v in values):
                 number = index.get(value) if isinstance(value, str) else value
                 if number is None or number >= len(classes):
                     raise DataError(
@@ -237,7 +262,8 @@ def _scan(found: dict[str, list[str]]) -> tuple[list[str], dict[str, ShardSet]]:
                         f"fix the label or remove the sample"
                     )
                 counts[number] += 1  # type: ignore[index]
-        sets[split] = ShardSet(name=split, shards=found[split], counts=[len(s) for s in per_shard], class_counts=counts)
+        sizes = [len(s) for s in per_shard]
+        sets[split] = ShardSet(name=split, shards=found[split], counts=sizes, class_counts=counts, multi_label=multi)
         if sum(counts) > MAX_SPLIT_SAMPLES:
             raise DataError(
                 f"{where}: the {split} shards hold over {MAX_SPLIT_SAMPLES:,} samples; cnnzoo reads at most that many"
@@ -245,18 +271,21 @@ def _scan(found: dict[str, list[str]]) -> tuple[list[str], dict[str, ShardSet]]:
     return classes, sets
 
 
-def _shard_labels(path: str) -> list[int | str]:
-    """The usable labels of one shard's samples; the others are counted in one warning."""
-    values: list[int | str] = []
+def _shard_labels(path: str) -> tuple[list[list[int | str]], bool]:
+    """The usable label sets of one shard's samples (one label: a set of one), and whether any
+    sample states a set (multi-label); the others are counted in one warning."""
+    values: list[list[int | str]] = []
     skipped: list[str] = []
+    multi = False
     for sample in iter_shard(path, keys=LABEL_KEYS):
         try:
-            values.append(label_of(sample))
+            values.append(labels_of(sample))
+            multi = multi or shard_labels.is_set_member(sample)
         except MemberError as exc:
             skipped.append(f"{sample['__key__']}: {exc}")
     if skipped:
         warn(f"skipped {len(skipped)} sample{'s' * (len(skipped) > 1)} of shard {path} (first: {skipped[0]})")
-    return values
+    return values, multi
 
 
 def iter_shard(
@@ -323,19 +352,25 @@ def write_shards(
     shard_size: int = 1000,
     seed: int = 0,
     force: bool = False,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
     """Write each split (a :class:`cnnzoo.data.sources.Samples`) as ``out/<split>/<split>-NNNNNN.tar``
     (the training split shuffled, so that every shard mixes the classes) and ``out/dataset.json``;
     returns the index. The folder is filled beside ``out`` and renamed into place whole, its index
     last (:class:`~cnnzoo.data.shard_output.StagedFolder`; ``force`` replaces a shard set cnnzoo
-    wrote there). One label per image; image files only, each under one of ``roots``."""
+    wrote there). One label per image, or with ``multi_label`` each image's label set (a ``.json``
+    member, :mod:`cnnzoo.data.shard_labels`); image files only, each under one of ``roots``."""
     wds = webdataset()
     for samples in splits.values():
-        _check_copyable(samples, roots, len(classes))
+        _check_copyable(samples, roots, len(classes), multi_label=multi_label)
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": list(classes), "splits": {}}
+    if multi_label:
+        index["multi_label"] = True
     with StagedFolder(out, force=force, index_name=INDEX_NAME, index_format=INDEX_FORMAT) as staging:
         for name, samples in splits.items():
-            part = _write_split(wds, samples, staging / name, len(classes), shard_size=shard_size, seed=seed)
+            part = _write_split(
+                wds, samples, staging / name, len(classes), shard_size=shard_size, seed=seed, multi=multi_label
+            )
             index["splits"][name] = part
         write_text(staging / INDEX_NAME, json.dumps(index, indent=1))  # last: the set is complete
     for name, part in index["splits"].items():
@@ -343,11 +378,11 @@ def write_shards(
     return index
 
 
-def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
+def _check_copyable(samples: Any, roots: list[Path], num_classes: int, *, multi_label: bool = False) -> None:
     """One line for a sample that a shard cannot hold: not one label of the classes (several, none,
     or out of range), or a file outside the source's folders (a manifest row ``../../secret``, an
     absolute path, a link out)."""
-    for i, label in enumerate(samples.labels):
+    for i, label in enumerate([] if multi_label else samples.labels):  # a label set's classes are its source's
         count = 1 if samples.label_sets is None else len(samples.label_sets[i])
         if count != 1:
             raise DataError(
@@ -366,9 +401,11 @@ def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
             )
 
 
-def _write_split(wds: Any, samples: Any, folder: Path, num_classes: int, *, shard_size: int, seed: int) -> dict:
+def _write_split(
+    wds: Any, samples: Any, folder: Path, num_classes: int, *, shard_size: int, seed: int, multi: bool = False
+) -> dict:
     """One split's tars in ``folder`` (a file that cannot be read as an image is skipped and counted); its
-    index entry."""
+    index entry. ``multi``: each image's label set as a ``.json`` member."""
     name = folder.name
     folder.mkdir()
     order = np.random.default_rng(seed).permutation(len(samples)) if name == "train" else range(len(samples))
@@ -389,11 +426,13 @@ def _write_split(wds: Any, samples: Any, folder: Path, num_classes: int, *, shar
                 file = open(folder / f"{name}-{len(shard_counts):06d}.tar", "wb")  # not a URL: never gopen's
                 writer = wds.TarWriter(file, encoder=False)
                 shard_counts.append(0)
-            label = samples.labels[i]
-            writer.write({"__key__": f"{name}-{written:09d}", encoded[0]: encoded[1], "cls": b"%d" % label})
+            numbers = samples.label_sets[i] if multi else [samples.labels[i]]
+            member = shard_labels.encode_set(numbers) if multi else ("cls", b"%d" % numbers[0])
+            writer.write({"__key__": f"{name}-{written:09d}", encoded[0]: encoded[1], member[0]: member[1]})
             written += 1
             shard_counts[-1] += 1
-            class_counts[label] += 1
+            for label in numbers:
+                class_counts[label] += 1
     finally:
         if writer is not None:
             writer.close()

@@ -76,8 +76,8 @@ def _count(value: Any) -> bool:
 
 
 def read_index(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """(classes, split -> {shards: paths, counts, class_counts}) from ``folder/dataset.json``, every
-    field checked; each shard path is ``folder``'s, absolute."""
+    """(classes, split -> {shards: paths, counts, class_counts, multi_label}) from
+    ``folder/dataset.json``, every field checked; each shard path is ``folder``'s, absolute."""
     path = folder / INDEX_NAME
     try:
         with open(path, "rb") as f:
@@ -96,13 +96,17 @@ def read_index(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise DataError(f"{path}: splits.{unknown[0]}: not a split cnnzoo reads ({', '.join(SPLITS)})")
-    parts = {name: _split(path, name, part, len(classes)) for name, part in splits.items()}
+    multi = index.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise DataError(f"{path}: multi_label should be true or false")
+    parts = {name: _split(path, name, part, len(classes), multi=multi) for name, part in splits.items()}
     _refuse_classes_only_outside_training(path, classes, parts)
     return classes, parts
 
 
-def _split(path: Path, name: str, part: Any, num_classes: int) -> dict[str, Any]:
-    """One split's entry, checked: shards, counts (one per shard) and class_counts (one per class)."""
+def _split(path: Path, name: str, part: Any, num_classes: int, *, multi: bool = False) -> dict[str, Any]:
+    """One split's entry, checked: shards, counts (one per shard) and class_counts (one per class;
+    of a multi-label set, samples that have the class, which need not add up to the samples)."""
     where = f"{path}: splits.{name}"
     if not isinstance(part, dict):
         raise DataError(f"{where}: should be a mapping of shards, counts and class_counts")
@@ -116,7 +120,7 @@ def _split(path: Path, name: str, part: Any, num_classes: int) -> dict[str, Any]
                 f"(one per {'shard' if key == 'counts' else 'class'})"
             )
     total = sum(counts)  # type: ignore[arg-type]
-    if total != sum(class_counts) or total > MAX_SPLIT_SAMPLES:  # type: ignore[arg-type]
+    if (total != sum(class_counts) and not multi) or total > MAX_SPLIT_SAMPLES:  # type: ignore[arg-type]
         raise DataError(
             f"{where}: counts add up to {total:,} and class_counts to {sum(class_counts):,}; "  # type: ignore[arg-type]
             f"they should agree, and a split holds at most {MAX_SPLIT_SAMPLES:,} samples"
@@ -127,7 +131,7 @@ def _split(path: Path, name: str, part: Any, num_classes: int) -> dict[str, Any]
     paths = [_shard_path(root, entry, f"{where}.shards") for entry in shards]
     if len(set(paths)) != len(paths):
         raise DataError(f"{where}.shards: a shard is listed more than once")
-    return {"shards": paths, "counts": counts, "class_counts": class_counts}
+    return {"shards": paths, "counts": counts, "class_counts": class_counts, "multi_label": multi}
 
 
 def _shard_path(root: Path, entry: Any, where: str) -> str:

@@ -37,8 +37,8 @@ from ..console import console, warn
 from ..errors import DataError, UserError, short_reason
 from ..runtime import distributed
 from . import preprocess
-from .loaders import Loaders, choose_workers, mix_seed
-from .shard_files import MemberError, class_of, image_of, iter_shard
+from .loaders import Loaders, choose_workers, mix_seed, multi_hot
+from .shard_files import MemberError, class_of, class_set_of, image_of, iter_shard
 from .sources.samples import DataSpec, ShardSamples
 
 SHUFFLE_BUFFER = 256  # samples (their encoded bytes) each worker mixes before decoding
@@ -73,7 +73,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.shards, self.counts = list(samples.shards), list(samples.shard_counts)
         self.classes, self.settings, self.train, self.epoch = classes, settings, train, 0
         self.index = {name: i for i, name in enumerate(classes)}
-        self.counts_by_class = np.bincount(np.asarray(samples.labels, dtype=np.int64), minlength=len(classes))
+        self.multi_label = bool(getattr(samples, "multi_label", False))  # batches carry multi-hot targets
+        known = getattr(samples, "class_counts", None)
+        self.counts_by_class = (
+            np.asarray(known, dtype=np.int64)
+            if known is not None
+            else np.bincount(np.asarray(samples.labels, dtype=np.int64), minlength=len(classes))
+        )
         self.total = len(samples)
         self.skips = Skips()
 
@@ -137,11 +143,15 @@ class ShardStream(torch.utils.data.IterableDataset):
         damaged = self.skips.damage
         if len(order) >= slots:
             for path in order[slot::slots]:
-                yield from iter_shard(path, on_damage=damaged)
+                yield from self._read_shard(path, on_damage=damaged)
             return
-        for j, sample in enumerate(s for path in order for s in iter_shard(path, on_damage=damaged)):
+        for j, sample in enumerate(s for path in order for s in self._read_shard(path, on_damage=damaged)):
             if j % slots == slot:
                 yield sample
+
+    def _read_shard(self, path: str, *, on_damage: Callable[[str, str], None]) -> Iterator[dict[str, Any]]:
+        """One shard's samples (a subclass reads another kind of shard: :mod:`cnnzoo.data.hf_stream`)."""
+        return iter_shard(path, on_damage=on_damage)
 
     def _cycle(self, slot: int, slots: int) -> Iterator[dict[str, Any]]:
         """This slot's share round and round, so that it always has its quota of batches."""
@@ -176,7 +186,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s = self.settings
         images: list[torch.Tensor] = []
-        labels: list[int] = []
+        labels: list[Any] = []
         made = 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
@@ -187,21 +197,31 @@ class ShardStream(torch.utils.data.IterableDataset):
                 images.append(decoded[0])
                 labels.append(decoded[1])
                 if len(images) == s.batch_size:
-                    yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+                    yield torch.stack(images), self._targets(labels)
                     images, labels, made = [], [], made + 1
                     if quota is not None and made >= quota:
                         return
                     torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
         if images and quota is None:
-            yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+            yield torch.stack(images), self._targets(labels)
 
-    def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int] | None:
+    def _targets(self, labels: list[Any]) -> torch.Tensor:
+        """A batch's class numbers (int64 [B]), or multi-hot float32 [B, classes] of its label sets."""
+        if self.multi_label:
+            return multi_hot(labels, len(self.classes))
+        return torch.tensor(labels, dtype=torch.int64)
+
+    def _label(self, sample: dict[str, Any]) -> Any:
+        """A sample's class number, or its label set's numbers (multi-label); MemberError when not valid."""
+        return class_set_of(sample, self.index) if self.multi_label else class_of(sample, self.index)
+
+    def _decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, Any] | None:
         """A sample's image (augmented when training) and label; None, counted in :attr:`skips`,
         when it cannot be used."""
         s = self.settings
         ext = "?"
         try:
-            label = class_of(sample, self.index)
+            label = self._label(sample)
             ext, data = image_of(sample)
             full = s.crop_min_area if s.full_resolution and self.train else None
             image = _decode_image(data, s, crop_min_area=full)
@@ -326,16 +346,13 @@ def worker_message(exc: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
-def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
-    """Both splits streamed from their shards (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
-    if cfg.data.cache in ("ram", "disk"):
-        warn(f"data.cache: {cfg.data.cache} does not apply to WebDataset shards: they are streamed")
-    workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
-    batch = cfg.train.batch_size
-    settings = StreamSettings(
+def stream_settings(cfg: Config, spec: DataSpec, *, augment: Callable | None) -> StreamSettings:
+    """The training stream's settings, from the config's data and batch size (validation's: twice
+    the batch, no augmentation)."""
+    return StreamSettings(
         size=spec.image_size,
         channels=spec.channels,
-        batch_size=batch,
+        batch_size=cfg.train.batch_size,
         fit=spec.fit,
         seed=cfg.seed,
         augment=augment,
@@ -343,6 +360,15 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         crop_min_area=(cfg.data.augment.random_resized_crop or [0.08])[0],
         shard=distributed.shard(),
     )
+
+
+def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cuda: bool) -> Loaders:
+    """Both splits streamed from their shards (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
+    if cfg.data.cache in ("ram", "disk"):
+        warn(f"data.cache: {cfg.data.cache} does not apply to WebDataset shards: they are streamed")
+    workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
+    batch = cfg.train.batch_size
+    settings = stream_settings(cfg, spec, augment=augment)
     train_set = ShardStream(spec.train, spec.classes, settings, train=True)
     val_settings = StreamSettings(**{**settings.__dict__, "batch_size": batch * 2, "augment": None})
     val_set = ShardStream(spec.val, spec.classes, val_settings, train=False)

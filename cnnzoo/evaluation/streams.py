@@ -19,18 +19,19 @@ from ..data import shard_files
 def stream_batches(
     model: Any, samples: Any, *, batch_size: int, errors: list
 ) -> Iterator[tuple[list[int], np.ndarray, list[int]]]:
-    """(positions in the stream, uint8 pixels, class indices) per batch of a streamed split's
-    samples; ``errors`` collects (sample, reason) for each one skipped."""
+    """(positions in the stream, uint8 pixels, class indices: label sets for a multi-label model) per
+    batch of a streamed split's samples; ``errors`` collects (sample, reason) for each one skipped."""
     index = {name: i for i, name in enumerate(model.classes)}
     items: list[io.BytesIO] = []
-    labels: list[int] = []
+    labels: list[Any] = []
     seen = 0
     for shard in samples.shards:
         for sample in shard_files.iter_shard(shard):
             where = f"{shard} sample {sample.get('__key__', seen)}"
             seen += 1
             try:
-                image, label = shard_files.image_of(sample)[1], shard_files.class_of(sample, index)
+                image = shard_files.image_of(sample)[1]
+                label = (shard_files.class_set_of if model.multi_label else shard_files.class_of)(sample, index)
             except shard_files.MemberError as exc:
                 errors.append((where, str(exc)))
                 continue

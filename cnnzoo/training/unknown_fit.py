@@ -72,7 +72,7 @@ def fit_unknown(
     cached = stages.net is not stages.model
     feed = stages.feed.without_autocast()
     if not cached and not isinstance(stages.loaders.val_set, loaders_mod.ImageDataset):
-        console.log("unknown: not fitted on streamed data (shards are read once, in order); predict answers no unknown")
+        console.log("unknown: not fitted on streamed data (read once, in order); predict answers no unknown")
         return None
     val_features = _collect(body, stages.val_loader if cached else _plain(stages.loaders.val_set), feed)
     entry: dict[str, Any] = {"score": score, "keep": float(settings.keep)}

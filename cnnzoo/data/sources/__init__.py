@@ -175,7 +175,7 @@ def load_data(
     else does, and normalises it (``data.normalize: auto``)."""
     d = cfg.data
     found, name = _splits(cfg, [] if missing_ok else None, task)
-    if task == "multi" and found.train.label_sets is None:
+    if task == "multi" and found.train.label_sets is None and not found.kind.get("multi_label"):
         raise ConfigError(
             f"train.task: multi needs a manifest (a CSV with space-separated tags, or 0/1 columns); "
             f"{found.where} gives one class per image"

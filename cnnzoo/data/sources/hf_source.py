@@ -7,13 +7,14 @@ Imports config, console, errors, hf and the sibling modules; torch-free.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ...config import Config
 from ...console import console
 from ...errors import DataError
 from .. import hf
-from .base import Source, Splits
-from .samples import ArraySamples, Samples, stratified_split
+from .base import Source, Splits, resolve_task
+from .samples import ArraySamples, DataSpec, Samples, stratified_split
 
 
 class HFSource(Source):
@@ -29,25 +30,46 @@ class HFSource(Source):
     def splits(self, missing: list[str] | None = None) -> Splits:
         root = self.root()
         classes, train, val, test = _hf_splits(self.cfg)
-        return Splits(classes=classes, train=train, val=val, test=test, where=str(Path(root).resolve()))
-
-    def single_label_split(self, data: str, split: str | None, classes: list[str]) -> Samples:
-        return hf_split(self.cfg, data, split, classes)
+        where = str(Path(root).resolve())
+        multi = resolve_task(self.task, where, train.label_sets is not None)
+        kind = {"multi_label": True} if multi else {}
+        return Splits(classes=classes, train=train, val=val, test=test, where=where, kind=kind)
 
     def split_to_score(
         self, data: str, split: str | None, classes: list[str], *, multi_label: bool
     ) -> tuple[Samples, str]:
-        return super().split_to_score(data, split, classes, multi_label=multi_label)[0], data
+        samples = hf_split(self.cfg, data, split, classes)
+        if (samples.label_sets is not None) != multi_label:
+            kinds = {True: "label sets (multi-label)", False: "one label per image"}
+            raise DataError(
+                f"--data {data}: its label column holds {kinds[samples.label_sets is not None]}, the model "
+                f"is {'multi' if multi_label else 'single'}-label"
+            )
+        return samples, data
+
+    def build_loaders(self, spec: DataSpec, *, augment: Any, cuda: bool) -> Any:
+        """Streamed (:mod:`cnnzoo.data.hf_stream`) when ``data.stream`` says so, else decoded into the cache."""
+        from .. import hf_stream  # lazy: the stream is torch's
+
+        if hf_stream.streams(self.cfg, spec):
+            return hf_stream.stream_loaders(self.cfg, spec, augment=augment, cuda=cuda)
+        return super().build_loaders(spec, augment=augment, cuda=cuda)
+
+
+def _samples(split: str, images: Any, labels: list[Any], origin: str) -> ArraySamples:
+    """A split of the dataset; label sets (a ``Sequence(ClassLabel)`` column) give each image's
+    first class as its label (-1: none), as a multi-label manifest does."""
+    if labels and isinstance(labels[0], list):
+        firsts = [s[0] if s else -1 for s in labels]
+        return ArraySamples(name=split, labels=firsts, label_sets=labels, array=images, origin=origin)
+    return ArraySamples(name=split, labels=labels, array=images, origin=origin)
 
 
 def _hf_splits(cfg: Config) -> tuple[list[str], Samples, Samples, Samples | None]:
     d = cfg.data
     kind = "auto" if hf.is_hf_dataset(d.root) else "imagefolder"  # type: ignore[arg-type]
     classes, parts = hf.load_hf(d.root, kind=kind, image_column=d.image_column, label_column=d.label_column)  # type: ignore[arg-type]
-    made = {
-        split: ArraySamples(name=split, labels=labels, array=images, origin=f"{d.root}:{split}")
-        for split, (images, labels) in parts.items()
-    }
+    made = {split: _samples(split, images, labels, f"{d.root}:{split}") for split, (images, labels) in parts.items()}
     if "validation" not in made:
         made["train"], made["validation"] = stratified_split(made["train"], d.val_fraction, cfg.seed)
         console.log(
@@ -67,4 +89,4 @@ def hf_split(cfg: Config, root: str, split: str | None, classes: list[str]) -> S
     if found != classes:
         raise DataError(f"{root}: its classes ({', '.join(found[:8])}) are not the model's ({', '.join(classes[:8])})")
     images, labels = parts[name]
-    return ArraySamples(name=name, labels=labels, array=images, origin=f"{root}:{name}")
+    return _samples(name, images, labels, f"{root}:{name}")

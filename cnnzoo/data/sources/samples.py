@@ -226,10 +226,13 @@ class ArraySamples(Samples):
 
 @dataclass(kw_only=True)
 class ShardSamples(Samples):
-    """WebDataset shards, streamed (``labels`` then only counts the classes)."""
+    """WebDataset shards, streamed (``labels`` then only counts the classes; of a multi-label set
+    they are -1, one per sample, and ``class_counts`` counts the samples that have each class)."""
 
     shards: list[str]
     shard_counts: list[int]  # samples per shard
+    class_counts: list[int] | None = None  # a multi-label set's samples per class
+    multi_label: bool = False  # the samples carry label sets (cnnzoo.data.shard_labels)
 
     streamed = True
 

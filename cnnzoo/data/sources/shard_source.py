@@ -29,18 +29,28 @@ class ShardSource(Source):
         root = self.root()
         classes, train, val, test = _shard_splits(root)
         where = root if "{" in root else str(Path(root).resolve())
-        return Splits(classes=classes, train=train, val=val, test=test, where=where)
+        multi = train.multi_label  # type: ignore[attr-defined]
+        if self.task == "single" and multi:
+            raise DataError(f"{where}: the shards carry label sets (multi-label), but train.task is single")
+        if self.task == "multi" and not multi:
+            raise DataError(f"{where}: the shards carry one label per image; train.task multi needs label sets")
+        kind = {"multi_label": True} if multi else {}
+        return Splits(classes=classes, train=train, val=val, test=test, where=where, kind=kind)
 
     def class_names(self) -> list[str]:
         return _shard_splits(self.root())[0]
 
-    def single_label_split(self, data: str, split: str | None, classes: list[str]) -> Samples:
-        return shard_split(data, split, classes)
-
     def split_to_score(
         self, data: str, split: str | None, classes: list[str], *, multi_label: bool
     ) -> tuple[Samples, str]:
-        return super().split_to_score(data, split, classes, multi_label=multi_label)[0], data
+        samples = shard_split(data, split, classes)
+        if samples.multi_label != multi_label:  # type: ignore[attr-defined]
+            kinds = {True: "label sets (multi-label)", False: "one label per image"}
+            raise DataError(
+                f"--data {data}: the shards carry {kinds[samples.multi_label]}, the model "  # type: ignore[attr-defined]
+                f"is {'multi' if multi_label else 'single'}-label"
+            )
+        return samples, data
 
     def build_loaders(self, spec: DataSpec, *, augment: Any, cuda: bool) -> Any:
         from .. import shards  # lazy: the stream is torch's
@@ -51,9 +61,17 @@ class ShardSource(Source):
 def shard_samples(shard_set: shard_files.ShardSet) -> Samples:
     """A split of shards: their paths and sizes, and labels that only count the classes (the
     order of the samples is the stream's)."""
-    labels = [c for c, n in enumerate(shard_set.class_counts) for _ in range(n)]
+    if shard_set.multi_label:
+        labels = [-1] * sum(shard_set.counts)
+    else:
+        labels = [c for c, n in enumerate(shard_set.class_counts) for _ in range(n)]
     return ShardSamples(
-        name=shard_set.name, labels=labels, shards=list(shard_set.shards), shard_counts=list(shard_set.counts)
+        name=shard_set.name,
+        labels=labels,
+        shards=list(shard_set.shards),
+        shard_counts=list(shard_set.counts),
+        class_counts=list(shard_set.class_counts) if shard_set.multi_label else None,
+        multi_label=shard_set.multi_label,
     )
 
 
