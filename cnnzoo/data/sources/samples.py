@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DataError
+from ...files import is_url
 from .. import preprocess
 
 # an image's format (PIL's name) as the member extension the shard readers know (shard_files.IMAGE_KEYS)
@@ -251,7 +252,10 @@ class ShardSamples(Samples):
     def fingerprint(self) -> str:
         """Names, sizes and times: hashing terabytes of shards is not on."""
         h = hashlib.sha1()
-        for path in self.shards:
+        for path, count in zip(self.shards, self.shard_counts):
+            if is_url(path):  # an object's name and count: a HEAD per shard would cost a request each
+                h.update(f"{path}\0{count}\0".encode())
+                continue
             st = os.stat(path)
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         return h.hexdigest()
