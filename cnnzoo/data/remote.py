@@ -348,3 +348,26 @@ def download_folder(url: str, folder: str | os.PathLike) -> int:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         retrying(join(url, relative), lambda: fs.get_file(key, target), what="downloading it")  # noqa: B023
     return len(found)
+
+
+def sync(source: str, target: str) -> int:
+    """Copy a run folder (or any folder) between this machine and a store, one way: a local
+    ``source`` is uploaded to the ``target`` URL, a ``source`` URL downloaded into the local
+    ``target``; every file, each replaced whole (a checkpoint rewritten in place keeps its size, so
+    sizes and times are not trusted to tell). The number of files copied."""
+    if is_url(source) == is_url(target):
+        raise RemoteError(f"{source} -> {target}: give one local folder and one URL (s3://bucket/runs/NAME/N)")
+    if is_url(target):
+        if not os.path.isdir(source):
+            raise RemoteError(f"{source}: not a folder; give a run folder (runs/NAME/N)")
+        check_bucket(target)
+        return upload_folder(source, target, skip=_temporary)
+    check_bucket(source)
+    os.makedirs(target, exist_ok=True)
+    return download_folder(source, target)
+
+
+def _temporary(name: str) -> bool:
+    """A file a write in progress holds (``.<name>.<random>.tmp``): never copied."""
+    base = os.path.basename(name)
+    return base.startswith(".") and base.endswith(".tmp")

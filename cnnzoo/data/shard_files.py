@@ -40,6 +40,7 @@ from .shard_index import (
     INDEX_NAME,
     MAX_SHARDS,
     MAX_SPLIT_SAMPLES,
+    SPLIT_DIRS,
     bounded_json,
     check_class_list,
     read_index,
@@ -48,7 +49,6 @@ from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
-SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 MAX_SAMPLE_BYTES = 64 * 2**20  # a sample's members together; a bigger one is skipped unread
 MAX_LABEL_BYTES = 4096  # a .cls, .txt or .json label member
 MAX_LABEL_DEPTH = 8  # a .json label's nesting ({"label": ...} is 1)
@@ -371,6 +371,8 @@ def _check_copyable(samples: Any, roots: list[Path], num_classes: int) -> None:
             raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
     folders = [os.path.realpath(r) for r in roots]
     for path in samples.files():
+        if remote.is_url(path):  # a remote manifest's image: fetched, no local file to escape to
+            continue
         real = os.path.realpath(path)
         if not any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
             raise DataError(

@@ -23,6 +23,11 @@ from ..errors import DataError
 INDEX_NAME = "dataset.json"  # the class list and each split's shards, beside them
 INDEX_FORMAT = "cnnzoo-shards/1"
 SPLITS = ("train", "validation", "test")
+SPLIT_DIRS = {
+    "train": ("train",),
+    "validation": ("validation", "val"),
+    "test": ("test",),
+}  # an index-less set's folders
 MAX_INDEX_BYTES = 32 * 2**20  # ~100,000 shards' entries fit in a few MiB
 MAX_JSON_DEPTH = 16  # the index nests 4 deep; json.loads recurses once per level
 MAX_SHARDS = 100_000  # per split

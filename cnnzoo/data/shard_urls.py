@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import DataError
 from . import remote
 from .manifest import is_manifest
-from .shard_index import INDEX_NAME, MAX_INDEX_BYTES, MAX_SHARDS, parse_index
+from .shard_index import INDEX_NAME, MAX_INDEX_BYTES, MAX_SHARDS, SPLIT_DIRS, parse_index
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -60,8 +60,6 @@ def _shard_url(base: str, entry: Any, where: str) -> str:
 def find_url_shards(url: str) -> dict[str, list[str]]:
     """split -> shard URLs for a prefix without an index (``train/``, ``validation/`` or ``val/``,
     ``test/``) or a brace pattern (with ``validation-...`` or ``val-...`` beside ``train-...``)."""
-    from .shard_files import SPLIT_DIRS  # lazy: shard_files imports this module to find URL shards
-
     found: dict[str, list[str]] = {}
     if "{" in url or url.endswith(".tar"):
         found["train"] = expand(url)
@@ -82,11 +80,10 @@ def find_url_shards(url: str) -> dict[str, list[str]]:
 
 
 def _braces(pattern: str) -> Any:
-    from .shard_files import webdataset  # lazy: as above
-
-    webdataset()  # braceexpand comes with it
-    import braceexpand  # lazy: installed with webdataset
-
+    try:
+        import braceexpand  # lazy: installed with webdataset, an optional extra
+    except ImportError:
+        raise DataError("WebDataset shards need the webdataset library: pip install 'cnnzoo[wds]'") from None
     return braceexpand.braceexpand(pattern)
 
 
