@@ -182,6 +182,14 @@ def explain(url: str, exc: BaseException) -> str:
     return f"{url}: cannot be read ({type(exc).__name__}: {reason})"
 
 
+def transient_reason(exc: BaseException) -> str:
+    """A transient failure in a few words: the HTTP status the store answered, else the error."""
+    status = next((s for e in _chain(exc) if (s := _status(e)) is not None), None)
+    if status is not None:
+        return f"the store answered HTTP {status}"
+    return f"{type(exc).__name__}: {short_reason(exc, 80)}"
+
+
 def no_bucket(url: str, bucket: str) -> str:
     return f"{url}: the bucket {bucket!r} does not exist; check its name (and AWS_ENDPOINT_URL, the server asked)"
 
@@ -202,7 +210,7 @@ def retrying(url: str, call: Callable[[], T], *, what: str = "reading") -> T:
             if not is_transient(exc) or attempt == ATTEMPTS - 1:
                 raise RemoteError(explain(url, exc)) from None
             if attempt == 0:
-                warn(f"{url}: {short_reason(exc, 100)} while {what}; retrying (up to {ATTEMPTS - 1} more tries)")
+                warn(f"{url}: {transient_reason(exc)} while {what}; retrying (up to {ATTEMPTS - 1} more tries)")
             _pause(attempt)
     raise AssertionError("unreachable")
 
@@ -233,7 +241,7 @@ class RetryingReader:
                 if not is_transient(exc) or attempt == ATTEMPTS - 1:
                     raise RemoteError(explain(self.url, exc)) from None
                 if not self.warned:
-                    warn(f"{self.url}: {short_reason(exc, 100)} at byte {self.position:,}; reading on from there")
+                    warn(f"{self.url}: {transient_reason(exc)} at byte {self.position:,}; reading on from there")
                     self.warned = True
                 _pause(attempt)
                 self._reopen()
@@ -289,16 +297,20 @@ def exists(url: str) -> bool:
 
 
 def check_bucket(url: str) -> None:
-    """One line when the bucket ``url`` names does not exist or may not be listed."""
+    """One line when the bucket ``url`` names does not exist or may not be read with these credentials."""
     bucket = bucket_of(url)
     if bucket is None:
         return
     fs, _ = filesystem(url)
     root = url.split("://", 1)[0] + "://" + bucket
+    if hasattr(fs, "call_s3"):  # one key listed: S3 says which of no bucket and no access it is
+        probe = lambda: fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1)  # noqa: E731
+    else:
+        probe = lambda: fs.ls(bucket, detail=False, refresh=True)  # noqa: E731
     try:
-        retrying(root, lambda: fs.ls(bucket, detail=False, refresh=True), what="listing the bucket")
+        retrying(root, probe, what="listing the bucket")
     except RemoteError as exc:
-        if "not found" in str(exc) or "does not exist" in str(exc):
+        if str(exc).startswith((f"{root}: not found", f"{root}: the bucket")):
             raise RemoteError(no_bucket(url, bucket)) from None
         raise RemoteError(str(exc).replace(root, url, 1)) from None
 

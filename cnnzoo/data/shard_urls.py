@@ -63,11 +63,11 @@ def find_url_shards(url: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if "{" in url or url.endswith(".tar"):
         found["train"] = expand(url)
-        if "train" in url:
+        if "train" in url:  # validation-... beside it: as many as there are (the pattern's first ones)
             for name in ("validation", "val"):
-                sibling = url.replace("train", name)
-                if remote.exists(next(iter(_braces(sibling)))):
-                    found["validation"] = expand(sibling)
+                there = list(itertools.takewhile(remote.exists, _braces(url.replace("train", name))))
+                if there:
+                    found["validation"] = there
                     break
         return found
     for split, names in SPLIT_DIRS.items():

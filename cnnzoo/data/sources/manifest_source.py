@@ -47,6 +47,8 @@ class ManifestSource(Source):
             if Path(self.cfg.data.root or "").is_dir():
                 console.log(f"data: {self.cfg.data.root}: reading the manifest {path.name} beside images/")
             classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing, self.task)
+        if is_url(root) and missing:  # rows named by the manifest's URL, not its local copy
+            missing[:] = [m.replace(str(path.parent), posixpath.dirname(root), 1) for m in missing]
         where = root if is_url(root) else str(path.resolve())
         return Splits(classes=classes, train=train, val=val, test=test, where=where, kind=kind)
 

@@ -6,7 +6,7 @@ user and its access key; every request after them must be signed with that key),
 credentials are refused as AWS refuses them. :func:`start_s3` returns the endpoint and the
 environment (``AWS_ENDPOINT_URL``, the key, the region) a cnnzoo subprocess reads them from.
 
-The proxy (``python tests/s3_server.py proxy PORT UPSTREAM_PORT STATE_FILE``) forwards every
+The proxy (``python tests/support/s3_server.py proxy PORT UPSTREAM_PORT STATE_FILE``) forwards every
 request to moto, except that for a key named in its state file it answers the first GET with a 503
 (``"503"``) or cuts the connection half-way through the body (``"cut"``), once each.
 """
@@ -174,7 +174,10 @@ class _Proxy(BaseHTTPRequestHandler):
         for name, value in answer.getheaders():
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        # a HEAD's answer has no body but says the object's length
+        self.send_header(
+            "Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+        )
         self.end_headers()
         if fault == "cut" and len(data) > 2:
             self.wfile.write(data[: len(data) // 2])
