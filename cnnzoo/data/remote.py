@@ -333,11 +333,15 @@ def list_files(url: str, suffix: str) -> list[str]:
     return sorted(f"{scheme}://{n}" for n in names if n.endswith(suffix))
 
 
-def upload_folder(folder: str | os.PathLike, url: str, *, last: str | None = None) -> int:
-    """Copy every file under the local ``folder`` to ``url`` (same relative names), ``last`` (a
-    relative name, e.g. the index that says the set is complete) after all the others; the count."""
+def upload_folder(
+    folder: str | os.PathLike, url: str, *, last: str | None = None, skip: Callable[[str], bool] | None = None
+) -> int:
+    """Copy every file under the local ``folder`` to ``url`` (same relative names) but those
+    ``skip(name)`` leaves out, ``last`` (a relative name, e.g. the index that says the set is
+    complete) after all the others; the count."""
     fs, path = filesystem(url)
     names = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files)
+    names = [n for n in names if not (skip and skip(n))]
     names.sort(key=lambda n: n == last)
     for name in names:
         target = join(url, name.replace(os.sep, "/"))
