@@ -58,11 +58,17 @@ def train_rate(root: str, folder: Path, env: dict, *, size: int, batch: int, wor
         "name": "bench",
         "seed": 0,
         "data": {"root": root, "image_size": size, "workers": workers},
-        "model": {"layers": [
-            {"conv": {"out_channels": 16, "kernel_size": 3, "padding": 1}}, "relu", "pool",
-            {"conv": {"out_channels": 32, "kernel_size": 3, "padding": 1}}, "relu", "gap",
-            {"dense": {"out_features": "num_classes"}},
-        ]},  # fmt: skip
+        "model": {
+            "layers": [
+                {"conv": {"out_channels": 16, "kernel_size": 3, "padding": 1}},
+                "relu",
+                "pool",
+                {"conv": {"out_channels": 32, "kernel_size": 3, "padding": 1}},
+                "relu",
+                "gap",
+                {"dense": {"out_features": "num_classes"}},
+            ]
+        },  # fmt: skip
         "train": {"epochs": epochs, "batch_size": batch, "lr": 0.003, "device": "cpu"},
     }
     folder.mkdir(parents=True)
@@ -87,6 +93,7 @@ def main() -> None:
 
     from cnnzoo.config import load_config
     from cnnzoo.data import shard_export
+
     from support.s3_server import start_s3
 
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
