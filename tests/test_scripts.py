@@ -215,3 +215,16 @@ def test_bench_calibration_prints_the_model_and_the_probe_before_and_after(train
     assert "held-out images: 8 from" in out and "ECE before" in out and "ECE after" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("model ", "probe "))}
     assert set(rows) == {"model", "probe"} and all(len(r) == 5 and r[1].endswith("%") for r in rows.values())
+
+
+def test_bench_remote_streams_and_trains_from_the_local_s3_server(image_root, tmp_path):
+    from support.s3_server import moto_server
+
+    if moto_server() is None:
+        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
+    pytest.importorskip("s3fs")
+    args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0, "--shard-size", 5]
+    out = run_script([ROOT / "scripts" / "bench_remote.py", *args], tmp_path)
+    for phase in ("stream local", "stream s3", "train  local", "train  s3"):
+        assert f"  {phase}" in out
+    assert "ratio stream s3/local:" in out and "ratio train s3/local:" in out

@@ -302,17 +302,16 @@ def check_bucket(url: str) -> None:
     if bucket is None:
         return
     fs, _ = filesystem(url)
-    root = url.split("://", 1)[0] + "://" + bucket
     if hasattr(fs, "call_s3"):  # one key listed: S3 says which of no bucket and no access it is
         probe = lambda: fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1)  # noqa: E731
     else:
         probe = lambda: fs.ls(bucket, detail=False, refresh=True)  # noqa: E731
     try:
-        retrying(root, probe, what="listing the bucket")
+        retrying(url, probe, what=f"listing the bucket {bucket!r}")
     except RemoteError as exc:
-        if str(exc).startswith((f"{root}: not found", f"{root}: the bucket")):
+        if str(exc).startswith(f"{url}: not found"):  # the bucket was listed, not the URL
             raise RemoteError(no_bucket(url, bucket)) from None
-        raise RemoteError(str(exc).replace(root, url, 1)) from None
+        raise
 
 
 def list_files(url: str, suffix: str) -> list[str]:
