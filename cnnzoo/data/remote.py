@@ -277,7 +277,8 @@ class RetryingReader:
 def read_bytes(url: str, *, limit: int | None = None) -> bytes:
     """A whole object (a shard index, a manifest, an image); one line when it is larger than ``limit``."""
     fs, path = filesystem(url)
-    data = retrying(url, lambda: fs.cat_file(path))
+    end = None if limit is None else limit + 1  # a ranged read: a huge object is not fetched to be refused
+    data = retrying(url, lambda: fs.cat_file(path, start=0 if end else None, end=end))
     if limit is not None and len(data) > limit:
         raise RemoteError(f"{url}: larger than {limit:,} bytes")
     return data
