@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import cnnzoo as cnnzoo_api
 from cnnzoo.config import load_config
-from cnnzoo.data import remote_images, shard_export
+from cnnzoo.data import remote, remote_images, shard_export
+from cnnzoo.data.sources import load_data
 
 from support.cli import one_error_line, run_cnnzoo
 from support.images import make_image_tree
@@ -94,8 +96,18 @@ def test_data_check_streams_the_shards_from_the_bucket(s3, shard_set, tmp_path):
     secrets_absent(s3, done.stdout, done.stderr)
 
 
+def test_the_python_api_reads_the_bucket_through_the_standard_variables(s3, shard_set, monkeypatch):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    spec = load_data(load_config({"data": {"root": f"s3://{BUCKET}/set", "image_size": 16}}))
+    assert spec.classes == ["a", "b"] and spec.root == f"s3://{BUCKET}/set"
+    assert spec.train.shards[0] == f"s3://{BUCKET}/set/train/train-000000.tar" and len(spec.train) == 34
+    assert remote.exists(f"s3://{BUCKET}/set/dataset.json")
+    assert not remote.exists(f"s3://{BUCKET}/set/nothing.json")
+
+
 @pytest.mark.slow
-def test_two_processes_train_from_s3_to_the_metrics_of_the_same_shards_on_disk(s3, shard_set, tmp_path):
+def test_two_processes_train_from_s3_to_the_metrics_of_the_same_shards_on_disk(s3, shard_set, tmp_path, monkeypatch):
     """torchrun, 2 gloo processes, 2 loader workers each: the same steps per rank, and the same
     metrics, epoch by epoch, as the run that reads the shards from disk."""
     runs = {}
@@ -115,6 +127,10 @@ def test_two_processes_train_from_s3_to_the_metrics_of_the_same_shards_on_disk(s
     assert rows["s3"] == rows["disk"]
     run, done = runs["s3"]
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == f"s3://{BUCKET}/set"
+    for key, value in s3.env.items():  # the Python API reads the bucket from the same variables
+        monkeypatch.setenv(key, value)
+    report = cnnzoo_api.evaluate(run / "last.pt", split="validation", progress=False, html_report=False)
+    assert report["accuracy"] == pytest.approx(float(metric_rows(run)[-1]["val_acc"]), abs=1e-6)
     secrets_absent(s3, done.stdout, done.stderr, folder=run)
 
 
