@@ -25,6 +25,21 @@ from typing import Any
 TEMPORARY_SUFFIX = ".tmp"
 
 
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(text: str | os.PathLike | None) -> str | None:
+    """The scheme of a URL (``s3`` of ``s3://bucket/key``, lower case), None for a local path:
+    what tells a location in an object store from a file name (a Windows drive ``C:\\`` has no ``//``)."""
+    found = _URL.match(text) if isinstance(text, str) else None
+    return found.group(1).lower() if found else None
+
+
+def is_url(text: str | os.PathLike | None) -> bool:
+    """Whether ``text`` names a remote location (``s3://``, ``gs://``, ``https://``...), not a local file."""
+    return url_scheme(text) is not None
+
+
 def cache_home() -> Path:
     """Where generated data sets and disk caches live: $CNNZOO_HOME or ~/.cache/cnnzoo."""
     return Path(os.environ.get("CNNZOO_HOME") or Path.home() / ".cache" / "cnnzoo")

@@ -249,6 +249,7 @@ AUDITED = {
     ("cnnzoo/data/sources/samples.py", "ArraySamples.encoded", ".save"): 1,
     ("cnnzoo/data/shard_files.py", "_write_split", "open"): 1,
     ("cnnzoo/data/shard_output.py", "remove_stale", ".unlink"): 1,
+    ("cnnzoo/data/remote_images.py", "ImageCache.trim", ".unlink"): 1,
     ("cnnzoo/data/shard_output.py", "remove_stale", "shutil.rmtree"): 1,
     ("cnnzoo/data/shard_output.py", "StagedFolder.__init__", "shutil.rmtree"): 1,
     ("cnnzoo/data/shard_output.py", "StagedFolder.__exit__", "shutil.rmtree"): 1,

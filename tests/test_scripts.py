@@ -222,3 +222,16 @@ def test_bench_hf_stream_prints_both_first_epochs_and_the_ratio(tmp_path):
     args = ["--images", "24", "--image-size", "16", "--batch-size", "8", "--workers", "0"]
     out = run_script([ROOT / "scripts" / "bench_hf_stream.py", *args], tmp_path)
     assert "cached    first epoch" in out and "streamed  first epoch" in out and "ratio streamed/cached:" in out
+
+
+def test_bench_remote_streams_and_trains_from_the_local_s3_server(image_root, tmp_path):
+    from support.s3_server import moto_server
+
+    if moto_server() is None:
+        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
+    pytest.importorskip("s3fs")
+    args = ["--data", image_root, "--image-size", 16, "--batch-size", 4, "--workers", 0, "--shard-size", 5]
+    out = run_script([ROOT / "scripts" / "bench_remote.py", *args], tmp_path)
+    for phase in ("stream local", "stream s3", "train  local", "train  s3"):
+        assert f"  {phase}" in out
+    assert "ratio stream s3/local:" in out and "ratio train s3/local:" in out

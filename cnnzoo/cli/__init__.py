@@ -19,7 +19,7 @@ loads (seconds); a command loads the parts it needs (torch, the engine) when it 
 """
 
 # each module registers its commands on the app, in the order --help lists them
-from . import train, summary, predict, deploy, explain, tuning, data  # noqa: F401  # isort: skip
+from . import train, summary, predict, deploy, explain, tuning, data, runs  # noqa: F401  # isort: skip
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -74,7 +74,11 @@ def check(
 @guarded
 def shards(
     source: str = typer.Argument(..., metavar="SRC", help="Image folder, manifest or shard set to write as shards."),
-    out: Path = typer.Argument(..., metavar="OUT", help="A new folder: OUT/train/, OUT/validation/, OUT/dataset.json."),
+    out: str = typer.Argument(
+        ...,
+        metavar="OUT",
+        help="A new folder, or a store prefix (s3://bucket/prefix): OUT/train/, OUT/validation/, OUT/dataset.json.",
+    ),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (tar file)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT when it is a shard set cnnzoo wrote."),
     set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -85,7 +89,8 @@ def shards(
     the training split is shuffled so that every shard mixes the classes. OUT is written beside
     itself and renamed into place when complete: a kill leaves no OUT or a whole one. An OUT that
     holds anything is refused, and with --force replaced only when it is a shard set cnnzoo wrote.
-    Multi-label data and files outside the source's folder are refused. Then:
+    Multi-label data and files outside the source's folder are refused. An OUT in a store
+    (s3://, gs://, az://) is written locally first and uploaded, dataset.json last. Then:
     cnnzoo train -c CONFIG --data OUT
     """
     cfg = data_config(None, source, set_)

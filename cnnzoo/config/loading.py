@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import ConfigError, short_reason
+from ..files import is_url
 from .checks import check_values
 from .schema import Config
 from .shipped import find_config
@@ -319,7 +320,7 @@ def _from_folder(value: str, folder: Path) -> str:
     """``value`` read from ``folder``, unless only the working directory has it (older configs)."""
     if value.startswith("~"):
         return os.path.expanduser(value)
-    if os.path.isabs(value):
+    if os.path.isabs(value) or is_url(value):  # s3://bucket/prefix is no path beside the file
         return value
     beside = os.path.normpath(os.path.join(os.path.abspath(folder), value))
     return value if not os.path.exists(beside) and os.path.exists(value) else beside

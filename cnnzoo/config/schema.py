@@ -184,6 +184,10 @@ class DataConfig:
     """A manifest's label column (default: detected: label, class, tags...), or a list of 0/1 columns, one per class."""
     images_dir: Optional[str] = None
     """Where a manifest's image paths are read from (default: beside the manifest, then an images/ folder beside it)."""
+    remote_cache: Optional[float] = bounded(None, low=0, open_low=True, words="a size in GiB > 0, or null (off)")
+    """GiB of a remote manifest's images (URLs, `s3://` keys) kept on local disk under `cache_dir`/remote/images,
+    the least recently used removed past it; null fetches each image whenever it is decoded
+    ([Remote data](../remote-data.md))."""
 
 
 @dataclass

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import Config
-from . import shard_files
+from ..files import is_url
+from . import remote_images, shard_files
 from .sources import ArraySamples, DataSpec, Pretrained, Samples, ShardSamples, load_data
 
 SHOWN = 5  # files named per problem before "..."
@@ -44,8 +45,11 @@ class _Facts:
 
 def _file_facts(path: str) -> _Facts:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if is_url(path):  # a remote manifest's image; a refused or unreachable store stops the check
+            data = remote_images.fetch(path)
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as exc:
         return _Facts(digest=b"", size=None, error=exc.strerror or str(exc))
     return _bytes_facts(data)  # a truncated or corrupt file fails at load, not at open

@@ -1,23 +1,26 @@
 """``cnnzoo data shards``: any source's data, split as training splits it, written as WebDataset
 shards (:func:`cnnzoo.data.shard_files.write_shards`) and put in place whole
-(:mod:`cnnzoo.data.shard_output`).
+(:mod:`cnnzoo.data.shard_output`), or written to a temporary folder and uploaded to a URL
+(:mod:`cnnzoo.data.remote_output`).
 
-Imports config, errors, shard_files, shard_output and sources; torch-free.
+Imports config, errors, files, remote_output, shard_files, shard_output and sources; torch-free.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..errors import DataError
-from . import shard_files, shard_output, sources
+from ..files import is_url
+from . import remote_output, shard_files, shard_output, sources
 
 
 def write_source(
     cfg: Config,
-    out: Path,
+    out: str | Path,
     *,
     shard_size: int = 1000,
     force: bool = False,
@@ -30,7 +33,10 @@ def write_source(
     ``task``, ``pretrained``: as for
     :func:`~cnnzoo.data.sources.load_data`."""
     index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
-    shard_output.check_output(out, force=force, **index)
+    if is_url(out):
+        remote_output.check(str(out), force=force)
+    else:
+        shard_output.check_output(out, force=force, **index)
     spec = sources.load_data(cfg, task=task, pretrained=pretrained)
     splits = {s.name: s for s in (spec.train, spec.val, spec.test) if s is not None}
     if any(s.streamed for s in splits.values()):
@@ -39,10 +45,23 @@ def write_source(
     roots = [root.parent if root.is_file() else root]  # a manifest's folder, or the image folder
     if cfg.data.images_dir:
         roots.append(Path(cfg.data.images_dir))
+    if is_url(out):  # written to a local folder, then uploaded (the index last: the set is complete)
+        with tempfile.TemporaryDirectory(prefix="cnnzoo-shards-") as staging:
+            written = shard_files.write_shards(
+                splits,
+                spec.classes,
+                Path(staging) / "set",
+                roots=roots,
+                shard_size=shard_size,
+                seed=cfg.seed,
+                multi_label=spec.multi_label,
+            )
+            remote_output.upload(Path(staging) / "set", str(out), force=force)
+        return written
     return shard_files.write_shards(
         splits,
         spec.classes,
-        out,
+        Path(out),
         roots=roots,
         shard_size=shard_size,
         seed=cfg.seed,

@@ -5,8 +5,10 @@ Plain data only (no torch): :mod:`cnnzoo.data.sources` turns a :class:`ShardSet`
 :mod:`cnnzoo.data.shards` streams it; :mod:`cnnzoo.data.shard_index` checks ``dataset.json``.
 
 Reading never hands a path to webdataset's URL opener (``gopen``, which runs ``pipe:`` locations in
-a shell): each shard is a local file opened here and read with :mod:`tarfile` as a plain,
-uncompressed tar, member sizes bounded before anything is read. A name with a colon is a file name.
+a shell): each shard is a local file opened here, or a URL of a registered scheme streamed through
+:mod:`cnnzoo.data.remote` (found by :mod:`cnnzoo.data.shard_urls`), and read with :mod:`tarfile` as
+a plain, uncompressed tar, member sizes bounded before anything is read. A name with a colon and
+no ``//`` is a file name.
 What a member holds is checked before it is used (:func:`label_of`); a member that fails is
 skipped and counted, never an exception. The ``webdataset`` library (``cnnzoo[wds]``) is imported
 to write shards and to expand brace patterns.
@@ -32,12 +34,13 @@ from ..checkpoint import MAX_CLASSES
 from ..console import console, warn
 from ..errors import DataError, short_reason
 from ..files import write_text
-from . import shard_labels
+from . import remote, shard_labels, shard_urls
 from .shard_index import (
     INDEX_FORMAT,
     INDEX_NAME,
     MAX_SHARDS,
     MAX_SPLIT_SAMPLES,
+    SPLIT_DIRS,
     bounded_json,
     check_class_list,
     read_index,
@@ -47,7 +50,6 @@ from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
-SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 MAX_SAMPLE_BYTES = 64 * 2**20  # a sample's members together; a bigger one is skipped unread
 SKIPPED = "__skipped__"  # a sample's key for why it cannot be used, set while reading it
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
@@ -71,7 +73,10 @@ def webdataset() -> Any:
 
 
 def is_shards(root: str) -> bool:
-    """A brace pattern or ``.tar`` path, or a folder holding shards (``dataset.json``, ``train/*.tar``)."""
+    """A brace pattern or ``.tar`` path, or a folder holding shards (``dataset.json``, ``train/*.tar``),
+    on disk or at a URL (:mod:`cnnzoo.data.shard_urls`)."""
+    if remote.is_url(root):
+        return shard_urls.is_url_shards(root)
     if "{" in root or root.endswith(".tar"):
         return True
     folder = Path(root)
@@ -105,10 +110,15 @@ class ShardSet:
 def find_shards(root: str) -> tuple[list[str], dict[str, ShardSet]]:
     """(classes, split -> shards) for a shard folder (its ``dataset.json``, or scanned) or a pattern."""
     folder = Path(root)
-    if folder.is_dir() and (folder / INDEX_NAME).is_file():
-        classes, parts = read_index(folder)
+    indexed = shard_urls.read_url_index(root) if remote.is_url(root) else None
+    if indexed is None and folder.is_dir() and (folder / INDEX_NAME).is_file():
+        indexed = read_index(folder)
+    if indexed is not None:
+        classes, parts = indexed
         return classes, {name: ShardSet(name=name, **part) for name, part in parts.items()}
-    if folder.is_dir():
+    if remote.is_url(root):
+        found = shard_urls.find_url_shards(root)
+    elif folder.is_dir():
         found = {}
         for split, names in SPLIT_DIRS.items():
             for name in names:
@@ -296,7 +306,7 @@ def iter_shard(
     is reported to ``on_damage(path, reason)`` (by default named in a warning)."""
     wanted = set(keys or (*IMAGE_KEYS, *LABEL_KEYS))
     try:
-        with open(path, "rb") as f:
+        with remote.RetryingReader(path) if remote.is_url(path) else open(path, "rb") as f:
             head = f.read(6)
             kind = next((name for magic, name in _COMPRESSED if head.startswith(magic)), None)
             if kind:
@@ -304,6 +314,8 @@ def iter_shard(
             f.seek(0)
             with tarfile.open(fileobj=f, mode="r|") as tar:
                 yield from _grouped(tar, path, wanted)
+    except remote.RemoteError:  # the store refused or stopped answering: one line, not a damaged shard
+        raise
     except Exception as exc:  # tarfile and the file system raise several types for a damaged archive
         reason = str(exc) if isinstance(exc, MemberError) else f"{type(exc).__name__}: {short_reason(exc, 120)}"
         (on_damage or _warn_damaged)(path, reason)
@@ -393,6 +405,8 @@ def _check_copyable(samples: Any, roots: list[Path], num_classes: int, *, multi_
             raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
     folders = [os.path.realpath(r) for r in roots]
     for path in samples.files():
+        if remote.is_url(path):  # a remote manifest's image: fetched, no local file to escape to
+            continue
         real = os.path.realpath(path)
         if not any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
             raise DataError(

@@ -13,6 +13,7 @@ import os
 import re
 import stat
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from ..errors import DataError
 INDEX_NAME = "dataset.json"  # the class list and each split's shards, beside them
 INDEX_FORMAT = "cnnzoo-shards/1"
 SPLITS = ("train", "validation", "test")
+SPLIT_DIRS = {
+    "train": ("train",),
+    "validation": ("validation", "val"),
+    "test": ("test",),
+}  # an index-less set's folders
 MAX_INDEX_BYTES = 32 * 2**20  # ~100,000 shards' entries fit in a few MiB
 MAX_JSON_DEPTH = 16  # the index nests 4 deep; json.loads recurses once per level
 MAX_SHARDS = 100_000  # per split
@@ -82,8 +88,22 @@ def read_index(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as exc:
+        raise DataError(
+            f"{path}: not a cnnzoo shard index ({exc}); write the shards again with cnnzoo data shards"
+        ) from None
+    root = Path(os.path.abspath(path.parent))
+    return parse_index(data, str(path), lambda entry, where: _shard_path(root, entry, where))
+
+
+def parse_index(
+    data: bytes, path: str, locate: Callable[[Any, str], str]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """:func:`read_index` of an index's bytes read from ``path`` (a file or a URL); ``locate(entry,
+    where)`` turns a shard entry into the path or URL to read, or refuses it in one line."""
+    try:
         index = bounded_json(data, MAX_INDEX_BYTES)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise DataError(
             f"{path}: not a cnnzoo shard index ({exc}); write the shards again with cnnzoo data shards"
         ) from None
@@ -99,12 +119,14 @@ def read_index(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     multi = index.get("multi_label", False)
     if not isinstance(multi, bool):
         raise DataError(f"{path}: multi_label should be true or false")
-    parts = {name: _split(path, name, part, len(classes), multi=multi) for name, part in splits.items()}
+    parts = {name: _split(path, name, part, len(classes), locate, multi=multi) for name, part in splits.items()}
     _refuse_classes_only_outside_training(path, classes, parts)
     return classes, parts
 
 
-def _split(path: Path, name: str, part: Any, num_classes: int, *, multi: bool = False) -> dict[str, Any]:
+def _split(
+    path: str, name: str, part: Any, num_classes: int, locate: Callable[[Any, str], str], *, multi: bool = False
+) -> dict[str, Any]:
     """One split's entry, checked: shards, counts (one per shard) and class_counts (one per class;
     of a multi-label set, samples that have the class, which need not add up to the samples)."""
     where = f"{path}: splits.{name}"
@@ -127,8 +149,7 @@ def _split(path: Path, name: str, part: Any, num_classes: int, *, multi: bool = 
         )
     if name == "train" and total == 0:
         raise DataError(f"{where}: holds no samples; a classifier needs training images")
-    root = Path(os.path.abspath(path.parent))
-    paths = [_shard_path(root, entry, f"{where}.shards") for entry in shards]
+    paths = [locate(entry, f"{where}.shards") for entry in shards]
     if len(set(paths)) != len(paths):
         raise DataError(f"{where}.shards: a shard is listed more than once")
     return {"shards": paths, "counts": counts, "class_counts": class_counts, "multi_label": multi}
@@ -154,7 +175,7 @@ def _shard_path(root: Path, entry: Any, where: str) -> str:
     return str(path)
 
 
-def _refuse_classes_only_outside_training(path: Path, classes: list[str], parts: dict[str, dict[str, Any]]) -> None:
+def _refuse_classes_only_outside_training(path: str, classes: list[str], parts: dict[str, dict[str, Any]]) -> None:
     """A class with validation or test samples and no training sample: the model could never learn it."""
     train = parts["train"]["class_counts"]
     for name, part in parts.items():

@@ -23,6 +23,7 @@ from ..config import Config
 from ..console import console
 from ..data import manifest, preprocess, sources
 from ..errors import DataError, UserError
+from ..files import is_url
 
 SPLITS = ("test", "validation")
 
@@ -67,6 +68,8 @@ def is_training_data(data: str | Path, rule: dict) -> bool:
     path = Path(data)
     if "seed" not in rule:
         return False
+    if is_url(str(data)):  # a store's object: the same URL (its bytes are not fetched to compare)
+        return str(data) == rule.get("root")
     if rule.get("digest"):
         found = path if path.is_file() else manifest.folder_manifest(path) if path.is_dir() else None
         return found is not None and manifest.file_digest(found) == rule["digest"]

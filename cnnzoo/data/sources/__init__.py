@@ -24,6 +24,7 @@ from ...config import Config, load_config
 from ...config.schema import SOURCE_NAMES
 from ...console import console, warn
 from ...errors import ConfigError, DataError
+from ...files import is_url
 from .. import preprocess
 from . import fold_split
 from .base import Pretrained, Source, Splits, resolve_task
@@ -88,8 +89,15 @@ for _cls in (MnistSource, FashionMnistSource, Cifar10Source):
 
 
 def kind_of_path(path: str) -> type[Source]:
-    """The source a path holds: the first registered kind that detects it, else class folders."""
-    return next((cls for cls in SOURCES.values() if cls.detects(path)), FolderSource)
+    """The source a path holds: the first registered kind that detects it, else class folders. A
+    URL holds shards or a manifest (:mod:`cnnzoo.data.remote`), never class folders."""
+    found = next((cls for cls in SOURCES.values() if cls.detects(path)), None)
+    if found is None and is_url(path):
+        raise DataError(
+            f"{path}: holds no WebDataset shard set (dataset.json, train/*.tar) and is not a manifest "
+            f"(.csv, .parquet, ...); give the shards' prefix, a brace pattern or a manifest's URL"
+        )
+    return found or FolderSource
 
 
 def source_for(cfg: Config, *, task: str = "auto") -> Source:

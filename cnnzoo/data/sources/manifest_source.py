@@ -1,20 +1,27 @@
 """``data.source: manifest``: a CSV, TSV, JSON Lines or Parquet table naming each image and its
 label(s) (:mod:`cnnzoo.data.manifest`), split by sibling files, a split column or ``val_fraction``.
+A manifest at a URL is read from a local copy, its images fetched from the store
+(:mod:`cnnzoo.data.remote_images`).
 
-Imports config, console, errors, manifest and the sibling modules; torch-free.
+Imports config, console, errors, files, manifest, remote_images and the sibling modules; torch-free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ...config import Config
 from ...console import console
 from ...errors import DataError
-from .. import manifest
+from ...files import is_url
+from .. import manifest, remote_images
 from .base import Source, Splits, resolve_task
-from .samples import FileSamples, Samples, stratified_split
+from .samples import FileSamples, Samples, UrlSamples, stratified_split
 
 
 class ManifestSource(Source):
@@ -29,43 +36,89 @@ class ManifestSource(Source):
         return manifest.is_manifest(path) or manifest.folder_manifest(path) is not None
 
     def root(self) -> str:
-        """The manifest file: ``data.root``, or the one the folder it names holds beside ``images/``."""
-        return str(manifest.manifest_file(super().root()))
+        """The manifest file: ``data.root``, or the one the folder it names holds beside ``images/``
+        (a URL as it is)."""
+        root = super().root()
+        return root if is_url(root) else str(manifest.manifest_file(root))
 
     def splits(self, missing: list[str] | None = None) -> Splits:
-        path = Path(self.root())
-        if Path(self.cfg.data.root or "").is_dir():
-            console.log(f"data: {self.cfg.data.root}: reading the manifest {path.name} beside images/")
-        classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing, self.task)
-        return Splits(classes=classes, train=train, val=val, test=test, where=str(path.resolve()), kind=kind)
+        root = self.root()
+        with _read_from(self.cfg, root) as path:
+            if Path(self.cfg.data.root or "").is_dir():
+                console.log(f"data: {self.cfg.data.root}: reading the manifest {path.name} beside images/")
+            classes, train, val, test, kind = _manifest_splits(self.cfg, path, missing, self.task)
+        if is_url(root) and missing:  # rows named by the manifest's URL, not its local copy
+            missing[:] = [m.replace(str(path.parent), posixpath.dirname(root), 1) for m in missing]
+        where = root if is_url(root) else str(path.resolve())
+        return Splits(classes=classes, train=train, val=val, test=test, where=where, kind=kind)
 
     def class_names(self) -> list[str]:
-        return manifest.class_list(_manifest_parts(self.cfg, Path(self.root()))["train"])
+        with _read_from(self.cfg, self.root()) as path:
+            return manifest.class_list(_manifest_parts(self.cfg, path)["train"])
 
     def split_to_score(
         self, data: str, split: str | None, classes: list[str], *, multi_label: bool
     ) -> tuple[Samples, str]:
-        path = manifest.manifest_file(data)
-        return manifest_split(self.cfg, path, split, classes, multi_label=multi_label), str(path)
+        with _read_from(self.cfg, data) as path:
+            samples = manifest_split(self.cfg, path, split, classes, multi_label=multi_label)
+        return samples, data if is_url(data) else str(path)
+
+
+@contextlib.contextmanager
+def _read_from(cfg: Config, root: str) -> Iterator[Path]:
+    """The manifest file to read: ``root`` itself (or the one its folder holds), or the local copy
+    of a remote one, whose image cells then resolve to URLs and whose messages name the URL."""
+    if not is_url(root):
+        yield manifest.manifest_file(root)
+        return
+    local = remote_images.local_manifest(root, cfg.data.cache_dir)
+    token = _REMOTE.set((root, local))
+    try:
+        yield local
+    except DataError as exc:  # name the manifest the user gave, not its local copy
+        raise type(exc)(str(exc).replace(str(local.parent), posixpath.dirname(root))) from None
+    finally:
+        _REMOTE.reset(token)
+
+
+# (remote manifest URL, its local copy) while one is read: its image cells resolve against the URL
+_REMOTE: contextvars.ContextVar[tuple[str, Path] | None] = contextvars.ContextVar("remote_manifest", default=None)
 
 
 def _read_manifest(cfg: Config, path: Path, *, labels_required: bool = True) -> manifest.Manifest:
     d = cfg.data
-    return manifest.read_manifest(
+    remote = _REMOTE.get()
+    table = manifest.read_manifest(
         path,
         image_column=d.image_column,
         label_column=d.label_column,
-        images_dir=d.images_dir,
+        images_dir=None if remote else d.images_dir,
         labels_required=labels_required,
     )
+    return _at_urls(cfg, table)
+
+
+def _at_urls(cfg: Config, table: manifest.Manifest) -> manifest.Manifest:
+    """A remote manifest's image cells as URLs: objects beside it (or under ``data.images_dir``)."""
+    remote = _REMOTE.get()
+    if remote:
+        bases = remote_images.image_bases(remote[0], cfg.data.images_dir)
+        table.paths, table.bases = remote_images.image_urls(table.names, bases), bases  # type: ignore[assignment]
+    return table
 
 
 def manifest_samples(
-    table: manifest.Manifest, classes: list[str], split: str, *, missing: list[str] | None = None
+    table: manifest.Manifest,
+    classes: list[str],
+    split: str,
+    *,
+    missing: list[str] | None = None,
+    cache: remote_images.ImageCache | None = None,
 ) -> Samples:
     """A manifest's rows as a split: its files, and its labels as class indices (the first one in
     ``labels``, all of them in ``label_sets``). Every image must exist, unless ``missing`` is a
-    list: rows without their image are then left out and named there."""
+    list: rows without their image are then left out and named there. ``cache``: where fetched
+    remote images are kept (``data.remote_cache``)."""
     if missing is None:
         table.check_files()
     else:
@@ -75,6 +128,8 @@ def manifest_samples(
         table = table.subset([i for i, p in enumerate(table.paths) if p])
     label_sets = manifest.label_indices(table, classes)
     labels = [indices[0] if indices else -1 for indices in label_sets]  # -1: a one-hot row with no class
+    if any(map(is_url, table.paths)):
+        return UrlSamples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets, cache=cache)
     return FileSamples(name=split, labels=labels, paths=list(table.paths), label_sets=label_sets)
 
 
@@ -85,6 +140,7 @@ def manifest_split(
     test, else validation) when it has a split column, else all of them; columns as ``cfg`` names them.
     A single-label model's rows need one label each; a multi-label model's may have any number."""
     table = manifest.read_manifest(path, image_column=cfg.data.image_column, label_column=cfg.data.label_column)
+    table = _at_urls(cfg, table)
     name = split or "test"
     if table.splits is not None:
         wanted = [split] if split else ["test", "validation"]
@@ -148,10 +204,11 @@ def _manifest_splits(
         f"data: manifest {path}: images from {table.image_column!r}, labels from "
         f"{table.label_column or ', '.join(table.one_hot_columns) + ' (one-hot)'!r}, {len(classes)} classes"
     )
-    train = manifest_samples(parts["train"], classes, "train", missing=missing)
-    test = manifest_samples(parts["test"], classes, "test", missing=missing) if "test" in parts else None
+    cache = remote_images.image_cache(cfg.data.cache_dir, cfg.data.remote_cache)
+    train = manifest_samples(parts["train"], classes, "train", missing=missing, cache=cache)
+    test = manifest_samples(parts["test"], classes, "test", missing=missing, cache=cache) if "test" in parts else None
     if "validation" in parts:
-        val = manifest_samples(parts["validation"], classes, "validation", missing=missing)
+        val = manifest_samples(parts["validation"], classes, "validation", missing=missing, cache=cache)
     else:
         everything = train
         train, val = stratified_split(everything, cfg.data.val_fraction, cfg.seed)

@@ -1,11 +1,12 @@
 """Samples and DataSpec: one split's images and labels, and what a ``data`` section resolves to.
 
 One :class:`Samples` kind per place images live: :class:`FileSamples` (image files),
-:class:`ArraySamples` (an in-memory array, or a Hugging Face dataset's images) and
+:class:`UrlSamples` (a remote manifest's images, fetched), :class:`ArraySamples` (an in-memory
+array, or a Hugging Face dataset's images) and
 :class:`ShardSamples` (WebDataset shards, streamed). Each says how its images are named, read,
 subset, fingerprinted and encoded, so that callers need not ask which kind they hold.
 
-Imports preprocess (torch-free); NumPy, PIL.
+Imports preprocess and remote_images (torch-free); NumPy, PIL.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DataError
-from .. import preprocess
+from ...files import is_url
+from .. import preprocess, remote_images
 
 # an image's format (PIL's name) as the member extension the shard readers know (shard_files.IMAGE_KEYS)
 _FORMAT_KEYS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "GIF": "gif"}
@@ -139,6 +141,9 @@ class FileSamples(Samples):
     def _picked(self, keep: list[int]) -> dict[str, Any]:
         return {"paths": [self.paths[i] for i in keep]}
 
+    def _open(self, i: int) -> Any:
+        return open(self.paths[i], "rb")
+
     def _joined(self, other: Samples) -> dict[str, Any]:
         if not isinstance(other, FileSamples):
             return super()._joined(other)
@@ -163,7 +168,7 @@ class FileSamples(Samples):
         """The file as it is (no re-encoding), under the extension of its format as read from the
         file (not its name, which may have none); a format the readers do not name (PPM) as PNG."""
         try:
-            with open(self.paths[i], "rb") as f, warnings.catch_warnings():
+            with self._open(i) as f, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a huge image's DecompressionBombWarning: copied, not decoded here
                 image = Image.open(f)  # the header only: what the file is
                 key = _FORMAT_KEYS.get(image.format or "")
@@ -175,6 +180,33 @@ class FileSamples(Samples):
                 return "png", buffer.getvalue()
         except Exception:  # PIL raises several types for a file that is not an image it can read; OSError: unreadable
             return None
+
+
+@dataclass(kw_only=True)
+class UrlSamples(FileSamples):
+    """Images at URLs (a remote manifest's rows), fetched by whoever reads them (the loader
+    workers), through ``cache`` when there is one (:mod:`cnnzoo.data.remote_images`)."""
+
+    cache: Any = None  # a remote_images.ImageCache, or None
+
+    def item(self, i: int) -> io.BytesIO:
+        return io.BytesIO(remote_images.fetch(self.paths[i], self.cache))
+
+    def _open(self, i: int) -> Any:
+        return self.item(i)
+
+    def _joined(self, other: Samples) -> dict[str, Any]:
+        return {"paths": self.paths + other.paths} if isinstance(other, UrlSamples) else super()._joined(other)
+
+    def _status(self) -> Any:
+        return None
+
+    def _hash(self) -> Any:
+        """The URLs and labels: an object is not fetched to be fingerprinted (see docs/remote-data.md)."""
+        h = hashlib.sha1()
+        for url, label in zip(self.paths, self.labels):
+            h.update(f"{url}\0{label}\0".encode())
+        return h
 
 
 @dataclass(kw_only=True)
@@ -254,7 +286,10 @@ class ShardSamples(Samples):
     def fingerprint(self) -> str:
         """Names, sizes and times: hashing terabytes of shards is not on."""
         h = hashlib.sha1()
-        for path in self.shards:
+        for path, count in zip(self.shards, self.shard_counts):
+            if is_url(path):  # an object's name and count: a HEAD per shard would cost a request each
+                h.update(f"{path}\0{count}\0".encode())
+                continue
             st = os.stat(path)
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         return h.hexdigest()

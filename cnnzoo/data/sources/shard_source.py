@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
+from ...files import is_url
 from .. import shard_files
 from .base import Source, Splits
 from .samples import DataSpec, Samples, ShardSamples
@@ -28,7 +29,7 @@ class ShardSource(Source):
     def splits(self, missing: list[str] | None = None) -> Splits:
         root = self.root()
         classes, train, val, test = _shard_splits(root)
-        where = root if "{" in root else str(Path(root).resolve())
+        where = root if "{" in root or is_url(root) else str(Path(root).resolve())
         multi = train.multi_label  # type: ignore[attr-defined]
         if self.task == "single" and multi:
             raise DataError(f"{where}: the shards carry label sets (multi-label), but train.task is single")
