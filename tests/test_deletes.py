@@ -247,7 +247,7 @@ AUDITED = {
     ("cnnzoo/data/shapes.py", "write_multi_label_shapes", ".save"): 1,
     ("cnnzoo/data/sources/samples.py", "FileSamples.encoded", ".save"): 1,
     ("cnnzoo/data/sources/samples.py", "ArraySamples.encoded", ".save"): 1,
-    ("cnnzoo/data/shard_files.py", "_write_split", "open"): 1,
+    ("cnnzoo/data/shard_writer.py", "_write_split", "open"): 1,
     ("cnnzoo/data/shard_output.py", "remove_stale", ".unlink"): 1,
     ("cnnzoo/data/remote_images.py", "ImageCache.trim", ".unlink"): 1,
     ("cnnzoo/data/shard_output.py", "remove_stale", "shutil.rmtree"): 1,

@@ -70,6 +70,7 @@ TORCH_FREE = {
     "cnnzoo.data.shard_output",
     "cnnzoo.data.shard_index",
     "cnnzoo.data.shard_labels",
+    "cnnzoo.data.shard_writer",
     "cnnzoo.data.shard_urls",
     "cnnzoo.data.remote",
     "cnnzoo.data.remote_images",

@@ -1,9 +1,9 @@
 """``cnnzoo data shards``: any source's data, split as training splits it, written as WebDataset
-shards (:func:`cnnzoo.data.shard_files.write_shards`) and put in place whole
+shards (:func:`cnnzoo.data.shard_writer.write_shards`) and put in place whole
 (:mod:`cnnzoo.data.shard_output`), or written to a temporary folder and uploaded to a URL
 (:mod:`cnnzoo.data.remote_output`).
 
-Imports config, errors, files, remote_output, shard_files, shard_output and sources; torch-free.
+Imports config, errors, files, remote_output, shard_index, shard_output, shard_writer and sources; torch-free.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from ..config import Config
 from ..errors import DataError
 from ..files import is_url
-from . import remote_output, shard_files, shard_output, sources
+from . import remote_output, shard_index, shard_output, shard_writer, sources
 
 
 def write_source(
@@ -28,11 +28,11 @@ def write_source(
     pretrained: sources.Pretrained | None = None,
 ) -> dict[str, Any]:
     """``cnnzoo data shards``: ``cfg``'s data, split as training splits it, written as shards
-    (:func:`cnnzoo.data.shard_files.write_shards`). ``out`` is checked before the data is read;
+    (:func:`cnnzoo.data.shard_writer.write_shards`). ``out`` is checked before the data is read;
     multi-label data is written with each image's label set (:mod:`cnnzoo.data.shard_labels`).
     ``task``, ``pretrained``: as for
     :func:`~cnnzoo.data.sources.load_data`."""
-    index = {"index_name": shard_files.INDEX_NAME, "index_format": shard_files.INDEX_FORMAT}
+    index = {"index_name": shard_index.INDEX_NAME, "index_format": shard_index.INDEX_FORMAT}
     if is_url(out):
         remote_output.check(str(out), force=force)
     else:
@@ -47,7 +47,7 @@ def write_source(
         roots.append(Path(cfg.data.images_dir))
     if is_url(out):  # written to a local folder, then uploaded (the index last: the set is complete)
         with tempfile.TemporaryDirectory(prefix="cnnzoo-shards-") as staging:
-            written = shard_files.write_shards(
+            written = shard_writer.write_shards(
                 splits,
                 spec.classes,
                 Path(staging) / "set",
@@ -58,7 +58,7 @@ def write_source(
             )
             remote_output.upload(Path(staging) / "set", str(out), force=force)
         return written
-    return shard_files.write_shards(
+    return shard_writer.write_shards(
         splits,
         spec.classes,
         Path(out),

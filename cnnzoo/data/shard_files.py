@@ -1,5 +1,6 @@
 """WebDataset shard files: found (a folder of ``train/`` and ``validation/`` shard sets with its
-``dataset.json``, or a brace pattern), counted, read member by member, and written.
+``dataset.json``, or a brace pattern), counted, and read member by member
+(:mod:`cnnzoo.data.shard_writer` writes them).
 
 Plain data only (no torch): :mod:`cnnzoo.data.sources` turns a :class:`ShardSet` into a split and
 :mod:`cnnzoo.data.shards` streams it; :mod:`cnnzoo.data.shard_index` checks ``dataset.json``.
@@ -11,7 +12,7 @@ a plain, uncompressed tar, member sizes bounded before anything is read. A name 
 no ``//`` is a file name.
 What a member holds is checked before it is used (:func:`label_of`); a member that fails is
 skipped and counted, never an exception. The ``webdataset`` library (``cnnzoo[wds]``) is imported
-to write shards and to expand brace patterns.
+to expand brace patterns.
 """
 
 from __future__ import annotations
@@ -28,15 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..checkpoint import MAX_CLASSES
-from ..console import console, warn
+from ..console import warn
 from ..errors import DataError, short_reason
-from ..files import write_text
 from . import remote, shard_labels, shard_urls
 from .shard_index import (
-    INDEX_FORMAT,
     INDEX_NAME,
     MAX_SHARDS,
     MAX_SPLIT_SAMPLES,
@@ -46,7 +43,6 @@ from .shard_index import (
     read_index,
 )
 from .shard_labels import MAX_LABEL_BYTES, MAX_LABEL_DEPTH
-from .shard_output import StagedFolder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
@@ -353,109 +349,3 @@ def _grouped(tar: tarfile.TarFile, path: str, wanted: set[str]) -> Iterator[dict
             sample[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
     if sample is not None:
         yield sample
-
-
-def write_shards(
-    splits: dict[str, Any],
-    classes: list[str],
-    out: Path,
-    *,
-    roots: list[Path],
-    shard_size: int = 1000,
-    seed: int = 0,
-    force: bool = False,
-    multi_label: bool = False,
-) -> dict[str, Any]:
-    """Write each split (a :class:`cnnzoo.data.sources.Samples`) as ``out/<split>/<split>-NNNNNN.tar``
-    (the training split shuffled, so that every shard mixes the classes) and ``out/dataset.json``;
-    returns the index. The folder is filled beside ``out`` and renamed into place whole, its index
-    last (:class:`~cnnzoo.data.shard_output.StagedFolder`; ``force`` replaces a shard set cnnzoo
-    wrote there). One label per image, or with ``multi_label`` each image's label set (a ``.json``
-    member, :mod:`cnnzoo.data.shard_labels`); image files only, each under one of ``roots``."""
-    wds = webdataset()
-    for samples in splits.values():
-        _check_copyable(samples, roots, len(classes), multi_label=multi_label)
-    index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": list(classes), "splits": {}}
-    if multi_label:
-        index["multi_label"] = True
-    with StagedFolder(out, force=force, index_name=INDEX_NAME, index_format=INDEX_FORMAT) as staging:
-        for name, samples in splits.items():
-            part = _write_split(
-                wds, samples, staging / name, len(classes), shard_size=shard_size, seed=seed, multi=multi_label
-            )
-            index["splits"][name] = part
-        write_text(staging / INDEX_NAME, json.dumps(index, indent=1))  # last: the set is complete
-    for name, part in index["splits"].items():
-        console.log(f"shards {name}: {sum(part['counts'])} images in {len(part['counts'])} shards under {out / name}")
-    return index
-
-
-def _check_copyable(samples: Any, roots: list[Path], num_classes: int, *, multi_label: bool = False) -> None:
-    """One line for a sample that a shard cannot hold: not one label of the classes (several, none,
-    or out of range), or a file outside the source's folders (a manifest row ``../../secret``, an
-    absolute path, a link out)."""
-    for i, label in enumerate([] if multi_label else samples.labels):  # a label set's classes are its source's
-        count = 1 if samples.label_sets is None else len(samples.label_sets[i])
-        if count != 1:
-            raise DataError(
-                f"{samples.describe(i)}: {count} labels; shards hold one label per image: keep multi-label "
-                f"data as a manifest (train reads it as it is)"
-            )
-        if not 0 <= label < num_classes:
-            raise DataError(f"{samples.describe(i)}: label {label} is not one of the {num_classes} classes")
-    folders = [os.path.realpath(r) for r in roots]
-    for path in samples.files():
-        if remote.is_url(path):  # a remote manifest's image: fetched, no local file to escape to
-            continue
-        real = os.path.realpath(path)
-        if not any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders):
-            raise DataError(
-                f"{path}: resolves to {real}, outside the source's folder ({', '.join(folders)}); data shards "
-                f"copies only files under it: move the image there or remove its row"
-            )
-
-
-def _write_split(
-    wds: Any, samples: Any, folder: Path, num_classes: int, *, shard_size: int, seed: int, multi: bool = False
-) -> dict:
-    """One split's tars in ``folder`` (a file that cannot be read as an image is skipped and counted); its
-    index entry. ``multi``: each image's label set as a ``.json`` member."""
-    name = folder.name
-    folder.mkdir()
-    order = np.random.default_rng(seed).permutation(len(samples)) if name == "train" else range(len(samples))
-    shard_counts: list[int] = []
-    class_counts = [0] * num_classes
-    skipped: list[str] = []
-    file, writer, written = None, None, 0
-    try:
-        for i in map(int, order):
-            encoded = samples.encoded(i)
-            if encoded is None:
-                skipped.append(samples.describe(i))
-                continue
-            if writer is None or shard_counts[-1] == shard_size:
-                if writer is not None:
-                    writer.close()
-                    file.close()
-                file = open(folder / f"{name}-{len(shard_counts):06d}.tar", "wb")  # not a URL: never gopen's
-                writer = wds.TarWriter(file, encoder=False)
-                shard_counts.append(0)
-            numbers = samples.label_sets[i] if multi else [samples.labels[i]]
-            member = shard_labels.encode_set(numbers) if multi else ("cls", b"%d" % numbers[0])
-            writer.write({"__key__": f"{name}-{written:09d}", encoded[0]: encoded[1], member[0]: member[1]})
-            written += 1
-            shard_counts[-1] += 1
-            for label in numbers:
-                class_counts[label] += 1
-    finally:
-        if writer is not None:
-            writer.close()
-            file.close()
-    if not shard_counts:
-        first = f" (first: {skipped[0]})" if skipped else ""
-        raise DataError(f"{name} split: none of its {len(samples)} files can be read as an image{first}")
-    if skipped:
-        s = "s" if len(skipped) > 1 else ""
-        warn(f"skipped {len(skipped)} {name} file{s} that cannot be read as an image (first: {skipped[0]})")
-    shards = [f"{name}/{name}-{k:06d}.tar" for k in range(len(shard_counts))]
-    return {"shards": shards, "counts": shard_counts, "class_counts": class_counts}
