@@ -69,6 +69,7 @@ TORCH_FREE = {
     "cnnzoo.data.shard_files",
     "cnnzoo.data.shard_output",
     "cnnzoo.data.shard_index",
+    "cnnzoo.data.resume_state",
     "cnnzoo.evaluation.multilabel",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",

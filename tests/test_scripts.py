@@ -215,3 +215,13 @@ def test_bench_calibration_prints_the_model_and_the_probe_before_and_after(train
     assert "held-out images: 8 from" in out and "ECE before" in out and "ECE after" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("model ", "probe "))}
     assert set(rows) == {"model", "probe"} and all(len(r) == 5 and r[1].endswith("%") for r in rows.values())
+
+
+def test_bench_checkpoint_every_compares_each_n_with_none(image_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(image_root, batch_size=4)))
+    out = run_script([ROOT / "scripts" / "bench_checkpoint_every.py", "--config", path, "--every", 2], tmp_path)
+    assert "steps per epoch" in out and "ratio: against the mean of the two runs without" in out
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("off", "2")]
+    assert [row[0] for row in rows] == ["off", "2", "off"]
+    assert int(rows[1][3]) > 0  # checkpoints were written
