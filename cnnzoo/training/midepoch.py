@@ -152,10 +152,10 @@ class StepCheckpoints:
         self.every, self.snapshot, self.path = every, snapshot, path
         self.stepper, self.signals = stepper, signals
         self.epoch, self.loader, self.mixer = 0, None, None
-        self.saved: str | None = None  # what last.pt holds, when this wrote it
+        self.saved: str | None = None  # what last.pt holds, when this wrote it in this epoch
 
     def for_epoch(self, epoch: int, loader: Any, mixer: Mixer | None) -> StepCheckpoints:
-        self.epoch, self.loader, self.mixer = epoch, loader, mixer
+        self.epoch, self.loader, self.mixer, self.saved = epoch, loader, mixer, None
         return self
 
     def __call__(self, tally: EpochTally) -> None:

@@ -313,15 +313,16 @@ def _start_epoch(job: Job, epoch: int, steps: midepoch.StepCheckpoints) -> Epoch
     return midepoch.restore(in_epoch, loader=loader, mixer=job.mixer, device=job.feed.device)
 
 
-def _interrupted(job: Job, epoch: int, stop: midepoch.StopRequested | None) -> TrainingInterrupted:
+def _interrupted(job: Job, steps: midepoch.StepCheckpoints, stop: midepoch.StopRequested | None) -> TrainingInterrupted:
     """The one message of a run stopped by Ctrl-C or a signal: what last.pt holds, how to go on."""
     resume = f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}"
     if stop is not None:
         code = 128 + getattr(signal.Signals, stop.signal_name, signal.SIGTERM).value
         return TrainingInterrupted(f"{stop}. {resume}", job.run_dir, exit_code=code)
     saved = _checkpoints(job)
-    held = f"; {job.run_dir / 'last.pt'} holds epoch {saved.saved_epoch}" if saved else ""
-    return TrainingInterrupted(f"interrupted during epoch {epoch}{held}. {resume}", job.run_dir)
+    held = steps.saved or (f"epoch {saved.saved_epoch}" if saved else None)
+    held = f"; {job.run_dir / 'last.pt'} holds {held}" if held and distributed.is_main() else ""
+    return TrainingInterrupted(f"interrupted during epoch {steps.epoch}{held}. {resume}", job.run_dir)
 
 
 def _epochs(job: Job, steps: midepoch.StepCheckpoints, after: Callable[[Job], Any] | None) -> None:
@@ -371,7 +372,7 @@ def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
         except KeyboardInterrupt:
             pass
         stop = exc if isinstance(exc, midepoch.StopRequested) else None
-        raise _interrupted(job, steps.epoch, stop) from None
+        raise _interrupted(job, steps, stop) from None
     except Exception as exc:  # a write of metrics.csv, a checkpoint or a plot found the disk full
         saved = _checkpoints(job)
         if saved is None or not is_disk_full(exc):
