@@ -354,3 +354,23 @@ def test_a_shard_stream_goes_on_from_its_saved_state(tmp_path, workers):
     assert len(head) + len(tail) == len(whole) == 8
     for got, want in zip(head + tail, whole):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_a_stream_read_in_the_training_process_leaves_torchs_generator_alone(tmp_path):
+    """Its augmentation draws are seeded per batch and swapped in only while an image is augmented:
+    the training's own draws (dropout) between two batches are then the same however the epoch's
+    batches were reached (a run resumed mid-epoch sets the generator after its first batch)."""
+    from cnnzoo.data.shards import StreamLoader
+
+    write_shard_set(tmp_path / "shards", train=(9, 7), validation=(4,))
+    spec = load_data(load_config({"data": {"root": str(tmp_path / "shards"), "image_size": 16}}))
+    flip = lambda image: image.flip(-1) if torch.rand(()) < 0.5 else image  # noqa: E731
+    settings = StreamSettings(size=(16, 16), channels=3, batch_size=4, seed=1, augment=flip)
+    stream = ShardStream(spec.train, spec.classes, settings, train=True)
+    stream.set_epoch(1)
+    batches = iter(StreamLoader(stream, workers=0, pin_memory=False))
+    next(batches)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    next(batches)
+    assert torch.equal(torch.get_rng_state(), before)
