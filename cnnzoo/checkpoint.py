@@ -9,7 +9,10 @@ A checkpoint is a plain dictionary (tensors, numbers, strings, lists) so that
   ``calibration``, the temperature fitted on the validation split after training,
 * ``config`` (fully resolved), ``epoch``, ``metrics``,
 * in ``last.pt`` also ``optimizer``, ``scheduler``, ``scaler``, ``trainer`` (earlier versions also
-  saved ``rng``, which nothing reads: every epoch reseeds from (seed, epoch); such files still load).
+  saved ``rng``, which nothing reads: every epoch reseeds from (seed, epoch); such files still load),
+  and (optional) ``in_epoch``: a position inside the epoch after ``epoch`` (``train.checkpoint_every``,
+  SIGTERM), per process the loader's position, the RNG states and the epoch's sums
+  (:mod:`cnnzoo.training.midepoch`).
 
 Importing this module does not import torch (the CLI checks files before torch loads);
 the functions that read or write tensors import it when called.

@@ -114,3 +114,18 @@ def resolve_checkpoint(path: str | Path | None = None, runs_root: str | Path = "
         if (run / name).is_file():
             return run / name
     raise UserError(f"{run}: the latest run has no best.pt or last.pt yet")
+
+
+def disk_full_error(run_dir: Path, saved_epoch: int | None) -> UserError:
+    """The one line for a full disk (or quota) under a run folder: what ``last.pt`` still holds
+    (checkpoints are replaced atomically, so it is whole) and how to go on."""
+    clean_stale_temporaries(run_dir)
+    last = run_dir / "last.pt"
+    if saved_epoch is None or not last.is_file():
+        return UserError(
+            f"disk full at {run_dir}; nothing was saved; free some space or choose another folder with --runs"
+        )
+    return UserError(
+        f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
+        f"resume with: cnnzoo train --resume {last}"
+    )

@@ -75,6 +75,7 @@ TORCH_FREE = {
     "cnnzoo.data.remote",
     "cnnzoo.data.remote_images",
     "cnnzoo.data.remote_output",
+    "cnnzoo.data.resume_state",
     "cnnzoo.evaluation.multilabel",
     "cnnzoo.inference",
     "cnnzoo.inference.classifier",

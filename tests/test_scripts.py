@@ -235,3 +235,13 @@ def test_bench_remote_streams_and_trains_from_the_local_s3_server(image_root, tm
     for phase in ("stream local", "stream s3", "train  local", "train  s3"):
         assert f"  {phase}" in out
     assert "ratio stream s3/local:" in out and "ratio train s3/local:" in out
+
+
+def test_bench_checkpoint_every_compares_each_n_with_none(image_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(image_root, batch_size=4)))
+    out = run_script([ROOT / "scripts" / "bench_checkpoint_every.py", "--config", path, "--every", 2], tmp_path)
+    assert "steps per epoch" in out and "ratio: against the mean of the two runs without" in out
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("off", "2")]
+    assert [row[0] for row in rows] == ["off", "2", "off"]
+    assert int(rows[1][3]) > 0  # checkpoints were written

@@ -192,6 +192,6 @@ def train(
     except TrainingInterrupted as exc:
         if _rank0():
             typer.echo(f"\ncnnzoo: {exc}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exc.exit_code) from None
     if quiet and _rank0():
         typer.echo(str(run_dir))

@@ -343,6 +343,9 @@ class TrainConfig:
     """An out-of-distribution score and its threshold, fitted after training: predict answers unknown past it."""
     accumulate: int = bounded(1, low=1, high=1024)
     """Gradient accumulation: one optimizer step every this-many batches (the schedule counts optimizer steps)."""
+    checkpoint_every: Optional[int] = bounded(None, low=1, words="a positive number of steps or null (off)")
+    """Also write `last.pt` every this-many optimizer steps inside an epoch, so a run killed mid-epoch
+    resumes at its next unseen batch ([Resuming](../resume.md)); null: only at each epoch's end."""
     compile: Union[Literal["auto"], bool] = False
     """``torch.compile`` the model for training: true, false, or auto (a short probe, the compile time
     counted, decides; on a CPU it mostly says no). Checkpoints keep the plain module's weights."""

@@ -9,8 +9,8 @@ everything else is the WebDataset stream's
 (:class:`~cnnzoo.data.shards.ShardStream`): the shards dealt over processes and loader workers, an
 epoch of the same number of full batches on every process, a shuffle buffer, the per-image
 augmentation, a sample that cannot be used skipped and named. Labels (and label sets) come from the
-split's own lists, in row order. :meth:`HFStream.state_dict` / :meth:`HFStream.load_state_dict` are
-torchdata's Stateful protocol (plain ints), so a run can resume mid-epoch at the next unseen batch.
+split's own lists, in row order. The stream's ``state_dict`` / ``load_state_dict`` (torchdata's
+Stateful protocol, plain ints) are the shards' too, so a run resumes mid-epoch at the next unseen batch.
 
 Floor 5, like the rest of :mod:`cnnzoo.data`; imports config, console, errors, cache, hf, loaders,
 shards and the sources' samples.
@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import Config
 from ..console import console
@@ -83,7 +82,6 @@ class HFStream(ShardStream):
         )
         super().__init__(listed, classes, settings, train=train)
         self.shard_of = {name: i for i, name in enumerate(self.shards)}
-        self.yielded = self.resume_at = 0
 
     def _read_shard(self, path: str, *, on_damage: Callable[[str, str], None]) -> Iterator[dict[str, Any]]:
         """Shard ``path``'s rows, each as a sample: its image bytes and its row's target."""
@@ -102,28 +100,6 @@ class HFStream(ShardStream):
 
     def _label(self, sample: dict[str, Any]) -> Any:
         return self.targets[sample["__target__"]]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's batches, from the first one not yet handed out when a state was loaded (the
-        batches before it are made again and dropped: the same samples and augmentation draws)."""
-        skip, self.resume_at = self.resume_at, 0
-        self.yielded = skip
-        for n, batch in enumerate(super().__iter__()):
-            if n < skip:
-                continue
-            self.yielded = n + 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where this reader is in its epoch (torchdata's Stateful protocol): plain ints."""
-        return {"epoch": int(self.epoch), "batches": int(self.yielded)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``: the next iteration starts after its ``batches`` of its ``epoch``."""
-        epoch, batches = state.get("epoch"), state.get("batches")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, batches)):
-            raise DataError(f"a streamed Hugging Face dataset's saved state is not valid: {state!r}")
-        self.epoch, self.resume_at = epoch, batches  # type: ignore[assignment]
 
 
 def _image_bytes(value: Any, folder: Any) -> bytes:

@@ -221,6 +221,7 @@ class EpochBatches(torch.utils.data.Sampler):
         self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
         self.seed, self.balanced, self.epoch = seed, balanced, 0
         self.rank, self.world = shard
+        self.skip = 0  # batches the next pass leaves out: a run resumed mid-epoch saw them (start_at)
         self.weights = weights  # given: multi-label's (ImageDataset.sampling_weights)
         if weights is None and balanced:
             counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
@@ -228,6 +229,10 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def start_at(self, batch: int) -> None:
+        """The next pass starts at its ``batch``-th batch (the order and seeds unchanged), once."""
+        self.skip = batch
 
     def _order(self) -> list[int]:
         n = len(self.labels)
@@ -255,8 +260,10 @@ class EpochBatches(torch.utils.data.Sampler):
         return len(range(self.rank, n, self.world))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = self._order()
+        order, skip, self.skip = self._order(), self.skip, 0
         for b, start in enumerate(range(0, len(order), self.batch_size)):
+            if b < skip:
+                continue
             chunk = order[start : start + self.batch_size]
             if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
                 break  # a lone last image would break BatchNorm's batch statistics

@@ -20,12 +20,14 @@ Floor 5, like the rest of :mod:`cnnzoo.data`; training reaches it through
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from ..errors import DataError, UserError, short_reason
 from ..runtime import distributed
 from . import preprocess
 from .loaders import Loaders, choose_workers, mix_seed, multi_hot
+from .resume_state import stateful_loader
 from .shard_files import MemberError, class_of, class_set_of, image_of, iter_shard
 from .sources.samples import DataSpec, ShardSamples
 
@@ -82,6 +85,23 @@ class ShardStream(torch.utils.data.IterableDataset):
         )
         self.total = len(samples)
         self.skips = Skips()
+        # torchdata's Stateful protocol (state_dict / load_state_dict): how far this worker's pass got
+        self.progress: dict[str, int] = {"epoch": 0, "samples": 0, "batches": 0}
+        self.resume_at: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this worker's training pass stands: the samples it drew from its shuffled share
+        and the batches it made of them (StatefulDataLoader reads it after each batch)."""
+        return dict(self.progress)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next training pass of the same epoch goes on from ``state`` (:meth:`state_dict`'s)."""
+        keys = ("epoch", "samples", "batches")
+        if not isinstance(state, dict) or not all(
+            isinstance(state.get(k), int) and not isinstance(state.get(k), bool) and state[k] >= 0 for k in keys
+        ):
+            raise DataError(f"a stream's saved state is not valid: {str(state)[:200]}; start a new run")
+        self.resume_at = {key: state[key] for key in keys}
 
     def __len__(self) -> int:
         return self.total
@@ -125,8 +145,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             return
         steps = self.steps()
         quota = steps // workers + (worker < steps % workers)
-        if quota:
-            yield from self._batches(self._shuffled(self._cycle(slot, slots), slot), slot, quota=quota)
+        resume, self.resume_at = self.resume_at, None
+        start = (resume["samples"], resume["batches"]) if resume and resume["epoch"] == self.epoch else (0, 0)
+        if quota > start[1]:
+            samples = self._shuffled(self._cycle(slot, slots), slot)
+            yield from self._batches(samples, slot, quota=quota, start=start)
             self.skips.summary()
 
     def _slot_shards(self, slot: int, slots: int) -> list[str]:
@@ -182,26 +205,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         yield from buffer
 
     def _batches(
-        self, samples: Iterator[dict[str, Any]], slot: int, *, quota: int | None
+        self, samples: Iterator[dict[str, Any]], slot: int, *, quota: int | None, start: tuple[int, int] = (0, 0)
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of usable samples; ``start``: (samples, batches) of this pass a resumed run used
+        already (those samples are read again, to reach the same place in the shuffle, not decoded)."""
         s = self.settings
         images: list[torch.Tensor] = []
         labels: list[Any] = []
-        made = 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
-            for sample in samples:
+        drawn, made = start
+        if drawn:
+            samples = itertools.islice(samples, drawn, None)
+        self.progress = {"epoch": self.epoch, "samples": drawn, "batches": made}
+        draws = _BatchDraws(mix_seed(s.seed, self.epoch, slot, made))
+        for sample in samples:
+            drawn += 1
+            with draws.active():
                 decoded = self._decode(sample)
-                if decoded is None:
-                    continue
-                images.append(decoded[0])
-                labels.append(decoded[1])
-                if len(images) == s.batch_size:
-                    yield torch.stack(images), self._targets(labels)
-                    images, labels, made = [], [], made + 1
-                    if quota is not None and made >= quota:
-                        return
-                    torch.manual_seed(mix_seed(s.seed, self.epoch, slot, made))
+            if decoded is None:
+                continue
+            images.append(decoded[0])
+            labels.append(decoded[1])
+            if len(images) == s.batch_size:
+                self.progress = {"epoch": self.epoch, "samples": drawn, "batches": made + 1}
+                yield torch.stack(images), self._targets(labels)
+                images, labels, made = [], [], made + 1
+                if quota is not None and made >= quota:
+                    return
+                draws = _BatchDraws(mix_seed(s.seed, self.epoch, slot, made))
         if images and quota is None:
             yield torch.stack(images), self._targets(labels)
 
@@ -235,6 +265,25 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.train and s.augment is not None:
             image = s.augment(image)
         return image, label
+
+
+class _BatchDraws:
+    """One batch's augmentation draws: torch's global generator (the transforms draw from it) seeded
+    per batch, and swapped in only while an image is augmented. A stream read in the training
+    process (no loader workers) then leaves the training's own draws (dropout) alone, so they
+    are the same however the epoch's batches were reached (a run resumed mid-epoch)."""
+
+    def __init__(self, seed: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.state = torch.get_rng_state()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.state)
+            yield
+            self.state = torch.get_rng_state()
 
 
 def _decode_image(data: bytes, s: StreamSettings, *, crop_min_area: float | None) -> torch.Tensor:
@@ -308,11 +357,22 @@ class Skips:
 
 
 class StreamLoader:
-    """What the training loop asks of a loader, over a :class:`ShardStream`: ``len``, ``iter`` and
-    ``batch_sampler.set_epoch``. Workers start again each epoch, so they see its number."""
+    """What the training loop asks of a loader, over a :class:`ShardStream` (or another stream with
+    ``batches(workers)``, ``set_epoch`` and the Stateful protocol): ``len``, ``iter`` and
+    ``batch_sampler.set_epoch``; and ``state_dict`` / ``load_state_dict``, where a run stands inside
+    an epoch (:mod:`cnnzoo.data.resume_state`). Workers start again each epoch, so they see its number."""
 
-    def __init__(self, stream: ShardStream, *, workers: int, pin_memory: bool):
+    def __init__(self, stream: Any, *, workers: int, pin_memory: bool):
         self.dataset, self.batch_sampler, self.workers, self.pin_memory = stream, stream, workers, pin_memory
+        self.current: Any = None  # this epoch's StatefulDataLoader
+        self.pending: dict[str, Any] | None = None  # the state the next pass resumes from
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this epoch's pass stands: every worker's stream state, as of the last batch handed out."""
+        return self.current.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = state
 
     def __len__(self) -> int:
         return self.dataset.batches(self.workers)
@@ -324,7 +384,7 @@ class StreamLoader:
             raise type(exc)(worker_message(exc)) from None
 
     def _loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = torch.utils.data.DataLoader(
+        loader = stateful_loader(
             self.dataset,
             batch_size=None,
             num_workers=self.workers,
@@ -332,6 +392,10 @@ class StreamLoader:
             prefetch_factor=4 if self.workers > 0 else None,
             multiprocessing_context="fork" if self.workers > 0 and sys.platform.startswith("linux") else None,
         )
+        if self.pending is not None:
+            loader.load_state_dict(self.pending)
+            self.pending = None
+        self.current = loader
         return iter(loader)
 
 

@@ -171,6 +171,15 @@ def all_max(value: float, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a small record), in rank order, on every rank."""
+    if not context().enabled:
+        return [obj]
+    parts: list[Any] = [None] * context().world
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (a path, a small record)."""
     if not context().enabled:

@@ -9,6 +9,7 @@ Floor 7 (training): imports torch, :mod:`cnnzoo.data` (the loaders' seeds), :mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from ..errors import DataError
 from ..runtime import distributed
 from .events import EpochEnd
-from .loop import train_one_epoch, validate
+from .loop import EpochTally, train_one_epoch, validate
 from .transfer import TransferStages
 
 if TYPE_CHECKING:
@@ -40,10 +41,40 @@ class TrainingNet:
         return self.net
 
 
-def train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
-    """One epoch trained (on ``net``) and validated: the record every callback gets."""
+def _row(job: Job, epoch: int, lrs: tuple, stats: dict[str, float], val: dict[str, Any]) -> dict[str, Any]:
+    """The epoch's metrics.csv row; ``lrs``: the rates at its start."""
+    row = {
+        "epoch": epoch,
+        "lr": lrs[0],
+        "train_loss": stats["train_loss"],
+        "train_acc": stats["train_acc"],
+        **val,
+        "seconds": stats["train_seconds"],
+        "images_per_s": stats["images_per_s"],
+        "data_wait": stats["data_wait"],
+        "stage": job.stages.stage_at(epoch),
+        "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
+        "backbone_lr": lrs[1],
+    }
+    if job.distiller is not None:  # its first epoch's includes the cached mode's one pass over the images
+        row["teacher_seconds"] = job.distiller.take_seconds()
+    return row
+
+
+def train_epoch(
+    job: Job,
+    epoch: int,
+    net: nn.Module,
+    *,
+    tally: EpochTally | None = None,
+    after_batch: Callable[[EpochTally], None] | None = None,
+) -> EpochEnd:
+    """One epoch trained (on ``net``) and validated: the record every callback gets. ``tally``:
+    where a run resumed mid-epoch stands; ``after_batch``: the mid-epoch checkpoints."""
     t, stages, schedule = job.cfg.train, job.stages, job.stepper.schedule
-    lr, backbone_lr = schedule.lr, schedule.backbone_lr
+    tally = tally or EpochTally.start(job.feed.device)
+    if tally.lrs is None:
+        tally.lrs = (schedule.lr, schedule.backbone_lr)
     stats = train_one_epoch(
         net,
         stages.train_loader,
@@ -54,6 +85,8 @@ def train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         augment=stages.loaders.batch_augment,
         mixer=job.mixer,
         distiller=job.distiller,
+        tally=tally,
+        after_batch=after_batch,
     )
     if not stats["images_per_s"]:  # no image decoded (a stream's every member failed): no best.pt of nothing
         raise DataError(
@@ -74,21 +107,7 @@ def train_epoch(job: Job, epoch: int, net: nn.Module) -> EpochEnd:
         )
     if multi_label:
         job.base_state["meta"]["thresholds"] = val.pop("thresholds")
-    row = {
-        "epoch": epoch,
-        "lr": lr,
-        "train_loss": stats["train_loss"],
-        "train_acc": stats["train_acc"],
-        **val,
-        "seconds": stats["train_seconds"],
-        "images_per_s": stats["images_per_s"],
-        "data_wait": stats["data_wait"],
-        "stage": stages.stage_at(epoch),
-        "trainable_params": sum(p.numel() for p in job.model.parameters() if p.requires_grad),
-        "backbone_lr": backbone_lr,
-    }
-    if job.distiller is not None:  # its first epoch's includes the cached mode's one pass over the images
-        row["teacher_seconds"] = job.distiller.take_seconds()
+    row = _row(job, epoch, tally.lrs, stats, val)
     schedule.step_epoch(val[job.best.monitor])
     improved = job.best.update(val, epoch)
     best_text = f"{job.best.text()} (epoch {job.best.epoch})"

@@ -5,6 +5,7 @@ distillation teacher), validation (:func:`validate`), and which epoch ``best.pt`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,63 @@ def _train_step(net: nn.Module, batch: tuple, parts: EpochParts, *, final: bool)
     return loss.detach(), logits.detach(), y
 
 
+@dataclass(kw_only=True)
+class EpochTally:
+    """An epoch's sums so far on this process: the batches taken, the training loss and correct
+    answers (device scalars, read once at the end), the images. A run resumed mid-epoch starts
+    from the saved one (:mod:`cnnzoo.training.midepoch`), so the epoch's row is the uninterrupted run's."""
+
+    step: int = 0
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    lrs: tuple[float, float | None] | None = None  # the rates at the epoch's start (its row's)
+    # a resumed epoch's generators, set once its first batch is in: making the loader's iterator
+    # draws from torch's generator (a stream's, at its first batch), which the uninterrupted run did
+    # before its first batch
+    set_generators: Callable[[], None] | None = None
+
+    @classmethod
+    def start(cls, device: torch.device) -> EpochTally:
+        return cls(loss_sum=torch.zeros((), device=device), correct=torch.zeros((), device=device, dtype=torch.int64))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss * len(y)
+        self.correct += metrics.correct_count(logits, y)
+        self.seen += len(y)
+
+    def state(self) -> dict[str, Any]:
+        """Plain values and CPU tensors (a checkpoint is read with weights_only=True)."""
+        return {
+            "step": self.step,
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "seen": self.seen,
+            "lrs": list(self.lrs) if self.lrs is not None else None,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any], device: torch.device) -> EpochTally:
+        return cls(
+            step=int(state["step"]),
+            loss_sum=state["loss_sum"].to(device),
+            correct=state["correct"].to(device),
+            seen=int(state["seen"]),
+            lrs=tuple(state["lrs"]) if state.get("lrs") is not None else None,
+        )
+
+
+def _show_progress(bar: Any, tally: EpochTally, *, images: int, start: float, total: int) -> None:
+    if bar.disable is False and (tally.step % 5 == 0 or tally.step == total):
+        bar.set_postfix(
+            loss=f"{tally.loss_sum.item() / max(1, tally.seen):.3f}",
+            acc=f"{tally.correct.item() / max(1, tally.seen):.1%}",
+            img_s=f"{images / (time.perf_counter() - start):.0f}",
+            refresh=False,
+        )
+    bar.update(1)
+
+
 def train_one_epoch(
     net: nn.Module,
     loader,
@@ -151,19 +209,22 @@ def train_one_epoch(
     augment: BatchAugment | None = None,
     mixer: Mixer | None = None,
     distiller: Distiller | None = None,
+    tally: EpochTally | None = None,
+    after_batch: Callable[[EpochTally], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; ``net`` is the model, or its trainable part on cached features
     (in DDP, wrapped). Loss, accuracy and speed are totals over all processes; accuracy counts
-    the labels before any mixing."""
+    the labels before any mixing. ``tally``: where a resumed epoch stands (its loader set to go
+    on from there); ``after_batch`` is told of each batch trained (a mid-epoch checkpoint)."""
     parts = EpochParts(
         criterion=criterion, stepper=stepper, feed=feed, augment=augment, mixer=mixer, distiller=distiller
     )
     net.train()
-    device = parts.feed.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen, wait, step = 0, 0.0, 0
-    bar = console.bar(len(loader), desc)
+    tally = tally or EpochTally.start(feed.device)
+    seen_before, wait, total = tally.seen, 0.0, len(loader)
+    bar = console.bar(total, desc)
+    if tally.step:
+        bar.update(tally.step)
     start = time.perf_counter()
     iterator = iter(loader)
     while True:
@@ -172,32 +233,29 @@ def train_one_epoch(
             batch = next(iterator)
         except StopIteration:
             break
+        if tally.set_generators is not None:
+            tally.set_generators()
+            tally.set_generators = None
         wait += time.perf_counter() - t_wait
-        step += 1
+        tally.step += 1
         if len(batch[1]) == 0:
             continue
-        loss, logits, y = _train_step(net, batch, parts, final=step == len(loader))
-        loss_sum += loss * len(y)
-        correct += metrics.correct_count(logits, y)
-        seen += len(y)
-        if bar.disable is False and (step % 5 == 0 or step == len(loader)):
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / max(1, seen):.3f}",
-                acc=f"{correct.item() / max(1, seen):.1%}",
-                img_s=f"{seen / elapsed:.0f}",
-                refresh=False,
-            )
-        bar.update(1)
+        tally.add(*_train_step(net, batch, parts, final=tally.step == total))
+        _show_progress(bar, tally, images=tally.seen - seen_before, start=start, total=total)
+        if after_batch is not None:
+            after_batch(tally)
     bar.close()
     parts.stepper.finish_epoch()
-    seconds = distributed.all_max(time.perf_counter() - start, device)
-    loss_total, correct_total, seen = distributed.all_sum([loss_sum.item(), correct.item(), seen], device)
+    seconds = distributed.all_max(time.perf_counter() - start, feed.device)
+    # the speed counts this attempt's images only (a resumed epoch's sums hold the earlier ones too)
+    loss_total, correct_total, seen, here = distributed.all_sum(
+        [tally.loss_sum.item(), tally.correct.item(), tally.seen, tally.seen - seen_before], feed.device
+    )
     return {
         "train_loss": loss_total / max(1, seen),
         "train_acc": correct_total / max(1, seen),
         "train_seconds": seconds,
-        "images_per_s": seen / seconds if seconds else 0.0,
+        "images_per_s": here / seconds if seconds else 0.0,
         "data_wait": wait / seconds if seconds else 0.0,
     }
 

@@ -10,6 +10,7 @@ the same metrics, and a resumed run continues exactly where the uninterrupted on
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,13 @@ from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
 from ..runtime import distributed
 from ..runtime.device import Feed, pick_device
-from . import calibrate, crossval, test_crop
+from . import calibrate, crossval, midepoch, test_crop
 from .callbacks import Checkpoints, make_callbacks
 from .distill import Distiller
 from .ema import WeightAverage
 from .epoch import TrainingNet, train_epoch
 from .events import Callback, StopTraining
-from .loop import BestEpoch, Stepper, optimizer_steps, warn_small_validation
+from .loop import BestEpoch, EpochTally, Stepper, optimizer_steps, warn_small_validation
 from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
 from .setup import TrainingSetup, build_setup
@@ -44,11 +45,11 @@ from .unknown_fit import fit_unknown
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; ``last.pt`` has been saved."""
+    """Ctrl-C or SIGTERM during training; ``last.pt`` has been saved. ``exit_code``: 128 + the signal."""
 
-    def __init__(self, message: str, run_dir: Path):
+    def __init__(self, message: str, run_dir: Path, exit_code: int = 130):
         super().__init__(message)
-        self.run_dir = run_dir
+        self.run_dir, self.exit_code = run_dir, exit_code
 
 
 def _overrides_from(overrides: Any, extra: dict[str, Any]) -> list[str]:
@@ -83,6 +84,7 @@ class Job:
     callbacks: list[Callback] = field(default_factory=list)  # rank 0's; none on the others
     mixer: Mixer | None = None  # train.mixup / train.cutmix
     distiller: Distiller | None = None  # train.distill
+    in_epoch: dict[str, Any] | None = None  # a last.pt saved inside start_epoch (cnnzoo.training.midepoch)
 
     @property
     def average(self) -> WeightAverage | None:
@@ -153,27 +155,12 @@ def _open_run_dir(runs_root: Path, cfg: Config, run_dir: Path | None) -> Path:
         write_text(run_dir / "config.yaml", dump_config(cfg))
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full_error(run_dir, None) from None
+            raise runs.disk_full_error(run_dir, None) from None
         raise UserError(
             f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); choose a folder you can write with --runs"
         ) from None
     console.log(f"run folder: {run_dir}")
     return run_dir
-
-
-def disk_full_error(run_dir: Path, saved_epoch: int | None) -> UserError:
-    """The one line for a full disk (or quota) under a run folder: what ``last.pt`` still holds
-    (checkpoints are replaced atomically, so it is whole) and how to go on."""
-    runs.clean_stale_temporaries(run_dir)
-    last = run_dir / "last.pt"
-    if saved_epoch is None or not last.is_file():
-        return UserError(
-            f"disk full at {run_dir}; nothing was saved; free some space or choose another folder with --runs"
-        )
-    return UserError(
-        f"disk full at {run_dir}; last.pt holds epoch {saved_epoch}; free some space, then "
-        f"resume with: cnnzoo train --resume {last}"
-    )
 
 
 def prepare(
@@ -228,12 +215,12 @@ def prepare(
             multi_label=setup.spec.multi_label,
         )
     _log_plan(job, setup)
-    if job.start_epoch == 1 and ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
+    if job.start_epoch == 1 and job.in_epoch is None and ctx.rank == 0:  # Ctrl-C in epoch 1 can resume from here
         try:
             ckpt_io.save_atomic(job.snapshot(0, None, True), run_dir / "last.pt")
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full_error(run_dir, None) from None
+                raise runs.disk_full_error(run_dir, None) from None
             raise
     return job
 
@@ -279,7 +266,9 @@ def _log_plan(job: Job, setup: TrainingSetup) -> None:
         f"{f' (backbone {t.backbone_learning_rate():g})' if job.stages.backbone else ''}; "
         f"scheduler {t.scheduler}"
     )
-    if job.start_epoch > 1:
+    if job.in_epoch is not None:
+        console.log(f"resuming inside epoch {job.start_epoch} of {t.epochs}, after step {job.in_epoch['step']}")
+    elif job.start_epoch > 1:
         console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
 
 
@@ -294,6 +283,10 @@ def _resume(job: Job, state: dict[str, Any]) -> None:
     if st.average is not None and "ema" in state:
         st.average.load_full_state(state["ema"])
     job.start_epoch = state["epoch"] + 1
+    job.in_epoch = state.get("in_epoch")  # saved inside an epoch (train.checkpoint_every, SIGTERM)
+    if job.in_epoch is not None:
+        midepoch.check_position(job.in_epoch, job.stages.train_loader, state["path"])
+        job.start_epoch = int(job.in_epoch["epoch"])
 
 
 def _checkpoints(job: Job) -> Checkpoints | None:
@@ -305,48 +298,86 @@ def _close(job: Job) -> None:
         callback.close()
 
 
+def _start_epoch(job: Job, epoch: int, steps: midepoch.StepCheckpoints) -> EpochTally | None:
+    """Seed the epoch and set its loader and mixer; a run resumed inside it goes on from there."""
+    job.stages.enter(epoch)
+    seed_everything(loaders_mod.mix_seed(job.cfg.seed, epoch, 0))
+    loader = job.stages.train_loader
+    loader.batch_sampler.set_epoch(epoch)
+    if job.mixer is not None:
+        job.mixer.set_epoch(epoch)
+    steps.for_epoch(epoch, loader, job.mixer)
+    if job.in_epoch is None or epoch != job.in_epoch["epoch"]:
+        return None
+    in_epoch, job.in_epoch = job.in_epoch, None
+    return midepoch.restore(in_epoch, loader=loader, mixer=job.mixer, device=job.feed.device)
+
+
+def _interrupted(job: Job, steps: midepoch.StepCheckpoints, stop: midepoch.StopRequested | None) -> TrainingInterrupted:
+    """The one message of a run stopped by Ctrl-C or a signal: what last.pt holds, how to go on."""
+    resume = f"Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}"
+    if stop is not None:
+        code = 128 + getattr(signal.Signals, stop.signal_name, signal.SIGTERM).value
+        return TrainingInterrupted(f"{stop}. {resume}", job.run_dir, exit_code=code)
+    saved = _checkpoints(job)
+    held = steps.saved or (f"epoch {saved.saved_epoch}" if saved else None)
+    held = f"; {job.run_dir / 'last.pt'} holds {held}" if held and distributed.is_main() else ""
+    return TrainingInterrupted(f"interrupted during epoch {steps.epoch}{held}. {resume}", job.run_dir)
+
+
+def _epochs(job: Job, steps: midepoch.StepCheckpoints, after: Callable[[Job], Any] | None) -> None:
+    t, training_net = job.cfg.train, TrainingNet()
+    for epoch in range(job.start_epoch, t.epochs + 1):
+        tally = _start_epoch(job, epoch, steps)
+        net = training_net.for_epoch(job.stages, job.feed.device)
+        end = train_epoch(job, epoch, net, tally=tally, after_batch=steps)
+        try:
+            for callback in job.callbacks:
+                callback.epoch_end(end)
+        except StopTraining as stop:
+            console.log(f"stopped after epoch {epoch}: {stop}")
+            after = None  # a stopped run is not worth fitting a temperature or an unknown score on
+            break
+        if steps.signals.asked is not None:  # asked during validation: last.pt holds this epoch
+            raise midepoch.StopRequested(steps.signals.asked, f"epoch {epoch}")
+        if job.best.should_stop:
+            console.log(f"early stopping: {job.best.monitor} has not improved for {t.patience} epochs")
+            break
+    if after is not None:
+        after(job)
+
+
 def fit(job: Job, after: Callable[[Job], Any] | None = None) -> Path:
-    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt.
+    """The epoch loop: train, validate, hand the epoch to the callbacks; Ctrl-C keeps a resumable last.pt
+    (SIGTERM or a first Ctrl-C: at the next step, :mod:`cnnzoo.training.midepoch`).
     ``after`` runs once the epochs end, before the callbacks close (a tracker then uploads what it wrote)."""
     t = job.cfg.train
-    epoch, training_net = job.start_epoch, TrainingNet()
+    signals = midepoch.StopSignals()
+    steps = midepoch.StepCheckpoints(
+        every=t.checkpoint_every,
+        snapshot=lambda: job.snapshot(steps.epoch - 1, None, True),
+        path=job.run_dir / "last.pt",
+        stepper=job.stepper,
+        signals=signals,
+    )
+    # several processes agree on a stop only at the checkpoints: without them, Ctrl-C ends them as before
+    catching = not distributed.context().enabled or t.checkpoint_every is not None
     try:
-        for epoch in range(job.start_epoch, t.epochs + 1):
-            job.stages.enter(epoch)
-            seed_everything(loaders_mod.mix_seed(job.cfg.seed, epoch, 0))
-            job.stages.train_loader.batch_sampler.set_epoch(epoch)
-            if job.mixer is not None:
-                job.mixer.set_epoch(epoch)
-            end = train_epoch(job, epoch, training_net.for_epoch(job.stages, job.feed.device))
-            try:
-                for callback in job.callbacks:
-                    callback.epoch_end(end)
-            except StopTraining as stop:
-                console.log(f"stopped after epoch {epoch}: {stop}")
-                after = None  # a stopped run is not worth fitting a temperature or an unknown score on
-                break
-            if job.best.should_stop:
-                console.log(f"early stopping: {job.best.monitor} has not improved for {t.patience} epochs")
-                break
-        if after is not None:
-            after(job)
+        with signals.installed(catching):
+            _epochs(job, steps, after)
         _close(job)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, midepoch.StopRequested) as exc:
         try:
             _close(job)
         except KeyboardInterrupt:
             pass
-        saved = _checkpoints(job)
-        held = f"; {job.run_dir / 'last.pt'} holds epoch {saved.saved_epoch}" if saved else ""
-        raise TrainingInterrupted(
-            f"interrupted during epoch {epoch}{held}. Resume with: cnnzoo train --resume {job.run_dir / 'last.pt'}",
-            job.run_dir,
-        ) from None
+        stop = exc if isinstance(exc, midepoch.StopRequested) else None
+        raise _interrupted(job, steps, stop) from None
     except Exception as exc:  # a write of metrics.csv, a checkpoint or a plot found the disk full
         saved = _checkpoints(job)
         if saved is None or not is_disk_full(exc):
             raise
-        raise disk_full_error(job.run_dir, saved.saved_epoch) from None
+        raise runs.disk_full_error(job.run_dir, saved.saved_epoch) from None
     console.log(f"done: best {job.best.monitor} {job.best.text(2)} at epoch {job.best.epoch}; run folder {job.run_dir}")
     console.log(f"next: cnnzoo evaluate {job.run_dir / 'best.pt'}   or   cnnzoo predict IMAGE")
     return job.run_dir
