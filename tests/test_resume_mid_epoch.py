@@ -210,7 +210,8 @@ def test_shards_streamed_by_two_workers_resume_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_saved_hugging_face_dataset_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["decoded", "streamed"])
+def test_a_saved_hugging_face_dataset_resumes_bit_for_bit(tmp_path, stream):
     datasets = pytest.importorskip("datasets")
     from support.images import draw
 
@@ -221,7 +222,8 @@ def test_a_saved_hugging_face_dataset_resumes_bit_for_bit(tmp_path):
         )
 
     datasets.DatasetDict({"train": split(36, 1), "validation": split(8, 2)}).save_to_disk(str(tmp_path / "hf"))
-    write_config(tmp_path, {"root": "hf", "augment": {"vflip": 0.5}}, mixup=0.4, checkpoint_every=3)
+    data = {"root": "hf", "augment": {"vflip": 0.5}, "stream": stream, **({"workers": 2} if stream else {})}
+    write_config(tmp_path, data, mixup=0.4, checkpoint_every=3)
     killed_and_resumed_equals_whole(tmp_path, seed=4, checkpoints=4)
 
 
