@@ -13,6 +13,8 @@ The Python API (the CLI is a thin layer over it)::
     path, report = cnnzoo.explain(run_dir / "best.pt", "a.jpg")
     cnnzoo.data_issues("clothing_transfer", "images.csv")  # issues/issues.csv and issues.html
     cnnzoo.tune("c.yaml", trials=20)   # Optuna search over the config's tune: section
+    cnnzoo.write_shards(cnnzoo.load_config({"data": {"root": "photos"}}), "s3://bucket/set")  # data shards
+    cnnzoo.sync_run(run_dir, "s3://bucket/runs/c/1")   # cnnzoo runs sync: checkpoints off the node
 
 Attributes are imported on first use, so ``import cnnzoo`` (and ``cnnzoo --help``) does
 not import torch.
@@ -39,6 +41,8 @@ _API = {
     "evaluate": ("evaluation.evaluate", "evaluate"),
     "data_issues": ("training.issues", "data_issues"),
     "tune": ("training.tune", "tune"),
+    "write_shards": ("data.shard_export", "write_source"),
+    "sync_run": ("data.remote", "sync"),
     "load_config": ("config", "load_config"),
     "build_model": ("model.layers", "build_model"),
     "summarize": ("training.inputs", "summarize"),

@@ -11,8 +11,9 @@ uploads them, then measures, for the local folder and for ``s3://bench/set``:
 
   stream   one epoch of the training split through the stream training uses (ShardStream in
            ``--workers`` loader workers, decoded to the image size, no augmentation): images/s
-  train    ``cnnzoo train`` of a small CNN for ``--train-epochs`` epochs: images/s of its last
-           epoch (metrics.csv)
+  train    ``cnnzoo train`` of a small CNN for ``--train-epochs`` epochs (``--nproc N``: N processes
+           through torchrun): images/s of its last epoch and its validation accuracy (metrics.csv;
+           the two should be equal: the same samples in the same order)
 
 and prints each pair with the ratio s3/local. moto keeps objects in its own memory and answers
 over the loopback: the figure is what the fsspec/s3fs path costs, not a network.
@@ -50,8 +51,8 @@ def stream_rate(root: str, *, size: int, batch: int, workers: int) -> tuple[floa
     return seen / (time.perf_counter() - start), seen
 
 
-def train_rate(root: str, folder: Path, env: dict, *, size: int, batch: int, workers: int, epochs: int) -> float:
-    """Images/s of the last epoch of ``cnnzoo train`` on ``root`` (a small CNN, streamed)."""
+def train_rate(root: str, folder: Path, env: dict, *, size: int, batch: int, workers: int, epochs: int, nproc: int):
+    """(images/s, val_acc) of the last epoch of ``cnnzoo train`` on ``root`` (a small CNN, streamed)."""
     import yaml
 
     config = {
@@ -74,11 +75,13 @@ def train_rate(root: str, folder: Path, env: dict, *, size: int, batch: int, wor
     folder.mkdir(parents=True)
     (folder / "c.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "cnnzoo", "train", "-c", "c.yaml", "--runs", "runs", "--quiet"]
+    command += ["--nproc", str(nproc)] if nproc > 1 else []
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     with open(folder / "runs" / "bench" / "1" / "metrics.csv", newline="") as f:
-        return float(list(csv.DictReader(f))[-1]["images_per_s"])
+        last = list(csv.DictReader(f))[-1]
+    return float(last["images_per_s"]), float(last["val_acc"])
 
 
 def main() -> None:
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--train-epochs", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=1, help="Processes of the training phase (torchrun).")
     args = parser.parse_args()
 
     from cnnzoo.config import load_config
@@ -119,9 +123,21 @@ def main() -> None:
                 print(f"  stream {name:<5}  {rate:8.0f} images/s  ({seen} images, {size}x{size})")
             for name, root in roots.items():
                 folder = Path(tmp) / f"train-{name}"
-                rate = train_rate(root, folder, env, size=size, batch=batch, workers=workers, epochs=args.train_epochs)
+                rate, accuracy = train_rate(
+                    root,
+                    folder,
+                    env,
+                    size=size,
+                    batch=batch,
+                    workers=workers,
+                    epochs=args.train_epochs,
+                    nproc=args.nproc,
+                )
                 rates["train"][name] = rate
-                print(f"  train  {name:<5}  {rate:8.0f} images/s  (last of {args.train_epochs} epochs)")
+                print(
+                    f"  train  {name:<5}  {rate:8.0f} images/s  (last of {args.train_epochs} epochs, "
+                    f"{args.nproc} process{'es' * (args.nproc > 1)}; val_acc {accuracy:.4f})"
+                )
         finally:
             s3.stop()
     for phase, pair in rates.items():

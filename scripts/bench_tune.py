@@ -8,7 +8,9 @@ epochs over the same ranges, one invocation, one process after the other.
    default 4 x 2 = 8 runs), every run to the end;
 2. ``cnnzoo tune``: as many trials as the grid has runs, over the ranges the grid spans
    (``train.lr`` log-uniform between the grid's ends, ``train.weight_decay`` uniform), TPE with
-   Optuna's median pruner, seeded.
+   Optuna's median pruner, seeded;
+3. the same study continued (``cnnzoo tune`` again joins it) until its trials have trained as
+   many epochs as the grid did: the pruner's savings spent on more trials.
 
 Each is timed as a whole process. Prints, for both: the best validation figure, the wall time,
 the epochs actually trained (pruned trials stop early), and the ratios tune / sweep. With few
@@ -112,6 +114,16 @@ def main() -> None:
         )
         sweep_best, sweep_epochs, sweep_values = sweep_figures(scratch / "sweep")
         tune_best, tune_epochs, tune_values, states = tune_figures(scratch / "tune")
+        more_s, more = 0.0, (tune_best, tune_epochs, tune_values, states)
+        for seed in (1, 2, 3):  # at most three more workers join the study
+            if more[1] >= sweep_epochs:
+                break
+            extra = -(-(sweep_epochs - more[1]) // args.epochs)
+            more_s += cnnzoo(
+                args, "tune", "--space", str(space), "--trials", str(extra), "--seed", str(seed),
+                "--runs", str(scratch / "tune"),
+            )  # fmt: skip
+            more = tune_figures(scratch / "tune")
     print(f"budget: {trials} runs of {args.epochs} epochs, config {args.config}, data {args.data or 'its own'}")
     print(f"sweep (grid {len(lrs)} x {len(decays)}): best {sweep_best:.4f} at {sweep_values}")
     print(f"  {sweep_s:.0f} s, {sweep_epochs} epochs trained")
@@ -120,6 +132,13 @@ def main() -> None:
     print(
         f"tune / sweep: time {tune_s / sweep_s:.2f}x, epochs {tune_epochs / sweep_epochs:.2f}x, "
         f"best figure {100 * (tune_best - sweep_best):+.2f} points"
+    )
+    trials_run = sum(more[3].values())
+    print(f"tune continued to the grid's epochs ({trials_run} trials, {more[3]}): best {more[0]:.4f} at {more[2]}")
+    print(f"  {tune_s + more_s:.0f} s, {more[1]} epochs trained")
+    print(
+        f"tune at equal epochs / sweep: time {(tune_s + more_s) / sweep_s:.2f}x, epochs {more[1] / sweep_epochs:.2f}x, "
+        f"best figure {100 * (more[0] - sweep_best):+.2f} points"
     )
 
 

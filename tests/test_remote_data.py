@@ -106,6 +106,24 @@ def test_the_python_api_reads_the_bucket_through_the_standard_variables(s3, shar
     assert not remote.exists(f"s3://{BUCKET}/set/nothing.json")
 
 
+def test_the_python_api_writes_shards_to_the_bucket_and_syncs_a_folder_both_ways(s3, shard_set, tmp_path, monkeypatch):
+    import cnnzoo
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    cfg = cnnzoo.load_config({"data": {"root": str(shard_set.parent / "images"), "image_size": 16}})
+    index = cnnzoo.write_shards(cfg, f"s3://{BUCKET}/api-set", shard_size=20)
+    assert load_data(load_config({"data": {"root": f"s3://{BUCKET}/api-set", "image_size": 16}})).classes == ["a", "b"]
+    assert sum(index["splits"]["train"]["counts"]) == 34
+    folder = tmp_path / "run"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"weights")
+    (folder / "sub" / "metrics.csv").write_text("epoch\n1\n")
+    assert cnnzoo.sync_run(folder, f"s3://{BUCKET}/api-run") == 2
+    assert cnnzoo.sync_run(f"s3://{BUCKET}/api-run", tmp_path / "back") == 2
+    assert (tmp_path / "back" / "sub" / "metrics.csv").read_text() == "epoch\n1\n"
+
+
 @pytest.mark.slow
 def test_two_processes_train_from_s3_to_the_metrics_of_the_same_shards_on_disk(s3, shard_set, tmp_path, monkeypatch):
     """torchrun, 2 gloo processes, 2 loader workers each: the same steps per rank, and the same

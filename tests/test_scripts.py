@@ -245,3 +245,13 @@ def test_bench_checkpoint_every_compares_each_n_with_none(image_root, tmp_path):
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("off", "2")]
     assert [row[0] for row in rows] == ["off", "2", "off"]
     assert int(rows[1][3]) > 0  # checkpoints were written
+
+
+def test_bench_tune_compares_tune_with_the_grid_sweep_on_the_same_budget(image_root, tmp_path):
+    pytest.importorskip("optuna")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(image_root)))
+    args = ["--config", path, "--epochs", 2, "--lrs", "0.001,0.01", "--decays", "0.0"]
+    out = run_script([ROOT / "scripts" / "bench_tune.py", *args], tmp_path)
+    assert "budget: 2 runs of 2 epochs" in out and "sweep (grid 2 x 1): best" in out
+    assert "tune / sweep: time" in out and "tune at equal epochs / sweep: time" in out

@@ -366,11 +366,12 @@ def download_folder(url: str, folder: str | os.PathLike) -> int:
     return len(found)
 
 
-def sync(source: str, target: str) -> int:
+def sync(source: str | os.PathLike, target: str | os.PathLike) -> int:
     """Copy a run folder (or any folder) between this machine and a store, one way: a local
     ``source`` is uploaded to the ``target`` URL, a ``source`` URL downloaded into the local
     ``target``; every file, each replaced whole (a checkpoint rewritten in place keeps its size, so
     sizes and times are not trusted to tell). The number of files copied."""
+    source, target = os.fspath(source), os.fspath(target)
     if is_url(source) == is_url(target):
         raise RemoteError(f"{source} -> {target}: give one local folder and one URL (s3://bucket/runs/NAME/N)")
     if is_url(target):
