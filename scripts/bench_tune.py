@@ -79,7 +79,7 @@ def tune_figures(runs: Path) -> tuple[float, int, dict, dict]:
     best = max(finished, key=lambda r: float(r["value"]))
     epochs = sum(int(r["epochs"] or 0) for r in rows)
     states = {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})}
-    return float(best["value"]), epochs, {k: best[k] for k in ("train.lr", "train.weight_decay")}, states
+    return float(best["value"]), epochs, {k: best[k] for k in ("train.lr", "train.weight_decay") if k in best}, states
 
 
 def main() -> None:
@@ -97,16 +97,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as scratch:
         scratch = Path(scratch)
         space = scratch / "space.yaml"
-        space.write_text(
-            yaml.safe_dump(
-                {
-                    "tune": {
-                        "train.lr": {"log": [min(lrs), max(lrs)]},
-                        "train.weight_decay": {"float": [min(decays), max(decays)]},
-                    }
-                }
-            )
-        )
+        ranges = {"train.lr": {"log": [min(lrs), max(lrs)]}}
+        if len(set(decays)) > 1:  # one value is no range: tune keeps it fixed, as the grid does
+            ranges["train.weight_decay"] = {"float": [min(decays), max(decays)]}
+        else:
+            args.set.append(f"train.weight_decay={decays[0]}")
+        space.write_text(yaml.safe_dump({"tune": ranges}))
         grid = ["--grid", f"train.lr={args.lrs}", "--grid", f"train.weight_decay={args.decays}"]
         sweep_s = cnnzoo(args, "sweep", *grid, "--runs", str(scratch / "sweep"))
         tune_s = cnnzoo(
