@@ -31,7 +31,7 @@ from . import hf
 from .cache import plan_cache
 from .loaders import Loaders, choose_workers
 from .shard_files import SKIPPED
-from .shards import ShardStream, StreamLoader, StreamSettings, stream_settings
+from .shards import ShardStream, StreamSettings, stream_pair, stream_settings, stream_splits
 from .sources.samples import DataSpec, Samples, ShardSamples
 
 MAX_SHARDS = 64  # row ranges per split: enough to deal whole ranges to many readers, few enough to shuffle well
@@ -123,9 +123,7 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
     """Both splits of a Hugging Face dataset streamed (:class:`cnnzoo.data.loaders.Loaders`); no cache."""
     workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
     settings = stream_settings(cfg, spec, augment=augment)
-    train_set = HFStream(spec.train, spec.classes, settings, train=True)
-    val_settings = StreamSettings(**{**settings.__dict__, "batch_size": settings.batch_size * 2, "augment": None})
-    val_set = HFStream(spec.val, spec.classes, val_settings, train=False)
+    train_set, val_set = stream_splits(HFStream, spec, settings)
     world = settings.shard[1]
     console.log(
         f"data: {len(train_set)} training and {len(val_set)} validation images of {spec.root}, "
@@ -133,9 +131,4 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         f"(data.stream): decoded in {workers} loader workers each epoch, {train_set.steps()} steps of "
         f"{settings.batch_size} per epoch" + (f" on each of {world} processes" if world > 1 else "")
     )
-    return Loaders(
-        train_set=train_set,  # type: ignore[arg-type]
-        val_set=val_set,  # type: ignore[arg-type]
-        train=StreamLoader(train_set, workers=workers, pin_memory=cuda),  # type: ignore[arg-type]
-        val=StreamLoader(val_set, workers=workers, pin_memory=cuda),  # type: ignore[arg-type]
-    )
+    return stream_pair(train_set, val_set, workers=workers, cuda=cuda)

@@ -433,9 +433,7 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
     workers = choose_workers(cfg.data.workers, cached=False, augmented=True, cuda=cuda)
     batch = cfg.train.batch_size
     settings = stream_settings(cfg, spec, augment=augment)
-    train_set = ShardStream(spec.train, spec.classes, settings, train=True)
-    val_settings = StreamSettings(**{**settings.__dict__, "batch_size": batch * 2, "augment": None})
-    val_set = ShardStream(spec.val, spec.classes, val_settings, train=False)
+    train_set, val_set = stream_splits(ShardStream, spec, settings)
     world = settings.shard[1]
     console.log(
         f"data: {len(train_set)} training and {len(val_set)} validation images in "
@@ -444,6 +442,18 @@ def stream_loaders(cfg: Config, spec: DataSpec, *, augment: Callable | None, cud
         f"decoded in {workers} loader workers each epoch, {train_set.steps()} steps of {batch} per epoch"
         + (f" on each of {world} processes" if world > 1 else "")
     )
+    return stream_pair(train_set, val_set, workers=workers, cuda=cuda)
+
+
+def stream_splits(kind: type[ShardStream], spec: DataSpec, settings: StreamSettings) -> tuple[Any, Any]:
+    """The training split's stream of ``kind`` (ShardStream or a subclass) and the validation
+    split's: twice the batch, no augmentation."""
+    val_settings = StreamSettings(**{**settings.__dict__, "batch_size": settings.batch_size * 2, "augment": None})
+    return kind(spec.train, spec.classes, settings, train=True), kind(spec.val, spec.classes, val_settings, train=False)
+
+
+def stream_pair(train_set: Any, val_set: Any, *, workers: int, cuda: bool) -> Loaders:
+    """Both streams behind the loaders training asks for (:class:`StreamLoader`)."""
     return Loaders(
         train_set=train_set,
         val_set=val_set,
