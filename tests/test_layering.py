@@ -71,6 +71,7 @@ TORCH_FREE = {
     "cnnzoo.data.shard_index",
     "cnnzoo.data.shard_labels",
     "cnnzoo.data.shard_writer",
+    "cnnzoo.data.stream_skips",
     "cnnzoo.data.shard_urls",
     "cnnzoo.data.remote",
     "cnnzoo.data.remote_images",

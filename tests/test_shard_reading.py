@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cnnzoo.cli import app
 from cnnzoo.config import load_config
-from cnnzoo.data import shard_files, shard_index, shards
+from cnnzoo.data import shard_files, shard_index, shards, stream_skips
 from cnnzoo.data.check import check_data, problems
 from cnnzoo.data.sources import load_data
 from cnnzoo.errors import DataError
@@ -184,7 +184,7 @@ def test_skipped_samples_are_named_a_few_times_per_shard_and_counted(tmp_path, c
     stream = shards.ShardStream(spec.train, spec.classes, settings, train=False)  # one pass over every sample
     assert sum(len(y) for _, y in shards.StreamLoader(stream, workers=0, pin_memory=False)) == 3
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == shards.NAMED_SKIPS + 1 and "skipped 37 samples of shard" in err[-1]
+    assert len(err) == stream_skips.NAMED_SKIPS + 1 and "skipped 37 samples of shard" in err[-1]
 
 
 # --------------------------------------------------------------- S3: label members are validated
