@@ -66,7 +66,12 @@ def main() -> None:
     print(f"{'N':>6}  {'train s':>8}  {'ratio':>6}  {'written':>7}  {'ms each':>8}  {'last.pt':>9}")
     for every, seconds, steps, size in results:
         written = args.epochs * ((steps - 1) // every) if every else 0
-        each = f"{1000 * (seconds - off) / written:8.0f}" if written else f"{'':>8}"
+        # below the two runs without, the difference is the machine's noise, not a cost
+        each = (
+            f"{1000 * (seconds - off) / written:8.0f}"
+            if written and seconds > off
+            else f"{'noise' if written else '':>8}"
+        )
         print(f"{every or 'off':>6}  {seconds:8.1f}  {seconds / off:6.3f}  {written:7d}  {each}  {size / 1e6:7.1f} MB")
     print(f"ratio: against the mean of the two runs without ({off:.1f} s)")
 
