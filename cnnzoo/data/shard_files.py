@@ -205,9 +205,9 @@ def class_of(sample: dict[str, Any], index: dict[str, int]) -> int:
     return number
 
 
-def labels_of(sample: dict[str, Any]) -> list[int | str]:
+def labels_of(sample: dict[str, Any]) -> tuple[list[int | str], bool]:
     """A sample's label set (:mod:`cnnzoo.data.shard_labels`: a set member, or one label as a set
-    of one); MemberError when it has none or it is not valid."""
+    of one) and whether its member states a set; MemberError when it has none or it is not valid."""
     if SKIPPED in sample:
         raise MemberError(sample[SKIPPED])
     try:
@@ -219,7 +219,7 @@ def labels_of(sample: dict[str, Any]) -> list[int | str]:
 def class_set_of(sample: dict[str, Any], index: dict[str, int]) -> list[int]:
     """A multi-label sample's class numbers among ``index``; MemberError when one is not a class."""
     try:
-        return shard_labels.numbers_of(labels_of(sample), index)
+        return shard_labels.numbers_of(labels_of(sample)[0], index)
     except shard_labels.LabelError as exc:
         raise MemberError(str(exc)) from None
 
@@ -285,8 +285,9 @@ def _shard_labels(path: str) -> tuple[list[list[int | str]], bool]:
     multi = False
     for sample in iter_shard(path, keys=LABEL_KEYS):
         try:
-            values.append(labels_of(sample))
-            multi = multi or shard_labels.is_set_member(sample)
+            labels, stated_set = labels_of(sample)
+            values.append(labels)
+            multi = multi or stated_set
         except MemberError as exc:
             skipped.append(f"{sample['__key__']}: {exc}")
     if skipped:

@@ -40,33 +40,38 @@ def _shown(data: bytes) -> str:
     return repr(data[:40].decode("utf-8", "replace")) + ("..." if len(data) > 40 else "")
 
 
-def is_set_member(sample: dict[str, Any]) -> bool:
-    """Whether the sample's label member states a set (a JSON list, ``{"labels": ...}``, or a
-    ``.cls`` of several numbers) rather than one class."""
+def _stated(sample: dict[str, Any]) -> tuple[bool, Any]:
+    """(whether the sample's label member states a set rather than one class: a JSON list,
+    ``{"labels": ...}``, or a ``.cls`` of several numbers; the set as stated, unchecked). The member
+    is parsed once here, for both answers."""
     if "cls" in sample and "txt" not in sample:
-        return bool(_NUMBERS.fullmatch(sample["cls"])) and len(sample["cls"].replace(b",", b" ").split()) != 1
+        numbers = sample["cls"].replace(b",", b" ").split()
+        if _NUMBERS.fullmatch(sample["cls"]) and len(numbers) != 1:
+            return True, [int(n) for n in numbers]
+        return False, None
     if "json" in sample and not any(k in sample for k in ("cls", "txt")):
         try:
             value = bounded_json(sample["json"], MAX_LABEL_BYTES, depth=MAX_LABEL_DEPTH)
         except ValueError:
-            return False
-        return isinstance(value, list) or (isinstance(value, dict) and "labels" in value)
-    return False
+            return False, None  # the one-label reader names what is wrong with it
+        if isinstance(value, list):
+            return True, value
+        if isinstance(value, dict) and "labels" in value:
+            return True, value["labels"]
+    return False, None
 
 
-def label_set(sample: dict[str, Any], single: Any) -> list[int | str]:
-    """A sample's classes as its member states them: a set member's numbers or names, else the
-    one label ``single(sample)`` reads (in a list); LabelError when a set is not valid."""
-    if not is_set_member(sample):
-        return [single(sample)]
-    if "cls" in sample:
-        numbers = [int(n) for n in sample["cls"].replace(b",", b" ").split()]
-        return _checked(numbers, ".cls")
-    value = bounded_json(sample["json"], MAX_LABEL_BYTES, depth=MAX_LABEL_DEPTH)
-    value = value["labels"] if isinstance(value, dict) else value
+def label_set(sample: dict[str, Any], single: Any) -> tuple[list[int | str], bool]:
+    """A sample's classes as its member states them, and whether it states a set: a set member's
+    numbers or names, else the one label ``single(sample)`` reads (in a list); LabelError when a set
+    is not valid."""
+    is_set, value = _stated(sample)
+    if not is_set:
+        return [single(sample)], False
+    what = ".cls" if "cls" in sample else ".json labels"
     if not isinstance(value, list):
         raise LabelError(f".json labels {_shown(json.dumps(value).encode())} is not a list of classes")
-    return _checked(value, ".json labels")
+    return _checked(value, what), True
 
 
 def _checked(values: list[Any], what: str) -> list[int | str]:
