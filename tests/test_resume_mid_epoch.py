@@ -95,11 +95,9 @@ def signal_tree(pids: list[int], sig: int) -> None:
             pass
 
 
-def train_and_kill(folder: Path, args: list[Any], *, kill_at: int) -> Path:
-    """Start ``cnnzoo train args``; once last.pt has held ``kill_at`` + 1 positions inside an epoch,
-    stop the process group (SIGSTOP) and, when last.pt still holds a position inside an epoch,
-    SIGKILL it (else go on to the next one). Returns the run folder."""
-    proc = subprocess.Popen(
+def start_training(folder: Path, args: list[Any]) -> subprocess.Popen:
+    """``cnnzoo train args`` started in ``folder`` with its own cache home; stderr kept."""
+    return subprocess.Popen(
         cnnzoo_command("train", *args),
         cwd=folder,
         env=subprocess_env(CNNZOO_HOME=str(folder / "home"), **ENV),
@@ -107,6 +105,13 @@ def train_and_kill(folder: Path, args: list[Any], *, kill_at: int) -> Path:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def train_and_kill(folder: Path, args: list[Any], *, kill_at: int) -> Path:
+    """Start ``cnnzoo train args``; once last.pt has held ``kill_at`` + 1 positions inside an epoch,
+    stop the process group (SIGSTOP) and, when last.pt still holds a position inside an epoch,
+    SIGKILL it (else go on to the next one). Returns the run folder."""
+    proc = start_training(folder, args)
     seen: set[tuple[int, int]] = set()
     stamps: dict[Path, int] = {}
     deadline = time.monotonic() + 300
@@ -244,14 +249,7 @@ def test_two_processes_through_torchrun_resume_bit_for_bit(tmp_path, source):
 def stop_with_sigterm(folder: Path, args: list[Any], *, after: float) -> str:
     """Start ``cnnzoo train args``, send SIGTERM ``after`` seconds after its run folder's last.pt
     first appears or changes, and return what it said on stderr (it must stop with 128 + 15)."""
-    proc = subprocess.Popen(
-        cnnzoo_command("train", *args),
-        cwd=folder,
-        env=subprocess_env(CNNZOO_HOME=str(folder / "home"), **ENV),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(folder, args)
     last = folder / "runs" / "mid" / "1" / "last.pt"
     before = last.stat().st_mtime_ns if last.exists() else None
     deadline = time.monotonic() + 120
