@@ -45,6 +45,11 @@ def cache_home() -> Path:
     return Path(os.environ.get("CNNZOO_HOME") or Path.home() / ".cache" / "cnnzoo")
 
 
+def cache_folder(cache_dir: str | os.PathLike | None) -> Path:
+    """Where disk caches go: ``data.cache_dir``, else ``$CNNZOO_HOME/cache``."""
+    return Path(cache_dir) if cache_dir else cache_home() / "cache"
+
+
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

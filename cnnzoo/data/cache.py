@@ -29,7 +29,7 @@ import torch
 
 from ..console import console, warn
 from ..errors import DataError
-from ..files import Replacement, cache_home, is_disk_full, reserve_space, write_text
+from ..files import Replacement, cache_folder, is_disk_full, reserve_space, write_text
 from ..runtime import distributed
 from . import preprocess
 from .sources.samples import Samples
@@ -112,11 +112,6 @@ def cache_choice(setting: str, nbytes: int, *, free_memory: int, free_disk: int)
         f"the cache ({size}) fits neither in a third of the free memory ({memory}) nor on the disk "
         f"({disk} free); streaming, decoded in the loader workers each epoch"
     )
-
-
-def cache_folder(cache_dir: str | Path | None) -> Path:
-    """Where disk caches go: ``data.cache_dir``, else ``$CNNZOO_HOME/cache``."""
-    return Path(cache_dir) if cache_dir else cache_home() / "cache"
 
 
 def _free_disk(folder: Path) -> int:

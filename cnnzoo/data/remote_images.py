@@ -8,7 +8,7 @@ listing per bucket, not a request per row): those rows are named in one line, or
 listed by ``data check``. A web server cannot be listed: a missing image there stops the run
 when it is fetched, in one line.
 
-Torch-free; imports errors, files and remote (floor 5).
+Torch-free; imports errors, files, manifest and remote (floor 5).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ import posixpath
 from pathlib import Path
 
 from ..errors import DataError
-from ..files import cache_home, is_url, write_bytes
+from ..files import cache_folder, is_url, write_bytes
 from . import remote
+from .manifest import SPLIT_FILES
 
 MAX_MANIFEST_BYTES = 2 * 2**30  # a manifest is read into memory whole
 MAX_IMAGE_BYTES = 256 * 2**20  # one image fetched
-SIBLINGS = ("validation", "val", "valid", "test")  # split files beside a train.<ext> (manifest.SPLIT_FILES)
 
 
 def manifest_folder(cache_dir: str | None) -> Path:
     """Where copies of remote manifests go: ``<cache_dir or $CNNZOO_HOME/cache>/remote/manifests``."""
-    return Path(cache_dir or cache_home() / "cache") / "remote" / "manifests"
+    return cache_folder(cache_dir) / "remote" / "manifests"
 
 
 def local_manifest(url: str, cache_dir: str | None) -> Path:
@@ -42,7 +42,7 @@ def local_manifest(url: str, cache_dir: str | None) -> Path:
     write_bytes(local, remote.read_bytes(url, limit=MAX_MANIFEST_BYTES))
     stem, suffix = os.path.splitext(name)
     if stem.lower() in ("train", "training"):
-        for sibling in SIBLINGS:
+        for sibling in (stem for stems in SPLIT_FILES.values() for stem in stems):  # as a local train.csv's
             there = remote.join(posixpath.dirname(url), sibling + suffix)
             if remote.exists(there):
                 write_bytes(folder / (sibling + suffix), remote.read_bytes(there, limit=MAX_MANIFEST_BYTES))
@@ -163,7 +163,7 @@ def image_cache(cache_dir: str | None, gib: float | None) -> ImageCache | None:
     """The cache ``data.remote_cache`` asks for (None: fetch each time)."""
     if not gib:
         return None
-    return ImageCache(Path(cache_dir or cache_home() / "cache") / "remote" / "images", int(gib * 2**30))
+    return ImageCache(cache_folder(cache_dir) / "remote" / "images", int(gib * 2**30))
 
 
 def fetch(url: str, cache: ImageCache | None = None) -> bytes:

@@ -44,7 +44,7 @@ from ..console import console
 from ..data import loaders as loaders_mod
 from ..data.cache import cached_array
 from ..errors import ConfigError, UserError, short_reason
-from ..files import cache_home
+from ..files import cache_folder
 from ..runtime import distributed
 from ..runtime.device import cpu_count
 from .mixing import blend
@@ -214,7 +214,7 @@ def cache_answers(distiller: Distiller, dataset: loaders_mod.ImageDataset, *, ca
     whole = dataset.whole()
     rows = list(whole.indices)
     samples, t = whole.samples, distiller.teacher
-    folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
+    folder = cache_folder(cache_dir)
     key = _cache_key(distiller, whole)
     start = time.perf_counter()
 

@@ -37,7 +37,7 @@ from ..data import loaders as loaders_mod
 from ..data import preprocess
 from ..data.cache import cached_array, keeping
 from ..errors import DataError, shape_text
-from ..files import cache_home
+from ..files import cache_folder
 from ..model.backbones import Backbone
 from ..runtime.device import Feed
 
@@ -222,7 +222,7 @@ def build(
             f"{FEATURE_FORMAT}|{shape}|{flips}|{images}|{feed.describe()}|{_weights_digest(p)}".encode()
         ).hexdigest()[:20]
     if on_disk:
-        folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
+        folder = cache_folder(cache_dir)
         path = folder / f"features-{split}-{key}.npy"
 
     def fill(store: torch.Tensor) -> dict:

@@ -30,7 +30,7 @@ from ..console import console
 from ..data.cache import cached_array, decode_all
 from ..data.sources.samples import DataSpec, Samples
 from ..errors import ConfigError, DataError
-from ..files import cache_home
+from ..files import cache_folder
 from ..model.backbones import Backbone, backbone_of
 from ..runtime.device import cpu_count, norm_tensors, pick_device, to_model_input
 from .inputs import load_data
@@ -133,7 +133,7 @@ def pooled_images(
         cpu = torch.device("cpu")
         probe = backbone.eval()(to_model_input(pixels[0][:1], *norm_tensors(spec.mean, spec.std, cpu), device=cpu))
     shape = (len(names), 2, probe.shape[1])
-    folder = Path(cache_dir) if cache_dir else cache_home() / "cache"
+    folder = cache_folder(cache_dir)
     path = folder / f"issue-features-{_key(backbone, splits, spec)}.npy"
     start = time.perf_counter()
     cached = cached_array(
