@@ -169,7 +169,9 @@ def test_readme_has_three_set_up_lines_and_ci_runs_its_test_line():
     lines = _setup_block(PROJECT_ROOT / "README.md")
     assert [what for what, _ in lines] == ["install", "main job", "tests"], lines
     commands = dict(lines)
-    assert re.fullmatch(r"pip install -e '\.\[test\]' && pytest -q", commands["tests"]), commands["tests"]
+    assert re.fullmatch(r"pip install -e '\.\[test\]' -c \.ci/constraints\.txt && pytest -q", commands["tests"]), (
+        commands["tests"]
+    )
     assert commands["main job"].startswith("cnnzoo train ")
     ci = (PROJECT_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert commands["tests"] in ci, ".ci/run must run README's test line as it is written"
@@ -192,6 +194,41 @@ def test_readme_install_line_trains_predicts_exports_and_serves_without_the_test
     heavy = {"pytest", "selenium", "mlflow", "tensorboard", "datasets", "pyarrow", "mkdocs", "ruff", "pandas"}
     assert not needed & heavy, f"README's install line pulls in the test tools: {sorted(needed & heavy)}"
     assert {"pytest", "selenium", "mlflow"} <= _extras_closure("'.[test]'")  # the check itself can fail
+
+
+def test_the_ci_constraints_pin_the_whole_test_extra_within_pyproject_ranges():
+    """README's test line installs with ``-c .ci/constraints.txt``: a package it brings in without a
+    pin would be resolved against that day's PyPI again, and a pin outside pyproject's range would
+    make the install impossible."""
+    tomllib = pytest.importorskip("tomllib")
+    pytest.importorskip("mlflow")  # the closure is read from what is installed here (the test extra)
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    lines = (PROJECT_ROOT / ".ci" / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pins = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = Version(version)
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    stated = [Requirement(text) for texts in project["optional-dependencies"].values() for text in texts]
+    stated += [Requirement(text) for text in project["dependencies"]]
+    outside = [
+        f"{r.name}=={pins[canonicalize_name(r.name)]} (pyproject: {r.specifier})"
+        for r in stated
+        if r.name != "cnnzoo"
+        and canonicalize_name(r.name) in pins
+        and pins[canonicalize_name(r.name)] not in r.specifier
+    ]
+    assert not outside, f".ci/constraints.txt pins versions pyproject.toml excludes: {outside}"
+    brought = _extras_closure("'.[test]'") | _closure([r.name for r in map(Requirement, project["dependencies"])])
+    unpinned = {canonicalize_name(n) for n in brought} - set(pins) - {"cnnzoo", "pip", "setuptools", "wheel"}
+    assert not unpinned, (
+        f".ci/constraints.txt lacks pins for {sorted(unpinned)}: regenerate it (docs/design/dependencies.md)"
+    )
+    assert {"torch", "mlflow", "moto"} <= set(pins)
 
 
 # --------------------------------------------------------------------------- the torch-free install
