@@ -39,6 +39,7 @@ TRAINING_FIXTURES = {
     "calibrated",
     "uncalibrated",
     "teachers",
+    "stopped_run",
 }
 
 

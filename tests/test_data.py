@@ -935,3 +935,24 @@ def test_torchvision_source_missing_without_download(tmp_path):
     message = str(info.value)
     assert "data.download" in message and "mnist" in message and str(empty) in message
     assert list(empty.iterdir()) == []  # nothing fetched or created
+
+
+@pytest.mark.slow
+def test_more_loader_workers_than_cores_is_one_warning_of_cnnzoos_not_torchs(image_root, tmp_path):
+    """torch's (and torchdata's) paragraph about worker processes past the core count is replaced
+    by one line naming the setting; the run trains."""
+    from cnnzoo.runtime.device import cpu_count
+
+    from support.cli import run_cnnzoo
+
+    workers, cores = cpu_count() + 1, cpu_count()
+    config = tiny_config(image_root, epochs=1)
+    config["data"].update(workers=workers, cache="none")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    done = run_cnnzoo(["train", "-c", "c.yaml", "-q"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "data.workers" in line or "Warning" in line]
+    assert said == [
+        f"warning: data.workers: {workers} loader processes for {cores} CPU cores: they compete with "
+        "training for the cores and may make it slower; data.workers: auto chooses for this machine"
+    ], said

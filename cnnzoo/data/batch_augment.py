@@ -2,7 +2,7 @@
 
 The same keys with the same meaning as the per-image pipeline of :mod:`cnnzoo.data.augment`
 (torchvision's ``RandomResizedCrop`` -> flips -> ``RandomAffine`` -> ``ColorJitter``), drawn per
-image from a generator seeded by the batch's seed (:class:`cnnzoo.data.loaders.EpochBatches`), so
+image from a generator seeded by the batch's seed (:class:`cnnzoo.data.batch_order.EpochBatches`), so
 the same seed and epoch give the same batches on any device. The geometry of every image (crop,
 flips, rotation, translation, shear, zoom) is folded into one 2x3 matrix: one ``affine_grid`` +
 ``grid_sample`` for the batch (flips alone are done by indexing); colour jitter and random

@@ -1,5 +1,5 @@
-"""Batches: datasets that return whole uint8 batches, and batch orders that depend only on
-(seed, epoch, batch).
+"""Batches: datasets that return whole uint8 batches, in the order and with the seeds of
+:class:`~cnnzoo.data.batch_order.EpochBatches`, and the loaders of both splits.
 
 :class:`ImageDataset` returns whole uint8 batches (``__getitems__``) with augmentations applied
 per image, seeded per batch, so a run is reproducible whatever the worker count, and a resumed
@@ -10,9 +10,9 @@ device (:func:`cnnzoo.runtime.device.to_model_input`). :func:`build_loaders` mak
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ..runtime import distributed
 from ..runtime.device import cpu_count
 from . import preprocess
 from .batch_augment import BatchAugment
+from .batch_order import EpochBatches
 from .cache import DecodedImages, decode_all, plan_cache, shared_cache_kind
 from .sources.samples import DataSpec, Samples
 
@@ -192,97 +193,13 @@ def multi_hot(label_sets: list[list[int]], num_classes: int) -> torch.Tensor:
     return out
 
 
-def mix_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (epoch, batch, ...)."""
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Batches of ``(index, batch_seed)``; the order depends only on (seed, epoch).
-
-    With ``shard=(rank, world)`` each of ``world`` processes takes every world-th image of
-    the same order. Training (``shuffle``) repeats images from the start of the order so
-    that every process takes the same number of steps, as DDP needs; validation does
-    not, so that every image counts once.
-    """
-
-    def __init__(
-        self,
-        labels: torch.Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        balanced: bool = False,
-        shard: tuple[int, int] = (0, 1),
-        weights: torch.Tensor | None = None,
-    ):
-        self.labels, self.batch_size, self.shuffle = labels, batch_size, shuffle
-        self.seed, self.balanced, self.epoch = seed, balanced, 0
-        self.rank, self.world = shard
-        self.skip = 0  # batches the next pass leaves out: a run resumed mid-epoch saw them (start_at)
-        self.weights = weights  # given: multi-label's (ImageDataset.sampling_weights)
-        if weights is None and balanced:
-            counts = torch.bincount(labels).double() if len(labels) else torch.zeros(1)
-            self.weights = (1.0 / counts.clamp(min=1))[labels] if len(labels) else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def start_at(self, batch: int) -> None:
-        """The next pass starts at its ``batch``-th batch (the order and seeds unchanged), once."""
-        self.skip = batch
-
-    def _order(self) -> list[int]:
-        n = len(self.labels)
-        if not self.shuffle:
-            order = list(range(n))
-        else:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
-            if self.balanced:  # each class drawn equally often, with replacement
-                order = torch.multinomial(self.weights, n, replacement=True, generator=g).tolist()
-            else:
-                order = torch.randperm(n, generator=g).tolist()
-        if self.world == 1:
-            return order
-        if self.shuffle and n:
-            padded = -(-n // self.world) * self.world
-            order = (order * -(-padded // n))[:padded]
-        return order[self.rank :: self.world]
-
-    def _share(self) -> int:
-        n = len(self.labels)
-        if self.world == 1:
-            return n
-        if self.shuffle:
-            return -(-n // self.world) if n else 0
-        return len(range(self.rank, n, self.world))
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order, skip, self.skip = self._order(), self.skip, 0
-        for b, start in enumerate(range(0, len(order), self.batch_size)):
-            if b < skip:
-                continue
-            chunk = order[start : start + self.batch_size]
-            if self.shuffle and len(chunk) == 1 and self.batch_size > 1 and start > 0:
-                break  # a lone last image would break BatchNorm's batch statistics
-            # each process draws its own augmentations; one process keeps its seeds of old
-            seed = (
-                mix_seed(self.seed, self.epoch, b, 2)
-                if self.world == 1
-                else mix_seed(self.seed, self.epoch, b, 2, self.rank)
-            )
-            yield [(i, seed) for i in chunk]
-
-    def __len__(self) -> int:
-        n = self._share()
-        full, rest = divmod(n, self.batch_size)
-        return full + (1 if rest > 1 or (rest == 1 and (full == 0 or not self.shuffle)) else 0)
-
-
 def _passthrough(batch: Any) -> Any:
     return batch
+
+
+# torch's and torchdata's own warning for more workers than cores, a paragraph naming their
+# internals, is said by choose_workers in one line instead
+warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes in total")
 
 
 def choose_workers(setting: Any, *, cached: bool, augmented: bool, cuda: bool) -> int:
@@ -294,10 +211,14 @@ def choose_workers(setting: Any, *, cached: bool, augmented: bool, cuda: bool) -
       in the main process (scripts/bench_train.py), so workers only where cores abound;
     * on CUDA, or decoding JPEGs every epoch (no cache): up to one per spare core.
     """
-    if setting != "auto":
-        return int(setting)
-
     cores = max(1, cpu_count() // distributed.local_world())  # the machine's processes share its cores
+    if setting != "auto":
+        if int(setting) > cores:
+            warn(
+                f"data.workers: {int(setting)} loader processes for {cores} CPU cores: they compete with "
+                "training for the cores and may make it slower; data.workers: auto chooses for this machine"
+            )
+        return int(setting)
     if cached and not augmented:
         return 0
     if cuda:

@@ -5,7 +5,7 @@ Two kinds of loader, two ways, for one reason each:
 
 * Decoded or cached images (:class:`~cnnzoo.data.loaders.ImageDataset`, also a Hugging Face dataset
   or a manifest, and the frozen-feature cache) are read in the order of
-  :class:`~cnnzoo.data.loaders.EpochBatches`, which depends only on (seed, epoch), and each batch's
+  :class:`~cnnzoo.data.batch_order.EpochBatches`, which depends only on (seed, epoch), and each batch's
   augmentation is seeded by its own seed. The state is the number of batches taken; a resumed
   pass skips them in the sampler, without reading an image. torchdata's ``StatefulDataLoader``
   would add nothing here but a tie to the loader-worker count (its saved state has one entry per

@@ -37,7 +37,8 @@ from ..console import console, warn
 from ..errors import DataError, UserError, short_reason
 from ..runtime import distributed
 from . import preprocess
-from .loaders import Loaders, choose_workers, mix_seed, multi_hot
+from .batch_order import mix_seed
+from .loaders import Loaders, choose_workers, multi_hot
 from .resume_state import stateful_loader
 from .shard_files import MemberError, class_of, class_set_of, image_of, iter_shard
 from .sources.samples import DataSpec, ShardSamples

@@ -276,7 +276,7 @@ class FeatureDataset(torch.utils.data.Dataset):
     """Cached features as batches, like :class:`cnnzoo.data.loaders.ImageDataset` returns images.
 
     Each image's version (flipped or not) is drawn per epoch from the batch seed that
-    :class:`cnnzoo.data.loaders.EpochBatches` hands out, so runs and resumes repeat exactly.
+    :class:`cnnzoo.data.batch_order.EpochBatches` hands out, so runs and resumes repeat exactly.
     """
 
     def __init__(

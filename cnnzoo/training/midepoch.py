@@ -20,6 +20,7 @@ Floor 7 (training): imports torch, NumPy, :mod:`cnnzoo.checkpoint`, :mod:`cnnzoo
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import threading
@@ -111,6 +112,74 @@ def _describe(facts: dict[str, Any]) -> str:
     workers = f", {facts['workers']} loader workers" if "workers" in facts else ""
     counts = f"{facts['samples']} training samples{shards}, {facts['batches']} batches"
     return f"{counts}, {facts['processes']} processes{workers}"
+
+
+def is_whole(value: Any, low: int) -> bool:
+    """A whole number (not a bool) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def check_record(in_epoch: Any, bad: Callable[[str, str], UserError], *, finished: int) -> None:
+    """A ``last.pt``'s position inside an epoch, read back from a user's file: its counts, one record
+    per process, and each record's parts restorable (the generators' states are tried on copies);
+    ``bad(field, expected)`` makes the error (:func:`cnnzoo.training.resume.damaged`)."""
+    if not isinstance(in_epoch, dict):
+        raise bad("in_epoch", "should be the position inside an epoch (a mapping)")
+    if in_epoch.get("epoch") != finished + 1 or not is_whole(in_epoch.get("epoch"), 1):
+        raise bad("in_epoch.epoch", f"should be {finished + 1}, the epoch after the one last.pt finished")
+    facts = in_epoch.get("facts")
+    if not (
+        isinstance(facts, dict)
+        and {"samples", "batches", "processes"} <= facts.keys()
+        and all(isinstance(k, str) and is_whole(v, 0) for k, v in facts.items())
+    ):
+        raise bad("in_epoch.facts", "should count the samples, batches and processes the position is for")
+    step = in_epoch.get("step")
+    if not (is_whole(step, 1) and step < facts["batches"]):
+        raise bad("in_epoch.step", f"should be a whole number from 1 to {facts['batches'] - 1}, got {step!r}")
+    ranks = in_epoch.get("ranks")
+    if not (isinstance(ranks, list) and len(ranks) == facts["processes"] and all(isinstance(r, dict) for r in ranks)):
+        raise bad("in_epoch.ranks", f"should hold one record per process ({facts['processes']})")
+    for rank, record in enumerate(ranks):
+        _check_rank_record(record, bad, f"in_epoch.ranks[{rank}]", step=step)
+
+
+def _check_rank_record(record: dict[str, Any], bad: Callable[[str, str], UserError], field: str, *, step: int) -> None:
+    loader = record.get("loader")
+    if not (isinstance(loader, dict) and loader.get("batches") == step and isinstance(loader.get("stream", {}), dict)):
+        raise bad(f"{field}.loader", f"should hold the {step} batches taken (and a stream's state, a mapping)")
+    tally = record.get("tally")
+    if not (
+        isinstance(tally, dict)
+        and tally.get("step") == step
+        and is_whole(tally.get("seen"), 0)
+        and all(torch.is_tensor(tally.get(k)) and tally[k].dim() == 0 for k in ("loss_sum", "correct"))
+        and (tally.get("lrs") is None or isinstance(tally["lrs"], (list, tuple)))
+    ):
+        raise bad(f"{field}.tally", "should hold the epoch's sums so far (step, loss_sum, correct, seen)")
+    _try_restoring(f"{field}.rng", bad, lambda: set_rng_states(record["rng"]), undo=rng_states())
+    if record.get("mixer") is not None:
+        trial = np.random.default_rng(0)  # the mixer's kind of generator (cnnzoo.training.mixing)
+        _try_restoring(f"{field}.mixer", bad, lambda: setattr(trial.bit_generator, "state", record["mixer"]))
+
+
+def _try_restoring(field: str, bad: Callable[..., UserError], restore: Callable[[], None], undo: Any = None) -> None:
+    """Run ``restore`` to see that the saved state is one its library accepts; put ``undo`` back."""
+    try:
+        restore()
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise bad(field, f"cannot be restored ({reason})") from None
+    finally:
+        if undo is not None:
+            set_rng_states(undo)
 
 
 def check_position(in_epoch: dict[str, Any], loader: Any, path: str | Path) -> None:

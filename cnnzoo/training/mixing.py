@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
-from ..data.loaders import mix_seed
+from ..data.batch_order import mix_seed
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

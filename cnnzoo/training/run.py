@@ -23,8 +23,7 @@ from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, dump_config, load_config
 from ..console import console
-from ..data import loaders as loaders_mod
-from ..data import sources
+from ..data import batch_order, sources
 from ..errors import UserError
 from ..files import is_disk_full, write_text
 from ..model.layers import layer_records
@@ -39,6 +38,7 @@ from .events import Callback, StopTraining
 from .loop import BestEpoch, EpochTally, Stepper, optimizer_steps, warn_small_validation
 from .mixing import Mixer, MixSettings
 from .recipe import Criterion, LRSchedule, ScheduleSettings, seed_everything
+from .resume import apply_saved_state, check_saved_state
 from .setup import TrainingSetup, build_setup
 from .transfer import TransferSettings, TransferStages
 from .unknown_fit import fit_unknown
@@ -135,6 +135,7 @@ def _load_run_config(config: Any, overrides: list[str], resume: str | Path | Non
     state = ckpt_io.load_checkpoint(resume)
     if "optimizer" not in state:
         raise UserError(f"{resume}: has no optimizer state (best.pt?); resume from last.pt")
+    check_saved_state(state, state["path"])
     cfg = load_config(state["config"], overrides)
     cfg.source_path = str(Path(resume).parent / "config.yaml")
     return cfg, state, Path(resume).resolve().parent
@@ -203,7 +204,7 @@ def prepare(
     if mixing.wanted:
         job.mixer = Mixer(mixing, num_classes=len(setup.spec.classes), seed=cfg.seed, rank=ctx.rank)
     if state is not None:
-        _resume(job, state)
+        apply_saved_state(job, state, state["path"])
     if ctx.rank == 0:
         job.callbacks = make_callbacks(
             t,
@@ -272,23 +273,6 @@ def _log_plan(job: Job, setup: TrainingSetup) -> None:
         console.log(f"resuming at epoch {job.start_epoch} of {t.epochs}")
 
 
-def _resume(job: Job, state: dict[str, Any]) -> None:
-    """Continue from a ``last.pt``: optimizer, schedule, scaler, best epoch (the weights are in already)."""
-    st = job.stepper
-    st.optimizer.load_state_dict(state["optimizer"])
-    st.schedule.load_state_dict(state["scheduler"])
-    if st.scaler is not None and state.get("scaler"):
-        st.scaler.load_state_dict(state["scaler"])
-    job.best = BestEpoch.of(job.cfg.train, multi_label=job.multi_label, saved=state["trainer"])
-    if st.average is not None and "ema" in state:
-        st.average.load_full_state(state["ema"])
-    job.start_epoch = state["epoch"] + 1
-    job.in_epoch = state.get("in_epoch")  # saved inside an epoch (train.checkpoint_every, SIGTERM)
-    if job.in_epoch is not None:
-        midepoch.check_position(job.in_epoch, job.stages.train_loader, state["path"])
-        job.start_epoch = int(job.in_epoch["epoch"])
-
-
 def _checkpoints(job: Job) -> Checkpoints | None:
     return next((c for c in job.callbacks if isinstance(c, Checkpoints)), None)
 
@@ -301,7 +285,7 @@ def _close(job: Job) -> None:
 def _start_epoch(job: Job, epoch: int, steps: midepoch.StepCheckpoints) -> EpochTally | None:
     """Seed the epoch and set its loader and mixer; a run resumed inside it goes on from there."""
     job.stages.enter(epoch)
-    seed_everything(loaders_mod.mix_seed(job.cfg.seed, epoch, 0))
+    seed_everything(batch_order.mix_seed(job.cfg.seed, epoch, 0))
     loader = job.stages.train_loader
     loader.batch_sampler.set_epoch(epoch)
     if job.mixer is not None:
