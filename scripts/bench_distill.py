@@ -22,6 +22,7 @@ would add per epoch: the teacher on a batch at its own size, against the student
 the student (forward, backward, AdamW) on a batch of 32 at its size against the teacher's forward
 pass on 32 images at its own size, both timed in the same invocation, and what that makes of the
 live mode's step and of the cached mode's one pass (two views of each training image) per epoch.
+``--seconds S`` times each network for S seconds instead (3 s, and 10 s with ``--costs-only``): a quick check.
 """
 
 from __future__ import annotations
@@ -45,16 +46,21 @@ def main() -> None:
     parser.add_argument("--mode", default="auto", choices=["auto", "cached", "live"], help="train.distill.mode")
     parser.add_argument("--out", default="runs-bench-distill", help="where the runs go")
     parser.add_argument("--costs-only", action="store_true", help="time one step of each network, train nothing")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="timing window of each speed (default: 3 s, 10 s with --costs-only)"
+    )
     args = parser.parse_args()
     if args.costs_only:
         images = sum(1 for f in (Path(args.data) / "train").rglob("*") if f.is_file())
-        print(step_costs(args.distilled, Path(args.teacher), images=images))
+        timing = {} if args.seconds is None else {"seconds": args.seconds}
+        print(step_costs(args.distilled, Path(args.teacher), images=images, **timing))
         print(teacher_views(Path(args.teacher), Path(args.data) / "validation", args.distilled))
         return
 
     import cnnzoo
     from cnnzoo.console import console
 
+    seconds = 3.0 if args.seconds is None else args.seconds
     root = Path(args.data)
     held_out = root / "validation"
     rows = []
@@ -77,9 +83,9 @@ def main() -> None:
         with console.scoped(True):
             out = Path(args.out) / f"eval-{row['name']}"
             report = cnnzoo.evaluate(row["model"], data=held_out, html_report=False, progress=False, out=out)
-        row.update(accuracy=report["accuracy"], images=report["num_images"], **speed(row["model"]))
+        row.update(accuracy=report["accuracy"], images=report["num_images"], **speed(row["model"], seconds=seconds))
     print_table(rows, held_out)
-    print(live_cost(Path(args.teacher), rows[0]))
+    print(live_cost(Path(args.teacher), rows[0], seconds=seconds))
     print(teacher_views(Path(args.teacher), held_out, args.distilled))
 
 
@@ -102,7 +108,7 @@ def speed(model_path: Path, batch: int = 32, seconds: float = 3.0) -> dict:
     pixels = np.random.default_rng(0).integers(0, 256, (batch, *model.image_size, model.channels), dtype=np.uint8)
     model.logits(pixels)  # warm up
     done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds or not done:
         model.logits(pixels)
         done += batch
     elapsed = time.perf_counter() - start
@@ -127,14 +133,14 @@ def print_table(rows: list[dict], held_out: Path) -> None:
         print(f"{line} {wall:>13} | {share:>15} |")
 
 
-def live_cost(teacher: Path, student: dict) -> str:
+def live_cost(teacher: Path, student: dict, seconds: float = 3.0) -> str:
     """What the live mode would add: the teacher on one batch at its size, per epoch, against the
     student's own training seconds per epoch (metrics.csv)."""
     with open(student["run"] / "metrics.csv", newline="") as f:
         epochs = list(csv.DictReader(f))
     per_epoch = sum(float(r["seconds"]) for r in epochs) / len(epochs)
     images = float(epochs[-1]["images_per_s"]) * float(epochs[-1]["seconds"])
-    teacher_s = speed(teacher)["batch_s"] / 32 * images
+    teacher_s = speed(teacher, seconds=seconds)["batch_s"] / 32 * images
     return (
         f"live mode (train.distill.mode: live) would add about {teacher_s:.0f} s per epoch of {images:.0f} images "
         f"(the teacher at its own size) to the student's {per_epoch:.0f} s: "

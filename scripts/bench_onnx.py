@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Prediction from an ONNX export against the checkpoint path, in one invocation.
 
-    python scripts/bench_onnx.py [--checkpoint runs/latest/best.pt] [--images DIR] [--repeat 5]
+    python scripts/bench_onnx.py [--checkpoint runs/latest/best.pt] [--images DIR] [--repeat 5] [--warm 1]
 
 Measures, for ``cnnzoo predict --model best.onnx`` against ``cnnzoo predict -m best.pt``:
 
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="default: runs/latest's best.pt")
     parser.add_argument("--images", help="folder of images (default: the checkpoint's validation images)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warm", type=int, default=1, help="untimed runs of each command first (file cache)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
@@ -75,7 +76,7 @@ def main() -> None:
             f"from {folder}; export parity {exported.max_difference:.1e}"
         )
 
-        for model in (checkpoint, exported.path):  # warm the file cache
+        for model in [checkpoint, exported.path] * args.warm:  # warm the file cache
             command(model, images[0])
         runs = {"checkpoint": [], "onnx": []}
         for _ in range(args.repeat):

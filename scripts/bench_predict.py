@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Prediction speed: CLI cold start against importing torch, batch throughput against compute.
 
-    python scripts/bench_predict.py [--checkpoint runs/latest/best.pt] [--images DIR] [--repeat 5]
+    python scripts/bench_predict.py [--checkpoint runs/latest/best.pt] [--images DIR] [--repeat 5] [--warm 1]
 
 In one invocation, alternating so that both see the same machine state:
   * cold start: wall time of ``cnnzoo predict ONE.jpg --checkpoint C`` (a new process,
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="default: runs/latest's best.pt")
     parser.add_argument("--images", default=None, help="folder of images (default: the checkpoint's validation split)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warm", type=int, default=1, help="untimed runs of each command first (file cache)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
@@ -61,7 +62,8 @@ def main() -> None:
         str(checkpoint),
     ]
     import_cmd = [sys.executable, "-c", "import torch, torchvision"]
-    wall(import_cmd), wall(predict_cmd)  # warm the file cache for both
+    for _ in range(args.warm):  # warm the file cache for both
+        wall(import_cmd), wall(predict_cmd)
     imports, predicts = [], []
     for _ in range(args.repeat):
         imports.append(wall(import_cmd))

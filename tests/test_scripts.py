@@ -24,22 +24,27 @@ def trained(tmp_path_factory) -> TrainedRun:
 
 
 def _run_on_a_checkpoint(script: str, run: TrainedRun, tmp_path: Path) -> str:
-    """A prediction benchmark on ``run``'s best.pt and its validation images, quickly (one repeat, batch 4)."""
+    """A prediction benchmark on ``run``'s best.pt and its validation images, quickly (one repeat, no
+    untimed warm-up runs, batch 4)."""
     images = run.root / "validation"
-    args = ["--checkpoint", run.best, "--images", images, "--repeat", 1, "--batch-size", 4]
+    args = ["--checkpoint", run.best, "--images", images, "--repeat", 1, "--warm", 0, "--batch-size", 4]
     return run_script([ROOT / "scripts" / script, *args], tmp_path)
 
 
-def test_bench_train_prints_every_phase_and_ratio(image_root, tmp_path):
+def test_bench_train_prints_every_phase_and_ratio_and_compares_a_baseline_in_the_same_invocation(image_root, tmp_path):
+    # one invocation for both: every phase, and the cnnzoo phase again with --baseline-set
     cfg = tiny_config(image_root)
-    cfg["data"]["augment"] = {"hflip": True}
+    cfg["data"]["augment"] = {"hflip": True, "rotation": 10}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = run_script([str(ROOT / "scripts" / "bench_train.py"), "--config", str(path), "--epochs", "2"], tmp_path)
-    for phase in ("cache", "cnnzoo", "reference", "limit"):
+    args = ["--config", path, "--epochs", "2", "--baseline-set", "data.augment.where=image"]
+    out = run_script([ROOT / "scripts" / "bench_train.py", *args], tmp_path)
+    for phase in ("cache", "cnnzoo", "reference", "limit", "baseline"):
         assert f"  {phase}" in out
     assert "ratio cnnzoo/limit:" in out and "ratio cnnzoo/reference:" in out
     assert "1.00x the uint8 size" in out  # the RAM cache holds exactly N*C*H*W bytes
+    assert "ratio cnnzoo/baseline:" in out and "ratio baseline/limit:" in out
+    assert "baseline (data.augment.where=image): steady data wait" in out
 
 
 def test_bench_train_phase_reports_json(image_root, tmp_path):
@@ -162,17 +167,6 @@ def test_bench_data_prints_the_throughput_and_memory_ratios(image_root, tmp_path
     assert "folder (ImageFolder):" in out and "shards (streamed):" in out and "ratio" in out
     assert "folders (cache none):" in out
     assert "peak RSS streaming 24 images:" in out and "240 images:" in out
-
-
-def test_bench_train_compares_a_baseline_in_the_same_invocation(image_root, tmp_path):
-    cfg = tiny_config(image_root)
-    cfg["data"]["augment"] = {"hflip": True, "rotation": 10}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    args = ["--config", path, "--epochs", "2", "--only", "cnnzoo", "--baseline-set", "data.augment.where=image"]
-    out = run_script([ROOT / "scripts" / "bench_train.py", *args], tmp_path)
-    assert "  baseline" in out and "ratio cnnzoo/baseline:" in out
-    assert "baseline (data.augment.where=image): steady data wait" in out
 
 
 def test_ablation_recipe_runs_its_rows_on_tiny_data(image_root, tmp_path):
