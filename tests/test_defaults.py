@@ -12,7 +12,7 @@ import yaml
 from cnnzoo.config import about, load_config, shipped_configs
 from cnnzoo.config.shipped import SHIPPED_FOLDER
 
-from support.cli import PROJECT, one_error_line, run_cnnzoo
+from support.cli import PROJECT, invoke_cnnzoo, one_error_line, run_cnnzoo
 from support.images import make_image_tree, write_kaggle_layout
 from support.shared import reads_shared, shared_path
 
@@ -56,8 +56,8 @@ def test_every_shipped_config_says_what_it_is_and_reaches_nothing_beside_the_pro
 
 
 def test_configs_lists_each_shipped_config_with_its_line_and_how_to_copy_one(tmp_path):
-    result = run_cnnzoo(["configs"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = invoke_cnnzoo(["configs"], tmp_path)
+    assert result.exit_code == 0, result.stderr
     for name, path in shipped_configs().items():
         assert any(line.split()[:1] == [name] and about(path) in line for line in result.stdout.splitlines()), name
     assert f"cp {SHIPPED_FOLDER}/NAME.yaml my.yaml" in result.stdout
@@ -66,14 +66,14 @@ def test_configs_lists_each_shipped_config_with_its_line_and_how_to_copy_one(tmp
 def test_a_config_is_named_without_its_path(tmp_path):
     assert load_config("resnet_clothing").source_path == str(shipped_configs()["resnet_clothing"])
     assert load_config("quickstart.yaml").name == "quickstart"
-    result = run_cnnzoo(["summary", "-c", "quickstart", "--json"], cwd=tmp_path)
-    assert result.returncode == 0 and '"num_classes": 5' in result.stdout, result.stderr
+    result = invoke_cnnzoo(["summary", "-c", "quickstart", "--json"], tmp_path)
+    assert result.exit_code == 0 and '"num_classes": 5' in result.stdout, result.stderr
     (tmp_path / "quickstart").write_text("name: mine\nmodel: {input: [3, 8, 8], num_classes: 2, layers: [flatten]}\n")
     assert load_config(tmp_path / "quickstart").name == "mine"  # a file the user has wins over the name
 
 
 def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path):
-    line = one_error_line(run_cnnzoo(["summary", "-c", "resnet_clothes"], cwd=tmp_path))
+    line = one_error_line(invoke_cnnzoo(["summary", "-c", "resnet_clothes"], tmp_path))
     assert "resnet_clothes: config file not found, and no shipped config has that name" in line
     assert "resnet_clothing" in line and "quickstart" in line
 
@@ -85,13 +85,13 @@ def test_a_config_without_its_data_asks_for_data_in_one_line(tmp_path):
         ["data", "check", "clothing"],
     )
     for command in commands:
-        line = one_error_line(run_cnnzoo(command, cwd=PROJECT if "/" in command[-1] else tmp_path))
+        line = one_error_line(invoke_cnnzoo(command, PROJECT if "/" in command[-1] else tmp_path))
         assert "data.root is not set; give your data with --data DIR" in line, line
 
 
 def test_summary_of_a_shipped_clothing_config_needs_no_data(tmp_path):
-    result = run_cnnzoo(["summary", "--config", PROJECT / "configs" / "clothing.yaml"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = invoke_cnnzoo(["summary", "--config", PROJECT / "configs" / "clothing.yaml"], tmp_path)
+    assert result.exit_code == 0, result.stderr
     assert "Total params:         391,946" in result.stdout  # the header comment's count, at 10 classes
     assert "Classes: 10 (assumed: the config names no data nor model.num_classes" in result.stdout
 
@@ -100,22 +100,22 @@ def test_summary_of_a_shipped_clothing_config_needs_no_data(tmp_path):
 
 
 def test_train_without_config_or_data_says_what_to_give(tmp_path):
-    line = one_error_line(run_cnnzoo(["train"], cwd=tmp_path))
+    line = one_error_line(invoke_cnnzoo(["train"], tmp_path))
     assert "give --data DIR" in line and "--config FILE" in line and "--resume" in line
 
 
 def test_model_refuses_a_name_that_is_neither_a_backbone_nor_a_shipped_config(tmp_path):
-    line = one_error_line(run_cnnzoo(["train", "--data", tmp_path, "--model", "resnet_19"], cwd=tmp_path))
+    line = one_error_line(invoke_cnnzoo(["train", "--data", tmp_path, "--model", "resnet_19"], tmp_path))
     assert "--model resnet_19: not a backbone nor a shipped config" in line
     assert "timm/ARCH" in line and "clothing_recipe" in line
-    line = one_error_line(run_cnnzoo(["train", "-c", "quickstart", "--model", "resnet18"], cwd=tmp_path))
+    line = one_error_line(invoke_cnnzoo(["train", "-c", "quickstart", "--model", "resnet18"], tmp_path))
     assert "--model: give --model NAME or --config, not both" in line
 
 
 def trained_without_config(base: Path, data: Path, *extra: str) -> tuple[str, dict]:
-    """``cnnzoo train --data DATA`` (tiny), its one line about the choice, and the run's config."""
-    result = run_cnnzoo(["train", "--data", data, *extra, *TINY], cwd=base, timeout=600)
-    assert result.returncode == 0, result.stderr
+    """``cnnzoo train --data DATA`` (tiny) in this process, its one line about the choice, and the run's config."""
+    result = invoke_cnnzoo(["train", "--data", data, *extra, *TINY], base)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     choice = [
         line for line in result.stderr.splitlines() if line.startswith(("cnnzoo: no --config", "cnnzoo: --model"))
     ]

@@ -18,7 +18,7 @@ from cnnzoo.data.loaders import ImageDataset
 from cnnzoo.data.sources import build_loaders, load_data
 from cnnzoo.errors import DataError
 
-from support.cli import one_error_line, run_cnnzoo
+from support.cli import invoke_cnnzoo, one_error_line, run_cnnzoo
 from support.images import draw
 from support.runs import metric_rows, tiny_config
 
@@ -131,29 +131,30 @@ def test_auto_streams_past_the_cache_budget_and_says_so(tmp_path, monkeypatch, c
 
 def test_bad_label_sets_and_a_bad_stream_setting_are_one_line(tmp_path):
     root = saved(tmp_path, multi=True)
-    run = run_cnnzoo(["data", "check", "--data", root, "--set", "data.stream=sometimes"], tmp_path)
+    run = invoke_cnnzoo(["data", "check", "--data", root, "--set", "data.stream=sometimes"], tmp_path)
     assert "data.stream" in one_error_line(run)
     bad = tmp_path / "bad"
     dataset = tagged(6, 3, multi=True)
     rows = dataset.to_dict()
     rows["tags"][4] = [1, 1]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=dataset.features)}).save_to_disk(str(bad))
-    line = one_error_line(run_cnnzoo(["data", "check", "--data", bad], tmp_path))
+    line = one_error_line(invoke_cnnzoo(["data", "check", "--data", bad], tmp_path))
     assert f"{bad}: row 4 of the train split's label set 'tags' has a class twice" in line
     info = bad / "train" / "dataset_info.json"
     data = json.loads(info.read_text())
     data["features"]["tags"]["feature"]["names"] = ["a", "a"]
     info.write_text(json.dumps(data))
-    line = one_error_line(run_cnnzoo(["data", "check", "--data", bad], tmp_path))
+    line = one_error_line(invoke_cnnzoo(["data", "check", "--data", bad], tmp_path))
     assert "ClassLabel 'tags': names a more than once" in line
 
 
 def train_cli(tmp_path, root, *args, **data):
+    """``cnnzoo train`` of the tiny config on ``root`` in this process (its output is what is checked)."""
     raw = tiny_config(root)
     raw["data"].update(data)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    done = run_cnnzoo(["train", "-c", "c.yaml", "--runs", "runs", *args], tmp_path, timeout=600)
-    assert done.returncode == 0, done.stderr
+    done = invoke_cnnzoo(["train", "-c", "c.yaml", "--runs", "runs", *args], tmp_path)
+    assert done.exit_code == 0, f"{done.output}\n{done.exception!r}"
     return done
 
 

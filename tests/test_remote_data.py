@@ -27,7 +27,7 @@ from cnnzoo.config import load_config
 from cnnzoo.data import remote, remote_images, shard_export
 from cnnzoo.data.sources import load_data
 
-from support.cli import one_error_line, run_cnnzoo
+from support.cli import invoke_cnnzoo, one_error_line, run_cnnzoo
 from support.images import make_image_tree
 from support.runs import metric_rows, tiny_config
 from support.s3_server import S3, free_port, moto_server, start_proxy, start_s3, wait_for
@@ -279,7 +279,7 @@ def test_a_manifest_row_whose_key_is_missing_is_named(s3, image_manifest, tmp_pa
     raw = tiny_config(Path("."))
     raw["data"]["root"] = url
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    line = one_error_line(cnnzoo(s3, ["train", "-c", "c.yaml", "--runs", "runs"], tmp_path))
+    line = one_error_line(invoke_cnnzoo(["train", "-c", "c.yaml", "--runs", "runs"], tmp_path, **s3.env))
     assert f"{url}: 1 of 17 images not found: row 18 (images/train/a/nowhere.png)" in line, line
     assert f"looked in s3://{BUCKET}/man/ and s3://{BUCKET}/man/images/" in line
 
@@ -359,7 +359,8 @@ def test_data_shards_writes_to_a_bucket_and_force_replaces_only_a_set_cnnzoo_wro
 def test_a_run_synced_to_the_bucket_resumes_on_another_node(s3, shard_set, tmp_path):
     raw = tiny_config(shard_set, epochs=1)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    assert cnnzoo(s3, ["train", "-c", "c.yaml", "--runs", "runs"], tmp_path).returncode == 0
+    trained = invoke_cnnzoo(["train", "-c", "c.yaml", "--runs", "runs"], tmp_path)  # on this node, from disk
+    assert trained.exit_code == 0, trained.output
     url = f"s3://{BUCKET}/runs/tiny/1"
     up = cnnzoo(s3, ["runs", "sync", "runs/tiny/1", url], tmp_path)
     assert up.returncode == 0 and "copied" in up.stdout, up.stderr
@@ -371,4 +372,4 @@ def test_a_run_synced_to_the_bucket_resumes_on_another_node(s3, shard_set, tmp_p
     resumed = cnnzoo(s3, ["train", "--resume", "runs/tiny/1/last.pt", "--set", "train.epochs=2"], node)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in metric_rows(node / "runs/tiny/1")] == ["1", "2"]
-    assert "give one local folder and one URL" in one_error_line(cnnzoo(s3, ["runs", "sync", "a", "b"], tmp_path))
+    assert "give one local folder and one URL" in one_error_line(invoke_cnnzoo(["runs", "sync", "a", "b"], tmp_path))

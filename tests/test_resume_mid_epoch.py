@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.data.loaders import EpochBatches
 from cnnzoo.data.shards import ShardStream, StreamSettings
@@ -65,6 +67,24 @@ def train_cli(folder: Path, *args: Any, timeout: float = 300) -> subprocess.Comp
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     return done
+
+
+def train_in_process(folder: Path, *args: Any) -> str:
+    """The uninterrupted reference run: ``cnnzoo train args`` through the CLI in this process (no
+    signal, no process boundary to test there), in ``folder``, on one torch thread as the
+    subprocesses' OMP_NUM_THREADS=1 gives them; its stdout."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(folder)
+            for key, value in {"CNNZOO_HOME": str(folder / "home"), **ENV}.items():
+                mp.setenv(key, value)
+            result = CliRunner().invoke(app, ["train", *map(str, args)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result.stdout
 
 
 def position(last: Path) -> tuple[int, int] | None:
@@ -169,30 +189,60 @@ def assert_same_runs(resumed: Path, whole: Path) -> None:
     assert drop(metric_rows(resumed)) == drop(metric_rows(whole))
 
 
+def train_whole(folder: Path, *extra: str) -> Path:
+    """The uninterrupted run of mid.yaml into ``folder/whole``: in this process, or through torchrun
+    (a real ``cnnzoo train --nproc`` subprocess) when ``extra`` asks for processes. Its run folder."""
+    args = ["-c", "mid.yaml", "--runs", "whole", "-q", *extra]
+    said = train_cli(folder, *args).stdout if "--nproc" in extra else train_in_process(folder, *args)
+    return folder / said.strip().splitlines()[-1]
+
+
+def kill_mid_epoch(folder: Path, *extra: str, seed: int, checkpoints: int) -> Path:
+    """A run of mid.yaml killed at the (seeded) random-th mid-epoch checkpoint of its first ``checkpoints``."""
+    kill_at = random.Random(seed).randrange(checkpoints)
+    return train_and_kill(folder, ["-c", "mid.yaml", "--runs", "runs", *extra], kill_at=kill_at)
+
+
+def resumed_equals_whole(folder: Path, run: Path, whole: Path, *extra: str) -> None:
+    done = train_cli(folder, "--resume", run / "last.pt", *extra)
+    assert "resuming inside epoch" in done.stdout
+    assert_same_runs(run, whole)
+
+
 def killed_and_resumed_equals_whole(folder: Path, *extra: str, seed: int, checkpoints: int) -> Path:
     """The uninterrupted run, then one killed at the (seeded) random-th mid-epoch checkpoint of
     its first ``checkpoints`` and resumed; the two compared. Returns the resumed run."""
-    whole = Path(train_cli(folder, "-c", "mid.yaml", "--runs", "whole", "-q", *extra).stdout.strip().splitlines()[-1])
-    kill_at = random.Random(seed).randrange(checkpoints)
-    run = train_and_kill(folder, ["-c", "mid.yaml", "--runs", "runs", *extra], kill_at=kill_at)
-    done = train_cli(folder, "--resume", run / "last.pt", *extra)
-    assert "resuming inside epoch" in done.stdout
-    assert_same_runs(run, folder / whole)
+    whole = train_whole(folder, *extra)
+    run = kill_mid_epoch(folder, *extra, seed=seed, checkpoints=checkpoints)
+    resumed_equals_whole(folder, run, whole, *extra)
     return run
 
 
-@pytest.mark.slow
-def test_a_folder_with_augmentation_mixup_cutmix_and_ema_resumes_bit_for_bit(tmp_path):
-    make_image_tree(tmp_path / "images", train={"a": 20, "b": 20}, validation={"a": 4, "b": 4}, size=16)
+@pytest.fixture(scope="module")
+def folder_killed(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """Folders with augmentation, MixUp, CutMix and EMA: (the folder, the uninterrupted run, a run
+    killed inside an epoch), for the exact resume and the refusals of other data. Neither test
+    changes the killed run: the resume continues a copy of it."""
+    folder = tmp_path_factory.mktemp("folder")
+    make_image_tree(folder / "images", train={"a": 20, "b": 20}, validation={"a": 4, "b": 4}, size=16)
     write_config(
-        tmp_path,
+        folder,
         {"root": "images", "augment": {"hflip": 0.5, "shear": 5.0, "zoom": 0.1}},
         mixup=0.2,
         cutmix=1.0,
         ema={"decay": 0.9},
         checkpoint_every=2,
     )
-    killed_and_resumed_equals_whole(tmp_path, seed=1, checkpoints=8)
+    whole = train_whole(folder)
+    return folder, whole, kill_mid_epoch(folder, seed=1, checkpoints=8)
+
+
+@pytest.mark.slow
+def test_a_folder_with_augmentation_mixup_cutmix_and_ema_resumes_bit_for_bit(folder_killed, tmp_path):
+    folder, whole, killed = folder_killed
+    run = tmp_path / "runs" / "mid" / "1"
+    shutil.copytree(killed, run)
+    resumed_equals_whole(folder, run, whole)
 
 
 @pytest.mark.slow
@@ -271,7 +321,7 @@ def test_sigterm_saves_at_the_next_step_and_the_resume_is_exact(tmp_path):
     step boundary (or, during validation, at the epoch's end); stopped until once inside an epoch."""
     make_image_tree(tmp_path / "images", train={"a": 30, "b": 30}, validation={"a": 4, "b": 4}, size=16)
     write_config(tmp_path, {"root": "images", "augment": {"hflip": 0.5}}, mixup=0.2)
-    whole = Path(train_cli(tmp_path, "-c", "mid.yaml", "--runs", "whole", "-q").stdout.strip().splitlines()[-1])
+    whole = train_whole(tmp_path)
     run = tmp_path / "runs" / "mid" / "1"
     args: list[Any] = ["-c", "mid.yaml", "--runs", "runs"]
     for attempt in range(4):
@@ -285,33 +335,42 @@ def test_sigterm_saves_at_the_next_step_and_the_resume_is_exact(tmp_path):
     else:
         pytest.fail("SIGTERM never landed inside an epoch")
     train_cli(tmp_path, "--resume", run / "last.pt")
-    assert_same_runs(run, tmp_path / whole)
+    assert_same_runs(run, whole)
+
+
+def refused_resume(folder: Path, *args: Any) -> str:
+    """``cnnzoo train --resume ...`` in this process (a refusal is a line, not process behaviour): the line."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("CNNZOO_HOME", str(folder / "home"))
+        return one_error_line(CliRunner().invoke(app, ["train", "--resume", *map(str, args)]))
 
 
 @pytest.mark.slow
-def test_a_position_saved_for_other_data_is_refused_in_one_line(tmp_path):
-    make_image_tree(tmp_path / "images", train={"a": 20, "b": 20}, validation={"a": 4, "b": 4}, size=16)
-    write_config(tmp_path, {"root": "images"}, checkpoint_every=1)
-    run = train_and_kill(tmp_path, ["-c", "mid.yaml", "--runs", "runs"], kill_at=2)
-    home = {"CNNZOO_HOME": str(tmp_path / "home")}
-
-    batch = run_cnnzoo(["train", "--resume", run / "last.pt", "--set", "train.batch_size=5"], tmp_path, **home)
-    line = one_error_line(batch)
+def test_a_position_saved_for_other_data_is_refused_in_one_line(folder_killed):
+    folder, _, run = folder_killed
+    epoch = position(run / "last.pt")[0]
+    line = refused_resume(folder, run / "last.pt", "--set", "train.batch_size=5")
     assert "40 training samples, 10 batches, 1 processes" in line and "40 training samples, 8 batches" in line
 
-    shutil.copy(tmp_path / "images" / "train" / "a" / "a_000.png", tmp_path / "images" / "train" / "a" / "extra.png")
-    grown = run_cnnzoo(["train", "--resume", run / "last.pt"], tmp_path, **home)
-    line = one_error_line(grown)
-    assert f"{run / 'last.pt'}: saved inside epoch 1" in line and "41 training samples" in line
+    extra = folder / "images" / "train" / "a" / "extra.png"
+    shutil.copy(folder / "images" / "train" / "a" / "a_000.png", extra)
+    try:
+        line = refused_resume(folder, run / "last.pt")
+    finally:
+        extra.unlink()
+    assert f"{run / 'last.pt'}: saved inside epoch {epoch}" in line and "41 training samples" in line
     assert "the data or its batching changed" in line
+    assert position(run / "last.pt")[0] == epoch  # refused: the run is as it was
 
 
 def test_checkpoint_every_must_be_a_positive_whole_number(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"root": "nowhere"}}))
     for value, said in (("0", "got 0"), ("-2", "got -2"), ("2.5", "got 2.5"), ("often", "got 'often'")):
-        line = one_error_line(
-            run_cnnzoo(["train", "-c", "c.yaml", "--set", f"train.checkpoint_every={value}"], tmp_path)
+        result = CliRunner().invoke(
+            app, ["train", "-c", str(tmp_path / "c.yaml"), "--set", f"train.checkpoint_every={value}"]
         )
+        line = one_error_line(result)
         assert "train.checkpoint_every" in line and said in line, line
 
 

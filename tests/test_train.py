@@ -667,14 +667,26 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes(image_root, tmp_path, isolated
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == held + 1
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The image_root fixture's pictures and an uninterrupted 3-epoch run of the tiny config on them:
+    the reference both Ctrl-C cases compare with (trained once)."""
+    folder = tmp_path_factory.mktemp("three-epochs")
+    root = write_images(folder / "images")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNZOO_HOME", str(folder / "home"))
+        whole = train(tiny_config(root, epochs=3), out=folder / "whole", quiet=True)
+    return SimpleNamespace(root=root, whole=whole)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("at", ["metrics", "checkpoints"])
-def test_ctrl_c_at_any_epoch_end_step_resumes_with_every_metrics_row(image_root, tmp_path, monkeypatch, at):
+def test_ctrl_c_at_any_epoch_end_step_resumes_with_every_metrics_row(trained, tmp_path, monkeypatch, at):
     """Ctrl-C pressed as epoch 2's metrics.csv or its checkpoints are written: the resumed run
     still has one row per epoch, equal to an uninterrupted run's."""
     from cnnzoo.training import callbacks as loggers
 
-    whole = train(tiny_config(image_root, epochs=3), out=tmp_path / "whole", quiet=True)
+    image_root, whole = trained.root, trained.whole
     target = loggers.MetricsCSV if at == "metrics" else loggers.Checkpoints
     original = target.epoch_end
 

@@ -85,7 +85,7 @@ def test_checkpoint_alone_predicts_and_evaluates_without_the_weights_file(image_
     weights = tmp_path / "copy.pth"
     weights.write_bytes(resnet18_file.read_bytes())
     run = train(
-        transfer_config(image_root, {"name": "resnet18", "weights": str(weights), "freeze": 1}),
+        transfer_config(image_root, {"name": "resnet18", "weights": str(weights), "freeze": 1}, epochs=1),
         out=tmp_path / "runs",
         quiet=True,
     )
@@ -139,9 +139,10 @@ def test_resume_across_the_unfreeze_epoch_continues_exactly(image_root, resnet18
             lr=0.003,
         )
 
-    whole = train(config(3), out=tmp_path / "whole", quiet=True)
-    part = train(config(1), out=tmp_path / "part", quiet=True)
-    resumed = train(resume=part / "last.pt", overrides=["train.epochs=3"], quiet=True)
+    whole = train(config(2), out=tmp_path / "whole", quiet=True)
+    part = train(config(1), out=tmp_path / "part", quiet=True)  # ends in stage 1, before the unfreeze epoch
+    resumed = train(resume=part / "last.pt", overrides=["train.epochs=2"], quiet=True)
+    assert [r["stage"] for r in metric_rows(whole)] == ["1", "2"]
     assert metric_rows(resumed) == metric_rows(whole)
 
 

@@ -123,3 +123,20 @@ def run_cnnzoo_without(
 def torch_modules_imported(done: subprocess.CompletedProcess) -> list[str]:
     """The torch modules a :func:`predict_listing_torch` run imported."""
     return json.loads(done.stderr.strip().splitlines()[-1].split(" ", 1)[1])
+
+
+def invoke_cnnzoo(args: Sequence[Any], cwd: Path, **env: str) -> Any:
+    """``cnnzoo args`` in this process through Typer's CliRunner, in ``cwd``, with the variables
+    :func:`run_cnnzoo` gives its subprocess plus ``env``; the result (``exit_code``, ``stdout``,
+    ``stderr``). For a command whose output or error line is what a test checks, not the process
+    (signals, a real exit, torchrun, what is printed at import, an isolated environment)."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from cnnzoo.cli import app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        for key, value in {"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "120", **env}.items():
+            mp.setenv(key, value)
+        return CliRunner().invoke(app, [str(arg) for arg in args])
