@@ -191,8 +191,10 @@ def test_two_processes_train_write_once_and_match_evaluation(ddp_folder):
     assert set(last["model_state"]) == {k for k in last["model_state"] if not k.startswith("module.")}
 
     # resumed in one process, then in two again: the same run folder, continued
-    one = run_cli(ddp_folder, "train", "--resume", str(run / "last.pt"), "--set", "train.epochs=3")
-    assert one.returncode == 0, one.stderr
+    with pytest.MonkeyPatch.context() as mp:  # one process: this one, as `cnnzoo train --resume` runs it
+        mp.setenv("CNNZOO_HOME", str(ddp_folder / "home"))
+        mp.chdir(ddp_folder)
+        cnnzoo.train(resume=run / "last.pt", overrides=["train.epochs=3"], quiet=True)
     two = run_cli(ddp_folder, "train", "--resume", str(run / "last.pt"), "--set", "train.epochs=4", "--nproc", "2")
     assert two.returncode == 0, two.stderr
     assert "resuming at epoch 4 of 4" in two.stdout

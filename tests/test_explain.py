@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 import cnnzoo
+from cnnzoo.cli import app
 from cnnzoo.data.shapes import CLASSES, draw_shape, shape_mask
 from cnnzoo.explanation.page import explain
 
@@ -86,7 +88,8 @@ def test_target_picks_the_class_grad_cam_explains(shapes_run, tmp_path):
     path, _ = drawn(tmp_path, "circle", 31337)
     _, chosen = explain(shapes_run / "best.pt", path, out=tmp_path / "a.html", target="triangle")
     assert chosen.classes[chosen.target] == "triangle"
-    done = run_cnnzoo(["explain", path, "-m", shapes_run / "best.pt", "--target", "hexagon"], tmp_path)
+    # in-process: the same explain command code (the refusal test below runs the real command)
+    done = CliRunner().invoke(app, ["explain", str(path), "-m", str(shapes_run / "best.pt"), "--target", "hexagon"])
     assert (
         "--target hexagon: not a class of this model; its classes: circle, cross, square, star, triangle"
         in one_error_line(done)
@@ -171,7 +174,7 @@ def test_grey_model_and_a_backbone_model_are_explained(image_root, tmp_path):
     assert len(report.filters) == 64  # resnet18's first conv, inside the backbone
 
 
-def test_explain_refuses_an_export_and_an_unreadable_image(image_root, tmp_path):
+def test_explain_refuses_an_export_and_an_unreadable_image(image_root, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     run = cnnzoo.train(tiny_config(image_root, epochs=1), out=tmp_path / "runs", quiet=True)
     onnx_file = cnnzoo.export(run / "best.pt", "onnx").path
@@ -179,4 +182,6 @@ def test_explain_refuses_an_export_and_an_unreadable_image(image_root, tmp_path)
     assert "explain needs a checkpoint" in one_error_line(run_cnnzoo(["explain", image, "-m", onnx_file], tmp_path))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"no")
-    assert "cannot read image" in one_error_line(run_cnnzoo(["explain", broken, "-m", run / "best.pt"], tmp_path))
+    monkeypatch.chdir(tmp_path)  # in-process: the same command code as the real process above
+    done = CliRunner().invoke(app, ["explain", str(broken), "-m", str(run / "best.pt")])
+    assert "cannot read image" in one_error_line(done)

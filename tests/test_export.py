@@ -161,15 +161,16 @@ def test_export_cli_defaults_to_the_latest_run(trained, tmp_path):
         (["--out", "/proc/cnnzoo/x.onnx"], "cannot write there"),
     ],
 )
-def test_bad_export_arguments_are_one_line(trained, args, expected):
-    done = run_cnnzoo(["export", trained.best, *args], trained.base)
-    assert expected in one_error_line(done)
+def test_bad_export_arguments_are_one_line(trained, args, expected, monkeypatch):
+    monkeypatch.chdir(trained.base)  # in-process: the same command code as a `cnnzoo` process
+    assert expected in one_error_line(CliRunner().invoke(app, ["export", str(trained.best), *args]))
 
 
-def test_bad_model_files_are_one_line(trained, tmp_path):
+def test_bad_model_files_are_one_line(trained, tmp_path, monkeypatch):
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"\x08\x07garbage")
     image = validation_jpegs(trained)[0]
+    # the real command once; the other refusals in-process (the same code, no new interpreter each)
     assert "not a readable ONNX model" in one_error_line(run_cnnzoo(["predict", "--model", fake, image], tmp_path))
     foreign = tmp_path / "foreign.onnx"
     import onnx
@@ -177,14 +178,20 @@ def test_bad_model_files_are_one_line(trained, tmp_path):
     proto = onnx.load(str(export(trained.best, "onnx", out=tmp_path / "plain.onnx").path))
     del proto.metadata_props[:]
     onnx.save(proto, str(foreign))
-    assert "without cnnzoo's metadata" in one_error_line(run_cnnzoo(["predict", "--model", foreign, image], tmp_path))
+    monkeypatch.chdir(trained.base)
+    runner = CliRunner()
+
+    def cli(*args: object):
+        return runner.invoke(app, [str(a) for a in args])
+
+    assert "without cnnzoo's metadata" in one_error_line(cli("predict", "--model", foreign, image))
     scripted = export(trained.best, "torchscript", out=tmp_path / "model.torchscript.pt").path
-    assert "already an export" in one_error_line(run_cnnzoo(["export", foreign.with_name("plain.onnx")], trained.base))
-    assert "a TorchScript archive: it holds code" in one_error_line(run_cnnzoo(["export", scripted], trained.base))
-    refused = one_error_line(run_cnnzoo(["predict", "--model", scripted, image], tmp_path))
+    assert "already an export" in one_error_line(cli("export", foreign.with_name("plain.onnx")))
+    assert "a TorchScript archive: it holds code" in one_error_line(cli("export", scripted))
+    refused = one_error_line(cli("predict", "--model", scripted, image))
     assert "cnnzoo opens one only when told the file is trusted (--trust-torchscript" in refused
-    trusted = run_cnnzoo(["predict", "--model", scripted, "--trust-torchscript", "--json", image], tmp_path)
-    assert trusted.returncode == 0, trusted.stderr
+    trusted = cli("predict", "--model", scripted, "--trust-torchscript", "--json", image)
+    assert trusted.exit_code == 0, trusted.stderr
     assert json.loads(trusted.stdout)[0]["image"] == image
 
 
@@ -275,11 +282,14 @@ def _checkpoint_with(trained, tmp_path: Path, value: float, name: str) -> Path:
     return tmp_path / name
 
 
-def test_a_checkpoint_with_nonfinite_weights_is_named_as_such(trained, tmp_path):
+def test_a_checkpoint_with_nonfinite_weights_is_named_as_such(trained, tmp_path, monkeypatch):
     path = _checkpoint_with(trained, tmp_path, float("nan"), "nan.pt")
     image = validation_jpegs(trained)[0]
-    for command in (["export", path], ["predict", "-m", path, image], ["evaluate", path]):
-        line = one_error_line(run_cnnzoo(command, trained.base))
+    line = one_error_line(run_cnnzoo(["export", path], trained.base))  # the real command once
+    assert f"{path}: its weights hold NaN or infinite values (1 of" in line and "training diverged?" in line
+    monkeypatch.chdir(trained.base)
+    for command in (["predict", "-m", path, image], ["evaluate", path]):  # in-process: the same code
+        line = one_error_line(CliRunner().invoke(app, [str(a) for a in command]))
         assert f"{path}: its weights hold NaN or infinite values (1 of" in line and "training diverged?" in line
     assert not (tmp_path / "nan.onnx").exists()
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import cnnzoo
+from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.data import loaders
 from cnnzoo.data.shapes import write_multi_label_shapes
@@ -239,7 +241,7 @@ def test_the_python_api_predicts_a_manifest_as_predict_tta_threshold_data_does(t
     _same_records(got.records, json.loads(cli.stdout))
     assert all(r["labels"] == [c for c in sorted(r["probabilities"], key=lambda c: -r["probabilities"][c])
                                if r["probabilities"][c] >= 0.3] for r in got.records if r["top_k"])  # fmt: skip
-    submission = run_cnnzoo(["predict", *options, "--csv"], tmp_path).stdout
+    submission = _in_process("predict", *options, "--csv").stdout  # in-process: the same command code
     assert model.csv(json.loads(cli.stdout), 2, image_header=got.image_column) == submission
     # nothing set from outside: its own thresholds, moved only by its calibration
     assert model.tta is False
@@ -293,12 +295,12 @@ def test_single_label_options_on_multi_label_data_are_one_line_each(tmp_path):
     path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
     raw = tiny_config(path, epochs=1)
     raw["model"]["layers"] = tiny_layers(outputs=1)
-    line = one_error_line(run_cnnzoo(["train", "-c", _write(tmp_path, raw), "--runs", tmp_path / "runs"], tmp_path))
+    line = one_error_line(_in_process("train", "-c", _write(tmp_path, raw), "--runs", tmp_path / "runs"))
     assert "train.loss: multi-label data" in line and "1 output for 2 classes" in line
     single = tiny_config(tmp_path / "folders", epochs=1, thresholds="tuned")
     write_class_folders(tmp_path / "folders" / "train", {"a": 4, "b": 4})
     write_class_folders(tmp_path / "folders" / "validation", {"a": 2, "b": 2})
-    line = one_error_line(run_cnnzoo(["train", "-c", _write(tmp_path, single), "--runs", tmp_path / "runs"], tmp_path))
+    line = one_error_line(_in_process("train", "-c", _write(tmp_path, single), "--runs", tmp_path / "runs"))
     assert "train.thresholds: thresholds are for multi-label data" in line
 
 
@@ -351,8 +353,15 @@ def shapes_run(tmp_path_factory):
 
 
 def _json(result) -> object:
-    assert result.returncode == 0, result.stderr
+    """The JSON a command printed, from a subprocess's result or a CliRunner's (it must succeed)."""
+    returned = result.returncode if hasattr(result, "returncode") else result.exit_code
+    assert returned == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def _in_process(*args: object):
+    """``cnnzoo args`` through the in-process CliRunner: the same command code, without a new interpreter."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.slow
@@ -373,6 +382,7 @@ def test_shapes_with_several_labels_train_to_a_high_map_with_tuned_thresholds(sh
 def test_predict_evaluate_and_the_onnx_export_of_a_multi_label_model(shapes_run):
     base, manifest, run = shapes_run
     images = sorted((manifest.parent / "images").glob("validation_*.png"))[:6]
+    # the real command once; the other commands in-process (the same code, no new interpreter each)
     records = _json(run_cnnzoo(["predict", "-m", run / "best.pt", "--json", *images], base))
     # the thresholds training chose, where the calibrated sigmoids cross them (issue 31: labels unchanged)
     meta = torch.load(run / "best.pt", weights_only=True)["meta"]
@@ -382,27 +392,27 @@ def test_predict_evaluate_and_the_onnx_export_of_a_multi_label_model(shapes_run)
         assert set(p) == set(SHAPES) and r["labels"] == sorted(
             (c for c in SHAPES if p[c] >= thresholds[c]), key=lambda c: -p[c]
         )
-    everything = _json(run_cnnzoo(["predict", "-m", run / "best.pt", "--json", "--threshold", "0", images[0]], base))
+    everything = _json(_in_process("predict", "-m", run / "best.pt", "--json", "--threshold", "0", images[0]))
     assert sorted(everything[0]["labels"]) == sorted(SHAPES)
 
-    submission = run_cnnzoo(["predict", "-m", run / "best.pt", "--data", manifest, "--csv", "-k", "1"], base)
+    submission = _in_process("predict", "-m", run / "best.pt", "--data", manifest, "--csv", "-k", "1")
     table = list(csv.DictReader(io.StringIO(submission.stdout)))
     assert list(table[0]) == ["image", "labels", "top1_label", "top1_probability"] and len(table) == 600
     assert all(set(row["labels"].split()) <= set(SHAPES) for row in table)
 
-    report = _json(run_cnnzoo(["evaluate", run / "best.pt", "--json", "--out", base / "eval"], base))
+    report = _json(_in_process("evaluate", run / "best.pt", "--json", "--out", base / "eval"))
     best = torch.load(run / "best.pt", weights_only=True)["metrics"]
     assert report["map"] == pytest.approx(float(best["val_map"]), abs=1e-4)  # the split training scored
     assert {"f1_micro", "f1_macro", "exact_match", "hamming_loss"} <= set(report)
     assert set(report["per_class"]["circle"]) == {"ap", "precision", "recall", "f1", "support", "threshold"}
     assert (base / "eval" / "pr_curves.png").stat().st_size > 0
 
-    exported = run_cnnzoo(["export", run / "best.pt", "--format", "onnx", "--out", base / "m.onnx"], base)
-    assert exported.returncode == 0, exported.stderr
-    from_onnx = _json(run_cnnzoo(["predict", "-m", base / "m.onnx", "--json", *images], base))
+    exported = _in_process("export", run / "best.pt", "--format", "onnx", "--out", base / "m.onnx")
+    assert exported.exit_code == 0, exported.stderr
+    from_onnx = _json(_in_process("predict", "-m", base / "m.onnx", "--json", *images))
     assert [r["labels"] for r in from_onnx] == [r["labels"] for r in records]
     # the export is scored as the checkpoint was: the split training held out, every label (issue 30)
-    scored = _json(run_cnnzoo(["evaluate", base / "m.onnx", "--json", "--out", base / "eval-onnx"], base))
+    scored = _json(_in_process("evaluate", base / "m.onnx", "--json", "--out", base / "eval-onnx"))
     assert scored["map"] == pytest.approx(report["map"], abs=1e-4) and scored["num_images"] == report["num_images"]
     for a, b in zip(from_onnx, records):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
@@ -417,7 +427,7 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
 
     base, manifest, run = shapes_run
     image = sorted((manifest.parent / "images").glob("validation_*.png"))[0]
-    expected = _json(run_cnnzoo(["predict", "-m", run / "best.pt", "--json", image], base))
+    expected = _json(_in_process("predict", "-m", run / "best.pt", "--json", image))
     server = Server(run / "best.pt", base)
     try:
         status, info = server.get("/info")
@@ -427,10 +437,8 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
         _page_shows_independent_bars(server.url, image, expected[0])
     finally:
         server.stop()
-    done = run_cnnzoo(
-        ["explain", image, "-m", run / "best.pt", "--target", "cross", "--out", tmp_path / "x.html"], base
-    )
-    assert done.returncode == 0, done.stderr
+    done = _in_process("explain", image, "-m", run / "best.pt", "--target", "cross", "--out", tmp_path / "x.html")
+    assert done.exit_code == 0, done.stderr
     assert "Grad-CAM for cross" in (tmp_path / "x.html").read_text()
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 import cnnzoo
+from cnnzoo.cli import app
 from cnnzoo.errors import UserError
 from cnnzoo.training.events import StopTraining
 from cnnzoo.training.tune import journal_path
@@ -92,15 +94,19 @@ def test_a_space_that_does_not_parse_is_one_line_naming_the_key(space, expected)
         ({"train.optimizer": ["adamw", "lion?"]}, "train.optimizer"),
     ],
 )
-def test_a_key_or_value_the_config_refuses_is_one_line_before_any_trial(image_root, tmp_path, space, expected):
+def test_a_key_or_value_the_config_refuses_is_one_line_before_any_trial(
+    image_root, tmp_path, monkeypatch, space, expected
+):
     config = tune_config(tmp_path, image_root, space)
-    done = run_cnnzoo(["tune", "-c", config, "--trials", "1"], tmp_path)
-    line = one_error_line(done)
+    monkeypatch.chdir(tmp_path)  # where a trial would write runs/
+    line = one_error_line(CliRunner().invoke(app, ["tune", "-c", str(config), "--trials", "1"]))
     assert expected in line and "tune" in line
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_command_lines_are_one_line(image_root, tmp_path):
+def test_bad_command_lines_are_one_line(image_root, tmp_path, monkeypatch):
+    """Each refusal in-process (the same error path); one real ``cnnzoo`` process shows that the
+    installed command keeps the contract (one stderr line, exit code 2) too."""
     config = tune_config(tmp_path, image_root)
     (tmp_path / "plain").mkdir()
     no_space = tune_config(tmp_path / "plain", image_root, None)
@@ -115,12 +121,15 @@ def test_bad_command_lines_are_one_line(image_root, tmp_path):
         (["--space", tmp_path / "missing.yaml"], "no such file"),
         (["--space", bad_yaml], "YAML syntax error"),
     ]
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
     for extra, expected in cases:
-        line = one_error_line(run_cnnzoo(["tune", "-c", config, "--trials", "1", *extra], tmp_path))
+        line = one_error_line(runner.invoke(app, ["tune", "-c", str(config), "--trials", "1", *map(str, extra)]))
         assert expected in line, (extra, line)
         assert "secret" not in line
     line = one_error_line(run_cnnzoo(["tune", "-c", no_space, "--trials", "1"], tmp_path))
     assert "no search space" in line and "--space" in line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_journal_urls_are_relative_with_three_slashes_and_absolute_with_four():
@@ -132,7 +141,7 @@ def test_journal_urls_are_relative_with_three_slashes_and_absolute_with_four():
 def test_two_workers_share_one_study_and_finish_exactly_their_shares(image_root, tmp_path):
     config = tune_config(tmp_path, image_root)
     log = tmp_path / "common" / "study.log"
-    command = cnnzoo_command("tune", "-c", config, "--trials", "3", "-q", "--storage", f"journal:///{log}")
+    command = cnnzoo_command("tune", "-c", config, "--trials", "2", "-q", "--storage", f"journal:///{log}")
     workers = [
         subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -141,13 +150,13 @@ def test_two_workers_share_one_study_and_finish_exactly_their_shares(image_root,
     assert [w.returncode for w in workers] == [0, 0], [o[1].decode()[-2000:] for o in outputs]
     trials = study_of(log).get_trials()
     finished = [t for t in trials if t.state.is_finished()]
-    assert len(trials) == len(finished) == 6
+    assert len(trials) == len(finished) == 4  # 2 each
     assert {t.user_attrs["pid"] for t in trials} == {w.pid for w in workers}  # both took part
     runs = {t.user_attrs["run"] for t in trials}
-    assert len(runs) == 6 and all((Path(r) / "metrics.csv").is_file() for r in runs)
+    assert len(runs) == 4 and all((Path(r) / "metrics.csv").is_file() for r in runs)
     folder = tmp_path / "runs" / "tiny-tune"
     table = (folder / "trials.csv").read_text().splitlines()
-    assert len(table) == 7
+    assert len(table) == 5
     assert set(table[0].split(",")[:5]) == {"trial", "state", "value", "train.lr", "train.batch_size"}
     best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: -t.value)
     best_yaml = yaml.safe_load((folder / "best.yaml").read_text())

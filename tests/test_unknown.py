@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo.checkpoint import check_meta, load_checkpoint
+from cnnzoo.cli import app
 from cnnzoo.deploy.export import export
 from cnnzoo.errors import UserError
 from cnnzoo.inference import unknown
@@ -170,20 +172,23 @@ def test_predict_options_turn_the_answer_off_move_the_threshold_and_refuse_a_bad
     plain = model.predict(images, unknown=False)
     assert all("unknown" not in r and "unknown_score" not in r and r["label"] in ("a", "b") for r in plain)
     assert not any(r["unknown"] for r in model.predict(images, unknown_threshold=2.0))
+    # the real command once each for an answer and a refusal; the other cases in-process (the same code)
     listed = run_cnnzoo(["predict", "--model", trained.best, "--json", *images], tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert [r["label"] for r in json.loads(listed.stdout)] == ["unknown", "unknown"]
-    shown = run_cnnzoo(["predict", "--model", trained.best, images[0]], tmp_path)
+    refused = run_cnnzoo(["predict", "--model", trained.best, "--unknown-threshold", "2.5", *images], tmp_path)
+    line = one_error_line(refused)
+    assert "--unknown-threshold" in line and "[0, 2]" in line
+    runner = CliRunner()
+    model_args = ["predict", "--model", str(trained.best)]
+    shown = runner.invoke(app, [*model_args, images[0]])
     assert "unknown (looks like none of the 2 classes)" in shown.stdout
-    off = run_cnnzoo(["predict", "--model", trained.best, "--json", "--no-unknown", *images], tmp_path)
+    off = runner.invoke(app, [*model_args, "--json", "--no-unknown", *images])
     assert all("unknown" not in r for r in json.loads(off.stdout))
-    for value in ("2.5", "-0.1", "nan"):
-        refused = run_cnnzoo(["predict", "--model", trained.best, "--unknown-threshold", value, *images], tmp_path)
-        line = one_error_line(refused)
+    for value in ("-0.1", "nan"):
+        line = one_error_line(runner.invoke(app, [*model_args, "--unknown-threshold", value, *images]))
         assert "--unknown-threshold" in line and "[0, 2]" in line
-    both = run_cnnzoo(
-        ["predict", "--model", trained.best, "--unknown-threshold", "1", "--no-unknown", *images], tmp_path
-    )
+    both = runner.invoke(app, [*model_args, "--unknown-threshold", "1", "--no-unknown", *images])
     assert "--no-unknown" in one_error_line(both)
 
 
@@ -191,11 +196,14 @@ def test_predict_options_turn_the_answer_off_move_the_threshold_and_refuse_a_bad
 def test_evaluate_unknown_reports_auroc_fpr95_and_the_share_rejected(trained, onnx_path, tmp_path):
     strangers = tmp_path / "strangers"
     _strangers(strangers)
-    reports = []
-    for model in (trained.best, onnx_path):
-        done = run_cnnzoo(["evaluate", model, "--unknown", strangers, "--json", "--out", tmp_path / "e"], tmp_path)
-        assert done.returncode == 0, done.stderr
-        reports.append(json.loads(done.stdout))
+    args = ["--unknown", str(strangers), "--json", "--out", str(tmp_path / "e")]
+    done = run_cnnzoo(["evaluate", trained.best, *args], tmp_path)  # the real command, for the checkpoint
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(done.stdout)]
+    runner = CliRunner()  # the export and the refusals in-process: the same code
+    exported = runner.invoke(app, ["evaluate", str(onnx_path), *args])
+    assert exported.exit_code == 0, exported.stderr
+    reports.append(json.loads(exported.stdout))
     for report in reports:
         assert report["unknown_auroc"] == 1.0 and report["unknown_fpr95"] == 0.0
         assert report["unknown_rejected"] == 1.0 and report["unknown_images"] == 8
@@ -203,11 +211,11 @@ def test_evaluate_unknown_reports_auroc_fpr95_and_the_share_rejected(trained, on
         assert report["unknown_score"] == "knn"
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images")
-    empty = run_cnnzoo(["evaluate", trained.best, "--unknown", tmp_path / "empty", "--json"], tmp_path)
+    empty = runner.invoke(app, ["evaluate", str(trained.best), "--unknown", str(tmp_path / "empty"), "--json"])
     assert "holds no images" in one_error_line(empty)
     manifest = tmp_path / "none.csv"
     manifest.write_text("image\n")  # the manifest's own refusal: no rows
-    assert "none.csv" in one_error_line(run_cnnzoo(["evaluate", trained.best, "--unknown", manifest], tmp_path))
+    assert "none.csv" in one_error_line(runner.invoke(app, ["evaluate", str(trained.best), "--unknown", str(manifest)]))
 
 
 @pytest.mark.slow
@@ -217,11 +225,14 @@ def test_a_model_without_a_score_answers_as_before_and_refuses_the_options(tmp_p
     model = cnnzoo.load(old)
     assert model.unknown is None
     assert "unknown" not in model.predict(image)[0]
-    line = one_error_line(run_cnnzoo(["predict", "--model", old, "--unknown-threshold", "0.5", image], tmp_path))
+    runner = CliRunner()  # the refusals in-process (the predict-options test runs the real command)
+    line = one_error_line(runner.invoke(app, ["predict", "--model", str(old), "--unknown-threshold", "0.5", image]))
     assert "has no unknown score" in line
     strangers = tmp_path / "strangers"
     _strangers(strangers, 2)
-    line = one_error_line(run_cnnzoo(["evaluate", old, "--unknown", strangers, "--data", LEGACY / "images"], tmp_path))
+    line = one_error_line(
+        runner.invoke(app, ["evaluate", str(old), "--unknown", str(strangers), "--data", str(LEGACY / "images")])
+    )
     assert "has no unknown score" in line
 
 
