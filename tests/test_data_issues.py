@@ -154,7 +154,9 @@ def test_issues_html_is_one_file_with_embedded_thumbnails(found, planted):
     assert "wrong_a_007.png" in page and "twin:" in page
 
 
-def test_the_command_prints_the_top_rows_and_the_counts(planted, tmp_path):
+def test_the_command_prints_the_top_rows_and_the_counts_and_repeats_the_python_api(planted, found, tmp_path):
+    """A backbone without pretrained weights is drawn from the config's seed, so the command, in
+    another process with its own cache home, finds exactly what :func:`data_issues` found."""
     done = run_cnnzoo(
         ["data", "issues", "-c", planted / "tiny.yaml", "--data", planted / "data", "--folds", "3", "--out", "o"],
         tmp_path,
@@ -162,7 +164,8 @@ def test_the_command_prints_the_top_rows_and_the_counts(planted, tmp_path):
     assert done.returncode == 0, done.stderr
     assert re.search(r"^label\s+\S+\s+c\s+a\s+\S*wrong_a_007.png$", done.stdout, re.M)
     assert re.search(r"50 images: \d+ label, 1 leak, \d+ duplicate, \d+ outlier", done.stdout)
-    assert (tmp_path / "o" / "issues.csv").is_file() and (tmp_path / "o" / "issues.html").is_file()
+    assert (tmp_path / "o" / "issues.html").is_file()
+    assert (tmp_path / "o" / "issues.csv").read_text() == (planted / "out" / "issues.csv").read_text()
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from ..files import cache_folder
 from ..model.backbones import Backbone, backbone_of
 from ..runtime.device import cpu_count, norm_tensors, pick_device, to_model_input
 from .inputs import load_data
+from .recipe import seed_everything
 from .setup import build_for_data
 
 FEATURES_FORMAT = 1  # bump when the way the features are computed changes
@@ -168,5 +169,6 @@ def data_and_model(cfg: Config) -> tuple[DataSpec, torch.nn.Module]:
         raise DataError(
             f"{spec.root}: data issues reads image files or arrays; WebDataset shards stream and are not supported"
         )
+    seed_everything(cfg.seed)  # a backbone without pretrained weights (weights: null) is drawn from the seed
     _, model = build_for_data(cfg, spec, pretrained=True)
     return spec, model
