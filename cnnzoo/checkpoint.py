@@ -21,7 +21,6 @@ the functions that read or write tensors import it when called.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import re
 import zipfile
@@ -33,6 +32,7 @@ import yaml
 from PIL import Image
 
 from .config import CHANNEL_WORDS, MAX_IMAGE_SIDE, READABLE_CHANNELS
+from .config.checks import is_number, is_whole
 from .errors import UserError, short_reason
 from .files import write_bytes
 
@@ -310,11 +310,11 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
     if channels not in READABLE_CHANNELS or isinstance(channels, bool):
         raise bad("channels", f"should be {CHANNEL_WORDS}")
     size = meta.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, MAX_IMAGE_SIDE) for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(is_whole(v, 1, MAX_IMAGE_SIDE) for v in size)):
         raise bad("image_size", f"should be [height, width], each 1 to {MAX_IMAGE_SIDE}")
     for key in ("mean", "std"):
         values = meta.get(key)
-        if not (isinstance(values, list) and len(values) == channels and all(_is_number(v) for v in values)):
+        if not (isinstance(values, list) and len(values) == channels and all(is_number(v) for v in values)):
             raise bad(key, f"should be {channels} numbers")
     if any(v <= 0 for v in meta["std"]):
         raise bad("std", "should be positive")
@@ -322,7 +322,7 @@ def check_meta(meta: dict[str, Any], path: str | Path, kind: str, *, prefix: str
     if not isinstance(resize, str) or resize not in RESIZE_MODES:
         raise bad("resize", f"should be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]} (how images are resized)")
     crop = meta.get("test_crop", 1.0)  # optional: absent before issue 32 (the whole image)
-    if not (_is_number(crop) and TEST_CROPS[0] <= crop <= TEST_CROPS[1]):
+    if not (is_number(crop) and TEST_CROPS[0] <= crop <= TEST_CROPS[1]):
         raise bad("test_crop", f"should be the share of each side kept, {TEST_CROPS[0]} to {TEST_CROPS[1]}")
     if not isinstance(meta.get("int8", {}), dict):
         raise bad("int8", "should be the record an INT8 export writes (a JSON object)")
@@ -354,8 +354,8 @@ def _check_unknown(unknown: Any, bad: Any) -> None:
     if not (
         isinstance(unknown, dict)
         and unknown.get("score") in UNKNOWN_SCORES
-        and _is_number(unknown.get("threshold"))
-        and _is_number(unknown.get("keep"))
+        and is_number(unknown.get("threshold"))
+        and is_number(unknown.get("keep"))
         and 0 < unknown["keep"] < 1
     ):
         raise bad(
@@ -381,7 +381,7 @@ def _check_task(meta: dict[str, Any], bad: Any) -> None:
     if (task == "multi" or thresholds is not None) and not (
         isinstance(thresholds, list)
         and len(thresholds) == len(classes)
-        and all(_is_number(v) and 0 <= v <= 1 for v in thresholds)
+        and all(is_number(v) and 0 <= v <= 1 for v in thresholds)
     ):
         raise bad("thresholds", f"should be {len(classes)} numbers in [0, 1], one per class")
 
@@ -400,7 +400,7 @@ def _check_calibration(meta: dict[str, Any], bad: Any) -> None:
     values = value if per_class else [value]
     if not (
         (not per_class or len(values) == len(classes))
-        and all(_is_number(v) and TEMPERATURES[0] <= v <= TEMPERATURES[1] for v in values)
+        and all(is_number(v) and TEMPERATURES[0] <= v <= TEMPERATURES[1] for v in values)
     ):
         many = f", or {len(classes)} of them (one per class)" if meta.get("task") == "multi" else ""
         low, high = TEMPERATURES
@@ -416,11 +416,3 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
         for name, t in state.items()
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
     ]
-
-
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -77,6 +77,7 @@ REFUSED = [
     ({"data": {"seed": True}}, "data.seed should be a whole number or absent"),
     ({"data": {"digest": 5, "seed": 0}}, "data.digest should be text or absent"),
     ({"loss": ["cross_entropy"]}, "loss should be one of cross_entropy, bce, bce_multi_label"),
+    ({"mean": [10**400, 0.5, 0.5]}, "mean should be 3 numbers"),  # past any float: was an OverflowError
 ]
 
 

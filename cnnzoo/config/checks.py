@@ -1,5 +1,7 @@
 """Value checks: the range a number may take (:class:`Bounds`, kept next to its field with
-:func:`bounded`) and the rules a field's type and range cannot express (:func:`check_values`)."""
+:func:`bounded`), the rules a field's type and range cannot express (:func:`check_values`), and
+what a number read from any file must be (:func:`is_number`, :func:`is_whole`: configs,
+checkpoint metadata, a last.pt's resume fields, shard labels)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,22 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:  # check_values reads a built Config; the schema imports this module for Bounds
     from .schema import Config
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float read from a file, not a bool (Python's True is an int); an int past
+    the largest float is not one (the code that reads it would overflow), and is no OverflowError here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def is_whole(value: Any, low: int, high: float = math.inf) -> bool:
+    """An int (not a bool) from ``low`` to ``high``, both included."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)

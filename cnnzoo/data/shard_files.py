@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import MAX_CLASSES
+from ..config.checks import is_whole
 from ..console import warn
 from ..errors import DataError, short_reason
 from . import remote, shard_labels, shard_urls
@@ -173,7 +174,7 @@ def label_of(sample: dict[str, Any]) -> int | str:
         except ValueError as exc:
             raise MemberError(f".json is not valid JSON ({short_reason(exc, 80)})") from None
         value = value.get("label", value.get("class")) if isinstance(value, dict) else value
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_CLASSES:
+        if is_whole(value, 0, MAX_CLASSES - 1):
             return value
         if isinstance(value, str):
             return _class_name(value.encode(), ".json label")

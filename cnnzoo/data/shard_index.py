@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import MAX_CLASSES  # the one cap on a class list, the checkpoint's and the shards'
+from ..config.checks import is_whole
 from ..errors import DataError
 
 INDEX_NAME = "dataset.json"  # the class list and each split's shards, beside them
@@ -78,7 +79,7 @@ def check_class_list(classes: Any, where: str) -> list[str]:
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SPLIT_SAMPLES
+    return is_whole(value, 0, MAX_SPLIT_SAMPLES)
 
 
 def read_index(folder: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:

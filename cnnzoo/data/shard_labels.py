@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from ..checkpoint import MAX_CLASSES
+from ..config.checks import is_whole
 from ..errors import short_reason
 from .shard_index import bounded_json
 
@@ -79,7 +80,7 @@ def _checked(values: list[Any], what: str) -> list[int | str]:
         raise LabelError(f"{what} names {len(values):,} classes; a sample may name at most {MAX_SET:,}")
     out: list[int | str] = []
     for value in values:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_CLASSES:
+        if is_whole(value, 0, MAX_CLASSES - 1):
             out.append(value)
         elif isinstance(value, str) and value.strip() and not re.search(r"[\x00-\x1f\x7f]", value):
             out.append(value.strip())

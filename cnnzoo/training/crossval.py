@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from .. import checkpoint as ckpt_io
 from .. import runs
 from ..config import Config, load_config
+from ..config.checks import is_number
 from ..console import console
 from ..data import sources
 from ..data.cache import kept_between_runs
@@ -133,7 +133,7 @@ def _held_out_probabilities(best: Path, *, multi: bool) -> tuple[np.ndarray, np.
 
 def summarize(rows: list[dict[str, Any]], *, k: int, seed: int, images: int) -> dict[str, Any]:
     """cv.json: each validation metric's mean, standard deviation (n - 1) and per-fold values."""
-    names = [key for key in rows[0] if key.startswith("val_") and all(_number(r.get(key)) for r in rows)]
+    names = [key for key in rows[0] if key.startswith("val_") and all(is_number(r.get(key)) for r in rows)]
     metrics = {}
     for name in names:
         values = [float(r[name]) for r in rows]
@@ -150,10 +150,6 @@ def summarize(rows: list[dict[str, Any]], *, k: int, seed: int, images: int) -> 
         "metrics": metrics,
         "runs": [f"fold-{i}" for i in range(1, k + 1)],
     }
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def summary_table(summary: dict[str, Any]) -> str:

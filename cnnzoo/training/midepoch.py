@@ -20,7 +20,6 @@ Floor 7 (training): imports torch, NumPy, :mod:`cnnzoo.checkpoint`, :mod:`cnnzoo
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint as ckpt_io
+from ..config.checks import is_whole
 from ..console import console
 from ..data.resume_state import loader_facts, loader_state, resume_loader
 from ..errors import UserError
@@ -112,18 +112,6 @@ def _describe(facts: dict[str, Any]) -> str:
     workers = f", {facts['workers']} loader workers" if "workers" in facts else ""
     counts = f"{facts['samples']} training samples{shards}, {facts['batches']} batches"
     return f"{counts}, {facts['processes']} processes{workers}"
-
-
-def is_whole(value: Any, low: int) -> bool:
-    """A whole number (not a bool) of at least ``low``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return isinstance(value, int) or math.isfinite(value)
 
 
 def check_record(in_epoch: Any, bad: Callable[[str, str], UserError], *, finished: int) -> None:

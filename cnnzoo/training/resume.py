@@ -8,8 +8,8 @@ built model can judge (the optimizer's and the EMA's tensors against the paramet
 as it is loaded (:func:`apply_saved_state`). Either way a damaged field is one
 :class:`~cnnzoo.errors.UserError` naming the file and the field.
 
-Floor 7 (training): imports torch, :mod:`cnnzoo.errors` and, in training, the mid-epoch record and
-the loop's best-epoch record.
+Floor 7 (training): imports torch, :mod:`cnnzoo.errors`, the config's number checks and, in
+training, the mid-epoch record and the loop's best-epoch record.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..config.checks import is_number, is_whole
 from ..errors import UserError
 from . import midepoch
 from .loop import BestEpoch
@@ -46,11 +47,11 @@ def check_saved_state(state: dict[str, Any], path: str | Path) -> None:
     """The resume fields of a ``last.pt`` (one with an optimizer state), types and ranges."""
     bad = damaged(path)
     epoch = state.get("epoch")
-    if not midepoch.is_whole(epoch, 0):
+    if not is_whole(epoch, 0):
         raise bad("epoch", f"should be the whole number of epochs trained, got {epoch!r}")
     _check_optimizer(state.get("optimizer"), bad)
     scheduler = state.get("scheduler")
-    if not (isinstance(scheduler, dict) and midepoch.is_whole(scheduler.get("step_count"), 0)):
+    if not (isinstance(scheduler, dict) and is_whole(scheduler.get("step_count"), 0)):
         raise bad("scheduler", "should be a mapping with the optimizer steps taken (step_count)")
     if not isinstance(state.get("scaler", {}), dict):
         raise bad("scaler", "should be a mapping")
@@ -61,7 +62,7 @@ def check_saved_state(state: dict[str, Any], path: str | Path) -> None:
             isinstance(ema, dict)
             and isinstance(ema.get("weights"), dict)
             and all(isinstance(k, str) and torch.is_tensor(v) for k, v in ema["weights"].items())
-            and midepoch.is_whole(ema.get("updates"), 0)
+            and is_whole(ema.get("updates"), 0)
         ):
             raise bad("ema", "should hold the averaged weights (names to tensors) and the updates made")
     if state.get("in_epoch") is not None:
@@ -79,7 +80,7 @@ def _check_optimizer(optimizer: Any, bad: Any) -> None:
         raise bad("optimizer", "should be an optimizer's state: param_groups (a list) and state (a mapping)")
     for index, values in optimizer["state"].items():
         if not isinstance(values, dict) or not all(
-            torch.is_tensor(v) or v is None or (key == "step" and midepoch.is_number(v)) for key, v in values.items()
+            torch.is_tensor(v) or v is None or (key == "step" and is_number(v)) for key, v in values.items()
         ):
             raise bad(f"optimizer.state[{index!r}]", "should map names to tensors")
 
@@ -88,10 +89,10 @@ def _check_trainer(trainer: Any, bad: Any) -> None:
     if not isinstance(trainer, dict):
         raise bad("trainer", "should be the best-epoch record (a mapping)")
     for key in _TRAINER_NUMBERS:
-        if trainer.get(key) is not None and not midepoch.is_number(trainer[key]):
+        if trainer.get(key) is not None and not is_number(trainer[key]):
             raise bad(f"trainer.{key}", f"should be a number or absent, got {trainer[key]!r}")
     for key in _TRAINER_COUNTS:
-        if key in trainer and not midepoch.is_whole(trainer[key], 0):
+        if key in trainer and not is_whole(trainer[key], 0):
             raise bad(f"trainer.{key}", f"should be a whole number, 0 or more, got {trainer[key]!r}")
 
 

@@ -16,12 +16,12 @@ trial object is handed in), so a space is checked before the ``tune`` extra is i
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import load_config
+from ..config.checks import is_number
 from ..config.loading import read_yaml
 from ..errors import ConfigError, UserError
 
@@ -132,7 +132,7 @@ def _dimension(key: str, spec: Any, where: str) -> Dimension:
         raise bad(f"expected one of {', '.join(RANGE_KINDS)} with [low, high] (and optional step), got {spec}")
     kind = kinds[0]
     bounds = spec[kind]
-    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(v) for v in bounds)):
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(is_number(v) for v in bounds)):
         raise bad(f"{kind}: expected [low, high] numbers, got {bounds!r}")
     low, high = (float(v) for v in bounds)
     log = kind == "log" or spec.get("log") is True
@@ -141,15 +141,11 @@ def _dimension(key: str, spec: Any, where: str) -> Dimension:
         raise bad(f"{kind}: low {low:g} must be below high {high:g}")
     if log and low <= 0:
         raise bad(f"{kind}: a log scale needs low > 0, got {low:g}")
-    if step is not None and (not _is_number(step) or step <= 0 or log):
+    if step is not None and (not is_number(step) or step <= 0 or log):
         raise bad("step must be a positive number, and cannot go with a log scale")
     if kind == "int" and not (low.is_integer() and high.is_integer() and (step is None or float(step).is_integer())):
         raise bad("int: low, high and step must be whole numbers")
     return Dimension(key=key, kind="int" if kind == "int" else "float", low=low, high=high, log=log, step=step)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_space(config: str | Path, overrides: list[str], dims: list[Dimension], where: str) -> None:
