@@ -22,20 +22,11 @@ from cnnzoo.deploy import benchmark as benching
 from cnnzoo.deploy import export as exporting
 from cnnzoo.evaluation.evaluate import evaluate
 
-from support.cli import one_error_line, subprocess_env
+from support.cli import invoke_cnnzoo, one_error_line, subprocess_env
 from support.images import make_image_tree
 from support.runs import tiny_config, train_run, trained_batchnorm_cnn
 
 pytest.importorskip("onnxruntime")
-
-
-def cli(*args):
-    """``cnnzoo args`` in this process (Typer's CliRunner): the command's output and exit code."""
-    from typer.testing import CliRunner
-
-    from cnnzoo.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 CSV_COLUMNS = [
@@ -83,7 +74,7 @@ def test_every_format_in_the_table_and_its_int8_version_is_a_row(monkeypatch):
 
 
 def test_an_unknown_format_is_one_line_naming_the_valid_ones(tmp_path):
-    line = one_error_line(cli("benchmark", "--formats", "onnx,pdf"))
+    line = one_error_line(invoke_cnnzoo(["benchmark", "--formats", "onnx,pdf"], tmp_path))
     assert "--formats pdf: not a format" in line
     assert all(name in line for name in ("all", "onnx", "onnx-int8", "torchscript", "tflite", "int8"))
     with pytest.raises(cnnzoo.UserError, match="--formats keras: not a format"):
@@ -126,9 +117,9 @@ def test_the_api_measures_each_format_and_its_accuracy_is_evaluates(trained, tmp
 
 
 @pytest.mark.slow
-def test_the_cli_prints_and_writes_the_table_beside_the_checkpoint(trained, monkeypatch):
-    monkeypatch.chdir(trained.base)  # runs/latest is the default checkpoint
-    done = cli("benchmark", "--formats", "onnx", "--threads", "1", "--images", "10")
+def test_the_cli_prints_and_writes_the_table_beside_the_checkpoint(trained):
+    # in trained.base: runs/latest is the default checkpoint
+    done = invoke_cnnzoo(["benchmark", "--formats", "onnx", "--threads", "1", "--images", "10"], trained.base)
     assert done.exit_code == 0, done.stderr
     folder = trained.run_dir / "benchmark"
     rows = _rows(folder / "benchmark.csv")
@@ -169,7 +160,7 @@ def test_a_failing_format_gets_its_error_and_the_others_are_measured(tmp_path):
     run = train_run(tmp_path, lambda base: make_image_tree(base / "images"), epochs=1)
     shutil.move(tmp_path / "images", tmp_path / "moved")
     args = ["benchmark", run.best, "--formats", "onnx,int8", "--data", tmp_path / "moved" / "validation"]
-    done = cli(*args, "--out", tmp_path / "bench", "--threads", "1")
+    done = invoke_cnnzoo([*args, "--out", tmp_path / "bench", "--threads", "1"], tmp_path)
     line = one_error_line(done, code=1)
     assert "onnx-int8: failed" in line
     rows = _rows(tmp_path / "bench" / "benchmark.csv")

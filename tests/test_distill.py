@@ -18,19 +18,9 @@ from cnnzoo.errors import ConfigError
 from cnnzoo.training import distill
 from cnnzoo.training.run import train
 
-from support.cli import one_error_line
+from support.cli import invoke_cnnzoo, one_error_line
 from support.images import make_image_tree, write_class_folders
 from support.runs import metric_rows, tiny_config
-
-
-def cli(*args):
-    """``cnnzoo args`` in this process (Typer's CliRunner): for the tests of an error line only."""
-    from typer.testing import CliRunner
-
-    from cnnzoo.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
 
 # ============================================================================ the loss
 
@@ -98,21 +88,19 @@ def test_a_teacher_turns_the_frozen_feature_cache_off_and_says_why():
 
 
 @pytest.mark.slow  # the command reads the images before it opens the teacher
-def test_the_shipped_config_without_its_teacher_says_how_to_make_one(image_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    line = one_error_line(cli("train", "-c", "clothing_distilled", "--data", image_root, "--epochs", "1"))
+def test_the_shipped_config_without_its_teacher_says_how_to_make_one(image_root, tmp_path):
+    args = ["train", "-c", "clothing_distilled", "--data", image_root, "--epochs", "1"]
+    line = one_error_line(invoke_cnnzoo(args, tmp_path))
     assert "train.distill.teacher: runs/clothing_transfer/1/best.pt not found" in line
     assert "cnnzoo train --config clothing_transfer" in line and "--set train.distill.teacher=PATH" in line
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("content", [b"not a model at all", b""])
-def test_a_teacher_that_cannot_be_loaded_is_one_line(image_root, tmp_path, monkeypatch, content):
+def test_a_teacher_that_cannot_be_loaded_is_one_line(image_root, tmp_path, content):
     (tmp_path / "teacher.pt").write_bytes(content)
-    monkeypatch.chdir(tmp_path)
-    line = one_error_line(
-        cli("train", "-c", "quickstart", "--data", image_root, "--set", "train.distill.teacher=teacher.pt")
-    )
+    args = ["train", "-c", "quickstart", "--data", image_root, "--set", "train.distill.teacher=teacher.pt"]
+    line = one_error_line(invoke_cnnzoo(args, tmp_path))
     assert "train.distill.teacher:" in line and "teacher.pt" in line
 
 
@@ -190,11 +178,10 @@ def test_the_cached_answers_are_reused_by_the_next_run(teachers, tmp_path, isola
     assert float(metric_rows(second, timing=True)[0]["teacher_seconds"]) == 0.0  # nothing ran
 
 
-def test_a_teacher_of_other_classes_is_one_line_naming_the_difference(teachers, tmp_path, monkeypatch):
+def test_a_teacher_of_other_classes_is_one_line_naming_the_difference(teachers, tmp_path):
     shutil.copy(teachers["stranger"], tmp_path / "stranger.pt")
     args = ["train", "-c", "quickstart", "--data", teachers["root"], "--set", "train.distill.teacher=stranger.pt"]
-    monkeypatch.chdir(tmp_path)
-    line = one_error_line(cli(*args))
+    line = one_error_line(invoke_cnnzoo(args, tmp_path))
     assert "train.distill.teacher: stranger.pt's classes differ from the data's" in line
     assert "lacks the data's ['b']" in line and "has ['c'] the data lacks" in line
 

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cnnzoo
-from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.data import loaders
 from cnnzoo.data.shapes import write_multi_label_shapes
@@ -25,7 +23,7 @@ from cnnzoo.evaluation import multilabel
 from cnnzoo.inference.classifier import calibrated_thresholds, temperature_of
 from cnnzoo.training.recipe import MULTI_LABEL_LOSS, Criterion, loss_kind, pos_weight_vector
 
-from support.cli import one_error_line, run_cnnzoo
+from support.cli import invoke_cnnzoo, one_error_line, run_cnnzoo
 from support.images import write_class_folders
 from support.runs import tiny_config, tiny_layers
 
@@ -241,7 +239,7 @@ def test_the_python_api_predicts_a_manifest_as_predict_tta_threshold_data_does(t
     _same_records(got.records, json.loads(cli.stdout))
     assert all(r["labels"] == [c for c in sorted(r["probabilities"], key=lambda c: -r["probabilities"][c])
                                if r["probabilities"][c] >= 0.3] for r in got.records if r["top_k"])  # fmt: skip
-    submission = _in_process("predict", *options, "--csv").stdout  # in-process: the same command code
+    submission = invoke_cnnzoo(["predict", *options, "--csv"], tmp_path).stdout  # in-process: the same command code
     assert model.csv(json.loads(cli.stdout), 2, image_header=got.image_column) == submission
     # nothing set from outside: its own thresholds, moved only by its calibration
     assert model.tta is False
@@ -295,12 +293,14 @@ def test_single_label_options_on_multi_label_data_are_one_line_each(tmp_path):
     path = write_tags(tmp_path, ["a", "a b", "b", "a b", "a", "b", "a b", "a"])
     raw = tiny_config(path, epochs=1)
     raw["model"]["layers"] = tiny_layers(outputs=1)
-    line = one_error_line(_in_process("train", "-c", _write(tmp_path, raw), "--runs", tmp_path / "runs"))
+    line = one_error_line(invoke_cnnzoo(["train", "-c", _write(tmp_path, raw), "--runs", tmp_path / "runs"], tmp_path))
     assert "train.loss: multi-label data" in line and "1 output for 2 classes" in line
     single = tiny_config(tmp_path / "folders", epochs=1, thresholds="tuned")
     write_class_folders(tmp_path / "folders" / "train", {"a": 4, "b": 4})
     write_class_folders(tmp_path / "folders" / "validation", {"a": 2, "b": 2})
-    line = one_error_line(_in_process("train", "-c", _write(tmp_path, single), "--runs", tmp_path / "runs"))
+    line = one_error_line(
+        invoke_cnnzoo(["train", "-c", _write(tmp_path, single), "--runs", tmp_path / "runs"], tmp_path)
+    )
     assert "train.thresholds: thresholds are for multi-label data" in line
 
 
@@ -359,11 +359,6 @@ def _json(result) -> object:
     return json.loads(result.stdout)
 
 
-def _in_process(*args: object):
-    """``cnnzoo args`` through the in-process CliRunner: the same command code, without a new interpreter."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 @pytest.mark.slow
 def test_shapes_with_several_labels_train_to_a_high_map_with_tuned_thresholds(shapes_run):
     _, _, run = shapes_run
@@ -392,27 +387,27 @@ def test_predict_evaluate_and_the_onnx_export_of_a_multi_label_model(shapes_run)
         assert set(p) == set(SHAPES) and r["labels"] == sorted(
             (c for c in SHAPES if p[c] >= thresholds[c]), key=lambda c: -p[c]
         )
-    everything = _json(_in_process("predict", "-m", run / "best.pt", "--json", "--threshold", "0", images[0]))
+    everything = _json(invoke_cnnzoo(["predict", "-m", run / "best.pt", "--json", "--threshold", "0", images[0]], base))
     assert sorted(everything[0]["labels"]) == sorted(SHAPES)
 
-    submission = _in_process("predict", "-m", run / "best.pt", "--data", manifest, "--csv", "-k", "1")
+    submission = invoke_cnnzoo(["predict", "-m", run / "best.pt", "--data", manifest, "--csv", "-k", "1"], base)
     table = list(csv.DictReader(io.StringIO(submission.stdout)))
     assert list(table[0]) == ["image", "labels", "top1_label", "top1_probability"] and len(table) == 600
     assert all(set(row["labels"].split()) <= set(SHAPES) for row in table)
 
-    report = _json(_in_process("evaluate", run / "best.pt", "--json", "--out", base / "eval"))
+    report = _json(invoke_cnnzoo(["evaluate", run / "best.pt", "--json", "--out", base / "eval"], base))
     best = torch.load(run / "best.pt", weights_only=True)["metrics"]
     assert report["map"] == pytest.approx(float(best["val_map"]), abs=1e-4)  # the split training scored
     assert {"f1_micro", "f1_macro", "exact_match", "hamming_loss"} <= set(report)
     assert set(report["per_class"]["circle"]) == {"ap", "precision", "recall", "f1", "support", "threshold"}
     assert (base / "eval" / "pr_curves.png").stat().st_size > 0
 
-    exported = _in_process("export", run / "best.pt", "--format", "onnx", "--out", base / "m.onnx")
+    exported = invoke_cnnzoo(["export", run / "best.pt", "--format", "onnx", "--out", base / "m.onnx"], base)
     assert exported.exit_code == 0, exported.stderr
-    from_onnx = _json(_in_process("predict", "-m", base / "m.onnx", "--json", *images))
+    from_onnx = _json(invoke_cnnzoo(["predict", "-m", base / "m.onnx", "--json", *images], base))
     assert [r["labels"] for r in from_onnx] == [r["labels"] for r in records]
     # the export is scored as the checkpoint was: the split training held out, every label (issue 30)
-    scored = _json(_in_process("evaluate", base / "m.onnx", "--json", "--out", base / "eval-onnx"))
+    scored = _json(invoke_cnnzoo(["evaluate", base / "m.onnx", "--json", "--out", base / "eval-onnx"], base))
     assert scored["map"] == pytest.approx(report["map"], abs=1e-4) and scored["num_images"] == report["num_images"]
     for a, b in zip(from_onnx, records):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
@@ -427,7 +422,7 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
 
     base, manifest, run = shapes_run
     image = sorted((manifest.parent / "images").glob("validation_*.png"))[0]
-    expected = _json(_in_process("predict", "-m", run / "best.pt", "--json", image))
+    expected = _json(invoke_cnnzoo(["predict", "-m", run / "best.pt", "--json", image], base))
     server = Server(run / "best.pt", base)
     try:
         status, info = server.get("/info")
@@ -437,7 +432,9 @@ def test_serve_and_explain_a_multi_label_model(shapes_run, tmp_path):
         _page_shows_independent_bars(server.url, image, expected[0])
     finally:
         server.stop()
-    done = _in_process("explain", image, "-m", run / "best.pt", "--target", "cross", "--out", tmp_path / "x.html")
+    done = invoke_cnnzoo(
+        ["explain", image, "-m", run / "best.pt", "--target", "cross", "--out", tmp_path / "x.html"], base
+    )
     assert done.exit_code == 0, done.stderr
     assert "Grad-CAM for cross" in (tmp_path / "x.html").read_text()
 

@@ -13,17 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import cnnzoo
 from cnnzoo import inference
-from cnnzoo.cli import app
 from cnnzoo.deploy.export import export
 from cnnzoo.evaluation.evaluate import evaluate
 from cnnzoo.inference.openvino_model import read_metadata
 
 from servelib import Server
 from support.cli import (
+    invoke_cnnzoo,
     one_error_line,
     predict_listing_torch,
     run_cnnzoo,
@@ -39,12 +38,6 @@ pytestmark = pytest.mark.slow  # a module fixture trains the model
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 onnx = pytest.importorskip("onnx")
-
-
-def _in_process(*args: object):
-    """``cnnzoo args`` through the in-process CliRunner: the same command code, without a new
-    interpreter (each file's tests run the real command at least once)."""
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +187,7 @@ def test_int8_predict_and_evaluate_run_without_torch(trained, quantized, tmp_pat
     assert json.loads(evaluated.stdout)["accuracy"] == quantized.int8.int8_accuracy
 
 
-def test_int8_cli_reports_both_and_a_drop_past_max_drop_exits_1_with_the_file_kept(trained, tmp_path, monkeypatch):
+def test_int8_cli_reports_both_and_a_drop_past_max_drop_exits_1_with_the_file_kept(trained, tmp_path):
     before = hashlib.sha256(trained.best.read_bytes()).hexdigest()
     args = ["export", "-f", "openvino", "--int8", "--calibration", "8", "--out", tmp_path / "a"]
     done = run_cnnzoo(args, trained.base)
@@ -206,8 +199,7 @@ def test_int8_cli_reports_both_and_a_drop_past_max_drop_exits_1_with_the_file_ke
     # on a model whose FP32 and INT8 agree: a drop of 0 points against an allowance of 0 passes, and
     # an INT8 file that loses any image fails; the report's own figures decide which is asserted
     report = json.loads(read_metadata(tmp_path / "a" / "best.int8.openvino.xml"))["int8"]
-    monkeypatch.chdir(trained.base)
-    strict = _in_process(*args[:-1], tmp_path / "b", "--max-drop", "0")  # in-process: the same command code
+    strict = invoke_cnnzoo([*args[:-1], tmp_path / "b", "--max-drop", "0"], trained.base)  # the same command code
     if report["int8_accuracy"] < report["fp32_accuracy"]:
         assert "do not deploy it" in one_error_line(strict, code=1)
         assert (tmp_path / "b" / "best.int8.openvino.xml").is_file()
@@ -218,28 +210,27 @@ def test_int8_cli_reports_both_and_a_drop_past_max_drop_exits_1_with_the_file_ke
 # ----------------------------------------------------------------------------- files and errors
 
 
-def test_a_second_export_replaces_its_own_pair_and_refuses_others_files(trained, exported, tmp_path, monkeypatch):
+def test_a_second_export_replaces_its_own_pair_and_refuses_others_files(trained, exported, tmp_path):
     again = export(trained.best, "openvino")  # over its own pair, without --force
     assert again.ok and again.path == exported.path
     foreign = tmp_path / "model.xml"
     foreign.write_text("<notes>mine</notes>\n")
     line = one_error_line(run_cnnzoo(["export", "-f", "openvino", "--out", foreign], trained.base))  # a real process
     assert "not an OpenVINO export is there already" in line and "--force" in line
-    monkeypatch.chdir(trained.base)  # the other commands in-process: the same code
     assert foreign.read_text() == "<notes>mine</notes>\n" and not foreign.with_suffix(".bin").exists()
     weights = tmp_path / "other.bin"
     weights.write_bytes(b"someone's weights")
-    line = one_error_line(_in_process("export", "-f", "openvino", "--out", tmp_path / "other.xml"))
+    line = one_error_line(invoke_cnnzoo(["export", "-f", "openvino", "--out", tmp_path / "other.xml"], trained.base))
     assert "other.bin is there already, not the weights of an OpenVINO export" in line
     assert weights.read_bytes() == b"someone's weights" and not (tmp_path / "other.xml").exists()
-    forced = _in_process("export", "-f", "openvino", "--out", tmp_path / "other.xml", "--force")
+    forced = invoke_cnnzoo(["export", "-f", "openvino", "--out", tmp_path / "other.xml", "--force"], trained.base)
     assert forced.exit_code == 0, forced.stderr
     assert inference.load(tmp_path / "other.xml").classes == ["a", "b", "c"]
-    line = one_error_line(_in_process("export", "-f", "openvino", "--out", tmp_path / "model.onnx"))
+    line = one_error_line(invoke_cnnzoo(["export", "-f", "openvino", "--out", tmp_path / "model.onnx"], trained.base))
     assert "an OpenVINO export is read by its .xml ending; name it model.xml" in line
 
 
-def test_a_damaged_or_foreign_pair_is_one_line(trained, exported, tmp_path, monkeypatch):
+def test_a_damaged_or_foreign_pair_is_one_line(trained, exported, tmp_path):
     image = _validation(trained)[0][0]
     foreign = tmp_path / "page.xml"
     foreign.write_text("<html><body/></html>\n")
@@ -247,10 +238,9 @@ def test_a_damaged_or_foreign_pair_is_one_line(trained, exported, tmp_path, monk
     assert "not an OpenVINO model" in one_error_line(run_cnnzoo(["predict", "-m", foreign, image], trained.base))
     lone = tmp_path / "lone.xml"
     lone.write_bytes(exported.path.read_bytes())  # the graph without its weights
-    monkeypatch.chdir(trained.base)  # in-process from here: the same code as the real command above
-    line = one_error_line(_in_process("predict", "-m", lone, image))
+    line = one_error_line(invoke_cnnzoo(["predict", "-m", lone, image], trained.base))  # in-process from here
     assert line.endswith("lone.bin: its weights file is not there (beside lone.xml)")
-    line = one_error_line(_in_process("export", exported.path))
+    line = one_error_line(invoke_cnnzoo(["export", exported.path], trained.base))
     assert "already an export; export from a checkpoint" in line
 
 
@@ -269,9 +259,8 @@ def test_without_the_extra_each_command_names_it(trained, exported, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_an_unknown_format_is_one_line_naming_openvino(trained, monkeypatch):
-    monkeypatch.chdir(trained.base)  # in-process: the same command code as a `cnnzoo` process
-    line = one_error_line(_in_process("export", "--format", "openvn"))
+def test_an_unknown_format_is_one_line_naming_openvino(trained):
+    line = one_error_line(invoke_cnnzoo(["export", "--format", "openvn"], trained.base))  # in-process
     assert line == "cnnzoo: error: --format openvn: choose one of onnx, torchscript, tflite, openvino"
 
 
