@@ -23,15 +23,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from cnnzoo.cli import app
 from cnnzoo.config import load_config
 from cnnzoo.data.loaders import EpochBatches
 from cnnzoo.data.shards import ShardStream, StreamSettings
 from cnnzoo.data.sources import load_data
 
-from support.cli import cnnzoo_command, one_error_line, run_cnnzoo, subprocess_env
+from support.cli import cnnzoo_command, invoke_cnnzoo, one_error_line, run_cnnzoo, subprocess_env
 from support.images import make_image_tree, write_kaggle_layout
 from support.runs import TIMING, metric_rows
 from support.shard_sets import write_shard_set
@@ -76,11 +74,7 @@ def train_in_process(folder: Path, *args: Any) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(folder)
-            for key, value in {"CNNZOO_HOME": str(folder / "home"), **ENV}.items():
-                mp.setenv(key, value)
-            result = CliRunner().invoke(app, ["train", *map(str, args)])
+        result = invoke_cnnzoo(["train", *args], folder, CNNZOO_HOME=str(folder / "home"), **ENV)
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
@@ -340,10 +334,7 @@ def test_sigterm_saves_at_the_next_step_and_the_resume_is_exact(tmp_path):
 
 def refused_resume(folder: Path, *args: Any) -> str:
     """``cnnzoo train --resume ...`` in this process (a refusal is a line, not process behaviour): the line."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("CNNZOO_HOME", str(folder / "home"))
-        return one_error_line(CliRunner().invoke(app, ["train", "--resume", *map(str, args)]))
+    return one_error_line(invoke_cnnzoo(["train", "--resume", *args], folder, CNNZOO_HOME=str(folder / "home")))
 
 
 @pytest.mark.slow
@@ -367,9 +358,7 @@ def test_a_position_saved_for_other_data_is_refused_in_one_line(folder_killed):
 def test_checkpoint_every_must_be_a_positive_whole_number(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"root": "nowhere"}}))
     for value, said in (("0", "got 0"), ("-2", "got -2"), ("2.5", "got 2.5"), ("often", "got 'often'")):
-        result = CliRunner().invoke(
-            app, ["train", "-c", str(tmp_path / "c.yaml"), "--set", f"train.checkpoint_every={value}"]
-        )
+        result = invoke_cnnzoo(["train", "-c", "c.yaml", "--set", f"train.checkpoint_every={value}"], tmp_path)
         line = one_error_line(result)
         assert "train.checkpoint_every" in line and said in line, line
 
