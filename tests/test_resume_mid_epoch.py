@@ -358,8 +358,8 @@ def test_a_position_saved_for_other_data_is_refused_in_one_line(folder_killed):
 def test_checkpoint_every_must_be_a_positive_whole_number(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": {"root": "nowhere"}}))
     for value, said in (("0", "got 0"), ("-2", "got -2"), ("2.5", "got 2.5"), ("often", "got 'often'")):
-        result = invoke_cnnzoo(["train", "-c", "c.yaml", "--set", f"train.checkpoint_every={value}"], tmp_path)
-        line = one_error_line(result)
+        args = ["-c", "c.yaml", "--set", f"train.checkpoint_every={value}"]
+        line = one_error_line(invoke_cnnzoo(["train", *args], tmp_path))
         assert "train.checkpoint_every" in line and said in line, line
 
 
